@@ -1,0 +1,114 @@
+"""Shared fixtures: tiny real-structure checkpoints on disk, an assembled app, a live server.
+
+Everything runs on the CPU with no network: HF_HUB_OFFLINE is set before any library
+import, and the checkpoints are written by the test session itself.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from webui.app import AppOptions, Easel, build
+from webui.model_manager.architecture import Architecture
+from webui.model_manager.tiny import write_diffusers_folder, write_single_file
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY_FILES = {
+    "tiny-sd1.safetensors": Architecture("sd1"),
+    "tiny-sdxl.safetensors": Architecture("sdxl"),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt_dir(tmp_path_factory) -> Path:
+    """A folder with tiny SD 1.x and SDXL single-file checkpoints (+ JSON sidecars)."""
+    folder = tmp_path_factory.mktemp("ckpts")
+    for name, arch in TINY_FILES.items():
+        write_single_file(folder / name, arch, seed=7)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_variants_dir(tmp_path_factory) -> Path:
+    """Every architecture Easel detects, as single files and diffusers folders."""
+    folder = tmp_path_factory.mktemp("variants")
+    variants = {
+        "sd1": Architecture("sd1"), "sd2v": Architecture("sd2", "v_prediction"), "sdxl": Architecture("sdxl"),
+        "refiner": Architecture("sdxl-refiner"), "sd1-inpaint": Architecture("sd1", inpainting=True),
+        "sdxl-inpaint": Architecture("sdxl", inpainting=True),
+    }
+    for name, arch in variants.items():
+        write_single_file(folder / f"{name}.safetensors", arch, seed=3)
+        write_diffusers_folder(folder / f"{name}-diffusers", arch, seed=3)
+    return folder
+
+
+def make_easel(tmp_path: Path, ckpt_dir: Path, **kwargs) -> Easel:
+    options = AppOptions(models_dir=tmp_path / "models", ckpt_dirs=[ckpt_dir], outputs_dir=tmp_path / "outputs",
+                         data_dir=tmp_path / "data", device="cpu", **kwargs)
+    return build(options)
+
+
+@pytest.fixture
+def easel(tmp_path, tiny_ckpt_dir):
+    app = make_easel(tmp_path, tiny_ckpt_dir)
+    yield app
+    app.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RunningServer:
+    def __init__(self, process: subprocess.Popen, url: str, root: Path, log: Path):
+        self.process, self.url, self.root, self.log = process, url, root, log
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def start_server(root: Path, ckpt_dir: Path | None, extra: list[str] = (), timeout: float = 120) -> RunningServer:
+    """Start Easel in its own process on a free port on 127.0.0.1 and wait until it answers HTTP."""
+    port = free_port()
+    log = root / "server.log"
+    args = [sys.executable, "-m", "webui.cli", "--port", str(port), "--device", "cpu",
+            "--models-dir", str(root / "models"), "--outputs-dir", str(root / "outputs"),
+            "--data-dir", str(root / "data"), *extra]
+    if ckpt_dir is not None:
+        args += ["--ckpt-dir", str(ckpt_dir)]
+    handle = open(log, "w")
+    process = subprocess.Popen(args, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log.read_text()}")
+        try:
+            if httpx.get(url + "/easel/v1/health", timeout=2).status_code == 200:
+                return RunningServer(process, url, root, log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f"server did not answer within {timeout}s:\n{log.read_text()}")

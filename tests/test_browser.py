@@ -1,0 +1,107 @@
+"""A real browser against a real server: type a prompt, generate, see the image, find the file.
+
+Runs headless Chromium (Debian's package) through Playwright. Without a browser the
+test is skipped, unless EASEL_REQUIRE_BROWSER=1 (set by CI), where that is a failure.
+"""
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from webui.core.images import read_infotext
+from webui.core.infotext import parse_infotext
+
+from conftest import ROOT, start_server
+
+CHROMIUM = os.environ.get("EASEL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = ROOT / "test-artifacts"
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+if not CHROMIUM:
+    if os.environ.get("EASEL_REQUIRE_BROWSER"):
+        raise RuntimeError("EASEL_REQUIRE_BROWSER is set but no chromium was found")
+    pytest.skip("chromium is not installed", allow_module_level=True)
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_ckpt_dir):
+    running = start_server(tmp_path_factory.mktemp("server"), tiny_ckpt_dir)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(server.url)
+        page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+        yield page
+        browser.close()
+
+
+def set_slider(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_generate_in_the_browser(page, server):
+    page.locator("#txt2img_prompt textarea").fill("a lighthouse on a cliff")
+    page.locator("#txt2img_neg_prompt textarea").fill("fog")
+    set_slider(page, "txt2img_steps", 3)
+    set_slider(page, "txt2img_width", 64)
+    set_slider(page, "txt2img_height", 64)
+    page.locator("#txt2img_seed input").fill("21")
+    page.locator("#txt2img_generate").click()
+    expect(page.locator("#txt2img_gallery img").first).to_be_visible(timeout=60_000)
+    expect(page.locator("#html_info_txt2img")).to_contain_text("Seed: 21")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "txt2img.png"), full_page=True)
+
+    files = sorted((server.root / "outputs" / "txt2img-images").rglob("*.png"))
+    assert [f.name for f in files] == ["00000-21.png"]
+    info = parse_infotext(read_infotext(Image.open(files[0])))
+    assert info.prompt == "a lighthouse on a cliff" and info.negative_prompt == "fog"
+    assert info.params["Steps"] == "3" and info.params["Size"] == "64x64"
+
+
+def test_recycle_button_reuses_the_last_seed(page):
+    page.locator("#txt2img_random_seed").click()
+    expect(page.locator("#txt2img_seed input")).to_have_value("-1")
+    page.locator("#txt2img_reuse_seed").click()
+    expect(page.locator("#txt2img_seed input")).to_have_value("21")
+
+
+def test_bad_input_shows_a_readable_error(page):
+    page.locator("#txt2img_seed input").fill("-5")
+    page.locator("#txt2img_generate").click()
+    error = page.locator("#html_info_txt2img .easel-error")
+    expect(error).to_contain_text("seed: must be -1", timeout=30_000)
+    expect(page.locator("body")).not_to_contain_text("Traceback")
+    page.locator("#txt2img_seed input").fill("21")
+
+
+def test_progress_and_interrupt(page, server):
+    set_slider(page, "txt2img_steps", 150)
+    set_slider(page, "txt2img_width", 512)
+    set_slider(page, "txt2img_height", 512)
+    page.locator("#txt2img_generate").click()
+    expect(page.locator("#txt2img_progress .easel-progress")).to_be_visible(timeout=30_000)
+    expect(page.locator("#txt2img_progress")).to_contain_text("Step", timeout=30_000)
+    expect(page.locator("#txt2img_preview img")).to_be_visible(timeout=30_000)
+    started = time.monotonic()
+    page.locator("#txt2img_interrupt").click()
+    expect(page.locator("#html_info_txt2img")).to_contain_text("Interrupted", timeout=30_000)
+    assert time.monotonic() - started < 15
+    set_slider(page, "txt2img_steps", 3)
+    set_slider(page, "txt2img_width", 64)
+    set_slider(page, "txt2img_height", 64)

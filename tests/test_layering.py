@@ -1,0 +1,53 @@
+"""Layering rules that must not rely on goodwill.
+
+core/ and model_manager/ hold the engine; they never import the UI toolkit, the web
+framework, or the ui/ and api/ packages. Importing any module has no side effects
+(no threads, no argv parsing).
+"""
+import ast
+import importlib
+import pkgutil
+import sys
+import threading
+from pathlib import Path
+
+import webui
+
+WEBUI = Path(webui.__file__).parent
+FORBIDDEN = ("gradio", "fastapi", "uvicorn", "starlette", "webui.ui", "webui.api", "webui.server")
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    package = "webui." + ".".join(path.relative_to(WEBUI).with_suffix("").parts[:-1])
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                names.add(".".join(base + ([node.module] if node.module else [])))
+            else:
+                names.add(node.module or "")
+    return names
+
+
+def test_engine_never_imports_ui_or_web_layers():
+    offenders = []
+    for folder in ("core", "model_manager"):
+        for path in (WEBUI / folder).rglob("*.py"):
+            for name in _imports(path):
+                if name.startswith(FORBIDDEN):
+                    offenders.append(f"{path.relative_to(WEBUI)} imports {name}")
+    assert not offenders, offenders
+
+
+def test_importing_every_module_is_inert(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["--definitely-not-a-flag"])
+    threads_before = threading.active_count()
+    for module in pkgutil.walk_packages([str(WEBUI)], prefix="webui."):
+        if module.name.endswith("__main__"):
+            continue
+        importlib.import_module(module.name)
+    assert threading.active_count() == threads_before

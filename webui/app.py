@@ -1,0 +1,106 @@
+"""The app factory: the one place that assembles Easel's services.
+
+Importing any module of Easel has no side effects; `build()` creates the settings store,
+the model manager, the job queue and the engine from the command-line options and
+starts the queue's worker. The UI, the API and the CLI all receive this one `Easel`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .core.jobs import Job, JobQueue
+from .core.processing import Engine
+from .core.request import GenerationRequest, Result
+from .devices import DeviceConfig, device_config
+from .model_manager.architecture import Architecture
+from .model_manager.manager import ModelManager
+from .paths import PROJECT_ROOT, Paths
+from .settings import SettingsStore
+
+log = logging.getLogger(__name__)
+DEMO_MODEL_NAME = "easel-demo-tiny.safetensors"
+
+
+@dataclass
+class AppOptions:
+    """Command-line options shared by the UI server and the CLI."""
+
+    models_dir: Path = PROJECT_ROOT / "models"
+    ckpt_dirs: list[Path] = field(default_factory=list)
+    outputs_dir: Path = PROJECT_ROOT / "outputs"
+    data_dir: Path = PROJECT_ROOT
+    device: str = "auto"
+    precision: str = "auto"
+    no_half_vae: bool = False
+    allow_pickle: bool = False
+    demo_model: bool = False
+
+
+@dataclass
+class Easel:
+    paths: Paths
+    settings: SettingsStore
+    device: DeviceConfig
+    models: ModelManager
+    queue: JobQueue
+    engine: Engine
+    options: AppOptions
+
+    def submit_txt2img(self, request: GenerationRequest, owner: str | None = None) -> Job:
+        """Validate now (so bad input fails at once, naming the field), then queue."""
+        request.validate(self.engine.catalog)
+        return self.queue.submit(lambda job: self.engine.txt2img(request, job), owner=owner,
+                                 description=request.prompt[:80])
+
+    def txt2img(self, request: GenerationRequest) -> Result:
+        job = self.submit_txt2img(request)
+        job.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def preload(self) -> Job | None:
+        """Warm up after start-up: import the model stack and load the selected checkpoint in the queue."""
+        if not self.models.checkpoints():
+            return None
+
+        def load(job: Job):
+            from .model_manager import loader  # noqa: F401  (the heavy imports, off the start-up path)
+
+            return self.models.get(None, progress=lambda message: job.report(text=message))
+
+        return self.queue.submit(load, kind="load-model", description="preload selected checkpoint")
+
+    def close(self) -> None:
+        self.queue.stop()
+
+
+def write_demo_model(paths: Paths) -> Path:
+    """A tiny random-weight SD 1.x checkpoint, so the whole app can be tried offline."""
+    from .model_manager.tiny import write_single_file
+
+    target = paths.model_dir("checkpoint") / DEMO_MODEL_NAME
+    if not target.exists():
+        write_single_file(target, Architecture("sd1"), seed=1234, demo=True)
+        log.info("wrote demo model %s", target)
+    return target
+
+
+def build(options: AppOptions) -> Easel:
+    paths = Paths(models_dir=options.models_dir, outputs_dir=options.outputs_dir, data_dir=options.data_dir,
+                  ckpt_dirs=list(options.ckpt_dirs))
+    paths.ensure()
+    settings = SettingsStore(paths.config_file)
+    settings.load()
+    device = device_config(options.device, options.precision, options.no_half_vae)
+    if options.demo_model:
+        write_demo_model(paths)
+    models = ModelManager(paths, settings, device, allow_pickle=options.allow_pickle)
+    models.refresh()
+    queue = JobQueue()
+    engine = Engine(models, settings, paths)
+    queue.start()
+    log.info("device: %s; %d checkpoint(s) found", device.label, len(models.checkpoints()))
+    return Easel(paths, settings, device, models, queue, engine, options)

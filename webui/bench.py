@@ -1,0 +1,187 @@
+"""Benchmark: numbers measured side by side in one run, printed as a table.
+
+    python3 -m webui.bench                       # tiny model, CPU or GPU, ~1 minute
+    python3 -m webui.bench --size full-sd1       # real-size SD 1.5 architecture, random weights (GPU)
+
+Measures
+- seconds per image through Easel's engine vs the same settings through a bare diffusers
+  pipeline built from the very same modules (ratio; target <= 1.05 at 20 steps). Runs
+  alternate between the two, and the median of each is compared;
+- time from starting the server process to the UI answering HTTP;
+- cold load time of a checkpoint and the time of a cached switch back to it;
+- peak resident memory of this process.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from .app import AppOptions, build
+from .core.request import GenerationRequest
+from .model_manager.architecture import Architecture, configs_for
+from .model_manager.tiny import write_single_file
+
+
+def _write_full_size(path: Path, family: str) -> Path:
+    """A random-weight checkpoint with the published architecture's sizes (fp16 on disk)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from .model_manager.convert import diffusers_to_checkpoint
+    from .model_manager.loader import file_state_dict
+
+    arch = Architecture(family)
+    configs = configs_for(arch)
+    modules = {"unet": UNet2DConditionModel.from_config(configs["unet"]),
+               "vae": AutoencoderKL.from_config(configs["vae"])}
+    for name in arch.text_encoders:
+        cfg = {k: v for k, v in configs[name].items() if not k.startswith("_")}
+        cls = CLIPTextModelWithProjection if cfg["architectures"][0].endswith("Projection") else CLIPTextModel
+        modules[name] = cls(CLIPTextConfig(**cfg))
+    tensors = diffusers_to_checkpoint({n: file_state_dict(m) for n, m in modules.items()}, configs)
+    save_file({k: v.half().contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+def _bare_diffusers_seconds(model, request: GenerationRequest) -> float:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    config = dict(model.scheduler_config, timestep_spacing="linspace")
+    scheduler = EulerDiscreteScheduler.from_config(config)
+    if model.architecture.family == "sdxl":
+        pipe = StableDiffusionXLPipeline(vae=model.vae, text_encoder=model.text_encoders["text_encoder"],
+                                         text_encoder_2=model.text_encoders["text_encoder_2"],
+                                         tokenizer=model.tokenizers["text_encoder"],
+                                         tokenizer_2=model.tokenizers["text_encoder_2"], unet=model.unet,
+                                         scheduler=scheduler)
+    else:
+        pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoders["text_encoder"],
+                                       tokenizer=model.tokenizers["text_encoder"], unet=model.unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    _sync(model)
+    start = time.perf_counter()
+    pipe(request.prompt, negative_prompt=request.negative_prompt, num_inference_steps=request.steps,
+         guidance_scale=request.cfg_scale, width=request.width, height=request.height,
+         generator=torch.Generator("cpu").manual_seed(1))
+    _sync(model)
+    return time.perf_counter() - start
+
+
+def _sync(model) -> None:
+    if model.device.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _startup_seconds(data: Path, ckpt_dir: Path, device: str) -> float:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = Path(__file__).resolve().parent.parent
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "webui.cli", "--port", str(port), "--device", device,
+                             "--models-dir", str(data / "srv-models"), "--data-dir", str(data / "srv-data"),
+                             "--outputs-dir", str(data / "srv-out"), "--ckpt-dir", str(ckpt_dir)],
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while time.perf_counter() - start < 180:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200:
+                    return time.perf_counter() - start
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        return float("nan")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m webui.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="tiny", choices=("tiny", "full-sd1", "full-sdxl"))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--resolution", type=int, default=None, help="image side (default 512, 1024 for SDXL)")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        ckpts = data / "ckpts"
+        ckpts.mkdir()
+        family = "sdxl" if args.size == "full-sdxl" else "sd1"
+        t0 = time.perf_counter()
+        if args.size == "tiny":
+            write_single_file(ckpts / "a.safetensors", Architecture("sd1"), seed=1)
+            write_single_file(ckpts / "b.safetensors", Architecture("sd1"), seed=2)
+        else:
+            _write_full_size(ckpts / "a.safetensors", family)
+            os.link(ckpts / "a.safetensors", ckpts / "b.safetensors")
+            (ckpts / "b.safetensors").touch()
+        prepare = time.perf_counter() - t0
+        easel = build(AppOptions(models_dir=data / "models", outputs_dir=data / "out", data_dir=data,
+                                 device=args.device, ckpt_dirs=[ckpts]))
+        easel.settings.update({"sd_checkpoints_limit": 2, "live_previews_enable": False})
+        rows: list[tuple[str, str]] = [("device", easel.device.label), ("model", args.size),
+                                       ("prepare checkpoints (s)", f"{prepare:.2f}")]
+        t0 = time.perf_counter()
+        model = easel.models.get("a.safetensors")
+        cold = time.perf_counter() - t0
+        easel.models.get("b.safetensors")
+        t0 = time.perf_counter()
+        easel.models.get("a.safetensors")
+        cached = time.perf_counter() - t0
+        rows += [("cold load of a checkpoint (s)", f"{cold:.3f}"), ("cached switch back (s)", f"{cached:.4f}")]
+
+        side = args.resolution or (1024 if family == "sdxl" else 512)
+        request = dict(prompt="a photograph of an astronaut riding a horse", negative_prompt="blurry",
+                       steps=args.steps, cfg_scale=7.0, width=side, height=side, seed=1, sampler_name="Euler",
+                       scheduler="Uniform", checkpoint="a.safetensors", save_images=False)
+        easel.txt2img(GenerationRequest(**dict(request, steps=2)))  # warm-up both paths
+        _bare_diffusers_seconds(model, GenerationRequest(**dict(request, steps=2)))
+        ours, theirs = [], []
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            easel.txt2img(GenerationRequest(**request))
+            ours.append(time.perf_counter() - t0)
+            theirs.append(_bare_diffusers_seconds(model, GenerationRequest(**request)))
+        t0 = time.perf_counter()
+        easel.txt2img(GenerationRequest(**dict(request, save_images=True)))
+        with_save = time.perf_counter() - t0
+        ratio = statistics.median(ours) / statistics.median(theirs)
+        rows += [(f"Easel s/image ({side}px, {args.steps} steps, median of {args.rounds})",
+                  f"{statistics.median(ours):.3f}"),
+                 ("bare diffusers s/image (same modules)", f"{statistics.median(theirs):.3f}"),
+                 ("ratio Easel / diffusers (target <= 1.05)", f"{ratio:.3f}"),
+                 ("Easel s/image including PNG save", f"{with_save:.3f}")]
+        easel.close()
+        rows.append(("process start -> UI answers HTTP (s)", f"{_startup_seconds(data, ckpts, args.device):.2f}"))
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rows.append(("peak RSS of this process (MiB)", f"{peak_kb / 1024:.0f}"))
+        if torch.cuda.is_available() and easel.device.device.type == "cuda":
+            rows.append(("peak CUDA memory (MiB)", f"{torch.cuda.max_memory_allocated() / 2**20:.0f}"))
+
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Command line: `python3 launch.py [flags]` serves the UI; `python3 launch.py generate ...` runs one job.
+
+Both use the same app factory, engine, files and infotext. Flags follow AUTOMATIC1111's
+names where it has them (--ckpt-dir, --listen, --port, --no-half-vae, --api).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+SERVER_EPILOG = "Run `python3 launch.py generate --help` for the command-line generator."
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    from .paths import PROJECT_ROOT
+
+    group = parser.add_argument_group("models, files and device")
+    group.add_argument("--models-dir", type=Path, default=PROJECT_ROOT / "models",
+                       help="root of the models folders (Stable-diffusion/, Lora/, VAE/, ...)")
+    group.add_argument("--ckpt-dir", type=Path, action="append", default=[],
+                       help="extra folder to scan for checkpoints, e.g. an AUTOMATIC1111 models/Stable-diffusion "
+                            "(repeatable)")
+    group.add_argument("--outputs-dir", type=Path, default=PROJECT_ROOT / "outputs", help="where images are saved")
+    group.add_argument("--data-dir", type=Path, default=PROJECT_ROOT,
+                       help="where config.json and the cache folder live")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
+    group.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                       help="model dtype; auto = fp16 on GPUs, fp32 on CPU")
+    group.add_argument("--no-half-vae", action="store_true", help="always decode with the VAE in fp32")
+    group.add_argument("--allow-pickle", action="store_true",
+                       help="allow .ckpt/.pt/.bin checkpoints (read with a restricted unpickler)")
+    group.add_argument("--demo-model", action="store_true",
+                       help="write a tiny random-weight checkpoint into models/ to try the app offline")
+    group.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+def server_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch.py", description="Easel, a local Stable Diffusion web UI.",
+                                     epilog=SERVER_EPILOG)
+    _common(parser)
+    group = parser.add_argument_group("server")
+    group.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    group.add_argument("--listen", action="store_true",
+                       help="listen on all interfaces (0.0.0.0) instead of 127.0.0.1; requires --auth")
+    group.add_argument("--auth", metavar="USER:PASSWORD", help="require this login for the UI and the API")
+    return parser
+
+
+def generate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch.py generate", description="Generate images from the command line.")
+    _common(parser)
+    g = parser.add_argument_group("generation")
+    g.add_argument("--model", help="checkpoint name, file name, title or hash (default: the selected one)")
+    g.add_argument("--prompt", default="")
+    g.add_argument("--negative-prompt", default="")
+    g.add_argument("--steps", type=int, default=20)
+    g.add_argument("--sampler", default="DPM++ 2M", help='sampler name, e.g. "Euler a" or "DPM++ 2M Karras"')
+    g.add_argument("--scheduler", default="Automatic", help="schedule type, e.g. Karras (default Automatic)")
+    g.add_argument("--cfg-scale", type=float, default=7.0)
+    g.add_argument("--seed", type=int, default=-1)
+    g.add_argument("--width", type=int, default=512)
+    g.add_argument("--height", type=int, default=512)
+    g.add_argument("--batch-size", type=int, default=1)
+    g.add_argument("--batch-count", type=int, default=1)
+    g.add_argument("--out", type=Path, help="save images into this folder (default: outputs/txt2img-images/DATE)")
+    return parser
+
+
+def _options(args: argparse.Namespace):
+    from .app import AppOptions
+
+    return AppOptions(models_dir=args.models_dir, ckpt_dirs=args.ckpt_dir, outputs_dir=args.outputs_dir,
+                      data_dir=args.data_dir, device=args.device, precision=args.precision,
+                      no_half_vae=args.no_half_vae, allow_pickle=args.allow_pickle, demo_model=args.demo_model)
+
+
+def _setup(args: argparse.Namespace) -> None:
+    # Offline first: no library may reach a model hub at run time.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "diffusers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_server(argv: list[str]) -> int:
+    args = server_parser().parse_args(argv)
+    from .server import ServerOptions, parse_auth
+
+    try:
+        auth = parse_auth(args.auth)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.listen and not auth:
+        print("error: --listen exposes Easel to your network; add --auth USER:PASSWORD", file=sys.stderr)
+        return 2
+    _setup(args)
+    from .app import build
+    from .server import serve
+
+    try:
+        easel = build(_options(args))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    serve(easel, ServerOptions(host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port, auth=auth))
+    return 0
+
+
+def run_generate(argv: list[str]) -> int:
+    args = generate_parser().parse_args(argv)
+    _setup(args)
+    from .app import build
+    from .core.request import GenerationRequest, ValidationError
+
+    request = GenerationRequest(prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
+                                sampler_name=args.sampler, scheduler=args.scheduler, cfg_scale=args.cfg_scale,
+                                seed=args.seed, width=args.width, height=args.height, batch_size=args.batch_size,
+                                n_iter=args.batch_count, checkpoint=args.model)
+    try:
+        easel = build(_options(args))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.out:
+            easel.engine.output_dir_override = args.out.resolve()
+        try:
+            job = easel.submit_txt2img(request)
+        except ValidationError as exc:
+            for error in exc.errors:
+                print(f"error: --{error.field.replace('_', '-')}: {error.message}", file=sys.stderr)
+            return 2
+        _print_progress(job)
+        if job.error is not None:
+            print(f"\nerror: {job.error}", file=sys.stderr)
+            return 1
+        result = job.result
+        print(file=sys.stderr)
+        for warning in result.warnings:
+            print(f"note: {warning}", file=sys.stderr)
+        for path in result.paths:
+            print(path)
+        return 0 if not result.interrupted else 130
+    finally:
+        easel.close()
+
+
+def _print_progress(job) -> None:
+    """A one-line progress bar on stderr while the job runs."""
+    interactive = sys.stderr.isatty()
+    last = ""
+    try:
+        while not job.wait(0.2):
+            p = job.progress
+            if p.total_steps:
+                filled = int(30 * p.fraction)
+                line = f"[{'#' * filled}{'.' * (30 - filled)}] {p.step}/{p.total_steps}"
+            else:
+                line = p.text or "waiting"
+            if line != last:
+                print(("\r" if interactive else "") + line, end="" if interactive else "\n", file=sys.stderr,
+                      flush=True)
+                last = line
+    except KeyboardInterrupt:
+        job.interrupt()
+        job.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    started = time.perf_counter()
+    if argv[:1] == ["generate"]:
+        return run_generate(argv[1:])
+    code = run_server(argv)
+    logging.getLogger(__name__).debug("server ran %.1fs", time.perf_counter() - started)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""The job queue: one worker per device, task ids, progress, interrupt and skip.
+
+Every generation (UI, API, CLI) and every model switch is a Job run by the single worker
+thread, in submission order, so requests never race for the GPU or the loaded model.
+Callers get a Job back at once and can poll `progress`, wait for the result, cancel a
+queued job, or interrupt/skip a running one. The worker checks the flags at every
+sampling step, so an interrupt takes effect within one step.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (JobState.QUEUED, JobState.RUNNING)
+
+
+class Interrupted(Exception):
+    """Raised inside a job when the user pressed Interrupt."""
+
+
+class Skipped(Exception):
+    """Raised inside a job when the user pressed Skip: drop the current batch, go on."""
+
+
+class QueueFullError(RuntimeError):
+    def __init__(self, size: int):
+        super().__init__(f"the queue is full ({size} jobs waiting); try again shortly")
+        self.size = size
+
+
+@dataclass
+class Progress:
+    """What a running job reports; read by UI pollers and the API without locking."""
+
+    step: int = 0
+    total_steps: int = 0
+    job_no: int = 0          # batch (of batch count) being sampled, 0-based
+    job_count: int = 0
+    text: str = ""
+    started_at: float | None = None
+    # latest latents/denoised estimate for live previews; decoded lazily by whoever asks
+    preview_latents: Any = None
+    preview_step: int = -1
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if not self.started_at or not self.step or not self.total_steps:
+            return None
+        elapsed = time.monotonic() - self.started_at
+        return elapsed / self.step * max(self.total_steps - self.step, 0)
+
+
+@dataclass
+class Job:
+    """One unit of work. `run` receives the job itself to report progress and check flags."""
+
+    run: Callable[["Job"], Any]
+    kind: str = "generate"
+    owner: str | None = None
+    description: str = ""
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    state: JobState = JobState.QUEUED
+    progress: Progress = field(default_factory=Progress)
+    result: Any = None
+    error: BaseException | None = None
+    submitted_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    sequence: int = 0
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+    _interrupt: threading.Event = field(default_factory=threading.Event, repr=False)
+    _skip: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    # ---- called by the running job ----------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise Interrupted/Skipped if the user asked; call once per step."""
+        if self._interrupt.is_set():
+            raise Interrupted()
+        if self._skip.is_set():
+            self._skip.clear()
+            raise Skipped()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupt.is_set()
+
+    def report(self, step: int | None = None, total: int | None = None, text: str | None = None,
+               preview: Any = None) -> None:
+        p = self.progress
+        if total is not None:
+            p.total_steps = total
+        if step is not None:
+            p.step = step
+        if text is not None:
+            p.text = text
+        if preview is not None:
+            p.preview_latents = preview
+            p.preview_step = p.step
+
+    # ---- called by anyone ---------------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def interrupt(self) -> None:
+        self._interrupt.set()
+
+    def skip(self) -> None:
+        self._skip.set()
+
+
+class JobQueue:
+    """FIFO of jobs with one worker thread. `max_size` bounds waiting jobs (0 = no bound)."""
+
+    def __init__(self, max_size: int = 0, history: int = 200):
+        self.max_size = max_size
+        self._pending: deque[Job] = deque()
+        self._jobs: dict[str, Job] = {}
+        self._history = history
+        self._current: Job | None = None
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._counter = itertools.count(1)
+        self.listeners: list[Callable[[Job], None]] = []
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._cv:
+            if self._thread and self._thread.is_alive():
+                return
+            self._stopping = False
+            self._thread = threading.Thread(target=self._work, name="easel-worker", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cv:
+            self._stopping = True
+            for job in self._pending:
+                self._finish(job, JobState.CANCELLED)
+            self._pending.clear()
+            if self._current:
+                self._current.interrupt()
+            self._cv.notify_all()
+        if self._thread:
+            self._thread.join(timeout)
+
+    # ---- submitting and inspecting ----------------------------------------------------------------
+
+    def submit(self, run: Callable[[Job], Any], *, kind: str = "generate", owner: str | None = None,
+               description: str = "") -> Job:
+        job = Job(run=run, kind=kind, owner=owner, description=description)
+        with self._cv:
+            if self._stopping:
+                raise RuntimeError("the queue is shutting down")
+            if self.max_size and len(self._pending) >= self.max_size:
+                raise QueueFullError(len(self._pending))
+            job.sequence = next(self._counter)
+            self._pending.append(job)
+            self._jobs[job.id] = job
+            self._trim_history()
+            self._cv.notify_all()
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._cv:
+            return self._jobs.get(job_id)
+
+    @property
+    def current(self) -> Job | None:
+        return self._current
+
+    def pending(self) -> list[Job]:
+        with self._cv:
+            return list(self._pending)
+
+    def jobs(self) -> list[Job]:
+        with self._cv:
+            return sorted(self._jobs.values(), key=lambda j: j.sequence)
+
+    def position(self, job_id: str) -> int | None:
+        """0 = running now, 1 = next, ...; None when finished or unknown."""
+        with self._cv:
+            if self._current and self._current.id == job_id:
+                return 0
+            for index, job in enumerate(self._pending, start=1):
+                if job.id == job_id:
+                    return index
+        return None
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued job, or interrupt it if already running. False if unknown/finished."""
+        with self._cv:
+            job = self._jobs.get(job_id)
+            if job is None or job.state.finished:
+                return False
+            if job.state == JobState.QUEUED:
+                self._pending.remove(job)
+                self._finish(job, JobState.CANCELLED)
+                return True
+        job.interrupt()
+        return True
+
+    def interrupt_current(self) -> Job | None:
+        job = self._current
+        if job:
+            job.interrupt()
+        return job
+
+    def skip_current(self) -> Job | None:
+        job = self._current
+        if job:
+            job.skip()
+        return job
+
+    def run_sync(self, run: Callable[[Job], Any], **kwargs: Any) -> Any:
+        """Submit, wait, and return the result or raise the job's error (for the CLI and tests)."""
+        job = self.submit(run, **kwargs)
+        job.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    # ---- worker ---------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._stopping:
+                    self._cv.wait()
+                if self._stopping:
+                    return
+                job = self._pending.popleft()
+                self._current = job
+                job.state = JobState.RUNNING
+                job.started_at = time.time()
+                job.progress.started_at = time.monotonic()
+            state = JobState.DONE
+            try:
+                job.result = job.run(job)
+                if job.interrupted:
+                    state = JobState.INTERRUPTED
+            except Interrupted:
+                state = JobState.INTERRUPTED
+            except Exception as exc:  # reported to the caller, never kills the worker
+                job.error = exc
+                state = JobState.FAILED
+                if not getattr(exc, "user_facing", False):
+                    log.exception("job %s failed", job.id)
+            with self._cv:
+                self._current = None
+                self._finish(job, state)
+
+    def _finish(self, job: Job, state: JobState) -> None:
+        job.state = state
+        job.finished_at = time.time()
+        job.progress.preview_latents = None
+        job._done.set()
+        for listener in list(self.listeners):
+            try:
+                listener(job)
+            except Exception:
+                log.exception("job listener failed")
+
+    def _trim_history(self) -> None:
+        finished = [j for j in self._jobs.values() if j.state.finished]
+        for job in sorted(finished, key=lambda j: j.sequence)[: max(0, len(finished) - self._history)]:
+            del self._jobs[job.id]

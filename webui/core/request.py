@@ -1,0 +1,150 @@
+"""What every way in (UI, API, CLI, extensions) asks for, and what it gets back.
+
+Field names are AUTOMATIC1111's `/sdapi/v1/txt2img` names, so the API maps onto this
+dataclass one to one. `validate()` checks every field and reports each problem under
+the field's name; nothing runs (and nothing is written) until a request is valid.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from PIL import Image
+
+MAX_SIDE = 4096
+MAX_STEPS = 150
+MAX_BATCH_SIZE = 8
+MAX_BATCH_COUNT = 100
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 20_000
+
+
+@dataclass
+class FieldError:
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class ValidationError(ValueError):
+    """One or more fields are invalid; `errors` names each."""
+
+    user_facing = True
+
+    def __init__(self, errors: list[FieldError]):
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors))
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 20
+    sampler_name: str = "DPM++ 2M"
+    scheduler: str = "Automatic"
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    seed: int = -1
+    batch_size: int = 1
+    n_iter: int = 1
+    # checkpoint by name, title, stem or hash; None = the one selected in the UI/settings
+    checkpoint: str | None = None
+    save_images: bool = True
+    # where the request came from, for output folders and infotext ("txt2img", ...)
+    mode: str = "txt2img"
+    # free-form values extensions attach, keyed by extension name
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GenerationRequest":
+        """Build from loosely typed input (JSON, form values); unknown keys are errors."""
+        known = set(cls.field_names())
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            raise ValidationError([FieldError(k, "unknown field") for k in unknown])
+        return cls(**data)
+
+    def validate(self, samplers: "SamplerCatalog | None" = None) -> None:
+        errors = list(self._field_errors())
+        if samplers is not None and isinstance(self.sampler_name, str) and isinstance(self.scheduler, str):
+            errors.extend(samplers.check(self.sampler_name, self.scheduler))
+        if errors:
+            raise ValidationError(errors)
+
+    def _field_errors(self):
+        for name in ("prompt", "negative_prompt"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                yield FieldError(name, "must be text")
+            elif len(value) > MAX_PROMPT_CHARS:
+                yield FieldError(name, f"is longer than {MAX_PROMPT_CHARS} characters")
+        yield from _int_in(self, "steps", 1, MAX_STEPS)
+        for name in ("width", "height"):
+            problem = next(_int_in(self, name, 64, MAX_SIDE), None)
+            if problem:
+                yield problem
+            elif getattr(self, name) % 8:
+                yield FieldError(name, f"must be a multiple of 8 (got {getattr(self, name)})")
+        yield from _int_in(self, "batch_size", 1, MAX_BATCH_SIZE)
+        yield from _int_in(self, "n_iter", 1, MAX_BATCH_COUNT)
+        if not _is_int(self.seed) or not (self.seed == -1 or 0 <= self.seed <= MAX_SEED):
+            yield FieldError("seed", f"must be -1 (random) or a whole number from 0 to {MAX_SEED}")
+        if not _is_number(self.cfg_scale) or not (0 <= self.cfg_scale <= 100):
+            yield FieldError("cfg_scale", "must be a number from 0 to 100")
+        for name in ("sampler_name", "scheduler"):
+            if not isinstance(getattr(self, name), str):
+                yield FieldError(name, "must be text")
+        if self.checkpoint is not None and not isinstance(self.checkpoint, str):
+            yield FieldError("checkpoint", "must be a checkpoint name")
+        if not isinstance(self.extra, dict):
+            yield FieldError("extra", "must be an object")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int_in(request: GenerationRequest, name: str, low: int, high: int):
+    value = getattr(request, name)
+    if not _is_int(value) or not low <= value <= high:
+        yield FieldError(name, f"must be a whole number from {low} to {high} (got {value!r})")
+
+
+@dataclass
+class Result:
+    """Finished images with their infotext, in order, plus what happened on the way."""
+
+    images: list[Image.Image] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    skipped_batches: int = 0
+    model_name: str = ""
+    demo_model: bool = False
+
+    @property
+    def info(self) -> str:
+        return self.infotexts[0] if self.infotexts else ""
+
+
+class SamplerCatalog:
+    """What `validate` needs from the sampler registry (implemented in samplers.py)."""
+
+    def check(self, sampler_name: str, scheduler: str) -> list[FieldError]:  # pragma: no cover - interface
+        raise NotImplementedError

@@ -1,0 +1,170 @@
+"""AUTOMATIC1111 sampler and schedule names, and how each one runs.
+
+k-diffusion style samplers (Euler, Euler a, DPM++ 2M) are our own loops in sigma space
+(`k_samplers`); DDIM, UniPC and LCM run the matching diffusers scheduler. Combined legacy
+names such as "DPM++ 2M Karras" are split into sampler + schedule wherever a name comes in.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from . import k_samplers
+from .request import FieldError, SamplerCatalog
+from .schedules import SCHEDULES, DiscreteSchedule
+
+AUTOMATIC = "Automatic"
+
+
+@dataclass(frozen=True)
+class SamplerInfo:
+    name: str
+    aliases: tuple[str, ...] = ()
+    # sigma-space loop, or None for a diffusers scheduler
+    k_function: Callable[..., torch.Tensor] | None = None
+    # name of a diffusers scheduler class, imported when first used (keeps start-up fast)
+    diffusers_class: str | None = None
+    diffusers_options: dict[str, Any] = field(default_factory=dict)
+    default_schedule: str = "Uniform"
+    stochastic: bool = False
+
+    @property
+    def uses_schedule(self) -> bool:
+        return self.k_function is not None
+
+
+SAMPLERS: tuple[SamplerInfo, ...] = (
+    SamplerInfo("DPM++ 2M", ("k_dpmpp_2m", "dpmpp_2m"), k_samplers.sample_dpmpp_2m, default_schedule="Karras"),
+    SamplerInfo("Euler a", ("k_euler_a", "k_euler_ancestral", "euler_ancestral"), k_samplers.sample_euler_ancestral,
+                stochastic=True),
+    SamplerInfo("Euler", ("k_euler", "euler"), k_samplers.sample_euler),
+    SamplerInfo("DDIM", ("ddim",), diffusers_class="DDIMScheduler",
+                diffusers_options={"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False,
+                                   "clip_sample": False}),
+    SamplerInfo("UniPC", ("unipc",), diffusers_class="UniPCMultistepScheduler",
+                diffusers_options={"timestep_spacing": "linspace", "solver_order": 2, "predict_x0": True}),
+    SamplerInfo("LCM", ("lcm",), diffusers_class="LCMScheduler",
+                diffusers_options={"timestep_spacing": "leading", "original_inference_steps": 50}, stochastic=True),
+)
+
+_BY_NAME = {s.name.lower(): s for s in SAMPLERS}
+_BY_NAME.update({alias.lower(): s for s in SAMPLERS for alias in s.aliases})
+_SCHEDULE_BY_NAME = {label.lower(): label for label in SCHEDULES}
+_SCHEDULE_BY_NAME.update({api.lower(): label for label, (api, _) in SCHEDULES.items()})
+_SCHEDULE_BY_NAME[AUTOMATIC.lower()] = AUTOMATIC
+
+
+def sampler_names() -> list[str]:
+    return [s.name for s in SAMPLERS]
+
+
+def schedule_labels() -> list[str]:
+    return [AUTOMATIC, *SCHEDULES]
+
+
+def schedule_api_names() -> list[tuple[str, str]]:
+    """(api name, label) pairs, as /sdapi/v1/schedulers lists them."""
+    return [("automatic", AUTOMATIC)] + [(api, label) for label, (api, _) in SCHEDULES.items()]
+
+
+class UnknownSamplerError(ValueError):
+    user_facing = True
+
+
+def split_legacy_name(name: str) -> tuple[str, str | None]:
+    """'DPM++ 2M Karras' -> ('DPM++ 2M', 'Karras'); other names unchanged."""
+    stripped = name.strip()
+    if stripped.lower() in _BY_NAME:
+        return stripped, None
+    for label in SCHEDULES:
+        suffix = " " + label.lower()
+        if stripped.lower().endswith(suffix) and stripped[: -len(suffix)].lower() in _BY_NAME:
+            return stripped[: -len(suffix)], label
+    return stripped, None
+
+
+def resolve(sampler_name: str, scheduler: str = AUTOMATIC) -> tuple[SamplerInfo, str]:
+    """(sampler, concrete schedule label). Raises UnknownSamplerError listing valid names."""
+    base, legacy_schedule = split_legacy_name(sampler_name)
+    info = _BY_NAME.get(base.lower())
+    if info is None:
+        raise UnknownSamplerError(f"unknown sampler {sampler_name!r}; choose one of: {', '.join(sampler_names())}")
+    label = _SCHEDULE_BY_NAME.get((scheduler or AUTOMATIC).strip().lower())
+    if label is None:
+        raise UnknownSamplerError(f"unknown schedule type {scheduler!r}; choose one of: {', '.join(schedule_labels())}")
+    if label == AUTOMATIC and legacy_schedule:
+        label = legacy_schedule
+    if label == AUTOMATIC:
+        label = info.default_schedule
+    return info, label
+
+
+class Catalog(SamplerCatalog):
+    def check(self, sampler_name: str, scheduler: str) -> list[FieldError]:
+        try:
+            resolve(sampler_name, AUTOMATIC)
+        except UnknownSamplerError as exc:
+            return [FieldError("sampler_name", str(exc))]
+        if (scheduler or AUTOMATIC).strip().lower() not in _SCHEDULE_BY_NAME:
+            return [FieldError("scheduler", f"unknown schedule type {scheduler!r}; "
+                                            f"choose one of: {', '.join(schedule_labels())}")]
+        return []
+
+
+# ---- running -----------------------------------------------------------------------------------
+
+
+class ModelOutput:
+    """What a sampler needs from the model: predictions at sigmas or at timesteps."""
+
+    schedule: DiscreteSchedule
+    prediction_type: str
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def predict(self, x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def sigmas_for(info: SamplerInfo, schedule_label: str, model: DiscreteSchedule, steps: int) -> torch.Tensor:
+    return SCHEDULES[schedule_label][1](model, steps)
+
+
+def run(info: SamplerInfo, schedule_label: str, model: ModelOutput, noise: "k_samplers.NoiseSource",
+        first_noise: torch.Tensor, steps: int, scheduler_config: dict[str, Any], callback: k_samplers.StepCallback,
+        generators: list[torch.Generator]) -> torch.Tensor:
+    """Sample from pure noise to a clean latent."""
+    if info.k_function is not None:
+        sigmas = sigmas_for(info, schedule_label, model.schedule, steps).to(first_noise.device)
+        x = first_noise * sigmas[0]
+        return info.k_function(model.denoise, x, sigmas, noise, callback)
+    return _run_diffusers(info, model, first_noise, steps, scheduler_config, callback, generators)
+
+
+def _run_diffusers(info: SamplerInfo, model: ModelOutput, first_noise: torch.Tensor, steps: int,
+                   scheduler_config: dict[str, Any], callback: k_samplers.StepCallback,
+                   generators: list[torch.Generator]) -> torch.Tensor:
+    import diffusers
+
+    scheduler_class = getattr(diffusers, info.diffusers_class)
+    accepted = set(inspect.signature(scheduler_class.__init__).parameters)
+    config = {k: v for k, v in scheduler_config.items() if k in accepted}
+    config.update(info.diffusers_options)
+    scheduler = scheduler_class.from_config(config)
+    scheduler.set_timesteps(steps, device=first_noise.device)
+    x = first_noise * scheduler.init_noise_sigma
+    for i, t in enumerate(scheduler.timesteps):
+        x_in = scheduler.scale_model_input(x, t)
+        output = model.predict(x_in, t.expand(x.shape[0]))
+        kwargs = {"generator": generators} if info.stochastic else {}
+        step = scheduler.step(output, t, x, return_dict=True, **kwargs)
+        x = step.prev_sample
+        denoised = getattr(step, "denoised", None)
+        if denoised is None:
+            denoised = getattr(step, "pred_original_sample", None)
+        callback(i, x, denoised if denoised is not None else x)
+    return x

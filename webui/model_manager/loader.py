@@ -1,0 +1,296 @@
+"""Turn a checkpoint on disk into diffusers/transformers modules, offline.
+
+Single files: read tensors (safetensors, or pickle through the restricted unpickler),
+detect the architecture, take the shipped configs (or the sidecar's), rename keys with
+`convert`, and assign the tensors into models built on the meta device (no random
+initialisation, no second copy). Diffusers folders: read each component's config.json
+and weights the same way. Nothing here touches the network.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from ..devices import DeviceConfig
+from .architecture import Architecture, ModelConfigs, configs_for
+from .convert import ConversionError, StateDict, checkpoint_to_diffusers
+from .detect import DetectionError, detect
+from .errors import ModelLoadError
+from .registry import CheckpointInfo
+from .safe_unpickle import load_pickle_checkpoint
+from .sidecar import read_sidecars
+from .tokenizer import EOS, clip_tokenizer
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+
+@dataclass
+class LoadedModel:
+    """Everything needed to run one checkpoint, already on its device."""
+
+    info: CheckpointInfo
+    architecture: Architecture
+    configs: ModelConfigs
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoders: dict[str, torch.nn.Module]
+    tokenizers: dict[str, CLIPTokenizer]
+    device: DeviceConfig
+    sha256: str = ""
+    load_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    demo: bool = False
+    # set after a half-precision VAE decode produced NaNs: decode in fp32 from then on
+    vae_upcast: bool = False
+
+    @property
+    def short_hash(self) -> str:
+        return self.sha256[:10]
+
+    @property
+    def scheduler_config(self) -> dict[str, Any]:
+        return dict(self.configs["scheduler"])
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.configs["vae"]["block_out_channels"]) - 1)
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.unet, self.vae, *self.text_encoders.values()]
+
+    def to(self, device: torch.device) -> None:
+        for module in self.modules():
+            module.to(device)
+
+
+# ---- reading files ------------------------------------------------------------------------
+
+
+def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors header, without reading the data."""
+    with safe_open(str(path), framework="pt") as handle:
+        return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+
+
+def read_tensors(path: Path, allow_pickle: bool) -> StateDict:
+    if path.suffix.lower() == ".safetensors":
+        return load_file(str(path), device="cpu")
+    return load_pickle_checkpoint(path, allow_pickle)
+
+
+def _component_weights(folder: Path, allow_pickle: bool) -> StateDict:
+    """Weights of one diffusers/transformers component folder (single, sharded or fp16 variant)."""
+    for pattern in ("*.safetensors.index.json",):
+        for index in folder.glob(pattern):
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            tensors: StateDict = {}
+            for shard in shards:
+                tensors.update(load_file(str(folder / shard), device="cpu"))
+            return tensors
+    candidates = sorted(folder.glob("*.safetensors"), key=lambda p: (".fp16." in p.name, p.name))
+    if candidates:
+        return load_file(str(candidates[0]), device="cpu")
+    pickles = sorted(folder.glob("*.bin"))
+    if pickles:
+        return load_pickle_checkpoint(pickles[0], allow_pickle)
+    raise ModelLoadError(f"{folder.name}: no weight file found in {folder}")
+
+
+def _folder_architecture(folder: Path, components: dict[str, dict[str, Any]]) -> Architecture:
+    index = json.loads((folder / "model_index.json").read_text())
+    has_te1 = bool(index.get("text_encoder") and index["text_encoder"][0])
+    has_te2 = bool(index.get("text_encoder_2") and index["text_encoder_2"][0])
+    if has_te2:
+        family = "sdxl" if has_te1 else "sdxl-refiner"
+    elif components["text_encoder"].get("hidden_size") == 1024 or components["text_encoder"].get("hidden_act") == "gelu":
+        # OpenCLIP (SD 2.x) uses gelu; OpenAI's CLIP ViT-L (SD 1.x) uses quick_gelu
+        family = "sd2"
+    else:
+        family = "sd1"
+    prediction = components.get("scheduler", {}).get("prediction_type", "epsilon")
+    return Architecture(family, prediction, components["unet"].get("in_channels", 4) == 9)
+
+
+def read_diffusers_folder(folder: Path, allow_pickle: bool) -> tuple[ModelConfigs, dict[str, StateDict]]:
+    components: dict[str, dict[str, Any]] = {}
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        cfg = folder / name / "config.json"
+        if cfg.is_file():
+            components[name] = json.loads(cfg.read_text())
+    sched = folder / "scheduler" / "scheduler_config.json"
+    if sched.is_file():
+        components["scheduler"] = json.loads(sched.read_text())
+    if "unet" not in components or "vae" not in components:
+        raise ModelLoadError(f"{folder.name}: a diffusers folder needs unet/ and vae/ subfolders")
+    arch = _folder_architecture(folder, components)
+    scheduler = {k: v for k, v in components.pop("scheduler", {}).items() if not k.startswith("_")}
+    configs = configs_for(arch, {**components, "scheduler": scheduler})
+    weights = {name: _component_weights(folder / name, allow_pickle) for name in components}
+    return configs, weights
+
+
+# ---- building modules -----------------------------------------------------------------------
+
+
+def _text_encoder_class(config: dict[str, Any]) -> type[torch.nn.Module]:
+    arch = (config.get("architectures") or ["CLIPTextModel"])[0]
+    return CLIPTextModelWithProjection if arch == "CLIPTextModelWithProjection" else CLIPTextModel
+
+
+def _factory(name: str, config: dict[str, Any]) -> Callable[[], torch.nn.Module]:
+    if name == "unet":
+        return lambda: UNet2DConditionModel.from_config(config)
+    if name == "vae":
+        return lambda: AutoencoderKL.from_config(config)
+    clean = {k: v for k, v in config.items() if not k.startswith("_")}
+    cls = _text_encoder_class(clean)
+    return lambda: cls(CLIPTextConfig(**clean))
+
+
+def _uses_bare_text_keys(model: torch.nn.Module) -> bool:
+    """transformers 5's CLIPTextModel drops the `text_model.` level that files (and WithProjection) keep."""
+    return isinstance(model, CLIPTextModel) and not any(k.startswith("text_model.") for k in model.state_dict())
+
+
+def file_state_dict(model: torch.nn.Module) -> StateDict:
+    """A module's tensors under the names files use (diffusers folders, single-file conversion)."""
+    tensors = {k: v for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+    if _uses_bare_text_keys(model):
+        return {"text_model." + k: v for k, v in tensors.items()}
+    return tensors
+
+
+def _restore_meta_buffers(model: torch.nn.Module, name: str) -> None:
+    """Non-persistent buffers are not in any file; rebuild the ones we know how to."""
+    for buffer_name, buffer in list(model.named_buffers()):
+        if not buffer.is_meta:
+            continue
+        parent_name, _, leaf = buffer_name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if leaf == "position_ids":
+            length = buffer.shape[-1]
+            parent.register_buffer(leaf, torch.arange(length).expand((1, -1)), persistent=False)
+        else:
+            raise ModelLoadError(f"{name}: buffer {buffer_name} has no value")
+
+
+def build_module(name: str, config: dict[str, Any], tensors: StateDict, device: torch.device,
+                 dtype: torch.dtype) -> torch.nn.Module:
+    """Instantiate on the meta device and assign the file's tensors: fast, and one copy in memory."""
+    try:
+        with torch.device("meta"):
+            model = _factory(name, config)()
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{name}: its config cannot build a model ({exc})") from exc
+    expected = model.state_dict()
+    if _uses_bare_text_keys(model):
+        tensors = {k.removeprefix("text_model."): v for k, v in tensors.items()}
+    converted: StateDict = {}
+    for key, value in tensors.items():
+        target = expected.get(key)
+        if target is None:
+            continue
+        if tuple(value.shape) != tuple(target.shape):
+            raise ModelLoadError(f"{name}: tensor {key} has shape {tuple(value.shape)}, "
+                                 f"the architecture expects {tuple(target.shape)}")
+        converted[key] = value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
+    missing = [k for k in expected if k not in converted]
+    if missing:
+        raise ModelLoadError(f"{name}: {len(missing)} tensors missing from the file (first: {', '.join(missing[:3])})")
+    model.load_state_dict(converted, strict=True, assign=True)
+    _restore_meta_buffers(model, name)
+    model.to(device)
+    model.eval().requires_grad_(False)
+    return model
+
+
+def probe_v_prediction(unet: UNet2DConditionModel) -> bool:
+    """SD 2.x files don't record their parameterisation: ask the model.
+
+    At the last timestep the input is almost pure noise, so an epsilon model returns
+    roughly its input, while a v model returns roughly minus the clean image, far below
+    the input. A mid-grey latent and a constant context make that difference plain.
+    """
+    param = next(unet.parameters())
+    x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, device=param.device, dtype=param.dtype)
+    context = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, device=param.device, dtype=param.dtype)
+    with torch.no_grad():
+        out = unet(x, torch.tensor([999], device=param.device), encoder_hidden_states=context).sample
+    return bool((out - x).float().mean().item() < -1)
+
+
+def tokenizer_for(family: str, component: str) -> CLIPTokenizer:
+    """CLIP ViT-L pads with the end token; the OpenCLIP encoders pad with '!' (id 0)."""
+    openclip = component == "text_encoder_2" or family == "sd2"
+    return clip_tokenizer("!" if openclip else EOS)
+
+
+# ---- entry point ---------------------------------------------------------------------------
+
+
+def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bool,
+                    progress: Progress | None = None) -> LoadedModel:
+    """Load a checkpoint for generation. Raises ModelLoadError with a readable reason."""
+    say = progress or (lambda message: None)
+    started = time.perf_counter()
+    notes: list[str] = []
+    try:
+        sidecar = read_sidecars(info.path)
+        say(f"reading {info.path.name}")
+        if info.format == "diffusers":
+            configs, weights = read_diffusers_folder(info.path, allow_pickle)
+            uncertain = False
+        else:
+            tensors = read_tensors(info.path, allow_pickle)
+            detection = detect({k: tuple(v.shape) for k, v in tensors.items()})
+            arch = detection.architecture
+            uncertain = detection.prediction_uncertain
+            arch = Architecture(sidecar.family or arch.family,
+                                sidecar.prediction_type or arch.prediction_type,
+                                arch.inpainting if sidecar.inpainting is None else sidecar.inpainting)
+            if sidecar.prediction_type:
+                uncertain = False
+            configs = configs_for(arch, sidecar.components)
+            weights, leftovers = checkpoint_to_diffusers(tensors, configs)
+            del tensors
+            if leftovers:
+                notes.append(f"{len(leftovers)} tensors not used by the model (EMA copies, schedule buffers)")
+        if sidecar.sources:
+            notes.append("config from " + ", ".join(p.name for p in sidecar.sources))
+    except (DetectionError, ConversionError, ValueError, OSError) as exc:
+        raise ModelLoadError(f"{info.name}: {exc}") from exc
+
+    arch = configs.architecture
+    modules: dict[str, torch.nn.Module] = {}
+    for name in ("unet", "vae", *arch.text_encoders):
+        if name not in weights:
+            raise ModelLoadError(f"{info.name}: the file has no {name.replace('_', ' ')}")
+        say(f"building {name}")
+        dtype = device.vae_dtype if name == "vae" else device.dtype
+        modules[name] = build_module(name, configs[name], weights.pop(name), device.device, dtype)
+
+    if uncertain and probe_v_prediction(modules["unet"]):
+        arch = Architecture(arch.family, "v_prediction", arch.inpainting)
+        configs.architecture = arch
+        configs["scheduler"]["prediction_type"] = "v_prediction"
+        notes.append("detected v-prediction")
+
+    loaded = LoadedModel(
+        info=info, architecture=arch, configs=configs, unet=modules["unet"], vae=modules["vae"],
+        text_encoders={n: modules[n] for n in arch.text_encoders},
+        tokenizers={n: tokenizer_for(arch.family, n) for n in arch.text_encoders},
+        device=device, notes=notes, demo=sidecar.demo)
+    loaded.load_seconds = time.perf_counter() - started
+    log.info("loaded %s (%s) in %.1fs", info.name, arch.label, loaded.load_seconds)
+    return loaded

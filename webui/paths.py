@@ -1,0 +1,76 @@
+"""Where things live on disk, and joins that cannot escape their root.
+
+Folder names under models/ follow AUTOMATIC1111 so an existing models folder can be
+pointed at as is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# AUTOMATIC1111's folder names, keyed by the kind of model they hold.
+MODEL_FOLDERS: dict[str, str] = {
+    "checkpoint": "Stable-diffusion",
+    "vae": "VAE",
+    "lora": "Lora",
+    "embedding": "embeddings",
+    "controlnet": "ControlNet",
+    "esrgan": "ESRGAN",
+}
+
+
+class UnsafePathError(ValueError):
+    """A user-supplied name tried to leave the folder it must stay in."""
+
+
+def safe_join(root: Path, name: str) -> Path:
+    """Join a user-supplied relative name onto root, refusing anything that escapes it."""
+    if not name or "\x00" in name:
+        raise UnsafePathError(f"invalid name {name!r}")
+    candidate = Path(name)
+    if candidate.is_absolute() or candidate.drive:
+        raise UnsafePathError(f"absolute paths are not allowed: {name!r}")
+    root_resolved = root.resolve()
+    joined = (root_resolved / candidate).resolve()
+    if joined != root_resolved and root_resolved not in joined.parents:
+        raise UnsafePathError(f"{name!r} points outside {root}")
+    return joined
+
+
+@dataclass
+class Paths:
+    """Resolved roots for one running instance (set from command-line flags)."""
+
+    models_dir: Path = PROJECT_ROOT / "models"
+    outputs_dir: Path = PROJECT_ROOT / "outputs"
+    data_dir: Path = PROJECT_ROOT
+    extensions_dir: Path = PROJECT_ROOT / "extensions"
+    ckpt_dirs: list[Path] = field(default_factory=list)
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / "config.json"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    def model_dir(self, kind: str) -> Path:
+        return self.models_dir / MODEL_FOLDERS[kind]
+
+    def checkpoint_dirs(self) -> list[Path]:
+        """The models/Stable-diffusion folder first, then every --ckpt-dir."""
+        dirs = [self.model_dir("checkpoint")]
+        for extra in self.ckpt_dirs:
+            if extra.resolve() not in [d.resolve() for d in dirs]:
+                dirs.append(extra)
+        return dirs
+
+    def ensure(self) -> None:
+        """Create the folders a user is told to drop files into."""
+        for kind in MODEL_FOLDERS:
+            self.model_dir(kind).mkdir(parents=True, exist_ok=True)
+        self.outputs_dir.mkdir(parents=True, exist_ok=True)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,181 @@
+"""Typed user settings, persisted atomically to config.json.
+
+Names follow AUTOMATIC1111's option keys where one exists, so `/sdapi/v1/options`
+clients and copied config files keep working. Fields marked `protected` (paths and
+security switches) can be changed in config.json or the Settings tab but never
+through the API.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import threading
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _opt(default: Any, label: str, section: str = "General", *, choices: tuple | None = None,
+         minimum: float | None = None, maximum: float | None = None, protected: bool = False) -> Any:
+    meta = {"label": label, "section": section, "choices": choices, "minimum": minimum,
+            "maximum": maximum, "protected": protected}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Settings:
+    """Every user-tunable option, with its default. One instance per running app."""
+
+    sd_model_checkpoint: str = _opt("", "Stable Diffusion checkpoint", "Stable Diffusion")
+    sd_checkpoints_limit: int = _opt(1, "Checkpoints to keep loaded", "Stable Diffusion", minimum=1, maximum=10)
+    samples_save: bool = _opt(True, "Always save all generated images", "Saving images")
+    samples_format: str = _opt("png", "File format for images", "Saving images", choices=("png", "jpg", "webp"))
+    samples_filename_pattern: str = _opt("[seed]", "Images filename pattern", "Saving images")
+    save_to_dirs: bool = _opt(True, "Save images to a subdirectory", "Saving images")
+    directories_filename_pattern: str = _opt("[date]", "Directory name pattern", "Saving images")
+    jpeg_quality: int = _opt(80, "Quality for saved jpeg and webp images", "Saving images", minimum=1, maximum=100)
+    enable_pnginfo: bool = _opt(True, "Save text information about generation parameters in files", "Saving images")
+    outdir_txt2img_samples: str = _opt("", "Output directory for txt2img images (empty: outputs/txt2img-images)",
+                                       "Paths", protected=True)
+    live_previews_enable: bool = _opt(True, "Show live previews of the created image", "Live previews")
+    show_progress_every_n_steps: int = _opt(1, "Live preview display period (steps)", "Live previews",
+                                           minimum=1, maximum=32)
+
+    # ---- validation -----------------------------------------------------------------
+
+    @classmethod
+    def spec(cls) -> dict[str, Any]:
+        return {f.name: f for f in fields(cls)}
+
+    @classmethod
+    def coerce(cls, key: str, value: Any) -> Any:
+        """Check one value against its field; return it converted, or raise ValueError naming the key."""
+        spec = cls.spec().get(key)
+        if spec is None:
+            raise ValueError(f"{key}: unknown setting")
+        default = spec.default if spec.default is not MISSING else None
+        meta = spec.metadata
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{key}: expected true or false, got {value!r}")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+                raise ValueError(f"{key}: expected an integer, got {value!r}")
+            value = int(value)
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{key}: expected a number, got {value!r}")
+            value = float(value)
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise ValueError(f"{key}: expected text, got {value!r}")
+        if meta.get("choices") and value not in meta["choices"]:
+            raise ValueError(f"{key}: must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
+        if meta.get("minimum") is not None and value < meta["minimum"]:
+            raise ValueError(f"{key}: must be at least {meta['minimum']}; got {value!r}")
+        if meta.get("maximum") is not None and value > meta["maximum"]:
+            raise ValueError(f"{key}: must be at most {meta['maximum']}; got {value!r}")
+        return value
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class SettingsStore:
+    """Holds the live Settings and writes them to config.json atomically.
+
+    Unknown keys found in the file (an extension's options, a newer version's) are kept
+    and written back untouched, so nothing a user set is lost.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.RLock()
+        self._extra: dict[str, Any] = {}
+        self.settings = Settings()
+        self.load_warnings: list[str] = []
+
+    def load(self) -> Settings:
+        with self._lock:
+            self.settings = Settings()
+            self._extra = {}
+            self.load_warnings = []
+            if not self.path.exists():
+                return self.settings
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                if not isinstance(data, dict):
+                    raise ValueError("top level is not an object")
+            except (OSError, ValueError) as exc:
+                self.load_warnings.append(f"{self.path.name} could not be read ({exc}); using defaults")
+                log.warning(self.load_warnings[-1])
+                return self.settings
+            spec = Settings.spec()
+            for key, value in data.items():
+                if key not in spec:
+                    self._extra[key] = value
+                    continue
+                try:
+                    setattr(self.settings, key, Settings.coerce(key, value))
+                except ValueError as exc:
+                    self.load_warnings.append(f"{exc}; using the default")
+                    log.warning(self.load_warnings[-1])
+            return self.settings
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            if key in Settings.spec():
+                return getattr(self.settings, key)
+            return self._extra.get(key)
+
+    def update(self, changes: dict[str, Any], *, allow_protected: bool = True) -> list[str]:
+        """Validate every change first, then apply all and save; returns the changed keys.
+
+        Raises ValueError naming the first bad key; nothing is applied in that case.
+        """
+        spec = Settings.spec()
+        checked: dict[str, Any] = {}
+        for key, value in changes.items():
+            if key in spec and spec[key].metadata.get("protected") and not allow_protected:
+                raise PermissionError(f"{key}: this setting can only be changed from the Settings tab or config.json")
+            checked[key] = Settings.coerce(key, value)
+        with self._lock:
+            changed = [k for k, v in checked.items() if getattr(self.settings, k) != v]
+            for key, value in checked.items():
+                setattr(self.settings, key, value)
+            if changed:
+                self.save()
+            return changed
+
+    def save(self) -> None:
+        with self._lock:
+            data = dict(self._extra)
+            data.update(self.settings.as_dict())
+            atomic_write_text(self.path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
