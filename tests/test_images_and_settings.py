@@ -20,7 +20,7 @@ def test_running_numbers_and_seed_names(tmp_path):
     assert first.name == "00000-123.png" and second.name == "00001-124.png"
     (tmp_path / "00041-x.png").write_bytes(b"")
     assert next_number(tmp_path) == 42
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpg", "webp"])

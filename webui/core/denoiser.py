@@ -49,12 +49,14 @@ class CFGDenoiser(ModelOutput):
         self.added = {k: v.to(self.device, self.dtype) for k, v in self.added.items()}
 
     @torch.no_grad()
-    def predict(self, x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def predict(self, x_in: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         x_model = x_in.to(self.device, self.dtype)
-        t = t.to(self.device)
         if self.use_uncond:
             x_model = torch.cat([x_model, x_model])
-            t = torch.cat([t, t])
+        if isinstance(t, torch.Tensor):
+            t = t.to(self.device).reshape(-1)[:1].expand(x_model.shape[0])
+        else:  # a Python number: filled on the device, no host-to-device copy to wait for
+            t = torch.full((x_model.shape[0],), float(t), device=self.device)
         kwargs = {"added_cond_kwargs": self.added} if self.added else {}
         out = self.unet(x_model, t, encoder_hidden_states=self.embeds, return_dict=False, **kwargs)[0].float()
         if not self.use_uncond:
@@ -62,10 +64,11 @@ class CFGDenoiser(ModelOutput):
         uncond, cond = out.chunk(2)
         return uncond + self.cfg_scale * (cond - uncond)
 
-    def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        s = sigma.to(x.device, torch.float32).view(-1, 1, 1, 1)
+    def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        s = float(sigma)
         scale_in = 1 / (s ** 2 + 1) ** 0.5
-        out = self.predict(x * scale_in, self.schedule.sigma_to_t(sigma))
+        t = float(self.schedule.sigma_to_t(torch.tensor(s)))
+        out = self.predict(x * scale_in, t)
         if self.prediction_type == "v_prediction":
-            return x / (s ** 2 + 1) - out * s * scale_in
+            return x / (s ** 2 + 1) - out * (s * scale_in)
         return x - out * s

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, PngImagePlugin
+
+from ..fileio import atomic_write_bytes
 
 EXIF_IFD = 0x8769
 USER_COMMENT = 0x9286
@@ -148,20 +148,6 @@ def read_infotext(image: Image.Image) -> str | None:
     return None
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def save_image(image: Image.Image, folder: Path, pattern: str, ctx: NamingContext, fmt: str = "png",
                infotext: str | None = None, quality: int = 80) -> Path:
     """Save as `NNNNN-<pattern>.<ext>` in folder (created if needed); returns the path."""
@@ -176,5 +162,5 @@ def save_image(image: Image.Image, folder: Path, pattern: str, ctx: NamingContex
         if not path.exists():
             break
         number += 1
-    atomic_write(path, data)
+    atomic_write_bytes(path, data)
     return path

@@ -18,16 +18,13 @@ from typing import Callable, Protocol
 
 import torch
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# D(x, sigma): sigma is a Python float, so no sampler step ever waits on the GPU
+Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
 class NoiseSource(Protocol):
     def next(self) -> torch.Tensor: ...
-
-
-def _sigma_batch(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return sigma.to(x.device).expand(x.shape[0])
 
 
 def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
@@ -44,7 +41,7 @@ def sample_euler(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise
                  callback: StepCallback, **_: float) -> torch.Tensor:
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        denoised = denoise(x, _sigma_batch(sigmas[i], x))
+        denoised = denoise(x, sigma)
         derivative = (x - denoised) / sigma
         x = x + derivative * (sigma_next - sigma)
         callback(i, x, denoised)
@@ -56,7 +53,7 @@ def sample_euler_ancestral(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Ten
                            callback: StepCallback, eta: float = 1.0, s_noise: float = 1.0, **_: float) -> torch.Tensor:
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        denoised = denoise(x, _sigma_batch(sigmas[i], x))
+        denoised = denoise(x, sigma)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         x = x + (x - denoised) / sigma * (sigma_down - sigma)
         if sigma_next > 0 and sigma_up > 0:
@@ -72,7 +69,7 @@ def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, no
     h_previous = 0.0
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        denoised = denoise(x, _sigma_batch(sigmas[i], x))
+        denoised = denoise(x, sigma)
         if sigma_next == 0:
             x = denoised  # the last step lands on the model's estimate
         else:

@@ -123,10 +123,10 @@ class ModelOutput:
     schedule: DiscreteSchedule
     prediction_type: str
 
-    def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+    def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def predict(self, x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+    def predict(self, x_in: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
 
@@ -139,8 +139,9 @@ def run(info: SamplerInfo, schedule_label: str, model: ModelOutput, noise: "k_sa
         generators: list[torch.Generator]) -> torch.Tensor:
     """Sample from pure noise to a clean latent."""
     if info.k_function is not None:
-        sigmas = sigmas_for(info, schedule_label, model.schedule, steps).to(first_noise.device)
-        x = first_noise * sigmas[0]
+        # sigmas stay on the CPU: reading one never synchronises with the GPU
+        sigmas = sigmas_for(info, schedule_label, model.schedule, steps)
+        x = first_noise * float(sigmas[0])
         return info.k_function(model.denoise, x, sigmas, noise, callback)
     return _run_diffusers(info, model, first_noise, steps, scheduler_config, callback, generators)
 

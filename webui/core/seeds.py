@@ -35,8 +35,11 @@ class ImageRNG:
         self.generators = [torch.Generator("cpu").manual_seed(int(s)) for s in self.seeds]
 
     def _draw(self) -> torch.Tensor:
-        noise = [torch.randn(self.shape, generator=g, dtype=torch.float32) for g in self.generators]
-        return torch.stack(noise).to(self.device)
+        noise = torch.stack([torch.randn(self.shape, generator=g, dtype=torch.float32) for g in self.generators])
+        if self.device.type == "cuda":
+            # pinned memory lets the copy run asynchronously instead of stalling the GPU queue
+            return noise.pin_memory().to(self.device, non_blocking=True)
+        return noise.to(self.device)
 
     def first(self) -> torch.Tensor:
         """Initial latent noise; call once, before `next`."""

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from ..settings import atomic_write_text
+from ..fileio import atomic_write_text
 
 CHUNK = 1 << 20
 

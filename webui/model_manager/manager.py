@@ -130,11 +130,14 @@ class ModelManager:
         self._loaded.move_to_end(name)
         if self.device.device.type == "cpu":
             return
+        moved = False
         for other_name, other in self._loaded.items():
             target = self.device.device if other_name == name else torch.device("cpu")
-            if next(other.unet.parameters()).device != target:
+            if next(other.unet.parameters()).device.type != target.type:
                 other.to(target)
-        empty_cache(self.device.device)
+                moved = True
+        if moved:  # only then: emptying the allocator cache makes the next run re-allocate everything
+            empty_cache(self.device.device)
 
     def _make_room(self, keep: int) -> None:
         while len(self._loaded) > max(keep, 0):
