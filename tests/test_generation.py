@@ -154,3 +154,21 @@ def test_demo_model_is_labelled(tmp_path):
         assert any("noise" in w for w in result.warnings)
     finally:
         app.close()
+
+
+def test_half_precision_vae_nans_fall_back_to_fp32(tmp_path, tiny_ckpt_dir):
+    """A VAE whose fp16 activations overflow (as SDXL's does on GPUs) decodes again in fp32."""
+    import torch
+
+    from conftest import make_easel
+
+    app = make_easel(tmp_path, tiny_ckpt_dir, precision="fp16")
+    try:
+        model = app.models.get("tiny-sd1.safetensors")
+        with torch.no_grad():
+            model.vae.post_quant_conv.weight.mul_(3e4)  # pushes fp16 activations past 65504
+        result = app.txt2img(req())
+        assert model.vae_upcast and next(model.vae.parameters()).dtype == torch.float32
+        assert pixels(result.images[0]).std() > 5  # a real image, not a black NaN frame
+    finally:
+        app.close()
