@@ -88,8 +88,12 @@ class RunningServer:
                 self.process.kill()
 
 
-def start_server(root: Path, ckpt_dir: Path | None, extra: list[str] = (), timeout: float = 120) -> RunningServer:
-    """Start Easel in its own process on a free port on 127.0.0.1 and wait until it answers HTTP."""
+def start_server(root: Path, ckpt_dir: Path | None, extra: list[str] = (), timeout: float = 120,
+                 auth: tuple[str, str] | None = None) -> RunningServer:
+    """Start Easel in its own process on a free port on 127.0.0.1 and wait until it answers HTTP.
+
+    `auth`: the credentials to check health with, for a server started with --auth.
+    """
     port = free_port()
     log = root / "server.log"
     args = [sys.executable, "-m", "webui.cli", "--port", str(port), "--device", "cpu",
@@ -105,7 +109,7 @@ def start_server(root: Path, ckpt_dir: Path | None, extra: list[str] = (), timeo
         if process.poll() is not None:
             raise RuntimeError(f"server exited early:\n{log.read_text()}")
         try:
-            if httpx.get(url + "/easel/v1/health", timeout=2).status_code == 200:
+            if httpx.get(url + "/easel/v1/health", timeout=2, auth=auth).status_code == 200:
                 return RunningServer(process, url, root, log)
         except httpx.HTTPError:
             pass

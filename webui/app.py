@@ -48,11 +48,11 @@ class Easel:
     engine: Engine
     options: AppOptions
 
-    def submit_txt2img(self, request: GenerationRequest, owner: str | None = None) -> Job:
+    def submit_txt2img(self, request: GenerationRequest, owner: str | None = None, job_id: str | None = None) -> Job:
         """Validate now (so bad input fails at once, naming the field), then queue."""
         request.validate(self.engine.catalog)
         return self.queue.submit(lambda job: self.engine.txt2img(request, job), owner=owner,
-                                 description=request.prompt[:80])
+                                 description=request.prompt[:80], job_id=job_id)
 
     def txt2img(self, request: GenerationRequest) -> Result:
         job = self.submit_txt2img(request)
@@ -99,7 +99,7 @@ def build(options: AppOptions) -> Easel:
         write_demo_model(paths)
     models = ModelManager(paths, settings, device, allow_pickle=options.allow_pickle)
     models.refresh()
-    queue = JobQueue()
+    queue = JobQueue(max_size=lambda: settings.get("queue_size_limit"))
     engine = Engine(models, settings, paths)
     queue.start()
     log.info("device: %s; %d checkpoint(s) found", device.label, len(models.checkpoints()))

@@ -43,10 +43,22 @@ def server_parser() -> argparse.ArgumentParser:
                                      epilog=SERVER_EPILOG)
     _common(parser)
     group = parser.add_argument_group("server")
-    group.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    group.add_argument("--port", type=int, default=None,
+                       help="port to listen on (default 7860; 7861 with --nowebui, as in AUTOMATIC1111)")
     group.add_argument("--listen", action="store_true",
                        help="listen on all interfaces (0.0.0.0) instead of 127.0.0.1; requires --auth")
-    group.add_argument("--auth", metavar="USER:PASSWORD", help="require this login for the UI and the API")
+    group.add_argument("--auth", metavar="USER:PASSWORD[,USER2:PASSWORD2]",
+                       help="require one of these logins (HTTP Basic) for every route: UI, API, files, docs")
+    group.add_argument("--api-auth", metavar="USER:PASSWORD[,...]",
+                       help="AUTOMATIC1111's name; adds logins exactly like --auth (every route is protected)")
+    group.add_argument("--insecure", action="store_true", help="allow --listen without --auth")
+    api = parser.add_argument_group("API")
+    api.add_argument("--api", action="store_true", help="serve AUTOMATIC1111's API at /sdapi/v1 (docs at /docs)")
+    api.add_argument("--nowebui", action="store_true", help="serve the API only, without the web UI")
+    api.add_argument("--cors-allow-origins", metavar="ORIGIN[,ORIGIN]", default="",
+                     help="web origins allowed to call the API from a browser (default: none)")
+    api.add_argument("--api-max-body-mb", type=float, default=64,
+                     help="largest API request body in MiB; larger ones get HTTP 413 (default 64)")
     return parser
 
 
@@ -89,18 +101,42 @@ def _setup(args: argparse.Namespace) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+SECRET_FLAGS = ("auth", "api_auth")
+
+
+def public_flags(args: argparse.Namespace) -> dict:
+    """The flags as /sdapi/v1/cmd-flags shows them: credentials masked, paths as text."""
+    flags = {}
+    for key, value in vars(args).items():
+        if key in SECRET_FLAGS:
+            value = "********" if value else None
+        elif isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, list):
+            value = [str(v) for v in value]
+        flags[key] = value
+    return flags
+
+
 def run_server(argv: list[str]) -> int:
     args = server_parser().parse_args(argv)
-    from .server import ServerOptions, parse_auth
+    from .api.security import parse_credentials
+    from .server import ServerOptions
 
     try:
-        auth = parse_auth(args.auth)
+        auth = parse_credentials([args.auth, args.api_auth])
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: --auth/--api-auth: {exc}", file=sys.stderr)
         return 2
-    if args.listen and not auth:
-        print("error: --listen exposes Easel to your network; add --auth USER:PASSWORD", file=sys.stderr)
+    if args.listen and not auth and not args.insecure:
+        print("error: --listen exposes Easel to your network; add --auth USER:PASSWORD (or --insecure)",
+              file=sys.stderr)
         return 2
+    if args.api_max_body_mb <= 0:
+        print("error: --api-max-body-mb must be positive", file=sys.stderr)
+        return 2
+    if args.port is None:
+        args.port = 7861 if args.nowebui else 7860
     _setup(args)
     from .app import build
     from .server import serve
@@ -110,7 +146,10 @@ def run_server(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    serve(easel, ServerOptions(host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port, auth=auth))
+    origins = [o.strip() for o in args.cors_allow_origins.split(",") if o.strip()]
+    serve(easel, ServerOptions(host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port, auth=auth,
+                               ui=not args.nowebui, api=args.api or args.nowebui, cors_allow_origins=origins,
+                               max_body_bytes=int(args.api_max_body_mb * (1 << 20)), flags=public_flags(args)))
     return 0
 
 

@@ -1,23 +1,27 @@
-"""HTTP: the Gradio UI mounted on a FastAPI app, served by uvicorn.
+"""HTTP: the Gradio UI and the API on one FastAPI app, served by uvicorn.
 
 Easel binds 127.0.0.1 unless --listen is given; listening on other addresses requires
---auth, and then every route (UI, API, docs) asks for the credentials.
+--auth (or --insecure), and with credentials every route (UI, API, files, docs, unknown
+paths) asks for them with HTTP Basic auth. State-changing requests from foreign web
+origins are refused unless allowed with --cors-allow-origins.
 """
 from __future__ import annotations
 
-import base64
 import logging
-import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import gradio as gr
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 
 from . import __version__
+from . import api
+from .api.security import BasicAuth, BodyLimit, SameOrigin, parse_credentials
 from .app import Easel
 from .ui.common import CSS
 from .ui.layout import build_ui
@@ -25,36 +29,32 @@ from .ui.layout import build_ui
 log = logging.getLogger(__name__)
 
 
+DEFAULT_MAX_BODY_MB = 64
+
+
 @dataclass
 class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 7860
-    auth: tuple[str, str] | None = None
+    # HTTP Basic credentials; when any are set, every route requires one of them
+    auth: list[tuple[str, str]] = field(default_factory=list)
     ui: bool = True
+    api: bool = False  # /sdapi/v1 (AUTOMATIC1111's API); /easel/v1 is always on
+    cors_allow_origins: list[str] = field(default_factory=list)
+    max_body_bytes: int = DEFAULT_MAX_BODY_MB << 20
+    # the command line as /sdapi/v1/cmd-flags shows it (credentials already masked)
+    flags: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_auth(value: str | None) -> tuple[str, str] | None:
-    if not value:
-        return None
-    user, sep, password = value.partition(":")
-    if not sep or not user or not password:
-        raise ValueError("--auth must look like user:password")
-    return user, password
-
-
-def _basic_auth_ok(request: Request, auth: tuple[str, str]) -> bool:
-    header = request.headers.get("authorization", "")
-    if not header.lower().startswith("basic "):
-        return False
-    try:
-        user, _, password = base64.b64decode(header[6:]).decode("utf-8").partition(":")
-    except (ValueError, UnicodeDecodeError):
-        return False
-    return secrets.compare_digest(user, auth[0]) and secrets.compare_digest(password, auth[1])
+def parse_auth(value: str | None) -> list[tuple[str, str]]:
+    """'user:pass[,user2:pass2]' -> [(user, pass), ...]; raises ValueError naming the format."""
+    return parse_credentials([value])
 
 
 def create_fastapi(easel: Easel, options: ServerOptions) -> FastAPI:
-    app = FastAPI(title="Easel", version=__version__)
+    app = FastAPI(title="Easel", version=__version__,
+                  description="AUTOMATIC1111-compatible /sdapi/v1 (with --api or --nowebui) and Easel's job queue "
+                              "API /easel/v1/jobs.")
 
     @app.get("/easel/v1/health", tags=["easel"])
     def health() -> dict:
@@ -64,23 +64,24 @@ def create_fastapi(easel: Easel, options: ServerOptions) -> FastAPI:
                 "loaded": current.info.name if current else None,
                 "queue": len(easel.queue.pending())}
 
-    if options.auth:
-        auth = options.auth
+    api.install(app, easel, sdapi=options.api or not options.ui, flags=options.flags,
+                usernames=frozenset(user for user, _ in options.auth))
 
-        @app.middleware("http")
-        async def require_auth(request: Request, call_next):
-            # Gradio's own login covers the UI; API and docs routes use HTTP basic auth.
-            path = request.url.path
-            if path.startswith(("/easel/", "/sdapi/", "/docs", "/openapi.json", "/redoc")):
-                if not _basic_auth_ok(request, auth):
-                    return Response(status_code=401, headers={"WWW-Authenticate": 'Basic realm="Easel"'})
-            return await call_next(request)
+    # outermost last: CORS preflights, then auth, then origin and size checks
+    app.add_middleware(BodyLimit, limit=options.max_body_bytes)
+    app.add_middleware(SameOrigin, allowed_origins=options.cors_allow_origins)
+    if options.auth:
+        app.add_middleware(BasicAuth, credentials=list(options.auth))
+    if options.cors_allow_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=options.cors_allow_origins, allow_credentials=True,
+                           allow_methods=["*"], allow_headers=["*"])
 
     if options.ui:
         blocks = build_ui(easel)
         blocks.queue(default_concurrency_limit=None)
         allowed = [str(easel.paths.outputs_dir.resolve())]
-        app = gr.mount_gradio_app(app, blocks, path="/", auth=options.auth, allowed_paths=allowed, css=CSS,
+        # HTTP Basic auth (above) protects the UI too, so Gradio's own login form is not used
+        app = gr.mount_gradio_app(app, blocks, path="/", allowed_paths=allowed, css=CSS,
                                   footer_links=["api", "settings"], show_error=False)
     else:
         @app.get("/")

@@ -45,6 +45,10 @@ class Settings:
     live_previews_enable: bool = _opt(True, "Show live previews of the created image", "Live previews")
     show_progress_every_n_steps: int = _opt(1, "Live preview display period (steps)", "Live previews",
                                            minimum=1, maximum=32)
+    queue_size_limit: int = _opt(64, "Most jobs waiting in the queue (0 = no limit); more get HTTP 429", "API",
+                                 minimum=0, maximum=10_000)
+    api_enable_requests: bool = _opt(False, "Allow http(s) image URLs in API requests (never private, loopback or "
+                                            "link-local addresses)", "API", protected=True)
 
     # ---- validation -----------------------------------------------------------------
 
@@ -126,6 +130,13 @@ class SettingsStore:
                     self.load_warnings.append(f"{exc}; using the default")
                     log.warning(self.load_warnings[-1])
             return self.settings
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every option, including keys this version does not know (kept from config.json)."""
+        with self._lock:
+            data = dict(self._extra)
+            data.update(self.settings.as_dict())
+            return data
 
     def get(self, key: str) -> Any:
         with self._lock:

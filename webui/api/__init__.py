@@ -1,0 +1,28 @@
+"""The HTTP API: AUTOMATIC1111's /sdapi/v1 and Easel's own /easel/v1/jobs.
+
+`install()` adds the routes and error handlers to the FastAPI app the server builds;
+security.py holds the auth, same-origin and body-size middlewares the server wraps
+around everything. Importing this package has no side effects.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from ..app import Easel
+from .context import ApiContext
+
+
+def install(app: FastAPI, easel: Easel, *, sdapi: bool = True, flags: dict[str, Any] | None = None,
+            usernames: frozenset[str] = frozenset()) -> ApiContext:
+    """Mount /easel/v1/jobs (always) and /sdapi/v1 (when `sdapi`) on `app`."""
+    from . import jobs, sdapi as sdapi_routes
+    from .errors import install_handlers
+
+    ctx = ApiContext(easel, flags=dict(flags or {}), usernames=usernames)
+    install_handlers(app)
+    app.include_router(jobs.build_router(ctx))
+    if sdapi:
+        app.include_router(sdapi_routes.build_router(ctx))
+    return ctx

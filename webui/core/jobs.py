@@ -43,9 +43,17 @@ class Skipped(Exception):
 
 
 class QueueFullError(RuntimeError):
+    user_facing = True
+
     def __init__(self, size: int):
         super().__init__(f"the queue is full ({size} jobs waiting); try again shortly")
         self.size = size
+
+
+class NotOwnerError(PermissionError):
+    """Someone tried to cancel a job that belongs to another user or session."""
+
+    user_facing = True
 
 
 @dataclass
@@ -91,6 +99,8 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     sequence: int = 0
+    # what the way in that submitted the job wants to remember about it (API request type, parameters)
+    meta: dict[str, Any] = field(default_factory=dict)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _interrupt: threading.Event = field(default_factory=threading.Event, repr=False)
     _skip: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -139,9 +149,13 @@ class Job:
 
 
 class JobQueue:
-    """FIFO of jobs with one worker thread. `max_size` bounds waiting jobs (0 = no bound)."""
+    """FIFO of jobs with one worker thread.
 
-    def __init__(self, max_size: int = 0, history: int = 200):
+    `max_size` bounds waiting jobs (0 = no bound); it may be a callable read at every
+    submit, so a setting can change the bound while the app runs.
+    """
+
+    def __init__(self, max_size: int | Callable[[], int] = 0, history: int = 200):
         self.max_size = max_size
         self._pending: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
@@ -177,14 +191,26 @@ class JobQueue:
 
     # ---- submitting and inspecting ----------------------------------------------------------------
 
+    @property
+    def limit(self) -> int:
+        """The current bound on waiting jobs (0 = none)."""
+        value = self.max_size() if callable(self.max_size) else self.max_size
+        return max(0, int(value or 0))
+
     def submit(self, run: Callable[[Job], Any], *, kind: str = "generate", owner: str | None = None,
-               description: str = "") -> Job:
+               description: str = "", job_id: str | None = None) -> Job:
+        """Queue `run`; raises QueueFullError when full, ValueError when `job_id` is already taken."""
         job = Job(run=run, kind=kind, owner=owner, description=description)
+        if job_id is not None:
+            job.id = job_id
         with self._cv:
             if self._stopping:
                 raise RuntimeError("the queue is shutting down")
-            if self.max_size and len(self._pending) >= self.max_size:
+            limit = self.limit
+            if limit and len(self._pending) >= limit:
                 raise QueueFullError(len(self._pending))
+            if job.id in self._jobs:
+                raise ValueError(f"a job with id {job.id!r} already exists")
             job.sequence = next(self._counter)
             self._pending.append(job)
             self._jobs[job.id] = job
@@ -218,12 +244,17 @@ class JobQueue:
                     return index
         return None
 
-    def cancel(self, job_id: str) -> bool:
-        """Cancel a queued job, or interrupt it if already running. False if unknown/finished."""
+    def cancel(self, job_id: str, owner: str | None = None) -> bool:
+        """Cancel a queued job, or interrupt it if already running. False if unknown/finished.
+
+        With `owner`, only that owner's jobs may be cancelled (NotOwnerError otherwise).
+        """
         with self._cv:
             job = self._jobs.get(job_id)
             if job is None or job.state.finished:
                 return False
+            if owner is not None and job.owner != owner:
+                raise NotOwnerError(f"job {job_id} belongs to someone else")
             if job.state == JobState.QUEUED:
                 self._pending.remove(job)
                 self._finish(job, JobState.CANCELLED)

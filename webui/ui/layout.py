@@ -11,6 +11,7 @@ from ..model_manager.errors import ModelLoadError
 from ..model_manager.manager import NoCheckpointError
 from ..model_manager.registry import ModelNotFoundError
 from .common import error_html, esc
+from .queue_panel import build_queue_panel
 from .runner import SessionJobs
 from .settings_tab import build_settings
 from .txt2img import build_txt2img
@@ -56,6 +57,7 @@ def build_ui(easel: Easel) -> gr.Blocks:
             refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", elem_classes="easel-tool", scale=0,
                                 min_width=42)
         status = gr.HTML(_status(easel), elem_id="easel_status")
+        build_queue_panel(easel)
 
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):

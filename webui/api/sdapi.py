@@ -1,0 +1,340 @@
+"""/sdapi/v1: AUTOMATIC1111's API, so clients written for it work against Easel unchanged.
+
+Generation goes through the same job queue as the UI: a request is validated (422 naming
+the field), queued (429 with Retry-After when the queue is full), awaited, and answered
+with AUTOMATIC1111's response shape. Endpoints for features Easel does not have yet answer
+501 naming the missing capability, and lists of things Easel does not have are empty.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable
+
+from fastapi import APIRouter, Body, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from ..core import samplers
+from ..core.images import read_infotext
+from ..core.infotext import parse_infotext
+from ..core.jobs import Job, JobState
+from ..core.request import GenerationRequest
+from . import models as m
+from .context import ApiContext, a1111_progress
+from .errors import ApiError, job_error, not_implemented
+from .images import decode_image
+from .translate import apply_infotext, check_option, find_checkpoint, image_response, to_generation_request
+
+log = logging.getLogger(__name__)
+
+# A1111's schedulers with their default rho and whether they need the model's own sigmas
+SCHEDULER_EXTRAS = {"karras": (7.0, False), "polyexponential": (1.0, False), "sgm_uniform": (-1.0, True),
+                    "normal": (-1.0, True), "ddim": (-1.0, True)}
+
+NOT_YET = {
+    "img2img": ("img2img", "Use /sdapi/v1/txt2img, or the UI, until img2img lands."),
+    "extras": ("the Extras tab (upscalers, face restoration)", ""),
+    "interrogate": ("interrogation (CLIP / DeepBooru captions)", ""),
+    "training": ("training embeddings and hypernetworks", ""),
+}
+
+
+def missing(feature: str) -> ApiError:
+    """501 for a whole endpoint whose feature Easel does not have yet."""
+    capability, hint = NOT_YET[feature]
+    return not_implemented(capability, hint=hint)
+
+
+async def submit_and_wait(ctx: ApiContext, request: Request, run: Callable[[Job], Any], kind: str,
+                          description: str) -> Job:
+    """Run a model job (load, unload) on the worker, so it never races a generation."""
+    job = ctx.easel.queue.submit(run, kind=kind, owner=ctx.owner(request), description=description)
+    if not await ctx.wait(job, request):
+        raise ApiError(499, "client closed the request")
+    if job.error is not None:
+        raise job_error(job.error)
+    return job
+
+
+async def run_generation(ctx: ApiContext, request: Request, body: m.GenerationFields,
+                         gen: GenerationRequest, kind: str) -> dict:
+    """Queue a validated request, wait for it, and answer in AUTOMATIC1111's shape."""
+    job = ctx.easel.submit_txt2img(gen, owner=ctx.owner(request), job_id=_task_id(ctx, body.force_task_id))
+    job.meta.update(type=kind, body=body, request=gen)
+    if not await ctx.wait(job, request):
+        raise ApiError(499, "client closed the request; the job was cancelled")
+    return await run_in_threadpool(generation_response, ctx, job)
+
+
+def _task_id(ctx: ApiContext, task_id: str | None) -> str | None:
+    if task_id is not None and ctx.easel.queue.get(task_id) is not None:
+        raise ApiError(409, f"force_task_id: a job with id {task_id!r} already exists", extra={"field": "force_task_id"})
+    return task_id
+
+
+def generation_response(ctx: ApiContext, job: Job) -> dict:
+    """The finished job as AUTOMATIC1111's response (raises the right ApiError for failures)."""
+    if job.state == JobState.CANCELLED:
+        raise ApiError(409, "the job was cancelled before it ran")
+    if job.error is not None:
+        raise job_error(job.error)
+    return image_response(job, job.meta["request"], job.meta["body"], ctx.easel.settings)
+
+
+def build_router(ctx: ApiContext) -> APIRouter:
+    router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
+    easel = ctx.easel
+
+    # ---- generation ------------------------------------------------------------------------------
+
+    @router.post("/txt2img", response_model=m.TextToImageResponse)
+    async def txt2img(body: m.Txt2ImgRequest, request: Request):
+        """Text to image, with AUTOMATIC1111's fields and defaults (steps 50, 512x512, sampler Euler)."""
+        body = apply_infotext(body)
+        gen = to_generation_request(body, easel.models, easel.settings, "txt2img")
+        return await run_generation(ctx, request, body, gen, "txt2img")
+
+    @router.post("/img2img", response_model=m.ImageToImageResponse, status_code=200,
+                 responses={501: {"description": "img2img is not implemented yet"}})
+    async def img2img(body: m.Img2ImgRequest):
+        raise missing("img2img")
+
+    @router.post("/extra-single-image", responses={501: {"description": "not implemented yet"}})
+    async def extra_single_image(body: m.ExtrasSingleImageRequest):
+        raise missing("extras")
+
+    @router.post("/extra-batch-images", responses={501: {"description": "not implemented yet"}})
+    async def extra_batch_images(body: m.ExtrasBatchImagesRequest):
+        raise missing("extras")
+
+    @router.post("/interrogate", responses={501: {"description": "not implemented yet"}})
+    async def interrogate(body: m.InterrogateRequest):
+        raise missing("interrogate")
+
+    for path in ("/create/embedding", "/create/hypernetwork", "/train/embedding", "/train/hypernetwork"):
+        @router.post(path, responses={501: {"description": "not implemented yet"}}, name=path.strip("/"))
+        async def training(body: dict[str, Any] = Body(default_factory=dict)):
+            raise missing("training")
+
+    @router.post("/png-info", response_model=m.PNGInfoResponse)
+    def png_info(body: m.PNGInfoRequest):
+        image = decode_image("image", body.image, allow_urls=bool(easel.settings.get("api_enable_requests")))
+        text = read_infotext(image) or ""
+        items = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, (str, int, float))
+                 and k != "parameters"}
+        return {"info": text, "items": items, "parameters": _parameters(text) if text else {}}
+
+    # ---- progress and control --------------------------------------------------------------------
+
+    @router.get("/progress", response_model=m.ProgressResponse)
+    def progress(skip_current_image: bool = Query(False)):
+        """The job running now (from the UI, the API or the command line), with a live preview."""
+        return a1111_progress(ctx, skip_current_image)
+
+    @router.post("/interrupt")
+    def interrupt(request: Request):
+        """Stop the running job, keeping finished images. With --auth, only your own job."""
+        job = easel.queue.current
+        if job is not None and ctx.may_control(request, job):
+            job.interrupt()
+        return {}
+
+    @router.post("/skip")
+    def skip(request: Request):
+        """Drop the current batch of the running job and go on with the next."""
+        job = easel.queue.current
+        if job is not None and ctx.may_control(request, job):
+            job.skip()
+        return None
+
+    # ---- settings and flags ----------------------------------------------------------------------
+
+    @router.get("/options")
+    def get_options() -> dict[str, Any]:
+        data = easel.settings.as_dict()
+        selected = data.get("sd_model_checkpoint")
+        if selected:
+            try:
+                data["sd_model_checkpoint"] = easel.models.registry.title(easel.models.find(selected))
+            except LookupError:
+                pass
+        return data
+
+    @router.post("/options")
+    async def set_options(request: Request, body: dict[str, Any] = Body(...)):
+        """Change settings, all or none. Path and security settings are refused (403, naming the key);
+        `sd_model_checkpoint` loads the checkpoint first and is saved only if that works."""
+        changes: dict[str, Any] = {}
+        checkpoint = None
+        for key, value in body.items():
+            if key == "sd_model_checkpoint":
+                checkpoint = find_checkpoint(easel.models, key, value)
+                continue
+            changed, coerced = check_option(easel.settings, key, value, key)
+            if changed:
+                changes[key] = coerced
+        if checkpoint is not None:
+            await submit_and_wait(ctx, request, lambda j: easel.models.get(checkpoint, progress=lambda t: j.report(
+                text=t)), "load-model", checkpoint)
+            changes["sd_model_checkpoint"] = checkpoint
+        if changes:
+            easel.settings.update(changes, allow_protected=False)
+        return None
+
+    @router.get("/cmd-flags")
+    def cmd_flags() -> dict[str, Any]:
+        """The command line Easel runs with; credentials are never shown."""
+        return dict(ctx.flags)
+
+    # ---- lists -----------------------------------------------------------------------------------
+
+    @router.get("/samplers", response_model=list[m.SamplerItem])
+    def get_samplers():
+        items = []
+        for name in samplers.sampler_names():
+            info, _ = samplers.resolve(name)
+            items.append({"name": name, "aliases": list(getattr(info, "aliases", ())), "options": {}})
+        return items
+
+    @router.get("/schedulers", response_model=list[m.SchedulerItem])
+    def get_schedulers():
+        items = []
+        for name, label in samplers.schedule_api_names():
+            rho, inner = SCHEDULER_EXTRAS.get(name, (-1.0, False))
+            items.append({"name": name, "label": label, "aliases": None, "default_rho": rho,
+                          "need_inner_model": inner})
+        return items
+
+    @router.get("/sd-models", response_model=list[m.SDModelItem])
+    def get_sd_models():
+        registry = easel.models.registry
+        return [{"title": registry.title(info), "model_name": info.model_name, "hash": registry.short_hash(info),
+                 "sha256": easel.models.hashes.cached(info.hash_source), "filename": info.name, "config": None}
+                for info in easel.models.checkpoints()]
+
+    @router.get("/sd-vae", response_model=list[m.SDVaeItem])
+    def get_sd_vae():
+        """Empty: choosing a separate VAE is not available in Easel yet."""
+        return []
+
+    @router.get("/loras", response_model=list[m.LoraItem])
+    def get_loras():
+        """Empty: LoRA support is not available in Easel yet."""
+        return []
+
+    @router.get("/embeddings", response_model=m.EmbeddingsResponse)
+    def get_embeddings():
+        """Empty: textual-inversion embeddings are not available in Easel yet."""
+        return {"loaded": {}, "skipped": {}}
+
+    @router.get("/hypernetworks", response_model=list[m.HypernetworkItem])
+    def get_hypernetworks():
+        return []
+
+    @router.get("/upscalers", response_model=list[m.UpscalerItem])
+    def get_upscalers():
+        """Empty: upscalers (Extras, hires fix) are not available in Easel yet."""
+        return []
+
+    @router.get("/latent-upscale-modes", response_model=list[m.LatentUpscalerModeItem])
+    def get_latent_upscale_modes():
+        """Empty: hires fix is not available in Easel yet."""
+        return []
+
+    @router.get("/face-restorers", response_model=list[m.FaceRestorerItem])
+    def get_face_restorers():
+        return []
+
+    @router.get("/realesrgan-models", response_model=list[m.RealesrganItem])
+    def get_realesrgan_models():
+        return []
+
+    @router.get("/prompt-styles", response_model=list[m.PromptStyleItem])
+    def get_prompt_styles():
+        """Empty: prompt styles are not available in Easel yet."""
+        return []
+
+    @router.get("/scripts", response_model=m.ScriptsList)
+    def get_scripts():
+        return {"txt2img": [], "img2img": []}
+
+    @router.get("/script-info", response_model=list[m.ScriptInfo])
+    def get_script_info():
+        return []
+
+    @router.get("/extensions", response_model=list[m.ExtensionItem])
+    def get_extensions():
+        return []
+
+    @router.get("/memory", response_model=m.MemoryResponse)
+    def get_memory():
+        return {"ram": _ram(), "cuda": _cuda(easel)}
+
+    # ---- model management ------------------------------------------------------------------------
+
+    @router.post("/refresh-checkpoints")
+    def refresh_checkpoints():
+        easel.models.refresh()
+        return None
+
+    @router.post("/refresh-vae")
+    def refresh_vae():
+        return None
+
+    @router.post("/refresh-loras")
+    def refresh_loras():
+        return None
+
+    @router.post("/unload-checkpoint")
+    async def unload_checkpoint(request: Request):
+        await submit_and_wait(ctx, request, lambda j: easel.models.unload(), "unload-model", "unload checkpoints")
+        return {}
+
+    @router.post("/reload-checkpoint")
+    async def reload_checkpoint(request: Request):
+        await submit_and_wait(ctx, request, lambda j: easel.models.get(None, progress=lambda t: j.report(text=t)),
+                              "load-model", "reload checkpoint")
+        return {}
+
+    return router
+
+
+def _parameters(text: str) -> dict[str, Any]:
+    """AUTOMATIC1111's parsed form: Prompt, Negative prompt, each key, and Size-1/Size-2."""
+    info = parse_infotext(text)
+    params: dict[str, Any] = {"Prompt": info.prompt, "Negative prompt": info.negative_prompt}
+    params.update(info.params)
+    if "Size" in info.params:
+        width, _, height = info.params["Size"].partition("x")
+        params["Size-1"], params["Size-2"] = width, height
+    return params
+
+
+def _ram() -> dict[str, Any]:
+    try:
+        import psutil
+
+        process = psutil.Process(os.getpid())
+        rss = process.memory_info().rss
+        total = psutil.virtual_memory().total
+        return {"free": total - rss, "used": rss, "total": total}
+    except Exception as exc:  # memory stats are best effort, never an error
+        return {"error": str(exc)}
+
+
+def _cuda(easel) -> dict[str, Any]:
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return {"error": "unavailable"}
+        device = easel.device.device
+        free, total = torch.cuda.mem_get_info(device)
+        stats = torch.cuda.memory_stats(device)
+        pair = lambda key: {"current": stats.get(f"{key}.all.current", 0), "peak": stats.get(f"{key}.all.peak", 0)}
+        return {"system": {"free": free, "used": total - free, "total": total},
+                "active": pair("active_bytes"), "allocated": pair("allocated_bytes"),
+                "reserved": pair("reserved_bytes"), "inactive": pair("inactive_split_bytes"),
+                "events": {"retries": stats.get("num_alloc_retries", 0), "oom": stats.get("num_ooms", 0)}}
+    except Exception as exc:
+        return {"error": str(exc)}

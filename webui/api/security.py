@@ -1,0 +1,182 @@
+"""Who may talk to Easel over HTTP, from where, and how much: three small ASGI middlewares.
+
+- BasicAuth: with --auth/--api-auth, every route (UI, API, files, docs, unknown paths)
+  answers 401 without the right credentials, before anything else looks at the request.
+- SameOrigin: a state-changing request (POST, PUT, PATCH, DELETE) that carries a foreign
+  Origin is refused (403) unless that origin was allowed with --cors-allow-origins; this
+  stops a web page the user visits from driving a local Easel.
+- BodyLimit: API request bodies larger than the limit are refused with 413 before they
+  are parsed.
+
+They are plain ASGI (no BaseHTTPMiddleware), so streaming responses and the client
+disconnect detection the API relies on pass through untouched.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+from typing import Iterable
+from urllib.parse import urlsplit
+
+REALM = 'Basic realm="Easel", charset="UTF-8"'
+STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
+USER_KEY = "easel.user"
+
+
+def parse_credentials(values: Iterable[str | None]) -> list[tuple[str, str]]:
+    """'user:pass[,user2:pass2]' (each value may list several); raises ValueError on a bad entry."""
+    pairs: list[tuple[str, str]] = []
+    for value in values:
+        for entry in (value or "").split(","):
+            entry = entry.strip()
+            if not entry:
+                continue
+            user, sep, password = entry.partition(":")
+            if not sep or not user or not password:
+                raise ValueError("credentials must look like user:password[,user2:password2]")
+            pairs.append((user, password))
+    return pairs
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    data = json.dumps(body).encode("utf-8")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": data})
+
+
+class BasicAuth:
+    def __init__(self, app, credentials: list[tuple[str, str]]):
+        self.app = app
+        self.credentials = credentials
+
+    def user(self, scope) -> str | None:
+        header = _header(scope, b"authorization") or ""
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "basic" or not token:
+            return None
+        try:
+            user, sep, password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            return None
+        if not sep:
+            return None
+        found = None
+        for known_user, known_password in self.credentials:  # compare all: no timing hint which user exists
+            if secrets.compare_digest(user.encode(), known_user.encode()) & secrets.compare_digest(
+                    password.encode(), known_password.encode()):
+                found = known_user
+        return found
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        user = self.user(scope)
+        if user is None:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            return await _send_json(send, 401, {"error": "Unauthorized", "detail": "Not authenticated"},
+                                    [(b"www-authenticate", REALM.encode())])
+        scope[USER_KEY] = user
+        return await self.app(scope, receive, send)
+
+
+class SameOrigin:
+    def __init__(self, app, allowed_origins: Iterable[str] = ()):
+        self.app = app
+        self.allowed = {o.rstrip("/") for o in allowed_origins}
+
+    def allows(self, scope) -> bool:
+        if scope["type"] != "http" or scope.get("method") not in STATE_CHANGING:
+            return True
+        origin = _header(scope, b"origin")
+        if origin is None:
+            return True  # not a browser page (curl, scripts, API clients)
+        if "*" in self.allowed or origin.rstrip("/") in self.allowed:
+            return True
+        host = (_header(scope, b"host") or "").lower()
+        netloc = urlsplit(origin).netloc.lower() if origin != "null" else ""
+        return bool(netloc) and netloc == host
+
+    async def __call__(self, scope, receive, send):
+        if not self.allows(scope):
+            origin = _header(scope, b"origin")
+            return await _send_json(send, 403, {
+                "error": "Forbidden",
+                "detail": f"cross-origin request refused: Origin {origin} may not change anything here "
+                          "(start Easel with --cors-allow-origins to allow it)"})
+        return await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes under the given path prefixes with 413."""
+
+    def __init__(self, app, limit: int, prefixes: tuple[str, ...] = ("/sdapi/", "/easel/")):
+        self.app = app
+        self.limit = limit
+        self.prefixes = prefixes
+
+    async def _refuse(self, send) -> None:
+        await _send_json(send, 413, {"error": "PayloadTooLarge",
+                                     "detail": f"request body larger than {self.limit} bytes "
+                                               "(raise it with --api-max-body-mb)"},
+                         [(b"connection", b"close")])
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope.get("path", "").startswith(self.prefixes):
+            return await self.app(scope, receive, send)
+        declared = _header(scope, b"content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                return await _send_json(send, 400, {"error": "BadRequest", "detail": "invalid Content-Length"})
+            if int(declared) > self.limit:
+                await self._drain(receive, int(declared))
+                return await self._refuse(send)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.limit:
+                await self._drain(receive, None)
+                return await self._refuse(send)
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _drain(self, receive, declared: int | None) -> None:
+        """Read (and drop) a moderately oversized body, so the client sees the 413 instead of a reset."""
+        if declared is not None and declared > 4 * self.limit + (16 << 20):
+            return
+        budget = 4 * self.limit + (16 << 20)
+        while budget > 0:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            budget -= len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
