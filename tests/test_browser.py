@@ -31,7 +31,16 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_ckpt_dir):
-    running = start_server(tmp_path_factory.mktemp("server"), tiny_ckpt_dir)
+    from webui.devices import device_config
+    from webui.features.lora_writer import write_lora
+    from webui.model_manager.loader import load_checkpoint
+    from webui.model_manager.registry import scan_folder
+
+    root = tmp_path_factory.mktemp("server")
+    sd1 = next(i for i in scan_folder(tiny_ckpt_dir) if i.name == "tiny-sd1.safetensors")
+    write_lora(root / "models" / "Lora" / "paper_cut.safetensors", load_checkpoint(sd1, device_config("cpu"), False),
+               seed=4, alpha=2.0)
+    running = start_server(root, tiny_ckpt_dir)
     yield running
     running.stop()
 
@@ -88,6 +97,21 @@ def test_bad_input_shows_a_readable_error(page):
     expect(error).to_contain_text("seed: must be -1", timeout=30_000)
     expect(page.locator("body")).not_to_contain_text("Traceback")
     page.locator("#txt2img_seed input").fill("21")
+
+
+def test_token_counter_and_lora_card(page, server):
+    prompt = page.locator("#txt2img_prompt textarea")
+    prompt.fill("a (paper boat:1.3), [red|blue] sea " + "word " * 80)
+    expect(page.locator("#txt2img_token_counter")).to_have_text("86/150", timeout=15_000)
+    prompt.fill("a paper boat")
+    expect(page.locator("#txt2img_token_counter")).to_have_text("3/75", timeout=15_000)
+    page.locator("#txt2img_extra_networks").click()
+    page.locator("#txt2img_lora_cards img").first.click()
+    expect(prompt).to_have_value("a paper boat, <lora:paper_cut:1>", timeout=10_000)
+    page.locator("#txt2img_seed input").fill("33")
+    page.locator("#txt2img_generate").click()
+    expect(page.locator("#html_info_txt2img")).to_contain_text("Lora hashes", timeout=60_000)
+    expect(page.locator("#html_info_txt2img")).to_contain_text("Seed: 33")
 
 
 def test_progress_and_interrupt(page, server):

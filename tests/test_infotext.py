@@ -13,7 +13,9 @@ def test_exact_text_for_a_known_request(easel):
     sampler, schedule = samplers.resolve("DPM++ 2M", "Automatic")
     request = GenerationRequest(prompt="a castle, at dusk", negative_prompt="lowres", steps=20, cfg_scale=7,
                                 width=512, height=512, seed=1, sampler_name="DPM++ 2M")
-    plan = Plan(model, sampler, schedule, 1, None, None)
+    from webui.core.prompt_plan import PromptPlan
+
+    plan = Plan(model, sampler, schedule, 1, PromptPlan(request.prompt, request.negative_prompt, clip_skip=1))
     text = easel.engine.infotext(request, plan, seed=1)
     assert text == (
         "a castle, at dusk\n"

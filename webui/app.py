@@ -13,7 +13,10 @@ from pathlib import Path
 from .core.jobs import Job, JobQueue
 from .core.processing import Engine
 from .core.request import GenerationRequest, Result
+from .core.styles import StyleStore
 from .devices import DeviceConfig, device_config
+from .features.embeddings import EmbeddingLibrary
+from .features.lora import LoraLibrary
 from .model_manager.architecture import Architecture
 from .model_manager.manager import ModelManager
 from .paths import PROJECT_ROOT, Paths
@@ -29,6 +32,8 @@ class AppOptions:
 
     models_dir: Path = PROJECT_ROOT / "models"
     ckpt_dirs: list[Path] = field(default_factory=list)
+    lora_dirs: list[Path] = field(default_factory=list)
+    embedding_dirs: list[Path] = field(default_factory=list)
     outputs_dir: Path = PROJECT_ROOT / "outputs"
     data_dir: Path = PROJECT_ROOT
     device: str = "auto"
@@ -90,7 +95,8 @@ def write_demo_model(paths: Paths) -> Path:
 
 def build(options: AppOptions) -> Easel:
     paths = Paths(models_dir=options.models_dir, outputs_dir=options.outputs_dir, data_dir=options.data_dir,
-                  ckpt_dirs=list(options.ckpt_dirs))
+                  ckpt_dirs=list(options.ckpt_dirs), lora_dirs=list(options.lora_dirs),
+                  embedding_dirs=list(options.embedding_dirs))
     paths.ensure()
     settings = SettingsStore(paths.config_file)
     settings.load()
@@ -100,7 +106,9 @@ def build(options: AppOptions) -> Easel:
     models = ModelManager(paths, settings, device, allow_pickle=options.allow_pickle)
     models.refresh()
     queue = JobQueue()
-    engine = Engine(models, settings, paths)
+    loras = LoraLibrary(paths.lora_folders(), models.hashes, allow_pickle=options.allow_pickle)
+    embeddings = EmbeddingLibrary(paths.embedding_folders(), models.hashes, allow_pickle=options.allow_pickle)
+    engine = Engine(models, settings, paths, loras, embeddings, StyleStore(paths.styles_file))
     queue.start()
     log.info("device: %s; %d checkpoint(s) found", device.label, len(models.checkpoints()))
     return Easel(paths, settings, device, models, queue, engine, options)

@@ -111,6 +111,39 @@ def _startup_seconds(data: Path, ckpt_dir: Path, device: str) -> float:
         proc.wait(10)
 
 
+def _lora_rows(easel, model, data: Path, request: dict) -> list[tuple[str, str]]:
+    """LoRA apply cost (first / cached) and Composite vs Merge per-step cost, side by side."""
+    from .features.lora import LoraPatcher, LoraSpec
+    from .features.lora_writer import write_lora
+
+    folder = easel.paths.model_dir("lora")
+    for i in range(3):
+        write_lora(folder / f"bench{i}.safetensors", model, rank=16, seed=i, alpha=8.0)
+    loras = [easel.engine.loras.load(f"bench{i}") for i in range(3)]
+    patcher = LoraPatcher.of(model)
+    rows = []
+    for count in (1, 3):
+        patcher.set([])
+        _sync(model)
+        first = patcher.set([LoraSpec(lora) for lora in loras[:count]]).seconds
+        t0 = time.perf_counter()
+        patcher.set([LoraSpec(lora) for lora in loras[:count]])
+        again = time.perf_counter() - t0
+        rows.append((f"apply {count} LoRA(s): first / same set again (s)", f"{first:.4f} / {again:.6f}"))
+    patcher.set([])
+    per_step = {}
+    tags = " <lora:bench0:1> <lora:bench1:1>"
+    for mode in ("Merge", "Composite"):
+        easel.txt2img(GenerationRequest(**dict(request, prompt=request["prompt"] + tags, steps=2,
+                                               lora_composition=mode)))
+        result = easel.txt2img(GenerationRequest(**dict(request, prompt=request["prompt"] + tags,
+                                                        lora_composition=mode)))
+        per_step[mode] = result.timings["sample"] / request["steps"]
+    rows.append(("2 LoRAs, s/step Merge / Composite (ratio)",
+                 f"{per_step['Merge']:.4f} / {per_step['Composite']:.4f} ({per_step['Composite'] / per_step['Merge']:.2f}x)"))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m webui.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -174,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                  ("bare diffusers s/image (same modules)", f"{statistics.median(theirs):.3f}"),
                  ("ratio Easel / diffusers (target <= 1.05)", f"{ratio:.3f}"),
                  ("Easel s/image including PNG save", f"{with_save:.3f}")]
+        rows += _lora_rows(easel, model, data, request)
         easel.close()
         if importlib.util.find_spec("gradio") is not None:
             rows.append(("process start -> UI answers HTTP (s)", f"{_startup_seconds(data, ckpts, args.device):.2f}"))

@@ -24,6 +24,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ckpt-dir", type=Path, action="append", default=[],
                        help="extra folder to scan for checkpoints, e.g. an AUTOMATIC1111 models/Stable-diffusion "
                             "(repeatable)")
+    group.add_argument("--lora-dir", type=Path, action="append", default=[],
+                       help="extra folder to scan for LoRA files (repeatable)")
+    group.add_argument("--embeddings-dir", type=Path, action="append", default=[],
+                       help="extra folder to scan for textual-inversion embeddings (repeatable)")
     group.add_argument("--outputs-dir", type=Path, default=PROJECT_ROOT / "outputs", help="where images are saved")
     group.add_argument("--data-dir", type=Path, default=PROJECT_ROOT,
                        help="where config.json and the cache folder live")
@@ -73,7 +77,8 @@ def generate_parser() -> argparse.ArgumentParser:
 def _options(args: argparse.Namespace):
     from .app import AppOptions
 
-    return AppOptions(models_dir=args.models_dir, ckpt_dirs=args.ckpt_dir, outputs_dir=args.outputs_dir,
+    return AppOptions(models_dir=args.models_dir, ckpt_dirs=args.ckpt_dir, lora_dirs=args.lora_dir,
+                      embedding_dirs=args.embeddings_dir, outputs_dir=args.outputs_dir,
                       data_dir=args.data_dir, device=args.device, precision=args.precision,
                       no_half_vae=args.no_half_vae, allow_pickle=args.allow_pickle, demo_model=args.demo_model)
 

@@ -1,9 +1,13 @@
 """The UNet wrapped for samplers: classifier-free guidance and parameterisation.
 
-`predict` returns what the UNet predicts (noise or velocity) at a timestep, combining the
-unconditional and conditional passes in one batch: out = u + cfg * (c - u). `denoise`
-is the same model seen from sigma space, returning the estimate of the clean latent
-for x = x0 + sigma * noise, for epsilon and v-prediction models alike.
+`predict` returns what the UNet predicts (noise or velocity) at a timestep. The
+unconditional and every conditional sub-prompt of the current step run in one batch,
+and combine as AUTOMATIC1111's composable diffusion does:
+    out = u + cfg * sum_i w_i * (c_i - u)
+(one sub-prompt of weight 1 is plain classifier-free guidance). `denoise` is the same
+model seen from sigma space: the estimate of the clean latent for x = x0 + sigma*noise,
+for epsilon and v-prediction models alike. `step` is set by the sampling loop; prompt
+editing and alternation pick their conditioning from it.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .conditioning import Conditioning
+from .conditioning import Conditioning, StepConditioning, pad_to_chunks
 from .samplers import ModelOutput
 from .schedules import DiscreteSchedule
 
@@ -19,56 +23,86 @@ if TYPE_CHECKING:
     from ..model_manager.loader import LoadedModel
 
 
-class CFGDenoiser(ModelOutput):
-    def __init__(self, model: LoadedModel, cond: Conditioning, uncond: Conditioning, cfg_scale: float,
-                 batch_size: int, time_ids: torch.Tensor | None = None, uncond_time_ids: torch.Tensor | None = None):
+def sigma_scale_in(sigma: float) -> float:
+    return 1 / (sigma ** 2 + 1) ** 0.5
+
+
+def denoised_from(x: torch.Tensor, sigma: float, out: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """Clean-latent estimate from the model's prediction (epsilon or v) at sigma."""
+    if prediction_type == "v_prediction":
+        return x / (sigma ** 2 + 1) - out * (sigma * sigma_scale_in(sigma))
+    return x - out * sigma
+
+
+class SigmaSpace(ModelOutput):
+    """Shared sigma-space view for anything that can `predict` at a timestep."""
+
+    schedule: DiscreteSchedule
+    prediction_type: str
+
+    def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        s = float(sigma)
+        t = float(self.schedule.sigma_to_t(torch.tensor(s)))
+        return denoised_from(x, s, self.predict(x * sigma_scale_in(s), t), self.prediction_type)
+
+
+class CFGDenoiser(SigmaSpace):
+    def __init__(self, model: "LoadedModel", cond: StepConditioning, uncond: StepConditioning, cfg_scale: float,
+                 batch_size: int, empty: Conditioning, time_ids: torch.Tensor | None = None,
+                 uncond_time_ids: torch.Tensor | None = None):
         self.model = model
         self.unet = model.unet
+        self.cond = cond
+        self.uncond = uncond
+        self.empty = empty
         self.cfg_scale = float(cfg_scale)
+        self.batch_size = batch_size
         self.schedule = DiscreteSchedule.from_config(model.scheduler_config)
         self.prediction_type = model.architecture.prediction_type
-        self.use_uncond = self.cfg_scale != 1.0
+        single = len(cond.parts) == 1 and cond.parts[0][1] == 1.0
+        self.use_uncond = self.cfg_scale != 1.0 or not single
         param = next(self.unet.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self.time_ids, self.uncond_time_ids = time_ids, uncond_time_ids if uncond_time_ids is not None else time_ids
+        self.step = 0
+        self._batches: dict[tuple, tuple[torch.Tensor, dict, list[float]]] = {}
 
-        def batch(c: Conditioning, ids: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
-            embeds = c.embeds.expand(batch_size, -1, -1)
-            added = {}
-            if c.pooled is not None and ids is not None:
-                added = {"text_embeds": c.pooled.expand(batch_size, -1), "time_ids": ids.expand(batch_size, -1)}
-            return embeds, added
-
-        cond_embeds, cond_added = batch(cond, time_ids)
+    def _batch_for_step(self) -> tuple[torch.Tensor, dict, list[float]]:
+        conds = self.cond.at(self.step)
+        members: list[tuple[Conditioning, torch.Tensor | None]] = []
         if self.use_uncond:
-            uncond_embeds, uncond_added = batch(uncond, uncond_time_ids if uncond_time_ids is not None else time_ids)
-            self.embeds = torch.cat([uncond_embeds, cond_embeds])
-            self.added = {k: torch.cat([uncond_added[k], cond_added[k]]) for k in cond_added}
-        else:
-            self.embeds, self.added = cond_embeds, cond_added
-        self.embeds = self.embeds.to(self.device, self.dtype)
-        self.added = {k: v.to(self.device, self.dtype) for k, v in self.added.items()}
+            members.append((self.uncond.at(self.step)[0][0], self.uncond_time_ids))
+        members += [(c, self.time_ids) for c, _ in conds]
+        key = tuple(id(c) for c, _ in members)
+        if key not in self._batches:
+            chunks = max(c.chunks for c, _ in members)
+            b = self.batch_size
+            embeds = torch.cat([pad_to_chunks(c, chunks, self.empty).embeds.expand(b, -1, -1) for c, _ in members])
+            added = {}
+            if members[0][0].pooled is not None and members[0][1] is not None:
+                added = {"text_embeds": torch.cat([c.pooled.expand(b, -1) for c, _ in members]),
+                         "time_ids": torch.cat([ids.expand(b, -1) for _, ids in members])}
+            self._batches[key] = (embeds.to(self.device, self.dtype),
+                                  {k: v.to(self.device, self.dtype) for k, v in added.items()},
+                                  [w for _, w in conds])
+        return self._batches[key]
 
     @torch.no_grad()
     def predict(self, x_in: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        embeds, added, weights = self._batch_for_step()
+        copies = embeds.shape[0] // x_in.shape[0]
         x_model = x_in.to(self.device, self.dtype)
-        if self.use_uncond:
-            x_model = torch.cat([x_model, x_model])
+        if copies > 1:
+            x_model = x_model.repeat(copies, 1, 1, 1)
         if isinstance(t, torch.Tensor):
             t = t.to(self.device).reshape(-1)[:1].expand(x_model.shape[0])
         else:  # a Python number: filled on the device, no host-to-device copy to wait for
             t = torch.full((x_model.shape[0],), float(t), device=self.device)
-        kwargs = {"added_cond_kwargs": self.added} if self.added else {}
-        out = self.unet(x_model, t, encoder_hidden_states=self.embeds, return_dict=False, **kwargs)[0].float()
+        kwargs = {"added_cond_kwargs": added} if added else {}
+        out = self.unet(x_model, t, encoder_hidden_states=embeds, return_dict=False, **kwargs)[0].float()
         if not self.use_uncond:
             return out
-        uncond, cond = out.chunk(2)
-        return uncond + self.cfg_scale * (cond - uncond)
-
-    def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        s = float(sigma)
-        scale_in = 1 / (s ** 2 + 1) ** 0.5
-        t = float(self.schedule.sigma_to_t(torch.tensor(s)))
-        out = self.predict(x * scale_in, t)
-        if self.prediction_type == "v_prediction":
-            return x / (s ** 2 + 1) - out * (s * scale_in)
-        return x - out * s
+        parts = out.chunk(copies)
+        uncond = parts[0]
+        guided = sum(w * (c - uncond) for w, c in zip(weights, parts[1:]))
+        return uncond + self.cfg_scale * guided

@@ -21,8 +21,7 @@ from .. import __version__
 from ..paths import Paths
 from ..settings import SettingsStore
 from . import samplers
-from .conditioning import Conditioning, encode_prompt, pad_to_same_length
-from .denoiser import CFGDenoiser
+from .prompt_plan import PromptPlan, plan_prompts
 from .images import NamingContext, format_pattern, save_image
 from .infotext import format_infotext
 from .jobs import Interrupted, Job, Skipped
@@ -30,8 +29,11 @@ from .request import GenerationRequest, Result
 from .seeds import ImageRNG, image_seeds, resolve_seed
 
 if TYPE_CHECKING:
+    from ..features.embeddings import EmbeddingLibrary
+    from ..features.lora import LoraLibrary
     from ..model_manager.loader import LoadedModel
     from ..model_manager.manager import ModelManager
+    from .styles import StyleStore
 
 log = logging.getLogger(__name__)
 LATENT_CHANNELS = 4
@@ -46,15 +48,18 @@ class Plan:
     sampler: samplers.SamplerInfo
     schedule: str
     seed: int
-    cond: Conditioning
-    uncond: Conditioning
+    prompts: PromptPlan
 
 
 class Engine:
-    def __init__(self, models: ModelManager, settings: SettingsStore, paths: Paths):
+    def __init__(self, models: ModelManager, settings: SettingsStore, paths: Paths, loras: LoraLibrary,
+                 embeddings: EmbeddingLibrary, styles: StyleStore):
         self.models = models
         self.settings = settings
         self.paths = paths
+        self.loras = loras
+        self.embeddings = embeddings
+        self.styles = styles
         self.catalog = samplers.Catalog()
         # set by the command line's --out: save straight into this folder
         self.output_dir_override: Path | None = None
@@ -68,8 +73,9 @@ class Engine:
         job.report(step=0, total=total, text="loading model")
         model = self.models.get(request.checkpoint, progress=lambda msg: job.report(text=msg))
         plan = self._plan(request, model)
-        timings = {"load": time.perf_counter() - started}
+        timings = {"load": time.perf_counter() - started, "lora": plan.prompts.lora_seconds}
         result = Result(model_name=model.info.model_name, demo_model=model.demo)
+        result.warnings += plan.prompts.warnings
         seeds = image_seeds(plan.seed, request.n_iter * request.batch_size)
         sample_time = decode_time = 0.0
         for batch_index in range(request.n_iter):
@@ -101,13 +107,16 @@ class Engine:
 
     # ---- steps --------------------------------------------------------------------------------
 
+    def options(self, request: GenerationRequest) -> dict[str, Any]:
+        """Settings for this request: the saved ones, with the request's override_settings on top."""
+        values = self.settings.settings.as_dict()
+        values.update({k: v for k, v in request.override_settings.items() if k in values})
+        return values
+
     def _plan(self, request: GenerationRequest, model: LoadedModel) -> Plan:
         sampler, schedule = samplers.resolve(request.sampler_name, request.scheduler)
-        cond = encode_prompt(model, request.prompt)
-        uncond = encode_prompt(model, request.negative_prompt)
-        if cond.chunks != uncond.chunks:
-            cond, uncond = pad_to_same_length(cond, uncond, encode_prompt(model, ""))
-        return Plan(model, sampler, schedule, resolve_seed(request.seed), cond, uncond)
+        prompts = plan_prompts(request, model, self.options(request), self.loras, self.embeddings, self.styles)
+        return Plan(model, sampler, schedule, resolve_seed(request.seed), prompts)
 
     def _time_ids(self, model: LoadedModel, request: GenerationRequest) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         family = model.architecture.family
@@ -128,11 +137,11 @@ class Engine:
         device = model.device.device
         rng = ImageRNG(shape, seeds, device)
         time_ids, uncond_time_ids = self._time_ids(model, request)
-        denoiser = CFGDenoiser(model, plan.cond, plan.uncond, request.cfg_scale, len(seeds), time_ids,
-                               uncond_time_ids)
+        denoiser = plan.prompts.make_denoiser(len(seeds), time_ids, uncond_time_ids)
         previews = self.settings.get("live_previews_enable")
 
         def on_step(i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+            denoiser.step = i + 1  # prompt editing and LoRA switching follow the sampler's step
             job.report(step=step_offset + i + 1, preview=denoised if previews else None)
             job.check()
 
@@ -172,7 +181,7 @@ class Engine:
     # ---- output ---------------------------------------------------------------------------------
 
     def infotext(self, request: GenerationRequest, plan: Plan, seed: int) -> str:
-        model = plan.model
+        model, prompts = plan.model, plan.prompts
         params: dict[str, Any] = {
             "Steps": request.steps,
             "Sampler": plan.sampler.name,
@@ -182,9 +191,24 @@ class Engine:
             "Size": f"{request.width}x{request.height}",
             "Model hash": model.short_hash or None,
             "Model": model.info.model_name,
+            "Clip skip": prompts.clip_skip if prompts.clip_skip > 1 else None,
             "Version": f"Easel {__version__}",
         }
-        return format_infotext(request.prompt, request.negative_prompt, params)
+        params.update(self._network_params(prompts))
+        return format_infotext(prompts.prompt, prompts.negative_prompt, params)
+
+    def _network_params(self, prompts: PromptPlan) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        if prompts.loras:
+            params["Lora hashes"] = ", ".join(f"{s.lora.name}: {self.loras.short_hash(s.lora)}" for s in prompts.loras)
+            if len(prompts.loras) > 1:
+                params["Lora composition"] = prompts.lora_mode
+                if prompts.lora_mode == "Switch":
+                    params["Lora switch steps"] = prompts.switch_steps
+        if prompts.embeddings:
+            params["TI hashes"] = ", ".join(f"{name}: {self.embeddings.short_hash(e)}"
+                                            for name, e in prompts.embeddings.items())
+        return params
 
     def output_folder(self, mode: str) -> Path:
         if self.output_dir_override is not None:
@@ -200,7 +224,7 @@ class Engine:
     def _save(self, request: GenerationRequest, plan: Plan, image: Image.Image, seed: int, text: str,
               batch_index: int, offset: int) -> Path:
         s = self.settings
-        ctx = NamingContext(seed=seed, prompt=request.prompt, negative_prompt=request.negative_prompt,
+        ctx = NamingContext(seed=seed, prompt=plan.prompts.prompt, negative_prompt=plan.prompts.negative_prompt,
                             steps=request.steps, cfg_scale=request.cfg_scale, sampler=plan.sampler.name,
                             scheduler=plan.schedule, width=request.width, height=request.height,
                             model_name=plan.model.info.model_name, model_hash=plan.model.short_hash,

@@ -18,6 +18,7 @@ MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 20_000
+LORA_COMPOSITIONS = ("Merge", "Switch", "Composite")
 
 
 @dataclass
@@ -54,6 +55,13 @@ class GenerationRequest:
     n_iter: int = 1
     # checkpoint by name, title, stem or hash; None = the one selected in the UI/settings
     checkpoint: str | None = None
+    # styles from styles.csv applied to both prompts, in order
+    styles: list[str] = field(default_factory=list)
+    # per-request settings (AUTOMATIC1111's override_settings), e.g. {"CLIP_stop_at_last_layers": 2}
+    override_settings: dict[str, Any] = field(default_factory=dict)
+    # how several LoRAs combine: Merge (sum into the weights), Switch (rotate), Composite (average)
+    lora_composition: str = "Merge"
+    lora_switch_steps: int = 1
     save_images: bool = True
     # where the request came from, for output folders and infotext ("txt2img", ...)
     mode: str = "txt2img"
@@ -107,6 +115,31 @@ class GenerationRequest:
             yield FieldError("checkpoint", "must be a checkpoint name")
         if not isinstance(self.extra, dict):
             yield FieldError("extra", "must be an object")
+        if not isinstance(self.styles, list) or not all(isinstance(s, str) for s in self.styles):
+            yield FieldError("styles", "must be a list of style names")
+        if self.lora_composition not in LORA_COMPOSITIONS:
+            yield FieldError("lora_composition", f"must be one of {', '.join(LORA_COMPOSITIONS)}")
+        yield from _int_in(self, "lora_switch_steps", 1, MAX_STEPS)
+        yield from _override_errors(self.override_settings)
+
+
+def _override_errors(overrides: Any):
+    from ..settings import Settings
+
+    if not isinstance(overrides, dict):
+        yield FieldError("override_settings", "must be an object of setting names to values")
+        return
+    spec = Settings.spec()
+    for key, value in overrides.items():
+        if key in spec and spec[key].metadata.get("protected"):
+            yield FieldError(f"override_settings.{key}", "cannot be overridden per request")
+            continue
+        if key not in spec:
+            continue  # AUTOMATIC1111 clients send options Easel does not have; they are ignored
+        try:
+            Settings.coerce(key, value)
+        except ValueError as exc:
+            yield FieldError(f"override_settings.{key}", str(exc).split(": ", 1)[-1])
 
 
 def _is_int(value: Any) -> bool:

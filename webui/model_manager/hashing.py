@@ -73,6 +73,28 @@ class HashCache:
         return value
 
 
+    def sha256_data(self, path: Path) -> str:
+        """sha256 of a safetensors file's tensor data, skipping its header (AUTOMATIC1111's AutoV3 base)."""
+        key = str(path.resolve()) + "#data"
+        stat = path.stat()
+        with self._lock:
+            entry = self._load().get(key)
+        if entry and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime:
+            return entry["sha256"]
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            header = int.from_bytes(handle.read(8), "little") if path.suffix == ".safetensors" else -8
+            handle.seek(header + 8)
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+        value = digest.hexdigest()
+        with self._lock:
+            data = self._load()
+            data[key] = {"size": stat.st_size, "mtime": stat.st_mtime, "sha256": value}
+            atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
+        return value
+
+
 def autov2(sha256: str) -> str:
     return sha256[:10]
 

@@ -59,7 +59,7 @@ def build_ui(easel: Easel) -> gr.Blocks:
 
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
-                build_txt2img(easel, checkpoint, sessions)
+                fill_networks, network_search, network_outputs = build_txt2img(easel, checkpoint, sessions)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 build_settings(easel)
         gr.HTML(f'<div style="text-align:center;opacity:.6;font-size:12px">Easel {__version__} · '
@@ -94,4 +94,5 @@ def build_ui(easel: Easel) -> gr.Blocks:
         checkpoint.input(switch, checkpoint, status, concurrency_limit=None, api_name=False)
         blocks.load(lambda: (gr.update(choices=easel.models.titles(), value=_selected_title(easel)), _status(easel)),
                     None, [checkpoint, status], api_name=False)
+        blocks.load(fill_networks, network_search, network_outputs, api_name=False)
     return blocks

@@ -5,8 +5,12 @@ import gradio as gr
 
 from ..app import Easel
 from ..core import samplers
-from ..core.request import GenerationRequest
-from .common import info_html
+from ..core.conditioning import prompt_token_count
+from ..core.request import LORA_COMPOSITIONS, GenerationRequest
+from ..core.styles import PromptStyle
+from ..model_manager.tokenizer import clip_tokenizer
+from .common import error_html, esc, info_html
+from .extra_networks import build_extra_networks
 from .runner import SessionJobs, follow
 
 
@@ -14,18 +18,33 @@ def _session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "anonymous"
 
 
-def build_txt2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) -> None:
+def token_counter_html(text: str, steps: int = 20) -> str:
+    count, capacity = prompt_token_count(clip_tokenizer(), text or "", steps)
+    return f'<span class="easel-token-counter" title="tokens / chunk capacity">{count}/{capacity}</span>'
+
+
+def build_txt2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs):
     with gr.Row(equal_height=False):
         with gr.Column(scale=6):
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt (press Ctrl+Enter to generate)",
                                 elem_id="txt2img_prompt")
+            prompt_tokens = gr.HTML(token_counter_html(""), elem_id="txt2img_token_counter")
             negative = gr.Textbox(label="Negative prompt", lines=2, placeholder="Negative prompt",
                                   elem_id="txt2img_neg_prompt")
+            negative_tokens = gr.HTML(token_counter_html(""), elem_id="txt2img_negative_token_counter")
         with gr.Column(scale=1, min_width=160):
             generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
             with gr.Row():
                 interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img_interrupt", size="sm")
                 skip = gr.Button("Skip", elem_id="txt2img_skip", size="sm")
+            styles = gr.Dropdown(easel.engine.styles.names(), value=[], multiselect=True, label="Styles",
+                                 elem_id="txt2img_styles")
+            with gr.Row():
+                apply_styles = gr.Button("Apply styles", size="sm", elem_id="txt2img_style_apply")
+                save_style = gr.Button("Save as style", size="sm", elem_id="txt2img_style_create")
+            style_name = gr.Textbox(placeholder="Name for a new style", show_label=False, elem_id="txt2img_style_name")
+            style_status = gr.HTML("", elem_id="txt2img_style_status")
+    network_fill = build_extra_networks(easel, "txt2img", prompt, checkpoint)
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
@@ -42,6 +61,13 @@ def build_txt2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
                 batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
                 batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
             cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
+            with gr.Accordion("LoRA composition", open=False, elem_id="txt2img_lora_composition_box"):
+                composition = gr.Radio(list(LORA_COMPOSITIONS), value="Merge", label="When several LoRAs are used",
+                                       elem_id="txt2img_lora_composition",
+                                       info="Merge: sum into the weights. Switch: one at a time, rotating. "
+                                            "Composite: average each LoRA's guided prediction every step.")
+                switch_steps = gr.Slider(1, 20, value=1, step=1, label="Switch every N steps",
+                                         elem_id="txt2img_lora_switch_steps")
             with gr.Row():
                 seed = gr.Number(value=-1, precision=0, label="Seed", elem_id="txt2img_seed", scale=4)
                 dice = gr.Button("🎲", elem_id="txt2img_random_seed", elem_classes="easel-tool", scale=0,
@@ -59,17 +85,20 @@ def build_txt2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
     last_seed = gr.State(-1)
 
     def run(prompt_text, negative_text, sampler_name, schedule_label, steps_value, width_value, height_value,
-            count, size, cfg_value, seed_value, checkpoint_title, request: gr.Request):
+            count, size, cfg_value, seed_value, checkpoint_title, style_names, composition_mode, every,
+            request: gr.Request):
         req = GenerationRequest(
             prompt=prompt_text or "", negative_prompt=negative_text or "", sampler_name=sampler_name or "",
             scheduler=schedule_label or samplers.AUTOMATIC, steps=_int(steps_value), width=_int(width_value),
             height=_int(height_value), n_iter=_int(count), batch_size=_int(size), cfg_scale=_float(cfg_value),
-            seed=_int(seed_value, -1), checkpoint=checkpoint_title or None)
+            seed=_int(seed_value, -1), checkpoint=checkpoint_title or None, styles=list(style_names or []),
+            lora_composition=composition_mode or "Merge", lora_switch_steps=_int(every, 1))
         current = easel.models.current
         yield from follow(easel, lambda: easel.submit_txt2img(req, owner=_session(request)), sessions,
                           _session(request), lambda: bool(current and current.architecture.is_sdxl))
 
-    inputs = [prompt, negative, sampler, schedule, steps, width, height, batch_count, batch_size, cfg, seed, checkpoint]
+    inputs = [prompt, negative, sampler, schedule, steps, width, height, batch_count, batch_size, cfg, seed, checkpoint,
+              styles, composition, switch_steps]
     outputs = [progress, preview, gallery, info, infotexts, last_seed]
     generate.click(run, inputs, outputs, concurrency_limit=None, api_name="txt2img")
     prompt.submit(run, inputs, outputs, concurrency_limit=None, api_name=False)
@@ -94,6 +123,28 @@ def build_txt2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
         return info_html(texts[index]) if texts and 0 <= index < len(texts) else gr.skip()
 
     gallery.select(show_selected, infotexts, info, api_name=False)
+
+    count_opts = dict(api_name=False, show_progress="hidden", trigger_mode="always_last", concurrency_limit=None)
+    prompt.change(token_counter_html, [prompt, steps], prompt_tokens, **count_opts)
+    negative.change(token_counter_html, [negative, steps], negative_tokens, **count_opts)
+
+    def apply_selected(prompt_text: str, negative_text: str, names: list[str]):
+        new_prompt, new_negative, missing = easel.engine.styles.apply(prompt_text or "", negative_text or "", names or [])
+        note = error_html("Unknown style: " + ", ".join(missing)) if missing else ""
+        return new_prompt, new_negative, [], note
+
+    def save_current(name: str, prompt_text: str, negative_text: str):
+        try:
+            easel.engine.styles.save(PromptStyle((name or "").strip(), prompt_text or "", negative_text or ""))
+        except ValueError as exc:
+            return gr.skip(), error_html(str(exc))
+        names = easel.engine.styles.names()
+        return gr.update(choices=names), f"<span>Saved style {esc(name.strip())}.</span>"
+
+    apply_styles.click(apply_selected, [prompt, negative, styles], [prompt, negative, styles, style_status],
+                       api_name=False)
+    save_style.click(save_current, [style_name, prompt, negative], [styles, style_status], api_name=False)
+    return network_fill
 
 
 def _int(value, default: int = 0) -> int:
