@@ -53,18 +53,22 @@ class Easel:
     engine: Engine
     options: AppOptions
 
-    def submit_txt2img(self, request: GenerationRequest, owner: str | None = None) -> Job:
-        """Validate now (so bad input fails at once, naming the field), then queue."""
-        request.validate(self.engine.catalog)
-        return self.queue.submit(lambda job: self.engine.txt2img(request, job), owner=owner,
-                                 description=request.prompt[:80])
+    def submit(self, request: GenerationRequest, owner: str | None = None) -> Job:
+        """Validate now (so bad input fails at once, naming the field), then queue (txt2img or img2img)."""
+        self.engine.validate(request)
+        return self.queue.submit(lambda job: self.engine.generate(request, job), owner=owner,
+                                 kind=request.mode, description=request.prompt[:80])
 
-    def txt2img(self, request: GenerationRequest) -> Result:
-        job = self.submit_txt2img(request)
+    submit_txt2img = submit
+
+    def generate(self, request: GenerationRequest) -> Result:
+        job = self.submit(request)
         job.wait()
         if job.error is not None:
             raise job.error
         return job.result
+
+    txt2img = img2img = generate
 
     def preload(self) -> Job | None:
         """Warm up after start-up: import the model stack and load the selected checkpoint in the queue."""

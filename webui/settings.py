@@ -42,6 +42,8 @@ class Settings:
     enable_pnginfo: bool = _opt(True, "Save text information about generation parameters in files", "Saving images")
     outdir_txt2img_samples: str = _opt("", "Output directory for txt2img images (empty: outputs/txt2img-images)",
                                        "Paths", protected=True)
+    outdir_img2img_samples: str = _opt("", "Output directory for img2img images (empty: outputs/img2img-images)",
+                                       "Paths", protected=True)
     CLIP_stop_at_last_layers: int = _opt(1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12)
     comma_padding_backtrack: int = _opt(20, "Prompt word wrap length limit (tokens)", "Stable Diffusion",
                                         minimum=0, maximum=74)

@@ -45,6 +45,10 @@ class SigmaSpace(ModelOutput):
         t = float(self.schedule.sigma_to_t(torch.tensor(s)))
         return denoised_from(x, s, self.predict(x * sigma_scale_in(s), t), self.prediction_type)
 
+    def set_image_conditioning(self, tensor: torch.Tensor | None) -> None:
+        """Extra UNet input channels (inpainting models: mask + masked-image latents)."""
+        self.image_conditioning = tensor
+
 
 class CFGDenoiser(SigmaSpace):
     def __init__(self, model: "LoadedModel", cond: StepConditioning, uncond: StepConditioning, cfg_scale: float,
@@ -65,6 +69,7 @@ class CFGDenoiser(SigmaSpace):
         self.device, self.dtype = param.device, param.dtype
         self.time_ids, self.uncond_time_ids = time_ids, uncond_time_ids if uncond_time_ids is not None else time_ids
         self.step = 0
+        self.image_conditioning: torch.Tensor | None = None
         self._batches: dict[tuple, tuple[torch.Tensor, dict, list[float]]] = {}
 
     def _batch_for_step(self) -> tuple[torch.Tensor, dict, list[float]]:
@@ -92,6 +97,8 @@ class CFGDenoiser(SigmaSpace):
         embeds, added, weights = self._batch_for_step()
         copies = embeds.shape[0] // x_in.shape[0]
         x_model = x_in.to(self.device, self.dtype)
+        if self.image_conditioning is not None:
+            x_model = torch.cat([x_model, self.image_conditioning.to(self.device, self.dtype)], dim=1)
         if copies > 1:
             x_model = x_model.repeat(copies, 1, 1, 1)
         if isinstance(t, torch.Tensor):
@@ -106,3 +113,44 @@ class CFGDenoiser(SigmaSpace):
         uncond = parts[0]
         guided = sum(w * (c - uncond) for w, c in zip(weights, parts[1:]))
         return uncond + self.cfg_scale * guided
+
+
+class MaskedDenoiser(SigmaSpace):
+    """Inpainting with an ordinary checkpoint: outside the mask, steer every step to the original.
+
+    AUTOMATIC1111 blends the denoised estimate with the original latents through the mask
+    after every model call; in sigma space that is exactly what `denoise` does. For
+    diffusers schedulers (VP space), `predict` returns, outside the mask, the prediction
+    that would lead to the original latents - the same blend expressed as noise or velocity.
+    """
+
+    def __init__(self, inner: SigmaSpace, init_latent: torch.Tensor, change_mask: torch.Tensor):
+        self.inner = inner
+        self.init = init_latent
+        self.change = change_mask
+        self.keep = 1 - change_mask
+        self.schedule = inner.schedule
+        self.prediction_type = inner.prediction_type
+
+    @property
+    def step(self) -> int:
+        return self.inner.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.inner.step = value
+
+    def set_image_conditioning(self, tensor: torch.Tensor | None) -> None:
+        self.inner.set_image_conditioning(tensor)
+
+    def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return self.init * self.keep + self.inner.denoise(x, sigma) * self.change
+
+    def predict(self, x_in: torch.Tensor, t) -> torch.Tensor:
+        out = self.inner.predict(x_in, t)
+        t_value = t.reshape(-1)[:1].float().cpu() if isinstance(t, torch.Tensor) else torch.tensor([float(t)])
+        sigma = float(self.schedule.t_to_sigma(t_value)[0])
+        alpha, noise_level = sigma_scale_in(sigma), sigma * sigma_scale_in(sigma)  # sqrt(ab), sqrt(1-ab)
+        eps = (x_in - alpha * self.init) / noise_level
+        target = alpha * eps - noise_level * self.init if self.prediction_type == "v_prediction" else eps
+        return target * self.keep + out * self.change

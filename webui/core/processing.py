@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -20,12 +20,17 @@ from PIL import Image
 from .. import __version__
 from ..paths import Paths
 from ..settings import SettingsStore
+from . import latents as latents_io
 from . import samplers
+from ..features.hires import LATENT_MODES, target_size, upscale_latents
+from ..features.img2img import (LATENT_NOISE, LATENT_NOTHING, MASKED_CONTENT, RESIZE_MODES, PreparedImage,
+                                finish_image, latent_mask, prepare_image)
+from .denoiser import MaskedDenoiser
 from .prompt_plan import PromptPlan, plan_prompts
 from .images import NamingContext, format_pattern, save_image
 from .infotext import format_infotext
 from .jobs import Interrupted, Job, Skipped
-from .request import GenerationRequest, Result
+from .request import FieldError, GenerationRequest, Result, ValidationError
 from .seeds import ImageRNG, image_seeds, resolve_seed
 
 if TYPE_CHECKING:
@@ -63,16 +68,39 @@ class Engine:
         self.catalog = samplers.Catalog()
         # set by the command line's --out: save straight into this folder
         self.output_dir_override: Path | None = None
+        # image upscalers for hires fix, by name; features register model upscalers here
+        self.image_upscalers: dict[str, Callable[[Image.Image, tuple[int, int]], Image.Image]] = {
+            "Lanczos": lambda image, size: image.resize(size, Image.Resampling.LANCZOS),
+            "Nearest": lambda image, size: image.resize(size, Image.Resampling.NEAREST),
+        }
 
     # ---- public -----------------------------------------------------------------------------
 
+    def upscaler_names(self) -> list[str]:
+        return [*LATENT_MODES, *self.image_upscalers]
+
+    def validate(self, request: GenerationRequest) -> None:
+        request.validate(self.catalog, self.upscaler_names())
+
     def txt2img(self, request: GenerationRequest, job: Job) -> Result:
-        request.validate(self.catalog)
+        return self.generate(request, job)
+
+    def img2img(self, request: GenerationRequest, job: Job) -> Result:
+        return self.generate(request, job)
+
+    def generate(self, request: GenerationRequest, job: Job) -> Result:
+        """txt2img (with optional hires fix) or img2img/inpaint/outpaint, by request.mode."""
+        self.validate(request)
         started = time.perf_counter()
-        total = request.n_iter * request.steps
-        job.report(step=0, total=total, text="loading model")
+        job.report(step=0, text="loading model")
         model = self.models.get(request.checkpoint, progress=lambda msg: job.report(text=msg))
         plan = self._plan(request, model)
+        inputs = self._prepare_inputs(request) if request.mode == "img2img" else None
+        hires = self._hires_plan(request, model, plan) if request.mode == "txt2img" and request.enable_hr else None
+        per_batch = samplers.steps_to_run(request.steps, inputs is not None, request.denoising_strength)
+        if hires is not None:
+            per_batch += hires.plan_steps
+        job.report(total=request.n_iter * per_batch)
         timings = {"load": time.perf_counter() - started, "lora": plan.prompts.lora_seconds}
         result = Result(model_name=model.info.model_name, demo_model=model.demo)
         result.warnings += plan.prompts.warnings
@@ -80,29 +108,37 @@ class Engine:
         sample_time = decode_time = 0.0
         for batch_index in range(request.n_iter):
             job.progress.job_no, job.progress.job_count = batch_index, request.n_iter
-            batch_seeds = seeds[batch_index * request.batch_size:(batch_index + 1) * request.batch_size]
-            step_offset = batch_index * request.steps
+            first = batch_index * request.batch_size
+            batch_seeds = seeds[first:first + request.batch_size]
+            step_offset = batch_index * per_batch
+            prepared = ([inputs.images[(first + i) % len(inputs.images)] for i in range(len(batch_seeds))]
+                        if inputs else [])
             try:
                 t0 = time.perf_counter()
-                latents = self._sample(request, plan, batch_seeds, job, step_offset)
+                latents = self._sample_batch(request, plan, batch_seeds, prepared, inputs, job, step_offset)
+                if hires is not None:
+                    latents = self._hires_pass(request, hires, latents, batch_seeds, job,
+                                               step_offset + per_batch - hires.plan_steps)
                 t1 = time.perf_counter()
-                images = self._decode(model, latents)
+                images = latents_io.decode(model, latents)
+                images = [finish_image(img, p) for img, p in zip(images, prepared)] if prepared else images
                 decode_time += time.perf_counter() - t1
                 sample_time += t1 - t0
             except Skipped:
                 result.skipped_batches += 1
-                job.report(step=step_offset + request.steps)
+                job.report(step=step_offset + per_batch)
                 continue
             except Interrupted:
                 result.interrupted = True
                 break
             for offset, image in enumerate(images):
-                self._keep(result, request, plan, image, batch_seeds[offset], batch_index, offset)
+                self._keep(result, request, plan, image, batch_seeds[offset], batch_index, offset, hires,
+                           inputs.size if inputs else (request.width, request.height))
         timings.update(sample=sample_time, decode=decode_time, total=time.perf_counter() - started)
         result.timings = timings
         if model.demo:
             result.warnings.append("Demo model: its weights are random, so images are noise.")
-        job.report(step=total if not result.interrupted else job.progress.step, text="done")
+        job.report(step=job.progress.total_steps if not result.interrupted else job.progress.step, text="done")
         return result
 
     # ---- steps --------------------------------------------------------------------------------
@@ -118,9 +154,9 @@ class Engine:
         prompts = plan_prompts(request, model, self.options(request), self.loras, self.embeddings, self.styles)
         return Plan(model, sampler, schedule, resolve_seed(request.seed), prompts)
 
-    def _time_ids(self, model: LoadedModel, request: GenerationRequest) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _time_ids(self, model: LoadedModel, w: int, h: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """SDXL's size conditioning (original size, crop, target size; the refiner: aesthetic score)."""
         family = model.architecture.family
-        h, w = request.height, request.width
         if family == "sdxl":
             ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32)
             return ids, ids
@@ -130,14 +166,71 @@ class Engine:
                     torch.tensor([[h, w, 0, 0, negative]], dtype=torch.float32))
         return None, None
 
-    def _sample(self, request: GenerationRequest, plan: Plan, seeds: list[int], job: Job, step_offset: int) -> torch.Tensor:
+    def _prepare_inputs(self, request: GenerationRequest) -> "Img2ImgInputs":
+        prepared, sizes = [], set()
+        for image in request.init_images:
+            item, size = prepare_image(request, image, request.mask)
+            prepared.append(item)
+            sizes.add(size)
+        if len(sizes) > 1:
+            raise ValidationError([FieldError("init_images", "outpainting images of different sizes in one request")])
+        return Img2ImgInputs(prepared, sizes.pop())
+
+    def _sample_batch(self, request: GenerationRequest, plan: Plan, seeds: list[int], prepared: list[PreparedImage],
+                      inputs: "Img2ImgInputs | None", job: Job, step_offset: int) -> torch.Tensor:
         model = plan.model
+        width, height = inputs.size if inputs else (request.width, request.height)
         factor = model.vae_scale_factor
-        shape = (LATENT_CHANNELS, request.height // factor, request.width // factor)
-        device = model.device.device
-        rng = ImageRNG(shape, seeds, device)
-        time_ids, uncond_time_ids = self._time_ids(model, request)
-        denoiser = plan.prompts.make_denoiser(len(seeds), time_ids, uncond_time_ids)
+        rng = ImageRNG((LATENT_CHANNELS, height // factor, width // factor), seeds, model.device.device)
+        first_noise = rng.first()
+        denoiser = plan.prompts.make_denoiser(len(seeds), *self._time_ids(model, width, height))
+        if not prepared:
+            self._inpainting_model_conditioning(model, denoiser, None, None, len(seeds), width, height)
+            return self._run(plan, denoiser, rng, first_noise, request.steps, job, step_offset)
+        init = self._encode_targets(model, prepared, (width, height))
+        masks = [p.mask for p in prepared]
+        if all(m is not None for m in masks):
+            latent_size = (init.shape[-1], init.shape[-2])
+            change = torch.stack([torch.from_numpy(latent_mask(m, latent_size)) for m in masks])[:, None]
+            change = change.to(init.device, init.dtype)
+            if request.inpainting_fill == LATENT_NOISE:
+                init = init * (1 - change) + first_noise * change
+            elif request.inpainting_fill == LATENT_NOTHING:
+                init = init * (1 - change)
+            denoiser = MaskedDenoiser(denoiser, init, change)
+        if request.denoising_strength == 0:  # nothing to change: the encoded image as it is
+            return init
+        self._inpainting_model_conditioning(model, denoiser, prepared, masks, len(seeds), width, height)
+        return self._run(plan, denoiser, rng, first_noise, request.steps, job, step_offset, init=init,
+                         strength=request.denoising_strength)
+
+    def _encode_targets(self, model: LoadedModel, prepared: list[PreparedImage], size: tuple[int, int]) -> torch.Tensor:
+        latents = latents_io.encode(model, [p.target for p in prepared])
+        if any(p.resize_latents for p in prepared):  # resize mode 3: upscale in latent space
+            latents = upscale_latents(latents, size, "Latent")
+        return latents.to(model.device.device)
+
+    def _inpainting_model_conditioning(self, model: LoadedModel, denoiser, prepared, masks, batch: int, width: int,
+                                       height: int) -> None:
+        """9-channel UNets also see the mask and the masked image's latents."""
+        if model.unet.config.in_channels != 9:
+            return
+        if prepared and all(m is not None for m in masks):
+            mask_pixels = torch.stack([torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0) for m in masks])[:, None]
+            mask_pixels = (mask_pixels > 0.5).float()
+            masked = [latents_io.to_image(latents_io.to_pixels(p.target)[0] * (1 - mask_pixels[i]))
+                      for i, p in enumerate(prepared)]
+        else:  # no mask: the whole picture is "to be painted", as AUTOMATIC1111 does for txt2img
+            mask_pixels = torch.ones(batch, 1, height, width)
+            masked = [Image.new("RGB", (width, height), (128, 128, 128))] * batch
+        masked_latents = latents_io.encode(model, masked)
+        factor = model.vae_scale_factor
+        small_mask = torch.nn.functional.interpolate(mask_pixels, size=(height // factor, width // factor))
+        denoiser.set_image_conditioning(torch.cat([small_mask.to(masked_latents), masked_latents], dim=1))
+
+    def _run(self, plan: Plan, denoiser, rng: ImageRNG, first_noise: torch.Tensor, steps: int, job: Job,
+             step_offset: int, init: torch.Tensor | None = None, strength: float = 1.0,
+             exact_steps: bool = False) -> torch.Tensor:
         previews = self.settings.get("live_previews_enable")
 
         def on_step(i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
@@ -146,31 +239,51 @@ class Engine:
             job.check()
 
         job.check()
-        return samplers.run(plan.sampler, plan.schedule, denoiser, rng, rng.first(), request.steps,
-                            model.scheduler_config, on_step, rng.generators)
+        return samplers.run(plan.sampler, plan.schedule, denoiser, rng, first_noise, steps,
+                            plan.model.scheduler_config, on_step, rng.generators, init=init, strength=strength,
+                            exact_steps=exact_steps)
 
-    @torch.no_grad()
-    def _decode(self, model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
-        vae = model.vae
-        scale = model.configs["vae"].get("scaling_factor", 0.18215)
-        dtype = torch.float32 if model.vae_upcast else next(vae.parameters()).dtype
-        if dtype != next(vae.parameters()).dtype:
-            vae.to(dtype)
-        images = []
-        for latent in latents:  # one at a time: peak memory stays that of one image
-            pixels = vae.decode((latent[None] / scale).to(dtype)).sample.float()
-            if torch.isnan(pixels).any() and dtype != torch.float32:
-                log.warning("VAE produced NaNs in half precision; switching this model's VAE to fp32")
-                model.vae_upcast = True
-                vae.to(torch.float32)
-                dtype = torch.float32
-                pixels = vae.decode((latent[None] / scale).float()).sample.float()
-            images.append(_to_pil(pixels[0]))
-        return images
+    # ---- hires fix ------------------------------------------------------------------------------
+
+    def _hires_plan(self, request: GenerationRequest, model: LoadedModel, plan: Plan) -> "HiresPlan":
+        size = target_size(request.width, request.height, request.hr_scale, request.hr_resize_x, request.hr_resize_y)
+        steps = request.hr_second_pass_steps or request.steps
+        second = replace(request, steps=steps, width=size[0], height=size[1],
+                         prompt=request.hr_prompt or request.prompt,
+                         negative_prompt=request.hr_negative_prompt or request.negative_prompt,
+                         sampler_name=request.hr_sampler_name or request.sampler_name,
+                         scheduler=request.hr_scheduler or request.scheduler)
+        sampler, schedule = samplers.resolve(second.sampler_name, second.scheduler)
+        if second.prompt == request.prompt and second.negative_prompt == request.negative_prompt and steps == request.steps:
+            prompts = plan.prompts  # same texts and steps: the same conditioning serves
+        else:
+            prompts = plan_prompts(second, model, self.options(second), self.loras, self.embeddings, self.styles)
+        plan_steps = samplers.steps_to_run(steps, True, request.denoising_strength, exact_steps=True)
+        return HiresPlan(second, Plan(model, sampler, schedule, plan.seed, prompts), size, plan_steps)
+
+    def _hires_pass(self, request: GenerationRequest, hires: "HiresPlan", latents: torch.Tensor, seeds: list[int],
+                    job: Job, step_offset: int) -> torch.Tensor:
+        model = hires.plan.model
+        width, height = hires.size
+        job.report(text="hires upscale")
+        if request.hr_upscaler in LATENT_MODES:
+            init = upscale_latents(latents, hires.size, request.hr_upscaler)
+        else:
+            upscale = self.image_upscalers[request.hr_upscaler]
+            images = [upscale(image, hires.size) for image in latents_io.decode(model, latents)]
+            init = latents_io.encode(model, images).to(latents.device)
+        job.check()
+        factor = model.vae_scale_factor
+        rng = ImageRNG((LATENT_CHANNELS, height // factor, width // factor), seeds, model.device.device)
+        first_noise = rng.first()
+        denoiser = hires.plan.prompts.make_denoiser(len(seeds), *self._time_ids(model, width, height))
+        self._inpainting_model_conditioning(model, denoiser, None, None, len(seeds), width, height)
+        return self._run(hires.plan, denoiser, rng, first_noise, hires.request.steps, job, step_offset, init=init,
+                         strength=request.denoising_strength, exact_steps=True)
 
     def _keep(self, result: Result, request: GenerationRequest, plan: Plan, image: Image.Image, seed: int,
-              batch_index: int, offset: int) -> None:
-        text = self.infotext(request, plan, seed)
+              batch_index: int, offset: int, hires: "HiresPlan | None", size: tuple[int, int]) -> None:
+        text = self.infotext(request, plan, seed, hires, size)
         result.images.append(image)
         result.infotexts.append(text)
         result.seeds.append(seed)
@@ -180,20 +293,26 @@ class Engine:
 
     # ---- output ---------------------------------------------------------------------------------
 
-    def infotext(self, request: GenerationRequest, plan: Plan, seed: int) -> str:
+    def infotext(self, request: GenerationRequest, plan: Plan, seed: int, hires: "HiresPlan | None" = None,
+                 size: tuple[int, int] | None = None) -> str:
         model, prompts = plan.model, plan.prompts
+        width, height = size or (request.width, request.height)
         params: dict[str, Any] = {
             "Steps": request.steps,
             "Sampler": plan.sampler.name,
             "Schedule type": plan.schedule if plan.sampler.uses_schedule else None,
             "CFG scale": request.cfg_scale,
             "Seed": seed,
-            "Size": f"{request.width}x{request.height}",
+            "Size": f"{width}x{height}",
             "Model hash": model.short_hash or None,
             "Model": model.info.model_name,
             "Clip skip": prompts.clip_skip if prompts.clip_skip > 1 else None,
             "Version": f"Easel {__version__}",
         }
+        if request.mode == "img2img":
+            params.update(img2img_params(request))
+        if hires is not None:
+            params.update(hires_params(request, hires))
         params.update(self._network_params(prompts))
         return format_infotext(prompts.prompt, prompts.negative_prompt, params)
 
@@ -233,6 +352,57 @@ class Engine:
                           s.get("samples_format"), text if s.get("enable_pnginfo") else None, s.get("jpeg_quality"))
 
 
-def _to_pil(pixels: torch.Tensor) -> Image.Image:
-    array = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(np.ascontiguousarray(array), "RGB")
+@dataclass
+class Img2ImgInputs:
+    images: list[PreparedImage]
+    size: tuple[int, int]
+
+
+@dataclass
+class HiresPlan:
+    request: GenerationRequest   # the second pass: target size, steps, prompts, sampler
+    plan: Plan
+    size: tuple[int, int]
+    plan_steps: int
+
+
+def img2img_params(request: GenerationRequest) -> dict[str, Any]:
+    """The img2img keys AUTOMATIC1111 writes (plus outpainting's)."""
+    params: dict[str, Any] = {"Denoising strength": request.denoising_strength}
+    if request.mask is not None or any((request.outpaint_left, request.outpaint_right, request.outpaint_up,
+                                        request.outpaint_down)):
+        params["Mask blur"] = request.mask_blur
+        params["Masked content"] = MASKED_CONTENT[request.inpainting_fill]
+    if request.mask is not None:
+        if request.inpaint_full_res:
+            params["Inpaint area"] = "Only masked"
+            params["Masked area padding"] = request.inpaint_full_res_padding
+        if request.inpainting_mask_invert:
+            params["Mask mode"] = "Inpaint not masked"
+    for side in ("left", "right", "up", "down"):
+        amount = getattr(request, f"outpaint_{side}")
+        if amount:
+            params[f"Outpaint {side}"] = amount
+    if request.resize_mode:
+        params["Resize mode"] = RESIZE_MODES[request.resize_mode]
+    return params
+
+
+def hires_params(request: GenerationRequest, hires: HiresPlan) -> dict[str, Any]:
+    params: dict[str, Any] = {"Denoising strength": request.denoising_strength}
+    if request.hr_resize_x or request.hr_resize_y:
+        params["Hires resize"] = f"{hires.size[0]}x{hires.size[1]}"
+    else:
+        params["Hires upscale"] = request.hr_scale
+    if request.hr_second_pass_steps:
+        params["Hires steps"] = request.hr_second_pass_steps
+    params["Hires upscaler"] = request.hr_upscaler
+    if request.hr_sampler_name and request.hr_sampler_name != request.sampler_name:
+        params["Hires sampler"] = hires.plan.sampler.name
+    if request.hr_scheduler and request.hr_scheduler != request.scheduler:
+        params["Hires schedule type"] = hires.plan.schedule
+    if request.hr_prompt and request.hr_prompt != request.prompt:
+        params["Hires prompt"] = request.hr_prompt
+    if request.hr_negative_prompt and request.hr_negative_prompt != request.negative_prompt:
+        params["Hires negative prompt"] = request.hr_negative_prompt
+    return params

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Collection
 
 from PIL import Image
 
@@ -62,6 +62,32 @@ class GenerationRequest:
     # how several LoRAs combine: Merge (sum into the weights), Switch (rotate), Composite (average)
     lora_composition: str = "Merge"
     lora_switch_steps: int = 1
+    # hires fix (txt2img): generate, upscale, refine at the larger size
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_sampler_name: str = ""
+    hr_scheduler: str = ""
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    denoising_strength: float = 0.75
+    # img2img / inpainting (mode "img2img"); images are PIL images here, base64 only at the API edge
+    init_images: list[Any] = field(default_factory=list)
+    resize_mode: int = 0
+    mask: Any = None
+    mask_blur: int = 4
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    # outpainting: grow the canvas by this many pixels on each side, then inpaint the border
+    outpaint_left: int = 0
+    outpaint_right: int = 0
+    outpaint_up: int = 0
+    outpaint_down: int = 0
     save_images: bool = True
     # where the request came from, for output folders and infotext ("txt2img", ...)
     mode: str = "txt2img"
@@ -81,12 +107,55 @@ class GenerationRequest:
             raise ValidationError([FieldError(k, "unknown field") for k in unknown])
         return cls(**data)
 
-    def validate(self, samplers: "SamplerCatalog | None" = None) -> None:
+    def validate(self, samplers: "SamplerCatalog | None" = None, upscalers: Collection[str] | None = None) -> None:
         errors = list(self._field_errors())
         if samplers is not None and isinstance(self.sampler_name, str) and isinstance(self.scheduler, str):
             errors.extend(samplers.check(self.sampler_name, self.scheduler))
+        if self.mode == "txt2img" and self.enable_hr is True:
+            errors.extend(self._hires_errors(samplers, upscalers))
+        if self.mode == "img2img":
+            errors.extend(self._img2img_errors())
         if errors:
             raise ValidationError(errors)
+
+    def _hires_errors(self, samplers: "SamplerCatalog | None", upscalers: Collection[str] | None):
+        if not _is_number(self.denoising_strength) or not 0 <= self.denoising_strength <= 1:
+            yield FieldError("denoising_strength", "must be a number from 0 to 1")
+        if not _is_number(self.hr_scale) or not 1 <= self.hr_scale <= 4:
+            yield FieldError("hr_scale", "must be a number from 1 to 4")
+        yield from _int_in(self, "hr_second_pass_steps", 0, MAX_STEPS)
+        for name in ("hr_resize_x", "hr_resize_y"):
+            yield from _int_in(self, name, 0, MAX_SIDE)
+        if upscalers is not None and self.hr_upscaler not in upscalers:
+            yield FieldError("hr_upscaler", f"unknown upscaler {self.hr_upscaler!r}; choose one of: {', '.join(upscalers)}")
+        if self.hr_sampler_name and samplers is not None:
+            for error in samplers.check(self.hr_sampler_name, self.hr_scheduler or "Automatic"):
+                yield FieldError("hr_" + error.field if error.field != "sampler_name" else "hr_sampler_name",
+                                 error.message)
+        if _is_number(self.hr_scale) and _is_int(self.width) and _is_int(self.height):
+            from ..features.hires import target_size
+
+            w, h = target_size(self.width, self.height, self.hr_scale, int(self.hr_resize_x or 0),
+                               int(self.hr_resize_y or 0))
+            if max(w, h) > MAX_SIDE:
+                yield FieldError("hr_scale", f"the hires size {w}x{h} is larger than {MAX_SIDE} pixels")
+
+    def _img2img_errors(self):
+        if not isinstance(self.init_images, list) or not self.init_images:
+            yield FieldError("init_images", "img2img needs at least one image")
+        elif not all(isinstance(i, Image.Image) for i in self.init_images):
+            yield FieldError("init_images", "must be images")
+        if self.mask is not None and not isinstance(self.mask, Image.Image):
+            yield FieldError("mask", "must be an image")
+        if not _is_number(self.denoising_strength) or not 0 <= self.denoising_strength <= 1:
+            yield FieldError("denoising_strength", "must be a number from 0 to 1")
+        yield from _int_in(self, "resize_mode", 0, 3)
+        yield from _int_in(self, "mask_blur", 0, 64)
+        yield from _int_in(self, "inpainting_fill", 0, 3)
+        yield from _int_in(self, "inpaint_full_res_padding", 0, 256)
+        yield from _int_in(self, "inpainting_mask_invert", 0, 1)
+        for side in ("left", "right", "up", "down"):
+            yield from _int_in(self, f"outpaint_{side}", 0, 2048)
 
     def _field_errors(self):
         for name in ("prompt", "negative_prompt"):
@@ -113,6 +182,8 @@ class GenerationRequest:
                 yield FieldError(name, "must be text")
         if self.checkpoint is not None and not isinstance(self.checkpoint, str):
             yield FieldError("checkpoint", "must be a checkpoint name")
+        if self.mode not in ("txt2img", "img2img"):
+            yield FieldError("mode", "must be txt2img or img2img")
         if not isinstance(self.extra, dict):
             yield FieldError("extra", "must be an object")
         if not isinstance(self.styles, list) or not all(isinstance(s, str) for s in self.styles):

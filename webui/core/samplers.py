@@ -134,21 +134,45 @@ def sigmas_for(info: SamplerInfo, schedule_label: str, model: DiscreteSchedule, 
     return SCHEDULES[schedule_label][1](model, steps)
 
 
+def img2img_schedule(steps: int, strength: float, exact_steps: bool = False) -> tuple[int, int]:
+    """(length of the schedule, index of the first step run) for img2img, AUTOMATIC1111's way.
+
+    Normally the schedule has `steps` steps and the last int(min(strength, .999) * steps) + 1
+    run. With `exact_steps` (the hires pass), the schedule is stretched to
+    int(steps / strength) so that exactly `steps` steps run.
+    """
+    strength = min(strength, 0.999)
+    if exact_steps:
+        total = int(steps / strength) if strength > 0 else steps
+        return total, max(0, total - steps)
+    return steps, steps - int(strength * steps) - 1
+
+
 def run(info: SamplerInfo, schedule_label: str, model: ModelOutput, noise: "k_samplers.NoiseSource",
         first_noise: torch.Tensor, steps: int, scheduler_config: dict[str, Any], callback: k_samplers.StepCallback,
-        generators: list[torch.Generator]) -> torch.Tensor:
-    """Sample from pure noise to a clean latent."""
+        generators: list[torch.Generator], init: torch.Tensor | None = None, strength: float = 1.0,
+        exact_steps: bool = False) -> torch.Tensor:
+    """Sample to a clean latent: from pure noise, or (img2img) from `init` noised to `strength`."""
+    total, start = img2img_schedule(steps, strength, exact_steps) if init is not None else (steps, 0)
     if info.k_function is not None:
         # sigmas stay on the CPU: reading one never synchronises with the GPU
-        sigmas = sigmas_for(info, schedule_label, model.schedule, steps)
-        x = first_noise * float(sigmas[0])
+        sigmas = sigmas_for(info, schedule_label, model.schedule, total)[start:]
+        x = first_noise * float(sigmas[0]) if init is None else init + first_noise * float(sigmas[0])
         return info.k_function(model.denoise, x, sigmas, noise, callback)
-    return _run_diffusers(info, model, first_noise, steps, scheduler_config, callback, generators)
+    return _run_diffusers(info, model, first_noise, total, start, scheduler_config, callback, generators, init)
 
 
-def _run_diffusers(info: SamplerInfo, model: ModelOutput, first_noise: torch.Tensor, steps: int,
+def steps_to_run(steps: int, init: bool, strength: float, exact_steps: bool = False) -> int:
+    """How many sampler steps a run takes (for progress bars)."""
+    if not init:
+        return steps
+    total, start = img2img_schedule(steps, strength, exact_steps)
+    return total - start
+
+
+def _run_diffusers(info: SamplerInfo, model: ModelOutput, first_noise: torch.Tensor, steps: int, start_step: int,
                    scheduler_config: dict[str, Any], callback: k_samplers.StepCallback,
-                   generators: list[torch.Generator]) -> torch.Tensor:
+                   generators: list[torch.Generator], init: torch.Tensor | None) -> torch.Tensor:
     import diffusers
 
     scheduler_class = getattr(diffusers, info.diffusers_class)
@@ -157,8 +181,16 @@ def _run_diffusers(info: SamplerInfo, model: ModelOutput, first_noise: torch.Ten
     config.update(info.diffusers_options)
     scheduler = scheduler_class.from_config(config)
     scheduler.set_timesteps(steps, device=first_noise.device)
-    x = first_noise * scheduler.init_noise_sigma
-    for i, t in enumerate(scheduler.timesteps):
+    timesteps = scheduler.timesteps
+    if init is None:
+        x = first_noise * scheduler.init_noise_sigma
+    else:
+        start = start_step * scheduler.order
+        timesteps = timesteps[start:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+        x = scheduler.add_noise(init, first_noise, timesteps[:1])
+    for i, t in enumerate(timesteps):
         x_in = scheduler.scale_model_input(x, t)
         output = model.predict(x_in, t.expand(x.shape[0]))
         kwargs = {"generator": generators} if info.stochastic else {}

@@ -35,6 +35,10 @@ class _MultiLora(SigmaSpace):
         for denoiser in self.denoisers:
             denoiser.step = value
 
+    def set_image_conditioning(self, tensor: torch.Tensor | None) -> None:
+        for denoiser in self.denoisers:
+            denoiser.set_image_conditioning(tensor)
+
     def _run(self, index: int, x_in: torch.Tensor, t) -> torch.Tensor:
         self.patcher.set([self.specs[index]])
         return self.denoisers[index].predict(x_in, t)
