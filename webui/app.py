@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .core.jobs import Job, JobQueue
 from .core.processing import Engine
@@ -21,6 +22,9 @@ from .model_manager.architecture import Architecture
 from .model_manager.manager import ModelManager
 from .paths import PROJECT_ROOT, Paths
 from .settings import SettingsStore
+
+if TYPE_CHECKING:
+    from .features.batch import FolderBatch
 
 log = logging.getLogger(__name__)
 DEMO_MODEL_NAME = "easel-demo-tiny.safetensors"
@@ -60,6 +64,14 @@ class Easel:
                                  kind=request.mode, description=request.prompt[:80])
 
     submit_txt2img = submit
+
+    def submit_batch(self, batch: "FolderBatch", owner: str | None = None) -> Job:
+        """img2img over a folder, as one queued job."""
+        from .features.batch import run_folder_batch
+
+        limit = self.settings.get("img_max_size_mp")
+        return self.queue.submit(lambda job: run_folder_batch(self.engine, batch, job, limit), owner=owner,
+                                 kind="img2img-batch", description=f"batch {batch.input_dir.name}")
 
     def generate(self, request: GenerationRequest) -> Result:
         job = self.submit(request)

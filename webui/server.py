@@ -77,7 +77,7 @@ def create_fastapi(easel: Easel, options: ServerOptions) -> FastAPI:
             return await call_next(request)
 
     if options.ui:
-        blocks = build_ui(easel)
+        blocks = build_ui(easel, local=options.host in ("127.0.0.1", "localhost", "::1"))
         blocks.queue(default_concurrency_limit=None)
         allowed = [str(easel.paths.outputs_dir.resolve())]
         app = gr.mount_gradio_app(app, blocks, path="/", auth=options.auth, allowed_paths=allowed, css=CSS,

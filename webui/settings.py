@@ -48,6 +48,8 @@ class Settings:
     comma_padding_backtrack: int = _opt(20, "Prompt word wrap length limit (tokens)", "Stable Diffusion",
                                         minimum=0, maximum=74)
     emphasis: str = _opt("Original", "Emphasis mode", "Stable Diffusion", choices=("Original", "None"))
+    img_max_size_mp: float = _opt(100.0, "Maximum size of an uploaded image (megapixels)", "Images",
+                                  minimum=1, maximum=1000)
     live_previews_enable: bool = _opt(True, "Show live previews of the created image", "Live previews")
     show_progress_every_n_steps: int = _opt(1, "Live preview display period (steps)", "Live previews",
                                            minimum=1, maximum=32)

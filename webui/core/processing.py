@@ -88,8 +88,11 @@ class Engine:
     def img2img(self, request: GenerationRequest, job: Job) -> Result:
         return self.generate(request, job)
 
-    def generate(self, request: GenerationRequest, job: Job) -> Result:
-        """txt2img (with optional hires fix) or img2img/inpaint/outpaint, by request.mode."""
+    def generate(self, request: GenerationRequest, job: Job, output_dir: Path | None = None) -> Result:
+        """txt2img (with optional hires fix) or img2img/inpaint/outpaint, by request.mode.
+
+        `output_dir` (folder batch, CLI) saves there instead of the mode's output folder.
+        """
         self.validate(request)
         started = time.perf_counter()
         job.report(step=0, text="loading model")
@@ -133,7 +136,7 @@ class Engine:
                 break
             for offset, image in enumerate(images):
                 self._keep(result, request, plan, image, batch_seeds[offset], batch_index, offset, hires,
-                           inputs.size if inputs else (request.width, request.height))
+                           inputs.size if inputs else (request.width, request.height), output_dir)
         timings.update(sample=sample_time, decode=decode_time, total=time.perf_counter() - started)
         result.timings = timings
         if model.demo:
@@ -282,13 +285,14 @@ class Engine:
                          strength=request.denoising_strength, exact_steps=True)
 
     def _keep(self, result: Result, request: GenerationRequest, plan: Plan, image: Image.Image, seed: int,
-              batch_index: int, offset: int, hires: "HiresPlan | None", size: tuple[int, int]) -> None:
+              batch_index: int, offset: int, hires: "HiresPlan | None", size: tuple[int, int],
+              output_dir: Path | None = None) -> None:
         text = self.infotext(request, plan, seed, hires, size)
         result.images.append(image)
         result.infotexts.append(text)
         result.seeds.append(seed)
         if request.save_images and self.settings.get("samples_save"):
-            path = self._save(request, plan, image, seed, text, batch_index, offset)
+            path = self._save(request, plan, image, seed, text, batch_index, offset, output_dir)
             result.paths.append(str(path))
 
     # ---- output ---------------------------------------------------------------------------------
@@ -341,14 +345,14 @@ class Engine:
         return base
 
     def _save(self, request: GenerationRequest, plan: Plan, image: Image.Image, seed: int, text: str,
-              batch_index: int, offset: int) -> Path:
+              batch_index: int, offset: int, output_dir: Path | None = None) -> Path:
         s = self.settings
         ctx = NamingContext(seed=seed, prompt=plan.prompts.prompt, negative_prompt=plan.prompts.negative_prompt,
                             steps=request.steps, cfg_scale=request.cfg_scale, sampler=plan.sampler.name,
                             scheduler=plan.schedule, width=request.width, height=request.height,
                             model_name=plan.model.info.model_name, model_hash=plan.model.short_hash,
                             batch_number=offset, generation_number=batch_index * request.batch_size + offset)
-        return save_image(image, self.output_folder(request.mode), s.get("samples_filename_pattern"), ctx,
+        return save_image(image, output_dir or self.output_folder(request.mode), s.get("samples_filename_pattern"), ctx,
                           s.get("samples_format"), text if s.get("enable_pnginfo") else None, s.get("jpeg_quality"))
 
 

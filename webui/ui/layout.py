@@ -13,6 +13,9 @@ from ..model_manager.registry import ModelNotFoundError
 from .common import error_html, esc
 from .runner import SessionJobs
 from .settings_tab import build_settings
+from .img2img import build_img2img, build_inpaint
+from .pnginfo_tab import build_pnginfo, wire_pnginfo_send
+from .send_to import SendTarget, wire_send_buttons
 from .txt2img import build_txt2img
 
 
@@ -46,22 +49,40 @@ def _selected_title(easel: Easel) -> str | None:
         return titles[0]
 
 
-def build_ui(easel: Easel) -> gr.Blocks:
+def build_ui(easel: Easel, local: bool = True) -> gr.Blocks:
+    """The page. `local`: Easel listens on loopback only (enables server-folder features like batch)."""
     sessions = SessionJobs()
     with gr.Blocks(title="Easel", analytics_enabled=False) as blocks:
         with gr.Row(elem_id="quicksettings"):
             checkpoint = gr.Dropdown(easel.models.titles(), value=_selected_title(easel),
                                      label="Stable Diffusion checkpoint", elem_id="setting_sd_model_checkpoint",
-                                     scale=4, allow_custom_value=False)
+                                     scale=4, allow_custom_value=True)  # titles gain hashes as files are hashed
             refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", elem_classes="easel-tool", scale=0,
                                 min_width=42)
         status = gr.HTML(_status(easel), elem_id="easel_status")
 
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
-                fill_networks, network_search, network_outputs = build_txt2img(easel, checkpoint, sessions)
+                txt2img = build_txt2img(easel, checkpoint, sessions)
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                img2img = build_img2img(easel, checkpoint, sessions, local)
+            with gr.Tab("Inpaint", id="inpaint", elem_id="tab_inpaint"):
+                inpaint = build_inpaint(easel, checkpoint, sessions)
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                png_image, png_text, png_buttons, png_note = build_pnginfo(easel, tabs, checkpoint)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 build_settings(easel)
+        targets = [
+            SendTarget("txt2img", "txt2img", controls=txt2img),
+            SendTarget("img2img", "img2img", image=img2img.image, controls=img2img,
+                       subtab=(img2img.subtabs, "img2img_plain")),
+            SendTarget("inpaint", "inpaint", image=inpaint.image, controls=inpaint,
+                       subtab=(inpaint.subtabs, "inpaint_paint"),
+                       image_value=lambda picture: {"background": picture, "layers": [], "composite": picture}),
+        ]
+        for source in (txt2img, img2img, inpaint):
+            wire_send_buttons(easel, tabs, checkpoint, source, targets)
+        wire_pnginfo_send(easel, tabs, checkpoint, png_image, png_text, png_buttons, png_note, targets)
         gr.HTML(f'<div style="text-align:center;opacity:.6;font-size:12px">Easel {__version__} · '
                 f'<a href="/docs" target="_blank">API</a></div>')
 
@@ -94,5 +115,7 @@ def build_ui(easel: Easel) -> gr.Blocks:
         checkpoint.input(switch, checkpoint, status, concurrency_limit=None, api_name=False)
         blocks.load(lambda: (gr.update(choices=easel.models.titles(), value=_selected_title(easel)), _status(easel)),
                     None, [checkpoint, status], api_name=False)
-        blocks.load(fill_networks, network_search, network_outputs, api_name=False)
+        for controls in (txt2img, img2img, inpaint):
+            fill_networks, network_search, network_outputs = controls.extra_networks
+            blocks.load(fill_networks, network_search, network_outputs, api_name=False)
     return blocks
