@@ -7,6 +7,7 @@ starts the queue's worker. The UI, the API and the CLI all receive this one `Eas
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,9 @@ from .core.processing import Engine
 from .core.request import GenerationRequest, Result
 from .core.styles import StyleStore
 from .devices import DeviceConfig, device_config
+from .extensions.manager import ExtensionManager
+from .extensions.runtime import HookRunner
+from .extensions.scripts import collect_scripts
 from .features.embeddings import EmbeddingLibrary
 from .features.lora import LoraLibrary
 from .model_manager.architecture import Architecture
@@ -45,6 +49,10 @@ class AppOptions:
     no_half_vae: bool = False
     allow_pickle: bool = False
     demo_model: bool = False
+    extensions_dir: Path = PROJECT_ROOT / "extensions"
+    disable_extensions: bool = False
+    # installing/updating extensions over the network (off when listening beyond loopback)
+    allow_extension_install: bool = True
 
 
 @dataclass
@@ -56,6 +64,8 @@ class Easel:
     queue: JobQueue
     engine: Engine
     options: AppOptions
+    extensions: "ExtensionManager" = None
+    restart_requested: threading.Event = field(default_factory=threading.Event)
 
     def submit(self, request: GenerationRequest, owner: str | None = None) -> Job:
         """Validate now (so bad input fails at once, naming the field), then queue (txt2img or img2img)."""
@@ -111,6 +121,7 @@ def write_demo_model(paths: Paths) -> Path:
 
 def build(options: AppOptions) -> Easel:
     paths = Paths(models_dir=options.models_dir, outputs_dir=options.outputs_dir, data_dir=options.data_dir,
+                  extensions_dir=options.extensions_dir,
                   ckpt_dirs=list(options.ckpt_dirs), lora_dirs=list(options.lora_dirs),
                   embedding_dirs=list(options.embedding_dirs))
     paths.ensure()
@@ -125,6 +136,14 @@ def build(options: AppOptions) -> Easel:
     loras = LoraLibrary(paths.lora_folders(), models.hashes, allow_pickle=options.allow_pickle)
     embeddings = EmbeddingLibrary(paths.embedding_folders(), models.hashes, allow_pickle=options.allow_pickle)
     engine = Engine(models, settings, paths, loras, embeddings, StyleStore(paths.styles_file))
+    hooks = HookRunner()
+    extensions = ExtensionManager(paths.extensions_dir, settings, hooks, paths.cache_dir,
+                                  allow_install=options.allow_extension_install,
+                                  safe_mode=options.disable_extensions)
+    extensions.load_all()
+    engine.hooks = hooks
+    engine.scripts = collect_scripts(hooks)
+    models.listeners.append(lambda model: hooks.call("model_loaded", model=model))
     queue.start()
     log.info("device: %s; %d checkpoint(s) found", device.label, len(models.checkpoints()))
-    return Easel(paths, settings, device, models, queue, engine, options)
+    return Easel(paths, settings, device, models, queue, engine, options, extensions)

@@ -39,6 +39,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
                        help="allow .ckpt/.pt/.bin checkpoints (read with a restricted unpickler)")
     group.add_argument("--demo-model", action="store_true",
                        help="write a tiny random-weight checkpoint into models/ to try the app offline")
+    group.add_argument("--extensions-dir", type=Path, default=PROJECT_ROOT / "extensions",
+                       help="folder of extensions (default: extensions/)")
+    group.add_argument("--disable-extensions", action="store_true", help="safe mode: start with no extension loaded")
     group.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
@@ -51,6 +54,8 @@ def server_parser() -> argparse.ArgumentParser:
     group.add_argument("--listen", action="store_true",
                        help="listen on all interfaces (0.0.0.0) instead of 127.0.0.1; requires --auth")
     group.add_argument("--auth", metavar="USER:PASSWORD", help="require this login for the UI and the API")
+    group.add_argument("--enable-insecure-extension-access", action="store_true",
+                       help="allow installing extensions from the UI even when listening beyond 127.0.0.1")
     return parser
 
 
@@ -80,7 +85,10 @@ def _options(args: argparse.Namespace):
     return AppOptions(models_dir=args.models_dir, ckpt_dirs=args.ckpt_dir, lora_dirs=args.lora_dir,
                       embedding_dirs=args.embeddings_dir, outputs_dir=args.outputs_dir,
                       data_dir=args.data_dir, device=args.device, precision=args.precision,
-                      no_half_vae=args.no_half_vae, allow_pickle=args.allow_pickle, demo_model=args.demo_model)
+                      no_half_vae=args.no_half_vae, allow_pickle=args.allow_pickle, demo_model=args.demo_model,
+                      extensions_dir=args.extensions_dir, disable_extensions=args.disable_extensions,
+                      allow_extension_install=not getattr(args, "listen", False)
+                      or getattr(args, "enable_insecure_extension_access", False))
 
 
 def _setup(args: argparse.Namespace) -> None:
@@ -116,6 +124,9 @@ def run_server(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     serve(easel, ServerOptions(host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port, auth=auth))
+    if easel.restart_requested.is_set():  # "Apply and restart UI": start again with the same flags
+        print("[easel] restarting", flush=True)
+        os.execv(sys.executable, [sys.executable, "-m", "webui.cli", *argv])
     return 0
 
 

@@ -141,6 +141,18 @@ class SettingsStore:
                 return getattr(self.settings, key)
             return self._extra.get(key)
 
+    def set_extra(self, key: str, value: Any) -> None:
+        """Store a value that is not a built-in setting (extension state, extension settings) and save."""
+        if key in Settings.spec():
+            raise ValueError(f"{key}: use update() for built-in settings")
+        with self._lock:
+            self._extra[key] = value
+            self.save()
+
+    def extras(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._extra)
+
     def update(self, changes: dict[str, Any], *, allow_protected: bool = True) -> list[str]:
         """Validate every change first, then apply all and save; returns the changed keys.
 

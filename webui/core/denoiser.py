@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .conditioning import Conditioning, StepConditioning, pad_to_chunks
+from .hooks import StepContext
 from .samplers import ModelOutput
 from .schedules import DiscreteSchedule
 
@@ -49,6 +50,10 @@ class SigmaSpace(ModelOutput):
         """Extra UNet input channels (inpainting models: mask + masked-image latents)."""
         self.image_conditioning = tensor
 
+    def set_hooks(self, hooks) -> None:
+        """Extension hooks called around each UNet evaluation (before_cfg / after_cfg)."""
+        self.hooks = hooks
+
 
 class CFGDenoiser(SigmaSpace):
     def __init__(self, model: "LoadedModel", cond: StepConditioning, uncond: StepConditioning, cfg_scale: float,
@@ -70,6 +75,7 @@ class CFGDenoiser(SigmaSpace):
         self.time_ids, self.uncond_time_ids = time_ids, uncond_time_ids if uncond_time_ids is not None else time_ids
         self.step = 0
         self.image_conditioning: torch.Tensor | None = None
+        self.hooks = None
         self._batches: dict[tuple, tuple[torch.Tensor, dict, list[float]]] = {}
 
     def _batch_for_step(self) -> tuple[torch.Tensor, dict, list[float]]:
@@ -106,13 +112,21 @@ class CFGDenoiser(SigmaSpace):
         else:  # a Python number: filled on the device, no host-to-device copy to wait for
             t = torch.full((x_model.shape[0],), float(t), device=self.device)
         kwargs = {"added_cond_kwargs": added} if added else {}
+        step = None
+        if self.hooks is not None and (self.hooks.has("before_cfg") or self.hooks.has("after_cfg")):
+            step = StepContext(index=self.step, timestep=t, x=x_model, embeds=embeds, cfg_scale=self.cfg_scale)
+            self.hooks.call("before_cfg", step=step)
+            x_model, embeds = step.x, step.embeds
         out = self.unet(x_model, t, encoder_hidden_states=embeds, return_dict=False, **kwargs)[0].float()
-        if not self.use_uncond:
-            return out
-        parts = out.chunk(copies)
-        uncond = parts[0]
-        guided = sum(w * (c - uncond) for w, c in zip(weights, parts[1:]))
-        return uncond + self.cfg_scale * guided
+        if self.use_uncond:
+            parts = out.chunk(copies)
+            uncond = parts[0]
+            out = uncond + self.cfg_scale * sum(w * (c - uncond) for w, c in zip(weights, parts[1:]))
+        if step is not None:
+            step.prediction = out
+            self.hooks.call("after_cfg", step=step)
+            out = step.prediction
+        return out
 
 
 class MaskedDenoiser(SigmaSpace):
@@ -142,6 +156,9 @@ class MaskedDenoiser(SigmaSpace):
 
     def set_image_conditioning(self, tensor: torch.Tensor | None) -> None:
         self.inner.set_image_conditioning(tensor)
+
+    def set_hooks(self, hooks) -> None:
+        self.inner.set_hooks(hooks)
 
     def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         return self.init * self.keep + self.inner.denoise(x, sigma) * self.change

@@ -20,7 +20,13 @@ import torch
 
 # D(x, sigma): sigma is a Python float, so no sampler step ever waits on the GPU
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
-StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+# called after each step with (index, latents, denoised); may return new latents to continue from
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+
+
+def _after_step(callback: StepCallback, i: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+    replaced = callback(i, x, denoised)
+    return x if replaced is None else replaced
 
 
 class NoiseSource(Protocol):
@@ -44,7 +50,7 @@ def sample_euler(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise
         denoised = denoise(x, sigma)
         derivative = (x - denoised) / sigma
         x = x + derivative * (sigma_next - sigma)
-        callback(i, x, denoised)
+        x = _after_step(callback, i, x, denoised)
     return x
 
 
@@ -58,7 +64,7 @@ def sample_euler_ancestral(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Ten
         x = x + (x - denoised) / sigma * (sigma_down - sigma)
         if sigma_next > 0 and sigma_up > 0:
             x = x + noise.next() * s_noise * sigma_up
-        callback(i, x, denoised)
+        x = _after_step(callback, i, x, denoised)
     return x
 
 
@@ -82,5 +88,5 @@ def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, no
             x = (sigma_next / sigma) * x - math.expm1(-h) * estimate
             h_previous = h
         previous = denoised
-        callback(i, x, denoised)
+        x = _after_step(callback, i, x, denoised)
     return x

@@ -26,6 +26,7 @@ from ..features.hires import LATENT_MODES, target_size, upscale_latents
 from ..features.img2img import (LATENT_NOISE, LATENT_NOTHING, MASKED_CONTENT, RESIZE_MODES, PreparedImage,
                                 finish_image, latent_mask, prepare_image)
 from .denoiser import MaskedDenoiser
+from .hooks import NO_HOOKS, GenerationContext, Hooks, StepContext
 from .prompt_plan import PromptPlan, plan_prompts
 from .images import NamingContext, format_pattern, save_image
 from .infotext import format_infotext
@@ -68,6 +69,9 @@ class Engine:
         self.catalog = samplers.Catalog()
         # set by the command line's --out: save straight into this folder
         self.output_dir_override: Path | None = None
+        # extension hooks and scripts (webui/extensions); none by default
+        self.hooks: Hooks = NO_HOOKS
+        self.scripts: dict[str, Any] = {}
         # image upscalers for hires fix, by name; features register model upscalers here
         self.image_upscalers: dict[str, Callable[[Image.Image, tuple[int, int]], Image.Image]] = {
             "Lanczos": lambda image, size: image.resize(size, Image.Resampling.LANCZOS),
@@ -81,6 +85,9 @@ class Engine:
 
     def validate(self, request: GenerationRequest) -> None:
         request.validate(self.catalog, self.upscaler_names())
+        if request.script_name and request.script_name not in self.scripts:
+            choices = ", ".join(sorted(self.scripts)) or "none installed"
+            raise ValidationError([FieldError("script_name", f"unknown script {request.script_name!r} ({choices})")])
 
     def txt2img(self, request: GenerationRequest, job: Job) -> Result:
         return self.generate(request, job)
@@ -91,13 +98,43 @@ class Engine:
     def generate(self, request: GenerationRequest, job: Job, output_dir: Path | None = None) -> Result:
         """txt2img (with optional hires fix) or img2img/inpaint/outpaint, by request.mode.
 
-        `output_dir` (folder batch, CLI) saves there instead of the mode's output folder.
+        `output_dir` (folder batch, CLI) saves there instead of the mode's output folder. A
+        request naming a script (`script_name`) is handed to that script, which may run any
+        number of plain generations through `context.generate`.
         """
+        if request.script_name:
+            return self._run_script(request, job, output_dir)
+        result = self._generate(request, job, output_dir)
+        self._report_extension_errors(result)
+        return result
+
+    def _run_script(self, request: GenerationRequest, job: Job, output_dir: Path | None) -> Result:
+        self.validate(request)
+        script = self.scripts[request.script_name]
+        plain = replace(request, script_name="", script_args={})
+        context = GenerationContext(plain, job, generate=lambda sub: self._generate(sub, job, output_dir),
+                                    save_grid=lambda image, text, seed=0: str(self.save_grid(plain, image, text, seed,
+                                                                                             output_dir)))
+        result = script.run(plain, dict(request.script_args), context)
+        result.warnings = context.warnings + result.warnings
+        self._report_extension_errors(result)
+        return result
+
+    def _report_extension_errors(self, result: Result) -> None:
+        take = getattr(self.hooks, "take_new_errors", None)
+        for error in take() if take else []:
+            result.warnings.append(f"Extension {error.extension} failed in {error.hook} ({error.message}); skipped.")
+
+    def _generate(self, request: GenerationRequest, job: Job, output_dir: Path | None = None) -> Result:
+        context = GenerationContext(request, job)
+        self.hooks.call("before_process", request=request, context=context)
         self.validate(request)
         started = time.perf_counter()
         job.report(step=0, text="loading model")
         model = self.models.get(request.checkpoint, progress=lambda msg: job.report(text=msg))
         plan = self._plan(request, model)
+        context.model, context.plan = model, plan
+        self.hooks.call("process", request=request, context=context)
         inputs = self._prepare_inputs(request) if request.mode == "img2img" else None
         hires = self._hires_plan(request, model, plan) if request.mode == "txt2img" and request.enable_hr else None
         per_batch = samplers.steps_to_run(request.steps, inputs is not None, request.denoising_strength)
@@ -107,6 +144,7 @@ class Engine:
         timings = {"load": time.perf_counter() - started, "lora": plan.prompts.lora_seconds}
         result = Result(model_name=model.info.model_name, demo_model=model.demo)
         result.warnings += plan.prompts.warnings
+        output = _Output(plan, hires, inputs.size if inputs else (request.width, request.height), output_dir, context)
         seeds = image_seeds(plan.seed, request.n_iter * request.batch_size)
         sample_time = decode_time = 0.0
         for batch_index in range(request.n_iter):
@@ -116,9 +154,11 @@ class Engine:
             step_offset = batch_index * per_batch
             prepared = ([inputs.images[(first + i) % len(inputs.images)] for i in range(len(batch_seeds))]
                         if inputs else [])
+            self.hooks.call("process_batch", request=request, batch_index=batch_index, seeds=batch_seeds,
+                            context=context)
             try:
                 t0 = time.perf_counter()
-                latents = self._sample_batch(request, plan, batch_seeds, prepared, inputs, job, step_offset)
+                latents = self._sample_batch(request, plan, batch_seeds, prepared, inputs, job, step_offset, context)
                 if hires is not None:
                     latents = self._hires_pass(request, hires, latents, batch_seeds, job,
                                                step_offset + per_batch - hires.plan_steps)
@@ -135,12 +175,13 @@ class Engine:
                 result.interrupted = True
                 break
             for offset, image in enumerate(images):
-                self._keep(result, request, plan, image, batch_seeds[offset], batch_index, offset, hires,
-                           inputs.size if inputs else (request.width, request.height), output_dir)
+                self._keep(result, request, output, image, batch_seeds[offset], batch_index, offset)
         timings.update(sample=sample_time, decode=decode_time, total=time.perf_counter() - started)
         result.timings = timings
         if model.demo:
             result.warnings.append("Demo model: its weights are random, so images are noise.")
+        result.warnings += context.warnings
+        self.hooks.call("postprocess", request=request, result=result, context=context)
         job.report(step=job.progress.total_steps if not result.interrupted else job.progress.step, text="done")
         return result
 
@@ -180,13 +221,18 @@ class Engine:
         return Img2ImgInputs(prepared, sizes.pop())
 
     def _sample_batch(self, request: GenerationRequest, plan: Plan, seeds: list[int], prepared: list[PreparedImage],
-                      inputs: "Img2ImgInputs | None", job: Job, step_offset: int) -> torch.Tensor:
+                      inputs: "Img2ImgInputs | None", job: Job, step_offset: int,
+                      context: GenerationContext | None = None) -> torch.Tensor:
         model = plan.model
         width, height = inputs.size if inputs else (request.width, request.height)
         factor = model.vae_scale_factor
         rng = ImageRNG((LATENT_CHANNELS, height // factor, width // factor), seeds, model.device.device)
         first_noise = rng.first()
+        for replacement in self.hooks.call("extra_noise", noise=first_noise, request=request, context=context):
+            if isinstance(replacement, torch.Tensor) and replacement.shape == first_noise.shape:
+                first_noise = replacement
         denoiser = plan.prompts.make_denoiser(len(seeds), *self._time_ids(model, width, height))
+        denoiser.set_hooks(self.hooks)
         if not prepared:
             self._inpainting_model_conditioning(model, denoiser, None, None, len(seeds), width, height)
             return self._run(plan, denoiser, rng, first_noise, request.steps, job, step_offset)
@@ -236,10 +282,18 @@ class Engine:
              exact_steps: bool = False) -> torch.Tensor:
         previews = self.settings.get("live_previews_enable")
 
-        def on_step(i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+        step_hooks = self.hooks.has("step_end")
+
+        def on_step(i: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor | None:
             denoiser.step = i + 1  # prompt editing and LoRA switching follow the sampler's step
             job.report(step=step_offset + i + 1, preview=denoised if previews else None)
             job.check()
+            if step_hooks:
+                step = StepContext(index=i, timestep=None, latents=x, denoised=denoised)
+                self.hooks.call("step_end", step=step)
+                if step.latents is not x:
+                    return step.latents
+            return None
 
         job.check()
         return samplers.run(plan.sampler, plan.schedule, denoiser, rng, first_noise, steps,
@@ -280,25 +334,38 @@ class Engine:
         rng = ImageRNG((LATENT_CHANNELS, height // factor, width // factor), seeds, model.device.device)
         first_noise = rng.first()
         denoiser = hires.plan.prompts.make_denoiser(len(seeds), *self._time_ids(model, width, height))
+        denoiser.set_hooks(self.hooks)
         self._inpainting_model_conditioning(model, denoiser, None, None, len(seeds), width, height)
         return self._run(hires.plan, denoiser, rng, first_noise, hires.request.steps, job, step_offset, init=init,
                          strength=request.denoising_strength, exact_steps=True)
 
-    def _keep(self, result: Result, request: GenerationRequest, plan: Plan, image: Image.Image, seed: int,
-              batch_index: int, offset: int, hires: "HiresPlan | None", size: tuple[int, int],
-              output_dir: Path | None = None) -> None:
-        text = self.infotext(request, plan, seed, hires, size)
+    def _keep(self, result: Result, request: GenerationRequest, output: "_Output", image: Image.Image, seed: int,
+              batch_index: int, offset: int) -> None:
+        plan = output.plan
+        params = self.infotext_params(request, plan, seed, output.hires, output.size)
+        params.update(output.context.extra_params)
+        for replacement in self.hooks.call("before_image_saved", image=image, params=params, request=request,
+                                           context=output.context):
+            if isinstance(replacement, Image.Image):
+                image = replacement
+        text = format_infotext(plan.prompts.prompt, plan.prompts.negative_prompt, params)
         result.images.append(image)
         result.infotexts.append(text)
         result.seeds.append(seed)
         if request.save_images and self.settings.get("samples_save"):
-            path = self._save(request, plan, image, seed, text, batch_index, offset, output_dir)
+            path = self._save(request, plan, image, seed, text, batch_index, offset, output.output_dir)
             result.paths.append(str(path))
+            self.hooks.call("image_saved", path=str(path), image=image, infotext=text, request=request)
 
     # ---- output ---------------------------------------------------------------------------------
 
     def infotext(self, request: GenerationRequest, plan: Plan, seed: int, hires: "HiresPlan | None" = None,
                  size: tuple[int, int] | None = None) -> str:
+        params = self.infotext_params(request, plan, seed, hires, size)
+        return format_infotext(plan.prompts.prompt, plan.prompts.negative_prompt, params)
+
+    def infotext_params(self, request: GenerationRequest, plan: Plan, seed: int, hires: "HiresPlan | None" = None,
+                        size: tuple[int, int] | None = None) -> dict[str, Any]:
         model, prompts = plan.model, plan.prompts
         width, height = size or (request.width, request.height)
         params: dict[str, Any] = {
@@ -318,7 +385,16 @@ class Engine:
         if hires is not None:
             params.update(hires_params(request, hires))
         params.update(self._network_params(prompts))
-        return format_infotext(prompts.prompt, prompts.negative_prompt, params)
+        return params
+
+    def save_grid(self, request: GenerationRequest, image: Image.Image, text: str, seed: int,
+                  output_dir: Path | None = None) -> Path:
+        """Grids (X/Y/Z plot, prompt matrix) go to outputs/<mode>-grids/ with their infotext."""
+        folder = output_dir or self.paths.outputs_dir / f"{request.mode}-grids"
+        if output_dir is None and self.settings.get("save_to_dirs"):
+            folder = folder / format_pattern(self.settings.get("directories_filename_pattern") or "[date]",
+                                             NamingContext(seed=0))
+        return save_image(image, folder, "grid-[seed]", NamingContext(seed=seed, prompt=request.prompt), "png", text)
 
     def _network_params(self, prompts: PromptPlan) -> dict[str, Any]:
         params: dict[str, Any] = {}
@@ -354,6 +430,17 @@ class Engine:
                             batch_number=offset, generation_number=batch_index * request.batch_size + offset)
         return save_image(image, output_dir or self.output_folder(request.mode), s.get("samples_filename_pattern"), ctx,
                           s.get("samples_format"), text if s.get("enable_pnginfo") else None, s.get("jpeg_quality"))
+
+
+@dataclass
+class _Output:
+    """What every kept image of one request shares."""
+
+    plan: Plan
+    hires: "HiresPlan | None"
+    size: tuple[int, int]
+    output_dir: Path | None
+    context: GenerationContext
 
 
 @dataclass

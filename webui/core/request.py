@@ -91,6 +91,11 @@ class GenerationRequest:
     save_images: bool = True
     # where the request came from, for output folders and infotext ("txt2img", ...)
     mode: str = "txt2img"
+    # scripts (AUTOMATIC1111's names): a selectable script and its named arguments; always-on
+    # scripts' arguments keyed by script name ({"name": {"args": {...}}})
+    script_name: str = ""
+    script_args: dict[str, Any] = field(default_factory=dict)
+    alwayson_scripts: dict[str, Any] = field(default_factory=dict)
     # free-form values extensions attach, keyed by extension name
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -186,6 +191,12 @@ class GenerationRequest:
             yield FieldError("mode", "must be txt2img or img2img")
         if not isinstance(self.extra, dict):
             yield FieldError("extra", "must be an object")
+        if not isinstance(self.script_name, str):
+            yield FieldError("script_name", "must be a script name")
+        if not isinstance(self.script_args, dict):
+            yield FieldError("script_args", "must be an object of argument names to values")
+        if not isinstance(self.alwayson_scripts, dict):
+            yield FieldError("alwayson_scripts", "must be an object keyed by script name")
         if not isinstance(self.styles, list) or not all(isinstance(s, str) for s in self.styles):
             yield FieldError("styles", "must be a list of style names")
         if self.lora_composition not in LORA_COMPOSITIONS:

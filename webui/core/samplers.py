@@ -199,5 +199,7 @@ def _run_diffusers(info: SamplerInfo, model: ModelOutput, first_noise: torch.Ten
         denoised = getattr(step, "denoised", None)
         if denoised is None:
             denoised = getattr(step, "pred_original_sample", None)
-        callback(i, x, denoised if denoised is not None else x)
+        replaced = callback(i, x, denoised if denoised is not None else x)
+        if replaced is not None:
+            x = replaced
     return x

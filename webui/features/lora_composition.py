@@ -39,6 +39,10 @@ class _MultiLora(SigmaSpace):
         for denoiser in self.denoisers:
             denoiser.set_image_conditioning(tensor)
 
+    def set_hooks(self, hooks) -> None:
+        for denoiser in self.denoisers:
+            denoiser.set_hooks(hooks)
+
     def _run(self, index: int, x_in: torch.Tensor, t) -> torch.Tensor:
         self.patcher.set([self.specs[index]])
         return self.denoisers[index].predict(x_in, t)

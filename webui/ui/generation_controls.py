@@ -53,6 +53,7 @@ class GenerationControls:
     send_row: Any = None
     subtabs: Any = None   # a tab's own sub-tabs (img2img: img2img/Sketch/Batch), if any
     image: Any = None     # where "Send to" puts a picture
+    script_titles: dict[str, str] | None = None   # selectable script title -> name
 
 
 def build_prompt_area(easel: Easel, controls: GenerationControls) -> None:
@@ -62,8 +63,10 @@ def build_prompt_area(easel: Easel, controls: GenerationControls) -> None:
             controls.prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt (press Ctrl+Enter to generate)",
                                          elem_id=f"{p}_prompt")
             prompt_tokens = gr.HTML(token_counter_html(""), elem_id=f"{p}_token_counter")
+            emit(easel, controls.prompt)
             controls.negative = gr.Textbox(label="Negative prompt", lines=2, placeholder="Negative prompt",
                                            elem_id=f"{p}_neg_prompt")
+            emit(easel, controls.negative)
             negative_tokens = gr.HTML(token_counter_html(""), elem_id=f"{p}_negative_token_counter")
         with gr.Column(scale=1, min_width=160):
             controls.generate = gr.Button("Generate", variant="primary", elem_id=f"{p}_generate",
@@ -102,7 +105,7 @@ def build_prompt_area(easel: Easel, controls: GenerationControls) -> None:
                      api_name=False)
 
 
-def build_sampling(controls: GenerationControls, size_controls: bool = True) -> None:
+def build_sampling(easel: Easel, controls: GenerationControls, size_controls: bool = True) -> None:
     """Sampler, steps, size, batch, CFG, LoRA composition and seed (left column of a tab)."""
     p = controls.prefix
     with gr.Row():
@@ -110,7 +113,9 @@ def build_sampling(controls: GenerationControls, size_controls: bool = True) -> 
                               elem_id=f"{p}_sampling")
         schedule = gr.Dropdown(samplers.schedule_labels(), value=samplers.AUTOMATIC, label="Schedule type",
                                elem_id=f"{p}_scheduler")
+    emit(easel, sampler, schedule)
     controls.steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{p}_steps")
+    emit(easel, controls.steps)
     controls.inputs.update(sampler_name=sampler, scheduler=schedule, steps=controls.steps)
     if size_controls:
         with gr.Row():
@@ -120,6 +125,7 @@ def build_sampling(controls: GenerationControls, size_controls: bool = True) -> 
         controls.inputs["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{p}_batch_count")
         controls.inputs["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{p}_batch_size")
     controls.inputs["cfg_scale"] = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id=f"{p}_cfg_scale")
+    emit(easel, controls.inputs["cfg_scale"])
     with gr.Accordion("LoRA composition", open=False, elem_id=f"{p}_lora_composition_box"):
         controls.inputs["lora_composition"] = gr.Radio(
             list(LORA_COMPOSITIONS), value="Merge", label="When several LoRAs are used",
@@ -133,6 +139,7 @@ def build_sampling(controls: GenerationControls, size_controls: bool = True) -> 
         dice = gr.Button("🎲", elem_id=f"{p}_random_seed", elem_classes="easel-tool", scale=0, min_width=42)
         recycle = gr.Button("♻️", elem_id=f"{p}_reuse_seed", elem_classes="easel-tool", scale=0, min_width=42)
     controls.inputs["seed"] = controls.seed
+    emit(easel, controls.seed)
     controls.last_seed = gr.State(-1)
     dice.click(lambda: -1, None, controls.seed, api_name=False)
     recycle.click(lambda s: s, controls.last_seed, controls.seed, api_name=False)
@@ -211,9 +218,17 @@ def as_float(value, default: float = 0.0) -> float:
         return default
 
 
-def common_request_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    """Typed request fields from the shared controls' raw values."""
-    return dict(
+def emit(easel: Easel, *components: Any) -> None:
+    """Let extensions add controls right after these components (component_created hook)."""
+    for component in components:
+        easel.engine.hooks.call("component_created", component=component, elem_id=component.elem_id)
+
+
+def common_request_fields(fields: dict[str, Any], script_titles: dict[str, str] | None = None) -> dict[str, Any]:
+    """Typed request fields from the shared controls' raw values (scripts included)."""
+    from .scripts_ui import script_request_fields
+
+    return dict(**script_request_fields(fields, script_titles),
         prompt=fields.get("prompt") or "", negative_prompt=fields.get("negative_prompt") or "",
         sampler_name=fields.get("sampler_name") or "", scheduler=fields.get("scheduler") or samplers.AUTOMATIC,
         steps=as_int(fields.get("steps")), n_iter=as_int(fields.get("n_iter"), 1),

@@ -16,6 +16,7 @@ from .extra_networks import build_extra_networks
 from .generation_controls import (GenerationControls, as_float, as_int, build_output, build_prompt_area,
                                   build_sampling, common_request_fields, wire_generation)
 from .runner import SessionJobs
+from .scripts_ui import build_scripts
 
 BRUSH_MASK = gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed", default_size=24)
 BRUSH_SKETCH = gr.Brush(colors=["#000000", "#ffffff", "#e11d48", "#2563eb", "#16a34a", "#facc15"],
@@ -67,7 +68,7 @@ def _sized(fields: dict[str, Any], image: Image.Image) -> tuple[int, int]:
 
 def _base_request(fields: dict[str, Any], image: Image.Image, **extra: Any) -> GenerationRequest:
     width, height = _sized(fields, image)
-    return GenerationRequest(**common_request_fields(fields), mode="img2img", init_images=[image], width=width,
+    return GenerationRequest(**common_request_fields(fields, fields.get("__script_titles")), mode="img2img", init_images=[image], width=width,
                              height=height, resize_mode=as_int(fields.get("resize_mode")),
                              denoising_strength=as_float(fields.get("denoising_strength"), 0.75), **extra)
 
@@ -101,7 +102,8 @@ def build_img2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs, 
                     batch_mask = gr.Textbox(label="Inpaint mask directory (optional)",
                                             elem_id="img2img_batch_inpaint_mask_dir", interactive=local)
             _size_and_strength(controls)
-            build_sampling(controls, size_controls=False)
+            build_sampling(easel, controls, size_controls=False)
+            build_scripts(easel, controls, "img2img")
         with gr.Column(scale=1):
             build_output(controls)
     controls.subtabs, controls.image = subtabs, image
@@ -112,6 +114,7 @@ def build_img2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs, 
     image.upload(_fit_size, image, [controls.inputs["width"], controls.inputs["height"]], api_name=False)
 
     def build(fields: dict[str, Any]) -> GenerationRequest:
+        fields["__script_titles"] = controls.script_titles
         which = fields.get("img2img_mode")
         if which == "batch":
             from ..features.batch import batch_request
@@ -176,7 +179,7 @@ def build_inpaint(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
                 i["inpaint_full_res_padding"] = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels",
                                                           elem_id="img2img_inpaint_full_res_padding")
             _size_and_strength(controls)
-            build_sampling(controls, size_controls=False)
+            build_sampling(easel, controls, size_controls=False)
         with gr.Column(scale=1):
             build_output(controls)
     controls.subtabs, controls.image = subtabs, editor

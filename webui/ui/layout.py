@@ -13,6 +13,7 @@ from ..model_manager.registry import ModelNotFoundError
 from .common import error_html, esc
 from .runner import SessionJobs
 from .settings_tab import build_settings
+from .extensions_tab import build_extensions
 from .img2img import build_img2img, build_inpaint
 from .pnginfo_tab import build_pnginfo, wire_pnginfo_send
 from .send_to import SendTarget, wire_send_buttons
@@ -49,6 +50,22 @@ def _selected_title(easel: Easel) -> str | None:
         return titles[0]
 
 
+def _extension_tabs(easel: Easel) -> None:
+    """Tabs extensions add (ui_tabs hook); a tab whose builder raises shows the error instead."""
+    for extension, returned in easel.engine.hooks.call_named("ui_tabs"):
+        for item in returned if isinstance(returned, list) else [returned]:
+            try:
+                label, build = item
+            except (TypeError, ValueError):
+                continue
+            with gr.Tab(str(label), elem_id=f"tab_ext_{extension}"):
+                try:
+                    build()
+                except Exception as exc:
+                    easel.engine.hooks.record(extension, "ui_tabs", exc)
+                    gr.HTML(error_html(f"{extension}: this tab failed to build ({exc})"))
+
+
 def build_ui(easel: Easel, local: bool = True) -> gr.Blocks:
     """The page. `local`: Easel listens on loopback only (enables server-folder features like batch)."""
     sessions = SessionJobs()
@@ -70,6 +87,9 @@ def build_ui(easel: Easel, local: bool = True) -> gr.Blocks:
                 inpaint = build_inpaint(easel, checkpoint, sessions)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png_image, png_text, png_buttons, png_note = build_pnginfo(easel, tabs, checkpoint)
+            _extension_tabs(easel)
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                build_extensions(easel)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 build_settings(easel)
         targets = [

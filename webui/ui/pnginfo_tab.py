@@ -54,7 +54,7 @@ def wire_pnginfo_send(easel: Easel, tabs: gr.Tabs, checkpoint: gr.Dropdown, imag
                                  else gr.skip()] if target.image else [])
                 sub = [gr.Tabs(selected=target.subtab[1])] if target.subtab else []
                 return [gr.Tabs(selected=target.tab), picked, message, *sub, *image_update,
-                        *paste_updates(target, parameters)]
+                        *paste_updates(easel, target, parameters)]
 
             outputs = [tabs, checkpoint, note] + ([target.subtab[0]] if target.subtab else []) + target.outputs()
             button.click(send, [image, text], outputs, api_name=False)

@@ -58,8 +58,15 @@ def find_checkpoint(easel: Easel, hint: dict[str, str]) -> str | None:
     return None
 
 
-def paste_updates(target: SendTarget, text: str) -> list:
+def pasted_fields(easel: Easel, text: str) -> dict[str, Any]:
+    """Request field values from an infotext; extensions may adjust them (infotext_pasted hook)."""
     values = infotext_to_fields(parse_infotext(text)) if text else {}
+    easel.engine.hooks.call("infotext_pasted", text=text, fields=values)
+    return values
+
+
+def paste_updates(easel: Easel, target: SendTarget, text: str) -> list:
+    values = pasted_fields(easel, text)
     updates = []
     for name in target.fields():
         if name not in values:
@@ -118,7 +125,8 @@ def wire_send_buttons(easel: Easel, tabs: gr.Tabs, checkpoint: gr.Dropdown, sour
                 picked, _ = checkpoint_update(easel, text)
                 image_update = [target.image_value(image) if image is not None else gr.skip()] if target.image else []
                 sub = [gr.Tabs(selected=target.subtab[1])] if target.subtab else []
-                return [gr.Tabs(selected=target.tab), picked, *sub, *image_update, *paste_updates(target, text)]
+                return [gr.Tabs(selected=target.tab), picked, *sub, *image_update,
+                        *paste_updates(easel, target, text)]
 
             outputs = [tabs, checkpoint] + ([target.subtab[0]] if target.subtab else []) + target.outputs()
             button.click(send, [source.gallery, source.selected, source.infotexts], outputs, api_name=False)

@@ -12,6 +12,7 @@ from .extra_networks import build_extra_networks
 from .generation_controls import (GenerationControls, as_float, as_int, build_output, build_prompt_area,
                                   build_sampling, common_request_fields, wire_generation)
 from .runner import SessionJobs
+from .scripts_ui import build_scripts
 
 SAME = "Use same"
 
@@ -43,10 +44,10 @@ def _hires_controls(easel: Easel, controls: GenerationControls) -> None:
                                              elem_id="hires_neg_prompt")
 
 
-def txt2img_request(fields: dict[str, Any]) -> GenerationRequest:
+def txt2img_request(fields: dict[str, Any], script_titles: dict[str, str] | None = None) -> GenerationRequest:
     same = lambda value: "" if value in (None, SAME) else value  # noqa: E731
     return GenerationRequest(
-        **common_request_fields(fields), mode="txt2img", width=as_int(fields.get("width")),
+        **common_request_fields(fields, script_titles), mode="txt2img", width=as_int(fields.get("width")),
         height=as_int(fields.get("height")), enable_hr=bool(fields.get("enable_hr")),
         hr_upscaler=fields.get("hr_upscaler") or "Latent", hr_second_pass_steps=as_int(fields.get("hr_second_pass_steps")),
         denoising_strength=as_float(fields.get("denoising_strength"), 0.7), hr_scale=as_float(fields.get("hr_scale"), 2),
@@ -61,9 +62,11 @@ def build_txt2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
     controls.extra_networks = build_extra_networks(easel, "txt2img", controls.prompt, checkpoint)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
-            build_sampling(controls)
+            build_sampling(easel, controls)
             _hires_controls(easel, controls)
+            build_scripts(easel, controls, "txt2img")
         with gr.Column(scale=1):
             build_output(controls)
-    wire_generation(easel, controls, sessions, checkpoint, txt2img_request, api_name="txt2img")
+    wire_generation(easel, controls, sessions, checkpoint,
+                    lambda fields: txt2img_request(fields, controls.script_titles), api_name="txt2img")
     return controls
