@@ -15,13 +15,14 @@ def test_exact_text_for_a_known_request(easel):
                                 width=512, height=512, seed=1, sampler_name="DPM++ 2M")
     from webui.core.prompt_plan import PromptPlan
 
-    plan = Plan(model, sampler, schedule, 1, PromptPlan(request.prompt, request.negative_prompt, clip_skip=1))
+    plan = Plan(model, sampler, schedule, 1, PromptPlan(request.prompt, request.negative_prompt, clip_skip=1),
+                options=easel.engine.options(request))
     text = easel.engine.infotext(request, plan, seed=1)
     assert text == (
         "a castle, at dusk\n"
         "Negative prompt: lowres\n"
         f"Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x512, "
-        f"Model hash: {model.sha256[:10]}, Model: tiny-sd1, Version: Easel 0.1.0")
+        f"Model hash: {model.sha256[:10]}, Model: tiny-sd1, RNG: CPU, Version: Easel 0.1.0")
 
 
 def test_values_with_commas_colons_or_newlines_are_quoted():

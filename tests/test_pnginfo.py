@@ -98,7 +98,8 @@ def test_hires_and_clip_skip_fields():
     fields = infotext_to_fields(parse_infotext(text))
     assert fields["enable_hr"] and fields["hr_scale"] == 2 and fields["hr_second_pass_steps"] == 10
     assert fields["hr_upscaler"] == "Latent (bicubic)" and fields["denoising_strength"] == 0.55
-    assert fields["override_settings"] == {"CLIP_stop_at_last_layers": 2}
+    assert fields["override_settings"]["CLIP_stop_at_last_layers"] == 2
+    assert fields["override_settings"]["randn_source"] == "GPU"  # no RNG key: AUTOMATIC1111's default
 
 
 def test_image_without_parameters(tmp_path):

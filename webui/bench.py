@@ -144,6 +144,21 @@ def _lora_rows(easel, model, data: Path, request: dict) -> list[tuple[str, str]]
     return rows
 
 
+def _sampler_rows(easel, request: dict) -> list[tuple[str, str]]:
+    """Seconds per step of every sampler, relative to Euler, measured in this run."""
+    from .core import samplers
+
+    per_step = {}
+    for name in samplers.sampler_names():
+        settings = dict(request, sampler_name=name, scheduler="Automatic", steps=8)
+        easel.txt2img(GenerationRequest(**dict(settings, steps=2)))  # warm-up (scheduler imports)
+        result = easel.txt2img(GenerationRequest(**settings))
+        per_step[name] = result.timings["sample"] / 8
+    base = per_step["Euler"]
+    return [(f"sampler {name}: s/step (x Euler)", f"{value:.4f} ({value / base:.2f}x)")
+            for name, value in per_step.items()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m webui.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -208,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                  ("ratio Easel / diffusers (target <= 1.05)", f"{ratio:.3f}"),
                  ("Easel s/image including PNG save", f"{with_save:.3f}")]
         rows += _lora_rows(easel, model, data, request)
+        rows += _sampler_rows(easel, request)
         easel.close()
         if importlib.util.find_spec("gradio") is not None:
             rows.append(("process start -> UI answers HTTP (s)", f"{_startup_seconds(data, ckpts, args.device):.2f}"))

@@ -50,6 +50,20 @@ class Settings:
     emphasis: str = _opt("Original", "Emphasis mode", "Stable Diffusion", choices=("Original", "None"))
     img_max_size_mp: float = _opt(100.0, "Maximum size of an uploaded image (megapixels)", "Images",
                                   minimum=1, maximum=1000)
+    randn_source: str = _opt("CPU", "Random number generator source (CPU: same image on every machine; GPU: "
+                                    "AUTOMATIC1111's default; NV: NVIDIA GPU numbers computed on the CPU)", "Sampler parameters",
+                             choices=("CPU", "GPU", "NV"))
+    eta_ancestral: float = _opt(1.0, "Eta for ancestral and SDE samplers", "Sampler parameters", minimum=0, maximum=1)
+    eta_ddim: float = _opt(0.0, "Eta for DDIM", "Sampler parameters", minimum=0, maximum=1)
+    eta_noise_seed_delta: int = _opt(0, "Eta noise seed delta (ENSD)", "Sampler parameters", minimum=0,
+                                     maximum=2**31 - 1)
+    s_churn: float = _opt(0.0, "Sigma churn", "Sampler parameters", minimum=0, maximum=100)
+    s_tmin: float = _opt(0.0, "Sigma tmin", "Sampler parameters", minimum=0, maximum=100)
+    s_tmax: float = _opt(0.0, "Sigma tmax (0 = infinity)", "Sampler parameters", minimum=0, maximum=1000)
+    s_noise: float = _opt(1.0, "Sigma noise", "Sampler parameters", minimum=0, maximum=1.5)
+    sigma_min: float = _opt(0.0, "Sigma min (0 = the model's)", "Sampler parameters", minimum=0, maximum=10)
+    sigma_max: float = _opt(0.0, "Sigma max (0 = the model's)", "Sampler parameters", minimum=0, maximum=1000)
+    rho: float = _opt(0.0, "Karras schedule rho (0 = 7)", "Sampler parameters", minimum=0, maximum=100)
     live_previews_enable: bool = _opt(True, "Show live previews of the created image", "Live previews")
     show_progress_every_n_steps: int = _opt(1, "Live preview display period (steps)", "Live previews",
                                            minimum=1, maximum=32)

@@ -46,13 +46,25 @@ class SigmaSpace(ModelOutput):
         t = float(self.schedule.sigma_to_t(torch.tensor(s)))
         return denoised_from(x, s, self.predict(x * sigma_scale_in(s), t), self.prediction_type)
 
+    def inner_denoisers(self) -> list["CFGDenoiser"]:
+        """The CFGDenoisers doing the work (wrappers for masks and LoRA composition hold several)."""
+        return [self]
+
     def set_image_conditioning(self, tensor: torch.Tensor | None) -> None:
         """Extra UNet input channels (inpainting models: mask + masked-image latents)."""
-        self.image_conditioning = tensor
+        for denoiser in self.inner_denoisers():
+            denoiser.image_conditioning = tensor
 
     def set_hooks(self, hooks) -> None:
         """Extension hooks called around each UNet evaluation (before_cfg / after_cfg)."""
-        self.hooks = hooks
+        for denoiser in self.inner_denoisers():
+            denoiser.hooks = hooks
+
+    def set_guidance(self, rescale: float = 0.0, start: float = 0.0, end: float = 1.0, total_steps: int = 1) -> None:
+        """CFG rescale phi, and the fraction of the steps [start, end] in which CFG applies."""
+        for denoiser in self.inner_denoisers():
+            denoiser.cfg_rescale, denoiser.cfg_interval = rescale, (start, end)
+            denoiser.total_steps = max(1, total_steps)
 
 
 class CFGDenoiser(SigmaSpace):
@@ -66,7 +78,7 @@ class CFGDenoiser(SigmaSpace):
         self.empty = empty
         self.cfg_scale = float(cfg_scale)
         self.batch_size = batch_size
-        self.schedule = DiscreteSchedule.from_config(model.scheduler_config)
+        self.schedule = DiscreteSchedule.from_config(model.scheduler_config, model.architecture.family)
         self.prediction_type = model.architecture.prediction_type
         single = len(cond.parts) == 1 and cond.parts[0][1] == 1.0
         self.use_uncond = self.cfg_scale != 1.0 or not single
@@ -76,6 +88,9 @@ class CFGDenoiser(SigmaSpace):
         self.step = 0
         self.image_conditioning: torch.Tensor | None = None
         self.hooks = None
+        self.cfg_rescale = 0.0
+        self.cfg_interval = (0.0, 1.0)
+        self.total_steps = 1
         self._batches: dict[tuple, tuple[torch.Tensor, dict, list[float]]] = {}
 
     def _batch_for_step(self) -> tuple[torch.Tensor, dict, list[float]]:
@@ -121,12 +136,33 @@ class CFGDenoiser(SigmaSpace):
         if self.use_uncond:
             parts = out.chunk(copies)
             uncond = parts[0]
-            out = uncond + self.cfg_scale * sum(w * (c - uncond) for w, c in zip(weights, parts[1:]))
+            scale = self.cfg_scale if self._guidance_active() else 1.0
+            guided = sum(w * (c - uncond) for w, c in zip(weights, parts[1:]))
+            out = uncond + scale * guided
+            if self.cfg_rescale > 0 and scale != 1.0:
+                out = self._rescale(out, uncond + guided)
         if step is not None:
             step.prediction = out
             self.hooks.call("after_cfg", step=step)
             out = step.prediction
         return out
+
+    def _guidance_active(self) -> bool:
+        start, end = self.cfg_interval
+        if start <= 0 and end >= 1:
+            return True
+        fraction = self.step / self.total_steps
+        return start <= fraction <= end
+
+    def _rescale(self, guided: torch.Tensor, conditional: torch.Tensor) -> torch.Tensor:
+        return rescale_guidance(guided, conditional, self.cfg_rescale)
+
+
+def rescale_guidance(guided: torch.Tensor, conditional: torch.Tensor, phi: float) -> torch.Tensor:
+    """Lin et al. 2023, eq. 15-16: match the guided prediction's std to the conditional one's, mix by phi."""
+    dims = tuple(range(1, guided.ndim))
+    rescaled = guided * (conditional.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return phi * rescaled + (1 - phi) * guided
 
 
 class MaskedDenoiser(SigmaSpace):
@@ -154,11 +190,8 @@ class MaskedDenoiser(SigmaSpace):
     def step(self, value: int) -> None:
         self.inner.step = value
 
-    def set_image_conditioning(self, tensor: torch.Tensor | None) -> None:
-        self.inner.set_image_conditioning(tensor)
-
-    def set_hooks(self, hooks) -> None:
-        self.inner.set_hooks(hooks)
+    def inner_denoisers(self) -> list["CFGDenoiser"]:
+        return self.inner.inner_denoisers()
 
     def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         return self.init * self.keep + self.inner.denoise(x, sigma) * self.change

@@ -229,8 +229,32 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
                           ("Hires prompt", "hr_prompt"), ("Hires negative prompt", "hr_negative_prompt")):
             if key in p:
                 fields[name] = p[key]
+    overrides: dict[str, Any] = {}
     if "Clip skip" in p and _number(p["Clip skip"]):
-        fields["override_settings"] = {"CLIP_stop_at_last_layers": int(float(p["Clip skip"]))}
+        overrides["CLIP_stop_at_last_layers"] = int(float(p["Clip skip"]))
+    if p:  # AUTOMATIC1111 writes no RNG key for its default source, the GPU
+        overrides["randn_source"] = p.get("RNG", "GPU") if p.get("RNG", "GPU") in ("CPU", "GPU", "NV") else "GPU"
+    for key, setting in (("ENSD", "eta_noise_seed_delta"), ("Sigma min", "sigma_min"), ("Sigma max", "sigma_max"),
+                         ("Schedule rho", "rho")):
+        if key in p and _number(p[key]) is not None:
+            overrides[setting] = int(float(p[key])) if setting == "eta_noise_seed_delta" else float(p[key])
+    if overrides:
+        fields["override_settings"] = overrides
+    if "Variation seed" in p and _number(p["Variation seed"]) is not None:
+        fields["subseed"] = int(float(p["Variation seed"]))
+        fields["subseed_strength"] = _number(p.get("Variation seed strength", "0")) or 0.0
+    if "Seed resize from" in p and "x" in p["Seed resize from"]:
+        w, _, h = p["Seed resize from"].partition("x")
+        if _number(w) and _number(h):
+            fields["seed_resize_from_w"], fields["seed_resize_from_h"] = int(float(w)), int(float(h))
+    for key, name in (("Eta", "eta"), ("Eta DDIM", "eta"), ("Sigma churn", "s_churn"), ("Sigma tmin", "s_tmin"),
+                      ("Sigma tmax", "s_tmax"), ("Sigma noise", "s_noise"), ("CFG Rescale phi", "cfg_rescale")):
+        if key in p and _number(p[key]) is not None:
+            fields[name] = float(p[key])
+    if "CFG interval" in p:
+        start, _, end = p["CFG interval"].partition("-")
+        if _number(start) is not None and _number(end) is not None:
+            fields["cfg_interval_start"], fields["cfg_interval_end"] = float(start), float(end)
     if "Lora composition" in p:
         fields["lora_composition"] = p["Lora composition"]
     if "Model" in p or "Model hash" in p:

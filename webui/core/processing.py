@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -21,7 +21,7 @@ from .. import __version__
 from ..paths import Paths
 from ..settings import SettingsStore
 from . import latents as latents_io
-from . import samplers
+from . import k_samplers, samplers
 from ..features.hires import LATENT_MODES, target_size, upscale_latents
 from ..features.img2img import (LATENT_NOISE, LATENT_NOTHING, MASKED_CONTENT, RESIZE_MODES, PreparedImage,
                                 finish_image, latent_mask, prepare_image)
@@ -32,7 +32,7 @@ from .images import NamingContext, format_pattern, save_image
 from .infotext import format_infotext
 from .jobs import Interrupted, Job, Skipped
 from .request import FieldError, GenerationRequest, Result, ValidationError
-from .seeds import ImageRNG, image_seeds, resolve_seed
+from .seeds import MAX_SEED, ImageRNG, image_seeds, resolve_seed
 
 if TYPE_CHECKING:
     from ..features.embeddings import EmbeddingLibrary
@@ -55,6 +55,8 @@ class Plan:
     schedule: str
     seed: int
     prompts: PromptPlan
+    subseed: int = -1
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 class Engine:
@@ -195,8 +197,31 @@ class Engine:
 
     def _plan(self, request: GenerationRequest, model: LoadedModel) -> Plan:
         sampler, schedule = samplers.resolve(request.sampler_name, request.scheduler)
-        prompts = plan_prompts(request, model, self.options(request), self.loras, self.embeddings, self.styles)
-        return Plan(model, sampler, schedule, resolve_seed(request.seed), prompts)
+        options = self.options(request)
+        prompts = plan_prompts(request, model, options, self.loras, self.embeddings, self.styles)
+        subseed = resolve_seed(request.subseed) if request.subseed_strength > 0 else -1
+        return Plan(model, sampler, schedule, resolve_seed(request.seed), prompts, subseed, options)
+
+    def _rng(self, request: GenerationRequest, plan: Plan, seeds: list[int], width: int, height: int) -> ImageRNG:
+        """Noise streams for a batch: variation seeds, resize-from, RNG source and ENSD applied."""
+        factor = plan.model.vae_scale_factor
+        resize_from = None
+        if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
+            resize_from = (request.seed_resize_from_h // factor, request.seed_resize_from_w // factor)
+        subseeds = [(plan.subseed + (s - plan.seed)) % (MAX_SEED + 1) for s in seeds] if plan.subseed >= 0 else None
+        ensd = plan.options["eta_noise_seed_delta"] if plan.sampler.stochastic else 0
+        return ImageRNG((LATENT_CHANNELS, height // factor, width // factor), seeds, plan.model.device.device,
+                        subseeds=subseeds, subseed_strength=request.subseed_strength, resize_from=resize_from,
+                        source=plan.options["randn_source"], ensd=ensd)
+
+    def sampler_options(self, request: GenerationRequest, plan: Plan) -> k_samplers.SamplerOptions:
+        o = plan.options
+        eta_default = o["eta_ddim"] if plan.sampler.name == "DDIM" else o["eta_ancestral"]
+        pick = lambda value, default: default if value is None else value  # noqa: E731
+        s_tmax = pick(request.s_tmax, o["s_tmax"])
+        return k_samplers.SamplerOptions(eta=pick(request.eta, eta_default), s_churn=pick(request.s_churn, o["s_churn"]),
+                                         s_tmin=pick(request.s_tmin, o["s_tmin"]), s_tmax=s_tmax or float("inf"),
+                                         s_noise=pick(request.s_noise, o["s_noise"]))
 
     def _time_ids(self, model: LoadedModel, w: int, h: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """SDXL's size conditioning (original size, crop, target size; the refiner: aesthetic score)."""
@@ -226,7 +251,7 @@ class Engine:
         model = plan.model
         width, height = inputs.size if inputs else (request.width, request.height)
         factor = model.vae_scale_factor
-        rng = ImageRNG((LATENT_CHANNELS, height // factor, width // factor), seeds, model.device.device)
+        rng = self._rng(request, plan, seeds, width, height)
         first_noise = rng.first()
         for replacement in self.hooks.call("extra_noise", noise=first_noise, request=request, context=context):
             if isinstance(replacement, torch.Tensor) and replacement.shape == first_noise.shape:
@@ -235,7 +260,7 @@ class Engine:
         denoiser.set_hooks(self.hooks)
         if not prepared:
             self._inpainting_model_conditioning(model, denoiser, None, None, len(seeds), width, height)
-            return self._run(plan, denoiser, rng, first_noise, request.steps, job, step_offset)
+            return self._run(request, plan, denoiser, rng, first_noise, request.steps, job, step_offset)
         init = self._encode_targets(model, prepared, (width, height))
         masks = [p.mask for p in prepared]
         if all(m is not None for m in masks):
@@ -250,7 +275,7 @@ class Engine:
         if request.denoising_strength == 0:  # nothing to change: the encoded image as it is
             return init
         self._inpainting_model_conditioning(model, denoiser, prepared, masks, len(seeds), width, height)
-        return self._run(plan, denoiser, rng, first_noise, request.steps, job, step_offset, init=init,
+        return self._run(request, plan, denoiser, rng, first_noise, request.steps, job, step_offset, init=init,
                          strength=request.denoising_strength)
 
     def _encode_targets(self, model: LoadedModel, prepared: list[PreparedImage], size: tuple[int, int]) -> torch.Tensor:
@@ -277,9 +302,15 @@ class Engine:
         small_mask = torch.nn.functional.interpolate(mask_pixels, size=(height // factor, width // factor))
         denoiser.set_image_conditioning(torch.cat([small_mask.to(masked_latents), masked_latents], dim=1))
 
-    def _run(self, plan: Plan, denoiser, rng: ImageRNG, first_noise: torch.Tensor, steps: int, job: Job,
-             step_offset: int, init: torch.Tensor | None = None, strength: float = 1.0,
+    def _run(self, request: GenerationRequest, plan: Plan, denoiser, rng: ImageRNG, first_noise: torch.Tensor,
+             steps: int, job: Job, step_offset: int, init: torch.Tensor | None = None, strength: float = 1.0,
              exact_steps: bool = False) -> torch.Tensor:
+        schedule = denoiser.schedule
+        schedule.sigma_min_override = plan.options["sigma_min"]
+        schedule.sigma_max_override = plan.options["sigma_max"]
+        schedule.rho_override = plan.options["rho"]
+        denoiser.set_guidance(request.cfg_rescale, request.cfg_interval_start, request.cfg_interval_end,
+                              samplers.steps_to_run(steps, init is not None, strength, exact_steps))
         previews = self.settings.get("live_previews_enable")
 
         step_hooks = self.hooks.has("step_end")
@@ -298,7 +329,7 @@ class Engine:
         job.check()
         return samplers.run(plan.sampler, plan.schedule, denoiser, rng, first_noise, steps,
                             plan.model.scheduler_config, on_step, rng.generators, init=init, strength=strength,
-                            exact_steps=exact_steps)
+                            exact_steps=exact_steps, options=self.sampler_options(request, plan))
 
     # ---- hires fix ------------------------------------------------------------------------------
 
@@ -316,7 +347,8 @@ class Engine:
         else:
             prompts = plan_prompts(second, model, self.options(second), self.loras, self.embeddings, self.styles)
         plan_steps = samplers.steps_to_run(steps, True, request.denoising_strength, exact_steps=True)
-        return HiresPlan(second, Plan(model, sampler, schedule, plan.seed, prompts), size, plan_steps)
+        return HiresPlan(second, Plan(model, sampler, schedule, plan.seed, prompts, plan.subseed, plan.options), size,
+                         plan_steps)
 
     def _hires_pass(self, request: GenerationRequest, hires: "HiresPlan", latents: torch.Tensor, seeds: list[int],
                     job: Job, step_offset: int) -> torch.Tensor:
@@ -331,12 +363,12 @@ class Engine:
             init = latents_io.encode(model, images).to(latents.device)
         job.check()
         factor = model.vae_scale_factor
-        rng = ImageRNG((LATENT_CHANNELS, height // factor, width // factor), seeds, model.device.device)
+        rng = self._rng(request, hires.plan, seeds, width, height)
         first_noise = rng.first()
         denoiser = hires.plan.prompts.make_denoiser(len(seeds), *self._time_ids(model, width, height))
         denoiser.set_hooks(self.hooks)
         self._inpainting_model_conditioning(model, denoiser, None, None, len(seeds), width, height)
-        return self._run(hires.plan, denoiser, rng, first_noise, hires.request.steps, job, step_offset, init=init,
+        return self._run(request, hires.plan, denoiser, rng, first_noise, hires.request.steps, job, step_offset, init=init,
                          strength=request.denoising_strength, exact_steps=True)
 
     def _keep(self, result: Result, request: GenerationRequest, output: "_Output", image: Image.Image, seed: int,
@@ -380,6 +412,7 @@ class Engine:
             "Clip skip": prompts.clip_skip if prompts.clip_skip > 1 else None,
             "Version": f"Easel {__version__}",
         }
+        params.update(self._sampling_params(request, plan, seed))
         if request.mode == "img2img":
             params.update(img2img_params(request))
         if hires is not None:
@@ -395,6 +428,34 @@ class Engine:
             folder = folder / format_pattern(self.settings.get("directories_filename_pattern") or "[date]",
                                              NamingContext(seed=0))
         return save_image(image, folder, "grid-[seed]", NamingContext(seed=seed, prompt=request.prompt), "png", text)
+
+    def _sampling_params(self, request: GenerationRequest, plan: Plan, seed: int) -> dict[str, Any]:
+        """Seed variations, RNG, sampler parameters and guidance, as AUTOMATIC1111 names them."""
+        o, params = plan.options, {}
+        if plan.subseed >= 0 and request.subseed_strength > 0:
+            params["Variation seed"] = (plan.subseed + (seed - plan.seed)) % (MAX_SEED + 1)
+            params["Variation seed strength"] = request.subseed_strength
+        if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
+            params["Seed resize from"] = f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
+        params["RNG"] = o["randn_source"]  # AUTOMATIC1111 omits it for its default, GPU; ours is CPU
+        chosen = self.sampler_options(request, plan)
+        if plan.sampler.stochastic and o["eta_noise_seed_delta"]:
+            params["ENSD"] = o["eta_noise_seed_delta"]
+        if plan.sampler.name == "DDIM" and chosen.eta != 0:
+            params["Eta DDIM"] = chosen.eta
+        elif plan.sampler.stochastic and plan.sampler.uses_schedule and chosen.eta != 1:
+            params["Eta"] = chosen.eta
+        for key, value, default in (("Sigma churn", chosen.s_churn, 0.0), ("Sigma tmin", chosen.s_tmin, 0.0),
+                                    ("Sigma tmax", chosen.s_tmax, float("inf")), ("Sigma noise", chosen.s_noise, 1.0),
+                                    ("Sigma min", o["sigma_min"], 0.0), ("Sigma max", o["sigma_max"], 0.0),
+                                    ("Schedule rho", o["rho"], 0.0)):
+            if value != default:
+                params[key] = value
+        if request.cfg_rescale:
+            params["CFG Rescale phi"] = request.cfg_rescale
+        if request.cfg_interval_start > 0 or request.cfg_interval_end < 1:
+            params["CFG interval"] = f"{request.cfg_interval_start}-{request.cfg_interval_end}"
+        return params
 
     def _network_params(self, prompts: PromptPlan) -> dict[str, Any]:
         params: dict[str, Any] = {}

@@ -51,6 +51,22 @@ class GenerationRequest:
     width: int = 512
     height: int = 512
     seed: int = -1
+    # variation seed: slerp the seed's noise towards this seed's by subseed_strength
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    # make the noise at this size and centre it (keeps a composition when the size changes)
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
+    # sampler parameters for this request (None: the settings' values)
+    eta: float | None = None
+    s_churn: float | None = None
+    s_tmin: float | None = None
+    s_tmax: float | None = None
+    s_noise: float | None = None
+    # guidance: CFG rescale phi (Lin et al. 2023) and the step fractions where CFG applies
+    cfg_rescale: float = 0.0
+    cfg_interval_start: float = 0.0
+    cfg_interval_end: float = 1.0
     batch_size: int = 1
     n_iter: int = 1
     # checkpoint by name, title, stem or hash; None = the one selected in the UI/settings
@@ -182,6 +198,24 @@ class GenerationRequest:
             yield FieldError("seed", f"must be -1 (random) or a whole number from 0 to {MAX_SEED}")
         if not _is_number(self.cfg_scale) or not (0 <= self.cfg_scale <= 100):
             yield FieldError("cfg_scale", "must be a number from 0 to 100")
+        if not _is_int(self.subseed) or not (self.subseed == -1 or 0 <= self.subseed <= MAX_SEED):
+            yield FieldError("subseed", f"must be -1 (random) or a whole number from 0 to {MAX_SEED}")
+        for name, low, high in (("subseed_strength", 0, 1), ("cfg_rescale", 0, 1), ("cfg_interval_start", 0, 1),
+                                ("cfg_interval_end", 0, 1)):
+            value = getattr(self, name)
+            if not _is_number(value) or not low <= value <= high:
+                yield FieldError(name, f"must be a number from {low} to {high}")
+        if _is_number(self.cfg_interval_start) and _is_number(self.cfg_interval_end) and \
+                self.cfg_interval_start > self.cfg_interval_end:
+            yield FieldError("cfg_interval_end", "must not be before cfg_interval_start")
+        for name in ("seed_resize_from_w", "seed_resize_from_h"):
+            value = getattr(self, name)
+            if not _is_int(value) or not (value <= 0 or (64 <= value <= MAX_SIDE and value % 8 == 0)):
+                yield FieldError(name, f"must be 0 (off) or a multiple of 8 from 64 to {MAX_SIDE}")
+        for name, high in (("eta", 1), ("s_churn", 100), ("s_tmin", 100), ("s_tmax", 1000), ("s_noise", 1.5)):
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or not 0 <= value <= high):
+                yield FieldError(name, f"must be empty or a number from 0 to {high}")
         for name in ("sampler_name", "scheduler"):
             if not isinstance(getattr(self, name), str):
                 yield FieldError(name, "must be text")

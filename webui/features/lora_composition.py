@@ -35,13 +35,8 @@ class _MultiLora(SigmaSpace):
         for denoiser in self.denoisers:
             denoiser.step = value
 
-    def set_image_conditioning(self, tensor: torch.Tensor | None) -> None:
-        for denoiser in self.denoisers:
-            denoiser.set_image_conditioning(tensor)
-
-    def set_hooks(self, hooks) -> None:
-        for denoiser in self.denoisers:
-            denoiser.set_hooks(hooks)
+    def inner_denoisers(self) -> list[CFGDenoiser]:
+        return [inner for denoiser in self.denoisers for inner in denoiser.inner_denoisers()]
 
     def _run(self, index: int, x_in: torch.Tensor, t) -> torch.Tensor:
         self.patcher.set([self.specs[index]])

@@ -126,6 +126,14 @@ def build_sampling(easel: Easel, controls: GenerationControls, size_controls: bo
         controls.inputs["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{p}_batch_size")
     controls.inputs["cfg_scale"] = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id=f"{p}_cfg_scale")
     emit(easel, controls.inputs["cfg_scale"])
+    with gr.Accordion("Guidance", open=False, elem_id=f"{p}_guidance_box"):
+        controls.inputs["cfg_rescale"] = gr.Slider(0, 1, value=0, step=0.05, label="CFG rescale phi (v-prediction)",
+                                                   elem_id=f"{p}_cfg_rescale")
+        with gr.Row():
+            controls.inputs["cfg_interval_start"] = gr.Slider(0, 1, value=0, step=0.05, label="Apply CFG from",
+                                                              elem_id=f"{p}_cfg_interval_start")
+            controls.inputs["cfg_interval_end"] = gr.Slider(0, 1, value=1, step=0.05, label="Apply CFG until",
+                                                            elem_id=f"{p}_cfg_interval_end")
     with gr.Accordion("LoRA composition", open=False, elem_id=f"{p}_lora_composition_box"):
         controls.inputs["lora_composition"] = gr.Radio(
             list(LORA_COMPOSITIONS), value="Merge", label="When several LoRAs are used",
@@ -140,6 +148,18 @@ def build_sampling(easel: Easel, controls: GenerationControls, size_controls: bo
         recycle = gr.Button("♻️", elem_id=f"{p}_reuse_seed", elem_classes="easel-tool", scale=0, min_width=42)
     controls.inputs["seed"] = controls.seed
     emit(easel, controls.seed)
+    extra = gr.Checkbox(False, label="Extra", elem_id=f"{p}_subseed_show")
+    with gr.Group(visible=False, elem_id=f"{p}_seed_extras") as extras:
+        with gr.Row():
+            controls.inputs["subseed"] = gr.Number(value=-1, precision=0, label="Variation seed", elem_id=f"{p}_subseed")
+            controls.inputs["subseed_strength"] = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
+                                                            elem_id=f"{p}_subseed_strength")
+        with gr.Row():
+            controls.inputs["seed_resize_from_w"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
+                                                              elem_id=f"{p}_seed_resize_from_w")
+            controls.inputs["seed_resize_from_h"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
+                                                              elem_id=f"{p}_seed_resize_from_h")
+    extra.change(lambda on: gr.update(visible=bool(on)), extra, extras, api_name=False, show_progress="hidden")
     controls.last_seed = gr.State(-1)
     dice.click(lambda: -1, None, controls.seed, api_name=False)
     recycle.click(lambda s: s, controls.last_seed, controls.seed, api_name=False)
@@ -235,4 +255,9 @@ def common_request_fields(fields: dict[str, Any], script_titles: dict[str, str] 
         batch_size=as_int(fields.get("batch_size"), 1), cfg_scale=as_float(fields.get("cfg_scale")),
         seed=as_int(fields.get("seed"), -1), checkpoint=fields.get("checkpoint"),
         styles=list(fields.get("styles") or []), lora_composition=fields.get("lora_composition") or "Merge",
-        lora_switch_steps=as_int(fields.get("lora_switch_steps"), 1))
+        lora_switch_steps=as_int(fields.get("lora_switch_steps"), 1),
+        subseed=as_int(fields.get("subseed"), -1), subseed_strength=as_float(fields.get("subseed_strength")),
+        seed_resize_from_w=as_int(fields.get("seed_resize_from_w")),
+        seed_resize_from_h=as_int(fields.get("seed_resize_from_h")),
+        cfg_rescale=as_float(fields.get("cfg_rescale")), cfg_interval_start=as_float(fields.get("cfg_interval_start")),
+        cfg_interval_end=as_float(fields.get("cfg_interval_end"), 1.0))

@@ -24,7 +24,8 @@ from .generation_controls import GenerationControls
 PASTEABLE = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed", "width",
              "height", "enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
              "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "denoising_strength", "mask_blur",
-             "inpaint_full_res_padding", "lora_composition")
+             "inpaint_full_res_padding", "lora_composition", "subseed", "subseed_strength", "seed_resize_from_w",
+             "seed_resize_from_h", "cfg_rescale", "cfg_interval_start", "cfg_interval_end")
 
 
 @dataclass
