@@ -20,7 +20,9 @@ from .devices import DeviceConfig, device_config
 from .extensions.manager import ExtensionManager
 from .extensions.runtime import HookRunner
 from .extensions.scripts import collect_scripts
+from .features.controlnet.models import ControlNetLibrary
 from .features.embeddings import EmbeddingLibrary
+from .features.ip_adapter import IPAdapterLibrary
 from .features.lora import LoraLibrary
 from .model_manager.architecture import Architecture
 from .model_manager.manager import ModelManager
@@ -142,6 +144,11 @@ def build(options: AppOptions) -> Easel:
                                   safe_mode=options.disable_extensions)
     extensions.load_all()
     engine.hooks = hooks
+    engine.controlnets = ControlNetLibrary([paths.model_dir("controlnet")], allow_pickle=options.allow_pickle)
+    engine.ip_adapters = IPAdapterLibrary([paths.model_dir("ipadapter")],
+                                          [paths.model_dir("ipadapter"), paths.model_dir("clip_vision")],
+                                          allow_pickle=options.allow_pickle)
+    engine.annotators_dir = paths.model_dir("annotator")
     engine.scripts = collect_scripts(hooks)
     models.listeners.append(lambda model: hooks.call("model_loaded", model=model))
     queue.start()

@@ -18,6 +18,9 @@ MODEL_FOLDERS: dict[str, str] = {
     "embedding": "embeddings",
     "controlnet": "ControlNet",
     "esrgan": "ESRGAN",
+    "annotator": "annotators",
+    "ipadapter": "ipadapter",
+    "clip_vision": "clip_vision",
 }
 
 

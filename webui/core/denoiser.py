@@ -60,6 +60,11 @@ class SigmaSpace(ModelOutput):
         for denoiser in self.inner_denoisers():
             denoiser.hooks = hooks
 
+    def set_controls(self, controls) -> None:
+        """ControlNet / IP-Adapter additions (features/controlnet/apply.py Controls)."""
+        for denoiser in self.inner_denoisers():
+            denoiser.controls = controls
+
     def set_guidance(self, rescale: float = 0.0, start: float = 0.0, end: float = 1.0, total_steps: int = 1) -> None:
         """CFG rescale phi, and the fraction of the steps [start, end] in which CFG applies."""
         for denoiser in self.inner_denoisers():
@@ -90,6 +95,7 @@ class CFGDenoiser(SigmaSpace):
         self.hooks = None
         self.cfg_rescale = 0.0
         self.cfg_interval = (0.0, 1.0)
+        self.controls = None  # ControlNet / IP-Adapter additions (features/controlnet/apply.py)
         self.total_steps = 1
         self._batches: dict[tuple, tuple[torch.Tensor, dict, list[float]]] = {}
 
@@ -122,6 +128,7 @@ class CFGDenoiser(SigmaSpace):
             x_model = torch.cat([x_model, self.image_conditioning.to(self.device, self.dtype)], dim=1)
         if copies > 1:
             x_model = x_model.repeat(copies, 1, 1, 1)
+        latent_channels = x_in.shape[1]
         if isinstance(t, torch.Tensor):
             t = t.to(self.device).reshape(-1)[:1].expand(x_model.shape[0])
         else:  # a Python number: filled on the device, no host-to-device copy to wait for
@@ -132,6 +139,9 @@ class CFGDenoiser(SigmaSpace):
             step = StepContext(index=self.step, timestep=t, x=x_model, embeds=embeds, cfg_scale=self.cfg_scale)
             self.hooks.call("before_cfg", step=step)
             x_model, embeds = step.x, step.embeds
+        if self.controls:
+            kwargs.update(self.controls.unet_kwargs(self.step / self.total_steps, x_model[:, :latent_channels], t,
+                                                    embeds, added, copies, self.use_uncond))
         out = self.unet(x_model, t, encoder_hidden_states=embeds, return_dict=False, **kwargs)[0].float()
         if self.use_uncond:
             parts = out.chunk(copies)

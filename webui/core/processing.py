@@ -57,6 +57,7 @@ class Plan:
     prompts: PromptPlan
     subseed: int = -1
     options: dict[str, Any] = field(default_factory=dict)
+    controls: Any = None  # ControlNet / IP-Adapter additions at this size (features/controlnet/apply.Controls)
 
 
 class Engine:
@@ -71,6 +72,10 @@ class Engine:
         self.catalog = samplers.Catalog()
         # set by the command line's --out: save straight into this folder
         self.output_dir_override: Path | None = None
+        # ControlNet / IP-Adapter models and annotator weights (features/controlnet); set by the app
+        self.controlnets = None
+        self.ip_adapters = None
+        self.annotators_dir: Path = paths.models_dir / "annotators"
         # extension hooks and scripts (webui/extensions); none by default
         self.hooks: Hooks = NO_HOOKS
         self.scripts: dict[str, Any] = {}
@@ -87,6 +92,11 @@ class Engine:
 
     def validate(self, request: GenerationRequest) -> None:
         request.validate(self.catalog, self.upscaler_names())
+        from ..features.controlnet.units import parse_units
+
+        _, unit_errors = parse_units(request.alwayson_scripts if isinstance(request.alwayson_scripts, dict) else {})
+        if unit_errors:
+            raise ValidationError(unit_errors)
         if request.script_name and request.script_name not in self.scripts:
             choices = ", ".join(sorted(self.scripts)) or "none installed"
             raise ValidationError([FieldError("script_name", f"unknown script {request.script_name!r} ({choices})")])
@@ -138,6 +148,9 @@ class Engine:
         context.model, context.plan = model, plan
         self.hooks.call("process", request=request, context=context)
         inputs = self._prepare_inputs(request) if request.mode == "img2img" else None
+        size = inputs.size if inputs else (request.width, request.height)
+        plan.controls = self._controls(request, plan, size, inputs)
+        context.extra_params.update(plan.controls.params)
         hires = self._hires_plan(request, model, plan) if request.mode == "txt2img" and request.enable_hr else None
         per_batch = samplers.steps_to_run(request.steps, inputs is not None, request.denoising_strength)
         if hires is not None:
@@ -160,10 +173,12 @@ class Engine:
                             context=context)
             try:
                 t0 = time.perf_counter()
-                latents = self._sample_batch(request, plan, batch_seeds, prepared, inputs, job, step_offset, context)
-                if hires is not None:
-                    latents = self._hires_pass(request, hires, latents, batch_seeds, job,
-                                               step_offset + per_batch - hires.plan_steps)
+                with plan.controls.installed():  # IP-Adapter attention only while this batch samples
+                    latents = self._sample_batch(request, plan, batch_seeds, prepared, inputs, job, step_offset,
+                                                 context)
+                    if hires is not None:
+                        latents = self._hires_pass(request, hires, latents, batch_seeds, job,
+                                                   step_offset + per_batch - hires.plan_steps)
                 t1 = time.perf_counter()
                 images = latents_io.decode(model, latents)
                 images = [finish_image(img, p) for img, p in zip(images, prepared)] if prepared else images
@@ -201,6 +216,21 @@ class Engine:
         prompts = plan_prompts(request, model, options, self.loras, self.embeddings, self.styles)
         subseed = resolve_seed(request.subseed) if request.subseed_strength > 0 else -1
         return Plan(model, sampler, schedule, resolve_seed(request.seed), prompts, subseed, options)
+
+    def _controls(self, request: GenerationRequest, plan: Plan, size: tuple[int, int],
+                  inputs: "Img2ImgInputs | None", ip_adapter: Any = None):
+        """The request's ControlNet / IP-Adapter units, ready for the denoiser (with their infotext)."""
+        from ..features.controlnet.apply import Controls, build_controls
+        from ..features.controlnet.units import parse_units
+
+        units, _ = parse_units(request.alwayson_scripts)
+        if not any(u.enabled for u in units):
+            return Controls()
+        if self.controlnets is None or self.ip_adapters is None:
+            raise ValidationError([FieldError("alwayson_scripts.controlnet", "ControlNet is not available")])
+        fallback = inputs.images[0].target if inputs else None
+        return build_controls(units, plan.model, self.controlnets, self.ip_adapters, self.annotators_dir, size[0],
+                              size[1], fallback, ip_adapter)
 
     def _rng(self, request: GenerationRequest, plan: Plan, seeds: list[int], width: int, height: int) -> ImageRNG:
         """Noise streams for a batch: variation seeds, resize-from, RNG source and ENSD applied."""
@@ -258,6 +288,7 @@ class Engine:
                 first_noise = replacement
         denoiser = plan.prompts.make_denoiser(len(seeds), *self._time_ids(model, width, height))
         denoiser.set_hooks(self.hooks)
+        denoiser.set_controls(plan.controls)
         if not prepared:
             self._inpainting_model_conditioning(model, denoiser, None, None, len(seeds), width, height)
             return self._run(request, plan, denoiser, rng, first_noise, request.steps, job, step_offset)
@@ -347,8 +378,11 @@ class Engine:
         else:
             prompts = plan_prompts(second, model, self.options(second), self.loras, self.embeddings, self.styles)
         plan_steps = samplers.steps_to_run(steps, True, request.denoising_strength, exact_steps=True)
-        return HiresPlan(second, Plan(model, sampler, schedule, plan.seed, prompts, plan.subseed, plan.options), size,
-                         plan_steps)
+        second_plan = Plan(model, sampler, schedule, plan.seed, prompts, plan.subseed, plan.options)
+        # control maps again at the new size; the IP-Adapter (size-free) is the same one
+        second_plan.controls = self._controls(second, second_plan, size, None, plan.controls.ip_adapter) \
+            if plan.controls else plan.controls
+        return HiresPlan(second, second_plan, size, plan_steps)
 
     def _hires_pass(self, request: GenerationRequest, hires: "HiresPlan", latents: torch.Tensor, seeds: list[int],
                     job: Job, step_offset: int) -> torch.Tensor:
@@ -367,6 +401,7 @@ class Engine:
         first_noise = rng.first()
         denoiser = hires.plan.prompts.make_denoiser(len(seeds), *self._time_ids(model, width, height))
         denoiser.set_hooks(self.hooks)
+        denoiser.set_controls(hires.plan.controls)
         self._inpainting_model_conditioning(model, denoiser, None, None, len(seeds), width, height)
         return self._run(request, hires.plan, denoiser, rng, first_noise, hires.request.steps, job, step_offset, init=init,
                          strength=request.denoising_strength, exact_steps=True)
