@@ -10,6 +10,7 @@ from webui.features.controlnet.apply import pixel_perfect_resolution
 from webui.features.controlnet.models import build_controlnet, read_weights, write_controlnet
 from webui.features.controlnet.preprocessors import PreprocessorError, canny, run_preprocessor
 from webui.features.controlnet.units import parse_infotext_unit
+from webui.model_manager.hashing import legacy_short_hash
 
 from conftest import make_easel
 
@@ -130,7 +131,8 @@ def test_img2img_uses_the_input_image_when_the_unit_has_none(app):
 def test_infotext_round_trip(app):
     result = generate(app, [unit(weight=0.7, guidance_end=0.8, control_mode="ControlNet is more important")])
     text = parse_infotext(result.infotexts[0]).params["ControlNet 0"]
-    assert parse_infotext_unit(text) == {"module": "canny", "model": "control_canny_tiny", "weight": 0.7,
+    short_hash = legacy_short_hash(app.paths.model_dir("controlnet") / "control_canny_tiny.safetensors")
+    assert parse_infotext_unit(text) == {"module": "canny", "model": f"control_canny_tiny [{short_hash}]", "weight": 0.7,
                                          "resize_mode": "Crop and Resize", "processor_res": 64, "threshold_a": 100.0,
                                          "threshold_b": 200.0, "guidance_start": 0.0, "guidance_end": 0.8,
                                          "pixel_perfect": False, "control_mode": "ControlNet is more important"}
@@ -186,3 +188,29 @@ def test_weight_based_preprocessor_loads_annotator_file_offline(tmp_path):
 def test_unknown_preprocessor():
     with pytest.raises(PreprocessorError, match="unknown preprocessor"):
         run_preprocessor("wobble", np.asarray(picture()), 64, None, None, None)
+
+
+# ---- UI glue: unit controls <-> request fields <-> infotext ----------------------------------------
+
+
+def test_ui_units_become_request_units_and_paste_back(app):
+    from webui.ui.controlnet_ui import controlnet_request_fields, pasted_unit_fields
+
+    fields = {"controlnet::0::enabled": False, "controlnet::0::module": "none",
+              "controlnet::1::enabled": True, "controlnet::1::module": "canny", "controlnet::1::image": picture(),
+              "controlnet::1::model": "control_canny_tiny", "controlnet::1::weight": 0.6,
+              "controlnet::1::threshold_a": 90, "controlnet::1::threshold_b": 180, "controlnet::1::processor_res": 64.0,
+              "controlnet::1::resize_mode": "Crop and Resize", "controlnet::1::control_mode": "Balanced",
+              "controlnet::1::guidance_start": 0, "controlnet::1::guidance_end": 1, "controlnet::1::pixel_perfect": False,
+              "controlnet::2::enabled": False, "controlnet::2::module": "invert"}
+    units = controlnet_request_fields(fields)
+    assert len(units) == 2 and not units[0]["enabled"] and units[0]["threshold_a"] is None
+    assert units[1]["processor_res"] == 64 and units[1]["threshold_a"] == 90
+    result = generate(app, units)
+    params = parse_infotext(result.infotexts[0]).params
+    assert "ControlNet 1" in params and "ControlNet 0" not in params  # the unit keeps its number
+    pasted = pasted_unit_fields(params)
+    assert pasted["controlnet::1::enabled"] is True and pasted["controlnet::1::model"] == "control_canny_tiny"
+    assert pasted["controlnet::1::weight"] == 0.6 and pasted["controlnet::1::threshold_b"] == 180.0
+    assert not any(k.startswith("controlnet::0::") for k in pasted)
+    assert controlnet_request_fields({"controlnet::0::enabled": False}) == []

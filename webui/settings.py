@@ -64,6 +64,8 @@ class Settings:
     sigma_min: float = _opt(0.0, "Sigma min (0 = the model's)", "Sampler parameters", minimum=0, maximum=10)
     sigma_max: float = _opt(0.0, "Sigma max (0 = the model's)", "Sampler parameters", minimum=0, maximum=1000)
     rho: float = _opt(0.0, "Karras schedule rho (0 = 7)", "Sampler parameters", minimum=0, maximum=100)
+    control_net_unit_count: int = _opt(3, "ControlNet units per tab (applies after a restart)", "ControlNet",
+                                       minimum=1, maximum=10)
     live_previews_enable: bool = _opt(True, "Show live previews of the created image", "Live previews")
     show_progress_every_n_steps: int = _opt(1, "Live preview display period (steps)", "Live previews",
                                            minimum=1, maximum=32)

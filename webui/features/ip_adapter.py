@@ -26,7 +26,8 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ..model_manager.safe_unpickle import PICKLE_SUFFIXES, load_pickle_checkpoint
+from ..model_manager.hashing import legacy_short_hash
+from ..model_manager.safe_unpickle import PICKLE_SUFFIXES
 from ..paths import model_files
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -303,7 +304,7 @@ def prepare_adapters(units: list, model, library: IPAdapterLibrary, fallback: Im
         positive, negative = embed(encoder, adapter, [image])
         applications.append(IPAdapterApplication(adapter, positive, negative, unit.weight, unit.guidance_start,
                                                  unit.guidance_end))
-        params[f"ControlNet {index}"] = unit.infotext(adapter.name)
+        params[f"ControlNet {index}"] = unit.infotext(f"{adapter.name} [{legacy_short_hash(adapter.path)}]")
     return (IPAdapterPatch(model.unet, applications) if applications else None), params
 
 

@@ -101,3 +101,11 @@ def autov2(sha256: str) -> str:
 
 def autov3(sha256: str) -> str:
     return sha256[:12]
+
+
+def legacy_short_hash(path: Path) -> str:
+    """AUTOMATIC1111's old 8-digit model hash (64 KiB at offset 1 MiB), which its ControlNet extension
+    still writes into infotext as `Model: name [hash]`. Reads 64 KiB, so no caching is needed."""
+    with open(path, "rb") as handle:
+        handle.seek(0x100000)
+        return hashlib.sha256(handle.read(0x10000)).hexdigest()[:8]

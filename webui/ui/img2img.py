@@ -12,6 +12,7 @@ from PIL import Image
 from ..app import Easel
 from ..core.request import GenerationRequest
 from ..features.img2img import MASKED_CONTENT, RESIZE_MODES, mask_to_l
+from .controlnet_ui import build_controlnet_units
 from .extra_networks import build_extra_networks
 from .generation_controls import (GenerationControls, as_float, as_int, build_output, build_prompt_area,
                                   build_sampling, common_request_fields, wire_generation)
@@ -103,6 +104,7 @@ def build_img2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs, 
                                             elem_id="img2img_batch_inpaint_mask_dir", interactive=local)
             _size_and_strength(controls)
             build_sampling(easel, controls, size_controls=False)
+            build_controlnet_units(easel, controls, note="empty: the img2img input")
             build_scripts(easel, controls, "img2img")
         with gr.Column(scale=1):
             build_output(controls)
@@ -180,6 +182,7 @@ def build_inpaint(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
                                                           elem_id="img2img_inpaint_full_res_padding")
             _size_and_strength(controls)
             build_sampling(easel, controls, size_controls=False)
+            build_controlnet_units(easel, controls, note="empty: the image being inpainted")
         with gr.Column(scale=1):
             build_output(controls)
     controls.subtabs, controls.image = subtabs, editor

@@ -13,6 +13,7 @@ from ..model_manager.registry import ModelNotFoundError
 from .common import error_html, esc
 from .runner import SessionJobs
 from .settings_tab import build_settings
+from .controlnet_tab import build_controlnet_tab
 from .extensions_tab import build_extensions
 from .img2img import build_img2img, build_inpaint
 from .pnginfo_tab import build_pnginfo, wire_pnginfo_send
@@ -85,6 +86,8 @@ def build_ui(easel: Easel, local: bool = True) -> gr.Blocks:
                 img2img = build_img2img(easel, checkpoint, sessions, local)
             with gr.Tab("Inpaint", id="inpaint", elem_id="tab_inpaint"):
                 inpaint = build_inpaint(easel, checkpoint, sessions)
+            with gr.Tab("ControlNet", id="controlnet", elem_id="tab_controlnet"):
+                controlnet = build_controlnet_tab(easel, checkpoint, sessions)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png_image, png_text, png_buttons, png_note = build_pnginfo(easel, tabs, checkpoint)
             _extension_tabs(easel)
@@ -94,13 +97,14 @@ def build_ui(easel: Easel, local: bool = True) -> gr.Blocks:
                 build_settings(easel)
         targets = [
             SendTarget("txt2img", "txt2img", controls=txt2img),
+            SendTarget("controlnet", "ControlNet", controls=controlnet),
             SendTarget("img2img", "img2img", image=img2img.image, controls=img2img,
                        subtab=(img2img.subtabs, "img2img_plain")),
             SendTarget("inpaint", "inpaint", image=inpaint.image, controls=inpaint,
                        subtab=(inpaint.subtabs, "inpaint_paint"),
                        image_value=lambda picture: {"background": picture, "layers": [], "composite": picture}),
         ]
-        for source in (txt2img, img2img, inpaint):
+        for source in (txt2img, img2img, inpaint, controlnet):
             wire_send_buttons(easel, tabs, checkpoint, source, targets)
         wire_pnginfo_send(easel, tabs, checkpoint, png_image, png_text, png_buttons, png_note, targets)
         gr.HTML(f'<div style="text-align:center;opacity:.6;font-size:12px">Easel {__version__} · '
@@ -135,7 +139,7 @@ def build_ui(easel: Easel, local: bool = True) -> gr.Blocks:
         checkpoint.input(switch, checkpoint, status, concurrency_limit=None, api_name=False)
         blocks.load(lambda: (gr.update(choices=easel.models.titles(), value=_selected_title(easel)), _status(easel)),
                     None, [checkpoint, status], api_name=False)
-        for controls in (txt2img, img2img, inpaint):
+        for controls in (txt2img, img2img, inpaint):  # the ControlNet tab has no extra-networks panel
             fill_networks, network_search, network_outputs = controls.extra_networks
             blocks.load(fill_networks, network_search, network_outputs, api_name=False)
     return blocks

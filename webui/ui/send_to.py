@@ -18,6 +18,7 @@ from ..core.infotext import parse_infotext
 from ..core.pnginfo import infotext_to_fields
 from ..model_manager.registry import ModelNotFoundError
 from .common import esc
+from .controlnet_ui import PREFIX as CONTROLNET_PREFIX, pasted_unit_fields
 from .generation_controls import GenerationControls
 
 # request fields a pasted infotext may set, when the target tab has a control for them
@@ -41,7 +42,8 @@ class SendTarget:
     def fields(self) -> list[str]:
         if self.controls is None:
             return []
-        return [name for name in PASTEABLE if name in self.controls.inputs]
+        units = [name for name in self.controls.inputs if name.startswith(CONTROLNET_PREFIX)]
+        return [name for name in PASTEABLE if name in self.controls.inputs] + units
 
     def outputs(self) -> list:
         outs = [self.image] if self.image is not None else []
@@ -61,7 +63,10 @@ def find_checkpoint(easel: Easel, hint: dict[str, str]) -> str | None:
 
 def pasted_fields(easel: Easel, text: str) -> dict[str, Any]:
     """Request field values from an infotext; extensions may adjust them (infotext_pasted hook)."""
-    values = infotext_to_fields(parse_infotext(text)) if text else {}
+    info = parse_infotext(text) if text else None
+    values = infotext_to_fields(info) if info else {}
+    if info:
+        values.update(pasted_unit_fields(info.params))
     easel.engine.hooks.call("infotext_pasted", text=text, fields=values)
     return values
 

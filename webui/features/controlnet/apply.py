@@ -106,7 +106,7 @@ def prepare(units: list[ControlUnit], model, library, annotators: Path, width: i
         param = next(controlnet.parameters())
         applications.append(ControlApplication(controlnet, hint.to(param.device, param.dtype), unit.weight,
                                                unit.guidance_start, unit.guidance_end, unit.control_mode))
-        params[f"ControlNet {index}"] = unit.infotext(info.name)
+        params[f"ControlNet {index}"] = unit.infotext(info.title)
     return applications, params
 
 

@@ -9,7 +9,6 @@ that works for published models and for the tests' tiny ones alike.
 """
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections import OrderedDict
@@ -22,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ...model_manager.convert import Rule, _apply, _sorted, unet_rules
+from ...model_manager.hashing import legacy_short_hash
 from ...model_manager.safe_unpickle import PICKLE_SUFFIXES, load_pickle_checkpoint
 from ...paths import model_files
 
@@ -39,6 +39,12 @@ class ControlNetInfo:
     path: Path
     context_width: int | None     # cross-attention width: 768 SD 1.x, 1024 SD 2.x, 2048 SDXL
     has_add_embedding: bool       # SDXL's size/pooled-text embedding
+
+    @property
+    def title(self) -> str:
+        """`name [hash]` as the ControlNet extension writes it in infotext."""
+        weights = self.path if self.path.is_file() else next(iter(sorted(self.path.glob("*.safetensors"))), None)
+        return f"{self.name} [{legacy_short_hash(weights)}]" if weights is not None else self.name
 
 
 def _header(path: Path) -> dict[str, tuple[int, ...]]:
