@@ -214,3 +214,33 @@ def test_ui_units_become_request_units_and_paste_back(app):
     assert pasted["controlnet::1::weight"] == 0.6 and pasted["controlnet::1::threshold_b"] == 180.0
     assert not any(k.startswith("controlnet::0::") for k in pasted)
     assert controlnet_request_fields({"controlnet::0::enabled": False}) == []
+
+
+# ---- T2I-Adapters ---------------------------------------------------------------------------------
+
+
+def test_t2i_adapter_layouts_listing_and_effect(app):
+    from webui.features.controlnet.t2i_adapter import write_test_adapter
+
+    sd1 = app.models.get("tiny-sd1.safetensors")
+    folder = app.paths.model_dir("controlnet")
+    unet_config = dict(sd1.configs["unet"])
+    write_test_adapter(folder / "t2iadapter_canny_tiny.safetensors", unet_config, "original", in_channels=1, seed=5)
+    write_test_adapter(folder / "t2i_depth_tiny_diffusers.safetensors", unet_config, "diffusers", seed=6)
+    write_test_adapter(folder / "t2i_depth_tiny_original.safetensors", unet_config, "original", seed=6)
+    library = app.engine.controlnets
+    names = library.names_for(unet_config)
+    assert {"t2iadapter_canny_tiny", "t2i_depth_tiny_diffusers"} <= set(names)
+    assert "t2iadapter_canny_tiny" not in library.names_for(dict(app.models.get("tiny-sdxl.safetensors").configs["unet"]))
+    a = library.load("t2i_depth_tiny_diffusers", sd1)
+    b = library.load("t2i_depth_tiny_original", sd1)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+    plain = px(generate(app))
+    adapter = unit(model="t2iadapter_canny_tiny")
+    assert np.array_equal(px(generate(app, [dict(adapter, weight=0.0)])), plain)
+    steered = px(generate(app, [adapter]))
+    assert np.abs(steered - plain).mean() > 0.5
+    # combines with a ControlNet unit
+    both = px(generate(app, [adapter, unit()]))
+    assert np.abs(both - steered).mean() > 0.2

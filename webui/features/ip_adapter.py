@@ -253,7 +253,14 @@ class IPAdapterPatch:
         self._original = dict(self.unet.attn_processors)
         self._original_proj = self.unet.encoder_hid_proj
         self._original_type = self.unet.config.encoder_hid_dim_type
-        self.unet._load_ip_adapter_weights([a.adapter.state for a in self.applications], low_cpu_mem_usage=False)
+        from diffusers.utils import logging as diffusers_logging
+
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # its "kept in float32" notice would print every batch
+        try:
+            self.unet._load_ip_adapter_weights([a.adapter.state for a in self.applications], low_cpu_mem_usage=False)
+        finally:
+            diffusers_logging.set_verbosity(level)
         self._processors = [p for p in self.unet.attn_processors.values() if isinstance(getattr(p, "scale", None), list)]
         self._scales: list[float] | None = None
         return self

@@ -28,12 +28,13 @@ SOFT_INJECTION = 0.825  # per-layer decay for the "prompt"/"control is more impo
 
 @dataclass
 class ControlApplication:
-    model: Any              # diffusers ControlNetModel
+    model: Any              # diffusers ControlNetModel or T2IAdapter
     hint: torch.Tensor      # (1, 3, H, W) in [0, 1], on the model's device
     weight: float
     start: float
     end: float
     mode: int               # index into CONTROL_MODES
+    features: list[torch.Tensor] | None = None  # a T2I-Adapter's output: computed once, added every step
 
     def active(self, fraction: float) -> bool:
         return self.weight != 0 and self.start <= fraction <= self.end
@@ -65,9 +66,11 @@ class Controls:
             self.ip_adapter.set_step(fraction)
             image_embeds = self.ip_adapter.image_embeds(x.shape[0] // copies, copies, uncond_first, x.dtype, x.device)
             kwargs["added_cond_kwargs"] = {**added, "image_embeds": image_embeds}
-        down, mid = residuals(self.nets, fraction, x, t, embeds, added, copies, uncond_first)
+        down, mid, intrablock = residuals(self.nets, fraction, x, t, embeds, added, copies, uncond_first)
         if down is not None:
             kwargs.update(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+        if intrablock is not None:  # a new list each step: the UNet pops from it
+            kwargs["down_intrablock_additional_residuals"] = list(intrablock)
         return kwargs
 
 
@@ -104,8 +107,12 @@ def prepare(units: list[ControlUnit], model, library, annotators: Path, width: i
         hint = torch.from_numpy(np.asarray(hint_image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
         controlnet = library.load(unit.model, model)
         param = next(controlnet.parameters())
-        applications.append(ControlApplication(controlnet, hint.to(param.device, param.dtype), unit.weight,
-                                               unit.guidance_start, unit.guidance_end, unit.control_mode))
+        hint = hint.to(param.device, param.dtype)
+        application = ControlApplication(controlnet, hint, unit.weight, unit.guidance_start, unit.guidance_end,
+                                         unit.control_mode)
+        if is_adapter(controlnet):
+            application.features = adapter_features(controlnet, hint, unit.weight)
+        applications.append(application)
         params[f"ControlNet {index}"] = unit.infotext(info.title)
     return applications, params
 
@@ -128,29 +135,55 @@ def build_controls(units: list[ControlUnit], model, controlnets, ip_adapters, an
     return controls
 
 
+def is_adapter(model) -> bool:
+    from diffusers import T2IAdapter
+
+    return isinstance(model, T2IAdapter)
+
+
+def adapter_features(adapter, hint: torch.Tensor, weight: float) -> list[torch.Tensor]:
+    """A T2I-Adapter's features for the control map, scaled by the unit weight."""
+    if adapter.config.in_channels == 1:  # sketch/canny adapters read one channel
+        hint = hint.mean(dim=1, keepdim=True)
+    with torch.no_grad():
+        return [f * weight for f in adapter(hint)]
+
+
+def _expand(outputs: list[torch.Tensor], app: ControlApplication, rows: int, batch: int, copies: int,
+            uncond_first: bool) -> list[torch.Tensor]:
+    """Control-mode weighting of one unit's outputs (soft injection; conditional half only)."""
+    if app.mode != 0:  # soft injection: deeper layers keep more of the control
+        count = len(outputs)
+        outputs = [o * (SOFT_INJECTION ** (count - 1 - i)) for i, o in enumerate(outputs)]
+    if app.mode == 2 and uncond_first and copies > 1:  # only the conditional half is controlled
+        keep = torch.ones(rows, 1, 1, 1, device=outputs[0].device, dtype=outputs[0].dtype)
+        keep[:batch] = 0
+        outputs = [o * keep for o in outputs]
+    return outputs
+
+
+def _add(total: list[torch.Tensor] | None, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    return outputs if total is None else [a + b for a, b in zip(total, outputs)]
+
+
 def residuals(applications: list[ControlApplication], fraction: float, x: torch.Tensor, t: torch.Tensor,
               embeds: torch.Tensor, added: dict, copies: int, uncond_first: bool):
-    """Summed (down residuals, mid residual) of the active units, or (None, None)."""
-    down_total, mid_total = None, None
-    batch = x.shape[0] // copies
+    """Summed (down residuals, mid residual, adapter features) of the active units; None where none."""
+    controlnet_total, adapter_total = None, None
+    rows = x.shape[0]
+    batch = rows // copies
     for app in applications:
         if not app.active(fraction):
             continue
-        hint = app.hint.expand(x.shape[0], -1, -1, -1)
+        if app.features is not None:
+            features = [f.expand(rows, -1, -1, -1) for f in app.features]
+            adapter_total = _add(adapter_total, _expand(features, app, rows, batch, copies, uncond_first))
+            continue
+        hint = app.hint.expand(rows, -1, -1, -1)
         kwargs = {"added_cond_kwargs": added} if added else {}
         down, mid = app.model(x, t, encoder_hidden_states=embeds, controlnet_cond=hint,
                               conditioning_scale=app.weight, return_dict=False, **kwargs)
-        outputs = list(down) + [mid]
-        if app.mode != 0:  # soft injection: deeper layers keep more of the control
-            count = len(outputs)
-            outputs = [o * (SOFT_INJECTION ** (count - 1 - i)) for i, o in enumerate(outputs)]
-        if app.mode == 2 and uncond_first and copies > 1:  # only the conditional half is controlled
-            keep = torch.ones(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype)
-            keep[:batch] = 0
-            outputs = [o * keep for o in outputs]
-        if down_total is None:
-            down_total, mid_total = outputs[:-1], outputs[-1]
-        else:
-            down_total = [a + b for a, b in zip(down_total, outputs[:-1])]
-            mid_total = mid_total + outputs[-1]
-    return down_total, mid_total
+        controlnet_total = _add(controlnet_total, _expand(list(down) + [mid], app, rows, batch, copies, uncond_first))
+    if controlnet_total is None:
+        return None, None, adapter_total
+    return controlnet_total[:-1], controlnet_total[-1], adapter_total

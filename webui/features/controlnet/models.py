@@ -9,6 +9,7 @@ that works for published models and for the tests' tiny ones alike.
 """
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections import OrderedDict
@@ -24,6 +25,8 @@ from ...model_manager.convert import Rule, _apply, _sorted, unet_rules
 from ...model_manager.hashing import legacy_short_hash
 from ...model_manager.safe_unpickle import PICKLE_SUFFIXES, load_pickle_checkpoint
 from ...paths import model_files
+from . import t2i_adapter
+from .t2i_adapter import T2IAdapterError, is_t2i_adapter
 
 SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
 ORIGINAL_PREFIX = "control_model."
@@ -39,6 +42,8 @@ class ControlNetInfo:
     path: Path
     context_width: int | None     # cross-attention width: 768 SD 1.x, 1024 SD 2.x, 2048 SDXL
     has_add_embedding: bool       # SDXL's size/pooled-text embedding
+    kind: str = "controlnet"      # or "t2i_adapter"
+    adapter_config: dict | None = None
 
     @property
     def title(self) -> str:
@@ -59,16 +64,30 @@ def _header(path: Path) -> dict[str, tuple[int, ...]]:
         return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
 
 
+def _folder_config(path: Path) -> dict[str, Any] | None:
+    config = path / "config.json"
+    return json.loads(config.read_text()) if path.is_dir() and config.is_file() else None
+
+
 def describe(path: Path) -> ControlNetInfo:
     shapes = _header(path)
+    name = path.stem if path.is_file() else path.name
+    saved = _folder_config(path)
+    if is_t2i_adapter(shapes) or (saved or {}).get("_class_name") == "T2IAdapter":
+        try:
+            config = t2i_adapter.adapter_config(t2i_adapter.to_diffusers(shapes), saved)
+        except (T2IAdapterError, KeyError):
+            config = None
+        return ControlNetInfo(name, path, None, False, "t2i_adapter", config)
     width = next((shape[1] for key, shape in shapes.items() if key.endswith("attn2.to_k.weight")), None)
     add = any("label_emb" in k or "add_embedding" in k for k in shapes)
-    name = path.stem if path.is_file() else path.name
     return ControlNetInfo(name, path, width, add)
 
 
 def fits(info: ControlNetInfo, unet_config: dict[str, Any]) -> bool:
-    """Whether a ControlNet was made for this base model (unknown files are offered anyway)."""
+    """Whether a ControlNet or T2I-Adapter was made for this base model (unknown files are offered anyway)."""
+    if info.kind == "t2i_adapter":
+        return info.adapter_config is None or t2i_adapter.fits(info.adapter_config, unet_config)
     if info.context_width is None:
         return True
     sdxl = unet_config.get("addition_embed_type") == "text_time"
@@ -224,7 +243,12 @@ class ControlNetLibrary:
                 self._cache.move_to_end(key)
                 return self._cache[key]
         tensors = read_weights(info.path, self.allow_pickle)
-        controlnet = build_controlnet(tensors, dict(model.configs["unet"]), model.device.device, model.device.dtype)
+        if info.kind == "t2i_adapter" or is_t2i_adapter(tensors):  # .pth files are only known once read
+            controlnet = t2i_adapter.build_adapter(tensors, model.device.device, model.device.dtype,
+                                                   _folder_config(info.path))
+        else:
+            controlnet = build_controlnet(tensors, dict(model.configs["unet"]), model.device.device,
+                                          model.device.dtype)
         with self._lock:
             self._cache[key] = controlnet
             while len(self._cache) > self.cache_size:
