@@ -31,7 +31,16 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_ckpt_dir):
-    running = start_server(tmp_path_factory.mktemp("server"), tiny_ckpt_dir)
+    from webui.devices import device_config
+    from webui.features.lora_writer import write_lora
+    from webui.model_manager.loader import load_checkpoint
+    from webui.model_manager.registry import scan_folder
+
+    root = tmp_path_factory.mktemp("server")
+    sd1 = next(i for i in scan_folder(tiny_ckpt_dir) if i.name == "tiny-sd1.safetensors")
+    write_lora(root / "models" / "Lora" / "paper_cut.safetensors", load_checkpoint(sd1, device_config("cpu"), False),
+               seed=4, alpha=2.0)
+    running = start_server(root, tiny_ckpt_dir)
     yield running
     running.stop()
 
@@ -90,6 +99,21 @@ def test_bad_input_shows_a_readable_error(page):
     page.locator("#txt2img_seed input").fill("21")
 
 
+def test_token_counter_and_lora_card(page, server):
+    prompt = page.locator("#txt2img_prompt textarea")
+    prompt.fill("a (paper boat:1.3), [red|blue] sea " + "word " * 80)
+    expect(page.locator("#txt2img_token_counter")).to_have_text("86/150", timeout=15_000)
+    prompt.fill("a paper boat")
+    expect(page.locator("#txt2img_token_counter")).to_have_text("3/75", timeout=15_000)
+    page.locator("#txt2img_extra_networks").click()
+    page.locator("#txt2img_lora_cards img").first.click()
+    expect(prompt).to_have_value("a paper boat, <lora:paper_cut:1>", timeout=10_000)
+    page.locator("#txt2img_seed input").fill("33")
+    page.locator("#txt2img_generate").click()
+    expect(page.locator("#html_info_txt2img")).to_contain_text("Lora hashes", timeout=60_000)
+    expect(page.locator("#html_info_txt2img")).to_contain_text("Seed: 33")
+
+
 def test_progress_and_interrupt(page, server):
     set_slider(page, "txt2img_steps", 150)
     set_slider(page, "txt2img_width", 512)
@@ -105,3 +129,46 @@ def test_progress_and_interrupt(page, server):
     set_slider(page, "txt2img_steps", 3)
     set_slider(page, "txt2img_width", 64)
     set_slider(page, "txt2img_height", 64)
+
+
+def test_send_to_img2img_pnginfo_and_inpaint_upload(page, server, tmp_path):
+    import numpy as np
+
+    set_slider(page, "txt2img_steps", 3)
+    set_slider(page, "txt2img_width", 64)
+    set_slider(page, "txt2img_height", 64)
+    page.locator("#txt2img_prompt textarea").fill("a red barn")
+    page.locator("#txt2img_seed input").fill("77")
+    page.locator("#txt2img_generate").click()
+    expect(page.locator("#html_info_txt2img")).to_contain_text("Seed: 77", timeout=60_000)
+
+    page.locator("#txt2img_send_to_img2img").click()
+    expect(page.locator("#img2img_prompt textarea")).to_have_value("a red barn", timeout=10_000)
+    expect(page.locator("#img2img_seed input")).to_have_value("77")
+    expect(page.locator("#img2img_image img")).to_be_visible(timeout=10_000)
+    page.locator("#img2img_generate").click()
+    expect(page.locator("#html_info_img2img")).to_contain_text("Denoising strength: 0.75", timeout=60_000)
+    assert list((server.root / "outputs" / "img2img-images").rglob("*.png"))
+
+    page.get_by_role("tab", name="PNG Info").click()
+    made = sorted((server.root / "outputs" / "txt2img-images").rglob("*-77.png"))[-1]
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(made))
+    expect(page.locator("#pnginfo_html")).to_contain_text("a red barn", timeout=15_000)
+    page.locator("#pnginfo_send_inpaint").click()
+    expect(page.locator("#inpaint_prompt textarea")).to_have_value("a red barn", timeout=10_000)
+
+    picture, mask = tmp_path / "in.png", tmp_path / "mask.png"
+    Image.new("RGB", (64, 64), (200, 50, 50)).save(picture)
+    mask_image = Image.new("L", (64, 64), 0)
+    mask_image.paste(255, (16, 16, 48, 48))
+    mask_image.save(mask)
+    page.get_by_role("tab", name="Inpaint upload").click()
+    page.locator("#img_inpaint_base input[type=file]").set_input_files(str(picture))
+    page.locator("#img_inpaint_mask input[type=file]").set_input_files(str(mask))
+    expect(page.locator("#img_inpaint_mask img")).to_be_visible(timeout=10_000)
+    page.locator("#inpaint_generate").click()
+    expect(page.locator("#html_info_inpaint")).to_contain_text("Mask blur: 4", timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "inpaint.png"), full_page=True)
+    newest = max((server.root / "outputs" / "img2img-images").rglob("*.png"), key=lambda p: p.stat().st_mtime)
+    out = np.asarray(Image.open(newest).convert("RGB")).astype(int)
+    assert (out[0:4, 0:4] == [200, 50, 50]).all()  # outside the mask: the original pixels

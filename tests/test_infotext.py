@@ -13,13 +13,16 @@ def test_exact_text_for_a_known_request(easel):
     sampler, schedule = samplers.resolve("DPM++ 2M", "Automatic")
     request = GenerationRequest(prompt="a castle, at dusk", negative_prompt="lowres", steps=20, cfg_scale=7,
                                 width=512, height=512, seed=1, sampler_name="DPM++ 2M")
-    plan = Plan(model, sampler, schedule, 1, None, None)
+    from webui.core.prompt_plan import PromptPlan
+
+    plan = Plan(model, sampler, schedule, 1, PromptPlan(request.prompt, request.negative_prompt, clip_skip=1),
+                options=easel.engine.options(request))
     text = easel.engine.infotext(request, plan, seed=1)
     assert text == (
         "a castle, at dusk\n"
         "Negative prompt: lowres\n"
         f"Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x512, "
-        f"Model hash: {model.sha256[:10]}, Model: tiny-sd1, Version: Easel 0.1.0")
+        f"Model hash: {model.sha256[:10]}, Model: tiny-sd1, RNG: CPU, Version: Easel 0.1.0")
 
 
 def test_values_with_commas_colons_or_newlines_are_quoted():

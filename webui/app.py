@@ -7,17 +7,30 @@ starts the queue's worker. The UI, the API and the CLI all receive this one `Eas
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .core.jobs import Job, JobQueue
 from .core.processing import Engine
 from .core.request import GenerationRequest, Result
+from .core.styles import StyleStore
 from .devices import DeviceConfig, device_config
+from .extensions.manager import ExtensionManager
+from .extensions.runtime import HookRunner
+from .extensions.scripts import collect_scripts
+from .features.controlnet.models import ControlNetLibrary
+from .features.embeddings import EmbeddingLibrary
+from .features.ip_adapter import IPAdapterLibrary
+from .features.lora import LoraLibrary
 from .model_manager.architecture import Architecture
 from .model_manager.manager import ModelManager
 from .paths import PROJECT_ROOT, Paths
 from .settings import SettingsStore
+
+if TYPE_CHECKING:
+    from .features.batch import FolderBatch
 
 log = logging.getLogger(__name__)
 DEMO_MODEL_NAME = "easel-demo-tiny.safetensors"
@@ -29,6 +42,8 @@ class AppOptions:
 
     models_dir: Path = PROJECT_ROOT / "models"
     ckpt_dirs: list[Path] = field(default_factory=list)
+    lora_dirs: list[Path] = field(default_factory=list)
+    embedding_dirs: list[Path] = field(default_factory=list)
     outputs_dir: Path = PROJECT_ROOT / "outputs"
     data_dir: Path = PROJECT_ROOT
     device: str = "auto"
@@ -36,6 +51,10 @@ class AppOptions:
     no_half_vae: bool = False
     allow_pickle: bool = False
     demo_model: bool = False
+    extensions_dir: Path = PROJECT_ROOT / "extensions"
+    disable_extensions: bool = False
+    # installing/updating extensions over the network (off when listening beyond loopback)
+    allow_extension_install: bool = True
 
 
 @dataclass
@@ -47,19 +66,33 @@ class Easel:
     queue: JobQueue
     engine: Engine
     options: AppOptions
+    extensions: "ExtensionManager" = None
+    restart_requested: threading.Event = field(default_factory=threading.Event)
 
-    def submit_txt2img(self, request: GenerationRequest, owner: str | None = None, job_id: str | None = None) -> Job:
-        """Validate now (so bad input fails at once, naming the field), then queue."""
-        request.validate(self.engine.catalog)
-        return self.queue.submit(lambda job: self.engine.txt2img(request, job), owner=owner,
-                                 description=request.prompt[:80], job_id=job_id)
+    def submit(self, request: GenerationRequest, owner: str | None = None, job_id: str | None = None) -> Job:
+        """Validate now (so bad input fails at once, naming the field), then queue (txt2img or img2img)."""
+        self.engine.validate(request)
+        return self.queue.submit(lambda job: self.engine.generate(request, job), owner=owner,
+                                 kind=request.mode, description=request.prompt[:80], job_id=job_id)
 
-    def txt2img(self, request: GenerationRequest) -> Result:
-        job = self.submit_txt2img(request)
+    submit_txt2img = submit
+
+    def submit_batch(self, batch: "FolderBatch", owner: str | None = None) -> Job:
+        """img2img over a folder, as one queued job."""
+        from .features.batch import run_folder_batch
+
+        limit = self.settings.get("img_max_size_mp")
+        return self.queue.submit(lambda job: run_folder_batch(self.engine, batch, job, limit), owner=owner,
+                                 kind="img2img-batch", description=f"batch {batch.input_dir.name}")
+
+    def generate(self, request: GenerationRequest) -> Result:
+        job = self.submit(request)
         job.wait()
         if job.error is not None:
             raise job.error
         return job.result
+
+    txt2img = img2img = generate
 
     def preload(self) -> Job | None:
         """Warm up after start-up: import the model stack and load the selected checkpoint in the queue."""
@@ -90,7 +123,9 @@ def write_demo_model(paths: Paths) -> Path:
 
 def build(options: AppOptions) -> Easel:
     paths = Paths(models_dir=options.models_dir, outputs_dir=options.outputs_dir, data_dir=options.data_dir,
-                  ckpt_dirs=list(options.ckpt_dirs))
+                  extensions_dir=options.extensions_dir,
+                  ckpt_dirs=list(options.ckpt_dirs), lora_dirs=list(options.lora_dirs),
+                  embedding_dirs=list(options.embedding_dirs))
     paths.ensure()
     settings = SettingsStore(paths.config_file)
     settings.load()
@@ -100,7 +135,22 @@ def build(options: AppOptions) -> Easel:
     models = ModelManager(paths, settings, device, allow_pickle=options.allow_pickle)
     models.refresh()
     queue = JobQueue(max_size=lambda: settings.get("queue_size_limit"))
-    engine = Engine(models, settings, paths)
+    loras = LoraLibrary(paths.lora_folders(), models.hashes, allow_pickle=options.allow_pickle)
+    embeddings = EmbeddingLibrary(paths.embedding_folders(), models.hashes, allow_pickle=options.allow_pickle)
+    engine = Engine(models, settings, paths, loras, embeddings, StyleStore(paths.styles_file))
+    hooks = HookRunner()
+    extensions = ExtensionManager(paths.extensions_dir, settings, hooks, paths.cache_dir,
+                                  allow_install=options.allow_extension_install,
+                                  safe_mode=options.disable_extensions)
+    extensions.load_all()
+    engine.hooks = hooks
+    engine.controlnets = ControlNetLibrary([paths.model_dir("controlnet")], allow_pickle=options.allow_pickle)
+    engine.ip_adapters = IPAdapterLibrary([paths.model_dir("ipadapter")],
+                                          [paths.model_dir("ipadapter"), paths.model_dir("clip_vision")],
+                                          allow_pickle=options.allow_pickle)
+    engine.annotators_dir = paths.model_dir("annotator")
+    engine.scripts = collect_scripts(hooks)
+    models.listeners.append(lambda model: hooks.call("model_loaded", model=model))
     queue.start()
     log.info("device: %s; %d checkpoint(s) found", device.label, len(models.checkpoints()))
-    return Easel(paths, settings, device, models, queue, engine, options)
+    return Easel(paths, settings, device, models, queue, engine, options, extensions)

@@ -111,6 +111,114 @@ def _startup_seconds(data: Path, ckpt_dir: Path, device: str) -> float:
         proc.wait(10)
 
 
+def _lora_rows(easel, model, data: Path, request: dict) -> list[tuple[str, str]]:
+    """LoRA apply cost (first / cached) and Composite vs Merge per-step cost, side by side."""
+    from .features.lora import LoraPatcher, LoraSpec
+    from .features.lora_writer import write_lora
+
+    folder = easel.paths.model_dir("lora")
+    for i in range(3):
+        write_lora(folder / f"bench{i}.safetensors", model, rank=16, seed=i, alpha=8.0)
+    loras = [easel.engine.loras.load(f"bench{i}") for i in range(3)]
+    patcher = LoraPatcher.of(model)
+    rows = []
+    for count in (1, 3):
+        patcher.set([])
+        _sync(model)
+        first = patcher.set([LoraSpec(lora) for lora in loras[:count]]).seconds
+        t0 = time.perf_counter()
+        patcher.set([LoraSpec(lora) for lora in loras[:count]])
+        again = time.perf_counter() - t0
+        rows.append((f"apply {count} LoRA(s): first / same set again (s)", f"{first:.4f} / {again:.6f}"))
+    patcher.set([])
+    per_step = {}
+    tags = " <lora:bench0:1> <lora:bench1:1>"
+    for mode in ("Merge", "Composite"):
+        easel.txt2img(GenerationRequest(**dict(request, prompt=request["prompt"] + tags, steps=2,
+                                               lora_composition=mode)))
+        result = easel.txt2img(GenerationRequest(**dict(request, prompt=request["prompt"] + tags,
+                                                        lora_composition=mode)))
+        per_step[mode] = result.timings["sample"] / request["steps"]
+    rows.append(("2 LoRAs, s/step Merge / Composite (ratio)",
+                 f"{per_step['Merge']:.4f} / {per_step['Composite']:.4f} ({per_step['Composite'] / per_step['Merge']:.2f}x)"))
+    return rows
+
+
+def _sampler_rows(easel, request: dict) -> list[tuple[str, str]]:
+    """Seconds per step of every sampler, relative to Euler, measured in this run."""
+    from .core import samplers
+
+    per_step = {}
+    for name in samplers.sampler_names():
+        settings = dict(request, sampler_name=name, scheduler="Automatic", steps=8)
+        easel.txt2img(GenerationRequest(**dict(settings, steps=2)))  # warm-up (scheduler imports)
+        result = easel.txt2img(GenerationRequest(**settings))
+        per_step[name] = result.timings["sample"] / 8
+    base = per_step["Euler"]
+    return [(f"sampler {name}: s/step (x Euler)", f"{value:.4f} ({value / base:.2f}x)")
+            for name, value in per_step.items()]
+
+
+def _control_rows(easel, model, request: dict) -> list[tuple[str, str]]:
+    """One ControlNet unit: Easel vs diffusers' ControlNet pipeline (same modules); IP-Adapter overhead."""
+    import numpy as np
+    from PIL import Image
+
+    from .features.controlnet.models import write_controlnet
+    from .features.ip_adapter import write_test_adapter, write_test_encoder
+
+    write_controlnet(easel.paths.model_dir("controlnet") / "bench_cn.safetensors", model.unet, seed=3)
+    side = request["width"]
+    hint = np.zeros((side, side, 3), np.uint8)
+    hint[side // 4: 3 * side // 4, side // 4: 3 * side // 4] = 255
+    unit = {"module": "none", "model": "bench_cn", "image": Image.fromarray(hint), "resize_mode": "Just Resize"}
+    controlled = dict(request, alwayson_scripts={"controlnet": {"args": [unit]}})
+    easel.txt2img(GenerationRequest(**dict(controlled, steps=2)))  # warm-up, loads the ControlNet
+    ours = statistics.median(easel.txt2img(GenerationRequest(**controlled)).timings["sample"] for _ in range(3))
+    plain = statistics.median(easel.txt2img(GenerationRequest(**request)).timings["sample"] for _ in range(3))
+    theirs = statistics.median(_bare_controlnet_seconds(model, easel.engine.controlnets.load("bench_cn", model),
+                                                        Image.fromarray(hint), GenerationRequest(**request))
+                               for _ in range(3))
+    rows = [("1 ControlNet: Easel sampling s / diffusers pipeline s (ratio)",
+             f"{ours:.3f} / {theirs:.3f} ({ours / theirs:.3f})"),
+            ("1 ControlNet: cost vs no unit", f"{ours / plain:.2f}x")]
+    width = 1280 if model.architecture.is_sdxl else 1024
+    write_test_adapter(easel.paths.model_dir("ipadapter") / "bench_ip.safetensors", model.unet, width, seed=4)
+    write_test_encoder(easel.paths.model_dir("clip_vision") / "bench_vit.safetensors", projection_dim=width)
+    ip = dict(request, alwayson_scripts={"controlnet": {"args": [
+        {"module": "ip-adapter_clip_h", "model": "bench_ip", "image": Image.fromarray(hint)}]}})
+    easel.txt2img(GenerationRequest(**dict(ip, steps=2)))
+    with_ip = statistics.median(easel.txt2img(GenerationRequest(**ip)).timings["sample"] for _ in range(3))
+    rows.append(("1 IP-Adapter: cost vs no unit", f"{with_ip / plain:.2f}x"))
+    return rows
+
+
+def _bare_controlnet_seconds(model, controlnet, hint, request: GenerationRequest) -> float:
+    from diffusers import (EulerDiscreteScheduler, StableDiffusionControlNetPipeline,
+                           StableDiffusionXLControlNetPipeline)
+
+    scheduler = EulerDiscreteScheduler.from_config(dict(model.scheduler_config, timestep_spacing="linspace"))
+    parts = dict(vae=model.vae, text_encoder=model.text_encoders["text_encoder"], unet=model.unet,
+                 tokenizer=model.tokenizers["text_encoder"], scheduler=scheduler, controlnet=controlnet)
+    if model.architecture.is_sdxl:
+        pipe = StableDiffusionXLControlNetPipeline(text_encoder_2=model.text_encoders["text_encoder_2"],
+                                                   tokenizer_2=model.tokenizers["text_encoder_2"], **parts)
+    else:
+        pipe = StableDiffusionControlNetPipeline(safety_checker=None, feature_extractor=None,
+                                                 requires_safety_checker=False, **parts)
+    pipe.set_progress_bar_config(disable=True)
+    pipe(request.prompt, image=hint, negative_prompt=request.negative_prompt, num_inference_steps=2,
+         guidance_scale=request.cfg_scale, width=request.width, height=request.height)  # warm-up
+    _sync(model)
+    start = time.perf_counter()
+    # latents out, no VAE decode, as Easel's "sample" timing (prompt encoding, a few ms, stays in)
+    pipe(request.prompt, image=hint, negative_prompt=request.negative_prompt, num_inference_steps=request.steps,
+         guidance_scale=request.cfg_scale, width=request.width, height=request.height, output_type="latent",
+         generator=torch.Generator("cpu").manual_seed(1))
+    _sync(model)
+    return time.perf_counter() - start
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m webui.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -174,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
                  ("bare diffusers s/image (same modules)", f"{statistics.median(theirs):.3f}"),
                  ("ratio Easel / diffusers (target <= 1.05)", f"{ratio:.3f}"),
                  ("Easel s/image including PNG save", f"{with_save:.3f}")]
+        rows += _lora_rows(easel, model, data, request)
+        rows += _control_rows(easel, model, request)
+        rows += _sampler_rows(easel, request)
         easel.close()
         if importlib.util.find_spec("gradio") is not None:
             rows.append(("process start -> UI answers HTTP (s)", f"{_startup_seconds(data, ckpts, args.device):.2f}"))

@@ -24,6 +24,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ckpt-dir", type=Path, action="append", default=[],
                        help="extra folder to scan for checkpoints, e.g. an AUTOMATIC1111 models/Stable-diffusion "
                             "(repeatable)")
+    group.add_argument("--lora-dir", type=Path, action="append", default=[],
+                       help="extra folder to scan for LoRA files (repeatable)")
+    group.add_argument("--embeddings-dir", type=Path, action="append", default=[],
+                       help="extra folder to scan for textual-inversion embeddings (repeatable)")
     group.add_argument("--outputs-dir", type=Path, default=PROJECT_ROOT / "outputs", help="where images are saved")
     group.add_argument("--data-dir", type=Path, default=PROJECT_ROOT,
                        help="where config.json and the cache folder live")
@@ -35,6 +39,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
                        help="allow .ckpt/.pt/.bin checkpoints (read with a restricted unpickler)")
     group.add_argument("--demo-model", action="store_true",
                        help="write a tiny random-weight checkpoint into models/ to try the app offline")
+    group.add_argument("--extensions-dir", type=Path, default=PROJECT_ROOT / "extensions",
+                       help="folder of extensions (default: extensions/)")
+    group.add_argument("--disable-extensions", action="store_true", help="safe mode: start with no extension loaded")
     group.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
@@ -59,6 +66,8 @@ def server_parser() -> argparse.ArgumentParser:
                      help="web origins allowed to call the API from a browser (default: none)")
     api.add_argument("--api-max-body-mb", type=float, default=64,
                      help="largest API request body in MiB; larger ones get HTTP 413 (default 64)")
+    group.add_argument("--enable-insecure-extension-access", action="store_true",
+                       help="allow installing extensions from the UI even when listening beyond 127.0.0.1")
     return parser
 
 
@@ -85,9 +94,13 @@ def generate_parser() -> argparse.ArgumentParser:
 def _options(args: argparse.Namespace):
     from .app import AppOptions
 
-    return AppOptions(models_dir=args.models_dir, ckpt_dirs=args.ckpt_dir, outputs_dir=args.outputs_dir,
+    return AppOptions(models_dir=args.models_dir, ckpt_dirs=args.ckpt_dir, lora_dirs=args.lora_dir,
+                      embedding_dirs=args.embeddings_dir, outputs_dir=args.outputs_dir,
                       data_dir=args.data_dir, device=args.device, precision=args.precision,
-                      no_half_vae=args.no_half_vae, allow_pickle=args.allow_pickle, demo_model=args.demo_model)
+                      no_half_vae=args.no_half_vae, allow_pickle=args.allow_pickle, demo_model=args.demo_model,
+                      extensions_dir=args.extensions_dir, disable_extensions=args.disable_extensions,
+                      allow_extension_install=not getattr(args, "listen", False)
+                      or getattr(args, "enable_insecure_extension_access", False))
 
 
 def _setup(args: argparse.Namespace) -> None:
@@ -150,6 +163,9 @@ def run_server(argv: list[str]) -> int:
     serve(easel, ServerOptions(host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port, auth=auth,
                                ui=not args.nowebui, api=args.api or args.nowebui, cors_allow_origins=origins,
                                max_body_bytes=int(args.api_max_body_mb * (1 << 20)), flags=public_flags(args)))
+    if easel.restart_requested.is_set():  # "Apply and restart UI": start again with the same flags
+        print("[easel] restarting", flush=True)
+        os.execv(sys.executable, [sys.executable, "-m", "webui.cli", *argv])
     return 0
 
 

@@ -18,6 +18,9 @@ MODEL_FOLDERS: dict[str, str] = {
     "embedding": "embeddings",
     "controlnet": "ControlNet",
     "esrgan": "ESRGAN",
+    "annotator": "annotators",
+    "ipadapter": "ipadapter",
+    "clip_vision": "clip_vision",
 }
 
 
@@ -39,6 +42,24 @@ def safe_join(root: Path, name: str) -> Path:
     return joined
 
 
+def model_files(folders: list[Path], suffixes: tuple[str, ...]) -> list[Path]:
+    """Files with these suffixes anywhere under the folders, sorted by name; hidden and partial files skipped."""
+    found = []
+    for folder in folders:
+        if folder.is_dir():
+            found += [p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
+                      and not p.name.startswith(".")]
+    return sorted(found, key=lambda p: p.stem.lower())
+
+
+def _unique(folders: list[Path]) -> list[Path]:
+    result: list[Path] = []
+    for folder in folders:
+        if folder.resolve() not in [f.resolve() for f in result]:
+            result.append(folder)
+    return result
+
+
 @dataclass
 class Paths:
     """Resolved roots for one running instance (set from command-line flags)."""
@@ -48,6 +69,8 @@ class Paths:
     data_dir: Path = PROJECT_ROOT
     extensions_dir: Path = PROJECT_ROOT / "extensions"
     ckpt_dirs: list[Path] = field(default_factory=list)
+    lora_dirs: list[Path] = field(default_factory=list)
+    embedding_dirs: list[Path] = field(default_factory=list)
 
     @property
     def config_file(self) -> Path:
@@ -62,11 +85,17 @@ class Paths:
 
     def checkpoint_dirs(self) -> list[Path]:
         """The models/Stable-diffusion folder first, then every --ckpt-dir."""
-        dirs = [self.model_dir("checkpoint")]
-        for extra in self.ckpt_dirs:
-            if extra.resolve() not in [d.resolve() for d in dirs]:
-                dirs.append(extra)
-        return dirs
+        return _unique([self.model_dir("checkpoint"), *self.ckpt_dirs])
+
+    def lora_folders(self) -> list[Path]:
+        return _unique([self.model_dir("lora"), *self.lora_dirs])
+
+    def embedding_folders(self) -> list[Path]:
+        return _unique([self.model_dir("embedding"), *self.embedding_dirs])
+
+    @property
+    def styles_file(self) -> Path:
+        return self.data_dir / "styles.csv"
 
     def ensure(self) -> None:
         """Create the folders a user is told to drop files into."""

@@ -17,7 +17,7 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from . import __version__
 from . import api
@@ -76,18 +76,51 @@ def create_fastapi(easel: Easel, options: ServerOptions) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=options.cors_allow_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
 
+    _mount_extension_assets(app, easel)
+    easel.engine.hooks.call("app_started", app=app, easel=easel)
+
     if options.ui:
-        blocks = build_ui(easel)
+        blocks = build_ui(easel, local=options.host in ("127.0.0.1", "localhost", "::1"))
         blocks.queue(default_concurrency_limit=None)
         allowed = [str(easel.paths.outputs_dir.resolve())]
         # HTTP Basic auth (above) protects the UI too, so Gradio's own login form is not used
         app = gr.mount_gradio_app(app, blocks, path="/", allowed_paths=allowed, css=CSS,
-                                  footer_links=["api", "settings"], show_error=False)
+                                  footer_links=["api", "settings"], show_error=False, head=_extension_head(easel))
+        blocks.config = blocks.get_config_file()  # the config was built before `head` was set
     else:
         @app.get("/")
         def root() -> JSONResponse:
             return JSONResponse({"name": "Easel", "version": __version__, "docs": "/docs"})
     return app
+
+
+def _extension_head(easel: Easel) -> str:
+    """<script>/<link> tags for loaded extensions' javascript/*.js and style.css."""
+    if easel.extensions is None:
+        return ""
+    scripts, styles = easel.extensions.assets()
+    root = easel.extensions.folder
+    tags = [f'<link rel="stylesheet" href="/easel/extension-files/{p.relative_to(root).as_posix()}">' for p in styles]
+    tags += [f'<script defer src="/easel/extension-files/{p.relative_to(root).as_posix()}"></script>' for p in scripts]
+    return "\n".join(tags)
+
+
+def _mount_extension_assets(app: FastAPI, easel: Easel) -> None:
+    from fastapi.responses import FileResponse
+
+    from .paths import UnsafePathError, safe_join
+
+    @app.get("/easel/extension-files/{path:path}", include_in_schema=False)
+    def extension_file(path: str):
+        scripts, styles = easel.extensions.assets() if easel.extensions else ([], [])
+        try:
+            target = safe_join(easel.extensions.folder, path)
+        except UnsafePathError:
+            return Response(status_code=404)
+        if target not in [p.resolve() for p in scripts + styles]:  # only declared assets, nothing else
+            return Response(status_code=404)
+        media = "text/css" if target.suffix == ".css" else "text/javascript"
+        return FileResponse(target, media_type=media)
 
 
 def serve(easel: Easel, options: ServerOptions) -> None:
@@ -101,6 +134,9 @@ def serve(easel: Easel, options: ServerOptions) -> None:
             time.sleep(0.05)
         if server.started:
             easel.preload()
+        while not server.should_exit:  # "Apply and restart UI" asks for a clean restart
+            if easel.restart_requested.wait(0.5):
+                server.should_exit = True
 
     threading.Thread(target=warm_up, name="easel-warm-up", daemon=True).start()
     try:

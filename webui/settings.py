@@ -42,6 +42,30 @@ class Settings:
     enable_pnginfo: bool = _opt(True, "Save text information about generation parameters in files", "Saving images")
     outdir_txt2img_samples: str = _opt("", "Output directory for txt2img images (empty: outputs/txt2img-images)",
                                        "Paths", protected=True)
+    outdir_img2img_samples: str = _opt("", "Output directory for img2img images (empty: outputs/img2img-images)",
+                                       "Paths", protected=True)
+    CLIP_stop_at_last_layers: int = _opt(1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12)
+    comma_padding_backtrack: int = _opt(20, "Prompt word wrap length limit (tokens)", "Stable Diffusion",
+                                        minimum=0, maximum=74)
+    emphasis: str = _opt("Original", "Emphasis mode", "Stable Diffusion", choices=("Original", "None"))
+    img_max_size_mp: float = _opt(100.0, "Maximum size of an uploaded image (megapixels)", "Images",
+                                  minimum=1, maximum=1000)
+    randn_source: str = _opt("CPU", "Random number generator source (CPU: same image on every machine; GPU: "
+                                    "AUTOMATIC1111's default; NV: NVIDIA GPU numbers computed on the CPU)", "Sampler parameters",
+                             choices=("CPU", "GPU", "NV"))
+    eta_ancestral: float = _opt(1.0, "Eta for ancestral and SDE samplers", "Sampler parameters", minimum=0, maximum=1)
+    eta_ddim: float = _opt(0.0, "Eta for DDIM", "Sampler parameters", minimum=0, maximum=1)
+    eta_noise_seed_delta: int = _opt(0, "Eta noise seed delta (ENSD)", "Sampler parameters", minimum=0,
+                                     maximum=2**31 - 1)
+    s_churn: float = _opt(0.0, "Sigma churn", "Sampler parameters", minimum=0, maximum=100)
+    s_tmin: float = _opt(0.0, "Sigma tmin", "Sampler parameters", minimum=0, maximum=100)
+    s_tmax: float = _opt(0.0, "Sigma tmax (0 = infinity)", "Sampler parameters", minimum=0, maximum=1000)
+    s_noise: float = _opt(1.0, "Sigma noise", "Sampler parameters", minimum=0, maximum=1.5)
+    sigma_min: float = _opt(0.0, "Sigma min (0 = the model's)", "Sampler parameters", minimum=0, maximum=10)
+    sigma_max: float = _opt(0.0, "Sigma max (0 = the model's)", "Sampler parameters", minimum=0, maximum=1000)
+    rho: float = _opt(0.0, "Karras schedule rho (0 = 7)", "Sampler parameters", minimum=0, maximum=100)
+    control_net_unit_count: int = _opt(3, "ControlNet units per tab (applies after a restart)", "ControlNet",
+                                       minimum=1, maximum=10)
     live_previews_enable: bool = _opt(True, "Show live previews of the created image", "Live previews")
     show_progress_every_n_steps: int = _opt(1, "Live preview display period (steps)", "Live previews",
                                            minimum=1, maximum=32)
@@ -143,6 +167,18 @@ class SettingsStore:
             if key in Settings.spec():
                 return getattr(self.settings, key)
             return self._extra.get(key)
+
+    def set_extra(self, key: str, value: Any) -> None:
+        """Store a value that is not a built-in setting (extension state, extension settings) and save."""
+        if key in Settings.spec():
+            raise ValueError(f"{key}: use update() for built-in settings")
+        with self._lock:
+            self._extra[key] = value
+            self.save()
+
+    def extras(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._extra)
 
     def update(self, changes: dict[str, Any], *, allow_protected: bool = True) -> list[str]:
         """Validate every change first, then apply all and save; returns the changed keys.

@@ -1,9 +1,13 @@
 """The UNet wrapped for samplers: classifier-free guidance and parameterisation.
 
-`predict` returns what the UNet predicts (noise or velocity) at a timestep, combining the
-unconditional and conditional passes in one batch: out = u + cfg * (c - u). `denoise`
-is the same model seen from sigma space, returning the estimate of the clean latent
-for x = x0 + sigma * noise, for epsilon and v-prediction models alike.
+`predict` returns what the UNet predicts (noise or velocity) at a timestep. The
+unconditional and every conditional sub-prompt of the current step run in one batch,
+and combine as AUTOMATIC1111's composable diffusion does:
+    out = u + cfg * sum_i w_i * (c_i - u)
+(one sub-prompt of weight 1 is plain classifier-free guidance). `denoise` is the same
+model seen from sigma space: the estimate of the clean latent for x = x0 + sigma*noise,
+for epsilon and v-prediction models alike. `step` is set by the sampling loop; prompt
+editing and alternation pick their conditioning from it.
 """
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .conditioning import Conditioning
+from .conditioning import Conditioning, StepConditioning, pad_to_chunks
+from .hooks import StepContext
 from .samplers import ModelOutput
 from .schedules import DiscreteSchedule
 
@@ -19,56 +24,193 @@ if TYPE_CHECKING:
     from ..model_manager.loader import LoadedModel
 
 
-class CFGDenoiser(ModelOutput):
-    def __init__(self, model: LoadedModel, cond: Conditioning, uncond: Conditioning, cfg_scale: float,
-                 batch_size: int, time_ids: torch.Tensor | None = None, uncond_time_ids: torch.Tensor | None = None):
+def sigma_scale_in(sigma: float) -> float:
+    return 1 / (sigma ** 2 + 1) ** 0.5
+
+
+def denoised_from(x: torch.Tensor, sigma: float, out: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """Clean-latent estimate from the model's prediction (epsilon or v) at sigma."""
+    if prediction_type == "v_prediction":
+        return x / (sigma ** 2 + 1) - out * (sigma * sigma_scale_in(sigma))
+    return x - out * sigma
+
+
+class SigmaSpace(ModelOutput):
+    """Shared sigma-space view for anything that can `predict` at a timestep."""
+
+    schedule: DiscreteSchedule
+    prediction_type: str
+
+    def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        s = float(sigma)
+        t = float(self.schedule.sigma_to_t(torch.tensor(s)))
+        return denoised_from(x, s, self.predict(x * sigma_scale_in(s), t), self.prediction_type)
+
+    def inner_denoisers(self) -> list["CFGDenoiser"]:
+        """The CFGDenoisers doing the work (wrappers for masks and LoRA composition hold several)."""
+        return [self]
+
+    def set_image_conditioning(self, tensor: torch.Tensor | None) -> None:
+        """Extra UNet input channels (inpainting models: mask + masked-image latents)."""
+        for denoiser in self.inner_denoisers():
+            denoiser.image_conditioning = tensor
+
+    def set_hooks(self, hooks) -> None:
+        """Extension hooks called around each UNet evaluation (before_cfg / after_cfg)."""
+        for denoiser in self.inner_denoisers():
+            denoiser.hooks = hooks
+
+    def set_controls(self, controls) -> None:
+        """ControlNet / IP-Adapter additions (features/controlnet/apply.py Controls)."""
+        for denoiser in self.inner_denoisers():
+            denoiser.controls = controls
+
+    def set_guidance(self, rescale: float = 0.0, start: float = 0.0, end: float = 1.0, total_steps: int = 1) -> None:
+        """CFG rescale phi, and the fraction of the steps [start, end] in which CFG applies."""
+        for denoiser in self.inner_denoisers():
+            denoiser.cfg_rescale, denoiser.cfg_interval = rescale, (start, end)
+            denoiser.total_steps = max(1, total_steps)
+
+
+class CFGDenoiser(SigmaSpace):
+    def __init__(self, model: "LoadedModel", cond: StepConditioning, uncond: StepConditioning, cfg_scale: float,
+                 batch_size: int, empty: Conditioning, time_ids: torch.Tensor | None = None,
+                 uncond_time_ids: torch.Tensor | None = None):
         self.model = model
         self.unet = model.unet
+        self.cond = cond
+        self.uncond = uncond
+        self.empty = empty
         self.cfg_scale = float(cfg_scale)
-        self.schedule = DiscreteSchedule.from_config(model.scheduler_config)
+        self.batch_size = batch_size
+        self.schedule = DiscreteSchedule.from_config(model.scheduler_config, model.architecture.family)
         self.prediction_type = model.architecture.prediction_type
-        self.use_uncond = self.cfg_scale != 1.0
+        single = len(cond.parts) == 1 and cond.parts[0][1] == 1.0
+        self.use_uncond = self.cfg_scale != 1.0 or not single
         param = next(self.unet.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self.time_ids, self.uncond_time_ids = time_ids, uncond_time_ids if uncond_time_ids is not None else time_ids
+        self.step = 0
+        self.image_conditioning: torch.Tensor | None = None
+        self.hooks = None
+        self.cfg_rescale = 0.0
+        self.cfg_interval = (0.0, 1.0)
+        self.controls = None  # ControlNet / IP-Adapter additions (features/controlnet/apply.py)
+        self.total_steps = 1
+        self._batches: dict[tuple, tuple[torch.Tensor, dict, list[float]]] = {}
 
-        def batch(c: Conditioning, ids: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
-            embeds = c.embeds.expand(batch_size, -1, -1)
-            added = {}
-            if c.pooled is not None and ids is not None:
-                added = {"text_embeds": c.pooled.expand(batch_size, -1), "time_ids": ids.expand(batch_size, -1)}
-            return embeds, added
-
-        cond_embeds, cond_added = batch(cond, time_ids)
+    def _batch_for_step(self) -> tuple[torch.Tensor, dict, list[float]]:
+        conds = self.cond.at(self.step)
+        members: list[tuple[Conditioning, torch.Tensor | None]] = []
         if self.use_uncond:
-            uncond_embeds, uncond_added = batch(uncond, uncond_time_ids if uncond_time_ids is not None else time_ids)
-            self.embeds = torch.cat([uncond_embeds, cond_embeds])
-            self.added = {k: torch.cat([uncond_added[k], cond_added[k]]) for k in cond_added}
-        else:
-            self.embeds, self.added = cond_embeds, cond_added
-        self.embeds = self.embeds.to(self.device, self.dtype)
-        self.added = {k: v.to(self.device, self.dtype) for k, v in self.added.items()}
+            members.append((self.uncond.at(self.step)[0][0], self.uncond_time_ids))
+        members += [(c, self.time_ids) for c, _ in conds]
+        key = tuple(id(c) for c, _ in members)
+        if key not in self._batches:
+            chunks = max(c.chunks for c, _ in members)
+            b = self.batch_size
+            embeds = torch.cat([pad_to_chunks(c, chunks, self.empty).embeds.expand(b, -1, -1) for c, _ in members])
+            added = {}
+            if members[0][0].pooled is not None and members[0][1] is not None:
+                added = {"text_embeds": torch.cat([c.pooled.expand(b, -1) for c, _ in members]),
+                         "time_ids": torch.cat([ids.expand(b, -1) for _, ids in members])}
+            self._batches[key] = (embeds.to(self.device, self.dtype),
+                                  {k: v.to(self.device, self.dtype) for k, v in added.items()},
+                                  [w for _, w in conds])
+        return self._batches[key]
 
     @torch.no_grad()
     def predict(self, x_in: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        embeds, added, weights = self._batch_for_step()
+        copies = embeds.shape[0] // x_in.shape[0]
         x_model = x_in.to(self.device, self.dtype)
-        if self.use_uncond:
-            x_model = torch.cat([x_model, x_model])
+        if self.image_conditioning is not None:
+            x_model = torch.cat([x_model, self.image_conditioning.to(self.device, self.dtype)], dim=1)
+        if copies > 1:
+            x_model = x_model.repeat(copies, 1, 1, 1)
+        latent_channels = x_in.shape[1]
         if isinstance(t, torch.Tensor):
             t = t.to(self.device).reshape(-1)[:1].expand(x_model.shape[0])
         else:  # a Python number: filled on the device, no host-to-device copy to wait for
             t = torch.full((x_model.shape[0],), float(t), device=self.device)
-        kwargs = {"added_cond_kwargs": self.added} if self.added else {}
-        out = self.unet(x_model, t, encoder_hidden_states=self.embeds, return_dict=False, **kwargs)[0].float()
-        if not self.use_uncond:
-            return out
-        uncond, cond = out.chunk(2)
-        return uncond + self.cfg_scale * (cond - uncond)
+        kwargs = {"added_cond_kwargs": added} if added else {}
+        step = None
+        if self.hooks is not None and (self.hooks.has("before_cfg") or self.hooks.has("after_cfg")):
+            step = StepContext(index=self.step, timestep=t, x=x_model, embeds=embeds, cfg_scale=self.cfg_scale)
+            self.hooks.call("before_cfg", step=step)
+            x_model, embeds = step.x, step.embeds
+        if self.controls:
+            kwargs.update(self.controls.unet_kwargs(self.step / self.total_steps, x_model[:, :latent_channels], t,
+                                                    embeds, added, copies, self.use_uncond))
+        out = self.unet(x_model, t, encoder_hidden_states=embeds, return_dict=False, **kwargs)[0].float()
+        if self.use_uncond:
+            parts = out.chunk(copies)
+            uncond = parts[0]
+            scale = self.cfg_scale if self._guidance_active() else 1.0
+            guided = sum(w * (c - uncond) for w, c in zip(weights, parts[1:]))
+            out = uncond + scale * guided
+            if self.cfg_rescale > 0 and scale != 1.0:
+                out = self._rescale(out, uncond + guided)
+        if step is not None:
+            step.prediction = out
+            self.hooks.call("after_cfg", step=step)
+            out = step.prediction
+        return out
+
+    def _guidance_active(self) -> bool:
+        start, end = self.cfg_interval
+        if start <= 0 and end >= 1:
+            return True
+        fraction = self.step / self.total_steps
+        return start <= fraction <= end
+
+    def _rescale(self, guided: torch.Tensor, conditional: torch.Tensor) -> torch.Tensor:
+        return rescale_guidance(guided, conditional, self.cfg_rescale)
+
+
+def rescale_guidance(guided: torch.Tensor, conditional: torch.Tensor, phi: float) -> torch.Tensor:
+    """Lin et al. 2023, eq. 15-16: match the guided prediction's std to the conditional one's, mix by phi."""
+    dims = tuple(range(1, guided.ndim))
+    rescaled = guided * (conditional.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return phi * rescaled + (1 - phi) * guided
+
+
+class MaskedDenoiser(SigmaSpace):
+    """Inpainting with an ordinary checkpoint: outside the mask, steer every step to the original.
+
+    AUTOMATIC1111 blends the denoised estimate with the original latents through the mask
+    after every model call; in sigma space that is exactly what `denoise` does. For
+    diffusers schedulers (VP space), `predict` returns, outside the mask, the prediction
+    that would lead to the original latents - the same blend expressed as noise or velocity.
+    """
+
+    def __init__(self, inner: SigmaSpace, init_latent: torch.Tensor, change_mask: torch.Tensor):
+        self.inner = inner
+        self.init = init_latent
+        self.change = change_mask
+        self.keep = 1 - change_mask
+        self.schedule = inner.schedule
+        self.prediction_type = inner.prediction_type
+
+    @property
+    def step(self) -> int:
+        return self.inner.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.inner.step = value
+
+    def inner_denoisers(self) -> list["CFGDenoiser"]:
+        return self.inner.inner_denoisers()
 
     def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        s = float(sigma)
-        scale_in = 1 / (s ** 2 + 1) ** 0.5
-        t = float(self.schedule.sigma_to_t(torch.tensor(s)))
-        out = self.predict(x * scale_in, t)
-        if self.prediction_type == "v_prediction":
-            return x / (s ** 2 + 1) - out * (s * scale_in)
-        return x - out * s
+        return self.init * self.keep + self.inner.denoise(x, sigma) * self.change
+
+    def predict(self, x_in: torch.Tensor, t) -> torch.Tensor:
+        out = self.inner.predict(x_in, t)
+        t_value = t.reshape(-1)[:1].float().cpu() if isinstance(t, torch.Tensor) else torch.tensor([float(t)])
+        sigma = float(self.schedule.t_to_sigma(t_value)[0])
+        alpha, noise_level = sigma_scale_in(sigma), sigma * sigma_scale_in(sigma)  # sqrt(ab), sqrt(1-ab)
+        eps = (x_in - alpha * self.init) / noise_level
+        target = alpha * eps - noise_level * self.init if self.prediction_type == "v_prediction" else eps
+        return target * self.keep + out * self.change

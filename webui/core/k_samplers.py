@@ -1,30 +1,60 @@
-"""Sampling loops in sigma space (the k-diffusion family AUTOMATIC1111 uses).
+"""Sampling loops in sigma space (the k-diffusion family AUTOMATIC1111 uses), from the papers.
 
 Every sampler takes a denoiser D(x, sigma) -> estimate of the clean latent, the start
-latent x (noise already scaled by sigmas[0]), the decreasing sigma schedule ending in 0,
-a noise source for stochastic steps, and a per-step callback that may raise to stop.
-Written from the papers:
-- Euler: Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative
-  Models", Algorithm 2 with no churn: x <- x + (sigma_next - sigma) * (x - D(x)) / sigma.
-- Euler ancestral: the same step to sigma_down, then fresh noise of size sigma_up, where
-  sigma_up^2 + sigma_down^2 = sigma_next^2 and eta scales sigma_up (DDPM ancestral sampling).
-- DPM++ 2M: Lu et al. 2022, "DPM-Solver++", the second-order multistep solver
-  (Algorithm 2) in data-prediction form, with lambda = -log(sigma).
+latent x (noise already scaled by sigmas[0]), the decreasing sigma schedule ending in 0
+(a CPU tensor: reading it never waits on the GPU), a per-image noise source for
+stochastic steps, a per-step callback (which may raise to stop, or return new latents),
+and the sampler options (eta, churn, noise scale).
+
+- Euler, Heun: Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based
+  Generative Models", Algorithm 2 (churn gamma = min(s_churn/N, sqrt(2)-1) inside
+  [s_tmin, s_tmax]; Heun adds the trapezoidal correction except on the last step).
+- DPM2: the same with the derivative taken at the log-space midpoint (DPM-Solver-2).
+- LMS: linear multistep of order 4 on dx/dsigma, with coefficients that integrate the
+  Lagrange polynomial through the previous derivatives exactly over [sigma_i, sigma_i+1].
+- Ancestral variants (Euler a, DPM2 a, DPM++ 2S a): step to sigma_down, then add fresh
+  noise of size sigma_up with sigma_up^2 + sigma_down^2 = sigma_next^2, scaled by eta.
+- DPM++ 2M, 2S, SDE, 2M SDE (midpoint/Heun), 3M SDE: Lu et al. 2022, "DPM-Solver++",
+  data-prediction form in lambda = -log(sigma), first to third order, with the SDE
+  variants' noise injection exp(-eta*h) / sqrt(1 - exp(-2*eta*h)).
+- Restart: Xu et al. 2023, "Restart Sampling": Heun steps, and once the schedule passes
+  a low sigma, jump back up with fresh noise and run a short Karras segment again, K times.
+
+Stochastic samplers draw Gaussian noise from the per-image streams (never a shared
+Brownian tree), so image i of a batch equals generating its seed alone.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
+import numpy as np
 import torch
 
 # D(x, sigma): sigma is a Python float, so no sampler step ever waits on the GPU
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
-StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+# called after each step with (index, latents, denoised); may return new latents to continue from
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
 
 
 class NoiseSource(Protocol):
     def next(self) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    eta: float = 1.0            # ancestral / SDE noise amount
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = math.inf
+    s_noise: float = 1.0
+    solver: str = "midpoint"    # DPM++ 2M SDE: "midpoint" or "heun"
+
+
+def _after_step(callback: StepCallback, i: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+    replaced = callback(i, x, denoised)
+    return x if replaced is None else replaced
 
 
 def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
@@ -36,39 +66,138 @@ def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[f
     return sigma_down, sigma_up
 
 
+def _churn(x: torch.Tensor, sigma: float, steps: int, noise: NoiseSource, o: SamplerOptions) -> tuple[torch.Tensor, float]:
+    """Karras' stochastic churn: raise the noise level a little before the step."""
+    gamma = min(o.s_churn / steps, math.sqrt(2) - 1) if o.s_tmin <= sigma <= o.s_tmax and o.s_churn > 0 else 0.0
+    sigma_hat = sigma * (gamma + 1)
+    if gamma > 0:
+        x = x + noise.next() * o.s_noise * math.sqrt(sigma_hat ** 2 - sigma ** 2)
+    return x, sigma_hat
+
+
+def _sigmas(sigmas: torch.Tensor) -> list[float]:
+    return [float(s) for s in sigmas]
+
+
+def _karras_loop(denoise: Denoiser, x, sigmas, noise: NoiseSource, callback: StepCallback, o: SamplerOptions,
+                 step: Callable[[Denoiser, torch.Tensor, torch.Tensor, float, float], torch.Tensor]):
+    """Karras et al.'s Algorithm 2 frame: churn, derivative at sigma_hat, then `step` to sigma_next."""
+    s = _sigmas(sigmas)
+    for i in range(len(s) - 1):
+        x, sigma_hat = _churn(x, s[i], len(s) - 1, noise, o)
+        denoised = denoise(x, sigma_hat)
+        d = (x - denoised) / sigma_hat
+        x = step(denoise, x, d, sigma_hat, s[i + 1]) if s[i + 1] > 0 else x + d * (s[i + 1] - sigma_hat)
+        x = _after_step(callback, i, x, denoised)
+    return x
+
+
+def _euler_step(denoise, x, d, sigma, sigma_next):
+    return x + d * (sigma_next - sigma)
+
+
+def _heun_step(denoise, x, d, sigma, sigma_next):
+    dt = sigma_next - sigma
+    x_next = x + d * dt
+    d_next = (x_next - denoise(x_next, sigma_next)) / sigma_next
+    return x + (d + d_next) / 2 * dt
+
+
+def _dpm2_step(denoise, x, d, sigma, sigma_next):
+    sigma_mid = math.exp((math.log(sigma) + math.log(sigma_next)) / 2)
+    x_mid = x + d * (sigma_mid - sigma)
+    d_mid = (x_mid - denoise(x_mid, sigma_mid)) / sigma_mid
+    return x + d_mid * (sigma_next - sigma)
+
+
 @torch.no_grad()
-def sample_euler(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise: NoiseSource,
-                 callback: StepCallback, **_: float) -> torch.Tensor:
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        denoised = denoise(x, sigma)
-        derivative = (x - denoised) / sigma
-        x = x + derivative * (sigma_next - sigma)
-        callback(i, x, denoised)
+def sample_euler(denoise: Denoiser, x, sigmas, noise: NoiseSource, callback: StepCallback,
+                 o: SamplerOptions = SamplerOptions()):
+    return _karras_loop(denoise, x, sigmas, noise, callback, o, _euler_step)
+
+
+@torch.no_grad()
+def sample_heun(denoise: Denoiser, x, sigmas, noise: NoiseSource, callback: StepCallback,
+                o: SamplerOptions = SamplerOptions()):
+    return _karras_loop(denoise, x, sigmas, noise, callback, o, _heun_step)
+
+
+@torch.no_grad()
+def sample_dpm2(denoise: Denoiser, x, sigmas, noise: NoiseSource, callback: StepCallback,
+                o: SamplerOptions = SamplerOptions()):
+    return _karras_loop(denoise, x, sigmas, noise, callback, o, _dpm2_step)
+
+
+@torch.no_grad()
+def sample_euler_ancestral(denoise: Denoiser, x, sigmas, noise: NoiseSource, callback: StepCallback,
+                           o: SamplerOptions = SamplerOptions()):
+    s = _sigmas(sigmas)
+    for i in range(len(s) - 1):
+        denoised = denoise(x, s[i])
+        sigma_down, sigma_up = ancestral_step(s[i], s[i + 1], o.eta)
+        x = x + (x - denoised) / s[i] * (sigma_down - s[i])
+        if s[i + 1] > 0 and sigma_up > 0:
+            x = x + noise.next() * o.s_noise * sigma_up
+        x = _after_step(callback, i, x, denoised)
     return x
 
 
 @torch.no_grad()
-def sample_euler_ancestral(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise: NoiseSource,
-                           callback: StepCallback, eta: float = 1.0, s_noise: float = 1.0, **_: float) -> torch.Tensor:
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        denoised = denoise(x, sigma)
-        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
-        x = x + (x - denoised) / sigma * (sigma_down - sigma)
-        if sigma_next > 0 and sigma_up > 0:
-            x = x + noise.next() * s_noise * sigma_up
-        callback(i, x, denoised)
+def sample_dpm2_ancestral(denoise: Denoiser, x, sigmas, noise: NoiseSource, callback: StepCallback,
+                          o: SamplerOptions = SamplerOptions()):
+    s = _sigmas(sigmas)
+    for i in range(len(s) - 1):
+        denoised = denoise(x, s[i])
+        sigma_down, sigma_up = ancestral_step(s[i], s[i + 1], o.eta)
+        d = (x - denoised) / s[i]
+        if sigma_down == 0:
+            x = x + d * (sigma_down - s[i])
+        else:
+            sigma_mid = math.exp((math.log(s[i]) + math.log(sigma_down)) / 2)
+            x_mid = x + d * (sigma_mid - s[i])
+            d_mid = (x_mid - denoise(x_mid, sigma_mid)) / sigma_mid
+            x = x + d_mid * (sigma_down - s[i])
+        if s[i + 1] > 0 and sigma_up > 0:
+            x = x + noise.next() * o.s_noise * sigma_up
+        x = _after_step(callback, i, x, denoised)
+    return x
+
+
+def lms_coefficient(sigmas: list[float], i: int, j: int, order: int) -> float:
+    """Integral over [sigma_i, sigma_i+1] of the Lagrange basis polynomial for point i-j."""
+    nodes = [sigmas[i - k] for k in range(order)]
+    poly = np.polynomial.Polynomial([1.0])
+    for k in range(order):
+        if k != j:
+            poly *= np.polynomial.Polynomial([-nodes[k], 1.0]) / (nodes[j] - nodes[k])
+    antiderivative = poly.integ()
+    return float(antiderivative(sigmas[i + 1]) - antiderivative(sigmas[i]))
+
+
+@torch.no_grad()
+def sample_lms(denoise: Denoiser, x, sigmas, noise: NoiseSource, callback: StepCallback,
+               o: SamplerOptions = SamplerOptions(), order: int = 4):
+    s = _sigmas(sigmas)
+    derivatives: list[torch.Tensor] = []
+    for i in range(len(s) - 1):
+        denoised = denoise(x, s[i])
+        derivatives.insert(0, (x - denoised) / s[i])
+        del derivatives[order:]
+        current = min(i + 1, order)
+        coefficients = [lms_coefficient(s, i, j, current) for j in range(current)]
+        x = x + sum(c * d for c, d in zip(coefficients, derivatives))
+        x = _after_step(callback, i, x, denoised)
     return x
 
 
 @torch.no_grad()
-def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise: NoiseSource,
-                    callback: StepCallback, **_: float) -> torch.Tensor:
+def sample_dpmpp_2m(denoise: Denoiser, x, sigmas, noise: NoiseSource, callback: StepCallback,
+                    o: SamplerOptions = SamplerOptions()):
+    s = _sigmas(sigmas)
     previous: torch.Tensor | None = None
     h_previous = 0.0
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+    for i in range(len(s) - 1):
+        sigma, sigma_next = s[i], s[i + 1]
         denoised = denoise(x, sigma)
         if sigma_next == 0:
             x = denoised  # the last step lands on the model's estimate
@@ -82,5 +211,155 @@ def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, no
             x = (sigma_next / sigma) * x - math.expm1(-h) * estimate
             h_previous = h
         previous = denoised
-        callback(i, x, denoised)
+        x = _after_step(callback, i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2s_ancestral(denoise: Denoiser, x, sigmas, noise: NoiseSource, callback: StepCallback,
+                              o: SamplerOptions = SamplerOptions()):
+    s = _sigmas(sigmas)
+    for i in range(len(s) - 1):
+        denoised = denoise(x, s[i])
+        sigma_down, sigma_up = ancestral_step(s[i], s[i + 1], o.eta)
+        if sigma_down == 0:
+            x = x + (x - denoised) / s[i] * (sigma_down - s[i])
+        else:
+            # DPM-Solver++(2S) with the intermediate point halfway in lambda
+            lam, lam_down = -math.log(s[i]), -math.log(sigma_down)
+            h = lam_down - lam
+            sigma_mid = math.exp(-(lam + h / 2))
+            x_mid = (sigma_mid / s[i]) * x - math.expm1(-h / 2) * denoised
+            denoised_mid = denoise(x_mid, sigma_mid)
+            x = (sigma_down / s[i]) * x - math.expm1(-h) * denoised_mid
+        if s[i + 1] > 0 and sigma_up > 0:
+            x = x + noise.next() * o.s_noise * sigma_up
+        x = _after_step(callback, i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_sde(denoise: Denoiser, x, sigmas, noise: NoiseSource, callback: StepCallback,
+                     o: SamplerOptions = SamplerOptions(), r: float = 0.5):
+    """DPM-Solver++ stochastic, second order: an SDE half step to an intermediate point, then a full one."""
+    s = _sigmas(sigmas)
+    for i in range(len(s) - 1):
+        denoised = denoise(x, s[i])
+        if s[i + 1] == 0:
+            x = x + (x - denoised) / s[i] * (s[i + 1] - s[i])
+        else:
+            lam, lam_next = -math.log(s[i]), -math.log(s[i + 1])
+            h = lam_next - lam
+            sigma_mid = math.exp(-(lam + h * r))
+            down, up = ancestral_step(s[i], sigma_mid, o.eta)
+            x_mid = (down / s[i]) * x - math.expm1(lam + math.log(down)) * denoised
+            if up > 0:
+                x_mid = x_mid + noise.next() * o.s_noise * up
+            denoised_mid = denoise(x_mid, sigma_mid)
+            down, up = ancestral_step(s[i], s[i + 1], o.eta)
+            mix = 1 / (2 * r)
+            estimate = (1 - mix) * denoised + mix * denoised_mid
+            x = (down / s[i]) * x - math.expm1(lam + math.log(down)) * estimate
+            if up > 0:
+                x = x + noise.next() * o.s_noise * up
+        x = _after_step(callback, i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(denoise: Denoiser, x, sigmas, noise: NoiseSource, callback: StepCallback,
+                        o: SamplerOptions = SamplerOptions()):
+    s = _sigmas(sigmas)
+    previous: torch.Tensor | None = None
+    h_previous = 0.0
+    for i in range(len(s) - 1):
+        denoised = denoise(x, s[i])
+        if s[i + 1] == 0:
+            x = denoised
+        else:
+            h = math.log(s[i]) - math.log(s[i + 1])
+            eta_h = o.eta * h
+            x = (s[i + 1] / s[i]) * math.exp(-eta_h) * x + (-math.expm1(-h - eta_h)) * denoised
+            if previous is not None:
+                r = h_previous / h
+                if o.solver == "heun":
+                    x = x + ((-math.expm1(-h - eta_h)) / (-h - eta_h) + 1) * (1 / r) * (denoised - previous)
+                else:
+                    x = x + 0.5 * (-math.expm1(-h - eta_h)) * (1 / r) * (denoised - previous)
+            if o.eta > 0:
+                x = x + noise.next() * s[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)) * o.s_noise
+            h_previous = h
+        previous = denoised
+        x = _after_step(callback, i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_3m_sde(denoise: Denoiser, x, sigmas, noise: NoiseSource, callback: StepCallback,
+                        o: SamplerOptions = SamplerOptions()):
+    s = _sigmas(sigmas)
+    d_1 = d_2 = None
+    h_1 = h_2 = None
+    for i in range(len(s) - 1):
+        denoised = denoise(x, s[i])
+        if s[i + 1] == 0:
+            x = denoised
+        else:
+            h = math.log(s[i]) - math.log(s[i + 1])
+            h_eta = h * (o.eta + 1)
+            x = math.exp(-h_eta) * x + (-math.expm1(-h_eta)) * denoised
+            phi_2 = math.expm1(-h_eta) / h_eta + 1
+            if h_2 is not None:
+                r0, r1 = h_1 / h, h_2 / h
+                d1_0 = (denoised - d_1) / r0
+                d1_1 = (d_1 - d_2) / r1
+                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                phi_3 = phi_2 / h_eta - 0.5
+                x = x + phi_2 * d1 - phi_3 * d2
+            elif h_1 is not None:
+                x = x + phi_2 * (denoised - d_1) / (h_1 / h)
+            if o.eta > 0:
+                x = x + noise.next() * s[i + 1] * math.sqrt(-math.expm1(-2 * h * o.eta)) * o.s_noise
+            h_1, h_2 = h, h_1
+        d_1, d_2 = denoised, d_1
+        x = _after_step(callback, i, x, denoised)
+    return x
+
+
+def restart_plan(sigmas: list[float], karras: Callable[[int, float, float], list[float]]) -> list[list[float]]:
+    """Sigma segments for Restart: the schedule down to sigma 0.1, then K restart segments from
+    sigma 2 back down to it, then the rest (AUTOMATIC1111's defaults: N steps, K repeats by length)."""
+    steps = len(sigmas) - 1
+    restart_steps, repeats = (10, 2) if steps >= 20 else (6, 2) if steps >= 10 else (4, 1)
+    sigma_restart, sigma_floor = 2.0, 0.1
+    index = next((i for i, sg in enumerate(sigmas[:-1]) if sg <= sigma_floor), None)
+    if index is None or index == 0:
+        return [sigmas]
+    segments = [sigmas[:index + 1]]
+    restart = karras(restart_steps, sigmas[index], sigma_restart)  # sigma_restart ... sigmas[index]
+    segments += [restart] * repeats
+    segments.append(sigmas[index:])
+    return segments
+
+
+@torch.no_grad()
+def sample_restart(denoise: Denoiser, x, sigmas, noise: NoiseSource, callback: StepCallback,
+                   o: SamplerOptions = SamplerOptions(), karras: Callable | None = None):
+    """Heun over the schedule; on reaching sigma 0.1, restart from sigma 2 (fresh noise) K times."""
+    s = _sigmas(sigmas)
+    step = 0
+    segments = restart_plan(s, karras) if karras is not None else [s]
+    previous_end: float | None = None
+    for segment in segments:
+        if previous_end is not None and segment[0] > previous_end:  # jump back up with fresh noise
+            x = x + noise.next() * o.s_noise * math.sqrt(segment[0] ** 2 - previous_end ** 2)
+        for i in range(len(segment) - 1):
+            sigma, sigma_next = segment[i], segment[i + 1]
+            denoised = denoise(x, sigma)
+            d = (x - denoised) / sigma
+            x = _heun_step(denoise, x, d, sigma, sigma_next) if sigma_next > 0 else x + d * (sigma_next - sigma)
+            x = _after_step(callback, step, x, denoised)
+            step += 1
+        previous_end = segment[-1]
     return x

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Collection
 
 from PIL import Image
 
@@ -18,6 +18,7 @@ MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 20_000
+LORA_COMPOSITIONS = ("Merge", "Switch", "Composite")
 
 
 @dataclass
@@ -50,13 +51,67 @@ class GenerationRequest:
     width: int = 512
     height: int = 512
     seed: int = -1
+    # variation seed: slerp the seed's noise towards this seed's by subseed_strength
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    # make the noise at this size and centre it (keeps a composition when the size changes)
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
+    # sampler parameters for this request (None: the settings' values)
+    eta: float | None = None
+    s_churn: float | None = None
+    s_tmin: float | None = None
+    s_tmax: float | None = None
+    s_noise: float | None = None
+    # guidance: CFG rescale phi (Lin et al. 2023) and the step fractions where CFG applies
+    cfg_rescale: float = 0.0
+    cfg_interval_start: float = 0.0
+    cfg_interval_end: float = 1.0
     batch_size: int = 1
     n_iter: int = 1
     # checkpoint by name, title, stem or hash; None = the one selected in the UI/settings
     checkpoint: str | None = None
+    # styles from styles.csv applied to both prompts, in order
+    styles: list[str] = field(default_factory=list)
+    # per-request settings (AUTOMATIC1111's override_settings), e.g. {"CLIP_stop_at_last_layers": 2}
+    override_settings: dict[str, Any] = field(default_factory=dict)
+    # how several LoRAs combine: Merge (sum into the weights), Switch (rotate), Composite (average)
+    lora_composition: str = "Merge"
+    lora_switch_steps: int = 1
+    # hires fix (txt2img): generate, upscale, refine at the larger size
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_sampler_name: str = ""
+    hr_scheduler: str = ""
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    denoising_strength: float = 0.75
+    # img2img / inpainting (mode "img2img"); images are PIL images here, base64 only at the API edge
+    init_images: list[Any] = field(default_factory=list)
+    resize_mode: int = 0
+    mask: Any = None
+    mask_blur: int = 4
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    # outpainting: grow the canvas by this many pixels on each side, then inpaint the border
+    outpaint_left: int = 0
+    outpaint_right: int = 0
+    outpaint_up: int = 0
+    outpaint_down: int = 0
     save_images: bool = True
     # where the request came from, for output folders and infotext ("txt2img", ...)
     mode: str = "txt2img"
+    # scripts (AUTOMATIC1111's names): a selectable script and its named arguments; always-on
+    # scripts' arguments keyed by script name ({"name": {"args": {...}}})
+    script_name: str = ""
+    script_args: dict[str, Any] = field(default_factory=dict)
+    alwayson_scripts: dict[str, Any] = field(default_factory=dict)
     # free-form values extensions attach, keyed by extension name
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -73,12 +128,55 @@ class GenerationRequest:
             raise ValidationError([FieldError(k, "unknown field") for k in unknown])
         return cls(**data)
 
-    def validate(self, samplers: "SamplerCatalog | None" = None) -> None:
+    def validate(self, samplers: "SamplerCatalog | None" = None, upscalers: Collection[str] | None = None) -> None:
         errors = list(self._field_errors())
         if samplers is not None and isinstance(self.sampler_name, str) and isinstance(self.scheduler, str):
             errors.extend(samplers.check(self.sampler_name, self.scheduler))
+        if self.mode == "txt2img" and self.enable_hr is True:
+            errors.extend(self._hires_errors(samplers, upscalers))
+        if self.mode == "img2img":
+            errors.extend(self._img2img_errors())
         if errors:
             raise ValidationError(errors)
+
+    def _hires_errors(self, samplers: "SamplerCatalog | None", upscalers: Collection[str] | None):
+        if not _is_number(self.denoising_strength) or not 0 <= self.denoising_strength <= 1:
+            yield FieldError("denoising_strength", "must be a number from 0 to 1")
+        if not _is_number(self.hr_scale) or not 1 <= self.hr_scale <= 4:
+            yield FieldError("hr_scale", "must be a number from 1 to 4")
+        yield from _int_in(self, "hr_second_pass_steps", 0, MAX_STEPS)
+        for name in ("hr_resize_x", "hr_resize_y"):
+            yield from _int_in(self, name, 0, MAX_SIDE)
+        if upscalers is not None and self.hr_upscaler not in upscalers:
+            yield FieldError("hr_upscaler", f"unknown upscaler {self.hr_upscaler!r}; choose one of: {', '.join(upscalers)}")
+        if self.hr_sampler_name and samplers is not None:
+            for error in samplers.check(self.hr_sampler_name, self.hr_scheduler or "Automatic"):
+                yield FieldError("hr_" + error.field if error.field != "sampler_name" else "hr_sampler_name",
+                                 error.message)
+        if _is_number(self.hr_scale) and _is_int(self.width) and _is_int(self.height):
+            from ..features.hires import target_size
+
+            w, h = target_size(self.width, self.height, self.hr_scale, int(self.hr_resize_x or 0),
+                               int(self.hr_resize_y or 0))
+            if max(w, h) > MAX_SIDE:
+                yield FieldError("hr_scale", f"the hires size {w}x{h} is larger than {MAX_SIDE} pixels")
+
+    def _img2img_errors(self):
+        if not isinstance(self.init_images, list) or not self.init_images:
+            yield FieldError("init_images", "img2img needs at least one image")
+        elif not all(isinstance(i, Image.Image) for i in self.init_images):
+            yield FieldError("init_images", "must be images")
+        if self.mask is not None and not isinstance(self.mask, Image.Image):
+            yield FieldError("mask", "must be an image")
+        if not _is_number(self.denoising_strength) or not 0 <= self.denoising_strength <= 1:
+            yield FieldError("denoising_strength", "must be a number from 0 to 1")
+        yield from _int_in(self, "resize_mode", 0, 3)
+        yield from _int_in(self, "mask_blur", 0, 64)
+        yield from _int_in(self, "inpainting_fill", 0, 3)
+        yield from _int_in(self, "inpaint_full_res_padding", 0, 256)
+        yield from _int_in(self, "inpainting_mask_invert", 0, 1)
+        for side in ("left", "right", "up", "down"):
+            yield from _int_in(self, f"outpaint_{side}", 0, 2048)
 
     def _field_errors(self):
         for name in ("prompt", "negative_prompt"):
@@ -100,13 +198,64 @@ class GenerationRequest:
             yield FieldError("seed", f"must be -1 (random) or a whole number from 0 to {MAX_SEED}")
         if not _is_number(self.cfg_scale) or not (0 <= self.cfg_scale <= 100):
             yield FieldError("cfg_scale", "must be a number from 0 to 100")
+        if not _is_int(self.subseed) or not (self.subseed == -1 or 0 <= self.subseed <= MAX_SEED):
+            yield FieldError("subseed", f"must be -1 (random) or a whole number from 0 to {MAX_SEED}")
+        for name, low, high in (("subseed_strength", 0, 1), ("cfg_rescale", 0, 1), ("cfg_interval_start", 0, 1),
+                                ("cfg_interval_end", 0, 1)):
+            value = getattr(self, name)
+            if not _is_number(value) or not low <= value <= high:
+                yield FieldError(name, f"must be a number from {low} to {high}")
+        if _is_number(self.cfg_interval_start) and _is_number(self.cfg_interval_end) and \
+                self.cfg_interval_start > self.cfg_interval_end:
+            yield FieldError("cfg_interval_end", "must not be before cfg_interval_start")
+        for name in ("seed_resize_from_w", "seed_resize_from_h"):
+            value = getattr(self, name)
+            if not _is_int(value) or not (value <= 0 or (64 <= value <= MAX_SIDE and value % 8 == 0)):
+                yield FieldError(name, f"must be 0 (off) or a multiple of 8 from 64 to {MAX_SIDE}")
+        for name, high in (("eta", 1), ("s_churn", 100), ("s_tmin", 100), ("s_tmax", 1000), ("s_noise", 1.5)):
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or not 0 <= value <= high):
+                yield FieldError(name, f"must be empty or a number from 0 to {high}")
         for name in ("sampler_name", "scheduler"):
             if not isinstance(getattr(self, name), str):
                 yield FieldError(name, "must be text")
         if self.checkpoint is not None and not isinstance(self.checkpoint, str):
             yield FieldError("checkpoint", "must be a checkpoint name")
+        if self.mode not in ("txt2img", "img2img"):
+            yield FieldError("mode", "must be txt2img or img2img")
         if not isinstance(self.extra, dict):
             yield FieldError("extra", "must be an object")
+        if not isinstance(self.script_name, str):
+            yield FieldError("script_name", "must be a script name")
+        if not isinstance(self.script_args, dict):
+            yield FieldError("script_args", "must be an object of argument names to values")
+        if not isinstance(self.alwayson_scripts, dict):
+            yield FieldError("alwayson_scripts", "must be an object keyed by script name")
+        if not isinstance(self.styles, list) or not all(isinstance(s, str) for s in self.styles):
+            yield FieldError("styles", "must be a list of style names")
+        if self.lora_composition not in LORA_COMPOSITIONS:
+            yield FieldError("lora_composition", f"must be one of {', '.join(LORA_COMPOSITIONS)}")
+        yield from _int_in(self, "lora_switch_steps", 1, MAX_STEPS)
+        yield from _override_errors(self.override_settings)
+
+
+def _override_errors(overrides: Any):
+    from ..settings import Settings
+
+    if not isinstance(overrides, dict):
+        yield FieldError("override_settings", "must be an object of setting names to values")
+        return
+    spec = Settings.spec()
+    for key, value in overrides.items():
+        if key in spec and spec[key].metadata.get("protected"):
+            yield FieldError(f"override_settings.{key}", "cannot be overridden per request")
+            continue
+        if key not in spec:
+            continue  # AUTOMATIC1111 clients send options Easel does not have; they are ignored
+        try:
+            Settings.coerce(key, value)
+        except ValueError as exc:
+            yield FieldError(f"override_settings.{key}", str(exc).split(": ", 1)[-1])
 
 
 def _is_int(value: Any) -> bool:

@@ -7,14 +7,14 @@ names such as "DPM++ 2M Karras" are split into sampler + schedule wherever a nam
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
 
 from . import k_samplers
 from .request import FieldError, SamplerCatalog
-from .schedules import SCHEDULES, DiscreteSchedule
+from .schedules import SCHEDULES, DiscreteSchedule, karras_sigmas
 
 AUTOMATIC = "Automatic"
 
@@ -29,21 +29,46 @@ class SamplerInfo:
     diffusers_class: str | None = None
     diffusers_options: dict[str, Any] = field(default_factory=dict)
     default_schedule: str = "Uniform"
-    stochastic: bool = False
+    stochastic: bool = False           # draws noise while sampling (seeded per image; ENSD applies)
+    discard_penultimate: bool = False  # AUTOMATIC1111's discard_next_to_last_sigma
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def uses_schedule(self) -> bool:
         return self.k_function is not None
 
 
+def _k(name: str, aliases: tuple[str, ...], function, schedule: str = "Uniform", **kw: Any) -> SamplerInfo:
+    return SamplerInfo(name, aliases, function, default_schedule=schedule, **kw)
+
+
+# AUTOMATIC1111's list, with the schedule "Automatic" picks for each
 SAMPLERS: tuple[SamplerInfo, ...] = (
-    SamplerInfo("DPM++ 2M", ("k_dpmpp_2m", "dpmpp_2m"), k_samplers.sample_dpmpp_2m, default_schedule="Karras"),
-    SamplerInfo("Euler a", ("k_euler_a", "k_euler_ancestral", "euler_ancestral"), k_samplers.sample_euler_ancestral,
-                stochastic=True),
-    SamplerInfo("Euler", ("k_euler", "euler"), k_samplers.sample_euler),
+    _k("DPM++ 2M", ("k_dpmpp_2m", "dpmpp_2m"), k_samplers.sample_dpmpp_2m, "Karras"),
+    _k("DPM++ SDE", ("k_dpmpp_sde", "dpmpp_sde"), k_samplers.sample_dpmpp_sde, "Karras", stochastic=True),
+    _k("DPM++ 2M SDE", ("k_dpmpp_2m_sde", "dpmpp_2m_sde"), k_samplers.sample_dpmpp_2m_sde, "Exponential",
+       stochastic=True),
+    _k("DPM++ 2M SDE Heun", ("k_dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun"), k_samplers.sample_dpmpp_2m_sde,
+       "Exponential", stochastic=True, extra={"solver": "heun"}),
+    _k("DPM++ 2S a", ("k_dpmpp_2s_a", "dpmpp_2s_ancestral"), k_samplers.sample_dpmpp_2s_ancestral, "Karras",
+       stochastic=True),
+    _k("DPM++ 3M SDE", ("k_dpmpp_3m_sde", "dpmpp_3m_sde"), k_samplers.sample_dpmpp_3m_sde, "Exponential",
+       stochastic=True, discard_penultimate=True),
+    _k("Euler a", ("k_euler_a", "k_euler_ancestral", "euler_ancestral"), k_samplers.sample_euler_ancestral,
+       stochastic=True),
+    _k("Euler", ("k_euler", "euler"), k_samplers.sample_euler),
+    _k("LMS", ("k_lms", "lms"), k_samplers.sample_lms),
+    _k("Heun", ("k_heun", "heun"), k_samplers.sample_heun),
+    _k("DPM2", ("k_dpm_2", "dpm_2"), k_samplers.sample_dpm2, "Karras", discard_penultimate=True),
+    _k("DPM2 a", ("k_dpm_2_a", "dpm_2_ancestral"), k_samplers.sample_dpm2_ancestral, "Karras", stochastic=True,
+       discard_penultimate=True),
+    _k("Restart", ("restart",), k_samplers.sample_restart, "Karras", stochastic=True),
     SamplerInfo("DDIM", ("ddim",), diffusers_class="DDIMScheduler",
                 diffusers_options={"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False,
-                                   "clip_sample": False}),
+                                   "clip_sample": False}, extra={"eta_setting": "eta_ddim"}),
+    SamplerInfo("PLMS", ("plms",), diffusers_class="PNDMScheduler",
+                diffusers_options={"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False,
+                                   "skip_prk_steps": True}),
     SamplerInfo("UniPC", ("unipc",), diffusers_class="UniPCMultistepScheduler",
                 diffusers_options={"timestep_spacing": "linspace", "solver_order": 2, "predict_x0": True}),
     SamplerInfo("LCM", ("lcm",), diffusers_class="LCMScheduler",
@@ -131,24 +156,58 @@ class ModelOutput:
 
 
 def sigmas_for(info: SamplerInfo, schedule_label: str, model: DiscreteSchedule, steps: int) -> torch.Tensor:
-    return SCHEDULES[schedule_label][1](model, steps)
+    """The sigma schedule a k-sampler visits (AUTOMATIC1111 drops the next-to-last sigma for some)."""
+    function = SCHEDULES[schedule_label][1]
+    if info.discard_penultimate:
+        sigmas = function(model, steps + 1)
+        return torch.cat([sigmas[:-2], sigmas[-1:]])
+    return function(model, steps)
+
+
+def img2img_schedule(steps: int, strength: float, exact_steps: bool = False) -> tuple[int, int]:
+    """(length of the schedule, index of the first step run) for img2img, AUTOMATIC1111's way.
+
+    Normally the schedule has `steps` steps and the last int(min(strength, .999) * steps) + 1
+    run. With `exact_steps` (the hires pass), the schedule is stretched to
+    int(steps / strength) so that exactly `steps` steps run.
+    """
+    strength = min(strength, 0.999)
+    if exact_steps:
+        total = int(steps / strength) if strength > 0 else steps
+        return total, max(0, total - steps)
+    return steps, steps - int(strength * steps) - 1
 
 
 def run(info: SamplerInfo, schedule_label: str, model: ModelOutput, noise: "k_samplers.NoiseSource",
         first_noise: torch.Tensor, steps: int, scheduler_config: dict[str, Any], callback: k_samplers.StepCallback,
-        generators: list[torch.Generator]) -> torch.Tensor:
-    """Sample from pure noise to a clean latent."""
+        generators: list[torch.Generator], init: torch.Tensor | None = None, strength: float = 1.0,
+        exact_steps: bool = False, options: "k_samplers.SamplerOptions | None" = None) -> torch.Tensor:
+    """Sample to a clean latent: from pure noise, or (img2img) from `init` noised to `strength`."""
+    total, start = img2img_schedule(steps, strength, exact_steps) if init is not None else (steps, 0)
     if info.k_function is not None:
         # sigmas stay on the CPU: reading one never synchronises with the GPU
-        sigmas = sigmas_for(info, schedule_label, model.schedule, steps)
-        x = first_noise * float(sigmas[0])
-        return info.k_function(model.denoise, x, sigmas, noise, callback)
-    return _run_diffusers(info, model, first_noise, steps, scheduler_config, callback, generators)
+        sigmas = sigmas_for(info, schedule_label, model.schedule, total)[start:]
+        x = first_noise * float(sigmas[0]) if init is None else init + first_noise * float(sigmas[0])
+        opts = replace(options or k_samplers.SamplerOptions(), **info.extra)
+        kwargs = {}
+        if info.k_function is k_samplers.sample_restart:
+            kwargs["karras"] = lambda n, lo, hi: karras_sigmas(n, lo, hi).tolist()
+        return info.k_function(model.denoise, x, sigmas, noise, callback, opts, **kwargs)
+    eta = (options.eta if options is not None else 0.0) if info.extra.get("eta_setting") else None
+    return _run_diffusers(info, model, first_noise, total, start, scheduler_config, callback, generators, init, eta)
 
 
-def _run_diffusers(info: SamplerInfo, model: ModelOutput, first_noise: torch.Tensor, steps: int,
+def steps_to_run(steps: int, init: bool, strength: float, exact_steps: bool = False) -> int:
+    """How many sampler steps a run takes (for progress bars)."""
+    if not init:
+        return steps
+    total, start = img2img_schedule(steps, strength, exact_steps)
+    return total - start
+
+
+def _run_diffusers(info: SamplerInfo, model: ModelOutput, first_noise: torch.Tensor, steps: int, start_step: int,
                    scheduler_config: dict[str, Any], callback: k_samplers.StepCallback,
-                   generators: list[torch.Generator]) -> torch.Tensor:
+                   generators: list[torch.Generator], init: torch.Tensor | None, eta: float | None = None) -> torch.Tensor:
     import diffusers
 
     scheduler_class = getattr(diffusers, info.diffusers_class)
@@ -157,15 +216,27 @@ def _run_diffusers(info: SamplerInfo, model: ModelOutput, first_noise: torch.Ten
     config.update(info.diffusers_options)
     scheduler = scheduler_class.from_config(config)
     scheduler.set_timesteps(steps, device=first_noise.device)
-    x = first_noise * scheduler.init_noise_sigma
-    for i, t in enumerate(scheduler.timesteps):
+    timesteps = scheduler.timesteps
+    if init is None:
+        x = first_noise * scheduler.init_noise_sigma
+    else:
+        start = start_step * scheduler.order
+        timesteps = timesteps[start:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+        x = scheduler.add_noise(init, first_noise, timesteps[:1])
+    for i, t in enumerate(timesteps):
         x_in = scheduler.scale_model_input(x, t)
         output = model.predict(x_in, t.expand(x.shape[0]))
-        kwargs = {"generator": generators} if info.stochastic else {}
+        kwargs = {"generator": generators} if info.stochastic or eta else {}
+        if eta:
+            kwargs["eta"] = eta
         step = scheduler.step(output, t, x, return_dict=True, **kwargs)
         x = step.prev_sample
         denoised = getattr(step, "denoised", None)
         if denoised is None:
             denoised = getattr(step, "pred_original_sample", None)
-        callback(i, x, denoised if denoised is not None else x)
+        replaced = callback(i, x, denoised if denoised is not None else x)
+        if replaced is not None:
+            x = replaced
     return x

@@ -2,9 +2,21 @@
 
 Stable Diffusion is trained on 1000 discrete noise levels. Samplers in the k-diffusion
 family work in sigma space (x = x0 + sigma * noise) and ask the model at continuous
-sigmas, so we map sigma <-> timestep by interpolating in log-sigma between the
-trained levels, as Karras et al. (2022) and AUTOMATIC1111 do. A schedule picks which
-sigmas the sampler visits; every schedule ends with sigma = 0.
+sigmas, so we map sigma <-> timestep by interpolating in log-sigma between the trained
+levels, as Karras et al. (2022) and AUTOMATIC1111 do. A schedule picks which sigmas the
+sampler visits; every schedule ends with sigma = 0.
+
+Schedules (AUTOMATIC1111's "Schedule type" names):
+- Uniform: timesteps evenly spaced from the last to the first (k-diffusion's default);
+- Karras: Karras et al. 2022 eq. 5, evenly spaced in sigma^(1/rho), rho = 7;
+- Exponential: evenly spaced in log sigma; Polyexponential: the same on a ramp^rho (rho 1);
+- SGM Uniform: evenly spaced timesteps excluding the final one (SDXL-Turbo's);
+- KL Optimal: Sabour et al. 2024, sigma = tan of evenly spaced angles;
+- Align Your Steps: NVIDIA's optimised 10-step schedules (SD 1.x and SDXL), log-linearly
+  interpolated to the requested number of steps;
+- Simple / Normal / DDIM: ComfyUI's (every k-th trained sigma / linear timesteps / DDIM's
+  uniform stride);
+- Beta: Lee et al. 2024, timesteps at the quantiles of Beta(0.6, 0.6).
 """
 from __future__ import annotations
 
@@ -12,7 +24,14 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
+
+# NVIDIA's published Align Your Steps sigmas (10 steps), from sigma_max down to sigma_min
+_AYS = {
+    "sd": [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029],
+    "sdxl": [14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029],
+}
 
 
 @dataclass
@@ -21,9 +40,13 @@ class DiscreteSchedule:
 
     sigmas: torch.Tensor      # (1000,), increasing
     log_sigmas: torch.Tensor
+    family: str = "sd1"
+    sigma_min_override: float = 0.0
+    sigma_max_override: float = 0.0
+    rho_override: float = 0.0
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "DiscreteSchedule":
+    def from_config(cls, config: dict[str, Any], family: str = "sd1") -> "DiscreteSchedule":
         steps = int(config.get("num_train_timesteps", 1000))
         start, end = float(config.get("beta_start", 0.00085)), float(config.get("beta_end", 0.012))
         kind = config.get("beta_schedule", "scaled_linear")
@@ -34,16 +57,18 @@ class DiscreteSchedule:
         else:
             raise ValueError(f"beta_schedule {kind!r} is not supported")
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        if config.get("rescale_betas_zero_snr"):
+            alphas_cumprod = _zero_terminal_snr(alphas_cumprod)
         sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
-        return cls(sigmas.float(), sigmas.log().float())
+        return cls(sigmas.float(), sigmas.log().float(), family)
 
     @property
     def sigma_min(self) -> float:
-        return float(self.sigmas[0])
+        return self.sigma_min_override or float(self.sigmas[0])
 
     @property
     def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
+        return self.sigma_max_override or float(self.sigmas[-1])
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """Fractional timestep for a sigma (linear interpolation in log-sigma)."""
@@ -62,34 +87,107 @@ class DiscreteSchedule:
         return log_sigma.exp()
 
 
+def _zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Lin et al. 2023: shift and scale sqrt(alpha_bar) so the last step is pure noise (SNR 0).
+
+    Sigma would be infinite there, so the last level keeps a large finite sigma (as samplers
+    can only start from a finite one)."""
+    root = alphas_cumprod.sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    result = root ** 2
+    result[-1] = 4.8973451890853435e-08  # sigma ~ 4500 instead of infinity
+    return result
+
+
 def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
-    return torch.cat([sigmas, sigmas.new_zeros(1)])
+    return torch.cat([torch.as_tensor(sigmas, dtype=torch.float32), torch.zeros(1)])
 
 
 def uniform(model: DiscreteSchedule, n: int) -> torch.Tensor:
-    """Timesteps evenly spaced from the last trained step to the first (k-diffusion's default)."""
-    t = torch.linspace(len(model.sigmas) - 1, 0, n)
-    return _append_zero(model.t_to_sigma(t))
+    t_max = float(model.sigma_to_t(torch.tensor(model.sigma_max)))
+    t_min = float(model.sigma_to_t(torch.tensor(model.sigma_min)))
+    return _append_zero(model.t_to_sigma(torch.linspace(t_max, t_min, n)))
 
 
 def sgm_uniform(model: DiscreteSchedule, n: int) -> torch.Tensor:
-    """Evenly spaced in timestep, excluding the final step (the SGM/SDXL-Turbo convention)."""
     t_max = float(model.sigma_to_t(torch.tensor(model.sigma_max)))
     t_min = float(model.sigma_to_t(torch.tensor(model.sigma_min)))
-    t = torch.linspace(t_max, t_min, n + 1)[:-1]
-    return _append_zero(model.t_to_sigma(t))
+    return _append_zero(model.t_to_sigma(torch.linspace(t_max, t_min, n + 1)[:-1]))
 
 
-def karras(model: DiscreteSchedule, n: int, rho: float = 7.0) -> torch.Tensor:
-    """Karras et al. (2022), eq. 5: sigmas evenly spaced in sigma^(1/rho)."""
-    ramp = torch.linspace(0, 1, n)
-    inv_max, inv_min = model.sigma_max ** (1 / rho), model.sigma_min ** (1 / rho)
-    return _append_zero((inv_max + ramp * (inv_min - inv_max)) ** rho)
+def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022), eq. 5 (no trailing zero)."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    inv_max, inv_min = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return ((inv_max + ramp * (inv_min - inv_max)) ** rho).float()
+
+
+def karras(model: DiscreteSchedule, n: int) -> torch.Tensor:
+    return _append_zero(karras_sigmas(n, model.sigma_min, model.sigma_max, model.rho_override or 7.0))
 
 
 def exponential(model: DiscreteSchedule, n: int) -> torch.Tensor:
-    """Evenly spaced in log-sigma."""
-    return _append_zero(torch.linspace(math.log(model.sigma_max), math.log(model.sigma_min), n).exp())
+    return _append_zero(torch.linspace(math.log(model.sigma_max), math.log(model.sigma_min), n,
+                                       dtype=torch.float64).exp().float())
+
+
+def polyexponential(model: DiscreteSchedule, n: int, rho: float = 1.0) -> torch.Tensor:
+    ramp = torch.linspace(1, 0, n, dtype=torch.float64) ** rho
+    log_min, log_max = math.log(model.sigma_min), math.log(model.sigma_max)
+    return _append_zero((ramp * (log_max - log_min) + log_min).exp().float())
+
+
+def kl_optimal(model: DiscreteSchedule, n: int) -> torch.Tensor:
+    angles = torch.linspace(math.atan(model.sigma_max), math.atan(model.sigma_min), n, dtype=torch.float64)
+    return _append_zero(torch.tan(angles).float())
+
+
+def align_your_steps(model: DiscreteSchedule, n: int) -> torch.Tensor:
+    reference = np.array(_AYS["sdxl" if model.family.startswith("sdxl") else "sd"])
+    if n + 1 == len(reference):
+        return _append_zero(torch.tensor(reference[:-1]))
+    xs = np.linspace(0, 1, len(reference))
+    new = np.exp(np.interp(np.linspace(0, 1, n), xs, np.log(reference)))
+    return _append_zero(torch.tensor(new))
+
+
+def simple(model: DiscreteSchedule, n: int) -> torch.Tensor:
+    stride = len(model.sigmas) / n
+    return _append_zero(torch.stack([model.sigmas[-(1 + int(i * stride))] for i in range(n)]))
+
+
+def normal(model: DiscreteSchedule, n: int) -> torch.Tensor:
+    return uniform(model, n)
+
+
+def ddim_uniform(model: DiscreteSchedule, n: int) -> torch.Tensor:
+    stride = max(1, len(model.sigmas) // n)
+    picked = [model.sigmas[i] for i in range(1, len(model.sigmas), stride)][:n]
+    return _append_zero(torch.stack(picked[::-1]))
+
+
+def _beta_ppf(q: float, a: float, b: float) -> float:
+    import mpmath
+
+    if q <= 0:
+        return 0.0
+    if q >= 1:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if mpmath.betainc(a, b, 0, mid, regularized=True) < q:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def beta(model: DiscreteSchedule, n: int, alpha: float = 0.6, beta_: float = 0.6) -> torch.Tensor:
+    total = len(model.sigmas) - 1
+    timesteps = [total - _beta_ppf(q, alpha, beta_) * total for q in np.linspace(0, 1, n)]
+    return _append_zero(model.t_to_sigma(torch.tensor(timesteps).clamp(0, total)))
 
 
 # label (as shown and written to infotext) -> (api name, function)
@@ -97,5 +195,12 @@ SCHEDULES: dict[str, tuple[str, Callable[[DiscreteSchedule, int], torch.Tensor]]
     "Uniform": ("uniform", uniform),
     "Karras": ("karras", karras),
     "Exponential": ("exponential", exponential),
+    "Polyexponential": ("polyexponential", polyexponential),
     "SGM Uniform": ("sgm_uniform", sgm_uniform),
+    "KL Optimal": ("kl_optimal", kl_optimal),
+    "Align Your Steps": ("align_your_steps", align_your_steps),
+    "Simple": ("simple", simple),
+    "Normal": ("normal", normal),
+    "DDIM": ("ddim", ddim_uniform),
+    "Beta": ("beta", beta),
 }

@@ -73,9 +73,39 @@ class HashCache:
         return value
 
 
+    def sha256_data(self, path: Path) -> str:
+        """sha256 of a safetensors file's tensor data, skipping its header (AUTOMATIC1111's AutoV3 base)."""
+        key = str(path.resolve()) + "#data"
+        stat = path.stat()
+        with self._lock:
+            entry = self._load().get(key)
+        if entry and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime:
+            return entry["sha256"]
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            header = int.from_bytes(handle.read(8), "little") if path.suffix == ".safetensors" else -8
+            handle.seek(header + 8)
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+        value = digest.hexdigest()
+        with self._lock:
+            data = self._load()
+            data[key] = {"size": stat.st_size, "mtime": stat.st_mtime, "sha256": value}
+            atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
+        return value
+
+
 def autov2(sha256: str) -> str:
     return sha256[:10]
 
 
 def autov3(sha256: str) -> str:
     return sha256[:12]
+
+
+def legacy_short_hash(path: Path) -> str:
+    """AUTOMATIC1111's old 8-digit model hash (64 KiB at offset 1 MiB), which its ControlNet extension
+    still writes into infotext as `Model: name [hash]`. Reads 64 KiB, so no caching is needed."""
+    with open(path, "rb") as handle:
+        handle.seek(0x100000)
+        return hashlib.sha256(handle.read(0x10000)).hexdigest()[:8]

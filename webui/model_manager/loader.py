@@ -51,6 +51,8 @@ class LoadedModel:
     load_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     demo: bool = False
+    # per-model state other features attach (LoRA patcher, layer maps); dropped with the model
+    patches: dict[str, Any] = field(default_factory=dict)
     # set after a half-precision VAE decode produced NaNs: decode in fp32 from then on
     vae_upcast: bool = False
 

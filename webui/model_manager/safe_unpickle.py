@@ -53,6 +53,16 @@ def refuse_message(path: Path) -> str:
 
 def load_pickle_checkpoint(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     """Tensors of a pickle checkpoint, flattened from the usual `state_dict` wrapper."""
+    data = load_pickle_data(path, allow_pickle)
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise UnsafePickleError(f"{path.name} does not contain a state dict")
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+def load_pickle_data(path: Path, allow_pickle: bool) -> Any:
+    """Whatever a pickle file holds, read with the restricted unpickler (tensors, containers, numbers)."""
     if not allow_pickle:
         raise PickleRefusedError(refuse_message(path))
     safe = [(InertObject, name) for name in _INERT_NAMES]
@@ -63,11 +73,7 @@ def load_pickle_checkpoint(path: Path, allow_pickle: bool) -> dict[str, torch.Te
         if "weights_only" in str(exc) or "Unsupported" in str(exc) or "global" in str(exc).lower():
             raise UnsafePickleError(f"{path.name} was refused by the restricted unpickler: {_first_line(exc)}") from None
         raise
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
-    if not isinstance(data, dict):
-        raise UnsafePickleError(f"{path.name} does not contain a state dict")
-    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    return data
 
 
 def _first_line(exc: Exception) -> str:

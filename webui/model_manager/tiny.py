@@ -80,11 +80,35 @@ def build_tiny_components(arch: Architecture, seed: int = 0) -> tuple[ModelConfi
         cfg = {k: v for k, v in configs[name].items() if not k.startswith("_")}
         cls = CLIPTextModelWithProjection if cfg["architectures"][0] == "CLIPTextModelWithProjection" else CLIPTextModel
         modules[name] = cls(CLIPTextConfig(**cfg))
-    # Random init leaves the UNet's output conv at zero; give it signal so images vary with seeds.
-    with torch.no_grad():
-        conv_out = modules["unet"].conv_out
-        conv_out.weight.normal_(0, 0.05)
+    _calibrate(configs, modules)
     return configs, {name: m.eval() for name, m in modules.items()}
+
+
+@torch.no_grad()
+def _calibrate(configs: ModelConfigs, modules: dict[str, torch.nn.Module]) -> None:
+    """Give the random model a trained model's scales: unit-variance noise predictions and latents.
+
+    A trained UNet predicts noise of standard deviation ~1 and SD's VAE scaling factor makes
+    latents ~unit variance; random weights give neither, which would make every sampler step
+    (and img2img at low strength) behave unlike the real thing.
+    """
+    generator = torch.Generator().manual_seed(0)
+    unet, vae = modules["unet"], modules["vae"]
+    x = torch.randn(2, unet.config.in_channels, 8, 8, generator=generator)
+    context = torch.randn(2, 77, unet.config.cross_attention_dim, generator=generator)
+    kwargs = {}
+    if unet.config.addition_embed_type == "text_time":
+        pooled = unet.config.projection_class_embeddings_input_dim - 8 * (6 if configs.architecture.family == "sdxl" else 5)
+        ids = 6 if configs.architecture.family == "sdxl" else 5
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(2, pooled, generator=generator),
+                                       "time_ids": torch.full((2, ids), 64.0)}
+    out = unet(x, torch.tensor([500, 500]), encoder_hidden_states=context, **kwargs).sample
+    unet.conv_out.weight.mul_(1 / out.std())
+    unet.conv_out.bias.mul_(1 / out.std())
+    image = torch.rand(1, 3, 64, 64, generator=generator) * 2 - 1
+    latent = vae.encode(image).latent_dist.mode()
+    configs["vae"]["scaling_factor"] = round(float(1 / latent.std()), 5)
+    vae.register_to_config(scaling_factor=configs["vae"]["scaling_factor"])
 
 
 def _state_dicts(modules: dict[str, torch.nn.Module]) -> dict[str, StateDict]:

@@ -14,6 +14,11 @@ from .common import error_html, esc
 from .queue_panel import build_queue_panel
 from .runner import SessionJobs
 from .settings_tab import build_settings
+from .controlnet_tab import build_controlnet_tab
+from .extensions_tab import build_extensions
+from .img2img import build_img2img, build_inpaint
+from .pnginfo_tab import build_pnginfo, wire_pnginfo_send
+from .send_to import SendTarget, wire_send_buttons
 from .txt2img import build_txt2img
 
 
@@ -47,23 +52,63 @@ def _selected_title(easel: Easel) -> str | None:
         return titles[0]
 
 
-def build_ui(easel: Easel) -> gr.Blocks:
+def _extension_tabs(easel: Easel) -> None:
+    """Tabs extensions add (ui_tabs hook); a tab whose builder raises shows the error instead."""
+    for extension, returned in easel.engine.hooks.call_named("ui_tabs"):
+        for item in returned if isinstance(returned, list) else [returned]:
+            try:
+                label, build = item
+            except (TypeError, ValueError):
+                continue
+            with gr.Tab(str(label), elem_id=f"tab_ext_{extension}"):
+                try:
+                    build()
+                except Exception as exc:
+                    easel.engine.hooks.record(extension, "ui_tabs", exc)
+                    gr.HTML(error_html(f"{extension}: this tab failed to build ({exc})"))
+
+
+def build_ui(easel: Easel, local: bool = True) -> gr.Blocks:
+    """The page. `local`: Easel listens on loopback only (enables server-folder features like batch)."""
     sessions = SessionJobs()
     with gr.Blocks(title="Easel", analytics_enabled=False) as blocks:
         with gr.Row(elem_id="quicksettings"):
             checkpoint = gr.Dropdown(easel.models.titles(), value=_selected_title(easel),
                                      label="Stable Diffusion checkpoint", elem_id="setting_sd_model_checkpoint",
-                                     scale=4, allow_custom_value=False)
+                                     scale=4, allow_custom_value=True)  # titles gain hashes as files are hashed
             refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", elem_classes="easel-tool", scale=0,
                                 min_width=42)
         status = gr.HTML(_status(easel), elem_id="easel_status")
         build_queue_panel(easel)
 
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
-                build_txt2img(easel, checkpoint, sessions)
+                txt2img = build_txt2img(easel, checkpoint, sessions)
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                img2img = build_img2img(easel, checkpoint, sessions, local)
+            with gr.Tab("Inpaint", id="inpaint", elem_id="tab_inpaint"):
+                inpaint = build_inpaint(easel, checkpoint, sessions)
+            with gr.Tab("ControlNet", id="controlnet", elem_id="tab_controlnet"):
+                controlnet = build_controlnet_tab(easel, checkpoint, sessions)
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                png_image, png_text, png_buttons, png_note = build_pnginfo(easel, tabs, checkpoint)
+            _extension_tabs(easel)
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                build_extensions(easel)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 build_settings(easel)
+        targets = [
+            SendTarget("txt2img", "txt2img", controls=txt2img),
+            SendTarget("controlnet", "ControlNet", controls=controlnet),
+            SendTarget("img2img", "img2img", image=img2img.image, controls=img2img,
+                       subtab=(img2img.subtabs, "img2img_plain")),
+            SendTarget("inpaint", "inpaint", image=inpaint.image, controls=inpaint,
+                       subtab=(inpaint.subtabs, "inpaint_paint"),
+                       image_value=lambda picture: {"background": picture, "layers": [], "composite": picture}),
+        ]
+        for source in (txt2img, img2img, inpaint, controlnet):
+            wire_send_buttons(easel, tabs, checkpoint, source, targets)
+        wire_pnginfo_send(easel, tabs, checkpoint, png_image, png_text, png_buttons, png_note, targets)
         gr.HTML(f'<div style="text-align:center;opacity:.6;font-size:12px">Easel {__version__} · '
                 f'<a href="/docs" target="_blank">API</a></div>')
 
@@ -96,4 +141,7 @@ def build_ui(easel: Easel) -> gr.Blocks:
         checkpoint.input(switch, checkpoint, status, concurrency_limit=None, api_name=False)
         blocks.load(lambda: (gr.update(choices=easel.models.titles(), value=_selected_title(easel)), _status(easel)),
                     None, [checkpoint, status], api_name=False)
+        for controls in (txt2img, img2img, inpaint):  # the ControlNet tab has no extra-networks panel
+            fill_networks, network_search, network_outputs = controls.extra_networks
+            blocks.load(fill_networks, network_search, network_outputs, api_name=False)
     return blocks

@@ -58,4 +58,57 @@ def build_settings(easel: Easel) -> None:
             return "<p>No changes.</p>"
         return f"<p>Saved {len(changed)} setting(s): {esc(', '.join(changed))}.</p>"
 
-    apply.click(save, components, result, api_name=False)
+    extension_specs = _extension_settings(easel)
+    extension_components = []
+    if extension_specs:
+        with gr.Accordion("Extensions", open=True):
+            for spec in extension_specs:
+                value = easel.settings.get(spec.key)
+                extension_components.append(_component(spec.key, spec.default if value is None else value,
+                                                       {"label": spec.label, "choices": spec.choices,
+                                                        "minimum": spec.minimum, "maximum": spec.maximum}))
+
+    def save_all(*values):
+        message = save(*values[:len(components)])
+        for spec, value in zip(extension_specs, values[len(components):]):
+            try:
+                easel.settings.set_extra(spec.key, _check_extension_value(spec, value))
+            except ValueError as exc:
+                return error_html(str(exc))
+        return message
+
+    apply.click(save_all, components + extension_components, result, api_name=False)
+
+
+def _extension_settings(easel: Easel) -> list:
+    from ..extensions.api import SettingSpec
+
+    specs = []
+    for extension, returned in easel.engine.hooks.call_named("ui_settings"):
+        for spec in returned if isinstance(returned, list) else [returned]:
+            if isinstance(spec, SettingSpec) and spec.key not in Settings.spec():
+                specs.append(spec)
+            else:
+                easel.engine.hooks.record(extension, "ui_settings", TypeError(f"not a usable SettingSpec: {spec!r}"))
+    return specs
+
+
+def _check_extension_value(spec, value):
+    """Coerce to the default's type and check choices/range, naming the key on failure."""
+    default = spec.default
+    try:
+        if isinstance(default, bool):
+            value = bool(value)
+        elif isinstance(default, int):
+            value = int(value)
+        elif isinstance(default, float):
+            value = float(value)
+        elif isinstance(default, str):
+            value = str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{spec.key}: expected a {type(default).__name__}") from None
+    if spec.choices and value not in spec.choices:
+        raise ValueError(f"{spec.key}: must be one of {', '.join(map(str, spec.choices))}")
+    if spec.minimum is not None and value < spec.minimum or spec.maximum is not None and value > spec.maximum:
+        raise ValueError(f"{spec.key}: must be between {spec.minimum} and {spec.maximum}")
+    return value

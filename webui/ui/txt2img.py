@@ -1,110 +1,74 @@
 """The txt2img tab. Component elem_ids are AUTOMATIC1111's, so user scripts and styles keep working."""
 from __future__ import annotations
 
+from typing import Any
+
 import gradio as gr
 
 from ..app import Easel
 from ..core import samplers
 from ..core.request import GenerationRequest
-from .common import info_html
-from .runner import SessionJobs, follow
+from .controlnet_ui import build_controlnet_units
+from .extra_networks import build_extra_networks
+from .generation_controls import (GenerationControls, as_float, as_int, build_output, build_prompt_area,
+                                  build_sampling, common_request_fields, wire_generation)
+from .runner import SessionJobs
+from .scripts_ui import build_scripts
+
+SAME = "Use same"
 
 
-def _session(request: gr.Request | None) -> str:
-    return getattr(request, "session_hash", None) or "anonymous"
+def _hires_controls(easel: Easel, controls: GenerationControls) -> None:
+    with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
+        i = controls.inputs
+        i["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id="txt2img_enable_hr")
+        with gr.Row():
+            i["hr_upscaler"] = gr.Dropdown(easel.engine.upscaler_names(), value="Latent", label="Upscaler",
+                                           elem_id="txt2img_hr_upscaler")
+            i["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps (0: same)",
+                                                  elem_id="txt2img_hires_steps")
+            i["denoising_strength"] = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength",
+                                                elem_id="txt2img_denoising_strength")
+        with gr.Row():
+            i["hr_scale"] = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by", elem_id="txt2img_hr_scale")
+            i["hr_resize_x"] = gr.Slider(0, 2048, value=0, step=8, label="Resize width to (0: by scale)",
+                                         elem_id="txt2img_hr_resize_x")
+            i["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to (0: by scale)",
+                                         elem_id="txt2img_hr_resize_y")
+        with gr.Row():
+            i["hr_sampler_name"] = gr.Dropdown([SAME, *samplers.sampler_names()], value=SAME, label="Hires sampler",
+                                               elem_id="txt2img_hr_sampler")
+            i["hr_scheduler"] = gr.Dropdown([SAME, *samplers.schedule_labels()], value=SAME,
+                                            label="Hires schedule type", elem_id="txt2img_hr_scheduler")
+        i["hr_prompt"] = gr.Textbox(label="Hires prompt (empty: same)", lines=2, elem_id="hires_prompt")
+        i["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt (empty: same)", lines=2,
+                                             elem_id="hires_neg_prompt")
 
 
-def build_txt2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) -> None:
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=6):
-            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt (press Ctrl+Enter to generate)",
-                                elem_id="txt2img_prompt")
-            negative = gr.Textbox(label="Negative prompt", lines=2, placeholder="Negative prompt",
-                                  elem_id="txt2img_neg_prompt")
-        with gr.Column(scale=1, min_width=160):
-            generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
-            with gr.Row():
-                interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img_interrupt", size="sm")
-                skip = gr.Button("Skip", elem_id="txt2img_skip", size="sm")
+def txt2img_request(fields: dict[str, Any], script_titles: dict[str, str] | None = None) -> GenerationRequest:
+    same = lambda value: "" if value in (None, SAME) else value  # noqa: E731
+    return GenerationRequest(
+        **common_request_fields(fields, script_titles), mode="txt2img", width=as_int(fields.get("width")),
+        height=as_int(fields.get("height")), enable_hr=bool(fields.get("enable_hr")),
+        hr_upscaler=fields.get("hr_upscaler") or "Latent", hr_second_pass_steps=as_int(fields.get("hr_second_pass_steps")),
+        denoising_strength=as_float(fields.get("denoising_strength"), 0.7), hr_scale=as_float(fields.get("hr_scale"), 2),
+        hr_resize_x=as_int(fields.get("hr_resize_x")), hr_resize_y=as_int(fields.get("hr_resize_y")),
+        hr_sampler_name=same(fields.get("hr_sampler_name")), hr_scheduler=same(fields.get("hr_scheduler")),
+        hr_prompt=fields.get("hr_prompt") or "", hr_negative_prompt=fields.get("hr_negative_prompt") or "")
 
+
+def build_txt2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) -> GenerationControls:
+    controls = GenerationControls("txt2img")
+    build_prompt_area(easel, controls)
+    controls.extra_networks = build_extra_networks(easel, "txt2img", controls.prompt, checkpoint)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
-            with gr.Row():
-                sampler = gr.Dropdown(samplers.sampler_names(), value="DPM++ 2M", label="Sampling method",
-                                      elem_id="txt2img_sampling")
-                schedule = gr.Dropdown(samplers.schedule_labels(), value=samplers.AUTOMATIC, label="Schedule type",
-                                       elem_id="txt2img_scheduler")
-            steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
-            with gr.Row():
-                width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
-                height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
-            with gr.Row():
-                batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
-                batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
-            cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
-            with gr.Row():
-                seed = gr.Number(value=-1, precision=0, label="Seed", elem_id="txt2img_seed", scale=4)
-                dice = gr.Button("🎲", elem_id="txt2img_random_seed", elem_classes="easel-tool", scale=0,
-                                 min_width=42)
-                recycle = gr.Button("♻️", elem_id="txt2img_reuse_seed", elem_classes="easel-tool", scale=0,
-                                    min_width=42)
+            build_sampling(easel, controls)
+            _hires_controls(easel, controls)
+            build_controlnet_units(easel, controls)
+            build_scripts(easel, controls, "txt2img")
         with gr.Column(scale=1):
-            progress = gr.HTML("", elem_id="txt2img_progress")
-            preview = gr.Image(label="Preview", visible=False, interactive=False, elem_id="txt2img_preview",
-                               format="png", height=256)
-            gallery = gr.Gallery(label="Output", elem_id="txt2img_gallery", columns=4, format="png",
-                                 object_fit="contain", height="auto", interactive=False)
-            info = gr.HTML("", elem_id="html_info_txt2img")
-    infotexts = gr.State([])
-    last_seed = gr.State(-1)
-
-    def run(prompt_text, negative_text, sampler_name, schedule_label, steps_value, width_value, height_value,
-            count, size, cfg_value, seed_value, checkpoint_title, request: gr.Request):
-        req = GenerationRequest(
-            prompt=prompt_text or "", negative_prompt=negative_text or "", sampler_name=sampler_name or "",
-            scheduler=schedule_label or samplers.AUTOMATIC, steps=_int(steps_value), width=_int(width_value),
-            height=_int(height_value), n_iter=_int(count), batch_size=_int(size), cfg_scale=_float(cfg_value),
-            seed=_int(seed_value, -1), checkpoint=checkpoint_title or None)
-        current = easel.models.current
-        yield from follow(easel, lambda: easel.submit_txt2img(req, owner=_session(request)), sessions,
-                          _session(request), lambda: bool(current and current.architecture.is_sdxl))
-
-    inputs = [prompt, negative, sampler, schedule, steps, width, height, batch_count, batch_size, cfg, seed, checkpoint]
-    outputs = [progress, preview, gallery, info, infotexts, last_seed]
-    generate.click(run, inputs, outputs, concurrency_limit=None, api_name="txt2img")
-    prompt.submit(run, inputs, outputs, concurrency_limit=None, api_name=False)
-
-    def interrupt_job(request: gr.Request):
-        job = easel.queue.get(sessions.get(_session(request)) or "")
-        if job and not job.done:
-            easel.queue.cancel(job.id)
-
-    def skip_job(request: gr.Request):
-        job = easel.queue.get(sessions.get(_session(request)) or "")
-        if job and not job.done:
-            job.skip()
-
-    interrupt.click(interrupt_job, None, None, concurrency_limit=None, api_name=False)
-    skip.click(skip_job, None, None, concurrency_limit=None, api_name=False)
-    dice.click(lambda: -1, None, seed, api_name=False)
-    recycle.click(lambda s: s, last_seed, seed, api_name=False)
-
-    def show_selected(texts: list[str], evt: gr.SelectData):
-        index = evt.index if isinstance(evt.index, int) else 0
-        return info_html(texts[index]) if texts and 0 <= index < len(texts) else gr.skip()
-
-    gallery.select(show_selected, infotexts, info, api_name=False)
-
-
-def _int(value, default: int = 0) -> int:
-    try:
-        return int(round(float(value)))
-    except (TypeError, ValueError):
-        return default
-
-
-def _float(value, default: float = 0.0) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return default
+            build_output(controls)
+    wire_generation(easel, controls, sessions, checkpoint,
+                    lambda fields: txt2img_request(fields, controls.script_titles), api_name="txt2img")
+    return controls

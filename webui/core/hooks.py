@@ -1,0 +1,67 @@
+"""What generation hands to extension hooks: a per-request context and a per-step context.
+
+Core code depends only on the tiny `Hooks` protocol below; the extension runtime
+(webui/extensions) implements it. With no extensions, `NO_HOOKS` costs nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+    from .jobs import Job
+    from .request import GenerationRequest, Result
+
+
+class Hooks(Protocol):
+    def call(self, hook: str, **kwargs: Any) -> list[Any]: ...
+
+    def has(self, hook: str) -> bool: ...
+
+
+class _NoHooks:
+    def call(self, hook: str, **kwargs: Any) -> list[Any]:
+        return []
+
+    def has(self, hook: str) -> bool:
+        return False
+
+
+NO_HOOKS: Hooks = _NoHooks()
+
+
+@dataclass
+class GenerationContext:
+    """One request's state as extensions see it."""
+
+    request: "GenerationRequest"
+    job: "Job"
+    model: Any = None
+    plan: Any = None
+    # infotext keys every image of this request gets (always-on scripts write here)
+    extra_params: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    # run another generation inside this job (selectable scripts such as the X/Y/Z plot)
+    generate: Callable[["GenerationRequest"], "Result"] | None = None
+    save_grid: Callable[..., str] | None = None
+
+    def script_args(self, name: str) -> dict[str, Any]:
+        """The named control values of an always-on script for this request ({} when absent)."""
+        entry = self.request.alwayson_scripts.get(name, {})
+        return dict(entry.get("args", entry)) if isinstance(entry, dict) else {}
+
+
+@dataclass
+class StepContext:
+    """One UNet evaluation inside a sampling step; hooks may replace x, embeds, prediction or latents."""
+
+    index: int                      # 0-based sampler step
+    timestep: Any                   # the UNet timestep (float or tensor)
+    x: "torch.Tensor | None" = None           # model input (uncond and cond copies stacked)
+    embeds: "torch.Tensor | None" = None      # text conditioning for that batch
+    prediction: "torch.Tensor | None" = None  # after CFG
+    latents: "torch.Tensor | None" = None     # after the step (step_end)
+    denoised: "torch.Tensor | None" = None    # the step's clean-latent estimate (step_end)
+    cfg_scale: float = 0.0

@@ -1,0 +1,187 @@
+"""Every hook an Easel extension can implement — this file is the whole contract.
+
+Hooks use pluggy: implement a function with the hook's name, decorated with
+`easel_api.hookimpl`, taking any subset of the arguments listed (by name), in a
+module your extension's manifest names as its entry. New arguments may be added to a
+hook in later API versions; implementations that take fewer keep working.
+
+Order of the generation hooks for one request:
+
+    before_process -> process -> [per batch: process_batch, extra_noise,
+    per step: before_cfg -> after_cfg -> step_end, then per image: before_image_saved -> image_saved]
+    -> postprocess
+
+A hook that raises is logged, reported once in the UI, and skipped; generation goes on.
+HOOK_API_VERSION changes its major number only when a hook is removed or changes meaning.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+PROJECT = "easel"
+HOOK_API_VERSION = "1.0"
+hookspec = pluggy.HookspecMarker(PROJECT)
+
+
+# ---- application ---------------------------------------------------------------------------
+
+
+@hookspec
+def app_started(app: Any, easel: Any) -> None:
+    """The FastAPI app is assembled; add routes.
+
+        @hookimpl
+        def app_started(app):
+            @app.get("/my-extension/hello")
+            def hello():
+                return {"hello": "world"}
+    """
+
+
+@hookspec
+def model_loaded(model: Any) -> None:
+    """A checkpoint finished loading (a `LoadedModel`: unet, vae, text_encoders, architecture).
+
+        @hookimpl
+        def model_loaded(model):
+            print("now using", model.info.name, model.architecture.label)
+    """
+
+
+@hookspec
+def register_scripts() -> list:
+    """Return `Script` instances: selectable (dropdown) or always-on (accordion) ones.
+
+        @hookimpl
+        def register_scripts():
+            return [MyScript()]
+    """
+
+
+# ---- user interface ---------------------------------------------------------------------------
+
+
+@hookspec
+def ui_tabs() -> list:
+    """Return [(tab label, build function)]; the function creates Gradio components inside the tab.
+
+        @hookimpl
+        def ui_tabs():
+            def build():
+                gr.Markdown("Hello from my extension")
+            return [("My tab", build)]
+    """
+
+
+@hookspec
+def ui_settings() -> list:
+    """Return `SettingSpec`s; they appear in the Settings tab and are saved in config.json.
+
+        @hookimpl
+        def ui_settings():
+            return [SettingSpec("my_ext_strength", 0.5, "Strength of my effect", minimum=0, maximum=1)]
+    """
+
+
+@hookspec
+def component_created(component: Any, elem_id: str) -> None:
+    """A UI component with an elem_id was created; components you create now appear right after it.
+
+        @hookimpl
+        def component_created(component, elem_id):
+            if elem_id == "txt2img_cfg_scale":
+                gr.Checkbox(label="My toggle", elem_id="my_ext_toggle")
+    """
+
+
+@hookspec
+def infotext_pasted(text: str, fields: dict) -> None:
+    """Parameters were pasted (PNG Info, send-to); change `fields` (request field -> value) in place.
+
+        @hookimpl
+        def infotext_pasted(text, fields):
+            if "My effect" in text:
+                fields["cfg_scale"] = 5.0
+    """
+
+
+# ---- generation -------------------------------------------------------------------------------
+
+
+@hookspec
+def before_process(request: Any, context: Any) -> None:
+    """Before anything is prepared; change the `GenerationRequest` in place.
+
+        @hookimpl
+        def before_process(request):
+            request.prompt += ", masterpiece"
+    """
+
+
+@hookspec
+def process(request: Any, context: Any) -> None:
+    """Model loaded and prompts planned (context.model, context.plan); last chance before sampling."""
+
+
+@hookspec
+def extra_noise(noise: Any, request: Any, context: Any) -> Any:
+    """The initial noise of a batch (B, 4, h, w); return a tensor to replace it, or None.
+
+        @hookimpl
+        def extra_noise(noise):
+            return noise * 1.02
+    """
+
+
+@hookspec
+def process_batch(request: Any, batch_index: int, seeds: list, context: Any) -> None:
+    """A batch (of `batch_size` images with these seeds) is about to be sampled."""
+
+
+@hookspec
+def before_cfg(step: Any) -> None:
+    """Before the UNet call of a sampling step. `step` is a StepContext: change `step.x` (model input
+    latents, including the uncond/cond copies) or `step.embeds` (text conditioning batch) in place.
+
+        @hookimpl
+        def before_cfg(step):
+            step.x = step.x * 1.0
+    """
+
+
+@hookspec
+def after_cfg(step: Any) -> None:
+    """After classifier-free guidance: `step.prediction` is the combined prediction; replace it to change it."""
+
+
+@hookspec
+def step_end(step: Any) -> None:
+    """After a sampler step: `step.latents` are the new latents; assign a tensor to change them.
+
+        @hookimpl
+        def step_end(step):
+            if step.index == 3:
+                step.latents = step.latents * 0.99
+    """
+
+
+@hookspec
+def before_image_saved(image: Any, params: dict, request: Any, context: Any) -> Any:
+    """An image is about to be saved; edit `params` (infotext keys) in place, or return a new PIL image."""
+
+
+@hookspec
+def image_saved(path: str, image: Any, infotext: str, request: Any) -> None:
+    """An image was written to `path` with `infotext`."""
+
+
+@hookspec
+def postprocess(request: Any, result: Any, context: Any) -> None:
+    """All images are done; change `result` (images, infotexts, warnings) in place."""
+
+
+HOOK_NAMES = ("app_started", "model_loaded", "register_scripts", "ui_tabs", "ui_settings", "component_created",
+              "infotext_pasted", "before_process", "process", "extra_noise", "process_batch", "before_cfg",
+              "after_cfg", "step_end", "before_image_saved", "image_saved", "postprocess")

@@ -1,0 +1,1 @@
+"""ControlNet (and IP-Adapter) units: models, preprocessors, per-request units, application."""

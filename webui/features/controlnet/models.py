@@ -1,0 +1,275 @@
+"""ControlNet model files: finding them, telling which base model they fit, loading them offline.
+
+Files come in two layouts: the original one (lllyasviel's `control_model.input_blocks...`,
+`input_hint_block`, `zero_convs`, `middle_block_out`) and diffusers' (`down_blocks...`,
+`controlnet_cond_embedding`, `controlnet_down_blocks`), as single files or diffusers
+folders. A ControlNet mirrors the encoder half of its base UNet, so its config is the base
+UNet's, with the transformer depths and hint-encoder channels read from the file itself;
+that works for published models and for the tests' tiny ones alike.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from ...model_manager.convert import Rule, _apply, _sorted, unet_rules
+from ...model_manager.hashing import legacy_short_hash
+from ...model_manager.safe_unpickle import PICKLE_SUFFIXES, load_pickle_checkpoint
+from ...paths import model_files
+from . import t2i_adapter
+from .t2i_adapter import T2IAdapterError, is_t2i_adapter
+
+SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
+ORIGINAL_PREFIX = "control_model."
+
+
+class ControlNetError(ValueError):
+    user_facing = True
+
+
+@dataclass
+class ControlNetInfo:
+    name: str
+    path: Path
+    context_width: int | None     # cross-attention width: 768 SD 1.x, 1024 SD 2.x, 2048 SDXL
+    has_add_embedding: bool       # SDXL's size/pooled-text embedding
+    kind: str = "controlnet"      # or "t2i_adapter"
+    adapter_config: dict | None = None
+
+    @property
+    def title(self) -> str:
+        """`name [hash]` as the ControlNet extension writes it in infotext."""
+        weights = self.path if self.path.is_file() else next(iter(sorted(self.path.glob("*.safetensors"))), None)
+        return f"{self.name} [{legacy_short_hash(weights)}]" if weights is not None else self.name
+
+
+def _header(path: Path) -> dict[str, tuple[int, ...]]:
+    if path.is_dir():
+        weights = sorted(path.glob("*.safetensors"))
+        if not weights:
+            return {}
+        path = weights[0]
+    if path.suffix != ".safetensors":
+        return {}
+    with safe_open(str(path), framework="pt") as handle:
+        return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+
+
+def _folder_config(path: Path) -> dict[str, Any] | None:
+    config = path / "config.json"
+    return json.loads(config.read_text()) if path.is_dir() and config.is_file() else None
+
+
+def describe(path: Path) -> ControlNetInfo:
+    shapes = _header(path)
+    name = path.stem if path.is_file() else path.name
+    saved = _folder_config(path)
+    if is_t2i_adapter(shapes) or (saved or {}).get("_class_name") == "T2IAdapter":
+        try:
+            config = t2i_adapter.adapter_config(t2i_adapter.to_diffusers(shapes), saved)
+        except (T2IAdapterError, KeyError):
+            config = None
+        return ControlNetInfo(name, path, None, False, "t2i_adapter", config)
+    width = next((shape[1] for key, shape in shapes.items() if key.endswith("attn2.to_k.weight")), None)
+    add = any("label_emb" in k or "add_embedding" in k for k in shapes)
+    return ControlNetInfo(name, path, width, add)
+
+
+def fits(info: ControlNetInfo, unet_config: dict[str, Any]) -> bool:
+    """Whether a ControlNet or T2I-Adapter was made for this base model (unknown files are offered anyway)."""
+    if info.kind == "t2i_adapter":
+        return info.adapter_config is None or t2i_adapter.fits(info.adapter_config, unet_config)
+    if info.context_width is None:
+        return True
+    sdxl = unet_config.get("addition_embed_type") == "text_time"
+    return info.context_width == unet_config["cross_attention_dim"] and info.has_add_embedding == sdxl
+
+
+# ---- key layouts ----------------------------------------------------------------------------
+
+
+def hint_rules(conditioning_channels: int) -> list[Rule]:
+    """input_hint_block.{0,2,...} (convs between SiLUs) <-> controlnet_cond_embedding."""
+    convs = 2 * conditioning_channels  # conv_in + 2 per extra level + conv_out
+    names = ["conv_in"] + [f"blocks.{i}" for i in range(convs - 2)] + ["conv_out"]
+    return [Rule(f"input_hint_block.{2 * i}.", f"controlnet_cond_embedding.{name}.") for i, name in enumerate(names)]
+
+
+def controlnet_rules(unet_config: dict[str, Any], levels: int, zero_convs: int) -> list[Rule]:
+    rules = [r for r in unet_rules(unet_config) if not r.original.startswith(("output_blocks.", "out."))]
+    rules += hint_rules(levels)
+    rules += [Rule(f"zero_convs.{i}.0.", f"controlnet_down_blocks.{i}.") for i in range(zero_convs)]
+    rules.append(Rule("middle_block_out.0.", "controlnet_mid_block."))
+    return rules
+
+
+def _levels_and_zero_convs(keys, original: bool) -> tuple[int, int]:
+    if original:
+        hint = {int(k.split(".")[1]) for k in keys if k.startswith("input_hint_block.")}
+        zeros = {int(k.split(".")[1]) for k in keys if k.startswith("zero_convs.")}
+        return len(hint) // 2, len(zeros)  # 2 convs per level (conv_in/out count as one level each half)
+    blocks = {int(k.split(".")[2]) for k in keys if k.startswith("controlnet_cond_embedding.blocks.")}
+    zeros = {int(k.split(".")[1]) for k in keys if k.startswith("controlnet_down_blocks.")}
+    return len(blocks) // 2 + 1, len(zeros)
+
+
+def to_diffusers(tensors: dict[str, torch.Tensor], unet_config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    tensors = {k.removeprefix(ORIGINAL_PREFIX): v for k, v in tensors.items()}
+    if "controlnet_cond_embedding.conv_in.weight" in tensors:
+        return tensors
+    if "input_hint_block.0.weight" not in tensors:
+        raise ControlNetError("not a ControlNet file (no hint encoder)")
+    levels, zeros = _levels_and_zero_convs(tensors, original=True)
+    rules = _sorted(controlnet_rules(unet_config, levels, zeros), forward=True)
+    out = {}
+    for key, value in tensors.items():
+        new = _apply(key, rules, forward=True)
+        if new is not None:
+            out[new] = value
+    return out
+
+
+def to_original(tensors: dict[str, torch.Tensor], unet_config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """diffusers ControlNet keys -> the original layout (with the control_model. prefix)."""
+    levels, zeros = _levels_and_zero_convs(tensors, original=False)
+    rules = _sorted(controlnet_rules(unet_config, levels, zeros), forward=False)
+    out = {}
+    for key, value in tensors.items():
+        new = _apply(key, rules, forward=False)
+        if new is None:
+            raise ControlNetError(f"ControlNet tensor {key} has no place in the original layout")
+        out[ORIGINAL_PREFIX + new] = value
+    return out
+
+
+def controlnet_config(tensors: dict[str, torch.Tensor], unet_config: dict[str, Any]) -> dict[str, Any]:
+    """The base UNet's config, adapted to what the file contains."""
+    config = {k: v for k, v in unet_config.items() if not k.startswith("_") and k not in (
+        "up_block_types", "out_channels", "center_input_sample", "sample_size", "time_cond_proj_dim")}
+    config["in_channels"] = 4
+    conv_in = tensors["controlnet_cond_embedding.conv_in.weight"]
+    config["conditioning_channels"] = conv_in.shape[1]
+    levels, _ = _levels_and_zero_convs(tensors, original=False)
+    channels = [conv_in.shape[0]] + [tensors[f"controlnet_cond_embedding.blocks.{2 * i + 1}.weight"].shape[0]
+                                     for i in range(levels - 1)]
+    config["conditioning_embedding_out_channels"] = channels
+    depths = []
+    for i, block in enumerate(config["down_block_types"]):
+        found = {int(m.group(1)) for k in tensors
+                 if (m := re.match(rf"down_blocks\.{i}\.attentions\.0\.transformer_blocks\.(\d+)\.", k))}
+        depths.append(max(found) + 1 if found else 1)
+    config["transformer_layers_per_block"] = depths
+    return config
+
+
+# ---- loading ----------------------------------------------------------------------------------
+
+
+def read_weights(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise ControlNetError(f"{path.name}: no .safetensors weights in the folder")
+        return load_file(str(files[0]))
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    return load_pickle_checkpoint(path, allow_pickle)
+
+
+def build_controlnet(tensors: dict[str, torch.Tensor], unet_config: dict[str, Any], device: torch.device,
+                     dtype: torch.dtype):
+    from diffusers import ControlNetModel
+
+    import inspect
+
+    converted = to_diffusers(tensors, unet_config)
+    accepted = set(inspect.signature(ControlNetModel.__init__).parameters)
+    config = {k: v for k, v in controlnet_config(converted, unet_config).items() if k in accepted}
+    with torch.device("meta"):
+        model = ControlNetModel(**config)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in converted]
+    wrong = [k for k in expected if k in converted and tuple(converted[k].shape) != tuple(expected[k].shape)]
+    if missing or wrong:
+        problem = missing[:2] or wrong[:2]
+        raise ControlNetError(f"this ControlNet does not fit the loaded checkpoint ({', '.join(problem)})")
+    model.load_state_dict({k: converted[k].to(device, dtype) for k in expected}, assign=True, strict=True)
+    return model.eval().requires_grad_(False)
+
+
+class ControlNetLibrary:
+    """ControlNet files under models/ControlNet; loaded models cached by (file, base model)."""
+
+    def __init__(self, folders: list[Path], allow_pickle: bool = False, cache_size: int = 3):
+        self.folders = folders
+        self.allow_pickle = allow_pickle
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def all(self) -> list[ControlNetInfo]:
+        found = [describe(p) for p in model_files(self.folders, SUFFIXES)]
+        for folder in self.folders:
+            if folder.is_dir():
+                found += [describe(p) for p in sorted(folder.iterdir())
+                          if p.is_dir() and (p / "config.json").is_file()]
+        return sorted(found, key=lambda i: i.name.lower())
+
+    def names_for(self, unet_config: dict[str, Any]) -> list[str]:
+        return [i.name for i in self.all() if fits(i, unet_config)]
+
+    def find(self, name: str) -> ControlNetInfo:
+        bare = name.split(" [", 1)[0].strip()
+        for info in self.all():
+            if bare in (info.name, info.path.name):
+                return info
+        raise ControlNetError(f"ControlNet model {name!r} not found in {', '.join(map(str, self.folders))}")
+
+    def load(self, name: str, model) -> Any:
+        """The ControlNet for the loaded checkpoint `model`, on its device and dtype."""
+        info = self.find(name)
+        key = (str(info.path), info.path.stat().st_mtime, model.info.name, str(model.device.device))
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        tensors = read_weights(info.path, self.allow_pickle)
+        if info.kind == "t2i_adapter" or is_t2i_adapter(tensors):  # .pth files are only known once read
+            controlnet = t2i_adapter.build_adapter(tensors, model.device.device, model.device.dtype,
+                                                   _folder_config(info.path))
+        else:
+            controlnet = build_controlnet(tensors, dict(model.configs["unet"]), model.device.device,
+                                          model.device.dtype)
+        with self._lock:
+            self._cache[key] = controlnet
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return controlnet
+
+
+def write_controlnet(path: Path, unet, layout: str = "original", seed: int = 0) -> Path:
+    """A random-weight ControlNet for `unet` in the published layouts (tests, benchmarks)."""
+    from diffusers import ControlNetModel
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 96, 256))
+    with torch.no_grad():  # zero convs start at zero in training; give them signal so the effect is visible
+        for module in list(model.controlnet_down_blocks) + [model.controlnet_mid_block,
+                                                            model.controlnet_cond_embedding.conv_out]:
+            module.weight.normal_(0, 0.2)
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if layout == "original":
+        tensors = to_original(tensors, dict(unet.config))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path

@@ -1,0 +1,149 @@
+"""Textual-inversion embeddings from models/embeddings/, used by writing their name in a prompt.
+
+File forms read (all safetensors unless --allow-pickle):
+- AUTOMATIC1111 SD 1.x/2.x: `emb_params` -> (vectors, width)
+- SDXL: `clip_l` (768 wide, first encoder) and `clip_g` (1280, second encoder)
+- diffusers: one tensor named after the token, (width,) or (vectors, width)
+- A1111 .pt: `string_to_param: {'*': tensor}` (pickle, restricted unpickler)
+
+An embedding applies to a text encoder when its vector width matches the encoder's
+hidden size; SDXL files carry one set per encoder. The name is the file stem; in a
+prompt it is matched token by token, as AUTOMATIC1111 does.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ..model_manager.hashing import HashCache
+from ..paths import model_files
+from ..model_manager.safe_unpickle import PICKLE_SUFFIXES, load_pickle_data
+
+log = logging.getLogger(__name__)
+SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
+
+
+@dataclass
+class Embedding:
+    name: str
+    path: Path
+    # vectors per encoder slot: "clip_l" (first / only encoder) and "clip_g" (SDXL's second)
+    vectors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def length(self) -> int:
+        return max(v.shape[0] for v in self.vectors.values())
+
+    def vectors_for(self, slot: str, width: int) -> torch.Tensor | None:
+        tensor = self.vectors.get(slot)
+        if tensor is None and slot == "clip_l":
+            tensor = self.vectors.get("clip_g") if len(self.vectors) == 1 else None
+        if tensor is None or tensor.shape[-1] != width:
+            return None
+        return tensor
+
+
+def _as_matrix(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.reshape(1, -1) if tensor.ndim == 1 else tensor.reshape(-1, tensor.shape[-1])
+
+
+def read_embedding(path: Path, allow_pickle: bool) -> Embedding:
+    """Parse one embedding file; raises ValueError naming the file when the layout is unknown."""
+    if path.suffix.lower() == ".safetensors":
+        data = load_file(str(path), device="cpu")
+    else:
+        data = _pickle_embedding_tensors(path, allow_pickle)
+    vectors: dict[str, torch.Tensor] = {}
+    if "clip_l" in data or "clip_g" in data:
+        vectors = {k: _as_matrix(data[k]).float() for k in ("clip_l", "clip_g") if k in data}
+    elif "emb_params" in data:
+        vectors = {"clip_l": _as_matrix(data["emb_params"]).float()}
+    elif len(data) == 1:
+        vectors = {"clip_l": _as_matrix(next(iter(data.values()))).float()}
+    if not vectors:
+        raise ValueError(f"{path.name}: not a textual-inversion embedding (keys: {', '.join(list(data)[:5])})")
+    return Embedding(path.stem, path, vectors)
+
+
+def _pickle_embedding_tensors(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    """A1111 .pt embeddings keep their tensor under string_to_param['*']."""
+    data = load_pickle_data(path, allow_pickle)
+    if not isinstance(data, dict):
+        return {}
+    nested = data.get("string_to_param")
+    source = nested if isinstance(nested, dict) else data
+    return {k: v for k, v in source.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+class EmbeddingLibrary:
+    """Embeddings found in the embeddings folders, re-read when files change."""
+
+    def __init__(self, folders: list[Path], hashes: HashCache, allow_pickle: bool = False):
+        self.folders = folders
+        self.hashes = hashes
+        self.allow_pickle = allow_pickle
+        self._lock = threading.Lock()
+        self._cache: dict[Path, tuple[float, Embedding]] = {}
+        self.errors: dict[str, str] = {}
+
+    def files(self) -> list[Path]:
+        return model_files(self.folders, SUFFIXES)
+
+    def all(self) -> list[Embedding]:
+        """Every readable embedding; unreadable files are listed in `errors`, never raised."""
+        result = []
+        with self._lock:
+            seen = set()
+            for path in self.files():
+                if path.stem in seen:
+                    continue
+                mtime = path.stat().st_mtime
+                cached = self._cache.get(path)
+                if cached is None or cached[0] != mtime:
+                    try:
+                        cached = (mtime, read_embedding(path, self.allow_pickle))
+                        self.errors.pop(path.stem, None)
+                    except Exception as exc:  # a bad file must not break generation
+                        self.errors[path.stem] = str(exc)
+                        continue
+                    self._cache[path] = cached
+                seen.add(path.stem)
+                result.append(cached[1])
+        return result
+
+    def short_hash(self, embedding: Embedding) -> str:
+        return self.hashes.sha256(embedding.path)[:12]
+
+
+@dataclass
+class EmbeddingMatch:
+    embedding: Embedding
+    vectors: torch.Tensor
+    token_count: int  # how many prompt tokens the name occupies
+
+
+class EmbeddingIndex:
+    """Finds embedding names in a token sequence, for one text encoder."""
+
+    def __init__(self, tokenizer, embeddings: list[Embedding], slot: str, width: int):
+        self._by_first: dict[int, list[tuple[list[int], Embedding, torch.Tensor]]] = {}
+        for embedding in embeddings:
+            vectors = embedding.vectors_for(slot, width)
+            if vectors is None:
+                continue
+            ids = tokenizer(embedding.name, add_special_tokens=False).input_ids
+            if ids:
+                self._by_first.setdefault(ids[0], []).append((ids, embedding, vectors))
+        for candidates in self._by_first.values():
+            candidates.sort(key=lambda c: len(c[0]), reverse=True)
+
+    def match(self, tokens: list[int], position: int) -> EmbeddingMatch | None:
+        for ids, embedding, vectors in self._by_first.get(tokens[position], ()):
+            if tokens[position:position + len(ids)] == ids:
+                return EmbeddingMatch(embedding, vectors, len(ids))
+        return None

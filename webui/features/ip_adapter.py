@@ -1,0 +1,358 @@
+"""IP-Adapter: a reference image as a prompt (Ye et al. 2023), as a ControlNet-style unit.
+
+Files from models/ipadapter/ in the published layout (`image_proj.*` + `ip_adapter.N.to_k_ip
+/ to_v_ip` for every cross-attention layer), with a CLIP vision encoder found in
+models/ipadapter/ or models/clip_vision/ (a transformers CLIPVisionModelWithProjection as
+a single .safetensors or a folder; sizes from a `<name>.json` sidecar or the shipped ViT-H
+and ViT-bigG configs, told apart by the file's hidden size). The adapter's image projection
+decides which encoder output it takes: the projected embedding (plain, "light") or the
+penultimate hidden states (plus, full-face).
+
+While a request runs, the UNet's cross-attention processors are swapped for diffusers'
+IP-Adapter processors; they are restored afterwards, so the shared model is unchanged.
+Unit weight scales the image attention; outside the unit's start/end steps it is zero.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from ..model_manager.hashing import legacy_short_hash
+from ..model_manager.safe_unpickle import PICKLE_SUFFIXES
+from ..paths import model_files
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# OpenCLIP vision towers used by the published adapters (as transformers configs)
+VISION_CONFIGS = {
+    1280: {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 16,
+           "patch_size": 14, "image_size": 224, "projection_dim": 1024, "hidden_act": "gelu", "layer_norm_eps": 1e-5},
+    1664: {"hidden_size": 1664, "intermediate_size": 8192, "num_hidden_layers": 48, "num_attention_heads": 16,
+           "patch_size": 14, "image_size": 224, "projection_dim": 1280, "hidden_act": "gelu", "layer_norm_eps": 1e-5},
+}
+
+
+class IPAdapterError(ValueError):
+    user_facing = True
+
+
+@dataclass
+class AdapterFile:
+    name: str
+    path: Path
+    state: dict[str, dict[str, torch.Tensor]]   # {"image_proj": {...}, "ip_adapter": {...}}
+
+    @property
+    def uses_hidden_states(self) -> bool:
+        """Plus / full-face adapters read the encoder's penultimate hidden states."""
+        proj = self.state["image_proj"]
+        return "latents" in proj or "proj.0.weight" in proj
+
+    @property
+    def embedding_width(self) -> int:
+        proj = self.state["image_proj"]
+        if "proj.weight" in proj:
+            return proj["proj.weight"].shape[1]
+        if "proj.0.weight" in proj:
+            return proj["proj.0.weight"].shape[1]
+        if "proj_in.weight" in proj:
+            return proj["proj_in.weight"].shape[1]
+        raise IPAdapterError("unrecognised IP-Adapter image projection")
+
+    @property
+    def cross_attention_width(self) -> int:
+        first = next(v for k, v in self.state["ip_adapter"].items() if k.endswith("to_k_ip.weight"))
+        return first.shape[1]
+
+
+def read_adapter(path: Path, allow_pickle: bool = False) -> AdapterFile:
+    if path.suffix == ".safetensors":
+        flat = load_file(str(path))
+        state: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
+        for key, value in flat.items():
+            group, _, rest = key.partition(".")
+            if group in state:
+                state[group][rest] = value
+    else:
+        from ..model_manager.safe_unpickle import load_pickle_data
+
+        data = load_pickle_data(path, allow_pickle)
+        state = {k: dict(v) for k, v in data.items() if k in ("image_proj", "ip_adapter")}
+    if not state.get("image_proj") or not state.get("ip_adapter"):
+        raise IPAdapterError(f"{path.name}: not an IP-Adapter file (image_proj / ip_adapter missing)")
+    return AdapterFile(path.stem, path, state)
+
+
+# ---- CLIP vision encoders ------------------------------------------------------------------------
+
+
+def _vision_width(path: Path) -> int | None:
+    target = path if path.is_file() else next(iter(sorted(path.glob("*.safetensors"))), None)
+    if target is None or target.suffix != ".safetensors":
+        return None
+    with safe_open(str(target), framework="pt") as handle:
+        for key in handle.keys():
+            if key.endswith("encoder.layers.0.self_attn.q_proj.weight"):
+                return handle.get_slice(key).get_shape()[0]
+    return None
+
+
+def _vision_config(path: Path, width: int) -> dict[str, Any]:
+    sidecar = path.with_suffix(".json") if path.is_file() else path / "config.json"
+    if sidecar.is_file():
+        data = json.loads(sidecar.read_text())
+        return data.get("vision_config", data)
+    if width not in VISION_CONFIGS:
+        raise IPAdapterError(f"{path.name}: a {width}-wide vision encoder needs a {sidecar.name} with its config")
+    return dict(VISION_CONFIGS[width])
+
+
+def load_image_encoder(path: Path, device: torch.device, dtype: torch.dtype):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    width = _vision_width(path)
+    config = {k: v for k, v in _vision_config(path, width or 0).items() if not k.startswith("_") and k not in (
+        "architectures", "model_type", "transformers_version", "torch_dtype")}
+    weights = path if path.is_file() else sorted(path.glob("*.safetensors"))[0]
+    tensors = {k: v for k, v in load_file(str(weights)).items() if not k.endswith("position_ids")}
+    with torch.device("meta"):
+        model = CLIPVisionModelWithProjection(CLIPVisionConfig(**config))
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors and not k.endswith("position_ids")]
+    if missing:
+        raise IPAdapterError(f"{path.name}: {len(missing)} vision-encoder tensors missing (first: {missing[0]})")
+    model.load_state_dict({k: tensors[k].to(device, dtype) for k in expected if k in tensors}, strict=False, assign=True)
+    for name, buffer in list(model.named_buffers()):
+        if buffer.is_meta:
+            parent_name, _, leaf = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            parent.register_buffer(leaf, torch.arange(buffer.shape[-1], device=device).expand((1, -1)),
+                                   persistent=False)
+    return model.eval().requires_grad_(False)
+
+
+def clip_pixels(image: Image.Image, size: int) -> torch.Tensor:
+    """CLIP preprocessing: shortest side to `size` (bicubic), centre crop, normalise."""
+    image = image.convert("RGB")
+    scale = size / min(image.size)
+    resized = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))),
+                           Image.Resampling.BICUBIC)
+    left, top = (resized.width - size) // 2, (resized.height - size) // 2
+    array = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
+    array = (array - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1)[None]
+
+
+# ---- library and per-request application -----------------------------------------------------------
+
+
+class IPAdapterLibrary:
+    def __init__(self, adapter_folders: list[Path], encoder_folders: list[Path], allow_pickle: bool = False):
+        self.adapter_folders = adapter_folders
+        self.encoder_folders = encoder_folders
+        self.allow_pickle = allow_pickle
+        self._encoders: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    def adapter_paths(self) -> list[Path]:
+        suffixes = (".safetensors",) + PICKLE_SUFFIXES
+        return [p for p in model_files(self.adapter_folders, suffixes) if self._is_adapter(p)]
+
+    @staticmethod
+    def _is_adapter(path: Path) -> bool:
+        if path.suffix != ".safetensors":
+            return "ip-adapter" in path.name.lower() or "ip_adapter" in path.name.lower()
+        with safe_open(str(path), framework="pt") as handle:
+            return any(k.startswith("ip_adapter.") for k in handle.keys())
+
+    def names_for(self, unet_config: dict[str, Any]) -> list[str]:
+        names = []
+        for path in self.adapter_paths():
+            try:
+                adapter = read_adapter(path, self.allow_pickle)
+            except Exception:
+                continue
+            if adapter.cross_attention_width == unet_config["cross_attention_dim"]:
+                names.append(path.stem)
+        return names
+
+    def find(self, name: str) -> AdapterFile:
+        bare = name.split(" [", 1)[0].strip()
+        for path in self.adapter_paths():
+            if bare in (path.stem, path.name):
+                return read_adapter(path, self.allow_pickle)
+        raise IPAdapterError(f"IP-Adapter model {name!r} not found in {', '.join(map(str, self.adapter_folders))}")
+
+    def encoder_for(self, adapter: AdapterFile, device: torch.device, dtype: torch.dtype):
+        """A vision encoder whose output width fits the adapter's image projection."""
+        candidates = [p for folder in self.encoder_folders if folder.is_dir() for p in sorted(folder.iterdir())
+                      if (p.suffix == ".safetensors" or (p.is_dir() and any(p.glob("*.safetensors"))))
+                      and _vision_width(p) is not None]
+        for path in candidates:
+            width = _vision_width(path)
+            config = _vision_config(path, width)
+            fits = (config.get("hidden_size") == adapter.embedding_width if adapter.uses_hidden_states
+                    else config.get("projection_dim") == adapter.embedding_width)
+            if fits:
+                key = (str(path), str(device), str(dtype))
+                with self._lock:
+                    if key not in self._encoders:
+                        self._encoders[key] = load_image_encoder(path, device, dtype)
+                    return self._encoders[key]
+        raise IPAdapterError(
+            f"IP-Adapter {adapter.name} needs a CLIP vision encoder with {adapter.embedding_width}-wide output in "
+            f"{' or '.join(map(str, self.encoder_folders))} (for SD 1.x adapters: the ViT-H/14 image encoder)")
+
+
+@dataclass
+class IPAdapterApplication:
+    adapter: AdapterFile
+    positive: torch.Tensor   # (1, 1, width) or (1, 1, tokens, width) image embedding, conditional half
+    negative: torch.Tensor   # the same for an empty image
+    weight: float
+    start: float
+    end: float
+
+
+@torch.no_grad()
+def embed(encoder, adapter: AdapterFile, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive, negative) embeddings; several reference images are averaged."""
+    param = next(encoder.parameters())
+    size = encoder.config.image_size
+    pixels = torch.cat([clip_pixels(image, size) for image in images]).to(param.device, param.dtype)
+    zeros = torch.zeros_like(pixels[:1])
+    if adapter.uses_hidden_states:
+        positive = encoder(pixels, output_hidden_states=True).hidden_states[-2].mean(0, keepdim=True)
+        negative = encoder(zeros, output_hidden_states=True).hidden_states[-2]
+    else:
+        positive = encoder(pixels).image_embeds.mean(0, keepdim=True)
+        negative = torch.zeros_like(positive)
+    # (batch, images, ...) as diffusers' image projection expects: one (averaged) image per adapter
+    return positive[:, None], negative[:, None]
+
+
+class IPAdapterPatch:
+    """Installs IP-Adapter attention processors on the UNet for one request and removes them after."""
+
+    def __init__(self, unet, applications: list[IPAdapterApplication]):
+        self.unet = unet
+        self.applications = applications
+        self._original = None
+        self._embeds: dict[tuple, list[torch.Tensor]] = {}
+
+    def __enter__(self) -> "IPAdapterPatch":
+        self._original = dict(self.unet.attn_processors)
+        self._original_proj = self.unet.encoder_hid_proj
+        self._original_type = self.unet.config.encoder_hid_dim_type
+        from diffusers.utils import logging as diffusers_logging
+
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # its "kept in float32" notice would print every batch
+        try:
+            self.unet._load_ip_adapter_weights([a.adapter.state for a in self.applications], low_cpu_mem_usage=False)
+        finally:
+            diffusers_logging.set_verbosity(level)
+        self._processors = [p for p in self.unet.attn_processors.values() if isinstance(getattr(p, "scale", None), list)]
+        self._scales: list[float] | None = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.unet.set_attn_processor(self._original)
+        self.unet.encoder_hid_proj = self._original_proj
+        self.unet.config.encoder_hid_dim_type = self._original_type
+
+    def set_step(self, fraction: float) -> None:
+        """Unit weights inside each unit's start/end fraction of the steps, zero outside."""
+        scales = [a.weight if a.start <= fraction <= a.end else 0.0 for a in self.applications]
+        if scales != self._scales:
+            for processor in self._processors:
+                processor.scale = scales
+            self._scales = scales
+
+    def image_embeds(self, batch: int, copies: int, with_uncond: bool, dtype, device) -> list[torch.Tensor]:
+        """One tensor per adapter, laid out like the denoiser's batch: [uncond, cond, cond...] x batch."""
+        key = (batch, copies, with_uncond, dtype, device)
+        if key not in self._embeds:
+            embeds = []
+            for app in self.applications:
+                parts = [app.negative] * (1 if with_uncond else 0) + [app.positive] * (copies - int(with_uncond))
+                embeds.append(torch.cat([p.expand(batch, *p.shape[1:]) for p in parts]).to(device, dtype))
+            self._embeds[key] = embeds
+        return self._embeds[key]
+
+
+def prepare_adapters(units: list, model, library: IPAdapterLibrary, fallback: Image.Image | None
+                     ) -> tuple[IPAdapterPatch | None, dict[str, str]]:
+    """The request's enabled IP-Adapter units as one patch for the model's UNet, and their infotext."""
+    applications, params = [], {}
+    for index, unit in enumerate(units):
+        if not unit.enabled or not unit.is_ip_adapter:
+            continue
+        image = unit.image if unit.image is not None else fallback
+        if image is None:
+            raise IPAdapterError(f"ControlNet unit {index} (IP-Adapter): give it a reference image")
+        if unit.model in ("", "None"):
+            raise IPAdapterError(f"ControlNet unit {index} (IP-Adapter): choose an IP-Adapter model")
+        adapter = library.find(unit.model)
+        cross = model.configs["unet"]["cross_attention_dim"]
+        if adapter.cross_attention_width != cross:
+            raise IPAdapterError(f"ControlNet unit {index}: IP-Adapter {adapter.name} is for another model family "
+                                 f"(cross-attention {adapter.cross_attention_width}, this checkpoint {cross})")
+        encoder = library.encoder_for(adapter, model.device.device, model.device.dtype)
+        positive, negative = embed(encoder, adapter, [image])
+        applications.append(IPAdapterApplication(adapter, positive, negative, unit.weight, unit.guidance_start,
+                                                 unit.guidance_end))
+        params[f"ControlNet {index}"] = unit.infotext(f"{adapter.name} [{legacy_short_hash(adapter.path)}]")
+    return (IPAdapterPatch(model.unet, applications) if applications else None), params
+
+
+def write_test_adapter(path: Path, unet, embedding_width: int, seed: int = 0) -> Path:
+    """A random plain IP-Adapter for `unet` in the published key layout (tests, benchmarks)."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    cross, tokens = unet.config.cross_attention_dim, 4  # plain adapters have 4 image tokens
+    tensors = {"image_proj.proj.weight": torch.randn(tokens * cross, embedding_width, generator=generator) * 0.1,
+               "image_proj.proj.bias": torch.zeros(tokens * cross),
+               "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
+    key_id = 1  # the published numbering: the index among all attention processors, cross ones are odd
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = unet.config.block_out_channels[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(unet.config.block_out_channels))[int(name[len("up_blocks.")])]
+        else:
+            hidden = unet.config.block_out_channels[int(name[len("down_blocks.")])]
+        for kind in ("to_k_ip", "to_v_ip"):
+            tensors[f"ip_adapter.{key_id}.{kind}.weight"] = torch.randn(hidden, cross, generator=generator) * 0.5
+        key_id += 2
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path
+
+
+def write_test_encoder(path: Path, projection_dim: int, hidden_size: int = 32, seed: int = 0) -> Path:
+    """A tiny random CLIP vision encoder (.safetensors + .json config sidecar) for tests."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = {"hidden_size": hidden_size, "intermediate_size": hidden_size * 2, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "patch_size": 14, "image_size": 56, "projection_dim": projection_dim,
+              "hidden_act": "gelu", "layer_norm_eps": 1e-5}
+    torch.manual_seed(seed)
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig(**config))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    path.with_suffix(".json").write_text(json.dumps(config))
+    return path

@@ -1,0 +1,138 @@
+""""Send to" buttons: an image and its generation parameters go to another tab.
+
+The parameters are parsed with core.pnginfo (any tool's format), turned into request
+field values, and written into the target tab's controls by field name. The checkpoint
+recorded in the image is selected when it is installed (matched by hash, then by name).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import gradio as gr
+from PIL import Image
+
+from ..app import Easel
+from ..core import samplers
+from ..core.infotext import parse_infotext
+from ..core.pnginfo import infotext_to_fields
+from ..model_manager.registry import ModelNotFoundError
+from .common import esc
+from .controlnet_ui import PREFIX as CONTROLNET_PREFIX, pasted_unit_fields
+from .generation_controls import GenerationControls
+
+# request fields a pasted infotext may set, when the target tab has a control for them
+PASTEABLE = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed", "width",
+             "height", "enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
+             "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "denoising_strength", "mask_blur",
+             "inpaint_full_res_padding", "lora_composition", "subseed", "subseed_strength", "seed_resize_from_w",
+             "seed_resize_from_h", "cfg_rescale", "cfg_interval_start", "cfg_interval_end")
+
+
+@dataclass
+class SendTarget:
+    tab: str                                   # id of the top-level tab
+    label: str
+    image: Any = None                          # component receiving the picture
+    image_value: Callable[[Image.Image], Any] = lambda image: image
+    controls: GenerationControls | None = None
+    subtab: tuple[Any, Any] | None = None      # (Tabs component, id) to select inside the tab
+    extra_outputs: list = field(default_factory=list)
+
+    def fields(self) -> list[str]:
+        if self.controls is None:
+            return []
+        units = [name for name in self.controls.inputs if name.startswith(CONTROLNET_PREFIX)]
+        return [name for name in PASTEABLE if name in self.controls.inputs] + units
+
+    def outputs(self) -> list:
+        outs = [self.image] if self.image is not None else []
+        return outs + [self.controls.inputs[n] for n in self.fields()]
+
+
+def find_checkpoint(easel: Easel, hint: dict[str, str]) -> str | None:
+    """Installed checkpoint title for an infotext's Model hash / Model name, hash first."""
+    for query in (hint.get("hash"), hint.get("name")):
+        if query:
+            try:
+                return easel.models.registry.title(easel.models.find(query))
+            except ModelNotFoundError:
+                continue
+    return None
+
+
+def pasted_fields(easel: Easel, text: str) -> dict[str, Any]:
+    """Request field values from an infotext; extensions may adjust them (infotext_pasted hook)."""
+    info = parse_infotext(text) if text else None
+    values = infotext_to_fields(info) if info else {}
+    if info:
+        values.update(pasted_unit_fields(info.params))
+    easel.engine.hooks.call("infotext_pasted", text=text, fields=values)
+    return values
+
+
+def paste_updates(easel: Easel, target: SendTarget, text: str) -> list:
+    values = pasted_fields(easel, text)
+    updates = []
+    for name in target.fields():
+        if name not in values:
+            updates.append(gr.skip())
+            continue
+        value = values[name]
+        if name in ("hr_sampler_name", "hr_scheduler") and not value:
+            value = "Use same"
+        if name == "sampler_name" and value not in samplers.sampler_names():
+            updates.append(gr.skip())
+            continue
+        updates.append(value)
+    return updates
+
+
+def checkpoint_update(easel: Easel, text: str) -> tuple[Any, str]:
+    """(dropdown update, note) for the checkpoint an infotext names."""
+    hint = infotext_to_fields(parse_infotext(text)).get("checkpoint_hint") if text else None
+    if not hint:
+        return gr.skip(), ""
+    title = find_checkpoint(easel, hint)
+    if title:
+        return gr.update(value=title, choices=easel.models.titles()), f"Checkpoint {esc(title)} selected (from the image's parameters)."
+    name = hint.get("name") or hint.get("hash")
+    return gr.skip(), f"The image was made with {esc(name)}, which is not installed."
+
+
+def gallery_image(gallery: Any, index: int) -> Image.Image | None:
+    if not gallery:
+        return None
+    index = index if isinstance(index, int) and 0 <= index < len(gallery) else 0
+    item = gallery[index]
+    source = item[0] if isinstance(item, (list, tuple)) else item
+    if isinstance(source, dict):
+        source = source.get("path") or source.get("image", {}).get("path")
+    if isinstance(source, Image.Image):
+        return source
+    try:
+        return Image.open(source).convert("RGB") if source else None
+    except OSError:
+        return None
+
+
+def wire_send_buttons(easel: Easel, tabs: gr.Tabs, checkpoint: gr.Dropdown, source: GenerationControls,
+                      targets: list[SendTarget]) -> None:
+    """Buttons under a gallery: the selected image and its parameters go to each target tab."""
+    with source.send_row:
+        for target in targets:
+            if target.controls is source:
+                continue
+            button = gr.Button(f"Send to {target.label}", size="sm", elem_id=f"{source.prefix}_send_to_{target.tab}")
+
+            def send(gallery, index, texts, target=target):
+                image = gallery_image(gallery, index)
+                text = texts[index] if texts and isinstance(index, int) and 0 <= index < len(texts) else ""
+                picked, _ = checkpoint_update(easel, text)
+                image_update = [target.image_value(image) if image is not None else gr.skip()] if target.image else []
+                sub = [gr.Tabs(selected=target.subtab[1])] if target.subtab else []
+                return [gr.Tabs(selected=target.tab), picked, *sub, *image_update,
+                        *paste_updates(easel, target, text)]
+
+            outputs = [tabs, checkpoint] + ([target.subtab[0]] if target.subtab else []) + target.outputs()
+            button.click(send, [source.gallery, source.selected, source.infotexts], outputs, api_name=False)
