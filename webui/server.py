@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from . import __version__
+from .api.controlnet import controlnet_router
 from .app import Easel
 from .ui.common import CSS
 from .ui.layout import build_ui
@@ -76,6 +77,7 @@ def create_fastapi(easel: Easel, options: ServerOptions) -> FastAPI:
                     return Response(status_code=401, headers={"WWW-Authenticate": 'Basic realm="Easel"'})
             return await call_next(request)
 
+    app.include_router(controlnet_router(easel))
     _mount_extension_assets(app, easel)
     easel.engine.hooks.call("app_started", app=app, easel=easel)
 
