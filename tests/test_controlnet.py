@@ -244,3 +244,22 @@ def test_t2i_adapter_layouts_listing_and_effect(app):
     # combines with a ControlNet unit
     both = px(generate(app, [adapter, unit()]))
     assert np.abs(both - steered).mean() > 0.2
+
+
+def test_base64_unit_images_decode_once_and_bad_ones_name_the_field(app):
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    picture().save(buffer, format="PNG")
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    units = [unit(image=encoded), unit(image=None, input_image="data:image/png;base64," + encoded)]
+    direct = px(generate(app, [unit()]))
+    assert np.array_equal(px(generate(app, units[:1])), direct)
+    assert isinstance(units[0]["image"], Image.Image)  # decoded in place, once
+    assert np.array_equal(px(generate(app, units[1:])), direct)
+    with pytest.raises(ValidationError) as caught:
+        app.submit(GenerationRequest(prompt="x", alwayson_scripts={"controlnet": {"args": [
+            unit(image="/etc/passwd"), unit(image="bm90IGFuIGltYWdl")]}}))
+    assert {e.field for e in caught.value.errors} == {"alwayson_scripts.controlnet.args[0].image",
+                                                       "alwayson_scripts.controlnet.args[1].image"}

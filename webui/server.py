@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from . import __version__
 from . import api
 from .api.security import BasicAuth, BodyLimit, SameOrigin, parse_credentials
+from .api.controlnet import controlnet_router
 from .app import Easel
 from .ui.common import CSS
 from .ui.layout import build_ui
@@ -76,6 +77,7 @@ def create_fastapi(easel: Easel, options: ServerOptions) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=options.cors_allow_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
 
+    app.include_router(controlnet_router(easel))
     _mount_extension_assets(app, easel)
     easel.engine.hooks.call("app_started", app=app, easel=easel)
 

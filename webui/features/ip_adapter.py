@@ -174,6 +174,10 @@ class IPAdapterLibrary:
         with safe_open(str(path), framework="pt") as handle:
             return any(k.startswith("ip_adapter.") for k in handle.keys())
 
+    def titles(self) -> list[tuple[str, str]]:
+        """(name, 8-digit legacy hash) of every adapter file."""
+        return [(p.stem, legacy_short_hash(p)) for p in self.adapter_paths()]
+
     def names_for(self, unet_config: dict[str, Any]) -> list[str]:
         names = []
         for path in self.adapter_paths():

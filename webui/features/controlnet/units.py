@@ -7,12 +7,15 @@ Infotext records each enabled unit as `ControlNet i: "Module: canny, Model: ...,
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
+from ...core.image_input import open_image_checked
 from ...core.request import FieldError
 
 SCRIPT = "controlnet"
@@ -92,6 +95,10 @@ def parse_units(alwayson: dict[str, Any]) -> tuple[list[ControlUnit], list[Field
         if not isinstance(data, dict):
             errors.append(FieldError(where, "must be an object"))
             continue
+        problem = _decode_images(data)
+        if problem:
+            errors.append(FieldError(f"{where}.{problem[0]}", problem[1]))
+            continue
         # fields Easel does not use (lowvram, ...) are accepted and ignored
         values = {**DEFAULTS, **{k: v for k, v in data.items() if k in DEFAULTS}}
         if "input_image" in data and values["image"] is None:
@@ -109,6 +116,26 @@ def parse_units(alwayson: dict[str, Any]) -> tuple[list[ControlUnit], list[Field
                 guidance_start=float(values["guidance_start"]), guidance_end=float(values["guidance_end"]),
                 control_mode=_index(values["control_mode"], CONTROL_MODES), pixel_perfect=bool(values["pixel_perfect"])))
     return units, errors
+
+
+def _decode_images(data: dict[str, Any]) -> tuple[str, str] | None:
+    """Base64 images (as API clients send them) become PIL images, in place, so they are decoded once.
+
+    Never a path: a string is only ever read as base64 (optionally a data: URL).
+    """
+    for name in ("image", "input_image"):
+        value = data.get(name)
+        if isinstance(value, dict):  # the extension's {"image": ..., "mask": ...} form
+            value = value.get("image")
+        if not isinstance(value, str):
+            continue
+        encoded = value.split(",", 1)[1] if value.startswith("data:") else value
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+            data[name] = open_image_checked(raw, name=name)
+        except (binascii.Error, ValueError) as exc:
+            return name, f"must be a base64-encoded image ({exc})"
+    return None
 
 
 def _check(v: dict[str, Any]) -> list[tuple[str, str]]:
