@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import ipaddress
 import socket
 from typing import Callable
 from urllib.parse import urlsplit
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from ..core.image_input import DEFAULT_MAX_MEGAPIXELS, ImageInputError, open_image_checked
 from ..core.images import encode_image
-from .errors import ApiError, invalid
+from .errors import invalid
 
-MAX_IMAGE_PIXELS = 8192 * 8192
 MAX_DOWNLOAD_BYTES = 32 * 1024 * 1024
 DOWNLOAD_TIMEOUT = 20.0
 
@@ -88,7 +87,8 @@ def _download(field: str, url: str) -> bytes:
         raise invalid(field, f"the image URL could not be fetched ({type(exc).__name__})") from exc
 
 
-def decode_image(field: str, value: str, *, allow_urls: bool = False) -> Image.Image:
+def decode_image(field: str, value: str, *, allow_urls: bool = False,
+                 max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Image.Image:
     """A PIL image from base64, a data: URL, or (if allowed and public) an http(s) URL."""
     if not isinstance(value, str) or not value.strip():
         raise invalid(field, "an image is required (base64)")
@@ -105,13 +105,6 @@ def decode_image(field: str, value: str, *, allow_urls: bool = False) -> Image.I
         except (binascii.Error, ValueError) as exc:
             raise invalid(field, "is not valid base64") from exc
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            if probe.width * probe.height > MAX_IMAGE_PIXELS:
-                raise invalid(field, f"the image is {probe.width}x{probe.height}; at most {MAX_IMAGE_PIXELS} pixels")
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        return image
-    except ApiError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise invalid(field, "is not an image Easel can read (PNG, JPEG, WebP, ...)") from exc
+        return open_image_checked(data, max_megapixels, field)
+    except ImageInputError as exc:
+        raise invalid(field, str(exc).removeprefix(f"{field}: ")) from exc

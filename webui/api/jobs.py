@@ -20,8 +20,7 @@ from ..core.jobs import Job, JobState
 from . import models as m
 from .context import ApiContext, job_info
 from .errors import ApiError
-from .sdapi import _task_id, generation_response, missing
-from .translate import apply_infotext, to_generation_request
+from .sdapi import _task_id, generation_response, missing, prepare
 
 
 def _validation_error(exc: pydantic.ValidationError, prefix: tuple[str, ...]) -> ApiError:
@@ -45,22 +44,20 @@ def build_router(ctx: ApiContext) -> APIRouter:
         return job
 
     @router.post("", status_code=202, response_model=m.JobInfo)
-    def submit(body: m.JobSubmit, request: Request):
+    async def submit(body: m.JobSubmit, request: Request):
         """Queue a generation; `params` is the body the matching /sdapi/v1 endpoint takes."""
-        if body.type == "img2img":
-            raise missing("img2img")
         if body.type.startswith("extra"):
             raise missing("extras")
+        model = m.Img2ImgRequest if body.type == "img2img" else m.Txt2ImgRequest
         try:
-            params = m.Txt2ImgRequest.model_validate(body.params)
+            params = model.model_validate(body.params)
         except pydantic.ValidationError as exc:
             raise _validation_error(exc, ("body", "params")) from exc
-        params = apply_infotext(params)
         try:
-            gen = to_generation_request(params, easel.models, easel.settings, "txt2img")
+            gen = await prepare(ctx, params, body.type)
         except ApiError as exc:
             raise _prefixed(exc) from exc
-        job = easel.submit_txt2img(gen, owner=ctx.owner(request), job_id=_task_id(ctx, params.force_task_id))
+        job = easel.submit(gen, owner=ctx.owner(request), job_id=_task_id(ctx, params.force_task_id))
         job.meta.update(type=body.type, body=params, request=gen)
         return JSONResponse(job_info(ctx, request, job), status_code=202, headers={"Location": f"{router.prefix}/{job.id}"})
 

@@ -70,12 +70,19 @@ class GenerationFields(Strict):
     force_task_id: Optional[str] = Field(default=None, description="Use this as the job id (see /easel/v1/jobs).")
     sampler_index: str = Field(default="Euler", description="Legacy name of sampler_name; used when that is null.")
     script_name: Optional[str] = None
-    script_args: Optional[list[Any]] = Field(default_factory=list)
+    script_args: Optional[list[Any] | dict[str, Any]] = Field(
+        default_factory=list, description="the script's arguments in script-info order, or an object by argument name")
     send_images: bool = True
     save_images: bool = False
     alwayson_scripts: Optional[dict[str, Any]] = Field(default_factory=dict)
     infotext: Optional[str] = Field(default=None, description="Generation parameters text; fills every field the "
                                                               "request does not set itself.")
+    # Easel's own generation fields beyond AUTOMATIC1111's (see GenerationRequest)
+    cfg_rescale: float = Field(default=0.0, description="CFG rescale phi (0 = off)")
+    cfg_interval_start: float = Field(default=0.0, description="fraction of the steps where CFG starts")
+    cfg_interval_end: float = Field(default=1.0, description="fraction of the steps where CFG ends")
+    lora_composition: Literal["Merge", "Switch", "Composite"] = "Merge"
+    lora_switch_steps: int = 1
 
 
 class Txt2ImgRequest(GenerationFields):
@@ -110,6 +117,10 @@ class Img2ImgRequest(GenerationFields):
     initial_noise_multiplier: Optional[float] = None
     latent_mask: Optional[str] = None
     include_init_images: bool = False
+    outpaint_left: int = Field(default=0, description="Easel: grow the canvas this many pixels and inpaint it")
+    outpaint_right: int = 0
+    outpaint_up: int = 0
+    outpaint_down: int = 0
 
 
 class ImageResponse(BaseModel):
@@ -277,6 +288,7 @@ class ScriptsList(BaseModel):
 
 
 class ScriptArg(Loose):
+    name: Optional[str] = Field(default=None, description="Easel: the argument's name (script_args may be an object)")
     label: Optional[str] = None
     value: Optional[Any] = None
     minimum: Optional[Any] = None

@@ -7,19 +7,23 @@ with AUTOMATIC1111's response shape. Endpoints for features Easel does not have 
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path
 from typing import Any, Callable
 
 from fastapi import APIRouter, Body, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..core import samplers
-from ..core.images import read_infotext
 from ..core.infotext import parse_infotext
+from ..core.pnginfo import read_generation_info
 from ..core.jobs import Job, JobState
 from ..core.request import GenerationRequest
+from ..features.hires import LATENT_MODES
 from . import models as m
+from . import scripts as script_api
 from .context import ApiContext, a1111_progress
 from .errors import ApiError, job_error, not_implemented
 from .images import decode_image
@@ -32,8 +36,8 @@ SCHEDULER_EXTRAS = {"karras": (7.0, False), "polyexponential": (1.0, False), "sg
                     "normal": (-1.0, True), "ddim": (-1.0, True)}
 
 NOT_YET = {
-    "img2img": ("img2img", "Use /sdapi/v1/txt2img, or the UI, until img2img lands."),
-    "extras": ("the Extras tab (upscalers, face restoration)", ""),
+    "extras": ("the Extras tab (upscalers, face restoration)",
+               "It is being built on its own branch; this route answers once it has landed."),
     "interrogate": ("interrogation (CLIP / DeepBooru captions)", ""),
     "training": ("training embeddings and hypernetworks", ""),
 }
@@ -43,6 +47,14 @@ def missing(feature: str) -> ApiError:
     """501 for a whole endpoint whose feature Easel does not have yet."""
     capability, hint = NOT_YET[feature]
     return not_implemented(capability, hint=hint)
+
+
+async def prepare(ctx: ApiContext, body: m.GenerationFields, kind: str) -> GenerationRequest:
+    """infotext, translation, image decoding and validation, off the event loop (images can be large)."""
+    def work() -> GenerationRequest:
+        return to_generation_request(apply_infotext(body), ctx.easel, kind)
+
+    return await run_in_threadpool(work)
 
 
 async def submit_and_wait(ctx: ApiContext, request: Request, run: Callable[[Job], Any], kind: str,
@@ -59,7 +71,7 @@ async def submit_and_wait(ctx: ApiContext, request: Request, run: Callable[[Job]
 async def run_generation(ctx: ApiContext, request: Request, body: m.GenerationFields,
                          gen: GenerationRequest, kind: str) -> dict:
     """Queue a validated request, wait for it, and answer in AUTOMATIC1111's shape."""
-    job = ctx.easel.submit_txt2img(gen, owner=ctx.owner(request), job_id=_task_id(ctx, body.force_task_id))
+    job = ctx.easel.submit(gen, owner=ctx.owner(request), job_id=_task_id(ctx, body.force_task_id))
     job.meta.update(type=kind, body=body, request=gen)
     if not await ctx.wait(job, request):
         raise ApiError(499, "client closed the request; the job was cancelled")
@@ -90,20 +102,21 @@ def build_router(ctx: ApiContext) -> APIRouter:
     @router.post("/txt2img", response_model=m.TextToImageResponse)
     async def txt2img(body: m.Txt2ImgRequest, request: Request):
         """Text to image, with AUTOMATIC1111's fields and defaults (steps 50, 512x512, sampler Euler)."""
-        body = apply_infotext(body)
-        gen = to_generation_request(body, easel.models, easel.settings, "txt2img")
+        gen = await prepare(ctx, body, "txt2img")
         return await run_generation(ctx, request, body, gen, "txt2img")
 
-    @router.post("/img2img", response_model=m.ImageToImageResponse, status_code=200,
-                 responses={501: {"description": "img2img is not implemented yet"}})
-    async def img2img(body: m.Img2ImgRequest):
-        raise missing("img2img")
+    @router.post("/img2img", response_model=m.ImageToImageResponse)
+    async def img2img(body: m.Img2ImgRequest, request: Request):
+        """Image to image and inpainting (init_images, mask, inpainting_fill, inpaint_full_res, resize_mode,
+        denoising_strength), with AUTOMATIC1111's fields and defaults."""
+        gen = await prepare(ctx, body, "img2img")
+        return await run_generation(ctx, request, body, gen, "img2img")
 
-    @router.post("/extra-single-image", responses={501: {"description": "not implemented yet"}})
+    @router.post("/extra-single-image", responses={501: {"description": "Extras has not landed yet"}})
     async def extra_single_image(body: m.ExtrasSingleImageRequest):
         raise missing("extras")
 
-    @router.post("/extra-batch-images", responses={501: {"description": "not implemented yet"}})
+    @router.post("/extra-batch-images", responses={501: {"description": "Extras has not landed yet"}})
     async def extra_batch_images(body: m.ExtrasBatchImagesRequest):
         raise missing("extras")
 
@@ -118,10 +131,15 @@ def build_router(ctx: ApiContext) -> APIRouter:
 
     @router.post("/png-info", response_model=m.PNGInfoResponse)
     def png_info(body: m.PNGInfoRequest):
-        image = decode_image("image", body.image, allow_urls=bool(easel.settings.get("api_enable_requests")))
-        text = read_infotext(image) or ""
-        items = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, (str, int, float))
-                 and k != "parameters"}
+        """Generation parameters stored in an image by AUTOMATIC1111, Forge, ComfyUI, InvokeAI, NovelAI, Fooocus
+        or Easel, as AUTOMATIC1111's infotext (`info`), its parsed form (`parameters`) and every text chunk."""
+        image = decode_image("image", body.image, allow_urls=bool(easel.settings.get("api_enable_requests")),
+                             max_megapixels=float(easel.settings.get("img_max_size_mp") or 100))
+        found = read_generation_info(image)
+        text = found.text
+        items = {k: v for k, v in found.raw.items() if k != "parameters"}
+        if found.tool:
+            items["easel_source"] = found.tool
         return {"info": text, "items": items, "parameters": _parameters(text) if text else {}}
 
     # ---- progress and control --------------------------------------------------------------------
@@ -214,57 +232,69 @@ def build_router(ctx: ApiContext) -> APIRouter:
 
     @router.get("/sd-vae", response_model=list[m.SDVaeItem])
     def get_sd_vae():
-        """Empty: choosing a separate VAE is not available in Easel yet."""
+        """Empty: Easel uses each checkpoint's own VAE; choosing a separate one is not available yet."""
         return []
 
     @router.get("/loras", response_model=list[m.LoraItem])
     def get_loras():
-        """Empty: LoRA support is not available in Easel yet."""
-        return []
+        """LoRA files in models/Lora: `name` is what <lora:name:weight> takes; `path` is relative to that folder."""
+        items = []
+        for path in easel.engine.loras.files():
+            relative = _relative(path, easel.engine.loras.folders)
+            items.append({"name": path.stem, "alias": _lora_alias(path), "path": relative,
+                          "metadata": _safetensors_metadata(path)})
+        return items
 
     @router.get("/embeddings", response_model=m.EmbeddingsResponse)
     def get_embeddings():
-        """Empty: textual-inversion embeddings are not available in Easel yet."""
-        return {"loaded": {}, "skipped": {}}
+        """Textual-inversion embeddings: those that fit the loaded checkpoint's text encoders are `loaded`."""
+        return _embeddings(easel)
 
     @router.get("/hypernetworks", response_model=list[m.HypernetworkItem])
     def get_hypernetworks():
+        """Empty: hypernetworks are not supported."""
         return []
 
-    @router.get("/upscalers", response_model=list[m.UpscalerItem])
+    @router.get("/upscalers", response_model=list[m.UpscalerItem],
+                responses={501: {"description": "Extras has not landed yet"}})
     def get_upscalers():
-        """Empty: upscalers (Extras, hires fix) are not available in Easel yet."""
-        return []
+        raise missing("extras")
 
     @router.get("/latent-upscale-modes", response_model=list[m.LatentUpscalerModeItem])
     def get_latent_upscale_modes():
-        """Empty: hires fix is not available in Easel yet."""
-        return []
+        """The latent upscalers hires fix takes as hr_upscaler."""
+        return [{"name": name} for name in LATENT_MODES]
 
-    @router.get("/face-restorers", response_model=list[m.FaceRestorerItem])
+    @router.get("/face-restorers", response_model=list[m.FaceRestorerItem],
+                responses={501: {"description": "Extras has not landed yet"}})
     def get_face_restorers():
-        return []
+        raise missing("extras")
 
-    @router.get("/realesrgan-models", response_model=list[m.RealesrganItem])
+    @router.get("/realesrgan-models", response_model=list[m.RealesrganItem],
+                responses={501: {"description": "Extras has not landed yet"}})
     def get_realesrgan_models():
-        return []
+        raise missing("extras")
 
     @router.get("/prompt-styles", response_model=list[m.PromptStyleItem])
     def get_prompt_styles():
-        """Empty: prompt styles are not available in Easel yet."""
-        return []
+        """The styles in styles.csv; a request's `styles` names them."""
+        return [{"name": st.name, "prompt": st.prompt, "negative_prompt": st.negative_prompt}
+                for st in easel.engine.styles.all()]
 
     @router.get("/scripts", response_model=m.ScriptsList)
     def get_scripts():
-        return {"txt2img": [], "img2img": []}
+        """Selectable scripts per tab (lower-case titles, as script_name takes them)."""
+        return script_api.script_list(easel.engine.scripts)
 
     @router.get("/script-info", response_model=list[m.ScriptInfo])
     def get_script_info():
-        return []
+        """Every script's arguments, in the order a positional script_args list gives them."""
+        return script_api.script_info(easel.engine.scripts)
 
     @router.get("/extensions", response_model=list[m.ExtensionItem])
     def get_extensions():
-        return []
+        """Installed extensions (bundled ones included), enabled or not."""
+        return _extensions(easel)
 
     @router.get("/memory", response_model=m.MemoryResponse)
     def get_memory():
@@ -279,10 +309,14 @@ def build_router(ctx: ApiContext) -> APIRouter:
 
     @router.post("/refresh-vae")
     def refresh_vae():
+        """Nothing to rescan: checkpoints bring their own VAE."""
         return None
 
     @router.post("/refresh-loras")
     def refresh_loras():
+        """LoRA and embedding folders are read when used; this checks that they can be listed."""
+        easel.engine.loras.files()
+        easel.engine.embeddings.all()
         return None
 
     @router.post("/unload-checkpoint")
@@ -308,6 +342,67 @@ def _parameters(text: str) -> dict[str, Any]:
         width, _, height = info.params["Size"].partition("x")
         params["Size-1"], params["Size-2"] = width, height
     return params
+
+
+def _relative(path: Path, folders: list[Path]) -> str:
+    """A file's name under its models folder: never the server's absolute path."""
+    for folder in folders:
+        try:
+            return path.relative_to(folder).as_posix()
+        except ValueError:
+            continue
+    return path.name
+
+
+def _safetensors_metadata(path: Path) -> dict[str, Any]:
+    """The header's __metadata__ (training tags, base model...), read without loading tensors."""
+    if path.suffix != ".safetensors":
+        return {}
+    try:
+        with path.open("rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 0 < size <= 100 << 20:
+                return {}
+            header = json.loads(handle.read(size))
+        metadata = header.get("__metadata__") or {}
+        return {k: v for k, v in metadata.items() if isinstance(k, str) and isinstance(v, str)}
+    except (OSError, ValueError):
+        return {}
+
+
+def _lora_alias(path: Path) -> str:
+    return _safetensors_metadata(path).get("ss_output_name") or path.stem
+
+
+def _embeddings(easel) -> dict[str, Any]:
+    current = easel.models.current
+    widths: set[int] = set()
+    if current is not None:
+        for encoder in (getattr(current, "text_encoders", None) or {}).values():
+            width = getattr(getattr(encoder, "config", None), "hidden_size", None)
+            if width:
+                widths.add(int(width))
+    loaded, skipped = {}, {}
+    library = easel.engine.embeddings
+    for embedding in library.all():
+        shapes = {int(v.shape[-1]) for v in embedding.vectors.values()}
+        item = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                "shape": max(shapes) if shapes else 0, "vectors": embedding.length}
+        fits = current is None or bool(shapes & widths)
+        (loaded if fits else skipped)[embedding.name] = item
+    return {"loaded": loaded, "skipped": skipped}
+
+
+def _extensions(easel) -> list[dict[str, Any]]:
+    manager = easel.extensions
+    if manager is None:
+        return []
+    items = []
+    for ext in manager.extensions:
+        items.append({"name": ext.name, "remote": ext.remote or "", "branch": ext.branch or "",
+                      "commit_hash": ext.commit or "", "version": ext.manifest.version or "",
+                      "commit_date": "", "enabled": bool(ext.enabled and ext.loaded)})
+    return items
 
 
 def _ram() -> dict[str, Any]:

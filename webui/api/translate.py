@@ -4,9 +4,11 @@ Every A1111 field ends in exactly one of three places, so nothing sent is silent
 
 - a `GenerationRequest` field of the same name: passed through, validated by the engine
   (this grows by itself as features land: a field added there is passed from then on);
+  images (init_images, mask) are decoded here, scripts are matched by name or title and
+  their positional `script_args` mapped onto the script's named arguments;
 - a field with meaning only when something is switched on (hires settings without
   `enable_hr`, `s_tmin` without `s_churn`): accepted, as AUTOMATIC1111 ignores it too;
-- a feature Easel does not have yet, switched on: 501 naming the capability.
+- a feature Easel does not have, switched on: 501 naming the capability.
 """
 from __future__ import annotations
 
@@ -16,55 +18,47 @@ import time
 from dataclasses import fields
 from typing import Any
 
+import pydantic
+
 from .. import __version__
 from ..core import samplers
 from ..core.infotext import parse_infotext
+from ..core.pnginfo import infotext_to_fields
 from ..core.jobs import Job
-from ..core.request import FieldError, GenerationRequest, Result, ValidationError
+from ..core.request import GenerationRequest, Result, ValidationError
 from ..model_manager.registry import ModelNotFoundError
 from ..settings import Settings, SettingsStore
 from .errors import ApiError, field_errors, invalid, not_implemented
-from .images import encode_b64
-from .models import GenerationFields, Txt2ImgRequest
+from . import scripts as script_api
+from .images import decode_image, encode_b64
+from .models import GenerationFields, Img2ImgRequest, Txt2ImgRequest
 
 REQUEST_FIELDS = frozenset(GenerationRequest.field_names())
 _REQUEST_DEFAULTS = {f.name: f.default for f in fields(GenerationRequest)}
 # handled here rather than passed through by name
-_SPECIAL = {"sampler_name", "scheduler", "save_images", "override_settings", "mode", "checkpoint", "extra"}
+_SPECIAL = {"sampler_name", "scheduler", "save_images", "override_settings", "mode", "checkpoint", "extra",
+            "script_name", "script_args", "alwayson_scripts", "init_images", "mask", "mask_blur"}
 
 # AUTOMATIC1111 options Easel has no setting for, with the values that mean "what Easel does anyway"
 NEUTRAL_OPTIONS: dict[str, tuple[Any, ...]] = {
     "sd_vae": ("Automatic", "None", None),
-    "CLIP_stop_at_last_layers": (1,),
-    "eta_noise_seed_delta": (0,),
 }
 
-# AUTOMATIC1111's built-in selectable scripts, by lower-case title
-A1111_SCRIPTS = {
-    "prompt matrix": "the Prompt matrix script",
-    "prompts from file or textbox": "the Prompts from file or textbox script",
-    "x/y/z plot": "the X/Y/Z plot script",
-    "sd upscale": "the SD upscale script",
-    "loopback": "the Loopback script",
-    "outpainting mk2": "the Outpainting mk2 script",
-    "poor man's outpainting": "the Poor man's outpainting script",
-}
-
-# always-on scripts of AUTOMATIC1111 and its popular extensions, by lower-case name
+# always-on scripts of AUTOMATIC1111 and its popular extensions that Easel lacks, by lower-case name:
+# clients send them switched off, which is fine; switched on, they are a 501 naming the capability
 A1111_ALWAYSON = {
-    "controlnet": "ControlNet",
     "adetailer": "ADetailer",
     "animatediff": "AnimateDiff",
     "reactor": "ReActor face swap",
     "roop": "roop face swap",
     "self attention guidance": "Self Attention Guidance",
     "refiner": "the SDXL refiner",
-    "seed": "variation seeds",
+    "seed": "variation seeds through the Seed script (use subseed/subseed_strength)",
     "regional prompter": "Regional Prompter",
     "dynamic prompts v2.17.1": "Dynamic Prompts",
     "tiled diffusion": "Tiled Diffusion",
     "tiled vae": "Tiled VAE",
-    "ip adapter": "IP-Adapter",
+    "sampler": "the Sampler script (use sampler_name/scheduler)",
 }
 
 TASK_ID = re.compile(r"^[A-Za-z0-9_\-().:]{1,100}$")
@@ -129,93 +123,107 @@ def apply_infotext(body: GenerationFields) -> GenerationFields:
     """AUTOMATIC1111's `infotext` field: its values fill every field the request does not set."""
     if not body.infotext:
         return body
-    info = parse_infotext(body.infotext)
-    params = info.params
+    try:
+        restored = infotext_to_fields(parse_infotext(body.infotext))
+    except ValueError as exc:
+        raise invalid("infotext", f"could not be read ({exc})") from exc
     given = body.model_fields_set
+    known = type(body).model_fields
     updates: dict[str, Any] = {}
-
-    def put(name: str, value: Any) -> None:
-        if name not in given and name in type(body).model_fields:
+    for name, value in restored.items():
+        if name == OVERRIDE:
+            updates[OVERRIDE] = {**value, **(body.override_settings or {})}
+        elif name in known and name not in given:
             updates[name] = value
-
-    if info.prompt:
-        put("prompt", info.prompt)
-    if info.negative_prompt:
-        put("negative_prompt", info.negative_prompt)
-    conversions = {"Steps": ("steps", int), "Sampler": ("sampler_name", str), "Schedule type": ("scheduler", str),
-                   "CFG scale": ("cfg_scale", float), "Seed": ("seed", int), "Variation seed": ("subseed", int),
-                   "Variation seed strength": ("subseed_strength", float),
-                   "Denoising strength": ("denoising_strength", float)}
-    for key, (name, convert) in conversions.items():
-        if key in params:
-            try:
-                put(name, convert(params[key]))
-            except ValueError as exc:
-                raise invalid("infotext", f"{key}: {params[key]!r} is not a valid value") from exc
-    if "Size" in params:
-        width, _, height = params["Size"].partition("x")
-        try:
-            put("width", int(width))
-            put("height", int(height))
-        except ValueError as exc:
-            raise invalid("infotext", f"Size: {params['Size']!r} is not WIDTHxHEIGHT") from exc
-    return body.model_copy(update=updates)
+    try:
+        return type(body).model_validate({**body.model_dump(exclude_unset=True), **updates})
+    except pydantic.ValidationError as exc:
+        raise invalid("infotext", f"holds values Easel cannot use ({exc.errors()[0]['msg']})") from exc
 
 
-def _active_features(body: GenerationFields) -> list[tuple[str, str, bool]]:
-    """(field, capability, switched on?) for A1111 features that need engine support."""
+def _unsupported(body: GenerationFields) -> list[tuple[str, str, bool]]:
+    """(field, capability, switched on?) for AUTOMATIC1111 features Easel does not have."""
     checks = [
-        ("subseed_strength", "variation seeds", body.subseed_strength not in (None, 0)),
-        ("seed_resize_from_w", "resize seed from width/height",
-         max(body.seed_resize_from_w or 0, body.seed_resize_from_h or 0) > 0),
         ("restore_faces", "face restoration", bool(body.restore_faces)),
         ("tiling", "tiling", bool(body.tiling)),
-        ("styles", "prompt styles", bool(body.styles)),
         ("s_min_uncond", "s_min_uncond (skipping the negative prompt at low sigmas)",
          body.s_min_uncond not in (None, 0)),
-        ("s_churn", "sampler churn (s_churn)", body.s_churn not in (None, 0)),
-        ("s_noise", "a sampler noise multiplier (s_noise)", body.s_noise not in (None, 1)),
         ("refiner_checkpoint", "the SDXL refiner", body.refiner_checkpoint not in (None, "", "None")),
         ("firstpass_image", "hires fix from a first-pass image", body.firstpass_image is not None),
         ("comments", "comments in the infotext", bool(body.comments)),
+        ("disable_extra_networks", "ignoring <lora:...> tags in the prompt", body.disable_extra_networks),
+        ("override_settings_restore_afterwards", "keeping override_settings after the request (Easel never changes "
+         "saved settings from a generation request)", not body.override_settings_restore_afterwards),
     ]
     if isinstance(body, Txt2ImgRequest):
-        checks.insert(0, ("enable_hr", "hires fix", body.enable_hr is True))
+        checks += [
+            ("firstphase_width", "firstphase_width/height (use width/height with hr_scale)",
+             bool(body.firstphase_width or body.firstphase_height)),
+            ("hr_checkpoint_name", "a different checkpoint for the hires pass",
+             body.hr_checkpoint_name not in (None, "", "Use same checkpoint")),
+        ]
+    if isinstance(body, Img2ImgRequest):
+        checks += [
+            ("image_cfg_scale", "image CFG scale (instruct-pix2pix)", body.image_cfg_scale not in (None, 1.5)),
+            ("mask_round", "an unrounded latent mask", not body.mask_round),
+            ("initial_noise_multiplier", "initial_noise_multiplier", body.initial_noise_multiplier not in (None, 1)),
+            ("latent_mask", "a separate latent mask", body.latent_mask is not None),
+            ("mask_blur_x", "different mask blur along x and y",
+             body.mask_blur is None and body.mask_blur_x != body.mask_blur_y),
+        ]
     return checks
 
 
-def _check_eta(body: GenerationFields, sampler_name: str) -> None:
-    """eta is honoured by Easel's samplers as they are: 1 for ancestral ones, 0 for DDIM."""
-    if "eta" in REQUEST_FIELDS or body.eta is None:
-        return
-    try:
-        info, _ = samplers.resolve(sampler_name)
-    except ValueError:
-        return  # the sampler error is reported by validation
-    if info.stochastic and body.eta != 1:
-        raise not_implemented(f"eta={body.eta} for {info.name} (Easel's {info.name} always uses eta 1)", "eta")
-    if info.name == "DDIM" and body.eta != 0:
-        raise not_implemented(f"eta={body.eta} for DDIM (Easel's DDIM always uses eta 0)", "eta")
+def _overrides(overrides: dict[str, Any] | None, models) -> tuple[str | None, dict[str, Any]]:
+    """(checkpoint, settings for this request) from override_settings; refuses what Easel cannot honour."""
+    overrides = dict(overrides or {})
+    checkpoint = None
+    if "sd_model_checkpoint" in overrides:
+        checkpoint = find_checkpoint(models, f"{OVERRIDE}.sd_model_checkpoint", overrides.pop("sd_model_checkpoint"))
+    kept: dict[str, Any] = {}
+    spec = Settings.spec()
+    for key, value in overrides.items():
+        field = f"{OVERRIDE}.{key}"
+        if key in spec:
+            kept[key] = value  # type, range and protection checked by GenerationRequest.validate
+        elif key in NEUTRAL_OPTIONS:
+            if value not in NEUTRAL_OPTIONS[key]:
+                raise not_implemented(f"the AUTOMATIC1111 option {key}={value!r}", field,
+                                      f"Accepted values today: {', '.join(map(repr, NEUTRAL_OPTIONS[key]))}.")
+        else:
+            raise invalid(field, "unknown setting (GET /sdapi/v1/options lists Easel's settings)")
+    return checkpoint, kept
 
 
-def _check_scripts(body: GenerationFields) -> None:
-    if "script_name" not in REQUEST_FIELDS:
-        name = (body.script_name or "").strip()
-        if name:
-            if name.lower() in A1111_SCRIPTS:
-                raise not_implemented(A1111_SCRIPTS[name.lower()], "script_name")
-            raise invalid("script_name", f"script {name!r} not found (GET /sdapi/v1/scripts lists them)")
-        if "script_args" not in REQUEST_FIELDS and body.script_args:
-            raise invalid("script_args", "given without script_name")
-    if "alwayson_scripts" in REQUEST_FIELDS:
-        return
-    for name, value in (body.alwayson_scripts or {}).items():
-        field = f"alwayson_scripts.{name}"
-        capability = A1111_ALWAYSON.get(name.strip().lower())
-        if capability is None:
-            raise invalid(field, f"always on script {name!r} not found (GET /sdapi/v1/scripts lists them)")
-        if _script_active(name.strip().lower(), value):
-            raise not_implemented(capability, field)
+def _scripts(body: GenerationFields, scripts: dict[str, Any], mode: str) -> dict[str, Any]:
+    """script_name/script_args/alwayson_scripts for Easel's registered scripts (names or titles)."""
+    out: dict[str, Any] = {"script_name": "", "script_args": {}, "alwayson_scripts": {}}
+    name = (body.script_name or "").strip()
+    if name and name.lower() != "none":
+        script = script_api.find(scripts, name, mode, "selectable")
+        if script is None:
+            titles = script_api.script_list(scripts)[mode]
+            raise invalid("script_name", f"script {name!r} not found; {mode} has: {', '.join(titles) or 'none'}")
+        out["script_name"] = script.name
+        out["script_args"] = script_api.named_args(script, mode, body.script_args, "script_args")
+    elif body.script_args:
+        raise invalid("script_args", "given without script_name")
+    for key, value in (body.alwayson_scripts or {}).items():
+        field = f"alwayson_scripts.{key}"
+        lowered = key.strip().lower()
+        if lowered == "controlnet":  # the engine reads ControlNet units in A1111's own shape
+            out["alwayson_scripts"]["controlnet"] = value
+            continue
+        script = script_api.find(scripts, key, mode, "alwayson")
+        if script is not None:
+            args = value.get("args") if isinstance(value, dict) else value
+            out["alwayson_scripts"][script.name] = {"args": script_api.named_args(script, mode, args, field + ".args")}
+        elif lowered in A1111_ALWAYSON:
+            if _script_active(lowered, value):
+                raise not_implemented(A1111_ALWAYSON[lowered], field)
+        else:
+            raise invalid(field, f"always-on script {key!r} not found (GET /sdapi/v1/script-info lists them)")
+    return out
 
 
 def _script_active(name: str, value: Any) -> bool:
@@ -234,12 +242,25 @@ def _script_active(name: str, value: Any) -> bool:
     return True
 
 
-def to_generation_request(body: GenerationFields, models, settings: SettingsStore,
-                          mode: str = "txt2img") -> GenerationRequest:
+def _images(body: Img2ImgRequest, allow_urls: bool, max_mp: float) -> dict[str, Any]:
+    if not body.init_images:
+        raise invalid("init_images", "img2img needs at least one image (base64)")
+    images = [decode_image(f"init_images.{i}", value, allow_urls=allow_urls, max_megapixels=max_mp)
+              for i, value in enumerate(body.init_images)]
+    mask = None
+    if body.mask:
+        mask = decode_image("mask", body.mask, allow_urls=allow_urls, max_megapixels=max_mp)
+    blur = body.mask_blur if body.mask_blur is not None else body.mask_blur_x
+    return {"init_images": images, "mask": mask, "mask_blur": blur}
+
+
+def to_generation_request(body: GenerationFields, easel, mode: str = "txt2img") -> GenerationRequest:
     """Translate and validate; raises ApiError (422 naming fields, 501 naming a capability)."""
     if body.force_task_id is not None and not TASK_ID.match(body.force_task_id):
         raise invalid("force_task_id", "must be 1-100 letters, digits or _-().:")
-    errors: list[FieldError] = []
+    for field, capability, active in _unsupported(body):
+        if active:
+            raise not_implemented(capability, field)
     values: dict[str, Any] = {}
     for name in type(body).model_fields:
         if name in REQUEST_FIELDS and name not in _SPECIAL:
@@ -249,34 +270,18 @@ def to_generation_request(body: GenerationFields, models, settings: SettingsStor
             values[name] = value
     values["sampler_name"] = body.sampler_name or body.sampler_index
     values["scheduler"] = body.scheduler or samplers.AUTOMATIC
-    values["save_images"] = body.save_images
+    values["save_images"] = bool(body.save_images and not body.do_not_save_samples)
     values["mode"] = mode
-
-    overrides = dict(body.override_settings or {})
-    checkpoint = overrides.pop("sd_model_checkpoint", None)
-    if checkpoint is not None:
-        values["checkpoint"] = find_checkpoint(models, f"{OVERRIDE}.sd_model_checkpoint", checkpoint)
-    if OVERRIDE in REQUEST_FIELDS:
-        values[OVERRIDE] = overrides
-    else:
-        for key, value in overrides.items():
-            changes, _ = check_option(settings, key, value, f"{OVERRIDE}.{key}")
-            if changes:
-                raise not_implemented(f"a per-request override of the setting {key}", f"{OVERRIDE}.{key}",
-                                      "Only sd_model_checkpoint can be overridden per request today.")
-
+    values["checkpoint"], values[OVERRIDE] = _overrides(body.override_settings, easel.models)
+    values.update(_scripts(body, easel.engine.scripts, mode))
+    if isinstance(body, Img2ImgRequest):
+        values.update(_images(body, bool(easel.settings.get("api_enable_requests")),
+                              float(easel.settings.get("img_max_size_mp") or 100)))
     request = GenerationRequest(**values)
     try:
-        request.validate(samplers.Catalog())
+        easel.engine.validate(request)
     except ValidationError as exc:
-        errors.extend(exc.errors)
-    if errors:
-        raise field_errors(errors)
-    for field, capability, active in _active_features(body):
-        if active and field not in REQUEST_FIELDS:
-            raise not_implemented(capability, field)
-    _check_eta(body, values["sampler_name"])
-    _check_scripts(body)
+        raise field_errors(exc.errors) from exc
     return request
 
 
@@ -291,7 +296,8 @@ def encode_images(result: Result, settings: SettingsStore) -> list[str]:
             for image, text in zip(result.images, result.infotexts)]
 
 
-def info_json(result: Result, request: GenerationRequest, body: GenerationFields, job: Job) -> str:
+def info_json(result: Result, request: GenerationRequest, body: GenerationFields, job: Job,
+              settings: SettingsStore) -> str:
     """The `info` string: AUTOMATIC1111's Processed.js() keys, from what actually ran."""
     first = parse_infotext(result.infotexts[0]).params if result.infotexts else {}
     count = len(result.images)
@@ -300,19 +306,21 @@ def info_json(result: Result, request: GenerationRequest, body: GenerationFields
         "prompt": request.prompt, "all_prompts": [request.prompt] * count,
         "negative_prompt": request.negative_prompt, "all_negative_prompts": [request.negative_prompt] * count,
         "seed": result.seeds[0] if result.seeds else request.seed, "all_seeds": list(result.seeds),
-        "subseed": -1, "all_subseeds": [-1] * count, "subseed_strength": 0,
+        "subseed": request.subseed, "all_subseeds": [request.subseed] * count,
+        "subseed_strength": request.subseed_strength,
         "width": request.width, "height": request.height,
         "sampler_name": first.get("Sampler", request.sampler_name), "scheduler": first.get("Schedule type"),
         "cfg_scale": request.cfg_scale, "steps": request.steps, "batch_size": request.batch_size,
         "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": result.model_name or None, "sd_model_hash": first.get("Model hash"),
         "sd_vae_name": None, "sd_vae_hash": None,
-        "seed_resize_from_w": -1, "seed_resize_from_h": -1,
-        "denoising_strength": getattr(request, "denoising_strength", None) if getattr(request, "enable_hr", False)
-        else None,
+        "seed_resize_from_w": request.seed_resize_from_w or -1, "seed_resize_from_h": request.seed_resize_from_h or -1,
+        "denoising_strength": request.denoising_strength if request.enable_hr or request.mode == "img2img" else None,
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": list(result.infotexts),
         "styles": list(getattr(request, "styles", None) or []), "job_timestamp": time.strftime("%Y%m%d%H%M%S", started),
-        "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": f"Easel {__version__}",
+        "clip_skip": int(request.override_settings.get("CLIP_stop_at_last_layers") or
+                                                   settings.get("CLIP_stop_at_last_layers") or 1),
+        "is_using_inpainting_conditioning": False, "version": f"Easel {__version__}",
         "easel": {"job_id": job.id, "interrupted": result.interrupted, "skipped_batches": result.skipped_batches,
                   "warnings": list(result.warnings), "timings": result.timings},
     }
@@ -322,5 +330,7 @@ def info_json(result: Result, request: GenerationRequest, body: GenerationFields
 def image_response(job: Job, request: GenerationRequest, body: GenerationFields, settings: SettingsStore) -> dict:
     result: Result = job.result
     images = encode_images(result, settings) if body.send_images else []
+    if body.send_images and isinstance(body, Img2ImgRequest) and body.include_init_images:
+        images += [encode_b64(image, "png") for image in request.init_images]
     return {"images": images, "parameters": body.model_dump(mode="json"),
-            "info": info_json(result, request, body, job)}
+            "info": info_json(result, request, body, job, settings)}
