@@ -152,7 +152,8 @@ class BodyLimit:
             body = message.get("body", b"")
             size += len(body)
             if size > self.limit:
-                await self._drain(receive, None)
+                if message.get("more_body", False):  # the rest is still coming: read past it first
+                    await self._drain(receive, None)
                 return await self._refuse(send)
             chunks.append(body)
             if not message.get("more_body", False):

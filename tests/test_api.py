@@ -1,0 +1,462 @@
+"""AUTOMATIC1111's /sdapi/v1 and Easel's /easel/v1/jobs against a real server on 127.0.0.1.
+
+One server (started with --api) serves the whole module; every test talks real HTTP.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from webui.core.images import read_infotext
+from webui.core.infotext import parse_infotext
+
+from api_helpers import TINY, decode, max_diff, payload, start_long_job, stop_job, wait_until
+from conftest import start_server
+
+MAX_BODY_MB = 2
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_ckpt_dir):
+    root = tmp_path_factory.mktemp("api")
+    (root / "data").mkdir()
+    # image URLs on (a protected setting: only config.json can turn it on), to test the address policy
+    (root / "data" / "config.json").write_text(json.dumps({"api_enable_requests": True}))
+    running = start_server(root, tiny_ckpt_dir, ["--api", "--api-max-body-mb", str(MAX_BODY_MB)])
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=300) as c:
+        yield c
+
+
+def healthy(client: httpx.Client) -> None:
+    response = client.get("/easel/v1/health")
+    assert response.status_code == 200 and response.json()["status"] == "ok"
+
+
+def png_b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def txt2img(client, **changes) -> dict:
+    response = client.post("/sdapi/v1/txt2img", json=payload(**changes))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+# ---- generation ---------------------------------------------------------------------------------
+
+
+def test_txt2img_shape_and_infotext(client):
+    body = txt2img(client, batch_size=2)
+    assert set(body) == {"images", "parameters", "info"}
+    assert len(body["images"]) == 2
+    assert body["parameters"]["prompt"] == TINY["prompt"] and body["parameters"]["steps"] == 3
+    info = json.loads(body["info"])
+    assert info["all_seeds"] == [42, 43] and info["seed"] == 42
+    assert info["sampler_name"] == "Euler a" and len(info["infotexts"]) == 2
+    for index, b64 in enumerate(body["images"]):
+        image = decode(b64)
+        assert image.format == "PNG" and image.size == (64, 64)
+        text = read_infotext(image)
+        assert text == info["infotexts"][index]
+        params = parse_infotext(text).params
+        assert params["Seed"] == str(42 + index) and params["Steps"] == "3" and params["Sampler"] == "Euler a"
+
+
+def test_legacy_sampler_name_and_checkpoint_override(client):
+    legacy = json.loads(txt2img(client, sampler_name="DPM++ 2M Karras")["info"])
+    assert legacy["sampler_name"] == "DPM++ 2M" and legacy["scheduler"] == "Karras"
+    sdxl = txt2img(client, override_settings={"sd_model_checkpoint": "tiny-sdxl"})
+    assert parse_infotext(json.loads(sdxl["info"])["infotexts"][0]).params["Model"] == "tiny-sdxl"
+    # a per-request override never changes the saved selection
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] != "tiny-sdxl.safetensors"
+
+
+def test_img2img_and_inpainting(client):
+    source = txt2img(client)["images"][0]
+    body = client.post("/sdapi/v1/img2img", json=payload(init_images=[source], denoising_strength=0.5))
+    assert body.status_code == 200, body.text
+    result = body.json()
+    assert set(result) == {"images", "parameters", "info"}
+    params = parse_infotext(read_infotext(decode(result["images"][0]))).params
+    assert params["Denoising strength"] == "0.5"
+    assert json.loads(result["info"])["denoising_strength"] == 0.5
+
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    response = client.post("/sdapi/v1/img2img", json=payload(
+        init_images=[source], mask=png_b64(mask), mask_blur=0, inpainting_fill=1, inpaint_full_res=False,
+        denoising_strength=0.9, include_init_images=True))
+    assert response.status_code == 200, response.text
+    images = [decode(b) for b in response.json()["images"]]
+    assert len(images) == 2  # the result, then the init image (include_init_images)
+    original, inpainted = np.asarray(decode(source).convert("RGB")), np.asarray(images[0].convert("RGB"))
+    outside = np.ones((64, 64), bool)
+    outside[12:52, 12:52] = False
+    assert np.array_equal(original[outside], inpainted[outside])  # untouched outside the mask
+    assert not np.array_equal(original[20:44, 20:44], inpainted[20:44, 20:44])
+    assert max_diff(images[1], decode(source)) == 0
+
+
+def test_infotext_field_fills_the_request(client):
+    first = txt2img(client, seed=77)
+    text = json.loads(first["info"])["infotexts"][0]
+    again = client.post("/sdapi/v1/txt2img", json={"infotext": text})
+    assert again.status_code == 200, again.text
+    assert max_diff(decode(again.json()["images"][0]), decode(first["images"][0])) == 0
+
+
+def test_scripts_from_the_extension_system(client):
+    scripts = client.get("/sdapi/v1/scripts").json()
+    assert "x/y/z plot" in scripts["txt2img"] and "prompt matrix" in scripts["img2img"]
+    info = client.get("/sdapi/v1/script-info").json()
+    xyz = next(s for s in info if s["name"] == "x/y/z plot" and not s["is_img2img"])
+    assert [a["name"] for a in xyz["args"]][:2] == ["x_type", "x_values"]
+    assert "CFG Scale" in xyz["args"][0]["choices"]
+    # AUTOMATIC1111's positional script_args, mapped onto the script's named arguments
+    args = ["CFG Scale", "3, 9", "Nothing", "", "Nothing", "", False, True]
+    body = txt2img(client, script_name="X/Y/Z plot", script_args=args)
+    assert len(body["images"]) == 3  # grid + 2 cells
+    cells = [decode(b) for b in body["images"][1:]]
+    assert max_diff(cells[0], decode(txt2img(client, cfg_scale=3)["images"][0])) == 0
+    assert max_diff(cells[1], decode(txt2img(client, cfg_scale=9)["images"][0])) == 0
+    named = txt2img(client, script_name="xyz_plot", script_args={"x_type": "CFG Scale", "x_values": "3, 9",
+                                                                   "draw_legend": False})
+    assert max_diff(decode(named["images"][0]), decode(body["images"][0])) == 0
+    extensions = {e["name"]: e for e in client.get("/sdapi/v1/extensions").json()}
+    assert extensions["xyz-plot"]["enabled"] is True
+    assert set(extensions["xyz-plot"]) == {"name", "remote", "branch", "commit_hash", "version", "commit_date",
+                                           "enabled"}
+
+
+# ---- every other endpoint answers with its documented shape ------------------------------------
+
+
+def test_list_endpoints(client):
+    samplers = client.get("/sdapi/v1/samplers").json()
+    names = [s["name"] for s in samplers]
+    assert {"Euler", "Euler a", "DPM++ 2M", "DPM++ SDE", "DDIM", "UniPC", "LMS", "Heun"} <= set(names)
+    assert all(set(s) == {"name", "aliases", "options"} for s in samplers)
+    schedulers = client.get("/sdapi/v1/schedulers").json()
+    assert {"automatic", "karras", "exponential"} <= {s["name"] for s in schedulers}
+    assert all({"name", "label", "aliases", "default_rho", "need_inner_model"} == set(s) for s in schedulers)
+    models = client.get("/sdapi/v1/sd-models").json()
+    assert {m["model_name"] for m in models} == {"tiny-sd1", "tiny-sdxl"}
+    for model in models:
+        assert model["title"].startswith(model["filename"]) and not model["filename"].startswith("/")
+        assert len(model["hash"]) == 10
+    assert client.get("/sdapi/v1/sd-vae").json() == []
+    assert client.get("/sdapi/v1/loras").json() == []
+    assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
+    assert client.get("/sdapi/v1/prompt-styles").json() == []
+    modes = client.get("/sdapi/v1/latent-upscale-modes").json()
+    assert {"name": "Latent"} in modes and {"name": "Latent (nearest-exact)"} in modes
+    memory = client.get("/sdapi/v1/memory").json()
+    assert memory["ram"]["total"] > memory["ram"]["used"] > 0 and "cuda" in memory
+    flags = client.get("/sdapi/v1/cmd-flags").json()
+    assert flags["api"] is True and flags["auth"] is None and flags["device"] == "cpu"
+
+
+def test_extras_routes_say_what_is_missing(client):
+    """Extras (upscalers, face restoration) is another branch; until it lands these answer 501, not fakes."""
+    image = png_b64(Image.new("RGB", (64, 64)))
+    for method, path, body in (("GET", "/sdapi/v1/upscalers", None), ("GET", "/sdapi/v1/face-restorers", None),
+                               ("POST", "/sdapi/v1/extra-single-image", {"image": image}),
+                               ("POST", "/sdapi/v1/extra-batch-images",
+                                {"imageList": [{"data": image, "name": "a.png"}]})):
+        response = client.request(method, path, json=body)
+        assert response.status_code == 501, path
+        assert "Extras" in response.json()["detail"]
+
+
+def test_png_info(client):
+    encoded = txt2img(client)["images"][0]
+    response = client.post("/sdapi/v1/png-info", json={"image": encoded})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["info"].startswith(TINY["prompt"])
+    assert body["parameters"]["Prompt"] == TINY["prompt"] and body["parameters"]["Seed"] == "42"
+    assert body["parameters"]["Size-1"] == "64" and body["parameters"]["Size-2"] == "64"
+    data_url = "data:image/png;base64," + encoded
+    assert client.post("/sdapi/v1/png-info", json={"image": data_url}).json()["info"] == body["info"]
+    plain = client.post("/sdapi/v1/png-info", json={"image": png_b64(Image.new("RGB", (8, 8)))}).json()
+    assert plain["info"] == "" and plain["parameters"] == {}
+
+
+def test_options_get_and_post(client):
+    options = client.get("/sdapi/v1/options").json()
+    assert options["samples_format"] == "png" and "queue_size_limit" in options
+    assert client.post("/sdapi/v1/options", json={"jpeg_quality": 91}).status_code == 200
+    assert client.get("/sdapi/v1/options").json()["jpeg_quality"] == 91
+    selected = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-sd1"})
+    assert selected.status_code == 200
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("tiny-sd1.safetensors")
+    # all or nothing: a bad key refuses the whole change
+    refused = client.post("/sdapi/v1/options", json={"jpeg_quality": 50, "no_such_option": 1})
+    assert refused.status_code == 422
+    assert client.get("/sdapi/v1/options").json()["jpeg_quality"] == 91
+    client.post("/sdapi/v1/options", json={"jpeg_quality": 80})
+
+
+def test_model_management_routes(client):
+    assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
+    assert client.post("/sdapi/v1/refresh-vae").status_code == 200
+    assert client.post("/sdapi/v1/refresh-loras").status_code == 200
+    assert client.post("/sdapi/v1/unload-checkpoint").status_code == 200
+    assert client.get("/easel/v1/health").json()["loaded"] is None
+    assert client.post("/sdapi/v1/reload-checkpoint").status_code == 200
+    assert client.get("/easel/v1/health").json()["loaded"] is not None
+
+
+def test_idle_progress_and_docs(client):
+    progress = client.get("/sdapi/v1/progress").json()
+    assert progress["progress"] == 0 and progress["current_image"] is None
+    assert set(progress) == {"progress", "eta_relative", "state", "current_image", "textinfo"}
+    assert {"job", "job_count", "sampling_step", "sampling_steps", "interrupted", "skipped"} <= set(progress["state"])
+    assert client.post("/sdapi/v1/interrupt").status_code == 200
+    assert client.post("/sdapi/v1/skip").status_code == 200
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/progress", "/easel/v1/jobs",
+                 "/easel/v1/jobs/{job_id}", "/sdapi/v1/script-info"):
+        assert path in paths
+
+
+# ---- concurrency and the queue ------------------------------------------------------------------
+
+
+def test_sixteen_concurrent_requests_match_single_runs(client):
+    seeds = [1000 + i for i in range(16)]
+
+    def one(seed):
+        return client.post("/sdapi/v1/txt2img", json=payload(seed=seed, steps=2))
+
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(one, seeds))
+    assert [r.status_code for r in responses] == [200] * 16
+    for seed, response in zip(seeds, responses):
+        assert json.loads(response.json()["info"])["seed"] == seed
+        single = one(seed)
+        assert max_diff(decode(response.json()["images"][0]), decode(single.json()["images"][0])) == 0
+
+
+def test_full_queue_gives_429_and_nothing_is_dropped(client):
+    assert client.post("/sdapi/v1/options", json={"queue_size_limit": 3}).status_code == 200
+    long_id = start_long_job(client)
+    try:
+        def submit(i):
+            return client.post("/easel/v1/jobs", json={"params": payload(seed=i, steps=2)})
+
+        with ThreadPoolExecutor(10) as pool:
+            responses = list(pool.map(submit, range(10)))
+        accepted = [r for r in responses if r.status_code == 202]
+        refused = [r for r in responses if r.status_code == 429]
+        assert len(accepted) + len(refused) == 10
+        assert len(accepted) == 3 and all(r.headers["Retry-After"].isdigit() for r in refused)
+        assert "queue is full" in refused[0].json()["detail"]
+        blocking = client.post("/sdapi/v1/txt2img", json=payload())
+        assert blocking.status_code == 429 and "Retry-After" in blocking.headers
+        listing = client.get("/easel/v1/jobs").json()
+        assert listing["running"] == long_id and listing["queued"] == 3 and listing["limit"] == 3
+        assert [j["position"] for j in listing["jobs"]] == [0, 1, 2, 3]
+        assert all(j["owner"] == "api" and j["mine"] for j in listing["jobs"])
+        # cancel a queued job: it is never run, and says so
+        cancelled_id = accepted[1].json()["id"]
+        assert client.delete(f"/easel/v1/jobs/{cancelled_id}").json()["state"] == "cancelled"
+    finally:
+        stop_job(client, long_id)
+        client.post("/sdapi/v1/options", json={"queue_size_limit": 64})
+    ids = [r.json()["id"] for r in accepted]
+    for job_id in ids:  # every accepted job ends in a known state, with its result fetchable
+        result = client.get(f"/easel/v1/jobs/{job_id}/result", params={"wait": 120})
+        assert result.status_code == 200, result.text
+        assert result.json()["state"] == ("cancelled" if job_id == cancelled_id else "done")
+    done = client.get(f"/easel/v1/jobs/{ids[0]}/result").json()
+    assert len(done["images"]) == 1 and done["parameters"]["steps"] == 2
+
+
+def test_jobs_api_submit_follow_fetch(client):
+    response = client.post("/easel/v1/jobs", json={"type": "txt2img", "params": payload(force_task_id="my-task-1")})
+    assert response.status_code == 202 and response.json()["id"] == "my-task-1"
+    assert response.headers["Location"] == "/easel/v1/jobs/my-task-1"
+    result = client.get("/easel/v1/jobs/my-task-1/result", params={"wait": 120}).json()
+    assert result["state"] == "done" and len(result["images"]) == 1
+    direct = txt2img(client)
+    assert max_diff(decode(result["images"][0]), decode(direct["images"][0])) == 0
+    info = client.get("/easel/v1/jobs/my-task-1").json()
+    assert info["progress"]["fraction"] == 1.0 and info["position"] is None
+    assert client.post("/easel/v1/jobs", json={"params": payload(force_task_id="my-task-1")}).status_code == 409
+    source = direct["images"][0]
+    img = client.post("/easel/v1/jobs", json={"type": "img2img", "params": payload(init_images=[source])})
+    assert img.status_code == 202
+    assert client.get(f"/easel/v1/jobs/{img.json()['id']}/result", params={"wait": 120}).json()["state"] == "done"
+    bad = client.post("/easel/v1/jobs", json={"params": payload(steps=0)})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "params", "steps"]
+
+
+def test_progress_preview_skip_and_interrupt(client):
+    job_id = start_long_job(client, n_iter=3, steps=60, width=256, height=256)
+    try:
+        seen = []
+
+        def rising():
+            body = client.get("/sdapi/v1/progress").json()
+            seen.append(body)
+            return len(seen) > 2 and body["progress"] > seen[0]["progress"] and body["current_image"]
+
+        wait_until(rising, timeout=120, what="rising progress with a preview")
+        last = seen[-1]
+        assert 0 < last["progress"] < 1 and last["state"]["job"] == "txt2img"
+        assert last["state"]["sampling_steps"] == 60 and last["eta_relative"] > 0
+        assert decode(last["current_image"]).size[0] > 0
+        assert client.get("/sdapi/v1/progress", params={"skip_current_image": True}).json()["current_image"] is None
+        preview = client.get(f"/easel/v1/jobs/{job_id}", params={"preview": True}).json()["progress"]["preview"]
+        assert preview and decode(preview).format == "PNG"
+
+        assert client.post("/sdapi/v1/skip").status_code == 200
+        wait_until(lambda: client.get(f"/easel/v1/jobs/{job_id}").json()["progress"]["batch"] >= 1, timeout=60,
+                   what="the next batch after skip")
+        assert client.post("/sdapi/v1/interrupt").status_code == 200
+        wait_until(lambda: client.get(f"/easel/v1/jobs/{job_id}").json()["state"] == "interrupted", timeout=60,
+                   what="the interrupted job")
+    finally:
+        stop_job(client, job_id)
+    result = client.get(f"/easel/v1/jobs/{job_id}/result").json()
+    easel_info = json.loads(result["info"])["easel"]
+    assert easel_info["interrupted"] is True and easel_info["skipped_batches"] >= 1
+    healthy(client)
+    txt2img(client)
+
+
+def test_disconnecting_client_does_not_stall_the_queue(client, server):
+    body = payload(steps=150, width=512, height=512, n_iter=4, force_task_id="abandoned")
+    with httpx.Client(base_url=server.url, timeout=3) as impatient:
+        with pytest.raises(httpx.ReadTimeout):
+            impatient.post("/sdapi/v1/txt2img", json=body)
+    wait_until(lambda: client.get("/easel/v1/jobs/abandoned").json()["state"] in ("interrupted", "cancelled"),
+               timeout=30, what="the abandoned job to stop")
+    response = client.post("/sdapi/v1/txt2img", json=payload(), timeout=60)
+    assert response.status_code == 200
+
+
+# ---- bad input: the right 4xx, naming the field, and a healthy server afterwards ------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+BAD_INPUTS = [
+    ("wrong type", "/sdapi/v1/txt2img", {"steps": "many"}, 422, "steps"),
+    ("bool for int", "/sdapi/v1/txt2img", {"width": [64]}, 422, "width"),
+    ("unknown field", "/sdapi/v1/txt2img", {"stepz": 3}, 422, "stepz"),
+    ("huge width", "/sdapi/v1/txt2img", {"width": 100_000}, 422, "width"),
+    ("width not /8", "/sdapi/v1/txt2img", {"width": 65}, 422, "width"),
+    ("zero steps", "/sdapi/v1/txt2img", {"steps": 0}, 422, "steps"),
+    ("too many steps", "/sdapi/v1/txt2img", {"steps": 100_000}, 422, "steps"),
+    ("negative cfg", "/sdapi/v1/txt2img", {"cfg_scale": -1}, 422, "cfg_scale"),
+    ("huge cfg", "/sdapi/v1/txt2img", {"cfg_scale": 1e9}, 422, "cfg_scale"),
+    ("huge batch", "/sdapi/v1/txt2img", {"batch_size": 10_000}, 422, "batch_size"),
+    ("bad seed", "/sdapi/v1/txt2img", {"seed": -5}, 422, "seed"),
+    ("unknown sampler", "/sdapi/v1/txt2img", {"sampler_name": "Magic"}, 422, "sampler_name"),
+    ("unknown scheduler", "/sdapi/v1/txt2img", {"scheduler": "zigzag"}, 422, "scheduler"),
+    ("unknown script", "/sdapi/v1/txt2img", {"script_name": "nope"}, 422, "script_name"),
+    ("too many script args", "/sdapi/v1/txt2img", {"script_name": "prompt matrix", "script_args": [1] * 9}, 422,
+     "script_args"),
+    ("unknown alwayson", "/sdapi/v1/txt2img", {"alwayson_scripts": {"nope": {"args": []}}}, 422,
+     "alwayson_scripts"),
+    ("unknown override", "/sdapi/v1/txt2img", {"override_settings": {"no_such": 1}}, 422, "override_settings"),
+    ("protected override", "/sdapi/v1/txt2img", {"override_settings": {"outdir_txt2img_samples": "/tmp"}}, 422,
+     "outdir_txt2img_samples"),
+    ("traversal in model name", "/sdapi/v1/txt2img",
+     {"override_settings": {"sd_model_checkpoint": "../../etc/passwd"}}, 422, "sd_model_checkpoint"),
+    ("absolute model path", "/sdapi/v1/txt2img",
+     {"override_settings": {"sd_model_checkpoint": "/etc/passwd"}}, 422, "sd_model_checkpoint"),
+    ("windows model path", "/sdapi/v1/txt2img",
+     {"override_settings": {"sd_model_checkpoint": "C:\\models\\x.safetensors"}}, 422, "sd_model_checkpoint"),
+    ("unknown model", "/sdapi/v1/txt2img", {"override_settings": {"sd_model_checkpoint": "nope"}}, 422,
+     "sd_model_checkpoint"),
+    ("no init image", "/sdapi/v1/img2img", {"init_images": []}, 422, "init_images"),
+    ("malformed base64", "/sdapi/v1/img2img", {"init_images": ["%%%not base64%%%"]}, 422, "init_images"),
+    ("base64 not an image", "/sdapi/v1/img2img", {"init_images": [_b64(b"hello world")]}, 422, "init_images"),
+    ("malformed mask", "/sdapi/v1/img2img", {"mask": "@@"}, 422, "mask"),
+    ("denoising out of range", "/sdapi/v1/img2img", {"denoising_strength": 3}, 422, "denoising_strength"),
+    ("bad resize mode", "/sdapi/v1/img2img", {"resize_mode": 9}, 422, "resize_mode"),
+    ("png-info not base64", "/sdapi/v1/png-info", {"image": "%%%"}, 422, "image"),
+    ("loopback image URL", "/sdapi/v1/png-info", {"image": "http://127.0.0.1:1/a.png"}, 422, "image"),
+    ("private image URL", "/sdapi/v1/png-info", {"image": "http://10.1.2.3/a.png"}, 422, "image"),
+    ("link-local image URL", "/sdapi/v1/png-info", {"image": "http://169.254.169.254/latest/meta-data"}, 422,
+     "image"),
+    ("IPv6 loopback URL", "/sdapi/v1/png-info", {"image": "http://[::1]/a.png"}, 422, "image"),
+    ("localhost by name", "/sdapi/v1/png-info", {"image": "http://localhost/a.png"}, 422, "image"),
+    ("file URL", "/sdapi/v1/png-info", {"image": "file:///etc/passwd"}, 422, "image"),
+    ("img2img private URL", "/sdapi/v1/img2img", {"init_images": ["http://192.168.1.1/a.png"]}, 422,
+     "init_images"),
+    ("options: path setting", "/sdapi/v1/options", {"outdir_txt2img_samples": "/etc"}, 403,
+     "outdir_txt2img_samples"),
+    ("options: security setting", "/sdapi/v1/options", {"api_enable_requests": True}, 403, "api_enable_requests"),
+    ("options: unknown", "/sdapi/v1/options", {"no_such_option": 1}, 422, "no_such_option"),
+    ("options: out of range", "/sdapi/v1/options", {"jpeg_quality": 1000}, 422, "jpeg_quality"),
+    ("options: model path", "/sdapi/v1/options", {"sd_model_checkpoint": "../x.safetensors"}, 422,
+     "sd_model_checkpoint"),
+    ("jobs: wrong type", "/easel/v1/jobs", {"type": "upscale", "params": {}}, 422, "type"),
+    ("jobs: bad params", "/easel/v1/jobs", {"params": {"cfg_scale": "high"}}, 422, "cfg_scale"),
+    ("jobs: bad task id", "/easel/v1/jobs", {"params": {"force_task_id": "../x"}}, 422, "force_task_id"),
+]
+
+
+@pytest.mark.parametrize("name,path,changes,status,field", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input(client, name, path, changes, status, field):
+    if path == "/sdapi/v1/txt2img":
+        body = payload(**changes)
+    elif path == "/sdapi/v1/img2img":
+        body = payload(init_images=[png_b64(Image.new("RGB", (64, 64)))])
+        body.update(changes)
+    else:
+        body = changes
+    response = client.post(path, json=body)
+    assert response.status_code == status, response.text
+    assert field in response.text
+    assert "Traceback" not in response.text
+    healthy(client)
+
+
+@pytest.mark.parametrize("raw,field", [('{"cfg_scale": NaN}', "cfg_scale"), ('{"steps": Infinity}', "steps"),
+                                       ('{"denoising_strength": -Infinity}', "denoising_strength"),
+                                       ('{"prompt": "x", ', "body"), ("[1, 2]", "body")])
+def test_non_finite_and_malformed_json(client, raw, field):
+    response = client.post("/sdapi/v1/txt2img", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert field in response.text
+    healthy(client)
+
+
+def test_oversize_body_is_413(client):
+    big = "A" * (MAX_BODY_MB * 1024 * 1024 + 100)
+    response = client.post("/sdapi/v1/png-info", json={"image": big})
+    assert response.status_code == 413 and "api-max-body-mb" in response.json()["detail"]
+    chunked = client.post("/sdapi/v1/png-info", content=iter([b'{"image": "', big.encode(), b'"}']),
+                          headers={"content-type": "application/json"})
+    assert chunked.status_code == 413
+    healthy(client)
+
+
+def test_unknown_job_and_result_of_unfinished(client):
+    assert client.get("/easel/v1/jobs/nope").status_code == 404
+    assert client.delete("/easel/v1/jobs/nope").status_code == 404
+    assert client.get("/easel/v1/jobs/nope/result").status_code == 404
+    assert client.get("/sdapi/v1/no-such-route").status_code == 404
