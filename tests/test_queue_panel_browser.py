@@ -1,0 +1,55 @@
+"""The queue panel in a real browser: it shows what runs and what waits, from every way in,
+and cancels your own job (not other people's)."""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from test_browser import BROWSER_ARGS, CHROMIUM, set_slider  # skips the module without chromium
+
+from api_helpers import start_long_job, stop_job, wait_until
+from conftest import start_server
+from playwright.sync_api import expect, sync_playwright
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_ckpt_dir):
+    running = start_server(tmp_path_factory.mktemp("queue-ui"), tiny_ckpt_dir, ["--api"])
+    yield running
+    running.stop()
+
+
+def test_queue_panel_shows_api_jobs_and_cancels_your_own(server):
+    api = httpx.Client(base_url=server.url, timeout=120)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(server.url)
+        page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+        expect(page.locator("#easel_queue_view")).to_contain_text("The queue is empty", timeout=30_000)
+
+        api_job = start_long_job(api)
+        table = page.locator("#easel_queue_table")
+        expect(table).to_contain_text("running now", timeout=30_000)
+        expect(table).to_contain_text("API")
+        expect(table).not_to_contain_text("a long job")  # another user's prompt is not shown
+
+        # queue a job from this page: it waits behind the API job, and is ours to cancel
+        page.locator("#txt2img_prompt textarea").fill("my own queued picture")
+        set_slider(page, "txt2img_steps", 3)
+        set_slider(page, "txt2img_width", 64)
+        set_slider(page, "txt2img_height", 64)
+        page.locator("#txt2img_generate").click()
+        expect(table).to_contain_text("my own queued picture", timeout=30_000)
+        expect(table.locator("tr.easel-queue-mine")).to_contain_text("#1")
+        mine = wait_until(lambda: [j for j in api.get("/easel/v1/jobs").json()["jobs"] if j["owner"] == "ui"],
+                          timeout=30, what="the UI job in the queue")[0]
+        assert mine["position"] == 1 and not mine["mine"]  # the API sees it as a browser session's job
+
+        page.locator("#easel_queue_cancel").click()
+        expect(page.locator("#easel_queue_message")).to_contain_text("Cancelled", timeout=30_000)
+        assert api.get(f"/easel/v1/jobs/{mine['id']}").json()["state"] == "cancelled"
+        assert api.get(f"/easel/v1/jobs/{api_job}").json()["state"] == "running"  # not ours: untouched
+        stop_job(api, api_job)
+        expect(page.locator("#easel_queue_view")).to_contain_text("The queue is empty", timeout=30_000)
+        browser.close()
