@@ -84,3 +84,16 @@ def test_adapter_for_another_family_is_refused_by_name(app):
                                        alwayson_scripts={"controlnet": {"args": [ip_unit(model="ip-adapter_tiny_sdxl")]}}))
     job.wait(60)
     assert "another model family" in str(job.error) and "unit 0" in str(job.error)
+
+
+def test_full_face_adapter_reads_hidden_states(app):
+    adapters = app.paths.model_dir("ipadapter")
+    sd1 = app.models.get("tiny-sd1.safetensors")
+    path = write_test_adapter(adapters / "ip-adapter-full-face_tiny.safetensors", sd1.unet, embedding_width=32,
+                              seed=3, variant="full-face")
+    adapter = read_adapter(path)
+    assert adapter.variant == "full-face" and adapter.uses_hidden_states and adapter.embedding_width == 32
+    plain = px(generate(app))
+    face = ip_unit(model="ip-adapter-full-face_tiny")
+    assert np.abs(px(generate(app, [face])) - plain).mean() > 0.5
+    assert np.abs(px(generate(app, [dict(face, weight=0.0)])) - plain).max() <= 1

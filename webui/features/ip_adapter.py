@@ -52,10 +52,21 @@ class AdapterFile:
     state: dict[str, dict[str, torch.Tensor]]   # {"image_proj": {...}, "ip_adapter": {...}}
 
     @property
+    def variant(self) -> str:
+        """plain, plus, full-face, or faceid (FaceID adapters take an insightface embedding)."""
+        proj = self.state["image_proj"]
+        if "proj.weight" in proj:
+            return "plain"
+        if "proj.3.weight" in proj:
+            return "full-face"
+        if "latents" in proj:
+            return "plus"
+        return "faceid"
+
+    @property
     def uses_hidden_states(self) -> bool:
         """Plus / full-face adapters read the encoder's penultimate hidden states."""
-        proj = self.state["image_proj"]
-        return "latents" in proj or "proj.0.weight" in proj
+        return self.variant in ("plus", "full-face")
 
     @property
     def embedding_width(self) -> int:
@@ -307,6 +318,9 @@ def prepare_adapters(units: list, model, library: IPAdapterLibrary, fallback: Im
         if unit.model in ("", "None"):
             raise IPAdapterError(f"ControlNet unit {index} (IP-Adapter): choose an IP-Adapter model")
         adapter = library.find(unit.model)
+        if adapter.variant == "faceid":
+            raise IPAdapterError(f"ControlNet unit {index}: {adapter.name} is a FaceID adapter; it takes a face "
+                                 f"embedding from insightface, which this unit type does not compute")
         cross = model.configs["unet"]["cross_attention_dim"]
         if adapter.cross_attention_width != cross:
             raise IPAdapterError(f"ControlNet unit {index}: IP-Adapter {adapter.name} is for another model family "
@@ -319,15 +333,27 @@ def prepare_adapters(units: list, model, library: IPAdapterLibrary, fallback: Im
     return (IPAdapterPatch(model.unet, applications) if applications else None), params
 
 
-def write_test_adapter(path: Path, unet, embedding_width: int, seed: int = 0) -> Path:
-    """A random plain IP-Adapter for `unet` in the published key layout (tests, benchmarks)."""
+def write_test_adapter(path: Path, unet, embedding_width: int, seed: int = 0, variant: str = "plain") -> Path:
+    """A random IP-Adapter for `unet` in the published key layout (tests, benchmarks).
+
+    plain: projects the image embedding to 4 tokens; full-face: projects every hidden state
+    of the encoder (`embedding_width` is then the encoder's hidden size).
+    """
     from safetensors.torch import save_file
 
     generator = torch.Generator().manual_seed(seed)
     cross, tokens = unet.config.cross_attention_dim, 4  # plain adapters have 4 image tokens
-    tensors = {"image_proj.proj.weight": torch.randn(tokens * cross, embedding_width, generator=generator) * 0.1,
-               "image_proj.proj.bias": torch.zeros(tokens * cross),
-               "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
+    if variant == "full-face":
+        width = embedding_width
+        tensors = {"image_proj.proj.0.weight": torch.randn(width, width, generator=generator) * 0.2,
+                   "image_proj.proj.0.bias": torch.zeros(width),
+                   "image_proj.proj.2.weight": torch.randn(cross, width, generator=generator) * 0.2,
+                   "image_proj.proj.2.bias": torch.zeros(cross),
+                   "image_proj.proj.3.weight": torch.ones(cross), "image_proj.proj.3.bias": torch.zeros(cross)}
+    else:
+        tensors = {"image_proj.proj.weight": torch.randn(tokens * cross, embedding_width, generator=generator) * 0.1,
+                   "image_proj.proj.bias": torch.zeros(tokens * cross),
+                   "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
     key_id = 1  # the published numbering: the index among all attention processors, cross ones are odd
     for name in unet.attn_processors:
         if name.endswith("attn1.processor"):
