@@ -16,7 +16,10 @@ from .core.request import GenerationRequest, Result
 from .core.styles import StyleStore
 from .devices import DeviceConfig, device_config
 from .features.embeddings import EmbeddingLibrary
+from .features.extras import ExtrasService
+from .features.faces import RESTORERS, FaceRestorers
 from .features.lora import LoraLibrary
+from .features.upscalers import UPSCALER_KINDS, Upscalers
 from .model_manager.architecture import Architecture
 from .model_manager.manager import ModelManager
 from .paths import PROJECT_ROOT, Paths
@@ -52,6 +55,9 @@ class Easel:
     queue: JobQueue
     engine: Engine
     options: AppOptions
+    upscalers: Upscalers = None  # type: ignore[assignment]  # always set by build()
+    faces: FaceRestorers = None  # type: ignore[assignment]
+    extras: ExtrasService = None  # type: ignore[assignment]
 
     def submit_txt2img(self, request: GenerationRequest, owner: str | None = None) -> Job:
         """Validate now (so bad input fails at once, naming the field), then queue."""
@@ -108,7 +114,12 @@ def build(options: AppOptions) -> Easel:
     queue = JobQueue()
     loras = LoraLibrary(paths.lora_folders(), models.hashes, allow_pickle=options.allow_pickle)
     embeddings = EmbeddingLibrary(paths.embedding_folders(), models.hashes, allow_pickle=options.allow_pickle)
+    upscalers = Upscalers(lambda: {kind: [paths.model_dir(kind)] for kind in UPSCALER_KINDS}, device.device,
+                          device.dtype, allow_pickle=options.allow_pickle, settings=settings)
+    faces = FaceRestorers(lambda: {kind: [paths.model_dir(kind)] for kind in RESTORERS.values()}, device.device,
+                          device.dtype, allow_pickle=options.allow_pickle)
     engine = Engine(models, settings, paths, loras, embeddings, StyleStore(paths.styles_file))
     queue.start()
     log.info("device: %s; %d checkpoint(s) found", device.label, len(models.checkpoints()))
-    return Easel(paths, settings, device, models, queue, engine, options)
+    extras = ExtrasService(upscalers, faces, settings, paths.outputs_dir)
+    return Easel(paths, settings, device, models, queue, engine, options, upscalers, faces, extras)

@@ -18,6 +18,13 @@ MODEL_FOLDERS: dict[str, str] = {
     "embedding": "embeddings",
     "controlnet": "ControlNet",
     "esrgan": "ESRGAN",
+    "realesrgan": "RealESRGAN",
+    "swinir": "SwinIR",
+    "dat": "DAT",
+    "hat": "HAT",
+    "scunet": "ScuNET",
+    "gfpgan": "GFPGAN",
+    "codeformer": "Codeformer",
 }
 
 

@@ -11,6 +11,7 @@ from ..model_manager.errors import ModelLoadError
 from ..model_manager.manager import NoCheckpointError
 from ..model_manager.registry import ModelNotFoundError
 from .common import error_html, esc
+from .extras_tab import build_extras
 from .runner import SessionJobs
 from .settings_tab import build_settings
 from .txt2img import build_txt2img
@@ -60,6 +61,8 @@ def build_ui(easel: Easel) -> gr.Blocks:
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 fill_networks, network_search, network_outputs = build_txt2img(easel, checkpoint, sessions)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                build_extras(easel, SessionJobs())
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 build_settings(easel)
         gr.HTML(f'<div style="text-align:center;opacity:.6;font-size:12px">Easel {__version__} · '
