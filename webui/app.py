@@ -22,8 +22,11 @@ from .extensions.runtime import HookRunner
 from .extensions.scripts import collect_scripts
 from .features.controlnet.models import ControlNetLibrary
 from .features.embeddings import EmbeddingLibrary
+from .features.extras import ExtrasService
+from .features.faces import RESTORERS, FaceRestorers
 from .features.ip_adapter import IPAdapterLibrary
 from .features.lora import LoraLibrary
+from .features.upscalers import UPSCALER_KINDS, Upscalers
 from .model_manager.architecture import Architecture
 from .model_manager.manager import ModelManager
 from .paths import PROJECT_ROOT, Paths
@@ -68,6 +71,9 @@ class Easel:
     options: AppOptions
     extensions: "ExtensionManager" = None
     restart_requested: threading.Event = field(default_factory=threading.Event)
+    upscalers: Upscalers = None  # type: ignore[assignment]  # always set by build()
+    faces: FaceRestorers = None  # type: ignore[assignment]
+    extras: ExtrasService = None  # type: ignore[assignment]
 
     def submit(self, request: GenerationRequest, owner: str | None = None, job_id: str | None = None) -> Job:
         """Validate now (so bad input fails at once, naming the field), then queue (txt2img or img2img)."""
@@ -137,6 +143,10 @@ def build(options: AppOptions) -> Easel:
     queue = JobQueue(max_size=lambda: settings.get("queue_size_limit"))
     loras = LoraLibrary(paths.lora_folders(), models.hashes, allow_pickle=options.allow_pickle)
     embeddings = EmbeddingLibrary(paths.embedding_folders(), models.hashes, allow_pickle=options.allow_pickle)
+    upscalers = Upscalers(lambda: {kind: [paths.model_dir(kind)] for kind in UPSCALER_KINDS}, device.device,
+                          device.dtype, allow_pickle=options.allow_pickle, settings=settings)
+    faces = FaceRestorers(lambda: {kind: [paths.model_dir(kind)] for kind in RESTORERS.values()}, device.device,
+                          device.dtype, allow_pickle=options.allow_pickle)
     engine = Engine(models, settings, paths, loras, embeddings, StyleStore(paths.styles_file))
     hooks = HookRunner()
     extensions = ExtensionManager(paths.extensions_dir, settings, hooks, paths.cache_dir,
@@ -153,4 +163,6 @@ def build(options: AppOptions) -> Easel:
     models.listeners.append(lambda model: hooks.call("model_loaded", model=model))
     queue.start()
     log.info("device: %s; %d checkpoint(s) found", device.label, len(models.checkpoints()))
-    return Easel(paths, settings, device, models, queue, engine, options, extensions)
+    extras = ExtrasService(upscalers, faces, settings, paths.outputs_dir)
+    return Easel(paths, settings, device, models, queue, engine, options, extensions, upscalers=upscalers,
+                 faces=faces, extras=extras)

@@ -21,6 +21,13 @@ MODEL_FOLDERS: dict[str, str] = {
     "annotator": "annotators",
     "ipadapter": "ipadapter",
     "clip_vision": "clip_vision",
+    "realesrgan": "RealESRGAN",
+    "swinir": "SwinIR",
+    "dat": "DAT",
+    "hat": "HAT",
+    "scunet": "ScuNET",
+    "gfpgan": "GFPGAN",
+    "codeformer": "Codeformer",
 }
 
 

@@ -44,6 +44,12 @@ class Settings:
                                        "Paths", protected=True)
     outdir_img2img_samples: str = _opt("", "Output directory for img2img images (empty: outputs/img2img-images)",
                                        "Paths", protected=True)
+    outdir_extras_samples: str = _opt("", "Output directory for images from extras tab (empty: outputs/extras-images)",
+                                      "Paths", protected=True)
+    ESRGAN_tile: int = _opt(512, "Tile size for upscaler models (0 = no tiling)", "Upscaling", minimum=0,
+                            maximum=4096)
+    ESRGAN_tile_overlap: int = _opt(32, "Tile overlap for upscaler models, in pixels (low values = visible seams)",
+                                    "Upscaling", minimum=0, maximum=256)
     CLIP_stop_at_last_layers: int = _opt(1, "Clip skip", "Stable Diffusion", minimum=1, maximum=12)
     comma_padding_backtrack: int = _opt(20, "Prompt word wrap length limit (tokens)", "Stable Diffusion",
                                         minimum=0, maximum=74)

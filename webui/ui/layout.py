@@ -12,6 +12,7 @@ from ..model_manager.manager import NoCheckpointError
 from ..model_manager.registry import ModelNotFoundError
 from .common import error_html, esc
 from .queue_panel import build_queue_panel
+from .extras_tab import build_extras
 from .runner import SessionJobs
 from .settings_tab import build_settings
 from .controlnet_tab import build_controlnet_tab
@@ -90,6 +91,8 @@ def build_ui(easel: Easel, local: bool = True) -> gr.Blocks:
                 inpaint = build_inpaint(easel, checkpoint, sessions)
             with gr.Tab("ControlNet", id="controlnet", elem_id="tab_controlnet"):
                 controlnet = build_controlnet_tab(easel, checkpoint, sessions)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                build_extras(easel, sessions)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png_image, png_text, png_buttons, png_note = build_pnginfo(easel, tabs, checkpoint)
             _extension_tabs(easel)
