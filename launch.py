@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV_DIR = Path(os.environ.get("EASEL_VENV", ROOT / ".venv"))
 REQUIREMENTS = ROOT / "requirements.txt"
+REQUIREMENTS_NODEPS = ROOT / "requirements-nodeps.txt"
 STAMP = VENV_DIR / ".easel-requirements.sha256"
 MIN_PYTHON = (3, 10)
 
@@ -39,7 +40,10 @@ def running_in_venv() -> bool:
 
 
 def requirements_digest() -> str:
-    return hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+    digest = hashlib.sha256(REQUIREMENTS.read_bytes())
+    if REQUIREMENTS_NODEPS.exists():
+        digest.update(REQUIREMENTS_NODEPS.read_bytes())
+    return digest.hexdigest()
 
 
 def ensure_venv(force_install: bool = False) -> None:
@@ -53,6 +57,8 @@ def ensure_venv(force_install: bool = False) -> None:
     print("[easel] installing requirements.txt (first run takes a few minutes)", flush=True)
     cmd = [str(venv_python()), "-m", "pip", "install", "--disable-pip-version-check", "-r", str(REQUIREMENTS)]
     result = subprocess.run(cmd, cwd=ROOT)
+    if result.returncode == 0 and REQUIREMENTS_NODEPS.exists():
+        result = subprocess.run([*cmd[:-2], "--no-deps", "-r", str(REQUIREMENTS_NODEPS)], cwd=ROOT)
     if result.returncode != 0:
         sys.exit(f"[easel] installing requirements failed (exit {result.returncode}); see pip's output above")
     STAMP.write_text(digest + "\n")

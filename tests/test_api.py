@@ -19,6 +19,7 @@ from webui.core.infotext import parse_infotext
 
 from api_helpers import TINY, decode, max_diff, payload, start_long_job, stop_job, wait_until
 from conftest import start_server
+from upscale_helpers import make_upscalers, smooth_image, tiny_models
 
 MAX_BODY_MB = 2
 
@@ -28,7 +29,8 @@ def server(tmp_path_factory, tiny_ckpt_dir):
     root = tmp_path_factory.mktemp("api")
     (root / "data").mkdir()
     # image URLs on (a protected setting: only config.json can turn it on), to test the address policy
-    (root / "data" / "config.json").write_text(json.dumps({"api_enable_requests": True}))
+    (root / "data" / "config.json").write_text(json.dumps({"api_enable_requests": True, "hub_token": "hf_secret123"}))
+    tiny_models(root / "models")  # models/ESRGAN/4x-Tiny and 2x-TinyCompact for the extras routes
     running = start_server(root, tiny_ckpt_dir, ["--api", "--api-max-body-mb", str(MAX_BODY_MB)])
     yield running
     running.stop()
@@ -171,16 +173,66 @@ def test_list_endpoints(client):
     assert flags["api"] is True and flags["auth"] is None and flags["device"] == "cpu"
 
 
-def test_extras_routes_say_what_is_missing(client):
-    """Extras (upscalers, face restoration) is another branch; until it lands these answer 501, not fakes."""
-    image = png_b64(Image.new("RGB", (64, 64)))
-    for method, path, body in (("GET", "/sdapi/v1/upscalers", None), ("GET", "/sdapi/v1/face-restorers", None),
-                               ("POST", "/sdapi/v1/extra-single-image", {"image": image}),
-                               ("POST", "/sdapi/v1/extra-batch-images",
-                                {"imageList": [{"data": image, "name": "a.png"}]})):
-        response = client.request(method, path, json=body)
-        assert response.status_code == 501, path
-        assert "Extras" in response.json()["detail"]
+def test_upscaler_and_face_restorer_lists(client):
+    upscalers = client.get("/sdapi/v1/upscalers").json()
+    assert [u["name"] for u in upscalers] == ["None", "Lanczos", "Nearest", "2x-TinyCompact", "4x-Tiny"]
+    tiny = upscalers[-1]
+    assert tiny["model_path"] == "ESRGAN/4x-Tiny.safetensors" and tiny["scale"] == 4  # relative, never a server path
+    assert upscalers[3]["scale"] == 2
+    assert client.get("/sdapi/v1/face-restorers").json() == []  # no GFPGAN/CodeFormer file installed
+    assert client.get("/sdapi/v1/realesrgan-models").json() == []
+
+
+def test_extra_single_image_upscales_like_the_engine(client, server):
+    source = smooth_image(64, 64, seed=3)
+    response = client.post("/sdapi/v1/extra-single-image",
+                           json={"image": png_b64(source), "upscaler_1": "4x-Tiny", "upscaling_resize": 2})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    result = decode(body["image"])
+    assert result.size == (128, 128)
+    expected = make_upscalers(server.root / "models").upscale(source, "4x-Tiny", scale=2)
+    assert max_diff(result, expected) <= 1
+    assert result.info["postprocessing"] == "Postprocess upscale by: 2, Postprocess upscaler: 4x-Tiny"
+    assert "Postprocess upscaler: 4x-Tiny" in body["html_info"]
+    assert not (server.root / "outputs" / "extras-images").exists()  # the API returns results; it does not save
+
+
+def test_extra_batch_images_keeps_parameters_and_names_bad_items(client):
+    generated = txt2img(client)["images"][0]  # carries its generation parameters
+    ok = client.post("/sdapi/v1/extra-batch-images", json={
+        "upscaler_1": "Nearest", "resize_mode": 1, "upscaling_resize_w": 96, "upscaling_resize_h": 80,
+        "imageList": [{"data": generated, "name": "gen.png"}, {"data": png_b64(smooth_image(32, 32)), "name": "b.png"}]})
+    assert ok.status_code == 200, ok.text
+    images = [decode(b) for b in ok.json()["images"]]
+    assert [im.size for im in images] == [(96, 80), (96, 80)]
+    assert read_infotext(images[0]) == read_infotext(decode(generated))  # the source's parameters survive
+    assert read_infotext(images[1]) is None
+
+    bad = client.post("/sdapi/v1/extra-batch-images", json={
+        "upscaler_1": "Nearest", "imageList": [{"data": generated, "name": "a.png"}, {"data": "bm90IGFuIGltYWdl", "name": "b.png"}]})
+    assert bad.status_code == 422 and "imageList.1.data" in bad.text
+    unknown = client.post("/sdapi/v1/extra-single-image", json={"image": generated, "upscaler_1": "8x-Missing"})
+    assert unknown.status_code == 422 and "upscaler_1" in unknown.text and "4x-Tiny" in unknown.text
+    empty = client.post("/sdapi/v1/extra-batch-images", json={"imageList": []})
+    assert empty.status_code == 422 and "imageList" in empty.text
+    healthy(client)
+
+
+def test_extras_through_the_jobs_api(client):
+    image = png_b64(smooth_image(48, 48, seed=5))
+    submitted = client.post("/easel/v1/jobs", json={"type": "extra-single-image",
+                                                    "params": {"image": image, "upscaler_1": "2x-TinyCompact"}})
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    result = client.get(f"/easel/v1/jobs/{job_id}/result", params={"wait": 120})
+    assert result.status_code == 200, result.text
+    body = result.json()
+    assert body["state"] == "done" and [decode(b).size for b in body["images"]] == [(96, 96)]
+    assert "image" not in body["parameters"] and body["parameters"]["upscaler_1"] == "2x-TinyCompact"
+    bad = client.post("/easel/v1/jobs", json={"type": "extra-single-image", "params": {"image": image,
+                                                                                    "upscaling_resize": -1}})
+    assert bad.status_code == 422 and "params" in bad.text and "upscaling_resize" in bad.text
 
 
 def test_png_info(client):
@@ -195,6 +247,17 @@ def test_png_info(client):
     assert client.post("/sdapi/v1/png-info", json={"image": data_url}).json()["info"] == body["info"]
     plain = client.post("/sdapi/v1/png-info", json={"image": png_b64(Image.new("RGB", (8, 8)))}).json()
     assert plain["info"] == "" and plain["parameters"] == {}
+
+
+def test_options_never_show_the_hub_token(client, server):
+    options = client.get("/sdapi/v1/options").json()
+    assert options["hub_token"] == "********" and "hf_secret123" not in client.get("/sdapi/v1/options").text
+    echoed = client.post("/sdapi/v1/options", json={"hub_token": options["hub_token"], "jpeg_quality": 77})
+    assert echoed.status_code == 200, echoed.text  # posting back what GET showed is not a change
+    assert json.loads((server.root / "data" / "config.json").read_text())["hub_token"] == "hf_secret123"
+    refused = client.post("/sdapi/v1/options", json={"hub_token": "hf_other"})
+    assert refused.status_code == 403 and "hub_token" in refused.text
+    assert "hf_secret123" not in client.get("/sdapi/v1/cmd-flags").text
 
 
 def test_options_get_and_post(client):

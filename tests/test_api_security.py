@@ -61,7 +61,7 @@ def test_auth_matrix(server, method, path, body):
     for user in (ALICE, BOB):
         allowed = request(server, method, path, body, auth=user)
         assert allowed.status_code != 401, allowed.text
-        assert allowed.status_code < 500 or allowed.status_code == 501, allowed.text  # 501: Extras not landed
+        assert allowed.status_code < 500 or allowed.status_code == 501, allowed.text  # 501: a feature Easel lacks (interrogate, training)
 
 
 def test_known_routes_answer_with_credentials(server):

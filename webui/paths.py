@@ -28,6 +28,9 @@ MODEL_FOLDERS: dict[str, str] = {
     "scunet": "ScuNET",
     "gfpgan": "GFPGAN",
     "codeformer": "Codeformer",
+    "photomaker": "photomaker",
+    "instantid": "instantid",
+    "insightface": "insightface",
 }
 
 

@@ -20,11 +20,24 @@ from .fileio import atomic_write_text
 log = logging.getLogger(__name__)
 
 
+REDACTED = "********"
+
+
 def _opt(default: Any, label: str, section: str = "General", *, choices: tuple | None = None,
-         minimum: float | None = None, maximum: float | None = None, protected: bool = False) -> Any:
+         minimum: float | None = None, maximum: float | None = None, protected: bool = False,
+         secret: bool = False) -> Any:
+    """`protected`: only the Settings tab or config.json may change it; `secret`: never shown outside them."""
     meta = {"label": label, "section": section, "choices": choices, "minimum": minimum,
-            "maximum": maximum, "protected": protected}
+            "maximum": maximum, "protected": protected or secret, "secret": secret}
     return field(default=default, metadata=meta)
+
+
+def redact(key: str, value: Any) -> Any:
+    """What the API may show of a setting: secrets become a placeholder (or stay empty when unset)."""
+    spec = Settings.spec().get(key)
+    if spec is not None and spec.metadata.get("secret") and value:
+        return REDACTED
+    return value
 
 
 @dataclass
@@ -79,6 +92,16 @@ class Settings:
                                  minimum=0, maximum=10_000)
     api_enable_requests: bool = _opt(False, "Allow http(s) image URLs in API requests (never private, loopback or "
                                             "link-local addresses)", "API", protected=True)
+    sd_vae: str = _opt("Automatic", "SD VAE (Automatic: the checkpoint's preferred VAE, else the one baked in; "
+                                    "None: the baked-in one; or a file from models/VAE)", "Stable Diffusion")
+    sd_vae_overrides_per_model_preferences: bool = _opt(
+        True, "A VAE chosen in the top bar overrides each checkpoint's preferred VAE", "Stable Diffusion")
+    hub_endpoint: str = _opt("https://huggingface.co", "Model hub endpoint for downloads (a Hugging Face compatible "
+                                                       "server or mirror)", "Downloads", protected=True)
+    hub_token: str = _opt("", "Model hub access token (for gated repositories; never shown by the API)",
+                          "Downloads", secret=True)
+    identity_insightface_pack: str = _opt("antelopev2", "insightface model pack (a folder in models/insightface)",
+                                          "Identity")
 
     # ---- validation -----------------------------------------------------------------
 

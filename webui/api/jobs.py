@@ -9,6 +9,7 @@ be cancelled. With --auth, results, previews, prompts and cancelling are the own
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pydantic
@@ -20,7 +21,13 @@ from ..core.jobs import Job, JobState
 from . import models as m
 from .context import ApiContext, job_info
 from .errors import ApiError
-from .sdapi import _task_id, generation_response, missing, prepare
+from . import extras as extras_api
+from .sdapi import _task_id, generation_response, prepare
+
+PARAM_MODELS: dict[str, type[pydantic.BaseModel]] = {
+    "txt2img": m.Txt2ImgRequest, "img2img": m.Img2ImgRequest,
+    "extra-single-image": m.ExtrasSingleImageRequest, "extra-batch-images": m.ExtrasBatchImagesRequest,
+}
 
 
 def _validation_error(exc: pydantic.ValidationError, prefix: tuple[str, ...]) -> ApiError:
@@ -46,13 +53,18 @@ def build_router(ctx: ApiContext) -> APIRouter:
     @router.post("", status_code=202, response_model=m.JobInfo)
     async def submit(body: m.JobSubmit, request: Request):
         """Queue a generation; `params` is the body the matching /sdapi/v1 endpoint takes."""
-        if body.type.startswith("extra"):
-            raise missing("extras")
-        model = m.Img2ImgRequest if body.type == "img2img" else m.Txt2ImgRequest
+        model = PARAM_MODELS[body.type]
         try:
             params = model.model_validate(body.params)
         except pydantic.ValidationError as exc:
             raise _validation_error(exc, ("body", "params")) from exc
+        if body.type.startswith("extra"):
+            try:
+                job = await extras_api.submit_extras(ctx, request, params, body.type)
+            except ApiError as exc:
+                raise _prefixed(exc) from exc
+            return JSONResponse(job_info(ctx, request, job), status_code=202,
+                                headers={"Location": f"{router.prefix}/{job.id}"})
         try:
             gen = await prepare(ctx, params, body.type)
         except ApiError as exc:
@@ -94,6 +106,8 @@ def build_router(ctx: ApiContext) -> APIRouter:
                     "warnings": ["cancelled before it ran"]}
         if "body" not in job.meta:
             raise ApiError(404, f"job {job.id} is not a generation")
+        if "extras_sources" in job.meta:
+            return await run_in_threadpool(_extras_result, job)
         response = await run_in_threadpool(generation_response, ctx, job)
         return {"id": job.id, "state": job.state.value, "warnings": list(job.result.warnings), **response}
 
@@ -113,6 +127,15 @@ def build_router(ctx: ApiContext) -> APIRouter:
         return job_info(ctx, request, job)
 
     return router
+
+
+def _extras_result(job: Job) -> dict[str, Any]:
+    """An extras job in the jobs API's result shape: `images` always a list, `info` the html_info text."""
+    response = extras_api.extras_response(job)
+    images = response.get("images", [response["image"]] if response.get("image") else [])
+    parameters = job.meta["body"].model_dump(mode="json", exclude={"image", "imageList"})  # not the input images
+    return {"id": job.id, "state": job.state.value, "images": images, "parameters": parameters,
+            "info": json.dumps({"html_info": response["html_info"]}), "warnings": list(job.result.warnings)}
 
 
 def _parameters(job: Job) -> dict[str, Any]:

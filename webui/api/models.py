@@ -166,6 +166,16 @@ class ExtrasBatchImagesRequest(ExtrasBaseRequest):
     imageList: list[FileData]
 
 
+class ExtrasSingleImageResponse(BaseModel):
+    html_info: str
+    image: str = Field(description="the result as base64 PNG (empty when show_extras_results is false)")
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    html_info: str
+    images: list[str]
+
+
 class PNGInfoRequest(Strict):
     image: str = Field(description="The image, base64 (a data: URL is fine)")
 

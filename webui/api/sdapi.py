@@ -22,6 +22,8 @@ from ..core.pnginfo import read_generation_info
 from ..core.jobs import Job, JobState
 from ..core.request import GenerationRequest
 from ..features.hires import LATENT_MODES
+from ..settings import redact
+from . import extras as extras_api
 from . import models as m
 from . import scripts as script_api
 from .context import ApiContext, a1111_progress
@@ -36,8 +38,6 @@ SCHEDULER_EXTRAS = {"karras": (7.0, False), "polyexponential": (1.0, False), "sg
                     "normal": (-1.0, True), "ddim": (-1.0, True)}
 
 NOT_YET = {
-    "extras": ("the Extras tab (upscalers, face restoration)",
-               "It is being built on its own branch; this route answers once it has landed."),
     "interrogate": ("interrogation (CLIP / DeepBooru captions)", ""),
     "training": ("training embeddings and hypernetworks", ""),
 }
@@ -112,13 +112,15 @@ def build_router(ctx: ApiContext) -> APIRouter:
         gen = await prepare(ctx, body, "img2img")
         return await run_generation(ctx, request, body, gen, "img2img")
 
-    @router.post("/extra-single-image", responses={501: {"description": "Extras has not landed yet"}})
-    async def extra_single_image(body: m.ExtrasSingleImageRequest):
-        raise missing("extras")
+    @router.post("/extra-single-image", response_model=m.ExtrasSingleImageResponse)
+    async def extra_single_image(body: m.ExtrasSingleImageRequest, request: Request):
+        """Upscale and/or restore faces of one image (the Extras tab's work; returned, not saved)."""
+        return await extras_api.run_extras(ctx, request, body, "extra-single-image")
 
-    @router.post("/extra-batch-images", responses={501: {"description": "Extras has not landed yet"}})
-    async def extra_batch_images(body: m.ExtrasBatchImagesRequest):
-        raise missing("extras")
+    @router.post("/extra-batch-images", response_model=m.ExtrasBatchImagesResponse)
+    async def extra_batch_images(body: m.ExtrasBatchImagesRequest, request: Request):
+        """The same for a list of images (`imageList`: data + name); a bad image is a 422 naming it."""
+        return await extras_api.run_extras(ctx, request, body, "extra-batch-images")
 
     @router.post("/interrogate", responses={501: {"description": "not implemented yet"}})
     async def interrogate(body: m.InterrogateRequest):
@@ -169,7 +171,8 @@ def build_router(ctx: ApiContext) -> APIRouter:
 
     @router.get("/options")
     def get_options() -> dict[str, Any]:
-        data = easel.settings.as_dict()
+        """Every setting; secrets (the hub token) only as a placeholder."""
+        data = {key: redact(key, value) for key, value in easel.settings.as_dict().items()}
         selected = data.get("sd_model_checkpoint")
         if selected:
             try:
@@ -255,25 +258,25 @@ def build_router(ctx: ApiContext) -> APIRouter:
         """Empty: hypernetworks are not supported."""
         return []
 
-    @router.get("/upscalers", response_model=list[m.UpscalerItem],
-                responses={501: {"description": "Extras has not landed yet"}})
+    @router.get("/upscalers", response_model=list[m.UpscalerItem])
     def get_upscalers():
-        raise missing("extras")
+        """None, Lanczos, Nearest, then the model upscalers in models/ESRGAN (and A1111's other folders)."""
+        return extras_api.upscaler_items(ctx)
 
     @router.get("/latent-upscale-modes", response_model=list[m.LatentUpscalerModeItem])
     def get_latent_upscale_modes():
         """The latent upscalers hires fix takes as hr_upscaler."""
         return [{"name": name} for name in LATENT_MODES]
 
-    @router.get("/face-restorers", response_model=list[m.FaceRestorerItem],
-                responses={501: {"description": "Extras has not landed yet"}})
+    @router.get("/face-restorers", response_model=list[m.FaceRestorerItem])
     def get_face_restorers():
-        raise missing("extras")
+        """GFPGAN / CodeFormer, where their model file is installed."""
+        return extras_api.face_restorer_items(ctx)
 
-    @router.get("/realesrgan-models", response_model=list[m.RealesrganItem],
-                responses={501: {"description": "Extras has not landed yet"}})
+    @router.get("/realesrgan-models", response_model=list[m.RealesrganItem])
     def get_realesrgan_models():
-        raise missing("extras")
+        """Model upscalers in models/RealESRGAN."""
+        return extras_api.realesrgan_items(ctx)
 
     @router.get("/prompt-styles", response_model=list[m.PromptStyleItem])
     def get_prompt_styles():

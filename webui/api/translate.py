@@ -27,7 +27,7 @@ from ..core.pnginfo import infotext_to_fields
 from ..core.jobs import Job
 from ..core.request import GenerationRequest, Result, ValidationError
 from ..model_manager.registry import ModelNotFoundError
-from ..settings import Settings, SettingsStore
+from ..settings import Settings, SettingsStore, redact
 from .errors import ApiError, field_errors, invalid, not_implemented
 from . import scripts as script_api
 from .images import decode_image, encode_b64
@@ -100,6 +100,8 @@ def check_option(store: SettingsStore, key: str, value: Any, field: str) -> tupl
     """(is a real change, coerced value) for one option; raises 4xx/501 naming `field`."""
     spec = Settings.spec()
     if key in spec:
+        if spec[key].metadata.get("secret") and value == redact(key, store.get(key)):
+            return False, store.get(key)  # a client echoing back the placeholder GET showed changes nothing
         if spec[key].metadata.get("protected"):
             raise ApiError(403, f"{field}: this setting can only be changed from the Settings tab or config.json",
                            extra={"field": field})

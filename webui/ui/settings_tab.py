@@ -20,7 +20,7 @@ def _component(name: str, value, meta: dict) -> gr.components.Component:
     if isinstance(value, (int, float)):
         return gr.Number(value=value, label=label, elem_id=elem_id, minimum=meta.get("minimum"),
                          maximum=meta.get("maximum"), precision=0 if isinstance(value, int) else None)
-    return gr.Textbox(value=value, label=label, elem_id=elem_id)
+    return gr.Textbox(value=value, label=label, elem_id=elem_id, type="password" if meta.get("secret") else "text")
 
 
 def build_settings(easel: Easel) -> None:
@@ -28,7 +28,7 @@ def build_settings(easel: Easel) -> None:
     current = easel.settings.settings.as_dict()
     sections: dict[str, list[str]] = defaultdict(list)
     for name, f in spec.items():
-        if name == "sd_model_checkpoint":
+        if name in ("sd_model_checkpoint", "sd_vae"):
             continue  # chosen in the top bar
         sections[f.metadata.get("section", "General")].append(name)
 
