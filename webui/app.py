@@ -24,11 +24,16 @@ from .features.controlnet.models import ControlNetLibrary
 from .features.embeddings import EmbeddingLibrary
 from .features.extras import ExtrasService
 from .features.faces import RESTORERS, FaceRestorers
+from .features.identity.files import IdentityFolders
+from .features.identity.service import IdentityService
 from .features.ip_adapter import IPAdapterLibrary
 from .features.lora import LoraLibrary
 from .features.upscalers import UPSCALER_KINDS, Upscalers
 from .model_manager.architecture import Architecture
+from .model_manager.downloads import DONE, DownloadManager
+from .model_manager.library import ModelLibrary
 from .model_manager.manager import ModelManager
+from .model_manager.vae import VaeLibrary
 from .paths import PROJECT_ROOT, Paths
 from .settings import SettingsStore
 
@@ -74,6 +79,10 @@ class Easel:
     upscalers: Upscalers = None  # type: ignore[assignment]  # always set by build()
     faces: FaceRestorers = None  # type: ignore[assignment]
     extras: ExtrasService = None  # type: ignore[assignment]
+    downloads: DownloadManager = None  # type: ignore[assignment]  # Models → Download; its own workers
+    # every model file of every kind (Models tab); indexed and hashed in the background after start-up
+    library: ModelLibrary = None  # type: ignore[assignment]
+    vaes: VaeLibrary = None  # type: ignore[assignment]  # separate VAE files, per-checkpoint preferences
 
     def submit(self, request: GenerationRequest, owner: str | None = None, job_id: str | None = None) -> Job:
         """Validate now (so bad input fails at once, naming the field), then queue (txt2img or img2img)."""
@@ -102,6 +111,8 @@ class Easel:
 
     def preload(self) -> Job | None:
         """Warm up after start-up: import the model stack and load the selected checkpoint in the queue."""
+        if self.library is not None:
+            self.library.start_background()  # index new/changed files, then hash lazily at low priority
         if not self.models.checkpoints():
             return None
 
@@ -113,6 +124,10 @@ class Easel:
         return self.queue.submit(load, kind="load-model", description="preload selected checkpoint")
 
     def close(self) -> None:
+        if self.downloads is not None:
+            self.downloads.close()
+        if self.library is not None:
+            self.library.stop()
         self.queue.stop()
 
 
@@ -125,6 +140,16 @@ def write_demo_model(paths: Paths) -> Path:
         write_single_file(target, Architecture("sd1"), seed=1234, demo=True)
         log.info("wrote demo model %s", target)
     return target
+
+
+def _downloaded(item, models: ModelManager) -> None:
+    """A finished download: keep the hash it computed while writing, and list a new checkpoint at once."""
+    if item.state != DONE:
+        return
+    if item.computed_sha256 and item.target.is_file():
+        models.hashes.record(item.target, item.computed_sha256)
+    if item.kind == "checkpoint":
+        models.refresh()
 
 
 def build(options: AppOptions) -> Easel:
@@ -148,6 +173,7 @@ def build(options: AppOptions) -> Easel:
     faces = FaceRestorers(lambda: {kind: [paths.model_dir(kind)] for kind in RESTORERS.values()}, device.device,
                           device.dtype, allow_pickle=options.allow_pickle)
     engine = Engine(models, settings, paths, loras, embeddings, StyleStore(paths.styles_file))
+    engine.upscalers = upscalers  # hires fix can use the same model upscalers as Extras
     hooks = HookRunner()
     extensions = ExtensionManager(paths.extensions_dir, settings, hooks, paths.cache_dir,
                                   allow_install=options.allow_extension_install,
@@ -159,10 +185,19 @@ def build(options: AppOptions) -> Easel:
                                           [paths.model_dir("ipadapter"), paths.model_dir("clip_vision")],
                                           allow_pickle=options.allow_pickle)
     engine.annotators_dir = paths.model_dir("annotator")
+    engine.identity = IdentityService(IdentityFolders(paths.model_dir("photomaker"), paths.model_dir("instantid"),
+                                                      paths.model_dir("insightface")),
+                                      lambda: settings.get("identity_insightface_pack") or "antelopev2")
+    vaes = VaeLibrary([paths.model_dir("vae")], paths.checkpoint_dirs(), models.hashes,
+                      paths.cache_dir / "vae_preferences.json", allow_pickle=options.allow_pickle)
+    engine.vaes = vaes
+    library = ModelLibrary.for_paths(paths, models.hashes)
     engine.scripts = collect_scripts(hooks)
     models.listeners.append(lambda model: hooks.call("model_loaded", model=model))
     queue.start()
     log.info("device: %s; %d checkpoint(s) found", device.label, len(models.checkpoints()))
     extras = ExtrasService(upscalers, faces, settings, paths.outputs_dir)
+    downloads = DownloadManager(paths, settings)  # threads start with the first download
+    downloads.listeners.append(lambda item: _downloaded(item, models))
     return Easel(paths, settings, device, models, queue, engine, options, extensions, upscalers=upscalers,
-                 faces=faces, extras=extras)
+                 faces=faces, extras=extras, library=library, vaes=vaes, downloads=downloads)

@@ -238,6 +238,8 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
                          ("Schedule rho", "rho")):
         if key in p and _number(p[key]) is not None:
             overrides[setting] = int(float(p[key])) if setting == "eta_noise_seed_delta" else float(p[key])
+    if p.get("VAE"):  # the separate VAE file it was made with (AUTOMATIC1111 restores it as sd_vae)
+        overrides["sd_vae"] = p["VAE"]
     if overrides:
         fields["override_settings"] = overrides
     if "Variation seed" in p and _number(p["Variation seed"]) is not None:
@@ -257,6 +259,68 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
             fields["cfg_interval_start"], fields["cfg_interval_end"] = float(start), float(end)
     if "Lora composition" in p:
         fields["lora_composition"] = p["Lora composition"]
+    if _number(p.get("Lora switch steps", "")):
+        fields["lora_switch_steps"] = int(float(p["Lora switch steps"]))
+    fields.update(_img2img_fields(p))
     if "Model" in p or "Model hash" in p:
         fields["checkpoint_hint"] = {"name": p.get("Model", ""), "hash": p.get("Model hash", "")}
     return fields
+
+
+def _img2img_fields(p: dict[str, str]) -> dict[str, Any]:
+    """Masked content, Inpaint area, Mask mode and Resize mode back as request fields.
+
+    Easel and AUTOMATIC1111 leave the defaults out (whole picture, inpaint masked, just
+    resize), so an inpainting infotext without them means the defaults, not "unchanged".
+    """
+    from ..features.img2img import MASKED_CONTENT, RESIZE_MODES
+
+    fields: dict[str, Any] = {}
+    inpainting = "Mask blur" in p or "Masked content" in p
+    if p.get("Masked content") in MASKED_CONTENT:
+        fields["inpainting_fill"] = MASKED_CONTENT.index(p["Masked content"])
+    if inpainting or "Inpaint area" in p:
+        fields["inpaint_full_res"] = p.get("Inpaint area", "Whole picture") == "Only masked"
+    if inpainting or "Mask mode" in p:
+        fields["inpainting_mask_invert"] = 1 if p.get("Mask mode") == "Inpaint not masked" else 0
+    if p.get("Resize mode") in RESIZE_MODES:
+        fields["resize_mode"] = RESIZE_MODES.index(p["Resize mode"])
+    elif "Denoising strength" in p and not any(k.startswith("Hires") for k in p):
+        fields["resize_mode"] = 0
+    return fields
+
+
+# ---- settings-type values: AUTOMATIC1111's "Override settings" list ------------------------------
+
+# infotext keys with no control of their own in a tab; pasted, they are listed for the user to keep or drop
+OVERRIDE_KEYS = ("Clip skip", "RNG", "ENSD", "Eta", "Eta DDIM", "Sigma churn", "Sigma tmin", "Sigma tmax",
+                 "Sigma noise", "Sigma min", "Sigma max", "Schedule rho", "VAE")
+# request fields (not settings) those keys restore
+_SAMPLER_FIELDS = ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise")
+
+
+def override_items(info: Infotext) -> list[str]:
+    """"Key: value" entries for the settings-type values an infotext states (RNG: GPU when it states none)."""
+    p = dict(info.params)
+    if p and "RNG" not in p:  # AUTOMATIC1111 writes no RNG key for its default, the GPU
+        p["RNG"] = "GPU"
+    return [f"{key}: {p[key]}" for key in OVERRIDE_KEYS if str(p.get(key, "")).strip()]
+
+
+def override_item_fields(items: list[str] | None) -> dict[str, Any]:
+    """Request fields (override_settings, eta, s_churn ...) from "Key: value" entries; unknown keys are ignored."""
+    params: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = str(item).partition(": ")
+        if sep and key.strip() in OVERRIDE_KEYS:
+            params[key.strip()] = value.strip()
+    if not params:
+        return {}
+    fields = infotext_to_fields(Infotext("", "", params))
+    result = {name: fields[name] for name in _SAMPLER_FIELDS if name in fields}
+    overrides = dict(fields.get("override_settings") or {})
+    if "RNG" not in params:  # infotext_to_fields assumes GPU for an infotext with no RNG; a list states only itself
+        overrides.pop("randn_source", None)
+    if overrides:
+        result["override_settings"] = overrides
+    return result

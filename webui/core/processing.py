@@ -22,7 +22,7 @@ from ..paths import Paths
 from ..settings import SettingsStore
 from . import latents as latents_io
 from . import k_samplers, samplers
-from ..features.hires import LATENT_MODES, target_size, upscale_latents
+from ..features.hires import LATENT_MODES, model_upscaler_names, target_size, upscale_image, upscale_latents
 from ..features.img2img import (LATENT_NOISE, LATENT_NOTHING, MASKED_CONTENT, RESIZE_MODES, PreparedImage,
                                 finish_image, latent_mask, prepare_image)
 from .denoiser import MaskedDenoiser
@@ -58,6 +58,7 @@ class Plan:
     subseed: int = -1
     options: dict[str, Any] = field(default_factory=dict)
     controls: Any = None  # ControlNet / IP-Adapter additions at this size (features/controlnet/apply.Controls)
+    vae: Any = None  # the separate VAE in use (model_manager/vae.VaeChoice), None: the baked-in one
 
 
 class Engine:
@@ -76,6 +77,10 @@ class Engine:
         self.controlnets = None
         self.ip_adapters = None
         self.annotators_dir: Path = paths.models_dir / "annotators"
+        # PhotoMaker / InstantID (features/identity/service.IdentityService); set by the app
+        self.identity = None
+        # separate VAE files and per-checkpoint preferences (model_manager/vae.VaeLibrary); set by the app
+        self.vaes = None
         # extension hooks and scripts (webui/extensions); none by default
         self.hooks: Hooks = NO_HOOKS
         self.scripts: dict[str, Any] = {}
@@ -84,11 +89,13 @@ class Engine:
             "Lanczos": lambda image, size: image.resize(size, Image.Resampling.LANCZOS),
             "Nearest": lambda image, size: image.resize(size, Image.Resampling.NEAREST),
         }
+        # the app's model upscalers (features/upscalers.Upscalers: models/ESRGAN ...); set by the app
+        self.upscalers = None
 
     # ---- public -----------------------------------------------------------------------------
 
     def upscaler_names(self) -> list[str]:
-        return [*LATENT_MODES, *self.image_upscalers]
+        return [*LATENT_MODES, *self.image_upscalers, *model_upscaler_names(self.upscalers)]
 
     def validate(self, request: GenerationRequest) -> None:
         request.validate(self.catalog, self.upscaler_names())
@@ -97,9 +104,20 @@ class Engine:
         _, unit_errors = parse_units(request.alwayson_scripts if isinstance(request.alwayson_scripts, dict) else {})
         if unit_errors:
             raise ValidationError(unit_errors)
+        from ..features.identity.args import parse_identity
+
+        _, identity_errors = parse_identity(request.alwayson_scripts if isinstance(request.alwayson_scripts, dict) else {})
+        if identity_errors:
+            raise ValidationError(identity_errors)
         if request.script_name and request.script_name not in self.scripts:
             choices = ", ".join(sorted(self.scripts)) or "none installed"
             raise ValidationError([FieldError("script_name", f"unknown script {request.script_name!r} ({choices})")])
+        overrides = request.override_settings if isinstance(request.override_settings, dict) else {}
+        if self.vaes is not None and "sd_vae" in overrides:
+            try:
+                self.vaes.check(overrides["sd_vae"])
+            except LookupError as exc:
+                raise ValidationError([FieldError("override_settings.sd_vae", str(exc).split(": ", 1)[-1])]) from exc
 
     def txt2img(self, request: GenerationRequest, job: Job) -> Result:
         return self.generate(request, job)
@@ -145,11 +163,15 @@ class Engine:
         job.report(step=0, text="loading model")
         model = self.models.get(request.checkpoint, progress=lambda msg: job.report(text=msg))
         plan = self._plan(request, model)
+        if self.vaes is not None:
+            plan.vae = self.vaes.prepare(model, plan.options)
         context.model, context.plan = model, plan
         self.hooks.call("process", request=request, context=context)
         inputs = self._prepare_inputs(request) if request.mode == "img2img" else None
         size = inputs.size if inputs else (request.width, request.height)
         plan.controls = self._controls(request, plan, size, inputs)
+        if self.identity is not None:  # PhotoMaker / InstantID, when the request asks for it
+            self.identity.apply(request, plan, size, context)
         context.extra_params.update(plan.controls.params)
         hires = self._hires_plan(request, model, plan) if request.mode == "txt2img" and request.enable_hr else None
         per_batch = samplers.steps_to_run(request.steps, inputs is not None, request.denoising_strength)
@@ -343,12 +365,13 @@ class Engine:
         denoiser.set_guidance(request.cfg_rescale, request.cfg_interval_start, request.cfg_interval_end,
                               samplers.steps_to_run(steps, init is not None, strength, exact_steps))
         previews = self.settings.get("live_previews_enable")
+        every = max(1, int(plan.options.get("show_progress_every_n_steps") or 1))  # live preview period, in steps
 
         step_hooks = self.hooks.has("step_end")
 
         def on_step(i: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor | None:
             denoiser.step = i + 1  # prompt editing and LoRA switching follow the sampler's step
-            job.report(step=step_offset + i + 1, preview=denoised if previews else None)
+            job.report(step=step_offset + i + 1, preview=denoised if previews and (i + 1) % every == 0 else None)
             job.check()
             if step_hooks:
                 step = StepContext(index=i, timestep=None, latents=x, denoised=denoised)
@@ -392,8 +415,8 @@ class Engine:
         if request.hr_upscaler in LATENT_MODES:
             init = upscale_latents(latents, hires.size, request.hr_upscaler)
         else:
-            upscale = self.image_upscalers[request.hr_upscaler]
-            images = [upscale(image, hires.size) for image in latents_io.decode(model, latents)]
+            images = [upscale_image(image, request.hr_upscaler, hires.size, self.image_upscalers, self.upscalers,
+                                    job.check) for image in latents_io.decode(model, latents)]
             init = latents_io.encode(model, images).to(latents.device)
         job.check()
         factor = model.vae_scale_factor
@@ -444,6 +467,8 @@ class Engine:
             "Size": f"{width}x{height}",
             "Model hash": model.short_hash or None,
             "Model": model.info.model_name,
+            "VAE hash": plan.vae.short_hash if plan.vae is not None else None,
+            "VAE": plan.vae.name if plan.vae is not None else None,
             "Clip skip": prompts.clip_skip if prompts.clip_skip > 1 else None,
             "Version": f"Easel {__version__}",
         }

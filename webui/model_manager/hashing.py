@@ -60,6 +60,14 @@ class HashCache:
             return entry.get("sha256")
         return None
 
+    def record(self, path: Path, sha256: str) -> None:
+        """Remember a hash computed elsewhere (a download hashes as it writes), so a 7 GB file is not read twice."""
+        stat = path.stat()
+        with self._lock:
+            data = self._load()
+            data[str(path.resolve())] = {"size": stat.st_size, "mtime": stat.st_mtime, "sha256": sha256.lower()}
+            atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
+
     def sha256(self, path: Path, progress: Callable[[int, int], None] | None = None) -> str:
         known = self.cached(path)
         if known:

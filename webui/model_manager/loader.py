@@ -88,6 +88,10 @@ def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 def read_tensors(path: Path, allow_pickle: bool) -> StateDict:
     if path.suffix.lower() == ".safetensors":
         return load_file(str(path), device="cpu")
+    if path.suffix.lower() == ".gguf":  # quantized: dequantized here, then loaded like any single file
+        from .gguf import read_gguf_checkpoint
+
+        return read_gguf_checkpoint(path)
     return load_pickle_checkpoint(path, allow_pickle)
 
 
@@ -255,6 +259,10 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bo
             uncertain = False
         else:
             tensors = read_tensors(info.path, allow_pickle)
+            if info.format == "gguf":
+                from .gguf import describe_gguf
+
+                notes.append(f"GGUF, dequantized at load: {describe_gguf(info.path)['quantization']}")
             detection = detect({k: tuple(v.shape) for k, v in tensors.items()})
             arch = detection.architecture
             uncertain = detection.prediction_uncertain

@@ -14,14 +14,14 @@ from pathlib import Path
 from .hashing import HashCache, autov2
 from .safe_unpickle import PICKLE_SUFFIXES
 
-CHECKPOINT_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
+CHECKPOINT_SUFFIXES = (".safetensors", ".gguf") + PICKLE_SUFFIXES
 
 
 @dataclass
 class CheckpointInfo:
     name: str
     path: Path
-    format: str  # "safetensors" | "pickle" | "diffusers"
+    format: str  # "safetensors" | "pickle" | "diffusers" | "gguf"
     size: int
     mtime: float
 
@@ -83,8 +83,10 @@ def scan_folder(root: Path) -> list[CheckpointInfo]:
                 else:
                     stack.append(entry)
             elif entry.suffix.lower() in CHECKPOINT_SUFFIXES and entry.is_file():
+                if entry.stem.lower().endswith(".vae"):  # model.vae.safetensors: that checkpoint's VAE
+                    continue
                 stat = entry.stat()
-                fmt = "safetensors" if entry.suffix.lower() == ".safetensors" else "pickle"
+                fmt = {".safetensors": "safetensors", ".gguf": "gguf"}.get(entry.suffix.lower(), "pickle")
                 found.append(CheckpointInfo(rel, entry, fmt, stat.st_size, stat.st_mtime))
     return sorted(found, key=lambda c: c.name.lower())
 

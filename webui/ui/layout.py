@@ -17,7 +17,11 @@ from .runner import SessionJobs
 from .settings_tab import build_settings
 from .controlnet_tab import build_controlnet_tab
 from .extensions_tab import build_extensions
+from .identity_tab import build_identity_tab
 from .img2img import build_img2img, build_inpaint
+from .models_downloads import build_first_run_download
+from .models_tab import build_models_tab
+from .models_library import build_vae_picker
 from .pnginfo_tab import build_pnginfo, wire_pnginfo_send
 from .send_to import SendTarget, wire_send_buttons
 from .txt2img import build_txt2img
@@ -28,7 +32,8 @@ def _no_checkpoint_notice(easel: Easel) -> str:
     return (f'<div class="easel-notice" id="easel_no_checkpoint"><b>No checkpoint installed.</b> Put a Stable '
             f"Diffusion <code>.safetensors</code> checkpoint (or a diffusers folder) into {folders}, then press "
             f"🔄 next to the checkpoint list. To try Easel right away, restart it with "
-            f"<code>--demo-model</code> (a tiny random model: it makes noise, not pictures).</div>")
+            f"<code>--demo-model</code> (a tiny random model: it makes noise, not pictures). Or download a model "
+            f"with the button below or in Models → Download.</div>")
 
 
 def _status(easel: Easel) -> str:
@@ -79,7 +84,9 @@ def build_ui(easel: Easel, local: bool = True) -> gr.Blocks:
                                      scale=4, allow_custom_value=True)  # titles gain hashes as files are hashed
             refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", elem_classes="easel-tool", scale=0,
                                 min_width=42)
+            build_vae_picker(easel)  # SD VAE: Automatic / None / a file from models/VAE
         status = gr.HTML(_status(easel), elem_id="easel_status")
+        build_first_run_download(easel, status)  # one click to the starter model, shown with the notice
         build_queue_panel(easel)
 
         with gr.Tabs(elem_id="tabs") as tabs:
@@ -91,10 +98,14 @@ def build_ui(easel: Easel, local: bool = True) -> gr.Blocks:
                 inpaint = build_inpaint(easel, checkpoint, sessions)
             with gr.Tab("ControlNet", id="controlnet", elem_id="tab_controlnet"):
                 controlnet = build_controlnet_tab(easel, checkpoint, sessions)
+            with gr.Tab("Identity", id="identity", elem_id="tab_identity"):
+                identity = build_identity_tab(easel, checkpoint, sessions)
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
-                build_extras(easel, sessions)
+                extras = build_extras(easel, sessions)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png_image, png_text, png_buttons, png_note = build_pnginfo(easel, tabs, checkpoint)
+            with gr.Tab("Models", id="models", elem_id="tab_models"):
+                build_models_tab(easel)
             _extension_tabs(easel)
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
                 build_extensions(easel)
@@ -103,13 +114,16 @@ def build_ui(easel: Easel, local: bool = True) -> gr.Blocks:
         targets = [
             SendTarget("txt2img", "txt2img", controls=txt2img),
             SendTarget("controlnet", "ControlNet", controls=controlnet),
+            SendTarget("identity", "Identity", controls=identity),
             SendTarget("img2img", "img2img", image=img2img.image, controls=img2img,
                        subtab=(img2img.subtabs, "img2img_plain")),
             SendTarget("inpaint", "inpaint", image=inpaint.image, controls=inpaint,
                        subtab=(inpaint.subtabs, "inpaint_paint"),
                        image_value=lambda picture: {"background": picture, "layers": [], "composite": picture}),
+            SendTarget("extras", "extras", image=extras.image, subtab=(extras.tabs, "single_image"),
+                       extra_outputs=[(extras.tab_index, 0)]),
         ]
-        for source in (txt2img, img2img, inpaint, controlnet):
+        for source in (txt2img, img2img, inpaint, controlnet, identity, extras.source):
             wire_send_buttons(easel, tabs, checkpoint, source, targets)
         wire_pnginfo_send(easel, tabs, checkpoint, png_image, png_text, png_buttons, png_note, targets)
         gr.HTML(f'<div style="text-align:center;opacity:.6;font-size:12px">Easel {__version__} · '

@@ -1,0 +1,81 @@
+"""GGUF checkpoints: a tiny SD 1.x checkpoint written as GGUF (Q8_0 2-D weights, F32 the rest) loads
+through the model manager and generates nearly the image its safetensors original makes; the library
+and the load notes show the quantization; a UNet-only GGUF is refused with a clear message."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from tests.conftest import make_easel
+from webui.core.request import GenerationRequest
+from webui.model_manager.errors import ModelLoadError
+from webui.model_manager.gguf import read_gguf_tensors, write_gguf_checkpoint
+
+
+@pytest.fixture(scope="module")
+def gguf_world(tmp_path_factory, tiny_ckpt_dir):
+    root = tmp_path_factory.mktemp("gguf")
+    ckpts = root / "ckpts"
+    ckpts.mkdir()
+    shutil.copy(tiny_ckpt_dir / "tiny-sd1.safetensors", ckpts / "tiny-sd1.safetensors")
+    shutil.copy(tiny_ckpt_dir / "tiny-sd1.json", ckpts / "tiny-sd1.json")
+    tensors = load_file(str(ckpts / "tiny-sd1.safetensors"))
+    write_gguf_checkpoint(ckpts / "tiny-sd1-q8.gguf", tensors, "Q8_0", "sd1")
+    shutil.copy(tiny_ckpt_dir / "tiny-sd1.json", ckpts / "tiny-sd1-q8.json")  # the tiny model's sizes
+    unet_only = {k.removeprefix("model.diffusion_model."): v for k, v in tensors.items()
+                 if k.startswith("model.diffusion_model.")}
+    write_gguf_checkpoint(ckpts / "unet-only.gguf", unet_only, "Q8_0", "sd1")
+    easel = make_easel(root, ckpts)
+    yield easel, ckpts, tensors
+    easel.close()
+
+
+def _image(easel, checkpoint: str) -> np.ndarray:
+    request = GenerationRequest(prompt="a lighthouse", steps=3, width=64, height=64, seed=11, sampler_name="Euler",
+                                checkpoint=checkpoint, save_images=False)
+    return np.asarray(easel.generate(request).images[0], dtype=np.float32)
+
+
+def test_tensors_keep_shapes_and_types(gguf_world):
+    _, ckpts, original = gguf_world
+    tensors, types = read_gguf_tensors(ckpts / "tiny-sd1-q8.gguf")
+    assert set(tensors) == set(original)
+    assert all(tuple(tensors[k].shape) == tuple(v.shape) for k, v in original.items())
+    quantized = [k for k, t in types.items() if t == "Q8_0"]
+    assert quantized and all(original[k].ndim == 2 for k in quantized)
+    assert "F32" in types.values()
+    key = quantized[0]
+    error = (tensors[key] - original[key].float()).abs().max() / original[key].abs().max()
+    assert 0 < error < 0.02  # really quantized, and Q8_0-close
+
+
+def test_gguf_checkpoint_generates_close_to_original(gguf_world):
+    easel, _, _ = gguf_world
+    names = [c.name for c in easel.models.checkpoints()]
+    assert "tiny-sd1-q8.gguf" in names
+    assert easel.models.find("tiny-sd1-q8.gguf").format == "gguf"
+    reference = _image(easel, "tiny-sd1.safetensors")
+    quantized = _image(easel, "tiny-sd1-q8.gguf")
+    assert np.isfinite(quantized).all() and quantized.shape == (64, 64, 3)
+    difference = np.abs(quantized - reference).mean()
+    print(f"\nGGUF Q8_0 vs safetensors: mean |diff| {difference:.3f} of 255")
+    assert difference < 4, f"mean pixel difference {difference:.2f} of 255"
+    model = easel.models.current
+    assert model.info.name == "tiny-sd1-q8.gguf"
+    assert any("Q8_0" in note for note in model.notes)
+
+
+def test_library_shows_quantization_and_unet_only_is_refused(gguf_world):
+    easel, _, _ = gguf_world
+    easel.library.refresh()
+    entry = next(e for e in easel.library.entries() if e.name == "tiny-sd1-q8.gguf")
+    assert entry.kind == "checkpoint" and entry.format == "gguf"
+    assert entry.quantization.startswith(("Q8_0", "F32")) and "Q8_0" in entry.quantization
+    assert entry.architecture == "SD 1.x"
+    unet = next(e for e in easel.library.entries() if e.name == "unet-only.gguf")
+    assert "UNet-only" in unet.note
+    with pytest.raises(ModelLoadError, match="only a UNet"):
+        easel.models.get("unet-only.gguf")

