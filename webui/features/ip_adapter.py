@@ -281,9 +281,10 @@ class IPAdapterPatch:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.unet.set_attn_processor(self._original)
+        # the projection first: a Resampler ("plus", InstantID) has attention layers of its own
         self.unet.encoder_hid_proj = self._original_proj
         self.unet.config.encoder_hid_dim_type = self._original_type
+        self.unet.set_attn_processor(self._original)
 
     def set_step(self, fraction: float) -> None:
         """Unit weights inside each unit's start/end fraction of the steps, zero outside."""

@@ -35,6 +35,9 @@ class ControlApplication:
     end: float
     mode: int               # index into CONTROL_MODES
     features: list[torch.Tensor] | None = None  # a T2I-Adapter's output: computed once, added every step
+    # replaces the text embeddings as the ControlNet's cross-attention input, laid out like the
+    # batch: context(batch, copies, uncond_first) (InstantID's IdentityNet reads face tokens)
+    context: Any = None
 
     def active(self, fraction: float) -> bool:
         return self.weight != 0 and self.start <= fraction <= self.end
@@ -181,7 +184,8 @@ def residuals(applications: list[ControlApplication], fraction: float, x: torch.
             continue
         hint = app.hint.expand(rows, -1, -1, -1)
         kwargs = {"added_cond_kwargs": added} if added else {}
-        down, mid = app.model(x, t, encoder_hidden_states=embeds, controlnet_cond=hint,
+        context = embeds if app.context is None else app.context(batch, copies, uncond_first)
+        down, mid = app.model(x, t, encoder_hidden_states=context, controlnet_cond=hint,
                               conditioning_scale=app.weight, return_dict=False, **kwargs)
         controlnet_total = _add(controlnet_total, _expand(list(down) + [mid], app, rows, batch, copies, uncond_first))
     if controlnet_total is None:

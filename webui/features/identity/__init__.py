@@ -1,0 +1,1 @@
+"""Identity: PhotoMaker (v1, v2) and InstantID with insightface face analysis (SDXL)."""
