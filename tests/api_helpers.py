@@ -66,3 +66,32 @@ def stop_job(client: httpx.Client, job_id: str) -> None:
     client.delete(f"/easel/v1/jobs/{job_id}")
     wait_until(lambda: client.get(f"/easel/v1/jobs/{job_id}").json()["state"] in ("interrupted", "cancelled", "done"),
                timeout=60, what="the job to stop")
+
+
+def write_library_items(root, ckpt_dir, scratch) -> None:
+    """Before a server starts at `root`: one kohya-layout LoRA for tiny SD1 (in a subfolder, with training
+    metadata), an embedding that fits tiny SD1 (width 32), one that does not (768), and a styles.csv."""
+    import torch
+    from safetensors.torch import save_file
+
+    from webui.features.lora_writer import random_lora_tensors
+
+    from conftest import make_easel
+
+    app = make_easel(scratch, ckpt_dir)
+    try:
+        tensors = random_lora_tensors(app.models.get("tiny-sd1.safetensors"), seed=1, alpha=2.0)
+    finally:
+        app.close()
+    lora = root / "models" / "Lora" / "sub" / "tinystyle.safetensors"
+    lora.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(lora), metadata={"ss_network_module": "networks.lora", "ss_output_name": "Tiny Style"})
+    embeddings = root / "models" / "embeddings"
+    embeddings.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(1)
+    save_file({"emb_params": torch.randn(3, 32, generator=generator)}, str(embeddings / "tinyemb.safetensors"))
+    save_file({"emb_params": torch.randn(1, 768, generator=generator)}, str(embeddings / "wideemb.safetensors"))
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    (root / "data" / "styles.csv").write_text('name,prompt,negative_prompt\n'
+                                              'painterly,oil painting of {prompt},photo\n'
+                                              'plain,,"lowres, blurry"\n', encoding="utf-8")

@@ -17,7 +17,7 @@ from PIL import Image
 from webui.core.images import read_infotext
 from webui.core.infotext import parse_infotext
 
-from api_helpers import TINY, decode, max_diff, payload, start_long_job, stop_job, wait_until
+from api_helpers import TINY, decode, max_diff, payload, start_long_job, stop_job, wait_until, write_library_items
 from conftest import start_server
 from upscale_helpers import make_upscalers, smooth_image, tiny_models
 
@@ -31,6 +31,8 @@ def server(tmp_path_factory, tiny_ckpt_dir):
     # image URLs on (a protected setting: only config.json can turn it on), to test the address policy
     (root / "data" / "config.json").write_text(json.dumps({"api_enable_requests": True, "hub_token": "hf_secret123"}))
     tiny_models(root / "models")  # models/ESRGAN/4x-Tiny and 2x-TinyCompact for the extras routes
+    # one LoRA, two embeddings and a styles.csv, so the list routes are checked with items in them
+    write_library_items(root, tiny_ckpt_dir, tmp_path_factory.mktemp("lora-source"))
     running = start_server(root, tiny_ckpt_dir, ["--api", "--api-max-body-mb", str(MAX_BODY_MB)])
     yield running
     running.stop()
@@ -162,15 +164,37 @@ def test_list_endpoints(client):
         assert model["title"].startswith(model["filename"]) and not model["filename"].startswith("/")
         assert len(model["hash"]) == 10
     assert client.get("/sdapi/v1/sd-vae").json() == []
-    assert client.get("/sdapi/v1/loras").json() == []
-    assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
-    assert client.get("/sdapi/v1/prompt-styles").json() == []
     modes = client.get("/sdapi/v1/latent-upscale-modes").json()
     assert {"name": "Latent"} in modes and {"name": "Latent (nearest-exact)"} in modes
     memory = client.get("/sdapi/v1/memory").json()
     assert memory["ram"]["total"] > memory["ram"]["used"] > 0 and "cuda" in memory
     flags = client.get("/sdapi/v1/cmd-flags").json()
     assert flags["api"] is True and flags["auth"] is None and flags["device"] == "cpu"
+
+
+def test_lora_embedding_and_style_items_have_automatic1111_shapes(client):
+    loras = client.get("/sdapi/v1/loras").json()
+    assert len(loras) == 1
+    lora = loras[0]
+    assert set(lora) == {"name", "alias", "path", "metadata"}
+    assert lora["name"] == "tinystyle" and lora["alias"] == "Tiny Style"
+    assert lora["path"] == "sub/tinystyle.safetensors"  # relative to models/Lora, never a server path
+    assert lora["metadata"] == {"ss_network_module": "networks.lora", "ss_output_name": "Tiny Style"}
+
+    # which embeddings are `loaded` depends on the loaded checkpoint's text encoder width (32 for tiny SD1)
+    assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-sd1"}).status_code == 200
+    embeddings = client.get("/sdapi/v1/embeddings").json()
+    assert set(embeddings) == {"loaded", "skipped"}
+    assert set(embeddings["loaded"]) == {"tinyemb"} and set(embeddings["skipped"]) == {"wideemb"}
+    fields = {"step", "sd_checkpoint", "sd_checkpoint_name", "shape", "vectors"}
+    for item in (embeddings["loaded"]["tinyemb"], embeddings["skipped"]["wideemb"]):
+        assert set(item) == fields
+    assert embeddings["loaded"]["tinyemb"]["shape"] == 32 and embeddings["loaded"]["tinyemb"]["vectors"] == 3
+    assert embeddings["skipped"]["wideemb"]["shape"] == 768 and embeddings["skipped"]["wideemb"]["vectors"] == 1
+
+    styles = client.get("/sdapi/v1/prompt-styles").json()
+    assert styles == [{"name": "painterly", "prompt": "oil painting of {prompt}", "negative_prompt": "photo"},
+                      {"name": "plain", "prompt": "", "negative_prompt": "lowres, blurry"}]
 
 
 def test_upscaler_and_face_restorer_lists(client):
@@ -515,6 +539,35 @@ def test_oversize_body_is_413(client):
     chunked = client.post("/sdapi/v1/png-info", content=iter([b'{"image": "', big.encode(), b'"}']),
                           headers={"content-type": "application/json"})
     assert chunked.status_code == 413
+    # every route that takes a body, not only /sdapi and /easel
+    detect = client.post("/controlnet/detect", json={"controlnet_module": "canny", "controlnet_input_images": [big]})
+    assert detect.status_code == 413 and "api-max-body-mb" in detect.json()["detail"]
+    chunked = client.post("/controlnet/detect", content=iter([b'{"controlnet_input_images": ["', big.encode(),
+                                                              b'"]}']), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413
+    healthy(client)
+
+
+def test_controlnet_detect_runs_as_a_queue_job(client):
+    import cv2
+
+    image = smooth_image(80, 64, seed=9)
+    answer = client.post("/controlnet/detect", json={
+        "controlnet_module": "canny", "controlnet_input_images": [png_b64(image), png_b64(image)],
+        "controlnet_processor_res": 64, "controlnet_threshold_a": 40, "controlnet_threshold_b": 120})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["info"] == "Success" and len(body["images"]) == 2
+    expected = cv2.Canny(np.asarray(image), 40, 120)
+    for b64 in body["images"]:
+        detected = np.asarray(decode(b64))
+        assert np.array_equal(detected[..., 0] if detected.ndim == 3 else detected, expected)
+    jobs = client.get("/easel/v1/jobs", params={"finished": True}).json()["jobs"]
+    detects = [j for j in jobs if j["type"] == "controlnet-detect"]
+    assert detects and detects[-1]["state"] == "done" and detects[-1]["owner"] == "api"
+    bad = client.post("/controlnet/detect", json={"controlnet_module": "softedge_hed",
+                                                   "controlnet_input_images": [png_b64(image)]})
+    assert bad.status_code == 422 and "controlnet_module" in bad.text and "Traceback" not in bad.text
     healthy(client)
 
 

@@ -3,7 +3,8 @@
 Easel binds 127.0.0.1 unless --listen is given; listening on other addresses requires
 --auth (or --insecure), and with credentials every route (UI, API, files, docs, unknown
 paths) asks for them with HTTP Basic auth. State-changing requests from foreign web
-origins are refused unless allowed with --cors-allow-origins.
+origins are refused unless allowed with --cors-allow-origins. On loopback, requests
+addressed to any other Host name are refused (DNS rebinding).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 
 from . import __version__
 from . import api
-from .api.security import BasicAuth, BodyLimit, SameOrigin, parse_credentials
+from .api.security import LOOPBACK_NAMES, BasicAuth, BodyLimit, LoopbackHost, SameOrigin, parse_credentials
 from .api.controlnet import controlnet_router
 from .app import Easel
 from .ui.common import CSS
@@ -65,10 +66,10 @@ def create_fastapi(easel: Easel, options: ServerOptions) -> FastAPI:
                 "loaded": current.info.name if current else None,
                 "queue": len(easel.queue.pending())}
 
-    api.install(app, easel, sdapi=options.api or not options.ui, flags=options.flags,
-                usernames=frozenset(user for user, _ in options.auth))
+    ctx = api.install(app, easel, sdapi=options.api or not options.ui, flags=options.flags,
+                      usernames=frozenset(user for user, _ in options.auth))
 
-    # outermost last: CORS preflights, then auth, then origin and size checks
+    # outermost last: the Host check, CORS preflights, then auth, then origin and size checks
     app.add_middleware(BodyLimit, limit=options.max_body_bytes)
     app.add_middleware(SameOrigin, allowed_origins=options.cors_allow_origins)
     if options.auth:
@@ -76,13 +77,15 @@ def create_fastapi(easel: Easel, options: ServerOptions) -> FastAPI:
     if options.cors_allow_origins:
         app.add_middleware(CORSMiddleware, allow_origins=options.cors_allow_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
+    if options.host in LOOPBACK_NAMES:  # outermost: a rebinding page gets nothing, not even a 401
+        app.add_middleware(LoopbackHost)
 
-    app.include_router(controlnet_router(easel))
+    app.include_router(controlnet_router(ctx))
     _mount_extension_assets(app, easel)
     easel.engine.hooks.call("app_started", app=app, easel=easel)
 
     if options.ui:
-        blocks = build_ui(easel, local=options.host in ("127.0.0.1", "localhost", "::1"))
+        blocks = build_ui(easel, local=options.host in LOOPBACK_NAMES)
         blocks.queue(default_concurrency_limit=None)
         allowed = [str(easel.paths.outputs_dir.resolve())]
         # HTTP Basic auth (above) protects the UI too, so Gradio's own login form is not used

@@ -20,10 +20,11 @@ from ..app import Easel
 from ..core.jobs import Job, JobState
 from ..core.preview import latent_preview
 from .images import encode_b64
-from .security import USER_KEY
+from .security import USER_KEY, current_user
 
 log = logging.getLogger(__name__)
 API_OWNER = "api"
+OTHER_USERS_JOB = "another user's job is running"
 
 
 class JobWaiter:
@@ -117,6 +118,16 @@ class ApiContext:
         """Without --auth there is one user; with it, each controls only their own jobs."""
         return not self.auth_enabled or job.owner == self.owner(request)
 
+    def may_see(self, job: Job, request: Request | None = None) -> bool:
+        """Whether the asker may see the job's live preview and progress text (with --auth, only its owner).
+
+        Without a request, the asker is the user the auth middleware let in for this request.
+        """
+        if not self.auth_enabled:
+            return True
+        asker = self.owner(request) if request is not None else (current_user.get() or API_OWNER)
+        return job.owner == asker
+
     def display_owner(self, owner: str | None) -> str:
         """API users by name; browser sessions only as "ui" (a session id is not for other eyes)."""
         if owner is None:
@@ -158,12 +169,19 @@ def a1111_state(job: Job | None) -> dict[str, Any]:
             "job_no": p.job_no, "sampling_step": max(0, p.step - p.job_no * per_batch), "sampling_steps": per_batch}
 
 
-def a1111_progress(ctx: ApiContext, skip_current_image: bool) -> dict[str, Any]:
-    """/sdapi/v1/progress: the job running now, whoever started it (UI, API or CLI)."""
+def a1111_progress(ctx: ApiContext, skip_current_image: bool, request: Request | None = None) -> dict[str, Any]:
+    """/sdapi/v1/progress: the job running now, whoever started it (UI, API or CLI).
+
+    With --auth, a user sees only their own job: another user's running job shows as idle
+    with a neutral text, never with its preview, prompt text or timings.
+    """
     job = ctx.easel.queue.current
     if job is None or job.state != JobState.RUNNING:
         return {"progress": 0.0, "eta_relative": 0.0, "state": a1111_state(None), "current_image": None,
                 "textinfo": None}
+    if not ctx.may_see(job, request):
+        return {"progress": 0.0, "eta_relative": 0.0, "state": a1111_state(None), "current_image": None,
+                "textinfo": OTHER_USERS_JOB}
     fraction = min(1.0, 0.01 + job.progress.fraction)
     elapsed = time.time() - (job.started_at or time.time())
     eta = job.progress.eta_seconds
@@ -174,13 +192,14 @@ def a1111_progress(ctx: ApiContext, skip_current_image: bool) -> dict[str, Any]:
             "textinfo": job.progress.text or None}
 
 
-def job_progress(ctx: ApiContext, job: Job, preview: bool) -> dict[str, Any]:
+def job_progress(ctx: ApiContext, job: Job, preview: bool, private: bool = False) -> dict[str, Any]:
+    """`private`: the asker is not the owner, so no progress text (it can quote the prompt)."""
     p = job.progress
     running = job.state == JobState.RUNNING
     return {"fraction": 1.0 if job.state == JobState.DONE else p.fraction, "step": p.step,
             "total_steps": p.total_steps, "batch": p.job_no, "batch_count": p.job_count,
-            "eta_seconds": p.eta_seconds if running else None, "text": p.text,
-            "preview": ctx.previews.get(job, ctx.is_sdxl()) if preview and running else None}
+            "eta_seconds": p.eta_seconds if running else None, "text": "" if private else p.text,
+            "preview": ctx.previews.get(job, ctx.is_sdxl()) if preview and running and not private else None}
 
 
 def job_info(ctx: ApiContext, request: Request, job: Job, preview: bool = False) -> dict[str, Any]:
@@ -192,4 +211,4 @@ def job_info(ctx: ApiContext, request: Request, job: Job, preview: bool = False)
             "position": ctx.easel.queue.position(job.id), "owner": ctx.display_owner(job.owner), "mine": mine,
             "description": job.description if mine or not ctx.auth_enabled else None,
             "submitted_at": job.submitted_at, "started_at": job.started_at, "finished_at": job.finished_at,
-            "progress": job_progress(ctx, job, preview), "error": error}
+            "progress": job_progress(ctx, job, preview, private=not ctx.may_see(job, request)), "error": error}

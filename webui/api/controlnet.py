@@ -2,7 +2,9 @@
 
 Generation itself needs no route of its own: units travel in `alwayson_scripts.controlnet`
 of `/sdapi/v1/txt2img` and `img2img`. These routes list models and modules and run a
-preprocessor on its own (`detect`). Images are base64 in and out, never paths.
+preprocessor on its own (`detect`). Images are base64 in and out, never paths. A detect
+runs as a job on the queue like everything else that computes, so it never races a
+generation for the CPU/GPU or blocks a server thread.
 """
 from __future__ import annotations
 
@@ -11,14 +13,17 @@ import io
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from PIL import Image
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
-from ..app import Easel
+from ..core.jobs import Interrupted
 from ..features.controlnet import choices
 from ..features.controlnet.preprocessors import PREPROCESSORS, PreprocessorError, run_preprocessor
 from ..features.controlnet.units import SCRIPT, parse_units
+from .context import ApiContext
+from .errors import ApiError, job_error
 
 API_VERSION = 2  # what the extension's /controlnet/version answers; clients check it
 
@@ -50,8 +55,9 @@ def _decode(index: int, value: str) -> Image.Image:
     return units[0].image
 
 
-def controlnet_router(easel: Easel) -> APIRouter:
+def controlnet_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(prefix="/controlnet", tags=["controlnet"])
+    easel = ctx.easel
 
     @router.get("/version")
     def version() -> dict[str, int]:
@@ -83,24 +89,39 @@ def controlnet_router(easel: Easel) -> APIRouter:
         return {"module_list": names, "module_detail": detail}
 
     @router.post("/detect")
-    def detect(body: DetectRequest) -> dict[str, Any]:
+    async def detect(body: DetectRequest, request: Request) -> dict[str, Any]:
         if body.controlnet_module not in PREPROCESSORS:
             raise _field_error("controlnet_module", f"unknown module {body.controlnet_module!r}; "
                                                     f"see /controlnet/module_list")
         if not body.controlnet_input_images:
             raise _field_error("controlnet_input_images", "give at least one base64 image")
-        images = [_decode(i, value) for i, value in enumerate(body.controlnet_input_images)]
+        images = await run_in_threadpool(
+            lambda: [_decode(i, value) for i, value in enumerate(body.controlnet_input_images)])
         # the extension's clients send -1 (or nothing) for "the module's default"
         a, b = (v if v is not None and v >= 0 else None for v in (body.controlnet_threshold_a,
                                                                     body.controlnet_threshold_b))
-        results = []
-        for image in images:
-            try:
+
+        def run(job) -> list[str]:
+            results = []
+            for index, image in enumerate(images):
+                if job.interrupted:
+                    raise Interrupted()
+                job.report(step=index, total=len(images), text=f"{body.controlnet_module}: image {index + 1}")
                 detected = run_preprocessor(body.controlnet_module, np.asarray(image.convert("RGB")),
                                             body.controlnet_processor_res, a, b, easel.engine.annotators_dir)
-            except PreprocessorError as exc:
-                raise _field_error("controlnet_module", str(exc))
-            results.append(_b64_png(detected))
-        return {"images": results, "info": "Success"}
+                results.append(_b64_png(detected))
+            return results
+
+        job = easel.queue.submit(run, kind="controlnet-detect", owner=ctx.owner(request),
+                                 description=f"detect {body.controlnet_module}")
+        if not await ctx.wait(job, request):
+            raise ApiError(499, "client closed the request; the detect job was cancelled")
+        if isinstance(job.error, PreprocessorError):  # a missing annotator file, a bad threshold
+            raise _field_error("controlnet_module", str(job.error))
+        if job.error is not None:
+            raise job_error(job.error)
+        if job.result is None:  # cancelled or interrupted before it produced anything
+            raise ApiError(409, f"the detect job was {job.state.value} before it finished")
+        return {"images": job.result, "info": "Success"}
 
     return router

@@ -27,7 +27,7 @@ from . import extras as extras_api
 from . import models as m
 from . import scripts as script_api
 from .context import ApiContext, a1111_progress
-from .errors import ApiError, job_error, not_implemented
+from .errors import ApiError, invalid, job_error, not_implemented
 from .images import decode_image
 from .translate import apply_infotext, check_option, find_checkpoint, image_response, to_generation_request
 
@@ -147,9 +147,10 @@ def build_router(ctx: ApiContext) -> APIRouter:
     # ---- progress and control --------------------------------------------------------------------
 
     @router.get("/progress", response_model=m.ProgressResponse)
-    def progress(skip_current_image: bool = Query(False)):
-        """The job running now (from the UI, the API or the command line), with a live preview."""
-        return a1111_progress(ctx, skip_current_image)
+    def progress(request: Request, skip_current_image: bool = Query(False)):
+        """The job running now (from the UI, the API or the command line), with a live preview.
+        With --auth, only your own job shows its progress and preview."""
+        return a1111_progress(ctx, skip_current_image, request=request)
 
     @router.post("/interrupt")
     def interrupt(request: Request):
@@ -191,6 +192,11 @@ def build_router(ctx: ApiContext) -> APIRouter:
             if key == "sd_model_checkpoint":
                 checkpoint = find_checkpoint(easel.models, key, value)
                 continue
+            if key == "sd_vae":
+                try:
+                    easel.vaes.check(value)
+                except LookupError as exc:
+                    raise invalid(key, str(exc)) from exc
             changed, coerced = check_option(easel.settings, key, value, key)
             if changed:
                 changes[key] = coerced
@@ -235,8 +241,9 @@ def build_router(ctx: ApiContext) -> APIRouter:
 
     @router.get("/sd-vae", response_model=list[m.SDVaeItem])
     def get_sd_vae():
-        """Empty: Easel uses each checkpoint's own VAE; choosing a separate one is not available yet."""
-        return []
+        """VAE files in models/VAE (and `<checkpoint>.vae.*` beside checkpoints): the names `sd_vae` takes."""
+        return [{"model_name": path.name, "filename": _relative(path, easel.vaes.folders)}
+                for path in easel.vaes.files()]
 
     @router.get("/loras", response_model=list[m.LoraItem])
     def get_loras():
@@ -312,7 +319,8 @@ def build_router(ctx: ApiContext) -> APIRouter:
 
     @router.post("/refresh-vae")
     def refresh_vae():
-        """Nothing to rescan: checkpoints bring their own VAE."""
+        """Nothing to rescan: the VAE folder is listed afresh on every request."""
+        easel.vaes.files()
         return None
 
     @router.post("/refresh-loras")

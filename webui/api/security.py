@@ -5,8 +5,12 @@
 - SameOrigin: a state-changing request (POST, PUT, PATCH, DELETE) that carries a foreign
   Origin is refused (403) unless that origin was allowed with --cors-allow-origins; this
   stops a web page the user visits from driving a local Easel.
-- BodyLimit: API request bodies larger than the limit are refused with 413 before they
-  are parsed.
+- BodyLimit: request bodies larger than the limit are refused with 413 before they are
+  parsed, on every route but Gradio's own API (which streams its uploads to disk itself).
+- LoopbackHost: when Easel listens on loopback only, a request whose Host header names
+  anything but this computer (localhost, 127.0.0.1, [::1]) is refused (403). A page on
+  evil.example whose DNS name is switched to 127.0.0.1 ("DNS rebinding") is same-origin
+  with itself, so only the Host header it must send gives it away.
 
 They are plain ASGI (no BaseHTTPMiddleware), so streaming responses and the client
 disconnect detection the API relies on pass through untouched.
@@ -15,6 +19,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
+import ipaddress
 import json
 import secrets
 from typing import Iterable
@@ -23,6 +29,9 @@ from urllib.parse import urlsplit
 REALM = 'Basic realm="Easel", charset="UTF-8"'
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 USER_KEY = "easel.user"
+# the logged-in user of the request being handled, for code that is not handed the request
+current_user: contextvars.ContextVar[str | None] = contextvars.ContextVar("easel_current_user", default=None)
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
 def parse_credentials(values: Iterable[str | None]) -> list[tuple[str, str]]:
@@ -89,7 +98,11 @@ class BasicAuth:
             return await _send_json(send, 401, {"error": "Unauthorized", "detail": "Not authenticated"},
                                     [(b"www-authenticate", REALM.encode())])
         scope[USER_KEY] = user
-        return await self.app(scope, receive, send)
+        token = current_user.set(user)
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            current_user.reset(token)
 
 
 class SameOrigin:
@@ -120,12 +133,17 @@ class SameOrigin:
 
 
 class BodyLimit:
-    """Refuse request bodies over `limit` bytes under the given path prefixes with 413."""
+    """Refuse request bodies over `limit` bytes with 413, on every path except the `exempt` prefixes.
 
-    def __init__(self, app, limit: int, prefixes: tuple[str, ...] = ("/sdapi/", "/easel/")):
+    Limiting everything (not a list of API prefixes) means a route added later, or by an
+    extension, is covered without anyone remembering to. Gradio's API is exempt: it streams
+    file uploads to disk itself, and a large image dropped on the UI must not be refused.
+    """
+
+    def __init__(self, app, limit: int, exempt: tuple[str, ...] = ("/gradio_api/",)):
         self.app = app
         self.limit = limit
-        self.prefixes = prefixes
+        self.exempt = exempt
 
     async def _refuse(self, send) -> None:
         await _send_json(send, 413, {"error": "PayloadTooLarge",
@@ -134,7 +152,7 @@ class BodyLimit:
                          [(b"connection", b"close")])
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope.get("path", "").startswith(self.prefixes):
+        if scope["type"] != "http" or scope.get("path", "").startswith(self.exempt):
             return await self.app(scope, receive, send)
         declared = _header(scope, b"content-length")
         if declared is not None:
@@ -181,3 +199,50 @@ class BodyLimit:
             budget -= len(message.get("body", b""))
             if not message.get("more_body", False):
                 return
+
+
+def is_loopback_host(value: str) -> bool:
+    """True for a Host header naming this computer: localhost, 127.x.x.x or [::1], with or without a port."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        name, sep, rest = value[1:].partition("]")
+        if not sep:
+            return False
+    else:
+        name, _, rest = value.partition(":")
+        rest = ":" + rest if rest else ""
+    if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+        return False
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class LoopbackHost:
+    """Refuse requests addressed (by their Host header) to any name but this computer's.
+
+    Installed only when Easel listens on loopback; with --listen, other names are expected
+    and auth is required anyway. A request without a Host header is not from a browser
+    (browsers always send one), so it cannot be a rebinding attack and is let through.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        host = _header(scope, b"host")
+        if host is None or is_loopback_host(host):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        return await _send_json(send, 403, {
+            "error": "Forbidden",
+            "detail": f"Host {host!r} is not this computer: Easel listens on 127.0.0.1 only and answers requests "
+                      "addressed to localhost, 127.0.0.1 or [::1] (this blocks DNS-rebinding attacks from web "
+                      "pages; start Easel with --listen and --auth to serve other names)"})

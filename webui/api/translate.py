@@ -40,9 +40,7 @@ _SPECIAL = {"sampler_name", "scheduler", "save_images", "override_settings", "mo
             "script_name", "script_args", "alwayson_scripts", "init_images", "mask", "mask_blur"}
 
 # AUTOMATIC1111 options Easel has no setting for, with the values that mean "what Easel does anyway"
-NEUTRAL_OPTIONS: dict[str, tuple[Any, ...]] = {
-    "sd_vae": ("Automatic", "None", None),
-}
+NEUTRAL_OPTIONS: dict[str, tuple[Any, ...]] = {}
 
 # always-on scripts of AUTOMATIC1111 and its popular extensions that Easel lacks, by lower-case name:
 # clients send them switched off, which is fine; switched on, they are a 501 naming the capability
@@ -213,8 +211,8 @@ def _scripts(body: GenerationFields, scripts: dict[str, Any], mode: str) -> dict
     for key, value in (body.alwayson_scripts or {}).items():
         field = f"alwayson_scripts.{key}"
         lowered = key.strip().lower()
-        if lowered == "controlnet":  # the engine reads ControlNet units in A1111's own shape
-            out["alwayson_scripts"]["controlnet"] = value
+        if lowered in ("controlnet", "identity"):  # the engine reads these units itself (and names bad fields)
+            out["alwayson_scripts"][lowered] = value
             continue
         script = script_api.find(scripts, key, mode, "alwayson")
         if script is not None:
@@ -315,7 +313,7 @@ def info_json(result: Result, request: GenerationRequest, body: GenerationFields
         "cfg_scale": request.cfg_scale, "steps": request.steps, "batch_size": request.batch_size,
         "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": result.model_name or None, "sd_model_hash": first.get("Model hash"),
-        "sd_vae_name": None, "sd_vae_hash": None,
+        "sd_vae_name": first.get("VAE"), "sd_vae_hash": first.get("VAE hash"),
         "seed_resize_from_w": request.seed_resize_from_w or -1, "seed_resize_from_h": request.seed_resize_from_h or -1,
         "denoising_strength": request.denoising_strength if request.enable_hr or request.mode == "img2img" else None,
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": list(result.infotexts),
