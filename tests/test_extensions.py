@@ -227,13 +227,13 @@ def test_install_enable_disable_update_uninstall_with_real_git(tmp_path, ext_dir
     store = SettingsStore(tmp_path / "config.json")
     store.load()
     manager = ExtensionManager(ext_dir, store, HookRunner(), tmp_path / "cache")
-    ext = manager.install_from_url(f"file://{repo}")
-    assert ext.name == "hello-ext" and ext.commit == _git("rev-parse", "HEAD", cwd=repo)
-    assert not list(ext_dir.glob(".installing-*"))
-    with pytest.raises(ExtensionError, match="tick the box"):
-        manager.install_requirements("hello-ext", agreed=False)
+    with pytest.raises(ExtensionError, match="needs pluggy==1.7.0; agree to install them"):
+        manager.install_from_url(f"file://{repo}")  # requirements are asked about before anything lands
+    assert not (ext_dir / "hello-ext").exists()
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # already installed: pip must not need the network
-    assert manager.install_requirements("hello-ext", agreed=True)
+    ext = manager.install_from_url(f"file://{repo}", agreed=True)
+    assert ext.name == "hello-ext" and ext.commit == _git("rev-parse", "HEAD", cwd=repo)
+    assert not list(manager.staging_dir().iterdir())
 
     manager.set_enabled("hello-ext", False)
     assert store.get("disabled_extensions") == ["hello-ext"] and not manager.get("hello-ext").enabled
@@ -353,6 +353,9 @@ def test_ui_hooks_add_tabs_settings_and_controls(tmp_path, tiny_ckpt_dir, ext_di
 def test_every_hook_is_documented_and_exercised():
     """Like datasette: a hook without documentation or without a test fails the suite."""
     import inspect
+    import types
+
+    import pluggy
 
     from webui.extensions import hookspecs
 
@@ -360,10 +363,20 @@ def test_every_hook_is_documented_and_exercised():
                 if hasattr(f, "easel_spec")}
     assert declared == set(hookspecs.HOOK_NAMES)
     tests = "".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "extensions.md").read_text()
     for name in declared:
         doc = inspect.getdoc(getattr(hookspecs, name)) or ""
         assert len(doc) > 30, f"hook {name} is not documented"
         assert f"def {name}(" in tests, f"hook {name} is not exercised by any test extension"
+        assert f"`{name}`" in guide, f"hook {name} is not listed in docs/extensions.md"
+        assert "Example:" in doc, f"hook {name}: its docstring has no 'Example:' block"
+        example = textwrap.dedent(doc.split("Example:", 1)[1])
+        assert f"@hookimpl\ndef {name}(" in example, f"hook {name}: the example does not implement {name}"
+        # The example must be real Python whose arguments the hookspec accepts: pluggy checks on register.
+        namespace = {"hookimpl": pluggy.HookimplMarker(hookspecs.PROJECT)}
+        exec(compile(example, f"<example of {name}>", "exec"), namespace)
+        plugin = types.SimpleNamespace(**{name: namespace[name]})
+        HookRunner().register(plugin, f"example-{name}")
 
 
 ALWAYS_ON = '''

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from webui.core.seeds import resolve_seed
 from webui.extensions import api as easel
 
 hookimpl = easel.hookimpl
@@ -48,7 +47,7 @@ class PromptMatrix(easel.Script):
     def run(self, request: easel.GenerationRequest, args: dict, context: easel.GenerationContext) -> easel.Result:
         joiner = " " if args.get("joiner") == "space" else ", "
         prompts, optional = combinations(request.prompt, bool(args.get("at_start")), joiner)
-        seed = resolve_seed(request.seed)
+        seed = easel.resolve_seed(request.seed)
         cols_bits = (len(optional) + 1) // 2
         images, done = [], easel.Result()
         for index, prompt in enumerate(prompts):

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import replace
 from itertools import product
 
-from webui.core.seeds import resolve_seed
 from webui.extensions import api as easel
 
 from .axes import AXES, apply_value
@@ -63,7 +62,7 @@ class XYZPlot(easel.Script):
             raise ValueError(f"the plot would have {cells} cells; the limit is 400")
         base = replace(request, n_iter=1, batch_size=1)
         if "Seed" not in (x_name, y_name, z_name):
-            base = replace(base, seed=resolve_seed(base.seed))  # every cell gets the same seed
+            base = replace(base, seed=easel.resolve_seed(base.seed))  # every cell gets the same seed
         cells_result = easel.Result()
         grids, legend = [], bool(args.get("draw_legend", True))
         for z in zs:

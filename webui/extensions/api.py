@@ -2,7 +2,11 @@
 
 Everything an extension needs is here, under names that stay stable within a major
 API_VERSION: the hook marker, the script base class, setting specs, the request/result
-types, infotext helpers and grid drawing. Anything else in Easel may change.
+types, infotext helpers, seed resolution and grid drawing. Anything else in Easel may change.
+
+API versions (a minor bump only adds names; docs/extensions.md keeps the list):
+- 1.0: hooks, Script, SettingSpec, request/result types, infotext helpers, draw_grid.
+- 1.1: resolve_seed and MAX_SEED, so scripts can fix one seed for many generations.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ import pluggy
 from ..core.hooks import GenerationContext, StepContext
 from ..core.infotext import Infotext, format_infotext, parse_infotext
 from ..core.request import GenerationRequest, Result
+from ..core.seeds import MAX_SEED
+from ..core.seeds import resolve_seed as _resolve_seed
 from .hookspecs import HOOK_API_VERSION, PROJECT
 
 if TYPE_CHECKING:
@@ -23,7 +29,7 @@ API_VERSION = HOOK_API_VERSION
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 __all__ = ["API_VERSION", "hookimpl", "Script", "SettingSpec", "GenerationRequest", "Result", "GenerationContext",
-           "StepContext", "Infotext", "format_infotext", "parse_infotext", "draw_grid"]
+           "StepContext", "Infotext", "format_infotext", "parse_infotext", "draw_grid", "resolve_seed", "MAX_SEED"]
 
 
 class Script:
@@ -67,3 +73,12 @@ def draw_grid(images, row_labels=None, column_labels=None, title: str | None = N
     from ..core.grids import draw_grid as _draw
 
     return _draw(images, row_labels, column_labels, title)
+
+
+def resolve_seed(seed: int | None) -> int:
+    """The seed a generation will use: -1 (or None) becomes a random one, others stay.
+
+    A script that makes many generations from one request (a grid, a matrix) resolves the
+    seed once, so every cell shares it and the value can be recorded.
+    """
+    return _resolve_seed(seed)

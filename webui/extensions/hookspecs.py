@@ -21,7 +21,7 @@ from typing import Any
 import pluggy
 
 PROJECT = "easel"
-HOOK_API_VERSION = "1.0"
+HOOK_API_VERSION = "1.1"  # 1.1: api.resolve_seed, api.MAX_SEED
 hookspec = pluggy.HookspecMarker(PROJECT)
 
 
@@ -31,6 +31,8 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 @hookspec
 def app_started(app: Any, easel: Any) -> None:
     """The FastAPI app is assembled; add routes.
+
+    Example:
 
         @hookimpl
         def app_started(app):
@@ -44,6 +46,8 @@ def app_started(app: Any, easel: Any) -> None:
 def model_loaded(model: Any) -> None:
     """A checkpoint finished loading (a `LoadedModel`: unet, vae, text_encoders, architecture).
 
+    Example:
+
         @hookimpl
         def model_loaded(model):
             print("now using", model.info.name, model.architecture.label)
@@ -53,6 +57,8 @@ def model_loaded(model: Any) -> None:
 @hookspec
 def register_scripts() -> list:
     """Return `Script` instances: selectable (dropdown) or always-on (accordion) ones.
+
+    Example:
 
         @hookimpl
         def register_scripts():
@@ -67,6 +73,8 @@ def register_scripts() -> list:
 def ui_tabs() -> list:
     """Return [(tab label, build function)]; the function creates Gradio components inside the tab.
 
+    Example:
+
         @hookimpl
         def ui_tabs():
             def build():
@@ -79,6 +87,8 @@ def ui_tabs() -> list:
 def ui_settings() -> list:
     """Return `SettingSpec`s; they appear in the Settings tab and are saved in config.json.
 
+    Example:
+
         @hookimpl
         def ui_settings():
             return [SettingSpec("my_ext_strength", 0.5, "Strength of my effect", minimum=0, maximum=1)]
@@ -88,6 +98,8 @@ def ui_settings() -> list:
 @hookspec
 def component_created(component: Any, elem_id: str) -> None:
     """A UI component with an elem_id was created; components you create now appear right after it.
+
+    Example:
 
         @hookimpl
         def component_created(component, elem_id):
@@ -99,6 +111,8 @@ def component_created(component: Any, elem_id: str) -> None:
 @hookspec
 def infotext_pasted(text: str, fields: dict) -> None:
     """Parameters were pasted (PNG Info, send-to); change `fields` (request field -> value) in place.
+
+    Example:
 
         @hookimpl
         def infotext_pasted(text, fields):
@@ -114,6 +128,8 @@ def infotext_pasted(text: str, fields: dict) -> None:
 def before_process(request: Any, context: Any) -> None:
     """Before anything is prepared; change the `GenerationRequest` in place.
 
+    Example:
+
         @hookimpl
         def before_process(request):
             request.prompt += ", masterpiece"
@@ -122,12 +138,22 @@ def before_process(request: Any, context: Any) -> None:
 
 @hookspec
 def process(request: Any, context: Any) -> None:
-    """Model loaded and prompts planned (context.model, context.plan); last chance before sampling."""
+    """Model loaded and prompts planned (context.model, context.plan); last chance before sampling.
+
+    Example:
+
+        @hookimpl
+        def process(request, context):
+            if request.cfg_scale > 15:
+                context.extra_params["My note"] = "high CFG"
+    """
 
 
 @hookspec
 def extra_noise(noise: Any, request: Any, context: Any) -> Any:
     """The initial noise of a batch (B, 4, h, w); return a tensor to replace it, or None.
+
+    Example:
 
         @hookimpl
         def extra_noise(noise):
@@ -137,13 +163,22 @@ def extra_noise(noise: Any, request: Any, context: Any) -> Any:
 
 @hookspec
 def process_batch(request: Any, batch_index: int, seeds: list, context: Any) -> None:
-    """A batch (of `batch_size` images with these seeds) is about to be sampled."""
+    """A batch (of `batch_size` images with these seeds) is about to be sampled.
+
+    Example:
+
+        @hookimpl
+        def process_batch(batch_index, seeds):
+            print(f"batch {batch_index}: seeds {seeds}")
+    """
 
 
 @hookspec
 def before_cfg(step: Any) -> None:
     """Before the UNet call of a sampling step. `step` is a StepContext: change `step.x` (model input
     latents, including the uncond/cond copies) or `step.embeds` (text conditioning batch) in place.
+
+    Example:
 
         @hookimpl
         def before_cfg(step):
@@ -153,12 +188,22 @@ def before_cfg(step: Any) -> None:
 
 @hookspec
 def after_cfg(step: Any) -> None:
-    """After classifier-free guidance: `step.prediction` is the combined prediction; replace it to change it."""
+    """After classifier-free guidance: `step.prediction` is the combined prediction; replace it to change it.
+
+    Example:
+
+        @hookimpl
+        def after_cfg(step):
+            if step.index == 0:
+                step.prediction = step.prediction.clamp(-4, 4)
+    """
 
 
 @hookspec
 def step_end(step: Any) -> None:
     """After a sampler step: `step.latents` are the new latents; assign a tensor to change them.
+
+    Example:
 
         @hookimpl
         def step_end(step):
@@ -169,17 +214,40 @@ def step_end(step: Any) -> None:
 
 @hookspec
 def before_image_saved(image: Any, params: dict, request: Any, context: Any) -> Any:
-    """An image is about to be saved; edit `params` (infotext keys) in place, or return a new PIL image."""
+    """An image is about to be saved; edit `params` (infotext keys) in place, or return a new PIL image.
+
+    Example:
+
+        @hookimpl
+        def before_image_saved(image, params):
+            params["Watermark"] = "mine"
+            return image.convert("L").convert("RGB")
+    """
 
 
 @hookspec
 def image_saved(path: str, image: Any, infotext: str, request: Any) -> None:
-    """An image was written to `path` with `infotext`."""
+    """An image was written to `path` with `infotext`.
+
+    Example:
+
+        @hookimpl
+        def image_saved(path, infotext):
+            with open(path + ".txt", "w", encoding="utf-8") as sidecar:
+                sidecar.write(infotext)
+    """
 
 
 @hookspec
 def postprocess(request: Any, result: Any, context: Any) -> None:
-    """All images are done; change `result` (images, infotexts, warnings) in place."""
+    """All images are done; change `result` (images, infotexts, warnings) in place.
+
+    Example:
+
+        @hookimpl
+        def postprocess(result):
+            result.warnings.append(f"{len(result.images)} images made with my extension on")
+    """
 
 
 HOOK_NAMES = ("app_started", "model_loaded", "register_scripts", "ui_tabs", "ui_settings", "component_created",

@@ -22,6 +22,7 @@ import importlib.util
 import json
 import logging
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,8 @@ from .runtime import HookRunner
 
 log = logging.getLogger(__name__)
 MANIFEST = "extension.toml"
+STAGING = ".staging"  # extensions/.staging/: clones waiting for the user's answer
+REQUIREMENTS_MARKER = ".easel-requirements-installed"  # in an extension's folder: what pip installed for it
 DEFAULT_INDEX_URL = ("https://raw.githubusercontent.com/AUTOMATIC1111/stable-diffusion-webui-extensions/master/"
                      "index.json")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -72,6 +75,7 @@ class Extension:
     commit: str = ""
     remote: str = ""
     branch: str = ""
+    requirements_missing: list[str] = field(default_factory=list)
 
     @property
     def scripts_js(self) -> list[Path]:
@@ -96,6 +100,84 @@ def read_manifest(folder: Path) -> Manifest:
     values = {k: v for k, v in data.items() if k in allowed}
     values.setdefault("name", folder.name)
     return Manifest(**values)
+
+
+@dataclass
+class PendingInstall:
+    """A clone in extensions/.staging/ waiting for the user's answer (requirements, replacing a copy)."""
+
+    token: str
+    name: str             # the folder it gets in extensions/
+    path: Path            # where it is staged
+    url: str
+    commit: str
+    manifest: Manifest
+    requirements: list[str]
+    replaces: bool = False  # a folder of that name exists and will be replaced
+
+    @property
+    def needs_answer(self) -> bool:
+        return bool(self.requirements) or self.replaces
+
+
+def _is_bundled(folder: Path) -> bool:
+    try:
+        return read_manifest(folder).bundled
+    except ExtensionError:
+        return False
+
+
+def _requirements_of(folder: Path, manifest: Manifest) -> list[str]:
+    """The manifest's `requirements` plus the lines of requirements.txt, without duplicates."""
+    listed = [str(r).strip() for r in manifest.requirements if str(r).strip()]
+    file = folder / "requirements.txt"
+    if file.is_file():
+        try:
+            listed += [line.strip() for line in file.read_text(encoding="utf-8").splitlines()
+                       if line.strip() and not line.strip().startswith("#")]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ExtensionError(f"{folder.name}/requirements.txt: {exc}") from exc
+    return list(dict.fromkeys(listed))
+
+
+def _missing_requirements(folder: Path, manifest: Manifest) -> list[str]:
+    """Requirements neither installed through Easel (the marker) nor already satisfied in this environment."""
+    done = _read_marker(folder)
+    return [line for line in _requirements_of(folder, manifest) if line not in done and not _satisfied(line)]
+
+
+def _read_marker(folder: Path) -> set[str]:
+    try:
+        return set(json.loads((folder / REQUIREMENTS_MARKER).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return set()
+
+
+def _write_marker(folder: Path, installed: list[str]) -> None:
+    atomic_write_text(folder / REQUIREMENTS_MARKER, json.dumps(sorted(set(installed) | _read_marker(folder))))
+
+
+def _satisfied(line: str) -> bool:
+    """Whether a requirement line is already met by an installed distribution (unknown forms count as not met)."""
+    from importlib import metadata
+
+    try:
+        from packaging.requirements import InvalidRequirement, Requirement
+    except ImportError:
+        return False
+    try:
+        requirement = Requirement(line)
+    except InvalidRequirement:
+        return False
+    if requirement.marker is not None and not requirement.marker.evaluate():
+        return True
+    if requirement.url:
+        return False
+    try:
+        version = metadata.version(requirement.name)
+    except metadata.PackageNotFoundError:
+        return False
+    return requirement.specifier.contains(version, prereleases=True)
 
 
 def _git(*args: str, cwd: Path | None = None, timeout: float = 300) -> str:
@@ -145,6 +227,7 @@ class ExtensionManager:
         self.safe_mode = safe_mode
         self.extensions: list[Extension] = []
         self._lock = threading.RLock()
+        self._pending: dict[str, PendingInstall] = {}
 
     # ---- discovery and loading -------------------------------------------------------------
 
@@ -169,6 +252,10 @@ class ExtensionManager:
                         ext.branch = _git("rev-parse", "--abbrev-ref", "HEAD", cwd=path)
                     except ExtensionError:
                         pass
+                try:
+                    ext.requirements_missing = _missing_requirements(path, ext.manifest)
+                except ExtensionError as exc:
+                    ext.error = ext.error or str(exc)
                 found.append(ext)
         with self._lock:
             previous = {e.name: e for e in self.extensions}
@@ -182,6 +269,7 @@ class ExtensionManager:
 
     def load_all(self) -> None:
         """Import every enabled extension in order; failures are recorded on the extension."""
+        shutil.rmtree(self.staging_dir(), ignore_errors=True)  # installs nobody finished before a restart
         self.discover()
         if self.safe_mode:
             for ext in self.extensions:
@@ -265,8 +353,16 @@ class ExtensionManager:
             raise ExtensionError("Installing extensions is disabled because Easel listens beyond 127.0.0.1; "
                                  "start it with --enable-insecure-extension-access to allow it.")
 
-    def install_from_url(self, url: str, branch: str = "", name: str = "") -> Extension:
-        """git clone into extensions/<name> (through a temporary folder), recording the commit."""
+    def staging_dir(self) -> Path:
+        """Where clones wait for the user's answer; ignored by discovery, emptied at start-up."""
+        return self.folder / STAGING
+
+    def stage_install(self, url: str, branch: str = "", name: str = "") -> PendingInstall:
+        """git clone into extensions/.staging/ and read what the extension needs; nothing is installed yet.
+
+        The caller shows `requirements` (and whether an installed copy is replaced) to the user,
+        then calls `finish_install` or `cancel_install`.
+        """
         self._check_install_allowed()
         url = url.strip()
         if not url:
@@ -275,19 +371,93 @@ class ExtensionManager:
         if not _NAME.match(name):
             raise ExtensionError(f"name: {name!r} is not a valid folder name")
         target = self.folder / name
-        if target.exists():
-            raise ExtensionError(f"{name} is already installed")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        temporary = self.folder / f".installing-{name}-{int(time.time() * 1000)}"
+        if target.exists() and _is_bundled(target):
+            raise ExtensionError(f"{name} comes with Easel and cannot be replaced; choose another folder name")
+        self.staging_dir().mkdir(parents=True, exist_ok=True)
+        token = secrets.token_hex(8)
+        staged = self.staging_dir() / f"{name}-{token}"
         try:
-            args = ["clone", "--quiet"] + (["--branch", branch] if branch else []) + ["--", url, str(temporary)]
-            _git(*args)
-            temporary.rename(target)
+            _git("clone", "--quiet", *(["--branch", branch.strip()] if branch.strip() else []), "--", url, str(staged))
+            manifest = read_manifest(staged)
+            if not (staged / MANIFEST).is_file():
+                manifest.name = name
+            if manifest.bundled:
+                raise ExtensionError(f"{name}: an installed extension cannot claim bundled = true")
+            pending = PendingInstall(token, name, staged, url, _git("rev-parse", "HEAD", cwd=staged), manifest,
+                                     _requirements_of(staged, manifest), replaces=target.exists())
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        with self._lock:
+            self._pending[token] = pending
+        return pending
+
+    def finish_install(self, token: str, install_requirements: bool) -> tuple[Extension, str]:
+        """Install the staged extension: its requirements first (if the user agreed), then one rename into place.
+
+        Returns the extension and a note on its requirements. If pip fails, nothing lands in extensions/.
+        """
+        self._check_install_allowed()
+        with self._lock:
+            pending = self._pending.pop(token, None)
+        if pending is None or not pending.path.is_dir():
+            raise ExtensionError("install: this install was cancelled or has finished; start it again")
+        target = self.folder / pending.name
+        try:
+            note = "no requirements"
+            if pending.requirements:
+                if install_requirements:
+                    note = self._pip_install(pending.requirements)
+                    _write_marker(pending.path, pending.requirements)
+                else:
+                    note = f"requirements not installed: {', '.join(pending.requirements)}"
+            self._move_into_place(pending, target)
         finally:
-            if temporary.exists():
-                shutil.rmtree(temporary, ignore_errors=True)
+            shutil.rmtree(pending.path, ignore_errors=True)  # only still there if something failed
         self.discover()
-        return self.get(read_manifest(target).name)
+        for ext in self.extensions:
+            if ext.path == target:
+                return ext, note
+        raise ExtensionError(f"{pending.name} was installed but could not be read back")
+
+    def cancel_install(self, token: str) -> None:
+        with self._lock:
+            pending = self._pending.pop(token, None)
+        if pending is not None:
+            shutil.rmtree(pending.path, ignore_errors=True)
+
+    def _move_into_place(self, pending: PendingInstall, target: Path) -> None:
+        """One rename puts the new folder in place; a replaced copy is moved aside first and restored on failure."""
+        with self._lock:
+            old = None
+            if target.exists():
+                if not pending.replaces:
+                    raise ExtensionError(f"{pending.name} was installed meanwhile; install again to replace it")
+                if _is_bundled(target):
+                    raise ExtensionError(f"{pending.name} comes with Easel and cannot be replaced")
+                old = self.staging_dir() / f"{pending.name}-replaced-{pending.token}"
+                target.rename(old)
+            try:
+                pending.path.rename(target)
+            except OSError as exc:
+                if old is not None:
+                    old.rename(target)
+                raise ExtensionError(f"could not move {pending.name} into {self.folder}: {exc}") from exc
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def install_from_url(self, url: str, branch: str = "", name: str = "", agreed: bool = False,
+                         replace: bool = False) -> Extension:
+        """Stage and finish in one call (scripts, tests): requirements need `agreed`, reinstalling `replace`."""
+        pending = self.stage_install(url, branch, name)
+        if pending.replaces and not replace:
+            self.cancel_install(pending.token)
+            raise ExtensionError(f"{pending.name} is already installed; reinstalling replaces it")
+        if pending.requirements and not agreed:
+            self.cancel_install(pending.token)
+            raise ExtensionError(f"{pending.name} needs {', '.join(pending.requirements)}; agree to install them "
+                                 "(nothing was installed)")
+        return self.finish_install(pending.token, install_requirements=True)[0]
 
     def check_update(self, name: str) -> bool:
         ext = self.get(name)
@@ -317,26 +487,36 @@ class ExtensionManager:
 
     def requirements(self, name: str) -> list[str]:
         ext = self.get(name)
-        listed = list(ext.manifest.requirements)
-        file = ext.path / "requirements.txt"
-        if file.is_file():
-            listed += [line.strip() for line in file.read_text().splitlines()
-                       if line.strip() and not line.strip().startswith("#")]
-        return listed
+        return _requirements_of(ext.path, ext.manifest)
+
+    def missing_requirements(self, name: str) -> list[str]:
+        """Requirements neither installed through Easel nor already satisfied in this environment."""
+        ext = self.get(name)
+        return _missing_requirements(ext.path, ext.manifest)
 
     def install_requirements(self, name: str, agreed: bool) -> str:
-        """pip install the extension's requirements into Easel's environment - only if the user agreed."""
+        """pip install an installed extension's requirements into Easel's environment - only if the user agreed."""
+        ext = self.get(name)
         wanted = self.requirements(name)
         if not wanted:
             return "no requirements"
         if not agreed:
-            raise ExtensionError(f"{name} needs {', '.join(wanted)}; tick the box to agree to install them")
+            raise ExtensionError(f"{name} needs {', '.join(wanted)}; agree to install them")
         self._check_install_allowed()
-        done = subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", *wanted],
-                              capture_output=True, text=True, timeout=1800)
+        note = self._pip_install(wanted)
+        _write_marker(ext.path, wanted)
+        self.discover()
+        return note
+
+    def _pip_install(self, wanted: list[str]) -> str:
+        try:
+            done = subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", *wanted],
+                                  capture_output=True, text=True, timeout=1800)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ExtensionError(f"pip failed: {exc}") from exc
         if done.returncode != 0:
             raise ExtensionError(f"pip failed: {(done.stderr or done.stdout).strip()[-800:]}")
-        return done.stdout.strip()[-800:]
+        return done.stdout.strip()[-800:] or "requirements installed"
 
     # ---- the index of available extensions ------------------------------------------------------
 
