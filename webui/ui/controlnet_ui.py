@@ -20,6 +20,7 @@ from ..features.controlnet.apply import detect_map
 from ..features.controlnet.units import CONTROL_MODES, RESIZE_MODES, ControlUnit, parse_infotext_unit
 from .common import error_html, esc
 from .generation_controls import GenerationControls, as_float, as_int
+from .uploads import checked_image, settings_limit
 
 PREFIX = "controlnet::"
 DEFAULT_SIZE = 512
@@ -51,8 +52,9 @@ def build_unit(easel: Easel, controls: GenerationControls, index: int, note: str
     c: dict[str, Any] = {}
     c["enabled"] = gr.Checkbox(False, label="Enable", elem_id=f"{p}_enable")
     with gr.Row():
-        c["image"] = gr.Image(label="Control image" + (f" ({note})" if note else ""), type="pil",
-                              sources=["upload", "clipboard"], elem_id=f"{p}_image", height=240)
+        label = "Control image" + (f" ({note})" if note else "")
+        c["image"] = checked_image(settings_limit(easel.settings), label=label, type="pil",
+                                   sources=["upload", "clipboard"], elem_id=f"{p}_image", height=240)
         preview = gr.Image(label="Preprocessor preview", interactive=False, elem_id=f"{p}_preview", height=240,
                            format="png")
     with gr.Row():

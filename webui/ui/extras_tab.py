@@ -9,6 +9,7 @@ field that takes server paths is something Easel does not offer.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -22,24 +23,14 @@ from ..features.faces import CODEFORMER, GFPGAN
 from ..features.upscalers import NONE
 from .common import error_html, esc, format_seconds, info_html, progress_html
 from .runner import SessionJobs
+from .send_to import GallerySource
+from .uploads import UploadedImage, settings_limit, uploaded_image  # noqa: F401  (UploadedImage: moved there)
 
 POLL_SECONDS = 0.25
 
 
-class UploadedImage(gr.Image):
-    """An image upload that hands over the uploaded file's path without Gradio opening it.
-
-    Gradio's Image opens uploads with Pillow before the handler runs; Easel checks the
-    declared size first and decodes itself (core/image_input.py), so errors are clear.
-    """
-
-    def get_block_name(self) -> str:
-        return "image"
-
-    def preprocess(self, payload):  # type: ignore[override]
-        if payload is not None and getattr(payload, "path", None) and not str(payload.url or "").startswith("data:"):
-            return str(payload.path)
-        return super().preprocess(payload)
+def _selected_index(evt: gr.SelectData) -> int:
+    return evt.index if isinstance(evt.index, int) else 0
 
 
 def _session(request: gr.Request | None) -> str:
@@ -122,16 +113,26 @@ def follow_extras(easel: Easel, submit, sessions: SessionJobs, session: str) -> 
     yield "", gallery, result_html(result)
 
 
-def build_extras(easel: Easel, sessions: SessionJobs) -> None:
+@dataclass
+class ExtrasUI:
+    """What other tabs need from Extras: where "Send to extras" puts a picture, and its gallery's Send-to source."""
+
+    image: gr.Image
+    tabs: gr.Tabs          # Single Image / Batch Process
+    tab_index: gr.State    # which of them Generate uses (0: single image)
+    source: GallerySource
+
+
+def build_extras(easel: Easel, sessions: SessionJobs) -> ExtrasUI:
     tab_index = gr.State(0)
     resize_mode = gr.State(0)
     choices = easel.upscalers.list_upscalers()
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
-            with gr.Tabs(elem_id="mode_extras"):
+            with gr.Tabs(elem_id="mode_extras") as mode_tabs:
                 with gr.Tab("Single Image", id="single_image", elem_id="extras_single_tab") as tab_single:
-                    image = UploadedImage(label="Source", type="filepath", sources=["upload", "clipboard"],
-                                          elem_id="extras_image", height=320)
+                    image = uploaded_image(settings_limit(easel.settings), label="Source", type="filepath",
+                                           sources=["upload", "clipboard"], elem_id="extras_image", height=320)
                 with gr.Tab("Batch Process", id="batch_process", elem_id="extras_batch_process_tab") as tab_batch:
                     files = gr.Files(label="Batch Process", file_types=["image"], elem_id="extras_image_batch")
             with gr.Accordion("Upscale", open=True, elem_id="extras_upscale"):
@@ -174,7 +175,10 @@ def build_extras(easel: Easel, sessions: SessionJobs) -> None:
             progress = gr.HTML("", elem_id="extras_progress")
             gallery = gr.Gallery(label="Output", elem_id="extras_gallery", columns=2, format="png",
                                  object_fit="contain", height="auto", interactive=False)
+            send_row = gr.Row(elem_id="extras_send_row")
             info = gr.HTML("", elem_id="html_info_extras")
+    selected = gr.State(0)
+    gallery.select(_selected_index, None, selected, api_name=False)
 
     tab_single.select(lambda: 0, None, tab_index, api_name=False)
     tab_batch.select(lambda: 1, None, tab_index, api_name=False)
@@ -233,3 +237,5 @@ def build_extras(easel: Easel, sessions: SessionJobs) -> None:
 
     refresh.click(do_refresh, [upscaler_1, upscaler_2], [upscaler_1, upscaler_2, models_note, faces_note],
                   api_name=False)
+    return ExtrasUI(image=image, tabs=mode_tabs, tab_index=tab_index,
+                    source=GallerySource("extras", gallery, selected, gr.State([]), send_row))

@@ -15,6 +15,7 @@ import gradio as gr
 from ..app import Easel
 from ..core import samplers
 from ..core.conditioning import prompt_token_count
+from ..core.pnginfo import override_item_fields
 from ..core.request import LORA_COMPOSITIONS, GenerationRequest
 from ..core.styles import PromptStyle
 from ..model_manager.tokenizer import clip_tokenizer
@@ -160,6 +161,11 @@ def build_sampling(easel: Easel, controls: GenerationControls, size_controls: bo
             controls.inputs["seed_resize_from_h"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
                                                               elem_id=f"{p}_seed_resize_from_h")
     extra.change(lambda on: gr.update(visible=bool(on)), extra, extras, api_name=False, show_progress="hidden")
+    # AUTOMATIC1111's "Override settings": values pasted from an image that have no control here (Clip skip,
+    # RNG, ENSD, eta, sigma ...); shown only when there are some, each removable before generating
+    controls.inputs["override_settings"] = gr.Dropdown(
+        [], value=[], multiselect=True, allow_custom_value=True, visible=False, label="Override settings",
+        elem_id=f"{p}_override_settings", info="From pasted parameters; remove an entry to use your own setting.")
     controls.last_seed = gr.State(-1)
     dice.click(lambda: -1, None, controls.seed, api_name=False)
     recycle.click(lambda s: s, controls.last_seed, controls.seed, api_name=False)
@@ -265,4 +271,5 @@ def common_request_fields(fields: dict[str, Any], script_titles: dict[str, str] 
         seed_resize_from_w=as_int(fields.get("seed_resize_from_w")),
         seed_resize_from_h=as_int(fields.get("seed_resize_from_h")),
         cfg_rescale=as_float(fields.get("cfg_rescale")), cfg_interval_start=as_float(fields.get("cfg_interval_start")),
-        cfg_interval_end=as_float(fields.get("cfg_interval_end"), 1.0))
+        cfg_interval_end=as_float(fields.get("cfg_interval_end"), 1.0),
+        **override_item_fields(fields.get("override_settings")))

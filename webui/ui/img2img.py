@@ -18,7 +18,10 @@ from .generation_controls import (GenerationControls, as_float, as_int, build_ou
                                   build_sampling, common_request_fields, wire_generation)
 from .runner import SessionJobs
 from .scripts_ui import build_scripts
+from .uploads import checked_editor, checked_image, settings_limit
 
+INPAINT_AREAS = ("Whole picture", "Only masked")          # inpaint_full_res 0 / 1
+MASK_MODES = ("Inpaint masked", "Inpaint not masked")      # inpainting_mask_invert 0 / 1
 BRUSH_MASK = gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed", default_size=24)
 BRUSH_SKETCH = gr.Brush(colors=["#000000", "#ffffff", "#e11d48", "#2563eb", "#16a34a", "#facc15"],
                         default_color="#000000", color_mode="defaults", default_size=12)
@@ -79,6 +82,7 @@ def _base_request(fields: dict[str, Any], image: Image.Image, **extra: Any) -> G
 
 def build_img2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs, local: bool) -> GenerationControls:
     controls = GenerationControls("img2img")
+    limit = settings_limit(easel.settings)  # every upload's declared size is checked before decoding
     build_prompt_area(easel, controls)
     controls.extra_networks = build_extra_networks(easel, "img2img", controls.prompt, checkpoint)
     mode = gr.State("img2img")
@@ -86,11 +90,11 @@ def build_img2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs, 
         with gr.Column(scale=1):
             with gr.Tabs(elem_id="mode_img2img") as subtabs:
                 with gr.Tab("img2img", id="img2img_plain", elem_id="img2img_img2img_tab") as tab_plain:
-                    image = gr.Image(label="Image for img2img", type="pil", image_mode="RGB", elem_id="img2img_image",
-                                     sources=["upload", "clipboard"], height=360)
+                    image = checked_image(limit, label="Image for img2img", type="pil", image_mode="RGB",
+                                          elem_id="img2img_image", sources=["upload", "clipboard"], height=360)
                 with gr.Tab("Sketch", id="img2img_sketch", elem_id="img2img_img2img_sketch_tab") as tab_sketch:
-                    sketch = gr.ImageEditor(label="Sketch", type="pil", elem_id="img2img_sketch", brush=BRUSH_SKETCH,
-                                            image_mode="RGBA", height=360, layers=False)
+                    sketch = checked_editor(limit, label="Sketch", type="pil", elem_id="img2img_sketch",
+                                            brush=BRUSH_SKETCH, image_mode="RGBA", height=360, layers=False)
                 with gr.Tab("Batch", id="img2img_batch", elem_id="img2img_batch_tab") as tab_batch:
                     note = ("Process every image in a folder on this computer; results go to the output folder."
                             if local else "Folder batch is only available when Easel listens on this computer "
@@ -142,6 +146,7 @@ def build_img2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs, 
 
 def build_inpaint(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) -> GenerationControls:
     controls = GenerationControls("inpaint")
+    limit = settings_limit(easel.settings)
     build_prompt_area(easel, controls)
     controls.extra_networks = build_extra_networks(easel, "inpaint", controls.prompt, checkpoint)
     mode = gr.State("inpaint")
@@ -150,19 +155,20 @@ def build_inpaint(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
         with gr.Column(scale=1):
             with gr.Tabs(elem_id="mode_inpaint") as subtabs:
                 with gr.Tab("Inpaint", id="inpaint_paint", elem_id="img2img_inpaint_tab") as tab_inpaint:
-                    editor = gr.ImageEditor(label="Paint the area to change", type="pil", elem_id="img2maskimg",
+                    editor = checked_editor(limit, label="Paint the area to change", type="pil", elem_id="img2maskimg",
                                             brush=BRUSH_MASK, image_mode="RGBA", height=380, layers=False)
                 with gr.Tab("Inpaint sketch", id="inpaint_sketch", elem_id="img2img_inpaint_sketch_tab") as tab_sketch:
-                    sketch = gr.ImageEditor(label="Paint in colour; painted areas are regenerated", type="pil",
+                    sketch = checked_editor(limit, label="Paint in colour; painted areas are regenerated", type="pil",
                                             elem_id="inpaint_sketch", brush=BRUSH_SKETCH, image_mode="RGBA",
                                             height=380, layers=False)
                 with gr.Tab("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab") as tab_upload:
-                    upload_image = gr.Image(label="Image", type="pil", image_mode="RGB", elem_id="img_inpaint_base",
-                                            sources=["upload", "clipboard"], height=300)
-                    upload_mask = gr.Image(label="Mask (white = change)", type="pil", image_mode="RGBA",
+                    upload_image = checked_image(limit, label="Image", type="pil", image_mode="RGB",
+                                                 elem_id="img_inpaint_base", sources=["upload", "clipboard"],
+                                                 height=300)
+                    upload_mask = checked_image(limit, label="Mask (white = change)", type="pil", image_mode="RGBA",
                                            elem_id="img_inpaint_mask", sources=["upload", "clipboard"], height=300)
                 with gr.Tab("Outpaint", id="inpaint_outpaint", elem_id="img2img_outpaint_tab") as tab_outpaint:
-                    outpaint_image = gr.Image(label="Image to extend", type="pil", image_mode="RGB",
+                    outpaint_image = checked_image(limit, label="Image to extend", type="pil", image_mode="RGB",
                                               elem_id="outpaint_image", sources=["upload", "clipboard"], height=300)
                     with gr.Row():
                         for side in ("left", "right", "up", "down"):
@@ -171,12 +177,12 @@ def build_inpaint(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
                                                               elem_id=f"outpaint_{side}")
             with gr.Row():
                 i["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur")
-                i["inpainting_mask_invert"] = gr.Radio(["Inpaint masked", "Inpaint not masked"], value="Inpaint masked",
+                i["inpainting_mask_invert"] = gr.Radio(list(MASK_MODES), value=MASK_MODES[0],
                                                        type="index", label="Mask mode", elem_id="img2img_mask_mode")
             i["inpainting_fill"] = gr.Radio(list(MASKED_CONTENT), value="original", type="index",
                                             label="Masked content", elem_id="img2img_inpainting_fill")
             with gr.Row():
-                i["inpaint_full_res"] = gr.Radio(["Whole picture", "Only masked"], value="Whole picture", type="index",
+                i["inpaint_full_res"] = gr.Radio(list(INPAINT_AREAS), value=INPAINT_AREAS[0], type="index",
                                                  label="Inpaint area", elem_id="img2img_inpaint_full_res")
                 i["inpaint_full_res_padding"] = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels",
                                                           elem_id="img2img_inpaint_full_res_padding")

@@ -8,6 +8,7 @@ from ..app import Easel
 from ..core.pnginfo import read_generation_info
 from .common import esc
 from .send_to import SendTarget, checkpoint_update, paste_updates
+from .uploads import checked_image, settings_limit
 
 TOOL_NAMES = {"automatic1111": "AUTOMATIC1111-style parameters", "comfyui": "ComfyUI workflow",
               "invokeai": "InvokeAI metadata", "novelai": "NovelAI metadata", "fooocus": "Fooocus metadata"}
@@ -31,8 +32,8 @@ def _describe(image: Image.Image | None) -> tuple[str, str]:
 def build_pnginfo(easel: Easel, tabs: gr.Tabs, checkpoint: gr.Dropdown) -> tuple[gr.Image, gr.Textbox, gr.Row, gr.HTML]:
     with gr.Row(equal_height=False):
         with gr.Column():
-            image = gr.Image(label="Source", type="pil", image_mode=None, elem_id="pnginfo_image",
-                             sources=["upload", "clipboard"], height=420)
+            image = checked_image(settings_limit(easel.settings), label="Source", type="pil", image_mode=None,
+                                  elem_id="pnginfo_image", sources=["upload", "clipboard"], height=420)
         with gr.Column():
             html = gr.HTML("", elem_id="pnginfo_html")
             text = gr.Textbox(label="Parameters", lines=6, elem_id="pnginfo_generation_info", interactive=False)
@@ -54,7 +55,7 @@ def wire_pnginfo_send(easel: Easel, tabs: gr.Tabs, checkpoint: gr.Dropdown, imag
                                  else gr.skip()] if target.image else [])
                 sub = [gr.Tabs(selected=target.subtab[1])] if target.subtab else []
                 return [gr.Tabs(selected=target.tab), picked, message, *sub, *image_update,
-                        *paste_updates(easel, target, parameters)]
+                        *paste_updates(easel, target, parameters), *target.extra_values()]
 
             outputs = [tabs, checkpoint, note] + ([target.subtab[0]] if target.subtab else []) + target.outputs()
             button.click(send, [image, text], outputs, api_name=False)

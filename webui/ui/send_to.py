@@ -14,19 +14,26 @@ from PIL import Image
 
 from ..app import Easel
 from ..core import samplers
+from ..core.images import read_infotext
 from ..core.infotext import parse_infotext
-from ..core.pnginfo import infotext_to_fields
+from ..core.pnginfo import infotext_to_fields, override_items
+from ..features.img2img import MASKED_CONTENT, RESIZE_MODES
 from ..model_manager.registry import ModelNotFoundError
 from .common import esc
 from .controlnet_ui import PREFIX as CONTROLNET_PREFIX, pasted_unit_fields
 from .generation_controls import GenerationControls
+from .img2img import INPAINT_AREAS, MASK_MODES
 
 # request fields a pasted infotext may set, when the target tab has a control for them
 PASTEABLE = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed", "width",
              "height", "enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
              "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "denoising_strength", "mask_blur",
              "inpaint_full_res_padding", "lora_composition", "subseed", "subseed_strength", "seed_resize_from_w",
-             "seed_resize_from_h", "cfg_rescale", "cfg_interval_start", "cfg_interval_end")
+             "seed_resize_from_h", "cfg_rescale", "cfg_interval_start", "cfg_interval_end", "lora_switch_steps",
+             "inpainting_fill", "inpaint_full_res", "inpainting_mask_invert", "resize_mode", "override_settings")
+# index-valued fields shown as radios: the label to select for each index
+RADIO_LABELS: dict[str, tuple[str, ...]] = {"resize_mode": RESIZE_MODES, "inpainting_fill": MASKED_CONTENT,
+                                            "inpaint_full_res": INPAINT_AREAS, "inpainting_mask_invert": MASK_MODES}
 
 
 @dataclass
@@ -37,7 +44,7 @@ class SendTarget:
     image_value: Callable[[Image.Image], Any] = lambda image: image
     controls: GenerationControls | None = None
     subtab: tuple[Any, Any] | None = None      # (Tabs component, id) to select inside the tab
-    extra_outputs: list = field(default_factory=list)
+    extra_outputs: list[tuple[Any, Any]] = field(default_factory=list)  # (component, value) also set on send
 
     def fields(self) -> list[str]:
         if self.controls is None:
@@ -47,7 +54,22 @@ class SendTarget:
 
     def outputs(self) -> list:
         outs = [self.image] if self.image is not None else []
-        return outs + [self.controls.inputs[n] for n in self.fields()]
+        fields = [self.controls.inputs[n] for n in self.fields()] if self.controls is not None else []
+        return outs + fields + [component for component, _ in self.extra_outputs]
+
+    def extra_values(self) -> list:
+        return [value for _, value in self.extra_outputs]
+
+
+@dataclass
+class GallerySource:
+    """A gallery with Send-to buttons that is not a generation tab (Extras); GenerationControls has the same fields."""
+
+    prefix: str
+    gallery: Any
+    selected: Any      # gr.State: index of the selected image
+    infotexts: Any     # gr.State: parameters per image ([] : read them from the image files)
+    send_row: Any
 
 
 def find_checkpoint(easel: Easel, hint: dict[str, str]) -> str | None:
@@ -67,6 +89,7 @@ def pasted_fields(easel: Easel, text: str) -> dict[str, Any]:
     values = infotext_to_fields(info) if info else {}
     if info:
         values.update(pasted_unit_fields(info.params))
+        values["override_settings"] = override_items(info)
     easel.engine.hooks.call("infotext_pasted", text=text, fields=values)
     return values
 
@@ -75,10 +98,19 @@ def paste_updates(easel: Easel, target: SendTarget, text: str) -> list:
     values = pasted_fields(easel, text)
     updates = []
     for name in target.fields():
+        if name == "override_settings":  # always replaced, so entries from an earlier paste do not linger
+            items = values.get(name) or []
+            updates.append(gr.update(choices=items, value=items, visible=bool(items)))
+            continue
         if name not in values:
             updates.append(gr.skip())
             continue
         value = values[name]
+        if name in RADIO_LABELS:
+            labels = RADIO_LABELS[name]
+            index = int(value)
+            updates.append(labels[index] if 0 <= index < len(labels) else gr.skip())
+            continue
         if name in ("hr_sampler_name", "hr_scheduler") and not value:
             value = "Use same"
         if name == "sampler_name" and value not in samplers.sampler_names():
@@ -116,23 +148,43 @@ def gallery_image(gallery: Any, index: int) -> Image.Image | None:
         return None
 
 
-def wire_send_buttons(easel: Easel, tabs: gr.Tabs, checkpoint: gr.Dropdown, source: GenerationControls,
+def gallery_text(gallery: Any, index: int, texts: list[str] | None) -> str:
+    """The selected image's parameters: from the tab's list, else from the image file itself (Extras keeps them)."""
+    if texts and isinstance(index, int) and 0 <= index < len(texts):
+        return texts[index]
+    if not gallery:
+        return ""
+    index = index if isinstance(index, int) and 0 <= index < len(gallery) else 0
+    item = gallery[index]
+    source = item[0] if isinstance(item, (list, tuple)) else item
+    if isinstance(source, dict):
+        source = source.get("path") or source.get("image", {}).get("path")
+    if isinstance(source, Image.Image):
+        return read_infotext(source) or ""
+    try:
+        with Image.open(source) as image:
+            return read_infotext(image) or ""
+    except (OSError, TypeError, ValueError):
+        return ""
+
+
+def wire_send_buttons(easel: Easel, tabs: gr.Tabs, checkpoint: gr.Dropdown, source: GenerationControls | GallerySource,
                       targets: list[SendTarget]) -> None:
     """Buttons under a gallery: the selected image and its parameters go to each target tab."""
     with source.send_row:
         for target in targets:
-            if target.controls is source:
+            if target.controls is source or target.tab == source.prefix:
                 continue
             button = gr.Button(f"Send to {target.label}", size="sm", elem_id=f"{source.prefix}_send_to_{target.tab}")
 
             def send(gallery, index, texts, target=target):
                 image = gallery_image(gallery, index)
-                text = texts[index] if texts and isinstance(index, int) and 0 <= index < len(texts) else ""
+                text = gallery_text(gallery, index, texts)
                 picked, _ = checkpoint_update(easel, text)
                 image_update = [target.image_value(image) if image is not None else gr.skip()] if target.image else []
                 sub = [gr.Tabs(selected=target.subtab[1])] if target.subtab else []
                 return [gr.Tabs(selected=target.tab), picked, *sub, *image_update,
-                        *paste_updates(easel, target, text)]
+                        *paste_updates(easel, target, text), *target.extra_values()]
 
             outputs = [tabs, checkpoint] + ([target.subtab[0]] if target.subtab else []) + target.outputs()
             button.click(send, [source.gallery, source.selected, source.infotexts], outputs, api_name=False)
