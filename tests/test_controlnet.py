@@ -121,6 +121,42 @@ def test_sdxl_controlnet(app):
     assert np.abs(px(plain) - px(controlled)).mean() > 0.5
 
 
+@pytest.mark.parametrize("checkpoint", ["tiny-sd1", "tiny-sdxl"])
+def test_original_layout_file_loads_and_generates_like_diffusers_layout(app, checkpoint):
+    """Single files in the original layout (SGM keys under control_model., as published single-file
+    ControlNets for SD 1.x and SDXL are) and in diffusers' layout load to the same model and image."""
+    from safetensors import safe_open
+
+    model = app.models.get(f"{checkpoint}.safetensors")
+    folder = app.paths.model_dir("controlnet")
+    original = write_controlnet(folder / f"sgm_{checkpoint}.safetensors", model.unet, "original", seed=11)
+    diffusers = write_controlnet(folder / f"hf_{checkpoint}.safetensors", model.unet, "diffusers", seed=11)
+    with safe_open(str(original), framework="pt") as handle:
+        keys = set(handle.keys())
+    assert all(k.startswith("control_model.") for k in keys)
+    assert {"control_model.input_hint_block.0.weight", "control_model.time_embed.0.weight",
+            "control_model.middle_block_out.0.weight", "control_model.zero_convs.0.0.weight"} <= keys
+    if checkpoint == "tiny-sdxl":  # SDXL: size/pooled-text embedding and 2-deep transformers at the second level
+        assert "control_model.label_emb.0.0.weight" in keys
+        assert any(k.startswith("control_model.input_blocks.4.1.transformer_blocks.1.") for k in keys)
+    else:
+        assert not any("label_emb" in k for k in keys)
+    library = app.engine.controlnets
+    other = "tiny-sd1" if checkpoint == "tiny-sdxl" else "tiny-sdxl"
+    assert f"sgm_{checkpoint}" in library.names_for(dict(model.configs["unet"]))
+    assert f"sgm_{checkpoint}" not in library.names_for(dict(app.models.get(f"{other}.safetensors").configs["unet"]))
+    a, b = library.load(f"sgm_{checkpoint}", model), library.load(f"hf_{checkpoint}", model)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+    plain = px(generate(app, checkpoint=checkpoint))
+    controlled = px(generate(app, [unit(model=f"sgm_{checkpoint}")], checkpoint=checkpoint))
+    assert np.abs(controlled - plain).mean() > 0.5
+    assert np.array_equal(px(generate(app, [unit(model=f"hf_{checkpoint}")], checkpoint=checkpoint)), controlled)
+    assert np.array_equal(px(generate(app, [unit(model=f"sgm_{checkpoint}", weight=0.0)], checkpoint=checkpoint)),
+                          plain)
+
+
 def test_img2img_uses_the_input_image_when_the_unit_has_none(app):
     result = app.img2img(GenerationRequest(mode="img2img", init_images=[picture()], prompt="x", steps=4, width=64,
                                            height=64, seed=1, checkpoint="tiny-sd1", save_images=False,

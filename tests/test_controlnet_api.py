@@ -22,7 +22,7 @@ def server(tmp_path_factory, tiny_ckpt_dir):
     sd1 = next(i for i in scan_folder(tiny_ckpt_dir) if i.name == "tiny-sd1.safetensors")
     write_controlnet(root / "models" / "ControlNet" / "control_canny_tiny.safetensors",
                      load_checkpoint(sd1, device_config("cpu"), False).unet, "original", seed=1)
-    running = start_server(root, tiny_ckpt_dir)
+    running = start_server(root, tiny_ckpt_dir, ["--api"])
     yield running
     running.stop()
 
@@ -62,3 +62,75 @@ def test_detect_matches_opencv_and_bad_input_is_422(server):
         assert answer.status_code == 422 and field in answer.text, answer.text
     assert "ControlNetHED.pth" in answer.text
     assert httpx.get(server.url + "/easel/v1/health", timeout=10).status_code == 200
+
+
+# ---- the same unit through the API and through the UI's Generate route ------------------------------
+
+UNIT = {"Enable": True, "Preprocessor": "canny", "Model": "control_canny_tiny", "Control weight": 0.8,
+        "Starting control step": 0.0, "Ending control step": 0.7, "Pixel perfect": False,
+        "Preprocessor resolution": 64, "Threshold A": 60, "Threshold B": 160,
+        "Control mode": "ControlNet is more important", "Resize mode": "Crop and Resize"}
+GENERAL = {"Prompt": "a red fox in the snow", "Negative prompt": "blurry", "Sampling method": "Euler a",
+           "Schedule type": "Automatic", "Sampling steps": 3, "Width": 64, "Height": 64, "CFG Scale": 7, "Seed": 42,
+           "Batch count": 1, "Batch size": 1}
+
+
+def ui_generate(server, image_path) -> Image.Image:
+    """Press Generate on the txt2img tab through Gradio's HTTP API, with ControlNet unit 0 filled in."""
+    from gradio_client import Client, handle_file
+
+    params = httpx.get(server.url + "/gradio_api/info", timeout=30).json()["named_endpoints"]["/txt2img"]["parameters"]
+    enables = [i for i, p in enumerate(params) if p["label"] == "Enable"]
+    assert len(enables) >= 2, "ControlNet units not found on the txt2img tab"
+    unit0 = {p["label"]: p["parameter_name"] for p in params[enables[0]:enables[1]]}
+    general = {}
+    for p in params[:enables[0]]:
+        general.setdefault(p["label"], p["parameter_name"])
+    missing = (set(UNIT) | {"Control image"}) - set(unit0) | set(GENERAL) - set(general)
+    assert not missing, f"UI controls not found: {missing}"
+    # controls without a default (empty text boxes, image slots) are sent empty, as an untouched page sends them
+    kwargs = {p["parameter_name"]: "" if p["component"] == "Textbox" else None
+              for p in params if not p["parameter_has_default"]}
+    kwargs.update({general[label]: value for label, value in GENERAL.items()})
+    kwargs.update({unit0[label]: value for label, value in UNIT.items()})
+    kwargs[unit0["Control image"]] = handle_file(str(image_path))
+    kwargs[general["Stable Diffusion checkpoint"]] = "tiny-sd1.safetensors"
+    outputs = Client(server.url, verbose=False).predict(api_name="/txt2img", **kwargs)
+    gallery = next(o for o in outputs if isinstance(o, list) and o and isinstance(o[0], dict))
+    image = Image.open(gallery[0]["image"])
+    image.load()
+    return image
+
+
+def test_alwayson_scripts_unit_gives_the_same_image_as_the_ui(server, tmp_path):
+    from api_helpers import decode, max_diff
+    from webui.core.images import read_infotext
+    from webui.core.infotext import parse_infotext
+
+    control = picture()
+    control.save(tmp_path / "control.png")
+    ui_image = ui_generate(server, tmp_path / "control.png")
+
+    # the same settings as an AUTOMATIC1111 client sends them, with the ControlNet extension's field names
+    unit = {"enabled": True, "module": "canny", "model": "control_canny_tiny", "weight": 0.8, "image": b64(control),
+            "resize_mode": "Crop and Resize", "processor_res": 64, "threshold_a": 60, "threshold_b": 160,
+            "guidance_start": 0.0, "guidance_end": 0.7, "control_mode": "ControlNet is more important",
+            "pixel_perfect": False, "lowvram": False}
+    body = {"prompt": "a red fox in the snow", "negative_prompt": "blurry", "sampler_name": "Euler a",
+            "scheduler": "Automatic", "steps": 3, "width": 64, "height": 64, "cfg_scale": 7, "seed": 42,
+            "override_settings": {"sd_model_checkpoint": "tiny-sd1"},
+            "alwayson_scripts": {"controlnet": {"args": [unit]}}}
+    answer = httpx.post(server.url + "/sdapi/v1/txt2img", json=body, timeout=180)
+    assert answer.status_code == 200, answer.text
+    api_image = decode(answer.json()["images"][0])
+    assert ui_image.size == api_image.size == (64, 64)
+    assert max_diff(ui_image, api_image) == 0
+    assert read_infotext(ui_image) == read_infotext(api_image)
+    recorded = parse_infotext(read_infotext(api_image)).params["ControlNet 0"]
+    assert "Module: canny" in recorded and "Weight: 0.8" in recorded and "Guidance End: 0.7" in recorded
+    assert "Threshold A: 60" in recorded and "Control Mode: ControlNet is more important" in recorded
+
+    # and the unit matters: without it the same request gives another image
+    body["alwayson_scripts"] = {}
+    plain = decode(httpx.post(server.url + "/sdapi/v1/txt2img", json=body, timeout=180).json()["images"][0])
+    assert max_diff(plain, api_image) > 10

@@ -56,7 +56,7 @@ def test_reference_image_steers_and_weight_zero_is_no_adapter(app):
     plain = px(generate(app))
     steered = px(generate(app, [ip_unit()]))
     assert np.abs(steered - plain).mean() > 0.5
-    assert np.abs(px(generate(app, [ip_unit(weight=0.0)])) - plain).max() <= 1
+    assert np.array_equal(px(generate(app, [ip_unit(weight=0.0)])), plain)  # exactly, not within rounding
     other = px(generate(app, [ip_unit(image=picture(48, 64).rotate(90))]))
     assert np.abs(other - steered).mean() > 0.1
 
@@ -96,4 +96,53 @@ def test_full_face_adapter_reads_hidden_states(app):
     plain = px(generate(app))
     face = ip_unit(model="ip-adapter-full-face_tiny")
     assert np.abs(px(generate(app, [face])) - plain).mean() > 0.5
-    assert np.abs(px(generate(app, [dict(face, weight=0.0)])) - plain).max() <= 1
+    assert np.array_equal(px(generate(app, [dict(face, weight=0.0)])), plain)
+
+
+# ---- IP-Adapter Plus: the published Resampler layout ----------------------------------------------
+
+
+@pytest.mark.parametrize("checkpoint, hidden", [("tiny-sd1", None), ("tiny-sdxl", 48)])
+def test_plus_adapter_loads_the_published_resampler_layout(app, checkpoint, hidden):
+    """SD 1.5 plus has Resampler width = cross-attention width; SDXL plus projects 1280 -> 2048 (here 48 -> 64)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from webui.features.ip_adapter import IPAdapterApplication, IPAdapterPatch
+
+    from adapter_writers import resampler_reference, write_ip_adapter_plus
+
+    model = app.models.get(f"{checkpoint}.safetensors")
+    name = f"ip-adapter-plus_{checkpoint}"
+    path = write_ip_adapter_plus(app.paths.model_dir("ipadapter") / f"{name}.safetensors", model.unet,
+                                 embedding_width=32, seed=4, hidden=hidden)
+    flat = load_file(str(path))
+    width = hidden or model.unet.config.cross_attention_dim
+    assert flat["image_proj.latents"].shape == (1, 16, width)
+    assert flat["image_proj.layers.3.0.to_kv.weight"].shape == (128, width)
+    assert flat["image_proj.layers.0.1.3.weight"].shape == (width, 4 * width)
+    assert not any(k.startswith("image_proj.layers.4.") for k in flat)
+    adapter = read_adapter(path)
+    assert adapter.variant == "plus" and adapter.uses_hidden_states and adapter.embedding_width == 32
+    assert name in app.engine.ip_adapters.names_for(dict(model.configs["unet"]))
+
+    # the loaded projection is the published Resampler, computed independently from the file's tensors
+    features = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(0))
+    empty = torch.zeros(1, 1, 1)
+    before = {k: type(v).__name__ for k, v in model.unet.attn_processors.items()}
+    with IPAdapterPatch(model.unet, [IPAdapterApplication(adapter, empty, empty, 1.0, 0.0, 1.0)]):
+        projected = model.unet.encoder_hid_proj.image_projection_layers[0](features)
+    torch.testing.assert_close(projected.double(), resampler_reference(flat, features), rtol=1e-4, atol=1e-4)
+    assert {k: type(v).__name__ for k, v in model.unet.attn_processors.items()} == before
+    assert model.unet.encoder_hid_proj is None
+
+    # in a generation: it steers the image, weight 0 is the image without it, and the UNet is left as it was
+    module = "ip-adapter_clip_h" if checkpoint == "tiny-sd1" else "ip-adapter_clip_g"
+    plain = px(generate(app, checkpoint=checkpoint))
+    plus = ip_unit(model=name, module=module)
+    steered = px(generate(app, [plus], checkpoint=checkpoint))
+    assert np.abs(steered - plain).mean() > 0.5
+    other = px(generate(app, [dict(plus, image=picture(48, 64).rotate(90))], checkpoint=checkpoint))
+    assert np.abs(other - steered).mean() > 0.1
+    assert np.array_equal(px(generate(app, [dict(plus, weight=0.0)], checkpoint=checkpoint)), plain)
+    assert np.array_equal(px(generate(app, checkpoint=checkpoint)), plain)

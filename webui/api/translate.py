@@ -12,6 +12,7 @@ Every A1111 field ends in exactly one of three places, so nothing sent is silent
 """
 from __future__ import annotations
 
+import copy
 import json
 import re
 import time
@@ -212,7 +213,8 @@ def _scripts(body: GenerationFields, scripts: dict[str, Any], mode: str) -> dict
         field = f"alwayson_scripts.{key}"
         lowered = key.strip().lower()
         if lowered in ("controlnet", "identity"):  # the engine reads these units itself (and names bad fields)
-            out["alwayson_scripts"][lowered] = value
+            # a copy: the engine decodes the units' base64 images in place, and the response echoes the body
+            out["alwayson_scripts"][lowered] = copy.deepcopy(value)
             continue
         script = script_api.find(scripts, key, mode, "alwayson")
         if script is not None:
