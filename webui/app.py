@@ -188,6 +188,7 @@ def build(options: AppOptions) -> Easel:
     engine.identity = IdentityService(IdentityFolders(paths.model_dir("photomaker"), paths.model_dir("instantid"),
                                                       paths.model_dir("insightface")),
                                       lambda: settings.get("identity_insightface_pack") or "antelopev2")
+    engine.ip_adapters.faces = engine.identity.analyzer  # FaceID units share the Identity tab's insightface models
     vaes = VaeLibrary([paths.model_dir("vae")], paths.checkpoint_dirs(), models.hashes,
                       paths.cache_dir / "vae_preferences.json", allow_pickle=options.allow_pickle)
     engine.vaes = vaes

@@ -6,7 +6,9 @@ models/ipadapter/ or models/clip_vision/ (a transformers CLIPVisionModelWithProj
 a single .safetensors or a folder; sizes from a `<name>.json` sidecar or the shipped ViT-H
 and ViT-bigG configs, told apart by the file's hidden size). The adapter's image projection
 decides which encoder output it takes: the projected embedding (plain, "light") or the
-penultimate hidden states (plus, full-face).
+penultimate hidden states (plus, full-face). FaceID adapters (features/ip_adapter_faceid.py)
+take the insightface embedding of the unit image's face instead, and Plus FaceID adapters
+also the hidden states of the aligned face crop.
 
 While a request runs, the UNet's cross-attention processors are swapped for diffusers'
 IP-Adapter processors; they are restored afterwards, so the shared model is unchanged.
@@ -18,7 +20,7 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,6 +31,8 @@ from safetensors.torch import load_file
 from ..model_manager.hashing import legacy_short_hash
 from ..model_manager.safe_unpickle import PICKLE_SUFFIXES
 from ..paths import model_files
+from .ip_adapter_faceid import (aligned_crop, configure_projection, face_embedding, faceid_variant,
+                                reads_without_allow_pickle, unit_face)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -53,7 +57,7 @@ class AdapterFile:
 
     @property
     def variant(self) -> str:
-        """plain, plus, full-face, or faceid (FaceID adapters take an insightface embedding)."""
+        """plain, plus, full-face, faceid, faceid-plus or faceid-plusv2 (FaceID: an insightface embedding)."""
         proj = self.state["image_proj"]
         if "proj.weight" in proj:
             return "plain"
@@ -61,16 +65,23 @@ class AdapterFile:
             return "full-face"
         if "latents" in proj:
             return "plus"
-        return "faceid"
+        return faceid_variant(self.name, proj) or "unknown"
+
+    @property
+    def is_faceid(self) -> bool:
+        return self.variant.startswith("faceid")
 
     @property
     def uses_hidden_states(self) -> bool:
-        """Plus / full-face adapters read the encoder's penultimate hidden states."""
-        return self.variant in ("plus", "full-face")
+        """Plus / full-face / FaceID Plus adapters read the encoder's penultimate hidden states."""
+        return self.variant in ("plus", "full-face", "faceid-plus", "faceid-plusv2")
 
     @property
     def embedding_width(self) -> int:
+        """The CLIP encoder width the adapter reads (FaceID: the 512-d face embedding)."""
         proj = self.state["image_proj"]
+        if "perceiver_resampler.proj_in.weight" in proj:
+            return proj["perceiver_resampler.proj_in.weight"].shape[1]
         if "proj.weight" in proj:
             return proj["proj.weight"].shape[1]
         if "proj.0.weight" in proj:
@@ -96,7 +107,7 @@ def read_adapter(path: Path, allow_pickle: bool = False) -> AdapterFile:
     else:
         from ..model_manager.safe_unpickle import load_pickle_data
 
-        data = load_pickle_data(path, allow_pickle)
+        data = load_pickle_data(path, allow_pickle or reads_without_allow_pickle(path))
         state = {k: dict(v) for k, v in data.items() if k in ("image_proj", "ip_adapter")}
     if not state.get("image_proj") or not state.get("ip_adapter"):
         raise IPAdapterError(f"{path.name}: not an IP-Adapter file (image_proj / ip_adapter missing)")
@@ -167,10 +178,13 @@ def clip_pixels(image: Image.Image, size: int) -> torch.Tensor:
 
 
 class IPAdapterLibrary:
-    def __init__(self, adapter_folders: list[Path], encoder_folders: list[Path], allow_pickle: bool = False):
+    def __init__(self, adapter_folders: list[Path], encoder_folders: list[Path], allow_pickle: bool = False,
+                 faces: Callable[[], Any] | None = None):
         self.adapter_folders = adapter_folders
         self.encoder_folders = encoder_folders
         self.allow_pickle = allow_pickle
+        # the app's FaceAnalyzer (shared with the Identity tab) for FaceID adapters; set by the app
+        self.faces = faces
         self._encoders: dict[tuple, Any] = {}
         self._lock = threading.Lock()
 
@@ -236,6 +250,10 @@ class IPAdapterApplication:
     weight: float
     start: float
     end: float
+    # FaceID Plus: the CLIP hidden states of the face crop, (1, 1, tokens, width), beside the id embedding
+    clip_positive: torch.Tensor | None = None
+    clip_negative: torch.Tensor | None = None
+    shortcut: bool = False   # FaceID Plus v2
 
 
 @torch.no_grad()
@@ -263,6 +281,8 @@ class IPAdapterPatch:
         self.applications = applications
         self._original = None
         self._embeds: dict[tuple, list[torch.Tensor]] = {}
+        self._clip: dict[tuple, dict[int, torch.Tensor]] = {}
+        self.notes: list[str] = []   # for the result's warnings ("3 faces found ...")
 
     def __enter__(self) -> "IPAdapterPatch":
         self._original = dict(self.unet.attn_processors)
@@ -277,6 +297,9 @@ class IPAdapterPatch:
         finally:
             diffusers_logging.set_verbosity(level)
         self._processors = [p for p in self.unet.attn_processors.values() if isinstance(getattr(p, "scale", None), list)]
+        for index, app in enumerate(self.applications):
+            if app.clip_positive is not None:
+                configure_projection(self.unet.encoder_hid_proj.image_projection_layers[index], app.shortcut)
         self._scales: list[float] | None = None
         return self
 
@@ -297,19 +320,25 @@ class IPAdapterPatch:
     def image_embeds(self, batch: int, copies: int, with_uncond: bool, dtype, device) -> list[torch.Tensor]:
         """One tensor per adapter, laid out like the denoiser's batch: [uncond, cond, cond...] x batch."""
         key = (batch, copies, with_uncond, dtype, device)
+
+        def layout(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+            parts = [negative] * (1 if with_uncond else 0) + [positive] * (copies - int(with_uncond))
+            return torch.cat([p.expand(batch, *p.shape[1:]) for p in parts]).to(device, dtype)
+
         if key not in self._embeds:
-            embeds = []
-            for app in self.applications:
-                parts = [app.negative] * (1 if with_uncond else 0) + [app.positive] * (copies - int(with_uncond))
-                embeds.append(torch.cat([p.expand(batch, *p.shape[1:]) for p in parts]).to(device, dtype))
-            self._embeds[key] = embeds
+            self._embeds[key] = [layout(app.positive, app.negative) for app in self.applications]
+            self._clip[key] = {i: layout(app.clip_positive, app.clip_negative)
+                               for i, app in enumerate(self.applications) if app.clip_positive is not None}
+        # FaceID Plus projections read the face crop's CLIP states from an attribute, in the same layout
+        for index, states in self._clip[key].items():
+            self.unet.encoder_hid_proj.image_projection_layers[index].clip_embeds = states
         return self._embeds[key]
 
 
 def prepare_adapters(units: list, model, library: IPAdapterLibrary, fallback: Image.Image | None
                      ) -> tuple[IPAdapterPatch | None, dict[str, str]]:
     """The request's enabled IP-Adapter units as one patch for the model's UNet, and their infotext."""
-    applications, params = [], {}
+    applications, params, notes = [], {}, []
     for index, unit in enumerate(units):
         if not unit.enabled or not unit.is_ip_adapter:
             continue
@@ -319,19 +348,44 @@ def prepare_adapters(units: list, model, library: IPAdapterLibrary, fallback: Im
         if unit.model in ("", "None"):
             raise IPAdapterError(f"ControlNet unit {index} (IP-Adapter): choose an IP-Adapter model")
         adapter = library.find(unit.model)
-        if adapter.variant == "faceid":
-            raise IPAdapterError(f"ControlNet unit {index}: {adapter.name} is a FaceID adapter; it takes a face "
-                                 f"embedding from insightface, which this unit type does not compute")
+        if adapter.variant == "unknown":
+            keys = ", ".join(sorted(adapter.state["image_proj"])[:4])
+            raise IPAdapterError(f"ControlNet unit {index}: {adapter.name} has an IP-Adapter image projection "
+                                 f"this version does not know (image_proj keys {keys}, ...)")
         cross = model.configs["unet"]["cross_attention_dim"]
         if adapter.cross_attention_width != cross:
             raise IPAdapterError(f"ControlNet unit {index}: IP-Adapter {adapter.name} is for another model family "
                                  f"(cross-attention {adapter.cross_attention_width}, this checkpoint {cross})")
-        encoder = library.encoder_for(adapter, model.device.device, model.device.dtype)
-        positive, negative = embed(encoder, adapter, [image])
-        applications.append(IPAdapterApplication(adapter, positive, negative, unit.weight, unit.guidance_start,
-                                                 unit.guidance_end))
+        if adapter.is_faceid:
+            applications.append(_faceid_application(unit, index, image, adapter, model, library, notes))
+        else:
+            encoder = library.encoder_for(adapter, model.device.device, model.device.dtype)
+            positive, negative = embed(encoder, adapter, [image])
+            applications.append(IPAdapterApplication(adapter, positive, negative, unit.weight, unit.guidance_start,
+                                                     unit.guidance_end))
         params[f"ControlNet {index}"] = unit.infotext(f"{adapter.name} [{legacy_short_hash(adapter.path)}]")
-    return (IPAdapterPatch(model.unet, applications) if applications else None), params
+    if not applications:
+        return None, params
+    patch = IPAdapterPatch(model.unet, applications)
+    patch.notes = notes
+    return patch, params
+
+
+def _faceid_application(unit, index: int, image: Image.Image, adapter: AdapterFile, model,
+                        library: IPAdapterLibrary, notes: list[str]) -> IPAdapterApplication:
+    """A FaceID unit: the face's embedding, and for Plus the CLIP hidden states of its aligned crop."""
+    face = unit_face(library.faces, image, index, adapter.name)
+    if face.note:
+        notes.append(face.note)
+    positive, negative = face_embedding(face)
+    application = IPAdapterApplication(adapter, positive, negative, unit.weight, unit.guidance_start,
+                                       unit.guidance_end)
+    if adapter.uses_hidden_states:
+        encoder = library.encoder_for(adapter, model.device.device, model.device.dtype)
+        clip_positive, clip_negative = embed(encoder, adapter, [aligned_crop(image, face.kps)])
+        application.clip_positive, application.clip_negative = clip_positive, clip_negative
+        application.shortcut = adapter.variant == "faceid-plusv2"
+    return application
 
 
 def write_test_adapter(path: Path, unet, embedding_width: int, seed: int = 0, variant: str = "plain") -> Path:

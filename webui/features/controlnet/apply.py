@@ -53,6 +53,7 @@ class Controls:
     nets: list[ControlApplication] = field(default_factory=list)
     ip_adapter: Any = None   # features.ip_adapter.IPAdapterPatch, entered around sampling
     params: dict[str, str] = field(default_factory=dict)  # infotext
+    warnings: list[str] = field(default_factory=list)   # for the result ("2 faces found in ...")
 
     def __bool__(self) -> bool:
         return bool(self.nets) or self.ip_adapter is not None
@@ -134,6 +135,7 @@ def build_controls(units: list[ControlUnit], model, controlnets, ip_adapters, an
 
         controls.ip_adapter, params = prepare_adapters(units, model, ip_adapters, fallback_image)
         controls.params.update(params)
+        controls.warnings += getattr(controls.ip_adapter, "notes", [])
     controls.params = dict(sorted(controls.params.items()))
     return controls
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .preprocessors import PREPROCESSORS, Preprocessor
+from .preprocessors import FACEID_MODULES, PREPROCESSORS, Preprocessor
 
 NO_MODEL = "None"
 
@@ -34,7 +34,7 @@ def model_names(controlnets, ip_adapters, unet_config: dict[str, Any] | None, mo
         names = (controlnets.names_for(unet_config) if unet_config is not None
                  else [i.name for i in controlnets.all()])
     hint = PREPROCESSORS[module].default_model_hint if module in PREPROCESSORS else ""
-    if hint and not is_ip_adapter_module(module):
+    if hint and (not is_ip_adapter_module(module) or module in FACEID_MODULES):  # FaceID files first
         preferred = [n for n in names if hint in n.lower()]
         names = preferred + [n for n in names if n not in preferred]
     return [NO_MODEL, *names]

@@ -219,6 +219,10 @@ IP_ADAPTER_MODULES = ("ip-adapter-auto", "ip-adapter_clip_h", "ip-adapter_clip_g
                       "ip-adapter_clip_sdxl", "ip-adapter_clip_sdxl_plus_vith")
 PREPROCESSORS.update({name: Preprocessor(name, name, lambda image, resolution, *_: image,
                                          default_model_hint="ip-adapter") for name in IP_ADAPTER_MODULES})
+# FaceID units: the face is found in the picture when the unit runs (insightface, features/ip_adapter_faceid.py)
+FACEID_MODULES = ("ip-adapter_face_id", "ip-adapter_face_id_plus")
+PREPROCESSORS.update({name: Preprocessor(name, name, lambda image, resolution, *_: image,
+                                         default_model_hint="faceid") for name in FACEID_MODULES})
 
 
 def missing_files(preprocessor: Preprocessor, folder: Path) -> list[str]:
