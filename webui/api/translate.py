@@ -216,6 +216,14 @@ def _scripts(body: GenerationFields, scripts: dict[str, Any], mode: str) -> dict
             # a copy: the engine decodes the units' base64 images in place, and the response echoes the body
             out["alwayson_scripts"][lowered] = copy.deepcopy(value)
             continue
+        if lowered == "soft inpainting":  # A1111's positional args -> the soft_inpainting_* request fields
+            from ..features.soft_inpaint import from_alwayson
+
+            try:
+                out.update(from_alwayson(value))
+            except ValueError as exc:
+                raise invalid(field + ".args", str(exc)) from exc
+            continue
         script = script_api.find(scripts, key, mode, "alwayson")
         if script is not None:
             args = value.get("args") if isinstance(value, dict) else value

@@ -287,6 +287,9 @@ def _img2img_fields(p: dict[str, str]) -> dict[str, Any]:
         fields["resize_mode"] = RESIZE_MODES.index(p["Resize mode"])
     elif "Denoising strength" in p and not any(k.startswith("Hires") for k in p):
         fields["resize_mode"] = 0
+    from ..features.soft_inpaint import fields_from_params
+
+    fields.update(fields_from_params(p, inpainting))  # AUTOMATIC1111's "Soft inpainting ..." keys
     return fields
 
 

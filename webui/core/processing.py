@@ -24,8 +24,8 @@ from . import latents as latents_io
 from . import k_samplers, samplers
 from ..features.hires import LATENT_MODES, model_upscaler_names, target_size, upscale_image, upscale_latents
 from ..features.img2img import (LATENT_NOISE, LATENT_NOTHING, MASKED_CONTENT, RESIZE_MODES, PreparedImage,
-                                finish_image, latent_mask, prepare_image)
-from .denoiser import MaskedDenoiser
+                                latent_mask, prepare_image)
+from ..features import soft_inpaint
 from .hooks import NO_HOOKS, GenerationContext, Hooks, StepContext
 from .prompt_plan import PromptPlan, plan_prompts
 from .images import NamingContext, format_pattern, save_image
@@ -173,6 +173,7 @@ class Engine:
         if self.identity is not None:  # PhotoMaker / InstantID, when the request asks for it
             self.identity.apply(request, plan, size, context)
         context.extra_params.update(plan.controls.params)
+        context.warnings.extend(plan.controls.warnings)  # e.g. several faces in a FaceID unit's image
         hires = self._hires_plan(request, model, plan) if request.mode == "txt2img" and request.enable_hr else None
         per_batch = samplers.steps_to_run(request.steps, inputs is not None, request.denoising_strength)
         if hires is not None:
@@ -203,7 +204,7 @@ class Engine:
                                                    step_offset + per_batch - hires.plan_steps)
                 t1 = time.perf_counter()
                 images = latents_io.decode(model, latents)
-                images = [finish_image(img, p) for img, p in zip(images, prepared)] if prepared else images
+                images = soft_inpaint.finish_images(model, request, images, prepared, latents) if prepared else images
                 decode_time += time.perf_counter() - t1
                 sample_time += t1 - t0
             except Skipped:
@@ -324,7 +325,7 @@ class Engine:
                 init = init * (1 - change) + first_noise * change
             elif request.inpainting_fill == LATENT_NOTHING:
                 init = init * (1 - change)
-            denoiser = MaskedDenoiser(denoiser, init, change)
+            denoiser = soft_inpaint.wrap_denoiser(request, denoiser, init, change, masks)  # binary unless soft
         if request.denoising_strength == 0:  # nothing to change: the encoded image as it is
             return init
         self._inpainting_model_conditioning(model, denoiser, prepared, masks, len(seeds), width, height)
@@ -597,6 +598,7 @@ def img2img_params(request: GenerationRequest) -> dict[str, Any]:
             params[f"Outpaint {side}"] = amount
     if request.resize_mode:
         params["Resize mode"] = RESIZE_MODES[request.resize_mode]
+    params.update(soft_inpaint.infotext_params(request))
     return params
 
 

@@ -104,6 +104,14 @@ class GenerationRequest:
     outpaint_right: int = 0
     outpaint_up: int = 0
     outpaint_down: int = 0
+    # soft inpainting (features/soft_inpaint.py): the blurred mask as per-pixel weights; AUTOMATIC1111's defaults
+    soft_inpainting: bool = False
+    soft_inpainting_schedule_bias: float = 1.0
+    soft_inpainting_preservation_strength: float = 0.5
+    soft_inpainting_transition_contrast_boost: float = 4.0
+    soft_inpainting_mask_influence: float = 0.0
+    soft_inpainting_difference_threshold: float = 0.5
+    soft_inpainting_difference_contrast: float = 2.0
     save_images: bool = True
     # where the request came from, for output folders and infotext ("txt2img", ...)
     mode: str = "txt2img"
@@ -177,6 +185,9 @@ class GenerationRequest:
         yield from _int_in(self, "inpainting_mask_invert", 0, 1)
         for side in ("left", "right", "up", "down"):
             yield from _int_in(self, f"outpaint_{side}", 0, 2048)
+        from ..features.soft_inpaint import field_problems
+
+        yield from (FieldError(name, message) for name, message in field_problems(self))
 
     def _field_errors(self):
         for name in ("prompt", "negative_prompt"):

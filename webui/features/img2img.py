@@ -9,7 +9,7 @@
 - outpainting: a larger canvas with the image placed inside, the new border filled,
   and a mask over the new border that reaches a little into the image for blending;
 - overlay: after generation the original pixels are put back outside the (blurred) mask,
-  so untouched areas come back exactly.
+  so untouched areas come back exactly (soft inpainting passes its own per-pixel opacity).
 """
 from __future__ import annotations
 
@@ -173,13 +173,22 @@ def outpaint_canvas(image: Image.Image, left: int, right: int, up: int, down: in
 
 
 def overlay(result: Image.Image, original: Image.Image, mask: Image.Image,
-            region: CropRegion | None = None) -> Image.Image:
-    """Put `result` into the original through the mask (white = take the result)."""
+            region: CropRegion | None = None, alpha: np.ndarray | None = None) -> Image.Image:
+    """Put `result` into the original through the mask (white = take the result).
+
+    `alpha` (float 0..1 at the original's size; soft inpainting) replaces the mask; where
+    it is 0 the original's pixels come back exactly.
+    """
     original = original.convert("RGB")
     if region is not None:
         placed = original.copy()
         placed.paste(result.resize(region.size, Image.Resampling.LANCZOS), (region.left, region.top))
         result = placed
+    if alpha is not None:
+        base = np.asarray(original, dtype=np.float64)
+        new = np.asarray(result.convert("RGB"), dtype=np.float64)
+        mixed = base + alpha[..., None] * (new - base)
+        return Image.fromarray(np.clip(np.round(mixed), 0, 255).astype(np.uint8), "RGB")
     return Image.composite(result.convert("RGB"), original, mask.convert("L"))
 
 
@@ -243,12 +252,15 @@ def prepare_image(request, image: Image.Image, user_mask: Image.Image | None) ->
     return PreparedImage(target, mask, resized, mask), size
 
 
-def finish_image(result: Image.Image, prepared: PreparedImage) -> Image.Image:
-    """Composite the generated picture back: exact original pixels outside the mask."""
+def finish_image(result: Image.Image, prepared: PreparedImage, alpha: np.ndarray | None = None) -> Image.Image:
+    """Composite the generated picture back: exact original pixels outside the mask.
+
+    `alpha`: per-pixel opacity at the original's size instead of the mask (soft inpainting).
+    """
     if prepared.overlay_mask is None:
         return result
     if prepared.region is not None:
-        return overlay(result, prepared.original, prepared.overlay_mask, prepared.region)
+        return overlay(result, prepared.original, prepared.overlay_mask, prepared.region, alpha)
     if result.size != prepared.original.size:
         result = result.resize(prepared.original.size, Image.Resampling.LANCZOS)
-    return overlay(result, prepared.original, prepared.overlay_mask)
+    return overlay(result, prepared.original, prepared.overlay_mask, alpha=alpha)

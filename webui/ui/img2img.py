@@ -12,6 +12,7 @@ from PIL import Image
 from ..app import Easel
 from ..core.request import GenerationRequest
 from ..features.img2img import MASKED_CONTENT, RESIZE_MODES, mask_to_l
+from ..features.soft_inpaint import ENABLED_FIELD, PARAMETERS
 from .controlnet_ui import build_controlnet_units
 from .extra_networks import build_extra_networks
 from .generation_controls import (GenerationControls, as_float, as_int, build_output, build_prompt_area,
@@ -144,6 +145,24 @@ def build_img2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs, 
 # ---- Inpaint tab ---------------------------------------------------------------------------------
 
 
+def _soft_inpainting(i: dict[str, Any]) -> None:
+    """AUTOMATIC1111's "Soft inpainting" accordion: off by default, its defaults and ranges."""
+    with gr.Accordion("Soft inpainting", open=False, elem_id="img2img_soft_inpainting"):
+        i[ENABLED_FIELD] = gr.Checkbox(False, label="Soft inpainting", elem_id="img2img_soft_inpainting_enabled",
+                                       info="Blend original and new content by the mask's opacity "
+                                            "(a high mask blur is recommended)")
+        for p in PARAMETERS:
+            i[p.field] = gr.Slider(p.low, p.high, value=p.default, step=p.step, label=p.label, info=p.info,
+                                   elem_id=f"img2img_{p.field}")
+
+
+def soft_inpainting_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """The soft_inpainting_* request fields from the accordion's values."""
+    values: dict[str, Any] = {ENABLED_FIELD: bool(fields.get(ENABLED_FIELD))}
+    values.update({p.field: as_float(fields.get(p.field), p.default) for p in PARAMETERS})
+    return values
+
+
 def build_inpaint(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) -> GenerationControls:
     controls = GenerationControls("inpaint")
     limit = settings_limit(easel.settings)
@@ -186,6 +205,7 @@ def build_inpaint(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
                                                  label="Inpaint area", elem_id="img2img_inpaint_full_res")
                 i["inpaint_full_res_padding"] = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels",
                                                           elem_id="img2img_inpaint_full_res_padding")
+            _soft_inpainting(i)
             _size_and_strength(controls)
             build_sampling(easel, controls, size_controls=False)
             build_controlnet_units(easel, controls, note="empty: the image being inpainted")
@@ -206,7 +226,8 @@ def build_inpaint(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
                        inpainting_mask_invert=as_int(fields.get("inpainting_mask_invert")),
                        inpainting_fill=as_int(fields.get("inpainting_fill"), 1),
                        inpaint_full_res=bool(as_int(fields.get("inpaint_full_res"))),
-                       inpaint_full_res_padding=as_int(fields.get("inpaint_full_res_padding"), 32))
+                       inpaint_full_res_padding=as_int(fields.get("inpaint_full_res_padding"), 32),
+                       **soft_inpainting_fields(fields))
         if which == "outpaint":
             picture = fields.get("outpaint_image")
             if not isinstance(picture, Image.Image):

@@ -22,6 +22,7 @@ from ..model_manager.registry import ModelNotFoundError
 from .common import esc
 from .controlnet_ui import PREFIX as CONTROLNET_PREFIX, pasted_unit_fields
 from .generation_controls import GenerationControls
+from .identity_tab import PASTED as IDENTITY_PASTED, pasted_identity_fields
 from .img2img import INPAINT_AREAS, MASK_MODES
 
 # request fields a pasted infotext may set, when the target tab has a control for them
@@ -30,7 +31,10 @@ PASTEABLE = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", 
              "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "denoising_strength", "mask_blur",
              "inpaint_full_res_padding", "lora_composition", "subseed", "subseed_strength", "seed_resize_from_w",
              "seed_resize_from_h", "cfg_rescale", "cfg_interval_start", "cfg_interval_end", "lora_switch_steps",
-             "inpainting_fill", "inpaint_full_res", "inpainting_mask_invert", "resize_mode", "override_settings")
+             "inpainting_fill", "inpaint_full_res", "inpainting_mask_invert", "resize_mode", "override_settings",
+             "soft_inpainting", "soft_inpainting_schedule_bias", "soft_inpainting_preservation_strength",
+             "soft_inpainting_transition_contrast_boost", "soft_inpainting_mask_influence",
+             "soft_inpainting_difference_threshold", "soft_inpainting_difference_contrast")
 # index-valued fields shown as radios: the label to select for each index
 RADIO_LABELS: dict[str, tuple[str, ...]] = {"resize_mode": RESIZE_MODES, "inpainting_fill": MASKED_CONTENT,
                                             "inpaint_full_res": INPAINT_AREAS, "inpainting_mask_invert": MASK_MODES}
@@ -50,7 +54,8 @@ class SendTarget:
         if self.controls is None:
             return []
         units = [name for name in self.controls.inputs if name.startswith(CONTROLNET_PREFIX)]
-        return [name for name in PASTEABLE if name in self.controls.inputs] + units
+        identity = [name for name in IDENTITY_PASTED if name in self.controls.inputs]  # the Identity tab only
+        return [name for name in PASTEABLE if name in self.controls.inputs] + units + identity
 
     def outputs(self) -> list:
         outs = [self.image] if self.image is not None else []
@@ -89,6 +94,7 @@ def pasted_fields(easel: Easel, text: str) -> dict[str, Any]:
     values = infotext_to_fields(info) if info else {}
     if info:
         values.update(pasted_unit_fields(info.params))
+        values.update(pasted_identity_fields(info.params))
         values["override_settings"] = override_items(info)
     easel.engine.hooks.call("infotext_pasted", text=text, fields=values)
     return values
