@@ -3,6 +3,8 @@
 Only controls live here: the method, the photos, the strengths and the usual generation
 controls; the request carries them in `alwayson_scripts["identity"]` and the engine does
 the rest (webui/features/identity). A panel lists the files the chosen method still needs.
+Pasting parameters (PNG Info, Send to) restores the method and strengths from the image's
+`Identity` entry; the photos are not in it, which the note under the method says.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import gradio as gr
 
 from ..app import Easel
 from ..core.request import GenerationRequest
-from ..features.identity.args import METHODS, TRIGGER
+from ..features.identity.args import METHODS, RANGES, TRIGGER, parse_identity_infotext
 from .common import esc
 from .controlnet_ui import build_controlnet_units
 from .generation_controls import (GenerationControls, as_float, as_int, build_output, build_prompt_area,
@@ -41,6 +43,47 @@ def files_markdown(easel: Easel, method: str) -> str:
     return text + "\n\n" + PICKLE_NOTE
 
 
+# the tab's controls a pasted `Identity` entry sets (send_to writes them by these names)
+PASTED = ("identity_method", "identity_adapter_strength", "identity_identitynet_strength", "identity_guidance_start",
+          "identity_guidance_end", "identity_style_strength", "identity_lora_weight", "identity_note")
+INSTANTID_DEFAULTS = {"guidance_start": 0.0, "guidance_end": 1.0}  # left out of the infotext when unchanged
+
+
+def _clamped(name: str, value: float) -> float:
+    low, high = RANGES[name]
+    return min(max(value, low), high)
+
+
+def pasted_identity_fields(params: dict[str, str]) -> dict[str, Any]:
+    """An infotext's `Identity` entry -> the tab's control values, and the note saying the photos are not in it.
+
+    Without the entry the note is cleared (a plain txt2img infotext restores only the usual fields).
+    """
+    text = params.get("Identity")
+    if not text:
+        return {"identity_note": ""}
+    parsed = parse_identity_infotext(text)
+    method = parsed.get("method")
+    if method not in METHODS:
+        return {"identity_note": f"The image's Identity entry names no method Easel knows ({esc(str(method))}); "
+                                 "its settings were not restored."}
+    values: dict[str, Any] = {"identity_method": method}
+    names = ("style_strength", "lora_weight") if method != "InstantID" else \
+        ("adapter_strength", "identitynet_strength", "guidance_start", "guidance_end")
+    for name in names:
+        value = parsed.get(name, INSTANTID_DEFAULTS.get(name))
+        if value is not None:
+            values[f"identity_{name}"] = _clamped(name, value)
+    if method == "InstantID":
+        photos = "the face photo (Photo 1)" + (" and the pose image" if parsed.get("pose_image") else "")
+    else:
+        count = parsed.get("photos")
+        photos = f"the {count} photos" if isinstance(count, int) and count > 1 else "the photo"
+    values["identity_note"] = (f"**{esc(method)}** settings restored from the image's parameters. The photos are not "
+                               f"stored in them: upload {photos} again.")
+    return values
+
+
 def identity_args(fields: dict[str, Any]) -> dict[str, Any]:
     """The `alwayson_scripts["identity"]["args"]` object from the tab's values."""
     method = fields.get("identity_method") or METHODS[0]
@@ -52,7 +95,9 @@ def identity_args(fields: dict[str, Any]) -> dict[str, Any]:
     if method == "InstantID":
         args.update(pose_image=fields.get("identity_pose"),
                     adapter_strength=as_float(fields.get("identity_adapter_strength"), 0.8),
-                    identitynet_strength=as_float(fields.get("identity_identitynet_strength"), 0.8))
+                    identitynet_strength=as_float(fields.get("identity_identitynet_strength"), 0.8),
+                    guidance_start=as_float(fields.get("identity_guidance_start"), 0.0),
+                    guidance_end=as_float(fields.get("identity_guidance_end"), 1.0))
     else:
         args.update(style_strength=as_float(fields.get("identity_style_strength"), 20),
                     lora_weight=as_float(fields.get("identity_lora_weight"), 1.0))
@@ -74,6 +119,8 @@ def build_identity_tab(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJ
         with gr.Column(scale=1):
             i["identity_method"] = gr.Radio(list(METHODS), value=METHODS[0], label="Method",
                                             elem_id="identity_method")
+            # set when parameters are pasted (send_to writes it by name); Generate receives it and ignores it
+            i["identity_note"] = gr.Markdown("", elem_id="identity_paste_note")
             files = gr.Markdown(files_markdown(easel, METHODS[0]), elem_id="identity_files")
             with gr.Row():
                 i["identity_photo_1"] = gr.Image(type="pil", label="Photo 1 (face)", elem_id="identity_photo_1",
@@ -88,17 +135,25 @@ def build_identity_tab(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJ
                                                             sources=["upload", "clipboard"])
             with gr.Group(visible=True) as instantid_box:
                 with gr.Row():
-                    i["identity_adapter_strength"] = gr.Slider(0, 1.5, value=0.8, step=0.05, label="Adapter strength",
+                    i["identity_adapter_strength"] = gr.Slider(0, 2, value=0.8, step=0.05, label="Adapter strength",
                                                                elem_id="identity_adapter_strength")
-                    i["identity_identitynet_strength"] = gr.Slider(0, 1.5, value=0.8, step=0.05,
+                    i["identity_identitynet_strength"] = gr.Slider(0, 2, value=0.8, step=0.05,
                                                                    label="IdentityNet strength",
                                                                    elem_id="identity_identitynet_strength")
+                with gr.Row():
+                    i["identity_guidance_start"] = gr.Slider(0, 1, value=0, step=0.01, label="IdentityNet start",
+                                                             elem_id="identity_guidance_start",
+                                                             info="Fraction of the steps (0-1), like a "
+                                                                  "ControlNet unit's starting control step")
+                    i["identity_guidance_end"] = gr.Slider(0, 1, value=1, step=0.01, label="IdentityNet end",
+                                                           elem_id="identity_guidance_end",
+                                                           info="The face adapter applies at every step")
             with gr.Group(visible=False) as photomaker_box:
                 with gr.Row():
                     i["identity_style_strength"] = gr.Slider(
                         0, 100, value=20, step=1, label="Style strength (% of steps before the identity applies)",
                         elem_id="identity_style_strength")
-                    i["identity_lora_weight"] = gr.Slider(0, 1.5, value=1.0, step=0.05, label="PhotoMaker LoRA weight",
+                    i["identity_lora_weight"] = gr.Slider(0, 2, value=1.0, step=0.05, label="PhotoMaker LoRA weight",
                                                           elem_id="identity_lora_weight")
             build_sampling(easel, controls)
             build_controlnet_units(easel, controls, note="Combined with the identity method.")

@@ -3,8 +3,11 @@
 Keeping it request data (not UI state) means the tab, the API and a pasted infotext all
 reach the engine the same way. Fields: method ("InstantID", "PhotoMaker v1", "PhotoMaker
 v2"), images (1-4 photos; InstantID uses the first), pose_image (InstantID, optional),
-adapter_strength / identitynet_strength (InstantID), style_strength (PhotoMaker: percent of
-the steps before the identity applies) and lora_weight (PhotoMaker's LoRA).
+adapter_strength / identitynet_strength (InstantID), guidance_start / guidance_end (InstantID:
+the fractions of the steps between which the IdentityNet applies, like a ControlNet unit's
+starting/ending control step; the face adapter applies throughout, as in the InstantID
+pipeline), style_strength (PhotoMaker: percent of the steps before the identity applies) and
+lora_weight (PhotoMaker's LoRA).
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ SCRIPT = "identity"
 METHODS = ("InstantID", "PhotoMaker v1", "PhotoMaker v2")
 TRIGGER = "img"
 MAX_PHOTOS = 4
+# numeric fields and their accepted ranges (the tab's sliders span the same)
+RANGES = {"adapter_strength": (0, 2), "identitynet_strength": (0, 2), "guidance_start": (0, 1), "guidance_end": (0, 1),
+          "style_strength": (0, 100), "lora_weight": (0, 2)}
 
 
 @dataclass
@@ -32,6 +38,8 @@ class IdentityArgs:
     pose_image: Image.Image | None = None
     adapter_strength: float = 0.8
     identitynet_strength: float = 0.8
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
     style_strength: float = 20.0
     lora_weight: float = 1.0
 
@@ -99,15 +107,15 @@ def parse_identity(alwayson: dict[str, Any]) -> tuple[IdentityArgs | None, list[
         args.pose_image = _image(data.get("pose_image"), "pose_image")
     except ValueError as exc:
         errors.append(FieldError(f"{where}.pose_image", str(exc)))
-    for name, low, high in (("adapter_strength", 0, 2), ("identitynet_strength", 0, 2), ("style_strength", 0, 100),
-                            ("lora_weight", 0, 2)):
+    for name, (low, high) in RANGES.items():
         value = data.get(name, getattr(args, name))
         if not _number(value, low, high):
             errors.append(FieldError(f"{where}.{name}", f"must be a number from {low} to {high}"))
         else:
             setattr(args, name, float(value))
-    unknown = sorted(set(data) - {"enabled", "method", "images", "pose_image", "adapter_strength",
-                                  "identitynet_strength", "style_strength", "lora_weight"})
+    if args.guidance_start > args.guidance_end:
+        errors.append(FieldError(f"{where}.guidance_end", "must not be before guidance_start"))
+    unknown = sorted(set(data) - {"enabled", "method", "images", "pose_image", *RANGES})
     errors += [FieldError(f"{where}.{name}", "unknown field") for name in unknown]
     return (None if errors else args), errors
 
@@ -124,27 +132,37 @@ def identity_infotext(args: IdentityArgs, files: dict[str, str]) -> str:
                   ("Photos", len(args.images))]
     else:
         parts += [("Adapter strength", _num(args.adapter_strength)),
-                  ("IdentityNet strength", _num(args.identitynet_strength)),
-                  ("Pose image", args.pose_image is not None)]
+                  ("IdentityNet strength", _num(args.identitynet_strength))]
+        if (args.guidance_start, args.guidance_end) != (0.0, 1.0):  # the default (all steps) is left out
+            parts += [("Guidance start", _num(args.guidance_start)), ("Guidance end", _num(args.guidance_end))]
+        parts += [("Pose image", args.pose_image is not None)]
     return ", ".join(f"{k}: {v}" for k, v in parts)
 
 
 def parse_identity_infotext(text: str) -> dict[str, Any]:
-    """The `Identity` value back to fields (for PNG Info / Send to)."""
+    """The `Identity` value back to fields (for PNG Info / Send to).
+
+    Text from any image is untrusted: an entry whose number does not read (or is not finite)
+    is left out rather than failing the whole paste.
+    """
     fields: dict[str, Any] = {}
     names = {"Method": "method", "Adapter strength": "adapter_strength", "IdentityNet strength": "identitynet_strength",
+             "Guidance start": "guidance_start", "Guidance end": "guidance_end",
              "Style strength": "style_strength", "LoRA weight": "lora_weight", "Adapter": "adapter",
              "IdentityNet": "identitynet", "Encoder": "encoder", "Photos": "photos", "Pose image": "pose_image"}
-    for part in text.split(", "):
+    for part in str(text).split(", "):
         key, _, value = part.partition(": ")
         name = names.get(key.strip())
         if name is None:
             continue
         value = value.strip()
-        if name.endswith("strength") or name == "lora_weight":
-            fields[name] = float(value)
-        elif name == "photos":
-            fields[name] = int(value)
+        if name in RANGES or name == "photos":
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            if math.isfinite(number):
+                fields[name] = int(number) if name == "photos" else number
         elif name == "pose_image":
             fields[name] = value == "True"
         else:

@@ -84,8 +84,10 @@ def prepare_instantid(args: IdentityArgs, model, controls: Controls, analyzer: F
     param = next(net.parameters())
     hint_image = resize_image(draw_keypoints(source_size, keypoints), width, height, CROP_AND_RESIZE)
     hint = torch.from_numpy(np.asarray(hint_image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    # the IdentityNet applies between guidance_start and guidance_end; the face adapter throughout
     controls.nets.append(ControlApplication(net, hint.to(param.device, param.dtype), args.identitynet_strength,
-                                            0.0, 1.0, 0, context=FaceTokens(positive, negative)))
+                                            args.guidance_start, args.guidance_end, 0,
+                                            context=FaceTokens(positive, negative)))
     face_embeds = embedding.reshape(1, 1, 1, -1).float()
     application = IPAdapterApplication(adapter, face_embeds, torch.zeros_like(face_embeds), args.adapter_strength,
                                        0.0, 1.0)

@@ -4,6 +4,10 @@ InstantID adds to the request's controls (IdentityNet + face adapter); PhotoMake
 prompt conditioning from the style-strength step on and merges its LoRA. Either way the
 infotext gets an `Identity` entry naming the method, files and strengths, and notes (several
 faces found) become warnings in the result.
+
+Hires fix is refused (ValidationError on `enable_hr`, a 422 through the API): the second pass
+rebuilds its controls and prompts from the request's ControlNet units, so it would drop the
+IdentityNet, the face adapter and PhotoMaker's conditioning without a word.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from ...core.request import FieldError, ValidationError
 from .args import IdentityArgs, identity_infotext, parse_identity
 from .faces import FaceAnalyzer
 from .files import IdentityFolders
@@ -18,6 +23,17 @@ from .files import IdentityFolders
 
 class IdentityError(ValueError):
     user_facing = True
+
+
+HIRES_REFUSED = ("hires fix cannot be combined with an identity method (the second pass would drop the "
+                 "identity); turn it off and upscale the result in Extras")
+
+
+def check_request(request) -> None:
+    """Request-level checks the args alone cannot make (the engine may also call this while validating)."""
+    args, _ = parse_identity(request.alwayson_scripts if isinstance(request.alwayson_scripts, dict) else {})
+    if args is not None and request.mode == "txt2img" and request.enable_hr:
+        raise ValidationError([FieldError("enable_hr", HIRES_REFUSED)])
 
 
 class IdentityService:
@@ -42,6 +58,7 @@ class IdentityService:
         args, _ = parse_identity(request.alwayson_scripts)
         if args is None:
             return
+        check_request(request)
         model = plan.model
         if model.architecture.family != "sdxl":
             raise IdentityError(f"{args.method} works with SDXL checkpoints; {model.info.model_name} is "
