@@ -6,7 +6,6 @@ test is skipped, unless EASEL_REQUIRE_BROWSER=1 (set by CI), where that is a fai
 import os
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 from PIL import Image

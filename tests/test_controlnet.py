@@ -130,7 +130,7 @@ def test_original_layout_file_loads_and_generates_like_diffusers_layout(app, che
     model = app.models.get(f"{checkpoint}.safetensors")
     folder = app.paths.model_dir("controlnet")
     original = write_controlnet(folder / f"sgm_{checkpoint}.safetensors", model.unet, "original", seed=11)
-    diffusers = write_controlnet(folder / f"hf_{checkpoint}.safetensors", model.unet, "diffusers", seed=11)
+    write_controlnet(folder / f"hf_{checkpoint}.safetensors", model.unet, "diffusers", seed=11)
     with safe_open(str(original), framework="pt") as handle:
         keys = set(handle.keys())
     assert all(k.startswith("control_model.") for k in keys)

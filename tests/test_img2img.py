@@ -1,7 +1,6 @@
 """img2img, inpainting (ordinary and 9-channel checkpoints), outpainting and hires fix on tiny models."""
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from webui.core import latents as latents_io

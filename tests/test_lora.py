@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from webui.core.infotext import parse_infotext
 from webui.core.request import GenerationRequest
 from webui.features.lora import LoraModule, LoraPatcher, LoraSpec, read_lora, target_map
-from webui.features.lora_writer import random_lora_tensors, write_lora
+from webui.features.lora_writer import write_lora
 
 from conftest import make_easel
 

@@ -1,5 +1,4 @@
 """The shared model manager: scanning, names, switching, cache limit, refresh, --ckpt-dir."""
-import shutil
 
 import pytest
 

@@ -1,7 +1,6 @@
 """PNG Info: reading parameters written by Easel and by the other tools, and mapping them to fields."""
 import json
 
-import pytest
 from PIL import Image, PngImagePlugin
 
 from webui.core.images import encode_image

@@ -5,7 +5,6 @@ Written only against the public extension API (webui.extensions.api).
 from __future__ import annotations
 
 from dataclasses import replace
-from itertools import product
 
 from webui.extensions import api as easel
 

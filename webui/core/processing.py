@@ -306,7 +306,6 @@ class Engine:
                       context: GenerationContext | None = None) -> torch.Tensor:
         model = plan.model
         width, height = inputs.size if inputs else (request.width, request.height)
-        factor = model.vae_scale_factor
         rng = self._rng(request, plan, seeds, width, height)
         first_noise = rng.first()
         for replacement in self.hooks.call("extra_noise", noise=first_noise, request=request, context=context):
@@ -423,7 +422,6 @@ class Engine:
                                     job.check) for image in latents_io.decode(model, latents)]
             init = latents_io.encode(model, images).to(latents.device)
         job.check()
-        factor = model.vae_scale_factor
         rng = self._rng(request, hires.plan, seeds, width, height)
         first_noise = rng.first()
         denoiser = hires.plan.prompts.make_denoiser(len(seeds), *self._time_ids(model, width, height))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any, Callable
 import torch
 from safetensors import safe_open
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_open, atomic_write_text, format_size
 from ..paths import UnsafePathError, safe_join
 from .architecture import Architecture, ModelConfigs, configs_for
 from .convert import (
@@ -80,14 +79,6 @@ class ConversionResult:
         if self.size_before and self.size_after:
             lines.append(f"size {format_size(self.size_before)} -> {format_size(self.size_after)}")
         return "\n".join(lines + self.notes)
-
-
-def format_size(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
-        size /= 1024
-    return f"{size} B"
 
 
 def _say(progress: ProgressFn | None, done: int, total: int, text: str) -> None:
@@ -285,28 +276,16 @@ def stream_safetensors(path: Path, layout: list[tuple[str, torch.dtype, tuple[in
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(len(encoded).to_bytes(8, "little"))
-            handle.write(encoded)
-            for index, (name, dtype, shape) in enumerate(layout):
-                tensor = tensor_for(name)
-                if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
-                    raise ConversionFailed(f"tensor {name}: got {tensor.dtype} {tuple(tensor.shape)}, "
-                                           f"expected {dtype} {tuple(shape)}")
-                handle.write(_tensor_bytes(tensor))
-                _say(progress, index + 1, len(layout), name)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(path) as handle:
+        handle.write(len(encoded).to_bytes(8, "little"))
+        handle.write(encoded)
+        for index, (name, dtype, shape) in enumerate(layout):
+            tensor = tensor_for(name)
+            if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
+                raise ConversionFailed(f"tensor {name}: got {tensor.dtype} {tuple(tensor.shape)}, "
+                                       f"expected {dtype} {tuple(shape)}")
+            handle.write(_tensor_bytes(tensor))
+            _say(progress, index + 1, len(layout), name)
 
 
 def save_tensors(path: Path, tensors: StateDict, metadata: dict[str, str] | None = None,
@@ -578,7 +557,6 @@ def prune_checkpoint(source: Path, target: Path, *, half: bool = True, drop_ema:
         kept = [k for k in keys if not (drop_ema and is_training_only(k))]
         if not kept:
             raise ConversionFailed(f"{source.name}: pruning would leave no tensors")
-        before = reader.nbytes()
         layout = []
         for key in kept:
             dtype = reader.dtype(key)

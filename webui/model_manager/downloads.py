@@ -33,6 +33,7 @@ from urllib.parse import quote, unquote
 
 import httpx
 
+from ..fileio import format_size
 from ..paths import MODEL_FOLDERS, Paths, UnsafePathError, safe_join
 from .starter import StarterFile, starter
 
@@ -285,22 +286,22 @@ class Fetcher:
             try:
                 for chunk in response.iter_bytes():  # as it arrives, so progress and cancel stay live
                     if cancel is not None and cancel.is_set():
-                        raise DownloadCancelled(f"{name}: cancelled; {_size(done)} kept for resuming")
+                        raise DownloadCancelled(f"{name}: cancelled; {format_size(done)} kept for resuming")
                     handle.write(chunk)
                     done += len(chunk)
                     report()
                 if cancel is not None and cancel.is_set():
-                    raise DownloadCancelled(f"{name}: cancelled; {_size(done)} kept for resuming")
+                    raise DownloadCancelled(f"{name}: cancelled; {format_size(done)} kept for resuming")
             except httpx.TransportError as exc:
-                raise DownloadError(f"{name}: the download was interrupted after {_size(done)}"
-                                    f"{' of ' + _size(total) if total else ''} ({_reason(exc)}); press Resume to "
+                raise DownloadError(f"{name}: the download was interrupted after {format_size(done)}"
+                                    f"{' of ' + format_size(total) if total else ''} ({_reason(exc)}); press Resume to "
                                     f"continue where it stopped") from None
             finally:
                 handle.flush()
                 os.fsync(handle.fileno())
         report(force=True)
         if total is not None and done != total:
-            raise DownloadError(f"{name}: the connection closed after {_size(done)} of {_size(total)}; press "
+            raise DownloadError(f"{name}: the connection closed after {format_size(done)} of {format_size(total)}; press "
                                 f"Resume to continue where it stopped")
 
     def _unreachable(self, url: str, exc: Exception) -> DownloadError:
@@ -323,16 +324,6 @@ class Fetcher:
 
 def _reason(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 def _sha256_of(path: Path) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 import gradio as gr
 
 from ..app import Easel
+from ..fileio import format_size
 from ..model_manager.downloads import DONE, FAILED, QUEUED, RUNNING, Download, DownloadError
 from ..model_manager.starter import FIRST_RUN_STARTER, STARTERS, StarterModel, starter
 from ..paths import MODEL_FOLDERS
@@ -18,16 +19,6 @@ from .common import error_html, esc, format_seconds, progress_html
 
 POLL_SECONDS = 1.0
 _STATE_WORDS = {QUEUED: "Queued", RUNNING: "Downloading", DONE: "Done", FAILED: "Failed", "cancelled": "Cancelled"}
-
-
-def _size(n: int | float | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 def _where(easel: Easel, item: Download) -> str:
@@ -39,9 +30,9 @@ def _where(easel: Easel, item: Download) -> str:
 
 def _progress_text(item: Download) -> str:
     total = item.total or item.size
-    text = f"{_STATE_WORDS.get(item.state, item.state)} · {_size(item.done)}" + (f" of {_size(total)}" if total else "")
+    text = f"{_STATE_WORDS.get(item.state, item.state)} · {format_size(item.done)}" + (f" of {format_size(total)}" if total else "")
     if item.state == RUNNING and item.speed:
-        text += f" · {_size(item.speed)}/s · {format_seconds(item.eta)} left"
+        text += f" · {format_size(item.speed)}/s · {format_seconds(item.eta)} left"
     return text
 
 
@@ -71,7 +62,7 @@ def _choices(easel: Easel) -> list[tuple[str, str]]:
 def _starter_markdown(item: StarterModel) -> str:
     where = MODEL_FOLDERS[item.kind]
     arch = f" · {item.architecture}" if item.architecture else ""
-    return f"**{item.title}**{arch} · {_size(item.size)} · into `models/{where}`  \n{item.description}"
+    return f"**{item.title}**{arch} · {format_size(item.size)} · into `models/{where}`  \n{item.description}"
 
 
 def build_downloads(easel: Easel) -> None:

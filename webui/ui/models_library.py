@@ -10,6 +10,7 @@ from typing import Any
 import gradio as gr
 
 from ..app import Easel
+from ..fileio import format_size
 from ..model_manager.library import LibraryEntry
 from ..model_manager.registry import ModelNotFoundError
 from ..model_manager.vae import AUTOMATIC, VaeNotFoundError
@@ -18,15 +19,6 @@ from .common import error_html, esc
 COLUMNS = ["Name", "Kind", "Folder", "Size", "Architecture", "AutoV2", "Trigger words"]
 MAX_ROWS = 1000
 ALL = "All"
-
-
-def format_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 def _architecture(entry: LibraryEntry) -> str:

@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 import gradio as gr
 
 from ..app import Easel
+from ..fileio import format_size
 from ..core.jobs import Job, JobState, QueueFullError
 from ..model_manager import conversions
 from ..model_manager.hashing import autov2
@@ -228,7 +229,7 @@ def _hash_html(easel: Easel, operation: str, label: str | None) -> str:
     known = easel.models.hashes.cached(source.path) if source.path.is_file() else None
     lines = [f"{source.label} · {source.format}"]
     if source.path.is_file():
-        lines[0] += f" · {conversions.format_size(source.path.stat().st_size)}"
+        lines[0] += f" · {format_size(source.path.stat().st_size)}"
     if known:
         lines.append(f"sha256 {known}  (AutoV2 {autov2(known)})")
     elif source.format == "pickle":

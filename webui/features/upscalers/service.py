@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from ...devices import empty_cache
-from .catalog import BUILTIN, LANCZOS, NEAREST, NONE, UPSCALER_KINDS, UpscalerEntry, scan
+from .catalog import BUILTIN, LANCZOS, NEAREST, NONE, UpscalerEntry, scan
 from .loading import LoadedUpscaler, ModelCache
 from .tiling import run_tiled, tile_count
 
