@@ -165,10 +165,14 @@ def test_hires_refusal_is_a_422_through_the_api(app):
     import httpx
 
     from conftest import start_server
+    from webui.features.identity.args import parse_identity
     from webui.features.identity.service import check_request
 
-    check_request(request(instantid()))  # the request-level check passes without hires, and hires without identity
-    check_request(request(None, enable_hr=True))
+    def check(req):
+        check_request(req, parse_identity(req.alwayson_scripts)[0])
+
+    check(request(instantid()))  # the request-level check passes without hires, and hires without identity
+    check(request(None, enable_hr=True))
     buffer = io.BytesIO()
     one_face().save(buffer, format="PNG")
     identity = {"method": "InstantID", "images": [base64.b64encode(buffer.getvalue()).decode()]}

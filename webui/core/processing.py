@@ -106,12 +106,13 @@ class Engine:
             raise ValidationError(unit_errors)
         from ..features.identity.args import parse_identity
 
-        _, identity_errors = parse_identity(request.alwayson_scripts if isinstance(request.alwayson_scripts, dict) else {})
+        identity, identity_errors = parse_identity(
+            request.alwayson_scripts if isinstance(request.alwayson_scripts, dict) else {})
         if identity_errors:
             raise ValidationError(identity_errors)
         from ..features.identity.service import check_request as check_identity
 
-        check_identity(request)  # e.g. hires fix with an identity unit: refused at submit, before any model loads
+        check_identity(request, identity)  # e.g. hires fix with an identity unit: refused at submit, before loading
         if request.script_name and request.script_name not in self.scripts:
             choices = ", ".join(sorted(self.scripts)) or "none installed"
             raise ValidationError([FieldError("script_name", f"unknown script {request.script_name!r} ({choices})")])

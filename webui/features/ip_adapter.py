@@ -256,6 +256,13 @@ class IPAdapterApplication:
     shortcut: bool = False   # FaceID Plus v2
 
 
+def batch_layout(positive: torch.Tensor, negative: torch.Tensor, batch: int, copies: int,
+                 with_uncond: bool) -> torch.Tensor:
+    """Per-image tensors laid out like the denoiser's batch: [uncond, cond, cond...] x batch."""
+    parts = [negative] * (1 if with_uncond else 0) + [positive] * (copies - int(with_uncond))
+    return torch.cat([p.expand(batch, *p.shape[1:]) for p in parts])
+
+
 @torch.no_grad()
 def embed(encoder, adapter: AdapterFile, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
     """(positive, negative) embeddings; several reference images are averaged."""
@@ -322,8 +329,7 @@ class IPAdapterPatch:
         key = (batch, copies, with_uncond, dtype, device)
 
         def layout(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
-            parts = [negative] * (1 if with_uncond else 0) + [positive] * (copies - int(with_uncond))
-            return torch.cat([p.expand(batch, *p.shape[1:]) for p in parts]).to(device, dtype)
+            return batch_layout(positive, negative, batch, copies, with_uncond).to(device, dtype)
 
         if key not in self._embeds:
             self._embeds[key] = [layout(app.positive, app.negative) for app in self.applications]

@@ -20,7 +20,7 @@ from ...model_manager.hashing import legacy_short_hash
 from ..controlnet.apply import ControlApplication, Controls
 from ..controlnet.models import ControlNetLibrary
 from ..img2img import resize_image
-from ..ip_adapter import AdapterFile, IPAdapterApplication, IPAdapterPatch
+from ..ip_adapter import AdapterFile, IPAdapterApplication, IPAdapterPatch, batch_layout
 from .args import IdentityArgs
 from .faces import FaceAnalyzer, draw_keypoints
 from .weights import IdentityFileError, read_groups
@@ -39,8 +39,7 @@ class FaceTokens:
     def __call__(self, batch: int, copies: int, uncond_first: bool) -> torch.Tensor:
         key = (batch, copies, uncond_first)
         if key not in self._cache:
-            parts = [self.negative] * int(uncond_first) + [self.positive] * (copies - int(uncond_first))
-            self._cache[key] = torch.cat([p.expand(batch, -1, -1) for p in parts])
+            self._cache[key] = batch_layout(self.positive, self.negative, batch, copies, uncond_first)
         return self._cache[key]
 
 
@@ -62,8 +61,13 @@ def project_face(unet, adapter: AdapterFile, embedding: torch.Tensor) -> tuple[t
 
 
 def prepare_instantid(args: IdentityArgs, model, controls: Controls, analyzer: FaceAnalyzer, adapter_path: Path,
-                      identitynet_path: Path, width: int, height: int, notes: list[str]) -> dict[str, str]:
-    """Adds the IdentityNet and the face adapter to `controls`; returns the infotext file titles."""
+                      identitynets: ControlNetLibrary, identitynet_path: Path, width: int, height: int,
+                      notes: list[str]) -> dict[str, str]:
+    """Adds the IdentityNet and the face adapter to `controls`; returns the infotext file titles.
+
+    `identitynets`: the service's library over models/instantid, whose cache keeps the
+    IdentityNet loaded from one generation to the next.
+    """
     face = analyzer.largest(args.images[0], "face image")
     if face.note:
         notes.append(face.note)
@@ -80,7 +84,7 @@ def prepare_instantid(args: IdentityArgs, model, controls: Controls, analyzer: F
                                 f"{adapter.cross_attention_width}, this checkpoint {cross}); InstantID needs SDXL")
     embedding = torch.from_numpy(face.embedding)
     positive, negative = project_face(model.unet, adapter, embedding)
-    net = ControlNetLibrary([identitynet_path.parent]).load(identitynet_path.name, model)
+    net = identitynets.load(identitynet_path.name, model)
     param = next(net.parameters())
     hint_image = resize_image(draw_keypoints(source_size, keypoints), width, height, CROP_AND_RESIZE)
     hint = torch.from_numpy(np.asarray(hint_image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
@@ -96,12 +100,7 @@ def prepare_instantid(args: IdentityArgs, model, controls: Controls, analyzer: F
     else:
         controls.ip_adapter.applications.append(application)
     return {"Adapter": f"{adapter_path.name} [{legacy_short_hash(adapter_path)}]",
-            "IdentityNet": f"{identitynet_path.name} [{_folder_hash(identitynet_path)}]"}
-
-
-def _folder_hash(folder: Path) -> str:
-    weights = sorted(folder.glob("*.safetensors"))
-    return legacy_short_hash(weights[0]) if weights else "none"
+            "IdentityNet": identitynets.find(identitynet_path.name).title}
 
 
 def keypoint_preview(analyzer: FaceAnalyzer, image: Image.Image) -> Image.Image:

@@ -220,15 +220,18 @@ def photomaker_lora(path: Path, tensors: dict[str, torch.Tensor]):
     return LoraFile(f"{path.stem} (LoRA)", path, modules, {}, path.stat().st_mtime)
 
 
-_ENCODERS: dict[tuple, IDEncoder] = {}
+_LOADED: dict[tuple, tuple[IDEncoder, Any]] = {}
 
 
-def load_encoder(path: Path, tensors: dict[str, torch.Tensor], device, dtype) -> IDEncoder:
+def load_photomaker(path: Path, device, dtype) -> tuple[IDEncoder, Any]:
+    """(ID encoder on the device, the file's LoRA) for a PhotoMaker file; the file is read once per
+    (path, mtime, device, dtype), not on every generation (published files are about 1 GB)."""
     key = (str(path), path.stat().st_mtime, str(device), str(dtype))
-    if key not in _ENCODERS:
-        _ENCODERS.clear()  # one at a time: they are large
-        _ENCODERS[key] = IDEncoder(tensors).to(device, dtype)
-    return _ENCODERS[key]
+    if key not in _LOADED:
+        _LOADED.clear()  # one at a time: they are large
+        state = read_photomaker(path)
+        _LOADED[key] = (IDEncoder(state["id_encoder"]).to(device, dtype), photomaker_lora(path, state["lora_weights"]))
+    return _LOADED[key]
 
 
 def prepare_photomaker(args: IdentityArgs, request, plan, path: Path, analyzer, notes: list[str]) -> dict[str, Any]:
@@ -236,8 +239,7 @@ def prepare_photomaker(args: IdentityArgs, request, plan, path: Path, analyzer, 
     from ..lora import LoraPatcher, LoraSpec
 
     model = plan.model
-    state = read_photomaker(path)
-    encoder = load_encoder(path, state["id_encoder"], model.device.device, model.device.dtype)
+    encoder, lora = load_photomaker(path, model.device.device, model.device.dtype)
     wanted = 2 if args.method == "PhotoMaker v2" else 1
     if encoder.version != wanted:
         raise PhotoMakerError(f"{path.name} is a PhotoMaker v{encoder.version} file, not v{wanted}")
@@ -289,7 +291,6 @@ def prepare_photomaker(args: IdentityArgs, request, plan, path: Path, analyzer, 
         return denoiser
 
     plan.prompts.make_denoiser = make_denoiser
-    lora = photomaker_lora(path, state["lora_weights"])
     report = LoraPatcher.of(model).set(list(plan.prompts.loras) + [LoraSpec(lora, 0.0, args.lora_weight)])
     if report.unmatched and not report.cached and args.lora_weight:
         notes.append(f"PhotoMaker LoRA: {len(report.unmatched)} layer(s) do not exist in this model")

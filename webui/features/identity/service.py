@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ...core.request import FieldError, ValidationError
+from ..controlnet.models import ControlNetLibrary
 from .args import IdentityArgs, identity_infotext, parse_identity
 from .faces import FaceAnalyzer
 from .files import IdentityFolders
@@ -29,9 +30,8 @@ HIRES_REFUSED = ("hires fix cannot be combined with an identity method (the seco
                  "identity); turn it off and upscale the result in Extras")
 
 
-def check_request(request) -> None:
-    """Request-level checks the args alone cannot make (the engine may also call this while validating)."""
-    args, _ = parse_identity(request.alwayson_scripts if isinstance(request.alwayson_scripts, dict) else {})
+def check_request(request, args: IdentityArgs | None) -> None:
+    """Request-level checks the args alone cannot make; `args`: the request's parsed identity args."""
     if args is not None and request.mode == "txt2img" and request.enable_hr:
         raise ValidationError([FieldError("enable_hr", HIRES_REFUSED)])
 
@@ -42,6 +42,8 @@ class IdentityService:
         self.pack = pack  # the setting identity_insightface_pack, read when needed
         self._analyzers: dict[tuple[str, str], FaceAnalyzer] = {}
         self._lock = threading.Lock()
+        # the IdentityNet is a ControlNet folder in models/instantid; the library's cache keeps it loaded
+        self.identitynets = ControlNetLibrary([folders.instantid])
 
     def analyzer(self) -> FaceAnalyzer:
         key = (str(self.folders.insightface), self.pack())
@@ -58,7 +60,7 @@ class IdentityService:
         args, _ = parse_identity(request.alwayson_scripts)
         if args is None:
             return
-        check_request(request)
+        check_request(request, args)
         model = plan.model
         if model.architecture.family != "sdxl":
             raise IdentityError(f"{args.method} works with SDXL checkpoints; {model.info.model_name} is "
@@ -76,7 +78,7 @@ class IdentityService:
             from .instantid import prepare_instantid
 
             return prepare_instantid(args, plan.model, plan.controls, self.analyzer(), self.folders.adapter(),
-                                     self.folders.identitynet(), size[0], size[1], notes)
+                                     self.identitynets, self.folders.identitynet(), size[0], size[1], notes)
         from .photomaker import prepare_photomaker
 
         path: Path = self.folders.photomaker_file(args.method)
