@@ -30,6 +30,7 @@ from safetensors.torch import load_file
 
 from ..model_manager.hashing import legacy_short_hash
 from ..model_manager.safe_unpickle import PICKLE_SUFFIXES
+from ..model_manager.weight_groups import read_weight_groups
 from ..paths import model_files
 from .ip_adapter_faceid import (aligned_crop, configure_projection, face_embedding, faceid_variant,
                                 reads_without_allow_pickle, unit_face)
@@ -97,18 +98,7 @@ class AdapterFile:
 
 
 def read_adapter(path: Path, allow_pickle: bool = False) -> AdapterFile:
-    if path.suffix == ".safetensors":
-        flat = load_file(str(path))
-        state: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
-        for key, value in flat.items():
-            group, _, rest = key.partition(".")
-            if group in state:
-                state[group][rest] = value
-    else:
-        from ..model_manager.safe_unpickle import load_pickle_data
-
-        data = load_pickle_data(path, allow_pickle or reads_without_allow_pickle(path))
-        state = {k: dict(v) for k, v in data.items() if k in ("image_proj", "ip_adapter")}
+    state = read_weight_groups(path, ("image_proj", "ip_adapter"), allow_pickle or reads_without_allow_pickle(path))
     if not state.get("image_proj") or not state.get("ip_adapter"):
         raise IPAdapterError(f"{path.name}: not an IP-Adapter file (image_proj / ip_adapter missing)")
     return AdapterFile(path.stem, path, state)

@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from ...model_manager.safe_unpickle import load_pickle_data
+from ...model_manager.weight_groups import read_weight_groups
 
 
 class IdentityFileError(ValueError):
@@ -20,19 +19,8 @@ class IdentityFileError(ValueError):
 
 def read_groups(path: Path, groups: tuple[str, ...]) -> dict[str, dict[str, torch.Tensor]]:
     """{group: {key: tensor}} for the named groups; the file must contain all of them."""
-    if path.suffix == ".safetensors":
-        flat = load_file(str(path))
-        state: dict[str, dict[str, torch.Tensor]] = {g: {} for g in groups}
-        for key, value in flat.items():
-            group, _, rest = key.partition(".")
-            if group in state:
-                state[group][rest] = value
-    else:
-        # published .bin files are plain tensors; the weights_only unpickler cannot run code
-        data = load_pickle_data(path, allow_pickle=True)
-        if not isinstance(data, dict):
-            raise IdentityFileError(f"{path.name}: not a weights file (expected groups {', '.join(groups)})")
-        state = {g: {k: v for k, v in dict(data.get(g) or {}).items() if isinstance(v, torch.Tensor)} for g in groups}
+    # published .bin files are plain tensors; the weights_only unpickler cannot run code
+    state = read_weight_groups(path, groups, allow_pickle=True)
     empty = [g for g in groups if not state.get(g)]
     if empty:
         raise IdentityFileError(f"{path.name}: the {', '.join(empty)} tensors are missing "
