@@ -28,10 +28,10 @@ from .architecture import Architecture, ModelConfigs, configs_for
 from .convert import (
     VAE_PREFIX, ConversionError, StateDict, checkpoint_to_diffusers, diffusers_to_checkpoint, vae_to_diffusers,
     vae_to_original)
-from .detect import DetectionError, detect
+from .detect import DetectionError
 from .hashing import HashCache, autov2, sha256_file
 from .safe_unpickle import PICKLE_SUFFIXES, PickleRefusedError, UnsafePickleError, load_pickle_checkpoint
-from .sidecar import SidecarError, read_sidecars
+from .sidecar import SidecarError, file_configs, read_sidecars
 
 # (done, total, text): called once per tensor (or per stage) so a job can show progress.
 ProgressFn = Callable[[int, int, str], None]
@@ -209,15 +209,9 @@ def _read_pickle(path: Path, allow_pickle: bool) -> StateDict:
 def checkpoint_configs(path: Path, shapes: dict[str, tuple[int, ...]]) -> tuple[ModelConfigs, bool]:
     """Configs for a single-file checkpoint (detection + sidecars), and whether its prediction type is a guess."""
     try:
-        detection = detect(shapes)
-        sidecar = read_sidecars(path)
+        return file_configs(shapes, read_sidecars(path))
     except (DetectionError, SidecarError) as exc:
         raise ConversionFailed(f"{path.name}: {exc}") from None
-    found = detection.architecture
-    arch = Architecture(sidecar.family or found.family, sidecar.prediction_type or found.prediction_type,
-                        found.inpainting if sidecar.inpainting is None else sidecar.inpainting)
-    uncertain = detection.prediction_uncertain and not sidecar.prediction_type
-    return configs_for(arch, sidecar.components), uncertain
 
 
 def _normalise_text_keys(tensors: StateDict) -> StateDict:

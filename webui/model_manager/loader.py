@@ -24,11 +24,11 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from ..devices import DeviceConfig
 from .architecture import Architecture, ModelConfigs, configs_for
 from .convert import ConversionError, StateDict, checkpoint_to_diffusers
-from .detect import DetectionError, detect
+from .detect import DetectionError
 from .errors import ModelLoadError
 from .registry import CheckpointInfo
 from .safe_unpickle import load_pickle_checkpoint
-from .sidecar import read_sidecars
+from .sidecar import file_configs, read_sidecars
 from .tokenizer import EOS, clip_tokenizer
 
 log = logging.getLogger(__name__)
@@ -263,15 +263,7 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bo
                 from .gguf import describe_gguf
 
                 notes.append(f"GGUF, dequantized at load: {describe_gguf(info.path)['quantization']}")
-            detection = detect({k: tuple(v.shape) for k, v in tensors.items()})
-            arch = detection.architecture
-            uncertain = detection.prediction_uncertain
-            arch = Architecture(sidecar.family or arch.family,
-                                sidecar.prediction_type or arch.prediction_type,
-                                arch.inpainting if sidecar.inpainting is None else sidecar.inpainting)
-            if sidecar.prediction_type:
-                uncertain = False
-            configs = configs_for(arch, sidecar.components)
+            configs, uncertain = file_configs({k: tuple(v.shape) for k, v in tensors.items()}, sidecar)
             weights, leftovers = checkpoint_to_diffusers(tensors, configs)
             del tensors
             if leftovers:

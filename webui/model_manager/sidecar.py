@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from .architecture import FAMILIES, PREDICTION_TYPES
+from .architecture import FAMILIES, PREDICTION_TYPES, Architecture, ModelConfigs, configs_for
+from .detect import detect
 
 
 class SidecarError(ValueError):
@@ -51,6 +52,20 @@ def read_sidecars(checkpoint: Path) -> SidecarOverrides:
             _apply_json(path, result)
         result.sources.append(path)
     return result
+
+
+def file_configs(shapes: dict[str, tuple[int, ...]], sidecar: SidecarOverrides) -> tuple[ModelConfigs, bool]:
+    """Configs for a single-file checkpoint: the architecture detected from its tensors, overridden by its
+    sidecars; and whether the prediction type is still a guess (SD 2.x files do not say; the loader probes).
+
+    Raises DetectionError when the tensors are no known architecture.
+    """
+    detection = detect(shapes)
+    found = detection.architecture
+    arch = Architecture(sidecar.family or found.family, sidecar.prediction_type or found.prediction_type,
+                        found.inpainting if sidecar.inpainting is None else sidecar.inpainting)
+    uncertain = detection.prediction_uncertain and not sidecar.prediction_type
+    return configs_for(arch, sidecar.components), uncertain
 
 
 def _apply_json(path: Path, out: SidecarOverrides) -> None:
