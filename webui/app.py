@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .core.image_input import max_megapixels
 from .core.jobs import Job, JobQueue
 from .core.processing import Engine
 from .core.request import GenerationRequest, Result
@@ -96,7 +97,7 @@ class Easel:
         """img2img over a folder, as one queued job."""
         from .features.batch import run_folder_batch
 
-        limit = self.settings.get("img_max_size_mp")
+        limit = max_megapixels(self.settings)
         return self.queue.submit(lambda job: run_folder_batch(self.engine, batch, job, limit), owner=owner,
                                  kind="img2img-batch", description=f"batch {batch.input_dir.name}")
 

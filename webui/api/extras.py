@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from ..core.image_input import max_megapixels
 from ..core.images import read_infotext
 from ..core.jobs import Job, JobState
 from ..core.request import FieldError, ValidationError
@@ -76,7 +77,7 @@ def to_extras_request(body: m.ExtrasBaseRequest) -> ExtrasRequest:
 
 def _decode_all(ctx: ApiContext, sources: list[tuple[str, str, str]]) -> list[ExtrasInput]:
     """Decode every (field, base64, name) before queueing, so one bad image fails the request up front."""
-    limit = float(ctx.easel.settings.get("img_max_size_mp") or 100)
+    limit = max_megapixels(ctx.easel.settings)
     allow_urls = bool(ctx.easel.settings.get("api_enable_requests"))
     return [ExtrasInput(decode_image(field, data, allow_urls=allow_urls, max_megapixels=limit), name)
             for field, data, name in sources]

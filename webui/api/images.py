@@ -55,11 +55,6 @@ def public_addresses(host: str, resolve: Callable[[str], list[str]] | None = Non
     return [str(a) for a in addresses]
 
 
-def host_is_public(host: str, resolve: Callable[[str], list[str]] | None = None) -> bool:
-    """True only if every address the host resolves to is globally routable."""
-    return public_addresses(host, resolve) is not None
-
-
 def _resolve(host: str) -> list[str]:
     return sorted({info[4][0] for info in socket.getaddrinfo(host, None)})
 
@@ -82,13 +77,6 @@ def _checked(field: str, url: str, resolve: Callable[[str], list[str]] | None,
     if addresses is None:
         raise invalid(field, f"{parts.hostname!r} is a private, loopback or link-local address; refused")
     return parts.hostname, addresses[0]
-
-
-def check_url(field: str, url: str, enabled: bool, resolve: Callable[[str], list[str]] | None = None) -> str:
-    """Raise a 422 naming `field` unless the URL may be fetched; returns the URL."""
-    _require_enabled(field, enabled)
-    _checked(field, url, resolve)
-    return url
 
 
 def _require_enabled(field: str, enabled: bool) -> None:

@@ -7,7 +7,6 @@ with AUTOMATIC1111's response shape. Endpoints for features Easel does not have 
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -17,11 +16,13 @@ from fastapi import APIRouter, Body, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..core import samplers
+from ..core.image_input import max_megapixels
 from ..core.infotext import parse_infotext
 from ..core.pnginfo import read_generation_info
 from ..core.jobs import Job, JobState
 from ..core.request import GenerationRequest
 from ..features.hires import LATENT_MODES
+from ..model_manager.library import read_safetensors_header
 from ..settings import redact
 from . import extras as extras_api
 from . import models as m
@@ -136,7 +137,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
         """Generation parameters stored in an image by AUTOMATIC1111, Forge, ComfyUI, InvokeAI, NovelAI, Fooocus
         or Easel, as AUTOMATIC1111's infotext (`info`), its parsed form (`parameters`) and every text chunk."""
         image = decode_image("image", body.image, allow_urls=bool(easel.settings.get("api_enable_requests")),
-                             max_megapixels=float(easel.settings.get("img_max_size_mp") or 100))
+                             max_megapixels=max_megapixels(easel.settings))
         found = read_generation_info(image)
         text = found.text
         items = {k: v for k, v in found.raw.items() if k != "parameters"}
@@ -370,15 +371,11 @@ def _safetensors_metadata(path: Path) -> dict[str, Any]:
     if path.suffix != ".safetensors":
         return {}
     try:
-        with path.open("rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            if not 0 < size <= 100 << 20:
-                return {}
-            header = json.loads(handle.read(size))
-        metadata = header.get("__metadata__") or {}
-        return {k: v for k, v in metadata.items() if isinstance(k, str) and isinstance(v, str)}
+        metadata = read_safetensors_header(path).get("__metadata__") or {}
     except (OSError, ValueError):
         return {}
+    return {k: v for k, v in metadata.items() if isinstance(k, str) and isinstance(v, str)} \
+        if isinstance(metadata, dict) else {}
 
 
 def _lora_alias(path: Path) -> str:

@@ -23,6 +23,7 @@ import pydantic
 
 from .. import __version__
 from ..core import samplers
+from ..core.image_input import max_megapixels
 from ..core.infotext import parse_infotext
 from ..core.pnginfo import infotext_to_fields
 from ..core.jobs import Job
@@ -286,7 +287,7 @@ def to_generation_request(body: GenerationFields, easel, mode: str = "txt2img") 
     values.update(_scripts(body, easel.engine.scripts, mode))
     if isinstance(body, Img2ImgRequest):
         values.update(_images(body, bool(easel.settings.get("api_enable_requests")),
-                              float(easel.settings.get("img_max_size_mp") or 100)))
+                              max_megapixels(easel.settings)))
     request = GenerationRequest(**values)
     try:
         easel.engine.validate(request)

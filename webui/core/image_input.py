@@ -19,6 +19,12 @@ from PIL import Image, UnidentifiedImageError
 DEFAULT_MAX_MEGAPIXELS = 100.0
 
 
+def max_megapixels(settings) -> float:
+    """The `img_max_size_mp` setting in force (the default when there are no settings or it is unset)."""
+    value = settings.get("img_max_size_mp") if settings is not None else None
+    return float(value) if value else DEFAULT_MAX_MEGAPIXELS
+
+
 class ImageInputError(ValueError):
     """An uploaded image was refused or could not be read; the message says why."""
 

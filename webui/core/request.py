@@ -148,9 +148,9 @@ class GenerationRequest:
             raise ValidationError(errors)
 
     def _hires_errors(self, samplers: "SamplerCatalog | None", upscalers: Collection[str] | None):
-        if not _is_number(self.denoising_strength) or not 0 <= self.denoising_strength <= 1:
+        if not is_number(self.denoising_strength) or not 0 <= self.denoising_strength <= 1:
             yield FieldError("denoising_strength", "must be a number from 0 to 1")
-        if not _is_number(self.hr_scale) or not 1 <= self.hr_scale <= 4:
+        if not is_number(self.hr_scale) or not 1 <= self.hr_scale <= 4:
             yield FieldError("hr_scale", "must be a number from 1 to 4")
         yield from _int_in(self, "hr_second_pass_steps", 0, MAX_STEPS)
         for name in ("hr_resize_x", "hr_resize_y"):
@@ -161,7 +161,7 @@ class GenerationRequest:
             for error in samplers.check(self.hr_sampler_name, self.hr_scheduler or "Automatic"):
                 yield FieldError("hr_" + error.field if error.field != "sampler_name" else "hr_sampler_name",
                                  error.message)
-        if _is_number(self.hr_scale) and _is_int(self.width) and _is_int(self.height):
+        if is_number(self.hr_scale) and _is_int(self.width) and _is_int(self.height):
             from ..features.hires import target_size
 
             w, h = target_size(self.width, self.height, self.hr_scale, int(self.hr_resize_x or 0),
@@ -176,7 +176,7 @@ class GenerationRequest:
             yield FieldError("init_images", "must be images")
         if self.mask is not None and not isinstance(self.mask, Image.Image):
             yield FieldError("mask", "must be an image")
-        if not _is_number(self.denoising_strength) or not 0 <= self.denoising_strength <= 1:
+        if not is_number(self.denoising_strength) or not 0 <= self.denoising_strength <= 1:
             yield FieldError("denoising_strength", "must be a number from 0 to 1")
         yield from _int_in(self, "resize_mode", 0, 3)
         yield from _int_in(self, "mask_blur", 0, 64)
@@ -207,16 +207,16 @@ class GenerationRequest:
         yield from _int_in(self, "n_iter", 1, MAX_BATCH_COUNT)
         if not _is_int(self.seed) or not (self.seed == -1 or 0 <= self.seed <= MAX_SEED):
             yield FieldError("seed", f"must be -1 (random) or a whole number from 0 to {MAX_SEED}")
-        if not _is_number(self.cfg_scale) or not (0 <= self.cfg_scale <= 100):
+        if not is_number(self.cfg_scale) or not (0 <= self.cfg_scale <= 100):
             yield FieldError("cfg_scale", "must be a number from 0 to 100")
         if not _is_int(self.subseed) or not (self.subseed == -1 or 0 <= self.subseed <= MAX_SEED):
             yield FieldError("subseed", f"must be -1 (random) or a whole number from 0 to {MAX_SEED}")
         for name, low, high in (("subseed_strength", 0, 1), ("cfg_rescale", 0, 1), ("cfg_interval_start", 0, 1),
                                 ("cfg_interval_end", 0, 1)):
             value = getattr(self, name)
-            if not _is_number(value) or not low <= value <= high:
+            if not is_number(value) or not low <= value <= high:
                 yield FieldError(name, f"must be a number from {low} to {high}")
-        if _is_number(self.cfg_interval_start) and _is_number(self.cfg_interval_end) and \
+        if is_number(self.cfg_interval_start) and is_number(self.cfg_interval_end) and \
                 self.cfg_interval_start > self.cfg_interval_end:
             yield FieldError("cfg_interval_end", "must not be before cfg_interval_start")
         for name in ("seed_resize_from_w", "seed_resize_from_h"):
@@ -225,7 +225,7 @@ class GenerationRequest:
                 yield FieldError(name, f"must be 0 (off) or a multiple of 8 from 64 to {MAX_SIDE}")
         for name, high in (("eta", 1), ("s_churn", 100), ("s_tmin", 100), ("s_tmax", 1000), ("s_noise", 1.5)):
             value = getattr(self, name)
-            if value is not None and (not _is_number(value) or not 0 <= value <= high):
+            if value is not None and (not is_number(value) or not 0 <= value <= high):
                 yield FieldError(name, f"must be empty or a number from 0 to {high}")
         for name in ("sampler_name", "scheduler"):
             if not isinstance(getattr(self, name), str):
@@ -273,7 +273,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool): what every numeric request field must be."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, Callable, Union
 
 from PIL import Image, PngImagePlugin
 
-from ..core.image_input import DEFAULT_MAX_MEGAPIXELS, ImageInputError, open_image_checked
+from ..core.image_input import ImageInputError, max_megapixels, open_image_checked
 from ..core.images import encode_image, next_number, read_infotext, sanitize
 from ..core.infotext import format_value, quote
 from ..core.jobs import Interrupted, Job, JobQueue, Skipped
@@ -174,8 +174,7 @@ class ExtrasService:
         return Path(configured) if configured else self.outputs_dir / "extras-images"
 
     def _max_megapixels(self) -> float:
-        value = self.settings.get("img_max_size_mp")
-        return float(value) if value else DEFAULT_MAX_MEGAPIXELS
+        return max_megapixels(self.settings)
 
     def _open(self, item: ExtrasInput) -> Image.Image:
         if isinstance(item.source, Image.Image):

@@ -46,6 +46,7 @@ from PIL import Image
 
 from ..core import latents as latents_io
 from ..core.denoiser import MaskedDenoiser, SigmaSpace, sigma_scale_in
+from ..core.request import is_number
 from .img2img import PreparedImage, finish_image
 
 ENABLED_FIELD = "soft_inpainting"
@@ -117,8 +118,7 @@ def field_problems(request: Any) -> list[tuple[str, str]]:
         problems.append((ENABLED_FIELD, "must be true or false"))
     for p in PARAMETERS:
         value = getattr(request, p.field)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not ok or not p.low <= value <= p.high:
+        if not is_number(value) or not p.low <= value <= p.high:
             problems.append((p.field, f"must be a number from {p.low:g} to {p.high:g} (got {value!r})"))
     return problems
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..fileio import atomic_write_text
+from ..paths import model_files
 from .hashing import HashCache, autov2
 from .safe_unpickle import PICKLE_SUFFIXES
 
@@ -80,11 +81,7 @@ class VaeLibrary:
         return VAE_SUFFIXES if self.allow_pickle else (".safetensors",)
 
     def files(self) -> list[Path]:
-        found: list[Path] = []
-        for folder in self.folders:
-            if folder.is_dir():
-                found += [p for p in folder.rglob("*") if p.suffix.lower() in self._suffixes() and p.is_file()
-                          and not p.name.startswith(".")]
+        found = model_files(self.folders, self._suffixes())
         for folder in self.checkpoint_folders:
             if folder.is_dir():
                 found += [p for p in folder.rglob("*.vae.*") if p.suffix.lower() in self._suffixes() and p.is_file()]

@@ -22,17 +22,14 @@ from typing import Any, Callable
 import gradio as gr
 from PIL import Image, ImageOps
 
-from ..core.image_input import DEFAULT_MAX_MEGAPIXELS, ImageInputError, open_image_checked
+from ..core.image_input import DEFAULT_MAX_MEGAPIXELS, ImageInputError, max_megapixels, open_image_checked
 
 Limit = Callable[[], float]
 
 
 def settings_limit(settings: Any) -> Limit:
     """The upload limit in megapixels, read from the settings store each time."""
-    def limit() -> float:
-        value = settings.get("img_max_size_mp") if settings is not None else None
-        return float(value) if value else DEFAULT_MAX_MEGAPIXELS
-    return limit
+    return lambda: max_megapixels(settings)
 
 
 def _source(payload: Any) -> str | bytes | None:

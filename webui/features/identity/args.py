@@ -20,7 +20,7 @@ from typing import Any
 from PIL import Image
 
 from ...core.image_input import open_image_checked
-from ...core.request import FieldError
+from ...core.request import FieldError, is_number
 
 SCRIPT = "identity"
 METHODS = ("InstantID", "PhotoMaker v1", "PhotoMaker v2")
@@ -61,11 +61,6 @@ def _image(value: Any, name: str) -> Image.Image | None:
         except (binascii.Error, ValueError) as exc:
             raise ValueError(f"must be a base64-encoded image ({exc})") from None
     raise ValueError("must be an image")
-
-
-def _number(value: Any, low: float, high: float) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-        and low <= value <= high
 
 
 def parse_identity(alwayson: dict[str, Any]) -> tuple[IdentityArgs | None, list[FieldError]]:
@@ -109,7 +104,7 @@ def parse_identity(alwayson: dict[str, Any]) -> tuple[IdentityArgs | None, list[
         errors.append(FieldError(f"{where}.pose_image", str(exc)))
     for name, (low, high) in RANGES.items():
         value = data.get(name, getattr(args, name))
-        if not _number(value, low, high):
+        if not is_number(value) or not low <= value <= high:
             errors.append(FieldError(f"{where}.{name}", f"must be a number from {low} to {high}"))
         else:
             setattr(args, name, float(value))
