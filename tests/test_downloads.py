@@ -191,6 +191,7 @@ def test_dropped_connection_leaves_no_final_file_and_resume_asks_only_for_the_re
     path, headers = hub.requests[-1]
     assert headers["range"] == "bytes=100000-" and headers["if-range"]
     assert hub.last_sent == len(PAYLOAD) - 100_000
+    assert item.computed_sha256 == hashlib.sha256(PAYLOAD).hexdigest()  # prefix on disk + the resumed bytes
 
 
 def test_server_ignoring_range_restarts_from_zero(setup, hub):
@@ -203,6 +204,7 @@ def test_server_ignoring_range_restarts_from_zero(setup, hub):
     assert item.state == DONE, item.error
     assert (paths.model_dir("vae") / "model.safetensors").read_bytes() == PAYLOAD  # not spliced
     assert hub.requests[-1][1]["range"] == "bytes=50000-" and hub.last_sent == len(PAYLOAD)
+    assert item.computed_sha256 == hashlib.sha256(PAYLOAD).hexdigest()  # the restart's hash has no stale prefix
 
 
 def test_checksum_mismatch_is_rejected_and_leaves_nothing(setup, hub):
@@ -238,6 +240,7 @@ def test_cancel_keeps_the_partial_and_resume_completes(setup, hub):
     _finish(manager, manager.resume(item.id))
     assert item.state == DONE and target.read_bytes() == PAYLOAD
     assert hub.last_sent == len(PAYLOAD) - kept
+    assert item.computed_sha256 == hashlib.sha256(PAYLOAD).hexdigest()
 
 
 def test_stalled_connection_times_out_without_a_final_file(tmp_path, hub):

@@ -183,14 +183,14 @@ class Fetcher:
         partial = partial_path(final)
         for _attempt in range(3):
             try:
-                self._stream(url, final, partial, progress, cancel)
+                hasher = self._stream(url, final, partial, progress, cancel)
                 break
             except _Restart:
                 partial.unlink(missing_ok=True)
                 _meta_path(final).unlink(missing_ok=True)
         else:
             raise DownloadError(f"{final.name}: the server kept refusing to continue the download; try again later")
-        actual = _sha256_of(partial)
+        actual = hasher.hexdigest()
         if sha256 and actual != sha256.lower():
             partial.unlink(missing_ok=True)
             _meta_path(final).unlink(missing_ok=True)
@@ -201,7 +201,9 @@ class Fetcher:
     # -- internals --
 
     def _stream(self, url: str, final: Path, partial: Path, progress: Callable[[Progress], None] | None,
-                cancel: threading.Event | None) -> None:
+                cancel: threading.Event | None) -> "hashlib._Hash":
+        """Bring the partial file to the full length; returns the sha256 of the whole file, computed as the bytes
+        arrive (plus a read of the part already on disk when resuming), so the file is never read twice."""
         offset = partial.stat().st_size if partial.is_file() else 0
         meta = _read_meta(final)
         if offset and meta.get("url") != url:
@@ -212,12 +214,14 @@ class Fetcher:
             try:
                 total = self._resume_point(response, final.name, offset)
                 if total is None and response.status_code == 416:
-                    return  # the partial is already the whole file
+                    return _sha256_prefix(partial, offset)  # the partial is already the whole file
                 if response.status_code == 200:
                     offset = 0
                     validator = response.headers.get("etag") or response.headers.get("last-modified")
                     _write_meta(final, {"url": url, "validator": validator if validator else None})
-                self._copy(response, partial, offset, total, final.name, progress, cancel)
+                hasher = _sha256_prefix(partial, offset)
+                self._copy(response, partial, offset, total, final.name, progress, cancel, hasher)
+                return hasher
             finally:
                 response.close()
 
@@ -268,7 +272,8 @@ class Fetcher:
         return int(length) if length and length.isdigit() else None
 
     def _copy(self, response: httpx.Response, partial: Path, offset: int, total: int | None, name: str,
-              progress: Callable[[Progress], None] | None, cancel: threading.Event | None) -> None:
+              progress: Callable[[Progress], None] | None, cancel: threading.Event | None,
+              hasher: "hashlib._Hash") -> None:
         done, started, last = offset, time.monotonic(), 0.0
 
         def report(force: bool = False) -> None:
@@ -288,6 +293,7 @@ class Fetcher:
                     if cancel is not None and cancel.is_set():
                         raise DownloadCancelled(f"{name}: cancelled; {format_size(done)} kept for resuming")
                     handle.write(chunk)
+                    hasher.update(chunk)
                     done += len(chunk)
                     report()
                 if cancel is not None and cancel.is_set():
@@ -326,12 +332,15 @@ def _reason(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _sha256_of(path: Path) -> str:
+def _sha256_prefix(path: Path, length: int) -> "hashlib._Hash":
+    """A sha256 fed with the first `length` bytes of `path` (what a resumed download already has)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    if length:
+        with open(path, "rb") as handle:
+            while length and (chunk := handle.read(min(CHUNK, length))):
+                digest.update(chunk)
+                length -= len(chunk)
+    return digest
 
 
 def _read_meta(final: Path) -> dict[str, Any]:
