@@ -220,26 +220,24 @@ def photomaker_lora(path: Path, tensors: dict[str, torch.Tensor]):
     return LoraFile(f"{path.stem} (LoRA)", path, modules, {}, path.stat().st_mtime)
 
 
-_LOADED: dict[tuple, tuple[IDEncoder, Any]] = {}
-
-
-def load_photomaker(path: Path, device, dtype) -> tuple[IDEncoder, Any]:
-    """(ID encoder on the device, the file's LoRA) for a PhotoMaker file; the file is read once per
-    (path, mtime, device, dtype), not on every generation (published files are about 1 GB)."""
+def load_photomaker(path: Path, device, dtype, cache: dict) -> tuple[IDEncoder, Any]:
+    """(ID encoder on the device, the file's LoRA) for a PhotoMaker file, kept in `cache` (the service's):
+    the file is read once per (path, mtime, device, dtype), not on every generation (published ones are ~1 GB)."""
     key = (str(path), path.stat().st_mtime, str(device), str(dtype))
-    if key not in _LOADED:
-        _LOADED.clear()  # one at a time: they are large
+    if key not in cache:
+        cache.clear()  # one at a time: they are large
         state = read_photomaker(path)
-        _LOADED[key] = (IDEncoder(state["id_encoder"]).to(device, dtype), photomaker_lora(path, state["lora_weights"]))
-    return _LOADED[key]
+        cache[key] = (IDEncoder(state["id_encoder"]).to(device, dtype), photomaker_lora(path, state["lora_weights"]))
+    return cache[key]
 
 
-def prepare_photomaker(args: IdentityArgs, request, plan, path: Path, analyzer, notes: list[str]) -> dict[str, Any]:
+def prepare_photomaker(args: IdentityArgs, request, plan, path: Path, analyzer, notes: list[str],
+                       cache: dict) -> dict[str, Any]:
     """Fused conditioning from the style-strength step on, and the LoRA merged; returns infotext files."""
     from ..lora import LoraPatcher, LoraSpec
 
     model = plan.model
-    encoder, lora = load_photomaker(path, model.device.device, model.device.dtype)
+    encoder, lora = load_photomaker(path, model.device.device, model.device.dtype, cache)
     wanted = 2 if args.method == "PhotoMaker v2" else 1
     if encoder.version != wanted:
         raise PhotoMakerError(f"{path.name} is a PhotoMaker v{encoder.version} file, not v{wanted}")

@@ -44,6 +44,7 @@ class IdentityService:
         self._lock = threading.Lock()
         # the IdentityNet is a ControlNet folder in models/instantid; the library's cache keeps it loaded
         self.identitynets = ControlNetLibrary([folders.instantid])
+        self.photomakers: dict[tuple, Any] = {}  # the loaded PhotoMaker encoder + LoRA (features/identity/photomaker)
 
     def analyzer(self) -> FaceAnalyzer:
         key = (str(self.folders.insightface), self.pack())
@@ -83,4 +84,4 @@ class IdentityService:
 
         path: Path = self.folders.photomaker_file(args.method)
         analyzer = self.analyzer() if args.method == "PhotoMaker v2" else None
-        return prepare_photomaker(args, request, plan, path, analyzer, notes)
+        return prepare_photomaker(args, request, plan, path, analyzer, notes, self.photomakers)
