@@ -6,6 +6,8 @@ test is skipped, unless EASEL_REQUIRE_BROWSER=1 (set by CI), where that is a fai
 import os
 import shutil
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
 from PIL import Image
@@ -28,6 +30,20 @@ if not CHROMIUM:
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 
+@contextmanager
+def open_app(url: str, height: int = 1000, ready: str = "#txt2img_prompt textarea") -> Iterator:
+    """Headless Chromium on Easel's page at `url`, once `ready` is on it (every browser test starts here)."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": height})
+            page.goto(url)
+            page.wait_for_selector(ready, timeout=60_000)
+            yield page
+        finally:
+            browser.close()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_ckpt_dir):
     from webui.devices import device_config
@@ -46,13 +62,8 @@ def server(tmp_path_factory, tiny_ckpt_dir):
 
 @pytest.fixture(scope="module")
 def page(server):
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(server.url)
-        page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+    with open_app(server.url) as page:
         yield page
-        browser.close()
 
 
 def set_slider(page, elem_id: str, value: int) -> None:

@@ -7,9 +7,9 @@ from webui.core.images import read_infotext
 from webui.core.infotext import parse_infotext
 
 from conftest import start_server
-from test_browser import ARTIFACTS, BROWSER_ARGS, CHROMIUM, set_slider
+from test_browser import ARTIFACTS, open_app, set_slider
 
-from playwright.sync_api import expect, sync_playwright  # noqa: E402  (test_browser skips without chromium)
+from playwright.sync_api import expect  # noqa: E402  (test_browser skips without chromium)
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +40,7 @@ def test_controlnet_unit_in_txt2img(server, tmp_path):
     array = np.zeros((64, 64, 3), np.uint8)
     array[16:48, 16:48] = 255
     Image.fromarray(array).save(picture)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
-        page.goto(server.url)
-        page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+    with open_app(server.url, height=1400) as page:
         set_slider(page, "txt2img_steps", 3)
         set_slider(page, "txt2img_width", 64)
         set_slider(page, "txt2img_height", 64)
@@ -66,7 +62,6 @@ def test_controlnet_unit_in_txt2img(server, tmp_path):
         page.locator("#txt2img_generate").click()
         expect(page.locator("#html_info_txt2img")).to_contain_text("ControlNet 0", timeout=60_000)
         page.screenshot(path=str(ARTIFACTS / "controlnet.png"), full_page=True)
-        browser.close()
     made = sorted((server.root / "outputs" / "txt2img-images").rglob("*-12.png"))[-1]
     unit = parse_infotext(read_infotext(Image.open(made))).params["ControlNet 0"]
     assert "Module: canny" in unit and "Model: control_canny_tiny" in unit and "Processor Res: 64" in unit

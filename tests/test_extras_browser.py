@@ -3,26 +3,16 @@
 Skipped without Chromium unless EASEL_REQUIRE_BROWSER=1 (as tests/test_browser.py).
 """
 import re
-import os
-import shutil
 
 import pytest
 from PIL import Image
 
-from conftest import ROOT, start_server
+from conftest import start_server
 from upscale_helpers import smooth_image, tiny_models
 
-CHROMIUM = os.environ.get("EASEL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-ARTIFACTS = ROOT / "test-artifacts"
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from test_browser import ARTIFACTS, open_app  # skips this module without chromium, as test_browser does
 
-if not CHROMIUM:
-    if os.environ.get("EASEL_REQUIRE_BROWSER"):
-        raise RuntimeError("EASEL_REQUIRE_BROWSER is set but no chromium was found")
-    pytest.skip("chromium is not installed", allow_module_level=True)
-
-from playwright.sync_api import expect, sync_playwright  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +26,10 @@ def server(tmp_path_factory, tiny_ckpt_dir):
 
 @pytest.fixture(scope="module")
 def page(server):
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1100})
-        page.goto(server.url)
+    with open_app(server.url, height=1100) as page:
         page.get_by_role("tab", name="Extras").click()
         page.wait_for_selector("#extras_generate", timeout=60_000)
         yield page
-        browser.close()
 
 
 def pick(page, elem_id: str, option: str) -> None:

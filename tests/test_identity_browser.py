@@ -7,9 +7,9 @@ from webui.core.infotext import parse_infotext
 
 from conftest import start_server
 from identity_helpers import face_card, write_insightface_pack, write_instantid, write_photomaker
-from test_browser import ARTIFACTS, BROWSER_ARGS, CHROMIUM, set_slider
+from test_browser import ARTIFACTS, open_app, set_slider
 
-from playwright.sync_api import expect, sync_playwright  # noqa: E402  (test_browser skips without chromium)
+from playwright.sync_api import expect  # noqa: E402  (test_browser skips without chromium)
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +37,7 @@ def server(tmp_path_factory):
 def test_identity_tab_generates_with_each_method(server, tmp_path):
     photo = tmp_path / "face.png"
     face_card((256, 256), [(128, 128, 50)]).save(photo)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1600})
-        page.goto(server.url)
-        page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+    with open_app(server.url, height=1600) as page:
         page.locator("#tabs").get_by_role("tab", name="Identity").click()
         page.wait_for_selector("#identity_prompt textarea", timeout=30_000)
         expect(page.locator("#identity_files")).to_contain_text("weights-only loader")
@@ -59,7 +55,6 @@ def test_identity_tab_generates_with_each_method(server, tmp_path):
             expect(page.locator("#html_info_identity")).to_contain_text(f"take {index}")
             page.screenshot(path=str(ARTIFACTS / f"identity-{method.replace(' ', '-').lower()}.png"),
                             full_page=True)
-        browser.close()
     made = sorted((server.root / "outputs" / "txt2img-images").rglob("*-21.png"))
     assert len(made) == 3
     methods = [parse_infotext(read_infotext(Image.open(path))).params["Identity"] for path in made]

@@ -292,9 +292,9 @@ def _skipped(value) -> bool:
 
 def test_pnginfo_send_to_identity_in_a_browser(tmp_path, tiny_ckpt_dir):
     """The pasted method switches the visible sliders (its change event runs), and the note shows."""
-    from test_browser import BROWSER_ARGS, CHROMIUM
+    from test_browser import open_app
 
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
     from PIL import PngImagePlugin
 
     from conftest import start_server
@@ -308,11 +308,7 @@ def test_pnginfo_send_to_identity_in_a_browser(tmp_path, tiny_ckpt_dir):
     (tmp_path / "root").mkdir()
     server = start_server(tmp_path / "root", tiny_ckpt_dir)
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 1400})
-            page.goto(server.url)
-            page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+        with open_app(server.url, height=1400) as page:
             for name in ("photomaker", "instantid"):
                 page.get_by_role("tab", name="PNG Info").click()
                 page.locator("#pnginfo_image input[type=file]").set_input_files(str(pictures[name]))
@@ -333,6 +329,5 @@ def test_pnginfo_send_to_identity_in_a_browser(tmp_path, tiny_ckpt_dir):
                     expect(page.locator("#identity_style_strength")).to_be_hidden()
                     expect(page.locator("#identity_paste_note")).to_contain_text("the pose image again")
                 expect(page.locator("#identity_prompt textarea")).to_have_value(prompt)
-            browser.close()
     finally:
         server.stop()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from test_browser import BROWSER_ARGS, CHROMIUM, set_slider  # skips the module without chromium
+from test_browser import open_app, set_slider  # skips the module without chromium
 
 from api_helpers import start_long_job, stop_job, wait_until
 from conftest import start_server
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +21,7 @@ def server(tmp_path_factory, tiny_ckpt_dir):
 
 def test_queue_panel_shows_api_jobs_and_cancels_your_own(server):
     api = httpx.Client(base_url=server.url, timeout=120)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(server.url)
-        page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+    with open_app(server.url) as page:
         expect(page.locator("#easel_queue_view")).to_contain_text("The queue is empty", timeout=30_000)
 
         api_job = start_long_job(api)
@@ -52,4 +48,3 @@ def test_queue_panel_shows_api_jobs_and_cancels_your_own(server):
         assert api.get(f"/easel/v1/jobs/{api_job}").json()["state"] == "running"  # not ours: untouched
         stop_job(api, api_job)
         expect(page.locator("#easel_queue_view")).to_contain_text("The queue is empty", timeout=30_000)
-        browser.close()

@@ -80,8 +80,6 @@ def test_engine_infotext_round_trips_through_the_fields(easel):
 # ---- in a browser ----------------------------------------------------------------------------
 
 CHROMIUM = os.environ.get("EASEL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
@@ -90,17 +88,12 @@ def page(tmp_path_factory, tiny_ckpt_dir):
         if os.environ.get("EASEL_REQUIRE_BROWSER"):
             raise RuntimeError("EASEL_REQUIRE_BROWSER is set but no chromium was found")
         pytest.skip("chromium is not installed")
-    from playwright.sync_api import sync_playwright
+    from test_browser import open_app  # only here: importing it skips a module without chromium
 
     server = start_server(tmp_path_factory.mktemp("send-to"), tiny_ckpt_dir)
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(server.url)
-            page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+        with open_app(server.url) as page:
             yield page
-            browser.close()
     finally:
         server.stop()
 
