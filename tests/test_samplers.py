@@ -357,7 +357,7 @@ def test_all_schedules_end_at_zero_and_decrease(easel):
 
 
 def test_ays_uses_the_published_ten_step_schedule():
-    model = DiscreteSchedule.from_config(SD_CONFIG, "sd1")
+    model = DiscreteSchedule.from_config(SD_CONFIG)
     sigmas = SCHEDULES["Align Your Steps"][1](model, 10)
     np.testing.assert_allclose(sigmas[:3].numpy(), [14.615, 6.475, 3.861], rtol=1e-5)
 

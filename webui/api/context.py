@@ -76,7 +76,7 @@ class PreviewCache:
         self._key: tuple[str, int] | None = None
         self._value: str | None = None
 
-    def get(self, job: Job, sdxl: bool) -> str | None:
+    def get(self, job: Job) -> str | None:
         latents = job.progress.preview_latents
         if latents is None:
             return None
@@ -85,7 +85,7 @@ class PreviewCache:
             if key == self._key:
                 return self._value
         try:
-            value = encode_b64(latent_preview(latents, sdxl=sdxl))
+            value = encode_b64(latent_preview(latents, job.progress.preview_rgb))
         except Exception:  # a preview must never fail a progress request
             log.debug("preview failed", exc_info=True)
             return None
@@ -136,10 +136,6 @@ class ApiContext:
             return owner
         return "ui"
 
-    def is_sdxl(self) -> bool:
-        current = self.easel.models.current
-        return bool(current and current.architecture.is_sdxl)
-
     async def wait(self, job: Job, request: Request) -> bool:
         """Wait for `job`; if the client leaves first, cancel or interrupt it and return False."""
         finished = await self.waiter.wait(job, request)
@@ -187,7 +183,7 @@ def a1111_progress(ctx: ApiContext, skip_current_image: bool, request: Request |
     eta = job.progress.eta_seconds
     if eta is None:
         eta = max(0.0, elapsed / fraction - elapsed)
-    image = None if skip_current_image else ctx.previews.get(job, ctx.is_sdxl())
+    image = None if skip_current_image else ctx.previews.get(job)
     return {"progress": fraction, "eta_relative": eta, "state": a1111_state(job), "current_image": image,
             "textinfo": job.progress.text or None}
 
@@ -199,7 +195,7 @@ def job_progress(ctx: ApiContext, job: Job, preview: bool, private: bool = False
     return {"fraction": 1.0 if job.state == JobState.DONE else p.fraction, "step": p.step,
             "total_steps": p.total_steps, "batch": p.job_no, "batch_count": p.job_count,
             "eta_seconds": p.eta_seconds if running else None, "text": "" if private else p.text,
-            "preview": ctx.previews.get(job, ctx.is_sdxl()) if preview and running and not private else None}
+            "preview": ctx.previews.get(job) if preview and running and not private else None}
 
 
 def job_info(ctx: ApiContext, request: Request, job: Job, preview: bool = False) -> dict[str, Any]:

@@ -7,8 +7,9 @@
   end, so phrases are not cut in half; `BREAK` starts a new chunk. Each chunk is
   [start] + 75 tokens + [end], padded, encoded alone, and the chunks are concatenated.
 - Textual-inversion embeddings replace their name's tokens with their vectors.
-- Which hidden layer: SD 1.x the last (clip skip moves up), SD 2.x the penultimate with the
-  final norm, SDXL the penultimate of both encoders concatenated, plus the second
+- Which hidden layer, and whose pooled output, the family adapter says (`Family.layer_choice`,
+  `Family.pooled_encoder`): SD 1.x the last (clip skip moves up), SD 2.x the penultimate with
+  the final norm, SDXL the penultimate of both encoders concatenated, plus the second
   encoder's pooled projection of the first chunk.
 - A prompt with scheduling/alternation/AND becomes a StepConditioning: for each weighted
   sub-prompt, the conditioning to use up to each step.
@@ -20,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .. import families
+from ..families import LayerChoice
 from .prompts import BREAK, ScheduledPrompt, parse_attention
 
 if TYPE_CHECKING:
@@ -62,19 +65,9 @@ class StepConditioning:
         return [c for schedule, _ in self.parts for _, c in schedule]
 
 
-@dataclass(frozen=True)
-class LayerChoice:
-    from_end: int          # 1 = last hidden layer
-    final_norm: bool       # apply the encoder's final layer norm
-
-
 def layer_choice(family: str, clip_skip: int = 1) -> LayerChoice:
-    skip = max(1, int(clip_skip))
-    if family == "sd1":
-        return LayerChoice(skip, True)
-    if family == "sd2":
-        return LayerChoice(skip + 1, True)
-    return LayerChoice(skip + 1, False)  # SDXL and refiner: penultimate, no final norm
+    """The family's text-encoder layer for a clip skip (see Family.layer_choice)."""
+    return families.get(family).layer_choice(clip_skip)
 
 
 # ---- tokenizing ---------------------------------------------------------------------------------
@@ -198,7 +191,8 @@ class PromptEncoder:
         from ..features.embeddings import EmbeddingIndex
 
         self.model = model
-        self.choice = layer_choice(model.architecture.family, clip_skip)
+        self.family = model.architecture.adapter
+        self.choice = self.family.layer_choice(clip_skip)
         self.comma_backtrack = comma_backtrack
         self.emphasis = emphasis
         self.indexes = {}
@@ -222,7 +216,7 @@ class PromptEncoder:
             for i, chunk in enumerate(tokenized.chunks):
                 hidden, chunk_pooled = _encode_chunk(self.model.text_encoders[name], chunk, self.choice, self.emphasis)
                 outputs.append(hidden)
-                if name == "text_encoder_2" and i == 0:
+                if name == self.family.pooled_encoder and i == 0:
                     pooled = chunk_pooled
             per_encoder.append(outputs)
         n_chunks = max(len(o) for o in per_encoder)

@@ -83,7 +83,8 @@ class CFGDenoiser(SigmaSpace):
         self.empty = empty
         self.cfg_scale = float(cfg_scale)
         self.batch_size = batch_size
-        self.schedule = DiscreteSchedule.from_config(model.scheduler_config, model.architecture.family)
+        self.family = model.architecture.adapter
+        self.schedule = DiscreteSchedule.from_config(model.scheduler_config, self.family.ays_sigmas)
         self.prediction_type = model.architecture.prediction_type
         single = len(cond.parts) == 1 and cond.parts[0][1] == 1.0
         self.use_uncond = self.cfg_scale != 1.0 or not single
@@ -110,12 +111,12 @@ class CFGDenoiser(SigmaSpace):
             chunks = max(c.chunks for c, _ in members)
             b = self.batch_size
             embeds = torch.cat([pad_to_chunks(c, chunks, self.empty).embeds.expand(b, -1, -1) for c, _ in members])
-            added = {}
-            if members[0][0].pooled is not None and members[0][1] is not None:
-                added = {"text_embeds": torch.cat([c.pooled.expand(b, -1) for c, _ in members]),
-                         "time_ids": torch.cat([ids.expand(b, -1) for _, ids in members])}
-            self._batches[key] = (embeds.to(self.device, self.dtype),
-                                  {k: v.to(self.device, self.dtype) for k, v in added.items()},
+            pooled = extra = None
+            if members[0][0].pooled is not None:
+                pooled = torch.cat([c.pooled.expand(b, -1) for c, _ in members]).to(self.device, self.dtype)
+            if members[0][1] is not None:
+                extra = torch.cat([ids.expand(b, -1) for _, ids in members]).to(self.device, self.dtype)
+            self._batches[key] = (embeds.to(self.device, self.dtype), self.family.denoiser_kwargs(pooled, extra),
                                   [w for _, w in conds])
         return self._batches[key]
 
@@ -133,7 +134,7 @@ class CFGDenoiser(SigmaSpace):
             t = t.to(self.device).reshape(-1)[:1].expand(x_model.shape[0])
         else:  # a Python number: filled on the device, no host-to-device copy to wait for
             t = torch.full((x_model.shape[0],), float(t), device=self.device)
-        kwargs = {"added_cond_kwargs": added} if added else {}
+        kwargs = dict(added)
         step = None
         if self.hooks is not None and (self.hooks.has("before_cfg") or self.hooks.has("after_cfg")):
             step = StepContext(index=self.step, timestep=t, x=x_model, embeds=embeds, cfg_scale=self.cfg_scale)
@@ -141,7 +142,8 @@ class CFGDenoiser(SigmaSpace):
             x_model, embeds = step.x, step.embeds
         if self.controls:
             kwargs.update(self.controls.unet_kwargs(self.step / self.total_steps, x_model[:, :latent_channels], t,
-                                                    embeds, added, copies, self.use_uncond))
+                                                    embeds, added.get("added_cond_kwargs", {}), copies,
+                                                    self.use_uncond))
         out = self.unet(x_model, t, encoder_hidden_states=embeds, return_dict=False, **kwargs)[0].float()
         if self.use_uncond:
             parts = out.chunk(copies)

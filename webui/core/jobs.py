@@ -69,6 +69,8 @@ class Progress:
     # latest latents/denoised estimate for live previews; decoded lazily by whoever asks
     preview_latents: Any = None
     preview_step: int = -1
+    # the latent -> RGB matrix of the model being sampled (its family's LatentFormat.preview_rgb)
+    preview_rgb: Any = None
 
     @property
     def fraction(self) -> float:

@@ -42,8 +42,6 @@ if TYPE_CHECKING:
     from .styles import StyleStore
 
 log = logging.getLogger(__name__)
-LATENT_CHANNELS = 4
-REFINER_AESTHETIC = (6.0, 2.5)  # positive / negative aesthetic score SDXL's refiner was trained with
 
 
 @dataclass
@@ -166,6 +164,7 @@ class Engine:
         started = time.perf_counter()
         job.report(step=0, text="loading model")
         model = self.models.get(request.checkpoint, progress=lambda msg: job.report(text=msg))
+        job.progress.preview_rgb = model.architecture.adapter.latent.preview_rgb
         plan = self._plan(request, model)
         if self.vaes is not None:
             plan.vae = self.vaes.prepare(model, plan.options)
@@ -267,7 +266,8 @@ class Engine:
             resize_from = (request.seed_resize_from_h // factor, request.seed_resize_from_w // factor)
         subseeds = [(plan.subseed + (s - plan.seed)) % (MAX_SEED + 1) for s in seeds] if plan.subseed >= 0 else None
         ensd = plan.options["eta_noise_seed_delta"] if plan.sampler.stochastic else 0
-        return ImageRNG((LATENT_CHANNELS, height // factor, width // factor), seeds, plan.model.device.device,
+        channels = plan.model.architecture.adapter.latent.channels
+        return ImageRNG((channels, height // factor, width // factor), seeds, plan.model.device.device,
                         subseeds=subseeds, subseed_strength=request.subseed_strength, resize_from=resize_from,
                         source=plan.options["randn_source"], ensd=ensd)
 
@@ -281,16 +281,8 @@ class Engine:
                                          s_noise=pick(request.s_noise, o["s_noise"]))
 
     def _time_ids(self, model: LoadedModel, w: int, h: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """SDXL's size conditioning (original size, crop, target size; the refiner: aesthetic score)."""
-        family = model.architecture.family
-        if family == "sdxl":
-            ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32)
-            return ids, ids
-        if family == "sdxl-refiner":
-            positive, negative = REFINER_AESTHETIC
-            return (torch.tensor([[h, w, 0, 0, positive]], dtype=torch.float32),
-                    torch.tensor([[h, w, 0, 0, negative]], dtype=torch.float32))
-        return None, None
+        """The family's per-image conditioning besides the text (SDXL: size and aesthetic ids)."""
+        return model.architecture.adapter.extra_conditioning(w, h)
 
     def _prepare_inputs(self, request: GenerationRequest) -> "Img2ImgInputs":
         prepared, sizes = [], set()

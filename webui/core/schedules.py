@@ -27,11 +27,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-# NVIDIA's published Align Your Steps sigmas (10 steps), from sigma_max down to sigma_min
-_AYS = {
-    "sd": [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029],
-    "sdxl": [14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029],
-}
+# NVIDIA's published Align Your Steps sigmas for SD 1.x (10 steps, sigma_max .. sigma_min); each
+# family adapter carries its own (`Family.ays_sigmas`), this is the fallback for a bare config
+_AYS_DEFAULT = (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029)
 
 
 @dataclass
@@ -40,13 +38,13 @@ class DiscreteSchedule:
 
     sigmas: torch.Tensor      # (1000,), increasing
     log_sigmas: torch.Tensor
-    family: str = "sd1"
+    ays_sigmas: tuple[float, ...] = _AYS_DEFAULT
     sigma_min_override: float = 0.0
     sigma_max_override: float = 0.0
     rho_override: float = 0.0
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], family: str = "sd1") -> "DiscreteSchedule":
+    def from_config(cls, config: dict[str, Any], ays_sigmas: tuple[float, ...] = ()) -> "DiscreteSchedule":
         steps = int(config.get("num_train_timesteps", 1000))
         start, end = float(config.get("beta_start", 0.00085)), float(config.get("beta_end", 0.012))
         kind = config.get("beta_schedule", "scaled_linear")
@@ -60,7 +58,7 @@ class DiscreteSchedule:
         if config.get("rescale_betas_zero_snr"):
             alphas_cumprod = _zero_terminal_snr(alphas_cumprod)
         sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
-        return cls(sigmas.float(), sigmas.log().float(), family)
+        return cls(sigmas.float(), sigmas.log().float(), tuple(ays_sigmas) or _AYS_DEFAULT)
 
     @property
     def sigma_min(self) -> float:
@@ -144,7 +142,7 @@ def kl_optimal(model: DiscreteSchedule, n: int) -> torch.Tensor:
 
 
 def align_your_steps(model: DiscreteSchedule, n: int) -> torch.Tensor:
-    reference = np.array(_AYS["sdxl" if model.family.startswith("sdxl") else "sd"])
+    reference = np.array(model.ays_sigmas)
     if n + 1 == len(reference):
         return _append_zero(torch.tensor(reference[:-1]))
     xs = np.linspace(0, 1, len(reference))

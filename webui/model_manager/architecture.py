@@ -14,19 +14,23 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
+from .. import families
+from ..families import Family
 
-FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner")
-FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sdxl-refiner": "SDXL refiner"}
+CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
-# Components each family has, in the order their text encoders are used.
-TEXT_ENCODERS = {
-    "sd1": ("text_encoder",),
-    "sd2": ("text_encoder",),
-    "sdxl": ("text_encoder", "text_encoder_2"),
-    "sdxl-refiner": ("text_encoder_2",),
-}
+
+def family_names() -> tuple[str, ...]:
+    """Every family Easel can load (webui/families), e.g. for a sidecar's "architecture"."""
+    return families.names()
+
+
+def family_label(name: str) -> str:
+    try:
+        return families.get(name).label
+    except ValueError:
+        return name
 
 
 @dataclass(frozen=True)
@@ -38,14 +42,18 @@ class Architecture:
     inpainting: bool = False
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise ValueError(f"unknown model family {self.family!r}; known: {', '.join(FAMILIES)}")
+        families.get(self.family)  # raises for an unknown family, naming the known ones
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unknown prediction type {self.prediction_type!r}")
 
     @property
+    def adapter(self) -> Family:
+        """The family adapter: everything family-specific the engine asks about."""
+        return families.get(self.family)
+
+    @property
     def label(self) -> str:
-        text = FAMILY_LABELS[self.family]
+        text = self.adapter.label
         if self.prediction_type == "v_prediction":
             text += " (v-prediction)"
         if self.inpainting:
@@ -54,17 +62,16 @@ class Architecture:
 
     @property
     def is_sdxl(self) -> bool:
-        return self.family in ("sdxl", "sdxl-refiner")
+        """SDXL-based (base or refiner): add-ons such as ControlNets and IP-Adapters are made per base."""
+        return self.adapter.sdxl_like
 
     @property
     def text_encoders(self) -> tuple[str, ...]:
-        return TEXT_ENCODERS[self.family]
+        return self.adapter.text_encoders
 
     @property
     def default_size(self) -> int:
-        if self.is_sdxl:
-            return 1024
-        return 768 if self.family == "sd2" and self.prediction_type == "v_prediction" else 512
+        return self.adapter.default_size(self.prediction_type)
 
 
 @dataclass

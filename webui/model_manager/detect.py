@@ -7,21 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..families.registry import family_by_context_width, family_by_marker
 from .architecture import Architecture
 
 Shapes = dict[str, tuple[int, ...]]
 
 _UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
-# Text-encoder tensors that only one family has.
-_MARKERS = (
-    ("conditioner.embedders.1.model.ln_final.weight", "sdxl"),
-    ("conditioner.embedders.0.model.ln_final.weight", "sdxl-refiner"),
-    ("cond_stage_model.model.ln_final.weight", "sd2"),
-    ("cond_stage_model.transformer.text_model.final_layer_norm.weight", "sd1"),
-    ("cond_stage_model.transformer.final_layer_norm.weight", "sd1"),
-)
-# Cross-attention width of the UNet, for files whose text encoder is missing or unusual.
-_CONTEXT_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl", 1280: "sdxl-refiner"}
 
 
 class DetectionError(ValueError):
@@ -52,13 +43,14 @@ def detect(shapes: Shapes) -> Detection:
             raise DetectionError("this is a VAE, not a checkpoint: put it in models/VAE")
         raise DetectionError("no UNet tensors (model.diffusion_model.*): not a Stable Diffusion checkpoint")
 
-    family = next((fam for key, fam in _MARKERS if key in shapes), None)
-    if family is None:
-        width = _context_width(shapes)
-        if width not in _CONTEXT_WIDTH:
+    adapter = family_by_marker(shapes)  # a text-encoder tensor only one family has
+    if adapter is None:
+        by_width = family_by_context_width(_context_width(shapes))  # the UNet's cross-attention width
+        if by_width is None:
             raise DetectionError("the file has no text encoder Easel recognises")
         raise DetectionError(
-            f"the file has a {_CONTEXT_WIDTH[width]} UNet but no text encoder; Easel needs a full checkpoint")
+            f"the file has a {by_width.name} UNet but no text encoder; Easel needs a full checkpoint")
+    family = adapter.name
 
     in_channels = unet_in[1]
     if in_channels not in (4, 9):
@@ -67,4 +59,4 @@ def detect(shapes: Shapes) -> Detection:
 
     if "v_pred" in shapes:  # a marker tensor some trainers add
         return Detection(Architecture(family, "v_prediction", inpainting))
-    return Detection(Architecture(family, "epsilon", inpainting), prediction_uncertain=family == "sd2")
+    return Detection(Architecture(family, "epsilon", inpainting), prediction_uncertain=adapter.prediction_uncertain)

@@ -21,7 +21,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from .. import families
 from ..devices import DeviceConfig
+from ..families.registry import family_of_folder
 from .architecture import Architecture, ModelConfigs, configs_for
 from .convert import ConversionError, StateDict, checkpoint_to_diffusers
 from .detect import DetectionError
@@ -115,15 +117,10 @@ def _component_weights(folder: Path, allow_pickle: bool) -> StateDict:
 
 def _folder_architecture(folder: Path, components: dict[str, dict[str, Any]]) -> Architecture:
     index = json.loads((folder / "model_index.json").read_text())
-    has_te1 = bool(index.get("text_encoder") and index["text_encoder"][0])
-    has_te2 = bool(index.get("text_encoder_2") and index["text_encoder_2"][0])
-    if has_te2:
-        family = "sdxl" if has_te1 else "sdxl-refiner"
-    elif components["text_encoder"].get("hidden_size") == 1024 or components["text_encoder"].get("hidden_act") == "gelu":
-        # OpenCLIP (SD 2.x) uses gelu; OpenAI's CLIP ViT-L (SD 1.x) uses quick_gelu
-        family = "sd2"
-    else:
-        family = "sd1"
+    adapter = family_of_folder(index, components)
+    if adapter is None:
+        raise ModelLoadError(f"{folder.name}: a diffusers folder of a model family Easel does not know")
+    family = adapter.name
     prediction = components.get("scheduler", {}).get("prediction_type", "epsilon")
     return Architecture(family, prediction, components["unet"].get("in_channels", 4) == 9)
 
@@ -238,7 +235,7 @@ def probe_v_prediction(unet: UNet2DConditionModel) -> bool:
 
 def tokenizer_for(family: str, component: str) -> CLIPTokenizer:
     """CLIP ViT-L pads with the end token; the OpenCLIP encoders pad with '!' (id 0)."""
-    openclip = component == "text_encoder_2" or family == "sd2"
+    openclip = families.get(family).tokenizer_pad(component) == "!"
     return clip_tokenizer("!" if openclip else EOS)
 
 

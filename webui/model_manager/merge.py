@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .architecture import FAMILY_LABELS
+from .architecture import family_label
 from .convert import UNET_PREFIX
 from .conversions import (
     ConversionFailed, ConversionResult, ProgressFn, TensorFile, _check_target, _hash, _say, carry_sidecars,
@@ -196,7 +196,7 @@ def _check_architectures(spec: MergeSpec, readers: dict[str, TensorFile]) -> tup
     for role, arch in archs.items():
         if arch.family != a.family:
             raise ConversionFailed(
-                f"{spec.name('A')} is {FAMILY_LABELS[a.family]} but {spec.name(role)} is {FAMILY_LABELS[arch.family]}: "
+                f"{spec.name('A')} is {family_label(a.family)} but {spec.name(role)} is {family_label(arch.family)}: "
                 "checkpoints to merge must be the same architecture")
         if arch.inpainting and not a.inpainting:
             raise ConversionFailed(f"{spec.name(role)} is an inpainting model and {spec.name('A')} is not: "

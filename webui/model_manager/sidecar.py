@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .architecture import FAMILIES, PREDICTION_TYPES, Architecture, ModelConfigs, configs_for
+from .architecture import PREDICTION_TYPES, Architecture, ModelConfigs, configs_for, family_names
 from .detect import detect
 
 
@@ -76,8 +76,8 @@ def _apply_json(path: Path, out: SidecarOverrides) -> None:
     if not isinstance(data, dict):
         raise SidecarError(f"{path.name}: expected a JSON object")
     if "architecture" in data:
-        if data["architecture"] not in FAMILIES:
-            raise SidecarError(f"{path.name}: architecture must be one of {', '.join(FAMILIES)}")
+        if data["architecture"] not in family_names():
+            raise SidecarError(f"{path.name}: architecture must be one of {', '.join(family_names())}")
         out.family = data["architecture"]
     if "prediction_type" in data:
         if data["prediction_type"] not in PREDICTION_TYPES:

@@ -206,10 +206,8 @@ def wire_generation(easel: Easel, controls: GenerationControls, sessions: Sessio
         except ValueError as exc:  # a problem with the inputs (e.g. no image uploaded)
             yield gr.skip(), gr.skip(), gr.skip(), error_html(str(exc)), gr.skip(), gr.skip()
             return
-        current = easel.models.current
         submit = easel.submit_batch if not isinstance(req, GenerationRequest) else easel.submit
-        yield from follow(easel, lambda: submit(req, owner=session_of(request)), sessions, session_of(request),
-                          lambda: bool(current and current.architecture.is_sdxl))
+        yield from follow(easel, lambda: submit(req, owner=session_of(request)), sessions, session_of(request))
 
     outputs = [controls.progress, controls.preview, controls.gallery, controls.info, controls.infotexts,
                controls.last_seed]

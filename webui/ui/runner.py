@@ -69,7 +69,7 @@ def _status_text(easel: Easel, job: Job) -> tuple[float, str]:
 
 
 def follow(easel: Easel, submit: Callable[[], Job], sessions: SessionJobs, session: str,
-           is_sdxl: Callable[[], bool]) -> Iterator[tuple]:
+) -> Iterator[tuple]:
     """Submit via `submit()` and yield UI updates until the job finishes."""
     try:
         job = submit()
@@ -89,7 +89,7 @@ def follow(easel: Easel, submit: Callable[[], Job], sessions: SessionJobs, sessi
         if latents is not None and job.progress.preview_step != shown_preview_step:
             shown_preview_step = job.progress.preview_step
             try:
-                update.preview = latent_preview(latents, sdxl=is_sdxl())
+                update.preview = latent_preview(latents, job.progress.preview_rgb)
             except Exception:  # a preview must never break generation
                 pass
         yield update.as_tuple()

@@ -1,0 +1,89 @@
+"""What every model family answers, so the engine never asks "is this SDXL?".
+
+A family adapter owns what differs between model families: how its files are recognised
+(tensor names and shapes, diffusers folders), which text encoders it has and which
+hidden layer it reads from them, its latent format (channels, VAE factor, preview
+colours), its default size, its extra conditioning (SDXL's size and aesthetic ids), and
+the keyword arguments its denoiser takes. The engine, samplers, img2img and inpainting
+call these methods; adding a family is one adapter module in `webui/families/` plus its
+configs in `webui/model_manager/configs/<name>/` and its tests.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """Which hidden state a text encoder's output is read from."""
+
+    from_end: int          # 1 = last hidden layer
+    final_norm: bool       # apply the encoder's final layer norm
+
+
+@dataclass(frozen=True)
+class LatentFormat:
+    """The autoencoder's latent space as the sampler and previews see it."""
+
+    channels: int = 4
+    # 4 rows (latent channels) x 3 columns (RGB): a least-squares latent -> colour fit for previews
+    preview_rgb: tuple[tuple[float, float, float], ...] = ()
+
+
+class Family:
+    """Base adapter: a UNet denoiser with CLIP text encoders (the Stable Diffusion shape).
+
+    Subclasses set the class attributes and override what differs. Instances carry no
+    state: one per family, shared by every model of that family.
+    """
+
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    # diffusers component names of the text encoders, in the order their outputs are concatenated
+    text_encoders: ClassVar[tuple[str, ...]] = ("text_encoder",)
+    # the encoder whose pooled output conditions the denoiser (None: no pooled conditioning)
+    pooled_encoder: ClassVar[str | None] = None
+    # text encoders whose tokenizer pads with "!" (OpenCLIP) rather than the end token (OpenAI CLIP)
+    openclip_encoders: ClassVar[tuple[str, ...]] = ()
+    latent: ClassVar[LatentFormat] = LatentFormat()
+    base_size: ClassVar[int] = 512
+    # Align Your Steps reference sigmas (10 steps, sigma_max .. sigma_min) for this family
+    ays_sigmas: ClassVar[tuple[float, ...]] = ()
+    # single-file detection: a text-encoder tensor only this family's files have
+    marker_keys: ClassVar[tuple[str, ...]] = ()
+    # the UNet's cross-attention width, to name the family of a file whose text encoder is missing
+    context_width: ClassVar[int] = 0
+    # whether the SD 2.x question "epsilon or v?" must be settled by probing the model
+    prediction_uncertain: ClassVar[bool] = False
+    # SDXL-based families share ControlNets, IP-Adapters and LoRA layouts
+    sdxl_like: ClassVar[bool] = False
+
+    def default_size(self, prediction_type: str = "epsilon") -> int:
+        return self.base_size
+
+    def layer_choice(self, clip_skip: int = 1) -> LayerChoice:
+        """The hidden layer the denoiser was trained on; clip skip moves it further from the end."""
+        return LayerChoice(max(1, int(clip_skip)), True)
+
+    def tokenizer_pad(self, component: str) -> str:
+        return "!" if component in self.openclip_encoders else "end"
+
+    def matches_folder(self, index: dict[str, Any], components: dict[str, dict[str, Any]]) -> bool:
+        """Whether a diffusers folder (its model_index.json and component configs) is this family."""
+        return False
+
+    def extra_conditioning(self, width: int, height: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per-image conditioning besides the text (positive, negative), e.g. SDXL's size ids."""
+        return None, None
+
+    def denoiser_kwargs(self, pooled: torch.Tensor | None, extra: torch.Tensor | None) -> dict[str, Any]:
+        """Keyword arguments of the denoiser call built from pooled text and extra conditioning."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"<family {self.name}>"
