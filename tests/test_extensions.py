@@ -19,22 +19,24 @@ from webui.settings import SettingsStore
 from conftest import make_easel, start_server
 
 RECORDER = '''
+from dataclasses import replace
+
 from webui.extensions import api as easel
 
 CALLS = []
 
 @easel.hookimpl
 def model_loaded(model):
-    CALLS.append(("model_loaded", model.info.name))
+    CALLS.append(("model_loaded", model.name))
 
 @easel.hookimpl
 def before_process(request, context):
     CALLS.append(("before_process", request.prompt))
-    request.prompt = request.prompt + ", recorded"
+    return replace(request, prompt=request.prompt + ", recorded")
 
 @easel.hookimpl
 def process(request, context):
-    CALLS.append(("process", type(context.plan).__name__, context.model.info.name))
+    CALLS.append(("process", context.plan.seed, context.model.name))
 
 @easel.hookimpl
 def extra_noise(noise, request):
@@ -74,7 +76,7 @@ def postprocess(request, result):
 def write_extension(folder: Path, name: str, code: str, manifest: dict | None = None, files: dict | None = None) -> Path:
     path = folder / name
     path.mkdir(parents=True, exist_ok=True)
-    values = {"name": name, "version": "1.0", "api_version": "1", "entry": "extension.py", **(manifest or {})}
+    values = {"name": name, "version": "1.0", "api_version": "2", "entry": "extension.py", **(manifest or {})}
     lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]
     (path / "extension.toml").write_text("\n".join(lines) + "\n")
     (path / "extension.py").write_text(textwrap.dedent(code))
@@ -110,6 +112,7 @@ def test_every_hook_fires_in_order_with_its_arguments(tmp_path, tiny_ckpt_dir, e
         "before_image_saved", "image_saved"]
     assert names[3:] == per_batch * 2 + ["postprocess"]
     assert calls[0] == ("before_process", "a cat")
+    assert calls[2] == ("process", 5, "tiny-sd1.safetensors")
     assert ("process_batch", 1, (6,)) in calls
     assert ("before_cfg", 0, (2, 4, 8, 8), (2, 77, 32)) in calls  # uncond + cond batch
     assert ("after_cfg", 2, (1, 4, 8, 8)) in calls
@@ -380,17 +383,24 @@ def test_every_hook_is_documented_and_exercised():
 
 
 ALWAYS_ON = '''
-import gradio as gr
+from dataclasses import dataclass
+
 from webui.extensions import api as easel
+
+
+@dataclass(frozen=True)
+class StrengthArgs:
+    strength: float = easel.arg(0.5, label="Strength", minimum=0, maximum=1)
 
 
 class Strength(easel.Script):
     name = "my_alwayson"
     title = "My always-on effect"
     kind = "alwayson"
+    Args = StrengthArgs
 
     def ui(self, tab):
-        return {"strength": gr.Slider(0, 1, value=0.5, label="Strength", elem_id=f"{tab}_my_strength")}
+        return {"strength": self.control("strength", tab, elem_id=f"{tab}_my_strength")}
 
 
 @easel.hookimpl
@@ -401,8 +411,8 @@ def register_scripts():
 @easel.hookimpl
 def process(context):
     args = context.script_args("my_alwayson")
-    if args:
-        context.extra_params["My strength"] = args["strength"]
+    if args is not None:
+        context.extra_params["My strength"] = args.strength
 '''
 
 
@@ -421,3 +431,80 @@ def test_always_on_script_controls_reach_hooks_and_infotext(tmp_path, tiny_ckpt_
         assert "My strength" not in plain.infotexts[0]
     finally:
         app.close()
+
+
+VIEWS = '''
+import operator
+from dataclasses import replace
+
+from webui.extensions import api as easel
+
+SEEN = {}
+
+@easel.hookimpl
+def model_loaded(model):
+    SEEN["model"] = model
+
+@easel.hookimpl
+def before_process(request):
+    for name, change in (("assign", lambda: setattr(request, "prompt", "edited in place")),
+                         ("append", lambda: request.styles.append("x")),
+                         ("setitem", lambda: operator.setitem(request.override_settings, "eta_ddim", 1.0))):
+        try:
+            change()
+        except Exception as exc:
+            SEEN[name] = type(exc).__name__
+    return replace(request, prompt=request.prompt + ", first")
+
+@easel.hookimpl
+def process(context):
+    SEEN["context_prompt"] = context.request.prompt
+
+@easel.hookimpl
+def postprocess(result):
+    return replace(result, warnings=[*result.warnings, f"{len(result.images)} image(s) seen"])
+'''
+
+SECOND = '''
+from dataclasses import replace
+
+from webui.extensions import api as easel
+
+@easel.hookimpl
+def before_process(request):
+    return replace(request, prompt=request.prompt + ", second")
+'''
+
+
+def test_hooks_get_read_only_views_and_replace_by_returning(tmp_path, tiny_ckpt_dir, ext_dir):
+    """The request cannot be edited in place; returned replacements chain; the model is a ModelView."""
+    from webui.extensions import api
+
+    write_extension(ext_dir, "views", VIEWS)
+    write_extension(ext_dir, "views-second", SECOND)
+    write_extension(ext_dir, "wrong-return", '''
+        from webui.extensions import api as easel
+
+        @easel.hookimpl
+        def before_process(request):
+            return "not a request"
+    ''')
+    app = make_easel(tmp_path, tiny_ckpt_dir, extensions_dir=ext_dir)
+    try:
+        result = app.txt2img(GenerationRequest(prompt="a cat", steps=2, width=64, height=64, seed=5,
+                                               checkpoint="tiny-sd1", save_images=False))
+        seen = module_of("views").SEEN
+    finally:
+        app.close()
+    assert seen["assign"] == "FrozenInstanceError"
+    assert seen["append"] == "AttributeError" and seen["setitem"] == "TypeError"  # lists and dicts frozen too
+    prompt = result.infotexts[0].split("\n")[0]
+    assert sorted(prompt.split(", ")) == ["a cat", "first", "second"]  # each saw the other's replacement
+    assert seen["context_prompt"] == prompt
+    assert "1 image(s) seen" in result.warnings
+    assert any("wrong-return failed in before_process (TypeError" in w for w in result.warnings)
+    model = seen["model"]
+    assert isinstance(model, api.ModelView) and not hasattr(model, "unet")
+    assert (model.name, model.family, model.device, model.dtype) == ("tiny-sd1.safetensors", "sd1", "cpu", "float32")
+    assert (model.latent_channels, model.vae_scale_factor, model.architecture) == (4, 8, "SD 1.x")
+    assert model.hash == model.sha256[:10] and f"Model hash: {model.hash}" in result.infotexts[0]

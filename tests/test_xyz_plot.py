@@ -1,12 +1,18 @@
 """The bundled X/Y/Z plot and prompt matrix scripts, run through the engine like the UI runs them."""
 import importlib
+import shutil
+import sys
 
 import numpy as np
 import pytest
 
-from webui.core.grids import cell_box
+from webui.core.grids import BACKGROUND, cell_box
 from webui.core.infotext import parse_infotext
+from webui.core.jobs import JobState
 from webui.core.request import GenerationRequest, ValidationError
+
+from conftest import ROOT, make_easel
+from test_extensions import write_extension
 
 
 def axes():
@@ -80,3 +86,66 @@ def test_prompt_matrix(easel):
     assert len(result.images) == 5
     assert [parse_infotext(t).prompt for t in result.infotexts[1:]] == prompts
     assert result.images[0].width > 2 * 64 and result.images[0].height > 2 * 64
+
+
+# Holds the job on the first step of one grid cell, so the test can press Skip or Interrupt
+# there exactly as the UI's buttons do (JobQueue.skip_current / interrupt_current).
+PAUSER = '''
+import threading
+
+from webui.extensions import api as easel
+
+STARTED = []       # the CFG scale of every cell that began sampling, in order
+PAUSE_AT = [None]  # hold the first step of the cell with this CFG scale
+REACHED, RESUME = threading.Event(), threading.Event()
+
+
+@easel.hookimpl
+def process_batch(request):
+    STARTED.append(request.cfg_scale)
+
+
+@easel.hookimpl
+def step_end(step):
+    if step.index == 0 and STARTED[-1] == PAUSE_AT[0]:
+        REACHED.set()
+        RESUME.wait(60)
+'''
+
+
+@pytest.mark.parametrize("press", ["skip", "interrupt"])
+def test_skip_moves_the_grid_to_its_next_cell_and_interrupt_stops_it(tmp_path, tiny_ckpt_dir, press):
+    ext_dir = tmp_path / "extensions"
+    shutil.copytree(ROOT / "extensions" / "xyz-plot", ext_dir / "xyz-plot")
+    write_extension(ext_dir, "pauser", PAUSER)
+    app = make_easel(tmp_path, tiny_ckpt_dir, extensions_dir=ext_dir)
+    try:
+        pauser = sys.modules["easel_extensions.pauser.extension"]
+        cell = dict(prompt="a tower", steps=3, width=64, height=64, seed=11, checkpoint="tiny-sd1", save_images=False)
+        pauser.PAUSE_AT[0] = 5.0
+        job = app.submit(GenerationRequest(**cell, script_name="xyz_plot",
+                                           script_args={"x_type": "CFG Scale", "x_values": "3, 5, 7"}))
+        assert pauser.REACHED.wait(60), "the middle cell never started"
+        (app.queue.skip_current if press == "skip" else app.queue.interrupt_current)()
+        pauser.RESUME.set()
+        assert job.wait(60) and job.error is None
+        result = job.result
+        pauser.PAUSE_AT[0] = None
+        singles = {cfg: np.asarray(app.txt2img(GenerationRequest(**cell, cfg_scale=cfg)).images[0]) for cfg in (3, 7)}
+    finally:
+        app.close()
+    grid, cells = np.asarray(result.images[0]), result.images[1:]
+    left, top = cell_box(result.images[0].size, 1, 3 if press == "skip" else 1, (64, 64))
+    assert np.array_equal(grid[top:top + 64, left:left + 64], singles[3])
+    if press == "skip":  # the held cell is dropped (left blank), the grid goes on to CFG 7
+        assert pauser.STARTED == [3.0, 5.0, 7.0, 3.0, 7.0]  # (the last two: the single generations)
+        assert job.state == JobState.DONE and not result.interrupted and result.skipped_batches == 1
+        assert [float(parse_infotext(t).params["CFG scale"]) for t in result.infotexts[1:]] == [3.0, 7.0]
+        assert np.array_equal(np.asarray(cells[1]), singles[7])
+        assert grid.shape[1] == left + 3 * 64
+        assert (grid[top:top + 64, left + 64:left + 128] == BACKGROUND).all()
+        assert np.array_equal(grid[top:top + 64, left + 128:left + 192], singles[7])
+    else:  # the grid stops: CFG 7 never starts, the finished cell is kept
+        assert pauser.STARTED == [3.0, 5.0, 3.0, 7.0]
+        assert job.state == JobState.INTERRUPTED and result.interrupted and result.skipped_batches == 0
+        assert len(cells) == 1 and np.array_equal(np.asarray(cells[0]), singles[3])

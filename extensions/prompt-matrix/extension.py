@@ -1,11 +1,13 @@
 """Prompt matrix: `a city street|night|rain` makes 4 images - the first part always, the others on/off.
 
 Columns vary the first half of the optional parts, rows the second half; labels show which
-parts are in. Written only against the public extension API.
+parts are in. Written only against the public extension API. Skip leaves the combination being
+generated blank and goes on; Interrupt stops and keeps what is finished.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from webui.extensions import api as easel
 
@@ -27,39 +29,43 @@ def combinations(prompt: str, at_start: bool = False, joiner: str = ", ") -> tup
     return prompts, optional
 
 
+@dataclass(frozen=True)
+class PromptMatrixArgs:
+    """The matrix's arguments, in AUTOMATIC1111's positional order."""
+
+    at_start: bool = easel.arg(False, label="Put variable parts at start of prompt")
+    different_seeds: bool = easel.arg(False, label="Use different seed for each picture")
+    joiner: Literal["comma", "space"] = easel.arg("comma", label="Joining character", widget="radio")
+
+
 class PromptMatrix(easel.Script):
     name = "prompt_matrix"
     title = "Prompt matrix"
     kind = "selectable"
+    Args = PromptMatrixArgs
 
-    def ui(self, tab: str) -> dict:
-        import gradio as gr
-
-        return {
-            "at_start": gr.Checkbox(False, label="Put variable parts at start of prompt",
-                                    elem_id=f"script_{tab}_prompt_matrix_at_start"),
-            "different_seeds": gr.Checkbox(False, label="Use different seed for each picture",
-                                           elem_id=f"script_{tab}_prompt_matrix_different_seeds"),
-            "joiner": gr.Radio(["comma", "space"], value="comma", label="Joining character",
-                               elem_id=f"script_{tab}_prompt_matrix_joiner"),
-        }
-
-    def run(self, request: easel.GenerationRequest, args: dict, context: easel.GenerationContext) -> easel.Result:
-        joiner = " " if args.get("joiner") == "space" else ", "
-        prompts, optional = combinations(request.prompt, bool(args.get("at_start")), joiner)
+    def run(self, request: easel.GenerationRequest, args: PromptMatrixArgs,
+            context: easel.GenerationContext) -> easel.Result:
+        joiner = " " if args.joiner == "space" else ", "
+        prompts, optional = combinations(request.prompt, args.at_start, joiner)
         seed = easel.resolve_seed(request.seed)
         cols_bits = (len(optional) + 1) // 2
         images, done = [], easel.Result()
         for index, prompt in enumerate(prompts):
-            cell_seed = seed + index if args.get("different_seeds") else seed
+            cell_seed = seed + index if args.different_seeds else seed
             result = context.generate(replace(request, prompt=prompt, seed=cell_seed, n_iter=1, batch_size=1))
-            if not result.images:
+            done.warnings.extend(result.warnings)
+            if result.interrupted:  # Interrupt: stop, keep what is finished
                 done.interrupted = True
                 break
+            if not result.images:  # Skip: this combination stays blank, the others go on
+                done.skipped_batches += max(1, result.skipped_batches)
+                images.append(None)
+                continue
             images.append(result.images[0])
-            for attr in ("images", "infotexts", "seeds", "paths", "warnings"):
+            for attr in ("images", "infotexts", "seeds", "paths"):
                 getattr(done, attr).extend(getattr(result, attr))
-        if done.interrupted or not images:
+        if done.interrupted or not done.images:
             return done
         cols = 2 ** cols_bits
         rows = [images[i:i + cols] for i in range(0, len(images), cols)]
@@ -68,7 +74,7 @@ class PromptMatrix(easel.Script):
         row_labels = [" ".join(("+" if r & (1 << b) else "-") + optional[cols_bits + b]
                                for b in range(len(optional) - cols_bits)) or "base" for r in range(len(rows))]
         grid = easel.draw_grid(rows, row_labels if len(rows) > 1 else None, col_labels)
-        if request.save_images and context.save_grid is not None:
+        if request.save_images:
             done.paths.insert(0, context.save_grid(grid, done.infotexts[0], seed))
         done.images.insert(0, grid)
         done.infotexts.insert(0, done.infotexts[0])

@@ -1,10 +1,12 @@
 """X/Y/Z plot: generate a grid over up to three parameters, each cell a normal generation.
 
-Written only against the public extension API (webui.extensions.api).
+Written only against the public extension API (webui.extensions.api). Skip drops the cell
+being generated (it stays blank) and the grid goes on; Interrupt stops the grid and keeps the
+finished cells.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from webui.extensions import api as easel
 
@@ -12,6 +14,21 @@ from .axes import AXES, apply_value
 
 hookimpl = easel.hookimpl
 AXIS_NAMES = list(AXES)
+VALUES_HINT = "e.g. 1-5, 7, 9"
+
+
+@dataclass(frozen=True)
+class XYZArgs:
+    """The plot's arguments, in AUTOMATIC1111's positional order."""
+
+    x_type: str = easel.arg("Seed", label="X type", choices=AXIS_NAMES, elem_id="xyz_x_type")
+    x_values: str = easel.arg("", label="X values", placeholder=VALUES_HINT, elem_id="xyz_x_values")
+    y_type: str = easel.arg("Nothing", label="Y type", choices=AXIS_NAMES, elem_id="xyz_y_type")
+    y_values: str = easel.arg("", label="Y values", placeholder=VALUES_HINT, elem_id="xyz_y_values")
+    z_type: str = easel.arg("Nothing", label="Z type", choices=AXIS_NAMES, elem_id="xyz_z_type")
+    z_values: str = easel.arg("", label="Z values", placeholder=VALUES_HINT, elem_id="xyz_z_values")
+    draw_legend: bool = easel.arg(True, label="Draw legend", elem_id="xyz_legend")
+    include_cells: bool = easel.arg(True, label="Include sub images", elem_id="xyz_include_cells")
 
 
 class XYZPlot(easel.Script):
@@ -19,34 +36,32 @@ class XYZPlot(easel.Script):
     title = "X/Y/Z plot"
     kind = "selectable"
     tabs = ("txt2img", "img2img")
+    Args = XYZArgs
 
     def ui(self, tab: str) -> dict:
         import gradio as gr
 
         controls = {}
-        for axis, default in (("x", "Seed"), ("y", "Nothing"), ("z", "Nothing")):
+        for axis in ("x", "y", "z"):
             with gr.Row():
-                controls[f"{axis}_type"] = gr.Dropdown(AXIS_NAMES, value=default, label=f"{axis.upper()} type",
-                                                       elem_id=f"script_{tab}_xyz_{axis}_type")
-                controls[f"{axis}_values"] = gr.Textbox(label=f"{axis.upper()} values", placeholder="e.g. 1-5, 7, 9",
-                                                        elem_id=f"script_{tab}_xyz_{axis}_values")
+                for name in (f"{axis}_type", f"{axis}_values"):
+                    controls[name] = self.control(name, tab)
         with gr.Row():
-            controls["draw_legend"] = gr.Checkbox(True, label="Draw legend", elem_id=f"script_{tab}_xyz_legend")
-            controls["include_cells"] = gr.Checkbox(True, label="Include sub images",
-                                                    elem_id=f"script_{tab}_xyz_include_cells")
+            for name in ("draw_legend", "include_cells"):
+                controls[name] = self.control(name, tab)
         return controls
 
-    def axes(self, args: dict) -> list[tuple[str, list]]:
+    def axes(self, args: XYZArgs) -> list[tuple[str, list]]:
         found = []
         for axis in ("x", "y", "z"):
-            name = args.get(f"{axis}_type") or "Nothing"
+            name = getattr(args, f"{axis}_type") or "Nothing"
             if name not in AXES:
                 raise ValueError(f"{axis}_type: unknown axis {name!r}")
             if name == "Nothing":
                 found.append((name, [None]))
                 continue
             try:
-                values = AXES[name].parse(str(args.get(f"{axis}_values") or ""))
+                values = AXES[name].parse(getattr(args, f"{axis}_values"))
             except ValueError as exc:
                 raise ValueError(f"{axis}_values: {exc}") from None
             if not values:
@@ -54,7 +69,8 @@ class XYZPlot(easel.Script):
             found.append((name, values))
         return found
 
-    def run(self, request: easel.GenerationRequest, args: dict, context: easel.GenerationContext) -> easel.Result:
+    def run(self, request: easel.GenerationRequest, args: XYZArgs,
+            context: easel.GenerationContext) -> easel.Result:
         (x_name, xs), (y_name, ys), (z_name, zs) = self.axes(args)
         cells = len(xs) * len(ys) * len(zs)
         if cells > 400:
@@ -63,7 +79,7 @@ class XYZPlot(easel.Script):
         if "Seed" not in (x_name, y_name, z_name):
             base = replace(base, seed=easel.resolve_seed(base.seed))  # every cell gets the same seed
         cells_result = easel.Result()
-        grids, legend = [], bool(args.get("draw_legend", True))
+        grids, legend = [], args.draw_legend
         for z in zs:
             rows = []
             for y in ys:
@@ -75,9 +91,13 @@ class XYZPlot(easel.Script):
                             cell = apply_value(name, cell, value, values)
                     done = context.generate(cell)
                     cells_result.warnings += done.warnings
-                    if not done.images:  # interrupted: keep what is finished
+                    if done.interrupted:  # Interrupt: stop the grid, keep what is finished
                         cells_result.interrupted = True
                         break
+                    if not done.images:  # Skip: this cell stays blank, the grid goes on
+                        cells_result.skipped_batches += max(1, done.skipped_batches)
+                        row.append(None)
+                        continue
                     row.append(done.images[0])
                     for attr in ("images", "infotexts", "seeds", "paths"):
                         getattr(cells_result, attr).extend(getattr(done, attr)[:1])
@@ -85,18 +105,19 @@ class XYZPlot(easel.Script):
                     rows.append(row)
                 if cells_result.interrupted:
                     break
-            if rows:
+            if any(image is not None for row in rows for image in row):
                 grids.append(easel.draw_grid(
                     rows, [AXES[y_name].caption(y) for y in ys[:len(rows)]] if legend and y_name != "Nothing" else None,
                     [AXES[x_name].caption(x) for x in xs] if legend and x_name != "Nothing" else None,
                     AXES[z_name].caption(z) if legend and z_name != "Nothing" else None))
             if cells_result.interrupted:
                 break
-        return self._assemble(cells_result, grids, context, base, bool(args.get("include_cells", True)))
+        return self._assemble(cells_result, grids, context, base, args.include_cells)
 
     def _assemble(self, cells, grids, context, base, include_cells: bool) -> easel.Result:
         """The grid first (with the first cell's infotext), then the cells if wanted."""
-        result = easel.Result(warnings=cells.warnings, interrupted=cells.interrupted)
+        result = easel.Result(warnings=cells.warnings, interrupted=cells.interrupted,
+                              skipped_batches=cells.skipped_batches)
         if grids:
             grid = grids[0] if len(grids) == 1 else easel.draw_grid([grids])
             text = cells.infotexts[0] if cells.infotexts else ""
@@ -104,7 +125,7 @@ class XYZPlot(easel.Script):
             result.images.append(grid)
             result.infotexts.append(text)
             result.seeds.append(seed)
-            if base.save_images and context.save_grid is not None:
+            if base.save_images:
                 result.paths.append(context.save_grid(grid, text, seed))
         if include_cells:
             for attr in ("images", "infotexts", "seeds", "paths"):

@@ -207,7 +207,7 @@ def _scripts(body: GenerationFields, scripts: dict[str, Any], mode: str) -> dict
             titles = script_api.script_list(scripts)[mode]
             raise invalid("script_name", f"script {name!r} not found; {mode} has: {', '.join(titles) or 'none'}")
         out["script_name"] = script.name
-        out["script_args"] = script_api.named_args(script, mode, body.script_args, "script_args")
+        out["script_args"] = script_api.named_args(script, body.script_args, "script_args")
     elif body.script_args:
         raise invalid("script_args", "given without script_name")
     for key, value in (body.alwayson_scripts or {}).items():
@@ -228,7 +228,7 @@ def _scripts(body: GenerationFields, scripts: dict[str, Any], mode: str) -> dict
         script = script_api.find(scripts, key, mode, "alwayson")
         if script is not None:
             args = value.get("args") if isinstance(value, dict) else value
-            out["alwayson_scripts"][script.name] = {"args": script_api.named_args(script, mode, args, field + ".args")}
+            out["alwayson_scripts"][script.name] = {"args": script_api.named_args(script, args, field + ".args")}
         elif lowered in A1111_ALWAYSON:
             if _script_active(lowered, value):
                 raise not_implemented(A1111_ALWAYSON[lowered], field)

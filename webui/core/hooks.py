@@ -1,7 +1,8 @@
 """What generation hands to extension hooks: a per-request context and a per-step context.
 
 Core code depends only on the tiny `Hooks` protocol below; the extension runtime
-(webui/extensions) implements it. With no extensions, `NO_HOOKS` costs nothing.
+(webui/extensions) implements it and turns the engine's objects into the read-only views
+extensions see (webui/extensions/views.py). With no extensions, `NO_HOOKS` costs nothing.
 """
 from __future__ import annotations
 
@@ -18,12 +19,19 @@ if TYPE_CHECKING:
 class Hooks(Protocol):
     def call(self, hook: str, **kwargs: Any) -> list[Any]: ...
 
+    def call_replacing(self, hook: str, **kwargs: Any) -> Any:
+        """A hook that replaces a value (before_process: `request`, postprocess: `result`): the value to use."""
+        ...
+
     def has(self, hook: str) -> bool: ...
 
 
 class _NoHooks:
     def call(self, hook: str, **kwargs: Any) -> list[Any]:
         return []
+
+    def call_replacing(self, hook: str, **kwargs: Any) -> Any:
+        return kwargs.get({"before_process": "request", "postprocess": "result"}.get(hook, ""))
 
     def has(self, hook: str) -> bool:
         return False
@@ -34,7 +42,7 @@ NO_HOOKS: Hooks = _NoHooks()
 
 @dataclass
 class GenerationContext:
-    """One request's state as extensions see it."""
+    """One request's state as the engine keeps it (extensions get a read-only view of it)."""
 
     request: "GenerationRequest"
     job: "Job"
@@ -47,18 +55,13 @@ class GenerationContext:
     generate: Callable[["GenerationRequest"], "Result"] | None = None
     save_grid: Callable[..., str] | None = None
 
-    def script_args(self, name: str) -> dict[str, Any]:
-        """The named control values of an always-on script for this request ({} when absent)."""
-        entry = self.request.alwayson_scripts.get(name, {})
-        return dict(entry.get("args", entry)) if isinstance(entry, dict) else {}
-
 
 @dataclass
 class StepContext:
     """One UNet evaluation inside a sampling step; hooks may replace x, embeds, prediction or latents."""
 
     index: int                      # 0-based sampler step
-    timestep: Any                   # the UNet timestep (float or tensor)
+    timestep: "float | torch.Tensor | None"  # the UNet timestep (None in step_end)
     x: "torch.Tensor | None" = None           # model input (uncond and cond copies stacked)
     embeds: "torch.Tensor | None" = None      # text conditioning for that batch
     prediction: "torch.Tensor | None" = None  # after CFG

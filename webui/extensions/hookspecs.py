@@ -11,17 +11,35 @@ Order of the generation hooks for one request:
     per step: before_cfg -> after_cfg -> step_end, then per image: before_image_saved -> image_saved]
     -> postprocess
 
+Hooks receive read-only views of the engine's objects (webui/extensions/views.py): the
+request and result cannot be changed in place; `before_process` and `postprocess` return
+`dataclasses.replace(request_or_result, ...)` to change them (each extension gets the previous
+one's replacement). The model is a `ModelView`. The per-step `StepContext` and the
+`params`/`fields` dicts are the hooks' own channels and are changed in place.
+
 A hook that raises is logged, reported once in the UI, and skipped; generation goes on.
 HOOK_API_VERSION changes its major number only when a hook is removed or changes meaning.
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+if TYPE_CHECKING:  # the contract test resolves every annotation (tests/test_extension_contract.py)
+    import gradio as gr
+    import torch
+    from fastapi import FastAPI
+    from PIL import Image
+
+    from ..app import Easel
+    from .api import GenerationContext, GenerationRequest, ModelView, Result, Script, SettingSpec, StepContext
+
 PROJECT = "easel"
-HOOK_API_VERSION = "1.1"  # 1.1: api.resolve_seed, api.MAX_SEED
+# 1.1: api.resolve_seed, api.MAX_SEED
+# 2.0: typed hooks with read-only views; replacing hooks return the new value; script Args dataclasses
+HOOK_API_VERSION = "2.0"
 hookspec = pluggy.HookspecMarker(PROJECT)
 
 
@@ -29,7 +47,7 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 
 
 @hookspec
-def app_started(app: Any, easel: Any) -> None:
+def app_started(app: FastAPI, easel: Easel) -> None:
     """The FastAPI app is assembled; add routes.
 
     Example:
@@ -43,19 +61,19 @@ def app_started(app: Any, easel: Any) -> None:
 
 
 @hookspec
-def model_loaded(model: Any) -> None:
-    """A checkpoint finished loading (a `LoadedModel`: unet, vae, text_encoders, architecture).
+def model_loaded(model: ModelView) -> None:
+    """A checkpoint finished loading; `model` says which (name, hash, family, device, dtype...).
 
     Example:
 
         @hookimpl
         def model_loaded(model):
-            print("now using", model.info.name, model.architecture.label)
+            print("now using", model.name, model.hash, model.architecture, "on", model.device, model.dtype)
     """
 
 
 @hookspec
-def register_scripts() -> list:
+def register_scripts() -> Sequence[Script]:
     """Return `Script` instances: selectable (dropdown) or always-on (accordion) ones.
 
     Example:
@@ -70,7 +88,7 @@ def register_scripts() -> list:
 
 
 @hookspec
-def ui_tabs() -> list:
+def ui_tabs() -> Sequence[tuple[str, Callable[[], None]]]:
     """Return [(tab label, build function)]; the function creates Gradio components inside the tab.
 
     Example:
@@ -84,7 +102,7 @@ def ui_tabs() -> list:
 
 
 @hookspec
-def ui_settings() -> list:
+def ui_settings() -> Sequence[SettingSpec]:
     """Return `SettingSpec`s; they appear in the Settings tab and are saved in config.json.
 
     Example:
@@ -96,7 +114,7 @@ def ui_settings() -> list:
 
 
 @hookspec
-def component_created(component: Any, elem_id: str) -> None:
+def component_created(component: gr.components.Component, elem_id: str) -> None:
     """A UI component with an elem_id was created; components you create now appear right after it.
 
     Example:
@@ -109,7 +127,7 @@ def component_created(component: Any, elem_id: str) -> None:
 
 
 @hookspec
-def infotext_pasted(text: str, fields: dict) -> None:
+def infotext_pasted(text: str, fields: dict[str, Any]) -> None:
     """Parameters were pasted (PNG Info, send-to); change `fields` (request field -> value) in place.
 
     Example:
@@ -125,19 +143,20 @@ def infotext_pasted(text: str, fields: dict) -> None:
 
 
 @hookspec
-def before_process(request: Any, context: Any) -> None:
-    """Before anything is prepared; change the `GenerationRequest` in place.
+def before_process(request: GenerationRequest, context: GenerationContext) -> GenerationRequest | None:
+    """Before anything is prepared; return a changed copy of the (read-only) request to change it.
 
     Example:
 
         @hookimpl
         def before_process(request):
-            request.prompt += ", masterpiece"
+            from dataclasses import replace
+            return replace(request, prompt=request.prompt + ", masterpiece")
     """
 
 
 @hookspec
-def process(request: Any, context: Any) -> None:
+def process(request: GenerationRequest, context: GenerationContext) -> None:
     """Model loaded and prompts planned (context.model, context.plan); last chance before sampling.
 
     Example:
@@ -150,8 +169,8 @@ def process(request: Any, context: Any) -> None:
 
 
 @hookspec
-def extra_noise(noise: Any, request: Any, context: Any) -> Any:
-    """The initial noise of a batch (B, 4, h, w); return a tensor to replace it, or None.
+def extra_noise(noise: torch.Tensor, request: GenerationRequest, context: GenerationContext) -> torch.Tensor | None:
+    """The initial noise of a batch (B, context.model.latent_channels, h, w); return a tensor to replace it, or None.
 
     Example:
 
@@ -162,7 +181,8 @@ def extra_noise(noise: Any, request: Any, context: Any) -> Any:
 
 
 @hookspec
-def process_batch(request: Any, batch_index: int, seeds: list, context: Any) -> None:
+def process_batch(request: GenerationRequest, batch_index: int, seeds: Sequence[int],
+                  context: GenerationContext) -> None:
     """A batch (of `batch_size` images with these seeds) is about to be sampled.
 
     Example:
@@ -174,7 +194,7 @@ def process_batch(request: Any, batch_index: int, seeds: list, context: Any) -> 
 
 
 @hookspec
-def before_cfg(step: Any) -> None:
+def before_cfg(step: StepContext) -> None:
     """Before the UNet call of a sampling step. `step` is a StepContext: change `step.x` (model input
     latents, including the uncond/cond copies) or `step.embeds` (text conditioning batch) in place.
 
@@ -187,7 +207,7 @@ def before_cfg(step: Any) -> None:
 
 
 @hookspec
-def after_cfg(step: Any) -> None:
+def after_cfg(step: StepContext) -> None:
     """After classifier-free guidance: `step.prediction` is the combined prediction; replace it to change it.
 
     Example:
@@ -200,7 +220,7 @@ def after_cfg(step: Any) -> None:
 
 
 @hookspec
-def step_end(step: Any) -> None:
+def step_end(step: StepContext) -> None:
     """After a sampler step: `step.latents` are the new latents; assign a tensor to change them.
 
     Example:
@@ -213,8 +233,10 @@ def step_end(step: Any) -> None:
 
 
 @hookspec
-def before_image_saved(image: Any, params: dict, request: Any, context: Any) -> Any:
-    """An image is about to be saved; edit `params` (infotext keys) in place, or return a new PIL image.
+def before_image_saved(image: Image.Image, params: dict[str, Any], request: GenerationRequest,
+                       context: GenerationContext) -> Image.Image | None:
+    """An image is about to be saved; edit `params` (infotext keys) in place, or return a new PIL image
+    (do not draw on `image` itself: it is the engine's).
 
     Example:
 
@@ -226,7 +248,7 @@ def before_image_saved(image: Any, params: dict, request: Any, context: Any) -> 
 
 
 @hookspec
-def image_saved(path: str, image: Any, infotext: str, request: Any) -> None:
+def image_saved(path: str, image: Image.Image, infotext: str, request: GenerationRequest) -> None:
     """An image was written to `path` with `infotext`.
 
     Example:
@@ -239,14 +261,15 @@ def image_saved(path: str, image: Any, infotext: str, request: Any) -> None:
 
 
 @hookspec
-def postprocess(request: Any, result: Any, context: Any) -> None:
-    """All images are done; change `result` (images, infotexts, warnings) in place.
+def postprocess(request: GenerationRequest, result: Result, context: GenerationContext) -> Result | None:
+    """All images are done; return a changed copy of the (read-only) result to change it.
 
     Example:
 
         @hookimpl
         def postprocess(result):
-            result.warnings.append(f"{len(result.images)} images made with my extension on")
+            from dataclasses import replace
+            return replace(result, warnings=[*result.warnings, f"{len(result.images)} images made with my extension"])
     """
 
 

@@ -4,7 +4,7 @@ An extension is a folder with `extension.toml`:
 
     name = "my-extension"
     version = "1.0.0"
-    api_version = "1"          # the major HOOK_API_VERSION it was written for
+    api_version = "2"          # the major HOOK_API_VERSION it was written for
     entry = "extension.py"     # module with @hookimpl functions
     requires = []              # other extensions loaded first
     requirements = []          # pip packages (or a requirements.txt beside it)
@@ -12,8 +12,9 @@ An extension is a folder with `extension.toml`:
     tags = ["script"]
 
 plus optional `javascript/*.js` and `style.css`, served to the page. Load order is
-deterministic: dependencies first, then by name. A folder without a manifest loads
-`extension.py` under the folder's name. Nothing an extension does at import or in a
+deterministic: dependencies first, then by name. A folder without a manifest means
+`extension.py` under the folder's name, written for hook API 1 (so, since API 2, it is listed
+with that reason and not loaded). Nothing an extension does at import or in a
 hook can stop Easel: failures are recorded and shown in the Extensions tab.
 """
 from __future__ import annotations

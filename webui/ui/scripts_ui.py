@@ -1,9 +1,10 @@
 """Extension scripts under a tab's generation controls.
 
 A "Script" dropdown picks one selectable script (its controls show below it); always-on
-scripts get an accordion each. Control values are collected by name into the request:
-`script_name` + `script_args`, and `alwayson_scripts[name]["args"]`. A script whose
-`ui()` raises is reported and left out; the page still builds.
+scripts get an accordion each. Control values are collected by argument name (the fields of
+the script's Args dataclass) into the request: `script_name` + `script_args`, and
+`alwayson_scripts[name]["args"]`. A script whose `ui()` raises is reported and left out; the
+page still builds.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import gradio as gr
 
 from ..app import Easel
-from ..extensions.scripts import scripts_for
+from ..extensions.scripts import RegisteredScript, scripts_for
 from .common import error_html
 from .generation_controls import GenerationControls
 
@@ -20,12 +21,9 @@ NONE = "None"
 PREFIX = "script::"
 
 
-def _controls_of(easel: Easel, script, tab: str) -> dict[str, Any] | None:
+def _controls_of(easel: Easel, script: RegisteredScript, tab: str) -> dict[str, Any] | None:
     try:
-        made = script.ui(tab) or {}
-        if not isinstance(made, dict):
-            raise TypeError("ui() must return a dict of name -> component")
-        return made
+        return script.build_ui(tab)
     except Exception as exc:  # a broken extension UI must not break the page
         easel.engine.hooks.record(script.extension or script.name, "ui", exc)
         gr.HTML(error_html(f"{script.title}: its controls failed to build ({exc})"))
