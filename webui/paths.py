@@ -5,6 +5,7 @@ pointed at as is.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,13 +53,37 @@ def safe_join(root: Path, name: str) -> Path:
     return joined
 
 
-def model_files(folders: list[Path], suffixes: tuple[str, ...]) -> list[Path]:
-    """Files with these suffixes anywhere under the folders, sorted by name; hidden and partial files skipped."""
+def is_model_folder(path: Path) -> bool:
+    """A diffusers pipeline (model_index.json) or one component (config.json beside its weights).
+
+    Such a folder is one model: its files are parts of it, never models of their own.
+    """
+    if (path / "model_index.json").is_file():
+        return True
+    if not (path / "config.json").is_file():
+        return False
+    try:
+        return any(p.suffix in (".safetensors", ".bin") and p.is_file() for p in path.iterdir())
+    except OSError:
+        return False
+
+
+def model_files(folders: list[Path], suffixes: tuple[str, ...], inside_model_folders: bool = False) -> list[Path]:
+    """Files with these suffixes anywhere under the folders, sorted by name; hidden and partial files skipped.
+
+    Model folders (`is_model_folder`) are not walked into, so a component's weights are not listed
+    as a model; `inside_model_folders=True` lists them too (a diffusers VAE folder's weights are a VAE).
+    """
     found = []
     for folder in folders:
-        if folder.is_dir():
-            found += [p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
-                      and not p.name.startswith(".")]
+        if not folder.is_dir():
+            continue
+        for root, dirs, files in os.walk(folder):
+            here = Path(root)
+            dirs[:] = [d for d in dirs if not d.startswith(".")
+                       and (inside_model_folders or not is_model_folder(here / d))]
+            found += [here / name for name in files if not name.startswith(".")
+                      and Path(name).suffix.lower() in suffixes and (here / name).is_file()]
     return sorted(found, key=lambda p: p.stem.lower())
 
 

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..model_manager.hashing import HashCache
+from ..model_manager.lookup import ModelNotFound, match, path_names
 from ..paths import model_files
 from ..model_manager.safe_unpickle import PICKLE_SUFFIXES, load_pickle_data
 
@@ -93,6 +94,14 @@ class EmbeddingLibrary:
 
     def files(self) -> list[Path]:
         return model_files(self.folders, SUFFIXES)
+
+    def find(self, name: str) -> Path:
+        """An embedding file by name (the stem), file name or path under models/embeddings (the `lookup` contract)."""
+        files = self.files()
+        found = match(name, files, lambda p: path_names(p, self.folders))
+        if found is None:
+            raise ModelNotFound("embedding", name.strip(), [p.stem for p in files], " or ".join(map(str, self.folders)))
+        return found
 
     def all(self) -> list[Embedding]:
         """Every readable embedding; unreadable files are listed in `errors`, never raised."""

@@ -29,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ..model_manager.hashing import legacy_short_hash
+from ..model_manager.lookup import ModelNotFound, match, path_names
 from ..model_manager.safe_unpickle import PICKLE_SUFFIXES
 from ..model_manager.weight_groups import read_weight_groups
 from ..paths import model_files
@@ -48,6 +49,10 @@ VISION_CONFIGS = {
 
 class IPAdapterError(ValueError):
     user_facing = True
+
+
+class IPAdapterNotFound(ModelNotFound, IPAdapterError):
+    """No IP-Adapter file answers to the name (an IPAdapterError too, as before)."""
 
 
 @dataclass
@@ -178,9 +183,12 @@ class IPAdapterLibrary:
         self._encoders: dict[tuple, Any] = {}
         self._lock = threading.Lock()
 
+    def _candidates(self) -> list[Path]:
+        return model_files(self.adapter_folders, (".safetensors",) + PICKLE_SUFFIXES)
+
     def adapter_paths(self) -> list[Path]:
-        suffixes = (".safetensors",) + PICKLE_SUFFIXES
-        return [p for p in model_files(self.adapter_folders, suffixes) if self._is_adapter(p)]
+        """Every adapter file (the folders may hold vision encoders too: each safetensors header is checked)."""
+        return [p for p in self._candidates() if self._is_adapter(p)]
 
     @staticmethod
     def _is_adapter(path: Path) -> bool:
@@ -204,12 +212,25 @@ class IPAdapterLibrary:
                 names.append(path.stem)
         return names
 
-    def find(self, name: str) -> AdapterFile:
-        bare = name.split(" [", 1)[0].strip()
-        for path in self.adapter_paths():
-            if bare in (path.stem, path.name):
-                return read_adapter(path, self.allow_pickle)
-        raise IPAdapterError(f"IP-Adapter model {name!r} not found in {', '.join(map(str, self.adapter_folders))}")
+    def find(self, name: str) -> Path:
+        """An adapter file by stem, `stem [hash]` title, file name or path (the `lookup` contract).
+
+        Matches on the listing and checks the header of the file found only; `load` reads the weights.
+        """
+        def names(path: Path) -> list[str]:
+            return path_names(path, self.adapter_folders)
+
+        found = match(name, self._candidates(), names)
+        if found is not None and not self._is_adapter(found):  # e.g. a vision encoder's name: look among adapters
+            found = match(name, self.adapter_paths(), names)
+        if found is None:
+            raise IPAdapterNotFound("IP-Adapter model", name.strip(), [p.stem for p in self.adapter_paths()],
+                                    " or ".join(map(str, self.adapter_folders)))
+        return found
+
+    def load(self, name: str) -> AdapterFile:
+        """The adapter's weights, read from its file on every call (not cached yet: the model store's job)."""
+        return read_adapter(self.find(name), self.allow_pickle)
 
     def encoder_for(self, adapter: AdapterFile, device: torch.device, dtype: torch.dtype):
         """A vision encoder whose output width fits the adapter's image projection."""
@@ -343,7 +364,7 @@ def prepare_adapters(units: list, model, library: IPAdapterLibrary, fallback: Im
             raise IPAdapterError(f"ControlNet unit {index} (IP-Adapter): give it a reference image")
         if unit.model in ("", "None"):
             raise IPAdapterError(f"ControlNet unit {index} (IP-Adapter): choose an IP-Adapter model")
-        adapter = library.find(unit.model)
+        adapter = library.load(unit.model)
         if adapter.variant == "unknown":
             keys = ", ".join(sorted(adapter.state["image_proj"])[:4])
             raise IPAdapterError(f"ControlNet unit {index}: {adapter.name} has an IP-Adapter image projection "

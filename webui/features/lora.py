@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 
 from ..model_manager.convert import _apply, _sorted, unet_rules
 from ..model_manager.hashing import HashCache
+from ..model_manager.lookup import ModelNotFound, match, path_names
 from ..paths import model_files
 from ..model_manager.safe_unpickle import PICKLE_SUFFIXES, load_pickle_checkpoint
 
@@ -47,6 +48,10 @@ _ROLES = (
 
 class LoraError(ValueError):
     user_facing = True
+
+
+class LoraNotFound(ModelNotFound, LoraError):
+    """No LoRA file answers to the name; a LoraError too, so a `<lora:>` tag that names none is a warning."""
 
 
 @dataclass
@@ -288,23 +293,16 @@ class LoraLibrary:
     def names(self) -> list[str]:
         return [p.stem for p in self.files()]
 
-    def find(self, name: str) -> Path | None:
-        wanted = name.replace("\\", "/").lower()
-        for path in self.files():
-            candidates = {path.stem.lower()}
-            for folder in self.folders:
-                try:
-                    candidates.add(path.relative_to(folder).with_suffix("").as_posix().lower())
-                except ValueError:
-                    pass
-            if wanted in candidates:
-                return path
-        return None
+    def find(self, name: str) -> Path:
+        """A LoRA file by stem, file name or path under models/Lora (the `lookup` contract)."""
+        files = self.files()
+        found = match(name, files, lambda p: path_names(p, self.folders))
+        if found is None:
+            raise LoraNotFound("LoRA", name.strip(), [p.stem for p in files], " or ".join(map(str, self.folders)))
+        return found
 
     def load(self, name: str) -> LoraFile:
         path = self.find(name)
-        if path is None:
-            raise LoraError(f"LoRA {name!r} not found in {', '.join(str(f) for f in self.folders)}")
         key = str(path)
         with self._lock:
             cached = self._cache.get(key)

@@ -1,13 +1,14 @@
 """One index of every model file of every kind, cheap enough for folders of thousands of files.
 
 Each kind's folders (AUTOMATIC1111's names, `paths.MODEL_FOLDERS`) are walked; a diffusers
-folder (or an insightface pack) is one entry. Per file only the safetensors header is read
-(its JSON: tensor names, shapes, `__metadata__`), from which come an architecture guess,
-kohya training info with the most frequent training tags as trigger words, and modelspec
-fields. GGUF files report their quantization types. The index is kept in
-cache/library.json keyed by path with (size, mtime): a later start re-reads only new or
-changed files and drops removed ones. AutoV2 hashes are computed lazily by one low-priority
-background thread (stoppable) or on demand, into the shared HashCache.
+folder (or an insightface pack) is one entry, never walked into, and a checkpoint folder Easel
+cannot load (a Flux or SD3 pipeline, a lone component) carries the reason in `unloadable`.
+Per file only the safetensors header is read (its JSON: tensor names, shapes, `__metadata__`),
+from which come an architecture guess, kohya training info with the most frequent training
+tags as trigger words, and modelspec fields. GGUF files report their quantization types.
+The index is kept in cache/library.json keyed by path with (size, mtime): a later start
+re-reads only new or changed files and drops removed ones. AutoV2 hashes are computed lazily
+by one low-priority background thread (stoppable) or on demand, into the shared HashCache.
 """
 from __future__ import annotations
 
@@ -23,12 +24,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..fileio import atomic_write_text
-from ..paths import MODEL_FOLDERS, Paths
+from ..paths import MODEL_FOLDERS, Paths, is_model_folder
 from .hashing import HashCache, autov2
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: checkpoint folders carry `unloadable`
 MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".onnx")
 MAX_HEADER = 100 << 20  # a safetensors header larger than this is not a model file
 MAX_META_VALUE = 2000
@@ -67,6 +68,7 @@ class LibraryEntry:
     modelspec: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     note: str = ""
+    unloadable: str = ""    # checkpoint folders Easel cannot load: why ("" = loadable, or a single file)
 
     @property
     def title(self) -> str:
@@ -127,14 +129,14 @@ def guess_architecture(kind: str, shapes: dict[str, tuple[int, ...]], metadata: 
     if spec_arch:
         return _base_label(spec_arch.split("/", 1)[0]), ""
     if kind == "checkpoint":
-        from .architecture import Architecture, FAMILY_LABELS
+        from .architecture import Architecture, family_label
         from .detect import DetectionError, detect
 
         try:
             arch: Architecture = detect(shapes).architecture
         except DetectionError as exc:
             return _width_label(shapes), str(exc)
-        label = FAMILY_LABELS.get(arch.family, arch.family)
+        label = family_label(arch.family)
         return label + (" inpainting" if arch.inpainting else ""), ""
     if kind == "lora" and any(k.startswith("lora_te2_") for k in shapes):
         return "SDXL", ""
@@ -211,7 +213,12 @@ def describe(kind: str, path: Path, fmt: str) -> dict[str, Any]:
 
             return describe_gguf(path)
         if fmt == "diffusers":
-            return describe_diffusers(path)
+            facts = describe_diffusers(path)
+            if kind == "checkpoint":
+                from .registry import folder_problem
+
+                facts["unloadable"] = folder_problem(path) or ""
+            return facts
     except Exception as exc:  # a broken or foreign file must not stop the index
         return {"note": f"cannot read header: {exc}"}
     return {}
@@ -226,14 +233,6 @@ def _format_of(path: Path) -> str:
     if suffix == ".onnx":
         return "onnx"
     return "pickle"
-
-
-def _is_model_folder(path: Path) -> bool:
-    """A diffusers pipeline or component folder: one entry, not a folder of entries."""
-    if (path / "model_index.json").is_file():
-        return True
-    return (path / "config.json").is_file() and any(
-        p.suffix in (".safetensors", ".bin") for p in path.iterdir() if p.is_file())
 
 
 def _folder_stat(path: Path) -> tuple[int, float]:
@@ -313,7 +312,7 @@ class ModelLibrary:
                         if kind == "insightface" and folder == root:
                             size, mtime = _folder_stat(path)
                             found.append((entry.name, path, "pack", size, mtime))
-                        elif _is_model_folder(path):
+                        elif is_model_folder(path):
                             size, mtime = _folder_stat(path)
                             found.append((path.relative_to(root).as_posix(), path, "diffusers", size, mtime))
                         else:

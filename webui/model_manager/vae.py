@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..fileio import atomic_write_text
 from ..paths import model_files
 from .hashing import HashCache, autov2
+from .lookup import ModelNotFound, match, path_names
 from .safe_unpickle import PICKLE_SUFFIXES
 
 if TYPE_CHECKING:
@@ -33,13 +34,14 @@ VAE_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
 _NAMED_LIKE = (".vae.safetensors", ".vae.pt", ".vae.ckpt")
 
 
-class VaeNotFoundError(LookupError):
-    user_facing = True
+class VaeNotFoundError(ModelNotFound):
+    """No VAE file answers to the name; the message names the `sd_vae` setting and offers Automatic and None."""
 
-    def __init__(self, query: str, available: list[str]):
-        shown = ", ".join(available[:20]) or "no VAE files are installed in models/VAE"
-        super().__init__(f"sd_vae: VAE {query!r} not found (choose Automatic, None or one of: {shown})")
-        self.query = query
+    def __init__(self, query: str, available: list[str], where: str = ""):
+        super().__init__("VAE", query, available, where=where, field="sd_vae")
+
+    def _message(self) -> str:
+        return super()._message() + f"; or choose {AUTOMATIC} or {NONE}"
 
 
 class VaeLoadError(RuntimeError):
@@ -81,7 +83,8 @@ class VaeLibrary:
         return VAE_SUFFIXES if self.allow_pickle else (".safetensors",)
 
     def files(self) -> list[Path]:
-        found = model_files(self.folders, self._suffixes())
+        # a diffusers VAE folder's weights are a VAE file, so model folders are walked into here
+        found = model_files(self.folders, self._suffixes(), inside_model_folders=True)
         for folder in self.checkpoint_folders:
             if folder.is_dir():
                 found += [p for p in folder.rglob("*.vae.*") if p.suffix.lower() in self._suffixes() and p.is_file()]
@@ -96,20 +99,12 @@ class VaeLibrary:
         return [AUTOMATIC, NONE, *self.names()]
 
     def find(self, query: str) -> Path:
-        """A VAE file by file name, stem or path relative to models/VAE."""
-        query = query.strip().replace("\\", "/")
+        """A VAE file by file name, stem or path relative to models/VAE (the `lookup` contract)."""
         files = self.files()
-        for path in files:
-            if query in (path.name, path.stem) or any(self._relative(path, f) == query for f in self.folders):
-                return path
-        raise VaeNotFoundError(query, [p.name for p in files])
-
-    @staticmethod
-    def _relative(path: Path, folder: Path) -> str | None:
-        try:
-            return path.relative_to(folder).as_posix()
-        except ValueError:
-            return None
+        found = match(query, files, lambda p: path_names(p, self.folders))
+        if found is None:
+            raise VaeNotFoundError(query.strip(), [p.name for p in files], " or ".join(map(str, self.folders)))
+        return found
 
     def check(self, selection: Any) -> None:
         """Raise VaeNotFoundError unless `selection` is Automatic, None or an installed file."""

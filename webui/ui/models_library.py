@@ -25,6 +25,8 @@ def _architecture(entry: LibraryEntry) -> str:
     parts = [entry.architecture or "?"]
     if entry.quantization:
         parts.append(f"[{entry.quantization.split(' ×')[0]}]")  # the main quantization type, e.g. Q8_0
+    if entry.unloadable:
+        parts.append(f"· not loadable: {entry.unloadable}")
     return " ".join(parts)
 
 
@@ -50,6 +52,7 @@ def _detail_html(easel: Easel, entry: LibraryEntry) -> str:
         ("Quantization", entry.quantization), ("Tensors", str(entry.tensors or "")),
         ("AutoV2", short or ("not hashed yet" if entry.hash_source else "—")),
         ("Trigger words", ", ".join(entry.trigger_words)), ("Note", entry.note),
+        ("Not loadable", entry.unloadable),
     ]
     facts += [(f"Training: {k}", v) for k, v in entry.training.items()]
     facts += [(f"modelspec.{k}", v) for k, v in entry.modelspec.items()]

@@ -57,7 +57,7 @@ def checkpoint_sources(easel: Easel) -> list[Source]:
 
 def vae_sources(easel: Easel) -> list[Source]:
     folder = easel.paths.model_dir("vae")
-    files = model_files([folder], (".safetensors",) + PICKLE_SUFFIXES)
+    files = model_files([folder], (".safetensors",) + PICKLE_SUFFIXES, inside_model_folders=True)
     return [Source("VAE/" + p.relative_to(folder).as_posix(), p, "vae",
                    "safetensors" if p.suffix == ".safetensors" else "pickle") for p in files]
 

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from ...model_manager.convert import Rule, _apply, _sorted, unet_rules
 from ...model_manager.hashing import legacy_short_hash
+from ...model_manager.lookup import ModelNotFound, match, path_names
 from ...model_manager.safe_unpickle import PICKLE_SUFFIXES, load_pickle_checkpoint
 from ...paths import model_files
 from . import t2i_adapter
@@ -34,6 +35,10 @@ ORIGINAL_PREFIX = "control_model."
 
 class ControlNetError(ValueError):
     user_facing = True
+
+
+class ControlNetNotFound(ModelNotFound, ControlNetError):
+    """No ControlNet file or folder answers to the name (a ControlNetError too, as before)."""
 
 
 @dataclass
@@ -69,9 +74,14 @@ def _folder_config(path: Path) -> dict[str, Any] | None:
     return json.loads(config.read_text()) if path.is_dir() and config.is_file() else None
 
 
+def _name_of(path: Path) -> str:
+    """The name a ControlNet is listed under: a file's stem, a folder's name."""
+    return path.stem if path.is_file() else path.name
+
+
 def describe(path: Path) -> ControlNetInfo:
     shapes = _header(path)
-    name = path.stem if path.is_file() else path.name
+    name = _name_of(path)
     saved = _folder_config(path)
     if is_t2i_adapter(shapes) or (saved or {}).get("_class_name") == "T2IAdapter":
         try:
@@ -216,23 +226,31 @@ class ControlNetLibrary:
         self._cache: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def all(self) -> list[ControlNetInfo]:
-        found = [describe(p) for p in model_files(self.folders, SUFFIXES)]
+    def paths(self) -> list[Path]:
+        """Every ControlNet file, and every diffusers ControlNet folder at the top of a folder; reads no file."""
+        found = model_files(self.folders, SUFFIXES)
         for folder in self.folders:
             if folder.is_dir():
-                found += [describe(p) for p in sorted(folder.iterdir())
-                          if p.is_dir() and (p / "config.json").is_file()]
-        return sorted(found, key=lambda i: i.name.lower())
+                found += [p for p in sorted(folder.iterdir()) if p.is_dir() and (p / "config.json").is_file()]
+        return found
+
+    def all(self) -> list[ControlNetInfo]:
+        return sorted((describe(p) for p in self.paths()), key=lambda i: i.name.lower())
 
     def names_for(self, unet_config: dict[str, Any]) -> list[str]:
         return [i.name for i in self.all() if fits(i, unet_config)]
 
     def find(self, name: str) -> ControlNetInfo:
-        bare = name.split(" [", 1)[0].strip()
-        for info in self.all():
-            if bare in (info.name, info.path.name):
-                return info
-        raise ControlNetError(f"ControlNet model {name!r} not found in {', '.join(map(str, self.folders))}")
+        """A ControlNet by name, `name [hash]` title, file name or path (the `lookup` contract).
+
+        Matches on the listing and reads the header of the one file found only.
+        """
+        paths = sorted(self.paths(), key=lambda p: _name_of(p).lower())
+        found = match(name, paths, lambda p: [_name_of(p), *path_names(p, self.folders, p.is_dir())])
+        if found is None:
+            raise ControlNetNotFound("ControlNet model", name.strip(), [_name_of(p) for p in paths],
+                                     " or ".join(map(str, self.folders)))
+        return describe(found)
 
     def load(self, name: str, model) -> Any:
         """The ControlNet for the loaded checkpoint `model`, on its device and dtype."""

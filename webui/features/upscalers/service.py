@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from ...devices import empty_cache
+from ...model_manager.lookup import ModelNotFound, match, path_names
 from .catalog import BUILTIN, LANCZOS, NEAREST, NONE, UpscalerEntry, scan
 from .loading import LoadedUpscaler, ModelCache
 from .tiling import run_tiled, tile_count
@@ -42,8 +43,8 @@ class UpscaleError(ValueError):
     user_facing = True
 
 
-class UnknownUpscalerError(UpscaleError):
-    pass
+class UnknownUpscalerError(ModelNotFound, UpscaleError):
+    """No upscaler answers to the name (the `lookup` contract's error; an UpscaleError too, as before)."""
 
 
 def target_size(width: int, height: int, scale: float | None, size: tuple[int, int] | None) -> tuple[int, int]:
@@ -121,23 +122,24 @@ class Upscalers:
         """"None", "Lanczos", "Nearest", then model upscalers by name (AUTOMATIC1111's order)."""
         return [*BUILTIN, *(e.name for e in self.entries())]
 
-    def find(self, name: str) -> UpscalerEntry | None:
-        """The model entry for `name` (exact, then case-insensitive, then file stem); None for built-ins."""
-        if name in BUILTIN:
-            return None
+    def find(self, name: str) -> UpscalerEntry:
+        """The model upscaler for `name`: display name, file stem or file name (the `lookup` contract).
+
+        Built-ins ("None", "Lanczos", "Nearest") are not model files: they are not found here.
+        """
         entries = self.entries()
-        for test in (lambda e: e.name == name, lambda e: e.name.lower() == name.lower(),
-                     lambda e: e.path.stem.lower() == name.lower(), lambda e: e.path.name.lower() == name.lower()):
-            match = next((e for e in entries if test(e)), None)
-            if match:
-                return match
-        known = ", ".join(self.list_upscalers())
-        raise UnknownUpscalerError(f"unknown upscaler {name!r}; available: {known}")
+        folders = [f for kind_folders in self._folders().values() for f in kind_folders]
+        found = None if name in BUILTIN else match(name, entries, lambda e: (e.name,),
+                                                   lambda e: path_names(e.path, folders))
+        if found is None:
+            raise UnknownUpscalerError("upscaler", name.strip(), self.list_upscalers(),
+                                       " or ".join(map(str, folders)))
+        return found
 
     def load(self, name: str) -> LoadedUpscaler:
-        entry = self.find(name)
-        if entry is None:
+        if name in BUILTIN:
             raise UpscaleError(f"{name} is not a model upscaler")
+        entry = self.find(name)
         model = self.cache.get(entry.path, self.device, self.dtype, self.allow_pickle)
         if model.purpose == "FaceSR":
             raise UpscaleError(f"{entry.path.name} is a face restoration model ({model.architecture}); "
