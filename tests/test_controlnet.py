@@ -69,8 +69,8 @@ def test_original_and_diffusers_layouts_load_to_the_same_model(app):
 def test_model_list_matches_the_loaded_architecture(app):
     sd1 = app.models.get("tiny-sd1.safetensors")
     sdxl = app.models.get("tiny-sdxl.safetensors")
-    assert app.engine.controlnets.names_for(dict(sd1.configs["unet"])) == ["control_canny_tiny", "control_depth_tiny"]
-    assert app.engine.controlnets.names_for(dict(sdxl.configs["unet"])) == ["xl_canny_tiny"]
+    assert app.controlnets.names_for(dict(sd1.configs["unet"])) == ["control_canny_tiny", "control_depth_tiny"]
+    assert app.controlnets.names_for(dict(sdxl.configs["unet"])) == ["xl_canny_tiny"]
 
 
 def test_weight_zero_or_disabled_is_exactly_no_control(app):
@@ -82,7 +82,7 @@ def test_weight_zero_or_disabled_is_exactly_no_control(app):
 
 
 def _calls(app, units, steps=6):
-    model = app.engine.controlnets.load("control_canny_tiny", app.models.get("tiny-sd1.safetensors"))
+    model = app.controlnets.load("control_canny_tiny", app.models.get("tiny-sd1.safetensors"))
     seen = []
     handle = model.register_forward_pre_hook(lambda m, args: seen.append(1))
     try:
@@ -141,7 +141,7 @@ def test_original_layout_file_loads_and_generates_like_diffusers_layout(app, che
         assert any(k.startswith("control_model.input_blocks.4.1.transformer_blocks.1.") for k in keys)
     else:
         assert not any("label_emb" in k for k in keys)
-    library = app.engine.controlnets
+    library = app.controlnets
     other = "tiny-sd1" if checkpoint == "tiny-sdxl" else "tiny-sdxl"
     assert f"sgm_{checkpoint}" in library.names_for(dict(model.configs["unet"]))
     assert f"sgm_{checkpoint}" not in library.names_for(dict(app.models.get(f"{other}.safetensors").configs["unet"]))
@@ -264,7 +264,7 @@ def test_t2i_adapter_layouts_listing_and_effect(app):
     write_test_adapter(folder / "t2iadapter_canny_tiny.safetensors", unet_config, "original", in_channels=1, seed=5)
     write_test_adapter(folder / "t2i_depth_tiny_diffusers.safetensors", unet_config, "diffusers", seed=6)
     write_test_adapter(folder / "t2i_depth_tiny_original.safetensors", unet_config, "original", seed=6)
-    library = app.engine.controlnets
+    library = app.controlnets
     names = library.names_for(unet_config)
     assert {"t2iadapter_canny_tiny", "t2i_depth_tiny_diffusers"} <= set(names)
     assert "t2iadapter_canny_tiny" not in library.names_for(dict(app.models.get("tiny-sdxl.safetensors").configs["unet"]))

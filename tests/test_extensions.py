@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from webui.core.request import GenerationRequest
+from webui.core.request import GenerationRequest, ValidationError
 from webui.extensions.manager import ExtensionError, ExtensionManager
 from webui.extensions.runtime import HookRunner
 from webui.settings import SettingsStore
@@ -508,3 +508,74 @@ def test_hooks_get_read_only_views_and_replace_by_returning(tmp_path, tiny_ckpt_
     assert (model.name, model.family, model.device, model.dtype) == ("tiny-sd1.safetensors", "sd1", "cpu", "float32")
     assert (model.latent_channels, model.vae_scale_factor, model.architecture) == (4, 8, "SD 1.x")
     assert model.hash == model.sha256[:10] and f"Model hash: {model.hash}" in result.infotexts[0]
+
+
+FEATURES = '''
+from webui.extensions import api as easel
+
+
+class Mirror(easel.Feature):
+    """Mirrors the images of requests that ask for it, and says so in the infotext."""
+
+    name = "mirror"
+
+    def parse(self, request):
+        args = request.alwayson_scripts.get("mirror", {}).get("args", {})
+        if not isinstance(args.get("enabled", False), bool):
+            return None, [easel.FieldError("alwayson_scripts.mirror.enabled", "must be true or false")]
+        return (True if args.get("enabled") else None), []
+
+    def begin_pass(self, run, p):
+        if run.args["mirror"]:
+            run.state["mirror.passes"] = run.state.get("mirror.passes", []) + [p.name]
+
+    def finish_images(self, run, batch, images, latents):
+        return [image.transpose(0) for image in images] if run.args["mirror"] else images
+
+    def infotext(self, run):
+        if not run.args["mirror"]:
+            return {}
+        return {"Mirror": "+".join(run.state["mirror.passes"])}
+
+
+class Broken(easel.Feature):
+    name = "broken"
+
+    def infotext(self, run):
+        raise RuntimeError("broken on purpose")
+
+
+class Clash(easel.Feature):
+    name = "hires"   # Easel's own hires fix has this name
+
+
+@easel.hookimpl
+def register_features():
+    return [Mirror(), Broken(), Clash(), "not a feature"]
+'''
+
+
+def test_extension_features_take_part_in_every_pass(tmp_path, tiny_ckpt_dir, ext_dir):
+    """register_features: an extension's Feature parses its arguments, sees every pass, edits images and infotext;
+    one that raises is reported and skipped, a taken name or a non-feature is refused."""
+    write_extension(ext_dir, "features", FEATURES)
+    app = make_easel(tmp_path, tiny_ckpt_dir, extensions_dir=ext_dir)
+    try:
+        names = [feature.name for feature in app.engine.features]
+        assert names[-2:] == ["mirror", "broken"] and names.count("hires") == 1  # no clash, no "not a feature"
+        base = dict(prompt="x", steps=2, width=64, height=64, seed=1, checkpoint="tiny-sd1", save_images=False)
+        plain = app.txt2img(GenerationRequest(**base))
+        mirrored = app.txt2img(GenerationRequest(**base, alwayson_scripts={"mirror": {"args": {"enabled": True}}}))
+        assert np.array_equal(np.asarray(mirrored.images[0])[:, ::-1], np.asarray(plain.images[0]))
+        assert "Mirror: first" in mirrored.infotexts[0] and "Mirror" not in plain.infotexts[0]
+        hires = app.txt2img(GenerationRequest(**base, enable_hr=True, hr_scale=1.5, denoising_strength=0.5,
+                                              alwayson_scripts={"mirror": {"args": {"enabled": True}}}))
+        assert "Mirror: first+hires" in hires.infotexts[0]
+        assert any("broken" in warning and "broken on purpose" in warning for warning in plain.warnings)
+        with pytest.raises(ValidationError) as error:
+            app.txt2img(GenerationRequest(**base, alwayson_scripts={"mirror": {"args": {"enabled": "yes"}}}))
+        assert [e.field for e in error.value.errors] == ["alwayson_scripts.mirror.enabled"]
+        problems = " ".join(str(e.message) for e in app.engine.hooks.errors())  # one report per extension and hook
+        assert "'hires' is taken" in problems
+    finally:
+        app.close()

@@ -29,7 +29,7 @@ def app(easel):
 
 
 def test_model_upscalers_are_hires_choices(app):
-    names = app.engine.upscaler_names()
+    names = app.engine.feature("hires").upscaler_names()
     assert {"4x-Tiny", "2x-TinyCompact", "Lanczos", "Latent"} <= set(names)
     assert "None" not in names  # hires fix always upscales
 

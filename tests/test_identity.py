@@ -195,16 +195,16 @@ def test_missing_files_are_listed_exactly(tmp_path, tiny_ckpt_dir):
     bare = make_easel(tmp_path, tiny_ckpt_dir)
     try:
         models = bare.paths.model_dir
-        lines = bare.engine.identity.missing("InstantID")
+        lines = bare.identity.missing("InstantID")
         assert lines == [
             f"InstantID face adapter: {models('instantid') / 'ip-adapter.bin'} (or ip-adapter.safetensors)",
             f"InstantID IdentityNet: {models('instantid') / 'ControlNetModel' / 'config.json'} and "
             f"{models('instantid') / 'ControlNetModel' / 'diffusion_pytorch_model.safetensors'}",
             f"insightface models (antelopev2 pack: detection and recognition .onnx files): "
             f"{models('insightface') / 'antelopev2'}/"]
-        assert bare.engine.identity.missing("PhotoMaker v1") == [
+        assert bare.identity.missing("PhotoMaker v1") == [
             f"PhotoMaker v1 adapter: {models('photomaker') / 'photomaker-v1.bin'} (or photomaker-v1.safetensors)"]
-        assert len(bare.engine.identity.missing("PhotoMaker v2")) == 2
+        assert len(bare.identity.missing("PhotoMaker v2")) == 2
         with pytest.raises(ValueError, match="InstantID needs these files") as error:
             generate(bare, instantid())
         assert "ip-adapter.bin" in str(error.value) and "antelopev2" in str(error.value)

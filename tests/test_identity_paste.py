@@ -8,8 +8,10 @@ import pytest
 from PIL import Image
 
 from webui.core.infotext import parse_infotext
-from webui.core.pnginfo import infotext_to_fields
-from webui.core.request import GenerationRequest, ValidationError
+from webui.pnginfo import infotext_to_fields
+from webui.core.pipeline import Feature
+from webui.core.request import GenerationRequest
+from webui.features.controlnet.apply import Controls
 from webui.features.identity.args import identity_infotext, parse_identity, parse_identity_infotext
 from webui.ui.identity_tab import identity_request, pasted_identity_fields
 
@@ -144,35 +146,51 @@ def test_identitynet_step_range(app):
     assert "Guidance" not in parse_infotext(full.info).params["Identity"]
 
 
+class DropControlsInHires(Feature):
+    """A feature (the engine's public protocol) that empties the hires pass's controls after identity added to them."""
+
+    name = "test_drop_hires_controls"
+
+    def begin_pass(self, run, p):
+        if p.name == "hires":
+            p.plan.controls = Controls()
+
+
 @pytest.mark.parametrize("identity", [instantid(), {"method": "PhotoMaker v2", "images": [one_face()]}],
                          ids=["instantid", "photomaker"])
-def test_hires_fix_with_identity_is_refused_naming_enable_hr(app, identity):
-    with pytest.raises(ValidationError) as error:
-        app.txt2img(request(identity, prompt="a man img", enable_hr=True, hr_scale=2, hr_upscaler="Latent",
-                            denoising_strength=0.5))
-    assert [e.field for e in error.value.errors] == ["enable_hr"]
-    assert "upscale the result in Extras" in str(error.value)
-    # hires fix alone still runs
-    assert app.txt2img(request(enable_hr=True, hr_scale=2, hr_upscaler="Latent", denoising_strength=0.5,
-                               steps=2)).images[0].size == (128, 128)
+def test_hires_fix_keeps_the_identity(app, identity):
+    """Every pass applies the identity method, so hires fix works with it (it used to be refused)."""
+    hires = dict(enable_hr=True, hr_scale=2, hr_upscaler="Latent", denoising_strength=0.5, steps=2)
+    with_identity = app.txt2img(request(identity, prompt="a man img", **hires))
+    assert with_identity.images[0].size == (128, 128)
+    params = parse_infotext(with_identity.info).params
+    assert params["Identity"].startswith(f"Method: {identity['method']}") and params["Hires upscale"] == "2"
+    plain = app.txt2img(request(None, prompt="a man img", **hires))
+    assert np.abs(px(with_identity) - px(plain)).mean() > 0.05
 
 
-def test_hires_refusal_is_a_422_through_the_api(app):
-    """Over real HTTP: enable_hr with an identity unit is a 422 naming enable_hr; without hires the same body runs."""
+def test_hires_pass_itself_carries_instantid(app):
+    """Taking InstantID out of the hires pass alone changes the image: the second pass had it."""
+    hires = dict(enable_hr=True, hr_scale=2, hr_upscaler="Latent", denoising_strength=0.6, steps=2)
+    both = app.txt2img(request(instantid(), prompt="a man", **hires))
+    dropper = DropControlsInHires()
+    app.engine.features.append(dropper)
+    try:
+        first_only = app.txt2img(request(instantid(), prompt="a man", **hires))
+    finally:
+        app.engine.features.remove(dropper)
+    assert np.abs(px(both) - px(first_only)).mean() > 0.05
+
+
+def test_hires_with_identity_through_the_api(app):
+    """Over real HTTP: enable_hr with an identity unit runs (200) and records both."""
     import base64
     import io
 
     import httpx
 
     from conftest import start_server
-    from webui.features.identity.args import parse_identity
-    from webui.features.identity.service import check_request
 
-    def check(req):
-        check_request(req, parse_identity(req.alwayson_scripts)[0])
-
-    check(request(instantid()))  # the request-level check passes without hires, and hires without identity
-    check(request(None, enable_hr=True))
     buffer = io.BytesIO()
     one_face().save(buffer, format="PNG")
     identity = {"method": "InstantID", "images": [base64.b64encode(buffer.getvalue()).decode()]}
@@ -183,13 +201,11 @@ def test_hires_refusal_is_a_422_through_the_api(app):
                           ["--api", "--ckpt-dir", str(app.models.find("tiny-sdxl").path.parent)])
     try:
         with httpx.Client(base_url=server.url, timeout=300) as client:
-            refused = client.post("/sdapi/v1/txt2img", json={**body, "enable_hr": True, "hr_scale": 2,
-                                                             "hr_upscaler": "Latent", "denoising_strength": 0.5})
-            assert refused.status_code == 422, refused.text
-            assert "enable_hr" in refused.text and "upscale the result in Extras" in refused.text
-            plain = client.post("/sdapi/v1/txt2img", json=body)
-            assert plain.status_code == 200, plain.text
-            assert "Method: InstantID" in plain.json()["info"]
+            hires = client.post("/sdapi/v1/txt2img", json={**body, "enable_hr": True, "hr_scale": 2,
+                                                           "hr_upscaler": "Latent", "denoising_strength": 0.5})
+            assert hires.status_code == 200, hires.text
+            info = hires.json()["info"]
+            assert "Method: InstantID" in info and "Hires upscale: 2" in info
     finally:
         server.stop()
 

@@ -5,7 +5,7 @@ from PIL import Image
 
 from webui.core import latents as latents_io
 from webui.core.infotext import parse_infotext
-from webui.core.jobs import Job
+from webui.core.pipeline import Feature
 from webui.core.request import GenerationRequest, ValidationError
 from webui.features.img2img import (RESIZE_CROP, RESIZE_FILL, RESIZE_JUST, masked_region, outpaint_canvas,
                                     prepare_mask, resize_image)
@@ -49,16 +49,26 @@ def sd1(easel):
     return easel
 
 
+class LatentCapture(Feature):
+    """A feature (the engine's public protocol) that keeps the sampled latents and the prepared inputs."""
+
+    name = "test_capture"
+
+    def finish_images(self, run, batch, images, latents):
+        self.latents, self.inputs = latents, run.state["img2img"].images
+        return images
+
+
 def _sampled_latents(app, request):
-    """Run the real engine up to the sampled latents (no decode) for latent-level checks."""
-    engine = app.engine
-    model = app.models.get(request.checkpoint)
-    plan = engine._plan(request, model)
-    inputs = engine._prepare_inputs(request)
-    job = Job(run=lambda j: None)
-    latents = engine._sample_batch(request, plan, [request.seed], inputs.images, inputs, job, 0)
-    init = latents_io.encode(model, [p.target for p in inputs.images])
-    return latents, init
+    """The real engine's sampled latents (before decoding) and the encoded input, for latent-level checks."""
+    capture = LatentCapture()
+    app.engine.features.insert(0, capture)
+    try:
+        app.img2img(request)
+    finally:
+        app.engine.features.remove(capture)
+    init = latents_io.encode(app.models.get(request.checkpoint), [p.target for p in capture.inputs])
+    return capture.latents, init
 
 
 def test_strength_near_zero_keeps_the_input_and_one_ignores_it(sd1):

@@ -49,7 +49,7 @@ def test_adapter_file_is_read_in_the_published_layout(app):
     assert sorted(int(k.split(".")[0]) for k in adapter.state["ip_adapter"] if k.endswith("to_k_ip.weight")) == \
         list(range(1, 2 * len(cross_layers), 2))
     assert adapter.embedding_width == 24 and not adapter.uses_hidden_states
-    assert app.engine.ip_adapters.names_for(dict(sd1.configs["unet"])) == ["ip-adapter_tiny_sd15"]
+    assert app.ip_adapters.names_for(dict(sd1.configs["unet"])) == ["ip-adapter_tiny_sd15"]
 
 
 def test_reference_image_steers_and_weight_zero_is_no_adapter(app):
@@ -124,7 +124,7 @@ def test_plus_adapter_loads_the_published_resampler_layout(app, checkpoint, hidd
     assert not any(k.startswith("image_proj.layers.4.") for k in flat)
     adapter = read_adapter(path)
     assert adapter.variant == "plus" and adapter.uses_hidden_states and adapter.embedding_width == 32
-    assert name in app.engine.ip_adapters.names_for(dict(model.configs["unet"]))
+    assert name in app.ip_adapters.names_for(dict(model.configs["unet"]))
 
     # the loaded projection is the published Resampler, computed independently from the file's tensors
     features = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(0))

@@ -195,7 +195,7 @@ def test_modules_are_listed_and_pick_faceid_files_first(app):
     sd1 = app.models.get("tiny-sd1.safetensors")
     write_test_adapter(app.paths.model_dir("ipadapter") / "ip-adapter_a_plain_sd15.safetensors", sd1.unet, 24)
     try:
-        names = model_names(app.engine.controlnets, app.engine.ip_adapters, dict(sd1.configs["unet"]),
+        names = model_names(app.controlnets, app.ip_adapters, dict(sd1.configs["unet"]),
                             "ip-adapter_face_id")
         assert names[0] == "None" and set(names[1:3]) == {NAMES["tiny-sd1", "faceid"], NAMES["tiny-sd1", "plusv2"]}
         assert names[3:] == ["ip-adapter_a_plain_sd15"]  # SDXL files are not listed for an SD 1.x model
@@ -250,7 +250,7 @@ def test_face_unit_steers_weight_zero_is_plain_and_unet_is_restored(app, checkpo
     assert np.array_equal(px(generate(app, checkpoint=checkpoint)), plain)
     text = parse_infotext(result.infotexts[0]).params["ControlNet 0"]
     name = NAMES[checkpoint, variant]
-    title = app.engine.ip_adapters.titles()
+    title = app.ip_adapters.titles()
     assert f"Module: {module}" in text and f"Model: {name} [{dict(title)[name]}]" in text
     assert not result.warnings or not any("faces found" in w for w in result.warnings)
 
@@ -277,8 +277,8 @@ def test_no_face_names_the_unit(app):
 
 def test_analyzer_is_the_identity_tabs(app):
     generate(app, [unit()])
-    analyzer = app.engine.identity.analyzer()
-    assert app.engine.ip_adapters.faces() is analyzer and analyzer._app is not None  # loaded once, shared
+    analyzer = app.identity.analyzer()
+    assert app.ip_adapters.faces() is analyzer and analyzer._app is not None  # loaded once, shared
 
 
 def test_missing_insightface_pack_is_a_clear_message(tmp_path, tiny_ckpt_dir):

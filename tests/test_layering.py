@@ -51,3 +51,24 @@ def test_importing_every_module_is_inert(monkeypatch):
             continue
         importlib.import_module(module.name)
     assert threading.active_count() == threads_before
+
+
+def test_core_imports_no_feature():
+    """Features plug into the engine through core/pipeline.Feature; the engine names none of them.
+
+    Type-only imports count too: a core module that needs a feature's type is shaped around it.
+    """
+    offenders = []
+    for folder in ("core", "families"):
+        for path in (WEBUI / folder).rglob("*.py"):
+            for name in _imports(path):
+                if name.startswith("webui.features"):
+                    offenders.append(f"{path.relative_to(WEBUI)} imports {name}")
+    assert not offenders, offenders
+
+
+def test_families_stand_alone():
+    """A family adapter describes a model; it needs neither the engine nor the model manager."""
+    offenders = [f"{path.name} imports {name}" for path in (WEBUI / "families").rglob("*.py")
+                 for name in _imports(path) if name.startswith(("webui.core", "webui.model_manager", "webui.features"))]
+    assert not offenders, offenders

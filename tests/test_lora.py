@@ -137,13 +137,11 @@ def test_composition_modes_differ(app):
 
 
 def test_switch_rotates_which_lora_is_applied(app):
-    from webui.core.prompt_plan import plan_prompts
 
     model = app.models.get("tiny-sd1.safetensors")
     request = GenerationRequest(prompt="a <lora:style_a:1> <lora:style_b:1>", steps=6, lora_composition="Switch",
                                 lora_switch_steps=2)
-    plan = plan_prompts(request, model, app.engine.options(request), app.engine.loras, app.engine.embeddings,
-                        app.engine.styles)
+    plan = app.engine.plan_prompts(request, model, app.engine.options(request))
     denoiser = plan.make_denoiser(1, None, None)
     assert [denoiser.active(step) for step in range(6)] == [0, 0, 1, 1, 0, 0]
 
@@ -174,3 +172,46 @@ def test_unreadable_lora_is_reported(app):
     save_file({"something.else": torch.zeros(2)}, str(bad))
     result = generate(app, "a cat <lora:broken:1>")
     assert len(result.images) == 1 and any("broken" in w for w in result.warnings)
+
+
+class FirstPassRecorder:
+    """A real `Hooks` implementation that keeps the latents after each sampler step."""
+
+    def __init__(self):
+        self.latents = []
+
+    def has(self, hook):
+        return hook == "step_end"
+
+    def call(self, hook, **kwargs):
+        if hook == "step_end":
+            self.latents.append(kwargs["step"].latents.clone())
+        return []
+
+
+def test_hires_prompt_with_other_loras_leaves_the_first_pass_alone(app):
+    """LoRAs are patched per pass: the hires prompt's LoRA set must not sample the first pass."""
+    hires = dict(enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", denoising_strength=0.6, hr_second_pass_steps=2)
+    plain = FirstPassRecorder()
+    app.engine.hooks = plain
+    generate(app, "a cat <lora:style_a:1>")
+    mixed = FirstPassRecorder()
+    app.engine.hooks = mixed
+    with_b = generate(app, "a cat <lora:style_a:1>", hr_prompt="a cat <lora:style_b:1>", **hires)
+    first_pass = mixed.latents[:3]
+    assert all(torch.equal(a, b) for a, b in zip(plain.latents, first_pass)), "first pass sampled other LoRAs"
+    # and the hires pass did use style_b: the same request with the first prompt's LoRA differs
+    same = FirstPassRecorder()
+    app.engine.hooks = same
+    with_a = generate(app, "a cat <lora:style_a:1>", hr_prompt="a cat <lora:style_a:1> ", **hires)
+    assert all(torch.equal(a, b) for a, b in zip(same.latents[:3], first_pass))
+    assert not np.array_equal(px(with_a), px(with_b))
+    assert 'Hires prompt: "a cat <lora:style_b:1>"' in with_b.info
+    assert "style_a: " in with_b.info and "style_b: " in with_b.info.split("Lora hashes:")[1]
+
+
+def test_weights_follow_the_pass_after_a_request_with_loras(app):
+    """A request without LoRAs after one with them samples the base weights."""
+    fresh = generate(app, "a dog")
+    generate(app, "a dog <lora:style_b:1>", enable_hr=True, hr_scale=1.5, hr_prompt="a dog <lora:style_a:1>")
+    assert np.array_equal(px(generate(app, "a dog")), px(fresh))

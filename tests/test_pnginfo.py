@@ -4,7 +4,7 @@ import json
 from PIL import Image, PngImagePlugin
 
 from webui.core.images import encode_image
-from webui.core.pnginfo import infotext_to_fields, read_generation_info
+from webui.pnginfo import infotext_to_fields, read_generation_info
 from webui.core.request import GenerationRequest
 
 

@@ -14,7 +14,7 @@ from webui.core import k_samplers, samplers
 from webui.core.infotext import parse_infotext
 from webui.core.k_samplers import SamplerOptions
 from webui.core.philox import PhiloxGenerator
-from webui.core.pnginfo import infotext_to_fields
+from webui.pnginfo import infotext_to_fields
 from webui.core.request import GenerationRequest, ValidationError
 from webui.core.schedules import SCHEDULES, DiscreteSchedule
 from webui.core.seeds import ImageRNG, slerp
@@ -157,12 +157,10 @@ def test_deterministic_samplers_equal_the_published_algorithms(name):
 @pytest.mark.parametrize("name", ["Euler", "Heun", "DPM++ 2M", "LMS"])
 def test_final_latents_match_reference_on_the_tiny_model(easel, name):
     """The reference loops driven by the real tiny model's CFG denoiser reach the same latents."""
-    from webui.core.prompt_plan import plan_prompts
 
     model = easel.models.get("tiny-sd1.safetensors")
     request = GenerationRequest(prompt="a tree", steps=5, width=64, height=64, sampler_name=name, scheduler="Uniform")
-    plan = plan_prompts(request, model, easel.engine.options(request), easel.engine.loras, easel.engine.embeddings,
-                        easel.engine.styles)
+    plan = easel.engine.plan_prompts(request, model, easel.engine.options(request))
     denoiser = plan.make_denoiser(1, None, None)
     info, label = samplers.resolve(name, "Uniform")
     sigmas = samplers.sigmas_for(info, label, denoiser.schedule, 5)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from webui.core.infotext import parse_infotext
-from webui.core.pnginfo import infotext_to_fields, override_item_fields, override_items
+from webui.pnginfo import infotext_to_fields, override_item_fields, override_items
 from webui.core.request import GenerationRequest
 from webui.ui.generation_controls import common_request_fields
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from webui.core.infotext import parse_infotext
-from webui.core.pnginfo import infotext_to_fields
+from webui.pnginfo import infotext_to_fields
 from webui.core.request import GenerationRequest, ValidationError
 from webui.features.img2img import prepare_mask
 from webui.features.soft_inpaint import (PARAMETERS, SoftInpaintSettings, blend_latents, composite_alpha,

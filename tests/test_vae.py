@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from tests.conftest import make_easel
 from webui.core.infotext import parse_infotext
-from webui.core.pnginfo import infotext_to_fields
+from webui.pnginfo import infotext_to_fields
 from webui.core.request import GenerationRequest, ValidationError
 from webui.model_manager.architecture import Architecture
 from webui.model_manager.convert import vae_to_original

@@ -18,17 +18,25 @@ from .core.processing import Engine
 from .core.request import GenerationRequest, Result
 from .core.styles import StyleStore
 from .devices import DeviceConfig, device_config
+from .extensions.features import collect_features
 from .extensions.manager import ExtensionManager
 from .extensions.runtime import HookRunner
 from .extensions.scripts import collect_scripts
+from .core.pipeline import Feature
+from .features.controlnet.feature import ControlNet
 from .features.controlnet.models import ControlNetLibrary
 from .features.embeddings import EmbeddingLibrary
 from .features.extras import ExtrasService
 from .features.faces import RESTORERS, FaceRestorers
+from .features.hires import HiresFix
+from .features.identity.feature import Identity
 from .features.identity.files import IdentityFolders
 from .features.identity.service import IdentityService
 from .features.ip_adapter import IPAdapterLibrary
+from .features.img2img_feature import Img2Img
 from .features.lora import LoraLibrary
+from .features.networks import ExtraNetworks, LoraNetworks
+from .features.soft_inpaint import SoftInpainting
 from .features.upscalers import UPSCALER_KINDS, Upscalers
 from .model_manager.architecture import Architecture
 from .model_manager.downloads import DONE, DownloadManager
@@ -64,6 +72,8 @@ class AppOptions:
     disable_extensions: bool = False
     # installing/updating extensions over the network (off when listening beyond loopback)
     allow_extension_install: bool = True
+    # the command line's --out: save generated images straight into this folder
+    output_dir: Path | None = None
 
 
 @dataclass
@@ -84,11 +94,17 @@ class Easel:
     # every model file of every kind (Models tab); indexed and hashed in the background after start-up
     library: ModelLibrary = None  # type: ignore[assignment]
     vaes: VaeLibrary = None  # type: ignore[assignment]  # separate VAE files, per-checkpoint preferences
+    loras: LoraLibrary = None  # type: ignore[assignment]  # models/Lora (+ --lora-dir)
+    embeddings: EmbeddingLibrary = None  # type: ignore[assignment]  # textual inversions in embeddings/
+    controlnets: ControlNetLibrary = None  # type: ignore[assignment]  # models/ControlNet (+ T2I-Adapters)
+    ip_adapters: IPAdapterLibrary = None  # type: ignore[assignment]  # models/ipadapter + clip_vision
+    identity: IdentityService = None  # type: ignore[assignment]  # InstantID / PhotoMaker files and models
+    annotators_dir: Path | None = None  # ControlNet preprocessors' weights
 
     def submit(self, request: GenerationRequest, owner: str | None = None, job_id: str | None = None) -> Job:
         """Validate now (so bad input fails at once, naming the field), then queue (txt2img or img2img)."""
-        self.engine.validate(request)
-        return self.queue.submit(lambda job: self.engine.generate(request, job), owner=owner,
+        prepared = self.engine.prepare(request)
+        return self.queue.submit(lambda job: self.engine.generate(prepared, job), owner=owner,
                                  kind=request.mode, description=request.prompt[:80], job_id=job_id)
 
     submit_txt2img = submit
@@ -173,28 +189,28 @@ def build(options: AppOptions) -> Easel:
                           device.dtype, allow_pickle=options.allow_pickle, settings=settings)
     faces = FaceRestorers(lambda: {kind: [paths.model_dir(kind)] for kind in RESTORERS.values()}, device.device,
                           device.dtype, allow_pickle=options.allow_pickle)
-    engine = Engine(models, settings, paths, loras, embeddings, StyleStore(paths.styles_file))
-    engine.upscalers = upscalers  # hires fix can use the same model upscalers as Extras
     hooks = HookRunner()
     extensions = ExtensionManager(paths.extensions_dir, settings, hooks, paths.cache_dir,
                                   allow_install=options.allow_extension_install,
                                   safe_mode=options.disable_extensions)
     extensions.load_all()
-    engine.hooks = hooks
-    engine.controlnets = ControlNetLibrary([paths.model_dir("controlnet")], allow_pickle=options.allow_pickle)
-    engine.ip_adapters = IPAdapterLibrary([paths.model_dir("ipadapter")],
-                                          [paths.model_dir("ipadapter"), paths.model_dir("clip_vision")],
-                                          allow_pickle=options.allow_pickle)
-    engine.annotators_dir = paths.model_dir("annotator")
-    engine.identity = IdentityService(IdentityFolders(paths.model_dir("photomaker"), paths.model_dir("instantid"),
-                                                      paths.model_dir("insightface")),
-                                      lambda: settings.get("identity_insightface_pack") or "antelopev2")
-    engine.ip_adapters.faces = engine.identity.analyzer  # FaceID units share the Identity tab's insightface models
+    controlnets = ControlNetLibrary([paths.model_dir("controlnet")], allow_pickle=options.allow_pickle)
+    ip_adapters = IPAdapterLibrary([paths.model_dir("ipadapter")],
+                                   [paths.model_dir("ipadapter"), paths.model_dir("clip_vision")],
+                                   allow_pickle=options.allow_pickle)
+    identity = IdentityService(IdentityFolders(paths.model_dir("photomaker"), paths.model_dir("instantid"),
+                                               paths.model_dir("insightface")),
+                               lambda: settings.get("identity_insightface_pack") or "antelopev2")
+    ip_adapters.faces = identity.analyzer  # FaceID units share the Identity tab's insightface models
     vaes = VaeLibrary([paths.model_dir("vae")], paths.checkpoint_dirs(), models.hashes,
                       paths.cache_dir / "vae_preferences.json", allow_pickle=options.allow_pickle)
-    engine.vaes = vaes
+    networks = LoraNetworks(loras, embeddings)
+    annotators_dir = paths.model_dir("annotator")
+    features = builtin_features(networks, upscalers, controlnets, ip_adapters, annotators_dir, identity)
+    features += collect_features(hooks, {feature.name for feature in features})  # extensions' own, after ours
+    engine = Engine(models, settings, paths, StyleStore(paths.styles_file), networks, features, hooks=hooks,
+                    scripts=collect_scripts(hooks), vaes=vaes, output_dir=options.output_dir)
     library = ModelLibrary.for_paths(paths, models.hashes)
-    engine.scripts = collect_scripts(hooks)
     models.listeners.append(lambda model: hooks.call("model_loaded", model=model))
     queue.start()
     log.info("device: %s; %d checkpoint(s) found", device.label, len(models.checkpoints()))
@@ -202,4 +218,12 @@ def build(options: AppOptions) -> Easel:
     downloads = DownloadManager(paths, settings)  # threads start with the first download
     downloads.listeners.append(lambda item: _downloaded(item, models))
     return Easel(paths, settings, device, models, queue, engine, options, extensions, upscalers=upscalers,
-                 faces=faces, extras=extras, library=library, vaes=vaes, downloads=downloads)
+                 faces=faces, extras=extras, library=library, vaes=vaes, downloads=downloads, loras=loras, embeddings=embeddings, controlnets=controlnets,
+                 ip_adapters=ip_adapters, identity=identity, annotators_dir=annotators_dir)
+
+
+def builtin_features(networks: LoraNetworks, upscalers: Upscalers, controlnets: ControlNetLibrary,
+                     ip_adapters: IPAdapterLibrary, annotators_dir: Path, identity: IdentityService) -> list[Feature]:
+    """Easel's own features, in the order they contribute to a pass and to the infotext."""
+    return [Img2Img(), SoftInpainting(), HiresFix(upscalers), ExtraNetworks(networks),
+            ControlNet(controlnets, ip_adapters, annotators_dir), Identity(identity)]

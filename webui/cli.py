@@ -100,7 +100,8 @@ def _options(args: argparse.Namespace):
                       no_half_vae=args.no_half_vae, allow_pickle=args.allow_pickle, demo_model=args.demo_model,
                       extensions_dir=args.extensions_dir, disable_extensions=args.disable_extensions,
                       allow_extension_install=not getattr(args, "listen", False)
-                      or getattr(args, "enable_insecure_extension_access", False))
+                      or getattr(args, "enable_insecure_extension_access", False),
+                      output_dir=args.out.resolve() if getattr(args, "out", None) else None)
 
 
 def _setup(args: argparse.Namespace) -> None:
@@ -185,8 +186,6 @@ def run_generate(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        if args.out:
-            easel.engine.output_dir_override = args.out.resolve()
         try:
             job = easel.submit_txt2img(request)
         except ValidationError as exc:

@@ -70,9 +70,8 @@ def controlnet_router(ctx: ApiContext) -> APIRouter:
     @router.get("/model_list")
     def model_list(update: bool = True) -> dict[str, list[str]]:
         """Every ControlNet / T2I-Adapter / IP-Adapter as `name [hash]`, the extension's titles."""
-        engine = easel.engine
-        titles = [info.title for info in engine.controlnets.all()]
-        titles += [f"{name} [{hash_}]" for name, hash_ in engine.ip_adapters.titles()]
+        titles = [info.title for info in easel.controlnets.all()]
+        titles += [f"{name} [{hash_}]" for name, hash_ in easel.ip_adapters.titles()]
         return {"model_list": sorted(titles, key=str.lower)}
 
     @router.get("/module_list")
@@ -108,7 +107,7 @@ def controlnet_router(ctx: ApiContext) -> APIRouter:
                     raise Interrupted()
                 job.report(step=index, total=len(images), text=f"{body.controlnet_module}: image {index + 1}")
                 detected = run_preprocessor(body.controlnet_module, np.asarray(image.convert("RGB")),
-                                            body.controlnet_processor_res, a, b, easel.engine.annotators_dir)
+                                            body.controlnet_processor_res, a, b, easel.annotators_dir)
                 results.append(_b64_png(detected))
             return results
 

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from ..core import samplers
 from ..core.image_input import max_megapixels
 from ..core.infotext import parse_infotext
-from ..core.pnginfo import read_generation_info
+from ..pnginfo import read_generation_info
 from ..core.jobs import Job, JobState
 from ..core.request import GenerationRequest
 from ..features.hires import LATENT_MODES
@@ -250,8 +250,8 @@ def build_router(ctx: ApiContext) -> APIRouter:
     def get_loras():
         """LoRA files in models/Lora: `name` is what <lora:name:weight> takes; `path` is relative to that folder."""
         items = []
-        for path in easel.engine.loras.files():
-            relative = _relative(path, easel.engine.loras.folders)
+        for path in easel.loras.files():
+            relative = _relative(path, easel.loras.folders)
             items.append({"name": path.stem, "alias": _lora_alias(path), "path": relative,
                           "metadata": _safetensors_metadata(path)})
         return items
@@ -327,8 +327,8 @@ def build_router(ctx: ApiContext) -> APIRouter:
     @router.post("/refresh-loras")
     def refresh_loras():
         """LoRA and embedding folders are read when used; this checks that they can be listed."""
-        easel.engine.loras.files()
-        easel.engine.embeddings.all()
+        easel.loras.files()
+        easel.embeddings.all()
         return None
 
     @router.post("/unload-checkpoint")
@@ -391,7 +391,7 @@ def _embeddings(easel) -> dict[str, Any]:
             if width:
                 widths.add(int(width))
     loaded, skipped = {}, {}
-    library = easel.engine.embeddings
+    library = easel.embeddings
     for embedding in library.all():
         shapes = {int(v.shape[-1]) for v in embedding.vectors.values()}
         item = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,

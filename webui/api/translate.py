@@ -25,7 +25,7 @@ from .. import __version__
 from ..core import samplers
 from ..core.image_input import max_megapixels
 from ..core.infotext import parse_infotext
-from ..core.pnginfo import infotext_to_fields
+from ..pnginfo import infotext_to_fields
 from ..core.jobs import Job
 from ..core.request import GenerationRequest, Result, ValidationError
 from ..model_manager.registry import ModelNotFoundError

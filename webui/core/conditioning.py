@@ -23,10 +23,11 @@ import torch
 
 from .. import families
 from ..families import LayerChoice
+from .embedding_index import EmbeddingIndex
 from .prompts import BREAK, ScheduledPrompt, parse_attention
 
 if TYPE_CHECKING:
-    from ..features.embeddings import Embedding, EmbeddingIndex
+    from .embedding_index import TextualInversion as Embedding
     from ..model_manager.loader import LoadedModel
 
 CHUNK_TOKENS = 75
@@ -188,8 +189,6 @@ class PromptEncoder:
 
     def __init__(self, model: "LoadedModel", clip_skip: int = 1, embeddings: list["Embedding"] | None = None,
                  comma_backtrack: int = COMMA_BACKTRACK, emphasis: bool = True):
-        from ..features.embeddings import EmbeddingIndex
-
         self.model = model
         self.family = model.architecture.adapter
         self.choice = self.family.layer_choice(clip_skip)

@@ -3,24 +3,30 @@
 Order, as in AUTOMATIC1111: apply styles; take `<lora:...>` tags out of both prompts;
 patch the model with the LoRAs (Merge) or prepare one patch per LoRA (Switch,
 Composite); parse scheduling/alternation/AND; encode every distinct text once with
-emphasis and embeddings. Problems that should not stop a generation (an unknown
+emphasis and embeddings.
+
+Planning may patch the text encoders to encode, but the denoiser's weights belong to the
+pass that samples: each pass samples inside `with plan.patches_applied():`, which sets the
+shared model's weight patches to exactly this plan's set (the LoRAs of its prompt plus what
+features add, e.g. PhotoMaker's LoRA). The patcher remembers the applied set, so activating
+the set that is already on costs nothing, and a hires pass with other `<lora:>` tags never
+leaks them into the first pass. Problems that should not stop a generation (an unknown
 LoRA or style, a LoRA for another architecture) become warnings in the result.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 import torch
 
 from .conditioning import PromptEncoder, StepConditioning
 from .denoiser import CFGDenoiser, SigmaSpace
-from .extra_networks import extract
+from .extra_networks import NetworkCall, extract
 from .prompts import schedule_prompt
 
 if TYPE_CHECKING:
-    from ..features.embeddings import Embedding, EmbeddingLibrary
-    from ..features.lora import LoraLibrary, LoraSpec
     from ..model_manager.loader import LoadedModel
     from .request import GenerationRequest
     from .styles import StyleStore
@@ -28,22 +34,72 @@ if TYPE_CHECKING:
 DenoiserFactory = Callable[[int, "torch.Tensor | None", "torch.Tensor | None"], SigmaSpace]
 
 
+class PatchReport(Protocol):
+    matched: int
+    unmatched: list[str]
+    seconds: float
+    cached: bool
+
+
+class WeightPatcher(Protocol):
+    """Sets one model's weight patches to exactly the given set (remembering it, so the same set is free)."""
+
+    def set(self, specs: list[Any]) -> PatchReport: ...
+
+
+class PromptNetworks(Protocol):
+    """Extra networks in prompts and textual-inversion embeddings; features/lora.py implements it."""
+
+    def load(self, call: NetworkCall) -> Any:
+        """The patch spec for a `<lora:...>` call; raises ValueError or OSError to make it a warning."""
+
+    def patcher(self, model: "LoadedModel") -> WeightPatcher: ...
+
+    def compose(self, mode: str, patcher: WeightPatcher, specs: list[Any], denoisers: list[CFGDenoiser],
+                switch_steps: int) -> SigmaSpace:
+        """Several LoRAs without merging them (Switch, Composite), one denoiser per LoRA."""
+
+    def embeddings(self) -> list[Any]:
+        """Every textual-inversion embedding the prompt encoder may use."""
+
+    def spec_name(self, spec: Any) -> str: ...
+
+
 @dataclass
 class PromptPlan:
     prompt: str                 # after styles, tags kept (this is what infotext records)
     negative_prompt: str
     clip_skip: int
-    loras: list["LoraSpec"] = field(default_factory=list)
+    loras: list[Any] = field(default_factory=list)   # the prompt's LoRA specs (features/lora.LoraSpec)
     lora_mode: str = "Merge"
     switch_steps: int = 1
-    embeddings: dict[str, "Embedding"] = field(default_factory=dict)
+    embeddings: dict[str, Any] = field(default_factory=dict)  # textual inversions the prompts used, by name
     warnings: list[str] = field(default_factory=list)
     make_denoiser: DenoiserFactory | None = None
     lora_seconds: float = 0.0
+    model: "LoadedModel | None" = None
+    # weight patches features add for this pass (e.g. PhotoMaker's LoRA), on top of the prompt's LoRAs
+    extra_patches: list[Any] = field(default_factory=list)
+    patcher: WeightPatcher | None = None
+
+    @property
+    def merged(self) -> bool:
+        """One set of LoRAs summed into the weights (Switch/Composite set theirs per step)."""
+        return len(self.loras) <= 1 or self.lora_mode == "Merge"
+
+    def weight_patches(self) -> list[Any]:
+        return (list(self.loras) if self.merged else []) + list(self.extra_patches)
+
+    @contextmanager
+    def patches_applied(self) -> Iterator[None]:
+        """The shared model carries exactly this plan's weight patches while the body samples."""
+        if self.patcher is not None and (self.merged or self.extra_patches):
+            self.patcher.set(self.weight_patches())
+        yield
 
 
 def _encode(model: "LoadedModel", positive: str, negative: str, steps: int, options: dict[str, Any],
-            embeddings: list["Embedding"]) -> tuple[PromptEncoder, StepConditioning, StepConditioning]:
+            embeddings: list[Any]) -> tuple[PromptEncoder, StepConditioning, StepConditioning]:
     encoder = PromptEncoder(model, options["CLIP_stop_at_last_layers"], embeddings,
                             options["comma_padding_backtrack"], options["emphasis"] == "Original")
     cond = encoder.encode_scheduled(schedule_prompt(positive, steps))
@@ -52,13 +108,11 @@ def _encode(model: "LoadedModel", positive: str, negative: str, steps: int, opti
 
 
 def plan_prompts(request: "GenerationRequest", model: "LoadedModel", options: dict[str, Any],
-                 loras: "LoraLibrary", embedding_library: "EmbeddingLibrary", styles: "StyleStore") -> PromptPlan:
-    from ..features.lora import LoraError, LoraPatcher, LoraSpec
-    from ..features.lora_composition import LoraCompositeDenoiser, LoraSwitchDenoiser
-
+                 networks: PromptNetworks, styles: "StyleStore") -> PromptPlan:
     prompt, negative, missing_styles = styles.apply(request.prompt, request.negative_prompt, request.styles)
+    patcher = networks.patcher(model)
     plan = PromptPlan(prompt, negative, options["CLIP_stop_at_last_layers"], lora_mode=request.lora_composition,
-                      switch_steps=request.lora_switch_steps)
+                      switch_steps=request.lora_switch_steps, model=model, patcher=patcher)
     plan.warnings += [f"Style {name!r} not found in styles.csv" for name in missing_styles]
     positive_text, calls = extract(prompt)
     negative_text, negative_calls = extract(negative)
@@ -67,12 +121,11 @@ def plan_prompts(request: "GenerationRequest", model: "LoadedModel", options: di
             plan.warnings.append(f"{call.raw}: '{call.kind}' networks are not supported; ignored")
             continue
         try:
-            plan.loras.append(LoraSpec(loras.load(call.name), call.te, call.unet))
-        except (LoraError, OSError) as exc:
+            plan.loras.append(networks.load(call))
+        except (ValueError, OSError) as exc:
             plan.warnings.append(f"{call.raw}: {exc}; ignored")
 
-    embeddings = embedding_library.all()
-    patcher = LoraPatcher.of(model)
+    embeddings = networks.embeddings()
     steps = request.steps
     if len(plan.loras) <= 1 or plan.lora_mode == "Merge":
         report = patcher.set(plan.loras)
@@ -89,16 +142,14 @@ def plan_prompts(request: "GenerationRequest", model: "LoadedModel", options: di
     for spec in plan.loras:  # each LoRA with its own text-encoder patch and conditioning
         report = patcher.set([spec])
         plan.lora_seconds += report.seconds
-        _warn_unmatched(plan, report, 1, spec.lora.name)
+        _warn_unmatched(plan, report, 1, networks.spec_name(spec))
         encoder, cond, uncond = _encode(model, positive_text, negative_text, steps, options, embeddings)
         plan.embeddings.update(encoder.used_embeddings)
         prepared.append((cond, uncond, encoder.encode("")))
 
     def make(batch: int, ids, uncond_ids) -> SigmaSpace:
         denoisers = [CFGDenoiser(model, c, u, request.cfg_scale, batch, e, ids, uncond_ids) for c, u, e in prepared]
-        if plan.lora_mode == "Switch":
-            return LoraSwitchDenoiser(patcher, plan.loras, denoisers, request.lora_switch_steps)
-        return LoraCompositeDenoiser(patcher, plan.loras, denoisers)
+        return networks.compose(plan.lora_mode, patcher, plan.loras, denoisers, request.lora_switch_steps)
 
     plan.make_denoiser = make
     return plan

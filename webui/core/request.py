@@ -136,58 +136,13 @@ class GenerationRequest:
             raise ValidationError([FieldError(k, "unknown field") for k in unknown])
         return cls(**data)
 
-    def validate(self, samplers: "SamplerCatalog | None" = None, upscalers: Collection[str] | None = None) -> None:
+    def validate(self, samplers: "SamplerCatalog | None" = None) -> None:
+        """The fields every request has; features (img2img, hires fix ...) check their own (Engine.validate)."""
         errors = list(self._field_errors())
         if samplers is not None and isinstance(self.sampler_name, str) and isinstance(self.scheduler, str):
             errors.extend(samplers.check(self.sampler_name, self.scheduler))
-        if self.mode == "txt2img" and self.enable_hr is True:
-            errors.extend(self._hires_errors(samplers, upscalers))
-        if self.mode == "img2img":
-            errors.extend(self._img2img_errors())
         if errors:
             raise ValidationError(errors)
-
-    def _hires_errors(self, samplers: "SamplerCatalog | None", upscalers: Collection[str] | None):
-        if not is_number(self.denoising_strength) or not 0 <= self.denoising_strength <= 1:
-            yield FieldError("denoising_strength", "must be a number from 0 to 1")
-        if not is_number(self.hr_scale) or not 1 <= self.hr_scale <= 4:
-            yield FieldError("hr_scale", "must be a number from 1 to 4")
-        yield from _int_in(self, "hr_second_pass_steps", 0, MAX_STEPS)
-        for name in ("hr_resize_x", "hr_resize_y"):
-            yield from _int_in(self, name, 0, MAX_SIDE)
-        if upscalers is not None and self.hr_upscaler not in upscalers:
-            yield FieldError("hr_upscaler", f"unknown upscaler {self.hr_upscaler!r}; choose one of: {', '.join(upscalers)}")
-        if self.hr_sampler_name and samplers is not None:
-            for error in samplers.check(self.hr_sampler_name, self.hr_scheduler or "Automatic"):
-                yield FieldError("hr_" + error.field if error.field != "sampler_name" else "hr_sampler_name",
-                                 error.message)
-        if is_number(self.hr_scale) and _is_int(self.width) and _is_int(self.height):
-            from ..features.hires import target_size
-
-            w, h = target_size(self.width, self.height, self.hr_scale, int(self.hr_resize_x or 0),
-                               int(self.hr_resize_y or 0))
-            if max(w, h) > MAX_SIDE:
-                yield FieldError("hr_scale", f"the hires size {w}x{h} is larger than {MAX_SIDE} pixels")
-
-    def _img2img_errors(self):
-        if not isinstance(self.init_images, list) or not self.init_images:
-            yield FieldError("init_images", "img2img needs at least one image")
-        elif not all(isinstance(i, Image.Image) for i in self.init_images):
-            yield FieldError("init_images", "must be images")
-        if self.mask is not None and not isinstance(self.mask, Image.Image):
-            yield FieldError("mask", "must be an image")
-        if not is_number(self.denoising_strength) or not 0 <= self.denoising_strength <= 1:
-            yield FieldError("denoising_strength", "must be a number from 0 to 1")
-        yield from _int_in(self, "resize_mode", 0, 3)
-        yield from _int_in(self, "mask_blur", 0, 64)
-        yield from _int_in(self, "inpainting_fill", 0, 3)
-        yield from _int_in(self, "inpaint_full_res_padding", 0, 256)
-        yield from _int_in(self, "inpainting_mask_invert", 0, 1)
-        for side in ("left", "right", "up", "down"):
-            yield from _int_in(self, f"outpaint_{side}", 0, 2048)
-        from ..features.soft_inpaint import field_problems
-
-        yield from (FieldError(name, message) for name, message in field_problems(self))
 
     def _field_errors(self):
         for name in ("prompt", "negative_prompt"):
@@ -196,20 +151,20 @@ class GenerationRequest:
                 yield FieldError(name, "must be text")
             elif len(value) > MAX_PROMPT_CHARS:
                 yield FieldError(name, f"is longer than {MAX_PROMPT_CHARS} characters")
-        yield from _int_in(self, "steps", 1, MAX_STEPS)
+        yield from int_in(self, "steps", 1, MAX_STEPS)
         for name in ("width", "height"):
-            problem = next(_int_in(self, name, 64, MAX_SIDE), None)
+            problem = next(int_in(self, name, 64, MAX_SIDE), None)
             if problem:
                 yield problem
             elif getattr(self, name) % 8:
                 yield FieldError(name, f"must be a multiple of 8 (got {getattr(self, name)})")
-        yield from _int_in(self, "batch_size", 1, MAX_BATCH_SIZE)
-        yield from _int_in(self, "n_iter", 1, MAX_BATCH_COUNT)
-        if not _is_int(self.seed) or not (self.seed == -1 or 0 <= self.seed <= MAX_SEED):
+        yield from int_in(self, "batch_size", 1, MAX_BATCH_SIZE)
+        yield from int_in(self, "n_iter", 1, MAX_BATCH_COUNT)
+        if not is_int(self.seed) or not (self.seed == -1 or 0 <= self.seed <= MAX_SEED):
             yield FieldError("seed", f"must be -1 (random) or a whole number from 0 to {MAX_SEED}")
         if not is_number(self.cfg_scale) or not (0 <= self.cfg_scale <= 100):
             yield FieldError("cfg_scale", "must be a number from 0 to 100")
-        if not _is_int(self.subseed) or not (self.subseed == -1 or 0 <= self.subseed <= MAX_SEED):
+        if not is_int(self.subseed) or not (self.subseed == -1 or 0 <= self.subseed <= MAX_SEED):
             yield FieldError("subseed", f"must be -1 (random) or a whole number from 0 to {MAX_SEED}")
         for name, low, high in (("subseed_strength", 0, 1), ("cfg_rescale", 0, 1), ("cfg_interval_start", 0, 1),
                                 ("cfg_interval_end", 0, 1)):
@@ -221,7 +176,7 @@ class GenerationRequest:
             yield FieldError("cfg_interval_end", "must not be before cfg_interval_start")
         for name in ("seed_resize_from_w", "seed_resize_from_h"):
             value = getattr(self, name)
-            if not _is_int(value) or not (value <= 0 or (64 <= value <= MAX_SIDE and value % 8 == 0)):
+            if not is_int(value) or not (value <= 0 or (64 <= value <= MAX_SIDE and value % 8 == 0)):
                 yield FieldError(name, f"must be 0 (off) or a multiple of 8 from 64 to {MAX_SIDE}")
         for name, high in (("eta", 1), ("s_churn", 100), ("s_tmin", 100), ("s_tmax", 1000), ("s_noise", 1.5)):
             value = getattr(self, name)
@@ -246,7 +201,7 @@ class GenerationRequest:
             yield FieldError("styles", "must be a list of style names")
         if self.lora_composition not in LORA_COMPOSITIONS:
             yield FieldError("lora_composition", f"must be one of {', '.join(LORA_COMPOSITIONS)}")
-        yield from _int_in(self, "lora_switch_steps", 1, MAX_STEPS)
+        yield from int_in(self, "lora_switch_steps", 1, MAX_STEPS)
         yield from _override_errors(self.override_settings)
 
 
@@ -269,7 +224,7 @@ def _override_errors(overrides: Any):
             yield FieldError(f"override_settings.{key}", str(exc).split(": ", 1)[-1])
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -278,9 +233,10 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _int_in(request: GenerationRequest, name: str, low: int, high: int):
+def int_in(request: Any, name: str, low: int, high: int):
+    """An error naming the field unless it is a whole number in [low, high]."""
     value = getattr(request, name)
-    if not _is_int(value) or not low <= value <= high:
+    if not is_int(value) or not low <= value <= high:
         yield FieldError(name, f"must be a whole number from {low} to {high} (got {value!r})")
 
 

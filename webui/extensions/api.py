@@ -11,6 +11,8 @@ API versions (a minor bump only adds names; docs/extensions.md keeps the list):
 - 2.0: typed hooks with read-only views (ModelView, PlanView, a read-only request/result that
   hooks replace by returning `dataclasses.replace(...)`); script arguments as an Args
   dataclass (`arg`, `ArgSpec`); Skip and Interrupt distinct for scripts.
+- 2.1: engine features (`register_features` hook): `Feature` and what it sees (`Run`, `Pass`,
+  `Batch`, `Sampling`, `FieldError`), the same protocol img2img, hires fix and ControlNet use.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pluggy
 
 from ..core.hooks import StepContext
+from ..core.pipeline import Batch, Feature, Pass, Run, Sampling
+from ..core.request import FieldError
 from ..core.infotext import Infotext, format_infotext, parse_infotext
 from ..core.request import GenerationRequest, Result
 from ..core.seeds import MAX_SEED
@@ -38,7 +42,8 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 __all__ = ["API_VERSION", "hookimpl", "Script", "arg", "ArgSpec", "NoArgs", "ScriptArgsError", "SettingSpec",
            "GenerationRequest", "Result", "GenerationContext", "StepContext", "ModelView", "PlanView", "Infotext",
-           "format_infotext", "parse_infotext", "draw_grid", "resolve_seed", "MAX_SEED"]
+           "format_infotext", "parse_infotext", "draw_grid", "resolve_seed", "MAX_SEED", "Feature", "Run", "Pass",
+           "Batch", "Sampling", "FieldError"]
 
 
 class Script:

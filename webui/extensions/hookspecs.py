@@ -34,12 +34,14 @@ if TYPE_CHECKING:  # the contract test resolves every annotation (tests/test_ext
     from PIL import Image
 
     from ..app import Easel
-    from .api import GenerationContext, GenerationRequest, ModelView, Result, Script, SettingSpec, StepContext
+    from .api import (Feature, GenerationContext, GenerationRequest, ModelView, Result, Script, SettingSpec,
+                      StepContext)
 
 PROJECT = "easel"
 # 1.1: api.resolve_seed, api.MAX_SEED
 # 2.0: typed hooks with read-only views; replacing hooks return the new value; script Args dataclasses
-HOOK_API_VERSION = "2.0"
+# 2.1: register_features: engine features (api.Feature), the protocol Easel's own features implement
+HOOK_API_VERSION = "2.1"
 hookspec = pluggy.HookspecMarker(PROJECT)
 
 
@@ -81,6 +83,31 @@ def register_scripts() -> Sequence[Script]:
         @hookimpl
         def register_scripts():
             return [MyScript()]
+    """
+
+
+@hookspec
+def register_features() -> Sequence[Feature]:
+    """Return `Feature` instances: they take part in every generation like Easel's own features.
+
+    A feature parses and checks its own arguments once (`parse`), may add or shape passes
+    (`begin`, `begin_pass`), install something around sampling (`installed`), change the
+    decoded images (`finish_images`) and write infotext keys (`infotext`); see api.Feature.
+    Extension features run after the built-in ones; one that raises is reported and skipped.
+
+    Example:
+
+        @hookimpl
+        def register_features():
+            from webui.extensions import api as easel
+
+            class Signature(easel.Feature):
+                name = "signature"
+
+                def infotext(self, run):
+                    return {"Signed": "yes"}
+
+            return [Signature()]
     """
 
 
@@ -273,6 +300,6 @@ def postprocess(request: GenerationRequest, result: Result, context: GenerationC
     """
 
 
-HOOK_NAMES = ("app_started", "model_loaded", "register_scripts", "ui_tabs", "ui_settings", "component_created",
+HOOK_NAMES = ("app_started", "model_loaded", "register_scripts", "register_features", "ui_tabs", "ui_settings", "component_created",
               "infotext_pasted", "before_process", "process", "extra_noise", "process_batch", "before_cfg",
               "after_cfg", "step_end", "before_image_saved", "image_saved", "postprocess")

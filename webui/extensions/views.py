@@ -179,7 +179,7 @@ class ModelView:
                    prediction_type=architecture.prediction_type, inpainting=architecture.inpainting,
                    format=model.info.format, device=str(model.device.device),
                    dtype=str(model.device.dtype).removeprefix("torch."),
-                   latent_channels=int(model.configs["vae"].get("latent_channels", 4)),
+                   latent_channels=model.architecture.adapter.latent.channels,
                    vae_scale_factor=model.vae_scale_factor, demo=model.demo)
 
 

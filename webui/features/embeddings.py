@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from ..core.embedding_index import EmbeddingIndex, EmbeddingMatch  # noqa: F401 - the encoder's half, re-exported
 from ..model_manager.hashing import HashCache
 from ..model_manager.lookup import ModelNotFound, match, path_names
 from ..paths import model_files
@@ -127,32 +128,3 @@ class EmbeddingLibrary:
 
     def short_hash(self, embedding: Embedding) -> str:
         return self.hashes.sha256(embedding.path)[:12]
-
-
-@dataclass
-class EmbeddingMatch:
-    embedding: Embedding
-    vectors: torch.Tensor
-    token_count: int  # how many prompt tokens the name occupies
-
-
-class EmbeddingIndex:
-    """Finds embedding names in a token sequence, for one text encoder."""
-
-    def __init__(self, tokenizer, embeddings: list[Embedding], slot: str, width: int):
-        self._by_first: dict[int, list[tuple[list[int], Embedding, torch.Tensor]]] = {}
-        for embedding in embeddings:
-            vectors = embedding.vectors_for(slot, width)
-            if vectors is None:
-                continue
-            ids = tokenizer(embedding.name, add_special_tokens=False).input_ids
-            if ids:
-                self._by_first.setdefault(ids[0], []).append((ids, embedding, vectors))
-        for candidates in self._by_first.values():
-            candidates.sort(key=lambda c: len(c[0]), reverse=True)
-
-    def match(self, tokens: list[int], position: int) -> EmbeddingMatch | None:
-        for ids, embedding, vectors in self._by_first.get(tokens[position], ()):
-            if tokens[position:position + len(ids)] == ids:
-                return EmbeddingMatch(embedding, vectors, len(ids))
-        return None

@@ -2,18 +2,27 @@
 
 The upscale either stays in latent space (AUTOMATIC1111's "Latent" modes: interpolate the
 latents) or goes through pixels with any image upscaler (Lanczos, Nearest, or a model).
+`HiresFix` is the whole feature: its request fields' validation, the second pass it adds
+(its own prompts, sampler and LoRAs; every other feature contributes to it as to the first),
+and its infotext keys.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..core import latents as latents_io
+from ..core import samplers
+from ..core.pipeline import Feature, Pass, Run, Sampling
+from ..core.request import MAX_SIDE, MAX_STEPS, FieldError, int_in, is_int, is_number
 from .upscalers.catalog import BUILTIN
 
 if TYPE_CHECKING:
+    from ..core.request import GenerationRequest
     from .upscalers import Upscalers
 
 # AUTOMATIC1111's names -> (torch interpolation mode, antialias)
@@ -73,3 +82,107 @@ def upscale_image(image: Image.Image, name: str, size: tuple[int, int],
     if upscalers is None:
         raise KeyError(f"unknown hires upscaler {name!r}")
     return upscalers.upscale(image, name, size=size, check=check)
+
+
+# ---- the feature: a second, larger pass ------------------------------------------------------
+
+
+class HiresFix(Feature):
+    """txt2img with `enable_hr`: adds the "hires" pass, which starts from the upscaled first pass."""
+
+    name = "hires"
+
+    def __init__(self, upscalers: "Upscalers | None" = None):
+        self.upscalers = upscalers  # the model upscalers Extras uses (models/ESRGAN ...)
+        self.image_upscalers: dict[str, Callable[[Image.Image, tuple[int, int]], Image.Image]] = {
+            "Lanczos": lambda image, size: image.resize(size, Image.Resampling.LANCZOS),
+            "Nearest": lambda image, size: image.resize(size, Image.Resampling.NEAREST),
+        }
+        self.catalog = samplers.Catalog()
+
+    def upscaler_names(self) -> list[str]:
+        return [*LATENT_MODES, *self.image_upscalers, *model_upscaler_names(self.upscalers)]
+
+    @staticmethod
+    def wanted(request: "GenerationRequest") -> bool:
+        return request.mode == "txt2img" and request.enable_hr is True
+
+    def validate(self, request: "GenerationRequest") -> Iterator[FieldError]:
+        if not self.wanted(request):
+            return
+        if not is_number(request.denoising_strength) or not 0 <= request.denoising_strength <= 1:
+            yield FieldError("denoising_strength", "must be a number from 0 to 1")
+        if not is_number(request.hr_scale) or not 1 <= request.hr_scale <= 4:
+            yield FieldError("hr_scale", "must be a number from 1 to 4")
+        yield from int_in(request, "hr_second_pass_steps", 0, MAX_STEPS)
+        for name in ("hr_resize_x", "hr_resize_y"):
+            yield from int_in(request, name, 0, MAX_SIDE)
+        names = self.upscaler_names()
+        if request.hr_upscaler not in names:
+            yield FieldError("hr_upscaler", f"unknown upscaler {request.hr_upscaler!r}; choose one of: {', '.join(names)}")
+        if request.hr_sampler_name:
+            for error in self.catalog.check(request.hr_sampler_name, request.hr_scheduler or "Automatic"):
+                yield FieldError("hr_" + error.field if error.field != "sampler_name" else "hr_sampler_name",
+                                 error.message)
+        if is_number(request.hr_scale) and is_int(request.width) and is_int(request.height):
+            w, h = target_size(request.width, request.height, request.hr_scale, int(request.hr_resize_x or 0),
+                               int(request.hr_resize_y or 0))
+            if max(w, h) > MAX_SIDE:
+                yield FieldError("hr_scale", f"the hires size {w}x{h} is larger than {MAX_SIDE} pixels")
+
+    def begin(self, run: Run) -> None:
+        request = run.request
+        if not self.wanted(request):
+            return
+        first = run.first
+        size = target_size(request.width, request.height, request.hr_scale, request.hr_resize_x, request.hr_resize_y)
+        steps = request.hr_second_pass_steps or request.steps
+        second = replace(request, steps=steps, width=size[0], height=size[1],
+                         prompt=request.hr_prompt or request.prompt,
+                         negative_prompt=request.hr_negative_prompt or request.negative_prompt,
+                         sampler_name=request.hr_sampler_name or request.sampler_name,
+                         scheduler=request.hr_scheduler or request.scheduler)
+        if second.prompt == request.prompt and second.negative_prompt == request.negative_prompt and steps == request.steps:
+            # same texts and steps: the same conditioning serves, but the pass gets its own plan to add to
+            sampler, schedule = samplers.resolve(second.sampler_name, second.scheduler)
+            plan = replace(first.plan, sampler=sampler, schedule=schedule, controls=None, vae=None,
+                           prompts=replace(first.plan.prompts, extra_patches=[]))
+        else:
+            plan = run.plan_for(second)
+        run.passes.append(Pass("hires", second, plan, size, steps, strength=request.denoising_strength,
+                               exact_steps=True, init=self._upscaled))
+
+    def _upscaled(self, run: Run, p: Pass, sampling: Sampling) -> None:
+        """The first pass's latents at the hires size: interpolated, or through pixels and an upscaler."""
+        model, request, latents = p.plan.model, run.request, sampling.previous
+        run.job.report(text="hires upscale")
+        if request.hr_upscaler in LATENT_MODES:
+            init = upscale_latents(latents, p.size, request.hr_upscaler)
+        else:
+            images = [upscale_image(image, request.hr_upscaler, p.size, self.image_upscalers, self.upscalers,
+                                    run.job.check) for image in latents_io.decode(model, latents)]
+            init = latents_io.encode(model, images).to(latents.device)
+        run.job.check()
+        sampling.init = init
+
+    def infotext(self, run: Run) -> dict[str, Any]:
+        hires, request = run.pass_named("hires"), run.request
+        if hires is None:
+            return {}
+        params: dict[str, Any] = {"Denoising strength": request.denoising_strength}
+        if request.hr_resize_x or request.hr_resize_y:
+            params["Hires resize"] = f"{hires.size[0]}x{hires.size[1]}"
+        else:
+            params["Hires upscale"] = request.hr_scale
+        if request.hr_second_pass_steps:
+            params["Hires steps"] = request.hr_second_pass_steps
+        params["Hires upscaler"] = request.hr_upscaler
+        if request.hr_sampler_name and request.hr_sampler_name != request.sampler_name:
+            params["Hires sampler"] = hires.plan.sampler.name
+        if request.hr_scheduler and request.hr_scheduler != request.scheduler:
+            params["Hires schedule type"] = hires.plan.schedule
+        if request.hr_prompt and request.hr_prompt != request.prompt:
+            params["Hires prompt"] = request.hr_prompt
+        if request.hr_negative_prompt and request.hr_negative_prompt != request.negative_prompt:
+            params["Hires negative prompt"] = request.hr_negative_prompt
+        return params

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -46,7 +46,8 @@ from PIL import Image
 
 from ..core import latents as latents_io
 from ..core.denoiser import MaskedDenoiser, SigmaSpace, sigma_scale_in
-from ..core.request import is_number
+from ..core.pipeline import Feature, Run
+from ..core.request import FieldError, is_number
 from .img2img import PreparedImage, finish_image
 
 ENABLED_FIELD = "soft_inpainting"
@@ -328,3 +329,16 @@ def finish_images(model: Any, request: Any, images: list[Image.Image], prepared:
 def parameter_fields() -> list[str]:
     """The request fields soft inpainting adds, in AUTOMATIC1111's argument order."""
     return [ENABLED_FIELD, *(p.field for p in PARAMETERS)]
+
+
+class SoftInpainting(Feature):
+    """Soft inpainting's request fields and infotext; img2img's init and finish steps call the rest."""
+
+    name = "soft_inpainting"
+
+    def validate(self, request: Any) -> Iterator[FieldError]:
+        if request.mode == "img2img":
+            yield from (FieldError(name, message) for name, message in field_problems(request))
+
+    def infotext(self, run: Run) -> dict[str, Any]:
+        return infotext_params(run.request) if run.request.mode == "img2img" else {}

@@ -36,7 +36,7 @@ def _unet_config(easel: Easel) -> dict[str, Any] | None:
 
 
 def _model_choices(easel: Easel, module: str) -> list[str]:
-    return choices.model_names(easel.engine.controlnets, easel.engine.ip_adapters, _unet_config(easel), module)
+    return choices.model_names(easel.controlnets, easel.ip_adapters, _unet_config(easel), module)
 
 
 def _threshold_update(spec: tuple | None) -> dict:
@@ -108,7 +108,7 @@ def build_unit(easel: Easel, controls: GenerationControls, index: int, note: str
                            resize_mode=RESIZE_MODES.index(resize) if resize in RESIZE_MODES else 1,
                            threshold_a=as_float(a) if spec_a else None, threshold_b=as_float(b) if spec_b else None)
         try:
-            detected = detect_map(unit, image, width, height, easel.engine.annotators_dir)
+            detected = detect_map(unit, image, width, height, easel.annotators_dir)
         except ValueError as exc:  # preprocessor errors say what is missing and where it goes
             return gr.skip(), error_html(str(exc))
         return detected, f"<span>{esc(module)}: {detected.width}×{detected.height}</span>"

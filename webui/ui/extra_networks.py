@@ -43,14 +43,13 @@ def _placeholder(cache: Path, label: str) -> str:
 
 def _cards(easel: Easel, kind: str) -> list[Card]:
     cache = easel.paths.cache_dir / "cards"
-    engine = easel.engine
     cards: list[Card] = []
     if kind == "lora":
-        for path in engine.loras.files():
+        for path in easel.loras.files():
             preview = find_preview(path)
             cards.append(Card(path.stem, f"<lora:{path.stem}:1>", str(preview) if preview else _placeholder(cache, path.stem)))
     elif kind == "embedding":
-        for path in engine.embeddings.files():
+        for path in easel.embeddings.files():
             preview = find_preview(path)
             cards.append(Card(path.stem, path.stem, str(preview) if preview else _placeholder(cache, path.stem)))
     else:

@@ -15,7 +15,7 @@ import gradio as gr
 from ..app import Easel
 from ..core import samplers
 from ..core.conditioning import prompt_token_count
-from ..core.pnginfo import override_item_fields
+from ..pnginfo import override_item_fields
 from ..core.request import LORA_COMPOSITIONS, GenerationRequest
 from ..core.styles import PromptStyle
 from ..model_manager.tokenizer import clip_tokenizer

@@ -35,7 +35,7 @@ HELP = {
 
 
 def files_markdown(easel: Easel, method: str) -> str:
-    service = easel.engine.identity
+    service = easel.identity
     lines = service.missing(method) if service is not None else ["Identity is not available in this build."]
     text = HELP.get(method, "")
     if lines:

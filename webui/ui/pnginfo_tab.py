@@ -5,7 +5,7 @@ import gradio as gr
 from PIL import Image
 
 from ..app import Easel
-from ..core.pnginfo import read_generation_info
+from ..pnginfo import read_generation_info
 from .common import esc
 from .send_to import SendTarget, checkpoint_update, paste_updates
 from .uploads import checked_image, settings_limit

@@ -16,7 +16,7 @@ from ..app import Easel
 from ..core import samplers
 from ..core.images import read_infotext
 from ..core.infotext import parse_infotext
-from ..core.pnginfo import infotext_to_fields, override_items
+from ..pnginfo import infotext_to_fields, override_items
 from ..features.img2img import MASKED_CONTENT, RESIZE_MODES
 from ..model_manager.registry import ModelNotFoundError
 from .common import esc

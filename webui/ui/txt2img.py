@@ -23,7 +23,7 @@ def _hires_controls(easel: Easel, controls: GenerationControls) -> None:
         i = controls.inputs
         i["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id="txt2img_enable_hr")
         with gr.Row():
-            i["hr_upscaler"] = gr.Dropdown(easel.engine.upscaler_names(), value="Latent", label="Upscaler",
+            i["hr_upscaler"] = gr.Dropdown(easel.engine.feature("hires").upscaler_names(), value="Latent", label="Upscaler",
                                            elem_id="txt2img_hr_upscaler")
             i["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps (0: same)",
                                                   elem_id="txt2img_hires_steps")

@@ -289,7 +289,8 @@ def prepare_photomaker(args: IdentityArgs, request, plan, path: Path, analyzer, 
         return denoiser
 
     plan.prompts.make_denoiser = make_denoiser
-    report = LoraPatcher.of(model).set(list(plan.prompts.loras) + [LoraSpec(lora, 0.0, args.lora_weight)])
+    plan.prompts.extra_patches.append(LoraSpec(lora, 0.0, args.lora_weight))  # applied while the pass samples
+    report = LoraPatcher.of(model).set(plan.prompts.weight_patches())
     if report.unmatched and not report.cached and args.lora_weight:
         notes.append(f"PhotoMaker LoRA: {len(report.unmatched)} layer(s) do not exist in this model")
     return {"Encoder": f"{path.name} [{legacy_short_hash(path)}]"}

@@ -1,13 +1,9 @@
-"""What the engine calls for a request with `alwayson_scripts["identity"]`: check files, apply a method.
+"""The identity methods' models and files: check them, apply a method to one pass's plan.
 
-InstantID adds to the request's controls (IdentityNet + face adapter); PhotoMaker changes the
-prompt conditioning from the style-strength step on and merges its LoRA. Either way the
-infotext gets an `Identity` entry naming the method, files and strengths, and notes (several
-faces found) become warnings in the result.
-
-Hires fix is refused (ValidationError on `enable_hr`, a 422 through the API): the second pass
-rebuilds its controls and prompts from the request's ControlNet units, so it would drop the
-IdentityNet, the face adapter and PhotoMaker's conditioning without a word.
+InstantID adds to the pass's controls (IdentityNet + face adapter); PhotoMaker changes the
+prompt conditioning from the style-strength step on and adds its LoRA to the pass's weight
+patches. The feature (identity/feature.py) calls `apply` for every pass, hires fix included,
+and writes the `Identity` infotext entry; notes (several faces found) become warnings.
 """
 from __future__ import annotations
 
@@ -15,9 +11,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from ...core.request import FieldError, ValidationError
 from ..controlnet.models import ControlNetLibrary
-from .args import IdentityArgs, identity_infotext, parse_identity
+from .args import IdentityArgs
 from .faces import FaceAnalyzer
 from .files import IdentityFolders
 
@@ -25,15 +20,6 @@ from .files import IdentityFolders
 class IdentityError(ValueError):
     user_facing = True
 
-
-HIRES_REFUSED = ("hires fix cannot be combined with an identity method (the second pass would drop the "
-                 "identity); turn it off and upscale the result in Extras")
-
-
-def check_request(request, args: IdentityArgs | None) -> None:
-    """Request-level checks the args alone cannot make; `args`: the request's parsed identity args."""
-    if args is not None and request.mode == "txt2img" and request.enable_hr:
-        raise ValidationError([FieldError("enable_hr", HIRES_REFUSED)])
 
 
 class IdentityService:
@@ -56,25 +42,17 @@ class IdentityService:
     def missing(self, method: str) -> list[str]:
         return self.folders.missing(method, self.pack())
 
-    def apply(self, request, plan, size: tuple[int, int], context) -> None:
-        """Apply the request's identity method to `plan` (controls or prompts); no-op without one."""
-        args, _ = parse_identity(request.alwayson_scripts)
-        if args is None:
-            return
-        check_request(request, args)
-        model = plan.model
+    def check(self, args: IdentityArgs, model) -> None:
+        """The method's model family and files, before any pass is planned; IdentityError names what is wrong."""
         if model.architecture.family != "sdxl":
             raise IdentityError(f"{args.method} works with SDXL checkpoints; {model.info.model_name} is "
                                 f"{model.architecture.family}")
         missing = self.missing(args.method)
         if missing:
             raise IdentityError(f"{args.method} needs these files:\n" + "\n".join(f"- {line}" for line in missing))
-        notes: list[str] = []
-        files = self._apply(args, request, plan, size, notes)
-        context.extra_params["Identity"] = identity_infotext(args, files)
-        context.warnings.extend(notes)
 
-    def _apply(self, args: IdentityArgs, request, plan, size: tuple[int, int], notes: list[str]) -> dict[str, Any]:
+    def apply(self, args: IdentityArgs, request, plan, size: tuple[int, int], notes: list[str]) -> dict[str, Any]:
+        """Apply the method to one pass's `plan` (controls or prompts); returns the files for the infotext."""
         if args.method == "InstantID":
             from .instantid import prepare_instantid
 

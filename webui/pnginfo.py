@@ -19,9 +19,10 @@ from typing import Any
 
 from PIL import Image
 
-from .images import read_infotext
-from .infotext import Infotext, parse_infotext
-from .samplers import AUTOMATIC, split_legacy_name
+from .core.images import read_infotext
+from .core.infotext import Infotext, parse_infotext
+from .core.samplers import AUTOMATIC, split_legacy_name
+from .features.img2img_feature import fields_from_infotext as img2img_fields
 
 
 @dataclass
@@ -32,7 +33,7 @@ class GenerationInfo:
 
     @property
     def text(self) -> str:
-        from .infotext import format_parsed
+        from .core.infotext import format_parsed
 
         return format_parsed(self.info) if self.info else ""
 
@@ -61,7 +62,7 @@ def read_generation_info(image: Image.Image) -> GenerationInfo:
 
 
 def _params(**values: Any) -> dict[str, str]:
-    from .infotext import format_value
+    from .core.infotext import format_value
 
     return {k: format_value(v) for k, v in values.items() if v not in (None, "")}
 
@@ -261,35 +262,9 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
         fields["lora_composition"] = p["Lora composition"]
     if _number(p.get("Lora switch steps", "")):
         fields["lora_switch_steps"] = int(float(p["Lora switch steps"]))
-    fields.update(_img2img_fields(p))
+    fields.update(img2img_fields(p))  # img2img, inpainting and soft inpainting keys
     if "Model" in p or "Model hash" in p:
         fields["checkpoint_hint"] = {"name": p.get("Model", ""), "hash": p.get("Model hash", "")}
-    return fields
-
-
-def _img2img_fields(p: dict[str, str]) -> dict[str, Any]:
-    """Masked content, Inpaint area, Mask mode and Resize mode back as request fields.
-
-    Easel and AUTOMATIC1111 leave the defaults out (whole picture, inpaint masked, just
-    resize), so an inpainting infotext without them means the defaults, not "unchanged".
-    """
-    from ..features.img2img import MASKED_CONTENT, RESIZE_MODES
-
-    fields: dict[str, Any] = {}
-    inpainting = "Mask blur" in p or "Masked content" in p
-    if p.get("Masked content") in MASKED_CONTENT:
-        fields["inpainting_fill"] = MASKED_CONTENT.index(p["Masked content"])
-    if inpainting or "Inpaint area" in p:
-        fields["inpaint_full_res"] = p.get("Inpaint area", "Whole picture") == "Only masked"
-    if inpainting or "Mask mode" in p:
-        fields["inpainting_mask_invert"] = 1 if p.get("Mask mode") == "Inpaint not masked" else 0
-    if p.get("Resize mode") in RESIZE_MODES:
-        fields["resize_mode"] = RESIZE_MODES.index(p["Resize mode"])
-    elif "Denoising strength" in p and not any(k.startswith("Hires") for k in p):
-        fields["resize_mode"] = 0
-    from ..features.soft_inpaint import fields_from_params
-
-    fields.update(fields_from_params(p, inpainting))  # AUTOMATIC1111's "Soft inpainting ..." keys
     return fields
 
 
