@@ -183,6 +183,9 @@ class FirstPassRecorder:
     def has(self, hook):
         return hook == "step_end"
 
+    def call_replacing(self, hook, **kwargs):
+        return kwargs.get("request" if hook == "before_process" else "result")
+
     def call(self, hook, **kwargs):
         if hook == "step_end":
             self.latents.append(kwargs["step"].latents.clone())
