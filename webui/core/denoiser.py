@@ -100,6 +100,12 @@ class CFGDenoiser(SigmaSpace):
         self.total_steps = 1
         self._batches: dict[tuple, tuple[torch.Tensor, dict, list[float]]] = {}
 
+    def set_conditioning(self, cond: StepConditioning) -> None:
+        """Replace the positive conditioning (a feature's own, e.g. PhotoMaker's fused face tokens)."""
+        self.cond = cond
+        self.use_uncond = self.cfg_scale != 1.0 or not (len(cond.parts) == 1 and cond.parts[0][1] == 1.0)
+        self._batches.clear()
+
     def _batch_for_step(self) -> tuple[torch.Tensor, dict, list[float]]:
         conds = self.cond.at(self.step)
         members: list[tuple[Conditioning, torch.Tensor | None]] = []
