@@ -150,7 +150,7 @@ class CFGDenoiser(SigmaSpace):
             kwargs.update(self.controls.unet_kwargs(self.step / self.total_steps, x_model[:, :latent_channels], t,
                                                     embeds, added.get("added_cond_kwargs", {}), copies,
                                                     self.use_uncond))
-        out = self.unet(x_model, t, encoder_hidden_states=embeds, return_dict=False, **kwargs)[0].float()
+        out = self.family.call_denoiser(self.unet, x_model, t, embeds, kwargs).float()
         if self.use_uncond:
             parts = out.chunk(copies)
             uncond = parts[0]
