@@ -74,3 +74,32 @@ def test_core_never_names_a_family():
     names = set(families.names())
     offenders = {p.name: sorted(_string_literals(p) & names) for p in CORE.glob("*.py")}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_adapter_says_what_a_checkpoint_is_built_from():
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection
+
+    from webui.model_manager.architecture import configs_for
+
+    sdxl = families.get("sdxl")
+    assert sdxl.components() == ("unet", "vae", "text_encoder", "text_encoder_2")
+    assert families.get("sdxl-refiner").components() == ("unet", "vae", "text_encoder_2")
+    configs = configs_for(Architecture("sdxl"))
+    with torch.device("meta"):
+        assert isinstance(sdxl.module_factory("unet", configs["unet"])(), UNet2DConditionModel)
+        assert isinstance(sdxl.module_factory("vae", configs["vae"])(), AutoencoderKL)
+        assert isinstance(sdxl.module_factory("text_encoder_2", configs["text_encoder_2"])(),
+                          CLIPTextModelWithProjection)
+
+
+def test_the_denoiser_is_called_the_family_way():
+    calls = []
+
+    def module(x, t, encoder_hidden_states=None, return_dict=True, **kwargs):
+        calls.append((encoder_hidden_states, return_dict, kwargs))
+        return (x * 2,)
+
+    x = torch.ones(1, 4, 2, 2)
+    out = families.get("sd1").call_denoiser(module, x, torch.tensor([1.0]), torch.zeros(1, 77, 8), {"k": 1})
+    assert torch.equal(out, x * 2) and calls[0][1:] == (False, {"k": 1}) and calls[0][0].shape == (1, 77, 8)

@@ -100,6 +100,12 @@ class CFGDenoiser(SigmaSpace):
         self.total_steps = 1
         self._batches: dict[tuple, tuple[torch.Tensor, dict, list[float]]] = {}
 
+    def set_conditioning(self, cond: StepConditioning) -> None:
+        """Replace the positive conditioning (a feature's own, e.g. PhotoMaker's fused face tokens)."""
+        self.cond = cond
+        self.use_uncond = self.cfg_scale != 1.0 or not (len(cond.parts) == 1 and cond.parts[0][1] == 1.0)
+        self._batches.clear()
+
     def _batch_for_step(self) -> tuple[torch.Tensor, dict, list[float]]:
         conds = self.cond.at(self.step)
         members: list[tuple[Conditioning, torch.Tensor | None]] = []
@@ -144,7 +150,7 @@ class CFGDenoiser(SigmaSpace):
             kwargs.update(self.controls.unet_kwargs(self.step / self.total_steps, x_model[:, :latent_channels], t,
                                                     embeds, added.get("added_cond_kwargs", {}), copies,
                                                     self.use_uncond))
-        out = self.unet(x_model, t, encoder_hidden_states=embeds, return_dict=False, **kwargs)[0].float()
+        out = self.family.call_denoiser(self.unet, x_model, t, embeds, kwargs).float()
         if self.use_uncond:
             parts = out.chunk(copies)
             uncond = parts[0]

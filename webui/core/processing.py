@@ -298,7 +298,7 @@ class Engine:
                 if isinstance(replacement, torch.Tensor) and replacement.shape == first_noise.shape:
                     first_noise = replacement
         extra = model.architecture.adapter.extra_conditioning(width, height)
-        denoiser = p.plan.prompts.make_denoiser(len(batch.seeds), *extra)
+        denoiser = p.plan.prompts.denoiser(len(batch.seeds), *extra)
         denoiser.set_hooks(self.hooks)
         denoiser.set_controls(p.plan.controls)
         sampling = Sampling(batch, rng, first_noise, denoiser, previous)

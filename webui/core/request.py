@@ -40,8 +40,10 @@ class ValidationError(ValueError):
         super().__init__("; ".join(str(e) for e in errors))
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationRequest:
+    """One generation, as every way in asks for it; frozen: a change is `dataclasses.replace(request, ...)`."""
+
     prompt: str = ""
     negative_prompt: str = ""
     steps: int = 20

@@ -11,7 +11,7 @@ configs in `webui/model_manager/configs/<name>/` and its tests.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -84,6 +84,34 @@ class Family:
     def denoiser_kwargs(self, pooled: torch.Tensor | None, extra: torch.Tensor | None) -> dict[str, Any]:
         """Keyword arguments of the denoiser call built from pooled text and extra conditioning."""
         return {}
+
+    # ---- the denoiser and the modules a checkpoint is made of ------------------------------
+
+    # the component that predicts (its diffusers folder name); "transformer" for DiT families
+    denoiser_component: ClassVar[str] = "unet"
+
+    def components(self) -> tuple[str, ...]:
+        """Every module a checkpoint of this family is built from, in load order."""
+        return (self.denoiser_component, "vae", *self.text_encoders)
+
+    def module_factory(self, component: str, config: dict[str, Any]) -> Callable[[], torch.nn.Module]:
+        """A constructor for one component from its diffusers/transformers config (called on the meta device)."""
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+        if component == "unet":
+            return lambda: UNet2DConditionModel.from_config(config)
+        if component == "vae":
+            return lambda: AutoencoderKL.from_config(config)
+        clean = {k: v for k, v in config.items() if not k.startswith("_")}
+        projection = (clean.get("architectures") or ["CLIPTextModel"])[0] == "CLIPTextModelWithProjection"
+        cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+        return lambda: cls(CLIPTextConfig(**clean))
+
+    def call_denoiser(self, module: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                      kwargs: dict[str, Any]) -> torch.Tensor:
+        """One prediction (noise or velocity) for a batch: the family's call convention."""
+        return module(x, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"

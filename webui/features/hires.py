@@ -146,7 +146,7 @@ class HiresFix(Feature):
             # same texts and steps: the same conditioning serves, but the pass gets its own plan to add to
             sampler, schedule = samplers.resolve(second.sampler_name, second.scheduler)
             plan = replace(first.plan, sampler=sampler, schedule=schedule, controls=None, vae=None,
-                           prompts=replace(first.plan.prompts, extra_patches=[]))
+                           prompts=replace(first.plan.prompts, extra_patches=[], denoiser_edits=[]))
         else:
             plan = run.plan_for(second)
         run.passes.append(Pass("hires", second, plan, size, steps, strength=request.denoising_strength,

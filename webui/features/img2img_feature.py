@@ -92,7 +92,8 @@ class Img2Img(Feature):
             elif request.inpainting_fill == LATENT_NOTHING:
                 init = init * (1 - change)
             # the unmasked area follows the original: binary, or soft inpainting's per-pixel weights
-            sampling.denoiser = soft_inpaint.wrap_denoiser(request, sampling.denoiser, init, change, masks)
+            soft = run.args.get(soft_inpaint.SoftInpainting.name)
+            sampling.denoiser = soft_inpaint.wrap_denoiser(soft, sampling.denoiser, init, change, masks)
             sampling.inpaint_inputs = ([item.target for item in prepared], masks)
         if request.denoising_strength == 0:  # nothing to change: the encoded image as it is
             sampling.result = init
@@ -104,7 +105,8 @@ class Img2Img(Feature):
         prepared = batch.items.get(self.name)
         if not prepared:
             return images
-        return soft_inpaint.finish_images(run.model, run.request, images, prepared, latents)
+        soft = run.args.get(soft_inpaint.SoftInpainting.name)
+        return soft_inpaint.finish_images(run.model, soft, images, prepared, latents)
 
     def infotext(self, run: Run) -> dict[str, Any]:
         return img2img_params(run.request) if run.request.mode == "img2img" else {}

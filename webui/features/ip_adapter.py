@@ -17,6 +17,7 @@ Unit weight scales the image attention; outside the unit's start/end steps it is
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,6 +292,21 @@ def embed(encoder, adapter: AdapterFile, images: list[Image.Image]) -> tuple[tor
     return positive[:, None], negative[:, None]
 
 
+class _EmptyFp32Notice(logging.Filter):
+    """diffusers' `ModelMixin.to()` warns that modules "should be kept in float32: []" even when that
+    list is empty, once per batch here; only that meaningless message is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+def _quiet_empty_fp32_notice() -> None:
+    """Attach the filter to that one diffusers logger (idempotent); its verbosity is left as it is."""
+    target = logging.getLogger("diffusers.models.modeling_utils")
+    if not any(isinstance(f, _EmptyFp32Notice) for f in target.filters):
+        target.addFilter(_EmptyFp32Notice())
+
+
 class IPAdapterPatch:
     """Installs IP-Adapter attention processors on the UNet for one request and removes them after."""
 
@@ -306,14 +322,8 @@ class IPAdapterPatch:
         self._original = dict(self.unet.attn_processors)
         self._original_proj = self.unet.encoder_hid_proj
         self._original_type = self.unet.config.encoder_hid_dim_type
-        from diffusers.utils import logging as diffusers_logging
-
-        level = diffusers_logging.get_verbosity()
-        diffusers_logging.set_verbosity_error()  # its "kept in float32" notice would print every batch
-        try:
-            self.unet._load_ip_adapter_weights([a.adapter.state for a in self.applications], low_cpu_mem_usage=False)
-        finally:
-            diffusers_logging.set_verbosity(level)
+        _quiet_empty_fp32_notice()
+        self.unet._load_ip_adapter_weights([a.adapter.state for a in self.applications], low_cpu_mem_usage=False)
         self._processors = [p for p in self.unet.attn_processors.values() if isinstance(getattr(p, "scale", None), list)]
         for index, app in enumerate(self.applications):
             if app.clip_positive is not None:

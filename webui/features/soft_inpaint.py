@@ -248,10 +248,9 @@ def latent_soft_masks(masks: list[Image.Image], latent_size: tuple[int, int]) ->
     return torch.from_numpy(np.stack(arrays))[:, None]
 
 
-def wrap_denoiser(request: Any, denoiser: SigmaSpace, init: torch.Tensor, change: torch.Tensor,
-                  masks: list[Image.Image]) -> MaskedDenoiser:
-    """The inpainting denoiser for this request: soft when soft inpainting is on, else the binary one."""
-    settings = SoftInpaintSettings.from_request(request)
+def wrap_denoiser(settings: "SoftInpaintSettings | None", denoiser: SigmaSpace, init: torch.Tensor,
+                  change: torch.Tensor, masks: list[Image.Image]) -> MaskedDenoiser:
+    """The inpainting denoiser: soft with the request's settings when soft inpainting is on, else the binary one."""
     if settings is None:
         return MaskedDenoiser(denoiser, init, change)
     soft = latent_soft_masks(masks, (init.shape[-1], init.shape[-2])).to(init.device, init.dtype)
@@ -311,10 +310,10 @@ def soft_finish(result: Image.Image, prepared: PreparedImage, final: torch.Tenso
     return finish_image(result, prepared, alpha=composite_alpha(mask, difference, settings))
 
 
-def finish_images(model: Any, request: Any, images: list[Image.Image], prepared: list[PreparedImage],
+def finish_images(model: Any, settings: "SoftInpaintSettings | None", images: list[Image.Image],
+                  prepared: list[PreparedImage],
                   latents: torch.Tensor) -> list[Image.Image]:
     """Put a batch's images back into their originals: the soft composite when it is on, else the mask's."""
-    settings = SoftInpaintSettings.from_request(request)
     if settings is None or any(p.overlay_mask is None for p in prepared):
         return [finish_image(image, p) for image, p in zip(images, prepared)]
     originals: dict[int, torch.Tensor] = {}  # the same input repeated in a batch is encoded once
@@ -336,9 +335,12 @@ class SoftInpainting(Feature):
 
     name = "soft_inpainting"
 
-    def validate(self, request: Any) -> Iterator[FieldError]:
-        if request.mode == "img2img":
-            yield from (FieldError(name, message) for name, message in field_problems(request))
+    def parse(self, request: Any) -> tuple[SoftInpaintSettings | None, list[FieldError]]:
+        """The settings when soft inpainting is on and there is a mask to soften (else None), parsed once."""
+        if request.mode != "img2img":
+            return None, []
+        errors = [FieldError(name, message) for name, message in field_problems(request)]
+        return (None if errors else SoftInpaintSettings.from_request(request)), errors
 
     def infotext(self, run: Run) -> dict[str, Any]:
-        return infotext_params(run.request) if run.request.mode == "img2img" else {}
+        return infotext_params(run.request) if run.args.get(self.name) is not None else {}

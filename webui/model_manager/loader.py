@@ -19,7 +19,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors import safe_open
 from safetensors.torch import load_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from .. import families
 from ..devices import DeviceConfig
@@ -146,19 +146,9 @@ def read_diffusers_folder(folder: Path, allow_pickle: bool) -> tuple[ModelConfig
 # ---- building modules -----------------------------------------------------------------------
 
 
-def _text_encoder_class(config: dict[str, Any]) -> type[torch.nn.Module]:
-    arch = (config.get("architectures") or ["CLIPTextModel"])[0]
-    return CLIPTextModelWithProjection if arch == "CLIPTextModelWithProjection" else CLIPTextModel
-
-
-def _factory(name: str, config: dict[str, Any]) -> Callable[[], torch.nn.Module]:
-    if name == "unet":
-        return lambda: UNet2DConditionModel.from_config(config)
-    if name == "vae":
-        return lambda: AutoencoderKL.from_config(config)
-    clean = {k: v for k, v in config.items() if not k.startswith("_")}
-    cls = _text_encoder_class(clean)
-    return lambda: cls(CLIPTextConfig(**clean))
+def _factory(name: str, config: dict[str, Any], family: str = "sd1") -> Callable[[], torch.nn.Module]:
+    """The family adapter says which class builds each component (families/base.Family.module_factory)."""
+    return families.get(family).module_factory(name, config)
 
 
 def _uses_bare_text_keys(model: torch.nn.Module) -> bool:
@@ -189,11 +179,11 @@ def _restore_meta_buffers(model: torch.nn.Module, name: str) -> None:
 
 
 def build_module(name: str, config: dict[str, Any], tensors: StateDict, device: torch.device,
-                 dtype: torch.dtype) -> torch.nn.Module:
+                 dtype: torch.dtype, family: str = "sd1") -> torch.nn.Module:
     """Instantiate on the meta device and assign the file's tensors: fast, and one copy in memory."""
     try:
         with torch.device("meta"):
-            model = _factory(name, config)()
+            model = _factory(name, config, family)()
     except (TypeError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"{name}: its config cannot build a model ({exc})") from exc
     expected = model.state_dict()
@@ -272,12 +262,12 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bo
 
     arch = configs.architecture
     modules: dict[str, torch.nn.Module] = {}
-    for name in ("unet", "vae", *arch.text_encoders):
+    for name in arch.adapter.components():
         if name not in weights:
             raise ModelLoadError(f"{info.name}: the file has no {name.replace('_', ' ')}")
         say(f"building {name}")
         dtype = device.vae_dtype if name == "vae" else device.dtype
-        modules[name] = build_module(name, configs[name], weights.pop(name), device.device, dtype)
+        modules[name] = build_module(name, configs[name], weights.pop(name), device.device, dtype, arch.family)
 
     if uncertain and probe_v_prediction(modules["unet"]):
         arch = Architecture(arch.family, "v_prediction", arch.inpainting)

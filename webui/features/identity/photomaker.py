@@ -278,17 +278,12 @@ def prepare_photomaker(args: IdentityArgs, request, plan, path: Path, analyzer, 
     start = int(round(args.style_strength / 100 * request.steps))
     schedule = ([(start - 1, plain)] if start > 0 else []) + [(10 ** 9, identity)]
     conditioning = StepConditioning([(schedule, 1.0)])
-    original = plan.prompts.make_denoiser
 
-    def make_denoiser(batch, ids, uncond_ids):
-        denoiser = original(batch, ids, uncond_ids)
+    def use_identity(denoiser) -> None:
         for inner in denoiser.inner_denoisers():
-            inner.cond = conditioning
-            inner.use_uncond = inner.cfg_scale != 1.0
-            inner._batches.clear()
-        return denoiser
+            inner.set_conditioning(conditioning)
 
-    plan.prompts.make_denoiser = make_denoiser
+    plan.prompts.denoiser_edits.append(use_identity)  # every denoiser this pass makes
     plan.prompts.extra_patches.append(LoraSpec(lora, 0.0, args.lora_weight))  # applied while the pass samples
     report = LoraPatcher.of(model).set(plan.prompts.weight_patches())
     if report.unmatched and not report.cached and args.lora_weight:
