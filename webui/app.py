@@ -42,6 +42,7 @@ from .model_manager.architecture import Architecture
 from .model_manager.downloads import DONE, DownloadManager
 from .model_manager.library import ModelLibrary
 from .model_manager.manager import ModelManager
+from .model_manager.store import ModelStore, automatic_device_budget, automatic_ram_budget, setting_budget
 from .model_manager.vae import VaeLibrary
 from .paths import PROJECT_ROOT, Paths
 from .settings import SettingsStore
@@ -104,7 +105,12 @@ class Easel:
     def submit(self, request: GenerationRequest, owner: str | None = None, job_id: str | None = None) -> Job:
         """Validate now (so bad input fails at once, naming the field), then queue (txt2img or img2img)."""
         prepared = self.engine.prepare(request)
-        return self.queue.submit(lambda job: self.engine.generate(prepared, job), owner=owner,
+
+        def run(job: Job) -> Result:
+            with self.models.store.in_use():  # what this job loads stays loaded until it ends
+                return self.engine.generate(prepared, job)
+
+        return self.queue.submit(run, owner=owner,
                                  kind=request.mode, description=request.prompt[:80], job_id=job_id)
 
     submit_txt2img = submit
@@ -114,7 +120,12 @@ class Easel:
         from .features.batch import run_folder_batch
 
         limit = max_megapixels(self.settings)
-        return self.queue.submit(lambda job: run_folder_batch(self.engine, batch, job, limit), owner=owner,
+
+        def run(job: Job):
+            with self.models.store.in_use():
+                return run_folder_batch(self.engine, batch, job, limit)
+
+        return self.queue.submit(run, owner=owner,
                                  kind="img2img-batch", description=f"batch {batch.input_dir.name}")
 
     def generate(self, request: GenerationRequest) -> Result:
@@ -180,27 +191,30 @@ def build(options: AppOptions) -> Easel:
     device = device_config(options.device, options.precision, options.no_half_vae)
     if options.demo_model:
         write_demo_model(paths)
-    models = ModelManager(paths, settings, device, allow_pickle=options.allow_pickle)
+    # one record of every loaded model, under one RAM and one device-memory budget
+    store = ModelStore(setting_budget(settings, "model_cache_ram_gb", automatic_ram_budget),
+                       setting_budget(settings, "model_cache_vram_gb", lambda: automatic_device_budget(device.device)))
+    models = ModelManager(paths, settings, device, allow_pickle=options.allow_pickle, store=store)
     models.refresh()
     queue = JobQueue(max_size=lambda: settings.get("queue_size_limit"))
     loras = LoraLibrary(paths.lora_folders(), models.hashes, allow_pickle=options.allow_pickle)
     embeddings = EmbeddingLibrary(paths.embedding_folders(), models.hashes, allow_pickle=options.allow_pickle)
     upscalers = Upscalers(lambda: {kind: [paths.model_dir(kind)] for kind in UPSCALER_KINDS}, device.device,
-                          device.dtype, allow_pickle=options.allow_pickle, settings=settings)
+                          device.dtype, allow_pickle=options.allow_pickle, settings=settings, store=store)
     faces = FaceRestorers(lambda: {kind: [paths.model_dir(kind)] for kind in RESTORERS.values()}, device.device,
-                          device.dtype, allow_pickle=options.allow_pickle)
+                          device.dtype, allow_pickle=options.allow_pickle, store=store)
     hooks = HookRunner()
     extensions = ExtensionManager(paths.extensions_dir, settings, hooks, paths.cache_dir,
                                   allow_install=options.allow_extension_install,
                                   safe_mode=options.disable_extensions)
     extensions.load_all()
-    controlnets = ControlNetLibrary([paths.model_dir("controlnet")], allow_pickle=options.allow_pickle)
+    controlnets = ControlNetLibrary([paths.model_dir("controlnet")], allow_pickle=options.allow_pickle, store=store)
     ip_adapters = IPAdapterLibrary([paths.model_dir("ipadapter")],
                                    [paths.model_dir("ipadapter"), paths.model_dir("clip_vision")],
-                                   allow_pickle=options.allow_pickle)
+                                   allow_pickle=options.allow_pickle, store=store)
     identity = IdentityService(IdentityFolders(paths.model_dir("photomaker"), paths.model_dir("instantid"),
                                                paths.model_dir("insightface")),
-                               lambda: settings.get("identity_insightface_pack") or "antelopev2")
+                               lambda: settings.get("identity_insightface_pack") or "antelopev2", store=store)
     ip_adapters.faces = identity.analyzer  # FaceID units share the Identity tab's insightface models
     vaes = VaeLibrary([paths.model_dir("vae")], paths.checkpoint_dirs(), models.hashes,
                       paths.cache_dir / "vae_preferences.json", allow_pickle=options.allow_pickle)

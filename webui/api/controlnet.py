@@ -107,7 +107,8 @@ def controlnet_router(ctx: ApiContext) -> APIRouter:
                     raise Interrupted()
                 job.report(step=index, total=len(images), text=f"{body.controlnet_module}: image {index + 1}")
                 detected = run_preprocessor(body.controlnet_module, np.asarray(image.convert("RGB")),
-                                            body.controlnet_processor_res, a, b, easel.annotators_dir)
+                                            body.controlnet_processor_res, a, b, easel.annotators_dir,
+                                            easel.models.store)
                 results.append(_b64_png(detected))
             return results
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -32,6 +31,7 @@ from safetensors.torch import load_file
 from ..model_manager.hashing import legacy_short_hash
 from ..model_manager.lookup import ModelNotFound, match, path_names
 from ..model_manager.safe_unpickle import PICKLE_SUFFIXES
+from ..model_manager.store import ModelStore
 from ..model_manager.weight_groups import read_weight_groups
 from ..paths import model_files
 from .ip_adapter_faceid import (aligned_crop, configure_projection, face_embedding, faceid_variant,
@@ -175,14 +175,14 @@ def clip_pixels(image: Image.Image, size: int) -> torch.Tensor:
 
 class IPAdapterLibrary:
     def __init__(self, adapter_folders: list[Path], encoder_folders: list[Path], allow_pickle: bool = False,
-                 faces: Callable[[], Any] | None = None):
+                 faces: Callable[[], Any] | None = None, store: ModelStore | None = None):
         self.adapter_folders = adapter_folders
         self.encoder_folders = encoder_folders
         self.allow_pickle = allow_pickle
         # the app's FaceAnalyzer (shared with the Identity tab) for FaceID adapters; set by the app
         self.faces = faces
-        self._encoders: dict[tuple, Any] = {}
-        self._lock = threading.Lock()
+        # loaded vision encoders live in the app's model store (kind "clip_vision"), under its budget
+        self.store = store if store is not None else ModelStore()
 
     def _candidates(self) -> list[Path]:
         return model_files(self.adapter_folders, (".safetensors",) + PICKLE_SUFFIXES)
@@ -245,10 +245,7 @@ class IPAdapterLibrary:
                     else config.get("projection_dim") == adapter.embedding_width)
             if fits:
                 key = (str(path), str(device), str(dtype))
-                with self._lock:
-                    if key not in self._encoders:
-                        self._encoders[key] = load_image_encoder(path, device, dtype)
-                    return self._encoders[key]
+                return self.store.get("clip_vision", key, lambda: load_image_encoder(path, device, dtype))
         raise IPAdapterError(
             f"IP-Adapter {adapter.name} needs a CLIP vision encoder with {adapter.embedding_width}-wide output in "
             f"{' or '.join(map(str, self.encoder_folders))} (for SD 1.x adapters: the ViT-H/14 image encoder)")

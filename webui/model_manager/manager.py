@@ -1,7 +1,8 @@
 """The one model manager every tab, the API and the CLI share.
 
-It owns the checkpoint registry and a small cache of loaded checkpoints (the setting
-`sd_checkpoints_limit`, default 1). The active model lives on the compute device; other
+It owns the checkpoint registry and the model store (`store.py`), which holds loaded models
+of every kind under one RAM and one device-memory budget; checkpoints also keep the count
+limit `sd_checkpoints_limit` (default 1). The active model lives on the compute device; other
 cached ones wait in system memory. Loading happens on the job queue's worker, so a
 switch never races a generation.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -20,11 +20,13 @@ from ..paths import Paths
 from ..settings import SettingsStore
 from .hashing import HashCache
 from .registry import CheckpointInfo, CheckpointRegistry, ModelNotFoundError
+from .store import ModelStore, Sizes, measure
 
 if TYPE_CHECKING:
     from .loader import LoadedModel, Progress
 
 log = logging.getLogger(__name__)
+KIND = "checkpoint"
 
 
 class NoCheckpointError(LookupError):
@@ -39,14 +41,18 @@ class NoCheckpointError(LookupError):
 
 
 class ModelManager:
-    def __init__(self, paths: Paths, settings: SettingsStore, device: DeviceConfig, allow_pickle: bool = False):
+    def __init__(self, paths: Paths, settings: SettingsStore, device: DeviceConfig, allow_pickle: bool = False,
+                 store: ModelStore | None = None):
         self.paths = paths
         self.settings = settings
         self.device = device
         self.allow_pickle = allow_pickle
         self.hashes = HashCache(paths.cache_dir / "hashes.json")
         self.registry = CheckpointRegistry(paths.checkpoint_dirs(), self.hashes)
-        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        # every loaded model of every kind; checkpoints also keep the count limit sd_checkpoints_limit
+        self.store = store if store is not None else ModelStore()
+        self.store.set_limit(KIND, self._limit)
+        self._current: str | None = None  # the active checkpoint's name, pinned in the store
         self._lock = threading.RLock()
         self.listeners: list[Callable[[LoadedModel], None]] = []
 
@@ -83,72 +89,92 @@ class ModelManager:
 
     @property
     def current(self) -> LoadedModel | None:
+        """The active checkpoint (on the compute device); None before the first load."""
         with self._lock:
-            return next(reversed(self._loaded.values()), None)
+            return self.store.peek(KIND, self._current) if self._current is not None else None
 
     def loaded_names(self) -> list[str]:
-        with self._lock:
-            return list(self._loaded)
+        """Loaded checkpoints, least recently used first."""
+        return [str(key) for key in self.store.keys(KIND)]
 
     def get(self, query: str | None = None, progress: Progress | None = None) -> LoadedModel:
         """The loaded model for `query`, loading it (and evicting the oldest) when needed."""
         info = self.resolve(query)
-        with self._lock:
-            model = self._loaded.get(info.name)
-            if model is not None and model.info.mtime == info.mtime:
-                self._activate(info.name)
-                return model
-            if model is not None:  # the file changed on disk: reload
-                self._unload(info.name)
-            self._make_room(self._limit() - 1)
+        loaded: list[LoadedModel] = []
+
+        def load() -> LoadedModel:
             from .loader import load_checkpoint  # heavy (diffusers, transformers): imported on first load
 
             model = load_checkpoint(info, self.device, self.allow_pickle, progress)
             if progress:
                 progress("hashing")
             model.sha256 = self.hashes.sha256(info.hash_source)
-            self._loaded[info.name] = model
+            loaded.append(model)
+            return model
+
+        with self._lock:
+            model = self.store.peek(KIND, info.name)
+            if model is not None and model.info.mtime != info.mtime:  # the file changed on disk: reload
+                self.store.evict(KIND, info.name)
+                model = None
+            if model is None:
+                self._release_current()  # the count limit may now evict the active one: switching means it is done
+                self.store.make_room(KIND, self._limit() - 1)
+            # not scoped to a job: an X/Y/Z grid switches checkpoints inside one job, and the switch frees the last
+            model = self.store.get(KIND, info.name, load, measure=_measure_checkpoint, on_evict=self._dropped,
+                                   scoped=False)
             self._activate(info.name)
-        for listener in list(self.listeners):
-            try:
-                listener(model)
-            except Exception:  # a listener must never break loading
-                log.exception("model-loaded listener failed")
+        for new in loaded:
+            for listener in list(self.listeners):
+                try:
+                    listener(new)
+                except Exception:  # a listener must never break loading
+                    log.exception("model-loaded listener failed")
         return model
 
     def unload(self, query: str | None = None) -> None:
         with self._lock:
-            names = [self.registry.find(query).name] if query else list(self._loaded)
+            names = [self.registry.find(query).name] if query else self.loaded_names()
             for name in names:
-                self._unload(name)
+                self.store.evict(KIND, name)
 
     def _limit(self) -> int:
         return max(1, int(self.settings.get("sd_checkpoints_limit") or 1))
 
+    def _release_current(self) -> None:
+        if self._current is not None:
+            name, self._current = self._current, None
+            self.store.unpin(KIND, name)
+
     def _activate(self, name: str) -> None:
-        """Move `name` to the device and to the end of the LRU order; park the others in RAM."""
-        self._loaded.move_to_end(name)
+        """Pin `name` as the active checkpoint and move it to the device; park the others in RAM."""
+        if self._current != name:
+            self._release_current()
+            self.store.pin(KIND, name)
+            self._current = name
         if self.device.device.type == "cpu":
             return
         moved = False
-        for other_name, other in self._loaded.items():
+        for other_name in self.loaded_names():
+            other = self.store.peek(KIND, other_name)
             target = self.device.device if other_name == name else torch.device("cpu")
-            if next(other.unet.parameters()).device.type != target.type:
+            if other is not None and next(other.unet.parameters()).device.type != target.type:
                 other.to(target)
+                self.store.remeasure(KIND, other_name)
                 moved = True
         if moved:  # only then: emptying the allocator cache makes the next run re-allocate everything
             empty_cache(self.device.device)
 
-    def _make_room(self, keep: int) -> None:
-        while len(self._loaded) > max(keep, 0):
-            self._unload(next(iter(self._loaded)))
-
-    def _unload(self, name: str) -> None:
-        model = self._loaded.pop(name, None)
-        if model is None:
-            return
+    def _dropped(self, model: LoadedModel) -> None:
+        """The store evicted a checkpoint: free its tensors even if something still holds the object."""
+        if self._current == model.info.name:
+            self._current = None
         for module in model.modules():
             module.to("meta")
-        del model
         gc.collect()
         empty_cache(self.device.device)
+
+
+def _measure_checkpoint(model: LoadedModel) -> Sizes:
+    """The weights, plus what features attached (e.g. the LoRA patcher's saved originals)."""
+    return measure([*model.modules(), model.patches])

@@ -108,7 +108,7 @@ def build_unit(easel: Easel, controls: GenerationControls, index: int, note: str
                            resize_mode=RESIZE_MODES.index(resize) if resize in RESIZE_MODES else 1,
                            threshold_a=as_float(a) if spec_a else None, threshold_b=as_float(b) if spec_b else None)
         try:
-            detected = detect_map(unit, image, width, height, easel.annotators_dir)
+            detected = detect_map(unit, image, width, height, easel.annotators_dir, easel.models.store)
         except ValueError as exc:  # preprocessor errors say what is missing and where it goes
             return gr.skip(), error_html(str(exc))
         return detected, f"<span>{esc(module)}: {detected.width}×{detected.height}</span>"

@@ -85,12 +85,13 @@ def pixel_perfect_resolution(image: Image.Image, width: int, height: int, resize
     return int(round(scale * min(image.height, image.width)))
 
 
-def detect_map(unit: ControlUnit, image: Image.Image, width: int, height: int, annotators: Path) -> Image.Image:
-    """The unit's preprocessed map at the output size."""
+def detect_map(unit: ControlUnit, image: Image.Image, width: int, height: int, annotators: Path,
+               store=None) -> Image.Image:
+    """The unit's preprocessed map at the output size (annotator models kept in `store`, the model store)."""
     resolution = pixel_perfect_resolution(image, width, height, unit.resize_mode) if unit.pixel_perfect \
         else unit.processor_res
     detected = run_preprocessor(unit.module, np.asarray(image.convert("RGB")), resolution, unit.threshold_a,
-                                unit.threshold_b, annotators)
+                                unit.threshold_b, annotators, store)
     return resize_image(Image.fromarray(detected), width, height, unit.resize_mode)
 
 
@@ -107,7 +108,7 @@ def prepare(units: list[ControlUnit], model, library, annotators: Path, width: i
         if unit.model in ("", "None"):
             raise ControlUnitError(f"ControlNet unit {index}: choose a model")
         info = library.find(unit.model)
-        hint_image = detect_map(unit, image, width, height, annotators)
+        hint_image = detect_map(unit, image, width, height, annotators, getattr(library, "store", None))
         hint = torch.from_numpy(np.asarray(hint_image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
         controlnet = library.load(unit.model, model)
         param = next(controlnet.parameters())

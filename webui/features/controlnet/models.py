@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from ...model_manager.convert import Rule, _apply, _sorted, unet_rules
 from ...model_manager.hashing import legacy_short_hash
 from ...model_manager.lookup import ModelNotFound, match, path_names
 from ...model_manager.safe_unpickle import PICKLE_SUFFIXES, load_pickle_checkpoint
+from ...model_manager.store import ModelStore
 from ...paths import model_files
 from . import t2i_adapter
 from .t2i_adapter import T2IAdapterError, is_t2i_adapter
@@ -217,14 +216,20 @@ def build_controlnet(tensors: dict[str, torch.Tensor], unet_config: dict[str, An
 
 
 class ControlNetLibrary:
-    """ControlNet files under models/ControlNet; loaded models cached by (file, base model)."""
+    """ControlNet files under models/ControlNet; loaded ones live in the model store, keyed by (file, base model).
 
-    def __init__(self, folders: list[Path], allow_pickle: bool = False, cache_size: int = 3):
+    `store`: the app's ModelStore (one budget for every kind); without one the library keeps a
+    private store. `cache_size` stays a count limit for the kind (three at a time on the device).
+    """
+
+    def __init__(self, folders: list[Path], allow_pickle: bool = False, cache_size: int = 3,
+                 store: ModelStore | None = None, kind: str = "controlnet"):
         self.folders = folders
         self.allow_pickle = allow_pickle
         self.cache_size = cache_size
-        self._cache: OrderedDict[tuple, Any] = OrderedDict()
-        self._lock = threading.Lock()
+        self.store = store if store is not None else ModelStore()
+        self.kind = kind
+        self.store.set_limit(kind, lambda: self.cache_size)
 
     def paths(self) -> list[Path]:
         """Every ControlNet file, and every diffusers ControlNet folder at the top of a folder; reads no file."""
@@ -256,22 +261,15 @@ class ControlNetLibrary:
         """The ControlNet for the loaded checkpoint `model`, on its device and dtype."""
         info = self.find(name)
         key = (str(info.path), info.path.stat().st_mtime, model.info.name, str(model.device.device))
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        tensors = read_weights(info.path, self.allow_pickle)
-        if info.kind == "t2i_adapter" or is_t2i_adapter(tensors):  # .pth files are only known once read
-            controlnet = t2i_adapter.build_adapter(tensors, model.device.device, model.device.dtype,
-                                                   _folder_config(info.path))
-        else:
-            controlnet = build_controlnet(tensors, dict(model.configs["unet"]), model.device.device,
-                                          model.device.dtype)
-        with self._lock:
-            self._cache[key] = controlnet
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return controlnet
+
+        def build():
+            tensors = read_weights(info.path, self.allow_pickle)
+            if info.kind == "t2i_adapter" or is_t2i_adapter(tensors):  # .pth files are only known once read
+                return t2i_adapter.build_adapter(tensors, model.device.device, model.device.dtype,
+                                                 _folder_config(info.path))
+            return build_controlnet(tensors, dict(model.configs["unet"]), model.device.device, model.device.dtype)
+
+        return self.store.get(self.kind, key, build)
 
 
 def write_controlnet(path: Path, unet, layout: str = "original", seed: int = 0) -> Path:

@@ -13,12 +13,13 @@ at) plus up to two thresholds, and returns an RGB uint8 map.
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from ...model_manager.store import ModelStore
 
 ANNOTATOR_REPO = "lllyasviel/Annotators"
 
@@ -134,20 +135,9 @@ def lineart_standard(image: np.ndarray, resolution: int, *_: float) -> np.ndarra
 # ---- weight-based, through controlnet-aux --------------------------------------------------------
 
 
-class _AnnotatorCache:
-    def __init__(self) -> None:
-        self._models: dict[tuple, Any] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple, build: Callable[[], Any]) -> Any:
-        with self._lock:
-            if key not in self._models:
-                os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"  # annotator .pth: tensors only
-                self._models[key] = build()
-            return self._models[key]
-
-
-ANNOTATORS = _AnnotatorCache()
+# annotators a caller loads without passing the app's model store (the engine and the API pass theirs)
+ANNOTATORS = ModelStore()
+KIND = "annotator"
 
 
 def _aux(module: str, cls: str, **kwargs: Any) -> Callable[[Path], Any]:
@@ -163,8 +153,12 @@ def _aux(module: str, cls: str, **kwargs: Any) -> Callable[[Path], Any]:
 
 
 def _run_aux(build: Callable[[Path], Any], key: str, **call: Any) -> Callable[..., np.ndarray]:
-    def run(image: np.ndarray, resolution: int, *_: float, folder: Path) -> np.ndarray:
-        detector = ANNOTATORS.get((key, str(folder)), lambda: build(folder))
+    def run(image: np.ndarray, resolution: int, *_: float, folder: Path, store: ModelStore | None = None) -> np.ndarray:
+        def load() -> Any:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"  # annotator .pth: tensors only
+            return build(folder)
+
+        detector = (store if store is not None else ANNOTATORS).get(KIND, (key, str(folder)), load)
         result = detector(image, detect_resolution=resolution, image_resolution=resolution, output_type="np", **call)
         return _rgb(np.asarray(result).astype(np.uint8))
     return run
@@ -230,8 +224,11 @@ def missing_files(preprocessor: Preprocessor, folder: Path) -> list[str]:
 
 
 def run_preprocessor(name: str, image: np.ndarray, resolution: int, threshold_a: float | None,
-                     threshold_b: float | None, annotator_folder: Path) -> np.ndarray:
-    """The map for `image` (RGB uint8); raises PreprocessorError with a readable reason."""
+                     threshold_b: float | None, annotator_folder: Path, store: ModelStore | None = None) -> np.ndarray:
+    """The map for `image` (RGB uint8); raises PreprocessorError with a readable reason.
+
+    Annotator models are kept in `store` (the app's model store, under its budget).
+    """
     preprocessor = PREPROCESSORS.get(name)
     if preprocessor is None:
         raise PreprocessorError(f"unknown preprocessor {name!r}; choose one of: {', '.join(PREPROCESSORS)}")
@@ -243,7 +240,7 @@ def run_preprocessor(name: str, image: np.ndarray, resolution: int, threshold_a:
     args = [a for a in (threshold_a, threshold_b) if a is not None]
     if preprocessor.files:
         try:
-            return preprocessor.run(image, resolution, *args, folder=annotator_folder)
+            return preprocessor.run(image, resolution, *args, folder=annotator_folder, store=store)
         except PreprocessorError:
             raise
         except Exception as exc:  # a broken or mismatched annotator file

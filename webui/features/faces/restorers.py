@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ...model_manager.store import ModelStore
 from ...paths import model_files
 from ..upscalers.catalog import PICKLE_SUFFIXES, SAFE_SUFFIXES
 from ..upscalers.loading import LoadedUpscaler, ModelCache
@@ -68,12 +69,12 @@ class FaceRestorers:
     """Finds the GFPGAN / CodeFormer model files and restores the faces of an image with one."""
 
     def __init__(self, folders: Callable[[], dict[str, list[Path]]], device: torch.device,
-                 dtype: torch.dtype = torch.float32, allow_pickle: bool = False):
+                 dtype: torch.dtype = torch.float32, allow_pickle: bool = False, store: ModelStore | None = None):
         self._folders = folders
         self.device = device
         self.dtype = dtype
         self.allow_pickle = allow_pickle
-        self.cache = ModelCache(1)
+        self.cache = ModelCache(1, store, "face_restorer")
 
     def model_file(self, restorer: str) -> Path | None:
         """The file used for `restorer`: files named after it first, then the highest version by name."""

@@ -27,9 +27,13 @@ from torch import nn
 from ...core.conditioning import CHUNK_TOKENS, Conditioning, PromptEncoder, StepConditioning, tokenize
 from ...core.extra_networks import extract
 from ...model_manager.hashing import legacy_short_hash
+from ...model_manager.store import ModelStore
 from ..ip_adapter import clip_pixels
 from .args import TRIGGER, IdentityArgs
 from .weights import IdentityFileError, read_groups
+
+
+KIND = "photomaker"  # the model store's kind for a loaded encoder + LoRA
 
 
 class PhotoMakerError(ValueError):
@@ -220,24 +224,27 @@ def photomaker_lora(path: Path, tensors: dict[str, torch.Tensor]):
     return LoraFile(f"{path.stem} (LoRA)", path, modules, {}, path.stat().st_mtime)
 
 
-def load_photomaker(path: Path, device, dtype, cache: dict) -> tuple[IDEncoder, Any]:
-    """(ID encoder on the device, the file's LoRA) for a PhotoMaker file, kept in `cache` (the service's):
+def load_photomaker(path: Path, device, dtype, store: ModelStore) -> tuple[IDEncoder, Any]:
+    """(ID encoder on the device, the file's LoRA) for a PhotoMaker file, kept in the model store:
     the file is read once per (path, mtime, device, dtype), not on every generation (published ones are ~1 GB)."""
     key = (str(path), path.stat().st_mtime, str(device), str(dtype))
-    if key not in cache:
-        cache.clear()  # one at a time: they are large
+
+    def load() -> tuple[IDEncoder, Any]:
         state = read_photomaker(path)
-        cache[key] = (IDEncoder(state["id_encoder"]).to(device, dtype), photomaker_lora(path, state["lora_weights"]))
-    return cache[key]
+        return IDEncoder(state["id_encoder"]).to(device, dtype), photomaker_lora(path, state["lora_weights"])
+
+    if store.peek(KIND, key) is None:
+        store.make_room(KIND, 0)  # one at a time: they are large, so the old one goes before the new one loads
+    return store.get(KIND, key, load)
 
 
 def prepare_photomaker(args: IdentityArgs, request, plan, path: Path, analyzer, notes: list[str],
-                       cache: dict) -> dict[str, Any]:
+                       store: ModelStore) -> dict[str, Any]:
     """Fused conditioning from the style-strength step on, and the LoRA merged; returns infotext files."""
     from ..lora import LoraPatcher, LoraSpec
 
     model = plan.model
-    encoder, lora = load_photomaker(path, model.device.device, model.device.dtype, cache)
+    encoder, lora = load_photomaker(path, model.device.device, model.device.dtype, store)
     wanted = 2 if args.method == "PhotoMaker v2" else 1
     if encoder.version != wanted:
         raise PhotoMakerError(f"{path.name} is a PhotoMaker v{encoder.version} file, not v{wanted}")

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from ...model_manager.store import ModelStore
 from ..controlnet.models import ControlNetLibrary
 from .args import IdentityArgs
 from .faces import FaceAnalyzer
@@ -23,14 +24,16 @@ class IdentityError(ValueError):
 
 
 class IdentityService:
-    def __init__(self, folders: IdentityFolders, pack: Callable[[], str]):
+    def __init__(self, folders: IdentityFolders, pack: Callable[[], str], store: ModelStore | None = None):
         self.folders = folders
         self.pack = pack  # the setting identity_insightface_pack, read when needed
         self._analyzers: dict[tuple[str, str], FaceAnalyzer] = {}
         self._lock = threading.Lock()
-        # the IdentityNet is a ControlNet folder in models/instantid; the library's cache keeps it loaded
-        self.identitynets = ControlNetLibrary([folders.instantid])
-        self.photomakers: dict[tuple, Any] = {}  # the loaded PhotoMaker encoder + LoRA (features/identity/photomaker)
+        # the app's model store keeps the IdentityNet (a ControlNet folder in models/instantid) and the
+        # PhotoMaker encoder + LoRA (kind "photomaker", one at a time: they are large)
+        self.store = store if store is not None else ModelStore()
+        self.identitynets = ControlNetLibrary([folders.instantid], store=self.store, kind="identitynet")
+        self.store.set_limit("photomaker", 1)
 
     def analyzer(self) -> FaceAnalyzer:
         key = (str(self.folders.insightface), self.pack())
@@ -62,4 +65,4 @@ class IdentityService:
 
         path: Path = self.folders.photomaker_file(args.method)
         analyzer = self.analyzer() if args.method == "PhotoMaker v2" else None
-        return prepare_photomaker(args, request, plan, path, analyzer, notes, self.photomakers)
+        return prepare_photomaker(args, request, plan, path, analyzer, notes, self.store)

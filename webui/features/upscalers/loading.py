@@ -1,4 +1,4 @@
-"""Model files -> ready-to-run spandrel models, with a small cache.
+"""Model files -> ready-to-run spandrel models, kept in the model store.
 
 Tensors are read by us (safetensors, or pickles through Easel's restricted unpickler when
 --allow-pickle is given), never by spandrel's own file loader, so the pickle policy is the
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 
 from ...model_manager.safe_unpickle import PICKLE_SUFFIXES, load_pickle_data
+from ...model_manager.store import ModelStore
 
 log = logging.getLogger(__name__)
 _registry_lock = threading.Lock()
@@ -136,32 +136,27 @@ def load_model(path: Path, device: torch.device, dtype: torch.dtype, allow_pickl
 
 
 class ModelCache:
-    """Keeps the last few loaded models (least recently used goes first), keyed by file and mtime."""
+    """The last few loaded models of one kind, keyed by file and mtime; they live in the model store.
 
-    def __init__(self, size: int = 2):
+    `store`: the app's ModelStore (one budget for every kind); without one, a private store.
+    `size` is the kind's count limit (least recently used goes first).
+    """
+
+    def __init__(self, size: int = 2, store: ModelStore | None = None, kind: str = "upscaler"):
         self.size = size
-        self._items: OrderedDict[tuple, LoadedUpscaler] = OrderedDict()
-        self._lock = threading.RLock()
+        self.store = store if store is not None else ModelStore()
+        self.kind = kind
+        self.store.set_limit(kind, lambda: self.size)
 
     def get(self, path: Path, device: torch.device, dtype: torch.dtype, allow_pickle: bool) -> LoadedUpscaler:
         stat = path.stat()
         key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(device), dtype)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-            stale = [k for k in self._items if k[0] == key[0]]
-            for k in stale:
-                del self._items[k]
-            model = load_model(path, device, dtype, allow_pickle)
-            self._items[key] = model
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-            return model
+        if self.store.peek(self.kind, key) is None:  # a changed file: its older versions go first
+            self.store.evict_where(self.kind, lambda k: k[0] == key[0])
+        return self.store.get(self.kind, key, lambda: load_model(path, device, dtype, allow_pickle))
 
     def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
+        self.store.evict_where(self.kind)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.store.keys(self.kind))

@@ -23,6 +23,7 @@ from PIL import Image
 
 from ...devices import empty_cache
 from ...model_manager.lookup import ModelNotFound, match, path_names
+from ...model_manager.store import ModelStore
 from .catalog import BUILTIN, LANCZOS, NEAREST, NONE, UpscalerEntry, scan
 from .loading import LoadedUpscaler, ModelCache
 from .tiling import run_tiled, tile_count
@@ -93,7 +94,7 @@ def _to_image(tensor: torch.Tensor) -> Image.Image:
 
 
 class Upscalers:
-    """Lists upscalers and runs them; models load on first use and stay cached (2 by default).
+    """Lists upscalers and runs them; models load on first use and stay in the model store (2 at most).
 
     `folders()` returns kind -> folders (see catalog.UPSCALER_KINDS); it is called on every
     listing, so files dropped into models/ESRGAN show up without a restart.
@@ -101,13 +102,13 @@ class Upscalers:
 
     def __init__(self, folders: Callable[[], dict[str, list[Path]]], device: torch.device,
                  dtype: torch.dtype = torch.float32, allow_pickle: bool = False,
-                 settings=None, cache_size: int = 2):
+                 settings=None, cache_size: int = 2, store: ModelStore | None = None):
         self._folders = folders
         self.device = device
         self.dtype = dtype
         self.allow_pickle = allow_pickle
         self.settings = settings
-        self.cache = ModelCache(cache_size)
+        self.cache = ModelCache(cache_size, store, "upscaler")
 
     # ---- listing ----------------------------------------------------------------------------
 
