@@ -3,6 +3,8 @@
 The engine runs for real on the tiny SDXL model with the tiny insightface pack and InstantID /
 PhotoMaker files (tests/identity_helpers.py); the Gradio handlers are the ones build_ui wires.
 """
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -255,8 +257,7 @@ def test_pnginfo_send_to_identity_restores_and_regenerates_the_same_image(app, u
               if str(key).startswith("identity_") and not _skipped(value)}
     assert (fields["sampler_name"], fields["steps"], fields["width"], fields["cfg_scale"]) == ("Euler", 3, 64, 5)
     fields.update(identity_photo_1=photo, identity_pose=pose, checkpoint="tiny-sdxl")
-    again = identity_request(fields)
-    again.save_images = False
+    again = replace(identity_request(fields), save_images=False)  # requests are frozen
     assert again.alwayson_scripts["identity"]["args"]["guidance_end"] == 0.5
     assert np.array_equal(px(app.txt2img(again)), px(original))
 
