@@ -82,3 +82,37 @@ def test_api_and_ui_offer_model_upscalers_for_hires(server):
     dropdown = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "txt2img_hr_upscaler")
     choices = [c[0] if isinstance(c, (list, tuple)) else c for c in dropdown["props"]["choices"]]
     assert "4x-Tiny" in choices and "2x-TinyCompact" in choices and "Latent" in choices
+
+
+def test_a_request_is_prepared_once_into_typed_frozen_values(app):
+    """Engine.prepare validates and parses every feature's arguments once; the job uses that result."""
+    import dataclasses
+
+    from webui.core.request import GenerationRequest, ValidationError
+    from webui.features.hires import HiresSettings
+
+    request = GenerationRequest(prompt="x", width=64, height=96, enable_hr=True, hr_scale=1.5, hr_upscaler="Lanczos",
+                                hr_prompt="y", denoising_strength=0.4, checkpoint="tiny-sd1")
+    prepared = app.engine.prepare(request)
+    assert prepared.args["hires"] == HiresSettings(size=(96, 144), scale=1.5, resize=(0, 0), upscaler="Lanczos",
+                                                   steps=0, sampler="", scheduler="", prompt="y", negative_prompt="",
+                                                   denoising_strength=0.4)
+    assert prepared.args["img2img"] is None and prepared.args["controlnet"] is None
+    from PIL import Image
+
+    from webui.features.img2img_feature import Img2ImgArgs
+
+    picture = Image.new("RGB", (64, 64), (10, 20, 30))
+    i2i = app.engine.prepare(GenerationRequest(mode="img2img", init_images=[picture], denoising_strength=0.3,
+                                               inpainting_fill=2, outpaint_left=16, checkpoint="tiny-sd1"))
+    args = i2i.args["img2img"]
+    assert isinstance(args, Img2ImgArgs) and args.init_images == (picture,) and args.outpainting
+    assert (args.denoising_strength, args.inpainting_fill, i2i.args["hires"]) == (0.3, 2, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.prompt = "changed"  # a change is dataclasses.replace(request, ...)
+    with pytest.raises(TypeError):
+        prepared.args["hires"] = None  # read-only
+    assert app.engine.prepare(dataclasses.replace(request, enable_hr=False)).args["hires"] is None
+    with pytest.raises(ValidationError) as error:
+        app.engine.prepare(dataclasses.replace(request, hr_prompt=3, hr_scale=9))
+    assert {e.field for e in error.value.errors} == {"hr_prompt", "hr_scale"}

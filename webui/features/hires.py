@@ -8,7 +8,7 @@ and its infotext keys.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
@@ -87,6 +87,22 @@ def upscale_image(image: Image.Image, name: str, size: tuple[int, int],
 # ---- the feature: a second, larger pass ------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class HiresSettings:
+    """Hires fix as the engine uses it, parsed once from AUTOMATIC1111's flat `hr_*` fields."""
+
+    size: tuple[int, int]           # the second pass's (width, height)
+    scale: float                    # hr_scale (used when resize is (0, 0))
+    resize: tuple[int, int]         # (hr_resize_x, hr_resize_y); one 0 keeps the aspect ratio
+    upscaler: str                   # a latent mode, an image upscaler or a model upscaler's name
+    steps: int                      # hr_second_pass_steps; 0: the first pass's steps
+    sampler: str                    # "" = the first pass's sampler
+    scheduler: str                  # "" = the first pass's schedule
+    prompt: str                     # "" = the first pass's prompt
+    negative_prompt: str
+    denoising_strength: float
+
+
 class HiresFix(Feature):
     """txt2img with `enable_hr`: adds the "hires" pass, which starts from the upscaled first pass."""
 
@@ -107,9 +123,22 @@ class HiresFix(Feature):
     def wanted(request: "GenerationRequest") -> bool:
         return request.mode == "txt2img" and request.enable_hr is True
 
-    def validate(self, request: "GenerationRequest") -> Iterator[FieldError]:
+    def parse(self, request: "GenerationRequest") -> tuple[HiresSettings | None, list[FieldError]]:
+        """AUTOMATIC1111's flat hr_* fields, checked and turned into one typed value (None: hires off)."""
         if not self.wanted(request):
-            return
+            return None, []
+        errors = list(self._errors(request))
+        if errors:
+            return None, errors
+        resize = (request.hr_resize_x, request.hr_resize_y)
+        return HiresSettings(size=target_size(request.width, request.height, request.hr_scale, *resize),
+                             scale=request.hr_scale, resize=resize, upscaler=request.hr_upscaler,
+                             steps=request.hr_second_pass_steps, sampler=request.hr_sampler_name,
+                             scheduler=request.hr_scheduler, prompt=request.hr_prompt,
+                             negative_prompt=request.hr_negative_prompt,
+                             denoising_strength=request.denoising_strength), []
+
+    def _errors(self, request: "GenerationRequest") -> Iterator[FieldError]:
         if not is_number(request.denoising_strength) or not 0 <= request.denoising_strength <= 1:
             yield FieldError("denoising_strength", "must be a number from 0 to 1")
         if not is_number(request.hr_scale) or not 1 <= request.hr_scale <= 4:
@@ -120,7 +149,10 @@ class HiresFix(Feature):
         names = self.upscaler_names()
         if request.hr_upscaler not in names:
             yield FieldError("hr_upscaler", f"unknown upscaler {request.hr_upscaler!r}; choose one of: {', '.join(names)}")
-        if request.hr_sampler_name:
+        for name in ("hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt"):
+            if not isinstance(getattr(request, name), str):
+                yield FieldError(name, "must be text")
+        if isinstance(request.hr_sampler_name, str) and request.hr_sampler_name:
             for error in self.catalog.check(request.hr_sampler_name, request.hr_scheduler or "Automatic"):
                 yield FieldError("hr_" + error.field if error.field != "sampler_name" else "hr_sampler_name",
                                  error.message)
@@ -131,17 +163,16 @@ class HiresFix(Feature):
                 yield FieldError("hr_scale", f"the hires size {w}x{h} is larger than {MAX_SIDE} pixels")
 
     def begin(self, run: Run) -> None:
-        request = run.request
-        if not self.wanted(request):
+        hires: HiresSettings | None = run.args.get(self.name)
+        if hires is None:
             return
-        first = run.first
-        size = target_size(request.width, request.height, request.hr_scale, request.hr_resize_x, request.hr_resize_y)
-        steps = request.hr_second_pass_steps or request.steps
-        second = replace(request, steps=steps, width=size[0], height=size[1],
-                         prompt=request.hr_prompt or request.prompt,
-                         negative_prompt=request.hr_negative_prompt or request.negative_prompt,
-                         sampler_name=request.hr_sampler_name or request.sampler_name,
-                         scheduler=request.hr_scheduler or request.scheduler)
+        request, first = run.request, run.first
+        steps = hires.steps or request.steps
+        second = replace(request, steps=steps, width=hires.size[0], height=hires.size[1],
+                         prompt=hires.prompt or request.prompt,
+                         negative_prompt=hires.negative_prompt or request.negative_prompt,
+                         sampler_name=hires.sampler or request.sampler_name,
+                         scheduler=hires.scheduler or request.scheduler)
         if second.prompt == request.prompt and second.negative_prompt == request.negative_prompt and steps == request.steps:
             # same texts and steps: the same conditioning serves, but the pass gets its own plan to add to
             sampler, schedule = samplers.resolve(second.sampler_name, second.scheduler)
@@ -149,40 +180,40 @@ class HiresFix(Feature):
                            prompts=replace(first.plan.prompts, extra_patches=[], denoiser_edits=[]))
         else:
             plan = run.plan_for(second)
-        run.passes.append(Pass("hires", second, plan, size, steps, strength=request.denoising_strength,
+        run.passes.append(Pass("hires", second, plan, hires.size, steps, strength=hires.denoising_strength,
                                exact_steps=True, init=self._upscaled))
 
     def _upscaled(self, run: Run, p: Pass, sampling: Sampling) -> None:
         """The first pass's latents at the hires size: interpolated, or through pixels and an upscaler."""
-        model, request, latents = p.plan.model, run.request, sampling.previous
+        model, upscaler, latents = p.plan.model, run.args[self.name].upscaler, sampling.previous
         run.job.report(text="hires upscale")
-        if request.hr_upscaler in LATENT_MODES:
-            init = upscale_latents(latents, p.size, request.hr_upscaler)
+        if upscaler in LATENT_MODES:
+            init = upscale_latents(latents, p.size, upscaler)
         else:
-            images = [upscale_image(image, request.hr_upscaler, p.size, self.image_upscalers, self.upscalers,
-                                    run.job.check) for image in latents_io.decode(model, latents)]
+            images = [upscale_image(image, upscaler, p.size, self.image_upscalers, self.upscalers, run.job.check)
+                      for image in latents_io.decode(model, latents)]
             init = latents_io.encode(model, images).to(latents.device)
         run.job.check()
         sampling.init = init
 
     def infotext(self, run: Run) -> dict[str, Any]:
-        hires, request = run.pass_named("hires"), run.request
-        if hires is None:
+        hires, settings, request = run.pass_named("hires"), run.args.get(self.name), run.request
+        if hires is None or settings is None:
             return {}
-        params: dict[str, Any] = {"Denoising strength": request.denoising_strength}
-        if request.hr_resize_x or request.hr_resize_y:
-            params["Hires resize"] = f"{hires.size[0]}x{hires.size[1]}"
+        params: dict[str, Any] = {"Denoising strength": settings.denoising_strength}
+        if any(settings.resize):
+            params["Hires resize"] = f"{settings.size[0]}x{settings.size[1]}"
         else:
-            params["Hires upscale"] = request.hr_scale
-        if request.hr_second_pass_steps:
-            params["Hires steps"] = request.hr_second_pass_steps
-        params["Hires upscaler"] = request.hr_upscaler
-        if request.hr_sampler_name and request.hr_sampler_name != request.sampler_name:
+            params["Hires upscale"] = settings.scale
+        if settings.steps:
+            params["Hires steps"] = settings.steps
+        params["Hires upscaler"] = settings.upscaler
+        if settings.sampler and settings.sampler != request.sampler_name:
             params["Hires sampler"] = hires.plan.sampler.name
-        if request.hr_scheduler and request.hr_scheduler != request.scheduler:
+        if settings.scheduler and settings.scheduler != request.scheduler:
             params["Hires schedule type"] = hires.plan.schedule
-        if request.hr_prompt and request.hr_prompt != request.prompt:
-            params["Hires prompt"] = request.hr_prompt
-        if request.hr_negative_prompt and request.hr_negative_prompt != request.negative_prompt:
-            params["Hires negative prompt"] = request.hr_negative_prompt
+        if settings.prompt and settings.prompt != request.prompt:
+            params["Hires prompt"] = settings.prompt
+        if settings.negative_prompt and settings.negative_prompt != request.negative_prompt:
+            params["Hires negative prompt"] = settings.negative_prompt
         return params

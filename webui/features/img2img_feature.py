@@ -28,6 +28,34 @@ if TYPE_CHECKING:
     from ..model_manager.loader import LoadedModel
 
 
+@dataclass(frozen=True)
+class Img2ImgArgs:
+    """img2img / inpaint / outpaint as the engine uses them, parsed once from AUTOMATIC1111's flat fields."""
+
+    init_images: tuple[Image.Image, ...]
+    mask: Image.Image | None
+    denoising_strength: float
+    width: int                      # the generation size (outpainting grows it to the canvas)
+    height: int
+    resize_mode: int                # index into RESIZE_MODES
+    mask_blur: int
+    inpainting_fill: int            # index into MASKED_CONTENT
+    inpaint_full_res: bool          # "Only masked": generate the masked region at full size
+    inpaint_full_res_padding: int
+    inpainting_mask_invert: int
+    outpaint_left: int
+    outpaint_right: int
+    outpaint_up: int
+    outpaint_down: int
+
+    @property
+    def outpainting(self) -> bool:
+        return any((self.outpaint_left, self.outpaint_right, self.outpaint_up, self.outpaint_down))
+
+
+_FIELDS = [name for name in Img2ImgArgs.__dataclass_fields__ if name not in ("init_images",)]
+
+
 @dataclass
 class Img2ImgInputs:
     images: list[PreparedImage]
@@ -37,9 +65,18 @@ class Img2ImgInputs:
 class Img2Img(Feature):
     name = "img2img"
 
-    def validate(self, request: "GenerationRequest") -> Iterator[FieldError]:
+    def parse(self, request: "GenerationRequest") -> tuple[Img2ImgArgs | None, list[FieldError]]:
+        """The init images, mask and settings (None for txt2img); errors name AUTOMATIC1111's fields."""
         if request.mode != "img2img":
-            return
+            return None, []
+        errors = list(self._errors(request))
+        if errors:
+            return None, errors
+        values = {name: getattr(request, name) for name in _FIELDS}
+        values["inpaint_full_res"] = bool(values["inpaint_full_res"])
+        return Img2ImgArgs(init_images=tuple(request.init_images), **values), []
+
+    def _errors(self, request: "GenerationRequest") -> Iterator[FieldError]:
         if not isinstance(request.init_images, list) or not request.init_images:
             yield FieldError("init_images", "img2img needs at least one image")
         elif not all(isinstance(i, Image.Image) for i in request.init_images):
@@ -57,19 +94,19 @@ class Img2Img(Feature):
             yield from int_in(request, f"outpaint_{side}", 0, 2048)
 
     def begin(self, run: Run) -> None:
-        request = run.request
-        if request.mode != "img2img":
+        args: Img2ImgArgs | None = run.args.get(self.name)
+        if args is None:
             return
         prepared, sizes = [], set()
-        for image in request.init_images:
-            item, size = prepare_image(request, image, request.mask)
+        for image in args.init_images:
+            item, size = prepare_image(args, image, args.mask)
             prepared.append(item)
             sizes.add(size)
         if len(sizes) > 1:
             raise ValidationError([FieldError("init_images", "outpainting images of different sizes in one request")])
         inputs = run.state[self.name] = Img2ImgInputs(prepared, sizes.pop())
         first = run.first
-        first.size, first.strength, first.init = inputs.size, request.denoising_strength, self._init
+        first.size, first.strength, first.init = inputs.size, args.denoising_strength, self._init
         first.source_image = inputs.images[0].target  # a ControlNet unit without an image of its own uses it
 
     def prepare_batch(self, run: Run, batch: Batch) -> None:
@@ -79,7 +116,7 @@ class Img2Img(Feature):
             batch.items[self.name] = [images[(batch.first + i) % len(images)] for i in range(len(batch.seeds))]
 
     def _init(self, run: Run, p: Pass, sampling: Sampling) -> None:
-        request, model = run.request, p.plan.model
+        args, model = run.args[self.name], p.plan.model
         prepared: list[PreparedImage] = sampling.batch.items[self.name]
         init = _encode_targets(model, prepared, p.size)
         masks = [item.mask for item in prepared]
@@ -87,15 +124,15 @@ class Img2Img(Feature):
             latent_size = (init.shape[-1], init.shape[-2])
             change = torch.stack([torch.from_numpy(latent_mask(m, latent_size)) for m in masks])[:, None]
             change = change.to(init.device, init.dtype)
-            if request.inpainting_fill == LATENT_NOISE:
+            if args.inpainting_fill == LATENT_NOISE:
                 init = init * (1 - change) + sampling.first_noise * change
-            elif request.inpainting_fill == LATENT_NOTHING:
+            elif args.inpainting_fill == LATENT_NOTHING:
                 init = init * (1 - change)
             # the unmasked area follows the original: binary, or soft inpainting's per-pixel weights
             soft = run.args.get(soft_inpaint.SoftInpainting.name)
             sampling.denoiser = soft_inpaint.wrap_denoiser(soft, sampling.denoiser, init, change, masks)
             sampling.inpaint_inputs = ([item.target for item in prepared], masks)
-        if request.denoising_strength == 0:  # nothing to change: the encoded image as it is
+        if args.denoising_strength == 0:  # nothing to change: the encoded image as it is
             sampling.result = init
             return
         sampling.init = init
@@ -109,7 +146,8 @@ class Img2Img(Feature):
         return soft_inpaint.finish_images(run.model, soft, images, prepared, latents)
 
     def infotext(self, run: Run) -> dict[str, Any]:
-        return img2img_params(run.request) if run.request.mode == "img2img" else {}
+        args = run.args.get(self.name)
+        return img2img_params(args) if args is not None else {}
 
 
 def _encode_targets(model: "LoadedModel", prepared: list[PreparedImage], size: tuple[int, int]) -> torch.Tensor:
@@ -119,7 +157,7 @@ def _encode_targets(model: "LoadedModel", prepared: list[PreparedImage], size: t
     return latents.to(model.device.device)
 
 
-def img2img_params(request: "GenerationRequest") -> dict[str, Any]:
+def img2img_params(request: "Img2ImgArgs | GenerationRequest") -> dict[str, Any]:
     """The img2img keys AUTOMATIC1111 writes (plus outpainting's)."""
     params: dict[str, Any] = {"Denoising strength": request.denoising_strength}
     if request.mask is not None or any((request.outpaint_left, request.outpaint_right, request.outpaint_up,
