@@ -115,9 +115,8 @@ class Engine:
     def _check_script_args(self, request: GenerationRequest) -> None:
         """A selected or always-on script's arguments, checked at submit so the UI and CLI fail before queueing."""
         checks = [(request.script_name, request.script_args, "script_args")] if request.script_name else []
-        if isinstance(request.alwayson_scripts, dict):
-            checks += [(name, entry.get("args") if isinstance(entry, dict) else entry, f"alwayson_scripts.{name}")
-                       for name, entry in request.alwayson_scripts.items() if name in self.scripts]
+        checks += [(name, entry.get("args") if isinstance(entry, dict) else entry, f"alwayson_scripts.{name}")
+                   for name, entry in request.alwayson().items() if name in self.scripts]
         errors = []
         for name, values, field_name in checks:
             try:

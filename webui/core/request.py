@@ -125,6 +125,10 @@ class GenerationRequest:
     # free-form values extensions attach, keyed by extension name
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def alwayson(self) -> dict[str, Any]:
+        """`alwayson_scripts`, or {} when it is not an object (validation reports that on its own field)."""
+        return self.alwayson_scripts if isinstance(self.alwayson_scripts, dict) else {}
+
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]

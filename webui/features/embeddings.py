@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from ..core.embedding_index import EmbeddingIndex, EmbeddingMatch  # noqa: F401 - the encoder's half, re-exported
 from ..model_manager.hashing import HashCache
-from ..model_manager.lookup import ModelNotFound, match, path_names
+from ..model_manager.lookup import ModelNotFound, find_file
 from ..paths import model_files
 from ..model_manager.safe_unpickle import PICKLE_SUFFIXES, load_pickle_data
 
@@ -98,11 +98,7 @@ class EmbeddingLibrary:
 
     def find(self, name: str) -> Path:
         """An embedding file by name (the stem), file name or path under models/embeddings (the `lookup` contract)."""
-        files = self.files()
-        found = match(name, files, lambda p: path_names(p, self.folders))
-        if found is None:
-            raise ModelNotFound("embedding", name.strip(), [p.stem for p in files], " or ".join(map(str, self.folders)))
-        return found
+        return find_file(name, self.files(), self.folders, lambda *found: ModelNotFound("embedding", *found))
 
     def all(self) -> list[Embedding]:
         """Every readable embedding; unreadable files are listed in `errors`, never raised."""

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 from ..model_manager.convert import _apply, _sorted, unet_rules
 from ..model_manager.hashing import HashCache
-from ..model_manager.lookup import ModelNotFound, match, path_names
+from ..model_manager.lookup import ModelNotFound, find_file
 from ..paths import model_files
 from ..model_manager.safe_unpickle import PICKLE_SUFFIXES, load_pickle_checkpoint
 
@@ -295,11 +295,7 @@ class LoraLibrary:
 
     def find(self, name: str) -> Path:
         """A LoRA file by stem, file name or path under models/Lora (the `lookup` contract)."""
-        files = self.files()
-        found = match(name, files, lambda p: path_names(p, self.folders))
-        if found is None:
-            raise LoraNotFound("LoRA", name.strip(), [p.stem for p in files], " or ".join(map(str, self.folders)))
-        return found
+        return find_file(name, self.files(), self.folders, lambda *found: LoraNotFound("LoRA", *found))
 
     def load(self, name: str) -> LoraFile:
         path = self.find(name)

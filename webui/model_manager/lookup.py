@@ -132,3 +132,14 @@ def match(query: str, items: Iterable[T], *tiers: Callable[[T], Iterable[str]]) 
                     if key in ([n.lower() for n in names[level]] if fold else names[level]):
                         return item
     return None
+
+
+def find_file(query: str, files: Sequence[Path], folders: Sequence[Path],
+              not_found: Callable[[str, list[str], str], ModelNotFound],
+              shown: Callable[[Path], str] = lambda path: path.stem) -> Path:
+    """A model file of a folder-listed library by any of its `path_names`; else the library's `not_found`
+    error with the installed files (as `shown`) and the folders to put one in."""
+    found = match(query, files, lambda path: path_names(path, folders))
+    if found is None:
+        raise not_found(query.strip(), [shown(path) for path in files], " or ".join(map(str, folders)))
+    return found

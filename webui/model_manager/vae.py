@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..fileio import atomic_write_text
 from ..paths import model_files
 from .hashing import HashCache, autov2
-from .lookup import ModelNotFound, match, path_names
+from .lookup import ModelNotFound, find_file
 from .safe_unpickle import PICKLE_SUFFIXES
 
 if TYPE_CHECKING:
@@ -100,11 +100,7 @@ class VaeLibrary:
 
     def find(self, query: str) -> Path:
         """A VAE file by file name, stem or path relative to models/VAE (the `lookup` contract)."""
-        files = self.files()
-        found = match(query, files, lambda p: path_names(p, self.folders))
-        if found is None:
-            raise VaeNotFoundError(query.strip(), [p.name for p in files], " or ".join(map(str, self.folders)))
-        return found
+        return find_file(query, self.files(), self.folders, VaeNotFoundError, shown=lambda path: path.name)
 
     def check(self, selection: Any) -> None:
         """Raise VaeNotFoundError unless `selection` is Automatic, None or an installed file."""

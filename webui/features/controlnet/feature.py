@@ -22,10 +22,6 @@ if TYPE_CHECKING:
     from .models import ControlNetLibrary
 
 
-def _alwayson(request: "GenerationRequest") -> dict[str, Any]:
-    return request.alwayson_scripts if isinstance(request.alwayson_scripts, dict) else {}
-
-
 class ControlNet(Feature):
     name = "controlnet"
 
@@ -36,7 +32,7 @@ class ControlNet(Feature):
 
     def parse(self, request: "GenerationRequest") -> tuple[list[ControlUnit] | None, list[FieldError]]:
         """The enabled units (None: no unit on), parsed once per request."""
-        units, errors = parse_units(_alwayson(request))
+        units, errors = parse_units(request.alwayson())
         return (units if any(u.enabled for u in units) else None), errors
 
     def begin(self, run: Run) -> None:

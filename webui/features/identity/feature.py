@@ -18,10 +18,6 @@ if TYPE_CHECKING:
     from .service import IdentityService
 
 
-def _alwayson(request: "GenerationRequest") -> dict[str, Any]:
-    return request.alwayson_scripts if isinstance(request.alwayson_scripts, dict) else {}
-
-
 class Identity(Feature):
     name = "identity"
 
@@ -30,7 +26,7 @@ class Identity(Feature):
 
     def parse(self, request: "GenerationRequest") -> tuple[IdentityArgs | None, list[FieldError]]:
         """The method, photos (decoded once) and strengths; None without an identity unit."""
-        return parse_identity(_alwayson(request))
+        return parse_identity(request.alwayson())
 
     def begin(self, run: Run) -> None:
         args = run.args.get(self.name)
