@@ -327,6 +327,9 @@ def test_pnginfo_send_to_identity_in_a_browser(tmp_path, tiny_ckpt_dir):
     try:
         with open_app(server.url, height=1400) as page:
             for name in ("photomaker", "instantid"):
+                # A fresh page each time: once the PNG Info image holds a picture its upload input may be gone.
+                page.goto(server.url)
+                page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
                 page.get_by_role("tab", name="PNG Info").click()
                 page.locator("#pnginfo_image input[type=file]").set_input_files(str(pictures[name]))
                 prompt = "a man img, portrait" if name == "photomaker" else "a photo of a man, studio light"
