@@ -18,33 +18,32 @@ import torch
 from .conditioning import Conditioning, StepConditioning, pad_to_chunks
 from .hooks import StepContext
 from .samplers import ModelOutput
+from .parameterisation import Parameterisation
 from .schedules import DiscreteSchedule
 
 if TYPE_CHECKING:
     from ..model_manager.loader import LoadedModel
 
 
-def sigma_scale_in(sigma: float) -> float:
-    return 1 / (sigma ** 2 + 1) ** 0.5
-
-
-def denoised_from(x: torch.Tensor, sigma: float, out: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """Clean-latent estimate from the model's prediction (epsilon or v) at sigma."""
-    if prediction_type == "v_prediction":
-        return x / (sigma ** 2 + 1) - out * (sigma * sigma_scale_in(sigma))
-    return x - out * sigma
-
-
 class SigmaSpace(ModelOutput):
     """Shared sigma-space view for anything that can `predict` at a timestep."""
 
     schedule: DiscreteSchedule
-    prediction_type: str
+    parameterisation: Parameterisation   # the family's: what the model's output means
+
+    @property
+    def prediction_type(self) -> str:
+        return self.parameterisation.name
 
     def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         s = float(sigma)
         t = float(self.schedule.sigma_to_t(torch.tensor(s)))
-        return denoised_from(x, s, self.predict(x * sigma_scale_in(s), t), self.prediction_type)
+        return self.parameterisation.denoised(x, s, self.predict(self.parameterisation.model_input(x, s), t))
+
+    def sigma_at(self, t) -> float:
+        """The noise level of a (diffusers) timestep, for the VP-space `predict` paths."""
+        t_value = t.reshape(-1)[:1].float().cpu() if isinstance(t, torch.Tensor) else torch.tensor([float(t)])
+        return float(self.schedule.t_to_sigma(t_value)[0])
 
     def inner_denoisers(self) -> list["CFGDenoiser"]:
         """The CFGDenoisers doing the work (wrappers for masks and LoRA composition hold several)."""
@@ -84,8 +83,8 @@ class CFGDenoiser(SigmaSpace):
         self.cfg_scale = float(cfg_scale)
         self.batch_size = batch_size
         self.family = model.architecture.adapter
-        self.schedule = DiscreteSchedule.from_config(model.scheduler_config, self.family.ays_sigmas)
-        self.prediction_type = model.architecture.prediction_type
+        self.schedule = self.family.noise_schedule(model.scheduler_config)
+        self.parameterisation = self.family.parameterisation(model.architecture.prediction_type)
         single = len(cond.parts) == 1 and cond.parts[0][1] == 1.0
         self.use_uncond = self.cfg_scale != 1.0 or not single
         param = next(self.unet.parameters())
@@ -198,7 +197,7 @@ class MaskedDenoiser(SigmaSpace):
         self.change = change_mask
         self.keep = 1 - change_mask
         self.schedule = inner.schedule
-        self.prediction_type = inner.prediction_type
+        self.parameterisation = inner.parameterisation
 
     @property
     def step(self) -> int:
@@ -216,9 +215,5 @@ class MaskedDenoiser(SigmaSpace):
 
     def predict(self, x_in: torch.Tensor, t) -> torch.Tensor:
         out = self.inner.predict(x_in, t)
-        t_value = t.reshape(-1)[:1].float().cpu() if isinstance(t, torch.Tensor) else torch.tensor([float(t)])
-        sigma = float(self.schedule.t_to_sigma(t_value)[0])
-        alpha, noise_level = sigma_scale_in(sigma), sigma * sigma_scale_in(sigma)  # sqrt(ab), sqrt(1-ab)
-        eps = (x_in - alpha * self.init) / noise_level
-        target = alpha * eps - noise_level * self.init if self.prediction_type == "v_prediction" else eps
+        target = self.parameterisation.output_for_clean(x_in, self.sigma_at(t), self.init)
         return target * self.keep + out * self.change

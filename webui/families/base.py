@@ -15,6 +15,9 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
+from ..core.parameterisation import VP_PARAMETERISATIONS, Parameterisation
+from ..core.schedules import DiscreteSchedule
+
 Shapes = dict[str, tuple[int, ...]]
 
 
@@ -63,6 +66,14 @@ class Family:
     # SDXL-based families share ControlNets, IP-Adapters and LoRA layouts
     sdxl_like: ClassVar[bool] = False
 
+    def noise_schedule(self, scheduler_config: dict[str, Any]) -> DiscreteSchedule:
+        """The trained noise levels the samplers step through (DDPM betas from the scheduler config)."""
+        return DiscreteSchedule.from_config(scheduler_config, self.ays_sigmas)
+
+    def parameterisation(self, prediction_type: str) -> Parameterisation:
+        """What the denoiser's output means (noise or velocity, in VP space)."""
+        return VP_PARAMETERISATIONS[prediction_type]
+
     def default_size(self, prediction_type: str = "epsilon") -> int:
         return self.base_size
 
@@ -107,6 +118,25 @@ class Family:
         projection = (clean.get("architectures") or ["CLIPTextModel"])[0] == "CLIPTextModelWithProjection"
         cls = CLIPTextModelWithProjection if projection else CLIPTextModel
         return lambda: cls(CLIPTextConfig(**clean))
+
+    # where a single file keeps each text encoder: (component, key prefix, layout "hf" | "openclip")
+    single_file_text_encoders: ClassVar[tuple[tuple[str, str, str], ...]] = ()
+
+    def split_single_file(self, tensors: dict[str, torch.Tensor], configs: Any) -> tuple[dict, dict]:
+        """(diffusers component state dicts, leftover tensors) from a single-file checkpoint of this family.
+
+        The base reads the Stable Diffusion (LDM / SGM) layout; a family published in another
+        layout overrides this (and `join_single_file`), e.g. with diffusers' own conversion functions.
+        """
+        from ..model_manager.convert import ldm_to_diffusers
+
+        return ldm_to_diffusers(tensors, configs, self.single_file_text_encoders)
+
+    def join_single_file(self, components: dict[str, dict[str, torch.Tensor]], configs: Any) -> dict:
+        """The single-file layout model sites publish, from diffusers component state dicts."""
+        from ..model_manager.convert import diffusers_to_ldm
+
+        return diffusers_to_ldm(components, configs, self.single_file_text_encoders)
 
     def call_denoiser(self, module: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                       kwargs: dict[str, Any]) -> torch.Tensor:

@@ -23,6 +23,7 @@ def _single_encoder(index: dict[str, Any]) -> bool:
 
 class SD1(Family):
     name = "sd1"
+    single_file_text_encoders = (("text_encoder", "cond_stage_model.transformer.", "hf"),)
     label = "SD 1.x"
     latent = SD_LATENT
     base_size = 512
@@ -37,6 +38,7 @@ class SD1(Family):
 
 class SD2(Family):
     name = "sd2"
+    single_file_text_encoders = (("text_encoder", "cond_stage_model.model.", "openclip"),)
     label = "SD 2.x"
     latent = SD_LATENT
     base_size = 512

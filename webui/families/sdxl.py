@@ -19,6 +19,8 @@ def _has(index: dict[str, Any], name: str) -> bool:
 
 class SDXL(Family):
     name = "sdxl"
+    single_file_text_encoders = (("text_encoder", "conditioner.embedders.0.transformer.", "hf"),
+                                 ("text_encoder_2", "conditioner.embedders.1.model.", "openclip"))
     label = "SDXL"
     text_encoders = ("text_encoder", "text_encoder_2")
     pooled_encoder = "text_encoder_2"
@@ -49,6 +51,7 @@ class SDXL(Family):
 
 class SDXLRefiner(SDXL):
     name = "sdxl-refiner"
+    single_file_text_encoders = (("text_encoder_2", "conditioner.embedders.0.model.", "openclip"),)
     label = "SDXL refiner"
     text_encoders = ("text_encoder_2",)
     marker_keys = ("conditioner.embedders.0.model.ln_final.weight",)

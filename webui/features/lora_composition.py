@@ -22,7 +22,7 @@ class _MultiLora(SigmaSpace):
         self.specs = specs
         self.denoisers = denoisers
         self.schedule = denoisers[0].schedule
-        self.prediction_type = denoisers[0].prediction_type
+        self.parameterisation = denoisers[0].parameterisation
         self._step = 0
 
     @property
