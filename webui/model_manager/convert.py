@@ -21,14 +21,9 @@ StateDict = dict[str, torch.Tensor]
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-# Where each family keeps its text encoders in a single file: (component, prefix, layout).
-TEXT_ENCODER_PREFIXES: dict[str, tuple[tuple[str, str, str], ...]] = {
-    "sd1": (("text_encoder", "cond_stage_model.transformer.", "hf"),),
-    "sd2": (("text_encoder", "cond_stage_model.model.", "openclip"),),
-    "sdxl": (("text_encoder", "conditioner.embedders.0.transformer.", "hf"),
-             ("text_encoder_2", "conditioner.embedders.1.model.", "openclip")),
-    "sdxl-refiner": (("text_encoder_2", "conditioner.embedders.0.model.", "openclip"),),
-}
+# Where a family keeps each text encoder in a single file: (component, prefix, layout "hf" | "openclip");
+# the family adapter declares its own (Family.single_file_text_encoders)
+TextEncoderPrefixes = tuple[tuple[str, str, str], ...]
 
 _UNET_RESNET = {"in_layers.0.": "norm1.", "in_layers.2.": "conv1.", "emb_layers.1.": "time_emb_proj.",
                 "out_layers.0.": "norm2.", "out_layers.3.": "conv2.", "skip_connection.": "conv_shortcut."}
@@ -274,19 +269,29 @@ def split_by_prefix(tensors: StateDict, prefix: str) -> StateDict:
 
 
 def checkpoint_to_diffusers(tensors: StateDict, configs: ModelConfigs) -> tuple[dict[str, StateDict], StateDict]:
-    """Split a single-file checkpoint into diffusers component state dicts.
+    """Split a single-file checkpoint into diffusers component state dicts, as its family's adapter lays it out.
 
     Returns (components, leftovers); leftovers are tensors no component uses (EMA copies,
     noise-schedule buffers, OpenCLIP's logit scale), kept so callers can report them.
     """
-    family = configs.architecture.family
+    return configs.architecture.adapter.split_single_file(tensors, configs)
+
+
+def diffusers_to_checkpoint(components: dict[str, StateDict], configs: ModelConfigs) -> StateDict:
+    """Inverse of checkpoint_to_diffusers: the single-file layout model sites publish."""
+    return configs.architecture.adapter.join_single_file(components, configs)
+
+
+def ldm_to_diffusers(tensors: StateDict, configs: ModelConfigs,
+                     text_encoders: TextEncoderPrefixes) -> tuple[dict[str, StateDict], StateDict]:
+    """The Stable Diffusion (LDM / SGM) single-file layout split into diffusers components."""
     components: dict[str, StateDict] = {}
     used_prefixes = [UNET_PREFIX, VAE_PREFIX]
     components["unet"], rest_unet = unet_to_diffusers(split_by_prefix(tensors, UNET_PREFIX), configs["unet"])
     components["vae"], rest_vae = vae_to_diffusers(split_by_prefix(tensors, VAE_PREFIX), configs["vae"])
     leftovers = {UNET_PREFIX + k: v for k, v in rest_unet.items()}
     leftovers.update({VAE_PREFIX + k: v for k, v in rest_vae.items()})
-    for name, prefix, layout in TEXT_ENCODER_PREFIXES[family]:
+    for name, prefix, layout in text_encoders:
         used_prefixes.append(prefix)
         part = split_by_prefix(tensors, prefix)
         if layout == "hf":
@@ -300,13 +305,13 @@ def checkpoint_to_diffusers(tensors: StateDict, configs: ModelConfigs) -> tuple[
     return components, leftovers
 
 
-def diffusers_to_checkpoint(components: dict[str, StateDict], configs: ModelConfigs) -> StateDict:
-    """Inverse of checkpoint_to_diffusers: the single-file layout model sites publish."""
-    family = configs.architecture.family
+def diffusers_to_ldm(components: dict[str, StateDict], configs: ModelConfigs,
+                     text_encoders: TextEncoderPrefixes) -> StateDict:
+    """Inverse of ldm_to_diffusers."""
     out: StateDict = {}
     out.update({UNET_PREFIX + k: v for k, v in unet_to_original(components["unet"], configs["unet"]).items()})
     out.update({VAE_PREFIX + k: v for k, v in vae_to_original(components["vae"], configs["vae"]).items()})
-    for name, prefix, layout in TEXT_ENCODER_PREFIXES[family]:
+    for name, prefix, layout in text_encoders:
         tensors = components[name]
         if layout == "hf":
             converted = {k: v for k, v in tensors.items() if not k.endswith("position_ids")}
