@@ -216,11 +216,9 @@ CASES: dict[str, Callable[[], GenerationRequest]] = {
     "inpaint-invert-mask": lambda: inpaint(inpainting_mask_invert=1, mask_blur=0),
     "outpaint": lambda: i2i(outpaint_left=32, outpaint_down=16, mask_blur=2, denoising_strength=1.0,
                             inpainting_fill=0),
-    "soft-inpaint": lambda: inpaint(soft_inpainting=True, mask_blur=3, steps=3),
-    "soft-inpaint-custom": lambda: inpaint(soft_inpainting=True, mask_blur=3, steps=3,
-                                           soft_inpainting_schedule_bias=2.0,
-                                           soft_inpainting_preservation_strength=0.8,
-                                           soft_inpainting_mask_influence=0.3),
+    "soft-inpaint": lambda: inpaint(mask_blur=3, steps=3, alwayson_scripts={"soft inpainting": {"args": [True]}}),
+    "soft-inpaint-custom": lambda: inpaint(mask_blur=3, steps=3, alwayson_scripts={"soft inpainting": {"args": {
+        "enabled": True, "schedule_bias": 2.0, "preservation_strength": 0.8, "mask_influence": 0.3}}}),
     # networks
     "lora-single": lambda: txt(prompt="a cat <lora:style_a:0.8>"),
     "lora-te-unet-weights": lambda: txt(prompt="a cat <lora:style_a:0.5:1.2>"),

@@ -41,10 +41,17 @@ def arr(image) -> np.ndarray:
 
 
 def inpaint(**kw) -> GenerationRequest:
+    """An inpainting request; `soft_inpainting` and `soft_inpainting_<arg>` (the Inpaint tab's names) become
+    the "soft inpainting" always-on script's args, the request's only place for them."""
     base = dict(mode="img2img", prompt="a house", steps=3, width=64, height=64, seed=4, sampler_name="Euler",
                 checkpoint="tiny-sd1.safetensors", save_images=False, init_images=[picture()], mask=mask_image(),
                 mask_blur=BLUR, inpainting_fill=1, inpaint_full_res=False, denoising_strength=0.9)
+    soft = {k: kw.pop(k) for k in list(kw) if k.startswith("soft_inpainting")}
     base.update(kw)
+    if soft:
+        args = {"enabled": soft.pop("soft_inpainting", False)}
+        args.update({k.removeprefix("soft_inpainting_"): v for k, v in soft.items()})
+        base["alwayson_scripts"] = {"soft inpainting": {"args": args}}
     return GenerationRequest(**base)
 
 
@@ -181,17 +188,17 @@ def test_validation_names_the_field(easel):
         easel.engine.validate(inpaint(soft_inpainting=True, soft_inpainting_transition_contrast_boost=0.5,
                                       soft_inpainting_mask_influence=float("nan")))
     fields = {e.field for e in info.value.errors}
-    assert fields == {"soft_inpainting_transition_contrast_boost", "soft_inpainting_mask_influence"}
+    assert fields == {"alwayson_scripts.soft inpainting.args.transition_contrast_boost",
+                      "alwayson_scripts.soft inpainting.args.mask_influence"}
     with pytest.raises(ValidationError) as info:
         easel.engine.validate(inpaint(soft_inpainting="yes"))
-    assert info.value.errors[0].field == "soft_inpainting"
+    assert info.value.errors[0].field == "alwayson_scripts.soft inpainting.args.enabled"
 
 
 def test_alwayson_args():
-    assert from_alwayson({"args": [True, 2, 0.5, 4, 0, 0.5, 2]})["soft_inpainting_schedule_bias"] == 2
-    assert from_alwayson({"args": [False]}) == {"soft_inpainting": False}
-    assert from_alwayson({"args": {"enabled": True, "mask_influence": 0.5}}) == \
-        {"soft_inpainting": True, "soft_inpainting_mask_influence": 0.5}
+    assert from_alwayson({"args": [True, 2, 0.5, 4, 0, 0.5, 2]})["schedule_bias"] == 2
+    assert from_alwayson({"args": [False]}) == {"enabled": False}
+    assert from_alwayson({"args": {"enabled": True, "mask_influence": 0.5}}) == {"enabled": True, "mask_influence": 0.5}
     for bad in ({"args": [True] * 9}, {"args": {"strength": 1}}, {"args": "on"}):
         with pytest.raises(ValueError):
             from_alwayson(bad)
@@ -225,7 +232,7 @@ def test_api_alwayson_args_match_the_engine(server, easel):
         api_image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
         bad = client.post("/sdapi/v1/img2img", json={**body, "alwayson_scripts": {
             "soft inpainting": {"args": [True, 99]}}})
-        assert bad.status_code == 422 and "soft_inpainting_schedule_bias" in bad.text
+        assert bad.status_code == 422 and "soft inpainting.args.schedule_bias" in bad.text
     engine = easel.img2img(inpaint(soft_inpainting=True))
     hard = easel.img2img(inpaint())
     assert np.array_equal(arr(api_image), arr(engine.images[0]))

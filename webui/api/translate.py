@@ -217,13 +217,8 @@ def _scripts(body: GenerationFields, scripts: dict[str, Any], mode: str) -> dict
             # a copy: the engine decodes the units' base64 images in place, and the response echoes the body
             out["alwayson_scripts"][lowered] = copy.deepcopy(value)
             continue
-        if lowered == "soft inpainting":  # A1111's positional args -> the soft_inpainting_* request fields
-            from ..features.soft_inpaint import from_alwayson
-
-            try:
-                out.update(from_alwayson(value))
-            except ValueError as exc:
-                raise invalid(field + ".args", str(exc)) from exc
+        if lowered == "soft inpainting":  # the engine's soft inpainting feature parses (and names) its args
+            out["alwayson_scripts"][lowered] = copy.deepcopy(value)
             continue
         script = script_api.find(scripts, key, mode, "alwayson")
         if script is not None:
@@ -288,9 +283,9 @@ def to_generation_request(body: GenerationFields, easel, mode: str = "txt2img") 
     if isinstance(body, Img2ImgRequest):
         values.update(_images(body, bool(easel.settings.get("api_enable_requests")),
                               max_megapixels(easel.settings)))
-    request = GenerationRequest(**values)
     try:
-        easel.engine.validate(request)
+        request = GenerationRequest(**values)  # constructing checks the fields
+        easel.engine.validate(request)  # the engine checks what needs models and scripts
     except ValidationError as exc:
         raise field_errors(exc.errors) from exc
     return request

@@ -106,14 +106,6 @@ class GenerationRequest:
     outpaint_right: int = 0
     outpaint_up: int = 0
     outpaint_down: int = 0
-    # soft inpainting (features/soft_inpaint.py): the blurred mask as per-pixel weights; AUTOMATIC1111's defaults
-    soft_inpainting: bool = False
-    soft_inpainting_schedule_bias: float = 1.0
-    soft_inpainting_preservation_strength: float = 0.5
-    soft_inpainting_transition_contrast_boost: float = 4.0
-    soft_inpainting_mask_influence: float = 0.0
-    soft_inpainting_difference_threshold: float = 0.5
-    soft_inpainting_difference_contrast: float = 2.0
     save_images: bool = True
     # where the request came from, for output folders and infotext ("txt2img", ...)
     mode: str = "txt2img"
@@ -124,6 +116,14 @@ class GenerationRequest:
     alwayson_scripts: dict[str, Any] = field(default_factory=dict)
     # free-form values extensions attach, keyed by extension name
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Constructing is validating: a GenerationRequest that exists has valid common fields.
+
+        What needs the engine (sampler names, each feature's arguments) is checked by
+        `Engine.prepare`, which turns the request into a PreparedRequest.
+        """
+        self.validate()
 
     def alwayson(self) -> dict[str, Any]:
         """`alwayson_scripts`, or {} when it is not an object (validation reports that on its own field)."""

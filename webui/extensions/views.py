@@ -90,6 +90,9 @@ class RequestView(_ReadOnly, GenerationRequest):
 
     _noun = "request"
 
+    def __post_init__(self) -> None:
+        to_request(self)  # constructing validates: the engine's request built from the (maybe frozen) values
+
 
 class ResultView(_ReadOnly, Result):
     """A Result an extension may read but not change in place."""

@@ -45,20 +45,21 @@ import torch
 from PIL import Image
 
 from ..core import latents as latents_io
-from ..core.denoiser import MaskedDenoiser, SigmaSpace, sigma_scale_in
+from ..core.denoiser import MaskedDenoiser, SigmaSpace
 from ..core.pipeline import Feature, Run
 from ..core.request import FieldError, is_number
 from .img2img import PreparedImage, finish_image
 
+# the Inpaint tab's and a pasted infotext's name for the checkbox (the sliders: Parameter.field)
 ENABLED_FIELD = "soft_inpainting"
 ENABLED_KEY = "Soft inpainting enabled"
-# AUTOMATIC1111's script name in alwayson_scripts (matched case-insensitively)
+# AUTOMATIC1111's script name in alwayson_scripts (matched case-insensitively): the request's only home for these
 ALWAYSON_NAME = "soft inpainting"
 
 
 @dataclass(frozen=True)
 class Parameter:
-    field: str      # GenerationRequest field
+    arg: str        # the argument's name in alwayson_scripts["soft inpainting"]["args"] (object form)
     key: str        # infotext key, as AUTOMATIC1111 writes it
     label: str      # UI label
     default: float
@@ -67,22 +68,27 @@ class Parameter:
     step: float
     info: str
 
+    @property
+    def field(self) -> str:
+        """The Inpaint tab's control (and a pasted infotext's field) for this argument."""
+        return f"{ENABLED_FIELD}_{self.arg}"
+
 
 # in AUTOMATIC1111's order: its API passes them positionally after `enabled`
 PARAMETERS = (
-    Parameter("soft_inpainting_schedule_bias", "Soft inpainting schedule bias", "Schedule bias", 1.0, 0, 8, 0.1,
+    Parameter("schedule_bias", "Soft inpainting schedule bias", "Schedule bias", 1.0, 0, 8, 0.1,
               "When the original yields during denoising: above 1 preserves more early, below 1 more late."),
-    Parameter("soft_inpainting_preservation_strength", "Soft inpainting preservation strength",
+    Parameter("preservation_strength", "Soft inpainting preservation strength",
               "Preservation strength", 0.5, 0, 8, 0.05,
               "How strongly partially masked areas keep the original (0: not at all)."),
-    Parameter("soft_inpainting_transition_contrast_boost", "Soft inpainting transition contrast boost",
+    Parameter("transition_contrast_boost", "Soft inpainting transition contrast boost",
               "Transition contrast boost", 4.0, 1, 32, 0.5,
               "Keeps the contrast a plain blend loses in the transition; high values may over-saturate."),
-    Parameter("soft_inpainting_mask_influence", "Soft inpainting mask influence", "Mask influence", 0.0, 0, 1, 0.05,
+    Parameter("mask_influence", "Soft inpainting mask influence", "Mask influence", 0.0, 0, 1, 0.05,
               "0: the final blend follows only how much each area changed; 1: it follows the mask."),
-    Parameter("soft_inpainting_difference_threshold", "Soft inpainting difference threshold", "Difference threshold",
+    Parameter("difference_threshold", "Soft inpainting difference threshold", "Difference threshold",
               0.5, 0, 8, 0.25, "The change (latent units) at which the original pixels drop below 50% opacity."),
-    Parameter("soft_inpainting_difference_contrast", "Soft inpainting difference contrast", "Difference contrast",
+    Parameter("difference_contrast", "Soft inpainting difference contrast", "Difference contrast",
               2.0, 0, 8, 0.25, "How sharp the step from original to new pixels is (low: gradual, may ghost)."),
 )
 
@@ -96,78 +102,79 @@ class SoftInpaintSettings:
     difference_threshold: float = 0.5
     difference_contrast: float = 2.0
 
-    @classmethod
-    def from_request(cls, request: Any) -> "SoftInpaintSettings | None":
-        """The request's settings when soft inpainting is on and there is a mask to soften; else None."""
-        if getattr(request, ENABLED_FIELD, False) is not True or not _has_mask(request):
-            return None
-        return cls(*(float(getattr(request, p.field)) for p in PARAMETERS))
-
 
 def _has_mask(request: Any) -> bool:
     outpaint = any(getattr(request, f"outpaint_{side}", 0) for side in ("left", "right", "up", "down"))
     return getattr(request, "mode", "") == "img2img" and (request.mask is not None or bool(outpaint))
 
 
-# ---- request data: validation, API arguments, infotext ---------------------------------------------
+# ---- request data: the always-on script's args, validation, infotext ---------------------------------
 
 
-def field_problems(request: Any) -> list[tuple[str, str]]:
-    """(field, message) for each invalid soft inpainting field; core/request.py reports them."""
-    problems = []
-    if not isinstance(getattr(request, ENABLED_FIELD), bool):
-        problems.append((ENABLED_FIELD, "must be true or false"))
-    for p in PARAMETERS:
-        value = getattr(request, p.field)
-        if not is_number(value) or not p.low <= value <= p.high:
-            problems.append((p.field, f"must be a number from {p.low:g} to {p.high:g} (got {value!r})"))
-    return problems
+def alwayson_value(request: Any) -> Any:
+    """The request's `alwayson_scripts` entry for soft inpainting (any capitalisation), or None."""
+    return next((v for k, v in request.alwayson().items() if isinstance(k, str) and k.strip().lower() ==
+                 ALWAYSON_NAME), None)
 
 
 def from_alwayson(value: Any) -> dict[str, Any]:
-    """Request fields from AUTOMATIC1111's `alwayson_scripts["soft inpainting"]`.
+    """{"enabled": ..., argument name: value} from AUTOMATIC1111's `alwayson_scripts["soft inpainting"]`.
 
     `args` is positional as A1111 sends it ([enabled, schedule bias, preservation strength,
     transition contrast boost, mask influence, difference threshold, difference contrast];
-    missing trailing values take the defaults) or an object keyed by our field names
-    (with or without the `soft_inpainting_` prefix). Raises ValueError naming the problem.
+    missing trailing values take the defaults) or an object keyed by argument name.
+    Raises ValueError naming the problem.
     """
     args = value.get("args", []) if isinstance(value, dict) else value
     if args is None:
         args = []
+    names = ["enabled", *(p.arg for p in PARAMETERS)]
     if isinstance(args, dict):
-        out: dict[str, Any] = {}
-        names = {ENABLED_FIELD: ENABLED_FIELD, "enabled": ENABLED_FIELD}
-        for p in PARAMETERS:
-            names[p.field] = p.field
-            names[p.field.removeprefix("soft_inpainting_")] = p.field
-        for key, item in args.items():
-            if key not in names:
-                raise ValueError(f"unknown argument {key!r} (known: enabled, "
-                                 f"{', '.join(p.field.removeprefix('soft_inpainting_') for p in PARAMETERS)})")
-            out[names[key]] = item
-        return out
+        unknown = [key for key in args if key not in names]
+        if unknown:
+            raise ValueError(f"unknown argument {unknown[0]!r} (known: {', '.join(names)})")
+        return dict(args)
     if not isinstance(args, list):
         raise ValueError("args must be a list [enabled, schedule bias, preservation strength, transition contrast "
                          "boost, mask influence, difference threshold, difference contrast] or an object")
-    if len(args) > len(PARAMETERS) + 1:
-        raise ValueError(f"takes at most {len(PARAMETERS) + 1} args (got {len(args)})")
-    out = {ENABLED_FIELD: args[0]} if args else {}
-    out.update({p.field: item for p, item in zip(PARAMETERS, args[1:])})
-    return out
+    if len(args) > len(names):
+        raise ValueError(f"takes at most {len(names)} args (got {len(args)})")
+    return dict(zip(names, args))
 
 
-def infotext_params(request: Any) -> dict[str, Any]:
-    """AUTOMATIC1111's infotext keys, written only when soft inpainting actually ran."""
-    if SoftInpaintSettings.from_request(request) is None:
-        return {}
+def alwayson_args(enabled: bool, values: dict[str, Any]) -> dict[str, Any]:
+    """The `alwayson_scripts` entry for these settings (values by argument name; missing: the defaults)."""
+    return {"args": [bool(enabled), *(values.get(p.arg, p.default) for p in PARAMETERS)]}
+
+
+def parse_args(value: Any) -> tuple[dict[str, Any], list[FieldError]]:
+    """The arguments by name (defaults filled in) and an error naming each invalid one."""
+    field = f"alwayson_scripts.{ALWAYSON_NAME}.args"
+    try:
+        given = from_alwayson(value)
+    except ValueError as exc:
+        return {}, [FieldError(field, str(exc))]
+    args = {"enabled": given.get("enabled", False), **{p.arg: given.get(p.arg, p.default) for p in PARAMETERS}}
+    errors = []
+    if not isinstance(args["enabled"], bool):
+        errors.append(FieldError(f"{field}.enabled", "must be true or false"))
+    for p in PARAMETERS:
+        value = args[p.arg]
+        if not is_number(value) or not p.low <= value <= p.high:
+            errors.append(FieldError(f"{field}.{p.arg}", f"must be a number from {p.low:g} to {p.high:g} "
+                                                          f"(got {value!r})"))
+    return args, errors
+
+
+def infotext_params(settings: SoftInpaintSettings) -> dict[str, Any]:
+    """AUTOMATIC1111's infotext keys for settings that ran."""
     params: dict[str, Any] = {ENABLED_KEY: True}
-    params.update({p.key: float(getattr(request, p.field)) for p in PARAMETERS})
+    params.update({p.key: float(getattr(settings, p.arg)) for p in PARAMETERS})
     return params
 
 
 def fields_from_params(params: dict[str, str], inpainting: bool = False) -> dict[str, Any]:
-    """Request fields from infotext params (those it states; "Soft inpainting enabled" switches it on).
+    """The Inpaint tab's values from infotext params (those it states; "Soft inpainting enabled" switches it on).
 
     An inpainting infotext without the keys was made with soft inpainting off, so it restores off.
     """
@@ -228,17 +235,9 @@ class SoftMaskedDenoiser(MaskedDenoiser):
     def predict(self, x_in: torch.Tensor, t) -> torch.Tensor:
         """Diffusers schedulers (VP space): blend the implied clean latents, then express them as a prediction."""
         out = self.inner.predict(x_in, t)
-        t_value = t.reshape(-1)[:1].float().cpu() if isinstance(t, torch.Tensor) else torch.tensor([float(t)])
-        sigma = float(self.schedule.t_to_sigma(t_value)[0])
-        alpha, noise_level = sigma_scale_in(sigma), sigma * sigma_scale_in(sigma)  # sqrt(ab), sqrt(1-ab)
-        x = x_in.float()
-        if self.prediction_type == "v_prediction":
-            clean = alpha * x - noise_level * out
-        else:
-            clean = (x - noise_level * out) / alpha
-        clean = self._blend(clean, sigma)
-        eps = (x - alpha * clean) / noise_level
-        return alpha * eps - noise_level * clean if self.prediction_type == "v_prediction" else eps
+        sigma = self.sigma_at(t)
+        clean = self._blend(self.parameterisation.clean_from_output(x_in.float(), sigma, out), sigma)
+        return self.parameterisation.output_for_clean(x_in.float(), sigma, clean)
 
 
 def latent_soft_masks(masks: list[Image.Image], latent_size: tuple[int, int]) -> torch.Tensor:
@@ -325,22 +324,21 @@ def finish_images(model: Any, settings: "SoftInpaintSettings | None", images: li
     return out
 
 
-def parameter_fields() -> list[str]:
-    """The request fields soft inpainting adds, in AUTOMATIC1111's argument order."""
-    return [ENABLED_FIELD, *(p.field for p in PARAMETERS)]
-
-
 class SoftInpainting(Feature):
-    """Soft inpainting's request fields and infotext; img2img's init and finish steps call the rest."""
+    """Soft inpainting's always-on args and infotext; img2img's init and finish steps call the rest."""
 
     name = "soft_inpainting"
 
     def parse(self, request: Any) -> tuple[SoftInpaintSettings | None, list[FieldError]]:
         """The settings when soft inpainting is on and there is a mask to soften (else None), parsed once."""
-        if request.mode != "img2img":
+        value = alwayson_value(request)
+        if value is None:
             return None, []
-        errors = [FieldError(name, message) for name, message in field_problems(request)]
-        return (None if errors else SoftInpaintSettings.from_request(request)), errors
+        args, errors = parse_args(value)
+        if errors or not args["enabled"] or not _has_mask(request):
+            return None, errors
+        return SoftInpaintSettings(*(float(args[p.arg]) for p in PARAMETERS)), []
 
     def infotext(self, run: Run) -> dict[str, Any]:
-        return infotext_params(run.request) if run.args.get(self.name) is not None else {}
+        settings = run.args.get(self.name)
+        return infotext_params(settings) if settings is not None else {}

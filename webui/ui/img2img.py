@@ -4,6 +4,7 @@ them; the Inpaint tab's own prompt/generate controls use the `inpaint_` prefix.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import gradio as gr
@@ -12,7 +13,7 @@ from PIL import Image
 from ..app import Easel
 from ..core.request import GenerationRequest
 from ..features.img2img import MASKED_CONTENT, RESIZE_MODES, mask_to_l
-from ..features.soft_inpaint import ENABLED_FIELD, PARAMETERS
+from ..features.soft_inpaint import ALWAYSON_NAME, ENABLED_FIELD, PARAMETERS, alwayson_args
 from .controlnet_ui import build_controlnet_units
 from .extra_networks import build_extra_networks
 from .generation_controls import (GenerationControls, as_float, as_int, build_output, build_prompt_area,
@@ -156,11 +157,13 @@ def _soft_inpainting(i: dict[str, Any]) -> None:
                                    elem_id=f"img2img_{p.field}")
 
 
-def soft_inpainting_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    """The soft_inpainting_* request fields from the accordion's values."""
-    values: dict[str, Any] = {ENABLED_FIELD: bool(fields.get(ENABLED_FIELD))}
-    values.update({p.field: as_float(fields.get(p.field), p.default) for p in PARAMETERS})
-    return values
+def with_soft_inpainting(request: GenerationRequest, fields: dict[str, Any]) -> GenerationRequest:
+    """The request with the accordion's settings as AUTOMATIC1111's "soft inpainting" always-on args (when on)."""
+    if not fields.get(ENABLED_FIELD):
+        return request
+    values = {p.arg: as_float(fields.get(p.field), p.default) for p in PARAMETERS}
+    scripts = {**request.alwayson_scripts, ALWAYSON_NAME: alwayson_args(True, values)}
+    return dataclasses.replace(request, alwayson_scripts=scripts)
 
 
 def build_inpaint(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) -> GenerationControls:
@@ -220,14 +223,13 @@ def build_inpaint(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
     for source in (upload_image, outpaint_image):
         source.upload(_fit_size, source, [i["width"], i["height"]], api_name=False)
 
-    def build(fields: dict[str, Any]) -> GenerationRequest:
+    def inpaint_request(fields: dict[str, Any]) -> GenerationRequest:
         which = fields.get("inpaint_mode")
         options = dict(mask_blur=as_int(fields.get("mask_blur"), 4),
                        inpainting_mask_invert=as_int(fields.get("inpainting_mask_invert")),
                        inpainting_fill=as_int(fields.get("inpainting_fill"), 1),
                        inpaint_full_res=bool(as_int(fields.get("inpaint_full_res"))),
-                       inpaint_full_res_padding=as_int(fields.get("inpaint_full_res_padding"), 32),
-                       **soft_inpainting_fields(fields))
+                       inpaint_full_res_padding=as_int(fields.get("inpaint_full_res_padding"), 32))
         if which == "outpaint":
             picture = fields.get("outpaint_image")
             if not isinstance(picture, Image.Image):
@@ -249,6 +251,9 @@ def build_inpaint(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
             raise ValueError("mask: paint over the area to change first")
         picture = (composite if which == "sketch" and composite is not None else background).convert("RGB")
         return _base_request(fields, picture, mask=strokes.getchannel("A"), **options)
+
+    def build(fields: dict[str, Any]) -> GenerationRequest:
+        return with_soft_inpainting(inpaint_request(fields), fields)
 
     wire_generation(easel, controls, sessions, checkpoint, build, api_name="inpaint")
     return controls
