@@ -21,6 +21,7 @@ from ..model_manager.registry import ModelNotFoundError
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 5
+FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
 
 
 class ApiError(Exception):
@@ -116,6 +117,11 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == FASTAPI_BODY_PARSE_ERROR:
+            # FastAPI's answer when json.loads fails with something other than a JSON syntax error
+            # (e.g. a number with more than 4300 digits): name the body, as every other 4xx names its field
+            return invalid("body", "not valid JSON (a number too long to read, or nested too deeply)",
+                           prefix=()).response()
         return JSONResponse({"error": _default_name(exc.status_code), "detail": exc.detail},
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
