@@ -92,6 +92,12 @@ class Settings:
     emphasis: str = _opt("Original", "Emphasis mode", "Stable Diffusion", choices=("Original", "None"))
     img_max_size_mp: float = _opt(100.0, "Maximum size of an uploaded image (megapixels)", "Images",
                                   minimum=1, maximum=1000)
+    img_max_output_mp: float = _opt(40.0, "Largest image Easel makes (megapixels; an 8K frame is 33): upscales, "
+                                          "hires fix and outpainting beyond it are refused before they start",
+                                    "Images", minimum=1, maximum=1000, protected=True)
+    job_max_output_mp: float = _opt(1000.0, "Most megapixels one job may return in all (batch count x batch size "
+                                            "x image size, or an extras batch)", "Images", minimum=1,
+                                    maximum=100_000, protected=True)
     randn_source: str = _opt("CPU", "Random number generator source (CPU: same image on every machine; GPU: "
                                     "AUTOMATIC1111's default; NV: NVIDIA GPU numbers computed on the CPU)", "Sampler parameters",
                              choices=("CPU", "GPU", "NV"))
