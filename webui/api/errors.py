@@ -8,6 +8,7 @@ Features Easel does not have yet are 501 and name the missing capability. A full
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Iterable
 
 from fastapi import FastAPI, Request
@@ -80,10 +81,25 @@ def job_error(error: BaseException) -> ApiError:
         return invalid("override_settings.sd_model_checkpoint", str(error))
     if isinstance(error, ApiError):
         return error
+    if isinstance(error, LookupError) and getattr(error, "field", ""):
+        return invalid(error.field, str(error).removeprefix(f"{error.field}: "))  # a model the request named
     if getattr(error, "user_facing", False):
-        # a known condition of the server (no checkpoint installed, a broken model file): not the client's fault
-        return ApiError(503, str(error))
-    return ApiError(500, f"generation failed: {type(error).__name__}: {error}", error="InternalError")
+        # a known condition of the server (no checkpoint installed, a refused pickle, a broken model file):
+        # not the client's fault
+        return ApiError(503, scrub_paths(str(error)))
+    return ApiError(500, scrub_paths(f"generation failed: {type(error).__name__}: {error}"), error="InternalError")
+
+
+_ABSOLUTE_PATH = re.compile(r"""(?:(?<=[\s'"(=\[])|^)(?:/[^\s'"()\[\],;]+){2,}|\b[A-Za-z]:\\[^\s'"()\[\],;]+""")
+
+
+def scrub_paths(text: str) -> str:
+    """Absolute server paths in a message become `.../<folder>/<file>`: enough to act on, nothing of the layout."""
+    def short(match: re.Match) -> str:
+        parts = [p for p in re.split(r"[\\/]", match.group()) if p]
+        return ".../" + "/".join(parts[-2:])
+
+    return _ABSOLUTE_PATH.sub(short, text)
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -128,4 +144,5 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("API error: %s %s", request.method, request.url.path)
-        return JSONResponse({"error": "InternalError", "detail": f"{type(exc).__name__}: {exc}"}, status_code=500)
+        return JSONResponse({"error": "InternalError", "detail": scrub_paths(f"{type(exc).__name__}: {exc}")},
+                            status_code=500)

@@ -284,6 +284,7 @@ def to_generation_request(body: GenerationFields, easel, mode: str = "txt2img") 
     values["save_images"] = bool(body.save_images and not body.do_not_save_samples)
     values["mode"] = mode
     values["checkpoint"], values[OVERRIDE] = _overrides(body.override_settings, easel.models)
+    _check_styles(body.styles, easel.engine.styles)
     values.update(_scripts(body, easel.engine.scripts, mode))
     if isinstance(body, Img2ImgRequest):
         values.update(_images(body, bool(easel.settings.get("api_enable_requests")),
@@ -294,6 +295,18 @@ def to_generation_request(body: GenerationFields, easel, mode: str = "txt2img") 
     except ValidationError as exc:
         raise field_errors(exc.errors) from exc
     return request
+
+
+def _check_styles(styles: list[str] | None, store) -> None:
+    """An API client naming a style that is not in styles.csv gets a 422 on `styles.N` (the UI only offers
+    existing ones; a pasted infotext's unknown style stays a warning in the result)."""
+    if not styles:
+        return
+    known = set(store.names())
+    for index, name in enumerate(styles):
+        if name not in known:
+            shown = ", ".join(sorted(known)[:10]) or "none (styles.csv is empty or missing)"
+            raise invalid(f"styles.{index}", f"style {name!r} not found in styles.csv; known styles: {shown}")
 
 
 # ---- responses -------------------------------------------------------------------------------------

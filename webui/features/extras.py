@@ -205,8 +205,8 @@ class ExtrasService:
         sizes: list[tuple[int, int]] = []
         for index, item in enumerate(inputs):
             size = declared_size(item.source)
-            if size is None:
-                continue  # unreadable: reported by name when the batch runs
+            if size is None or size[0] * size[1] / 1e6 > self._max_megapixels():
+                continue  # unreadable or over the input limit: reported by name when the batch runs
             if request.upscaler_1 != NONE:
                 size = upscale_size(size, request)
             sizes.append(size)
