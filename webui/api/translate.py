@@ -159,7 +159,8 @@ def _unsupported(body: GenerationFields) -> list[tuple[str, str, bool]]:
     ]
     if isinstance(body, Txt2ImgRequest):
         checks += [
-            ("firstphase_width", "firstphase_width/height (use width/height with hr_scale)",
+            ("firstphase_width" if body.firstphase_width else "firstphase_height",
+             "firstphase_width/height (use width/height with hr_scale)",
              bool(body.firstphase_width or body.firstphase_height)),
             ("hr_checkpoint_name", "a different checkpoint for the hires pass",
              body.hr_checkpoint_name not in (None, "", "Use same checkpoint")),
@@ -170,7 +171,7 @@ def _unsupported(body: GenerationFields) -> list[tuple[str, str, bool]]:
             ("mask_round", "an unrounded latent mask", not body.mask_round),
             ("initial_noise_multiplier", "initial_noise_multiplier", body.initial_noise_multiplier not in (None, 1)),
             ("latent_mask", "a separate latent mask", body.latent_mask is not None),
-            ("mask_blur_x", "different mask blur along x and y",
+            ("mask_blur_x" if body.mask_blur_x != 4 else "mask_blur_y", "different mask blur along x and y",
              body.mask_blur is None and body.mask_blur_x != body.mask_blur_y),
         ]
     return checks
