@@ -74,7 +74,7 @@ def generation_errors(prepared: Any, settings: Any) -> list[FieldError]:
         field = "hr_resize_x" if any(hires.resize) else "hr_scale"
     errors = [e for e in (image_error(field, size, settings),) if e]
     count = int(request.batch_size) * int(request.n_iter)
-    total = total_error("n_iter", [size] * count, settings)
+    total = None if errors else total_error("n_iter", [size] * count, settings)
     if total:
         errors.append(total)
     return errors

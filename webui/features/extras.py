@@ -214,7 +214,7 @@ class ExtrasService:
             error = image_error(field, size, self.settings, what=where if len(inputs) > 1 else "")
             if error:
                 errors.append(error)
-        total = total_error("imageList" if len(inputs) > 1 else field, sizes, self.settings)
+        total = None if errors else total_error("imageList" if len(inputs) > 1 else field, sizes, self.settings)
         return errors + ([total] if total else [])
 
     def submit(self, queue: JobQueue, request: ExtrasRequest, inputs: list[ExtrasInput],
