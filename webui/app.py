@@ -14,14 +14,16 @@ from typing import TYPE_CHECKING
 
 from .core.image_input import max_megapixels
 from .core.jobs import Job, JobQueue
+from .core.result_archive import ResultArchive
 from .core.processing import Engine
-from .core.request import GenerationRequest, Result
+from .core.request import GenerationRequest, Result, ValidationError
 from .core.styles import StyleStore
 from .devices import DeviceConfig, device_config
 from .extensions.features import collect_features
 from .extensions.manager import ExtensionManager
 from .extensions.runtime import HookRunner
 from .extensions.scripts import collect_scripts
+from .output_limits import generation_errors
 from .core.pipeline import Feature
 from .features.controlnet.feature import ControlNet
 from .features.controlnet.models import ControlNetLibrary
@@ -105,6 +107,9 @@ class Easel:
     def submit(self, request: GenerationRequest, owner: str | None = None, job_id: str | None = None) -> Job:
         """Validate now (so bad input fails at once, naming the field), then queue (txt2img or img2img)."""
         prepared = self.engine.prepare(request)
+        bounds = generation_errors(prepared, self.settings)
+        if bounds:
+            raise ValidationError(bounds)
 
         def run(job: Job) -> Result:
             with self.models.store.in_use():  # what this job loads stays loaded until it ends
@@ -157,6 +162,8 @@ class Easel:
         if self.library is not None:
             self.library.stop()
         self.queue.stop()
+        if self.queue.archive is not None:
+            self.queue.archive.clear()
 
 
 def write_demo_model(paths: Paths) -> Path:
@@ -196,7 +203,8 @@ def build(options: AppOptions) -> Easel:
                        setting_budget(settings, "model_cache_vram_gb", lambda: automatic_device_budget(device.device)))
     models = ModelManager(paths, settings, device, allow_pickle=options.allow_pickle, store=store)
     models.refresh()
-    queue = JobQueue(max_size=lambda: settings.get("queue_size_limit"))
+    queue = JobQueue(max_size=lambda: settings.get("queue_size_limit"),
+                     archive=ResultArchive(paths.cache_dir / "job-results"))
     loras = LoraLibrary(paths.lora_folders(), models.hashes, allow_pickle=options.allow_pickle)
     embeddings = EmbeddingLibrary(paths.embedding_folders(), models.hashes, allow_pickle=options.allow_pickle)
     upscalers = Upscalers(lambda: {kind: [paths.model_dir(kind)] for kind in UPSCALER_KINDS}, device.device,

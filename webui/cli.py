@@ -65,7 +65,8 @@ def server_parser() -> argparse.ArgumentParser:
     api.add_argument("--cors-allow-origins", metavar="ORIGIN[,ORIGIN]", default="",
                      help="web origins allowed to call the API from a browser (default: none)")
     api.add_argument("--api-max-body-mb", type=float, default=64,
-                     help="largest API request body in MiB; larger ones get HTTP 413 (default 64)")
+                     help="largest request body in MiB, API requests and UI uploads alike; larger ones get "
+                          "HTTP 413 (default 64)")
     group.add_argument("--enable-insecure-extension-access", action="store_true",
                        help="allow installing extensions from the UI even when listening beyond 127.0.0.1")
     return parser

@@ -90,7 +90,8 @@ def create_fastapi(easel: Easel, options: ServerOptions) -> FastAPI:
         allowed = [str(easel.paths.outputs_dir.resolve())]
         # HTTP Basic auth (above) protects the UI too, so Gradio's own login form is not used
         app = gr.mount_gradio_app(app, blocks, path="/", allowed_paths=allowed, css=CSS,
-                                  footer_links=["api", "settings"], show_error=False, head=_extension_head(easel))
+                                  footer_links=["api", "settings"], show_error=False, head=_extension_head(easel),
+                                  max_file_size=options.max_body_bytes)  # each file; BodyLimit bounds the request
         blocks.config = blocks.get_config_file()  # the config was built before `head` was set
     else:
         @app.get("/")

@@ -40,6 +40,25 @@ def redact(key: str, value: Any) -> Any:
     return value
 
 
+# Larger numbers than any setting takes; bounds the work (and float conversion) before range checks.
+_NUMBER_LIMIT = 2 ** 53
+
+
+def _plain_number(value: Any) -> bool:
+    """A finite int or float of sane magnitude (JSON's NaN, Infinity, 1e308 and 2**70 are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return -_NUMBER_LIMIT <= value <= _NUMBER_LIMIT
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message, shortened (a client may send a megabyte of nesting)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 @dataclass
 class Settings:
     """Every user-tunable option, with its default. One instance per running app."""
@@ -73,6 +92,12 @@ class Settings:
     emphasis: str = _opt("Original", "Emphasis mode", "Stable Diffusion", choices=("Original", "None"))
     img_max_size_mp: float = _opt(100.0, "Maximum size of an uploaded image (megapixels)", "Images",
                                   minimum=1, maximum=1000)
+    img_max_output_mp: float = _opt(40.0, "Largest image Easel makes (megapixels; an 8K frame is 33): upscales, "
+                                          "hires fix and outpainting beyond it are refused before they start",
+                                    "Images", minimum=1, maximum=1000, protected=True)
+    job_max_output_mp: float = _opt(1000.0, "Most megapixels one job may return in all (batch count x batch size "
+                                            "x image size, or an extras batch)", "Images", minimum=1,
+                                    maximum=100_000, protected=True)
     randn_source: str = _opt("CPU", "Random number generator source (CPU: same image on every machine; GPU: "
                                     "AUTOMATIC1111's default; NV: NVIDIA GPU numbers computed on the CPU)", "Sampler parameters",
                              choices=("CPU", "GPU", "NV"))
@@ -123,20 +148,20 @@ class Settings:
         meta = spec.metadata
         if isinstance(default, bool):
             if not isinstance(value, bool):
-                raise ValueError(f"{key}: expected true or false, got {value!r}")
+                raise ValueError(f"{key}: expected true or false, got {_shown(value)}")
         elif isinstance(default, int):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-                raise ValueError(f"{key}: expected an integer, got {value!r}")
+            if not _plain_number(value) or int(value) != value:
+                raise ValueError(f"{key}: expected an integer, got {_shown(value)}")
             value = int(value)
         elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{key}: expected a number, got {value!r}")
+            if not _plain_number(value):
+                raise ValueError(f"{key}: expected a number, got {_shown(value)}")
             value = float(value)
         elif isinstance(default, str):
             if not isinstance(value, str):
-                raise ValueError(f"{key}: expected text, got {value!r}")
+                raise ValueError(f"{key}: expected text, got {_shown(value)}")
         if meta.get("choices") and value not in meta["choices"]:
-            raise ValueError(f"{key}: must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
+            raise ValueError(f"{key}: must be one of {', '.join(map(str, meta['choices']))}; got {_shown(value)}")
         if meta.get("minimum") is not None and value < meta["minimum"]:
             raise ValueError(f"{key}: must be at least {meta['minimum']}; got {value!r}")
         if meta.get("maximum") is not None and value > meta["maximum"]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request
 from PIL import Image
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..core.jobs import Interrupted
@@ -29,6 +29,8 @@ API_VERSION = 2  # what the extension's /controlnet/version answers; clients che
 
 
 class DetectRequest(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)  # thresholds become ints in the annotators
+
     controlnet_module: str = "none"
     controlnet_input_images: list[str] = Field(default_factory=list)
     controlnet_processor_res: int = Field(512, ge=64, le=4096)

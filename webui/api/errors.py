@@ -8,6 +8,7 @@ Features Easel does not have yet are 501 and name the missing capability. A full
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Iterable
 
 from fastapi import FastAPI, Request
@@ -21,6 +22,7 @@ from ..model_manager.registry import ModelNotFoundError
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 5
+FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
 
 
 class ApiError(Exception):
@@ -79,10 +81,25 @@ def job_error(error: BaseException) -> ApiError:
         return invalid("override_settings.sd_model_checkpoint", str(error))
     if isinstance(error, ApiError):
         return error
+    if isinstance(error, LookupError) and getattr(error, "field", ""):
+        return invalid(error.field, str(error).removeprefix(f"{error.field}: "))  # a model the request named
     if getattr(error, "user_facing", False):
-        # a known condition of the server (no checkpoint installed, a broken model file): not the client's fault
-        return ApiError(503, str(error))
-    return ApiError(500, f"generation failed: {type(error).__name__}: {error}", error="InternalError")
+        # a known condition of the server (no checkpoint installed, a refused pickle, a broken model file):
+        # not the client's fault
+        return ApiError(503, scrub_paths(str(error)))
+    return ApiError(500, scrub_paths(f"generation failed: {type(error).__name__}: {error}"), error="InternalError")
+
+
+_ABSOLUTE_PATH = re.compile(r"""(?:(?<=[\s'"(=\[])|^)(?:/[^\s'"()\[\],;]+){2,}|\b[A-Za-z]:\\[^\s'"()\[\],;]+""")
+
+
+def scrub_paths(text: str) -> str:
+    """Absolute server paths in a message become `.../<folder>/<file>`: enough to act on, nothing of the layout."""
+    def short(match: re.Match) -> str:
+        parts = [p for p in re.split(r"[\\/]", match.group()) if p]
+        return ".../" + "/".join(parts[-2:])
+
+    return _ABSOLUTE_PATH.sub(short, text)
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -116,10 +133,16 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == FASTAPI_BODY_PARSE_ERROR:
+            # FastAPI's answer when json.loads fails with something other than a JSON syntax error
+            # (e.g. a number with more than 4300 digits): name the body, as every other 4xx names its field
+            return invalid("body", "not valid JSON (a number too long to read, or nested too deeply)",
+                           prefix=()).response()
         return JSONResponse({"error": _default_name(exc.status_code), "detail": exc.detail},
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("API error: %s %s", request.method, request.url.path)
-        return JSONResponse({"error": "InternalError", "detail": f"{type(exc).__name__}: {exc}"}, status_code=500)
+        return JSONResponse({"error": "InternalError", "detail": scrub_paths(f"{type(exc).__name__}: {exc}")},
+                            status_code=500)

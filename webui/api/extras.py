@@ -83,8 +83,8 @@ def _decode_all(ctx: ApiContext, sources: list[tuple[str, str, str]]) -> list[Ex
             for field, data, name in sources]
 
 
-def _encode(result: ExtrasResult, sources: list[ExtrasInput]) -> list[str]:
-    parameters = {item.name: read_infotext(item.source) for item in sources}
+def _encode(result: ExtrasResult, parameters: dict[str, str | None]) -> list[str]:
+    """Each result as base64 PNG, keeping its source's `parameters` text."""
     encoded = []
     for image, text, name in zip(result.images, result.infotexts, result.names):
         data = encode_extras(image, "png", text, parameters.get(name))
@@ -117,11 +117,14 @@ async def submit_extras(ctx: ApiContext, request: Request, body: m.ExtrasBaseReq
     extras = to_extras_request(body)
     inputs = await run_in_threadpool(_decode_all, ctx, sources)
     try:
-        ctx.easel.extras.validate(extras, inputs)
+        ctx.easel.extras.validate(extras, inputs, [field for field, _, _ in sources])
     except ValidationError as exc:
         raise field_errors(exc.errors) from exc
     job = ctx.easel.extras.submit(ctx.easel.queue, extras, inputs, owner=ctx.owner(request))
-    job.meta.update(type=kind, body=body, extras_sources=sources, extras_inputs=inputs)
+    # the history keeps names, fields and the sources' parameters text, not the images (see history.py)
+    kept = body.model_copy(update={"image": ""} if kind == "extra-single-image" else {"imageList": []})
+    job.meta.update(type=kind, body=kept, extras_sources=[(field, "", name) for field, _, name in sources],
+                    extras_parameters={item.name: read_infotext(item.source) for item in inputs})
     return job
 
 
@@ -137,7 +140,7 @@ def extras_response(job: Job) -> dict[str, Any]:
         name, why = result.failures[0]
         raise field_errors_for(sources, name, why)
     body = job.meta["body"]
-    images = _encode(result, job.meta["extras_inputs"]) if body.show_extras_results else []
+    images = _encode(result, job.meta["extras_parameters"]) if body.show_extras_results else []
     if job.meta["type"] == "extra-single-image":
         return {"html_info": _html_info(result), "image": images[0] if images else ""}
     return {"html_info": _html_info(result), "images": images}

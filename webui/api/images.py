@@ -11,7 +11,6 @@ same way. Every failure is a 422 naming the field.
 from __future__ import annotations
 
 import base64
-import binascii
 import ipaddress
 import socket
 import time
@@ -20,7 +19,7 @@ from urllib.parse import urljoin, urlsplit
 
 from PIL import Image
 
-from ..core.image_input import DEFAULT_MAX_MEGAPIXELS, ImageInputError, open_image_checked
+from ..core.image_input import DEFAULT_MAX_MEGAPIXELS, ImageInputError, decode_base64_image, open_image_checked
 from ..core.images import encode_image
 from .errors import invalid
 
@@ -179,19 +178,11 @@ def decode_image(field: str, value: str, *, allow_urls: bool = False,
     if not isinstance(value, str) or not value.strip():
         raise invalid(field, "an image is required (base64)")
     text = value.strip()
-    if text.startswith(("http://", "https://")):
-        _require_enabled(field, allow_urls)
-        data = fetch_url(field, text)  # checks the URL (and every redirect) itself
-    else:
-        if text.startswith("data:"):
-            header, sep, text = text.partition(",")
-            if not sep or ";base64" not in header:
-                raise invalid(field, "a data: URL must be base64 encoded")
-        try:
-            data = base64.b64decode("".join(text.split()), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise invalid(field, "is not valid base64") from exc
     try:
-        return open_image_checked(data, max_megapixels, field)
+        if text.startswith(("http://", "https://")):
+            _require_enabled(field, allow_urls)
+            data = fetch_url(field, text)  # checks the URL (and every redirect) itself
+            return open_image_checked(data, max_megapixels, field)
+        return decode_base64_image(text, field, max_megapixels)
     except ImageInputError as exc:
         raise invalid(field, str(exc).removeprefix(f"{field}: ")) from exc

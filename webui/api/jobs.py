@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from ..core.jobs import Job, JobState
 from . import models as m
 from .context import ApiContext, job_info
+from .history import kept_body, kept_request
 from .errors import ApiError
 from . import extras as extras_api
 from .sdapi import _task_id, generation_response, prepare
@@ -70,7 +71,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
         except ApiError as exc:
             raise _prefixed(exc) from exc
         job = easel.submit(gen, owner=ctx.owner(request), job_id=_task_id(ctx, params.force_task_id))
-        job.meta.update(type=body.type, body=params, request=gen)
+        job.meta.update(type=body.type, body=kept_body(params), request=kept_request(gen, params))
         return JSONResponse(job_info(ctx, request, job), status_code=202, headers={"Location": f"{router.prefix}/{job.id}"})
 
     @router.get("", response_model=m.JobList)

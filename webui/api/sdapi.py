@@ -29,6 +29,7 @@ from . import models as m
 from . import scripts as script_api
 from .context import ApiContext, a1111_progress
 from .errors import ApiError, invalid, job_error, not_implemented
+from .history import kept_body, kept_request
 from .images import decode_image
 from .translate import apply_infotext, check_option, find_checkpoint, image_response, to_generation_request
 
@@ -73,7 +74,7 @@ async def run_generation(ctx: ApiContext, request: Request, body: m.GenerationFi
                          gen: GenerationRequest, kind: str) -> dict:
     """Queue a validated request, wait for it, and answer in AUTOMATIC1111's shape."""
     job = ctx.easel.submit(gen, owner=ctx.owner(request), job_id=_task_id(ctx, body.force_task_id))
-    job.meta.update(type=kind, body=body, request=gen)
+    job.meta.update(type=kind, body=kept_body(body), request=kept_request(gen, body))
     if not await ctx.wait(job, request):
         raise ApiError(499, "client closed the request; the job was cancelled")
     return await run_in_threadpool(generation_response, ctx, job)

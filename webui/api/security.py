@@ -6,7 +6,8 @@
   Origin is refused (403) unless that origin was allowed with --cors-allow-origins; this
   stops a web page the user visits from driving a local Easel.
 - BodyLimit: request bodies larger than the limit are refused with 413 before they are
-  parsed, on every route but Gradio's own API (which streams its uploads to disk itself).
+  parsed, on every route; Gradio's own API (which streams its uploads to disk) is counted
+  as it streams instead of buffered. JSON nested absurdly deep is refused with 422.
 - LoopbackHost: when Easel listens on loopback only, a request whose Host header names
   anything but this computer (localhost, 127.0.0.1, [::1]) is refused (403). A page on
   evil.example whose DNS name is switched to 127.0.0.1 ("DNS rebinding") is same-origin
@@ -25,6 +26,8 @@ import json
 import secrets
 from typing import Iterable
 from urllib.parse import urlsplit
+
+from .json_depth import MAX_JSON_DEPTH, nesting_exceeds
 
 REALM = 'Basic realm="Easel", charset="UTF-8"'
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
@@ -133,17 +136,22 @@ class SameOrigin:
 
 
 class BodyLimit:
-    """Refuse request bodies over `limit` bytes with 413, on every path except the `exempt` prefixes.
+    """Refuse request bodies over `limit` bytes with 413, on every path, before they are parsed.
 
     Limiting everything (not a list of API prefixes) means a route added later, or by an
-    extension, is covered without anyone remembering to. Gradio's API is exempt: it streams
-    file uploads to disk itself, and a large image dropped on the UI must not be refused.
+    extension, is covered without anyone remembering to. Bodies are read into memory and
+    replayed, except on the `streamed` prefixes (Gradio's API, which streams file uploads
+    to disk itself) when they declare a Content-Length within the limit, as browsers always
+    do: the server then delivers no more than that, so they pass straight through. A body
+    without a length is read up to the limit on every path (cutting a stream Gradio is
+    writing to disk would leave its temporary files behind). JSON bodies nested deeper than
+    MAX_JSON_DEPTH are refused with a 422 naming `body` (see json_depth.py).
     """
 
-    def __init__(self, app, limit: int, exempt: tuple[str, ...] = ("/gradio_api/",)):
+    def __init__(self, app, limit: int, streamed: tuple[str, ...] = ("/gradio_api/",)):
         self.app = app
         self.limit = limit
-        self.exempt = exempt
+        self.streamed = streamed
 
     async def _refuse(self, send) -> None:
         await _send_json(send, 413, {"error": "PayloadTooLarge",
@@ -152,7 +160,7 @@ class BodyLimit:
                          [(b"connection", b"close")])
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope.get("path", "").startswith(self.exempt):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = _header(scope, b"content-length")
         if declared is not None:
@@ -161,6 +169,8 @@ class BodyLimit:
             if int(declared) > self.limit:
                 await self._drain(receive, int(declared))
                 return await self._refuse(send)
+        if declared is not None and scope.get("path", "").startswith(self.streamed):
+            return await self.app(scope, receive, send)  # the server delivers no more than the declared length
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -176,13 +186,18 @@ class BodyLimit:
             chunks.append(body)
             if not message.get("more_body", False):
                 break
+        data = b"".join(chunks)
+        if _is_json(scope) and nesting_exceeds(data):
+            return await _send_json(send, 422, {"error": "ValidationError", "detail": [
+                {"loc": ["body"], "msg": f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels",
+                 "type": "value_error"}]})
         replayed = False
 
         async def replay():
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                return {"type": "http.request", "body": data, "more_body": False}
             return await receive()
 
         return await self.app(scope, replay, send)
@@ -199,6 +214,11 @@ class BodyLimit:
             budget -= len(message.get("body", b""))
             if not message.get("more_body", False):
                 return
+
+
+def _is_json(scope) -> bool:
+    content_type = (_header(scope, b"content-type") or "").lower()
+    return "json" in content_type or not content_type
 
 
 def is_loopback_host(value: str) -> bool:

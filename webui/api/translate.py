@@ -159,7 +159,8 @@ def _unsupported(body: GenerationFields) -> list[tuple[str, str, bool]]:
     ]
     if isinstance(body, Txt2ImgRequest):
         checks += [
-            ("firstphase_width", "firstphase_width/height (use width/height with hr_scale)",
+            ("firstphase_width" if body.firstphase_width else "firstphase_height",
+             "firstphase_width/height (use width/height with hr_scale)",
              bool(body.firstphase_width or body.firstphase_height)),
             ("hr_checkpoint_name", "a different checkpoint for the hires pass",
              body.hr_checkpoint_name not in (None, "", "Use same checkpoint")),
@@ -170,7 +171,7 @@ def _unsupported(body: GenerationFields) -> list[tuple[str, str, bool]]:
             ("mask_round", "an unrounded latent mask", not body.mask_round),
             ("initial_noise_multiplier", "initial_noise_multiplier", body.initial_noise_multiplier not in (None, 1)),
             ("latent_mask", "a separate latent mask", body.latent_mask is not None),
-            ("mask_blur_x", "different mask blur along x and y",
+            ("mask_blur_x" if body.mask_blur_x != 4 else "mask_blur_y", "different mask blur along x and y",
              body.mask_blur is None and body.mask_blur_x != body.mask_blur_y),
         ]
     return checks
@@ -279,6 +280,7 @@ def to_generation_request(body: GenerationFields, easel, mode: str = "txt2img") 
     values["save_images"] = bool(body.save_images and not body.do_not_save_samples)
     values["mode"] = mode
     values["checkpoint"], values[OVERRIDE] = _overrides(body.override_settings, easel.models)
+    _check_styles(body.styles, easel.engine.styles)
     values.update(_scripts(body, easel.engine.scripts, mode))
     if isinstance(body, Img2ImgRequest):
         values.update(_images(body, bool(easel.settings.get("api_enable_requests")),
@@ -289,6 +291,18 @@ def to_generation_request(body: GenerationFields, easel, mode: str = "txt2img") 
     except ValidationError as exc:
         raise field_errors(exc.errors) from exc
     return request
+
+
+def _check_styles(styles: list[str] | None, store) -> None:
+    """An API client naming a style that is not in styles.csv gets a 422 on `styles.N` (the UI only offers
+    existing ones; a pasted infotext's unknown style stays a warning in the result)."""
+    if not styles:
+        return
+    known = set(store.names())
+    for index, name in enumerate(styles):
+        if name not in known:
+            shown = ", ".join(sorted(known)[:10]) or "none (styles.csv is empty or missing)"
+            raise invalid(f"styles.{index}", f"style {name!r} not found in styles.csv; known styles: {shown}")
 
 
 # ---- responses -------------------------------------------------------------------------------------

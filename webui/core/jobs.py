@@ -157,8 +157,10 @@ class JobQueue:
     submit, so a setting can change the bound while the app runs.
     """
 
-    def __init__(self, max_size: int | Callable[[], int] = 0, history: int = 200):
+    def __init__(self, max_size: int | Callable[[], int] = 0, history: int = 200, archive: Any = None):
+        """`archive`: where finished jobs' images go (a ResultArchive: `keep(job)` and `drop(job)`), or None."""
         self.max_size = max_size
+        self.archive = archive
         self._pending: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
         self._history = history
@@ -313,6 +315,16 @@ class JobQueue:
             with self._cv:
                 self._current = None
                 self._finish(job, state)
+            self._retire(job)
+
+    def _retire(self, job: Job) -> None:
+        """After the waiters were woken: drop what the job ran with, and move its images out of memory."""
+        job.run = _spent
+        if self.archive is not None and job.result is not None:
+            try:
+                self.archive.keep(job)
+            except Exception:
+                log.exception("job %s: could not archive its results", job.id)
 
     def _finish(self, job: Job, state: JobState) -> None:
         job.state = state
@@ -329,3 +341,10 @@ class JobQueue:
         finished = [j for j in self._jobs.values() if j.state.finished]
         for job in sorted(finished, key=lambda j: j.sequence)[: max(0, len(finished) - self._history)]:
             del self._jobs[job.id]
+            if self.archive is not None:
+                self.archive.drop(job)
+
+
+def _spent(job: Job) -> None:
+    """What a finished job's `run` becomes: the closure (and the inputs it held) is released."""
+    raise RuntimeError(f"job {job.id} has already run")

@@ -15,6 +15,8 @@ LoRA or style, a LoRA for another architecture) become warnings in the result.
 """
 from __future__ import annotations
 
+import re
+
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
@@ -135,6 +137,7 @@ def plan_prompts(request: "GenerationRequest", model: "LoadedModel", options: di
             plan.warnings.append(f"{call.raw}: {exc}; ignored")
 
     embeddings = networks.embeddings()
+    plan.warnings += _unusable_embeddings(networks, positive_text + "\n" + negative_text)
     steps = request.steps
     if len(plan.loras) <= 1 or plan.lora_mode == "Merge":
         report = patcher.set(plan.loras)
@@ -162,6 +165,14 @@ def plan_prompts(request: "GenerationRequest", model: "LoadedModel", options: di
 
     plan.make_denoiser = make
     return plan
+
+
+def _unusable_embeddings(networks: PromptNetworks, text: str) -> list[str]:
+    """A word of the prompt that names an embedding file Easel could not read (e.g. a refused pickle) is
+    left as plain text, as AUTOMATIC1111 would; the result says so instead of ignoring it silently."""
+    errors = getattr(networks, "embedding_errors", dict)()
+    return [f"embedding {name}: {why}; used as plain text" for name, why in errors.items()
+            if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text)]
 
 
 def _warn_unmatched(plan: PromptPlan, report, count: int, name: str | None = None) -> None:

@@ -20,18 +20,20 @@ from __future__ import annotations
 import io
 import math
 import time
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Union
 
 from PIL import Image, PngImagePlugin
 
-from ..core.image_input import ImageInputError, max_megapixels, open_image_checked
+from ..core.image_input import ImageInputError, max_megapixels, open_image_checked, readable_formats
 from ..core.images import encode_image, next_number, read_infotext, sanitize
 from ..core.infotext import format_value, quote
 from ..core.jobs import Interrupted, Job, JobQueue, Skipped
 from ..core.request import FieldError, ValidationError
 from ..fileio import atomic_write_bytes
+from ..output_limits import image_error, total_error
 from .faces import CODEFORMER, GFPGAN, FaceRestorers
 from .upscalers import NONE, UpscaleError, Upscalers
 
@@ -129,6 +131,34 @@ class ExtrasResult:
         return notes
 
 
+def upscale_size(size: tuple[int, int], request: ExtrasRequest) -> tuple[int, int]:
+    """The size the upscaler makes from an image of `size` (before a scale-to crop)."""
+    width, height = size
+    if request.resize_mode == 1:
+        factor = max(request.upscaling_resize_w / width, request.upscaling_resize_h / height)
+    else:
+        factor = float(request.upscaling_resize)
+    return max(1, round(width * factor)), max(1, round(height * factor))
+
+
+def declared_size(source: ImageSource) -> tuple[int, int] | None:
+    """An input's size from its header alone (no pixels decoded); None when it cannot be read."""
+    if isinstance(source, Image.Image):
+        return source.size
+    stream = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray)) else source
+    position = stream.tell() if hasattr(stream, "tell") else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(stream, formats=readable_formats()) as image:
+                return image.size
+    except Exception:  # noqa: BLE001 - damaged files are reported when the batch opens them
+        return None
+    finally:
+        if position is not None:
+            stream.seek(position)
+
+
 def format_postprocess(info: dict[str, Any]) -> str:
     """A1111's postprocessing text: `key: value` pairs joined by ", ", values quoted where needed."""
     return ", ".join(f"{k}: {quote(format_value(v))}" for k, v in info.items() if v is not None)
@@ -151,13 +181,41 @@ class ExtrasService:
 
     # ---- submitting --------------------------------------------------------------------------------
 
-    def validate(self, request: ExtrasRequest, inputs: list[ExtrasInput]) -> None:
+    def validate(self, request: ExtrasRequest, inputs: list[ExtrasInput],
+                 fields: list[str] | None = None) -> None:
+        """Raise ValidationError naming every bad field, including outputs over the size limits.
+
+        `fields`: the request field each input came in (e.g. `imageList.3.data`), for messages.
+        """
         request.validate(self.upscalers.list_upscalers(), self.faces.available())
         if not inputs:
             raise ValidationError([FieldError("image", "no image given")])
         if len(inputs) > MAX_BATCH_IMAGES:
             raise ValidationError([FieldError("imageList", f"at most {MAX_BATCH_IMAGES} images per batch; "
                                                            f"got {len(inputs)}")])
+        errors = self.output_errors(request, inputs, fields)
+        if errors:
+            raise ValidationError(errors)
+
+    def output_errors(self, request: ExtrasRequest, inputs: list[ExtrasInput],
+                      fields: list[str] | None = None) -> list[FieldError]:
+        """The upscale each input asks for, against img_max_output_mp and job_max_output_mp (before any work)."""
+        field = "upscaling_resize" if request.resize_mode == 0 else "upscaling_resize_w"
+        errors: list[FieldError] = []
+        sizes: list[tuple[int, int]] = []
+        for index, item in enumerate(inputs):
+            size = declared_size(item.source)
+            if size is None or size[0] * size[1] / 1e6 > self._max_megapixels():
+                continue  # unreadable or over the input limit: reported by name when the batch runs
+            if request.upscaler_1 != NONE:
+                size = upscale_size(size, request)
+            sizes.append(size)
+            where = (fields[index] if fields else "") or item.name or f"image {index + 1}"
+            error = image_error(field, size, self.settings, what=where if len(inputs) > 1 else "")
+            if error:
+                errors.append(error)
+        total = None if errors else total_error("imageList" if len(inputs) > 1 else field, sizes, self.settings)
+        return errors + ([total] if total else [])
 
     def submit(self, queue: JobQueue, request: ExtrasRequest, inputs: list[ExtrasInput],
                owner: str | None = None) -> Job:
@@ -239,12 +297,10 @@ class ExtrasService:
             return image
         if request.resize_mode == 1:
             width, height = request.upscaling_resize_w, request.upscaling_resize_h
-            factor = max(width / image.width, height / image.height)
             info["Postprocess upscale to"] = f"{width}x{height}"
         else:
-            factor = float(request.upscaling_resize)
             info["Postprocess upscale by"] = request.upscaling_resize
-        target = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+        target = upscale_size(image.size, request)
         result = self.upscalers.upscale(image, request.upscaler_1, size=target, progress=progress, check=check)
         info["Postprocess upscaler"] = request.upscaler_1
         if request.upscaler_2 != NONE and request.extras_upscaler_2_visibility > 0:

@@ -46,6 +46,10 @@ class LoraNetworks:
     def embeddings(self) -> list["Embedding"]:
         return self.embedding_library.all()
 
+    def embedding_errors(self) -> dict[str, str]:
+        """Embedding files that could not be read (name -> why), as of the last `embeddings()`."""
+        return dict(self.embedding_library.errors)
+
     def spec_name(self, spec: LoraSpec) -> str:
         return spec.lora.name
 

@@ -69,8 +69,14 @@ class ModelNotFound(LookupError):
             more = len(self.available) - MAX_SHOWN
             text += f" (installed: {shown}{f', and {more} more' if more > 0 else ''})"
         else:
-            text += f" (none installed{' in ' + self.where if self.where else ''})"
+            text += f" (none installed{' in ' + public_folders(self.where) if self.where else ''})"
         return text
+
+
+def public_folders(where: str) -> str:
+    """Folders as a client may see them: `models/<name>`, never the server's absolute path."""
+    names = [Path(part.strip()).name for part in where.split(" or ") if part.strip()]
+    return " or ".join(f"models/{name}" for name in dict.fromkeys(names))
 
 
 def close_names(name: str, available: Sequence[str]) -> list[str]:

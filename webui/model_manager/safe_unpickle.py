@@ -20,9 +20,13 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 class PickleRefusedError(PermissionError):
     """The user has not allowed pickle files."""
 
+    user_facing = True
+
 
 class UnsafePickleError(ValueError):
     """The file asks to run something the restricted unpickler does not allow."""
+
+    user_facing = True
 
 
 class InertObject:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ContextManager
 from ...core.pipeline import Feature, Pass, Run
 from ...core.request import FieldError
 from .apply import Controls, build_controls
-from .units import ControlUnit, parse_units
+from .units import SCRIPT, ControlUnit, parse_units
 
 if TYPE_CHECKING:
     from ...core.request import GenerationRequest
@@ -33,7 +33,20 @@ class ControlNet(Feature):
     def parse(self, request: "GenerationRequest") -> tuple[list[ControlUnit] | None, list[FieldError]]:
         """The enabled units (None: no unit on), parsed once per request."""
         units, errors = parse_units(request.alwayson())
+        if not errors:
+            errors = list(self._missing_models(units))
         return (units if any(u.enabled for u in units) else None), errors
+
+    def _missing_models(self, units: list[ControlUnit]):
+        """A unit naming a model that is not installed: a 422 on its `model` field before anything is queued."""
+        for index, unit in enumerate(units):
+            if not unit.enabled or unit.model.strip().lower() in ("", "none"):
+                continue
+            library = self.ip_adapters if unit.is_ip_adapter else self.controlnets
+            try:
+                library.find(unit.model)
+            except LookupError as exc:
+                yield FieldError(f"alwayson_scripts.{SCRIPT}.args[{index}].model", str(exc))
 
     def begin(self, run: Run) -> None:
         run.state[self.name] = run.args.get(self.name)

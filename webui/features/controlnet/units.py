@@ -7,15 +7,13 @@ Infotext records each enabled unit as `ControlNet i: "Module: canny, Model: ...,
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
-from ...core.image_input import open_image_checked
+from ...core.image_input import ImageInputError, decode_base64_image
 from ...core.request import FieldError
 
 SCRIPT = "controlnet"
@@ -129,12 +127,10 @@ def _decode_images(data: dict[str, Any]) -> tuple[str, str] | None:
             value = value.get("image")
         if not isinstance(value, str):
             continue
-        encoded = value.split(",", 1)[1] if value.startswith("data:") else value
         try:
-            raw = base64.b64decode(encoded, validate=True)
-            data[name] = open_image_checked(raw, name=name)
-        except (binascii.Error, ValueError) as exc:
-            return name, f"must be a base64-encoded image ({exc})"
+            data[name] = decode_base64_image(value, name)
+        except ImageInputError as exc:
+            return name, f"must be a base64-encoded image ({str(exc).removeprefix(f'{name}: ')})"
     return None
 
 

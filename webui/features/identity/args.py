@@ -11,15 +11,13 @@ lora_weight (PhotoMaker's LoRA).
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
-from ...core.image_input import open_image_checked
+from ...core.image_input import ImageInputError, decode_base64_image
 from ...core.request import FieldError, is_number
 
 SCRIPT = "identity"
@@ -55,11 +53,10 @@ def _image(value: Any, name: str) -> Image.Image | None:
     if isinstance(value, dict):
         return _image(value.get("image"), name)
     if isinstance(value, str):
-        encoded = value.split(",", 1)[1] if value.startswith("data:") else value
         try:
-            return open_image_checked(base64.b64decode(encoded, validate=True), name=name)
-        except (binascii.Error, ValueError) as exc:
-            raise ValueError(f"must be a base64-encoded image ({exc})") from None
+            return decode_base64_image(value, name)
+        except ImageInputError as exc:
+            raise ValueError(f"must be a base64-encoded image ({str(exc).removeprefix(f'{name}: ')})") from None
     raise ValueError("must be an image")
 
 
