@@ -18,6 +18,7 @@ from .core.processing import Engine
 from .core.request import GenerationRequest, Result
 from .core.styles import StyleStore
 from .devices import DeviceConfig, device_config
+from .fileio import remove_stale_temp_files
 from .extensions.features import collect_features
 from .extensions.manager import ExtensionManager
 from .extensions.runtime import HookRunner
@@ -186,6 +187,7 @@ def build(options: AppOptions) -> Easel:
                   ckpt_dirs=list(options.ckpt_dirs), lora_dirs=list(options.lora_dirs),
                   embedding_dirs=list(options.embedding_dirs))
     paths.ensure()
+    remove_stale_temp_files(paths.cache_dir)  # atomic writes cut short by a kill leave hidden .tmp files
     settings = SettingsStore(paths.config_file)
     settings.load()
     device = device_config(options.device, options.precision, options.no_half_vae)
@@ -218,6 +220,8 @@ def build(options: AppOptions) -> Easel:
     ip_adapters.faces = identity.analyzer  # FaceID units share the Identity tab's insightface models
     vaes = VaeLibrary([paths.model_dir("vae")], paths.checkpoint_dirs(), models.hashes,
                       paths.cache_dir / "vae_preferences.json", allow_pickle=options.allow_pickle)
+    settings.validators["sd_vae"] = vaes.check  # a VAE that cannot be read is refused before it is saved
+    settings.check_files()
     networks = LoraNetworks(loras, embeddings)
     annotators_dir = paths.model_dir("annotator")
     features = builtin_features(networks, upscalers, controlnets, ip_adapters, annotators_dir, identity)
