@@ -142,6 +142,7 @@ def serve(easel: Easel, options: ServerOptions) -> None:
             time.sleep(0.05)
         if server.started:
             easel.preload()
+            easel.restore_queue()  # generations queued when Easel last stopped run now, in their order
         while not server.should_exit:  # "Apply and restart UI" asks for a clean restart
             if easel.restart_requested.wait(0.5):
                 server.should_exit = True
