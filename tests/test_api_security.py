@@ -418,3 +418,16 @@ def test_image_url_redirects_are_checked_and_pinned(image_site):
         fetch_url("image", f"http://images.example:{port}/loop", resolve=RebindingDNS(dns.names), network=network)
     assert "redirected more than" in str(looping.value.detail)
     assert network.connects == [("1.1.1.1", port)] * (MAX_REDIRECTS + 1)
+
+
+def test_a_listed_origin_may_read_gradio_files_and_others_may_not(server):
+    image = server.root / "outputs" / "cors-check.png"
+    image.parent.mkdir(parents=True, exist_ok=True)
+    image.write_bytes(_png())
+    path = f"/gradio_api/file={image.resolve()}"
+    good = request(server, "GET", path, auth=ALICE, headers={"Origin": GOOD_ORIGIN})
+    assert good.status_code == 200 and good.headers["access-control-allow-origin"] == GOOD_ORIGIN
+    for origin in ("http://localhost:1234", "http://evil.example"):
+        other = request(server, "GET", path, auth=ALICE, headers={"Origin": origin})
+        assert other.status_code == 200 and "access-control-allow-origin" not in other.headers
+        assert "access-control-allow-credentials" not in other.headers

@@ -70,7 +70,7 @@ def test_listen_without_the_flag_refuses_installs_through_the_tab(tmp_path):
     try:
         page = Page(server.url)
         notes = " ".join(str(c.get("props", {}).get("value", "")) for c in page.config["components"])
-        assert "Installing and updating is off" in notes
+        assert "Installing, updating and uninstalling are off" in notes
         out = page.click("extensions_install_button", f"file://{repo}", "", "", None)
         assert "--enable-insecure-extension-access" in html(out["extensions_install_result"])
         assert "easel-error" in html(out["extensions_install_result"])
@@ -136,3 +136,36 @@ def test_with_the_flag_installs_ask_about_requirements_first(tmp_path, monkeypat
         assert out["extensions_install_requirements"]["visible"] is False
     finally:
         server.stop()
+
+
+def test_listen_without_the_flag_refuses_uninstall_and_local_index_urls(tmp_path):
+    """Issue 23: a remote user could delete an extension and make the server fetch from its own network."""
+    hits = []
+
+    class Counting(SimpleHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(json.dumps({"extensions": [{"name": "x", "url": "file:///x"}]}).encode())
+
+    local = HTTPServer(("127.0.0.1", 0), Counting)
+    threading.Thread(target=local.serve_forever, daemon=True).start()
+    ext_dir = tmp_path / "server" / "extensions"
+    (ext_dir / "keep-me").mkdir(parents=True)
+    (ext_dir / "keep-me" / "extension.toml").write_text('name = "keep-me"\napi_version = "2"\n')
+    (ext_dir / "keep-me" / "extension.py").write_text("")
+    server = start_server(tmp_path / "server", None, ["--listen", "--insecure", "--extensions-dir", str(ext_dir)])
+    try:
+        page = Page(server.url)
+        assert "full access" in str(page.component("extensions_access_warning")["props"]["value"])
+        out = page.click("extensions_uninstall", "keep-me", True)
+        assert "--enable-insecure-extension-access" in html(out["extensions_status"])
+        assert (ext_dir / "keep-me" / "extension.py").is_file()
+        for url in (f"http://127.0.0.1:{local.server_port}/index.json", f"http://localhost:{local.server_port}/i"):
+            out = page.click("extensions_load_index", url, "")
+            assert "loopback" in html(out["extensions_available_result"]), out
+        assert hits == []  # nothing reached the listener on 127.0.0.1
+    finally:
+        server.stop()
+        local.shutdown()

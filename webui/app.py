@@ -6,19 +6,25 @@ starts the queue's worker. The UI, the API and the CLI all receive this one `Eas
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .core.image_input import max_megapixels
+from .core.job_store import PendingJobStore
 from .core.jobs import Job, JobQueue
 from .core.result_archive import ResultArchive
 from .core.processing import Engine
 from .core.request import GenerationRequest, Result, ValidationError
+from .core.step_interrupt import install_interrupt_checks
 from .core.styles import StyleStore
 from .devices import DeviceConfig, device_config
+from .fileio import remove_stale_temp_files
 from .extensions.features import collect_features
 from .extensions.manager import ExtensionManager
 from .extensions.runtime import HookRunner
@@ -103,20 +109,56 @@ class Easel:
     ip_adapters: IPAdapterLibrary = None  # type: ignore[assignment]  # models/ipadapter + clip_vision
     identity: IdentityService = None  # type: ignore[assignment]  # InstantID / PhotoMaker files and models
     annotators_dir: Path | None = None  # ControlNet preprocessors' weights
+    pending_jobs: PendingJobStore | None = None  # queued generations on disk (data dir/queue), restored at start
 
     def submit(self, request: GenerationRequest, owner: str | None = None, job_id: str | None = None) -> Job:
-        """Validate now (so bad input fails at once, naming the field), then queue (txt2img or img2img)."""
+        """Validate now (so bad input fails at once, naming the field), then queue (txt2img or img2img).
+
+        The request is kept on disk until the job ends (`pending_jobs`), so a restart loses no queued work."""
+        return self._submit(request, owner, job_id, keep=True)
+
+    def _submit(self, request: GenerationRequest, owner: str | None, job_id: str | None, keep: bool) -> Job:
         prepared = self.engine.prepare(request)
         bounds = generation_errors(prepared, self.settings)
         if bounds:
             raise ValidationError(bounds)
+        store = self.pending_jobs
 
         def run(job: Job) -> Result:
+            if store is not None:
+                store.started(job.id)
             with self.models.store.in_use():  # what this job loads stays loaded until it ends
                 return self.engine.generate(prepared, job)
 
-        return self.queue.submit(run, owner=owner,
-                                 kind=request.mode, description=request.prompt[:80], job_id=job_id)
+        job_id = job_id or uuid.uuid4().hex
+        kept = keep and store is not None and store.save(job_id, request, owner, time.time())
+        try:
+            return self.queue.submit(run, owner=owner, kind=request.mode, description=request.prompt[:80],
+                                     job_id=job_id)
+        except BaseException:
+            if kept:
+                store.remove(job_id)
+            raise
+
+    def restore_queue(self) -> list[Job]:
+        """Queue again the generations that were waiting (or running) when Easel last stopped, oldest first.
+
+        Their images are saved whatever the request said: the client that was to receive them is gone."""
+        if self.pending_jobs is None:
+            return []
+        restored = []
+        for stored in self.pending_jobs.load():
+            request = dataclasses.replace(stored.request, save_images=True)
+            try:
+                job = self._submit(request, stored.owner, stored.id, keep=False)
+            except Exception as exc:  # e.g. its checkpoint was removed meanwhile: keep the request, say why
+                self.pending_jobs._give_up(stored.folder, f"it is no longer valid ({exc})")
+                continue
+            job.meta["restored"] = True
+            restored.append(job)
+        if restored:
+            log.info("restored %d queued job(s) from before the restart", len(restored))
+        return restored
 
     submit_txt2img = submit
 
@@ -193,6 +235,7 @@ def build(options: AppOptions) -> Easel:
                   ckpt_dirs=list(options.ckpt_dirs), lora_dirs=list(options.lora_dirs),
                   embedding_dirs=list(options.embedding_dirs))
     paths.ensure()
+    remove_stale_temp_files(paths.cache_dir)  # atomic writes cut short by a kill leave hidden .tmp files
     settings = SettingsStore(paths.config_file)
     settings.load()
     device = device_config(options.device, options.precision, options.no_half_vae)
@@ -226,6 +269,8 @@ def build(options: AppOptions) -> Easel:
     ip_adapters.faces = identity.analyzer  # FaceID units share the Identity tab's insightface models
     vaes = VaeLibrary([paths.model_dir("vae")], paths.checkpoint_dirs(), models.hashes,
                       paths.cache_dir / "vae_preferences.json", allow_pickle=options.allow_pickle)
+    settings.validators["sd_vae"] = vaes.check  # a VAE that cannot be read is refused before it is saved
+    settings.check_files()
     networks = LoraNetworks(loras, embeddings)
     annotators_dir = paths.model_dir("annotator")
     features = builtin_features(networks, upscalers, controlnets, ip_adapters, annotators_dir, identity)
@@ -233,7 +278,13 @@ def build(options: AppOptions) -> Easel:
     engine = Engine(models, settings, paths, StyleStore(paths.styles_file), networks, features, hooks=hooks,
                     scripts=collect_scripts(hooks), vaes=vaes, output_dir=options.output_dir)
     library = ModelLibrary.for_paths(paths, models.hashes)
+    # Interrupt/Skip take effect inside a step: the UNet's blocks check the running job's flags
+    models.listeners.append(lambda model: install_interrupt_checks(model.unet, lambda: queue.current,
+                                                                   lambda: queue.worker))
     models.listeners.append(lambda model: hooks.call("model_loaded", model=model))
+    pending_jobs = PendingJobStore(paths.data_dir / "queue")
+    # a job that ends is forgotten on disk; one that ends because the process stops is kept for the next start
+    queue.listeners.append(lambda job: None if queue.stopping else pending_jobs.remove(job.id))
     queue.start()
     log.info("device: %s; %d checkpoint(s) found", device.label, len(models.checkpoints()))
     extras = ExtrasService(upscalers, faces, settings, paths.outputs_dir)
@@ -241,7 +292,8 @@ def build(options: AppOptions) -> Easel:
     downloads.listeners.append(lambda item: _downloaded(item, models))
     return Easel(paths, settings, device, models, queue, engine, options, extensions, upscalers=upscalers,
                  faces=faces, extras=extras, library=library, vaes=vaes, downloads=downloads, loras=loras, embeddings=embeddings, controlnets=controlnets,
-                 ip_adapters=ip_adapters, identity=identity, annotators_dir=annotators_dir)
+                 ip_adapters=ip_adapters, identity=identity, annotators_dir=annotators_dir,
+                 pending_jobs=pending_jobs)
 
 
 def builtin_features(networks: LoraNetworks, upscalers: Upscalers, controlnets: ControlNetLibrary,

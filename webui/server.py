@@ -3,7 +3,8 @@
 Easel binds 127.0.0.1 unless --listen is given; listening on other addresses requires
 --auth (or --insecure), and with credentials every route (UI, API, files, docs, unknown
 paths) asks for them with HTTP Basic auth. State-changing requests from foreign web
-origins are refused unless allowed with --cors-allow-origins. On loopback, requests
+origins are refused, and no route (Gradio's included) lets another origin read it, unless
+that origin is allowed with --cors-allow-origins. On loopback, requests
 addressed to any other Host name are refused (DNS rebinding).
 """
 from __future__ import annotations
@@ -22,7 +23,8 @@ from fastapi.responses import JSONResponse, Response
 
 from . import __version__
 from . import api
-from .api.security import LOOPBACK_NAMES, BasicAuth, BodyLimit, LoopbackHost, SameOrigin, parse_credentials
+from .api.security import (LOOPBACK_NAMES, BasicAuth, BodyLimit, CorsPolicy, LoopbackHost, SameOrigin,
+                            parse_credentials)
 from .api.controlnet import controlnet_router
 from .app import Easel
 from .ui.common import CSS
@@ -77,6 +79,7 @@ def create_fastapi(easel: Easel, options: ServerOptions) -> FastAPI:
     if options.cors_allow_origins:
         app.add_middleware(CORSMiddleware, allow_origins=options.cors_allow_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(CorsPolicy, allowed_origins=options.cors_allow_origins)  # over Gradio's own CORS too
     if options.host in LOOPBACK_NAMES:  # outermost: a rebinding page gets nothing, not even a 401
         app.add_middleware(LoopbackHost)
 
@@ -140,6 +143,7 @@ def serve(easel: Easel, options: ServerOptions) -> None:
             time.sleep(0.05)
         if server.started:
             easel.preload()
+            easel.restore_queue()  # generations queued when Easel last stopped run now, in their order
         while not server.should_exit:  # "Apply and restart UI" asks for a clean restart
             if easel.restart_requested.wait(0.5):
                 server.should_exit = True

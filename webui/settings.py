@@ -11,11 +11,12 @@ import json
 import logging
 import math
 import threading
+import time
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,35 @@ REDACTED = "********"
 
 def _opt(default: Any, label: str, section: str = "General", *, choices: tuple | None = None,
          minimum: float | None = None, maximum: float | None = None, protected: bool = False,
-         secret: bool = False) -> Any:
-    """`protected`: only the Settings tab or config.json may change it; `secret`: never shown outside them."""
+         secret: bool = False, folder_name: bool = False) -> Any:
+    """`protected`: only the Settings tab or config.json may change it; `secret`: never shown outside them;
+    `folder_name`: one folder's name inside a models/ folder (never a path: no separators, no "..")."""
     meta = {"label": label, "section": section, "choices": choices, "minimum": minimum,
-            "maximum": maximum, "protected": protected or secret, "secret": secret}
+            "maximum": maximum, "protected": protected or secret, "secret": secret, "folder_name": folder_name}
     return field(default=default, metadata=meta)
+
+
+class SettingError(ValueError):
+    """A value a setting cannot take; the message starts with the setting's name."""
+
+    user_facing = True
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+class SettingsSaveError(OSError):
+    """config.json cannot be written (e.g. a folder stands in its place): a problem of the server, not the client."""
+
+    user_facing = True
+
+
+def check_folder_name(key: str, value: str) -> str:
+    """A plain folder name: what `safe_join` accepts and nothing deeper (no '/', '\\', '..', absolute)."""
+    if not value or value in (".", "..") or any(c in value for c in "/\\\x00:") or value != value.strip():
+        raise SettingError(key, f"must be the name of one folder (no path, no '/', '\\' or '..'); got {value!r}")
+    return value
 
 
 def redact(key: str, value: Any) -> Any:
@@ -130,7 +155,7 @@ class Settings:
     hub_token: str = _opt("", "Model hub access token (for gated repositories; never shown by the API)",
                           "Downloads", secret=True)
     identity_insightface_pack: str = _opt("antelopev2", "insightface model pack (a folder in models/insightface)",
-                                          "Identity")
+                                          "Identity", folder_name=True)
 
     # ---- validation -----------------------------------------------------------------
 
@@ -160,6 +185,8 @@ class Settings:
         elif isinstance(default, str):
             if not isinstance(value, str):
                 raise ValueError(f"{key}: expected text, got {_shown(value)}")
+            if meta.get("folder_name"):
+                check_folder_name(key, value)
         if meta.get("choices") and value not in meta["choices"]:
             raise ValueError(f"{key}: must be one of {', '.join(map(str, meta['choices']))}; got {_shown(value)}")
         if meta.get("minimum") is not None and value < meta["minimum"]:
@@ -176,7 +203,10 @@ class SettingsStore:
     """Holds the live Settings and writes them to config.json atomically.
 
     Unknown keys found in the file (an extension's options, a newer version's) are kept
-    and written back untouched, so nothing a user set is lost.
+    and written back untouched, so nothing a user set is lost. A file that cannot be parsed
+    is renamed to `config.json.bad-<time>` before anything can overwrite it, and the user is
+    told (`load_warnings`, shown in the Settings tab). `validators` check values that name a
+    file (e.g. `sd_vae`) before they are saved.
     """
 
     def __init__(self, path: Path):
@@ -185,21 +215,59 @@ class SettingsStore:
         self._extra: dict[str, Any] = {}
         self.settings = Settings()
         self.load_warnings: list[str] = []
+        self._save_blocked = False
+        # key -> check(value) raising ValueError/LookupError; registered by the app for settings naming files
+        self.validators: dict[str, Callable[[Any], None]] = {}
+
+    def _warn(self, message: str) -> None:
+        self.load_warnings.append(message)
+        log.warning(message)
+
+    def _keep_bad_file(self, reason: str) -> None:
+        """Rename an unreadable config.json aside, so the next save cannot destroy what the user had."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        backup = self.path.with_name(f"{self.path.name}.bad-{stamp}")
+        counter = 1
+        while backup.exists():
+            backup = self.path.with_name(f"{self.path.name}.bad-{stamp}-{counter}")
+            counter += 1
+        try:
+            self.path.rename(backup)
+        except OSError as exc:
+            self._warn(f"{self.path} could not be read ({reason}) nor kept aside ({exc}); Easel started with default "
+                       "settings and will not save over it")
+            self._save_blocked = True
+            return
+        self._warn(f"{self.path.name} could not be read ({reason}); it was kept as {backup.name} and Easel started "
+                   "with default settings. Fix or copy values from that file; saving settings writes a new "
+                   f"{self.path.name}.")
 
     def load(self) -> Settings:
         with self._lock:
             self.settings = Settings()
             self._extra = {}
             self.load_warnings = []
+            self._save_blocked = False
+            remove_stale_temp_files(self.path.parent, self.path.name)  # left by a save killed mid-write
+            if self.path.is_dir():
+                self._warn(f"{self.path} is a folder, not a file; Easel started with default settings and cannot "
+                           "save settings until it is removed or renamed")
+                return self.settings
             if not self.path.exists():
                 return self.settings
             try:
-                data = json.loads(self.path.read_text(encoding="utf-8"))
+                text = self.path.read_text(encoding="utf-8")
+            except OSError as exc:  # unreadable (permissions): leave it alone, never save over it
+                self._warn(f"{self.path} could not be read ({exc}); Easel started with default settings and will "
+                           "not save over it")
+                self._save_blocked = True
+                return self.settings
+            try:
+                data = json.loads(text)
                 if not isinstance(data, dict):
                     raise ValueError("top level is not an object")
-            except (OSError, ValueError) as exc:
-                self.load_warnings.append(f"{self.path.name} could not be read ({exc}); using defaults")
-                log.warning(self.load_warnings[-1])
+            except ValueError as exc:
+                self._keep_bad_file(str(exc))
                 return self.settings
             spec = Settings.spec()
             for key, value in data.items():
@@ -209,9 +277,23 @@ class SettingsStore:
                 try:
                     setattr(self.settings, key, Settings.coerce(key, value))
                 except ValueError as exc:
-                    self.load_warnings.append(f"{exc}; using the default")
-                    log.warning(self.load_warnings[-1])
+                    self._warn(f"{exc}; using the default")
             return self.settings
+
+    def check_files(self) -> None:
+        """Run the validators on the loaded values (after start-up, once the libraries exist).
+
+        A saved value naming a file that is gone or unreadable falls back to its default in
+        memory, with a warning, instead of failing every generation; the file keeps the value."""
+        with self._lock:
+            for key, check in self.validators.items():
+                value = getattr(self.settings, key)
+                try:
+                    check(value)
+                except (ValueError, LookupError) as exc:
+                    default = Settings.spec()[key].default
+                    self._warn(f"{key}: {_reason(key, exc)}; using {default!r} until it is changed")
+                    setattr(self.settings, key, default)
 
     def as_dict(self) -> dict[str, Any]:
         """Every option, including keys this version does not know (kept from config.json)."""
@@ -231,34 +313,73 @@ class SettingsStore:
         if key in Settings.spec():
             raise ValueError(f"{key}: use update() for built-in settings")
         with self._lock:
+            had, old = key in self._extra, self._extra.get(key)
             self._extra[key] = value
-            self.save()
+            try:
+                self.save()
+            except SettingsSaveError:
+                if had:
+                    self._extra[key] = old
+                else:
+                    self._extra.pop(key, None)
+                raise
 
     def extras(self) -> dict[str, Any]:
         with self._lock:
             return dict(self._extra)
 
+    def check(self, key: str, value: Any) -> Any:
+        """The value coerced and, for a setting naming a file, checked against that file; SettingError otherwise."""
+        value = Settings.coerce(key, value)
+        check = self.validators.get(key)
+        if check is not None:
+            try:
+                check(value)
+            except (ValueError, LookupError) as exc:
+                raise SettingError(key, _reason(key, exc)) from exc
+        return value
+
     def update(self, changes: dict[str, Any], *, allow_protected: bool = True) -> list[str]:
         """Validate every change first, then apply all and save; returns the changed keys.
 
-        Raises ValueError naming the first bad key; nothing is applied in that case.
+        Raises ValueError naming the first bad key; nothing is applied in that case, nor when
+        config.json cannot be written (SettingsSaveError).
         """
         spec = Settings.spec()
         checked: dict[str, Any] = {}
         for key, value in changes.items():
             if key in spec and spec[key].metadata.get("protected") and not allow_protected:
                 raise PermissionError(f"{key}: this setting can only be changed from the Settings tab or config.json")
-            checked[key] = Settings.coerce(key, value)
+            checked[key] = self.check(key, value) if key in spec else Settings.coerce(key, value)
         with self._lock:
             changed = [k for k, v in checked.items() if getattr(self.settings, k) != v]
+            before = {k: getattr(self.settings, k) for k in changed}
             for key, value in checked.items():
                 setattr(self.settings, key, value)
             if changed:
-                self.save()
+                try:
+                    self.save()
+                except SettingsSaveError:
+                    for key, value in before.items():
+                        setattr(self.settings, key, value)
+                    raise
             return changed
 
     def save(self) -> None:
         with self._lock:
+            if self._save_blocked:
+                raise SettingsSaveError(f"settings were not saved: {self.path} could not be read at start-up and is "
+                                        "not overwritten; fix or remove it and restart")
             data = dict(self._extra)
             data.update(self.settings.as_dict())
-            atomic_write_text(self.path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+            try:
+                atomic_write_text(self.path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+            except OSError as exc:
+                what = "is a folder, not a file" if self.path.is_dir() else f"cannot be written ({exc.strerror or exc})"
+                raise SettingsSaveError(f"settings were not saved: {self.path} {what}") from exc
+
+
+def _reason(key: str, exc: BaseException) -> str:
+    """An exception's message without a leading 'key: ' (validators often name the setting themselves)."""
+    text = str(exc).strip("'\"")
+    return text[len(key) + 2:] if text.startswith(f"{key}: ") else text

@@ -105,6 +105,9 @@ def build_router(ctx: ApiContext) -> APIRouter:
         if job.state == JobState.CANCELLED:
             return {"id": job.id, "state": job.state.value, "images": [], "parameters": _parameters(job), "info": "{}",
                     "warnings": ["cancelled before it ran"]}
+        if "body" not in job.meta and job.meta.get("restored"):
+            raise ApiError(410, f"job {job.id} was queued again after a restart; its images were saved to the "
+                                "outputs folder, not kept for this request", extra={"state": job.state.value})
         if "body" not in job.meta:
             raise ApiError(404, f"job {job.id} is not a generation")
         if "extras_sources" in job.meta:

@@ -23,7 +23,7 @@ from ..core.jobs import Job, JobState
 from ..core.request import GenerationRequest
 from ..features.hires import LATENT_MODES
 from ..model_manager.library import read_safetensors_header
-from ..settings import redact
+from ..settings import SettingError, SettingsSaveError, redact
 from . import extras as extras_api
 from . import models as m
 from . import scripts as script_api
@@ -197,8 +197,8 @@ def build_router(ctx: ApiContext) -> APIRouter:
             if key == "sd_vae":
                 try:
                     easel.vaes.check(value)
-                except LookupError as exc:
-                    raise invalid(key, str(exc)) from exc
+                except (LookupError, ValueError) as exc:
+                    raise invalid(key, str(exc).split(": ", 1)[-1] if str(exc).startswith(key) else str(exc)) from exc
             changed, coerced = check_option(easel.settings, key, value, key)
             if changed:
                 changes[key] = coerced
@@ -207,7 +207,12 @@ def build_router(ctx: ApiContext) -> APIRouter:
                 text=t)), "load-model", checkpoint)
             changes["sd_model_checkpoint"] = checkpoint
         if changes:
-            easel.settings.update(changes, allow_protected=False)
+            try:
+                easel.settings.update(changes, allow_protected=False)
+            except SettingError as exc:
+                raise invalid(exc.key, str(exc).split(": ", 1)[-1]) from exc
+            except SettingsSaveError as exc:  # the server's own file is broken: not the client's mistake
+                raise ApiError(503, str(exc), error="SettingsNotSaved") from exc
         return None
 
     @router.get("/cmd-flags")

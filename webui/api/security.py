@@ -3,8 +3,10 @@
 - BasicAuth: with --auth/--api-auth, every route (UI, API, files, docs, unknown paths)
   answers 401 without the right credentials, before anything else looks at the request.
 - SameOrigin: a state-changing request (POST, PUT, PATCH, DELETE) that carries a foreign
-  Origin is refused (403) unless that origin was allowed with --cors-allow-origins; this
-  stops a web page the user visits from driving a local Easel.
+  Origin (another scheme, host or port) is refused (403) unless that origin was allowed with
+  --cors-allow-origins; this stops a web page the user visits from driving a local Easel.
+- CorsPolicy: no route, Gradio's included, sends CORS headers to an origin that is not
+  listed, so no other web page can read what Easel serves (generated images included).
 - BodyLimit: request bodies larger than the limit are refused with 413 before they are
   parsed, on every route; Gradio's own API (which streams its uploads to disk) is counted
   as it streams instead of buffered. JSON nested absurdly deep is refused with 422.
@@ -108,6 +110,77 @@ class BasicAuth:
             current_user.reset(token)
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _origin_tuple(scheme: str, netloc: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) with the scheme's default port filled in; None when it cannot be parsed."""
+    scheme = {"ws": "http", "wss": "https"}.get(scheme.lower(), scheme.lower())
+    try:
+        parts = urlsplit(f"{scheme}://{netloc}")
+        port = parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        return None
+    if not parts.hostname or port is None:
+        return None
+    return scheme, parts.hostname.lower(), port
+
+
+def is_same_origin(scope, origin: str) -> bool:
+    """True when `origin` is this server as the request reached it: the same scheme, host and port.
+
+    A page on https://127.0.0.1:7860 is another origin than Easel on http://127.0.0.1:7860 (a
+    TLS proxy or another program on that port): browsers keep them apart, and so does this."""
+    if not origin or origin == "null":
+        return False
+    parts = urlsplit(origin)
+    if parts.path not in ("", "/") or parts.query or parts.username or parts.password:
+        return False
+    theirs = _origin_tuple(parts.scheme, parts.netloc)
+    ours = _origin_tuple(scope.get("scheme", "http"), _header(scope, b"host") or "")
+    return theirs is not None and theirs == ours
+
+
+class CorsPolicy:
+    """Cross-origin reads only for the origins listed with --cors-allow-origins, on every route.
+
+    Gradio adds its own CORS headers to its routes (`/gradio_api/file=...` included): it echoes
+    any localhost Origin, and any Origin at all when the host is not localhost, with
+    `Access-Control-Allow-Credentials: true`, so another web page could read generated images.
+    Outside everything but the Host check, this strips every `Access-Control-*` response header
+    unless the request's Origin is listed, and answers preflights from other origins with 403.
+    Same-origin pages need no CORS headers; listed origins get them from Starlette's CORSMiddleware.
+    """
+
+    def __init__(self, app, allowed_origins: Iterable[str] = ()):
+        self.app = app
+        self.allowed = {o.rstrip("/") for o in allowed_origins}
+
+    def listed(self, origin: str) -> bool:
+        return "*" in self.allowed or origin.rstrip("/") in self.allowed
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        origin = _header(scope, b"origin")
+        if origin is None or self.listed(origin):
+            return await self.app(scope, receive, send)
+        if scope.get("method") == "OPTIONS" and _header(scope, b"access-control-request-method") is not None:
+            return await _send_json(send, 403, {
+                "error": "Forbidden",
+                "detail": f"cross-origin requests from {origin} are not allowed (start Easel with "
+                          "--cors-allow-origins to allow an origin)"})
+
+        async def send_without_cors(message):
+            if message["type"] == "http.response.start":
+                message = dict(message)
+                message["headers"] = [(k, v) for k, v in message.get("headers", [])
+                                      if not k.lower().startswith(b"access-control-")]
+            await send(message)
+
+        return await self.app(scope, receive, send_without_cors)
+
+
 class SameOrigin:
     def __init__(self, app, allowed_origins: Iterable[str] = ()):
         self.app = app
@@ -121,9 +194,7 @@ class SameOrigin:
             return True  # not a browser page (curl, scripts, API clients)
         if "*" in self.allowed or origin.rstrip("/") in self.allowed:
             return True
-        host = (_header(scope, b"host") or "").lower()
-        netloc = urlsplit(origin).netloc.lower() if origin != "null" else ""
-        return bool(netloc) and netloc == host
+        return is_same_origin(scope, origin)
 
     async def __call__(self, scope, receive, send):
         if not self.allows(scope):

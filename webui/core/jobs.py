@@ -4,7 +4,8 @@ Every generation (UI, API, CLI) and every model switch is a Job run by the singl
 thread, in submission order, so requests never race for the GPU or the loaded model.
 Callers get a Job back at once and can poll `progress`, wait for the result, cancel a
 queued job, or interrupt/skip a running one. The worker checks the flags at every
-sampling step, so an interrupt takes effect within one step.
+sampling step, and the UNet's blocks check them inside a step (`step_interrupt`), so an
+interrupt takes effect within one block of the model.
 """
 from __future__ import annotations
 
@@ -229,6 +230,16 @@ class JobQueue:
     @property
     def current(self) -> Job | None:
         return self._current
+
+    @property
+    def stopping(self) -> bool:
+        """True once `stop` began: jobs finishing now end because the process does, not because anyone asked."""
+        return self._stopping
+
+    @property
+    def worker(self) -> threading.Thread | None:
+        """The thread that runs the jobs (None before `start`)."""
+        return self._thread
 
     def pending(self) -> list[Job]:
         with self._cv:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import atomic_write_text
+from ..public_fetch import FetchRefused, fetch_public
 from .hookspecs import HOOK_API_VERSION
 from .runtime import HookRunner
 
@@ -45,6 +46,11 @@ STAGING = ".staging"  # extensions/.staging/: clones waiting for the user's answ
 REQUIREMENTS_MARKER = ".easel-requirements-installed"  # in an extension's folder: what pip installed for it
 DEFAULT_INDEX_URL = ("https://raw.githubusercontent.com/AUTOMATIC1111/stable-diffusion-webui-extensions/master/"
                      "index.json")
+MAX_INDEX_BYTES = 16 << 20  # AUTOMATIC1111's index is about 1 MB
+# shown wherever an extension is installed: the Extensions tab, its install messages, the docs
+FULL_ACCESS_WARNING = ("Extensions are Python code that runs inside Easel with your full access: it can read and "
+                       "change any of your files, use the network and run programs. Install only extensions "
+                       "whose code and authors you trust.")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -350,9 +356,12 @@ class ExtensionManager:
     # ---- installing --------------------------------------------------------------------------
 
     def _check_install_allowed(self) -> None:
+        """Installing, updating and uninstalling change which code runs (or delete a folder on the server):
+        with --listen, only with --enable-insecure-extension-access."""
         if not self.allow_install:
-            raise ExtensionError("Installing extensions is disabled because Easel listens beyond 127.0.0.1; "
-                                 "start it with --enable-insecure-extension-access to allow it.")
+            raise ExtensionError("Installing, updating and uninstalling extensions is disabled because Easel "
+                                 "listens beyond 127.0.0.1; start it with --enable-insecure-extension-access "
+                                 "to allow it.")
 
     def staging_dir(self) -> Path:
         """Where clones wait for the user's answer; ignored by discovery, emptied at start-up."""
@@ -479,6 +488,7 @@ class ExtensionManager:
         return self.get(name).commit
 
     def uninstall(self, name: str) -> None:
+        self._check_install_allowed()
         ext = self.get(name)
         if ext.manifest.bundled:
             raise ExtensionError(f"{name} comes with Easel; disable it instead")
@@ -525,19 +535,26 @@ class ExtensionManager:
         return self.cache_dir / "extensions-index.json"
 
     def fetch_index(self, url: str, max_age: float = 3600) -> list[dict[str, Any]]:
-        """Extensions listed at `url` (AUTOMATIC1111's index format), cached for `max_age` seconds."""
-        import httpx
+        """Extensions listed at `url` (AUTOMATIC1111's index format), cached for `max_age` seconds.
 
+        While installing is off (--listen without --enable-insecure-extension-access) the URL may
+        come from a remote user, so it goes through the image URLs' filter (`public_fetch`: public
+        addresses only, each redirect checked); otherwise whoever types it could install code
+        anyway, and a private or local index mirror is allowed."""
+        url = url.strip()
         cache = self.index_cache()
         if cache.is_file() and time.time() - cache.stat().st_mtime < max_age:
             cached = json.loads(cache.read_text())
             if cached.get("url") == url:
                 return cached["extensions"]
         try:
-            response = httpx.get(url, timeout=20, follow_redirects=True)
-            response.raise_for_status()
-            entries = response.json().get("extensions", [])
-        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            data = self._download_index(url)
+            entries = json.loads(data).get("extensions", [])
+            if not isinstance(entries, list):
+                raise ValueError("'extensions' is not a list")
+        except FetchRefused as exc:
+            raise ExtensionError(f"index URL {url}: {exc}") from exc
+        except (OSError, ValueError, AttributeError) as exc:
             if cache.is_file():
                 log.warning("extension index unavailable (%s); using the cached copy", exc)
                 return json.loads(cache.read_text())["extensions"]
@@ -545,6 +562,21 @@ class ExtensionManager:
         entries = [e for e in entries if isinstance(e, dict) and e.get("url")]
         atomic_write_text(cache, json.dumps({"url": url, "extensions": entries}))
         return entries
+
+    def _download_index(self, url: str) -> bytes:
+        if not self.allow_install:
+            return fetch_public(url, noun="index URL", max_bytes=MAX_INDEX_BYTES, timeout=20,
+                                accept=b"application/json")
+        import httpx
+
+        try:
+            response = httpx.get(url, timeout=20, follow_redirects=True)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise OSError(str(exc)) from exc
+        if len(response.content) > MAX_INDEX_BYTES:
+            raise ValueError(f"the index is larger than {MAX_INDEX_BYTES} bytes")
+        return response.content
 
     @staticmethod
     def search(entries: list[dict[str, Any]], query: str) -> list[dict[str, Any]]:

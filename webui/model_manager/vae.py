@@ -48,6 +48,13 @@ class VaeLoadError(RuntimeError):
     user_facing = True
 
 
+class VaeUnreadableError(LookupError):
+    """No usable VAE answers to the name: the file exists but cannot be a VAE (unreadable, truncated,
+    no VAE tensors). A LookupError like VaeNotFoundError, so every caller refuses both the same way."""
+
+    user_facing = True
+
+
 @dataclass(frozen=True)
 class VaeChoice:
     """The VAE a generation used: a file (name, path, sha256) or the checkpoint's own (path None)."""
@@ -103,10 +110,12 @@ class VaeLibrary:
         return find_file(query, self.files(), self.folders, VaeNotFoundError, shown=lambda path: path.name)
 
     def check(self, selection: Any) -> None:
-        """Raise VaeNotFoundError unless `selection` is Automatic, None or an installed file."""
+        """Raise VaeNotFoundError unless `selection` is Automatic, None or an installed file, and
+        VaeUnreadableError when that file cannot be read as a VAE, so `sd_vae` never names a file
+        that would fail every generation after it is saved."""
         if selection in (None, "", AUTOMATIC, NONE):
             return
-        self.find(str(selection))
+        check_vae_file(self.find(str(selection)))
 
     def short_hash(self, path: Path) -> str | None:
         sha = self.hashes.cached(path)
@@ -178,6 +187,30 @@ class VaeLibrary:
                                     bool(options.get("sd_vae_overrides_per_model_preferences", True)))
         apply_vae(model, path, self.allow_pickle)
         return VaeChoice(path, self.hashes.sha256(path) if path else "", source)
+
+
+def check_vae_file(path: Path) -> None:
+    """Cheap checks of a VAE file before it is chosen: a safetensors header that parses, tensor data
+    inside the file, and encoder/decoder tensors. Pickle files (listed only with --allow-pickle) are
+    read at use."""
+    from .library import read_safetensors_header
+
+    if path.suffix.lower() != ".safetensors":
+        return
+    try:
+        header = read_safetensors_header(path)
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            data_start = 8 + int.from_bytes(handle.read(8), "little")
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise VaeUnreadableError(f"sd_vae: cannot read {path.name} ({exc})") from None
+    if data_start + end > size:
+        raise VaeUnreadableError(f"sd_vae: {path.name} is truncated ({size} bytes, its header describes more)")
+    keys = [k.removeprefix("first_stage_model.") for k in tensors]
+    if not any(k.startswith("encoder.") for k in keys) or not any(k.startswith("decoder.") for k in keys):
+        raise VaeUnreadableError(f"sd_vae: {path.name} holds no VAE (no encoder and decoder tensors)")
 
 
 def vae_state_dict(tensors: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import gradio as gr
 
 from ..app import Easel
-from ..extensions.manager import DEFAULT_INDEX_URL, ExtensionError, ExtensionManager, PendingInstall
-from .common import error_html, esc
+from ..extensions.manager import (DEFAULT_INDEX_URL, FULL_ACCESS_WARNING, ExtensionError, ExtensionManager,
+                                  PendingInstall)
+from .common import error_html, esc, warning_html
 
 COLUMNS = ["Extension", "Enabled", "Version", "Commit", "Status"]
 
@@ -40,7 +41,7 @@ def _errors_html(easel: Easel) -> str:
 
 
 def _question(pending: PendingInstall) -> str:
-    lines = [f"**{pending.name}** ({pending.commit[:8]}) is ready to install."]
+    lines = [f"**{pending.name}** ({pending.commit[:8]}) is ready to install.", f"**Warning:** {FULL_ACCESS_WARNING}"]
     if pending.replaces:
         lines.append(f"An extension is already installed in `{pending.name}`; installing replaces it.")
     if pending.requirements:
@@ -84,9 +85,10 @@ def build_extensions(easel: Easel) -> None:
     manager = easel.extensions
     if manager.safe_mode:
         gr.Markdown("**Safe mode**: Easel was started with `--disable-extensions`, so none are loaded.")
+    gr.HTML(warning_html(FULL_ACCESS_WARNING), elem_id="extensions_access_warning")
     if not manager.allow_install:
-        gr.Markdown("Installing and updating is off because Easel listens beyond 127.0.0.1; start it with "
-                    "`--enable-insecure-extension-access` to allow it.")
+        gr.Markdown("Installing, updating and uninstalling are off because Easel listens beyond 127.0.0.1; start "
+                    "it with `--enable-insecure-extension-access` to allow them.")
     with gr.Tabs(elem_id="tabs_extensions"):
         with gr.Tab("Installed", elem_id="extensions_installed_tab"):
             table = gr.Dataframe(_rows(easel), headers=COLUMNS, interactive=False, elem_id="extensions_installed_table")
@@ -165,7 +167,7 @@ def build_extensions(easel: Easel) -> None:
 
     def installed_message(ext, note: str) -> str:
         return (f"<p>Installed {esc(ext.name)} at {esc(ext.commit[:8])} ({esc(note)}). Apply and restart the UI on "
-                f"the Installed tab to load it.</p>")
+                f"the Installed tab to load it; its code then runs with your full access.</p>")
 
     def hidden_question(message: str):
         return (message, gr.update(visible=False), "", gr.update(), gr.update(), "", *refresh()[:3])

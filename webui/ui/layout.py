@@ -14,7 +14,7 @@ from .common import error_html, esc
 from .queue_panel import build_queue_panel
 from .extras_tab import build_extras
 from .runner import SessionJobs
-from .settings_tab import build_settings
+from .settings_tab import build_settings, load_notice
 from .controlnet_tab import build_controlnet_tab
 from .extensions_tab import build_extensions
 from .identity_tab import build_identity_tab
@@ -37,6 +37,10 @@ def _no_checkpoint_notice(easel: Easel) -> str:
 
 
 def _status(easel: Easel) -> str:
+    return load_notice(easel) + _model_status(easel)  # config.json problems at start-up stay on top until fixed
+
+
+def _model_status(easel: Easel) -> str:
     if not easel.models.checkpoints():
         return _no_checkpoint_notice(easel)
     current = easel.models.current

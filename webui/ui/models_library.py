@@ -14,6 +14,7 @@ from ..fileio import format_size
 from ..model_manager.library import LibraryEntry
 from ..model_manager.registry import ModelNotFoundError
 from ..model_manager.vae import AUTOMATIC, VaeNotFoundError
+from ..settings import SettingsSaveError
 from .common import error_html, esc
 
 COLUMNS = ["Name", "Kind", "Folder", "Size", "Architecture", "AutoV2", "Trigger words"]
@@ -176,7 +177,7 @@ def build_vae_picker(easel: Easel) -> gr.Dropdown:
         try:
             easel.vaes.check(value)
             easel.settings.update({"sd_vae": value})
-        except (VaeNotFoundError, ValueError) as exc:
+        except (LookupError, ValueError, SettingsSaveError) as exc:  # missing or unreadable file; unsaved
             gr.Warning(str(exc))
             return gr.update(choices=choices(), value=current())
         return gr.update(choices=choices(), value=value)

@@ -23,6 +23,8 @@ def _session(request: gr.Request | None) -> str:
 def _origin(job: Job, session: str) -> str:
     if job.owner == session:
         return "you"
+    if job.meta.get("restored"):
+        return "queued before a restart"
     if job.owner is None:
         return "Easel"
     if job.meta.get("type"):

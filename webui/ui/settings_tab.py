@@ -6,8 +6,8 @@ from collections import defaultdict
 import gradio as gr
 
 from ..app import Easel
-from ..settings import Settings
-from .common import error_html, esc
+from ..settings import Settings, SettingsSaveError
+from .common import error_html, esc, warning_html
 
 
 def _component(name: str, value, meta: dict) -> gr.components.Component:
@@ -23,6 +23,14 @@ def _component(name: str, value, meta: dict) -> gr.components.Component:
     return gr.Textbox(value=value, label=label, elem_id=elem_id, type="password" if meta.get("secret") else "text")
 
 
+def load_notice(easel: Easel) -> str:
+    """The start-up warnings about config.json, as the error box the tab shows (empty when there were none)."""
+    warnings = easel.settings.load_warnings
+    if not warnings:
+        return ""
+    return warning_html("Settings at start-up: " + " · ".join(warnings))
+
+
 def build_settings(easel: Easel) -> None:
     spec = Settings.spec()
     current = easel.settings.settings.as_dict()
@@ -34,7 +42,8 @@ def build_settings(easel: Easel) -> None:
 
     with gr.Row():
         apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
-    result = gr.HTML("", elem_id="settings_result")
+    # what went wrong reading config.json at start-up (a corrupt file kept aside, a bad value) stays in view
+    result = gr.HTML(load_notice(easel), elem_id="settings_result")
     names: list[str] = []
     components: list[gr.components.Component] = []
     for section, keys in sections.items():
@@ -52,7 +61,7 @@ def build_settings(easel: Easel) -> None:
             changes[name] = value
         try:
             changed = easel.settings.update(changes)
-        except (ValueError, PermissionError) as exc:
+        except (ValueError, PermissionError, SettingsSaveError) as exc:
             return error_html(str(exc))
         if not changed:
             return "<p>No changes.</p>"

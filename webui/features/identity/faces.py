@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ...paths import UnsafePathError, safe_join
+
 DET_SIZE = (640, 640)
 # the five keypoints: left eye, right eye, nose, left and right mouth corner (colours as InstantID draws them)
 KEYPOINT_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255))
@@ -54,8 +56,15 @@ def providers() -> list[str]:
 
 
 def pack_folder(root: Path, pack: str) -> Path | None:
-    """models/insightface/<pack> (or insightface's own <root>/models/<pack>, or a zip's doubled folder)."""
-    for candidate in (root / pack, root / "models" / pack, root / pack / pack):
+    """models/insightface/<pack> (or insightface's own <root>/models/<pack>, or a zip's doubled folder).
+
+    `pack` comes from a setting: each candidate is joined with `safe_join`, so an absolute or
+    `../` name finds nothing outside models/insightface."""
+    for relative in (pack, f"models/{pack}", f"{pack}/{pack}"):
+        try:
+            candidate = safe_join(root, relative)
+        except UnsafePathError:
+            return None
         if candidate.is_dir() and any(candidate.glob("*.onnx")):
             return candidate
     return None
