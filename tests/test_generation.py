@@ -115,7 +115,9 @@ def test_interrupt_stops_within_about_a_step_and_next_job_runs(easel):
     assert job.state == JobState.INTERRUPTED
     assert job.progress.step < 150
     assert stopped_after < 3 * step_seconds + 0.5, (stopped_after, step_seconds)
-    assert job.result.interrupted and job.result.images == [] and job.result.paths == []
+    # as AUTOMATIC1111: the interrupted batch is decoded from its last denoised estimate and saved
+    assert job.result.interrupted and len(job.result.images) == 1 and len(job.result.paths) == 1
+    assert job.result.images[0].size == (256, 256)
 
     after = easel.txt2img(req())
     assert len(after.images) == 1 and not after.interrupted
@@ -128,7 +130,9 @@ def test_interrupt_keeps_finished_batches(easel):
     job.interrupt()
     job.wait(30)
     assert job.result.interrupted
-    assert len(job.result.images) == 1 and len(job.result.paths) == 1
+    # the finished first batch, then the second one partly denoised (as AUTOMATIC1111 returns it)
+    assert len(job.result.images) == 2 and len(job.result.paths) == 2
+    assert job.result.seeds[1] == job.result.seeds[0] + 1
 
 
 def test_skip_drops_the_current_batch_only(easel):

@@ -22,6 +22,8 @@ def server(tmp_path_factory, tiny_ckpt_dir):
 def test_queue_panel_shows_api_jobs_and_cancels_your_own(server):
     api = httpx.Client(base_url=server.url, timeout=120)
     with open_app(server.url) as page:
+        expect(page.locator("#easel_queue")).to_contain_text("Queue: empty", timeout=30_000)
+        page.locator("#easel_queue button").first.click()  # the panel is one closed line until opened
         expect(page.locator("#easel_queue_view")).to_contain_text("The queue is empty", timeout=30_000)
 
         api_job = start_long_job(api)

@@ -7,7 +7,8 @@ Measures
 - seconds per image through Easel's engine vs the same settings through a bare diffusers
   pipeline built from the very same modules (ratio; target <= 1.02 at 20 steps). Runs
   alternate between the two, and the median of each is compared;
-- time from starting the server process to the UI answering HTTP;
+- time from starting the server process to the UI answering HTTP, next to a bare Gradio app
+  measured the same way in the same run (ratio; goal <= 1.1);
 - cold load time of a checkpoint and the time of a cached switch back to it;
 - peak resident memory of this process.
 """
@@ -86,18 +87,32 @@ def _sync(model) -> None:
         torch.cuda.synchronize()
 
 
-def _startup_seconds(data: Path, ckpt_dir: Path, device: str) -> float:
+# the smallest Gradio page served the way Easel serves its own (FastAPI + uvicorn), for a fair start-up ratio
+BARE_GRADIO = """
+import sys
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI
+with gr.Blocks() as demo:
+    gr.Textbox(label="Prompt")
+app = gr.mount_gradio_app(FastAPI(), demo, path="/")
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def _free_port() -> int:
     import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+        return sock.getsockname()[1]
+
+
+def _seconds_until_answer(command: list[str], port: int) -> float:
+    """Start `command` and time it until http://127.0.0.1:port/ answers 200 (nan after 180 s)."""
     root = Path(__file__).resolve().parent.parent
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "webui.cli", "--port", str(port), "--device", device,
-                             "--models-dir", str(data / "srv-models"), "--data-dir", str(data / "srv-data"),
-                             "--outputs-dir", str(data / "srv-out"), "--ckpt-dir", str(ckpt_dir)],
-                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while time.perf_counter() - start < 180:
             try:
@@ -109,6 +124,30 @@ def _startup_seconds(data: Path, ckpt_dir: Path, device: str) -> float:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _startup_seconds(data: Path, ckpt_dir: Path, device: str) -> float:
+    port = _free_port()
+    return _seconds_until_answer([sys.executable, "-m", "webui.cli", "--port", str(port), "--device", device,
+                                  "--models-dir", str(data / "srv-models"), "--data-dir", str(data / "srv-data"),
+                                  "--outputs-dir", str(data / "srv-out"), "--ckpt-dir", str(ckpt_dir)], port)
+
+
+def _bare_gradio_seconds() -> float:
+    port = _free_port()
+    return _seconds_until_answer([sys.executable, "-c", BARE_GRADIO, str(port)], port)
+
+
+def _startup_rows(data: Path, ckpt_dir: Path, device: str) -> list[tuple[str, str]]:
+    """Easel's start-up next to a bare Gradio app's, alternating two runs each (goal: ratio <= 1.1)."""
+    ours, bare = [], []
+    for _ in range(2):
+        bare.append(_bare_gradio_seconds())
+        ours.append(_startup_seconds(data, ckpt_dir, device))
+    easel_s, bare_s = statistics.median(ours), statistics.median(bare)
+    return [("process start -> UI answers HTTP (s)", f"{easel_s:.2f}"),
+            ("bare Gradio app, same measure (s)", f"{bare_s:.2f}"),
+            ("ratio Easel / bare Gradio (goal <= 1.1)", f"{easel_s / bare_s:.2f}")]
 
 
 def _lora_rows(easel, model, data: Path, request: dict) -> list[tuple[str, str]]:
@@ -287,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += _sampler_rows(easel, request)
         easel.close()
         if importlib.util.find_spec("gradio") is not None:
-            rows.append(("process start -> UI answers HTTP (s)", f"{_startup_seconds(data, ckpts, args.device):.2f}"))
+            rows += _startup_rows(data, ckpts, args.device)
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         rows.append(("peak RSS of this process (MiB)", f"{peak_kb / 1024:.0f}"))
         if torch.cuda.is_available() and easel.device.device.type == "cuda":

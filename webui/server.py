@@ -29,6 +29,7 @@ from .api.controlnet import controlnet_router
 from .app import Easel
 from .ui.common import CSS
 from .ui.layout import build_ui
+from .ui.page_script import head_script
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,11 @@ def create_fastapi(easel: Easel, options: ServerOptions) -> FastAPI:
         allowed = [str(easel.paths.outputs_dir.resolve())]
         # HTTP Basic auth (above) protects the UI too, so Gradio's own login form is not used
         app = gr.mount_gradio_app(app, blocks, path="/", allowed_paths=allowed, css=CSS,
-                                  footer_links=["api", "settings"], show_error=False, head=_extension_head(easel),
+                                  footer_links=["api", "settings"], show_error=False,
+                                  head=head_script() + _extension_head(easel),
                                   max_file_size=options.max_body_bytes)  # each file; BodyLimit bounds the request
         blocks.config = blocks.get_config_file()  # the config was built before `head` was set
+        app.state.gradio_blocks = blocks  # serve() ends its streams before shutting down
     else:
         @app.get("/")
         def root() -> JSONResponse:
@@ -132,11 +135,47 @@ def _mount_extension_assets(app: FastAPI, easel: Easel) -> None:
         return FileResponse(target, media_type=media)
 
 
+def end_gradio_streams(app: FastAPI) -> None:
+    """Tell Gradio's open streams to end, as Gradio's own `Blocks.close()` does (call in the event loop).
+
+    The page keeps a heartbeat stream open for as long as it is shown, and a stream per running
+    event; uvicorn's graceful shutdown would wait for them until its timeout and then cancel
+    them, logging "Exception in ASGI application ... CancelledError" for each.
+    """
+    blocks = getattr(app.state, "gradio_blocks", None)
+    if blocks is None:
+        return
+    from gradio.server_messages import BaseMessage
+    from gradio_client.utils import ServerMessage
+
+    queue = blocks._queue
+    queue.close()
+    for messages in list(queue.pending_messages_per_session.values()):
+        messages.put_nowait(BaseMessage(msg=ServerMessage.server_stopped))
+    for route in app.routes:  # the mounted Gradio app ends its heartbeat streams on this event
+        stop_event = getattr(getattr(route, "app", None), "stop_event", None)
+        if stop_event is not None:
+            stop_event.set()
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn.Server that ends Gradio's streams before its graceful shutdown, so it is quick and quiet."""
+
+    async def shutdown(self, sockets=None) -> None:  # type: ignore[override]
+        try:
+            end_gradio_streams(self.config.app)
+        except Exception:  # never let this stand in the way of shutting down
+            log.debug("could not end Gradio's streams", exc_info=True)
+        await super().shutdown(sockets)
+
+
 def serve(easel: Easel, options: ServerOptions) -> None:
     app = create_fastapi(easel, options)
     print(f"Running on local URL:  http://{options.host}:{options.port}", flush=True)
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", timeout_graceful_shutdown=3)
-    server = uvicorn.Server(config)
+    server = QuietServer(config)
+
+    asked: list[float] = []  # when a restart was asked for
 
     def warm_up() -> None:
         while not server.started and not server.should_exit:
@@ -145,7 +184,8 @@ def serve(easel: Easel, options: ServerOptions) -> None:
             easel.preload()
             easel.restore_queue()  # generations queued when Easel last stopped run now, in their order
         while not server.should_exit:  # "Apply and restart UI" asks for a clean restart
-            if easel.restart_requested.wait(0.5):
+            if easel.restart_requested.wait(0.1):
+                asked.append(time.monotonic())
                 server.should_exit = True
 
     threading.Thread(target=warm_up, name="easel-warm-up", daemon=True).start()
@@ -153,3 +193,5 @@ def serve(easel: Easel, options: ServerOptions) -> None:
         server.run()
     finally:
         easel.close()
+        if asked:
+            log.info("stopped %.1fs after the restart was asked for", time.monotonic() - asked[0])

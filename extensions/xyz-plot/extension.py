@@ -90,7 +90,7 @@ class XYZPlot(easel.Script):
                         if name != "Nothing":
                             cell = apply_value(name, cell, value, values)
                     done = context.generate(cell)
-                    cells_result.warnings += done.warnings
+                    cells_result.warnings += [w for w in done.warnings if w not in cells_result.warnings]
                     if done.interrupted:  # Interrupt: stop the grid, keep what is finished
                         cells_result.interrupted = True
                         break

@@ -5,7 +5,8 @@ alike. A request runs as passes (core/pipeline.py): the first, plus any a featur
 fix). The engine knows no feature by name: every one (img2img, inpainting, soft inpainting,
 hires fix, ControlNet, identity, extra networks) contributes through the `Feature` protocol,
 and every family-specific answer comes from the model's family adapter (webui/families). It
-reports progress per step through the job, honours Interrupt (stop, keep finished images) and
+reports progress per step through the job, honours Interrupt (stop, keep finished images and, as
+AUTOMATIC1111 does, the interrupted batch decoded from its last denoised estimate) and
 Skip (drop the current batch, go on), and writes each image with its infotext as soon as it is
 decoded, so nothing finished is lost.
 """
@@ -225,8 +226,12 @@ class Engine:
                 result.skipped_batches += 1
                 job.report(step=batch_index * per_batch + per_batch)
                 continue
-            except Interrupted:
+            except Interrupted as stop:
                 result.interrupted = True
+                partial = getattr(stop, "latents", None)  # set by _run: how far this batch had come
+                if partial is not None:  # as AUTOMATIC1111 does, keep the partly denoised images
+                    for offset, image in enumerate(latents_io.decode(model, partial)):
+                        self._keep(result, run, image, batch.seeds[offset], batch_index, offset, output_dir)
                 break
             for offset, image in enumerate(images):
                 self._keep(result, run, image, batch.seeds[offset], batch_index, offset, output_dir)
@@ -344,9 +349,11 @@ class Engine:
         every = max(1, int(plan.options.get("show_progress_every_n_steps") or 1))  # live preview period, in steps
 
         step_hooks = self.hooks.has("step_end")
+        last: list[torch.Tensor] = []  # the newest denoised estimate, handed on if Interrupt stops the sampler
 
         def on_step(i: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor | None:
             denoiser.step = i + 1  # prompt editing and LoRA switching follow the sampler's step
+            last[:] = [denoised]
             job.report(step=step_offset + i + 1, preview=denoised if previews and (i + 1) % every == 0 else None)
             job.check()
             if step_hooks:
@@ -357,9 +364,14 @@ class Engine:
             return None
 
         job.check()
-        return samplers.run(plan.sampler, plan.schedule, denoiser, sampling.rng, sampling.first_noise, p.steps,
-                            plan.model.scheduler_config, on_step, sampling.rng.generators, init=init,
-                            strength=strength, exact_steps=p.exact_steps, options=self.sampler_options(request, plan))
+        try:
+            return samplers.run(plan.sampler, plan.schedule, denoiser, sampling.rng, sampling.first_noise, p.steps,
+                                plan.model.scheduler_config, on_step, sampling.rng.generators, init=init,
+                                strength=strength, exact_steps=p.exact_steps,
+                                options=self.sampler_options(request, plan))
+        except Interrupted as stop:
+            stop.latents = last[0] if last else None  # type: ignore[attr-defined]  # read by _generate
+            raise
 
     # ---- output ---------------------------------------------------------------------------------
 

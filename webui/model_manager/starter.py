@@ -56,7 +56,14 @@ _ANNOTATOR_FILES = (
     ("facenet.pth", 154 * MB), ("scannet.pt", 292 * MB),
 )
 
-PICKLE_NOTE = " Published only as a pickle file: Easel reads it only when started with --allow-pickle."
+# What the loaders really do with each published pickle file (keep in step with them):
+# identity files go through torch's weights-only unpickler without any opt-in
+# (features/identity/weights.py); upscaler folders list .pth files only with --allow-pickle
+# (features/upscalers/catalog.py).
+WEIGHTS_ONLY_NOTE = (" Published as a pickle (.bin); Easel reads it with torch's weights-only loader (tensors only, "
+                     "no code can run), so no extra flag is needed.")
+PICKLE_NOTE = (" Published only as a pickle (.pth): the upscaler list shows it only when Easel is started with "
+               "--allow-pickle (then read with the weights-only loader).")
 
 STARTERS: tuple[StarterModel, ...] = (
     StarterModel("sd15", "Stable Diffusion 1.5", "checkpoint", (
@@ -125,17 +132,17 @@ STARTERS: tuple[StarterModel, ...] = (
         "", "The image encoder IP-Adapter (SD 1.5 and SDXL ViT-H) reads reference pictures with."),
     StarterModel("photomaker-v1", "PhotoMaker", "photomaker", (
         _hub("photomaker-v1.bin", "TencentARC/PhotoMaker", "photomaker-v1.bin", 934 * MB),),
-        "sdxl", "Identity from a few photos, for SDXL." + PICKLE_NOTE),
+        "sdxl", "Identity from a few photos, for SDXL." + WEIGHTS_ONLY_NOTE),
     StarterModel("photomaker-v2", "PhotoMaker V2", "photomaker", (
         _hub("photomaker-v2.bin", "TencentARC/PhotoMaker-V2", "photomaker-v2.bin", 1_840 * MB),),
-        "sdxl", "PhotoMaker's second version (uses the insightface pack)." + PICKLE_NOTE),
+        "sdxl", "PhotoMaker's second version (uses the insightface pack)." + WEIGHTS_ONLY_NOTE),
     StarterModel("instantid", "InstantID", "instantid", (
         _hub("ip-adapter.bin", "InstantX/InstantID", "ip-adapter.bin", 1_690 * MB),
         _hub("ControlNetModel/config.json", "InstantX/InstantID", "ControlNetModel/config.json", 2_000),
         _hub("ControlNetModel/diffusion_pytorch_model.safetensors", "InstantX/InstantID",
              "ControlNetModel/diffusion_pytorch_model.safetensors", 2_500 * MB)),
-        "sdxl", "Identity from one photo, for SDXL: face adapter + IdentityNet (uses the insightface pack). The "
-                "adapter is published only as a pickle file: Easel reads it only when started with --allow-pickle."),
+        "sdxl", "Identity from one photo, for SDXL: face adapter + IdentityNet (uses the insightface pack)."
+                + WEIGHTS_ONLY_NOTE),
     StarterModel("insightface-antelopev2", "insightface antelopev2 pack", "insightface", (
         StarterFile(target="antelopev2", url="https://github.com/deepinsight/insightface/releases/download/v0.7/"
                     "antelopev2.zip", sha256="8e182f14fc6e80b3bfa375b33eb6cff7ee05d8ef7633e738d1c89021dcf0c5c5",

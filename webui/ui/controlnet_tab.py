@@ -24,5 +24,6 @@ def build_controlnet_tab(easel: Easel, checkpoint: gr.Dropdown, sessions: Sessio
         with gr.Column(scale=1):
             build_output(controls)
     build_units_grid(easel, controls)
-    wire_generation(easel, controls, sessions, checkpoint, txt2img_request, api_name="controlnet_txt2img")
+    wire_generation(easel, controls, sessions, checkpoint, txt2img_request, api_name="controlnet_txt2img",
+                    queue_label="ControlNet")
     return controls

@@ -39,6 +39,19 @@ def _model_choices(easel: Easel, module: str) -> list[str]:
     return choices.model_names(easel.controlnets, easel.ip_adapters, _unet_config(easel), module)
 
 
+def models_note(easel: Easel, module: str) -> str:
+    """Where a unit's model list is empty, say where models go and where to get them (else nothing)."""
+    if len(_model_choices(easel, module)) > 1:
+        return ""
+    ip_adapter = choices.is_ip_adapter_module(module)
+    kind = "IP-Adapter" if ip_adapter else "ControlNet"
+    folder = easel.paths.model_dir("ipadapter" if ip_adapter else "controlnet")
+    family = " for the loaded checkpoint's model family" if easel.models.current is not None else ""
+    return (f'<div class="easel-notice" style="font-size:12px">No {kind} model{family} is installed. Put '
+            f"<code>.safetensors</code> files into <code>{esc(folder)}</code> and press 🔄, or get one in "
+            f"Models → Download.</div>")
+
+
 def _threshold_update(spec: tuple | None) -> dict:
     if spec is None:
         return gr.update(visible=False)
@@ -62,6 +75,7 @@ def build_unit(easel: Easel, controls: GenerationControls, index: int, note: str
         c["model"] = gr.Dropdown(_model_choices(easel, "none"), value=choices.NO_MODEL, label="Model",
                                  elem_id=f"{p}_model", allow_custom_value=True)  # pasted names may be missing
         refresh = gr.Button("🔄", elem_classes="easel-tool", scale=0, min_width=42, elem_id=f"{p}_refresh")
+    note_html = gr.HTML(models_note(easel, "none"), elem_id=f"{p}_models_note")
     with gr.Row():
         run = gr.Button("Run preprocessor", size="sm", elem_id=f"{p}_run_preprocessor")
         message = gr.HTML("", elem_id=f"{p}_message")
@@ -75,6 +89,7 @@ def build_unit(easel: Easel, controls: GenerationControls, index: int, note: str
         c["pixel_perfect"] = gr.Checkbox(False, label="Pixel perfect", elem_id=f"{p}_pixel_perfect")
         c["processor_res"] = gr.Slider(64, 2048, value=512, step=8, label="Preprocessor resolution",
                                        elem_id=f"{p}_processor_res")
+    with gr.Row():  # a row of their own: four controls in one row overflow a unit's half-width column
         c["threshold_a"] = gr.Slider(0, 255, value=100, step=1, label="Threshold A", visible=False,
                                      elem_id=f"{p}_threshold_a")
         c["threshold_b"] = gr.Slider(0, 255, value=200, step=1, label="Threshold B", visible=False,
@@ -90,12 +105,12 @@ def build_unit(easel: Easel, controls: GenerationControls, index: int, note: str
         a, b = choices.thresholds(module)
         models = _model_choices(easel, module)
         return gr.update(choices=models, value=models[1] if len(models) > 1 else choices.NO_MODEL), \
-            _threshold_update(a), _threshold_update(b)
+            _threshold_update(a), _threshold_update(b), models_note(easel, module)
 
-    c["module"].change(module_changed, c["module"], [c["model"], c["threshold_a"], c["threshold_b"]],
+    c["module"].change(module_changed, c["module"], [c["model"], c["threshold_a"], c["threshold_b"], note_html],
                        api_name=False, show_progress="hidden")
-    refresh.click(lambda module: gr.update(choices=_model_choices(easel, module)), c["module"], c["model"],
-                  api_name=False)
+    refresh.click(lambda module: (gr.update(choices=_model_choices(easel, module)), models_note(easel, module)),
+                  c["module"], [c["model"], note_html], api_name=False)
     size = [controls.inputs[k] for k in ("width", "height") if k in controls.inputs]
 
     def preprocess(image, module, res, a, b, perfect, resize, *wh):

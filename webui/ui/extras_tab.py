@@ -20,7 +20,7 @@ from ..core.jobs import Job, JobState, QueueFullError
 from ..core.request import ValidationError
 from ..features.extras import ExtrasInput, ExtrasRequest, ExtrasResult
 from ..features.faces import CODEFORMER, GFPGAN
-from ..features.upscalers import NONE
+from ..features.upscalers import BUILTIN, LANCZOS, NONE
 from .common import error_html, esc, format_seconds, info_html, progress_html
 from .runner import SessionJobs
 from .send_to import GallerySource
@@ -45,9 +45,18 @@ def _models_note(easel: Easel) -> str:
         notes.append(f"{len(skipped)} pickle upscaler file(s) not listed ({names}): they can run code when opened. "
                      "Use .safetensors versions, or start Easel with --allow-pickle.")
     if len(easel.upscalers.list_upscalers()) == 3:
-        notes.append("No upscaler models installed: put .safetensors files (ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT, "
-                     f"SCUNet ...) into {easel.paths.model_dir('esrgan')}.")
+        notes.append("No upscaler models installed, so Lanczos is chosen: put .safetensors files (ESRGAN, "
+                     f"Real-ESRGAN, SwinIR, DAT, HAT, SCUNet ...) into {easel.paths.model_dir('esrgan')}.")
     return "".join(f'<div class="easel-notice">{esc(n)}</div>' for n in notes)
+
+
+def default_upscaler(names: list[str]) -> str:
+    """The first model upscaler, else Lanczos: the tab must do something when Generate is pressed as it opens."""
+    return next((name for name in names if name not in BUILTIN), LANCZOS)
+
+
+NOTHING_TO_DO = ("Upscaler 1 is None and no face restoration is set, so there is nothing to do. Choose an "
+                 "upscaler (Lanczos needs no model file) or a face restoration visibility.")
 
 
 def _faces_note(easel: Easel) -> str:
@@ -148,8 +157,8 @@ def build_extras(easel: Easel, sessions: SessionJobs) -> ExtrasUI:
                                                elem_id="extras_upscaling_resize_h")
                         crop = gr.Checkbox(True, label="Crop to fit", elem_id="extras_upscaling_crop")
                 with gr.Row():
-                    upscaler_1 = gr.Dropdown(choices, value=NONE, label="Upscaler 1", elem_id="extras_upscaler_1",
-                                             scale=4)
+                    upscaler_1 = gr.Dropdown(choices, value=default_upscaler(choices), label="Upscaler 1",
+                                             elem_id="extras_upscaler_1", scale=4)
                     refresh = gr.Button("🔄", elem_id="extras_refresh_upscalers", elem_classes="easel-tool", scale=0,
                                         min_width=42)
                 with gr.Row():
@@ -204,6 +213,9 @@ def build_extras(easel: Easel, sessions: SessionJobs) -> ExtrasUI:
                             gfpgan_visibility=float(gfpgan_visibility or 0),
                             codeformer_visibility=float(codeformer_visibility or 0),
                             codeformer_weight=float(weight or 0))
+        if not req.does_anything:  # it would save an unchanged copy
+            yield "", gr.skip(), error_html(NOTHING_TO_DO)
+            return
         session = _session(request)
         yield from follow_extras(easel, lambda: easel.extras.submit(easel.queue, req, inputs, owner=session),
                                  sessions, session)

@@ -192,8 +192,13 @@ def build_output(controls: GenerationControls) -> None:
 
 
 def wire_generation(easel: Easel, controls: GenerationControls, sessions: SessionJobs, checkpoint: gr.Dropdown,
-                    build_request: Callable[[dict[str, Any]], GenerationRequest], api_name: str) -> None:
-    """Generate/Interrupt/Skip for a tab; `build_request` turns field values into a request."""
+                    build_request: Callable[[dict[str, Any]], GenerationRequest], api_name: str,
+                    queue_label: str | None = None) -> None:
+    """Generate/Interrupt/Skip for a tab; `build_request` turns field values into a request.
+
+    `queue_label`: how the queue panel lists this tab's jobs when the request's mode alone would
+    mislabel them (the ControlNet tab makes txt2img requests).
+    """
     by_component = {component: name for name, component in controls.inputs.items()}
     by_component[checkpoint] = "checkpoint"
     components = set(by_component)  # Gradio passes a set of inputs as one {component: value} dict
@@ -207,7 +212,14 @@ def wire_generation(easel: Easel, controls: GenerationControls, sessions: Sessio
             yield gr.skip(), gr.skip(), gr.skip(), error_html(str(exc)), gr.skip(), gr.skip()
             return
         submit = easel.submit_batch if not isinstance(req, GenerationRequest) else easel.submit
-        yield from follow(easel, lambda: submit(req, owner=session_of(request)), sessions, session_of(request))
+
+        def submit_labelled():
+            job = submit(req, owner=session_of(request))
+            if queue_label:
+                job.meta["tab"] = queue_label
+            return job
+
+        yield from follow(easel, submit_labelled, sessions, session_of(request))
 
     outputs = [controls.progress, controls.preview, controls.gallery, controls.info, controls.infotexts,
                controls.last_seed]

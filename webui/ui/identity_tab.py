@@ -34,10 +34,14 @@ HELP = {
 }
 
 
+SDXL_NOTE = "**Needs an SDXL checkpoint** (chosen at the top of the page)."
+
+
 def files_markdown(easel: Easel, method: str) -> str:
+    """What the method needs, said before any photo is uploaded: an SDXL checkpoint and its files."""
     service = easel.identity
     lines = service.missing(method) if service is not None else ["Identity is not available in this build."]
-    text = HELP.get(method, "")
+    text = SDXL_NOTE + "\n\n" + HELP.get(method, "")
     if lines:
         text += "\n\n**Files needed** (then press Generate again):\n" + "\n".join(f"- `{esc(line)}`" for line in lines)
     return text + "\n\n" + PICKLE_NOTE
@@ -166,5 +170,6 @@ def build_identity_tab(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJ
 
     i["identity_method"].change(switch, i["identity_method"], [instantid_box, photomaker_box, files],
                                 api_name=False, show_progress="hidden")
-    wire_generation(easel, controls, sessions, checkpoint, identity_request, api_name="identity")
+    wire_generation(easel, controls, sessions, checkpoint, identity_request, api_name="identity",
+                    queue_label="Identity")
     return controls

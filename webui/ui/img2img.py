@@ -20,7 +20,7 @@ from .generation_controls import (GenerationControls, as_float, as_int, build_ou
                                   build_sampling, common_request_fields, wire_generation)
 from .runner import SessionJobs
 from .scripts_ui import build_scripts
-from .uploads import checked_editor, checked_image, settings_limit
+from .uploads import after_upload, checked_editor, checked_image, settings_limit
 
 INPAINT_AREAS = ("Whole picture", "Only masked")          # inpaint_full_res 0 / 1
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")      # inpainting_mask_invert 0 / 1
@@ -119,7 +119,7 @@ def build_img2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs, 
                            batch_output_dir=batch_out, batch_mask_dir=batch_mask)
     for tab, name in ((tab_plain, "img2img"), (tab_sketch, "sketch"), (tab_batch, "batch")):
         tab.select(lambda n=name: n, None, mode, api_name=False)
-    image.upload(_fit_size, image, [controls.inputs["width"], controls.inputs["height"]], api_name=False)
+    after_upload(image, _fit_size, image, [controls.inputs["width"], controls.inputs["height"]])
 
     def build(fields: dict[str, Any]) -> GenerationRequest:
         fields["__script_titles"] = controls.script_titles
@@ -136,7 +136,8 @@ def build_img2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs, 
         else:
             picture = fields.get("image")
         if not isinstance(picture, Image.Image):
-            raise ValueError("init_images: upload an image first")
+            raise ValueError("Image for img2img: upload an image first" if which != "sketch" else
+                             "Sketch: upload an image first")
         return _base_request(fields, picture.convert("RGB"))
 
     wire_generation(easel, controls, sessions, checkpoint, build, api_name="img2img")
@@ -221,7 +222,7 @@ def build_inpaint(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
                       (tab_outpaint, "outpaint")):
         tab.select(lambda n=name: n, None, mode, api_name=False)
     for source in (upload_image, outpaint_image):
-        source.upload(_fit_size, source, [i["width"], i["height"]], api_name=False)
+        after_upload(source, _fit_size, source, [i["width"], i["height"]])
 
     def inpaint_request(fields: dict[str, Any]) -> GenerationRequest:
         which = fields.get("inpaint_mode")
@@ -233,27 +234,27 @@ def build_inpaint(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
         if which == "outpaint":
             picture = fields.get("outpaint_image")
             if not isinstance(picture, Image.Image):
-                raise ValueError("init_images: upload an image to extend")
+                raise ValueError("Image to extend: upload an image first")
             sides = {f"outpaint_{s}": as_int(fields.get(f"outpaint_{s}")) for s in ("left", "right", "up", "down")}
             if not any(sides.values()):
-                raise ValueError("outpaint: choose how many pixels to add on at least one side")
+                raise ValueError("Outpaint: choose how many pixels to add on at least one side")
             options.update(sides, inpaint_full_res=False)
             return _base_request(fields, picture.convert("RGB"), **options)
         if which == "upload":
             picture, mask = fields.get("upload_image"), fields.get("upload_mask")
             if not isinstance(picture, Image.Image) or not isinstance(mask, Image.Image):
-                raise ValueError("mask: upload both an image and a mask")
+                raise ValueError("Image and Mask: upload both an image and a mask")
             return _base_request(fields, picture.convert("RGB"), mask=mask_to_l(mask), **options)
         background, strokes, composite = editor_layers(fields.get("sketch" if which == "sketch" else "editor"))
         if background is None:
-            raise ValueError("init_images: upload an image first")
+            raise ValueError("Image: upload an image first")
         if strokes is None or strokes.getchannel("A").getbbox() is None:
-            raise ValueError("mask: paint over the area to change first")
+            raise ValueError("Mask: paint over the area to change first")
         picture = (composite if which == "sketch" and composite is not None else background).convert("RGB")
         return _base_request(fields, picture, mask=strokes.getchannel("A"), **options)
 
     def build(fields: dict[str, Any]) -> GenerationRequest:
         return with_soft_inpainting(inpaint_request(fields), fields)
 
-    wire_generation(easel, controls, sessions, checkpoint, build, api_name="inpaint")
+    wire_generation(easel, controls, sessions, checkpoint, build, api_name="inpaint", queue_label="inpaint")
     return controls

@@ -74,7 +74,7 @@ def build_downloads(easel: Easel) -> None:
     with gr.Accordion("Starter models", open=True, elem_id="downloads_starter"):
         starter_buttons = []
         for item in STARTERS:
-            with gr.Row(equal_height=True):
+            with gr.Row(equal_height=True, elem_id=f"downloads_starter_row_{item.name}"):
                 gr.Markdown(_starter_markdown(item))
                 button = gr.Button("Download", size="sm", scale=0, min_width=110,
                                    elem_id=f"downloads_starter_{item.name}")

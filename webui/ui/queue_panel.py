@@ -4,6 +4,13 @@ The same JobQueue serves the UI, the API (/easel/v1/jobs) and model loads, so th
 shows jobs from every way in. Your own jobs (this browser session's) are marked and show
 their prompt; other people's show only their kind and where they came from. You can
 cancel your own queued or running jobs here.
+
+The panel is one closed accordion whose title line carries the summary ("Queue: 1 running,
+2 waiting (1 yours)"), so it takes one line above the tabs whether the queue is empty or
+busy, and a job starting or ending never pushes the page down; opening it shows the table.
+The "Your jobs" list accepts any value: its choices change every second, and a value the
+browser still holds from the last tick must not fail Gradio's choice check (the handlers
+check ownership themselves).
 """
 from __future__ import annotations
 
@@ -33,7 +40,7 @@ def _origin(job: Job, session: str) -> str:
 
 
 def _what(job: Job, session: str) -> str:
-    kind = job.meta.get("type") or ("txt2img" if job.kind == "generate" else job.kind)
+    kind = job.meta.get("type") or job.meta.get("tab") or ("txt2img" if job.kind == "generate" else job.kind)
     if job.owner == session and job.description:
         prompt = job.description if len(job.description) <= 60 else job.description[:57] + "…"
         return f"{kind}: {prompt}"
@@ -77,6 +84,17 @@ def render_queue(easel: Easel, session: str) -> str:
             + "".join(rows) + "</tbody></table>")
 
 
+def summary(easel: Easel, session: str) -> str:
+    """The panel's one-line title: what runs, what waits, how much of it is yours."""
+    jobs = active_jobs(easel)
+    if not jobs:
+        return "Queue: empty"
+    running = 1 if jobs[0].state == JobState.RUNNING else 0
+    parts = (["1 running"] if running else []) + [f"{len(jobs) - running} waiting"]
+    mine = sum(1 for job in jobs if job.owner == session)
+    return "Queue: " + ", ".join(parts) + (f" ({mine} yours)" if mine else "")
+
+
 def own_choices(easel: Easel, session: str) -> list[tuple[str, str]]:
     choices = []
     for job in active_jobs(easel):
@@ -88,11 +106,11 @@ def own_choices(easel: Easel, session: str) -> list[tuple[str, str]]:
 
 
 def build_queue_panel(easel: Easel) -> None:
-    with gr.Accordion("Queue", open=True, elem_id="easel_queue"):
+    with gr.Accordion(summary(easel, ""), open=False, elem_id="easel_queue") as panel:
         table = gr.HTML(render_queue(easel, ""), elem_id="easel_queue_view")
         with gr.Row():
             mine = gr.Dropdown([], value=None, label="Your jobs", elem_id="easel_queue_mine", scale=4,
-                               allow_custom_value=False, interactive=True)
+                               allow_custom_value=True, interactive=True)
             cancel = gr.Button("Cancel job", variant="stop", elem_id="easel_queue_cancel", scale=1, min_width=120)
         message = gr.HTML("", elem_id="easel_queue_message")
     timer = gr.Timer(REFRESH_SECONDS)
@@ -102,7 +120,8 @@ def build_queue_panel(easel: Easel) -> None:
         choices = own_choices(easel, session)
         ids = [job_id for _, job_id in choices]
         value = selected if selected in ids else (ids[0] if ids else None)
-        return render_queue(easel, session), gr.update(choices=choices, value=value)
+        return gr.update(label=summary(easel, session)), render_queue(easel, session), \
+            gr.update(choices=choices, value=value)
 
     def cancel_job(selected: str | None, request: gr.Request):
         session = _session(request)
@@ -115,5 +134,5 @@ def build_queue_panel(easel: Easel) -> None:
         text = "Cancelled." if cancelled else "That job has already finished."
         return f"<p>{text}</p>", *refresh(None, request)
 
-    timer.tick(refresh, mine, [table, mine], show_progress="hidden", api_name=False, concurrency_limit=None)
-    cancel.click(cancel_job, mine, [message, table, mine], api_name=False, concurrency_limit=None)
+    timer.tick(refresh, mine, [panel, table, mine], show_progress="hidden", api_name=False, concurrency_limit=None)
+    cancel.click(cancel_job, mine, [message, panel, table, mine], api_name=False, concurrency_limit=None)

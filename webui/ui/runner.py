@@ -103,10 +103,13 @@ def finished_update(job: Job) -> Update:
     if job.error is not None:
         return Update(progress="", preview=hide_preview, info=error_html(_error_message(job.error)))
     result: Result = job.result
-    gallery = [(p, None) for p in result.paths] if result.paths else list(result.images)
-    notes = list(result.warnings)
+    # a job that made no image (interrupted before its first step, every batch skipped) leaves the
+    # pictures the user already has in the gallery
+    gallery = [(p, None) for p in result.paths] if result.paths else (list(result.images) or None)
+    notes = list(dict.fromkeys(result.warnings))  # a script's cells repeat the same warning: show it once
     if result.interrupted:
-        notes.append(f"Interrupted: kept {len(result.images)} finished image(s).")
+        notes.append(f"Interrupted: kept {len(result.images)} image(s)"
+                     + (" (the last one partly denoised)." if result.images else "."))
     if result.skipped_batches:
         notes.append(f"Skipped {result.skipped_batches} batch(es).")
     seconds = result.timings.get("total")

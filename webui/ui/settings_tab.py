@@ -10,8 +10,21 @@ from ..settings import Settings, SettingsSaveError
 from .common import error_html, esc, warning_html
 
 
-def _component(name: str, value, meta: dict) -> gr.components.Component:
+# output folder settings -> the folder used when they are empty (under --outputs-dir)
+DEFAULT_OUTPUT_FOLDERS = {"outdir_txt2img_samples": "txt2img-images", "outdir_img2img_samples": "img2img-images",
+                          "outdir_extras_samples": "extras-images"}
+
+
+def _default_folder(easel: Easel, name: str) -> str | None:
+    """The folder an empty path setting means on this server (--outputs-dir), for its label and placeholder."""
+    folder = DEFAULT_OUTPUT_FOLDERS.get(name)
+    return str(easel.paths.outputs_dir / folder) if folder else None
+
+
+def _component(name: str, value, meta: dict, placeholder: str | None = None) -> gr.components.Component:
     label = meta.get("label") or name
+    if placeholder:
+        label = label.split(" (empty:", 1)[0] + f" (empty: {placeholder})"
     elem_id = f"setting_{name}"
     if isinstance(value, bool):
         return gr.Checkbox(value=value, label=label, elem_id=elem_id)
@@ -20,7 +33,8 @@ def _component(name: str, value, meta: dict) -> gr.components.Component:
     if isinstance(value, (int, float)):
         return gr.Number(value=value, label=label, elem_id=elem_id, minimum=meta.get("minimum"),
                          maximum=meta.get("maximum"), precision=0 if isinstance(value, int) else None)
-    return gr.Textbox(value=value, label=label, elem_id=elem_id, type="password" if meta.get("secret") else "text")
+    return gr.Textbox(value=value, label=label, elem_id=elem_id, type="password" if meta.get("secret") else "text",
+                      placeholder=placeholder)
 
 
 def load_notice(easel: Easel) -> str:
@@ -50,7 +64,8 @@ def build_settings(easel: Easel) -> None:
         with gr.Accordion(section, open=True):
             for name in keys:
                 names.append(name)
-                components.append(_component(name, current[name], dict(spec[name].metadata)))
+                components.append(_component(name, current[name], dict(spec[name].metadata),
+                                             _default_folder(easel, name)))
 
     def save(*values):
         changes = {}

@@ -7,6 +7,12 @@ against the `img_max_size_mp` setting; Pillow's own decompression-bomb guard sta
 and a refused file stops the event with a `gr.Error` carrying the message, which the
 page shows and API clients of the Gradio routes receive; the handler never runs.
 
+Each slot also checks a file the moment it is uploaded (`explain_refusals`): a refused file is
+taken out of the slot again and the reason stays written under it, instead of a picture that
+looks accepted and a toast on every Generate that vanishes after a few seconds. That check
+gets Gradio's raw upload value (its paths already confined to Gradio's upload folder by
+Gradio, as for any input) and decodes it the same way Generate will.
+
 The limit is read from settings on every upload, so changing it needs no restart. It is
 set as a private attribute after construction (not an __init__ argument) because Gradio
 sends every __init__ argument to the browser as component config.
@@ -17,12 +23,16 @@ import base64
 import binascii
 import html
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import gradio as gr
 from PIL import Image, ImageOps
 
+from gradio.context import Context
+
 from ..core.image_input import DEFAULT_MAX_MEGAPIXELS, ImageInputError, max_megapixels, open_image_checked
+from .common import error_html
 
 Limit = Callable[[], float]
 
@@ -54,16 +64,71 @@ def _label(component: gr.components.Component, payload: Any) -> str:
     return f"{label} ({Path(name).name})" if name else str(label)
 
 
-def check_upload(component: gr.components.Component, payload: Any) -> Image.Image | None:
-    """Decode one uploaded file after checking its declared size; refusal -> gr.Error naming the slot and file."""
+def _open(component: gr.components.Component, payload: Any) -> Image.Image | None:
+    """Decode one uploaded file after checking its declared size (ImageInputError when refused)."""
     source = _source(payload)
     if source is None:
         return None
     limit: Limit = getattr(component, "_easel_limit", None) or (lambda: DEFAULT_MAX_MEGAPIXELS)
+    return open_image_checked(source, limit(), name=_label(component, payload))
+
+
+def check_upload(component: gr.components.Component, payload: Any) -> Image.Image | None:
+    """Decode one uploaded file after checking its declared size; refusal -> gr.Error naming the slot and file."""
     try:
-        return open_image_checked(source, limit(), name=_label(component, payload))
+        return _open(component, payload)
     except ImageInputError as exc:
         raise gr.Error(html.escape(str(exc), quote=False), title="Image refused", print_exception=False) from None
+
+
+def refusal(component: gr.components.Component, value: Any) -> str | None:
+    """Why a raw upload value (an Image's file, an ImageEditor's background) is refused; None if it is fine."""
+    if isinstance(value, dict) and "background" in value:  # ImageEditor: the uploaded picture is the background
+        value = value.get("background")
+    if not isinstance(value, dict):
+        return None
+    payload = SimpleNamespace(path=value.get("path"), url=value.get("url"), orig_name=value.get("orig_name"))
+    try:
+        _open(component, payload)
+    except ImageInputError as exc:
+        return str(exc)
+    except gr.Error as exc:  # a damaged data: URL
+        return str(exc.message)
+    return None
+
+
+def explain_refusals(component: gr.components.Component) -> gr.HTML | None:
+    """Under `component`, a note that says why an upload was refused; the refused file leaves the slot.
+
+    Call right after creating the component, inside its layout. The upload event it wires is
+    kept as `component._easel_checked` so handlers that need the picture can run after it
+    (`after_upload`) and see the slot already emptied when the file was refused.
+    """
+    if Context.root_block is None:  # built outside a page (a test of the component alone)
+        return None
+    elem_id = getattr(component, "elem_id", None)
+    note = gr.HTML("", elem_id=f"{elem_id}_refused" if elem_id else None, elem_classes="easel-refused")
+
+    def check(value: Any):
+        reason = refusal(component, value)
+        if reason is None:
+            return gr.skip(), ""
+        return None, error_html(f"Refused: {reason}")
+
+    component._easel_checked = component.upload(  # type: ignore[attr-defined]
+        check, component, [component, note], preprocess=False, api_name=False, show_progress="hidden",
+        concurrency_limit=None)
+    component.clear(lambda: "", None, note, api_name=False, show_progress="hidden")
+    return note
+
+
+def after_upload(component: gr.components.Component, fn: Callable, inputs: Any, outputs: Any) -> None:
+    """Run `fn` once an upload has passed the check (a refused upload reaches it as an empty slot)."""
+    checked = getattr(component, "_easel_checked", None)
+    if checked is not None:
+        checked.then(fn, inputs, outputs, api_name=False, show_progress="hidden")
+    else:
+        component.upload(fn, inputs, outputs, api_name=False)
 
 
 class CheckedImage(gr.Image):
@@ -124,16 +189,30 @@ def with_limit(component: Any, limit: Limit) -> Any:
     return component
 
 
+def _with_note(component: Any, limit: Limit) -> Any:
+    with_limit(component, limit)
+    explain_refusals(component)
+    return component
+
+
+def _slot(factory: Callable[..., Any], limit: Limit, kwargs: dict[str, Any]) -> Any:
+    """The component and its refusal note stacked in one column, so a Row still sees one slot."""
+    if Context.root_block is None:
+        return with_limit(factory(**kwargs), limit)
+    with gr.Column(min_width=kwargs.get("min_width") or 160, scale=kwargs.get("scale") or 1):
+        return _with_note(factory(**kwargs), limit)
+
+
 def checked_image(limit: Limit, **kwargs: Any) -> CheckedImage:
-    """A size-checked image upload (gr.Image arguments)."""
-    return with_limit(CheckedImage(**kwargs), limit)
+    """A size-checked image upload (gr.Image arguments), with its refusal note under it."""
+    return _slot(CheckedImage, limit, kwargs)
 
 
 def checked_editor(limit: Limit, **kwargs: Any) -> CheckedImageEditor:
-    """A size-checked image editor (gr.ImageEditor arguments)."""
-    return with_limit(CheckedImageEditor(**kwargs), limit)
+    """A size-checked image editor (gr.ImageEditor arguments), with its refusal note under it."""
+    return _slot(CheckedImageEditor, limit, kwargs)
 
 
 def uploaded_image(limit: Limit, **kwargs: Any) -> UploadedImage:
-    """An upload passed on as a file path (the handler decodes it with open_image_checked)."""
-    return with_limit(UploadedImage(**kwargs), limit)
+    """An upload passed on as a file path (the handler decodes it with open_image_checked), with its note."""
+    return _slot(UploadedImage, limit, kwargs)
