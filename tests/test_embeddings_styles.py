@@ -1,4 +1,7 @@
 """Textual-inversion embeddings and prompt styles."""
+import os
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -106,3 +109,18 @@ def test_clip_skip_override_changes_image_and_infotext(app):
     assert np.abs(px(plain) - px(skipped)).mean() > 1
     assert parse_infotext(skipped.infotexts[0]).params["Clip skip"] == "2"
     assert "Clip skip" not in parse_infotext(plain.infotexts[0]).params
+
+
+def test_embeddings_are_model_store_entries_reread_when_the_file_changes(app):
+    folder = app.paths.model_dir("embedding")
+    path = folder / "shinytoken.safetensors"
+    save_file({"emb_params": torch.randn(3, 32, generator=torch.Generator().manual_seed(1))}, str(path))
+    generate(app, "a photo of shinytoken")
+    [(key_path, mtime)] = app.models.store.keys("embedding")
+    assert key_path == str(path) and mtime == path.stat().st_mtime
+    [first] = app.embeddings.all()
+    save_file({"emb_params": torch.randn(2, 32, generator=torch.Generator().manual_seed(2))}, str(path))
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    [second] = app.embeddings.all()
+    assert second is not first and first.length == 3 and second.length == 2
+    assert app.models.store.keys("embedding") == [(str(path), path.stat().st_mtime)]

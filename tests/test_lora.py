@@ -1,4 +1,7 @@
 """LoRA files on the tiny models: layouts, exact merge math, exact restore, composition modes."""
+import os
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -218,3 +221,22 @@ def test_weights_follow_the_pass_after_a_request_with_loras(app):
     fresh = generate(app, "a dog")
     generate(app, "a dog <lora:style_b:1>", enable_hr=True, hr_scale=1.5, hr_prompt="a dog <lora:style_a:1>")
     assert np.array_equal(px(generate(app, "a dog")), px(fresh))
+
+
+def test_parsed_loras_are_model_store_entries_with_a_count_limit_and_a_new_key_when_the_file_changes(app):
+    store = app.models.store
+    generate(app, "a ball <lora:style_a:1> <lora:style_b:0.5>")
+    keys = [key for key in store.keys("lora")]
+    assert sorted(p.rsplit("/", 1)[-1] for p, _ in keys) == ["style_a.safetensors", "style_b.safetensors"]
+    assert all(e.ram_bytes > 0 for e in store.entries() if e.kind == "lora")
+    first = app.loras.load("style_a")
+    assert app.loras.load("style_a") is first  # parsed once
+    path = app.paths.model_dir("lora") / "style_a.safetensors"
+    write_lora(path, app.models.get("tiny-sd1.safetensors"), seed=7, alpha=2.0)
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    changed = app.loras.load("style_a")
+    assert changed is not first
+    assert [k for k in store.keys("lora") if k[0] == str(path)] == [(str(path), path.stat().st_mtime)]
+    store.set_limit("lora", 1)
+    store.trim()
+    assert len(store.keys("lora")) == 1

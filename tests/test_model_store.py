@@ -241,3 +241,37 @@ def test_annotators_load_once_into_the_given_store(tmp_path):
     assert store.peek("annotator", ("softedge_hed", str(tmp_path))) is detector
     [entry] = store.entries()
     assert entry.kind == "annotator" and entry.ram_bytes == hand_sum(detector.netNetwork) > 0
+
+
+def test_room_is_made_before_a_load_for_its_estimated_size():
+    """The peak of a load is during it: with an estimate, older entries go before `load` runs."""
+    unit_bytes = hand_sum(torch.nn.Linear(8, 8))
+    store = ModelStore(ram_budget=lambda: 3 * unit_bytes)
+    for name in ("a", "b"):
+        store.get("encoder", name, lambda: torch.nn.Linear(8, 8))
+    seen_during_load = []
+
+    def load():
+        seen_during_load.append(store.keys("encoder"))
+        return torch.nn.Linear(8, 8)
+
+    store.get("encoder", "c", load, estimate=Sizes(ram=2 * unit_bytes))
+    assert seen_during_load == [["b"]]  # "a", the least recently used, went first
+    store.get("encoder", "d", lambda: torch.nn.Linear(8, 8))  # no estimate: room is made after the load
+    assert store.keys("encoder") == ["b", "c", "d"]
+
+
+def test_a_checkpoint_load_makes_room_for_its_file_size(app):
+    controlnet(app, "cn_a")
+    app.upscalers.load("4x-Tiny")
+    sd1 = app.models.get("tiny-sd1.safetensors")
+    checkpoint = hand_sum(*sd1.modules())
+    app.models.unload()
+    info = app.models.resolve("tiny-sd1.safetensors")
+    assert info.size >= checkpoint  # the estimate: the file's bytes
+    app.settings.update({"model_cache_ram_gb": (info.size + hand_sum(app.upscalers.load("4x-Tiny").descriptor.model))
+                         / GB})
+    during_load = []
+    app.models.get("tiny-sd1.safetensors",
+                   progress=lambda message: during_load.append({e.kind for e in app.models.store.entries()}))
+    assert during_load and during_load[0] == {"upscaler"}  # the ControlNet went before the checkpoint was read

@@ -248,8 +248,9 @@ def build(options: AppOptions) -> Easel:
     models.refresh()
     queue = JobQueue(max_size=lambda: settings.get("queue_size_limit"),
                      archive=ResultArchive(paths.cache_dir / "job-results"))
-    loras = LoraLibrary(paths.lora_folders(), models.hashes, allow_pickle=options.allow_pickle)
-    embeddings = EmbeddingLibrary(paths.embedding_folders(), models.hashes, allow_pickle=options.allow_pickle)
+    loras = LoraLibrary(paths.lora_folders(), models.hashes, allow_pickle=options.allow_pickle, store=store)
+    embeddings = EmbeddingLibrary(paths.embedding_folders(), models.hashes, allow_pickle=options.allow_pickle,
+                                  store=store)
     upscalers = Upscalers(lambda: {kind: [paths.model_dir(kind)] for kind in UPSCALER_KINDS}, device.device,
                           device.dtype, allow_pickle=options.allow_pickle, settings=settings, store=store)
     faces = FaceRestorers(lambda: {kind: [paths.model_dir(kind)] for kind in RESTORERS.values()}, device.device,

@@ -25,6 +25,7 @@ from ..model_manager.hashing import HashCache
 from ..model_manager.lookup import ModelNotFound, find_file
 from ..paths import model_files
 from ..model_manager.safe_unpickle import PICKLE_SUFFIXES, load_pickle_data
+from ..model_manager.store import ModelStore
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
@@ -83,14 +84,21 @@ def _pickle_embedding_tensors(path: Path, allow_pickle: bool) -> dict[str, torch
 
 
 class EmbeddingLibrary:
-    """Embeddings found in the embeddings folders, re-read when files change."""
+    """Embeddings found in the embeddings folders, kept in the model store, re-read when files change.
 
-    def __init__(self, folders: list[Path], hashes: HashCache, allow_pickle: bool = False):
+    Each parsed file is a store entry of kind "embedding" keyed by (path, mtime), so the store's
+    RAM budget counts them and a changed file is a new key.
+    """
+
+    KIND = "embedding"
+
+    def __init__(self, folders: list[Path], hashes: HashCache, allow_pickle: bool = False,
+                 store: ModelStore | None = None):
         self.folders = folders
         self.hashes = hashes
         self.allow_pickle = allow_pickle
+        self.store = store if store is not None else ModelStore()
         self._lock = threading.Lock()
-        self._cache: dict[Path, tuple[float, Embedding]] = {}
         self.errors: dict[str, str] = {}
 
     def files(self) -> list[Path]:
@@ -108,19 +116,24 @@ class EmbeddingLibrary:
             for path in self.files():
                 if path.stem in seen:
                     continue
-                mtime = path.stat().st_mtime
-                cached = self._cache.get(path)
-                if cached is None or cached[0] != mtime:
-                    try:
-                        cached = (mtime, read_embedding(path, self.allow_pickle))
-                        self.errors.pop(path.stem, None)
-                    except Exception as exc:  # a bad file must not break generation
-                        self.errors[path.stem] = str(exc)
-                        continue
-                    self._cache[path] = cached
+                key = (str(path), path.stat().st_mtime)
+                try:
+                    embedding = self._load(path, key)
+                except Exception as exc:  # a bad file must not break generation
+                    self.errors[path.stem] = str(exc)
+                    continue
                 seen.add(path.stem)
-                result.append(cached[1])
+                result.append(embedding)
         return result
+
+    def _load(self, path: Path, key: tuple[str, float]) -> Embedding:
+        cached = self.store.peek(self.KIND, key)
+        if cached is not None:
+            return self.store.get(self.KIND, key, lambda: cached)  # counts as a use (and pins inside a job)
+        self.store.evict_where(self.KIND, lambda k: k[0] == key[0])  # an older version of the file
+        embedding = self.store.get(self.KIND, key, lambda: read_embedding(path, self.allow_pickle))
+        self.errors.pop(path.stem, None)
+        return embedding
 
     def short_hash(self, embedding: Embedding) -> str:
         return self.hashes.sha256(embedding.path)[:12]

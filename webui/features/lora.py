@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from ..model_manager.hashing import HashCache
 from ..model_manager.lookup import ModelNotFound, find_file
 from ..paths import model_files
 from ..model_manager.safe_unpickle import PICKLE_SUFFIXES, load_pickle_checkpoint
+from ..model_manager.store import ModelStore
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
@@ -277,15 +277,22 @@ class LoraPatcher:
 
 
 class LoraLibrary:
-    """LoRA files in models/Lora (and --lora-dir), parsed on demand and cached."""
+    """LoRA files in models/Lora (and --lora-dir), parsed on demand and kept in the model store.
 
-    def __init__(self, folders: list[Path], hashes: HashCache, allow_pickle: bool = False, cache_size: int = 16):
+    Parsed files are store entries of kind "lora" keyed by (path, mtime): the store's RAM budget
+    counts them with every other model, `cache_size` is their count limit, and a file changed on
+    disk is a new key (its older version is dropped when the new one loads).
+    """
+
+    KIND = "lora"
+
+    def __init__(self, folders: list[Path], hashes: HashCache, allow_pickle: bool = False, cache_size: int = 16,
+                 store: ModelStore | None = None):
         self.folders = folders
         self.hashes = hashes
         self.allow_pickle = allow_pickle
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, LoraFile] = OrderedDict()
-        self._lock = threading.Lock()
+        self.store = store if store is not None else ModelStore()
+        self.store.set_limit(self.KIND, cache_size)
 
     def files(self) -> list[Path]:
         return model_files(self.folders, SUFFIXES)
@@ -299,18 +306,10 @@ class LoraLibrary:
 
     def load(self, name: str) -> LoraFile:
         path = self.find(name)
-        key = str(path)
-        with self._lock:
-            cached = self._cache.get(key)
-            if cached is not None and cached.mtime == path.stat().st_mtime:
-                self._cache.move_to_end(key)
-                return cached
-        lora = read_lora(path, self.allow_pickle)
-        with self._lock:
-            self._cache[key] = lora
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return lora
+        mtime = path.stat().st_mtime
+        key = (str(path), mtime)
+        self.store.evict_where(self.KIND, lambda k: k[0] == key[0] and k != key)  # the file changed on disk
+        return self.store.get(self.KIND, key, lambda: read_lora(path, self.allow_pickle))
 
     def short_hash(self, lora: LoraFile) -> str:
         """AutoV3: first 12 hex of sha256 of the file's data after the safetensors header."""

@@ -122,7 +122,7 @@ class ModelManager:
                 self.store.make_room(KIND, self._limit() - 1)
             # not scoped to a job: an X/Y/Z grid switches checkpoints inside one job, and the switch frees the last
             model = self.store.get(KIND, info.name, load, measure=_measure_checkpoint, on_evict=self._dropped,
-                                   scoped=False)
+                                   scoped=False, estimate=self._estimate(info))
             self._activate(info.name)
         for new in loaded:
             for listener in list(self.listeners):
@@ -137,6 +137,12 @@ class ModelManager:
             names = [self.registry.find(query).name] if query else self.loaded_names()
             for name in names:
                 self.store.evict(KIND, name)
+
+    def _estimate(self, info: CheckpointInfo) -> Sizes:
+        """Room to make before loading: the file's bytes in RAM (its state dict is read whole) and,
+        on an accelerator, again on the device (an upper bound when weights are halved on load)."""
+        on_device = self.device.device.type != "cpu"
+        return Sizes(ram=info.size, device=info.size if on_device else 0)
 
     def _limit(self) -> int:
         return max(1, int(self.settings.get("sd_checkpoints_limit") or 1))

@@ -169,11 +169,12 @@ class ModelStore:
     # ---- getting ----
 
     def get(self, kind: str, key: Hashable, load: Callable[[], T], *, measure: Callable[[Any], Sizes] = measure,
-            on_evict: Callable[[T], None] | None = None, scoped: bool = True) -> T:
+            on_evict: Callable[[T], None] | None = None, scoped: bool = True, estimate: Sizes | None = None) -> T:
         """The entry's value, loading it on a miss (one load at a time per key; other keys load meanwhile).
 
         `scoped`: inside `in_use()`, keep the entry pinned until the scope ends. The entry just
-        loaded is never the one evicted to make room for itself.
+        loaded is never the one evicted to make room for itself. `estimate`: what the load will
+        need, so room is made before it starts (the peak of a load is not after it).
         """
         ident = (kind, key)
         with self._lock:
@@ -186,6 +187,8 @@ class ModelStore:
                 entry = self._hit(ident, scoped)
                 if entry is not None:
                     return entry.value
+            if estimate is not None:
+                self.make_room_for(estimate)
             try:
                 value = load()
             finally:
@@ -289,6 +292,12 @@ class ModelStore:
                 del self._entries[(entry.kind, entry.key)]
         self._finish(evicted)
 
+    def make_room_for(self, sizes: Sizes) -> None:
+        """Evict, least recently used first, until `sizes` more would fit in both budgets (as pins allow)."""
+        with self._lock:
+            evicted = self._select(protect=None, incoming=sizes)
+        self._finish(evicted)
+
     def evict(self, kind: str, key: Hashable) -> bool:
         """Drop one entry now, pinned or not (an explicit unload); True if it was loaded."""
         return bool(self.evict_where(kind, lambda k: k == key))
@@ -319,8 +328,11 @@ class ModelStore:
             stack[-1].append(entry)
             entry.pins += 1
 
-    def _select(self, protect: _Entry | None) -> list[_Entry]:
-        """Remove (under the lock) and return what must go: count limits first, then each budget, oldest first."""
+    def _select(self, protect: _Entry | None, incoming: Sizes = Sizes()) -> list[_Entry]:
+        """Remove (under the lock) and return what must go: count limits first, then each budget, oldest first.
+
+        `incoming`: bytes about to be loaded, counted as if they were already in the store.
+        """
         evicted: list[_Entry] = []
 
         def evictable() -> list[_Entry]:
@@ -341,7 +353,7 @@ class ModelStore:
             allowed = budget()
             if allowed is None:
                 continue
-            total = sum(e.sizes[part] for e in self._entries.values())
+            total = sum(e.sizes[part] for e in self._entries.values()) + incoming[part]
             for entry in evictable():
                 if total <= allowed:
                     break
