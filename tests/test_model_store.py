@@ -275,3 +275,17 @@ def test_a_checkpoint_load_makes_room_for_its_file_size(app):
     app.models.get("tiny-sd1.safetensors",
                    progress=lambda message: during_load.append({e.kind for e in app.models.store.entries()}))
     assert during_load and during_load[0] == {"upscaler"}  # the ControlNet went before the checkpoint was read
+
+
+def test_the_loaded_table_lists_every_kind_and_freeing_keeps_what_is_in_use(app):
+    from webui.ui.models_loaded import free_unused, loaded_rows
+
+    controlnet(app, "cn_a")
+    app.upscalers.load("4x-Tiny")
+    app.models.get("tiny-sd1.safetensors")
+    rows, status = loaded_rows(app.models.store)
+    assert [row[:2] for row in rows] == [["checkpoint", "tiny-sd1.safetensors"], ["upscaler", "4x-Tiny.safetensors"],
+                                         ["controlnet", "cn_a.safetensors"]]
+    assert rows[0][4] == "yes" and status.startswith("3 loaded · RAM ")
+    assert free_unused(app.models.store) == 2  # the active checkpoint is pinned
+    assert [row[:2] for row in loaded_rows(app.models.store)[0]] == [["checkpoint", "tiny-sd1.safetensors"]]

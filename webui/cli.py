@@ -171,16 +171,30 @@ def run_server(argv: list[str]) -> int:
     return 0
 
 
+FLAGS = {"sampler_name": "sampler", "n_iter": "batch-count", "checkpoint": "model"}  # request field -> flag
+
+
+def _field_errors(exc) -> int:
+    """Each invalid field as the flag that set it; exit status 2, as argparse uses for bad flags."""
+    for error in exc.errors:
+        flag = FLAGS.get(error.field, error.field.replace("_", "-"))
+        print(f"error: --{flag}: {error.message}", file=sys.stderr)
+    return 2
+
+
 def run_generate(argv: list[str]) -> int:
     args = generate_parser().parse_args(argv)
     _setup(args)
     from .app import build
     from .core.request import GenerationRequest, ValidationError
 
-    request = GenerationRequest(prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
-                                sampler_name=args.sampler, scheduler=args.scheduler, cfg_scale=args.cfg_scale,
-                                seed=args.seed, width=args.width, height=args.height, batch_size=args.batch_size,
-                                n_iter=args.batch_count, checkpoint=args.model)
+    try:  # constructing the request checks every field, before any model is loaded
+        request = GenerationRequest(prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
+                                    sampler_name=args.sampler, scheduler=args.scheduler, cfg_scale=args.cfg_scale,
+                                    seed=args.seed, width=args.width, height=args.height,
+                                    batch_size=args.batch_size, n_iter=args.batch_count, checkpoint=args.model)
+    except ValidationError as exc:
+        return _field_errors(exc)
     try:
         easel = build(_options(args))
     except ValueError as exc:
@@ -190,9 +204,7 @@ def run_generate(argv: list[str]) -> int:
         try:
             job = easel.submit_txt2img(request)
         except ValidationError as exc:
-            for error in exc.errors:
-                print(f"error: --{error.field.replace('_', '-')}: {error.message}", file=sys.stderr)
-            return 2
+            return _field_errors(exc)
         _print_progress(job)
         if job.error is not None:
             print(f"\nerror: {job.error}", file=sys.stderr)

@@ -7,6 +7,7 @@ import gradio as gr
 from ..app import Easel
 from .models_downloads import build_downloads
 from .models_library import build_library
+from .models_loaded import build_loaded
 from .models_tools import build_convert, build_merge
 
 
@@ -20,3 +21,5 @@ def build_models_tab(easel: Easel) -> None:
             build_convert(easel)
         with gr.Tab("Merge", id="models_merge", elem_id="models_merge_tab"):
             build_merge(easel)
+        with gr.Tab("Loaded", id="models_loaded", elem_id="models_loaded_tab") as loaded_tab:
+            build_loaded(easel, loaded_tab)
