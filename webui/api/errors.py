@@ -60,12 +60,22 @@ def invalid(field: str, message: str, prefix: tuple[str, ...] = ("body",)) -> Ap
 
 
 def not_implemented(capability: str, field: str | None = None, hint: str = "") -> ApiError:
-    """501: the request is understood, but Easel cannot do this yet. Names what is missing."""
+    """Easel cannot do this yet; nothing was run. Names what is missing.
+
+    A request field asking for a missing capability is a 422 (the request is well formed, but
+    this server cannot process what it asks; a client error, never a 5xx), with `error`
+    "NotImplemented" and the field in `detail` as for any invalid field. A whole route Easel
+    lacks (interrogate, training) is a 501 without a field.
+    """
     where = f" (field {field})" if field else ""
     message = f"{capability} is not available in Easel yet{where}; nothing was run."
     if hint:
         message += " " + hint
-    return ApiError(501, message, extra={"missing": capability, "field": field})
+    extra = {"missing": capability, "field": field}
+    if field is None:
+        return ApiError(501, message, extra=extra)
+    detail = [{"loc": ["body", *field.split(".")], "msg": f"{field}: {message}", "type": "not_implemented"}]
+    return ApiError(422, detail, error="NotImplemented", extra=extra)
 
 
 def queue_full(exc: QueueFullError) -> ApiError:

@@ -154,6 +154,6 @@ def _prefixed(exc: ApiError) -> ApiError:
             loc = item.get("loc", [])
             if loc[:1] == ["body"]:
                 item["loc"] = ["body", "params", *loc[1:]]
-    elif "field" in exc.extra and exc.extra["field"]:
+    if exc.extra.get("field"):
         exc.extra["field"] = f"params.{exc.extra['field']}"
     return exc
