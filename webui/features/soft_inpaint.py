@@ -92,6 +92,8 @@ PARAMETERS = (
               2.0, 0, 8, 0.25, "How sharp the step from original to new pixels is (low: gradual, may ghost)."),
 )
 
+# the UI's and paste's field names: the checkbox, then one per parameter
+UI_FIELDS = (ENABLED_FIELD, *(p.field for p in PARAMETERS))
 
 @dataclass(frozen=True)
 class SoftInpaintSettings:
