@@ -181,10 +181,11 @@ def test_bad_units_name_the_field(app):
     fields = {e.field for e in caught.value.errors}
     assert fields == {"alwayson_scripts.controlnet.args[0].weight", "alwayson_scripts.controlnet.args[1].control_mode",
                       "alwayson_scripts.controlnet.args[2].image"}
-    job = app.submit(GenerationRequest(prompt="x", steps=2, width=64, height=64, checkpoint="tiny-sd1",
-                                       alwayson_scripts={"controlnet": {"args": [unit(model="missing")]}}))
-    job.wait(30)
-    assert "missing" in str(job.error) and "not found" in str(job.error)
+    with pytest.raises(ValidationError) as caught:  # a missing model is refused before queueing, on its field
+        app.submit(GenerationRequest(prompt="x", steps=2, width=64, height=64, checkpoint="tiny-sd1",
+                                     alwayson_scripts={"controlnet": {"args": [unit(model="missing")]}}))
+    [error] = caught.value.errors
+    assert error.field == "alwayson_scripts.controlnet.args[0].model" and "'missing' not found" in error.message
 
 
 # ---- preprocessors --------------------------------------------------------------------------------

@@ -130,12 +130,13 @@ def test_skip_moves_the_grid_to_its_next_cell_and_interrupt_stops_it(tmp_path, t
         pauser.RESUME.set()
         assert job.wait(60) and job.error is None
         result = job.result
+        images = [image.copy() for image in result.images]  # finished jobs keep files, removed at close
         pauser.PAUSE_AT[0] = None
         singles = {cfg: np.asarray(app.txt2img(GenerationRequest(**cell, cfg_scale=cfg)).images[0]) for cfg in (3, 7)}
     finally:
         app.close()
-    grid, cells = np.asarray(result.images[0]), result.images[1:]
-    left, top = cell_box(result.images[0].size, 1, 3 if press == "skip" else 1, (64, 64))
+    grid, cells = np.asarray(images[0]), images[1:]
+    left, top = cell_box(images[0].size, 1, 3 if press == "skip" else 1, (64, 64))
     assert np.array_equal(grid[top:top + 64, left:left + 64], singles[3])
     if press == "skip":  # the held cell is dropped (left blank), the grid goes on to CFG 7
         assert pauser.STARTED == [3.0, 5.0, 7.0, 3.0, 7.0]  # (the last two: the single generations)
