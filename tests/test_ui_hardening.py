@@ -179,7 +179,7 @@ def test_missing_models_are_explained_up_front(page, server):
 
 # ---- 14: interrupt keeps the partly denoised image --------------------------------------------------
 
-def test_interrupt_keeps_the_partly_denoised_image(page, server):
+def test_interrupt_keeps_the_partly_denoised_image(page, server, api):
     tab(page, "txt2img")
     outputs = server.root / "outputs" / "txt2img-images"
     before = len(list(outputs.rglob("*.png"))) if outputs.exists() else 0
@@ -188,7 +188,12 @@ def test_interrupt_keeps_the_partly_denoised_image(page, server):
     set_slider(page, "txt2img_width", 256)
     set_slider(page, "txt2img_height", 256)
     page.locator("#txt2img_generate").click()
-    expect(page.locator("#txt2img_progress")).to_contain_text("Step", timeout=60_000)
+
+    def sampling_this_job() -> bool:  # not an earlier job's "Step" text: this job, past its first step
+        state = api.get("/sdapi/v1/progress", params={"skip_current_image": True}).json()["state"]
+        return state["sampling_steps"] == 150 and state["sampling_step"] >= 1
+
+    wait_until(sampling_this_job, 120)
     page.locator("#txt2img_interrupt").click()
     info = page.locator("#html_info_txt2img")
     expect(info).to_contain_text("Interrupted: kept 1", timeout=60_000)
