@@ -3,6 +3,7 @@
 Real tiny models throughout: the app's tiny SD 1.x checkpoint, tiny ControlNets, a tiny ESRGAN
 upscaler and CLIP vision encoder, loaded by the same code that loads real files.
 """
+import dataclasses
 import threading
 import time
 
@@ -289,3 +290,25 @@ def test_the_loaded_table_lists_every_kind_and_freeing_keeps_what_is_in_use(app)
     assert rows[0][4] == "yes" and status.startswith("3 loaded · RAM ")
     assert free_unused(app.models.store) == 2  # the active checkpoint is pinned
     assert [row[:2] for row in loaded_rows(app.models.store)[0]] == [["checkpoint", "tiny-sd1.safetensors"]]
+
+
+def test_checkpoint_formats_are_read_through_one_table(app, tmp_path):
+    """A new format is one reader in model_manager.loader.READERS; the rest of loading is shared."""
+    from webui.model_manager import loader
+
+    sd1 = app.models.resolve("tiny-sd1.safetensors")
+    seen = []
+
+    def wrapped(info, allow_pickle, sidecar):
+        seen.append(info.format)
+        return loader.READERS["safetensors"](info, allow_pickle, sidecar)
+
+    loader.register_reader("tiny-test-format", wrapped)
+    try:
+        info = dataclasses.replace(sd1, format="tiny-test-format")
+        model = loader.load_checkpoint(info, app.models.device, False)
+        assert seen == ["tiny-test-format"] and model.architecture.family == "sd1"
+        with pytest.raises(loader.ModelLoadError, match="'nonsense' format"):
+            loader.load_checkpoint(dataclasses.replace(sd1, format="nonsense"), app.models.device, False)
+    finally:
+        del loader.READERS["tiny-test-format"]

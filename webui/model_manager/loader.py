@@ -232,29 +232,63 @@ def tokenizer_for(family: str, component: str) -> CLIPTokenizer:
 # ---- entry point ---------------------------------------------------------------------------
 
 
+@dataclass
+class ReadWeights:
+    """What a checkpoint reader returns: configs (with the architecture), weights per component."""
+
+    configs: ModelConfigs
+    weights: dict[str, StateDict]
+    uncertain: bool = False                       # prediction type to be probed from the UNet
+    notes: list[str] = field(default_factory=list)
+
+
+Reader = Callable[[CheckpointInfo, bool, Any], ReadWeights]  # (info, allow_pickle, sidecar) -> ReadWeights
+
+
+def _read_folder(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) -> ReadWeights:
+    configs, weights = read_diffusers_folder(info.path, allow_pickle)
+    return ReadWeights(configs, weights)
+
+
+def _read_single_file(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) -> ReadWeights:
+    """One file: tensors, configs from their shapes (or a sidecar), split by the family's layout."""
+    tensors = read_tensors(info.path, allow_pickle)
+    notes = []
+    if info.format == "gguf":
+        from .gguf import describe_gguf
+
+        notes.append(f"GGUF, dequantized at load: {describe_gguf(info.path)['quantization']}")
+    configs, uncertain = file_configs({k: tuple(v.shape) for k, v in tensors.items()}, sidecar)
+    weights, leftovers = checkpoint_to_diffusers(tensors, configs)
+    del tensors
+    if leftovers:
+        notes.append(f"{len(leftovers)} tensors not used by the model (EMA copies, schedule buffers)")
+    return ReadWeights(configs, weights, uncertain, notes)
+
+
+# how each checkpoint format is read: one table, so a new format (a split or quantized layout) is
+# one `register_reader` call beside its reader, and the rest of loading does not change
+READERS: dict[str, Reader] = {"diffusers": _read_folder, "safetensors": _read_single_file,
+                              "pickle": _read_single_file, "gguf": _read_single_file}
+
+
+def register_reader(fmt: str, reader: Reader) -> None:
+    READERS[fmt] = reader
+
+
 def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bool,
                     progress: Progress | None = None) -> LoadedModel:
     """Load a checkpoint for generation. Raises ModelLoadError with a readable reason."""
     say = progress or (lambda message: None)
     started = time.perf_counter()
-    notes: list[str] = []
+    reader = READERS.get(info.format)
+    if reader is None:
+        raise ModelLoadError(f"{info.name}: Easel cannot read checkpoints in the {info.format!r} format")
     try:
         sidecar = read_sidecars(info.path)
         say(f"reading {info.path.name}")
-        if info.format == "diffusers":
-            configs, weights = read_diffusers_folder(info.path, allow_pickle)
-            uncertain = False
-        else:
-            tensors = read_tensors(info.path, allow_pickle)
-            if info.format == "gguf":
-                from .gguf import describe_gguf
-
-                notes.append(f"GGUF, dequantized at load: {describe_gguf(info.path)['quantization']}")
-            configs, uncertain = file_configs({k: tuple(v.shape) for k, v in tensors.items()}, sidecar)
-            weights, leftovers = checkpoint_to_diffusers(tensors, configs)
-            del tensors
-            if leftovers:
-                notes.append(f"{len(leftovers)} tensors not used by the model (EMA copies, schedule buffers)")
+        read = reader(info, allow_pickle, sidecar)
+        configs, weights, uncertain, notes = read.configs, read.weights, read.uncertain, read.notes
         if sidecar.sources:
             notes.append("config from " + ", ".join(p.name for p in sidecar.sources))
     except (DetectionError, ConversionError, ValueError, OSError) as exc:
