@@ -117,6 +117,20 @@ def test_download_list_says_which_files_need_allow_pickle(page):
     expect(rows["realesrgan-x4plus"]).to_contain_text("--allow-pickle")
 
 
+def test_models_loaded_lists_the_store_and_frees_what_nothing_uses(page, api):
+    """Engine v2's one model store, seen from the Models tab (not an issue-23 item; it shares this page)."""
+    done = api.post("/sdapi/v1/txt2img", json={"prompt": "a loaded model", "steps": 2, "width": 64, "height": 64})
+    assert done.status_code == 200, done.text
+    tab(page, "Models")
+    page.get_by_role("tab", name="Loaded", exact=True).click()
+    table = page.locator("#models_loaded_table")
+    expect(table).to_contain_text("checkpoint", timeout=30_000)
+    expect(page.locator("#models_loaded_status")).to_contain_text("loaded · RAM")
+    page.locator("#models_loaded_free").click()
+    expect(page.locator("#models_loaded_status")).to_contain_text("Freed", timeout=30_000)
+    expect(table).to_contain_text("checkpoint")  # the active checkpoint is in use: never freed
+
+
 # ---- 11: Extras does something by default and keeps the source's parameters ----------------------
 
 def test_extras_upscales_by_default_and_keeps_parameters(page, server, tmp_path):
