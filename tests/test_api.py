@@ -593,3 +593,14 @@ def test_a_feature_easel_lacks_is_a_422_naming_field_and_capability_and_a_missin
     assert queued.json()["field"] == "params.tiling"
     route = client.post("/sdapi/v1/interrogate", json={"image": "", "model": "clip"})
     assert route.status_code == 501 and route.json()["missing"].startswith("interrogation")
+
+
+def test_the_tiled_vae_extension_switch_tiles_this_request(client):
+    """Tiled VAE's always-on args (enabled, encoder tile, decoder tile, ...) turn on Easel's VAE tiling."""
+    size = dict(width=128, height=128)  # the tiny VAE's tiles are 64 px, so 128 px is four tiles
+    plain = txt2img(client, **size)
+    tiled = txt2img(client, **size, alwayson_scripts={"Tiled VAE": {"args": [True, 1024, 96, True, True, True]}})
+    off = txt2img(client, **size, alwayson_scripts={"Tiled VAE": {"args": [False, 1024, 96]}})
+    a, b, c = (np.asarray(decode(r["images"][0])).astype(float) for r in (plain, tiled, off))
+    assert np.array_equal(a, c) and not np.array_equal(a, b)
+    assert 10 * np.log10(255 ** 2 / np.mean((a - b) ** 2)) > 10  # the same picture, blended across tiles

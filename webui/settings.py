@@ -150,6 +150,9 @@ class Settings:
                                     "None: the baked-in one; or a file from models/VAE)", "Stable Diffusion")
     sd_vae_overrides_per_model_preferences: bool = _opt(
         True, "A VAE chosen in the top bar overrides each checkpoint's preferred VAE", "Stable Diffusion")
+    vae_tiling: str = _opt("Automatic", "VAE tiling: decode and encode in overlapping tiles (Automatic: above 2048x2048 "
+                                        "pixels and after running out of GPU memory)", "Stable Diffusion",
+                            choices=("Automatic", "Always", "Never"))
     hub_endpoint: str = _opt("https://huggingface.co", "Model hub endpoint for downloads (a Hugging Face compatible "
                                                        "server or mirror)", "Downloads", protected=True)
     hub_token: str = _opt("", "Model hub access token (for gated repositories; never shown by the API)",

@@ -57,10 +57,10 @@ A1111_ALWAYSON = {
     "regional prompter": "Regional Prompter",
     "dynamic prompts v2.17.1": "Dynamic Prompts",
     "tiled diffusion": "Tiled Diffusion",
-    "tiled vae": "Tiled VAE",
     "sampler": "the Sampler script (use sampler_name/scheduler)",
 }
 
+TILED_VAE = "__tiled_vae"  # set by _scripts when the Tiled VAE extension's args switch it on
 TASK_ID = re.compile(r"^[A-Za-z0-9_\-().:]{1,100}$")
 OVERRIDE = "override_settings"
 
@@ -221,6 +221,10 @@ def _scripts(body: GenerationFields, scripts: dict[str, Any], mode: str) -> dict
         if lowered == "soft inpainting":  # the engine's soft inpainting feature parses (and names) its args
             out["alwayson_scripts"][lowered] = copy.deepcopy(value)
             continue
+        if lowered == "tiled vae":  # the Tiled VAE extension's switch: Easel's own VAE tiling for this request
+            if _script_active(lowered, value):
+                out[TILED_VAE] = True
+            continue
         script = script_api.find(scripts, key, mode, "alwayson")
         if script is not None:
             args = value.get("args") if isinstance(value, dict) else value
@@ -282,6 +286,8 @@ def to_generation_request(body: GenerationFields, easel, mode: str = "txt2img") 
     values["checkpoint"], values[OVERRIDE] = _overrides(body.override_settings, easel.models)
     _check_styles(body.styles, easel.engine.styles)
     values.update(_scripts(body, easel.engine.scripts, mode))
+    if values.pop(TILED_VAE, False):  # its tile sizes are not used: diffusers' tiles are the VAE's own size
+        values[OVERRIDE] = {**values[OVERRIDE], "vae_tiling": "Always"}
     if isinstance(body, Img2ImgRequest):
         values.update(_images(body, bool(easel.settings.get("api_enable_requests")),
                               max_megapixels(easel.settings)))

@@ -1,8 +1,18 @@
-"""Between pixels and latents: VAE encode/decode with the half-precision NaN fallback."""
+"""Between pixels and latents: VAE encode/decode with the half-precision NaN fallback and tiling.
+
+Tiling uses diffusers' own tiled encode/decode (overlapping tiles of the VAE's `sample_size`,
+blended), switched on per call. The policy comes from the setting `vae_tiling` through a
+context the engine sets around each job (`vae_tiling(...)`), so the features that encode and
+decode (img2img, hires fix, soft inpainting) follow it without passing it along:
+Automatic tiles images above AUTO_TILE_PIXELS and retries tiled after running out of device
+memory; Always tiles whatever is larger than one tile; Never does not tile.
+"""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -12,6 +22,52 @@ if TYPE_CHECKING:
     from ..model_manager.loader import LoadedModel
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+TILING_MODES = ("Automatic", "Always", "Never")
+AUTO_TILE_PIXELS = 2048 * 2048  # Automatic: above this many pixels an untiled decode needs several GB
+_TILING: ContextVar[str] = ContextVar("vae_tiling", default="Automatic")
+
+
+@contextmanager
+def vae_tiling(mode: str) -> Iterator[None]:
+    """Encode and decode inside the block follow `mode` (one of TILING_MODES)."""
+    token = _TILING.set(mode if mode in TILING_MODES else "Automatic")
+    try:
+        yield
+    finally:
+        _TILING.reset(token)
+
+
+def _wants_tiles(pixels: int) -> bool:
+    mode = _TILING.get()
+    return mode == "Always" or (mode == "Automatic" and pixels > AUTO_TILE_PIXELS)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _with_tiling(vae: torch.nn.Module, pixels: int, run: Callable[[], T]) -> T:
+    """`run()` with diffusers' tiling on when the policy asks; on out-of-memory, once more tiled."""
+    tiled = _wants_tiles(pixels)
+    try:
+        return _tiled(vae, tiled, run)
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if tiled or _TILING.get() == "Never" or not _out_of_memory(exc):
+            raise
+    log.warning("the VAE ran out of device memory on %d pixels; retrying in tiles", pixels)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return _tiled(vae, True, run)
+
+
+def _tiled(vae: torch.nn.Module, on: bool, run: Callable[[], T]) -> T:
+    before = getattr(vae, "use_tiling", False)
+    vae.use_tiling = on
+    try:
+        return run()
+    finally:
+        vae.use_tiling = before
 
 
 def to_pixels(image: Image.Image) -> torch.Tensor:
@@ -48,13 +104,24 @@ def decode(model: "LoadedModel", latents: torch.Tensor) -> list[Image.Image]:
     """One image at a time, so peak memory stays that of one decode."""
     images = []
     for latent in latents:
+        area = latent.shape[-1] * latent.shape[-2] * _factor(model) ** 2
+
+        def run(dtype: torch.dtype) -> torch.Tensor:
+            return _with_tiling(model.vae, area, lambda: model.vae.decode(
+                (latent[None] / _scale(model)).to(dtype)).sample.float())
+
         dtype = _vae_dtype(model)
-        pixels = model.vae.decode((latent[None] / _scale(model)).to(dtype)).sample.float()
+        pixels = run(dtype)
         if torch.isnan(pixels).any() and dtype != torch.float32:
             _upcast(model)
-            pixels = model.vae.decode((latent[None] / _scale(model)).float()).sample.float()
+            pixels = run(torch.float32)
         images.append(to_image(pixels[0]))
     return images
+
+
+def _factor(model: "LoadedModel") -> int:
+    """Pixels per latent along a side (8 for every VAE Easel knows)."""
+    return 2 ** (len(model.configs["vae"].get("block_out_channels", (0, 0, 0, 0))) - 1)
 
 
 @torch.no_grad()
@@ -63,11 +130,16 @@ def encode(model: "LoadedModel", images: list[Image.Image]) -> torch.Tensor:
     device = next(model.vae.parameters()).device
     out = []
     for image in images:
+        area = image.width * image.height
+
+        def run(dtype: torch.dtype) -> torch.Tensor:
+            pixels = to_pixels(image).to(device, dtype)
+            return _with_tiling(model.vae, area, lambda: model.vae.encode(pixels).latent_dist.mode().float())
+
         dtype = _vae_dtype(model)
-        pixels = to_pixels(image).to(device, dtype)
-        latent = model.vae.encode(pixels).latent_dist.mode().float()
+        latent = run(dtype)
         if torch.isnan(latent).any() and dtype != torch.float32:
             _upcast(model)
-            latent = model.vae.encode(pixels.float()).latent_dist.mode().float()
+            latent = run(torch.float32)
         out.append(latent * _scale(model))
     return torch.cat(out)

@@ -144,9 +144,10 @@ class Engine:
         number of plain generations through `context.generate`.
         """
         plain = request.request if isinstance(request, PreparedRequest) else request
-        if plain.script_name:
-            return self._run_script(plain, job, output_dir)
-        result = self._generate(request, job, output_dir)
+        with latents_io.vae_tiling(self.options(plain).get("vae_tiling", "Automatic")):
+            if plain.script_name:
+                return self._run_script(plain, job, output_dir)
+            result = self._generate(request, job, output_dir)
         self._report_extension_errors(result)
         return result
 
