@@ -28,6 +28,7 @@ from .. import __version__
 from ..paths import Paths
 from ..settings import SettingsStore
 from . import latents as latents_io
+from .out_of_memory import job_memory_guard
 from . import k_samplers, samplers
 from .hooks import NO_HOOKS, GenerationContext, Hooks, StepContext
 from .images import NamingContext, format_pattern, save_image
@@ -144,7 +145,8 @@ class Engine:
         number of plain generations through `context.generate`.
         """
         plain = request.request if isinstance(request, PreparedRequest) else request
-        with latents_io.vae_tiling(self.options(plain).get("vae_tiling", "Automatic")):
+        with latents_io.vae_tiling(self.options(plain).get("vae_tiling", "Automatic")), \
+                job_memory_guard(plain.width, plain.height, plain.batch_size):
             if plain.script_name:
                 return self._run_script(plain, job, output_dir)
             result = self._generate(request, job, output_dir)

@@ -1,0 +1,65 @@
+"""Out of device memory fails one job with a message that says what would fit; the next job runs.
+
+The error is injected where a small GPU would raise it (the UNet's forward), on the real engine."""
+import numpy as np
+import pytest
+import torch
+
+from webui.core.jobs import JobState
+from webui.core.request import GenerationRequest
+
+from conftest import make_easel
+
+
+@pytest.fixture
+def app(tmp_path, tiny_ckpt_dir):
+    app = make_easel(tmp_path, tiny_ckpt_dir)
+    yield app
+    app.close()
+
+
+def test_an_out_of_memory_job_fails_clearly_and_the_next_one_runs(app):
+    model = app.models.get("tiny-sd1.safetensors")
+    request = GenerationRequest(prompt="a big picture", steps=2, width=64, height=64, batch_size=2, seed=4,
+                                sampler_name="Euler", checkpoint="tiny-sd1", save_images=False)
+    expected = np.asarray(app.txt2img(request).images[0])
+    real_forward = model.unet.forward
+    calls = {"n": 0}
+
+    def small_gpu(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # mid-sampling, as when activations outgrow the card
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_forward(*args, **kwargs)
+
+    model.unet.forward = small_gpu
+    try:
+        job = app.submit(request)
+        job.wait(60)
+    finally:
+        model.unet.forward = real_forward
+    assert job.state == JobState.FAILED
+    message = str(job.error)
+    assert type(job.error).__name__ == "DeviceOutOfMemory" and getattr(job.error, "user_facing", False)
+    assert "64x64 with batch size 2" in message and "vae_tiling" in message and "Tried to allocate" in message
+    assert app.models.loaded_names() == ["tiny-sd1.safetensors"]  # the model stays loaded
+    again = app.submit(request)
+    again.wait(60)
+    assert again.state == JobState.DONE and np.array_equal(np.asarray(again.result.images[0]), expected)
+
+
+def test_other_runtime_errors_are_not_mistaken_for_out_of_memory(app):
+    model = app.models.get("tiny-sd1.safetensors")
+    real_forward = model.unet.forward
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    model.unet.forward = broken
+    try:
+        job = app.submit(GenerationRequest(prompt="x", steps=2, width=64, height=64, checkpoint="tiny-sd1",
+                                           save_images=False))
+        job.wait(60)
+    finally:
+        model.unet.forward = real_forward
+    assert job.state == JobState.FAILED and type(job.error) is RuntimeError

@@ -1,0 +1,50 @@
+"""Running out of device memory fails one job, never the app.
+
+A CUDA (or MPS) out-of-memory error inside a generation becomes `DeviceOutOfMemory`: the
+message says what was asked (size, batch) and what would fit (smaller size or batch, VAE
+tiling, a smaller model-cache budget), the allocator's cache is emptied, and the worker goes
+on with the next job. Models stay loaded: the store's budget decides about them, not the
+failure of one job.
+"""
+from __future__ import annotations
+
+import gc
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+
+class DeviceOutOfMemory(RuntimeError):
+    user_facing = True
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def release_device_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if getattr(torch, "mps", None) is not None and torch.backends.mps.is_available():
+        torch.mps.empty_cache()
+
+
+@contextmanager
+def job_memory_guard(width: int, height: int, batch_size: int) -> Iterator[None]:
+    """Turn an out-of-memory error inside the block into DeviceOutOfMemory, after freeing the cache."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = (f"Out of GPU memory generating {width}x{height} with batch size {batch_size} ({first_line}). "
+                   "Try a smaller size or batch size (hires fix: a smaller upscale), set VAE tiling to Always "
+                   "(Settings → vae_tiling), or lower model_cache_vram_gb so fewer models stay on the GPU. "
+                   "Nothing else was affected; the next job runs normally.")
+        exc = None  # drop the traceback's frames (and the tensors they hold) before freeing
+        release_device_memory()
+        raise DeviceOutOfMemory(message) from None
