@@ -150,6 +150,9 @@ class Settings:
                                     "None: the baked-in one; or a file from models/VAE)", "Stable Diffusion")
     sd_vae_overrides_per_model_preferences: bool = _opt(
         True, "A VAE chosen in the top bar overrides each checkpoint's preferred VAE", "Stable Diffusion")
+    weight_storage: str = _opt("Automatic", "Denoiser weight storage (fp8 halves the UNet's memory; computing stays "
+                                            "in the precision of --precision). Changing it reloads the checkpoint",
+                               "Stable Diffusion", choices=("Automatic", "fp8_e4m3fn", "fp8_e5m2"))
     vae_tiling: str = _opt("Automatic", "VAE tiling: decode and encode in overlapping tiles (Automatic: above 2048x2048 "
                                         "pixels and after running out of GPU memory)", "Stable Diffusion",
                             choices=("Automatic", "Always", "Never"))

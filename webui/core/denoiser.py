@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from ..model_manager.loader import LoadedModel
 
 
+FP8_TYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
 class SigmaSpace(ModelOutput):
     """Shared sigma-space view for anything that can `predict` at a timestep."""
 
@@ -88,7 +91,9 @@ class CFGDenoiser(SigmaSpace):
         single = len(cond.parts) == 1 and cond.parts[0][1] == 1.0
         self.use_uncond = self.cfg_scale != 1.0 or not single
         param = next(self.unet.parameters())
-        self.device, self.dtype = param.device, param.dtype
+        # the compute type: the weights' own, unless they are stored in fp8 (cast per layer as it runs)
+        self.device = param.device
+        self.dtype = model.device.dtype if param.dtype in FP8_TYPES else param.dtype
         self.time_ids, self.uncond_time_ids = time_ids, uncond_time_ids if uncond_time_ids is not None else time_ids
         self.step = 0
         self.image_conditioning: torch.Tensor | None = None

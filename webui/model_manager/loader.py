@@ -57,6 +57,8 @@ class LoadedModel:
     patches: dict[str, Any] = field(default_factory=dict)
     # set after a half-precision VAE decode produced NaNs: decode in fp32 from then on
     vae_upcast: bool = False
+    # how the denoiser's weights are stored ("Automatic": in the compute precision; or an fp8 type)
+    weight_storage: str = "Automatic"
 
     @property
     def short_hash(self) -> str:
@@ -227,6 +229,27 @@ def tokenizer_for(family: str, component: str) -> CLIPTokenizer:
     """CLIP ViT-L pads with the end token; the OpenCLIP encoders pad with '!' (id 0)."""
     openclip = families.get(family).tokenizer_pad(component) == "!"
     return clip_tokenizer("!" if openclip else EOS)
+
+
+# ---- weight storage ----------------------------------------------------------------------------
+
+STORAGE_DTYPES = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
+
+def apply_weight_storage(model: "LoadedModel", storage: str) -> None:
+    """Store the denoiser's weights in fp8 and compute in the device's precision.
+
+    diffusers' layerwise casting (`enable_layerwise_casting`) keeps each layer's weights in the
+    storage type and casts them to the compute type only while that layer runs, so the
+    denoiser's memory halves (from fp16) for a small cost per step; norms and embeddings stay
+    in the compute type, as diffusers skips them by default.
+    """
+    dtype = STORAGE_DTYPES.get(storage)
+    if dtype is None:
+        return
+    model.unet.enable_layerwise_casting(storage_dtype=dtype, compute_dtype=model.device.dtype)
+    model.weight_storage = storage
+    model.notes.append(f"denoiser weights stored as {storage}")
 
 
 # ---- entry point ---------------------------------------------------------------------------

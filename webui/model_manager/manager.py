@@ -100,12 +100,14 @@ class ModelManager:
     def get(self, query: str | None = None, progress: Progress | None = None) -> LoadedModel:
         """The loaded model for `query`, loading it (and evicting the oldest) when needed."""
         info = self.resolve(query)
+        storage = str(self.settings.get("weight_storage") or "Automatic")
         loaded: list[LoadedModel] = []
 
         def load() -> LoadedModel:
-            from .loader import load_checkpoint  # heavy (diffusers, transformers): imported on first load
+            from .loader import apply_weight_storage, load_checkpoint  # heavy: imported on first load
 
             model = load_checkpoint(info, self.device, self.allow_pickle, progress)
+            apply_weight_storage(model, storage)
             if progress:
                 progress("hashing")
             model.sha256 = self.hashes.sha256(info.hash_source)
@@ -114,7 +116,8 @@ class ModelManager:
 
         with self._lock:
             model = self.store.peek(KIND, info.name)
-            if model is not None and model.info.mtime != info.mtime:  # the file changed on disk: reload
+            if model is not None and (model.info.mtime != info.mtime  # the file changed on disk: reload
+                                      or model.weight_storage != storage):  # or is to be stored otherwise
                 self.store.evict(KIND, info.name)
                 model = None
             if model is None:

@@ -1,0 +1,80 @@
+"""fp8 weight storage for the denoiser: diffusers' layerwise casting, chosen by a setting.
+
+Real tiny checkpoints on the CPU: the UNet's stored bytes shrink, the image stays close to the
+full-precision one, the infotext says how the weights were stored, and changing the setting
+reloads the checkpoint."""
+import numpy as np
+import pytest
+import torch
+
+from webui.core.infotext import parse_infotext
+from webui.core.request import GenerationRequest
+from webui.model_manager.store import measure
+
+from conftest import make_easel
+
+
+@pytest.fixture
+def app(tmp_path, tiny_ckpt_dir):
+    app = make_easel(tmp_path, tiny_ckpt_dir)
+    yield app
+    app.close()
+
+
+def generate(app, checkpoint="tiny-sd1"):
+    return app.txt2img(GenerationRequest(prompt="a lighthouse", steps=3, width=64, height=64, seed=9,
+                                         sampler_name="Euler", checkpoint=checkpoint, save_images=False))
+
+
+def psnr(a, b) -> float:
+    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
+
+
+@pytest.mark.parametrize("storage", ["fp8_e4m3fn", "fp8_e5m2"])
+def test_fp8_storage_shrinks_the_unet_keeps_the_picture_and_says_so(app, storage):
+    full = generate(app)
+    full_bytes = measure(app.models.get("tiny-sd1.safetensors").unet).ram
+    app.settings.update({"weight_storage": storage})
+    stored = generate(app)
+    model = app.models.get("tiny-sd1.safetensors")
+    assert model.weight_storage == storage
+    linear = model.unet.time_embedding.linear_1
+    assert linear.weight.dtype == getattr(torch, storage.replace("fp8", "float8"))
+    assert measure(model.unet).ram < 0.4 * full_bytes  # fp8 against the CPU's fp32: a quarter, plus the norms
+    assert psnr(full.images[0], stored.images[0]) > 20
+    assert parse_infotext(stored.infotexts[0]).params["Weights"] == storage
+    assert "Weights" not in parse_infotext(full.infotexts[0]).params
+
+
+def test_changing_the_setting_back_reloads_full_precision(app):
+    full = generate(app)
+    app.settings.update({"weight_storage": "fp8_e4m3fn"})
+    generate(app)
+    app.settings.update({"weight_storage": "Automatic"})
+    again = generate(app)
+    assert app.models.get("tiny-sd1.safetensors").weight_storage == "Automatic"
+    assert np.array_equal(np.asarray(full.images[0]), np.asarray(again.images[0]))
+
+
+def test_sdxl_with_fp8_storage_generates(app):
+    full = generate(app, "tiny-sdxl")
+    app.settings.update({"weight_storage": "fp8_e4m3fn"})
+    assert psnr(full.images[0], generate(app, "tiny-sdxl").images[0]) > 20
+
+
+def test_loras_apply_to_fp8_weights_and_restore_them(app):
+    from webui.features.lora_writer import write_lora
+
+    write_lora(app.paths.model_dir("lora") / "style.safetensors", app.models.get("tiny-sd1.safetensors"), seed=1,
+               alpha=2.0)
+    app.settings.update({"weight_storage": "fp8_e4m3fn"})
+    plain = generate(app)
+    weights = {k: v.clone() for k, v in app.models.get("tiny-sd1.safetensors").unet.state_dict().items()}
+    with_lora = app.txt2img(GenerationRequest(prompt="a lighthouse <lora:style:1>", steps=3, width=64, height=64,
+                                              seed=9, sampler_name="Euler", checkpoint="tiny-sd1", save_images=False))
+    assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(with_lora.images[0]))
+    again = generate(app)
+    assert np.array_equal(np.asarray(plain.images[0]), np.asarray(again.images[0]))
+    after = app.models.get("tiny-sd1.safetensors").unet.state_dict()
+    assert all(torch.equal(after[k].float(), v.float()) for k, v in weights.items())
