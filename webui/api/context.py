@@ -85,7 +85,7 @@ class PreviewCache:
             if key == self._key:
                 return self._value
         try:
-            value = encode_b64(latent_preview(latents, job.progress.preview_rgb))
+            value = encode_b64((job.progress.previewer or latent_preview)(latents))
         except Exception:  # a preview must never fail a progress request
             log.debug("preview failed", exc_info=True)
             return None

@@ -70,8 +70,9 @@ class Progress:
     # latest latents/denoised estimate for live previews; decoded lazily by whoever asks
     preview_latents: Any = None
     preview_step: int = -1
-    # the latent -> RGB matrix of the model being sampled (its family's LatentFormat.preview_rgb)
-    preview_rgb: Any = None
+    # turns preview_latents into a picture (core/preview: ApproxPreview or TinyVaePreview), for
+    # the model being sampled; set by the engine when the job's model is known
+    previewer: Any = None
 
     @property
     def fraction(self) -> float:

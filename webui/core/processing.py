@@ -25,10 +25,12 @@ import torch
 from PIL import Image
 
 from .. import __version__
+from ..model_manager.tiny_vae import load_tiny_vae, tiny_vae_folder
 from ..paths import Paths
 from ..settings import SettingsStore
 from . import latents as latents_io
 from .out_of_memory import job_memory_guard
+from .preview import ApproxPreview, TinyVaePreview
 from . import k_samplers, samplers
 from .hooks import NO_HOOKS, GenerationContext, Hooks, StepContext
 from .images import NamingContext, format_pattern, save_image
@@ -184,8 +186,8 @@ class Engine:
         started = time.perf_counter()
         job.report(step=0, text="loading model")
         model = self.models.get(request.checkpoint, progress=lambda msg: job.report(text=msg))
-        job.progress.preview_rgb = model.architecture.adapter.latent.preview_rgb
         plan = self.plan(request, model)
+        job.progress.previewer = self._previewer(model, plan.options)
         if self.vaes is not None:
             plan.vae = self.vaes.prepare(model, plan.options)
         context.model, context.plan = model, plan
@@ -246,6 +248,17 @@ class Engine:
         result = self.hooks.call_replacing("postprocess", request=request, result=result, context=context)
         job.report(step=job.progress.total_steps if not result.interrupted else job.progress.step, text="done")
         return result
+
+    def _previewer(self, model: LoadedModel, options: dict[str, Any]) -> Any:
+        """Live previews in the family's latent space: its tiny autoencoder when chosen and present,
+        else the cheap colour matrix (AUTOMATIC1111's "TAESD" and "Approx cheap")."""
+        latent = model.architecture.adapter.latent
+        if options.get("live_preview_method") == "TAESD" and options.get("live_previews_enable", True):
+            folder = tiny_vae_folder(self.paths.model_dir("vae_approx"), latent.tiny_vae)
+            decoder = folder and load_tiny_vae(folder, self.models.store, model.device.device, model.device.vae_dtype)
+            if decoder is not None:
+                return TinyVaePreview(decoder)
+        return ApproxPreview(latent.preview_rgb)
 
     # ---- planning -------------------------------------------------------------------------------
 

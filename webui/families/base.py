@@ -36,6 +36,8 @@ class LatentFormat:
     channels: int = 4
     # 4 rows (latent channels) x 3 columns (RGB): a least-squares latent -> colour fit for previews
     preview_rgb: tuple[tuple[float, float, float], ...] = ()
+    # the tiny autoencoder for this latent space (a folder in models/VAE-approx), for TAESD previews
+    tiny_vae: str = ""
 
 
 class Family:

@@ -5,7 +5,8 @@ from typing import Any
 
 from .base import Family, LatentFormat, LayerChoice
 
-SD_LATENT = LatentFormat(channels=4, preview_rgb=((0.298, 0.207, 0.208), (0.187, 0.286, 0.173),
+SD_LATENT = LatentFormat(channels=4, tiny_vae="taesd",
+                         preview_rgb=((0.298, 0.207, 0.208), (0.187, 0.286, 0.173),
                                                   (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473)))
 # NVIDIA's published Align Your Steps sigmas for SD 1.x/2.x
 SD_AYS = (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029)

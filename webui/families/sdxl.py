@@ -7,7 +7,8 @@ import torch
 
 from .base import Family, LatentFormat, LayerChoice
 
-SDXL_LATENT = LatentFormat(channels=4, preview_rgb=((0.3448, 0.4168, 0.4395), (-0.1953, -0.0290, 0.0250),
+SDXL_LATENT = LatentFormat(channels=4, tiny_vae="taesdxl",
+                         preview_rgb=((0.3448, 0.4168, 0.4395), (-0.1953, -0.0290, 0.0250),
                                                     (0.1074, 0.0886, -0.0163), (-0.3730, -0.2499, -0.2088)))
 SDXL_AYS = (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029)
 REFINER_AESTHETIC = (6.0, 2.5)  # positive / negative aesthetic score the refiner was trained with

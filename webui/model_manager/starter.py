@@ -156,6 +156,16 @@ STARTERS: tuple[StarterModel, ...] = (
                  tuple(_hub(name, _ANNOTATOR_REPO, name, size) for name, size in _ANNOTATOR_FILES),
                  "", "Weights for the HED, PiDiNet, lineart, MLSD, MiDaS, Zoe, LeReS, openpose and normal "
                      "preprocessors (read as tensors only)."),
+    StarterModel("taesd", "TAESD live previews (SD 1.x/2.x)", "vae_approx", (
+        _hub("taesd/config.json", "madebyollin/taesd", "config.json", 1_000),
+        _hub("taesd/diffusion_pytorch_model.safetensors", "madebyollin/taesd", "diffusion_pytorch_model.safetensors",
+             5 * MB)),
+        "", "A tiny autoencoder: live previews that look like the final image (Settings: live_preview_method)."),
+    StarterModel("taesdxl", "TAESDXL live previews (SDXL)", "vae_approx", (
+        _hub("taesdxl/config.json", "madebyollin/taesdxl", "config.json", 1_000),
+        _hub("taesdxl/diffusion_pytorch_model.safetensors", "madebyollin/taesdxl",
+             "diffusion_pytorch_model.safetensors", 5 * MB)),
+        "", "The same for SDXL's latent space."),
     StarterModel("annotator-sam", "Segment Anything annotator", "annotator", (
         _hub("sam_vit_h_4b8939.pth", _ANNOTATOR_REPO, "sam_vit_h_4b8939.pth", 2_560 * MB),),
         "", "Weights for the segmentation preprocessor."),
