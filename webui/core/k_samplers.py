@@ -20,8 +20,11 @@ and the sampler options (eta, churn, noise scale).
 - Restart: Xu et al. 2023, "Restart Sampling": Heun steps, and once the schedule passes
   a low sigma, jump back up with fresh noise and run a short Karras segment again, K times.
 
-Stochastic samplers draw Gaussian noise from the per-image streams (never a shared
-Brownian tree), so image i of a batch equals generating its seed alone.
+Stochastic samplers draw Gaussian noise from the per-image streams, so image i of a batch
+equals generating its seed alone. The SDE samplers (DPM++ SDE, 2M SDE, 3M SDE) ask the noise
+source for the increment between two sigmas (`_increment`): a Brownian-tree source
+(`brownian.BrownianNoise`, AUTOMATIC1111's convention) answers from each image's Brownian
+motion; a plain per-image stream answers with its next independent draw (faster).
 """
 from __future__ import annotations
 
@@ -42,6 +45,13 @@ class NoiseSource(Protocol):
     def next(self) -> torch.Tensor: ...
 
 
+def _increment(noise: NoiseSource, sigma: float, sigma_next: float) -> torch.Tensor:
+    """Standard-normal noise for an SDE step from sigma to sigma_next: the Brownian increment
+    when the source keeps a Brownian motion (`between`), else the stream's next draw."""
+    between = getattr(noise, "between", None)
+    return between(sigma, sigma_next) if between is not None else noise.next()
+
+
 @dataclass(frozen=True)
 class SamplerOptions:
     eta: float = 1.0            # ancestral / SDE noise amount
@@ -50,6 +60,7 @@ class SamplerOptions:
     s_tmax: float = math.inf
     s_noise: float = 1.0
     solver: str = "midpoint"    # DPM++ 2M SDE: "midpoint" or "heun"
+    sde_noise: str = "Brownian tree"  # SDE samplers: "Brownian tree" (AUTOMATIC1111's) or "Per-step"
 
 
 def _after_step(callback: StepCallback, i: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
@@ -254,14 +265,14 @@ def sample_dpmpp_sde(denoise: Denoiser, x, sigmas, noise: NoiseSource, callback:
             down, up = ancestral_step(s[i], sigma_mid, o.eta)
             x_mid = (down / s[i]) * x - math.expm1(lam + math.log(down)) * denoised
             if up > 0:
-                x_mid = x_mid + noise.next() * o.s_noise * up
+                x_mid = x_mid + _increment(noise, s[i], sigma_mid) * o.s_noise * up
             denoised_mid = denoise(x_mid, sigma_mid)
             down, up = ancestral_step(s[i], s[i + 1], o.eta)
             mix = 1 / (2 * r)
             estimate = (1 - mix) * denoised + mix * denoised_mid
             x = (down / s[i]) * x - math.expm1(lam + math.log(down)) * estimate
             if up > 0:
-                x = x + noise.next() * o.s_noise * up
+                x = x + _increment(noise, s[i], s[i + 1]) * o.s_noise * up
         x = _after_step(callback, i, x, denoised)
     return x
 
@@ -287,7 +298,8 @@ def sample_dpmpp_2m_sde(denoise: Denoiser, x, sigmas, noise: NoiseSource, callba
                 else:
                     x = x + 0.5 * (-math.expm1(-h - eta_h)) * (1 / r) * (denoised - previous)
             if o.eta > 0:
-                x = x + noise.next() * s[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)) * o.s_noise
+                z = _increment(noise, s[i], s[i + 1])
+                x = x + z * s[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)) * o.s_noise
             h_previous = h
         previous = denoised
         x = _after_step(callback, i, x, denoised)
@@ -320,7 +332,8 @@ def sample_dpmpp_3m_sde(denoise: Denoiser, x, sigmas, noise: NoiseSource, callba
             elif h_1 is not None:
                 x = x + phi_2 * (denoised - d_1) / (h_1 / h)
             if o.eta > 0:
-                x = x + noise.next() * s[i + 1] * math.sqrt(-math.expm1(-2 * h * o.eta)) * o.s_noise
+                z = _increment(noise, s[i], s[i + 1])
+                x = x + z * s[i + 1] * math.sqrt(-math.expm1(-2 * h * o.eta)) * o.s_noise
             h_1, h_2 = h, h_1
         d_1, d_2 = denoised, d_1
         x = _after_step(callback, i, x, denoised)
