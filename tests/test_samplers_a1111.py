@@ -202,6 +202,40 @@ def ref_dpmpp_3m_sde(x, sig, D, noise, eta=1.0, s_noise=1.0):
     return x
 
 
+def _karras(n, lo, hi, rho=7.0):
+    ramp = np.linspace(0, 1, n)
+    return list((hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho)
+
+
+def ref_restart(x, sig, D, noise, s_noise=1.0, **_):
+    """Heun; from 20 steps AUTOMATIC1111's plan: 9 restart steps once (from 36: steps // 4, twice) taken from
+    a Karras main schedule, restarting where it is nearest sigma 0.1, back up to its sigma nearest 2."""
+    steps = len(sig) - 1
+    pairs = list(zip(sig[:-1], sig[1:]))
+    if steps >= 20:
+        r, k = (steps // 4, 2) if steps >= 36 else (9, 1)
+        base = _karras(steps - r * k, sig[-2], sig[0]) + [0.0]
+        low, high = int(np.argmin(np.abs(np.array(base) - 0.1))), int(np.argmin(np.abs(np.array(base) - 2)))
+        segment = _karras(r + 1, base[low], base[high])
+        pairs = []
+        for i in range(len(base) - 1):
+            pairs.append((base[i], base[i + 1]))
+            if i + 1 == low and high < low:
+                pairs += list(zip(segment[:-1], segment[1:])) * k
+    last = None
+    for s, t in pairs:
+        if last is not None and last < s:
+            x = x + noise(last, s) * s_noise * math.sqrt(s ** 2 - last ** 2)
+        slope = (x - D(x, s)) / s
+        if t == 0:
+            x = x + (t - s) * slope
+        else:
+            x_e = x + (t - s) * slope
+            x = x + (t - s) * (slope + (x_e - D(x_e, t)) / t) / 2
+        last = t
+    return x
+
+
 def ref_euler(x, sig, D, noise, **_):
     for s, t in zip(sig[:-1], sig[1:]):
         x = x + (t - s) * (x - D(x, s)) / s
@@ -223,7 +257,7 @@ def ref_dpmpp_2m(x, sig, D, noise, **_):
     return x
 
 
-STOCHASTIC = {"Euler a": ref_euler_a, "DPM2 a": ref_dpm2_a, "DPM++ 2S a": ref_dpmpp_2s_a}
+STOCHASTIC = {"Euler a": ref_euler_a, "DPM2 a": ref_dpm2_a, "DPM++ 2S a": ref_dpmpp_2s_a, "Restart": ref_restart}
 BROWNIAN = {"DPM++ SDE": ref_dpmpp_sde, "DPM++ 2M SDE": ref_dpmpp_2m_sde,
             "DPM++ 2M SDE Heun": lambda *a, **k: ref_dpmpp_2m_sde(*a, heun=True, **k),
             "DPM++ 3M SDE": ref_dpmpp_3m_sde}
@@ -243,7 +277,7 @@ def _decode(model, latents):
         return model.vae.decode(latents.float() / model.configs["vae"]["scaling_factor"]).sample
 
 
-def _easel_and_reference(easel, monkeypatch, name, reference, request=None, options=None, **settings):
+def _easel_and_reference(easel, monkeypatch, name, reference, request=None, options=None, steps=STEPS, **settings):
     engine = easel.engine
     seen = {}
     run = engine._run
@@ -255,12 +289,12 @@ def _easel_and_reference(easel, monkeypatch, name, reference, request=None, opti
 
     monkeypatch.setattr(engine, "_run", spy)
     result = easel.txt2img(GenerationRequest(
-        prompt="a lighthouse", steps=STEPS, width=64, height=64, seed=SEED, subseed=SUBSEED,
+        prompt="a lighthouse", steps=steps, width=64, height=64, seed=SEED, subseed=SUBSEED,
         subseed_strength=STRENGTH, batch_size=2, sampler_name=name, checkpoint="tiny-sd1", save_images=False,
         **(request or {}), override_settings={"randn_source": "CPU", **settings}))
     monkeypatch.undo()
     plan, denoiser = seen["plan"], seen["denoiser"]
-    sigmas = [float(s) for s in samplers.sigmas_for(plan.sampler, plan.schedule, denoiser.schedule, STEPS)]
+    sigmas = [float(s) for s in samplers.sigmas_for(plan.sampler, plan.schedule, denoiser.schedule, steps)]
     seeds, ensd = [SEED, SEED + 1], settings.get("eta_noise_seed_delta", 0)
     a1111 = A1111Noise(seeds, [SUBSEED, SUBSEED + 1], STRENGTH, ensd, settings.get("randn_source", "CPU"))
     noise = A1111Tree(seeds, sigmas, monkeypatch) if name in BROWNIAN else a1111
@@ -277,6 +311,12 @@ def test_images_equal_automatic1111_conventions(easel, monkeypatch, name):
     psnr, _ = _easel_and_reference(easel, monkeypatch, name, reference)
     print(f"{name}: {psnr:.1f} dB")
     assert psnr >= (55 if name in DETERMINISTIC else 40), f"{name}: {psnr:.1f} dB"
+
+
+def test_restart_with_automatic1111s_restart_plan(easel, monkeypatch):
+    """From 20 steps Restart restarts once (9 steps from sigma ~2 back to ~0.1), with fresh noise and ENSD."""
+    psnr, _ = _easel_and_reference(easel, monkeypatch, "Restart", ref_restart, steps=20, eta_noise_seed_delta=7)
+    assert psnr >= 40, psnr
 
 
 def test_ensd_seeds_the_step_noise_not_the_brownian_tree(easel, monkeypatch):
