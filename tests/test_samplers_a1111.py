@@ -368,3 +368,13 @@ def test_brownian_trees_are_per_image_and_consistent():
     # additivity: W(2) - W(10) = (W(5) - W(10)) + (W(2) - W(5))
     parts = pair.between(10.0, 5.0) * math.sqrt(5.0) + pair.between(5.0, 2.0) * math.sqrt(3.0)
     torch.testing.assert_close(parts, whole * math.sqrt(8.0), atol=1e-4, rtol=1e-4)
+
+
+def test_the_paste_lists_sde_noise_for_the_ui():
+    from webui.pnginfo import override_item_fields, override_items
+
+    a1111 = parse_infotext("a cat\nSteps: 20, Sampler: DPM++ 2M SDE Karras, CFG scale: 7, Seed: 1, Size: 512x512")
+    assert "SDE noise: Brownian tree" in override_items(a1111)
+    assert "SDE noise: Brownian tree" not in override_items(parse_infotext("a cat\nSteps: 20, Sampler: Euler a"))
+    fields = override_item_fields(["SDE noise: Per-step"])
+    assert fields["override_settings"] == {"sde_noise": "Per-step"}

@@ -276,9 +276,9 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
 
 # infotext keys with no control of their own in a tab; pasted, they are listed for the user to keep or drop
 OVERRIDE_KEYS = ("Clip skip", "RNG", "ENSD", "Eta", "Eta DDIM", "Sigma churn", "Sigma tmin", "Sigma tmax",
-                 "Sigma noise", "Sigma min", "Sigma max", "Schedule rho", "VAE")
-# request fields (not settings) those keys restore
+                 "Sigma noise", "Sigma min", "Sigma max", "Schedule rho", "SDE noise", "VAE")
 _BROWNIAN_SAMPLERS = {s.name.lower() for s in SAMPLERS if s.brownian_noise}
+# request fields (not settings) those keys restore
 _SAMPLER_FIELDS = ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise")
 
 
@@ -287,6 +287,8 @@ def override_items(info: Infotext) -> list[str]:
     p = dict(info.params)
     if p and "RNG" not in p:  # AUTOMATIC1111 writes no RNG key for its default, the GPU
         p["RNG"] = "GPU"
+    if "SDE noise" not in p and split_legacy_name(p.get("Sampler", ""))[0].lower() in _BROWNIAN_SAMPLERS:
+        p["SDE noise"] = "Brownian tree"  # an SDE image without the key was made with Brownian trees
     return [f"{key}: {p[key]}" for key in OVERRIDE_KEYS if str(p.get(key, "")).strip()]
 
 
