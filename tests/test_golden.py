@@ -147,6 +147,11 @@ def slug(name: str) -> str:
 CASES: dict[str, Callable[[], GenerationRequest]] = {
     # every sampler with its automatic schedule (the default Euler a/Euler/LMS/Heun: Uniform; DPM++: Karras...)
     **{f"sampler-{slug(name)}": (lambda name=name: txt(sampler_name=name, steps=4)) for name in SAMPLERS},
+    # the SDE samplers' older per-step noise, kept behind the sde_noise setting (these are the images the
+    # sampler-<sde> cases made before the Brownian tree became the default)
+    **{f"sampler-{slug(name)}-per-step": (lambda name=name: txt(sampler_name=name, steps=4,
+                                                                override_settings={"sde_noise": "Per-step"}))
+       for name in ("DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE")},
     # schedules
     **{f"schedule-euler-{slug(label)}": (lambda label=label: txt(sampler_name="Euler", scheduler=label, steps=4))
        for label in SCHEDULES},

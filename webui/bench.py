@@ -198,6 +198,50 @@ def _sampler_rows(easel, request: dict) -> list[tuple[str, str]]:
             for name, value in per_step.items()]
 
 
+def _sde_noise_rows(easel, request: dict) -> list[tuple[str, str]]:
+    """The Brownian tree's cost per step against today's per-step draws: whole SDE runs, and the noise alone."""
+    from .core import samplers
+    from .core.brownian import BrownianNoise
+    from .core.schedules import SCHEDULES, DiscreteSchedule
+    from .core.seeds import ImageRNG
+
+    per_step = {}
+    for mode in samplers.SDE_NOISE_CHOICES:
+        settings = dict(request, sampler_name="DPM++ 2M SDE", scheduler="Automatic", steps=8,
+                        override_settings={"sde_noise": mode})
+        easel.txt2img(GenerationRequest(**dict(settings, steps=2)))  # warm-up
+        per_step[mode] = statistics.median(easel.txt2img(GenerationRequest(**settings)).timings["sample"] / 8
+                                           for _ in range(3))
+    tree, plain = per_step[samplers.SDE_NOISE_BROWNIAN], per_step[samplers.SDE_NOISE_PER_STEP]
+    shape = (4, request["height"] // 8, request["width"] // 8)
+    device = easel.device.device
+    sd = DiscreteSchedule.from_config({"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                                       "beta_schedule": "scaled_linear"})
+    schedule = [float(s) for s in SCHEDULES["Exponential"][1](sd, 20)]
+    rng = ImageRNG(shape, [1], device)
+    rng.first()
+    t0 = time.perf_counter()
+    noise = BrownianNoise.for_rng(rng, schedule)
+    for a, b in zip(schedule[:-2], schedule[1:-1]):
+        noise.between(a, b)
+    _sync_device(device)
+    tree_noise = (time.perf_counter() - t0) / (len(schedule) - 2)
+    t0 = time.perf_counter()
+    for _ in schedule[:-2]:
+        rng.next()
+    _sync_device(device)
+    draw_noise = (time.perf_counter() - t0) / (len(schedule) - 2)
+    return [("DPM++ 2M SDE s/step: Brownian tree / per-step noise (ratio)",
+             f"{tree:.4f} / {plain:.4f} ({tree / plain:.2f}x)"),
+            (f"SDE noise alone, ms/step for one {shape[1] * 8}px image: Brownian tree / per-step draw",
+             f"{tree_noise * 1000:.1f} / {draw_noise * 1000:.2f}")]
+
+
+def _sync_device(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _control_rows(easel, model, request: dict) -> list[tuple[str, str]]:
     """One ControlNet unit: Easel vs diffusers' ControlNet pipeline (same modules); IP-Adapter overhead."""
     import numpy as np
@@ -324,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += _lora_rows(easel, model, data, request)
         rows += _control_rows(easel, model, request)
         rows += _sampler_rows(easel, request)
+        rows += _sde_noise_rows(easel, request)
         easel.close()
         if importlib.util.find_spec("gradio") is not None:
             rows += _startup_rows(data, ckpts, args.device)

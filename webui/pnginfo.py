@@ -21,7 +21,7 @@ from PIL import Image
 
 from .core.images import read_infotext
 from .core.infotext import Infotext, parse_infotext
-from .core.samplers import AUTOMATIC, split_legacy_name
+from .core.samplers import AUTOMATIC, SAMPLERS, split_legacy_name
 from .features.img2img_feature import fields_from_infotext as img2img_fields
 
 
@@ -235,6 +235,10 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
         overrides["CLIP_stop_at_last_layers"] = int(float(p["Clip skip"]))
     if p:  # AUTOMATIC1111 writes no RNG key for its default source, the GPU
         overrides["randn_source"] = p.get("RNG", "GPU") if p.get("RNG", "GPU") in ("CPU", "GPU", "NV") else "GPU"
+    if p.get("SDE noise") in ("Brownian tree", "Per-step"):
+        overrides["sde_noise"] = p["SDE noise"]
+    elif split_legacy_name(p.get("Sampler", ""))[0].lower() in _BROWNIAN_SAMPLERS:
+        overrides["sde_noise"] = "Brownian tree"  # no key: AUTOMATIC1111's (or Easel's default) Brownian trees
     for key, setting in (("ENSD", "eta_noise_seed_delta"), ("Sigma min", "sigma_min"), ("Sigma max", "sigma_max"),
                          ("Schedule rho", "rho")):
         if key in p and _number(p[key]) is not None:
@@ -272,7 +276,8 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
 
 # infotext keys with no control of their own in a tab; pasted, they are listed for the user to keep or drop
 OVERRIDE_KEYS = ("Clip skip", "RNG", "ENSD", "Eta", "Eta DDIM", "Sigma churn", "Sigma tmin", "Sigma tmax",
-                 "Sigma noise", "Sigma min", "Sigma max", "Schedule rho", "VAE")
+                 "Sigma noise", "Sigma min", "Sigma max", "Schedule rho", "SDE noise", "VAE")
+_BROWNIAN_SAMPLERS = {s.name.lower() for s in SAMPLERS if s.brownian_noise}
 # request fields (not settings) those keys restore
 _SAMPLER_FIELDS = ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise")
 
@@ -282,6 +287,8 @@ def override_items(info: Infotext) -> list[str]:
     p = dict(info.params)
     if p and "RNG" not in p:  # AUTOMATIC1111 writes no RNG key for its default, the GPU
         p["RNG"] = "GPU"
+    if "SDE noise" not in p and split_legacy_name(p.get("Sampler", ""))[0].lower() in _BROWNIAN_SAMPLERS:
+        p["SDE noise"] = "Brownian tree"  # an SDE image without the key was made with Brownian trees
     return [f"{key}: {p[key]}" for key in OVERRIDE_KEYS if str(p.get(key, "")).strip()]
 
 

@@ -126,6 +126,9 @@ class Settings:
     randn_source: str = _opt("CPU", "Random number generator source (CPU: same image on every machine; GPU: "
                                     "AUTOMATIC1111's default; NV: NVIDIA GPU numbers computed on the CPU)", "Sampler parameters",
                              choices=("CPU", "GPU", "NV"))
+    sde_noise: str = _opt("Brownian tree", "Noise of the SDE samplers (DPM++ SDE, 2M SDE, 3M SDE): Brownian tree "
+                                           "(AUTOMATIC1111's: the same images) or Per-step (faster, independent draws)",
+                          "Sampler parameters", choices=("Brownian tree", "Per-step"))
     eta_ancestral: float = _opt(1.0, "Eta for ancestral and SDE samplers", "Sampler parameters", minimum=0, maximum=1)
     eta_ddim: float = _opt(0.0, "Eta for DDIM", "Sampler parameters", minimum=0, maximum=1)
     eta_noise_seed_delta: int = _opt(0, "Eta noise seed delta (ENSD)", "Sampler parameters", minimum=0,

@@ -18,10 +18,14 @@ and the sampler options (eta, churn, noise scale).
   data-prediction form in lambda = -log(sigma), first to third order, with the SDE
   variants' noise injection exp(-eta*h) / sqrt(1 - exp(-2*eta*h)).
 - Restart: Xu et al. 2023, "Restart Sampling": Heun steps, and once the schedule passes
-  a low sigma, jump back up with fresh noise and run a short Karras segment again, K times.
+  a low sigma, jump back up with fresh noise and run a short Karras segment again, K times
+  (AUTOMATIC1111's plan: none under 20 steps; see `restart_plan`).
 
-Stochastic samplers draw Gaussian noise from the per-image streams (never a shared
-Brownian tree), so image i of a batch equals generating its seed alone.
+Stochastic samplers draw Gaussian noise from the per-image streams, so image i of a batch
+equals generating its seed alone. The SDE samplers (DPM++ SDE, 2M SDE, 3M SDE) ask the noise
+source for the increment between two sigmas (`_increment`): a Brownian-tree source
+(`brownian.BrownianNoise`, AUTOMATIC1111's convention) answers from each image's Brownian
+motion; a plain per-image stream answers with its next independent draw (faster).
 """
 from __future__ import annotations
 
@@ -42,6 +46,13 @@ class NoiseSource(Protocol):
     def next(self) -> torch.Tensor: ...
 
 
+def _increment(noise: NoiseSource, sigma: float, sigma_next: float) -> torch.Tensor:
+    """Standard-normal noise for an SDE step from sigma to sigma_next: the Brownian increment
+    when the source keeps a Brownian motion (`between`), else the stream's next draw."""
+    between = getattr(noise, "between", None)
+    return between(sigma, sigma_next) if between is not None else noise.next()
+
+
 @dataclass(frozen=True)
 class SamplerOptions:
     eta: float = 1.0            # ancestral / SDE noise amount
@@ -50,6 +61,7 @@ class SamplerOptions:
     s_tmax: float = math.inf
     s_noise: float = 1.0
     solver: str = "midpoint"    # DPM++ 2M SDE: "midpoint" or "heun"
+    sde_noise: str = "Brownian tree"  # SDE samplers: "Brownian tree" (AUTOMATIC1111's) or "Per-step"
 
 
 def _after_step(callback: StepCallback, i: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
@@ -254,14 +266,14 @@ def sample_dpmpp_sde(denoise: Denoiser, x, sigmas, noise: NoiseSource, callback:
             down, up = ancestral_step(s[i], sigma_mid, o.eta)
             x_mid = (down / s[i]) * x - math.expm1(lam + math.log(down)) * denoised
             if up > 0:
-                x_mid = x_mid + noise.next() * o.s_noise * up
+                x_mid = x_mid + _increment(noise, s[i], sigma_mid) * o.s_noise * up
             denoised_mid = denoise(x_mid, sigma_mid)
             down, up = ancestral_step(s[i], s[i + 1], o.eta)
             mix = 1 / (2 * r)
             estimate = (1 - mix) * denoised + mix * denoised_mid
             x = (down / s[i]) * x - math.expm1(lam + math.log(down)) * estimate
             if up > 0:
-                x = x + noise.next() * o.s_noise * up
+                x = x + _increment(noise, s[i], s[i + 1]) * o.s_noise * up
         x = _after_step(callback, i, x, denoised)
     return x
 
@@ -287,7 +299,8 @@ def sample_dpmpp_2m_sde(denoise: Denoiser, x, sigmas, noise: NoiseSource, callba
                 else:
                     x = x + 0.5 * (-math.expm1(-h - eta_h)) * (1 / r) * (denoised - previous)
             if o.eta > 0:
-                x = x + noise.next() * s[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)) * o.s_noise
+                z = _increment(noise, s[i], s[i + 1])
+                x = x + z * s[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)) * o.s_noise
             h_previous = h
         previous = denoised
         x = _after_step(callback, i, x, denoised)
@@ -320,7 +333,8 @@ def sample_dpmpp_3m_sde(denoise: Denoiser, x, sigmas, noise: NoiseSource, callba
             elif h_1 is not None:
                 x = x + phi_2 * (denoised - d_1) / (h_1 / h)
             if o.eta > 0:
-                x = x + noise.next() * s[i + 1] * math.sqrt(-math.expm1(-2 * h * o.eta)) * o.s_noise
+                z = _increment(noise, s[i], s[i + 1])
+                x = x + z * s[i + 1] * math.sqrt(-math.expm1(-2 * h * o.eta)) * o.s_noise
             h_1, h_2 = h, h_1
         d_1, d_2 = denoised, d_1
         x = _after_step(callback, i, x, denoised)
@@ -328,25 +342,31 @@ def sample_dpmpp_3m_sde(denoise: Denoiser, x, sigmas, noise: NoiseSource, callba
 
 
 def restart_plan(sigmas: list[float], karras: Callable[[int, float, float], list[float]]) -> list[list[float]]:
-    """Sigma segments for Restart: the schedule down to sigma 0.1, then K restart segments from
-    sigma 2 back down to it, then the rest (AUTOMATIC1111's defaults: N steps, K repeats by length)."""
+    """Sigma segments for Restart, with AUTOMATIC1111's defaults.
+
+    Under 20 steps there is no restart: Heun over the schedule. From 20 steps, R restart steps
+    repeated K times (R = 9, K = 1; from 36 steps R = steps // 4, K = 2) take R * K of the
+    steps, so the main schedule becomes a Karras schedule of the remaining steps between the
+    given schedule's ends. Where it comes closest to sigma 0.1, the run jumps back (fresh
+    noise) to its sigma closest to 2 and walks a Karras segment of R steps down again, K times.
+    """
     steps = len(sigmas) - 1
-    restart_steps, repeats = (10, 2) if steps >= 20 else (6, 2) if steps >= 10 else (4, 1)
-    sigma_restart, sigma_floor = 2.0, 0.1
-    index = next((i for i, sg in enumerate(sigmas[:-1]) if sg <= sigma_floor), None)
-    if index is None or index == 0:
+    if steps < 20:
         return [sigmas]
-    segments = [sigmas[:index + 1]]
-    restart = karras(restart_steps, sigmas[index], sigma_restart)  # sigma_restart ... sigmas[index]
-    segments += [restart] * repeats
-    segments.append(sigmas[index:])
-    return segments
+    restart_steps, repeats = (steps // 4, 2) if steps >= 36 else (9, 1)
+    base = [float(v) for v in karras(steps - restart_steps * repeats, sigmas[-2], sigmas[0])] + [0.0]
+    nearest = lambda target: min(range(len(base)), key=lambda i: (abs(base[i] - target), i))  # noqa: E731
+    index, top = nearest(0.1), nearest(2.0)
+    if index == 0 or top >= index:
+        return [base]
+    restart = [float(v) for v in karras(restart_steps + 1, base[index], base[top])]  # base[top] ... base[index]
+    return [base[:index + 1], *([restart] * repeats), base[index:]]
 
 
 @torch.no_grad()
 def sample_restart(denoise: Denoiser, x, sigmas, noise: NoiseSource, callback: StepCallback,
                    o: SamplerOptions = SamplerOptions(), karras: Callable | None = None):
-    """Heun over the schedule; on reaching sigma 0.1, restart from sigma 2 (fresh noise) K times."""
+    """Heun over the schedule; near sigma 0.1, restart from about sigma 2 (fresh noise) K times."""
     s = _sigmas(sigmas)
     step = 0
     segments = restart_plan(s, karras) if karras is not None else [s]

@@ -302,7 +302,8 @@ class Engine:
         s_tmax = pick(request.s_tmax, o["s_tmax"])
         return k_samplers.SamplerOptions(eta=pick(request.eta, eta_default), s_churn=pick(request.s_churn, o["s_churn"]),
                                          s_tmin=pick(request.s_tmin, o["s_tmin"]), s_tmax=s_tmax or float("inf"),
-                                         s_noise=pick(request.s_noise, o["s_noise"]))
+                                         s_noise=pick(request.s_noise, o["s_noise"]),
+                                         sde_noise=o.get("sde_noise") or samplers.SDE_NOISE_BROWNIAN)
 
     # ---- sampling -------------------------------------------------------------------------------
 
@@ -459,9 +460,12 @@ class Engine:
         if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
             params["Seed resize from"] = f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
         params["RNG"] = o["randn_source"]  # AUTOMATIC1111 omits it for its default, GPU; ours is CPU
-        chosen = self.sampler_options(request, plan)
+        chosen = replace(self.sampler_options(request, plan), **{k: v for k, v in plan.sampler.extra.items()
+                                                                  if k == "s_noise"})  # what the sampler uses
         if plan.sampler.stochastic and o["eta_noise_seed_delta"]:
             params["ENSD"] = o["eta_noise_seed_delta"]
+        if plan.sampler.brownian_noise and chosen.sde_noise == samplers.SDE_NOISE_PER_STEP:
+            params["SDE noise"] = chosen.sde_noise  # absent: Brownian tree, as AUTOMATIC1111 makes it
         if plan.sampler.name == "DDIM" and chosen.eta != 0:
             params["Eta DDIM"] = chosen.eta
         elif plan.sampler.stochastic and plan.sampler.uses_schedule and chosen.eta != 1:

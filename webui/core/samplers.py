@@ -17,6 +17,8 @@ from .request import FieldError, SamplerCatalog
 from .schedules import SCHEDULES, DiscreteSchedule, karras_sigmas
 
 AUTOMATIC = "Automatic"
+SDE_NOISE_BROWNIAN, SDE_NOISE_PER_STEP = "Brownian tree", "Per-step"
+SDE_NOISE_CHOICES = (SDE_NOISE_BROWNIAN, SDE_NOISE_PER_STEP)
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class SamplerInfo:
     default_schedule: str = "Uniform"
     stochastic: bool = False           # draws noise while sampling (seeded per image; ENSD applies)
     discard_penultimate: bool = False  # AUTOMATIC1111's discard_next_to_last_sigma
+    brownian_noise: bool = False       # SDE noise from per-image Brownian trees (unless "Per-step" is chosen)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -45,24 +48,26 @@ def _k(name: str, aliases: tuple[str, ...], function, schedule: str = "Uniform",
 # AUTOMATIC1111's list, with the schedule "Automatic" picks for each
 SAMPLERS: tuple[SamplerInfo, ...] = (
     _k("DPM++ 2M", ("k_dpmpp_2m", "dpmpp_2m"), k_samplers.sample_dpmpp_2m, "Karras"),
-    _k("DPM++ SDE", ("k_dpmpp_sde", "dpmpp_sde"), k_samplers.sample_dpmpp_sde, "Karras", stochastic=True),
+    _k("DPM++ SDE", ("k_dpmpp_sde", "dpmpp_sde"), k_samplers.sample_dpmpp_sde, "Karras", stochastic=True,
+       brownian_noise=True),
     _k("DPM++ 2M SDE", ("k_dpmpp_2m_sde", "dpmpp_2m_sde"), k_samplers.sample_dpmpp_2m_sde, "Exponential",
-       stochastic=True),
+       stochastic=True, brownian_noise=True),
     _k("DPM++ 2M SDE Heun", ("k_dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun"), k_samplers.sample_dpmpp_2m_sde,
-       "Exponential", stochastic=True, extra={"solver": "heun"}),
+       "Exponential", stochastic=True, brownian_noise=True, extra={"solver": "heun"}),
     _k("DPM++ 2S a", ("k_dpmpp_2s_a", "dpmpp_2s_ancestral"), k_samplers.sample_dpmpp_2s_ancestral, "Karras",
        stochastic=True),
     _k("DPM++ 3M SDE", ("k_dpmpp_3m_sde", "dpmpp_3m_sde"), k_samplers.sample_dpmpp_3m_sde, "Exponential",
-       stochastic=True, discard_penultimate=True),
+       stochastic=True, brownian_noise=True, discard_penultimate=True),
+    # AUTOMATIC1111 hands the "Sigma noise" setting to neither Euler a nor Restart: they keep s_noise 1
     _k("Euler a", ("k_euler_a", "k_euler_ancestral", "euler_ancestral"), k_samplers.sample_euler_ancestral,
-       stochastic=True),
+       stochastic=True, extra={"s_noise": 1.0}),
     _k("Euler", ("k_euler", "euler"), k_samplers.sample_euler),
     _k("LMS", ("k_lms", "lms"), k_samplers.sample_lms),
     _k("Heun", ("k_heun", "heun"), k_samplers.sample_heun),
     _k("DPM2", ("k_dpm_2", "dpm_2"), k_samplers.sample_dpm2, "Karras", discard_penultimate=True),
     _k("DPM2 a", ("k_dpm_2_a", "dpm_2_ancestral"), k_samplers.sample_dpm2_ancestral, "Karras", stochastic=True,
        discard_penultimate=True),
-    _k("Restart", ("restart",), k_samplers.sample_restart, "Karras", stochastic=True),
+    _k("Restart", ("restart",), k_samplers.sample_restart, "Karras", stochastic=True, extra={"s_noise": 1.0}),
     SamplerInfo("DDIM", ("ddim",), diffusers_class="DDIMScheduler",
                 diffusers_options={"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False,
                                    "clip_sample": False}, extra={"eta_setting": "eta_ddim"}),
@@ -186,9 +191,15 @@ def run(info: SamplerInfo, schedule_label: str, model: ModelOutput, noise: "k_sa
     total, start = img2img_schedule(steps, strength, exact_steps) if init is not None else (steps, 0)
     if info.k_function is not None:
         # sigmas stay on the CPU: reading one never synchronises with the GPU
-        sigmas = sigmas_for(info, schedule_label, model.schedule, total)[start:]
+        full = sigmas_for(info, schedule_label, model.schedule, total)
+        sigmas = full[start:]
         x = first_noise * float(sigmas[0]) if init is None else init + first_noise * float(sigmas[0])
         opts = replace(options or k_samplers.SamplerOptions(), **info.extra)
+        if info.brownian_noise and opts.sde_noise != SDE_NOISE_PER_STEP and hasattr(noise, "seeds"):
+            # AUTOMATIC1111 spans the trees over the whole schedule, also when img2img runs only its tail
+            from .brownian import BrownianNoise
+
+            noise = BrownianNoise.for_rng(noise, full.tolist())
         kwargs = {}
         if info.k_function is k_samplers.sample_restart:
             kwargs["karras"] = lambda n, lo, hi: karras_sigmas(n, lo, hi).tolist()

@@ -8,7 +8,8 @@ i of a batch is the same image you get by generating seed+i alone, whatever the 
   (the model device's generator, as AUTOMATIC1111's default), "NV" (the CUDA generator's
   numbers, computed on the CPU).
 - Variation seed: the initial noise is the spherical interpolation (slerp) of the seed's
-  noise and the variation seed's noise, by the variation strength (0 = seed, 1 = variation).
+  noise and the variation seed's noise, by the variation strength (0 = seed, 1 = variation),
+  per (channel, column) vector as AUTOMATIC1111 computes it.
 - Resize seed from W x H: the noise is generated at that size and placed in the middle of
   the new size, so a picture keeps its composition when the size changes.
 - ENSD (eta noise seed delta): the noise drawn while sampling comes from seed + ENSD.
@@ -54,18 +55,26 @@ class _Stream:
 
 
 def slerp(strength: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation between two noise tensors (strength 0 = low, 1 = high)."""
+    """Spherical interpolation between two (C, H, W) noise tensors (strength 0 = low, 1 = high).
+
+    As AUTOMATIC1111 does it: each (channel, column) vector along H is interpolated on its own
+    (norms and angles taken over dim 1), falling back to a linear mix when the two are nearly
+    parallel on average.
+    """
     if strength <= 0:
         return low
     if strength >= 1:
         return high
-    a, b = low.flatten().double(), high.flatten().double()
-    cos = torch.dot(a / a.norm(), b / b.norm()).clamp(-1, 1)
-    if cos > 0.9995:
-        return (low * (1 - strength) + high * strength).to(low.dtype)
-    omega = torch.acos(cos)
-    mixed = (torch.sin((1 - strength) * omega) * a + torch.sin(strength * omega) * b) / torch.sin(omega)
-    return mixed.reshape(low.shape).to(low.dtype)
+    a, b = low.double(), high.to(low.device).double()
+    cos = ((a / a.norm(dim=1, keepdim=True)) * (b / b.norm(dim=1, keepdim=True))).sum(1)
+    if cos.mean() > 0.9995:
+        return (a * (1 - strength) + b * strength).to(low.dtype)
+    omega = torch.acos(cos.clamp(-1, 1))
+    so = torch.sin(omega)
+    weight_low = (torch.sin((1 - strength) * omega) / so).unsqueeze(1)
+    weight_high = (torch.sin(strength * omega) / so).unsqueeze(1)
+    mixed = weight_low * a + weight_high * b
+    return mixed.to(low.dtype)
 
 
 class ImageRNG:
@@ -94,17 +103,19 @@ class ImageRNG:
                 for s, seed in zip(self._step_streams, self.seeds)]
 
     def _noise(self, index: int) -> torch.Tensor:
+        """AUTOMATIC1111's order: the seed's (and variation seed's) noise at the resize-from size, mixed,
+        then pasted into the middle of this image's first full-size draw (its stream goes on from there)."""
         seed, stream = self.seeds[index], self.streams[index]
-        if self.resize_from and tuple(self.resize_from) != self.shape[1:]:
-            noise = _Stream(seed, self.source, self.device).randn(self.shape)
-            small = _Stream(seed, self.source, self.device).randn((self.shape[0], *self.resize_from))
-            noise = _paste_centered(noise, small)
-        else:
-            noise = stream.randn(self.shape)
+        resized = bool(self.resize_from) and tuple(self.resize_from) != self.shape[1:]
+        noise_shape = (self.shape[0], *self.resize_from) if resized else self.shape
+        noise = _Stream(seed, self.source, self.device).randn(noise_shape) if resized else stream.randn(self.shape)
         if self.subseed_strength and self.subseeds:
             subseed = self.subseeds[index % len(self.subseeds)]
-            sub = _Stream(subseed, self.source, self.device).randn(self.shape)
+            sub = _Stream(subseed, self.source, self.device).randn(noise_shape)
             noise = slerp(self.subseed_strength, noise.to(sub.device), sub)
+        if resized:
+            big = stream.randn(self.shape)
+            noise = _paste_centered(big, noise.to(big.device))
         return noise
 
     def _draw(self, noises: list[torch.Tensor]) -> torch.Tensor:
