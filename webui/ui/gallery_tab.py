@@ -154,9 +154,10 @@ def build_gallery_tab(easel: Easel, tab: gr.Tab, local: bool = True) -> GalleryU
         return items, shown, page_no, _status_html(easel, total, page_no)
 
     grid_outputs = [grid, ids, page, status]
+    serial = {"concurrency_id": "gallery_grid", "concurrency_limit": 1, "api_name": False}  # pages in the order asked
 
     def first_page(*values):
-        return show(*values, 0)
+        return show(*values[:-1], 0)
 
     def step(delta):
         def go(*values):
@@ -173,15 +174,14 @@ def build_gallery_tab(easel: Easel, tab: gr.Tab, local: bool = True) -> GalleryU
                 "".join(f"<div><code>{esc(p)}</code></div>" for p in gallery.roots()))
 
     choice_outputs = [model, sampler, size, board_filter, folders]
-    search.input(first_page, [*filters, page], grid_outputs, trigger_mode="always_last", api_name=False,
-                 show_progress="hidden")
+    search.change(first_page, [*filters, page], grid_outputs, trigger_mode="always_last", show_progress="hidden",
+                 **serial)
     for control in filters[1:]:
-        control.input(first_page, [*filters, page], grid_outputs, api_name=False, show_progress="hidden")
-    prev_page.click(step(-1), [*filters, page], grid_outputs, api_name=False)
-    next_page.click(step(1), [*filters, page], grid_outputs, api_name=False)
+        control.input(first_page, [*filters, page], grid_outputs, show_progress="hidden", **serial)
+    prev_page.click(step(-1), [*filters, page], grid_outputs, **serial)
+    next_page.click(step(1), [*filters, page], grid_outputs, **serial)
     for event in (refresh.click, tab.select):
-        event(choices, None, choice_outputs, api_name=False).then(
-            show, [*filters, page], grid_outputs, api_name=False)
+        event(choices, None, choice_outputs, api_name=False).then(show, [*filters, page], grid_outputs, **serial)
 
     def detail_of(image_id):
         if image_id is None:
@@ -247,7 +247,7 @@ def build_gallery_tab(easel: Easel, tab: gr.Tab, local: bool = True) -> GalleryU
     unboard.click(act(off_board), [selected_id, board_name], outputs, api_name=False)
     for button, action in ((delete, to_trash), (restore, from_trash)):
         button.click(act(action), selected_id, outputs, api_name=False).then(
-            show, [*filters, page], grid_outputs, api_name=False)
+            show, [*filters, page], grid_outputs, **serial)
 
     def add(path):
         try:
