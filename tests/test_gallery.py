@@ -166,3 +166,18 @@ def test_api_lists_searches_and_serves_thumbnails(gallery):
     assert client.get("/easel/v1/images/999999/thumbnail").status_code == 404
     assert client.get("/easel/v1/images", params={"limit": 0}).status_code == 422
     assert client.post(f"/easel/v1/images/{image['id']}/rating", json={"rating": 9}).status_code == 422
+
+
+def test_pictures_outside_served_folders_go_to_the_grid_decoded(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from webui.ui.gallery_tab import _shown
+
+    inside = write_png(tmp_path / "outputs" / "a.png", "inside")
+    elsewhere = write_png(tmp_path / "elsewhere" / "b.png", "elsewhere")
+    monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path / "tmp"))
+    monkeypatch.chdir(tmp_path / "outputs")
+    easel = SimpleNamespace(paths=SimpleNamespace(outputs_dir=tmp_path / "outputs"))
+    assert _shown(easel, inside) == str(inside)
+    picture = _shown(easel, elsewhere)
+    assert isinstance(picture, Image.Image) and picture.size == (64, 64)

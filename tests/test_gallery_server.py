@@ -118,6 +118,10 @@ def test_gallery_tab_finds_favourites_boards_deletes_and_restores(restarted):
         expect(page.locator("#gallery_message")).to_contain_text("Restored", timeout=15_000)
         page.locator("#gallery_trash_view input").uncheck()
         expect(page.locator("#gallery_grid img")).to_have_count(1, timeout=15_000)
+        page.locator("#gallery_grid img").first.click()
+        page.locator("#gallery_send_to_img2img").click()  # send_to.py's buttons, as under every gallery
+        expect(page.locator("#img2img_prompt textarea")).to_have_value("a zebra made of origami paper",
+                                                                        timeout=15_000)
         restored = httpx.get(f"{url}/easel/v1/images", params={"q": "origami", "board": "animals",
                                                                   "favourite": True}, timeout=5).json()
         assert restored["total"] == 1

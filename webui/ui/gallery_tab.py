@@ -6,11 +6,14 @@ layout.py with send_to.py like any other gallery (the detail view is a one-image
 from __future__ import annotations
 
 import datetime as _dt
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from ..app import Easel
 from ..core.infotext import Infotext, format_parsed
@@ -43,6 +46,22 @@ def _choices(values: list[str]) -> list[str]:
 
 def _value(value: Any) -> Any:
     return None if value in (None, "", ALL) else value
+
+
+def _shown(easel: Easel, path) -> Any:
+    """A picture for a gr.Gallery: its path where Gradio may serve files (outputs, the working folder, the temp
+    folder), else the decoded image (an added folder elsewhere, a data dir elsewhere), which Gradio caches."""
+    resolved = os.path.realpath(path)
+    for root in (easel.paths.outputs_dir, os.getcwd(), tempfile.gettempdir()):
+        root = os.path.realpath(root)
+        if resolved.startswith(root + os.sep):
+            return str(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except OSError:
+        return None
 
 
 def _status_html(easel: Easel, total: int, page: int) -> str:
@@ -148,8 +167,9 @@ def build_gallery_tab(easel: Easel, tab: gr.Tab, local: bool = True) -> GalleryU
         items, shown = [], []
         for row in rows:  # files gone since the last scan are left out of the page
             thumb = gallery.thumbnail(row["id"])
-            if thumb is not None:
-                items.append((str(thumb), (row.get("prompt") or "")[:60]))
+            picture = _shown(easel, thumb) if thumb is not None else None
+            if picture is not None:
+                items.append((picture, (row.get("prompt") or "")[:60]))
                 shown.append(row["id"])
         return items, shown, page_no, _status_html(easel, total, page_no)
 
@@ -193,7 +213,8 @@ def build_gallery_tab(easel: Easel, tab: gr.Tab, local: bool = True) -> GalleryU
         path = gallery.file_of(image_id)
         text = format_parsed(Infotext(row.get("prompt") or "", row.get("negative_prompt") or "",
                                       row.get("params") or {})) if row.get("params") or row.get("prompt") else ""
-        return ([(str(path), None)] if path else [], image_id, _detail_html(row),
+        picture = _shown(easel, path) if path else None
+        return ([(picture, None)] if picture is not None else [], image_id, _detail_html(row),
                 gr.update(value="★ Favourite" if row.get("favourite") else "☆ Favourite"),
                 str(row.get("rating") or 0), row.get("board") or "", [text])
 
