@@ -163,6 +163,14 @@ def test_api_lists_searches_and_serves_thumbnails(gallery):
     assert client.delete(f"/easel/v1/images/{image['id']}").json()["trashed_at"]
     assert client.get("/easel/v1/images", params={"q": "violet"}).json()["total"] == 1
     assert client.post(f"/easel/v1/images/{image['id']}/restore").json()["trashed_at"] is None
+    everything = [row["id"] for row in client.get("/easel/v1/images").json()["images"]]
+    bulk = client.post("/easel/v1/images/bulk", json={"ids": everything, "action": "board", "board": "violets"})
+    assert bulk.json() == {"done": 2, "failed": {}}
+    assert client.get("/easel/v1/images", params={"board": "violets"}).json()["total"] == 2
+    assert client.post("/easel/v1/images/bulk", json={"ids": everything, "action": "trash"}).json()["done"] == 2
+    assert client.get("/easel/v1/images", params={"trash": True}).json()["total"] == 2
+    assert client.post("/easel/v1/images/bulk", json={"ids": everything, "action": "restore"}).json()["done"] == 2
+    assert client.post("/easel/v1/images/bulk", json={"ids": everything, "action": "explode"}).status_code == 422
     assert client.get("/easel/v1/images/999999/thumbnail").status_code == 404
     assert client.get("/easel/v1/images", params={"limit": 0}).status_code == 422
     assert client.post(f"/easel/v1/images/{image['id']}/rating", json={"rating": 9}).status_code == 422

@@ -126,3 +126,14 @@ def test_gallery_tab_finds_favourites_boards_deletes_and_restores(restarted):
                                                                   "favourite": True}, timeout=5).json()
         assert restored["total"] == 1
         assert httpx.get(url + restored["images"][0]["file_url"], timeout=5).status_code == 200
+
+        page.get_by_role("tab", name="Gallery", exact=True).first.click()  # select many: all on the page
+        page.locator("#gallery_select_many").get_by_text("Select many").first.click()
+        page.locator("#gallery_pick_all").click()
+        expect(page.locator("#gallery_picked input:checked")).to_have_count(1, timeout=10_000)
+        page.locator("#gallery_bulk_board textarea, #gallery_bulk_board input").first.fill("zebras")
+        page.locator("#gallery_bulk_action input").first.fill("board")
+        page.locator("#gallery_bulk_action input").first.press("Enter")
+        page.locator("#gallery_bulk_apply").click()
+        expect(page.locator("#gallery_message")).to_contain_text("board: 1 image(s)", timeout=15_000)
+        assert httpx.get(f"{url}/easel/v1/images/{image['id']}", timeout=5).json()["board"] == "zebras"

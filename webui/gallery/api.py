@@ -38,6 +38,13 @@ class Board(BaseModel):
     board: str | None = None
 
 
+class Bulk(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[int]
+    action: str
+    board: str | None = None
+
+
 class BoardName(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -92,6 +99,13 @@ def build_router(gallery_of) -> APIRouter:
     def scan():
         gallery().scan()
         return gallery().status()
+
+    @router.post("/bulk")
+    def bulk(body: Bulk):
+        """Select-many: `action` is favourite, unfavourite, board (with `board`), unboard, trash or restore."""
+        if len(body.ids) > 10_000:
+            raise ApiError(422, "at most 10,000 ids at once")
+        return guarded(gallery().bulk, body.ids, body.action, body.board)
 
     @router.get("/boards")
     def boards():

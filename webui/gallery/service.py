@@ -204,6 +204,29 @@ class Gallery:
         self.index.mark_trashed(row["id"], None)
         return str(target)
 
+    BULK_ACTIONS = ("favourite", "unfavourite", "board", "unboard", "trash", "restore")
+
+    def bulk(self, image_ids: list[int], action: str, board: str | None = None) -> dict[str, Any]:
+        """One action on many images (select-many); trash and restore go one file at a time and report failures."""
+        ids = [int(i) for i in image_ids]
+        if action not in self.BULK_ACTIONS:
+            raise ValueError(f"action must be one of {', '.join(self.BULK_ACTIONS)}")
+        failed: dict[int, str] = {}
+        if action in ("favourite", "unfavourite"):
+            for image_id in ids:
+                self.index.set_favourite(image_id, action == "favourite")
+        elif action in ("board", "unboard"):
+            if action == "board" and not (board or "").strip():
+                raise ValueError("name the board to move the images to")
+            self.index.set_board(ids, board if action == "board" else None)
+        else:
+            for image_id in ids:
+                try:
+                    self.trash(image_id) if action == "trash" else self.restore(image_id)
+                except GalleryError as exc:
+                    failed[image_id] = str(exc)
+        return {"done": len(ids) - len(failed), "failed": failed}
+
     def add_folder(self, folder: str) -> str:
         path = Path(folder).expanduser()
         if not path.is_absolute() or not path.is_dir():

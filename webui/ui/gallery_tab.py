@@ -137,6 +137,15 @@ def build_gallery_tab(easel: Easel, tab: gr.Tab, local: bool = True) -> GalleryU
             message = gr.HTML("", elem_id="gallery_message")
             info = gr.HTML("", elem_id="gallery_info")
             send_row = gr.Row(elem_id="gallery_send_row")
+    with gr.Accordion("Select many", open=False, elem_id="gallery_select_many"):
+        picked = gr.CheckboxGroup([], label="Images on this page", elem_id="gallery_picked")
+        with gr.Row():
+            pick_all = gr.Button("Select all on this page", size="sm", elem_id="gallery_pick_all")
+            pick_none = gr.Button("Select none", size="sm", elem_id="gallery_pick_none")
+            bulk_action = gr.Dropdown(["favourite", "unfavourite", "board", "unboard", "trash", "restore"],
+                                      value="favourite", label="Action", elem_id="gallery_bulk_action")
+            bulk_board = gr.Textbox(label="Board (for board)", elem_id="gallery_bulk_board")
+            bulk_apply = gr.Button("Apply to the selected", size="sm", elem_id="gallery_bulk_apply")
     with gr.Accordion("Folders", open=False, elem_id="gallery_folders"):
         folders = gr.HTML("", elem_id="gallery_folder_list")
         with gr.Row():
@@ -171,9 +180,11 @@ def build_gallery_tab(easel: Easel, tab: gr.Tab, local: bool = True) -> GalleryU
             if picture is not None:
                 items.append((picture, (row.get("prompt") or "")[:60]))
                 shown.append(row["id"])
-        return items, shown, page_no, _status_html(easel, total, page_no)
+        labels = [(f"#{row['id']} {(row.get('prompt') or '')[:40]}", row["id"]) for row in rows
+                  if row["id"] in shown]
+        return items, shown, page_no, _status_html(easel, total, page_no), gr.update(choices=labels, value=[])
 
-    grid_outputs = [grid, ids, page, status]
+    grid_outputs = [grid, ids, page, status, picked]
     serial = {"concurrency_id": "gallery_grid", "concurrency_limit": 1, "api_name": False}  # pages in the order asked
 
     def first_page(*values):
@@ -269,6 +280,21 @@ def build_gallery_tab(easel: Easel, tab: gr.Tab, local: bool = True) -> GalleryU
     for button, action in ((delete, to_trash), (restore, from_trash)):
         button.click(act(action), selected_id, outputs, api_name=False).then(
             show, [*filters, page], grid_outputs, **serial)
+
+    def apply_bulk(chosen, action, name):
+        if not chosen:
+            return error_html("Select images first.")
+        try:
+            outcome = gallery.bulk(list(chosen), action, name)
+        except (GalleryError, ValueError) as exc:
+            return error_html(str(exc))
+        failed = "".join(f"<div>#{k}: {esc(v)}</div>" for k, v in outcome["failed"].items())
+        return f'<span id="gallery_note">{action}: {outcome["done"]} image(s).</span>{failed}'
+
+    pick_all.click(lambda shown: shown, ids, picked, api_name=False)
+    pick_none.click(lambda: [], None, picked, api_name=False)
+    bulk_apply.click(apply_bulk, [picked, bulk_action, bulk_board], message, api_name=False).then(
+        choices, None, choice_outputs, api_name=False).then(show, [*filters, page], grid_outputs, **serial)
 
     def add(path):
         try:
