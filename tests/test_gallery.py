@@ -3,12 +3,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import sqlite3
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
