@@ -186,3 +186,19 @@ def test_pictures_outside_served_folders_go_to_the_grid_decoded(tmp_path, monkey
     assert _shown(easel, inside) == str(inside)
     picture = _shown(easel, elsewhere)
     assert isinstance(picture, Image.Image) and picture.size == (64, 64)
+
+
+def test_generated_images_are_indexed_with_their_job(easel):
+    """The app wires the engine's saved-image listener to the gallery; the worker only queues the path."""
+    from webui.core.request import GenerationRequest
+
+    easel.gallery.start(scan=False)
+    request = GenerationRequest(prompt="a quokka wearing sunglasses", steps=2, width=64, height=64, seed=7,
+                                batch_size=2, checkpoint="tiny-sd1.safetensors")
+    job = easel.submit(request)
+    job.wait()
+    assert job.error is None and easel.gallery.wait_idle(20)
+    rows, total = easel.gallery.search(Query(text="quokka sungl"))
+    assert total == 2 and {r["seed"] for r in rows} == {7, 8}
+    assert {r["job_id"] for r in rows} == {job.id} and {r["path"] for r in rows} == set(job.result.paths)
+    assert rows[0]["model"] == "tiny-sd1" and rows[0]["width"] == 64 and rows[0]["steps"] == 2
