@@ -137,3 +137,7 @@ def test_gallery_tab_finds_favourites_boards_deletes_and_restores(restarted):
         page.locator("#gallery_bulk_apply").click()
         expect(page.locator("#gallery_message")).to_contain_text("board: 1 image(s)", timeout=15_000)
         assert httpx.get(f"{url}/easel/v1/images/{image['id']}", timeout=5).json()["board"] == "zebras"
+        page.locator("#gallery_board_name textarea, #gallery_board_name input").first.fill("animals")
+        page.locator("#gallery_drop_board").click()
+        expect(page.locator("#gallery_message")).to_contain_text("Board animals deleted", timeout=15_000)
+        assert httpx.get(f"{url}/easel/v1/images/boards", timeout=5).json()["boards"] == ["zebras"]

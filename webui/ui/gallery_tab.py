@@ -131,6 +131,7 @@ def build_gallery_tab(easel: Easel, tab: gr.Tab, local: bool = True) -> GalleryU
                                         scale=2)
                 move = gr.Button("Move to board", size="sm", elem_id="gallery_move")
                 unboard = gr.Button("Remove from board", size="sm", elem_id="gallery_unboard")
+                drop_board = gr.Button("Delete board", size="sm", elem_id="gallery_drop_board")
             with gr.Row():
                 delete = gr.Button("🗑 Delete", size="sm", variant="stop", elem_id="gallery_delete")
                 restore = gr.Button("Restore", size="sm", elem_id="gallery_restore")
@@ -263,6 +264,13 @@ def build_gallery_tab(easel: Easel, tab: gr.Tab, local: bool = True) -> GalleryU
     def off_board(image_id, _name):
         gallery.index.set_board([image_id], None)
 
+    def delete_board(name):
+        name = (name or "").strip()
+        if not name:
+            return error_html("Type the name of the board to delete.")
+        gallery.index.remove_board(name)
+        return f'<span id="gallery_note">Board {esc(name)} deleted; its images stay in the gallery.</span>'
+
     def to_trash(image_id):
         gallery.trash(image_id)
         return '<span id="gallery_note">Moved to the trash (tick Trash to see it and restore it).</span>'
@@ -277,6 +285,8 @@ def build_gallery_tab(easel: Easel, tab: gr.Tab, local: bool = True) -> GalleryU
     move.click(act(move_to), [selected_id, board_name], outputs, api_name=False).then(
         choices, None, choice_outputs, api_name=False)
     unboard.click(act(off_board), [selected_id, board_name], outputs, api_name=False)
+    drop_board.click(delete_board, board_name, message, api_name=False).then(
+        choices, None, choice_outputs, api_name=False).then(show, [*filters, page], grid_outputs, **serial)
     for button, action in ((delete, to_trash), (restore, from_trash)):
         button.click(act(action), selected_id, outputs, api_name=False).then(
             show, [*filters, page], grid_outputs, **serial)
