@@ -25,6 +25,7 @@ from .core.step_interrupt import install_interrupt_checks
 from .core.styles import StyleStore
 from .devices import DeviceConfig, device_config
 from .fileio import remove_stale_temp_files
+from .gallery import Gallery
 from .extensions.features import collect_features
 from .extensions.manager import ExtensionManager
 from .extensions.runtime import HookRunner
@@ -110,6 +111,7 @@ class Easel:
     identity: IdentityService = None  # type: ignore[assignment]  # InstantID / PhotoMaker files and models
     annotators_dir: Path | None = None  # ControlNet preprocessors' weights
     pending_jobs: PendingJobStore | None = None  # queued generations on disk (data dir/queue), restored at start
+    gallery: Gallery | None = None  # the Gallery tab's index (data dir/gallery.sqlite); its thread starts in preload
 
     def submit(self, request: GenerationRequest, owner: str | None = None, job_id: str | None = None) -> Job:
         """Validate now (so bad input fails at once, naming the field), then queue (txt2img or img2img).
@@ -188,6 +190,8 @@ class Easel:
         """Warm up after start-up: import the model stack and load the selected checkpoint in the queue."""
         if self.library is not None:
             self.library.start_background()  # index new/changed files, then hash lazily at low priority
+        if self.gallery is not None:
+            self.gallery.start()  # the indexer thread, and a scan that repairs the index from the files
         if not self.models.checkpoints():
             return None
 
@@ -204,6 +208,8 @@ class Easel:
         if self.library is not None:
             self.library.stop()
         self.queue.stop()
+        if self.gallery is not None:
+            self.gallery.stop()
         if self.queue.archive is not None:
             self.queue.archive.clear()
 
@@ -286,6 +292,9 @@ def build(options: AppOptions) -> Easel:
     pending_jobs = PendingJobStore(paths.data_dir / "queue")
     # a job that ends is forgotten on disk; one that ends because the process stops is kept for the next start
     queue.listeners.append(lambda job: None if queue.stopping else pending_jobs.remove(job.id))
+    gallery = Gallery(paths.data_dir, paths.outputs_dir, paths.cache_dir)
+    engine.image_listeners.append(lambda path, image, text: gallery.image_saved(
+        path, image, text, queue.current.id if queue.current is not None else None))
     queue.start()
     log.info("device: %s; %d checkpoint(s) found", device.label, len(models.checkpoints()))
     extras = ExtrasService(upscalers, faces, settings, paths.outputs_dir)
@@ -294,7 +303,7 @@ def build(options: AppOptions) -> Easel:
     return Easel(paths, settings, device, models, queue, engine, options, extensions, upscalers=upscalers,
                  faces=faces, extras=extras, library=library, vaes=vaes, downloads=downloads, loras=loras, embeddings=embeddings, controlnets=controlnets,
                  ip_adapters=ip_adapters, identity=identity, annotators_dir=annotators_dir,
-                 pending_jobs=pending_jobs)
+                 pending_jobs=pending_jobs, gallery=gallery)
 
 
 def builtin_features(networks: LoraNetworks, upscalers: Upscalers, controlnets: ControlNetLibrary,

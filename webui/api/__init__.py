@@ -25,4 +25,6 @@ def install(app: FastAPI, easel: Easel, *, sdapi: bool = True, flags: dict[str, 
     app.include_router(jobs.build_router(ctx))
     if sdapi:
         app.include_router(sdapi_routes.build_router(ctx))
+    from ..gallery.api import build_router as gallery_router
+    app.include_router(gallery_router(lambda: easel.gallery))
     return ctx

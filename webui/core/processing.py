@@ -81,6 +81,7 @@ class Engine:
         self.vaes = vaes           # separate VAE files and per-checkpoint preferences (model_manager/vae)
         self.output_dir = output_dir  # the command line's --out: save straight into this folder
         self.catalog = samplers.Catalog()
+        self.image_listeners: list[Any] = []  # (path, image, infotext) after each saved image (the gallery's indexer)
 
     # ---- public -----------------------------------------------------------------------------
 
@@ -409,6 +410,8 @@ class Engine:
             path = self._save(request, plan, image, seed, text, batch_index, offset, output_dir)
             result.paths.append(str(path))
             self.hooks.call("image_saved", path=str(path), image=image, infotext=text, request=request)
+            for listener in self.image_listeners:
+                listener(str(path), image, text)
 
     def infotext(self, request: GenerationRequest, plan: Plan, seed: int, run: Run | None = None) -> str:
         params = self.infotext_params(request, plan, seed, run)

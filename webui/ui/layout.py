@@ -13,6 +13,7 @@ from ..model_manager.registry import ModelNotFoundError
 from .common import error_html, esc
 from .queue_panel import build_queue_panel
 from .extras_tab import build_extras
+from .gallery_tab import build_gallery_tab
 from .runner import SessionJobs
 from .settings_tab import build_settings, load_notice
 from .controlnet_tab import build_controlnet_tab
@@ -106,6 +107,8 @@ def build_ui(easel: Easel, local: bool = True) -> gr.Blocks:
                 identity = build_identity_tab(easel, checkpoint, sessions)
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
                 extras = build_extras(easel, sessions)
+            with gr.Tab("Gallery", id="gallery", elem_id="tab_gallery") as gallery_tab:
+                gallery = build_gallery_tab(easel, gallery_tab, local) if easel.gallery is not None else None
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png_image, png_text, png_buttons, png_note = build_pnginfo(easel, tabs, checkpoint)
             with gr.Tab("Models", id="models", elem_id="tab_models"):
@@ -127,7 +130,8 @@ def build_ui(easel: Easel, local: bool = True) -> gr.Blocks:
             SendTarget("extras", "extras", image=extras.image, subtab=(extras.tabs, "single_image"),
                        extra_outputs=[(extras.tab_index, 0)]),
         ]
-        for source in (txt2img, img2img, inpaint, controlnet, identity, extras.source):
+        for source in (txt2img, img2img, inpaint, controlnet, identity, extras.source,
+                       *([gallery.source] if gallery else [])):
             wire_send_buttons(easel, tabs, checkpoint, source, targets)
         wire_pnginfo_send(easel, tabs, checkpoint, png_image, png_text, png_buttons, png_note, targets)
         gr.HTML(f'<div style="text-align:center;opacity:.6;font-size:12px">Easel {__version__} · '
