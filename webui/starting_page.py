@@ -67,7 +67,8 @@ ready; the model then loads in the background, and a generation started meanwhil
         pause = 300;
       }
     } catch (e) {
-      error.textContent = "Waiting for the server to answer…";
+      error.textContent = "The server does not answer; if it stopped, the terminal where Easel runs says why. " +
+        "Trying again…";
       pause = Math.min(pause * 2, 5000);
     }
     setTimeout(poll, pause);
