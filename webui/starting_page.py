@@ -24,8 +24,10 @@ _PAGE = """<!doctype html>
   body { max-width: 40rem; margin: 12vh auto; padding: 0 1.5rem; line-height: 1.5; }
   h1 { font-size: 1.6rem; margin-bottom: .2rem; }
   .note { opacity: .75; margin-top: 0; }
-  ol { padding-left: 1.3rem; }
-  li.done::marker { content: "✓  "; }
+  ol { list-style: none; padding-left: 0; }
+  li::before { display: inline-block; width: 1.5rem; }
+  li.done::before { content: "✓"; }
+  li.now::before { content: "→"; }
   li.now { font-weight: 600; }
   li.now::after { content: " …"; }
   .time { opacity: .6; font-variant-numeric: tabular-nums; font-weight: normal; }
