@@ -136,7 +136,7 @@ def public_flags(args: argparse.Namespace) -> dict:
 def run_server(argv: list[str]) -> int:
     args = server_parser().parse_args(argv)
     from .api.security import parse_credentials
-    from .server import ServerOptions
+    from .server_options import ServerOptions
 
     try:
         auth = parse_credentials([args.auth, args.api_auth])
@@ -153,20 +153,27 @@ def run_server(argv: list[str]) -> int:
     if args.port is None:
         args.port = 7861 if args.nowebui else 7860
     _setup(args)
-    from .app import build
-    from .server import serve
+    from .startup import serve  # answers HTTP at once; torch, gradio and the engine load behind it
 
-    try:
-        easel = build(_options(args))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    def make_easel(stage):
+        stage("Importing torch and the engine")
+        from .app import build
+
+        stage("Finding models and extensions")
+        return build(_options(args))
+
     origins = [o.strip() for o in args.cors_allow_origins.split(",") if o.strip()]
-    serve(easel, ServerOptions(host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port, auth=auth,
-                               ui=not args.nowebui, api=args.api or args.nowebui, cors_allow_origins=origins,
-                               max_body_bytes=int(args.api_max_body_mb * (1 << 20)), flags=public_flags(args)))
-    if easel.restart_requested.is_set():  # "Apply and restart UI": start again with the same flags
-        print("[easel] restarting", flush=True)
+    started = serve(ServerOptions(host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port, auth=auth,
+                                  ui=not args.nowebui, api=args.api or args.nowebui, cors_allow_origins=origins,
+                                  max_body_bytes=int(args.api_max_body_mb * (1 << 20)), flags=public_flags(args)),
+                    make_easel)
+    if isinstance(started.failure, ValueError):
+        print(f"error: {started.failure}", file=sys.stderr)
+        return 2
+    if started.failure is not None:
+        return 1  # logged with its traceback
+    if started.easel is not None and started.easel.restart_requested.is_set():
+        print("[easel] restarting", flush=True)  # "Apply and restart UI": start again with the same flags
         os.execv(sys.executable, [sys.executable, "-m", "webui.cli", *argv])
     return 0
 

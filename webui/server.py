@@ -1,4 +1,4 @@
-"""HTTP: the Gradio UI and the API on one FastAPI app, served by uvicorn.
+"""HTTP: the Gradio UI and the API on one FastAPI app (served by webui/startup.py with uvicorn).
 
 Easel binds 127.0.0.1 unless --listen is given; listening on other addresses requires
 --auth (or --insecure), and with credentials every route (UI, API, files, docs, unknown
@@ -10,50 +10,23 @@ addressed to any other Host name are refused (DNS rebinding).
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import gradio as gr
-import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from . import __version__
 from . import api
-from .api.security import (LOOPBACK_NAMES, BasicAuth, BodyLimit, CorsPolicy, LoopbackHost, SameOrigin,
-                            parse_credentials)
+from .api.security import LOOPBACK_NAMES, BasicAuth, BodyLimit, CorsPolicy, LoopbackHost, SameOrigin
 from .api.controlnet import controlnet_router
 from .app import Easel
+from .server_options import DEFAULT_MAX_BODY_MB, ServerOptions  # noqa: F401  (imported from here by callers)
 from .ui.common import CSS
 from .ui.layout import build_ui
 from .ui.page_script import head_script
 
 log = logging.getLogger(__name__)
-
-
-DEFAULT_MAX_BODY_MB = 64
-
-
-@dataclass
-class ServerOptions:
-    host: str = "127.0.0.1"
-    port: int = 7860
-    # HTTP Basic credentials; when any are set, every route requires one of them
-    auth: list[tuple[str, str]] = field(default_factory=list)
-    ui: bool = True
-    api: bool = False  # /sdapi/v1 (AUTOMATIC1111's API); /easel/v1 is always on
-    cors_allow_origins: list[str] = field(default_factory=list)
-    max_body_bytes: int = DEFAULT_MAX_BODY_MB << 20
-    # the command line as /sdapi/v1/cmd-flags shows it (credentials already masked)
-    flags: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_auth(value: str | None) -> list[tuple[str, str]]:
-    """'user:pass[,user2:pass2]' -> [(user, pass), ...]; raises ValueError naming the format."""
-    return parse_credentials([value])
 
 
 def create_fastapi(easel: Easel, options: ServerOptions) -> FastAPI:
@@ -97,8 +70,9 @@ def create_fastapi(easel: Easel, options: ServerOptions) -> FastAPI:
                                   footer_links=["api", "settings"], show_error=False,
                                   head=head_script() + _extension_head(easel),
                                   max_file_size=options.max_body_bytes)  # each file; BodyLimit bounds the request
-        blocks.config = blocks.get_config_file()  # the config was built before `head` was set
-        app.state.gradio_blocks = blocks  # serve() ends its streams before shutting down
+        if blocks.config.get("head") != blocks.head:  # a Gradio that built its config before setting `head`
+            blocks.config = blocks.get_config_file()  # (a whole second pass over the page: only when needed)
+        app.state.gradio_blocks = blocks  # end_gradio_streams() ends its streams before shutting down
     else:
         @app.get("/")
         def root() -> JSONResponse:
@@ -156,42 +130,3 @@ def end_gradio_streams(app: FastAPI) -> None:
         stop_event = getattr(getattr(route, "app", None), "stop_event", None)
         if stop_event is not None:
             stop_event.set()
-
-
-class QuietServer(uvicorn.Server):
-    """uvicorn.Server that ends Gradio's streams before its graceful shutdown, so it is quick and quiet."""
-
-    async def shutdown(self, sockets=None) -> None:  # type: ignore[override]
-        try:
-            end_gradio_streams(self.config.app)
-        except Exception:  # never let this stand in the way of shutting down
-            log.debug("could not end Gradio's streams", exc_info=True)
-        await super().shutdown(sockets)
-
-
-def serve(easel: Easel, options: ServerOptions) -> None:
-    app = create_fastapi(easel, options)
-    print(f"Running on local URL:  http://{options.host}:{options.port}", flush=True)
-    config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", timeout_graceful_shutdown=3)
-    server = QuietServer(config)
-
-    asked: list[float] = []  # when a restart was asked for
-
-    def warm_up() -> None:
-        while not server.started and not server.should_exit:
-            time.sleep(0.05)
-        if server.started:
-            easel.preload()
-            easel.restore_queue()  # generations queued when Easel last stopped run now, in their order
-        while not server.should_exit:  # "Apply and restart UI" asks for a clean restart
-            if easel.restart_requested.wait(0.1):
-                asked.append(time.monotonic())
-                server.should_exit = True
-
-    threading.Thread(target=warm_up, name="easel-warm-up", daemon=True).start()
-    try:
-        server.run()
-    finally:
-        easel.close()
-        if asked:
-            log.info("stopped %.1fs after the restart was asked for", time.monotonic() - asked[0])

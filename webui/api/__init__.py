@@ -2,22 +2,25 @@
 
 `install()` adds the routes and error handlers to the FastAPI app the server builds;
 security.py holds the auth, same-origin and body-size middlewares the server wraps
-around everything. Importing this package has no side effects.
+around everything. Importing this package has no side effects, and imports neither FastAPI nor
+the engine: the start-up page (webui/startup.py) uses security.py before those are loaded.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
-from ..app import Easel
-from .context import ApiContext
+    from ..app import Easel
+    from .context import ApiContext
 
 
 def install(app: FastAPI, easel: Easel, *, sdapi: bool = True, flags: dict[str, Any] | None = None,
             usernames: frozenset[str] = frozenset()) -> ApiContext:
     """Mount /easel/v1/jobs (always) and /sdapi/v1 (when `sdapi`) on `app`."""
     from . import jobs, sdapi as sdapi_routes
+    from .context import ApiContext
     from .errors import install_handlers
 
     ctx = ApiContext(easel, flags=dict(flags or {}), usernames=usernames)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
-
 MAX_JSON_DEPTH = 64
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
@@ -28,6 +26,8 @@ def nesting_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     brackets = _STRING.sub(b'""', body).translate(None, _NOT_BRACKET)
     if not brackets:
         return False
+    import numpy as np  # only for bodies with many brackets; keeps this module light to import
+
     codes = np.frombuffer(brackets, dtype=np.uint8)
     steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1).astype(np.int64)
     return int(np.cumsum(steps).max()) > limit

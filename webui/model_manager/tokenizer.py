@@ -12,8 +12,10 @@ import gzip
 import importlib.util
 from pathlib import Path
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from transformers import CLIPTokenizer
+if TYPE_CHECKING:  # transformers is imported on first use: the UI is built before the engine warms
+    from transformers import CLIPTokenizer
 
 VOCAB_SIZE = 49408
 BOS = "<|startoftext|>"
@@ -59,6 +61,8 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
 @lru_cache(maxsize=4)
 def clip_tokenizer(pad_token: str = EOS, model_max_length: int = 77) -> CLIPTokenizer:
     """A CLIP tokenizer; SD 1.x pads with the end token, OpenCLIP encoders (SD 2.x, SDXL's second) with '!'."""
+    from transformers import CLIPTokenizer
+
     vocab, merges = clip_vocab_and_merges()
     return CLIPTokenizer(vocab=dict(vocab), merges=[tuple(m.split()) for m in merges], pad_token=pad_token,
                          model_max_length=model_max_length)

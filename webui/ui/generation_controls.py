@@ -14,7 +14,7 @@ import gradio as gr
 
 from ..app import Easel
 from ..core import samplers
-from ..core.conditioning import prompt_token_count
+from ..core.conditioning import CHUNK_TOKENS, prompt_token_count
 from ..pnginfo import override_item_fields
 from ..core.request import LORA_COMPOSITIONS, GenerationRequest
 from ..core.styles import PromptStyle
@@ -28,7 +28,8 @@ def session_of(request: gr.Request | None) -> str:
 
 
 def token_counter_html(text: str, steps: int = 20) -> str:
-    count, capacity = prompt_token_count(clip_tokenizer(), text or "", int(steps or 20))
+    # an empty box needs no tokenizer, so building the page does not wait for transformers
+    count, capacity = prompt_token_count(clip_tokenizer(), text, int(steps or 20)) if text else (0, CHUNK_TOKENS)
     return f'<span class="easel-token-counter" title="tokens / chunk capacity">{count}/{capacity}</span>'
 
 

@@ -58,6 +58,10 @@ class Update:
 def _status_text(easel: Easel, job: Job) -> tuple[float, str]:
     if job.state == JobState.QUEUED:
         position = easel.queue.position(job.id)
+        loading = loading_text(easel.queue.current)
+        if loading:
+            return 0.0, loading + (" Your generation is next." if position == 1 else
+                                   f" Your generation waits in queue (position {position})." if position else "")
         return 0.0, f"Waiting in queue (position {position})" if position else "Waiting in queue"
     p = job.progress
     text = p.text if p.step == 0 and p.text else f"Step {p.step}/{p.total_steps}"
@@ -66,6 +70,15 @@ def _status_text(easel: Easel, job: Job) -> tuple[float, str]:
     if p.step:
         text += f" · ETA {format_seconds(p.eta_seconds)}"
     return p.fraction, text
+
+
+def loading_text(running: Job | None) -> str | None:
+    """What a waiting generation says while a checkpoint loads ahead of it (the warm-up after start-up
+    loads the selected one first), else None."""
+    if running is None or running.kind != "load-model":
+        return None
+    detail = running.progress.text
+    return f"Loading the model{f' ({detail})' if detail else ''}…"
 
 
 def follow(easel: Easel, submit: Callable[[], Job], sessions: SessionJobs, session: str,
