@@ -3,6 +3,7 @@
     python3 -m webui.bench                       # tiny model, CPU or GPU, ~1 minute
     python3 -m webui.bench --size full-sd1       # real-size SD 1.5 architecture, random weights (GPU)
     python3 -m webui.bench --only startup        # start-up next to a bare Gradio app only
+    python3 -m webui.bench --only engine         # Easel vs bare diffusers (the engine's overhead) only
 
 Measures
 - seconds per image through Easel's engine vs the same settings through a bare diffusers
@@ -338,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--resolution", type=int, default=None, help="image side (default 512, 1024 for SDXL)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--only", choices=("startup",), help="measure only this part (start-up: ~1 minute)")
+    parser.add_argument("--only", choices=("startup", "engine"),
+                        help="measure only this part (start-up: ~1 minute; engine: Easel vs bare diffusers and loads)")
     parser.add_argument("--startup-runs", type=int, default=3, help="start-ups of each app, alternating")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -402,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
                  ("bare diffusers s/image (same modules)", f"{statistics.median(theirs):.3f}"),
                  ("ratio Easel / diffusers (target <= 1.02)", f"{ratio:.3f}"),
                  ("Easel s/image including PNG save", f"{with_save:.3f}")]
+        if args.only == "engine":
+            easel.close()
+            _print(rows)
+            return 0
         rows += _lora_rows(easel, model, data, request)
         rows += _control_rows(easel, model, request)
         rows += _sampler_rows(easel, request)
