@@ -108,9 +108,11 @@ def test_pnginfo_sends_its_file_once_and_answers_while_a_job_runs(page, server, 
         assert httpx.get(server.url + "/easel/v1/jobs", timeout=30).json()["running"], \
             "the job ended before PNG Info answered"
     finally:
+        page.locator("#inpaint_interrupt").dispatch_event("click")  # from here: no need to show the tab again
+        deadline = time.monotonic() + 60
+        while httpx.get(server.url + "/easel/v1/jobs", timeout=30).json()["running"] and time.monotonic() < deadline:
+            time.sleep(0.2)
         tab(page, "Inpaint")
-        page.locator("#inpaint_interrupt").click()
-        expect(page.locator("#html_info_inpaint")).to_contain_text("Seed: 13", timeout=60_000)
 
 
 def test_outpaint_reads_no_editor(page, pictures):
