@@ -88,7 +88,7 @@ def test_a_painted_editor_is_uploaded_once_per_generate_and_never_in_between(pag
     assert uploads_during(page, lambda: time.sleep(2.5)) == 0  # nor after the job's progress messages
 
 
-def test_pnginfo_sends_its_file_once_and_answers_while_a_job_runs(page, server, pictures):
+def test_pnginfo_sends_its_file_once_and_answers_while_a_job_runs_with_small_previews(page, server, pictures):
     _, with_info = pictures
     set_slider(page, "inpaint_steps", 150)
     set_slider(page, "inpaint_width", 512)
@@ -96,6 +96,11 @@ def test_pnginfo_sends_its_file_once_and_answers_while_a_job_runs(page, server, 
     page.locator("#inpaint_seed input").fill("13")
     page.locator("#inpaint_generate").click()
     expect(page.locator("#inpaint_progress")).to_contain_text("Step", timeout=60_000)
+    # live previews come at latent size (64 for 512) and the browser scales them (before: 256x256 PNGs)
+    size = page.wait_for_function("""() => { const img = document.querySelector('#inpaint_preview img');
+        return img && img.complete && img.naturalWidth > 0 && [img.naturalWidth, img.getBoundingClientRect().width]; }""",
+                                  timeout=30_000).json_value()
+    assert size[0] == 64 and size[1] >= 200, size
     tab(page, "PNG Info")
 
     def read_parameters():

@@ -178,7 +178,7 @@ def build_output(controls: GenerationControls) -> None:
     p = controls.prefix
     controls.progress = gr.HTML("", elem_id=f"{p}_progress")
     controls.preview = gr.Image(label="Preview", visible=False, interactive=False, elem_id=f"{p}_preview",
-                                format="png", height=256)
+                                format="png", height=256, elem_classes="easel-preview")
     controls.gallery = gr.Gallery(label="Output", elem_id=f"{p}_gallery", columns=4, format="png",
                                   object_fit="contain", height="auto", interactive=False)
     controls.send_row = gr.Row(elem_id=f"{p}_send_row")

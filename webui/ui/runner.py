@@ -89,7 +89,7 @@ def follow(easel: Easel, submit: Callable[[], Job], sessions: SessionJobs, sessi
         if latents is not None and job.progress.preview_step != shown_preview_step:
             shown_preview_step = job.progress.preview_step
             try:
-                update.preview = latent_preview(latents, job.progress.preview_rgb)
+                update.preview = latent_preview(latents, job.progress.preview_rgb, upscale=1)
             except Exception:  # a preview must never break generation
                 pass
         yield update.as_tuple()
