@@ -11,8 +11,9 @@ times a second while the queue panel ticks and a job reports progress — and th
 up the page's own requests (the browser opens at most six connections to one server).
 
 `light_progress(blocks)` runs once the page is built: each event's progress targets become its
-outputs minus layout blocks and image editors. Those never showed an indicator worth having
-(the events that set them finish at once); an event left with no target shows none.
+outputs minus image editors and blocks with children (tab bars, groups, accordions). Those never
+showed an indicator worth having (the events that set them finish at once); an event left with no
+target shows none.
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from gradio.blocks import BlockContext
 
 
 def costly_to_read(block) -> bool:
-    """Whether the page does real work (canvas export + upload, or a walk of children) to read it."""
-    return isinstance(block, (BlockContext, gr.ImageEditor))
+    """Whether the page does real work to re-read it: an editor (canvas export + uploads) or a block with children
+    (each of them is read; the tab bar holds the whole page). A childless gr.HTML, a BlockContext too, is cheap."""
+    return isinstance(block, gr.ImageEditor) or (isinstance(block, BlockContext) and bool(block.children))
 
 
 def light_progress(blocks: gr.Blocks) -> int:
