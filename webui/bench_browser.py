@@ -165,11 +165,26 @@ class Session:
 
     label: str
     url: str
-    page: Any
     names: dict[int, str]
+    page: Any = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     joins: dict[str, str] = field(default_factory=dict)  # event id -> event name
     results: list[FlowResult] = field(default_factory=list)
+
+    def open(self, browser, size: int, steps: int) -> None:
+        """A fresh page (a page left open keeps whatever it does in the background: it would load the other
+        server's measurements), instrumented, with the generation controls set."""
+        self.page = browser.new_context(viewport={"width": 1280, "height": 1100}).new_page()
+        self.page.set_default_timeout(120_000)  # a busy page can take long even to take a click: measured, not failed
+        self.page.add_init_script(INSTRUMENT)
+        self.attach()
+        self.page.goto(self.url)
+        self.page.wait_for_selector("#txt2img_prompt textarea", timeout=120_000)
+        prepare(self, size, steps)
+
+    def close(self) -> None:
+        self.page.context.close()
+        self.page = None
 
     def attach(self) -> None:
         def on_request(request):
@@ -282,10 +297,6 @@ def paint_stroke(page, selector: str) -> None:
 
 def _pnginfo(session: Session, name: str, file: Path, expect: str) -> FlowResult:
     page = session.page
-    clear = page.locator("#pnginfo_image button[aria-label='Clear']")
-    if clear.count():
-        clear.first.click()
-        page.wait_for_timeout(500)
 
     def server(events):
         parsed = [e for e in events if e["name"].startswith("pnginfo_image.change")]
@@ -441,22 +452,18 @@ def main(argv: list[str] | None = None) -> int:
                 for number, (label, source) in enumerate(sources):
                     process, url = start_server(root / f"server{number}", source)
                     processes.append(process)
-                    page = browser.new_context(viewport={"width": 1280, "height": 1100}).new_page()
-                    page.add_init_script(INSTRUMENT)
-                    session = Session(label, url, page, event_names(url))
-                    session.attach()
-                    page.goto(url)
-                    page.wait_for_selector("#txt2img_prompt textarea", timeout=120_000)
-                    prepare(session, args.size, args.steps)
-                    sessions.append(session)
-                try:
-                    for round_no in range(args.rounds):
-                        for session in sessions:  # alternate, so both see the same machine load
+                    sessions.append(Session(label, url, event_names(url)))
+                for round_no in range(args.rounds):
+                    for session in sessions:  # alternate, so both see the same machine load
+                        try:
+                            session.open(browser, args.size, args.steps)
                             one_round(session, round_no, picture, with_info, args.size, args.idle)
-                    for session in sessions:
-                        pnginfo_beside_generation(session, picture, args.long_steps)
-                except Exception:  # report what was measured before the failure
-                    traceback.print_exc()
+                            if round_no == args.rounds - 1:
+                                pnginfo_beside_generation(session, picture, args.long_steps)
+                        except Exception:  # report what was measured; the other rounds still run
+                            traceback.print_exc()
+                        finally:
+                            session.close()
                 browser.close()
         finally:
             for process in processes:
