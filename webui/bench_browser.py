@@ -399,12 +399,13 @@ def table(session: Session) -> list[str]:
         servers = [r.server for r in runs if r.server is not None]
         server = statistics.median(servers) if servers else None
         ratio = f"{seconds / server:.1f}x" if server else "-"
-        med = lambda f: statistics.median(f(r) for r in runs)  # noqa: E731
+        def med(value: Callable[[FlowResult], float], runs: list[FlowResult] = runs) -> str:
+            return f"{statistics.median(value(r) for r in runs):.0f}"
+
         rows.append((name, f"{seconds:.2f}", f"{server:.2f}" if server is not None else "-", ratio,
-                     f"{med(lambda r: r.uploads):.0f} ({med(lambda r: r.upload_kb):.0f})",
-                     f"{med(lambda r: len(r.events)):.0f}", f"{med(lambda r: r.other_requests):.0f}",
-                     f"{med(lambda r: r.kb_up):.0f}", f"{med(lambda r: r.kb_down):.0f}",
-                     f"{med(lambda r: r.queue_messages):.0f}"))
+                     f"{med(lambda r: r.uploads)} ({med(lambda r: r.upload_kb)})", med(lambda r: len(r.events)),
+                     med(lambda r: r.other_requests), med(lambda r: r.kb_up), med(lambda r: r.kb_down),
+                     med(lambda r: r.queue_messages)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = [f"{session.label}:"] + ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     lines.append("  Gradio events of each flow's last run (server seconds: queue wait / preprocess / function / "

@@ -219,8 +219,7 @@ def build_inpaint(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
     controls.subtabs, controls.image = subtabs, editor
     controls.editor_tabs = [(tab_inpaint, editor_value(editor)), (tab_sketch, editor_value(sketch))]
     i.update(inpaint_mode=mode, editor=editor_value(editor), sketch=editor_value(sketch), upload_image=upload_image,
-             upload_mask=upload_mask,
-             outpaint_image=outpaint_image)
+             upload_mask=upload_mask, outpaint_image=outpaint_image)
     for tab, name in ((tab_inpaint, "inpaint"), (tab_sketch, "sketch"), (tab_upload, "upload"),
                       (tab_outpaint, "outpaint")):
         tab.select(lambda n=name: n, None, mode, api_name=False)
