@@ -44,8 +44,8 @@ class ApproxPreview:
 
     rgb: Sequence[Sequence[float]] | None = None
 
-    def __call__(self, latents: torch.Tensor, index: int = 0) -> Image.Image:
-        return latent_preview(latents, self.rgb, index)
+    def __call__(self, latents: torch.Tensor, index: int = 0, upscale: int = 4) -> Image.Image:
+        return latent_preview(latents, self.rgb, index, upscale)
 
 
 @dataclass(frozen=True)

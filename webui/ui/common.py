@@ -16,6 +16,7 @@ CSS = """
 .easel-notice { border: 1px dashed var(--border-color-primary); border-radius: 8px; padding: 10px 14px; }
 #txt2img_generate { min-height: 72px; }
 .easel-tool { max-width: 42px; min-width: 42px !important; }
+.easel-preview img { object-fit: contain !important; }  /* previews come at latent size; the browser scales them */
 .easel-token-counter { display: block; text-align: right; font-size: 12px; opacity: .7; margin-top: -6px; }
 """
 

@@ -7,6 +7,7 @@ positional arguments.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ from ..core.styles import PromptStyle
 from ..model_manager.tokenizer import clip_tokenizer
 from .common import error_html, esc, info_html
 from .runner import SessionJobs, follow
+from .uploads import EditorValue, read_editors
 
 
 def session_of(request: gr.Request | None) -> str:
@@ -56,6 +58,7 @@ class GenerationControls:
     subtabs: Any = None   # a tab's own sub-tabs (img2img: img2img/Sketch/Batch), if any
     image: Any = None     # where "Send to" puts a picture
     script_titles: dict[str, str] | None = None   # selectable script title -> name
+    editor_tabs: list[tuple[Any, Any]] = field(default_factory=list)  # (sub-tab, twin of the editor it paints in)
 
 
 def build_prompt_area(easel: Easel, controls: GenerationControls) -> None:
@@ -176,7 +179,7 @@ def build_output(controls: GenerationControls) -> None:
     p = controls.prefix
     controls.progress = gr.HTML("", elem_id=f"{p}_progress")
     controls.preview = gr.Image(label="Preview", visible=False, interactive=False, elem_id=f"{p}_preview",
-                                format="png", height=256)
+                                format="png", height=256, elem_classes="easel-preview")
     controls.gallery = gr.Gallery(label="Output", elem_id=f"{p}_gallery", columns=4, format="png",
                                   object_fit="contain", height="auto", interactive=False)
     controls.send_row = gr.Row(elem_id=f"{p}_send_row")
@@ -224,8 +227,11 @@ def wire_generation(easel: Easel, controls: GenerationControls, sessions: Sessio
 
     outputs = [controls.progress, controls.preview, controls.gallery, controls.info, controls.infotexts,
                controls.last_seed]
-    controls.generate.click(run, components, outputs, concurrency_limit=None, api_name=api_name)
-    controls.prompt.submit(run, components, outputs, concurrency_limit=None, api_name=False)
+    if any(isinstance(c, EditorValue) for c in components):
+        _wire_with_editors(controls, run, components, outputs, api_name)
+    else:
+        controls.generate.click(run, components, outputs, concurrency_limit=None, api_name=api_name)
+        controls.prompt.submit(run, components, outputs, concurrency_limit=None, api_name=False)
 
     def interrupt_job(request: gr.Request):
         job = easel.queue.get(sessions.get(session_of(request)) or "")
@@ -239,6 +245,43 @@ def wire_generation(easel: Easel, controls: GenerationControls, sessions: Sessio
 
     controls.interrupt.click(interrupt_job, None, None, concurrency_limit=None, api_name=False)
     controls.skip.click(skip_job, None, None, concurrency_limit=None, api_name=False)
+
+
+# Generate in a tab with image editors: the selected sub-tab picks which hidden "route" button to press, so
+# only the editor that sub-tab paints in is read (exported and uploaded); an unknown sub-tab reads none, and
+# when no sub-tab can be found every editor is read, as a plain Generate would.
+ROUTE_JS = """() => {
+  const tabs = document.getElementById(%(tabs)s);
+  const selected = tabs && tabs.querySelector('[role="tab"][aria-selected="true"]');
+  const routes = %(routes)s;
+  const target = document.getElementById(selected ? (routes[selected.id] || %(none)s) : %(all)s);
+  if (target) target.click();
+  return [];
+}"""
+
+
+def _wire_with_editors(controls: GenerationControls, run: Callable, components: set, outputs: list,
+                       api_name: str) -> None:
+    """Generate where some inputs are editors' twins (uploads.EditorValue): each run first copies, in the browser,
+    the value of the editor the selected sub-tab uses into its twin, and reads no other editor (reading a painted
+    editor exports its canvases and uploads them)."""
+    twins = [c for c in components if isinstance(c, EditorValue)]
+    p = controls.prefix
+
+    def route(name: str, read: list) -> str:
+        button = gr.Button(visible="hidden", elem_id=f"{p}_generate_{name}")
+        chain = read_editors(button.click, read).then if read else button.click
+        chain(run, components, outputs, concurrency_limit=None, api_name=api_name if name == "all" else False)
+        return f"{p}_generate_{name}"
+
+    everything, nothing = route("all", twins), route("none", [])
+    routes = {f"{tab.elem_id}-button": route(f"tab{n}", [twin]) for n, (tab, twin) in enumerate(controls.editor_tabs)
+              if tab.elem_id and twin in twins}
+    tabs_id = getattr(controls.subtabs, "elem_id", None) or ""
+    js = ROUTE_JS % {"tabs": json.dumps(tabs_id), "routes": json.dumps(routes), "none": json.dumps(nothing),
+                     "all": json.dumps(everything)}
+    for trigger in (controls.generate.click, controls.prompt.submit):
+        trigger(None, None, None, js=js, queue=False, api_name=False, show_progress="hidden")
 
 
 def as_int(value, default: int = 0) -> int:

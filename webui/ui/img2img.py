@@ -20,7 +20,7 @@ from .generation_controls import (GenerationControls, as_float, as_int, build_ou
                                   build_sampling, common_request_fields, wire_generation)
 from .runner import SessionJobs
 from .scripts_ui import build_scripts
-from .uploads import after_upload, checked_editor, checked_image, settings_limit
+from .uploads import after_upload, checked_editor, checked_image, editor_value, settings_limit
 
 INPAINT_AREAS = ("Whole picture", "Only masked")          # inpaint_full_res 0 / 1
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")      # inpainting_mask_invert 0 / 1
@@ -115,7 +115,8 @@ def build_img2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs, 
         with gr.Column(scale=1):
             build_output(controls)
     controls.subtabs, controls.image = subtabs, image
-    controls.inputs.update(img2img_mode=mode, image=image, sketch=sketch, batch_input_dir=batch_in,
+    controls.editor_tabs = [(tab_sketch, editor_value(sketch))]
+    controls.inputs.update(img2img_mode=mode, image=image, sketch=editor_value(sketch), batch_input_dir=batch_in,
                            batch_output_dir=batch_out, batch_mask_dir=batch_mask)
     for tab, name in ((tab_plain, "img2img"), (tab_sketch, "sketch"), (tab_batch, "batch")):
         tab.select(lambda n=name: n, None, mode, api_name=False)
@@ -216,8 +217,9 @@ def build_inpaint(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
         with gr.Column(scale=1):
             build_output(controls)
     controls.subtabs, controls.image = subtabs, editor
-    i.update(inpaint_mode=mode, editor=editor, sketch=sketch, upload_image=upload_image, upload_mask=upload_mask,
-             outpaint_image=outpaint_image)
+    controls.editor_tabs = [(tab_inpaint, editor_value(editor)), (tab_sketch, editor_value(sketch))]
+    i.update(inpaint_mode=mode, editor=editor_value(editor), sketch=editor_value(sketch), upload_image=upload_image,
+             upload_mask=upload_mask, outpaint_image=outpaint_image)
     for tab, name in ((tab_inpaint, "inpaint"), (tab_sketch, "sketch"), (tab_upload, "upload"),
                       (tab_outpaint, "outpaint")):
         tab.select(lambda n=name: n, None, mode, api_name=False)

@@ -24,6 +24,7 @@ from .models_downloads import build_first_run_download
 from .models_tab import build_models_tab
 from .models_library import build_vae_picker
 from .pnginfo_tab import build_pnginfo, wire_pnginfo_send
+from .progress_targets import light_progress
 from .send_to import SendTarget, wire_send_buttons
 from .txt2img import build_txt2img
 
@@ -169,4 +170,5 @@ def build_ui(easel: Easel, local: bool = True) -> gr.Blocks:
         for controls in (txt2img, img2img, inpaint):  # the ControlNet tab has no extra-networks panel
             fill_networks, network_search, network_outputs = controls.extra_networks
             blocks.load(fill_networks, network_search, network_outputs, api_name=False)
+    light_progress(blocks)  # no event's progress makes the page re-read (re-upload) an image editor
     return blocks

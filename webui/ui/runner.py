@@ -14,7 +14,7 @@ import gradio as gr
 
 from ..app import Easel
 from ..core.jobs import Job, JobState, QueueFullError
-from ..core.preview import latent_preview
+from ..core.preview import ApproxPreview
 from ..core.request import Result, ValidationError
 from .common import error_html, format_seconds, info_html, progress_html
 
@@ -102,7 +102,10 @@ def follow(easel: Easel, submit: Callable[[], Job], sessions: SessionJobs, sessi
         if latents is not None and job.progress.preview_step != shown_preview_step:
             shown_preview_step = job.progress.preview_step
             try:
-                update.preview = (job.progress.previewer or latent_preview)(latents)
+                previewer = job.progress.previewer or ApproxPreview()
+                # the colour mix goes at latent size (the browser scales it); TAESD's picture is full size already
+                update.preview = (previewer(latents, upscale=1) if isinstance(previewer, ApproxPreview)
+                                  else previewer(latents))
             except Exception:  # a preview must never break generation
                 pass
         yield update.as_tuple()

@@ -16,6 +16,15 @@ Gradio, as for any input) and decodes it the same way Generate will.
 The limit is read from settings on every upload, so changing it needs no restart. It is
 set as a private attribute after construction (not an __init__ argument) because Gradio
 sends every __init__ argument to the browser as component config.
+
+Image editors are never an input of a server event. Gradio's page re-reads the value of every
+component that has been an input of a finished event whenever any event changes status (each
+queue-panel tick, each progress message of a generation), and reading an ImageEditor exports its
+canvases as PNG files and uploads them again: a painted picture went up three files at a time,
+several times a second, for as long as the page was open. So each editor has a hidden twin
+(`EditorValue`, same checks): events that need the picture first copy the editor's value into the
+twin in the browser (`read_editors`, no server round trip), and the server event reads the twin,
+which costs nothing to re-read.
 """
 from __future__ import annotations
 
@@ -115,9 +124,14 @@ def explain_refusals(component: gr.components.Component) -> gr.HTML | None:
             return gr.skip(), ""
         return None, error_html(f"Refused: {reason}")
 
-    component._easel_checked = component.upload(  # type: ignore[attr-defined]
-        check, component, [component, note], preprocess=False, api_name=False, show_progress="hidden",
-        concurrency_limit=None)
+    check_opts = dict(preprocess=False, api_name=False, show_progress="hidden", concurrency_limit=None)
+    twin = getattr(component, "_easel_value", None)
+    if twin is not None:  # an editor: its picture reaches the server through its twin
+        component._easel_checked = read_editors(component.upload, [twin]).then(  # type: ignore[attr-defined]
+            check, twin, [component, note], **check_opts)
+    else:
+        component._easel_checked = component.upload(  # type: ignore[attr-defined]
+            check, component, [component, note], **check_opts)
     component.clear(lambda: "", None, note, api_name=False, show_progress="hidden")
     return note
 
@@ -167,6 +181,35 @@ class CheckedImageEditor(gr.ImageEditor):
         return super().convert_and_format_image(file, flatten_on_white)
 
 
+class EditorValue(CheckedImageEditor):
+    """The hidden twin of an editor: holds the editor's value (uploaded files) while a server event reads it.
+
+    Never shown, so the page keeps its value as data and reading it costs nothing; its uploads are
+    checked like the editor's (same limit, same label in messages). `mirror_of` (its editor) is set after
+    construction: Gradio sends every __init__ argument to the browser.
+    """
+
+    mirror_of: CheckedImageEditor
+
+
+# the browser-side step that copies editors' values into their twins: the values arrive in input order
+COPY_VALUES_JS = "(...values) => values"
+
+
+def editor_value(editor: Any) -> Any:
+    """What a server event should take as input for `editor`: its hidden twin (the editor itself if it has none)."""
+    return getattr(editor, "_easel_value", None) or editor
+
+
+def read_editors(listener: Callable[..., Any], inputs: Any) -> Any:
+    """Start an event chain on `listener` (e.g. `button.click`) that first copies, in the browser, the value of
+    every editor whose twin is among `inputs` into that twin; chain the server event on the result with `.then`.
+    """
+    twins = [c for c in (inputs if isinstance(inputs, (list, tuple, set)) else [inputs]) if isinstance(c, EditorValue)]
+    return listener(None, [t.mirror_of for t in twins], twins, js=COPY_VALUES_JS, queue=False, api_name=False,
+                    show_progress="hidden")
+
+
 class UploadedImage(gr.Image):
     """An image upload that hands the handler the uploaded file's path, undecoded.
 
@@ -209,8 +252,22 @@ def checked_image(limit: Limit, **kwargs: Any) -> CheckedImage:
 
 
 def checked_editor(limit: Limit, **kwargs: Any) -> CheckedImageEditor:
-    """A size-checked image editor (gr.ImageEditor arguments), with its refusal note under it."""
-    return _slot(CheckedImageEditor, limit, kwargs)
+    """A size-checked image editor (gr.ImageEditor arguments), with its refusal note under it.
+
+    Inside a page it gets its hidden twin (`editor_value(editor)`), which server events take as input.
+    """
+    if Context.root_block is None:
+        return with_limit(CheckedImageEditor(**kwargs), limit)
+    with gr.Column(min_width=kwargs.get("min_width") or 160, scale=kwargs.get("scale") or 1):
+        editor = with_limit(CheckedImageEditor(**kwargs), limit)
+        twin_args = {k: v for k, v in kwargs.items() if k in ("label", "type", "image_mode")}
+        elem_id = kwargs.get("elem_id")
+        twin = with_limit(EditorValue(visible=False, elem_id=f"{elem_id}_value" if elem_id else None, **twin_args),
+                          limit)
+        twin.mirror_of = editor
+        editor._easel_value = twin
+        explain_refusals(editor)
+    return editor
 
 
 def uploaded_image(limit: Limit, **kwargs: Any) -> UploadedImage:

@@ -1,0 +1,133 @@
+"""Issue 23, item 17: click-to-result in the browser, checked by what the page sends, not by the clock.
+
+Inpaint and Outpaint took 4-6x the server's time and PNG Info tens of seconds because Gradio's page
+re-read (exported and uploaded again: background, layer, composite) a painted image editor on every
+status change of any event — each queue-panel tick, each progress message — for as long as the page
+was open. Here a painted picture is uploaded once per Generate of the sub-tab that paints in it, and
+never otherwise. `python -m webui.bench_browser` measures the times.
+"""
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from PIL import Image, PngImagePlugin
+
+from test_browser import open_app, set_slider  # skips the module without chromium
+
+from conftest import start_server
+from playwright.sync_api import expect
+from webui.bench_browser import paint_stroke
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser-speed")
+    running = start_server(root, None, ["--demo-model"])
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with open_app(server.url, height=1100) as page:
+        uploads: list[str] = []
+        page.on("request", lambda r: uploads.append(r.url) if "/gradio_api/upload" in r.url
+                and r.method == "POST" else None)
+        page.uploads = uploads
+        yield page
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pictures")
+    picture = Image.radial_gradient("L").convert("RGB").resize((192, 192))
+    plain, with_info = folder / "picture.png", folder / "generated.png"
+    picture.save(plain)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a quiet harbour\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64")
+    picture.save(with_info, pnginfo=info)
+    return plain, with_info
+
+
+def uploads_during(page, action, settle: float = 0.5) -> int:
+    """How many files the page uploads while `action()` runs (and `settle` seconds after)."""
+    before = len(page.uploads)
+    action()
+    time.sleep(settle)
+    return len(page.uploads) - before
+
+
+def tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).first.click()
+
+
+def generate(page, seed: int) -> None:
+    page.locator("#inpaint_seed input").fill(str(seed))
+    page.locator("#inpaint_generate").click()
+    expect(page.locator("#html_info_inpaint")).to_contain_text(f"Seed: {seed}", timeout=60_000)
+
+
+def test_a_painted_editor_is_uploaded_once_per_generate_and_never_in_between(page, pictures):
+    picture, _ = pictures
+    tab(page, "Inpaint")
+    page.locator("#inpaint_prompt textarea").fill("a harbour")
+    for name, value in (("inpaint_steps", 2), ("inpaint_width", 64), ("inpaint_height", 64)):
+        set_slider(page, name, value)
+    page.locator("#img2maskimg input[type=file]").set_input_files(str(picture))
+    page.locator("#img2maskimg canvas").first.wait_for(timeout=30_000)
+    time.sleep(1.5)  # the slot's size check
+    paint_stroke(page, "#img2maskimg")
+    # the queue panel ticks every second: before, each tick re-uploaded the painted picture (3 files)
+    assert uploads_during(page, lambda: time.sleep(2.5)) == 0
+
+    # Generate reads the editor once: background, the painted layer, the composite
+    sent = uploads_during(page, lambda: generate(page, 11))
+    assert 1 <= sent <= 3, f"{sent} uploads for one Generate"
+    assert uploads_during(page, lambda: time.sleep(2.5)) == 0  # nor after the job's progress messages
+
+
+def test_pnginfo_sends_its_file_once_and_answers_while_a_job_runs_with_small_previews(page, server, pictures):
+    _, with_info = pictures
+    set_slider(page, "inpaint_steps", 150)
+    set_slider(page, "inpaint_width", 512)
+    set_slider(page, "inpaint_height", 512)
+    page.locator("#inpaint_seed input").fill("13")
+    page.locator("#inpaint_generate").click()
+    expect(page.locator("#inpaint_progress")).to_contain_text("Step", timeout=60_000)
+    # live previews come at latent size (64 for 512) and the browser scales them (before: 256x256 PNGs)
+    size = page.wait_for_function("""() => { const img = document.querySelector('#inpaint_preview img');
+        return img && img.complete && img.naturalWidth > 0 && [img.naturalWidth, img.getBoundingClientRect().width]; }""",
+                                  timeout=30_000).json_value()
+    assert size[0] == 64 and size[1] >= 200, size
+    tab(page, "PNG Info")
+
+    def read_parameters():
+        page.locator("#pnginfo_image input[type=file]").set_input_files(str(with_info))
+        expect(page.locator("#pnginfo_html")).to_contain_text("a quiet harbour", timeout=30_000)
+
+    try:
+        # before, every progress message of the job re-uploaded the painted editor on the Inpaint tab
+        assert uploads_during(page, read_parameters, settle=0) == 1
+        assert httpx.get(server.url + "/easel/v1/jobs", timeout=30).json()["running"], \
+            "the job ended before PNG Info answered"
+    finally:
+        page.locator("#inpaint_interrupt").dispatch_event("click")  # from here: no need to show the tab again
+        deadline = time.monotonic() + 60
+        while httpx.get(server.url + "/easel/v1/jobs", timeout=30).json()["running"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        tab(page, "Inpaint")
+
+
+def test_outpaint_reads_no_editor(page, pictures):
+    picture, _ = pictures
+    page.get_by_role("tab", name="Outpaint", exact=True).click()
+    # its picture goes up once, when it is dropped in
+    assert uploads_during(page, lambda: (page.locator("#outpaint_image input[type=file]").set_input_files(
+        str(picture)), page.locator("#outpaint_image img").first.wait_for(timeout=30_000)), settle=1.5) == 1
+    for name, value in (("inpaint_steps", 2), ("outpaint_left", 8), ("outpaint_right", 8), ("inpaint_width", 64),
+                        ("inpaint_height", 64)):
+        set_slider(page, name, value)
+    # the painted Inpaint editor is not read: before, Generate exported and uploaded it here too
+    assert uploads_during(page, lambda: generate(page, 12)) == 0
