@@ -262,6 +262,8 @@ def test_small_things(page, server):
 # ---- 16: restart is quick, quiet, and the page waits politely (last: it restarts the server) ----------
 
 def test_restart_is_quick_quiet_and_the_page_backs_off(page, server):
+    page.goto(server.url)  # one fresh page: the earlier tests' finished events leave nothing open
+    expect(page.locator("#tabs")).to_be_visible(timeout=60_000)
     failed: list[str] = []
     page.on("requestfailed", lambda request: failed.append(request.url))
     tab(page, "Extensions")
