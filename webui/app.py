@@ -51,6 +51,7 @@ from .model_manager.architecture import Architecture
 from .model_manager.downloads import DONE, DownloadManager
 from .model_manager.library import ModelLibrary
 from .model_manager.manager import ModelManager
+from .model_manager.memory import MemoryFlags
 from .model_manager.store import ModelStore, automatic_device_budget, automatic_ram_budget, setting_budget
 from .model_manager.vae import VaeLibrary
 from .paths import PROJECT_ROOT, Paths
@@ -84,6 +85,9 @@ class AppOptions:
     allow_extension_install: bool = True
     # the command line's --out: save generated images straight into this folder
     output_dir: Path | None = None
+    memory: MemoryFlags = field(default_factory=MemoryFlags)  # --medvram / --medvram-sdxl / --lowvram / --gpu-weights
+    weights: str = "auto"  # --weights: auto, fp16, bf16 (via precision) or fp8 (weight storage)
+    fast: bool = False     # --fast
 
 
 @dataclass
@@ -250,7 +254,8 @@ def build(options: AppOptions) -> Easel:
     # one record of every loaded model, under one RAM and one device-memory budget
     store = ModelStore(setting_budget(settings, "model_cache_ram_gb", automatic_ram_budget),
                        setting_budget(settings, "model_cache_vram_gb", lambda: automatic_device_budget(device.device)))
-    models = ModelManager(paths, settings, device, allow_pickle=options.allow_pickle, store=store)
+    models = ModelManager(paths, settings, device, allow_pickle=options.allow_pickle, store=store,
+                          memory_flags=options.memory, weights=options.weights, fast=options.fast)
     models.refresh()
     queue = JobQueue(max_size=lambda: settings.get("queue_size_limit"),
                      archive=ResultArchive(paths.cache_dir / "job-results"))

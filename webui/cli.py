@@ -35,6 +35,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                        help="model dtype; auto = fp16 on GPUs, fp32 on CPU")
     group.add_argument("--no-half-vae", action="store_true", help="always decode with the VAE in fp32")
+    group.add_argument("--weights", default="auto", choices=("auto", "fp16", "bf16", "fp8"),
+                       help="how weights are kept: fp16/bf16 set the model dtype (like --precision); fp8 stores "
+                            "the denoiser in fp8 (e4m3fn) and computes in the model dtype. Written in the "
+                            "infotext as Weights; the setting weight_storage, when not Automatic, wins")
+    memory = parser.add_argument_group("memory and speed (the setting memory_mode, when not Automatic, wins)")
+    memory.add_argument("--medvram", action="store_true",
+                        help="model offload: each model (text encoders, UNet, VAE) moves to the GPU only while it runs")
+    memory.add_argument("--medvram-sdxl", action="store_true", help="model offload for SDXL checkpoints only")
+    memory.add_argument("--lowvram", action="store_true",
+                        help="block offload: the UNet's blocks stream through the GPU one at a time (least memory)")
+    memory.add_argument("--gpu-weights", type=float, default=0, metavar="MB",
+                        help="GPU memory the weights may take, in MB; the automatic memory mode offloads above it")
+    memory.add_argument("--fast", action="store_true",
+                        help="fast mode: channels_last and, on CUDA, torch.compile of the UNet (setting fast_mode)")
     group.add_argument("--allow-pickle", action="store_true",
                        help="allow .ckpt/.pt/.bin checkpoints (read with a restricted unpickler)")
     group.add_argument("--demo-model", action="store_true",
@@ -92,12 +106,26 @@ def generate_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _precision(args: argparse.Namespace) -> str:
+    """--precision, or the compute type --weights names; the two may not disagree."""
+    if args.weights in ("fp16", "bf16"):
+        if args.precision not in ("auto", args.weights):
+            raise ValueError(f"--weights {args.weights} and --precision {args.precision} disagree; give one of them")
+        return args.weights
+    return args.precision
+
+
 def _options(args: argparse.Namespace):
     from .app import AppOptions
+    from .model_manager.memory import MemoryFlags
 
-    return AppOptions(models_dir=args.models_dir, ckpt_dirs=args.ckpt_dir, lora_dirs=args.lora_dir,
+    if args.gpu_weights < 0:
+        raise ValueError("--gpu-weights must be a number of MB, 0 or more")
+    memory = MemoryFlags.from_flags(args.lowvram, args.medvram, args.medvram_sdxl, args.gpu_weights)
+    return AppOptions(memory=memory, weights=args.weights, fast=args.fast,
+                      models_dir=args.models_dir, ckpt_dirs=args.ckpt_dir, lora_dirs=args.lora_dir,
                       embedding_dirs=args.embeddings_dir, outputs_dir=args.outputs_dir,
-                      data_dir=args.data_dir, device=args.device, precision=args.precision,
+                      data_dir=args.data_dir, device=args.device, precision=_precision(args),
                       no_half_vae=args.no_half_vae, allow_pickle=args.allow_pickle, demo_model=args.demo_model,
                       extensions_dir=args.extensions_dir, disable_extensions=args.disable_extensions,
                       allow_extension_install=not getattr(args, "listen", False)

@@ -160,6 +160,19 @@ class Settings:
     weight_storage: str = _opt("Automatic", "Denoiser weight storage (fp8 halves the UNet's memory; computing stays "
                                             "in the precision of --precision). Changing it reloads the checkpoint",
                                "Stable Diffusion", choices=("Automatic", "fp8_e4m3fn", "fp8_e5m2"))
+    memory_mode: str = _opt("Automatic", "Memory mode (Automatic: from free GPU memory and the flags --medvram, "
+                                         "--medvram-sdxl, --lowvram; Resident: all on the GPU; Model offload: each "
+                                         "model moves to the GPU while it runs; Block offload: the denoiser's blocks "
+                                         "stream through the GPU, slowest, least memory)", "Stable Diffusion",
+                            choices=("Automatic", "Resident", "Model offload", "Block offload"))
+    gpu_weights_mb: int = _opt(0, "GPU weights budget in MB for the memory mode's automatic choice (0 = free GPU "
+                                  "memory and model_cache_vram_gb decide; --gpu-weights sets it too)",
+                               "Stable Diffusion", minimum=0, maximum=10_000_000)
+    fast_mode: bool = _opt(False, "Fast mode: channels_last, checked SDPA attention and, on CUDA, torch.compile of "
+                                  "the UNet (the first image of each size compiles; --fast sets it too)",
+                           "Stable Diffusion")
+    fast_compile: str = _opt("Automatic", "Fast mode's torch.compile (Automatic: on CUDA only)", "Stable Diffusion",
+                             choices=("Automatic", "Always", "Never"))
     vae_tiling: str = _opt("Automatic", "VAE tiling: decode and encode in overlapping tiles (Automatic: above 2048x2048 "
                                         "pixels and after running out of GPU memory)", "Stable Diffusion",
                             choices=("Automatic", "Always", "Never"))

@@ -128,6 +128,8 @@ def _factor(model: "LoadedModel") -> int:
 def encode(model: "LoadedModel", images: list[Image.Image]) -> torch.Tensor:
     """Latents (the posterior mean, so the same image always encodes the same) of RGB images."""
     device = next(model.vae.parameters()).device
+    if getattr(model, "memory_mode", "Resident") != "Resident":  # offloaded: hooks move the VAE where it runs
+        device = model.device.device
     out = []
     for image in images:
         area = image.width * image.height

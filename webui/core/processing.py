@@ -435,6 +435,7 @@ class Engine:
             "VAE": plan.vae.name if plan.vae is not None else None,
             "Clip skip": prompts.clip_skip if prompts.clip_skip > 1 else None,
             "Weights": model.weight_storage if model.weight_storage != "Automatic" else None,
+            "Memory mode": model.memory_mode if model.memory_mode != "Resident" else None,
             "Version": f"Easel {__version__}",
         }
         params.update(self._sampling_params(request, plan, seed))

@@ -59,6 +59,10 @@ class LoadedModel:
     vae_upcast: bool = False
     # how the denoiser's weights are stored ("Automatic": in the compute precision; or an fp8 type)
     weight_storage: str = "Automatic"
+    # where the components live between uses (model_manager/memory.py), and the hooks that move them
+    memory_mode: str = "Resident"
+    offloader: Any = None
+    fast: bool = False  # fast mode applied (model_manager/fast.py)
 
     @property
     def short_hash(self) -> str:

@@ -13,12 +13,12 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Callable
 
-import torch
-
 from ..devices import DeviceConfig, empty_cache
 from ..paths import Paths
 from ..settings import SettingsStore
+from .fast import apply_fast
 from .hashing import HashCache
+from .memory import MemoryFlags, MemoryPolicy
 from .registry import CheckpointInfo, CheckpointRegistry, ModelNotFoundError
 from .store import ModelStore, Sizes, measure
 
@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 KIND = "checkpoint"
+# --weights: what the setting weight_storage means when left at Automatic (fp16/bf16 name the compute type)
+WEIGHTS_FLAG = {"fp16": "fp16", "bf16": "bf16", "fp8": "fp8_e4m3fn"}
+RUN_WITH_DENOISER = ("controlnet", "t2i_adapter")  # kinds that follow the checkpoint's memory mode
 
 
 class NoCheckpointError(LookupError):
@@ -42,7 +45,8 @@ class NoCheckpointError(LookupError):
 
 class ModelManager:
     def __init__(self, paths: Paths, settings: SettingsStore, device: DeviceConfig, allow_pickle: bool = False,
-                 store: ModelStore | None = None):
+                 store: ModelStore | None = None, memory_flags: MemoryFlags | None = None, weights: str = "auto",
+                 fast: bool = False):
         self.paths = paths
         self.settings = settings
         self.device = device
@@ -55,6 +59,12 @@ class ModelManager:
         self._current: str | None = None  # the active checkpoint's name, pinned in the store
         self._lock = threading.RLock()
         self.listeners: list[Callable[[LoadedModel], None]] = []
+        # memory modes (--medvram/--lowvram/--gpu-weights, setting memory_mode), --weights, --fast
+        self.memory = MemoryPolicy(settings, memory_flags or MemoryFlags(), device.device, self.store)
+        self.weights = weights
+        self.fast = fast
+        self.store.after_jobs.append(self._after_job)
+        self.store.load_listeners.append(self._loaded_with)
 
     # ---- listing -------------------------------------------------------------------------
 
@@ -100,7 +110,7 @@ class ModelManager:
     def get(self, query: str | None = None, progress: Progress | None = None) -> LoadedModel:
         """The loaded model for `query`, loading it (and evicting the oldest) when needed."""
         info = self.resolve(query)
-        storage = str(self.settings.get("weight_storage") or "Automatic")
+        storage = self.weight_storage()
         loaded: list[LoadedModel] = []
 
         def load() -> LoadedModel:
@@ -108,6 +118,7 @@ class ModelManager:
 
             model = load_checkpoint(info, self.device, self.allow_pickle, progress)
             apply_weight_storage(model, storage)
+            model.weight_storage = storage  # fp8 types, or the compute type --weights named
             if progress:
                 progress("hashing")
             model.sha256 = self.hashes.sha256(info.hash_source)
@@ -141,6 +152,23 @@ class ModelManager:
             for name in names:
                 self.store.evict(KIND, name)
 
+    def weight_storage(self) -> str:
+        """The setting weight_storage; when it is Automatic, what --weights asked for."""
+        setting = str(self.settings.get("weight_storage") or "Automatic")
+        return setting if setting != "Automatic" else WEIGHTS_FLAG.get(self.weights, "Automatic")
+
+    def _after_job(self) -> None:
+        """Model offload leaves nothing on the device between jobs; the store then counts it in RAM."""
+        model = self.current
+        if model is not None and model.offloader is not None:
+            self.memory.after_job(model)
+            self.store.remeasure(KIND, model.info.name)
+
+    def _loaded_with(self, kind: str, key, value) -> None:
+        """A ControlNet (or T2I-Adapter) just loaded: it follows the active checkpoint's memory mode."""
+        if kind in RUN_WITH_DENOISER:
+            self.memory.join(self.current, f"{kind}:{key}", value)
+
     def _estimate(self, info: CheckpointInfo) -> Sizes:
         """Room to make before loading: the file's bytes in RAM (its state dict is read whole) and,
         on an accelerator, again on the device (an upper bound when weights are halved on load)."""
@@ -161,17 +189,25 @@ class ModelManager:
             self._release_current()
             self.store.pin(KIND, name)
             self._current = name
-        if self.device.device.type == "cpu":
-            return
+        cpu = self.device.device.type == "cpu"
         moved = False
         for other_name in self.loaded_names():
             other = self.store.peek(KIND, other_name)
-            target = self.device.device if other_name == name else torch.device("cpu")
-            if other is not None and next(other.unet.parameters()).device.type != target.type:
-                other.to(target)
+            if other is None:
+                continue
+            if other_name == name:  # fast mode first: block offload's pinned copies take the final layout
+                changed = apply_fast(other, bool(self.fast or self.settings.get("fast_mode")),
+                                     str(self.settings.get("fast_compile") or "Automatic"))
+                changed = self.memory.place(other) or changed
+            elif other.offloader is not None or (not cpu and next(other.unet.parameters()).device.type != "cpu"):
+                self.memory.release(other)  # parked in system memory, without hooks
+                changed = True
+            else:
+                changed = False
+            if changed:
                 self.store.remeasure(KIND, other_name)
                 moved = True
-        if moved:  # only then: emptying the allocator cache makes the next run re-allocate everything
+        if moved and not cpu:  # only then: emptying the allocator cache makes the next run re-allocate everything
             empty_cache(self.device.device)
 
     def _dropped(self, model: LoadedModel) -> None:

@@ -155,6 +155,8 @@ class ModelStore:
         self._lock = threading.RLock()
         self._loading: dict[tuple[str, Hashable], threading.Lock] = {}
         self._scopes = threading.local()
+        self.after_jobs: list[Callable[[], None]] = []  # run when the outermost in_use() ends (memory modes park)
+        self.load_listeners: list[Callable[[str, Hashable, Any], None]] = []  # (kind, key, value) after each load
 
     # ---- configuration ----
 
@@ -202,6 +204,11 @@ class ModelStore:
                     self._scope_pin(entry)
                 evicted = self._select(protect=entry)
         self._finish(evicted)
+        for listener in list(self.load_listeners):
+            try:
+                listener(kind, key, value)
+            except Exception:  # a listener must never break loading
+                log.exception("load listener failed for %s %s", kind, key)
         return value
 
     def peek(self, kind: str, key: Hashable) -> Any | None:
@@ -263,6 +270,12 @@ class ModelStore:
             with self._lock:
                 for entry in pinned:
                     entry.pins -= 1
+            if not stack:
+                for after in list(self.after_jobs):
+                    try:
+                        after()
+                    except Exception:  # e.g. moving weights back failed: the job's result stands
+                        log.exception("after-job step failed")
             self.trim()
 
     # ---- evicting ----

@@ -1,0 +1,163 @@
+"""Memory modes (resident, model offload, block offload), fast mode, and how they are chosen.
+
+Real tiny checkpoints on the CPU. The CPU is both the onload and the offload device, so a move
+costs nothing; the offloader's record of its moves (and torch forward pre-hooks of our own) show
+which components would sit on the device when each one runs."""
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from webui.core.infotext import parse_infotext
+from webui.core.request import GenerationRequest
+from webui.model_manager.fast import attention_processors
+from webui.model_manager.memory import (BLOCK_OFFLOAD, GB, MODEL_OFFLOAD, OFFLOAD, ONLOAD, RESIDENT, MemoryFlags,
+                                        choose_mode)
+
+from conftest import make_easel
+
+MODES = (RESIDENT, MODEL_OFFLOAD, BLOCK_OFFLOAD)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, tiny_ckpt_dir):
+    app = make_easel(tmp_path_factory.mktemp("memory"), tiny_ckpt_dir)
+    yield app
+    app.close()
+
+
+@pytest.fixture(autouse=True)
+def resident_again(app):
+    yield
+    app.settings.update({"memory_mode": "Automatic", "fast_mode": False})
+
+
+def generate(app, checkpoint="tiny-sd1", **kw):
+    base = dict(prompt="a lighthouse", steps=3, width=64, height=64, seed=9, sampler_name="Euler",
+                checkpoint=checkpoint, save_images=False)
+    return app.txt2img(GenerationRequest(**{**base, **kw}))
+
+
+def psnr(a, b) -> float:
+    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
+
+
+@pytest.mark.parametrize("checkpoint", ["tiny-sd1", "tiny-sdxl"])
+def test_every_mode_gives_the_same_image_and_says_which(app, checkpoint, caplog):
+    images = {}
+    for mode in (*MODES, RESIDENT):
+        app.settings.update({"memory_mode": mode})
+        with caplog.at_level(logging.INFO, logger="webui.model_manager.memory"):
+            result = generate(app, checkpoint)
+        params = parse_infotext(result.infotexts[0]).params
+        assert params.get("Memory mode") == (None if mode == RESIDENT else mode)
+        images.setdefault(mode, result.images[0])
+        assert psnr(images[RESIDENT], result.images[0]) >= 50, mode
+    assert f"memory mode for {checkpoint}.safetensors: Block offload (setting memory_mode)" in caplog.text
+
+
+def _replay(moves):
+    """Which components the record says are on the device."""
+    on = set()
+    for name, where in moves:
+        (on.add if where == ONLOAD else on.discard)(name)
+    return on
+
+
+def test_model_offload_puts_each_component_on_the_device_only_while_it_runs(app):
+    app.settings.update({"memory_mode": MODEL_OFFLOAD})
+    model = app.models.get("tiny-sdxl.safetensors")
+    offloader = model.offloader
+    seen = []
+    # a layer inside each component: its hooks have run by then (vae.decode runs no forward of the VAE itself)
+    watched = {"text_encoder": model.text_encoders["text_encoder"].get_input_embeddings(),
+               "text_encoder_2": model.text_encoders["text_encoder_2"].get_input_embeddings(),
+               "unet": model.unet.conv_in, "vae": model.vae.decoder.conv_in}
+    handles = [module.register_forward_pre_hook(lambda m, a, name=name: seen.append((name, _replay(offloader.moves))))
+               for name, module in watched.items()]
+    start = len(offloader.moves)
+    try:
+        generate(app, "tiny-sdxl")
+    finally:
+        for handle in handles:
+            handle.remove()
+    encoders = {"text_encoder", "text_encoder_2"}  # SDXL's encoders take turns on each prompt: one group
+    assert [name for name, _ in seen if name != "unet"] == ["text_encoder", "text_encoder_2"] * 2 + ["vae"]
+    for name, on_device in seen:
+        assert on_device == (encoders if name in encoders else {name}), (name, on_device)  # nothing else on it
+    assert list(offloader.moves)[start:] == [
+        ("text_encoder", ONLOAD), ("text_encoder_2", ONLOAD), ("text_encoder", OFFLOAD), ("text_encoder_2", OFFLOAD),
+        ("unet", ONLOAD), ("unet", OFFLOAD), ("vae", ONLOAD), ("vae", OFFLOAD)]  # the last one when the job ended
+    assert all(p.device.type == "cpu" for p in model.unet.parameters())
+
+
+def test_block_offload_uses_diffusers_group_offloading_and_resident_removes_it(app):
+    app.settings.update({"memory_mode": BLOCK_OFFLOAD})
+    generate(app)
+    model = app.models.get("tiny-sd1.safetensors")
+
+    def group_hooks(module):
+        return [name for name, m in module.named_modules()
+                if getattr(m, "_diffusers_hook", None) is not None and m._diffusers_hook.get_hook("group_offloading")]
+
+    block = model.unet.down_blocks[0]._diffusers_hook.get_hook("group_offloading")
+    assert block.group.onload_device == torch.device("cpu") and block.group.offload_device == torch.device("cpu")
+    assert "down_blocks.0" in group_hooks(model.unet)  # block level: one group per block
+    assert "decoder.conv_in" in group_hooks(model.vae)  # leaf level: vae.decode runs no forward of the VAE
+    app.settings.update({"memory_mode": RESIDENT})
+    generate(app)
+    assert group_hooks(model.unet) == [] and group_hooks(model.vae) == []
+    assert model.offloader.moves[-1] == ("vae", ONLOAD)
+
+
+def test_a_controlnet_joins_the_denoiser_in_model_offload(app):
+    from webui.features.controlnet.models import write_controlnet
+    from test_controlnet import unit
+
+    write_controlnet(app.paths.model_dir("controlnet") / "control_canny_tiny.safetensors",
+                     app.models.get("tiny-sd1.safetensors").unet, "original", seed=1)
+    scripts = {"controlnet": {"args": [unit()]}}
+    resident = generate(app, alwayson_scripts=scripts)
+    app.settings.update({"memory_mode": MODEL_OFFLOAD})
+    model = app.models.get("tiny-sd1.safetensors")
+    start = len(model.offloader.moves)
+    offloaded = generate(app, alwayson_scripts=scripts)
+    moves = list(model.offloader.moves)[start:]
+    names = [name for name, _ in moves]
+    control = next(name for name in names if name.startswith("controlnet:"))
+    assert moves.index((control, ONLOAD)) == moves.index(("unet", ONLOAD)) + 1  # onloaded with the UNet
+    assert moves.index((control, OFFLOAD)) < moves.index(("vae", ONLOAD))     # and off before the VAE runs
+    assert psnr(resident.images[0], offloaded.images[0]) >= 50
+
+
+def test_automatic_choice_from_a_budget_the_flags_and_the_setting():
+    weights, largest = int(6 * GB), int(3.4 * GB)
+    auto = MemoryFlags()
+    assert choose_mode("Automatic", auto, "sd1", weights, largest, int(12 * GB)).mode == RESIDENT
+    assert choose_mode("Automatic", auto, "sd1", weights, largest, int(5 * GB)).mode == MODEL_OFFLOAD
+    assert choose_mode("Automatic", auto, "sd1", weights, largest, int(2 * GB)).mode == BLOCK_OFFLOAD
+    assert choose_mode("Automatic", auto, "sd1", weights, largest, None).mode == RESIDENT  # CPU: nothing to save
+    medvram_sdxl = MemoryFlags.from_flags(medvram_sdxl=True)
+    assert choose_mode("Automatic", medvram_sdxl, "sdxl", weights, largest, int(12 * GB)).mode == MODEL_OFFLOAD
+    assert choose_mode("Automatic", medvram_sdxl, "sd1", weights, largest, int(12 * GB)).mode == RESIDENT
+    assert MemoryFlags.from_flags(lowvram=True, medvram=True).mode == BLOCK_OFFLOAD
+    assert choose_mode("Automatic", MemoryFlags.from_flags(medvram=True), "sd1", 1, 1, None).mode == MODEL_OFFLOAD
+    assert choose_mode("Resident", MemoryFlags.from_flags(lowvram=True), "sd1", weights, largest, 1).mode == RESIDENT
+
+
+def test_fast_mode_keeps_the_image_uses_sdpa_and_channels_last(app, caplog):
+    plain = generate(app)
+    app.settings.update({"fast_mode": True})
+    with caplog.at_level(logging.INFO, logger="webui.model_manager.fast"):
+        fast = generate(app)
+    model = app.models.get("tiny-sd1.safetensors")
+    assert model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert set(attention_processors(model.unet)) == {"AttnProcessor2_0"}
+    assert "AttnProcessor2_0" in caplog.text and "no torch.compile (cpu" in caplog.text
+    assert psnr(plain.images[0], fast.images[0]) >= 45
+    app.settings.update({"fast_mode": False})
+    again = generate(app)
+    assert model.unet.conv_in.weight.is_contiguous()
+    assert np.array_equal(np.asarray(plain.images[0]), np.asarray(again.images[0]))

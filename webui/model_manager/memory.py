@@ -1,0 +1,321 @@
+"""Memory modes: where a checkpoint's components live between and during their uses.
+
+Three ways to run, as the weights compare with the device memory there is:
+
+- **Resident**: every component stays on the compute device (fastest; what fits does this).
+- **Model offload** (AUTOMATIC1111's `--medvram`): components wait in system memory and each
+  moves to the device when it runs, the one used before leaving it (text encoders, then the
+  denoiser with its ControlNets, then the VAE), as diffusers' model CPU offload does. Easel
+  runs its own sampler loop rather than a pipeline, so the moves are diffusers `ModelHook`s on
+  the components themselves (`ModelOffloadHook`), not `enable_model_cpu_offload`.
+- **Block offload** (`--lowvram`): diffusers' group offloading (`apply_group_offloading`)
+  streams the denoiser's blocks (block level; on CUDA with a side stream, so the next block's
+  copy overlaps the current block's compute) and the text encoders' and VAE's layers (leaf
+  level: our code calls `vae.decode` and the encoder's final norm directly, which a block-level
+  group led by `forward` would never onload).
+
+`choose_mode` picks one from the setting `memory_mode` (Automatic follows the flags, then the
+free device memory), the flags (`--medvram`, `--medvram-sdxl`, `--lowvram`) and the GPU-weights
+budget (Forge's `--gpu-weights` MB, or the setting `gpu_weights_mb`), which is capped by the
+model store's device budget minus what other models already hold there: one budget for every
+kind. On the CPU the onload and offload devices are the same, so the moves cost nothing, but
+every hook still runs: `Offloader.moves` records each move in order (tests and logs read it).
+"""
+from __future__ import annotations
+
+import logging
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
+
+if TYPE_CHECKING:
+    from .loader import LoadedModel
+
+log = logging.getLogger(__name__)
+GB = 1024 ** 3
+MEMORY_MODES = ("Automatic", "Resident", "Model offload", "Block offload")
+AUTOMATIC, RESIDENT, MODEL_OFFLOAD, BLOCK_OFFLOAD = MEMORY_MODES
+HEADROOM = 0.75  # weights may take this share of the budget; the rest is for activations (and the VAE's decode)
+DENOISER = "denoiser"  # the group that runs at every step: the UNet with its ControlNets
+# components that run together move together: SDXL's two text encoders encode each prompt in turn
+GROUPS = {"unet": DENOISER, "text_encoder": "text encoders", "text_encoder_2": "text encoders"}
+HOOK_NAME = "easel_model_offload"
+ONLOAD, OFFLOAD = "onload", "offload"
+GROUP_HOOKS = ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading")
+
+
+@dataclass(frozen=True)
+class MemoryFlags:
+    """The command line's choice: AUTOMATIC1111's --medvram / --medvram-sdxl / --lowvram, Forge's --gpu-weights."""
+
+    mode: str = AUTOMATIC       # Resident / Model offload / Block offload, or Automatic
+    sdxl_only: bool = False     # --medvram-sdxl: model offload for SDXL only, other families decide automatically
+    gpu_weights_mb: float = 0.0  # 0: no budget of its own (the store's device budget and free memory decide)
+
+    @classmethod
+    def from_flags(cls, lowvram: bool = False, medvram: bool = False, medvram_sdxl: bool = False,
+                   gpu_weights_mb: float = 0.0, memory_mode: str = AUTOMATIC) -> "MemoryFlags":
+        mode = memory_mode
+        if lowvram:
+            mode = BLOCK_OFFLOAD
+        elif medvram or medvram_sdxl:
+            mode = MODEL_OFFLOAD
+        return cls(mode, medvram_sdxl and not medvram and not lowvram, max(0.0, float(gpu_weights_mb or 0)))
+
+
+@dataclass(frozen=True)
+class Choice:
+    mode: str
+    reason: str
+
+
+def choose_mode(setting: str, flags: MemoryFlags, family: str, total_bytes: int, largest_bytes: int,
+                budget_bytes: int | None) -> Choice:
+    """The mode for one checkpoint. A setting other than Automatic wins, then the flags, then the memory.
+
+    `budget_bytes`: device memory the weights may use (None: the device shares system memory,
+    e.g. the CPU, so offloading would save nothing). Automatic keeps everything resident when the
+    weights take at most HEADROOM of it, else offloads whole models when the largest fits, else blocks.
+    """
+    if setting in MEMORY_MODES[1:]:
+        return Choice(setting, "setting memory_mode")
+    if flags.mode in MEMORY_MODES[1:] and (not flags.sdxl_only or family.startswith("sdxl")):
+        return Choice(flags.mode, "--medvram-sdxl" if flags.sdxl_only else "command-line flag")
+    if budget_bytes is None:
+        return Choice(RESIDENT, "automatic: the device uses system memory")
+    usable = budget_bytes * HEADROOM
+    numbers = f"{total_bytes / GB:.2f} GB of weights, {budget_bytes / GB:.2f} GB budget"
+    if total_bytes <= usable:
+        return Choice(RESIDENT, f"automatic: {numbers}")
+    if largest_bytes <= usable:
+        return Choice(MODEL_OFFLOAD, f"automatic: {numbers}")
+    return Choice(BLOCK_OFFLOAD, f"automatic: {numbers}")
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()] if not t.is_meta)
+
+
+def components_of(model: "LoadedModel") -> dict[str, torch.nn.Module]:
+    """The checkpoint's components by name, in the order they run (text encoders, denoiser, VAE)."""
+    return {**model.text_encoders, "unet": model.unet, "vae": model.vae}
+
+
+def device_budget(device: torch.device, own_bytes: int, store_budget: int | None, others_on_device: int,
+                  gpu_weights_mb: float) -> int | None:
+    """What the weights of one checkpoint may take on `device`: free memory (plus what the checkpoint
+    already holds there), the store's budget less other models, and the GPU-weights budget; None off CUDA."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    limits = [free + own_bytes]
+    if store_budget is not None:
+        limits.append(max(0, store_budget - others_on_device))
+    if gpu_weights_mb > 0:
+        limits.append(int(gpu_weights_mb * 2 ** 20))
+    return min(limits)
+
+
+# ---- the hooks -----------------------------------------------------------------------------------
+
+
+class Offloader:
+    """Places one checkpoint's components for a memory mode and moves them as they run.
+
+    Components belong to groups (the text encoders, the denoiser with its ControlNets, the VAE);
+    in model offload at most one group is on the device at a time. `moves` keeps the last moves in
+    order, as (component, "onload" or "offload"): on the CPU both devices are the CPU and a move costs
+    nothing, so this record is what shows where each component would be.
+    """
+
+    def __init__(self, onload: torch.device, offload: torch.device | None = None):
+        self.onload = torch.device(onload)
+        self.offload = torch.device(offload) if offload is not None else torch.device("cpu")
+        self.mode = RESIDENT
+        self.modules: dict[str, torch.nn.Module] = {}
+        self.groups: dict[str, str] = {}
+        # models that run with the denoiser (ControlNets): weakly held, so an evicted one is freed
+        self.extras: weakref.WeakValueDictionary[str, torch.nn.Module] = weakref.WeakValueDictionary()
+        self.on_device: str | None = None  # the group now onloaded (model offload)
+        self.moves: deque[tuple[str, str]] = deque(maxlen=4096)  # (component, "onload" | "offload")
+
+    # ---- placing ----
+
+    def apply(self, mode: str, components: dict[str, torch.nn.Module]) -> None:
+        """Take the components (name -> module) and place them for `mode`, undoing the previous mode first."""
+        extras = dict(self.extras)
+        self.remove()
+        self.modules = dict(components)
+        self.groups = {name: GROUPS.get(name, name) for name in components}
+        self.mode = mode
+        for name, module in self.modules.items():
+            self._place(name, module)
+        for name, module in extras.items():
+            self.add(name, module)
+
+    def add(self, name: str, module: torch.nn.Module) -> None:
+        """A model that runs with the denoiser (a ControlNet) joins this placement, in the denoiser's group."""
+        if name in self.modules or name in self.extras or any(p.is_meta for p in module.parameters()):
+            return
+        self.extras[name] = module
+        self.groups[name] = DENOISER
+        self._place(name, module)
+
+    def _all(self) -> list[tuple[str, torch.nn.Module]]:
+        return [*self.modules.items(), *self.extras.items()]
+
+    def _place(self, name: str, module: torch.nn.Module) -> None:
+        if self.mode == RESIDENT:
+            self._move(name, module, ONLOAD)
+        elif self.mode == MODEL_OFFLOAD:
+            self._move(name, module, OFFLOAD)
+            _register(module, model_offload_hook(self, self.groups[name]))
+        elif self.mode == BLOCK_OFFLOAD:
+            self._move(name, module, OFFLOAD)
+            self._group_offload(name, module)
+        else:
+            raise ValueError(f"memory mode {self.mode!r}: must be one of {', '.join(MEMORY_MODES[1:])}")
+
+    def _group_offload(self, name: str, module: torch.nn.Module) -> None:
+        from diffusers.hooks import apply_group_offloading
+
+        cuda = self.onload.type == "cuda"
+        block_level = self.groups[name] == DENOISER and _has_block_lists(module)
+        apply_group_offloading(module, onload_device=self.onload, offload_device=self.offload,
+                               offload_type="block_level" if block_level else "leaf_level",
+                               num_blocks_per_group=1 if block_level else None, use_stream=cuda)
+
+    def remove(self) -> None:
+        """Drop every hook; the components stay where they are (offloaded ones in system memory)."""
+        if self.modules or self.extras:
+            from diffusers.hooks import HookRegistry
+
+        for _name, module in self._all():
+            registry = HookRegistry.check_if_exists_or_initialize(module)
+            for name in (HOOK_NAME, *GROUP_HOOKS):
+                registry.remove_hook(name, recurse=True)
+        self.on_device = None
+        self.modules, self.groups = {}, {}
+        self.extras = weakref.WeakValueDictionary()
+
+    # ---- moving ----
+
+    def onload_group(self, group: str) -> None:
+        """Model offload: `group` onto the device, the group there before back to system memory."""
+        if self.on_device == group:
+            return
+        self.park()
+        for name, module in self._all():
+            if self.groups.get(name) == group:
+                self._move(name, module, ONLOAD)
+        self.on_device = group
+
+    def park(self) -> None:
+        """Model offload: the onloaded group back to system memory (after a job, or before another group)."""
+        if self.mode != MODEL_OFFLOAD or self.on_device is None:
+            return
+        for name, module in self._all():
+            if self.groups.get(name) == self.on_device:
+                self._move(name, module, OFFLOAD)
+        self.on_device = None
+
+    def _move(self, name: str, module: torch.nn.Module, where: str) -> None:
+        module.to(self.onload if where == ONLOAD else self.offload)
+        self.moves.append((name, where))
+
+
+def _has_block_lists(module: torch.nn.Module) -> bool:
+    return any(isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)) for child in module.children())
+
+
+def _register(module: torch.nn.Module, hook) -> None:
+    """On the module and each direct child: `vae.decode` and a text encoder's final norm skip `forward`."""
+    from diffusers.hooks import HookRegistry
+
+    for target in [module, *module.children()]:
+        HookRegistry.check_if_exists_or_initialize(target).register_hook(hook, HOOK_NAME)
+
+
+def model_offload_hook(offloader: Offloader, group: str):
+    """A diffusers ModelHook: before a component (or any direct child) runs, its group onto the device, inputs too.
+
+    Built on first use so that importing this module does not import diffusers (start-up stays light)."""
+    from accelerate.utils import send_to_device
+    from diffusers.hooks import ModelHook
+
+    class ModelOffloadHook(ModelHook):
+        def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any):
+            offloader.onload_group(group)
+            return send_to_device(args, offloader.onload), send_to_device(kwargs, offloader.onload)
+
+    return ModelOffloadHook()
+
+
+# ---- the policy ----------------------------------------------------------------------------------
+
+
+class MemoryPolicy:
+    """Chooses and applies each active checkpoint's memory mode (ModelManager calls `place` per job).
+
+    `settings` gives `memory_mode` and `gpu_weights_mb`; `flags` the command line's choice;
+    `store_budget`/`others_on_device` come from the model store, so the one budget covers every kind.
+    """
+
+    def __init__(self, settings, flags: MemoryFlags, onload: torch.device, store=None):
+        self.settings, self.flags, self.onload, self.store = settings, flags, torch.device(onload), store
+
+    def wanted(self, model: "LoadedModel") -> Choice:
+        components = components_of(model)
+        sizes = [module_bytes(m) for m in components.values()]
+        total, largest = sum(sizes), max(sizes, default=0)
+        own = sum(module_bytes_on(m, "cuda") for m in components.values())
+        gpu_weights = float(self.settings.get("gpu_weights_mb") or 0) or self.flags.gpu_weights_mb
+        store_budget = self.store.device_budget() if self.store is not None else None
+        others = (self.store.totals().device - own) if self.store is not None else 0
+        budget = device_budget(self.onload, own, store_budget, max(0, others), gpu_weights)
+        return choose_mode(str(self.settings.get("memory_mode") or AUTOMATIC), self.flags, model.architecture.family,
+                           total, largest, budget)
+
+    def place(self, model: "LoadedModel") -> bool:
+        """Apply the wanted mode to the model if it changed; True when anything moved."""
+        choice = self.wanted(model)
+        offloader = model.offloader
+        if offloader is not None and model.memory_mode == choice.mode:
+            return False
+        if offloader is None:
+            offloader = model.offloader = Offloader(self.onload)
+        offloader.apply(choice.mode, components_of(model))
+        model.memory_mode = choice.mode
+        log.info("memory mode for %s: %s (%s)", model.info.name, choice.mode, choice.reason)
+        return True
+
+    def release(self, model: "LoadedModel") -> None:
+        """A checkpoint that is no longer the active one: no hooks, all in system memory."""
+        if model.offloader is not None:
+            model.offloader.remove()
+            model.offloader = None
+        model.memory_mode = RESIDENT
+        model.to(torch.device("cpu"))
+
+    def after_job(self, model: "LoadedModel | None") -> None:
+        """Model offload: nothing stays on the device between jobs."""
+        if model is not None and model.offloader is not None:
+            model.offloader.park()
+
+    def join(self, model: "LoadedModel | None", name: str, module: Any) -> None:
+        """A model loaded to run with the denoiser (ControlNet, T2I-Adapter) follows the checkpoint's mode."""
+        if model is None or model.offloader is None or not isinstance(module, torch.nn.Module):
+            return
+        model.offloader.add(name, module)
+
+
+def module_bytes_on(module: torch.nn.Module, device_type: str) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]
+               if t.device.type == device_type)
+
+
+def describe(models: Iterable["LoadedModel"]) -> list[str]:
+    return [f"{m.info.name}: {m.memory_mode}" for m in models]
