@@ -3,6 +3,7 @@
 Real tiny checkpoints on the CPU. The CPU is both the onload and the offload device, so a move
 costs nothing; the offloader's record of its moves (and torch forward pre-hooks of our own) show
 which components would sit on the device when each one runs."""
+import json
 import logging
 
 import numpy as np
@@ -161,3 +162,44 @@ def test_fast_mode_keeps_the_image_uses_sdpa_and_channels_last(app, caplog):
     again = generate(app)
     assert model.unet.conv_in.weight.is_contiguous()
     assert np.array_equal(np.asarray(plain.images[0]), np.asarray(again.images[0]))
+
+
+# ---- the command line and the server ------------------------------------------------------------
+
+
+def test_cli_flags_choose_weights_and_memory_mode_and_the_infotext_says_so(tmp_path, tiny_ckpt_dir):
+    from PIL import Image
+
+    from test_cli import run_cli
+    from webui.core.images import read_infotext
+
+    done = run_cli(tmp_path, tiny_ckpt_dir, "--model", "tiny-sd1", "--prompt", "a lighthouse", "--steps", "2",
+                   "--width", "64", "--height", "64", "--seed", "3", "--weights", "fp8", "--medvram", "--fast",
+                   "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    params = parse_infotext(read_infotext(Image.open(done.stdout.split()[0]))).params
+    assert params["Weights"] == "fp8_e4m3fn" and params["Memory mode"] == "Model offload"
+    clash = run_cli(tmp_path, tiny_ckpt_dir, "--weights", "fp16", "--precision", "bf16", "--prompt", "x")
+    assert clash.returncode == 2 and "--weights fp16 and --precision bf16 disagree" in clash.stderr
+
+
+def test_server_flags_weights_bf16_and_medvram_sdxl(tmp_path, tiny_ckpt_dir):
+    import httpx
+
+    from conftest import start_server
+
+    running = start_server(tmp_path, tiny_ckpt_dir, ["--api", "--nowebui", "--weights", "bf16", "--medvram-sdxl"])
+    try:
+        infos = {}
+        for checkpoint in ("tiny-sdxl", "tiny-sd1"):
+            body = {"prompt": "a fox", "steps": 2, "width": 64, "height": 64, "seed": 1, "sampler_name": "Euler",
+                    "override_settings": {"sd_model_checkpoint": checkpoint}}
+            answer = httpx.post(running.url + "/sdapi/v1/txt2img", json=body, timeout=120)
+            assert answer.status_code == 200, answer.text
+            infos[checkpoint] = parse_infotext(json.loads(answer.json()["info"])["infotexts"][0]).params
+        assert infos["tiny-sdxl"]["Weights"] == "bf16" and infos["tiny-sdxl"]["Memory mode"] == "Model offload"
+        assert infos["tiny-sd1"]["Weights"] == "bf16" and "Memory mode" not in infos["tiny-sd1"]  # SDXL only
+        flags = httpx.get(running.url + "/sdapi/v1/cmd-flags", timeout=10).json()
+        assert flags["weights"] == "bf16" and flags["medvram_sdxl"] is True
+    finally:
+        running.stop()

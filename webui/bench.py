@@ -4,6 +4,8 @@
     python3 -m webui.bench --size full-sd1       # real-size SD 1.5 architecture, random weights (GPU)
     python3 -m webui.bench --only startup        # start-up next to a bare Gradio app only
     python3 -m webui.bench --only engine         # Easel vs bare diffusers (the engine's overhead) only
+    python3 -m webui.bench --only memory         # memory modes x fast mode: it/s and peak memory (bench_memory)
+    python3 -m webui.bench --gpu-suite           # full-size SD 1.5 / SDXL on CUDA; says it skipped without one
 
 Measures
 - seconds per image through Easel's engine vs the same settings through a bare diffusers
@@ -339,11 +341,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--resolution", type=int, default=None, help="image side (default 512, 1024 for SDXL)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--only", choices=("startup", "engine"),
+    parser.add_argument("--only", choices=("startup", "engine", "memory"),
                         help="measure only this part (start-up: ~1 minute; engine: Easel vs bare diffusers and loads)")
     parser.add_argument("--startup-runs", type=int, default=3, help="start-ups of each app, alternating")
+    parser.add_argument("--gpu-suite", action="store_true",
+                        help="the GPU table: full-size SD 1.5 at 512 and SDXL at 1024, every memory mode and fast "
+                             "mode (prints that it skipped without CUDA)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.gpu_suite:
+        from .bench_memory import gpu_suite
+
+        def build_easel(ckpts: Path, data: Path):
+            return build(AppOptions(models_dir=data / "models", outputs_dir=data / "out", data_dir=data,
+                                    device="cuda", ckpt_dirs=[ckpts]))
+
+        with tempfile.TemporaryDirectory() as tmp:
+            _print(gpu_suite(build_easel, _write_full_size, Path(tmp), steps=args.steps))
+        return 0
     if args.only == "startup":
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(tmp)
@@ -404,7 +419,11 @@ def main(argv: list[str] | None = None) -> int:
                  ("bare diffusers s/image (same modules)", f"{statistics.median(theirs):.3f}"),
                  ("ratio Easel / diffusers (target <= 1.02)", f"{ratio:.3f}"),
                  ("Easel s/image including PNG save", f"{with_save:.3f}")]
-        if args.only == "engine":
+        if args.only in ("engine", "memory"):
+            if args.only == "memory":
+                from .bench_memory import memory_rows
+
+                rows += memory_rows(easel, request, rounds=args.rounds)
             easel.close()
             _print(rows)
             return 0

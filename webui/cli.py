@@ -119,8 +119,6 @@ def _options(args: argparse.Namespace):
     from .app import AppOptions
     from .model_manager.memory import MemoryFlags
 
-    if args.gpu_weights < 0:
-        raise ValueError("--gpu-weights must be a number of MB, 0 or more")
     memory = MemoryFlags.from_flags(args.lowvram, args.medvram, args.medvram_sdxl, args.gpu_weights)
     return AppOptions(memory=memory, weights=args.weights, fast=args.fast,
                       models_dir=args.models_dir, ckpt_dirs=args.ckpt_dir, lora_dirs=args.lora_dir,
@@ -175,6 +173,9 @@ def run_server(argv: list[str]) -> int:
         print("error: --listen exposes Easel to your network; add --auth USER:PASSWORD (or --insecure)",
               file=sys.stderr)
         return 2
+    if _flag_error(args):
+        print(f"error: {_flag_error(args)}", file=sys.stderr)
+        return 2
     if args.api_max_body_mb <= 0:
         print("error: --api-max-body-mb must be positive", file=sys.stderr)
         return 2
@@ -217,8 +218,20 @@ def _field_errors(exc) -> int:
     return 2
 
 
+def _flag_error(args: argparse.Namespace) -> str | None:
+    """Flags that disagree, found before anything heavy is imported."""
+    try:
+        _precision(args)
+    except ValueError as exc:
+        return str(exc)
+    return "--gpu-weights must be a number of MB, 0 or more" if args.gpu_weights < 0 else None
+
+
 def run_generate(argv: list[str]) -> int:
     args = generate_parser().parse_args(argv)
+    if _flag_error(args):
+        print(f"error: {_flag_error(args)}", file=sys.stderr)
+        return 2
     _setup(args)
     from .app import build
     from .core.request import GenerationRequest, ValidationError

@@ -93,6 +93,8 @@ def _upcast(model: "LoadedModel") -> None:
     log.warning("VAE produced NaNs in half precision; switching this model's VAE to fp32")
     model.vae_upcast = True
     model.vae.to(torch.float32)
+    if getattr(model, "offloader", None) is not None:  # offload hooks keep copies of the weights: take them again
+        model.offloader.refresh()
 
 
 def _scale(model: "LoadedModel") -> float:

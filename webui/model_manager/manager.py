@@ -11,7 +11,10 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+from dataclasses import replace
 from typing import TYPE_CHECKING, Callable
+
+import torch
 
 from ..devices import DeviceConfig, empty_cache
 from ..paths import Paths
@@ -116,7 +119,11 @@ class ModelManager:
         def load() -> LoadedModel:
             from .loader import apply_weight_storage, load_checkpoint  # heavy: imported on first load
 
-            model = load_checkpoint(info, self.device, self.allow_pickle, progress)
+            # an offload mode builds the model in system memory: a small GPU never holds all of it
+            offloaded = self.memory.loads_offloaded(info.size)
+            load_on = replace(self.device, device=torch.device("cpu")) if offloaded else self.device
+            model = load_checkpoint(info, load_on, self.allow_pickle, progress)
+            model.device = self.device
             apply_weight_storage(model, storage)
             model.weight_storage = storage  # fp8 types, or the compute type --weights named
             if progress:
@@ -172,7 +179,7 @@ class ModelManager:
     def _estimate(self, info: CheckpointInfo) -> Sizes:
         """Room to make before loading: the file's bytes in RAM (its state dict is read whole) and,
         on an accelerator, again on the device (an upper bound when weights are halved on load)."""
-        on_device = self.device.device.type != "cpu"
+        on_device = self.device.device.type != "cpu" and not self.memory.loads_offloaded(info.size)
         return Sizes(ram=info.size, device=info.size if on_device else 0)
 
     def _limit(self) -> int:

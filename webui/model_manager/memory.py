@@ -222,6 +222,11 @@ class Offloader:
                 self._move(name, module, OFFLOAD)
         self.on_device = None
 
+    def refresh(self) -> None:
+        """Place everything again for the same mode (after a component changed dtype: the VAE's fp32 retry;
+        block offload's pinned copies must be taken again)."""
+        self.apply(self.mode, dict(self.modules))
+
     def _move(self, name: str, module: torch.nn.Module, where: str) -> None:
         module.to(self.onload if where == ONLOAD else self.offload)
         self.moves.append((name, where))
@@ -278,6 +283,20 @@ class MemoryPolicy:
         budget = device_budget(self.onload, own, store_budget, max(0, others), gpu_weights)
         return choose_mode(str(self.settings.get("memory_mode") or AUTOMATIC), self.flags, model.architecture.family,
                            total, largest, budget)
+
+    def loads_offloaded(self, file_bytes: int) -> bool:
+        """Whether a checkpoint about to load should be built in system memory rather than on the device:
+        its mode will be an offload one (judged from the file's size; --medvram-sdxl counts before the
+        family is known), so a small GPU never holds the whole model, not even during the load."""
+        if self.onload.type != "cuda":
+            return False
+        store_budget = self.store.device_budget() if self.store is not None else None
+        others = self.store.totals().device if self.store is not None else 0
+        gpu_weights = float(self.settings.get("gpu_weights_mb") or 0) or self.flags.gpu_weights_mb
+        budget = device_budget(self.onload, 0, store_budget, others, gpu_weights)
+        choice = choose_mode(str(self.settings.get("memory_mode") or AUTOMATIC), self.flags,
+                             "sdxl" if self.flags.sdxl_only else "", file_bytes, file_bytes, budget)
+        return choice.mode != RESIDENT
 
     def place(self, model: "LoadedModel") -> bool:
         """Apply the wanted mode to the model if it changed; True when anything moved."""

@@ -1,0 +1,104 @@
+"""Benchmark rows for memory modes and fast mode, side by side in one run (used by webui.bench).
+
+    python3 -m webui.bench --only memory        # each memory mode, plain and fast: it/s and peak memory
+    python3 -m webui.bench --gpu-suite          # the GPU table (full-size SD 1.5 at 512, SDXL at 1024)
+
+Peak memory: on CUDA `torch.cuda.max_memory_allocated` (reset before each row); on the CPU the
+process's peak resident set (Linux's VmHWM, reset through /proc/self/clear_refs before each row;
+where that cannot be reset, the peak since start). Python's tracemalloc is not used: it does not
+see torch's tensor allocations.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from .core.request import GenerationRequest
+from .model_manager.memory import BLOCK_OFFLOAD, MODEL_OFFLOAD, RESIDENT
+
+MODES = (RESIDENT, MODEL_OFFLOAD, BLOCK_OFFLOAD)
+Rows = list[tuple[str, str]]
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM (the peak RSS) to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mib() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_mode(easel, request: dict, mode: str, fast: bool, rounds: int) -> tuple[float, float, str]:
+    """(it/s, peak MiB, what the peak is) for one mode: a warm-up job, then the median of `rounds` jobs."""
+    easel.settings.update({"memory_mode": mode, "fast_mode": fast})
+    easel.txt2img(GenerationRequest(**dict(request, steps=2)))  # placement (and compilation) happen here
+    cuda = easel.device.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    resettable = _reset_peak_rss()
+    rates = []
+    for _ in range(rounds):
+        result = easel.txt2img(GenerationRequest(**request))
+        rates.append(request["steps"] / max(result.timings["sample"], 1e-9))
+    if cuda:
+        peak, what = torch.cuda.max_memory_allocated() / 2 ** 20, "peak CUDA MiB"
+    else:
+        peak, what = _peak_rss_mib(), "peak RSS MiB" + ("" if resettable else " since start")
+    return statistics.median(rates), peak, what
+
+
+def memory_rows(easel, request: dict, rounds: int = 3, modes=MODES, fast_modes=(False, True)) -> Rows:
+    """Every memory mode, plain and fast, in this run: it/s (CFG on, batch 1) and peak memory."""
+    rows: Rows = []
+    for mode in modes:
+        for fast in fast_modes:
+            rate, peak, what = measure_mode(easel, request, mode, fast, rounds)
+            rows.append((f"{mode}{', fast' if fast else ''}: it/s / {what}", f"{rate:.2f} / {peak:.0f}"))
+    easel.settings.update({"memory_mode": "Automatic", "fast_mode": False})
+    return rows
+
+
+def gpu_suite(build_easel, write_full_size, tmp: Path, steps: int = 20, rounds: int = 2) -> Rows:
+    """Full-size SD 1.5 at 512 and SDXL at 1024 (random weights): each memory mode plain, and resident fast.
+
+    Fast rows only where compiling pays (resident); offload hooks break the compiled graph at
+    every move. Skipped, with a line saying so, without CUDA.
+    """
+    if not torch.cuda.is_available():
+        return [("gpu-suite", "skipped: no CUDA device on this machine")]
+    rows: Rows = [("device", torch.cuda.get_device_name())]
+    for family, side in (("sd1", 512), ("sdxl", 1024)):
+        folder = tmp / f"gpu-{family}"
+        folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        write_full_size(folder / f"{family}.safetensors", family)
+        easel = build_easel(folder, tmp / f"data-{family}")
+        try:
+            request = dict(prompt="a photograph of an astronaut riding a horse", negative_prompt="blurry", steps=steps,
+                           cfg_scale=7.0, width=side, height=side, seed=1, sampler_name="Euler", scheduler="Uniform",
+                           checkpoint=f"{family}.safetensors", save_images=False)
+            easel.models.get(request["checkpoint"])
+            rows.append((f"{family} {side}px: prepare + load (s)", f"{time.perf_counter() - t0:.1f}"))
+            rows += [(f"{family} {side}px {k}", v) for k, v in
+                     memory_rows(easel, request, rounds, MODES, (False,))
+                     + memory_rows(easel, request, rounds, (RESIDENT,), (True,))]
+        finally:
+            easel.close()
+            torch.cuda.empty_cache()
+    return rows
