@@ -31,7 +31,7 @@ def app(tmp_path_factory, tiny_ckpt_dir):
 @pytest.fixture(autouse=True)
 def resident_again(app):
     yield
-    app.settings.update({"memory_mode": "Automatic", "fast_mode": False})
+    app.settings.update({"memory_mode": "Automatic", "fast_mode": False, "weight_storage": "Automatic"})
 
 
 def generate(app, checkpoint="tiny-sd1", **kw):
@@ -57,6 +57,16 @@ def test_every_mode_gives_the_same_image_and_says_which(app, checkpoint, caplog)
         images.setdefault(mode, result.images[0])
         assert psnr(images[RESIDENT], result.images[0]) >= 50, mode
     assert f"memory mode for {checkpoint}.safetensors: Block offload (setting memory_mode)" in caplog.text
+
+
+def test_fp8_weights_keep_their_image_in_every_mode(app):
+    app.settings.update({"weight_storage": "fp8_e4m3fn"})
+    images = []
+    for mode in MODES:
+        app.settings.update({"memory_mode": mode})
+        images.append(generate(app).images[0])
+        assert app.models.get("tiny-sd1.safetensors").unet.conv_in.weight.dtype == torch.float8_e4m3fn
+    assert all(psnr(images[0], image) >= 50 for image in images[1:])
 
 
 def _replay(moves):

@@ -4,7 +4,7 @@
     python3 -m webui.bench --size full-sd1       # real-size SD 1.5 architecture, random weights (GPU)
     python3 -m webui.bench --only startup        # start-up next to a bare Gradio app only
     python3 -m webui.bench --only engine         # Easel vs bare diffusers (the engine's overhead) only
-    python3 -m webui.bench --only memory         # memory modes x fast mode: it/s and peak memory (bench_memory)
+    python3 -m webui.bench --only memory         # each memory mode, plain and fast: it/s, peak memory (bench_memory)
     python3 -m webui.bench --gpu-suite           # full-size SD 1.5 / SDXL on CUDA; says it skipped without one
 
 Measures
@@ -386,6 +386,17 @@ def main(argv: list[str] | None = None) -> int:
         easel.settings.update({"sd_checkpoints_limit": 2, "live_previews_enable": False})
         rows: list[tuple[str, str]] = [("device", easel.device.label), ("model", args.size),
                                        ("prepare checkpoints (s)", f"{prepare:.2f}")]
+        side = args.resolution or (1024 if family == "sdxl" else 512)
+        request = dict(prompt="a photograph of an astronaut riding a horse", negative_prompt="blurry",
+                       steps=args.steps, cfg_scale=7.0, width=side, height=side, seed=1, sampler_name="Euler",
+                       scheduler="Uniform", checkpoint="a.safetensors", save_images=False)
+        if args.only == "memory":  # one checkpoint, every memory mode plain and fast, side by side
+            from .bench_memory import memory_rows
+
+            rows += memory_rows(easel, dict(request, width=side, height=side), rounds=args.rounds)
+            easel.close()
+            _print(rows)
+            return 0
         t0 = time.perf_counter()
         model = easel.models.get("a.safetensors")
         cold = time.perf_counter() - t0
@@ -395,10 +406,6 @@ def main(argv: list[str] | None = None) -> int:
         cached = time.perf_counter() - t0
         rows += [("cold load of a checkpoint (s)", f"{cold:.3f}"), ("cached switch back (s)", f"{cached:.4f}")]
 
-        side = args.resolution or (1024 if family == "sdxl" else 512)
-        request = dict(prompt="a photograph of an astronaut riding a horse", negative_prompt="blurry",
-                       steps=args.steps, cfg_scale=7.0, width=side, height=side, seed=1, sampler_name="Euler",
-                       scheduler="Uniform", checkpoint="a.safetensors", save_images=False)
         easel.txt2img(GenerationRequest(**dict(request, steps=2)))  # warm-up both paths
         _bare_diffusers_seconds(model, GenerationRequest(**dict(request, steps=2)))
         ours, theirs, parts = [], [], []
@@ -419,11 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                  ("bare diffusers s/image (same modules)", f"{statistics.median(theirs):.3f}"),
                  ("ratio Easel / diffusers (target <= 1.02)", f"{ratio:.3f}"),
                  ("Easel s/image including PNG save", f"{with_save:.3f}")]
-        if args.only in ("engine", "memory"):
-            if args.only == "memory":
-                from .bench_memory import memory_rows
-
-                rows += memory_rows(easel, request, rounds=args.rounds)
+        if args.only == "engine":
             easel.close()
             _print(rows)
             return 0

@@ -43,8 +43,15 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure_mode(easel, request: dict, mode: str, fast: bool, rounds: int) -> tuple[float, float, str]:
-    """(it/s, peak MiB, what the peak is) for one mode: a warm-up job, then the median of `rounds` jobs."""
+def psnr(a, b) -> float:
+    import numpy as np
+
+    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255 ** 2 / mse))
+
+
+def measure_mode(easel, request: dict, mode: str, fast: bool, rounds: int) -> tuple[float, float, str, object]:
+    """(it/s, peak MiB, what the peak is, the image) for one mode: a warm-up job, then the median of `rounds` jobs."""
     easel.settings.update({"memory_mode": mode, "fast_mode": fast})
     easel.txt2img(GenerationRequest(**dict(request, steps=2)))  # placement (and compilation) happen here
     cuda = easel.device.device.type == "cuda"
@@ -60,16 +67,20 @@ def measure_mode(easel, request: dict, mode: str, fast: bool, rounds: int) -> tu
         peak, what = torch.cuda.max_memory_allocated() / 2 ** 20, "peak CUDA MiB"
     else:
         peak, what = _peak_rss_mib(), "peak RSS MiB" + ("" if resettable else " since start")
-    return statistics.median(rates), peak, what
+    return statistics.median(rates), peak, what, result.images[0]
 
 
 def memory_rows(easel, request: dict, rounds: int = 3, modes=MODES, fast_modes=(False, True)) -> Rows:
-    """Every memory mode, plain and fast, in this run: it/s (CFG on, batch 1) and peak memory."""
+    """Every memory mode, plain and fast, in this run: it/s (CFG on, batch 1), peak memory, and the
+    image's PSNR against the first row's (inf: identical)."""
     rows: Rows = []
+    first = None
     for mode in modes:
         for fast in fast_modes:
-            rate, peak, what = measure_mode(easel, request, mode, fast, rounds)
-            rows.append((f"{mode}{', fast' if fast else ''}: it/s / {what}", f"{rate:.2f} / {peak:.0f}"))
+            rate, peak, what, image = measure_mode(easel, request, mode, fast, rounds)
+            first = first if first is not None else image
+            rows.append((f"{mode}{', fast' if fast else ''}: it/s / {what} / PSNR dB",
+                         f"{rate:.2f} / {peak:.0f} / {psnr(first, image):.1f}"))
     easel.settings.update({"memory_mode": "Automatic", "fast_mode": False})
     return rows
 

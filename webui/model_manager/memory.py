@@ -172,7 +172,8 @@ class Offloader:
             self._move(name, module, ONLOAD)
         elif self.mode == MODEL_OFFLOAD:
             self._move(name, module, OFFLOAD)
-            _register(module, model_offload_hook(self, self.groups[name]))
+            group = self.groups[name]
+            _register(module, lambda: model_offload_hook(self, group))
         elif self.mode == BLOCK_OFFLOAD:
             self._move(name, module, OFFLOAD)
             self._group_offload(name, module)
@@ -236,12 +237,13 @@ def _has_block_lists(module: torch.nn.Module) -> bool:
     return any(isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)) for child in module.children())
 
 
-def _register(module: torch.nn.Module, hook) -> None:
-    """On the module and each direct child: `vae.decode` and a text encoder's final norm skip `forward`."""
+def _register(module: torch.nn.Module, make_hook) -> None:
+    """A hook of its own on the module and on each direct child: `vae.decode` and a text encoder's final
+    norm do not go through the component's `forward`."""
     from diffusers.hooks import HookRegistry
 
     for target in [module, *module.children()]:
-        HookRegistry.check_if_exists_or_initialize(target).register_hook(hook, HOOK_NAME)
+        HookRegistry.check_if_exists_or_initialize(target).register_hook(make_hook(), HOOK_NAME)
 
 
 def model_offload_hook(offloader: Offloader, group: str):
