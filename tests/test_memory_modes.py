@@ -31,7 +31,8 @@ def app(tmp_path_factory, tiny_ckpt_dir):
 @pytest.fixture(autouse=True)
 def resident_again(app):
     yield
-    app.settings.update({"memory_mode": "Automatic", "fast_mode": False, "weight_storage": "Automatic"})
+    app.settings.update({"memory_mode": "Automatic", "fast_mode": False, "weight_storage": "Automatic",
+                         "gpu_weights_mb": 0})
 
 
 def generate(app, checkpoint="tiny-sd1", **kw):
@@ -156,6 +157,17 @@ def test_automatic_choice_from_a_budget_the_flags_and_the_setting():
     assert MemoryFlags.from_flags(lowvram=True, medvram=True).mode == BLOCK_OFFLOAD
     assert choose_mode("Automatic", MemoryFlags.from_flags(medvram=True), "sd1", 1, 1, None).mode == MODEL_OFFLOAD
     assert choose_mode("Resident", MemoryFlags.from_flags(lowvram=True), "sd1", weights, largest, 1).mode == RESIDENT
+
+
+def test_a_small_gpu_weights_budget_makes_the_automatic_choice_offload(app, caplog):
+    """Components of tiny-sd1: text encoder 6.1 MB, UNet 4.2 MB, VAE 1.0 MB; weights may take 75% of the budget."""
+    chosen = {}
+    with caplog.at_level(logging.INFO, logger="webui.model_manager.memory"):
+        for budget in (20, 10, 5):
+            app.settings.update({"gpu_weights_mb": budget})
+            chosen[budget] = parse_infotext(generate(app).infotexts[0]).params.get("Memory mode")
+    assert chosen == {20: None, 10: MODEL_OFFLOAD, 5: BLOCK_OFFLOAD}
+    assert "Model offload (automatic: 11 MB of weights, 10 MB budget)" in caplog.text
 
 
 def test_fast_mode_keeps_the_image_uses_sdpa_and_channels_last(app, caplog):

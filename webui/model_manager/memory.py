@@ -78,7 +78,7 @@ def choose_mode(setting: str, flags: MemoryFlags, family: str, total_bytes: int,
 
     `budget_bytes`: device memory the weights may use (None: the device shares system memory,
     e.g. the CPU, so offloading would save nothing). Automatic keeps everything resident when the
-    weights take at most HEADROOM of it, else offloads whole models when the largest fits, else blocks.
+    weights take at most HEADROOM of it, else offloads whole models when the largest group fits, else blocks.
     """
     if setting in MEMORY_MODES[1:]:
         return Choice(setting, "setting memory_mode")
@@ -87,7 +87,7 @@ def choose_mode(setting: str, flags: MemoryFlags, family: str, total_bytes: int,
     if budget_bytes is None:
         return Choice(RESIDENT, "automatic: the device uses system memory")
     usable = budget_bytes * HEADROOM
-    numbers = f"{total_bytes / GB:.2f} GB of weights, {budget_bytes / GB:.2f} GB budget"
+    numbers = f"{total_bytes / 2 ** 20:.0f} MB of weights, {budget_bytes / 2 ** 20:.0f} MB budget"
     if total_bytes <= usable:
         return Choice(RESIDENT, f"automatic: {numbers}")
     if largest_bytes <= usable:
@@ -107,9 +107,10 @@ def components_of(model: "LoadedModel") -> dict[str, torch.nn.Module]:
 def device_budget(device: torch.device, own_bytes: int, store_budget: int | None, others_on_device: int,
                   gpu_weights_mb: float) -> int | None:
     """What the weights of one checkpoint may take on `device`: free memory (plus what the checkpoint
-    already holds there), the store's budget less other models, and the GPU-weights budget; None off CUDA."""
+    already holds there), the store's budget less other models, and the GPU-weights budget. Off CUDA
+    only a GPU-weights budget given on purpose counts (None without one: nothing to save there)."""
     if device.type != "cuda" or not torch.cuda.is_available():
-        return None
+        return int(gpu_weights_mb * 2 ** 20) if gpu_weights_mb > 0 else None
     free, _total = torch.cuda.mem_get_info(device)
     limits = [free + own_bytes]
     if store_budget is not None:
@@ -276,8 +277,10 @@ class MemoryPolicy:
 
     def wanted(self, model: "LoadedModel") -> Choice:
         components = components_of(model)
-        sizes = [module_bytes(m) for m in components.values()]
-        total, largest = sum(sizes), max(sizes, default=0)
+        groups: dict[str, int] = {}
+        for name, module in components.items():  # what moves together must fit together
+            groups[GROUPS.get(name, name)] = groups.get(GROUPS.get(name, name), 0) + module_bytes(module)
+        total, largest = sum(groups.values()), max(groups.values(), default=0)
         own = sum(module_bytes_on(m, "cuda") for m in components.values())
         gpu_weights = float(self.settings.get("gpu_weights_mb") or 0) or self.flags.gpu_weights_mb
         store_budget = self.store.device_budget() if self.store is not None else None
