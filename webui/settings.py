@@ -169,6 +169,12 @@ class Settings:
                           "Downloads", secret=True)
     identity_insightface_pack: str = _opt("antelopev2", "insightface model pack (a folder in models/insightface)",
                                           "Identity", folder_name=True)
+    wildcards_dir: str = _opt("", "Wildcards folder (empty: wildcards/ in Easel's data folder)", "Wildcards",
+                              protected=True)
+    face_restoration_model: str = _opt("CodeFormer", "Face restoration model (Restore faces while generating)",
+                                       "Face restoration", choices=("CodeFormer", "GFPGAN"))
+    code_former_weight: float = _opt(0.5, "CodeFormer weight (0 = maximum effect, 1 = minimum effect)",
+                                     "Face restoration", minimum=0, maximum=1)
 
     # ---- validation -----------------------------------------------------------------
 
