@@ -78,7 +78,8 @@ def test_what_easel_lacks_is_named(client):
 
 def test_restore_faces_and_tiling_fields(client):
     response = client.post("/sdapi/v1/txt2img", json=payload(
-        restore_faces=True, tiling=True, override_settings={"face_restoration_model": "GFPGAN"}))
+        restore_faces=True, tiling=True, override_settings={"face_restoration_model": "GFPGAN"},
+        disable_extra_networks=True, comments={"note": "display only"}))
     assert response.status_code == 200, response.text
     info = json.loads(response.json()["info"])
     params = parse_infotext(info["infotexts"][0]).params

@@ -137,3 +137,19 @@ def test_paste_restores_the_template():
     assert fields["prompt"] == "a {red|blue} fox" and fields["negative_prompt"] == "{dark|dim}"
     assert fields["dynamic_prompts"] is True
     assert "dynamic_prompts" not in infotext_to_fields(parse_infotext("a fox\nSteps: 2, Sampler: Euler, Seed: 5"))
+
+
+def test_prompt_comments_and_disabled_extra_networks(app):
+    from webui.core.prompt_plan import strip_comments
+
+    assert strip_comments("a fox\n# a note\nin snow # and more") == "a fox\nin snow "
+    commented = app.generate(request("a fox\n# a note for me", [False], override_settings={}))
+    plain = app.generate(request("a fox", [False]))
+    assert parse_infotext(commented.infotexts[0]).prompt == "a fox"
+    assert np.array_equal(np.asarray(commented.images[0]), np.asarray(plain.images[0]))
+    kept = app.generate(request("a fox\n# a note", [False], override_settings={"enable_prompt_comments": False}))
+    assert parse_infotext(kept.infotexts[0]).prompt == "a fox\n# a note"
+    tagged = app.generate(request("a fox <lora:nowhere:1>", [False]))
+    assert any("nowhere" in w for w in tagged.warnings)
+    ignored = app.generate(request("a fox <lora:nowhere:1>", [False], disable_extra_networks=True))
+    assert not any("nowhere" in w for w in ignored.warnings)

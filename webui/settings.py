@@ -115,6 +115,8 @@ class Settings:
     comma_padding_backtrack: int = _opt(20, "Prompt word wrap length limit (tokens)", "Stable Diffusion",
                                         minimum=0, maximum=74)
     emphasis: str = _opt("Original", "Emphasis mode", "Stable Diffusion", choices=("Original", "None"))
+    enable_prompt_comments: bool = _opt(True, "Prompt comments: lines (or line ends) starting with # are left out of "
+                                              "the prompt", "Stable Diffusion")
     img_max_size_mp: float = _opt(100.0, "Maximum size of an uploaded image (megapixels)", "Images",
                                   minimum=1, maximum=1000)
     img_max_output_mp: float = _opt(40.0, "Largest image Easel makes (megapixels; an 8K frame is 33): upscales, "

@@ -150,8 +150,6 @@ def _unsupported(body: GenerationFields) -> list[tuple[str, str, bool]]:
          body.s_min_uncond not in (None, 0)),
         ("refiner_checkpoint", "the SDXL refiner", body.refiner_checkpoint not in (None, "", "None")),
         ("firstpass_image", "hires fix from a first-pass image", body.firstpass_image is not None),
-        ("comments", "comments in the infotext", bool(body.comments)),
-        ("disable_extra_networks", "ignoring <lora:...> tags in the prompt", body.disable_extra_networks),
         ("override_settings_restore_afterwards", "keeping override_settings after the request (Easel never changes "
          "saved settings from a generation request)", not body.override_settings_restore_afterwards),
     ]
