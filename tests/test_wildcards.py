@@ -26,6 +26,7 @@ def write_wildcards(folder) -> None:
     (folder / "colors" / "cool.txt").write_text("blue\ngreen\n", encoding="utf-8")
     (folder / "animals.yaml").write_text("animals:\n  pets:\n    - cat\n    - dog\n", encoding="utf-8")
     (folder / "moods.json").write_text(json.dumps({"moods": ["calm", "wild"]}), encoding="utf-8")
+    (folder / "odd.txt").write_text("__init__ style\n", encoding="utf-8")   # drawn text that looks like syntax
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def prompts(result) -> list[str]:
 def test_syntax_and_file_formats(tmp_path):
     write_wildcards(tmp_path)
     folder = WildcardFolder(tmp_path)
-    assert folder.names() == ["animals/pets", "colors/cool", "colors/warm", "moods"]
+    assert folder.names() == ["animals/pets", "colors/cool", "colors/warm", "moods", "odd"]
     assert sorted(folder.combinations("__colors/warm__", 10)) == ["orange", "yellow"]     # comments, blank lines
     assert sorted(folder.combinations("__colors/*__", 10)) == ["blue", "green", "orange", "yellow"]   # a glob
     assert sorted(folder.combinations("__animals/pets__ __moods__", 10)) == ["cat calm", "cat wild", "dog calm",
@@ -153,3 +154,8 @@ def test_prompt_comments_and_disabled_extra_networks(app):
     assert any("nowhere" in w for w in tagged.warnings)
     ignored = app.generate(request("a fox <lora:nowhere:1>", [False], disable_extra_networks=True))
     assert not any("nowhere" in w for w in ignored.warnings)
+
+
+def test_a_drawn_text_is_not_drawn_again(app):
+    result = app.generate(request("a __odd__ fox", [True]))
+    assert prompts(result) == ["a __init__ style fox"]

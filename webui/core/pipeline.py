@@ -79,6 +79,9 @@ class ImagePrompt:
     negative_prompt: str
     seed: int
     params: Mapping[str, Any] = field(default_factory=dict)   # e.g. {"Template": "a {cat|dog}"}
+    # the always-on scripts of this image's request (None: the request's); the drawing feature leaves itself
+    # out, so a drawn text is never drawn again
+    alwayson_scripts: Mapping[str, Any] | None = None
 
 
 @dataclass

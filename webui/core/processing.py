@@ -275,8 +275,10 @@ class Engine:
         total = Result()
         for group in alike_runs(images, request.batch_size):
             first = group[0]
+            scripts = request.alwayson_scripts if first.alwayson_scripts is None else dict(first.alwayson_scripts)
             part = replace(request, prompt=first.prompt, negative_prompt=first.negative_prompt, seed=first.seed,
-                           batch_size=len(group), n_iter=1, subseed=subseed if request.subseed_strength <= 0
+                           batch_size=len(group), n_iter=1, alwayson_scripts=scripts,
+                           subseed=subseed if request.subseed_strength <= 0
                            else (subseed + first.seed - seed) % (MAX_SEED + 1))
             result = self._generate(part, job, output_dir, drawn=dict(first.params))
             total.images += list(result.images)

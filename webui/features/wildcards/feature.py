@@ -78,7 +78,9 @@ class Wildcards(Feature):
                 all(pair == (template, negative) for pair in pairs):
             return None  # nothing to draw: the request runs as it is
         params = {TEMPLATE_KEY: template, **({NEGATIVE_TEMPLATE_KEY: negative} if negative else {})}
-        return [ImagePrompt(prompt, negative_prompt, image_seed, params)
+        key = alwayson_value(request.alwayson())[0]
+        scripts = {k: v for k, v in request.alwayson().items() if k != key}   # a drawn text is not drawn again
+        return [ImagePrompt(prompt, negative_prompt, image_seed, params, scripts)
                 for (prompt, negative_prompt), image_seed in zip(pairs, seeds)]
 
 
