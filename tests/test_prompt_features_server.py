@@ -13,7 +13,9 @@ from webui.core.infotext import parse_infotext
 from webui.features.faces.tiny import write_tiny_restoreformer
 
 from api_helpers import decode, max_diff, payload
-from conftest import start_server
+from conftest import ROOT, start_server
+
+ARTIFACTS = ROOT / "test-artifacts"
 
 CHROMIUM = os.environ.get("EASEL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 DP = "Dynamic Prompts v2.17.1"
@@ -108,6 +110,8 @@ def test_wildcards_accordion_in_the_browser(server):
         page.locator("#txt2img_generate").click()
         info = page.locator("#html_info_txt2img")
         expect(info).to_contain_text('Template: "a {red|blue} fox, __colors/warm__"', timeout=60_000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "wildcards.png"), full_page=True)
         drawn = info.inner_text().split("\n")[0]
         assert drawn.startswith(("a red fox, ", "a blue fox, ")) and drawn.endswith(("orange", "yellow"))
         # sent on, the template comes back with Dynamic Prompts switched on

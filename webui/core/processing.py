@@ -214,7 +214,8 @@ class Engine:
         seeds = image_seeds(plan.seed, request.n_iter * request.batch_size)
         sample_time = decode_time = 0.0
         for batch_index in range(request.n_iter):
-            job.progress.job_no, job.progress.job_count = batch_index, request.n_iter
+            if drawn is None:  # a drawn part: _generate_drawn counts the parts
+                job.progress.job_no, job.progress.job_count = batch_index, request.n_iter
             first = batch_index * request.batch_size
             batch = Batch(batch_index, seeds[first:first + request.batch_size], first)
             step_offset = batch_index * per_batch
@@ -273,7 +274,9 @@ class Engine:
         as a plain request of its own, so every feature, pass and infotext sees ordinary prompts."""
         subseed = resolve_seed(request.subseed) if request.subseed_strength > 0 else request.subseed
         total = Result()
-        for group in alike_runs(images, request.batch_size):
+        groups = alike_runs(images, request.batch_size)
+        for index, group in enumerate(groups):
+            job.progress.job_no, job.progress.job_count = index, len(groups)
             first = group[0]
             scripts = request.alwayson_scripts if first.alwayson_scripts is None else dict(first.alwayson_scripts)
             part = replace(request, prompt=first.prompt, negative_prompt=first.negative_prompt, seed=first.seed,

@@ -216,6 +216,8 @@ def build_inpaint(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
             _soft_inpainting(i)
             _size_and_strength(controls)
             build_sampling(easel, controls, size_controls=False)
+            build_face_and_tiling(controls)
+            build_wildcards(easel, controls)
             build_controlnet_units(easel, controls, note="empty: the image being inpainted")
         with gr.Column(scale=1):
             build_output(controls)
