@@ -37,8 +37,8 @@ def build_wildcards(easel: Easel, controls: GenerationControls) -> None:
     with gr.Accordion("Dynamic Prompts", open=False, elem_id=f"{p}_dynamic_prompts"):
         i = controls.inputs
         i[ENABLED_FIELD] = gr.Checkbox(False, label="Dynamic Prompts enabled", elem_id=f"{p}_dynamic_prompts_enabled",
-                                       info="{a|b} picks one, {2$$a|b|c} two, __name__ a line of a wildcards file; "
-                                            "each image draws from its own seed")
+                                       info="`{a|b}` picks one, `{2$$a|b|c}` two, `__name__` a line of a wildcards "
+                                            "file; each image draws from its own seed")
         with gr.Row():
             i[COMBINATORIAL_FIELD] = gr.Checkbox(False, label="Combinatorial generation",
                                                  elem_id=f"{p}_dynamic_prompts_combinatorial",

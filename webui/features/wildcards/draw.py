@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dynamicprompts.generators import CombinatorialPromptGenerator, RandomPromptGenerator
-from dynamicprompts.wildcards import WildcardManager
+if TYPE_CHECKING:  # imported when first used, so start-up does not wait for the parser
+    from dynamicprompts.wildcards import WildcardManager
 
 WRAP = "__"
 _REFERENCE = re.compile(r"__([^_\s{}|][^{}|\s]*?)__")
@@ -33,7 +34,9 @@ class WildcardFolder:
     def __init__(self, folder: Path):
         self.folder = folder
 
-    def manager(self) -> WildcardManager:
+    def manager(self) -> "WildcardManager":
+        from dynamicprompts.wildcards import WildcardManager
+
         return WildcardManager(self.folder if self.folder.is_dir() else None, wildcard_wrap=WRAP)
 
     def names(self) -> list[str]:
@@ -49,6 +52,8 @@ class WildcardFolder:
             if not list(manager.match_collections(name)):
                 known = ", ".join(sorted(manager.get_collection_names())[:8]) or f"none: {self.folder} is empty"
                 raise TemplateError(f"wildcard __{name}__ not found in the wildcards folder (known: {known})")
+        from dynamicprompts.generators import CombinatorialPromptGenerator
+
         try:
             CombinatorialPromptGenerator(manager).generate(template, max_prompts=1)
         except Exception as exc:  # pyparsing's ParseException and the library's own errors
@@ -58,6 +63,8 @@ class WildcardFolder:
         """`count` random draws, the i-th reseeded with seeds[i] (`seeds` None: unseeded, not reproducible)."""
         if not template:
             return [""] * count
+        from dynamicprompts.generators import RandomPromptGenerator
+
         generator = RandomPromptGenerator(self.manager(), unlink_seed_from_prompt=seeds is None)
         return generator.generate(template, count, seeds=seeds)
 
@@ -65,4 +72,6 @@ class WildcardFolder:
         """Every combination, in the library's order, at most `limit`."""
         if not template:
             return [""]
+        from dynamicprompts.generators import CombinatorialPromptGenerator
+
         return CombinatorialPromptGenerator(self.manager()).generate(template, max_prompts=limit) or [""]
