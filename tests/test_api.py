@@ -580,7 +580,8 @@ def test_unknown_job_and_result_of_unfinished(client):
 
 def test_a_feature_easel_lacks_is_a_422_naming_field_and_capability_and_a_missing_route_a_501(client):
     """A well-formed request for something Easel cannot do yet is refused before any work, never a 5xx."""
-    for body, field, capability in ((payload(tiling=True), "tiling", "tiling"),
+    for body, field, capability in ((payload(firstpass_image="aGk="), "firstpass_image",
+                                     "hires fix from a first-pass image"),
                                     (payload(alwayson_scripts={"ADetailer": {"args": [True]}}),
                                      "alwayson_scripts", "ADetailer")):
         response = client.post("/sdapi/v1/txt2img", json=body)
@@ -588,9 +589,9 @@ def test_a_feature_easel_lacks_is_a_422_naming_field_and_capability_and_a_missin
         assert response.status_code == 422 and answer["error"] == "NotImplemented", response.text
         assert answer["missing"] == capability and answer["field"].startswith(field)
         assert answer["detail"][0]["loc"][:2] == ["body", field] and "nothing was run" in answer["detail"][0]["msg"]
-    queued = client.post("/easel/v1/jobs", json={"type": "txt2img", "params": payload(tiling=True)})
-    assert queued.status_code == 422 and queued.json()["detail"][0]["loc"] == ["body", "params", "tiling"]
-    assert queued.json()["field"] == "params.tiling"
+    queued = client.post("/easel/v1/jobs", json={"type": "txt2img", "params": payload(firstpass_image="aGk=")})
+    assert queued.status_code == 422 and queued.json()["detail"][0]["loc"] == ["body", "params", "firstpass_image"]
+    assert queued.json()["field"] == "params.firstpass_image"
     route = client.post("/sdapi/v1/interrogate", json={"image": "", "model": "clip"})
     assert route.status_code == 501 and route.json()["missing"].startswith("interrogation")
 

@@ -391,3 +391,25 @@ def test_golden_folder_holds_exactly_the_cases():
     assert not stray_images and not stray_infotexts, (
         f"golden data for cases not in CASES (rerun with EASEL_UPDATE_GOLDEN=1 to prune): images "
         f"{sorted(p.name for p in stray_images)}, infotexts {stray_infotexts}")
+
+
+# a case, and switches of features that are off (or have nothing to do) sent with it: the case's golden output
+SWITCHED_OFF = {
+    "batch-size-2-n-iter-2": dict(restore_faces=False, tiling=False,
+                                  alwayson_scripts={"dynamic prompts v2.17.1": {"args": [False, True, 1]}}),
+    "hires-sampler-and-prompt": dict(alwayson_scripts={"dynamic prompts v2.17.1": {"args": [True]}}),  # no syntax
+    "inpaint-only-masked": dict(restore_faces=False, tiling=False),
+}
+
+
+@pytest.mark.parametrize("case", list(SWITCHED_OFF))
+def test_switched_off_features_keep_the_golden_output(app, case):
+    from dataclasses import replace
+
+    result = app.generate(replace(CASES[case](), **SWITCHED_OFF[case]))
+    files = image_files(case)
+    assert len(result.images) == len(files)
+    for image, path in zip(result.images, files):
+        with Image.open(path) as stored:
+            assert np.array_equal(np.asarray(image), np.asarray(stored)), f"{case}: {path.name} differs"
+    assert [normalise(t) for t in result.infotexts] == read_infotexts()[case]

@@ -46,6 +46,9 @@ from .features.img2img_feature import Img2Img
 from .features.lora import LoraLibrary
 from .features.networks import ExtraNetworks, LoraNetworks
 from .features.soft_inpaint import SoftInpainting
+from .features.face_restore import FaceRestoration
+from .features.tiling import SeamlessTiling
+from .features.wildcards import Wildcards
 from .features.upscalers import UPSCALER_KINDS, Upscalers
 from .model_manager.architecture import Architecture
 from .model_manager.downloads import DONE, DownloadManager
@@ -286,6 +289,8 @@ def build(options: AppOptions) -> Easel:
     networks = LoraNetworks(loras, embeddings)
     annotators_dir = paths.model_dir("annotator")
     features = builtin_features(networks, upscalers, controlnets, ip_adapters, annotators_dir, identity)
+    features.append(Wildcards(lambda: Path(settings.get("wildcards_dir") or paths.data_dir / "wildcards")))
+    features[:0] = [SeamlessTiling(), FaceRestoration(faces, settings.get)]  # before img2img's paste-back
     features += collect_features(hooks, {feature.name for feature in features})  # extensions' own, after ours
     engine = Engine(models, settings, paths, StyleStore(paths.styles_file), networks, features, hooks=hooks,
                     scripts=collect_scripts(hooks), vaes=vaes, output_dir=options.output_dir)

@@ -23,6 +23,7 @@ from .core.images import read_infotext
 from .core.infotext import Infotext, parse_infotext
 from .core.samplers import AUTOMATIC, SAMPLERS, split_legacy_name
 from .features.img2img_feature import fields_from_infotext as img2img_fields
+from .features.wildcards import fields_from_params as wildcards_fields
 
 
 @dataclass
@@ -267,6 +268,11 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
     if _number(p.get("Lora switch steps", "")):
         fields["lora_switch_steps"] = int(float(p["Lora switch steps"]))
     fields.update(img2img_fields(p))  # img2img, inpainting and soft inpainting keys
+    fields.update(wildcards_fields(p))  # Dynamic Prompts' templates go back into the prompts
+    if "Face restoration" in p:
+        fields["restore_faces"] = True
+    if p.get("Tiling", "").strip().lower() == "true":
+        fields["tiling"] = True
     if "Model" in p or "Model hash" in p:
         fields["checkpoint_hint"] = {"name": p.get("Model", ""), "hash": p.get("Model hash", "")}
     return fields

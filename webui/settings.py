@@ -115,6 +115,8 @@ class Settings:
     comma_padding_backtrack: int = _opt(20, "Prompt word wrap length limit (tokens)", "Stable Diffusion",
                                         minimum=0, maximum=74)
     emphasis: str = _opt("Original", "Emphasis mode", "Stable Diffusion", choices=("Original", "None"))
+    enable_prompt_comments: bool = _opt(True, "Prompt comments: lines (or line ends) starting with # are left out of "
+                                              "the prompt", "Stable Diffusion")
     img_max_size_mp: float = _opt(100.0, "Maximum size of an uploaded image (megapixels)", "Images",
                                   minimum=1, maximum=1000)
     img_max_output_mp: float = _opt(40.0, "Largest image Easel makes (megapixels; an 8K frame is 33): upscales, "
@@ -182,6 +184,12 @@ class Settings:
                           "Downloads", secret=True)
     identity_insightface_pack: str = _opt("antelopev2", "insightface model pack (a folder in models/insightface)",
                                           "Identity", folder_name=True)
+    wildcards_dir: str = _opt("", "Wildcards folder (empty: wildcards/ in Easel's data folder)", "Wildcards",
+                              protected=True)
+    face_restoration_model: str = _opt("CodeFormer", "Face restoration model (Restore faces while generating)",
+                                       "Face restoration", choices=("CodeFormer", "GFPGAN"))
+    code_former_weight: float = _opt(0.5, "CodeFormer weight (0 = maximum effect, 1 = minimum effect)",
+                                     "Face restoration", minimum=0, maximum=1)
 
     # ---- validation -----------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from ..core.infotext import parse_infotext
 from ..pnginfo import infotext_to_fields
 from ..core.jobs import Job
 from ..core.request import GenerationRequest, Result, ValidationError
+from ..features import wildcards
 from ..model_manager.registry import ModelNotFoundError
 from ..settings import Settings, SettingsStore, redact
 from .errors import ApiError, field_errors, invalid, not_implemented
@@ -55,7 +56,6 @@ A1111_ALWAYSON = {
     "refiner": "the SDXL refiner",
     "seed": "variation seeds through the Seed script (use subseed/subseed_strength)",
     "regional prompter": "Regional Prompter",
-    "dynamic prompts v2.17.1": "Dynamic Prompts",
     "tiled diffusion": "Tiled Diffusion",
     "sampler": "the Sampler script (use sampler_name/scheduler)",
 }
@@ -146,14 +146,10 @@ def apply_infotext(body: GenerationFields) -> GenerationFields:
 def _unsupported(body: GenerationFields) -> list[tuple[str, str, bool]]:
     """(field, capability, switched on?) for AUTOMATIC1111 features Easel does not have."""
     checks = [
-        ("restore_faces", "face restoration", bool(body.restore_faces)),
-        ("tiling", "tiling", bool(body.tiling)),
         ("s_min_uncond", "s_min_uncond (skipping the negative prompt at low sigmas)",
          body.s_min_uncond not in (None, 0)),
         ("refiner_checkpoint", "the SDXL refiner", body.refiner_checkpoint not in (None, "", "None")),
         ("firstpass_image", "hires fix from a first-pass image", body.firstpass_image is not None),
-        ("comments", "comments in the infotext", bool(body.comments)),
-        ("disable_extra_networks", "ignoring <lora:...> tags in the prompt", body.disable_extra_networks),
         ("override_settings_restore_afterwards", "keeping override_settings after the request (Easel never changes "
          "saved settings from a generation request)", not body.override_settings_restore_afterwards),
     ]
@@ -221,6 +217,10 @@ def _scripts(body: GenerationFields, scripts: dict[str, Any], mode: str) -> dict
         if lowered == "soft inpainting":  # the engine's soft inpainting feature parses (and names) its args
             out["alwayson_scripts"][lowered] = copy.deepcopy(value)
             continue
+        if lowered.startswith(wildcards.ALWAYSON_NAME.split(" v")[0]):  # Dynamic Prompts (any version): wildcards
+            _dynamic_prompts_built(value, field)
+            out["alwayson_scripts"][lowered] = copy.deepcopy(value)
+            continue
         if lowered == "tiled vae":  # the Tiled VAE extension's switch: Easel's own VAE tiling for this request
             if _script_active(lowered, value):
                 out[TILED_VAE] = True
@@ -235,6 +235,16 @@ def _scripts(body: GenerationFields, scripts: dict[str, Any], mode: str) -> dict
         else:
             raise invalid(field, f"always-on script {key!r} not found (GET /sdapi/v1/script-info lists them)")
     return out
+
+
+def _dynamic_prompts_built(value: Any, field: str) -> None:
+    """501 naming the argument for a Dynamic Prompts option Easel does not have, switched on."""
+    try:
+        args = wildcards.named_args(value)
+    except ValueError:
+        return  # the feature names the problem (422)
+    for name, capability in wildcards.not_built(args):
+        raise not_implemented(f"Dynamic Prompts' {capability}", f"{field}.args.{name}")
 
 
 def _script_active(name: str, value: Any) -> bool:
@@ -329,15 +339,16 @@ def info_json(result: Result, request: GenerationRequest, body: GenerationFields
     count = len(result.images)
     started = time.localtime(job.started_at or job.submitted_at)
     info = {
-        "prompt": request.prompt, "all_prompts": [request.prompt] * count,
-        "negative_prompt": request.negative_prompt, "all_negative_prompts": [request.negative_prompt] * count,
+        "prompt": request.prompt, "all_prompts": [parse_infotext(t).prompt for t in result.infotexts],
+        "negative_prompt": request.negative_prompt,
+        "all_negative_prompts": [parse_infotext(t).negative_prompt for t in result.infotexts],
         "seed": result.seeds[0] if result.seeds else request.seed, "all_seeds": list(result.seeds),
         "subseed": request.subseed, "all_subseeds": [request.subseed] * count,
         "subseed_strength": request.subseed_strength,
         "width": request.width, "height": request.height,
         "sampler_name": first.get("Sampler", request.sampler_name), "scheduler": first.get("Schedule type"),
         "cfg_scale": request.cfg_scale, "steps": request.steps, "batch_size": request.batch_size,
-        "restore_faces": False, "face_restoration_model": None,
+        "restore_faces": request.restore_faces, "face_restoration_model": first.get("Face restoration"),
         "sd_model_name": result.model_name or None, "sd_model_hash": first.get("Model hash"),
         "sd_vae_name": first.get("VAE"), "sd_vae_hash": first.get("VAE hash"),
         "seed_resize_from_w": request.seed_resize_from_w or -1, "seed_resize_from_h": request.seed_resize_from_h or -1,

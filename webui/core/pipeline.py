@@ -15,6 +15,9 @@ pass and batch it asks every registered feature, in registration order, to contr
     prepare_batch(run, batch)    per batch, before sampling: e.g. pick the batch's init images
     finish_images(run, batch, images, latents) -> images   after decoding: composites, paste-back
     infotext(run)                -> the keys this feature writes into every image's infotext
+    image_prompts(prepared, seed, count) -> [ImagePrompt] or None   once per request, before any prompt
+                                 is planned: each image's own prompts and seed (wildcards); the engine
+                                 then runs each run of alike images as its own plain request
 
 A pass starts from noise unless it has an `init` (a callable the owning feature sets) that
 turns the batch (and the previous pass's latents) into init latents, a masked denoiser, image
@@ -66,6 +69,19 @@ class Sampling:
 
 
 InitStep = Callable[["Run", "Pass", Sampling], None]
+
+
+@dataclass(frozen=True)
+class ImagePrompt:
+    """One image's prompts and seed as a feature drew them (wildcards), and the infotext keys that say how."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    params: Mapping[str, Any] = field(default_factory=dict)   # e.g. {"Template": "a {cat|dog}"}
+    # the always-on scripts of this image's request (None: the request's); the drawing feature leaves itself
+    # out, so a drawn text is never drawn again
+    alwayson_scripts: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -154,6 +170,12 @@ class Feature:
 
     def infotext(self, run: Run) -> dict[str, Any]:
         return {}
+
+    def image_prompts(self, prepared: PreparedRequest, seed: int, count: int) -> "list[ImagePrompt] | None":
+        """Each image's own prompts and seed, drawn before anything is planned (the first feature that answers
+        wins); None: every image uses the request's. `count` is the request's number of images; a list of
+        another length changes it (combinatorial wildcards make one image per combination)."""
+        return None
 
     def fields_from_infotext(self, params: dict[str, str], fields: dict[str, Any]) -> dict[str, Any]:
         """Request fields (AUTOMATIC1111 names) this feature restores from a pasted infotext."""

@@ -36,7 +36,7 @@ from .hooks import NO_HOOKS, GenerationContext, Hooks, StepContext
 from .images import NamingContext, format_pattern, save_image
 from .infotext import format_infotext
 from .jobs import Interrupted, Job, Skipped
-from .pipeline import Batch, Feature, Pass, PreparedRequest, Run, Sampling
+from .pipeline import Batch, Feature, ImagePrompt, Pass, PreparedRequest, Run, Sampling
 from .prompt_plan import PromptNetworks, PromptPlan, plan_prompts
 from .request import FieldError, GenerationRequest, Result, ValidationError
 from .seeds import MAX_SEED, ImageRNG, image_seeds, resolve_seed
@@ -176,14 +176,20 @@ class Engine:
     # ---- one request ----------------------------------------------------------------------------
 
     def _generate(self, request: GenerationRequest | PreparedRequest, job: Job,
-                  output_dir: Path | None = None) -> Result:
+                  output_dir: Path | None = None, drawn: dict[str, Any] | None = None) -> Result:
+        """`drawn`: this is one part of a request whose images a feature drew their own prompts for
+        (`_generate_drawn`); its infotext keys. Extension hooks then see the whole request once, not each part."""
         prepared = request if isinstance(request, PreparedRequest) else None
         request = prepared.request if prepared is not None else request
-        context = GenerationContext(request, job)
-        request = self.hooks.call_replacing("before_process", request=request, context=context)
+        context = GenerationContext(request, job, extra_params=dict(drawn or {}))
+        if drawn is None:
+            request = self.hooks.call_replacing("before_process", request=request, context=context)
         context.request = request
         if prepared is None or prepared.request is not request:  # new, or replaced by an extension
             prepared = self.prepare(request)
+        images = self._image_prompts(prepared) if drawn is None else None
+        if images is not None:
+            return self._generate_drawn(prepared.request, *images, job, output_dir)
         started = time.perf_counter()
         job.report(step=0, text="loading model")
         model = self.models.get(request.checkpoint, progress=lambda msg: job.report(text=msg))
@@ -208,7 +214,8 @@ class Engine:
         seeds = image_seeds(plan.seed, request.n_iter * request.batch_size)
         sample_time = decode_time = 0.0
         for batch_index in range(request.n_iter):
-            job.progress.job_no, job.progress.job_count = batch_index, request.n_iter
+            if drawn is None:  # a drawn part: _generate_drawn counts the parts
+                job.progress.job_no, job.progress.job_count = batch_index, request.n_iter
             first = batch_index * request.batch_size
             batch = Batch(batch_index, seeds[first:first + request.batch_size], first)
             step_offset = batch_index * per_batch
@@ -246,9 +253,51 @@ class Engine:
         if model.demo:
             result.warnings.append("Demo model: its weights are random, so images are noise.")
         result.warnings += context.warnings
-        result = self.hooks.call_replacing("postprocess", request=request, result=result, context=context)
+        if drawn is None:
+            result = self.hooks.call_replacing("postprocess", request=request, result=result, context=context)
         job.report(step=job.progress.total_steps if not result.interrupted else job.progress.step, text="done")
         return result
+
+    def _image_prompts(self, prepared: PreparedRequest) -> tuple[list[ImagePrompt], int] | None:
+        """(each image's prompts and seed, the request's seed) when a feature draws them (Feature.image_prompts)."""
+        request = prepared.request
+        seed = resolve_seed(request.seed)
+        for feature in self.features:
+            images = feature.image_prompts(prepared, seed, request.n_iter * request.batch_size)
+            if images:
+                return images, seed
+        return None
+
+    def _generate_drawn(self, request: GenerationRequest, images: list[ImagePrompt], seed: int, job: Job,
+                        output_dir: Path | None) -> Result:
+        """Each run of alike images (same prompts, consecutive seeds, within one of the request's batches)
+        as a plain request of its own, so every feature, pass and infotext sees ordinary prompts."""
+        subseed = resolve_seed(request.subseed) if request.subseed_strength > 0 else request.subseed
+        total = Result()
+        groups = alike_runs(images, request.batch_size)
+        for index, group in enumerate(groups):
+            job.progress.job_no, job.progress.job_count = index, len(groups)
+            first = group[0]
+            scripts = request.alwayson_scripts if first.alwayson_scripts is None else dict(first.alwayson_scripts)
+            part = replace(request, prompt=first.prompt, negative_prompt=first.negative_prompt, seed=first.seed,
+                           batch_size=len(group), n_iter=1, alwayson_scripts=scripts,
+                           subseed=subseed if request.subseed_strength <= 0
+                           else (subseed + first.seed - seed) % (MAX_SEED + 1))
+            result = self._generate(part, job, output_dir, drawn=dict(first.params))
+            total.images += list(result.images)
+            total.infotexts += result.infotexts
+            total.seeds += result.seeds
+            total.paths += result.paths
+            total.warnings += [w for w in result.warnings if w not in total.warnings]
+            total.skipped_batches += result.skipped_batches
+            total.model_name, total.demo_model = result.model_name, result.demo_model
+            for key, value in result.timings.items():
+                total.timings[key] = total.timings.get(key, 0.0) + value
+            if result.interrupted:
+                total.interrupted = True
+                break
+        return self.hooks.call_replacing("postprocess", request=request, result=total,
+                                         context=GenerationContext(request, job))
 
     def _previewer(self, model: LoadedModel, options: dict[str, Any]) -> Any:
         """Live previews in the family's latent space: its tiny autoencoder when chosen and present,
@@ -507,3 +556,21 @@ class Engine:
                             batch_number=offset, generation_number=batch_index * request.batch_size + offset)
         return save_image(image, output_dir or self.output_folder(request.mode), s.get("samples_filename_pattern"), ctx,
                           s.get("samples_format"), text if s.get("enable_pnginfo") else None, s.get("jpeg_quality"))
+
+
+def alike_runs(images: list[ImagePrompt], batch_size: int) -> list[list[ImagePrompt]]:
+    """Split each batch of `batch_size` images into runs that one plain request can make: the same prompts
+    and infotext keys, each seed the one before plus one."""
+    runs: list[list[ImagePrompt]] = []
+    for start in range(0, len(images), batch_size):
+        batch_runs: list[list[ImagePrompt]] = []
+        for image in images[start:start + batch_size]:
+            last = batch_runs[-1][-1] if batch_runs else None
+            if last is not None and (image.prompt, image.negative_prompt, dict(image.params)) == \
+                    (last.prompt, last.negative_prompt, dict(last.params)) and \
+                    image.seed == (last.seed + 1) % (MAX_SEED + 1):
+                batch_runs[-1].append(image)
+            else:
+                batch_runs.append([image])
+        runs += batch_runs
+    return runs

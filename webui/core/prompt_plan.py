@@ -121,13 +121,15 @@ def _encode(model: "LoadedModel", positive: str, negative: str, steps: int, opti
 def plan_prompts(request: "GenerationRequest", model: "LoadedModel", options: dict[str, Any],
                  networks: PromptNetworks, styles: "StyleStore") -> PromptPlan:
     prompt, negative, missing_styles = styles.apply(request.prompt, request.negative_prompt, request.styles)
+    if options.get("enable_prompt_comments", True):
+        prompt, negative = strip_comments(prompt), strip_comments(negative)
     patcher = networks.patcher(model)
     plan = PromptPlan(prompt, negative, options["CLIP_stop_at_last_layers"], lora_mode=request.lora_composition,
                       switch_steps=request.lora_switch_steps, model=model, patcher=patcher)
     plan.warnings += [f"Style {name!r} not found in styles.csv" for name in missing_styles]
     positive_text, calls = extract(prompt)
     negative_text, negative_calls = extract(negative)
-    for call in calls + negative_calls:
+    for call in [] if request.disable_extra_networks else calls + negative_calls:
         if call.kind != "lora":
             plan.warnings.append(f"{call.raw}: '{call.kind}' networks are not supported; ignored")
             continue
@@ -165,6 +167,14 @@ def plan_prompts(request: "GenerationRequest", model: "LoadedModel", options: di
 
     plan.make_denoiser = make
     return plan
+
+
+def strip_comments(text: str) -> str:
+    """AUTOMATIC1111's prompt comments: a line starting with # goes, and so does the rest of a line after #."""
+    if "#" not in text:
+        return text
+    text = re.sub(r"(^|\n)#[^\n]*(?=\n|$)", "", text)
+    return re.sub(r"#[^\n]*", "", text).strip("\n")
 
 
 def _unusable_embeddings(networks: PromptNetworks, text: str) -> list[str]:

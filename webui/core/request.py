@@ -92,6 +92,12 @@ class GenerationRequest:
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
     denoising_strength: float = 0.75
+    # after decoding: restore faces with the face_restoration_model setting (features/face_restore.py)
+    restore_faces: bool = False
+    # a picture that repeats seamlessly: circular padding in the UNet and VAE (features/tiling.py)
+    tiling: bool = False
+    # AUTOMATIC1111's switch: <lora:...> tags are taken out of the prompts but not applied
+    disable_extra_networks: bool = False
     # img2img / inpainting (mode "img2img"); images are PIL images here, base64 only at the API edge
     init_images: list[Any] = field(default_factory=list)
     resize_mode: int = 0
@@ -197,6 +203,9 @@ class GenerationRequest:
             yield FieldError("mode", "must be txt2img or img2img")
         if not isinstance(self.extra, dict):
             yield FieldError("extra", "must be an object")
+        for name in ("restore_faces", "tiling", "disable_extra_networks"):
+            if not isinstance(getattr(self, name), bool):
+                yield FieldError(name, "must be true or false")
         if not isinstance(self.script_name, str):
             yield FieldError("script_name", "must be a script name")
         if not isinstance(self.script_args, dict):

@@ -52,6 +52,9 @@ class GuardedFeature(Feature):
     def infotext(self, run: Run) -> dict[str, Any]:
         return self._guard("infotext", lambda: self.inner.infotext(run), {})
 
+    def image_prompts(self, prepared, seed: int, count: int):
+        return self._guard("image_prompts", lambda: self.inner.image_prompts(prepared, seed, count), None)
+
 
 def collect_features(hooks: HookRunner, taken: set[str]) -> list[Feature]:
     """Every extension's features, guarded; a name already taken (or not a Feature) is reported and left out."""

@@ -93,6 +93,9 @@ def register_features() -> Sequence[Feature]:
     A feature parses and checks its own arguments once (`parse`), may add or shape passes
     (`begin`, `begin_pass`), install something around sampling (`installed`), change the
     decoded images (`finish_images`) and write infotext keys (`infotext`); see api.Feature.
+    `image_prompts` draws each image's own prompts and seed before anything is planned (Easel's
+    wildcards do); the engine then runs each run of alike images as a plain request, and the
+    generation hooks still see the whole request once (before_process, postprocess).
     Extension features run after the built-in ones; one that raises is reported and skipped.
 
     Example:

@@ -308,11 +308,13 @@ def common_request_fields(fields: dict[str, Any], script_titles: dict[str, str] 
     """Typed request fields from the shared controls' raw values (scripts included)."""
     from .controlnet_ui import controlnet_request_fields
     from .scripts_ui import script_request_fields
+    from ..features.wildcards import request_entry as wildcards_entry
 
     scripts = script_request_fields(fields, script_titles)
     units = controlnet_request_fields(fields)
     if units:
         scripts["alwayson_scripts"]["controlnet"] = {"args": units}
+    scripts["alwayson_scripts"].update(wildcards_entry(fields))
     return dict(**scripts,
         prompt=fields.get("prompt") or "", negative_prompt=fields.get("negative_prompt") or "",
         sampler_name=fields.get("sampler_name") or "", scheduler=fields.get("scheduler") or samplers.AUTOMATIC,
@@ -326,4 +328,5 @@ def common_request_fields(fields: dict[str, Any], script_titles: dict[str, str] 
         seed_resize_from_h=as_int(fields.get("seed_resize_from_h")),
         cfg_rescale=as_float(fields.get("cfg_rescale")), cfg_interval_start=as_float(fields.get("cfg_interval_start")),
         cfg_interval_end=as_float(fields.get("cfg_interval_end"), 1.0),
+        restore_faces=bool(fields.get("restore_faces")), tiling=bool(fields.get("tiling")),
         **override_item_fields(fields.get("override_settings")))

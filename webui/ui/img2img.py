@@ -19,6 +19,7 @@ from .extra_networks import build_extra_networks
 from .generation_controls import (GenerationControls, as_float, as_int, build_output, build_prompt_area,
                                   build_sampling, common_request_fields, wire_generation)
 from .runner import SessionJobs
+from .generation_options import build_face_and_tiling, build_wildcards
 from .scripts_ui import build_scripts
 from .uploads import after_upload, checked_editor, checked_image, editor_value, settings_limit
 
@@ -110,6 +111,8 @@ def build_img2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs, 
                                             elem_id="img2img_batch_inpaint_mask_dir", interactive=local)
             _size_and_strength(controls)
             build_sampling(easel, controls, size_controls=False)
+            build_face_and_tiling(controls)
+            build_wildcards(easel, controls)
             build_controlnet_units(easel, controls, note="empty: the img2img input")
             build_scripts(easel, controls, "img2img")
         with gr.Column(scale=1):
@@ -213,6 +216,8 @@ def build_inpaint(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
             _soft_inpainting(i)
             _size_and_strength(controls)
             build_sampling(easel, controls, size_controls=False)
+            build_face_and_tiling(controls)
+            build_wildcards(easel, controls)
             build_controlnet_units(easel, controls, note="empty: the image being inpainted")
         with gr.Column(scale=1):
             build_output(controls)

@@ -24,7 +24,7 @@ from .controlnet_ui import PREFIX as CONTROLNET_PREFIX, pasted_unit_fields
 from .generation_controls import GenerationControls
 from .identity_tab import PASTED as IDENTITY_PASTED, pasted_identity_fields
 from .img2img import INPAINT_AREAS, MASK_MODES
-from ..features import soft_inpaint
+from ..features import soft_inpaint, wildcards
 
 # request fields a pasted infotext may set, when the target tab has a control for them
 PASTEABLE = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed", "width",
@@ -33,7 +33,7 @@ PASTEABLE = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", 
              "inpaint_full_res_padding", "lora_composition", "subseed", "subseed_strength", "seed_resize_from_w",
              "seed_resize_from_h", "cfg_rescale", "cfg_interval_start", "cfg_interval_end", "lora_switch_steps",
              "inpainting_fill", "inpaint_full_res", "inpainting_mask_invert", "resize_mode", "override_settings",
-             *soft_inpaint.UI_FIELDS)
+             *soft_inpaint.UI_FIELDS, "restore_faces", "tiling", *wildcards.UI_FIELDS)
 # index-valued fields shown as radios: the label to select for each index
 RADIO_LABELS: dict[str, tuple[str, ...]] = {"resize_mode": RESIZE_MODES, "inpainting_fill": MASKED_CONTENT,
                                             "inpaint_full_res": INPAINT_AREAS, "inpainting_mask_invert": MASK_MODES}

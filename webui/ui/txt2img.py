@@ -13,6 +13,7 @@ from .extra_networks import build_extra_networks
 from .generation_controls import (GenerationControls, as_float, as_int, build_output, build_prompt_area,
                                   build_sampling, common_request_fields, wire_generation)
 from .runner import SessionJobs
+from .generation_options import build_face_and_tiling, build_wildcards
 from .scripts_ui import build_scripts
 
 SAME = "Use same"
@@ -65,6 +66,8 @@ def build_txt2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
         with gr.Column(scale=1):
             build_sampling(easel, controls)
             _hires_controls(easel, controls)
+            build_face_and_tiling(controls)
+            build_wildcards(easel, controls)
             build_controlnet_units(easel, controls)
             build_scripts(easel, controls, "txt2img")
         with gr.Column(scale=1):
