@@ -208,6 +208,21 @@ class PromptEncoder:
         self._cache: dict[str, Conditioning] = {}
         self.used_embeddings: dict[str, "Embedding"] = {}
 
+    # ---- building blocks for a family that encodes text its own way (Family.encode_prompt) ----
+
+    @staticmethod
+    def weighted_pieces(text: str) -> list[tuple[str, float]]:
+        """The prompt as (text, emphasis weight) pieces, BREAK dropped."""
+        return [(part, weight) for part, weight in parse_attention(text) if not (part == BREAK and weight == -1)]
+
+    def emphasise(self, hidden: torch.Tensor, weights: list[float]) -> torch.Tensor:
+        """Per-token emphasis as the setting asks ("Original" or none)."""
+        return apply_emphasis(hidden, weights) if self.emphasis else hidden
+
+    @staticmethod
+    def conditioning(embeds: torch.Tensor, pooled: torch.Tensor | None) -> Conditioning:
+        return Conditioning(embeds, pooled)
+
     @torch.no_grad()
     def encode(self, text: str) -> Conditioning:
         if text in self._cache:

@@ -147,11 +147,8 @@ class Flux(Family):
     @torch.no_grad()
     def encode_prompt(self, encoder: Any, text: str) -> Any:
         """T5 hidden states (with emphasis) as the sequence, CLIP-L's pooled output as the vector."""
-        from ..core.conditioning import Conditioning, apply_emphasis
-        from ..core.prompts import BREAK, parse_attention
-
         model = encoder.model
-        pieces = [(part, weight) for part, weight in parse_attention(text) if not (part == BREAK and weight == -1)]
+        pieces = encoder.weighted_pieces(text)
         plain = "".join(part for part, _ in pieces)
         clip, clip_tokens = model.text_encoders["text_encoder"], model.tokenizers["text_encoder"]
         ids = clip_tokens(plain, padding="max_length", max_length=clip_tokens.model_max_length,
@@ -172,9 +169,7 @@ class Flux(Family):
         tokens, weights = tokens + [t5_tokens.pad_token_id] * missing, weights + [1.0] * missing
         t5_device = next(t5.parameters()).device
         hidden = t5(input_ids=torch.tensor([tokens], device=t5_device))[0].float()
-        if encoder.emphasis:
-            hidden = apply_emphasis(hidden, weights)
-        return Conditioning(hidden, pooled)
+        return encoder.conditioning(encoder.emphasise(hidden, weights), pooled)
 
     # ---- single files -----------------------------------------------------------------------------
 
