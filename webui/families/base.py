@@ -149,6 +149,10 @@ class Family:
         cls = CLIPTextModelWithProjection if projection else CLIPTextModel
         return lambda: cls(CLIPTextConfig(**clean))
 
+    # components a single file may leave out, found in models/<kind> by file-name patterns (first match wins)
+    companion_files: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {}
+    # text encoders whose tokenizer is not the shipped CLIP one: the tokenizer_config class it starts with
+    tokenizer_classes: ClassVar[dict[str, str]] = {}
     # where a single file keeps each text encoder: (component, key prefix, layout "hf" | "openclip")
     single_file_text_encoders: ClassVar[tuple[tuple[str, str, str], ...]] = ()
 

@@ -173,16 +173,53 @@ class Flux(Family):
 
     # ---- single files -----------------------------------------------------------------------------
 
+    # a file holding only the transformer takes the rest from these folders (models/<kind>), first match wins
+    companion_files = {"vae": ("vae", ("ae.safetensors", "*flux*ae*.safetensors", "*flux*vae*.safetensors")),
+                       "text_encoder": ("text_encoder", ("clip_l.safetensors", "clip_l*.safetensors")),
+                       "text_encoder_2": ("text_encoder", ("t5xxl_fp16.safetensors", "t5xxl*.safetensors",
+                                                           "t5*.safetensors"))}
+    tokenizer_classes = {"text_encoder_2": "T5"}
+
     def split_single_file(self, tensors: dict[str, torch.Tensor], configs: Any) -> tuple[dict, dict]:
-        """BFL's transformer keys -> diffusers', by diffusers' own conversion (text encoders and VAE come
-        from their own files)."""
-        from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+        """BFL's transformer (bare or under `model.diffusion_model.`), and in all-in-one files ComfyUI's
+        `text_encoders.clip_l.` / `text_encoders.t5xxl.` encoders and the `vae.` autoencoder."""
+        from ..model_manager.convert import vae_to_diffusers
+        from .flux_layout import to_diffusers
 
         prefix = bfl_prefix({k: () for k in tensors}) or ""
-        own = {k: v for k, v in tensors.items() if k.startswith(prefix)}
-        leftovers = {k: v for k, v in tensors.items() if not k.startswith(prefix)}
-        converted = convert_flux_transformer_checkpoint_to_diffusers(own)
-        return {"transformer": converted}, leftovers
+        transformer, rest = to_diffusers(tensors, configs["transformer"], prefix)
+        components: dict[str, dict[str, torch.Tensor]] = {"transformer": transformer}
+        for component, prefixes in AIO_PREFIXES.items():
+            found = next((p for p in prefixes if any(k.startswith(p) for k in rest)), None)
+            if found is None:
+                continue
+            part = {k[len(found):]: v for k, v in rest.items() if k.startswith(found)}
+            rest = {k: v for k, v in rest.items() if not k.startswith(found)}
+            if component == "vae" and not any(k.startswith("encoder.down_blocks.") for k in part):
+                part, _ = vae_to_diffusers(part, configs["vae"])
+            components[component] = part
+        return components, rest
+
+    def join_single_file(self, components: dict[str, dict[str, torch.Tensor]], configs: Any) -> dict:
+        """BFL's transformer under `model.diffusion_model.` plus whatever other components are given,
+        under ComfyUI's all-in-one prefixes (the VAE in the original layout)."""
+        from ..model_manager.convert import vae_to_original
+        from .flux_layout import from_diffusers
+
+        out = from_diffusers(components["transformer"], configs["transformer"], BFL_PREFIXES[1])
+        for component, prefixes in AIO_PREFIXES.items():
+            if component in components:
+                part = components[component]
+                if component == "vae":
+                    part = vae_to_original(part, configs["vae"])
+                out.update({prefixes[0] + k: v for k, v in part.items()})
+        return out
+
+
+# ComfyUI's all-in-one prefixes (the first is what `join_single_file` writes)
+AIO_PREFIXES = {"text_encoder": ("text_encoders.clip_l.transformer.", "text_encoders.clip_l."),
+                "text_encoder_2": ("text_encoders.t5xxl.transformer.", "text_encoders.t5xxl."),
+                "vae": ("vae.", "first_stage_model.")}
 
 
 class FluxDev(Flux):

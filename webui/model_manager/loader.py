@@ -276,6 +276,55 @@ class ReadWeights:
 Reader = Callable[[CheckpointInfo, bool, Any], ReadWeights]  # (info, allow_pickle, sidecar) -> ReadWeights
 
 
+def _first_match(folder: Path, patterns: tuple[str, ...]) -> Path | None:
+    for pattern in patterns:
+        found = sorted(p for p in folder.glob(pattern) if p.is_file())
+        if found:
+            return found[0]
+    return None
+
+
+def _tokenizer_folder(folder: Path, class_prefix: str) -> Path | None:
+    """A tokenizer folder (tokenizer.json + tokenizer_config.json naming a `class_prefix`* class) in `folder`."""
+    for config in sorted(folder.glob("*/tokenizer_config.json")):
+        try:
+            tokenizer_class = str(json.loads(config.read_text()).get("tokenizer_class") or "")
+        except (OSError, ValueError):
+            continue
+        if tokenizer_class.startswith(class_prefix) and (config.parent / "tokenizer.json").is_file():
+            return config.parent
+    return None
+
+
+def add_companions(read: ReadWeights, companion_dirs: dict[str, Path], allow_pickle: bool) -> None:
+    """Fill in what a single file leaves out (a transformer-only file's VAE and text encoders) from
+    the family's companion files in models/VAE and models/text_encoder, and non-CLIP tokenizers."""
+    from .vae import vae_state_dict
+
+    adapter = read.configs.architecture.adapter
+    for component, (kind, patterns) in adapter.companion_files.items():
+        if component in read.weights:
+            continue
+        folder = companion_dirs.get(kind)
+        path = _first_match(folder, patterns) if folder is not None and folder.is_dir() else None
+        if path is None:
+            raise ModelLoadError(f"the file has no {component.replace('_', ' ')} and none was found in "
+                                 f"{folder or 'models/' + kind} (looked for {', '.join(patterns)})")
+        tensors = read_tensors(path, allow_pickle)
+        read.weights[component] = vae_state_dict(tensors, read.configs["vae"]) if component == "vae" else tensors
+        read.notes.append(f"{component.replace('_', ' ')} from {kind}/{path.name}")
+    for component, class_prefix in adapter.tokenizer_classes.items():
+        if component in read.tokenizers:
+            continue
+        folder = companion_dirs.get("text_encoder")
+        found = _tokenizer_folder(folder, class_prefix) if folder is not None and folder.is_dir() else None
+        try:
+            read.tokenizers[component] = adapter.load_tokenizer(component, found)
+        except ValueError as exc:
+            raise ModelLoadError(f"{exc}; put the tokenizer folder (tokenizer.json, tokenizer_config.json) in "
+                                 f"{folder or 'models/text_encoder'}") from exc
+
+
 def _read_folder(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) -> ReadWeights:
     configs, weights = read_diffusers_folder(info.path, allow_pickle)
     adapter, tokenizers = configs.architecture.adapter, {}
@@ -314,7 +363,7 @@ def register_reader(fmt: str, reader: Reader) -> None:
 
 
 def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bool,
-                    progress: Progress | None = None) -> LoadedModel:
+                    progress: Progress | None = None, companion_dirs: dict[str, Path] | None = None) -> LoadedModel:
     """Load a checkpoint for generation. Raises ModelLoadError with a readable reason."""
     say = progress or (lambda message: None)
     started = time.perf_counter()
@@ -325,6 +374,8 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bo
         sidecar = read_sidecars(info.path)
         say(f"reading {info.path.name}")
         read = reader(info, allow_pickle, sidecar)
+        if info.format != "diffusers":
+            add_companions(read, companion_dirs or {}, allow_pickle)
         configs, weights, uncertain, notes = read.configs, read.weights, read.uncertain, read.notes
         if sidecar.sources:
             notes.append("config from " + ", ".join(p.name for p in sidecar.sources))

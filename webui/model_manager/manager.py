@@ -106,7 +106,8 @@ class ModelManager:
         def load() -> LoadedModel:
             from .loader import apply_weight_storage, load_checkpoint  # heavy: imported on first load
 
-            model = load_checkpoint(info, self.device, self.allow_pickle, progress)
+            companions = {kind: self.paths.model_dir(kind) for kind in ("vae", "text_encoder")}
+            model = load_checkpoint(info, self.device, self.allow_pickle, progress, companions)
             apply_weight_storage(model, storage)
             if progress:
                 progress("hashing")

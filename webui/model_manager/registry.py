@@ -88,6 +88,19 @@ def _known_families() -> str:
     return ", ".join(f.label for f in all_families())
 
 
+def folder_family(folder: Path):
+    """The family adapter of a loadable diffusers folder (for its label), else None; reads only JSON."""
+    if folder_problem(folder) is not None:
+        return None
+    from ..families.registry import family_of_folder
+
+    index = _read_json(folder / "model_index.json")
+    components = {name: _read_json(folder / name / "config.json") for name in
+                  ("unet", "transformer", "vae", "text_encoder", "text_encoder_2")
+                  if (folder / name / "config.json").is_file()}
+    return family_of_folder(index, components)
+
+
 def folder_problem(folder: Path) -> str | None:
     """Why Easel cannot load this model folder as a checkpoint, or None if it can.
 

@@ -115,3 +115,53 @@ def _calibrate(transformer: torch.nn.Module, vae: torch.nn.Module) -> None:
     shift = round(float(latent.mean()), 5)
     scale = round(float(1 / (latent - shift).std()), 5)
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+
+
+def _folder_state(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    from .loader import _component_weights
+
+    return {name: _component_weights(folder / name, False)
+            for name in ("transformer", "vae", "text_encoder", "text_encoder_2")}
+
+
+def _folder_configs(folder: Path, family: str) -> Any:
+    from .architecture import Architecture, configs_for
+
+    components = {name: json.loads((folder / name / "config.json").read_text())
+                  for name in ("transformer", "vae", "text_encoder", "text_encoder_2")}
+    return configs_for(Architecture(family), components)
+
+
+def write_flux_single_files(folder: Path, models_dir: Path, name: str, all_in_one: bool = False) -> Path:
+    """The tiny folder's weights in the layouts people download: BFL's transformer file in
+    models/Stable-diffusion (with a sidecar giving its tiny sizes), `ae.safetensors` in models/VAE,
+    `clip_l` / `t5xxl_fp16` and the T5 tokenizer folder in models/text_encoder; or (`all_in_one`) one
+    file with everything under ComfyUI's prefixes."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from .convert import vae_to_original
+
+    family = "flux-dev" if json.loads((folder / "transformer" / "config.json").read_text()).get("guidance_embeds") \
+        else "flux-schnell"
+    configs, state = _folder_configs(folder, family), _folder_state(folder)
+    adapter = configs.architecture.adapter
+    checkpoint = models_dir / "Stable-diffusion" / f"{name}.safetensors"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    parts = state if all_in_one else {"transformer": state["transformer"]}
+    tensors = {k: v.contiguous() for k, v in adapter.join_single_file(parts, configs).items()}
+    tensors = {k: v for k, v in tensors.items() if not k.endswith("encoder.embed_tokens.weight")}  # tied to shared
+    save_file(tensors, str(checkpoint))
+    sidecar = {"architecture": family, "components": {k: v for k, v in configs.components.items() if k != "scheduler"}}
+    checkpoint.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
+    if not all_in_one:
+        (models_dir / "VAE").mkdir(parents=True, exist_ok=True)
+        save_file(vae_to_original(state["vae"], configs["vae"]), str(models_dir / "VAE" / "ae.safetensors"))
+        encoders = models_dir / "text_encoder"
+        encoders.mkdir(parents=True, exist_ok=True)
+        save_file(state["text_encoder"], str(encoders / "clip_l.safetensors"))
+        save_file({k: v for k, v in state["text_encoder_2"].items() if k != "encoder.embed_tokens.weight"},
+                  str(encoders / "t5xxl_fp16.safetensors"))
+        shutil.copytree(folder / "tokenizer_2", encoders / "t5_tokenizer", dirs_exist_ok=True)
+    return checkpoint
