@@ -128,3 +128,60 @@ def test_flow_parameterisation_noises_and_denoises_consistently():
     velocity = noise - clean
     assert torch.allclose(flow.denoised(x, 0.3, velocity), clean, atol=1e-6)
     assert torch.allclose(flow.output_for_clean(x, 0.3, clean), velocity, atol=1e-5)
+
+
+def test_img2img_starts_from_the_flow_noised_image(flux_app):
+    """img2img runs through the engine; the sampler starts from (1 - s) * x0 + s * noise at the
+    schedule's first remaining sigma (AUTOMATIC1111's step count: int(strength * steps) + 1 steps)."""
+    from webui.core import samplers
+    from webui.core.parameterisation import FlowVelocity
+    from webui.core.schedules import FlowSchedule
+    from webui.model_manager.tiny_flux import SCHEDULERS
+
+    start = flux_app.txt2img(_request("schnell", steps=4)).images[0]
+    result = flux_app.img2img(_request("schnell", mode="img2img", steps=4, init_images=[start],
+                                       denoising_strength=0.5, seed=9))
+    assert result.images[0].size == (64, 64) and "Denoising strength: 0.5" in result.infotexts[0]
+
+    seen = []
+
+    class Recorder(samplers.ModelOutput):  # the network's stand-in: records where the sampler asks
+        schedule = FlowSchedule.flow(SCHEDULERS["flux-schnell"])
+        parameterisation = FlowVelocity()
+        prediction_type = "flow"
+
+        def denoise(self, x, sigma):
+            seen.append((x.clone(), sigma))
+            return torch.zeros_like(x)
+
+    info, label = samplers.resolve("Euler", "Simple")
+    init, noise = torch.randn(1, 16, 4, 4), torch.randn(1, 16, 4, 4)
+    samplers.run(info, label, Recorder(), None, noise, 4, {}, lambda i, x, d: None, [], init=init, strength=0.5)
+    assert len(seen) == 3 and seen[0][1] == pytest.approx(0.75)
+    assert torch.allclose(seen[0][0], 0.25 * init + 0.75 * noise, atol=1e-6)
+
+
+def test_fp8_weights_generate_close_to_full_precision(flux_app):
+    full = flux_app.txt2img(_request("schnell", steps=3)).images[0]
+    flux_app.settings.update({"weight_storage": "fp8_e4m3fn"})
+    try:
+        model = flux_app.models.get("tiny-flux-schnell")
+        assert model.weight_storage == "fp8_e4m3fn"
+        assert model.unet.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
+        fp8 = flux_app.txt2img(_request("schnell", steps=3))
+    finally:
+        flux_app.settings.update({"weight_storage": "Automatic"})
+    psnr = _psnr(fp8.images[0], full)
+    print(f"Flux schnell fp8_e4m3fn vs fp32: PSNR {psnr:.1f} dB")
+    assert psnr > 20 and "Weights: fp8_e4m3fn" in fp8.infotexts[0]
+
+
+def test_t5_carries_the_sequence_with_emphasis_and_clip_the_pooled_vector(flux_app):
+    from webui.core.conditioning import PromptEncoder
+
+    for variant, length in (("dev", 512), ("schnell", 256)):
+        encoder = PromptEncoder(flux_app.models.get(f"tiny-flux-{variant}"))
+        plain, weighted = encoder.encode("a cat on a chair"), encoder.encode("a (cat:1.5) on a chair")
+        assert plain.embeds.shape == (1, length, 32) and plain.pooled.shape == (1, 32)
+        assert not torch.allclose(plain.embeds, weighted.embeds)
+        assert torch.allclose(plain.pooled, weighted.pooled)  # CLIP sees the text without the syntax
