@@ -14,7 +14,7 @@ from webui.core.request import GenerationRequest
 from webui.families.flux_layout import from_diffusers, to_diffusers
 from webui.model_manager.architecture import Architecture, configs_for
 from webui.model_manager.detect import DetectionError, detect
-from webui.model_manager.tiny_flux import write_flux_folder, write_flux_single_files
+from webui.model_manager.tiny_flux import write_flux_folder, write_flux_gguf, write_flux_single_files
 
 # published sizes: flux1-dev.safetensors has 780 tensors (schnell 776: no guidance_in), 11,901,408,320
 # parameters (schnell 11,891,178,560); T5-XXL's encoder 4,762,310,656, CLIP-L 123,060,480, the ae 83,819,683
@@ -64,6 +64,7 @@ def flux_models(tmp_path_factory):
     models = root / "models"
     write_flux_single_files(source, models, "flux1-dev-tiny")
     write_flux_single_files(source, models, "flux1-dev-aio", all_in_one=True)
+    write_flux_gguf(source, models, "flux1-dev-tiny-Q8_0")
     return root
 
 
@@ -76,7 +77,8 @@ def test_single_file_and_all_in_one_give_the_folders_image(flux_models):
     app = _app(flux_models)
     try:
         names = [c.name for c in app.models.checkpoints()]
-        assert names == ["flux1-dev-aio.safetensors", "flux1-dev-tiny.safetensors", "tiny-flux-dev"]
+        assert names == ["flux1-dev-aio.safetensors", "flux1-dev-tiny-Q8_0.gguf", "flux1-dev-tiny.safetensors",
+                         "tiny-flux-dev"]
         images = {}
         for name in names:
             result = app.txt2img(GenerationRequest(prompt="a red chair", steps=3, width=64, height=64, seed=3,
@@ -85,8 +87,18 @@ def test_single_file_and_all_in_one_give_the_folders_image(flux_models):
             assert "Distilled CFG Scale: 3.5" in result.infotexts[0]
         notes = app.models.get("flux1-dev-tiny.safetensors").notes
         assert "vae from vae/ae.safetensors" in notes and "text encoder 2 from text_encoder/t5xxl_fp16.safetensors" in notes
-        for name in names[:2]:
+        for name in ("flux1-dev-aio.safetensors", "flux1-dev-tiny.safetensors"):
             assert np.abs(images[name] - images["tiny-flux-dev"]).max() <= 2, name
+        # GGUF Q8_0 (dequantized at load): close to the full-precision weights, not equal
+        mse = ((images["flux1-dev-tiny-Q8_0.gguf"] - images["tiny-flux-dev"]) ** 2).mean()
+        psnr = 10 * np.log10(255 ** 2 / max(mse, 1e-12))
+        print(f"Flux GGUF Q8_0 vs fp32 folder: PSNR {psnr:.1f} dB")
+        assert 30 < psnr < 100
+        assert any("Q8_0" in note for note in app.models.get("flux1-dev-tiny-Q8_0.gguf").notes)
+        entries = {e.name: e for e in app.library.entries() if e.kind == "checkpoint"}
+        assert entries["flux1-dev-tiny-Q8_0.gguf"].architecture == "Flux.1 dev"
+        assert entries["tiny-flux-dev"].architecture == "Flux.1 dev"
+        assert entries["flux1-dev-tiny.safetensors"].architecture == "Flux.1 dev"
     finally:
         app.close()
 

@@ -132,6 +132,23 @@ def _folder_configs(folder: Path, family: str) -> Any:
     return configs_for(Architecture(family), components)
 
 
+def write_flux_gguf(folder: Path, models_dir: Path, name: str, quant: str = "Q8_0") -> Path:
+    """The tiny folder's transformer in BFL's layout as a transformer-only GGUF (as city96 publishes Flux)."""
+    from .gguf import write_gguf_checkpoint
+
+    configs = _folder_configs(folder, "flux-dev")
+    state = _folder_state(folder)["transformer"]
+    from ..families.flux_layout import from_diffusers
+
+    path = models_dir / "Stable-diffusion" / f"{name}.gguf"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_gguf_checkpoint(path, from_diffusers(state, configs["transformer"]), quant, "flux")
+    sidecar = {"architecture": "flux-dev", "components": {k: v for k, v in configs.components.items()
+                                                          if k != "scheduler"}}
+    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
+    return path
+
+
 def write_flux_single_files(folder: Path, models_dir: Path, name: str, all_in_one: bool = False) -> Path:
     """The tiny folder's weights in the layouts people download: BFL's transformer file in
     models/Stable-diffusion (with a sidecar giving its tiny sizes), `ae.safetensors` in models/VAE,
