@@ -185,3 +185,25 @@ def test_t5_carries_the_sequence_with_emphasis_and_clip_the_pooled_vector(flux_a
         assert plain.embeds.shape == (1, length, 32) and plain.pooled.shape == (1, 32)
         assert not torch.allclose(plain.embeds, weighted.embeds)
         assert torch.allclose(plain.pooled, weighted.pooled)  # CLIP sees the text without the syntax
+
+
+def test_a_diffusers_format_flux_lora_applies_and_restores(flux_app):
+    """`transformer.<module>.lora_A/lora_B` (diffusers / PEFT Flux LoRAs) patch the transformer."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(3)
+    tensors = {}
+    for module in ("transformer_blocks.0.attn.to_q", "single_transformer_blocks.0.proj_mlp"):
+        width = 32
+        out = 32 if module.endswith("to_q") else 128
+        tensors[f"transformer.{module}.lora_A.weight"] = torch.randn(4, width, generator=generator)
+        tensors[f"transformer.{module}.lora_B.weight"] = torch.randn(out, 4, generator=generator)
+    folder = flux_app.paths.model_dir("lora")
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "flux-style.safetensors"))
+    plain = flux_app.txt2img(_request("schnell", steps=2))
+    styled = flux_app.txt2img(_request("schnell", steps=2, prompt=PROMPT + " <lora:flux-style:1>"))
+    assert not any("do not exist" in w for w in styled.warnings), styled.warnings
+    assert _psnr(plain.images[0], styled.images[0]) < 60
+    again = flux_app.txt2img(_request("schnell", steps=2))
+    assert _psnr(plain.images[0], again.images[0]) > 100  # the weights came back bit for bit
