@@ -21,6 +21,7 @@ def flux_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("flux")
     write_flux_folder(folder / "tiny-flux-dev", "dev", seed=1)
     write_flux_folder(folder / "tiny-flux-schnell", "schnell", seed=2)
+    write_flux_folder(folder / "tiny-flux-fill", "dev", seed=3, fill=True)
     return folder
 
 
@@ -85,7 +86,7 @@ def test_real_cfg_runs_the_negative_pass_and_ddpm_samplers_are_refused(flux_app)
 
 def test_a_flux_folder_is_one_checkpoint_with_its_family(flux_app):
     names = [info.name for info in flux_app.models.checkpoints()]
-    assert sorted(names) == ["tiny-flux-dev", "tiny-flux-schnell"]
+    assert sorted(names) == ["tiny-flux-dev", "tiny-flux-fill", "tiny-flux-schnell"]
     model = flux_app.models.get("tiny-flux-dev")
     assert model.architecture.label == "Flux.1 dev" and model.architecture.adapter.latent.channels == 16
     assert type(model.unet).__name__ == "FluxTransformer2DModel"
@@ -207,3 +208,28 @@ def test_a_diffusers_format_flux_lora_applies_and_restores(flux_app):
     assert _psnr(plain.images[0], styled.images[0]) < 60
     again = flux_app.txt2img(_request("schnell", steps=2))
     assert _psnr(plain.images[0], again.images[0]) > 100  # the weights came back bit for bit
+
+
+def test_fill_gets_the_masked_image_and_mask_as_flux_fill_pipeline_packs_them(flux_app, flux_dir):
+    from diffusers import FluxFillPipeline
+    from PIL import Image
+
+    pipe = FluxFillPipeline.from_pretrained(str(flux_dir / "tiny-flux-fill"), local_files_only=True)
+    generator = torch.Generator().manual_seed(0)
+    mask = (torch.rand(1, 1, 64, 64, generator=generator) > 0.5).float()
+    raw = torch.randn(1, 16, 8, 8, generator=generator)
+    theirs_mask, theirs_latents = pipe.prepare_mask_latents(mask, raw, 1, 16, 1, 64, 64, torch.float32, "cpu", None)
+    vae = pipe.vae.config
+    ours = families.get("flux-dev").inpaint_conditioning(mask, (raw - vae.shift_factor) * vae.scaling_factor)
+    assert torch.allclose(pack(ours), torch.cat([theirs_latents, theirs_mask], dim=-1), atol=1e-6)
+
+    model = flux_app.models.get("tiny-flux-fill")
+    assert model.architecture.inpainting and model.architecture.label == "Flux.1 dev inpainting"
+    picture = Image.new("RGB", (64, 64), (200, 60, 40))
+    box = Image.new("L", (64, 64), 0)
+    box.paste(255, (16, 16, 48, 48))
+    result = flux_app.img2img(_request("fill", mode="img2img", steps=2, init_images=[picture], mask=box,
+                                       denoising_strength=1.0, inpaint_full_res=False))
+    out = np.asarray(result.images[0], dtype=np.float64)
+    assert np.abs(out[:8, :8] - (200, 60, 40)).max() <= 2  # outside the mask: the picture, pasted back
+    assert np.abs(out[24:40, 24:40] - (200, 60, 40)).mean() > 10  # inside: painted

@@ -357,9 +357,8 @@ class Engine:
             mask_pixels = torch.ones(batch, 1, height, width)
             masked = [Image.new("RGB", (width, height), (128, 128, 128))] * batch
         masked_latents = latents_io.encode(model, masked)
-        factor = model.vae_scale_factor
-        small_mask = torch.nn.functional.interpolate(mask_pixels, size=(height // factor, width // factor))
-        sampling.denoiser.set_image_conditioning(torch.cat([small_mask.to(masked_latents), masked_latents], dim=1))
+        sampling.denoiser.set_image_conditioning(
+            model.architecture.adapter.inpaint_conditioning(mask_pixels.to(masked_latents), masked_latents))
 
     def _run(self, p: Pass, sampling: Sampling, job: Job, step_offset: int) -> torch.Tensor:
         request, plan, denoiser, init = p.request, p.plan, sampling.denoiser, sampling.init

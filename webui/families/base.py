@@ -117,6 +117,12 @@ class Family:
         if "unet" in components:
             components["unet"]["in_channels"] = 9
 
+    def inpaint_conditioning(self, mask: torch.Tensor, masked_latents: torch.Tensor) -> torch.Tensor:
+        """The inpainting variant's extra input channels from the full-size mask (B, 1, H, W; 1 = repaint)
+        and the masked image's latents: SD's 9-channel UNet takes the mask at latent size, then the latents."""
+        small = torch.nn.functional.interpolate(mask, size=tuple(masked_latents.shape[-2:]))
+        return torch.cat([small, masked_latents], dim=1)
+
     def load_tokenizer(self, component: str, folder: Any) -> Any:
         """The tokenizer of a text encoder that is not CLIP (None: the shipped CLIP tokenizer), read from a
         diffusers folder's tokenizer subfolder (`folder`, None for single files)."""

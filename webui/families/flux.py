@@ -95,6 +95,14 @@ class Flux(Family):
         components["transformer"]["in_channels"] = 384
         components["transformer"]["out_channels"] = 64
 
+    def inpaint_conditioning(self, mask: torch.Tensor, masked_latents: torch.Tensor) -> torch.Tensor:
+        """Fill: the masked image's latents, then the mask with each 8x8 pixel block as 64 channels
+        (FluxFillPipeline's order; packing then gives its 64 + 64 + 256 token features)."""
+        b, _, h, w = masked_latents.shape
+        factor = mask.shape[-1] // w
+        blocks = mask[:, 0].reshape(b, h, factor, w, factor).permute(0, 2, 4, 1, 3)
+        return torch.cat([masked_latents, blocks.reshape(b, factor * factor, h, w)], dim=1)
+
     def extra_conditioning(self, width: int, height: int, guidance: float = 0.0):
         value = torch.tensor([[float(guidance)]], dtype=torch.float32)
         return value, value

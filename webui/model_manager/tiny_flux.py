@@ -63,8 +63,9 @@ def train_t5_tokenizer(folder: Path, vocab_size: int = 200) -> Any:
 
 
 @torch.no_grad()
-def write_flux_folder(folder: Path, variant: str = "dev", seed: int = 0) -> Path:
-    """A tiny Flux.1 `variant` ("dev" / "schnell") in the black-forest-labs/FLUX.1-dev folder layout."""
+def write_flux_folder(folder: Path, variant: str = "dev", seed: int = 0, fill: bool = False) -> Path:
+    """A tiny Flux.1 `variant` ("dev" / "schnell") in the black-forest-labs/FLUX.1-dev folder layout;
+    `fill`: the Fill variant (latents + masked-image latents + 8x8 mask as input, 384 wide)."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
@@ -74,7 +75,9 @@ def write_flux_folder(folder: Path, variant: str = "dev", seed: int = 0) -> Path
     folder.mkdir(parents=True, exist_ok=True)
     t5_tokenizer = train_t5_tokenizer(folder / "tokenizer_2")
     torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel.from_config(dict(TINY_FLUX_TRANSFORMER, guidance_embeds=variant == "dev"))
+    extra = {"in_channels": 384, "out_channels": 64} if fill else {}
+    transformer = FluxTransformer2DModel.from_config(dict(TINY_FLUX_TRANSFORMER, guidance_embeds=variant == "dev",
+                                                          **extra))
     vae = AutoencoderKL.from_config(copy.deepcopy(TINY_FLUX_VAE))
     clip = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in TINY_TEXT_L.items() if not k.startswith("_")}))
     t5 = T5EncoderModel(T5Config(**dict(TINY_T5, vocab_size=len(t5_tokenizer))))
@@ -85,7 +88,7 @@ def write_flux_folder(folder: Path, variant: str = "dev", seed: int = 0) -> Path
     tokenizer_for(family, "text_encoder").save_pretrained(str(folder / "tokenizer"))
     (folder / "scheduler").mkdir(exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULERS[family], indent=2))
-    index = {"_class_name": "FluxPipeline", "_diffusers_version": "0.42.1",
+    index = {"_class_name": "FluxFillPipeline" if fill else "FluxPipeline", "_diffusers_version": "0.42.1",
              "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
              "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "T5EncoderModel"],
              "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "T5TokenizerFast"],
@@ -100,7 +103,7 @@ def _calibrate(transformer: torch.nn.Module, vae: torch.nn.Module) -> None:
     generator = torch.Generator().manual_seed(0)
     from ..families.flux import image_ids, pack
 
-    x = torch.randn(1, 16, 8, 8, generator=generator)
+    x = torch.randn(1, transformer.config.in_channels // 4, 8, 8, generator=generator)
     context = torch.randn(1, 16, transformer.config.joint_attention_dim, generator=generator)
     kwargs = {"guidance": torch.tensor([3.5])} if transformer.config.guidance_embeds else {}
     out = transformer(hidden_states=pack(x), timestep=torch.tensor([0.5]), encoder_hidden_states=context,
