@@ -93,7 +93,7 @@ def write_flux_folder(folder: Path, variant: str = "dev", seed: int = 0, fill: b
              "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "T5EncoderModel"],
              "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "T5TokenizerFast"],
              "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
-             "image_encoder": [None, None], "feature_extractor": [None, None]}
+             **({} if fill else {"image_encoder": [None, None], "feature_extractor": [None, None]})}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return folder
 
