@@ -15,6 +15,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODEL_FOLDERS: dict[str, str] = {
     "checkpoint": "Stable-diffusion",
     "vae": "VAE",
+    "text_encoder": "text_encoder",  # separate text encoders (Flux's clip_l, t5xxl), as Forge names the folder
     "vae_approx": "VAE-approx",  # tiny autoencoders for live previews (TAESD, TAESDXL), as AUTOMATIC1111 names it
     "lora": "Lora",
     "embedding": "embeddings",

@@ -256,7 +256,8 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
         if _number(w) and _number(h):
             fields["seed_resize_from_w"], fields["seed_resize_from_h"] = int(float(w)), int(float(h))
     for key, name in (("Eta", "eta"), ("Eta DDIM", "eta"), ("Sigma churn", "s_churn"), ("Sigma tmin", "s_tmin"),
-                      ("Sigma tmax", "s_tmax"), ("Sigma noise", "s_noise"), ("CFG Rescale phi", "cfg_rescale")):
+                      ("Sigma tmax", "s_tmax"), ("Sigma noise", "s_noise"), ("CFG Rescale phi", "cfg_rescale"),
+                      ("Distilled CFG Scale", "distilled_cfg_scale")):
         if key in p and _number(p[key]) is not None:
             fields[name] = float(p[key])
     if "CFG interval" in p:

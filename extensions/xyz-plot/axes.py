@@ -98,6 +98,7 @@ AXES: dict[str, Axis] = {
     "Seed": Axis("Seed", "int", lambda r, v: replace(r, seed=v)),
     "Steps": Axis("Steps", "int", lambda r, v: replace(r, steps=v)),
     "CFG Scale": Axis("CFG Scale", "float", lambda r, v: replace(r, cfg_scale=v)),
+    "Distilled CFG Scale": Axis("Distilled CFG Scale", "float", lambda r, v: replace(r, distilled_cfg_scale=v)),
     "Sampler": Axis("Sampler", "str", lambda r, v: replace(r, sampler_name=v)),
     "Schedule type": Axis("Schedule type", "str", lambda r, v: replace(r, scheduler=v)),
     "Checkpoint name": Axis("Checkpoint", "str", lambda r, v: replace(r, checkpoint=v)),

@@ -78,6 +78,8 @@ class GenerationFields(Strict):
     infotext: Optional[str] = Field(default=None, description="Generation parameters text; fills every field the "
                                                               "request does not set itself.")
     # Easel's own generation fields beyond AUTOMATIC1111's (see GenerationRequest)
+    distilled_cfg_scale: float = Field(default=3.5, description="guidance value of guidance-distilled models "
+                                                                "(Flux dev), as Forge's API takes it")
     cfg_rescale: float = Field(default=0.0, description="CFG rescale phi (0 = off)")
     cfg_interval_start: float = Field(default=0.0, description="fraction of the steps where CFG starts")
     cfg_interval_end: float = Field(default=1.0, description="fraction of the steps where CFG ends")

@@ -153,6 +153,16 @@ def tokenize(tokenizer, text: str, index: "EmbeddingIndex | None" = None,
 # ---- encoding -------------------------------------------------------------------------------------
 
 
+def apply_emphasis(hidden: torch.Tensor, multipliers: list[float]) -> torch.Tensor:
+    """AUTOMATIC1111's "Original" emphasis: weight each token's vector, then restore the mean."""
+    if all(m == 1.0 for m in multipliers):
+        return hidden
+    weights = torch.tensor(multipliers, device=hidden.device, dtype=hidden.dtype)
+    original_mean = hidden.mean()
+    hidden = hidden * weights[None, :, None]
+    return hidden * (original_mean / hidden.mean())
+
+
 def _encode_chunk(encoder: torch.nn.Module, chunk: PromptChunk, choice: LayerChoice,
                   emphasis: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     param = next(encoder.parameters())
@@ -175,11 +185,8 @@ def _encode_chunk(encoder: torch.nn.Module, chunk: PromptChunk, choice: LayerCho
         norm = encoder.text_model.final_layer_norm if hasattr(encoder, "text_model") else encoder.final_layer_norm
         hidden = norm(hidden)
     hidden = hidden.float()
-    if emphasis and any(m != 1.0 for m in chunk.multipliers):
-        weights = torch.tensor(chunk.multipliers, device=hidden.device, dtype=hidden.dtype)
-        original_mean = hidden.mean()
-        hidden = hidden * weights[None, :, None]
-        hidden = hidden * (original_mean / hidden.mean())
+    if emphasis:
+        hidden = apply_emphasis(hidden, chunk.multipliers)
     pooled = getattr(out, "text_embeds", None)
     return hidden, pooled
 
@@ -201,10 +208,29 @@ class PromptEncoder:
         self._cache: dict[str, Conditioning] = {}
         self.used_embeddings: dict[str, "Embedding"] = {}
 
+    # ---- building blocks for a family that encodes text its own way (Family.encode_prompt) ----
+
+    @staticmethod
+    def weighted_pieces(text: str) -> list[tuple[str, float]]:
+        """The prompt as (text, emphasis weight) pieces, BREAK dropped."""
+        return [(part, weight) for part, weight in parse_attention(text) if not (part == BREAK and weight == -1)]
+
+    def emphasise(self, hidden: torch.Tensor, weights: list[float]) -> torch.Tensor:
+        """Per-token emphasis as the setting asks ("Original" or none)."""
+        return apply_emphasis(hidden, weights) if self.emphasis else hidden
+
+    @staticmethod
+    def conditioning(embeds: torch.Tensor, pooled: torch.Tensor | None) -> Conditioning:
+        return Conditioning(embeds, pooled)
+
     @torch.no_grad()
     def encode(self, text: str) -> Conditioning:
         if text in self._cache:
             return self._cache[text]
+        own = self.family.encode_prompt(self, text)  # a family with its own text stack (e.g. T5 + CLIP pooled)
+        if own is not None:
+            self._cache[text] = own
+            return own
         per_encoder: list[list[torch.Tensor]] = []
         pooled = None
         for name in self.model.architecture.text_encoders:

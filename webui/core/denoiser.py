@@ -40,7 +40,7 @@ class SigmaSpace(ModelOutput):
 
     def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         s = float(sigma)
-        t = float(self.schedule.sigma_to_t(torch.tensor(s)))
+        t = self.schedule.model_timestep(s)
         return self.parameterisation.denoised(x, s, self.predict(self.parameterisation.model_input(x, s), t))
 
     def sigma_at(self, t) -> float:

@@ -17,7 +17,8 @@ from typing import Any
 
 # AUTOMATIC1111's order for the keys it knows; anything else follows, then Version/User.
 KEY_ORDER = (
-    "Steps", "Sampler", "Schedule type", "CFG scale", "Image CFG scale", "Seed", "Face restoration", "Size",
+    "Steps", "Sampler", "Schedule type", "CFG scale", "Distilled CFG Scale", "Image CFG scale", "Seed",
+    "Face restoration", "Size",
     "Model hash", "Model", "FP8 weight", "Cache FP16 weight for LoRA", "VAE hash", "VAE", "Variation seed",
     "Variation seed strength", "Seed resize from", "Denoising strength", "Conditional mask weight", "Clip skip",
     "ENSD", "Init image hash", "RNG", "NGMS", "Tiling", "Token merging ratio", "Token merging ratio hr",

@@ -101,6 +101,11 @@ def _scale(model: "LoadedModel") -> float:
     return model.configs["vae"].get("scaling_factor", 0.18215)
 
 
+def _shift(model: "LoadedModel") -> float:
+    """The latent mean some VAEs remove before scaling (Flux's 16-channel VAE: 0.1159; SD's: none)."""
+    return model.configs["vae"].get("shift_factor") or 0.0
+
+
 @torch.no_grad()
 def decode(model: "LoadedModel", latents: torch.Tensor) -> list[Image.Image]:
     """One image at a time, so peak memory stays that of one decode."""
@@ -110,7 +115,7 @@ def decode(model: "LoadedModel", latents: torch.Tensor) -> list[Image.Image]:
 
         def run(dtype: torch.dtype) -> torch.Tensor:
             return _with_tiling(model.vae, area, lambda: model.vae.decode(
-                (latent[None] / _scale(model)).to(dtype)).sample.float())
+                (latent[None] / _scale(model) + _shift(model)).to(dtype)).sample.float())
 
         dtype = _vae_dtype(model)
         pixels = run(dtype)
@@ -145,5 +150,5 @@ def encode(model: "LoadedModel", images: list[Image.Image]) -> torch.Tensor:
         if torch.isnan(latent).any() and dtype != torch.float32:
             _upcast(model)
             latent = run(torch.float32)
-        out.append(latent * _scale(model))
+        out.append((latent - _shift(model)) * _scale(model))
     return torch.cat(out)

@@ -8,8 +8,13 @@ converts between the model's prediction and the clean-latent estimate:
     VP epsilon:  the model predicts the noise           x0 = x - sigma * eps
     VP velocity: the model predicts v = a*eps - s*x0     (SD 2.x 768-v, zero-terminal-SNR models)
 
-A flow-matching family (x = (1 - s) * x0 + s * noise, model predicts noise - x0) supplies its
-own object with the same four methods; nothing in the samplers or masks changes.
+    Flow velocity: x = (1 - s) * x0 + s * noise, s in [0, 1]; the model predicts v = noise - x0
+                 (rectified flow: Flux, SD 3). Sigma *is* s and the samplers walk it directly,
+                 as ComfyUI and Forge do: with denoised = x - s * v, Euler's step
+                 x + (x - denoised) / s * (s' - s) is exactly the flow ODE's Euler step.
+
+`noised` puts an image at a noise level (img2img's start): x0 + s * noise in sigma space, or
+(1 - s) * x0 + s * noise for flow.
 """
 from __future__ import annotations
 
@@ -42,11 +47,18 @@ class Parameterisation(Protocol):
         """The output that would lead from x_in to `clean`: a mask's target expressed as a prediction."""
         ...
 
+    def noised(self, clean: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The sampler's latent for `clean` at noise level sigma (img2img's start)."""
+        ...
+
 
 class VPEpsilon:
     """DDPM-trained models that predict the noise (SD 1.x, SD 2.x base, SDXL)."""
 
     name = "epsilon"
+
+    def noised(self, clean: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+        return clean + noise * sigma
 
     def model_input(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         return x * sigma_scale_in(sigma)
@@ -79,6 +91,29 @@ class VPVelocity(VPEpsilon):
         alpha, noise_level = sigma_scale_in(sigma), sigma * sigma_scale_in(sigma)
         eps = (x_in - alpha * clean) / noise_level
         return alpha * eps - noise_level * clean
+
+
+class FlowVelocity:
+    """Rectified-flow models that predict the velocity v = noise - x0 (Flux, SD 3).
+
+    The samplers' latent is the model's input (no scaling) and sigma is the flow time s."""
+
+    name = "flow"
+
+    def noised(self, clean: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+        return clean * (1 - sigma) + noise * sigma
+
+    def model_input(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return x
+
+    def denoised(self, x: torch.Tensor, sigma: float, out: torch.Tensor) -> torch.Tensor:
+        return x - out * sigma
+
+    def clean_from_output(self, x_in: torch.Tensor, sigma: float, out: torch.Tensor) -> torch.Tensor:
+        return x_in - out * sigma
+
+    def output_for_clean(self, x_in: torch.Tensor, sigma: float, clean: torch.Tensor) -> torch.Tensor:
+        return (x_in - clean) / max(sigma, 1e-6)
 
 
 VP_PARAMETERISATIONS: dict[str, Parameterisation] = {"epsilon": VPEpsilon(), "v_prediction": VPVelocity()}

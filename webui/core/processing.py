@@ -324,6 +324,13 @@ class Engine:
     def plan(self, request: GenerationRequest, model: LoadedModel, first: Plan | None = None) -> Plan:
         """A pass's plan. Further passes (`first` given) keep the first pass's seeds and settings."""
         sampler, schedule = samplers.resolve(request.sampler_name, request.scheduler)
+        adapter = model.architecture.adapter
+        if adapter.automatic_schedule and (request.scheduler or samplers.AUTOMATIC).strip().lower() == "automatic" \
+                and samplers.split_legacy_name(request.sampler_name)[1] is None:
+            schedule = adapter.automatic_schedule  # the family's own (flow models: their pipeline's shift)
+        if not sampler.uses_schedule and not adapter.ddpm_samplers:
+            raise ValidationError([FieldError("sampler_name", f"{sampler.name} runs a DDPM scheduler, which "
+                                              f"{adapter.label} models cannot use; choose e.g. Euler")])
         if first is not None:
             prompts = self.plan_prompts(request, model, self.options(request))
             return Plan(model, sampler, schedule, first.seed, prompts, first.subseed, first.options)
@@ -368,7 +375,7 @@ class Engine:
                                                context=run.context):
                 if isinstance(replacement, torch.Tensor) and replacement.shape == first_noise.shape:
                     first_noise = replacement
-        extra = model.architecture.adapter.extra_conditioning(width, height)
+        extra = model.architecture.adapter.extra_conditioning(width, height, p.request.distilled_cfg_scale)
         denoiser = p.plan.prompts.denoiser(len(batch.seeds), *extra)
         denoiser.set_hooks(self.hooks)
         denoiser.set_controls(p.plan.controls)
@@ -399,14 +406,14 @@ class Engine:
             mask_pixels = torch.ones(batch, 1, height, width)
             masked = [Image.new("RGB", (width, height), (128, 128, 128))] * batch
         masked_latents = latents_io.encode(model, masked)
-        factor = model.vae_scale_factor
-        small_mask = torch.nn.functional.interpolate(mask_pixels, size=(height // factor, width // factor))
-        sampling.denoiser.set_image_conditioning(torch.cat([small_mask.to(masked_latents), masked_latents], dim=1))
+        sampling.denoiser.set_image_conditioning(
+            model.architecture.adapter.inpaint_conditioning(mask_pixels.to(masked_latents), masked_latents))
 
     def _run(self, p: Pass, sampling: Sampling, job: Job, step_offset: int) -> torch.Tensor:
         request, plan, denoiser, init = p.request, p.plan, sampling.denoiser, sampling.init
         strength = p.strength if init is not None and p.strength is not None else 1.0
-        schedule = denoiser.schedule
+        factor = plan.model.vae_scale_factor
+        schedule = denoiser.schedule = denoiser.schedule.for_size(p.size[1] // factor, p.size[0] // factor)
         schedule.sigma_min_override = plan.options["sigma_min"]
         schedule.sigma_max_override = plan.options["sigma_max"]
         schedule.rho_override = plan.options["rho"]
@@ -476,6 +483,7 @@ class Engine:
             "Sampler": plan.sampler.name,
             "Schedule type": plan.schedule if plan.sampler.uses_schedule else None,
             "CFG scale": request.cfg_scale,
+            "Distilled CFG Scale": request.distilled_cfg_scale if model.architecture.adapter.distilled_guidance else None,
             "Seed": seed,
             "Size": f"{width}x{height}",
             "Model hash": model.short_hash or None,

@@ -50,6 +50,8 @@ class GenerationRequest:
     sampler_name: str = "DPM++ 2M"
     scheduler: str = "Automatic"
     cfg_scale: float = 7.0
+    # guidance-distilled models (Flux dev): the guidance value the network is told (Forge's "Distilled CFG Scale")
+    distilled_cfg_scale: float = 3.5
     width: int = 512
     height: int = 512
     seed: int = -1
@@ -178,7 +180,7 @@ class GenerationRequest:
             yield FieldError("cfg_scale", "must be a number from 0 to 100")
         if not is_int(self.subseed) or not (self.subseed == -1 or 0 <= self.subseed <= MAX_SEED):
             yield FieldError("subseed", f"must be -1 (random) or a whole number from 0 to {MAX_SEED}")
-        for name, low, high in (("subseed_strength", 0, 1), ("cfg_rescale", 0, 1), ("cfg_interval_start", 0, 1),
+        for name, low, high in (("distilled_cfg_scale", 0, 100), ("subseed_strength", 0, 1), ("cfg_rescale", 0, 1), ("cfg_interval_start", 0, 1),
                                 ("cfg_interval_end", 0, 1)):
             value = getattr(self, name)
             if not is_number(value) or not low <= value <= high:

@@ -193,7 +193,13 @@ def run(info: SamplerInfo, schedule_label: str, model: ModelOutput, noise: "k_sa
         # sigmas stay on the CPU: reading one never synchronises with the GPU
         full = sigmas_for(info, schedule_label, model.schedule, total)
         sigmas = full[start:]
-        x = first_noise * float(sigmas[0]) if init is None else init + first_noise * float(sigmas[0])
+        parameterisation = getattr(model, "parameterisation", None)
+        if init is None:
+            x = first_noise * float(sigmas[0])
+        elif parameterisation is not None:
+            x = parameterisation.noised(init, first_noise, float(sigmas[0]))
+        else:
+            x = init + first_noise * float(sigmas[0])
         opts = replace(options or k_samplers.SamplerOptions(), **info.extra)
         if info.brownian_noise and opts.sde_noise != SDE_NOISE_PER_STEP and hasattr(noise, "seeds"):
             # AUTOMATIC1111 spans the trees over the whole schedule, also when img2img runs only its tail
@@ -204,6 +210,9 @@ def run(info: SamplerInfo, schedule_label: str, model: ModelOutput, noise: "k_sa
         if info.k_function is k_samplers.sample_restart:
             kwargs["karras"] = lambda n, lo, hi: karras_sigmas(n, lo, hi).tolist()
         return info.k_function(model.denoise, x, sigmas, noise, callback, opts, **kwargs)
+    if getattr(getattr(model, "parameterisation", None), "name", "") == "flow":
+        raise UnknownSamplerError(f"sampler {info.name!r} runs a DDPM scheduler; flow-matching models take the "
+                                  "k-diffusion samplers (Euler, Heun, DPM++ 2M, LMS ...)")
     eta = (options.eta if options is not None else 0.0) if info.extra.get("eta_setting") else None
     return _run_diffusers(info, model, first_noise, total, start, scheduler_config, callback, generators, init, eta)
 

@@ -17,6 +17,11 @@ Schedules (AUTOMATIC1111's "Schedule type" names):
 - Simple / Normal / DDIM: ComfyUI's (every k-th trained sigma / linear timesteps / DDIM's
   uniform stride);
 - Beta: Lee et al. 2024, timesteps at the quantiles of Beta(0.6, 0.6).
+
+Flow-matching models (`FlowSchedule`) have sigma = flow time s in [0, 1], shifted towards noise
+(static shift, or resolution-dependent "dynamic" shift as diffusers' FluxPipeline computes it);
+the same schedule functions walk their 1000 levels, and Simple is exactly the pipeline's
+`shift(linspace(1, 1/n, n))`.
 """
 from __future__ import annotations
 
@@ -83,6 +88,68 @@ class DiscreteSchedule:
         w = t.frac()
         log_sigma = (1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]
         return log_sigma.exp()
+
+    def model_timestep(self, sigma: float) -> float:
+        """The timestep the network is called with at this noise level."""
+        return float(self.sigma_to_t(torch.tensor(sigma)))
+
+    def simple_sigmas(self, n: int) -> torch.Tensor:
+        """ComfyUI's Simple: every (1000/n)-th trained level from the top (no trailing zero)."""
+        stride = len(self.sigmas) / n
+        return torch.stack([self.sigmas[-(1 + int(i * stride))] for i in range(n)])
+
+    def for_size(self, latent_height: int, latent_width: int) -> "DiscreteSchedule":
+        """The schedule for images of this latent size (resolution-dependent shift); VP: unchanged."""
+        return self
+
+
+@dataclass
+class FlowSchedule(DiscreteSchedule):
+    """Rectified flow: sigma = shift(t) for t in (0, 1], the model is called with sigma * 1000.
+
+    `shift(t) = e^mu / (e^mu + 1/t - 1)` with mu from the image's token count when the scheduler
+    config asks for dynamic shifting (Flux dev), else `s * t / (1 + (s - 1) * t)` (schnell: s = 1).
+    """
+
+    config: dict[str, Any] | None = None
+    patch: int = 2          # latent pixels per token along a side (for the token count)
+    mu: float | None = None
+
+    @classmethod
+    def flow(cls, config: dict[str, Any], patch: int = 2, mu: float | None = None) -> "FlowSchedule":
+        steps = int(config.get("num_train_timesteps", 1000))
+        t = torch.arange(1, steps + 1, dtype=torch.float64) / steps
+        sigmas = cls._shift_values(config, mu, t).float()
+        return cls(sigmas, sigmas.log(), config=dict(config), patch=patch, mu=mu)
+
+    @staticmethod
+    def _shift_values(config: dict[str, Any], mu: float | None, t: torch.Tensor) -> torch.Tensor:
+        if config.get("use_dynamic_shifting"):
+            m = 0.5 if mu is None else mu
+            return math.exp(m) / (math.exp(m) + (1 / t - 1))
+        shift = float(config.get("shift", 1.0))
+        return shift * t / (1 + (shift - 1) * t)
+
+    def for_size(self, latent_height: int, latent_width: int) -> "FlowSchedule":
+        if not (self.config or {}).get("use_dynamic_shifting"):
+            return self
+        c = self.config or {}
+        tokens = (latent_height // self.patch) * (latent_width // self.patch)
+        base_len, max_len = c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096)
+        base, top = c.get("base_shift", 0.5), c.get("max_shift", 1.15)
+        slope = (top - base) / (max_len - base_len)
+        made = FlowSchedule.flow(self.config or {}, self.patch, tokens * slope + base - slope * base_len)
+        made.sigma_min_override, made.sigma_max_override = self.sigma_min_override, self.sigma_max_override
+        made.rho_override = self.rho_override
+        return made
+
+    def model_timestep(self, sigma: float) -> float:
+        return float(sigma) * len(self.sigmas)
+
+    def simple_sigmas(self, n: int) -> torch.Tensor:
+        """Exactly FluxPipeline's schedule: shift(linspace(1, 1/n, n))."""
+        t = torch.from_numpy(np.linspace(1.0, 1 / n, n).astype(np.float32)).double()
+        return self._shift_values(self.config or {}, self.mu, t).float()
 
 
 def _zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -151,8 +218,7 @@ def align_your_steps(model: DiscreteSchedule, n: int) -> torch.Tensor:
 
 
 def simple(model: DiscreteSchedule, n: int) -> torch.Tensor:
-    stride = len(model.sigmas) / n
-    return _append_zero(torch.stack([model.sigmas[-(1 + int(i * stride))] for i in range(n)]))
+    return _append_zero(model.simple_sigmas(n))
 
 
 def normal(model: DiscreteSchedule, n: int) -> torch.Tensor:

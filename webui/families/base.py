@@ -67,6 +67,12 @@ class Family:
     prediction_uncertain: ClassVar[bool] = False
     # SDXL-based families share ControlNets, IP-Adapters and LoRA layouts
     sdxl_like: ClassVar[bool] = False
+    # the schedule "Automatic" means for this family (None: each sampler's own default)
+    automatic_schedule: ClassVar[str | None] = None
+    # whether the DDPM schedulers (DDIM, PLMS, UniPC, LCM) fit the model's parameterisation
+    ddpm_samplers: ClassVar[bool] = True
+    # guidance-distilled: the network takes the guidance value as an input ("Distilled CFG Scale")
+    distilled_guidance: ClassVar[bool] = False
 
     def noise_schedule(self, scheduler_config: dict[str, Any]) -> DiscreteSchedule:
         """The trained noise levels the samplers step through (DDPM betas from the scheduler config)."""
@@ -90,9 +96,37 @@ class Family:
         """Whether a diffusers folder (its model_index.json and component configs) is this family."""
         return False
 
-    def extra_conditioning(self, width: int, height: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Per-image conditioning besides the text (positive, negative), e.g. SDXL's size ids."""
+    def extra_conditioning(self, width: int, height: int,
+                           guidance: float = 0.0) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per-image conditioning besides the text (positive, negative), e.g. SDXL's size ids; `guidance`
+        is the request's distilled guidance value (for `distilled_guidance` families)."""
         return None, None
+
+    def encode_prompt(self, encoder: Any, text: str) -> Any:
+        """The prompt's conditioning (core.conditioning.Conditioning) when this family encodes text its own
+        way (e.g. a T5 sequence plus a CLIP pooled vector); None: the CLIP 77-token chunks of `encoder`."""
+        return None
+
+    def detect_file(self, shapes: Shapes) -> Any:
+        """(Architecture keyword arguments) when a single file's tensors are this family's own layout that
+        the shared UNet detection cannot read (e.g. a transformer); None otherwise."""
+        return None
+
+    def configure_inpainting(self, components: dict[str, dict[str, Any]]) -> None:
+        """Widen the denoiser's config for the inpainting variant (mask and masked-image channels)."""
+        if "unet" in components:
+            components["unet"]["in_channels"] = 9
+
+    def inpaint_conditioning(self, mask: torch.Tensor, masked_latents: torch.Tensor) -> torch.Tensor:
+        """The inpainting variant's extra input channels from the full-size mask (B, 1, H, W; 1 = repaint)
+        and the masked image's latents: SD's 9-channel UNet takes the mask at latent size, then the latents."""
+        small = torch.nn.functional.interpolate(mask, size=tuple(masked_latents.shape[-2:]))
+        return torch.cat([small, masked_latents], dim=1)
+
+    def load_tokenizer(self, component: str, folder: Any) -> Any:
+        """The tokenizer of a text encoder that is not CLIP (None: the shipped CLIP tokenizer), read from a
+        diffusers folder's tokenizer subfolder (`folder`, None for single files)."""
+        return None
 
     def denoiser_kwargs(self, pooled: torch.Tensor | None, extra: torch.Tensor | None) -> dict[str, Any]:
         """Keyword arguments of the denoiser call built from pooled text and extra conditioning."""
@@ -121,6 +155,10 @@ class Family:
         cls = CLIPTextModelWithProjection if projection else CLIPTextModel
         return lambda: cls(CLIPTextConfig(**clean))
 
+    # components a single file may leave out, found in models/<kind> by file-name patterns (first match wins)
+    companion_files: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {}
+    # text encoders whose tokenizer is not the shipped CLIP one: the tokenizer_config class it starts with
+    tokenizer_classes: ClassVar[dict[str, str]] = {}
     # where a single file keeps each text encoder: (component, key prefix, layout "hf" | "openclip")
     single_file_text_encoders: ClassVar[tuple[tuple[str, str, str], ...]] = ()
 

@@ -37,9 +37,9 @@ class SDXL(Family):
         return LayerChoice(max(1, int(clip_skip)) + 1, False)  # penultimate layer, no final norm
 
     def matches_folder(self, index, components) -> bool:
-        return _has(index, "text_encoder_2") and _has(index, "text_encoder")
+        return _has(index, "text_encoder_2") and _has(index, "text_encoder") and not _has(index, "transformer")
 
-    def extra_conditioning(self, width: int, height: int):
+    def extra_conditioning(self, width: int, height: int, guidance: float = 0.0):
         """Original size, crop top-left, target size: all the generated size, uncropped."""
         ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
         return ids, ids
@@ -61,7 +61,7 @@ class SDXLRefiner(SDXL):
     def matches_folder(self, index, components) -> bool:
         return _has(index, "text_encoder_2") and not _has(index, "text_encoder")
 
-    def extra_conditioning(self, width: int, height: int):
+    def extra_conditioning(self, width: int, height: int, guidance: float = 0.0):
         """Original size, crop, and an aesthetic score in place of the target size."""
         positive, negative = REFINER_AESTHETIC
         return (torch.tensor([[height, width, 0, 0, positive]], dtype=torch.float32),

@@ -155,12 +155,14 @@ def target_map(model) -> dict[str, tuple[str, torch.nn.Module]]:
     if cached is not None:
         return cached
     targets: dict[str, tuple[str, torch.nn.Module]] = {}
-    rules = _sorted(unet_rules(model.configs["unet"]), forward=False)
+    unet_config = model.configs.components.get("unet")  # a transformer family has no UNet layout rules
+    rules = _sorted(unet_rules(unet_config), forward=False) if unet_config else []
+    denoiser = model.architecture.adapter.denoiser_component  # diffusers/PEFT files: "transformer.<module>"
     for name, module in model.unet.named_modules():
         if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
             continue
-        original = _apply(name + ".", rules, forward=False)
-        for spelling in {"lora_unet_" + _flat(name), "unet." + name, name,
+        original = _apply(name + ".", rules, forward=False) if rules else None
+        for spelling in {"lora_unet_" + _flat(name), "unet." + name, name, f"{denoiser}.{name}",
                          *(["lora_unet_" + _flat(original.rstrip("."))] if original else [])}:
             targets[spelling] = ("unet", module)
     encoders = model.architecture.text_encoders

@@ -95,8 +95,8 @@ def configs_for(arch: Architecture, overrides: dict[str, dict[str, Any]] | None 
     """Shipped configs for the family, adjusted for the variant, then any sidecar overrides."""
     components = copy.deepcopy(_family_configs(arch.family))
     if arch.inpainting:
-        components["unet"]["in_channels"] = 9
-    components["scheduler"]["prediction_type"] = arch.prediction_type
+        arch.adapter.configure_inpainting(components)
+    components.setdefault("scheduler", {})["prediction_type"] = arch.prediction_type
     for name, cfg in (overrides or {}).items():
         if name == "scheduler":
             components.setdefault(name, {}).update(cfg)

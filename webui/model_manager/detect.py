@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..families.registry import family_by_context_width, family_by_marker
+from ..families.registry import all_families, family_by_context_width, family_by_marker
 from .architecture import Architecture
 
 Shapes = dict[str, tuple[int, ...]]
@@ -35,13 +35,18 @@ def _context_width(shapes: Shapes) -> int | None:
 
 def detect(shapes: Shapes) -> Detection:
     """Architecture of a single-file checkpoint in the original layout."""
+    for family in all_families():  # families with a layout of their own (a transformer) say so first
+        found = family.detect_file(shapes)
+        if found is not None:
+            return Detection(Architecture(family.name, **found))
     unet_in = shapes.get(_UNET_IN)
     if unet_in is None:
         if any(k.startswith(("lora_", "lora_unet")) or ".lora_" in k for k in shapes):
             raise DetectionError("this is a LoRA, not a checkpoint: put it in models/Lora")
         if any(k.startswith(("encoder.", "decoder.")) for k in shapes):
             raise DetectionError("this is a VAE, not a checkpoint: put it in models/VAE")
-        raise DetectionError("no UNet tensors (model.diffusion_model.*): not a Stable Diffusion checkpoint")
+        raise DetectionError("neither UNet tensors (model.diffusion_model.*) nor a transformer Easel knows "
+                             "(Flux's double_blocks.*): not a checkpoint Easel can load")
 
     adapter = family_by_marker(shapes)  # a text-encoder tensor only one family has
     if adapter is None:

@@ -6,8 +6,9 @@ stored as GGUF, placed in models/Stable-diffusion. The tensors are dequantized t
 load time and then take exactly the path a `.safetensors` checkpoint takes (detection,
 conversion, meta-device build), so a GGUF file saves disk and download size, not memory.
 UNet-only GGUF files (keys without the `model.diffusion_model.` prefix, as most published
-Flux/SD3/SDXL UNet quantizations) are listed with their quantization but refused by the
-loader with a message saying so. ComfyUI-GGUF's `comfy.gguf.orig_shape.<name>` fields are
+SD3/SDXL UNet quantizations) are listed with their quantization but refused by the loader
+with a message saying so; a Flux transformer-only GGUF (city96's layout: BFL's keys) loads,
+dequantized, with its companions from models/text_encoder and models/VAE. ComfyUI-GGUF's `comfy.gguf.orig_shape.<name>` fields are
 honoured for tensors stored reshaped.
 """
 from __future__ import annotations
@@ -67,7 +68,7 @@ def describe_gguf(path: Path) -> dict[str, Any]:
     arch = _field_value(reader, "general.architecture") or ""
     label = str(arch)
     note = ""
-    if any(n.startswith(UNET_PREFIX) for n in names):
+    if any(n.startswith(UNET_PREFIX) for n in names) or _claimed({t.name: _shape(reader, t) for t in reader.tensors}):
         from .library import guess_architecture
 
         shapes = {t.name: _shape(reader, t) for t in reader.tensors}
@@ -75,6 +76,14 @@ def describe_gguf(path: Path) -> dict[str, Any]:
     elif any(n in _UNET_ONLY_MARKERS for n in names):
         note = "UNet-only GGUF: Easel loads full-checkpoint GGUF files only"
     return {"architecture": label, "tensors": len(names), "quantization": quantization_summary(types), "note": note}
+
+
+def _claimed(shapes: dict[str, tuple[int, ...]]) -> bool:
+    """Whether a family loads this denoiser-only layout itself (Flux's transformer, with its text encoders
+    and VAE taken from models/text_encoder and models/VAE)."""
+    from ..families.registry import all_families
+
+    return any(family.detect_file(shapes) is not None for family in all_families())
 
 
 def read_gguf_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -104,7 +113,8 @@ def read_gguf_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 def read_gguf_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a full-checkpoint GGUF for the single-file loader; UNet-only files are refused clearly."""
     tensors, types = read_gguf_tensors(path)
-    if not any(k.startswith(UNET_PREFIX) for k in tensors) and any(k in _UNET_ONLY_MARKERS for k in tensors):
+    if not any(k.startswith(UNET_PREFIX) for k in tensors) and any(k in _UNET_ONLY_MARKERS for k in tensors) \
+            and not _claimed({k: tuple(v.shape) for k, v in tensors.items()}):
         raise ModelLoadError(f"{path.name} holds only a UNet; Easel loads GGUF files that contain the whole "
                              "checkpoint (UNet, VAE and text encoders)")
     return tensors

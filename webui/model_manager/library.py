@@ -29,7 +29,7 @@ from .hashing import HashCache, autov2
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 2  # 2: checkpoint folders carry `unloadable`
+INDEX_VERSION = 3  # 2: checkpoint folders carry `unloadable`; 3: loadable folders labelled by family
 MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".onnx")
 MAX_HEADER = 100 << 20  # a safetensors header larger than this is not a model file
 MAX_META_VALUE = 2000
@@ -197,6 +197,11 @@ def describe_diffusers(path: Path) -> dict[str, Any]:
                 continue
             cls = str(config.get("_class_name", ""))
             label = _PIPELINE_LABELS.get(cls, cls)
+            if name == "model_index.json":
+                from .registry import folder_family
+
+                family = folder_family(path)  # the family and variant when Easel loads it ("Flux.1 dev")
+                label = family.label if family is not None else label
             if name == "config.json" and config.get("cross_attention_dim") in _FAMILY_BY_WIDTH:
                 label = f"{cls} ({_FAMILY_BY_WIDTH[config['cross_attention_dim']]})"
             return {"architecture": label}

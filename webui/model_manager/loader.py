@@ -47,7 +47,7 @@ class LoadedModel:
     unet: UNet2DConditionModel
     vae: AutoencoderKL
     text_encoders: dict[str, torch.nn.Module]
-    tokenizers: dict[str, CLIPTokenizer]
+    tokenizers: dict[str, Any]  # CLIPTokenizer, or the family's own (T5)
     device: DeviceConfig
     sha256: str = ""
     load_seconds: float = 0.0
@@ -128,20 +128,23 @@ def _folder_architecture(folder: Path, components: dict[str, dict[str, Any]]) ->
         raise ModelLoadError(f"{folder.name}: a diffusers folder of a model family Easel does not know")
     family = adapter.name
     prediction = components.get("scheduler", {}).get("prediction_type", "epsilon")
-    return Architecture(family, prediction, components["unet"].get("in_channels", 4) == 9)
+    denoiser = components[adapter.denoiser_component]
+    inpainting = denoiser.get("in_channels", 4) in (9, 384)  # SD inpainting; Flux Fill
+    return Architecture(family, prediction, inpainting)
 
 
 def read_diffusers_folder(folder: Path, allow_pickle: bool) -> tuple[ModelConfigs, dict[str, StateDict]]:
     components: dict[str, dict[str, Any]] = {}
-    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+    for name in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2"):
         cfg = folder / name / "config.json"
         if cfg.is_file():
             components[name] = json.loads(cfg.read_text())
     sched = folder / "scheduler" / "scheduler_config.json"
     if sched.is_file():
         components["scheduler"] = json.loads(sched.read_text())
-    if "unet" not in components or "vae" not in components:
-        raise ModelLoadError(f"{folder.name}: a diffusers folder needs unet/ and vae/ subfolders")
+    denoiser = "transformer" if "transformer" in components else "unet"
+    if denoiser not in components or "vae" not in components:
+        raise ModelLoadError(f"{folder.name}: a diffusers folder needs unet/ (or transformer/) and vae/ subfolders")
     arch = _folder_architecture(folder, components)
     scheduler = {k: v for k, v in components.pop("scheduler", {}).items() if not k.startswith("_")}
     configs = configs_for(arch, {**components, "scheduler": scheduler})
@@ -195,6 +198,10 @@ def build_module(name: str, config: dict[str, Any], tensors: StateDict, device: 
     expected = model.state_dict()
     if _uses_bare_text_keys(model):
         tensors = {k.removeprefix("text_model."): v for k, v in tensors.items()}
+    tied = getattr(model, "_tied_weights_keys", None)
+    for target, source in (tied.items() if isinstance(tied, dict) else ()):
+        if target not in tensors and source in tensors:  # tied weights are saved once (T5's embeddings)
+            tensors = {**tensors, target: tensors[source]}
     converted: StateDict = {}
     for key, value in tensors.items():
         target = expected.get(key)
@@ -267,14 +274,70 @@ class ReadWeights:
     weights: dict[str, StateDict]
     uncertain: bool = False                       # prediction type to be probed from the UNet
     notes: list[str] = field(default_factory=list)
+    tokenizers: dict[str, Any] = field(default_factory=dict)  # non-CLIP tokenizers the checkpoint carries
 
 
 Reader = Callable[[CheckpointInfo, bool, Any], ReadWeights]  # (info, allow_pickle, sidecar) -> ReadWeights
 
 
+def _first_match(folder: Path, patterns: tuple[str, ...]) -> Path | None:
+    for pattern in patterns:
+        found = sorted(p for p in folder.glob(pattern) if p.is_file())
+        if found:
+            return found[0]
+    return None
+
+
+def _tokenizer_folder(folder: Path, class_prefix: str) -> Path | None:
+    """A tokenizer folder (tokenizer.json + tokenizer_config.json naming a `class_prefix`* class) in `folder`."""
+    for config in sorted(folder.glob("*/tokenizer_config.json")):
+        try:
+            tokenizer_class = str(json.loads(config.read_text()).get("tokenizer_class") or "")
+        except (OSError, ValueError):
+            continue
+        if tokenizer_class.startswith(class_prefix) and (config.parent / "tokenizer.json").is_file():
+            return config.parent
+    return None
+
+
+def add_companions(read: ReadWeights, companion_dirs: dict[str, Path], allow_pickle: bool) -> None:
+    """Fill in what a single file leaves out (a transformer-only file's VAE and text encoders) from
+    the family's companion files in models/VAE and models/text_encoder, and non-CLIP tokenizers."""
+    from .vae import vae_state_dict
+
+    adapter = read.configs.architecture.adapter
+    for component, (kind, patterns) in adapter.companion_files.items():
+        if component in read.weights:
+            continue
+        folder = companion_dirs.get(kind)
+        path = _first_match(folder, patterns) if folder is not None and folder.is_dir() else None
+        if path is None:
+            raise ModelLoadError(f"the file has no {component.replace('_', ' ')} and none was found in "
+                                 f"{folder or 'models/' + kind} (looked for {', '.join(patterns)})")
+        tensors = read_tensors(path, allow_pickle)
+        read.weights[component] = vae_state_dict(tensors, read.configs["vae"]) if component == "vae" else tensors
+        read.notes.append(f"{component.replace('_', ' ')} from {kind}/{path.name}")
+    for component, class_prefix in adapter.tokenizer_classes.items():
+        if component in read.tokenizers:
+            continue
+        folder = companion_dirs.get("text_encoder")
+        found = _tokenizer_folder(folder, class_prefix) if folder is not None and folder.is_dir() else None
+        try:
+            read.tokenizers[component] = adapter.load_tokenizer(component, found)
+        except ValueError as exc:
+            raise ModelLoadError(f"{exc}; put the tokenizer folder (tokenizer.json, tokenizer_config.json) in "
+                                 f"{folder or 'models/text_encoder'}") from exc
+
+
 def _read_folder(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) -> ReadWeights:
     configs, weights = read_diffusers_folder(info.path, allow_pickle)
-    return ReadWeights(configs, weights)
+    adapter, tokenizers = configs.architecture.adapter, {}
+    for index, name in enumerate(configs.architecture.text_encoders):
+        folder = info.path / ("tokenizer" if index == 0 else f"tokenizer_{index + 1}")
+        tokenizer = adapter.load_tokenizer(name, folder if folder.is_dir() else None)
+        if tokenizer is not None:
+            tokenizers[name] = tokenizer
+    return ReadWeights(configs, weights, tokenizers=tokenizers)
 
 
 def _read_single_file(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) -> ReadWeights:
@@ -304,7 +367,7 @@ def register_reader(fmt: str, reader: Reader) -> None:
 
 
 def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bool,
-                    progress: Progress | None = None) -> LoadedModel:
+                    progress: Progress | None = None, companion_dirs: dict[str, Path] | None = None) -> LoadedModel:
     """Load a checkpoint for generation. Raises ModelLoadError with a readable reason."""
     say = progress or (lambda message: None)
     started = time.perf_counter()
@@ -315,6 +378,8 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bo
         sidecar = read_sidecars(info.path)
         say(f"reading {info.path.name}")
         read = reader(info, allow_pickle, sidecar)
+        if info.format != "diffusers":
+            add_companions(read, companion_dirs or {}, allow_pickle)
         configs, weights, uncertain, notes = read.configs, read.weights, read.uncertain, read.notes
         if sidecar.sources:
             notes.append("config from " + ", ".join(p.name for p in sidecar.sources))
@@ -330,16 +395,17 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bo
         dtype = device.vae_dtype if name == "vae" else device.dtype
         modules[name] = build_module(name, configs[name], weights.pop(name), device.device, dtype, arch.family)
 
-    if uncertain and probe_v_prediction(modules["unet"]):
+    denoiser = modules[arch.adapter.denoiser_component]
+    if uncertain and probe_v_prediction(denoiser):
         arch = Architecture(arch.family, "v_prediction", arch.inpainting)
         configs.architecture = arch
         configs["scheduler"]["prediction_type"] = "v_prediction"
         notes.append("detected v-prediction")
 
     loaded = LoadedModel(
-        info=info, architecture=arch, configs=configs, unet=modules["unet"], vae=modules["vae"],
+        info=info, architecture=arch, configs=configs, unet=denoiser, vae=modules["vae"],
         text_encoders={n: modules[n] for n in arch.text_encoders},
-        tokenizers={n: tokenizer_for(arch.family, n) for n in arch.text_encoders},
+        tokenizers={n: read.tokenizers.get(n) or tokenizer_for(arch.family, n) for n in arch.text_encoders},
         device=device, notes=notes, demo=sidecar.demo)
     loaded.load_seconds = time.perf_counter() - started
     log.info("loaded %s (%s) in %.1fs", info.name, arch.label, loaded.load_seconds)

@@ -122,7 +122,8 @@ class ModelManager:
             # an offload mode builds the model in system memory: a small GPU never holds all of it
             offloaded = self.memory.loads_offloaded(info.size)
             load_on = replace(self.device, device=torch.device("cpu")) if offloaded else self.device
-            model = load_checkpoint(info, load_on, self.allow_pickle, progress)
+            companions = {kind: self.paths.model_dir(kind) for kind in ("vae", "text_encoder")}
+            model = load_checkpoint(info, load_on, self.allow_pickle, progress, companions)
             model.device = self.device
             apply_weight_storage(model, storage)
             model.weight_storage = storage  # fp8 types, or the compute type --weights named

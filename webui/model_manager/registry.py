@@ -9,7 +9,7 @@ A folder is one model or a folder of models, never both: a diffusers pipeline
 (`model_index.json`) or a single component (`config.json` beside its weights) is never
 walked into, so its component files (`unet/diffusion_pytorch_model.safetensors`,
 `text_encoder/model.safetensors`) are never listed as checkpoints. A pipeline Easel cannot
-load (a Flux or SD3 folder has `transformer/`, not `unet/`) and a lone component folder are
+load (an SD3 folder: a family Easel does not know) and a lone component folder are
 kept aside in `unloadable()` with the reason, so the Models library and `find()` can say why.
 """
 from __future__ import annotations
@@ -47,11 +47,12 @@ class CheckpointInfo:
 
     @property
     def hash_source(self) -> Path:
-        """The file whose sha256 identifies the model (the UNet weights for diffusers folders)."""
+        """The file whose sha256 identifies the model (the UNet's or transformer's weights for diffusers folders)."""
         if self.format != "diffusers":
             return self.path
-        for candidate in sorted((self.path / "unet").glob("*.safetensors")):
-            return candidate
+        for denoiser in ("unet", "transformer"):
+            for candidate in sorted((self.path / denoiser).glob("*.safetensors")):
+                return candidate
         return self.path / "model_index.json"
 
 
@@ -87,6 +88,19 @@ def _known_families() -> str:
     return ", ".join(f.label for f in all_families())
 
 
+def folder_family(folder: Path):
+    """The family adapter of a loadable diffusers folder (for its label), else None; reads only JSON."""
+    if folder_problem(folder) is not None:
+        return None
+    from ..families.registry import family_of_folder
+
+    index = _read_json(folder / "model_index.json")
+    components = {name: _read_json(folder / name / "config.json") for name in
+                  ("unet", "transformer", "vae", "text_encoder", "text_encoder_2")
+                  if (folder / name / "config.json").is_file()}
+    return family_of_folder(index, components)
+
+
 def folder_problem(folder: Path) -> str | None:
     """Why Easel cannot load this model folder as a checkpoint, or None if it can.
 
@@ -106,19 +120,17 @@ def folder_problem(folder: Path) -> str | None:
     if not isinstance(index, dict):
         return "model_index.json cannot be read as a JSON object"
     pipeline = str(index.get("_class_name") or "diffusers pipeline")
-    if "unet" not in index or not (folder / "unet").is_dir():
-        if "transformer" in index or (folder / "transformer").is_dir():
-            return (f"a {pipeline} folder with a transformer instead of a UNet; "
-                    f"Easel loads these families: {_known_families()}")
-        return f"a {pipeline} folder without unet/; Easel needs unet/ and vae/"
+    denoiser = "transformer" if "transformer" in index or (folder / "transformer").is_dir() else "unet"
+    if denoiser not in index or not (folder / denoiser).is_dir():
+        return f"a {pipeline} folder without {denoiser}/; Easel needs unet/ (or transformer/) and vae/"
     components: dict[str, dict[str, Any]] = {}
-    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+    for name in (denoiser, "vae", "text_encoder", "text_encoder_2"):
         if (folder / name / "config.json").is_file():
             config = _read_json(folder / name / "config.json")
             if not isinstance(config, dict):
                 return f"{name}/config.json cannot be read"
             components[name] = config
-    missing = [name for name in ("unet", "vae") if name not in components]
+    missing = [name for name in (denoiser, "vae") if name not in components]
     if missing:
         return f"a {pipeline} folder without {' or '.join(m + '/config.json' for m in missing)}"
     from ..families.registry import family_of_folder

@@ -32,7 +32,10 @@ def unit_count(easel: Easel) -> int:
 
 def _unet_config(easel: Easel) -> dict[str, Any] | None:
     current = easel.models.current
-    return dict(current.configs["unet"]) if current is not None else None
+    if current is None:
+        return None
+    # a transformer family: a config no UNet ControlNet, adapter or IP-Adapter fits
+    return dict(current.configs.components.get("unet") or {"cross_attention_dim": None, "block_out_channels": []})
 
 
 def _model_choices(easel: Easel, module: str) -> list[str]:

@@ -131,6 +131,9 @@ def build_sampling(easel: Easel, controls: GenerationControls, size_controls: bo
         controls.inputs["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{p}_batch_size")
     controls.inputs["cfg_scale"] = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id=f"{p}_cfg_scale")
     emit(easel, controls.inputs["cfg_scale"])
+    controls.inputs["distilled_cfg_scale"] = gr.Slider(0, 30, value=3.5, step=0.1, label="Distilled CFG Scale",
+                                                       info="guidance-distilled models (Flux dev) only",
+                                                       elem_id=f"{p}_distilled_cfg_scale")
     with gr.Accordion("Guidance", open=False, elem_id=f"{p}_guidance_box"):
         controls.inputs["cfg_rescale"] = gr.Slider(0, 1, value=0, step=0.05, label="CFG rescale phi (v-prediction)",
                                                    elem_id=f"{p}_cfg_rescale")
@@ -320,6 +323,7 @@ def common_request_fields(fields: dict[str, Any], script_titles: dict[str, str] 
         sampler_name=fields.get("sampler_name") or "", scheduler=fields.get("scheduler") or samplers.AUTOMATIC,
         steps=as_int(fields.get("steps")), n_iter=as_int(fields.get("n_iter"), 1),
         batch_size=as_int(fields.get("batch_size"), 1), cfg_scale=as_float(fields.get("cfg_scale")),
+        distilled_cfg_scale=as_float(fields.get("distilled_cfg_scale"), 3.5),
         seed=as_int(fields.get("seed"), -1), checkpoint=fields.get("checkpoint"),
         styles=list(fields.get("styles") or []), lora_composition=fields.get("lora_composition") or "Merge",
         lora_switch_steps=as_int(fields.get("lora_switch_steps"), 1),

@@ -31,7 +31,7 @@ PASTEABLE = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", 
              "height", "enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
              "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "denoising_strength", "mask_blur",
              "inpaint_full_res_padding", "lora_composition", "subseed", "subseed_strength", "seed_resize_from_w",
-             "seed_resize_from_h", "cfg_rescale", "cfg_interval_start", "cfg_interval_end", "lora_switch_steps",
+             "seed_resize_from_h", "cfg_rescale", "cfg_interval_start", "cfg_interval_end", "lora_switch_steps", "distilled_cfg_scale",
              "inpainting_fill", "inpaint_full_res", "inpainting_mask_invert", "resize_mode", "override_settings",
              *soft_inpaint.UI_FIELDS, "restore_faces", "tiling", *wildcards.UI_FIELDS)
 # index-valued fields shown as radios: the label to select for each index

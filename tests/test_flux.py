@@ -1,0 +1,235 @@
+"""Flux.1 dev and schnell: tiny diffusers folders load as one checkpoint each, generate through the engine,
+and give diffusers' own FluxPipeline's image on the same weights, seed, prompt and steps."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import make_easel
+from webui import families
+from webui.core.request import GenerationRequest, ValidationError
+from webui.core.seeds import ImageRNG
+from webui.families.flux import pack, unpack
+from webui.model_manager.tiny_flux import write_flux_folder
+
+PROMPT = "a cat on a red chair"
+
+
+@pytest.fixture(scope="module")
+def flux_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("flux")
+    write_flux_folder(folder / "tiny-flux-dev", "dev", seed=1)
+    write_flux_folder(folder / "tiny-flux-schnell", "schnell", seed=2)
+    write_flux_folder(folder / "tiny-flux-fill", "dev", seed=3, fill=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def flux_app(tmp_path_factory, flux_dir):
+    app = make_easel(tmp_path_factory.mktemp("flux-app"), flux_dir)
+    yield app
+    app.close()
+
+
+def _psnr(a, b) -> float:
+    mse = float(((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2).mean())
+    return 10 * np.log10(255 ** 2 / max(mse, 1e-12))
+
+
+def _request(variant: str, **kw) -> GenerationRequest:
+    base = dict(prompt=PROMPT, steps=4, width=64, height=64, seed=5, sampler_name="Euler", scheduler="Automatic",
+                cfg_scale=1.0, checkpoint=f"tiny-flux-{variant}")
+    return GenerationRequest(**{**base, **kw})
+
+
+@pytest.mark.parametrize("variant, guidance, tokens", [("dev", 3.5, 512), ("schnell", 3.5, 256)])
+def test_easel_gives_the_flux_pipelines_image(flux_app, flux_dir, variant, guidance, tokens):
+    from diffusers import FluxPipeline
+
+    result = flux_app.txt2img(_request(variant, distilled_cfg_scale=guidance))
+    noise = ImageRNG((16, 8, 8), [5], torch.device("cpu"), source=flux_app.settings.get("randn_source")).first()
+    pipe = FluxPipeline.from_pretrained(str(flux_dir / f"tiny-flux-{variant}"), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    reference = pipe(PROMPT, height=64, width=64, num_inference_steps=4, guidance_scale=guidance,
+                     max_sequence_length=tokens, latents=pack(noise)).images[0]
+    psnr = _psnr(result.images[0], reference)
+    print(f"Flux {variant}: Easel vs FluxPipeline PSNR {psnr:.1f} dB")
+    assert psnr >= 40
+    # and the comparison can fail: dev with another guidance value is another image
+    if variant == "dev":
+        other = flux_app.txt2img(_request(variant, distilled_cfg_scale=1.0))
+        assert _psnr(other.images[0], reference) < 38
+
+
+def test_infotext_writes_distilled_cfg_for_dev_only_and_paste_restores_it(flux_app):
+    from webui.core.infotext import parse_infotext
+    from webui.pnginfo import infotext_to_fields
+
+    dev = flux_app.txt2img(_request("dev", steps=2, distilled_cfg_scale=2.5)).infotexts[0]
+    assert "Distilled CFG Scale: 2.5" in dev and "Schedule type: Simple" in dev and "Model: tiny-flux-dev" in dev
+    assert infotext_to_fields(parse_infotext(dev))["distilled_cfg_scale"] == 2.5
+    schnell = flux_app.txt2img(_request("schnell", steps=2)).infotexts[0]
+    assert "Distilled CFG Scale" not in schnell and "Model: tiny-flux-schnell" in schnell
+
+
+def test_real_cfg_runs_the_negative_pass_and_ddpm_samplers_are_refused(flux_app):
+    plain = flux_app.txt2img(_request("schnell", steps=2)).images[0]
+    guided = flux_app.txt2img(_request("schnell", steps=2, cfg_scale=4.0, negative_prompt="blurry")).images[0]
+    assert _psnr(plain, guided) < 60
+    with pytest.raises(ValidationError, match="sampler_name"):
+        flux_app.txt2img(_request("schnell", steps=2, sampler_name="DDIM"))
+    for sampler in ("Heun", "DPM++ 2M", "Euler a"):
+        image = flux_app.txt2img(_request("schnell", steps=3, sampler_name=sampler)).images[0]
+        assert np.asarray(image).std() > 1  # a picture, not a flat field of NaNs
+
+
+def test_a_flux_folder_is_one_checkpoint_with_its_family(flux_app):
+    names = [info.name for info in flux_app.models.checkpoints()]
+    assert sorted(names) == ["tiny-flux-dev", "tiny-flux-fill", "tiny-flux-schnell"]
+    model = flux_app.models.get("tiny-flux-dev")
+    assert model.architecture.label == "Flux.1 dev" and model.architecture.adapter.latent.channels == 16
+    assert type(model.unet).__name__ == "FluxTransformer2DModel"
+
+
+def test_the_flow_schedule_is_the_pipelines():
+    """Simple on the flow schedule = FlowMatchEulerDiscreteScheduler with FluxPipeline's sigmas and mu."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    from webui.core.schedules import simple
+    from webui.model_manager.tiny_flux import SCHEDULERS
+
+    for family in ("flux-dev", "flux-schnell"):
+        config = SCHEDULERS[family]
+        for size, steps in ((64, 4), (1024, 20), (768, 7)):
+            latent = size // 8
+            schedule = families.get(family).noise_schedule(config).for_size(latent, latent)
+            reference = FlowMatchEulerDiscreteScheduler.from_config(config)
+            mu = calculate_shift((latent // 2) ** 2, 256, 4096, 0.5, 1.15)
+            reference.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+            assert torch.allclose(simple(schedule, steps), reference.sigmas, atol=1e-6), (family, size)
+            assert schedule.model_timestep(0.5) == 500.0
+
+
+def test_packing_round_trips_as_the_pipeline_packs():
+    from diffusers import FluxPipeline
+
+    x = torch.randn(2, 16, 8, 12)
+    packed = pack(x)
+    assert torch.equal(packed, FluxPipeline._pack_latents(x, 2, 16, 8, 12))
+    assert torch.equal(unpack(packed, 8, 12), x)
+
+
+def test_flow_parameterisation_noises_and_denoises_consistently():
+    from webui.core.parameterisation import FlowVelocity
+
+    flow, clean, noise = FlowVelocity(), torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
+    x = flow.noised(clean, noise, 0.3)
+    velocity = noise - clean
+    assert torch.allclose(flow.denoised(x, 0.3, velocity), clean, atol=1e-6)
+    assert torch.allclose(flow.output_for_clean(x, 0.3, clean), velocity, atol=1e-5)
+
+
+def test_img2img_starts_from_the_flow_noised_image(flux_app):
+    """img2img runs through the engine; the sampler starts from (1 - s) * x0 + s * noise at the
+    schedule's first remaining sigma (AUTOMATIC1111's step count: int(strength * steps) + 1 steps)."""
+    from webui.core import samplers
+    from webui.core.parameterisation import FlowVelocity
+    from webui.core.schedules import FlowSchedule
+    from webui.model_manager.tiny_flux import SCHEDULERS
+
+    start = flux_app.txt2img(_request("schnell", steps=4)).images[0]
+    result = flux_app.img2img(_request("schnell", mode="img2img", steps=4, init_images=[start],
+                                       denoising_strength=0.5, seed=9))
+    assert result.images[0].size == (64, 64) and "Denoising strength: 0.5" in result.infotexts[0]
+
+    seen = []
+
+    class Recorder(samplers.ModelOutput):  # the network's stand-in: records where the sampler asks
+        schedule = FlowSchedule.flow(SCHEDULERS["flux-schnell"])
+        parameterisation = FlowVelocity()
+        prediction_type = "flow"
+
+        def denoise(self, x, sigma):
+            seen.append((x.clone(), sigma))
+            return torch.zeros_like(x)
+
+    info, label = samplers.resolve("Euler", "Simple")
+    init, noise = torch.randn(1, 16, 4, 4), torch.randn(1, 16, 4, 4)
+    samplers.run(info, label, Recorder(), None, noise, 4, {}, lambda i, x, d: None, [], init=init, strength=0.5)
+    assert len(seen) == 3 and seen[0][1] == pytest.approx(0.75)
+    assert torch.allclose(seen[0][0], 0.25 * init + 0.75 * noise, atol=1e-6)
+
+
+def test_fp8_weights_generate_close_to_full_precision(flux_app):
+    full = flux_app.txt2img(_request("schnell", steps=3)).images[0]
+    flux_app.settings.update({"weight_storage": "fp8_e4m3fn"})
+    try:
+        model = flux_app.models.get("tiny-flux-schnell")
+        assert model.weight_storage == "fp8_e4m3fn"
+        assert model.unet.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
+        fp8 = flux_app.txt2img(_request("schnell", steps=3))
+    finally:
+        flux_app.settings.update({"weight_storage": "Automatic"})
+    psnr = _psnr(fp8.images[0], full)
+    print(f"Flux schnell fp8_e4m3fn vs fp32: PSNR {psnr:.1f} dB")
+    assert psnr > 20 and "Weights: fp8_e4m3fn" in fp8.infotexts[0]
+
+
+def test_t5_carries_the_sequence_with_emphasis_and_clip_the_pooled_vector(flux_app):
+    from webui.core.conditioning import PromptEncoder
+
+    for variant, length in (("dev", 512), ("schnell", 256)):
+        encoder = PromptEncoder(flux_app.models.get(f"tiny-flux-{variant}"))
+        plain, weighted = encoder.encode("a cat on a chair"), encoder.encode("a (cat:1.5) on a chair")
+        assert plain.embeds.shape == (1, length, 32) and plain.pooled.shape == (1, 32)
+        assert not torch.allclose(plain.embeds, weighted.embeds)
+        assert torch.allclose(plain.pooled, weighted.pooled)  # CLIP sees the text without the syntax
+
+
+def test_a_diffusers_format_flux_lora_applies_and_restores(flux_app):
+    """`transformer.<module>.lora_A/lora_B` (diffusers / PEFT Flux LoRAs) patch the transformer."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(3)
+    tensors = {}
+    for module in ("transformer_blocks.0.attn.to_q", "single_transformer_blocks.0.proj_mlp"):
+        width = 32
+        out = 32 if module.endswith("to_q") else 128
+        tensors[f"transformer.{module}.lora_A.weight"] = torch.randn(4, width, generator=generator)
+        tensors[f"transformer.{module}.lora_B.weight"] = torch.randn(out, 4, generator=generator)
+    folder = flux_app.paths.model_dir("lora")
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "flux-style.safetensors"))
+    plain = flux_app.txt2img(_request("schnell", steps=2))
+    styled = flux_app.txt2img(_request("schnell", steps=2, prompt=PROMPT + " <lora:flux-style:1>"))
+    assert not any("do not exist" in w for w in styled.warnings), styled.warnings
+    assert _psnr(plain.images[0], styled.images[0]) < 60
+    again = flux_app.txt2img(_request("schnell", steps=2))
+    assert _psnr(plain.images[0], again.images[0]) > 100  # the weights came back bit for bit
+
+
+def test_fill_gets_the_masked_image_and_mask_as_flux_fill_pipeline_packs_them(flux_app, flux_dir):
+    from diffusers import FluxFillPipeline
+    from PIL import Image
+
+    pipe = FluxFillPipeline.from_pretrained(str(flux_dir / "tiny-flux-fill"), local_files_only=True)
+    generator = torch.Generator().manual_seed(0)
+    mask = (torch.rand(1, 1, 64, 64, generator=generator) > 0.5).float()
+    raw = torch.randn(1, 16, 8, 8, generator=generator)
+    theirs_mask, theirs_latents = pipe.prepare_mask_latents(mask, raw, 1, 16, 1, 64, 64, torch.float32, "cpu", None)
+    vae = pipe.vae.config
+    ours = families.get("flux-dev").inpaint_conditioning(mask, (raw - vae.shift_factor) * vae.scaling_factor)
+    assert torch.allclose(pack(ours), torch.cat([theirs_latents, theirs_mask], dim=-1), atol=1e-6)
+
+    model = flux_app.models.get("tiny-flux-fill")
+    assert model.architecture.inpainting and model.architecture.label == "Flux.1 dev inpainting"
+    picture = Image.new("RGB", (64, 64), (200, 60, 40))
+    box = Image.new("L", (64, 64), 0)
+    box.paste(255, (16, 16, 48, 48))
+    result = flux_app.img2img(_request("fill", mode="img2img", steps=2, init_images=[picture], mask=box,
+                                       denoising_strength=1.0, inpaint_full_res=False))
+    out = np.asarray(result.images[0], dtype=np.float64)
+    assert np.abs(out[:8, :8] - (200, 60, 40)).max() <= 2  # outside the mask: the picture, pasted back
+    assert np.abs(out[24:40, 24:40] - (200, 60, 40)).mean() > 10  # inside: painted

@@ -1,0 +1,121 @@
+"""Flux files as people download them: BFL's single-file transformer with separate text encoders and VAE,
+and ComfyUI's all-in-one file; detection from tensor names and shapes; the published architecture."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from webui import families
+from webui.app import AppOptions, build
+from webui.core.request import GenerationRequest
+from webui.families.flux_layout import from_diffusers, to_diffusers
+from webui.model_manager.architecture import Architecture, configs_for
+from webui.model_manager.detect import DetectionError, detect
+from webui.model_manager.tiny_flux import write_flux_folder, write_flux_gguf, write_flux_single_files
+
+# published sizes: flux1-dev.safetensors has 780 tensors (schnell 776: no guidance_in), 11,901,408,320
+# parameters (schnell 11,891,178,560); T5-XXL's encoder 4,762,310,656, CLIP-L 123,060,480, the ae 83,819,683
+PUBLISHED = {"flux-dev": (780, 11_901_408_320), "flux-schnell": (776, 11_891_178_560)}
+
+
+@pytest.mark.parametrize("family", ["flux-dev", "flux-schnell"])
+def test_the_shipped_configs_are_the_published_architecture(family):
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    configs, adapter = configs_for(Architecture(family)), families.get(family)
+    with torch.device("meta"):
+        modules = {n: adapter.module_factory(n, configs[n])() for n in adapter.components()}
+    count = {n: sum(p.numel() for p in m.parameters()) for n, m in modules.items()}
+    assert count == {"transformer": PUBLISHED[family][1], "vae": 83_819_683, "text_encoder": 123_060_480,
+                     "text_encoder_2": 4_762_310_656}
+    state = modules["transformer"].state_dict()
+    bfl = from_diffusers(state, configs["transformer"])
+    assert len(bfl) == PUBLISHED[family][0] and "double_blocks.18.img_attn.qkv.weight" in bfl
+    assert ("guidance_in.in_layer.weight" in bfl) == (family == "flux-dev")
+    # our table reads BFL's layout exactly as diffusers' own conversion does: same names, shapes and values
+    # (one row per output channel is enough to follow every split, chunk and swap)
+    generator = torch.Generator().manual_seed(0)
+    rows = {k: torch.randn(v.shape[0], generator=generator) for k, v in bfl.items()}
+    ours, leftovers = to_diffusers(rows, configs["transformer"])
+    theirs = convert_flux_transformer_checkpoint_to_diffusers({"model.diffusion_model." + k: v for k, v in rows.items()})
+    assert not leftovers and set(ours) == set(theirs) == set(state)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert all(ours[k].shape[0] == state[k].shape[0] for k in ours)
+
+
+def test_detection_tells_dev_schnell_and_fill_from_the_transformer():
+    base = {"double_blocks.0.img_attn.qkv.weight": (9216, 3072), "img_in.weight": (3072, 64)}
+    assert detect(base).architecture == Architecture("flux-schnell")
+    dev = dict(base, **{"guidance_in.in_layer.weight": (3072, 256)})
+    assert detect(dev).architecture == Architecture("flux-dev")
+    fill = {"model.diffusion_model." + k: v for k, v in dict(dev, **{"img_in.weight": (3072, 384)}).items()}
+    assert detect(fill).architecture == Architecture("flux-dev", inpainting=True)
+    with pytest.raises(DetectionError, match="nor a transformer Easel knows"):
+        detect({"something.weight": (3,)})
+
+
+@pytest.fixture(scope="module")
+def flux_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flux-files")
+    source = write_flux_folder(root / "folders" / "tiny-flux-dev", "dev", seed=4)
+    models = root / "models"
+    write_flux_single_files(source, models, "flux1-dev-tiny")
+    write_flux_single_files(source, models, "flux1-dev-aio", all_in_one=True)
+    write_flux_gguf(source, models, "flux1-dev-tiny-Q8_0")
+    return root
+
+
+def _app(root, models=None):
+    return build(AppOptions(models_dir=models or root / "models", ckpt_dirs=[root / "folders"],
+                            outputs_dir=root / "out", data_dir=root / "data", device="cpu"))
+
+
+def test_single_file_and_all_in_one_give_the_folders_image(flux_models):
+    app = _app(flux_models)
+    try:
+        names = [c.name for c in app.models.checkpoints()]
+        assert names == ["flux1-dev-aio.safetensors", "flux1-dev-tiny-Q8_0.gguf", "flux1-dev-tiny.safetensors",
+                         "tiny-flux-dev"]
+        images = {}
+        for name in names:
+            result = app.txt2img(GenerationRequest(prompt="a red chair", steps=3, width=64, height=64, seed=3,
+                                                   sampler_name="Euler", cfg_scale=1, checkpoint=name))
+            images[name] = np.asarray(result.images[0], dtype=np.float64)
+            assert "Distilled CFG Scale: 3.5" in result.infotexts[0]
+        notes = app.models.get("flux1-dev-tiny.safetensors").notes
+        assert "vae from vae/ae.safetensors" in notes and "text encoder 2 from text_encoder/t5xxl_fp16.safetensors" in notes
+        for name in ("flux1-dev-aio.safetensors", "flux1-dev-tiny.safetensors"):
+            assert np.abs(images[name] - images["tiny-flux-dev"]).max() <= 2, name
+        # GGUF Q8_0 (dequantized at load): close to the full-precision weights, not equal
+        mse = ((images["flux1-dev-tiny-Q8_0.gguf"] - images["tiny-flux-dev"]) ** 2).mean()
+        psnr = 10 * np.log10(255 ** 2 / max(mse, 1e-12))
+        print(f"Flux GGUF Q8_0 vs fp32 folder: PSNR {psnr:.1f} dB")
+        assert 30 < psnr < 100
+        assert any("Q8_0" in note for note in app.models.get("flux1-dev-tiny-Q8_0.gguf").notes)
+        entries = {e.name: e for e in app.library.entries() if e.kind == "checkpoint"}
+        assert entries["flux1-dev-tiny-Q8_0.gguf"].architecture == "Flux.1 dev"
+        assert entries["tiny-flux-dev"].architecture == "Flux.1 dev"
+        assert entries["flux1-dev-tiny.safetensors"].architecture == "Flux.1 dev"
+    finally:
+        app.close()
+
+
+def test_a_missing_text_encoder_or_tokenizer_is_named(flux_models, tmp_path):
+    from webui.model_manager.errors import ModelLoadError
+
+    models = tmp_path / "models"
+    shutil.copytree(flux_models / "models", models)
+    (models / "text_encoder" / "t5xxl_fp16.safetensors").unlink()
+    app = _app(flux_models, models)
+    try:
+        with pytest.raises(ModelLoadError, match=r"no text encoder 2 .*text_encoder.*t5xxl\*\.safetensors"):
+            app.models.get("flux1-dev-tiny.safetensors")
+        shutil.copy(flux_models / "models" / "text_encoder" / "t5xxl_fp16.safetensors", models / "text_encoder")
+        shutil.rmtree(models / "text_encoder" / "t5_tokenizer")
+        with pytest.raises(ModelLoadError, match="T5 tokenizer is missing"):
+            app.models.get("flux1-dev-tiny.safetensors")
+    finally:
+        app.close()

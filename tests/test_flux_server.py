@@ -1,0 +1,59 @@
+"""A real Easel server with a tiny Flux dev folder: the A1111 API generates with it, writes Forge's
+"Distilled CFG Scale" into the infotext, and an infotext pasted back gives the same image."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import start_server
+from webui.model_manager.tiny_flux import write_flux_folder
+
+
+@pytest.fixture(scope="module")
+def flux_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flux-server")
+    write_flux_folder(root / "ckpt" / "tiny-flux-dev", "dev", seed=6)
+    server = start_server(root, root / "ckpt", ["--api"])
+    yield server
+    server.stop()
+
+
+def _image(data: dict) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data["images"][0]))), dtype=np.float64)
+
+
+def test_txt2img_api_with_flux_writes_and_restores_distilled_cfg(flux_server):
+    models = httpx.get(flux_server.url + "/sdapi/v1/sd-models", timeout=30).json()
+    assert isinstance(models, list), models
+    assert [m["model_name"] for m in models] == ["tiny-flux-dev"]
+    body = {"prompt": "a lighthouse at dusk", "steps": 2, "width": 64, "height": 64, "seed": 4,
+            "sampler_name": "Euler", "cfg_scale": 1, "distilled_cfg_scale": 2.5,
+            "override_settings": {"sd_model_checkpoint": "tiny-flux-dev"}}
+    first = httpx.post(flux_server.url + "/sdapi/v1/txt2img", json=body, timeout=300)
+    assert first.status_code == 200, first.text
+    text = json.loads(first.json()["info"])["infotexts"][0]
+    for part in ("Sampler: Euler", "Schedule type: Simple", "CFG scale: 1", "Distilled CFG Scale: 2.5",
+                 "Model: tiny-flux-dev"):
+        assert part in text
+    # paste: the infotext alone (the checkpoint aside) restores every field, the distilled guidance included
+    again = httpx.post(flux_server.url + "/sdapi/v1/txt2img", timeout=300, json={
+        "infotext": text, "override_settings": {"sd_model_checkpoint": "tiny-flux-dev"}})
+    assert again.status_code == 200, again.text
+    assert np.abs(_image(again.json()) - _image(first.json())).max() == 0
+    other = httpx.post(flux_server.url + "/sdapi/v1/txt2img", json=dict(body, distilled_cfg_scale=6), timeout=300)
+    assert np.abs(_image(other.json()) - _image(first.json())).max() > 0
+
+
+def test_bad_flux_requests_name_the_field(flux_server):
+    base = {"prompt": "x", "steps": 2, "width": 64, "height": 64,
+            "override_settings": {"sd_model_checkpoint": "tiny-flux-dev"}}
+    bad = httpx.post(flux_server.url + "/sdapi/v1/txt2img", json=dict(base, distilled_cfg_scale=-1), timeout=60)
+    assert bad.status_code == 422 and "distilled_cfg_scale" in bad.text
+    ddim = httpx.post(flux_server.url + "/sdapi/v1/txt2img", json=dict(base, sampler_name="DDIM"), timeout=120)
+    assert ddim.status_code == 422 and "sampler_name" in ddim.text

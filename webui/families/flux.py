@@ -1,0 +1,247 @@
+"""Flux.1 dev and schnell: a rectified-flow transformer, CLIP-L pooled + T5-XXL text, 16-channel latents.
+
+What differs from the UNet families, all answered here so the engine stays family-blind:
+- **Flow matching.** `FlowVelocity` (the network predicts noise - x0) and a `FlowSchedule`
+  (sigma = flow time, shifted: resolution-dependent for dev, none for schnell); "Automatic"
+  means Simple, which on a flow schedule is exactly diffusers' FluxPipeline schedule.
+- **Tokens, not a latent grid.** The transformer sees 2x2 latent patches as tokens
+  (`pack`/`unpack`, as FluxPipeline packs them) with 3-axis position ids.
+- **Text.** T5's hidden states are the sequence (256 tokens for schnell, 512 for dev, with
+  AUTOMATIC1111 emphasis), CLIP-L's pooled output the vector; no CLIP hidden states.
+- **Distilled guidance.** dev takes the guidance value as an input (Forge's "Distilled CFG
+  Scale"); real CFG with a negative pass only when CFG scale is not 1.
+- **Files.** diffusers folders (`transformer/`, `text_encoder_2/`, `tokenizer_2/`) and BFL's
+  single-file transformer (`double_blocks.*`), converted by diffusers' own function.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from ..core.parameterisation import FlowVelocity, Parameterisation
+from ..core.schedules import FlowSchedule
+from .base import Family, LatentFormat, Shapes
+
+FLUX_LATENT = LatentFormat(channels=16)  # previews: channel mean until a published fit is shipped
+_PARAMETERISATION = FlowVelocity()
+# BFL's transformer keys, bare or under ComfyUI's / Forge's prefix
+BFL_PREFIXES = ("", "model.diffusion_model.")
+_DOUBLE = "double_blocks.0.img_attn.qkv.weight"
+_GUIDANCE = "guidance_in.in_layer.weight"
+_IMG_IN = "img_in.weight"
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/2 * W/2, C*4): 2x2 patches as tokens, FluxPipeline's order."""
+    b, c, h, w = latents.shape
+    x = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The inverse of `pack` for latents of `height` x `width`."""
+    b, _, d = tokens.shape
+    x = tokens.view(b, height // 2, width // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, d // 4, height, width)
+
+
+def image_ids(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Position ids (0, row, column) of each token of a latent of `height` x `width`."""
+    ids = torch.zeros(height // 2, width // 2, 3)
+    ids[..., 1] += torch.arange(height // 2)[:, None]
+    ids[..., 2] += torch.arange(width // 2)[None, :]
+    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+
+
+def bfl_prefix(shapes: Shapes) -> str | None:
+    """The prefix BFL's transformer keys carry in this file, or None when it has none of them."""
+    return next((p for p in BFL_PREFIXES if p + _DOUBLE in shapes), None)
+
+
+class Flux(Family):
+    """Shared by dev and schnell; the two differ in guidance input, T5 length and schedule shift."""
+
+    text_encoders = ("text_encoder", "text_encoder_2")
+    pooled_encoder = "text_encoder"
+    latent = FLUX_LATENT
+    base_size = 1024
+    denoiser_component = "transformer"
+    automatic_schedule = "Simple"
+    ddpm_samplers = False
+    max_sequence_length: ClassVar[int] = 512
+
+    def noise_schedule(self, scheduler_config: dict[str, Any]) -> FlowSchedule:
+        return FlowSchedule.flow(scheduler_config, patch=2)
+
+    def parameterisation(self, prediction_type: str) -> Parameterisation:
+        return _PARAMETERISATION
+
+    def matches_folder(self, index: dict[str, Any], components: dict[str, dict[str, Any]]) -> bool:
+        transformer = components.get("transformer", {})
+        return (transformer.get("_class_name") == "FluxTransformer2DModel"
+                and bool(transformer.get("guidance_embeds")) == self.distilled_guidance)
+
+    def detect_file(self, shapes: Shapes) -> dict[str, Any] | None:
+        """BFL's layout: dev has the guidance embedder, schnell not; Fill's input is 384 wide."""
+        prefix = bfl_prefix(shapes)
+        if prefix is None or (prefix + _GUIDANCE in shapes) != self.distilled_guidance:
+            return None
+        width = shapes.get(prefix + _IMG_IN, (0, 64))[1]
+        return {"inpainting": width == 384}
+
+    def configure_inpainting(self, components: dict[str, dict[str, Any]]) -> None:
+        """Fill: latents + masked-image latents + the 8x8 mask, packed: 64 + 64 + 256 inputs."""
+        components["transformer"]["in_channels"] = 384
+        components["transformer"]["out_channels"] = 64
+
+    def inpaint_conditioning(self, mask: torch.Tensor, masked_latents: torch.Tensor) -> torch.Tensor:
+        """Fill: the masked image's latents, then the mask with each 8x8 pixel block as 64 channels
+        (FluxFillPipeline's order; packing then gives its 64 + 64 + 256 token features)."""
+        b, _, h, w = masked_latents.shape
+        factor = mask.shape[-1] // w
+        blocks = mask[:, 0].reshape(b, h, factor, w, factor).permute(0, 2, 4, 1, 3)
+        return torch.cat([masked_latents, blocks.reshape(b, factor * factor, h, w)], dim=1)
+
+    def extra_conditioning(self, width: int, height: int, guidance: float = 0.0):
+        value = torch.tensor([[float(guidance)]], dtype=torch.float32)
+        return value, value
+
+    def denoiser_kwargs(self, pooled: torch.Tensor | None, extra: torch.Tensor | None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"pooled_projections": pooled}
+        if extra is not None:
+            kwargs["guidance"] = extra[:, 0]
+        return kwargs
+
+    def call_denoiser(self, module: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                      kwargs: dict[str, Any]) -> torch.Tensor:
+        """Pack, call with position ids and the timestep as a fraction (as FluxPipeline does), unpack."""
+        height, width = x.shape[-2:]
+        kwargs = dict(kwargs)
+        guidance = kwargs.pop("guidance", None)
+        if not module.config.guidance_embeds:
+            guidance = None
+        out = module(hidden_states=pack(x), timestep=t.to(x.dtype) / 1000, guidance=guidance,
+                     encoder_hidden_states=context, txt_ids=torch.zeros(context.shape[1], 3, device=x.device,
+                                                                        dtype=x.dtype),
+                     img_ids=image_ids(height, width, x.device, x.dtype), return_dict=False, **kwargs)[0]
+        return unpack(out, height, width)
+
+    def module_factory(self, component: str, config: dict[str, Any]) -> Callable[[], torch.nn.Module]:
+        if component == "transformer":
+            from diffusers import FluxTransformer2DModel
+
+            return lambda: FluxTransformer2DModel.from_config(config)
+        if component == "text_encoder_2":
+            from transformers import T5Config, T5EncoderModel
+
+            clean = {k: v for k, v in config.items() if not k.startswith("_")}
+            return lambda: T5EncoderModel(T5Config(**clean))
+        return super().module_factory(component, config)
+
+    def load_tokenizer(self, component: str, folder: Any) -> Any:
+        """T5's tokenizer from the folder's tokenizer_2/ (never fetched); CLIP's is the shipped one."""
+        if component != "text_encoder_2":
+            return None
+        from transformers import T5TokenizerFast
+
+        if folder is None or not (folder / "tokenizer.json").is_file():
+            raise ValueError("the T5 tokenizer is missing: Flux needs tokenizer_2/tokenizer.json "
+                             f"(looked in {folder})")
+        return T5TokenizerFast.from_pretrained(str(folder), local_files_only=True)
+
+    # ---- text -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_prompt(self, encoder: Any, text: str) -> Any:
+        """T5 hidden states (with emphasis) as the sequence, CLIP-L's pooled output as the vector."""
+        model = encoder.model
+        pieces = encoder.weighted_pieces(text)
+        plain = "".join(part for part, _ in pieces)
+        clip, clip_tokens = model.text_encoders["text_encoder"], model.tokenizers["text_encoder"]
+        ids = clip_tokens(plain, padding="max_length", max_length=clip_tokens.model_max_length,
+                          truncation=True).input_ids
+        clip_device = next(clip.parameters()).device
+        pooled = clip(input_ids=torch.tensor([ids], device=clip_device)).pooler_output.float()
+
+        t5, t5_tokens = model.text_encoders["text_encoder_2"], model.tokenizers["text_encoder_2"]
+        tokens: list[int] = []
+        weights: list[float] = []
+        for part, weight in pieces:
+            part_ids = t5_tokens(part, add_special_tokens=False).input_ids
+            tokens += part_ids
+            weights += [weight] * len(part_ids)
+        limit = self.max_sequence_length - 1
+        tokens, weights = tokens[:limit] + [t5_tokens.eos_token_id], weights[:limit] + [1.0]
+        missing = self.max_sequence_length - len(tokens)
+        tokens, weights = tokens + [t5_tokens.pad_token_id] * missing, weights + [1.0] * missing
+        t5_device = next(t5.parameters()).device
+        hidden = t5(input_ids=torch.tensor([tokens], device=t5_device))[0].float()
+        return encoder.conditioning(encoder.emphasise(hidden, weights), pooled)
+
+    # ---- single files -----------------------------------------------------------------------------
+
+    # a file holding only the transformer takes the rest from these folders (models/<kind>), first match wins
+    companion_files = {"vae": ("vae", ("ae.safetensors", "*flux*ae*.safetensors", "*flux*vae*.safetensors")),
+                       "text_encoder": ("text_encoder", ("clip_l.safetensors", "clip_l*.safetensors")),
+                       "text_encoder_2": ("text_encoder", ("t5xxl_fp16.safetensors", "t5xxl*.safetensors",
+                                                           "t5*.safetensors"))}
+    tokenizer_classes = {"text_encoder_2": "T5"}
+
+    def split_single_file(self, tensors: dict[str, torch.Tensor], configs: Any) -> tuple[dict, dict]:
+        """BFL's transformer (bare or under `model.diffusion_model.`), and in all-in-one files ComfyUI's
+        `text_encoders.clip_l.` / `text_encoders.t5xxl.` encoders and the `vae.` autoencoder."""
+        from ..model_manager.convert import vae_to_diffusers
+        from .flux_layout import to_diffusers
+
+        prefix = bfl_prefix({k: () for k in tensors}) or ""
+        transformer, rest = to_diffusers(tensors, configs["transformer"], prefix)
+        components: dict[str, dict[str, torch.Tensor]] = {"transformer": transformer}
+        for component, prefixes in AIO_PREFIXES.items():
+            found = next((p for p in prefixes if any(k.startswith(p) for k in rest)), None)
+            if found is None:
+                continue
+            part = {k[len(found):]: v for k, v in rest.items() if k.startswith(found)}
+            rest = {k: v for k, v in rest.items() if not k.startswith(found)}
+            if component == "vae" and not any(k.startswith("encoder.down_blocks.") for k in part):
+                part, _ = vae_to_diffusers(part, configs["vae"])
+            components[component] = part
+        return components, rest
+
+    def join_single_file(self, components: dict[str, dict[str, torch.Tensor]], configs: Any) -> dict:
+        """BFL's transformer under `model.diffusion_model.` plus whatever other components are given,
+        under ComfyUI's all-in-one prefixes (the VAE in the original layout)."""
+        from ..model_manager.convert import vae_to_original
+        from .flux_layout import from_diffusers
+
+        out = from_diffusers(components["transformer"], configs["transformer"], BFL_PREFIXES[1])
+        for component, prefixes in AIO_PREFIXES.items():
+            if component in components:
+                part = components[component]
+                if component == "vae":
+                    part = vae_to_original(part, configs["vae"])
+                out.update({prefixes[0] + k: v for k, v in part.items()})
+        return out
+
+
+# ComfyUI's all-in-one prefixes (the first is what `join_single_file` writes)
+AIO_PREFIXES = {"text_encoder": ("text_encoders.clip_l.transformer.", "text_encoders.clip_l."),
+                "text_encoder_2": ("text_encoders.t5xxl.transformer.", "text_encoders.t5xxl."),
+                "vae": ("vae.", "first_stage_model.")}
+
+
+class FluxDev(Flux):
+    name = "flux-dev"
+    label = "Flux.1 dev"
+    distilled_guidance = True
+    max_sequence_length = 512
+
+
+class FluxSchnell(Flux):
+    name = "flux-schnell"
+    label = "Flux.1 schnell"
+    distilled_guidance = False
+    max_sequence_length = 256
+
+
+FAMILIES = (FluxDev(), FluxSchnell())
