@@ -23,6 +23,8 @@ from .core.images import read_infotext
 from .core.infotext import Infotext, parse_infotext
 from .core.samplers import AUTOMATIC, SAMPLERS, split_legacy_name
 from .features.img2img_feature import fields_from_infotext as img2img_fields
+from .features import refiner
+from .features.guidance import freeu, ngms, pag, sag
 
 
 @dataclass
@@ -243,6 +245,7 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
                          ("Schedule rho", "rho")):
         if key in p and _number(p[key]) is not None:
             overrides[setting] = int(float(p[key])) if setting == "eta_noise_seed_delta" else float(p[key])
+    overrides.update(ngms.pasted_overrides(p))
     if p.get("VAE"):  # the separate VAE file it was made with (AUTOMATIC1111 restores it as sd_vae)
         overrides["sd_vae"] = p["VAE"]
     if overrides:
@@ -267,6 +270,8 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
     if _number(p.get("Lora switch steps", "")):
         fields["lora_switch_steps"] = int(float(p["Lora switch steps"]))
     fields.update(img2img_fields(p))  # img2img, inpainting and soft inpainting keys
+    for module in (ngms, freeu, pag, sag, refiner):  # guidance add-ons and the refiner
+        fields.update(module.pasted_fields(p))
     if "Model" in p or "Model hash" in p:
         fields["checkpoint_hint"] = {"name": p.get("Model", ""), "hash": p.get("Model hash", "")}
     return fields
