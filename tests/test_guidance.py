@@ -292,3 +292,14 @@ def test_paste_restores_every_key(app):
     params = parse_infotext(app.generate(built).infotexts[0]).params
     for key in ("NGMS", "freeu_enabled", "pagi_scale", "SAG Guidance Scale", "Refiner"):
         assert key in params, key
+
+
+def test_xyz_plot_axes_for_the_refiner_and_ngms(app):
+    import importlib
+
+    axes = importlib.import_module("easel_extensions.xyz_plot.axes").AXES
+    changed_request = axes["Refiner switch at"].apply(axes["Refiner checkpoint"].apply(request(), OTHER), 0.5)
+    changed_request = axes["Negative Guidance minimum sigma"].apply(changed_request, 3.0)
+    assert (changed_request.refiner_checkpoint, changed_request.refiner_switch_at, changed_request.s_min_uncond) == \
+        (OTHER, 0.5, 3.0)
+    assert axes["Refiner switch at"].parse("0.5, 0.8") == [0.5, 0.8]
