@@ -49,12 +49,12 @@ class FreeUSettings:
 
 def backbone_v2(h: torch.Tensor, factor: float) -> torch.Tensor:
     """Scale the first half of the channels by 1 + (factor - 1) * (normalised channel mean)."""
-    mean = h.mean(1, keepdim=True)
+    mean = h.float().mean(1, keepdim=True)  # in float32: half precision would round a flat map's range to 0
     low = mean.amin(dim=(2, 3), keepdim=True)
     high = mean.amax(dim=(2, 3), keepdim=True)
     structure = (mean - low) / (high - low).clamp_min(1e-12)
     half = h.shape[1] // 2
-    return torch.cat([h[:, :half] * ((factor - 1) * structure + 1), h[:, half:]], dim=1)
+    return torch.cat([h[:, :half] * ((factor - 1) * structure + 1).to(h.dtype), h[:, half:]], dim=1)
 
 
 def decoder_resnets(unet: Any) -> Iterator[tuple[Any, int]]:
