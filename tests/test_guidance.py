@@ -230,10 +230,9 @@ def test_refiner_takes_over_at_the_switch_with_its_own_model(app, off):
     assert params["Refiner"] == f"other-sd1 [{app.models.registry.short_hash(other)}]"
     assert params["Refiner switch at"] == "0.5" and params["Model"] == "tiny-sd1"
     assert app.models.current.info.name == SD1  # the base is still the active checkpoint
-    by_args, _ = generate(app, alwayson_scripts={"Refiner": {"args": [True, OTHER, 0.5]}})
-    assert np.array_equal(by_args, image)
-    fields = infotext_to_fields(parse_infotext(app.generate(request(refiner_checkpoint=OTHER,
-                                                                     refiner_switch_at=0.5)).infotexts[0]))
+    by_args = app.generate(request(alwayson_scripts={"Refiner": {"args": [True, OTHER, 0.5]}}))
+    assert np.array_equal(np.asarray(by_args.images[0]).astype(np.int16), image)
+    fields = infotext_to_fields(parse_infotext(by_args.infotexts[0]))
     assert fields["refiner_checkpoint"] == params["Refiner"] and fields["refiner_switch_at"] == 0.5
     with pytest.raises(ValidationError, match="refiner_checkpoint"):
         app.engine.validate(request(refiner_checkpoint="no-such-model"))
