@@ -277,6 +277,8 @@ def test_paste_restores_every_key(app):
     assert fields["pag_enabled"] is True and fields["pag_scale"] == 2.5 and fields["pag_attenuation"] == 10
     assert fields["sag_enabled"] is True and fields["sag_scale"] == 0.6 and fields["sag_mask_threshold"] == 0.9
     assert fields["refiner_checkpoint"] == "other-sd1 [abc]" and fields["refiner_switch_at"] == 0.7
+    sdnext = parse_infotext("x\nSteps: 4, Sampler: Euler, Seed: 1, Size: 64x64, PAG scale: 2")
+    assert infotext_to_fields(sdnext)["pag_scale"] == 2.0  # SD.Next's key
     from webui.ui.generation_controls import common_request_fields
     from webui.ui.send_to import pasted_fields
 

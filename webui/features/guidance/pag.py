@@ -66,7 +66,7 @@ class PAG(ScriptFeature):
 
 
 def pasted_fields(params: dict[str, str]) -> dict[str, Any]:
-    """Forge's keys, and its older `PerturbedAttentionGuidance_*` ones."""
+    """Forge's keys, its older `PerturbedAttentionGuidance_*` ones, and SD.Next's `PAG scale`."""
     if truthy(params.get("pagi_enabled")):
         fields: dict[str, Any] = {"pag_enabled": True}
         for name in ("scale", "attenuation", "start_step", "end_step"):
@@ -77,4 +77,7 @@ def pasted_fields(params: dict[str, str]) -> dict[str, Any]:
     if truthy(params.get("PerturbedAttentionGuidance_enabled")):
         scale = number(params.get("PerturbedAttentionGuidance_scale"))
         return {"pag_enabled": True, **({"pag_scale": scale} if scale is not None else {})}
+    scale = number(params.get("PAG scale"))  # SD.Next's key (its adaptive scale has no counterpart here)
+    if scale:
+        return {"pag_enabled": True, "pag_scale": scale}
     return {}
