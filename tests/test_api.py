@@ -596,6 +596,29 @@ def test_a_feature_easel_lacks_is_a_422_naming_field_and_capability_and_a_missin
     assert route.status_code == 501 and route.json()["missing"].startswith("interrogation")
 
 
+def test_guidance_add_ons_and_the_refiner_take_the_originals_payloads(client):
+    """NGMS, Forge's FreeU and PAG, the A1111 SAG extension and the Refiner script, as their clients send them."""
+    plain = decode(txt2img(client, steps=4)["images"][0])
+    body = txt2img(client, steps=4, s_min_uncond=5.0, refiner_checkpoint="tiny-sdxl", refiner_switch_at=0.6,
+                   alwayson_scripts={
+                       "FreeU Integrated (SD 1.x, SD 2.x, SDXL)": {"args": [True, 1.3, 1.4, 0.9, 0.2, 0.0, 1.0]},
+                       "PerturbedAttentionGuidance Integrated": {"args": [True, 3.0, 0.0, 0.0, 1.0]},
+                       "Self Attention Guidance": {"args": [True, 0.75, 1.0]}})
+    params = parse_infotext(json.loads(body["info"])["infotexts"][0]).params
+    assert params["NGMS"] == "5" and params["freeu_enabled"] == "True" and params["pagi_scale"] == "3"
+    assert params["SAG Guidance Scale"] == "0.75" and params["Refiner"].startswith("tiny-sdxl [")
+    assert max_diff(decode(body["images"][0]), plain) > 0
+    restored = client.post("/sdapi/v1/txt2img", json={"infotext": json.loads(body["info"])["infotexts"][0]})
+    assert restored.status_code == 200, restored.text
+    assert "Refiner" in parse_infotext(json.loads(restored.json()["info"])["infotexts"][0]).params
+    for changes, field in ((dict(refiner_checkpoint="nope"), "refiner_checkpoint"),
+                           (dict(s_min_uncond=-1), "s_min_uncond"),
+                           (dict(alwayson_scripts={"Self Attention Guidance": {"args": [True, "x"]}}),
+                            "alwayson_scripts.self attention guidance.args.scale")):
+        response = client.post("/sdapi/v1/txt2img", json=payload(**changes))
+        assert response.status_code == 422 and field in response.text, response.text
+
+
 def test_the_tiled_vae_extension_switch_tiles_this_request(client):
     """Tiled VAE's always-on args (enabled, encoder tile, decoder tile, ...) turn on Easel's VAE tiling."""
     size = dict(width=128, height=128)  # the tiny VAE's tiles are 64 px, so 128 px is four tiles

@@ -49,6 +49,11 @@ from .features.soft_inpaint import SoftInpainting
 from .features.face_restore import FaceRestoration
 from .features.tiling import SeamlessTiling
 from .features.wildcards import Wildcards
+from .features.guidance.freeu import FreeU
+from .features.guidance.ngms import NegativeGuidanceMinimumSigma
+from .features.guidance.pag import PAG
+from .features.guidance.sag import SAG
+from .features.refiner import Refiner
 from .features.upscalers import UPSCALER_KINDS, Upscalers
 from .model_manager.architecture import Architecture
 from .model_manager.downloads import DONE, DownloadManager
@@ -288,7 +293,7 @@ def build(options: AppOptions) -> Easel:
     settings.check_files()
     networks = LoraNetworks(loras, embeddings)
     annotators_dir = paths.model_dir("annotator")
-    features = builtin_features(networks, upscalers, controlnets, ip_adapters, annotators_dir, identity)
+    features = builtin_features(networks, upscalers, controlnets, ip_adapters, annotators_dir, identity, models)
     features.append(Wildcards(lambda: Path(settings.get("wildcards_dir") or paths.data_dir / "wildcards")))
     features[:0] = [SeamlessTiling(), FaceRestoration(faces, settings.get)]  # before img2img's paste-back
     features += collect_features(hooks, {feature.name for feature in features})  # extensions' own, after ours
@@ -317,7 +322,9 @@ def build(options: AppOptions) -> Easel:
 
 
 def builtin_features(networks: LoraNetworks, upscalers: Upscalers, controlnets: ControlNetLibrary,
-                     ip_adapters: IPAdapterLibrary, annotators_dir: Path, identity: IdentityService) -> list[Feature]:
+                     ip_adapters: IPAdapterLibrary, annotators_dir: Path, identity: IdentityService,
+                     models: ModelManager | None = None) -> list[Feature]:
     """Easel's own features, in the order they contribute to a pass and to the infotext."""
     return [Img2Img(), SoftInpainting(), HiresFix(upscalers), ExtraNetworks(networks),
-            ControlNet(controlnets, ip_adapters, annotators_dir), Identity(identity)]
+            ControlNet(controlnets, ip_adapters, annotators_dir), Identity(identity),
+            NegativeGuidanceMinimumSigma(), FreeU(), PAG(), SAG(), Refiner(models)]

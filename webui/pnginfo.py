@@ -24,6 +24,8 @@ from .core.infotext import Infotext, parse_infotext
 from .core.samplers import AUTOMATIC, SAMPLERS, split_legacy_name
 from .features.img2img_feature import fields_from_infotext as img2img_fields
 from .features.wildcards import fields_from_params as wildcards_fields
+from .features import refiner
+from .features.guidance import freeu, ngms, pag, sag
 
 
 @dataclass
@@ -244,6 +246,7 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
                          ("Schedule rho", "rho")):
         if key in p and _number(p[key]) is not None:
             overrides[setting] = int(float(p[key])) if setting == "eta_noise_seed_delta" else float(p[key])
+    overrides.update(ngms.pasted_overrides(p))
     if p.get("VAE"):  # the separate VAE file it was made with (AUTOMATIC1111 restores it as sd_vae)
         overrides["sd_vae"] = p["VAE"]
     if overrides:
@@ -274,6 +277,8 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
         fields["restore_faces"] = True
     if p.get("Tiling", "").strip().lower() == "true":
         fields["tiling"] = True
+    for module in (ngms, freeu, pag, sag, refiner):  # guidance add-ons and the refiner
+        fields.update(module.pasted_fields(p))
     if "Model" in p or "Model hash" in p:
         fields["checkpoint_hint"] = {"name": p.get("Model", ""), "hash": p.get("Model hash", "")}
     return fields

@@ -139,6 +139,13 @@ class Settings:
     s_tmin: float = _opt(0.0, "Sigma tmin", "Sampler parameters", minimum=0, maximum=100)
     s_tmax: float = _opt(0.0, "Sigma tmax (0 = infinity)", "Sampler parameters", minimum=0, maximum=1000)
     s_noise: float = _opt(1.0, "Sigma noise", "Sampler parameters", minimum=0, maximum=1.5)
+    s_min_uncond: float = _opt(0.0, "Negative Guidance minimum sigma (NGMS: skip the negative prompt on every "
+                                     "other step below this noise level; 0 = off)", "Sampler parameters", minimum=0,
+                               maximum=100)
+    s_min_uncond_all: bool = _opt(False, "NGMS: skip the negative prompt on every step below that sigma",
+                                  "Sampler parameters")
+    hires_fix_refiner_pass: str = _opt("second pass", "Hires fix: which pass uses the refiner", "Stable Diffusion",
+                                       choices=("first pass", "second pass", "both passes"))
     sigma_min: float = _opt(0.0, "Sigma min (0 = the model's)", "Sampler parameters", minimum=0, maximum=10)
     sigma_max: float = _opt(0.0, "Sigma max (0 = the model's)", "Sampler parameters", minimum=0, maximum=1000)
     rho: float = _opt(0.0, "Karras schedule rho (0 = 7)", "Sampler parameters", minimum=0, maximum=100)

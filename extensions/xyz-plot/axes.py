@@ -107,6 +107,9 @@ AXES: dict[str, Axis] = {
     "Clip skip": Axis("Clip skip", "int", _override("CLIP_stop_at_last_layers")),
     "Size": Axis("Size", "str", _size),
     "LoRA weight": Axis("LoRA weight", "float", _lora_weight),
+    "Refiner checkpoint": Axis("Refiner", "str", lambda r, v: replace(r, refiner_checkpoint=v)),
+    "Refiner switch at": Axis("Refiner switch at", "float", lambda r, v: replace(r, refiner_switch_at=v)),
+    "Negative Guidance minimum sigma": Axis("NGMS", "float", lambda r, v: replace(r, s_min_uncond=v)),
 }
 
 

@@ -52,14 +52,17 @@ A1111_ALWAYSON = {
     "animatediff": "AnimateDiff",
     "reactor": "ReActor face swap",
     "roop": "roop face swap",
-    "self attention guidance": "Self Attention Guidance",
-    "refiner": "the SDXL refiner",
     "seed": "variation seeds through the Seed script (use subseed/subseed_strength)",
     "regional prompter": "Regional Prompter",
     "tiled diffusion": "Tiled Diffusion",
     "sampler": "the Sampler script (use sampler_name/scheduler)",
 }
 
+# always-on scripts the engine's own features read (features/guidance, features/refiner), by lower-case title
+GUIDANCE_ALWAYSON = frozenset({"freeu integrated (sd 1.x, sd 2.x, sdxl)", "freeu integrated", "freeu",
+                               "perturbedattentionguidance integrated", "perturbed attention guidance integrated",
+                               "perturbedattentionguidance integrated (sd1.x, sd2.x, sdxl)",
+                               "perturbed-attention guidance", "self attention guidance", "refiner"})
 TILED_VAE = "__tiled_vae"  # set by _scripts when the Tiled VAE extension's args switch it on
 TASK_ID = re.compile(r"^[A-Za-z0-9_\-().:]{1,100}$")
 OVERRIDE = "override_settings"
@@ -146,9 +149,6 @@ def apply_infotext(body: GenerationFields) -> GenerationFields:
 def _unsupported(body: GenerationFields) -> list[tuple[str, str, bool]]:
     """(field, capability, switched on?) for AUTOMATIC1111 features Easel does not have."""
     checks = [
-        ("s_min_uncond", "s_min_uncond (skipping the negative prompt at low sigmas)",
-         body.s_min_uncond not in (None, 0)),
-        ("refiner_checkpoint", "the SDXL refiner", body.refiner_checkpoint not in (None, "", "None")),
         ("firstpass_image", "hires fix from a first-pass image", body.firstpass_image is not None),
         ("override_settings_restore_afterwards", "keeping override_settings after the request (Easel never changes "
          "saved settings from a generation request)", not body.override_settings_restore_afterwards),
@@ -212,6 +212,9 @@ def _scripts(body: GenerationFields, scripts: dict[str, Any], mode: str) -> dict
         lowered = key.strip().lower()
         if lowered in ("controlnet", "identity"):  # the engine reads these units itself (and names bad fields)
             # a copy: the engine decodes the units' base64 images in place, and the response echoes the body
+            out["alwayson_scripts"][lowered] = copy.deepcopy(value)
+            continue
+        if lowered in GUIDANCE_ALWAYSON:  # FreeU, PAG, SAG, the refiner: engine features parse (and name) their args
             out["alwayson_scripts"][lowered] = copy.deepcopy(value)
             continue
         if lowered == "soft inpainting":  # the engine's soft inpainting feature parses (and names) its args

@@ -8,9 +8,16 @@ and combine as AUTOMATIC1111's composable diffusion does:
 model seen from sigma space: the estimate of the clean latent for x = x0 + sigma*noise,
 for epsilon and v-prediction models alike. `step` is set by the sampling loop; prompt
 editing and alternation pick their conditioning from it.
+
+Features that change guidance itself (skipping the negative prompt at low noise, perturbed-
+or self-attention guidance, FreeU's step window) add a `Guidance` object to the denoiser
+(`add_guidance`); it may skip the unconditional half of a call, act before each model call,
+and amend the guided prediction, calling the model once more through `evaluate`. With no
+guidance objects nothing here changes.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,6 +33,35 @@ if TYPE_CHECKING:
 
 
 FP8_TYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+@dataclass
+class GuidedStep:
+    """One model call as a `Guidance` sees it after classifier-free guidance."""
+
+    x_in: torch.Tensor                  # the model's (scaled) input, one copy per image
+    t: torch.Tensor | float             # the timestep
+    parts: tuple[torch.Tensor, ...]     # unguided predictions per member: the negative first when `with_uncond`
+    with_uncond: bool                   # whether the negative prompt was evaluated in this call
+    out: torch.Tensor                   # the guided prediction so far
+
+
+class Guidance:
+    """Base class of what a feature adds to the CFG denoiser; every step is a no-op by default."""
+
+    # also applies to a denoiser that takes over mid-pass (the refiner's); attention patches do not
+    portable = False
+
+    def skip_uncond(self, denoiser: "CFGDenoiser", t: torch.Tensor | float) -> bool:
+        """Leave the negative prompt out of this call (its prediction is then not needed)."""
+        return False
+
+    def before_call(self, denoiser: "CFGDenoiser") -> None:
+        """Just before the model runs (switch an attention patch on or off for this step)."""
+
+    def after_cfg(self, denoiser: "CFGDenoiser", step: GuidedStep) -> torch.Tensor:
+        """The guided prediction, amended (it may call `denoiser.evaluate` for a second look)."""
+        return step.out
 
 
 class SigmaSpace(ModelOutput):
@@ -67,6 +103,11 @@ class SigmaSpace(ModelOutput):
         for denoiser in self.inner_denoisers():
             denoiser.controls = controls
 
+    def add_guidance(self, guidance: Guidance) -> None:
+        """A feature's guidance change (NGMS, PAG, SAG, FreeU's step window) on every inner denoiser."""
+        for denoiser in self.inner_denoisers():
+            denoiser.guidance.append(guidance)
+
     def set_guidance(self, rescale: float = 0.0, start: float = 0.0, end: float = 1.0, total_steps: int = 1) -> None:
         """CFG rescale phi, and the fraction of the steps [start, end] in which CFG applies."""
         for denoiser in self.inner_denoisers():
@@ -103,6 +144,8 @@ class CFGDenoiser(SigmaSpace):
         self.cfg_interval = (0.0, 1.0)
         self.controls = None  # ControlNet / IP-Adapter additions (features/controlnet/apply.py)
         self.total_steps = 1
+        self.guidance: list[Guidance] = []  # features' guidance changes (`Guidance`), in order
+        self.calls = 0  # model calls so far (AUTOMATIC1111's CFGDenoiser.step: NGMS alternates on it)
         self._batches: dict[tuple, tuple[torch.Tensor, dict, list[float]]] = {}
 
     def set_conditioning(self, cond: StepConditioning) -> None:
@@ -111,10 +154,10 @@ class CFGDenoiser(SigmaSpace):
         self.use_uncond = self.cfg_scale != 1.0 or not (len(cond.parts) == 1 and cond.parts[0][1] == 1.0)
         self._batches.clear()
 
-    def _batch_for_step(self) -> tuple[torch.Tensor, dict, list[float]]:
+    def _batch_for_step(self, skip_uncond: bool = False) -> tuple[torch.Tensor, dict, list[float]]:
         conds = self.cond.at(self.step)
         members: list[tuple[Conditioning, torch.Tensor | None]] = []
-        if self.use_uncond:
+        if self.use_uncond and not skip_uncond:
             members.append((self.uncond.at(self.step)[0][0], self.uncond_time_ids))
         members += [(c, self.time_ids) for c, _ in conds]
         key = tuple(id(c) for c, _ in members)
@@ -133,7 +176,11 @@ class CFGDenoiser(SigmaSpace):
 
     @torch.no_grad()
     def predict(self, x_in: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        embeds, added, weights = self._batch_for_step()
+        skip = self.use_uncond and any(g.skip_uncond(self, t) for g in self.guidance)
+        with_uncond = self.use_uncond and not skip
+        for guidance in self.guidance:
+            guidance.before_call(self)
+        embeds, added, weights = self._batch_for_step(skip)
         copies = embeds.shape[0] // x_in.shape[0]
         x_model = x_in.to(self.device, self.dtype)
         if self.image_conditioning is not None:
@@ -154,9 +201,10 @@ class CFGDenoiser(SigmaSpace):
         if self.controls:
             kwargs.update(self.controls.unet_kwargs(self.step / self.total_steps, x_model[:, :latent_channels], t,
                                                     embeds, added.get("added_cond_kwargs", {}), copies,
-                                                    self.use_uncond))
+                                                    with_uncond))
         out = self.family.call_denoiser(self.unet, x_model, t, embeds, kwargs).float()
-        if self.use_uncond:
+        parts = (out,)
+        if with_uncond:
             parts = out.chunk(copies)
             uncond = parts[0]
             scale = self.cfg_scale if self._guidance_active() else 1.0
@@ -164,11 +212,48 @@ class CFGDenoiser(SigmaSpace):
             out = uncond + scale * guided
             if self.cfg_rescale > 0 and scale != 1.0:
                 out = self._rescale(out, uncond + guided)
+        elif skip:  # AUTOMATIC1111's combination without the negative: around the last sub-prompt, at scale 1
+            parts = out.chunk(copies)
+            out = parts[-1] + sum(w * (c - parts[-1]) for w, c in zip(weights, parts))
+        for guidance in self.guidance:
+            out = guidance.after_cfg(self, GuidedStep(x_in, t, parts, with_uncond, out))
+        self.calls += 1
         if step is not None:
             step.prediction = out
             self.hooks.call("after_cfg", step=step)
             out = step.prediction
         return out
+
+    @torch.no_grad()
+    def evaluate(self, x_in: torch.Tensor, t: torch.Tensor | float, negative: bool = False) -> torch.Tensor:
+        """One more, unguided model call at `x_in`: the first positive sub-prompt's prediction (or the negative's).
+
+        For guidance that takes a second look within a step (PAG with perturbed attention, SAG on a
+        blurred input). ControlNet and IP-Adapter additions apply as in the main call.
+        """
+        conditioning = (self.uncond if negative else self.cond).at(self.step)[0][0]
+        ids = self.uncond_time_ids if negative else self.time_ids
+        key = ("single", id(conditioning), negative)
+        if key not in self._batches:
+            b = self.batch_size
+            embeds = conditioning.embeds.expand(b, -1, -1).to(self.device, self.dtype)
+            pooled = None if conditioning.pooled is None else conditioning.pooled.expand(b, -1).to(self.device,
+                                                                                                 self.dtype)
+            extra = None if ids is None else ids.expand(b, -1).to(self.device, self.dtype)
+            self._batches[key] = (embeds, self.family.denoiser_kwargs(pooled, extra), [1.0])
+        embeds, added, _ = self._batches[key]
+        x_model = x_in.to(self.device, self.dtype)
+        if self.image_conditioning is not None:
+            x_model = torch.cat([x_model, self.image_conditioning.to(self.device, self.dtype)], dim=1)
+        if isinstance(t, torch.Tensor):
+            t = t.to(self.device).reshape(-1)[:1].expand(x_model.shape[0])
+        else:
+            t = torch.full((x_model.shape[0],), float(t), device=self.device)
+        kwargs = dict(added)
+        if self.controls:
+            kwargs.update(self.controls.unet_kwargs(self.step / self.total_steps, x_model[:, :x_in.shape[1]], t, embeds,
+                                                    added.get("added_cond_kwargs", {}), 1, negative))
+        return self.family.call_denoiser(self.unet, x_model, t, embeds, kwargs).float()
 
     def _guidance_active(self) -> bool:
         start, end = self.cfg_interval

@@ -128,8 +128,9 @@ class Run:
     args: Mapping[str, Any] = field(default_factory=dict)
     # per-feature state, keyed by the feature's name (prepared inputs, what later passes reuse ...)
     state: dict[str, Any] = field(default_factory=dict)
-    # plans a further pass from its request view (new prompts, sampler; the first pass's seeds)
-    plan_for: Callable[["GenerationRequest"], "Plan"] | None = None
+    # plans a further pass from its request view (new prompts, sampler; the first pass's seeds), for the
+    # request's model or another one given as the second argument (the refiner's conditioning)
+    plan_for: Callable[..., "Plan"] | None = None
 
     @property
     def first(self) -> Pass:

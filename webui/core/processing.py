@@ -199,7 +199,8 @@ class Engine:
             plan.vae = self.vaes.prepare(model, plan.options)
         context.model, context.plan = model, plan
         self.hooks.call("process", request=request, context=context)
-        run = Run(request, model, job, context, args=prepared.args, plan_for=lambda sub: self.plan(sub, model, plan))
+        run = Run(request, model, job, context, args=prepared.args,
+                  plan_for=lambda sub, other=None: self.plan(sub, other or model, plan))
         run.passes.append(Pass("first", request, plan, (request.width, request.height), request.steps))
         for feature in self.features:
             feature.begin(run)

@@ -83,14 +83,15 @@ class PromptPlan:
     # weight patches features add for this pass (e.g. PhotoMaker's LoRA), on top of the prompt's LoRAs
     extra_patches: list[Any] = field(default_factory=list)
     patcher: WeightPatcher | None = None
-    # what features change on every denoiser this plan makes (e.g. PhotoMaker's conditioning)
-    denoiser_edits: list[Callable[[SigmaSpace], None]] = field(default_factory=list)
+    # what features change on every denoiser this plan makes (e.g. PhotoMaker's conditioning); an edit
+    # that returns a denoiser replaces it (a wrapper, e.g. the refiner's mid-pass switch)
+    denoiser_edits: list[Callable[[SigmaSpace], "SigmaSpace | None"]] = field(default_factory=list)
 
     def denoiser(self, batch: int, extra: "torch.Tensor | None", uncond_extra: "torch.Tensor | None") -> SigmaSpace:
         """A denoiser for a batch, with every feature's edits applied."""
         made = self.make_denoiser(batch, extra, uncond_extra)
         for edit in self.denoiser_edits:
-            edit(made)
+            made = edit(made) or made
         return made
 
     @property

@@ -67,6 +67,8 @@ class GenerationRequest:
     s_tmin: float | None = None
     s_tmax: float | None = None
     s_noise: float | None = None
+    # AUTOMATIC1111's NGMS: skip the negative prompt below this sigma (None: the setting; 0: off)
+    s_min_uncond: float | None = None
     # guidance: CFG rescale phi (Lin et al. 2023) and the step fractions where CFG applies
     cfg_rescale: float = 0.0
     cfg_interval_start: float = 0.0
@@ -100,6 +102,9 @@ class GenerationRequest:
     tiling: bool = False
     # AUTOMATIC1111's switch: <lora:...> tags are taken out of the prompts but not applied
     disable_extra_networks: bool = False
+    # SDXL refiner handoff: sampling continues with this checkpoint from the step given as a fraction
+    refiner_checkpoint: str = ""
+    refiner_switch_at: float = 0.8
     # img2img / inpainting (mode "img2img"); images are PIL images here, base64 only at the API edge
     init_images: list[Any] = field(default_factory=list)
     resize_mode: int = 0

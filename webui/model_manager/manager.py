@@ -154,6 +154,40 @@ class ModelManager:
                     log.exception("model-loaded listener failed")
         return model
 
+    def get_companion(self, query: str, progress: Progress | None = None) -> LoadedModel:
+        """A second checkpoint for the running job (the refiner), loaded beside the active one.
+
+        The active checkpoint stays active and loaded; the companion is pinned until the job ends
+        (`store.in_use`), after which the count limit holds again (it is the one to go).
+        """
+        info = self.resolve(query)
+        storage = str(self.settings.get("weight_storage") or "Automatic")
+        loaded: list[LoadedModel] = []
+
+        def load() -> LoadedModel:
+            from .loader import apply_weight_storage, load_checkpoint
+
+            model = load_checkpoint(info, self.device, self.allow_pickle, progress)
+            apply_weight_storage(model, storage)
+            model.sha256 = self.hashes.sha256(info.hash_source)
+            loaded.append(model)
+            return model
+
+        with self._lock:
+            model = self.store.get(KIND, info.name, load, measure=_measure_checkpoint, on_evict=self._dropped,
+                                   scoped=True, estimate=self._estimate(info))
+            if self.device.device.type != "cpu" and next(model.unet.parameters()).device.type != \
+                    self.device.device.type:  # parked in RAM by an earlier switch
+                model.to(self.device.device)
+                self.store.remeasure(KIND, info.name)
+        for new in loaded:
+            for listener in list(self.listeners):
+                try:
+                    listener(new)
+                except Exception:  # a listener must never break loading
+                    log.exception("model-loaded listener failed")
+        return model
+
     def unload(self, query: str | None = None) -> None:
         with self._lock:
             names = [self.registry.find(query).name] if query else self.loaded_names()

@@ -23,6 +23,7 @@ from ..model_manager.tokenizer import clip_tokenizer
 from .common import error_html, esc, info_html
 from .runner import SessionJobs, follow
 from .uploads import EditorValue, read_editors
+from .guidance_ui import build_guidance_addons
 
 
 def session_of(request: gr.Request | None) -> str:
@@ -142,6 +143,7 @@ def build_sampling(easel: Easel, controls: GenerationControls, size_controls: bo
                                                               elem_id=f"{p}_cfg_interval_start")
             controls.inputs["cfg_interval_end"] = gr.Slider(0, 1, value=1, step=0.05, label="Apply CFG until",
                                                             elem_id=f"{p}_cfg_interval_end")
+    build_guidance_addons(easel, controls)
     with gr.Accordion("LoRA composition", open=False, elem_id=f"{p}_lora_composition_box"):
         controls.inputs["lora_composition"] = gr.Radio(
             list(LORA_COMPOSITIONS), value="Merge", label="When several LoRAs are used",
@@ -310,6 +312,7 @@ def emit(easel: Easel, *components: Any) -> None:
 def common_request_fields(fields: dict[str, Any], script_titles: dict[str, str] | None = None) -> dict[str, Any]:
     """Typed request fields from the shared controls' raw values (scripts included)."""
     from .controlnet_ui import controlnet_request_fields
+    from .guidance_ui import guidance_fields, guidance_scripts
     from .scripts_ui import script_request_fields
     from ..features.wildcards import request_entry as wildcards_entry
 
@@ -318,6 +321,7 @@ def common_request_fields(fields: dict[str, Any], script_titles: dict[str, str] 
     if units:
         scripts["alwayson_scripts"]["controlnet"] = {"args": units}
     scripts["alwayson_scripts"].update(wildcards_entry(fields))
+    scripts["alwayson_scripts"].update(guidance_scripts(fields))
     return dict(**scripts,
         prompt=fields.get("prompt") or "", negative_prompt=fields.get("negative_prompt") or "",
         sampler_name=fields.get("sampler_name") or "", scheduler=fields.get("scheduler") or samplers.AUTOMATIC,
@@ -333,4 +337,4 @@ def common_request_fields(fields: dict[str, Any], script_titles: dict[str, str] 
         cfg_rescale=as_float(fields.get("cfg_rescale")), cfg_interval_start=as_float(fields.get("cfg_interval_start")),
         cfg_interval_end=as_float(fields.get("cfg_interval_end"), 1.0),
         restore_faces=bool(fields.get("restore_faces")), tiling=bool(fields.get("tiling")),
-        **override_item_fields(fields.get("override_settings")))
+        **guidance_fields(fields), **override_item_fields(fields.get("override_settings")))

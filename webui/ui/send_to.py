@@ -25,6 +25,7 @@ from .generation_controls import GenerationControls
 from .identity_tab import PASTED as IDENTITY_PASTED, pasted_identity_fields
 from .img2img import INPAINT_AREAS, MASK_MODES
 from ..features import soft_inpaint, wildcards
+from .guidance_ui import PASTED as GUIDANCE_PASTED
 
 # request fields a pasted infotext may set, when the target tab has a control for them
 PASTEABLE = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed", "width",
@@ -33,7 +34,7 @@ PASTEABLE = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", 
              "inpaint_full_res_padding", "lora_composition", "subseed", "subseed_strength", "seed_resize_from_w",
              "seed_resize_from_h", "cfg_rescale", "cfg_interval_start", "cfg_interval_end", "lora_switch_steps", "distilled_cfg_scale",
              "inpainting_fill", "inpaint_full_res", "inpainting_mask_invert", "resize_mode", "override_settings",
-             *soft_inpaint.UI_FIELDS, "restore_faces", "tiling", *wildcards.UI_FIELDS)
+             *soft_inpaint.UI_FIELDS, "restore_faces", "tiling", *wildcards.UI_FIELDS, *GUIDANCE_PASTED)
 # index-valued fields shown as radios: the label to select for each index
 RADIO_LABELS: dict[str, tuple[str, ...]] = {"resize_mode": RESIZE_MODES, "inpainting_fill": MASKED_CONTENT,
                                             "inpaint_full_res": INPAINT_AREAS, "inpainting_mask_invert": MASK_MODES}
@@ -95,6 +96,10 @@ def pasted_fields(easel: Easel, text: str) -> dict[str, Any]:
         values.update(pasted_unit_fields(info.params))
         values.update(pasted_identity_fields(info.params))
         values["override_settings"] = override_items(info)
+        if values.get("refiner_checkpoint"):  # "name [hash]" as AUTOMATIC1111 writes it -> the installed title
+            name, _, short = values["refiner_checkpoint"].partition(" [")
+            values["refiner_checkpoint"] = find_checkpoint(easel, {"name": name, "hash": short.rstrip("]")}) \
+                or values["refiner_checkpoint"]
     easel.engine.hooks.call("infotext_pasted", text=text, fields=values)
     return values
 
