@@ -95,6 +95,7 @@ class ScanProgress:
     total: int = 0             # files found (known once a folder is listed)
     indexed: int = 0           # files read and written
     removed: int = 0           # rows of files that are gone
+    thumbnails_removed: int = 0  # cached thumbnails of images gone or changed, deleted after the scan
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
