@@ -96,15 +96,15 @@ def test_gallery_tab_finds_favourites_boards_deletes_and_restores(restarted):
         expect(page.locator("#gallery_status_text")).to_contain_text("in the gallery", timeout=15_000)
         page.locator("#gallery_search textarea, #gallery_search input").first.fill("zebra orig")
         expect(page.locator("#gallery_status_text")).to_have_text(re.compile(r"^1 image\(s\) match"), timeout=15_000)
-        expect(page.locator("#gallery_grid img")).to_have_count(1)
+        expect(page.locator("#gallery_grid img")).to_have_count(1, timeout=15_000)
         page.locator("#gallery_grid img").first.click()
         expect(page.locator("#gallery_detail_info")).to_contain_text("a zebra made of origami paper", timeout=15_000)
 
         page.locator("#gallery_favourite").click()
-        expect(page.locator("#gallery_favourite")).to_contain_text("★")
+        expect(page.locator("#gallery_favourite")).to_contain_text("★", timeout=15_000)
         page.locator("#gallery_board_name textarea, #gallery_board_name input").first.fill("animals")
         page.locator("#gallery_move").click()
-        expect(page.locator("#gallery_detail_info")).to_contain_text("board: animals")
+        expect(page.locator("#gallery_detail_info")).to_contain_text("board: animals", timeout=15_000)
         record = httpx.get(f"{url}/easel/v1/images/{image['id']}", timeout=5).json()
         assert record["favourite"] and record["board"] == "animals"
         assert record["params"]["Seed"] == str(image["seed"])
@@ -154,7 +154,7 @@ def test_gallery_tab_finds_favourites_boards_deletes_and_restores(restarted):
 
         # emptying the trash asks for a second click, then deletes the file for good
         page.locator("#gallery_grid img").first.click()
-        expect(page.locator("#gallery_detail_info")).to_contain_text("origami")
+        expect(page.locator("#gallery_detail_info")).to_contain_text("origami", timeout=15_000)
         page.locator("#gallery_delete").click()
         expect(page.locator("#gallery_status_text")).to_have_text(re.compile(r"^0 image\(s\) match"), timeout=30_000)
         page.locator("#gallery_empty_trash").click()

@@ -20,6 +20,7 @@ every browser a new session); on a shared one only your own session's.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import gradio as gr
@@ -234,7 +235,8 @@ def build_queue_panel(easel: Easel, local: bool = True) -> None:
         if not _visible(record, session, local):
             return error_html("That job is not yours.")
         try:
-            job = easel.submit(JobHistory.request_of(record), owner=session)
+            # saved whatever the first run said (an API job may not have saved): Open shows the files
+            job = easel.submit(dataclasses.replace(JobHistory.request_of(record), save_images=True), owner=session)
         except InputsNotKept as exc:
             return error_html(str(exc))
         except ValidationError as exc:
