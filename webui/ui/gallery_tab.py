@@ -179,7 +179,6 @@ def build_gallery_tab(easel: Easel, tab: gr.Tab, local: bool = True) -> GalleryU
     selected_id = gr.State(None)
     selected_index = gr.State(0)
     infotexts = gr.State([])
-    trash_armed = gr.State(0.0)  # when Empty trash was clicked once: a second click within 10 s deletes
 
     filters = [search, sort, model, sampler, size, date, board_filter, favourites, trash_view]
 
@@ -361,16 +360,20 @@ def build_gallery_tab(easel: Easel, tab: gr.Tab, local: bool = True) -> GalleryU
     remove_folder.click(drop_folder, added, message, api_name=False).then(
         choices, None, choice_outputs, api_name=False).then(show, [*filters, page], grid_outputs, **serial)
 
-    def empty(armed):
+    armed: dict[str, float] = {}  # session -> when Empty trash was clicked once; a second click within a minute deletes
+
+    def empty(request: gr.Request):
+        session = getattr(request, "session_hash", None) or ""
         count = len(gallery.index.trashed())
         if not count:
-            return 0.0, '<span id="gallery_note">The trash is empty.</span>'
-        if time.time() - float(armed or 0) > 10:
-            return time.time(), (f'<span id="gallery_note">Click Empty trash again to delete {count} image(s) '
-                                 "for good.</span>")
+            return '<span id="gallery_note">The trash is empty.</span>'
+        if time.time() - armed.get(session, 0.0) > 60:
+            armed[session] = time.time()
+            return f'<span id="gallery_note">Click Empty trash again to delete {count} image(s) for good.</span>'
+        armed.pop(session, None)
         removed = gallery.empty_trash()
-        return 0.0, f'<span id="gallery_note">Deleted {removed} image(s) for good.</span>'
+        return f'<span id="gallery_note">Deleted {removed} image(s) for good.</span>'
 
-    empty_trash.click(empty, trash_armed, [trash_armed, message], api_name=False).then(
+    empty_trash.click(empty, None, message, api_name=False).then(
         show, [*filters, page], grid_outputs, **serial)
     return GalleryUI(GallerySource("gallery", detail, selected_index, infotexts, send_row))
