@@ -191,6 +191,10 @@ def test_users_control_only_their_own_jobs(server):
         finally:
             stop_job(alice, job_id)
         assert alice.get(f"/easel/v1/jobs/{job_id}").json()["state"] == "interrupted"
+        # the history keeps the owner's rules: bob sees the job listed, without its prompt, and cannot run it again
+        listed = [j for j in bob.get("/easel/v1/jobs", params={"finished": True}).json()["jobs"] if j["id"] == job_id]
+        assert listed and listed[0]["owner"] == "alice" and listed[0]["description"] is None
+        assert bob.post(f"/easel/v1/jobs/{job_id}/rerun").status_code == 403
 
 
 def test_foreign_origin_cannot_change_state(server):

@@ -202,3 +202,61 @@ def test_generated_images_are_indexed_with_their_job(easel):
     assert total == 2 and {r["seed"] for r in rows} == {7, 8}
     assert {r["job_id"] for r in rows} == {job.id} and {r["path"] for r in rows} == set(job.result.paths)
     assert rows[0]["model"] == "tiny-sd1" and rows[0]["width"] == 64 and rows[0]["steps"] == 2
+
+
+def test_empty_trash_deletes_files_and_rows_and_thumbnails_go_with_their_images(gallery):
+    kept = write_png(gallery.outputs_dir / "kept.png", "a kept owl", seed=1)
+    doomed = write_png(gallery.outputs_dir / "doomed.png", "a doomed owl", seed=2)
+    changed = write_png(gallery.outputs_dir / "changed.png", "a changed owl", seed=3)
+    scan(gallery)
+    by_prompt = {row["prompt"]: row["id"] for row in gallery.search(Query(text="owl"))[0]}
+    thumbs = {name: gallery.thumbnail(i) for name, i in by_prompt.items()}
+    assert all(t is not None and t.is_file() for t in thumbs.values())
+    gallery.trash(by_prompt["a doomed owl"])
+    trash_thumb = gallery.thumbnail(by_prompt["a doomed owl"])  # the trash shows thumbnails too
+    write_png(changed, "a changed owl", seed=4)  # rewritten: its old thumbnail is stale
+    os.utime(changed, (time.time() + 5, time.time() + 5))
+    scan(gallery)
+    assert not thumbs["a changed owl"].exists() and thumbs["a kept owl"].is_file() and trash_thumb.is_file()
+    assert gallery.progress.thumbnails_removed >= 1
+    assert gallery.empty_trash() == 1
+    assert gallery.wait_idle(30)
+    assert not doomed.exists() and not list(gallery.trash_dir.iterdir()) and kept.is_file()
+    assert gallery.search(Query(trash=True))[1] == 0 and gallery.index.get(by_prompt["a doomed owl"]) is None
+    assert not trash_thumb.exists() and thumbs["a kept owl"].is_file()
+    assert gallery.empty_trash() == 0
+
+
+def test_removing_an_added_folder_drops_its_rows_not_its_files(gallery, tmp_path):
+    other = tmp_path / "elsewhere"
+    write_png(other / "sub" / "one.png", "a borrowed kite")
+    write_png(gallery.outputs_dir / "own.png", "our own kite")
+    gallery.add_folder(str(other))
+    assert gallery.wait_idle(30) and gallery.search(Query(text="kite"))[1] == 2
+    with pytest.raises(ValueError, match="not one of the added folders"):
+        gallery.remove_folder(str(gallery.outputs_dir))
+    gallery.remove_folder(str(other.resolve()))
+    assert gallery.wait_idle(30)
+    [row] = gallery.search(Query(text="kite"))[0]
+    assert row["prompt"] == "our own kite" and (other / "sub" / "one.png").is_file()
+    assert str(other.resolve()) not in [str(p) for p in gallery.roots()]
+
+
+def test_one_walk_serves_the_scanner_and_the_library(tmp_path):
+    from webui.gallery.scanner import walk_images
+    from webui.paths import walk_tree
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / ".hidden").mkdir()
+    for name in ("a/one.png", "a/b/two.jpg", ".hidden/three.png", "a/.four.png.tmp", "a/notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "a", target_is_directory=True)
+    found = {os.path.relpath(path, tmp_path) for path, _ in walk_images(tmp_path)}
+    assert found == {"a/one.png", "a/b/two.jpg"}  # no hidden names, no link followed
+    assert {os.path.relpath(p, tmp_path) for p, _ in walk_images(tmp_path, skip=(tmp_path / "a" / "b",))} == \
+        {"a/one.png"}
+    refused = [(entry.name, is_dir) for entry, is_dir in walk_tree(tmp_path, lambda e: e.name != "b",
+                                                                   follow_symlinks=False) if is_dir]
+    assert sorted(refused) == [("b", True)]  # a folder the predicate refused is yielded, not entered
+    followed = {os.path.relpath(e.path, tmp_path) for e, d in walk_tree(tmp_path) if not d}
+    assert "link/one.png" in followed  # links to folders are walked by default (the model library's way)

@@ -10,6 +10,7 @@ import re
 import signal
 import sqlite3
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -95,15 +96,15 @@ def test_gallery_tab_finds_favourites_boards_deletes_and_restores(restarted):
         expect(page.locator("#gallery_status_text")).to_contain_text("in the gallery", timeout=15_000)
         page.locator("#gallery_search textarea, #gallery_search input").first.fill("zebra orig")
         expect(page.locator("#gallery_status_text")).to_have_text(re.compile(r"^1 image\(s\) match"), timeout=15_000)
-        expect(page.locator("#gallery_grid img")).to_have_count(1)
+        expect(page.locator("#gallery_grid img")).to_have_count(1, timeout=15_000)
         page.locator("#gallery_grid img").first.click()
-        expect(page.locator("#gallery_detail_info")).to_contain_text("a zebra made of origami paper")
+        expect(page.locator("#gallery_detail_info")).to_contain_text("a zebra made of origami paper", timeout=15_000)
 
         page.locator("#gallery_favourite").click()
-        expect(page.locator("#gallery_favourite")).to_contain_text("★")
+        expect(page.locator("#gallery_favourite")).to_contain_text("★", timeout=15_000)
         page.locator("#gallery_board_name textarea, #gallery_board_name input").first.fill("animals")
         page.locator("#gallery_move").click()
-        expect(page.locator("#gallery_detail_info")).to_contain_text("board: animals")
+        expect(page.locator("#gallery_detail_info")).to_contain_text("board: animals", timeout=15_000)
         record = httpx.get(f"{url}/easel/v1/images/{image['id']}", timeout=5).json()
         assert record["favourite"] and record["board"] == "animals"
         assert record["params"]["Seed"] == str(image["seed"])
@@ -141,3 +142,24 @@ def test_gallery_tab_finds_favourites_boards_deletes_and_restores(restarted):
         page.locator("#gallery_drop_board").click()
         expect(page.locator("#gallery_message")).to_contain_text("Board animals deleted", timeout=15_000)
         assert httpx.get(f"{url}/easel/v1/images/boards", timeout=5).json()["boards"] == ["zebras"]
+
+        # a rescan's progress shows without a click: one new file, and the line ends on "1 indexed"
+        later = restarted.root / "outputs" / "txt2img-images" / "older" / "later.png"
+        later.write_bytes(encode_image(Image.new("RGB", (16, 16)), "png", A1111.format(
+            prompt="one later file", steps=2, sampler="Euler", seed=1, model="tiny")))
+        page.locator("#gallery_folders").get_by_text("Folders").first.click()
+        page.locator("#gallery_rescan").click()
+        expect(page.locator("#gallery_scan_text")).to_have_text(re.compile(r"^Scan done: \d+ file\(s\), 1 indexed"),
+                                                               timeout=30_000)
+
+        # emptying the trash asks for a second click, then deletes the file for good
+        page.locator("#gallery_grid img").first.click()
+        expect(page.locator("#gallery_detail_info")).to_contain_text("origami", timeout=15_000)
+        page.locator("#gallery_delete").click()
+        expect(page.locator("#gallery_status_text")).to_have_text(re.compile(r"^0 image\(s\) match"), timeout=30_000)
+        page.locator("#gallery_empty_trash").click()
+        expect(page.locator("#gallery_message")).to_contain_text("Click Empty trash again", timeout=15_000)
+        page.locator("#gallery_empty_trash").click()
+        expect(page.locator("#gallery_message")).to_contain_text("Deleted 1 image(s) for good", timeout=15_000)
+        assert not Path(image["path"]).exists()
+        assert httpx.get(f"{url}/easel/v1/images", params={"trash": True}, timeout=5).json()["total"] == 0

@@ -26,6 +26,7 @@ from .core.styles import StyleStore
 from .devices import DeviceConfig, device_config
 from .fileio import remove_stale_temp_files
 from .gallery import Gallery
+from .history import JobHistory
 from .extensions.features import collect_features
 from .extensions.manager import ExtensionManager
 from .extensions.runtime import HookRunner
@@ -124,6 +125,7 @@ class Easel:
     annotators_dir: Path | None = None  # ControlNet preprocessors' weights
     pending_jobs: PendingJobStore | None = None  # queued generations on disk (data dir/queue), restored at start
     gallery: Gallery | None = None  # the Gallery tab's index (data dir/gallery.sqlite); its thread starts in preload
+    history: JobHistory | None = None  # finished jobs with their requests (data dir/history.sqlite), across restarts
 
     def submit(self, request: GenerationRequest, owner: str | None = None, job_id: str | None = None) -> Job:
         """Validate now (so bad input fails at once, naming the field), then queue (txt2img or img2img).
@@ -147,8 +149,11 @@ class Easel:
         job_id = job_id or uuid.uuid4().hex
         kept = keep and store is not None and store.save(job_id, request, owner, time.time())
         try:
-            return self.queue.submit(run, owner=owner, kind=request.mode, description=request.prompt[:80],
-                                     job_id=job_id)
+            job = self.queue.submit(run, owner=owner, kind=request.mode, description=request.prompt[:80],
+                                    job_id=job_id)
+            if self.history is not None:
+                self.history.submitted(job, request)
+            return job
         except BaseException:
             if kept:
                 store.remove(job_id)
@@ -220,6 +225,8 @@ class Easel:
         if self.library is not None:
             self.library.stop()
         self.queue.stop()
+        if self.history is not None:
+            self.history.stop()  # after the queue: the jobs that ended while it stopped are written too
         if self.gallery is not None:
             self.gallery.stop()
         if self.queue.archive is not None:
@@ -308,6 +315,9 @@ def build(options: AppOptions) -> Easel:
     # a job that ends is forgotten on disk; one that ends because the process stops is kept for the next start
     queue.listeners.append(lambda job: None if queue.stopping else pending_jobs.remove(job.id))
     gallery = Gallery(paths.data_dir, paths.outputs_dir, paths.cache_dir)
+    history = JobHistory(paths.data_dir)  # like pending_jobs: a job that ends because the process stops is not history
+    queue.listeners.append(lambda job: None if queue.stopping else history.job_finished(job))
+    history.start()
     engine.image_listeners.append(lambda path, image, text: gallery.image_saved(
         path, image, text, queue.current.id if queue.current is not None else None))
     queue.start()
@@ -318,7 +328,7 @@ def build(options: AppOptions) -> Easel:
     return Easel(paths, settings, device, models, queue, engine, options, extensions, upscalers=upscalers,
                  faces=faces, extras=extras, library=library, vaes=vaes, downloads=downloads, loras=loras, embeddings=embeddings, controlnets=controlnets,
                  ip_adapters=ip_adapters, identity=identity, annotators_dir=annotators_dir,
-                 pending_jobs=pending_jobs, gallery=gallery)
+                 pending_jobs=pending_jobs, gallery=gallery, history=history)
 
 
 def builtin_features(networks: LoraNetworks, upscalers: Upscalers, controlnets: ControlNetLibrary,

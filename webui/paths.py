@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,6 +69,34 @@ def is_model_folder(path: Path) -> bool:
         return any(p.suffix in (".safetensors", ".bin") and p.is_file() for p in path.iterdir())
     except OSError:
         return False
+
+
+def walk_tree(root: Path | str, descend: Callable[[os.DirEntry], bool] = lambda entry: True,
+              follow_symlinks: bool = True) -> Iterator[tuple[os.DirEntry, bool]]:
+    """(entry, is_dir) for every file under root, and every folder `descend` refused to enter.
+
+    One walk for the model library and the gallery scanner: hidden names (atomic writes' .tmp files,
+    .git) are left out, folders that cannot be listed and entries that cannot be read are skipped,
+    never fatal. `follow_symlinks`: whether a link to a folder counts as a folder (walked into).
+    """
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=follow_symlinks)
+                if is_dir and descend(entry):
+                    stack.append(entry.path)
+                    continue
+            except OSError:
+                continue
+            yield entry, is_dir
 
 
 def model_files(folders: list[Path], suffixes: tuple[str, ...], inside_model_folders: bool = False) -> list[Path]:

@@ -359,6 +359,7 @@ class JobInfo(BaseModel):
     finished_at: Optional[float] = None
     progress: JobProgress
     error: Optional[str] = None
+    rerun_of: Optional[str] = Field(default=None, description="the past job this one runs again (POST .../rerun)")
 
 
 class JobList(BaseModel):
@@ -366,6 +367,8 @@ class JobList(BaseModel):
     queued: int
     limit: int = Field(description="most jobs that may wait (0 = no limit)")
     jobs: list[JobInfo]
+    next_before: Optional[str] = Field(default=None, description="with finished=true: pass as `before` for the "
+                                       "next (older) page of the history; null on the last page")
 
 
 class JobResult(ImageResponse):

@@ -1,4 +1,4 @@
-"""/easel/v1/images: search the gallery, thumbnails and files, favourite, rating, boards, trash.
+"""/easel/v1/images: search the gallery, thumbnails and files, favourite, rating, boards, trash (and emptying it).
 
 Behind the same middlewares as every route (auth with --auth, same-origin, Host check). Images
 are named by their index id, never by a path the client sends, so nothing outside the indexed
@@ -119,6 +119,11 @@ def build_router(gallery_of) -> APIRouter:
     def remove_board(name: str):
         gallery().index.remove_board(name)
         return {"boards": gallery().index.boards()}
+
+    @router.delete("/trash")
+    def empty_trash():
+        """Delete every image in the trash for good (files and rows); answers how many."""
+        return {"deleted": guarded(gallery().empty_trash)}
 
     @router.get("/{image_id}")
     def get_image(image_id: int):

@@ -377,6 +377,17 @@ class GalleryIndex:
     def delete_row(self, image_id: int) -> None:
         self._write(lambda db: db.execute("DELETE FROM images WHERE id = ?", (int(image_id),)))
 
+    def delete_rows(self, image_ids: Iterable[int]) -> None:
+        ids = [(int(i),) for i in image_ids]
+        if ids:
+            self._write(lambda db: db.executemany("DELETE FROM images WHERE id = ?", ids))
+
+    def files(self) -> Iterable[tuple[str, int, float]]:
+        """(file, size, mtime) of every row: where its thumbnail was made from (the trash path once trashed)."""
+        rows = self._db().execute("SELECT CASE WHEN trashed_at IS NULL THEN path ELSE trash_path END, size, mtime "
+                                  "FROM images")
+        return [(r[0], r[1], r[2]) for r in rows if r[0]]
+
     # ---- folders --------------------------------------------------------------------------------
 
     def folders(self) -> list[str]:

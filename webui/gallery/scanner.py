@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 from PIL import Image
 
 from ..core.infotext import Infotext, parse_infotext
+from ..paths import walk_tree
 from .index import ImageRecord
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -74,26 +75,16 @@ def record_from_saved(path: str, infotext: str, size: tuple[int, int] | None, jo
 
 
 def walk_images(root: Path, skip: tuple[Path, ...] = ()) -> Iterator[tuple[str, os.stat_result]]:
-    """(path, stat) of every image under root; hidden files and folders (atomic writes' .tmp) are left out."""
+    """(path, stat) of every image under root; hidden files and folders (atomic writes' .tmp) are left out,
+    and links to folders are not followed (a link back up would loop)."""
     skipped = {str(p) for p in skip}
-    stack = [str(root)]
-    while stack:
-        folder = stack.pop()
+    for entry, is_dir in walk_tree(root, lambda entry: entry.path not in skipped, follow_symlinks=False):
+        if is_dir or not entry.name.lower().endswith(SUFFIXES):
+            continue
         try:
-            entries = list(os.scandir(folder))
+            yield entry.path, entry.stat()
         except OSError:
             continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    if entry.path not in skipped:
-                        stack.append(entry.path)
-                elif entry.name.lower().endswith(SUFFIXES):
-                    yield entry.path, entry.stat()
-            except OSError:
-                continue
 
 
 @dataclass
@@ -104,6 +95,7 @@ class ScanProgress:
     total: int = 0             # files found (known once a folder is listed)
     indexed: int = 0           # files read and written
     removed: int = 0           # rows of files that are gone
+    thumbnails_removed: int = 0  # cached thumbnails of images gone or changed, deleted after the scan
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)

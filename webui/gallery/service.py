@@ -138,8 +138,14 @@ class Gallery:
             scan_folder(root, self.index.known(str(root)), progress, self.index.upsert, self.index.forget,
                         between=self._drain_saved, skip=(self.trash_dir,))
         progress.state, progress.folder = "done", ""
+        progress.thumbnails_removed = self._clean_thumbnails()
         log.info("gallery scan: %d file(s), %d indexed, %d removed in %.1fs", progress.total, progress.indexed,
                  progress.removed, time.monotonic() - started)
+
+    def _clean_thumbnails(self) -> int:
+        """After a full scan: drop cached thumbnails of images that are gone, changed, or no longer indexed."""
+        keep = {self.thumbnails.key(path, size, mtime) for path, size, mtime in self.index.files()}
+        return self.thumbnails.cleanup(keep)
 
     def _repair_trash(self) -> None:
         """Finish or undo a move to the trash that a kill cut short: the file decides."""
@@ -237,7 +243,31 @@ class Gallery:
         return resolved
 
     def remove_folder(self, folder: str) -> None:
+        """Stop indexing an added folder: its rows leave the index (its files stay where they are)."""
+        if folder not in self.index.folders():
+            raise GalleryError(f"{folder} is not one of the added folders")
         self.index.remove_folder(folder)
+        self.scan()  # and the thumbnails of its images go with the next scan's clean-up
+
+    def empty_trash(self) -> int:
+        """Delete the images in the trash for good. The file goes first, then the row: a kill in between
+        leaves a row whose file is gone, which the next scan's trash repair removes."""
+        gone = []
+        for row in self.index.trashed():
+            trash_path = row.get("trash_path")
+            if trash_path:
+                path = Path(trash_path)
+                if path.resolve().parent != self.trash_dir:  # only ever a file of our own trash folder
+                    continue
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    log.warning("could not delete %s from the trash: %s", path, exc)
+                    continue
+            gone.append(row["id"])
+        self.index.delete_rows(gone)
+        self.scan()
+        return len(gone)
 
     def status(self) -> dict[str, Any]:
         return {"images": self.index.count(), "scan": self.progress.as_dict(),

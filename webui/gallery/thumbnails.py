@@ -44,3 +44,20 @@ class Thumbnails:
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(target, buffer.getvalue())
         return target
+
+    def cleanup(self, keep: set[str]) -> int:
+        """Delete cached thumbnails whose key is not in `keep` (images gone, changed, or out of the index)."""
+        removed = 0
+        if not self.folder.is_dir():
+            return 0
+        for bucket in self.folder.iterdir():
+            if not bucket.is_dir():
+                continue
+            for thumb in bucket.glob("*.webp"):
+                if thumb.stem not in keep:
+                    try:
+                        thumb.unlink()
+                        removed += 1
+                    except OSError:
+                        pass
+        return removed

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..fileio import atomic_write_text
-from ..paths import MODEL_FOLDERS, Paths, is_model_folder
+from ..paths import MODEL_FOLDERS, Paths, is_model_folder, walk_tree
 from .hashing import HashCache, autov2
 
 log = logging.getLogger(__name__)
@@ -301,35 +301,28 @@ class ModelLibrary:
         found: list[tuple[str, Path, str, int, float]] = []
         if not root.is_dir():
             return found
-        stack = [root]
-        while stack:
-            folder = stack.pop()
+
+        def descend(entry: os.DirEntry) -> bool:  # a pack or a model folder is one model, not walked into
+            path = Path(entry.path)
+            return not ((kind == "insightface" and path.parent == root) or is_model_folder(path))
+
+        for entry, is_dir in walk_tree(root, descend):
+            path = Path(entry.path)
             try:
-                entries = list(os.scandir(folder))
+                if is_dir:
+                    size, mtime = _folder_stat(path)
+                    if kind == "insightface" and path.parent == root:
+                        found.append((entry.name, path, "pack", size, mtime))
+                    else:
+                        found.append((path.relative_to(root).as_posix(), path, "diffusers", size, mtime))
+                elif path.suffix.lower() in MODEL_SUFFIXES and entry.is_file():
+                    if kind == "checkpoint" and path.stem.lower().endswith(".vae"):
+                        continue  # model.vae.safetensors beside a checkpoint is that checkpoint's VAE
+                    stat = entry.stat()
+                    found.append((path.relative_to(root).as_posix(), path, _format_of(path), stat.st_size,
+                                  stat.st_mtime))
             except OSError:
                 continue
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                path = Path(entry.path)
-                try:
-                    if entry.is_dir():
-                        if kind == "insightface" and folder == root:
-                            size, mtime = _folder_stat(path)
-                            found.append((entry.name, path, "pack", size, mtime))
-                        elif is_model_folder(path):
-                            size, mtime = _folder_stat(path)
-                            found.append((path.relative_to(root).as_posix(), path, "diffusers", size, mtime))
-                        else:
-                            stack.append(path)
-                    elif path.suffix.lower() in MODEL_SUFFIXES and entry.is_file():
-                        if kind == "checkpoint" and path.stem.lower().endswith(".vae"):
-                            continue  # model.vae.safetensors beside a checkpoint is that checkpoint's VAE
-                        stat = entry.stat()
-                        found.append((path.relative_to(root).as_posix(), path, _format_of(path), stat.st_size,
-                                      stat.st_mtime))
-                except OSError:
-                    continue
         return found
 
     def refresh(self) -> dict[str, float]:

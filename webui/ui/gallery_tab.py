@@ -74,6 +74,18 @@ def _status_html(easel: Easel, total: int, page: int) -> str:
     return f'<span id="gallery_status_text">{text} · page {page + 1} of {pages}</span>'
 
 
+def scan_html(easel: Easel) -> str:
+    """The background scan's progress line (the tab's timer reads it every second while a scan runs)."""
+    scan = easel.gallery.progress
+    if scan.state == "scanning":
+        return (f'<span id="gallery_scan_text">Scanning {esc(scan.folder)}: {scan.seen} of {scan.total} file(s) '
+                f"looked at, {scan.indexed} indexed…</span>")
+    if scan.state == "done":
+        return (f'<span id="gallery_scan_text">Scan done: {scan.total} file(s), {scan.indexed} indexed, '
+                f"{scan.removed} removed.</span>")
+    return ""
+
+
 def _detail_html(row: dict[str, Any] | None) -> str:
     if row is None:
         return ""
@@ -113,6 +125,8 @@ def build_gallery_tab(easel: Easel, tab: gr.Tab, local: bool = True) -> GalleryU
             favourites = gr.Checkbox(label="Favourites only", elem_id="gallery_favourites")
             trash_view = gr.Checkbox(label="Trash", elem_id="gallery_trash_view")
     status = gr.HTML("", elem_id="gallery_status")
+    scan_line = gr.HTML("", elem_id="gallery_scan")
+    scan_timer = gr.Timer(1.0, active=False)  # on while a scan runs, so its progress shows without a click
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             grid = gr.Gallery(label="Images", show_label=False, columns=6, height=560, allow_preview=False,
@@ -135,6 +149,7 @@ def build_gallery_tab(easel: Easel, tab: gr.Tab, local: bool = True) -> GalleryU
             with gr.Row():
                 delete = gr.Button("🗑 Delete", size="sm", variant="stop", elem_id="gallery_delete")
                 restore = gr.Button("Restore", size="sm", elem_id="gallery_restore")
+                empty_trash = gr.Button("Empty trash", size="sm", variant="stop", elem_id="gallery_empty_trash")
             message = gr.HTML("", elem_id="gallery_message")
             info = gr.HTML("", elem_id="gallery_info")
             send_row = gr.Row(elem_id="gallery_send_row")
@@ -154,6 +169,11 @@ def build_gallery_tab(easel: Easel, tab: gr.Tab, local: bool = True) -> GalleryU
                                 elem_id="gallery_folder", interactive=local, scale=4)
             add_folder = gr.Button("Add", size="sm", elem_id="gallery_add_folder", interactive=local)
             rescan = gr.Button("Rescan", size="sm", elem_id="gallery_rescan")
+        with gr.Row():
+            added = gr.Dropdown([], value=None, label="Added folders", elem_id="gallery_added_folders", scale=4,
+                                interactive=local)
+            remove_folder = gr.Button("Remove from the gallery (the files stay)", size="sm",
+                                      elem_id="gallery_remove_folder", interactive=local)
     page = gr.State(0)
     ids = gr.State([])
     selected_id = gr.State(None)
@@ -203,9 +223,10 @@ def build_gallery_tab(easel: Easel, tab: gr.Tab, local: bool = True) -> GalleryU
                 gr.update(choices=_choices(index.distinct("sampler"))),
                 gr.update(choices=_choices(index.distinct("size"))),
                 gr.update(choices=_choices(index.boards())),
-                "".join(f"<div><code>{esc(p)}</code></div>" for p in gallery.roots()))
+                "".join(f"<div><code>{esc(p)}</code></div>" for p in gallery.roots()),
+                gr.update(choices=gallery.index.folders(), value=None))
 
-    choice_outputs = [model, sampler, size, board_filter, folders]
+    choice_outputs = [model, sampler, size, board_filter, folders, added]
     search.change(first_page, [*filters, page], grid_outputs, trigger_mode="always_last", show_progress="hidden",
                  **serial)
     for control in filters[1:]:
@@ -214,6 +235,15 @@ def build_gallery_tab(easel: Easel, tab: gr.Tab, local: bool = True) -> GalleryU
     next_page.click(step(1), [*filters, page], grid_outputs, **serial)
     for event in (refresh.click, tab.select):
         event(choices, None, choice_outputs, api_name=False).then(show, [*filters, page], grid_outputs, **serial)
+
+    def follow_scan():
+        return scan_html(easel), gr.Timer(active=gallery.progress.state == "scanning")
+
+    def scan_started():
+        return scan_html(easel), gr.Timer(active=True)
+
+    tab.select(follow_scan, None, [scan_line, scan_timer], api_name=False)
+    scan_timer.tick(follow_scan, None, [scan_line, scan_timer], show_progress="hidden", api_name=False)
 
     def detail_of(image_id):
         if image_id is None:
@@ -313,6 +343,37 @@ def build_gallery_tab(easel: Easel, tab: gr.Tab, local: bool = True) -> GalleryU
             return error_html(str(exc))
         return f'<span id="gallery_note">Added {esc(added)}; indexing in the background.</span>'
 
-    add_folder.click(add, folder, message, api_name=False).then(choices, None, choice_outputs, api_name=False)
-    rescan.click(lambda: gallery.scan(), None, None, api_name=False)
+    add_folder.click(add, folder, message, api_name=False).then(choices, None, choice_outputs, api_name=False).then(
+        scan_started, None, [scan_line, scan_timer], api_name=False)
+    rescan.click(lambda: gallery.scan(), None, None, api_name=False).then(
+        scan_started, None, [scan_line, scan_timer], api_name=False)
+
+    def drop_folder(path):
+        if not path:
+            return error_html("Choose one of the added folders.")
+        try:
+            gallery.remove_folder(path)
+        except GalleryError as exc:
+            return error_html(str(exc))
+        return f'<span id="gallery_note">{esc(path)} is no longer in the gallery; its files are untouched.</span>'
+
+    remove_folder.click(drop_folder, added, message, api_name=False).then(
+        choices, None, choice_outputs, api_name=False).then(show, [*filters, page], grid_outputs, **serial)
+
+    armed: dict[str, float] = {}  # session -> when Empty trash was clicked once; a second click within a minute deletes
+
+    def empty(request: gr.Request):
+        session = getattr(request, "session_hash", None) or ""
+        count = len(gallery.index.trashed())
+        if not count:
+            return '<span id="gallery_note">The trash is empty.</span>'
+        if time.time() - armed.get(session, 0.0) > 60:
+            armed[session] = time.time()
+            return f'<span id="gallery_note">Click Empty trash again to delete {count} image(s) for good.</span>'
+        armed.pop(session, None)
+        removed = gallery.empty_trash()
+        return f'<span id="gallery_note">Deleted {removed} image(s) for good.</span>'
+
+    empty_trash.click(empty, None, message, api_name=False).then(
+        show, [*filters, page], grid_outputs, **serial)
     return GalleryUI(GallerySource("gallery", detail, selected_index, infotexts, send_row))

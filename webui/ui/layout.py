@@ -93,7 +93,7 @@ def build_ui(easel: Easel, local: bool = True) -> gr.Blocks:
             build_vae_picker(easel)  # SD VAE: Automatic / None / a file from models/VAE
         status = gr.HTML(_status(easel), elem_id="easel_status")
         build_first_run_download(easel, status)  # one click to the starter model, shown with the notice
-        build_queue_panel(easel)
+        build_queue_panel(easel, local)
 
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
