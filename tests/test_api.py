@@ -581,8 +581,8 @@ def test_unknown_job_and_result_of_unfinished(client):
 def test_a_feature_easel_lacks_is_a_422_naming_field_and_capability_and_a_missing_route_a_501(client):
     """A well-formed request for something Easel cannot do yet is refused before any work, never a 5xx."""
     for body, field, capability in ((payload(tiling=True), "tiling", "tiling"),
-                                    (payload(alwayson_scripts={"ADetailer": {"args": [True]}}),
-                                     "alwayson_scripts", "ADetailer")):
+                                    (payload(alwayson_scripts={"AnimateDiff": {"args": [True]}}),
+                                     "alwayson_scripts", "AnimateDiff")):
         response = client.post("/sdapi/v1/txt2img", json=body)
         answer = response.json()
         assert response.status_code == 422 and answer["error"] == "NotImplemented", response.text

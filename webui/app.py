@@ -33,6 +33,8 @@ from .extensions.scripts import collect_scripts
 from .output_limits import generation_errors
 from .core.pipeline import Feature
 from .features.controlnet.feature import ControlNet
+from .features.detailer.detect import Detectors
+from .features.detailer.feature import Detailer
 from .features.controlnet.models import ControlNetLibrary
 from .features.embeddings import EmbeddingLibrary
 from .features.extras import ExtrasService
@@ -281,6 +283,8 @@ def build(options: AppOptions) -> Easel:
     networks = LoraNetworks(loras, embeddings)
     annotators_dir = paths.model_dir("annotator")
     features = builtin_features(networks, upscalers, controlnets, ip_adapters, annotators_dir, identity)
+    # the detailer repaints the finished picture, so it comes after every feature that changes it
+    features.append(Detailer(Detectors(paths.model_dir("adetailer"), paths.model_dir("insightface"), identity.pack)))
     features += collect_features(hooks, {feature.name for feature in features})  # extensions' own, after ours
     engine = Engine(models, settings, paths, StyleStore(paths.styles_file), networks, features, hooks=hooks,
                     scripts=collect_scripts(hooks), vaes=vaes, output_dir=options.output_dir)

@@ -47,7 +47,6 @@ NEUTRAL_OPTIONS: dict[str, tuple[Any, ...]] = {}
 # always-on scripts of AUTOMATIC1111 and its popular extensions that Easel lacks, by lower-case name:
 # clients send them switched off, which is fine; switched on, they are a 501 naming the capability
 A1111_ALWAYSON = {
-    "adetailer": "ADetailer",
     "animatediff": "AnimateDiff",
     "reactor": "ReActor face swap",
     "roop": "roop face swap",
@@ -219,6 +218,9 @@ def _scripts(body: GenerationFields, scripts: dict[str, Any], mode: str) -> dict
             out["alwayson_scripts"][lowered] = copy.deepcopy(value)
             continue
         if lowered == "soft inpainting":  # the engine's soft inpainting feature parses (and names) its args
+            out["alwayson_scripts"][lowered] = copy.deepcopy(value)
+            continue
+        if lowered == "adetailer":  # the engine's detailer feature parses (and names) ADetailer's args
             out["alwayson_scripts"][lowered] = copy.deepcopy(value)
             continue
         if lowered == "tiled vae":  # the Tiled VAE extension's switch: Easel's own VAE tiling for this request

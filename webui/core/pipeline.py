@@ -114,6 +114,9 @@ class Run:
     state: dict[str, Any] = field(default_factory=dict)
     # plans a further pass from its request view (new prompts, sampler; the first pass's seeds)
     plan_for: Callable[["GenerationRequest"], "Plan"] | None = None
+    # runs another whole request inside this job (a detailer's inpainting): same queue slot, the job's
+    # Interrupt/Skip, this job's progress left as it was; images are returned, not saved
+    generate: Callable[["GenerationRequest"], Any] | None = None
 
     @property
     def first(self) -> Pass:

@@ -193,7 +193,8 @@ class Engine:
             plan.vae = self.vaes.prepare(model, plan.options)
         context.model, context.plan = model, plan
         self.hooks.call("process", request=request, context=context)
-        run = Run(request, model, job, context, args=prepared.args, plan_for=lambda sub: self.plan(sub, model, plan))
+        run = Run(request, model, job, context, args=prepared.args, plan_for=lambda sub: self.plan(sub, model, plan),
+                  generate=lambda sub: self._generate_inside(sub, job))
         run.passes.append(Pass("first", request, plan, (request.width, request.height), request.steps))
         for feature in self.features:
             feature.begin(run)
@@ -249,6 +250,15 @@ class Engine:
         result = self.hooks.call_replacing("postprocess", request=request, result=result, context=context)
         job.report(step=job.progress.total_steps if not result.interrupted else job.progress.step, text="done")
         return result
+
+    def _generate_inside(self, request: GenerationRequest, job: Job) -> Result:
+        """A further request run by a feature inside `job` (Run.generate); the job's progress is put back after."""
+        progress = job.progress
+        kept = (progress.step, progress.total_steps, progress.job_no, progress.job_count, progress.previewer)
+        try:
+            return self._generate(replace(request, save_images=False), job)
+        finally:
+            progress.step, progress.total_steps, progress.job_no, progress.job_count, progress.previewer = kept
 
     def _previewer(self, model: LoadedModel, options: dict[str, Any]) -> Any:
         """Live previews in the family's latent space: its tiny autoencoder when chosen and present,

@@ -307,12 +307,16 @@ def emit(easel: Easel, *components: Any) -> None:
 def common_request_fields(fields: dict[str, Any], script_titles: dict[str, str] | None = None) -> dict[str, Any]:
     """Typed request fields from the shared controls' raw values (scripts included)."""
     from .controlnet_ui import controlnet_request_fields
+    from .detailer_ui import detailer_request_fields
     from .scripts_ui import script_request_fields
 
     scripts = script_request_fields(fields, script_titles)
     units = controlnet_request_fields(fields)
     if units:
         scripts["alwayson_scripts"]["controlnet"] = {"args": units}
+    detailer = detailer_request_fields(fields)
+    if detailer:
+        scripts["alwayson_scripts"]["ADetailer"] = detailer
     return dict(**scripts,
         prompt=fields.get("prompt") or "", negative_prompt=fields.get("negative_prompt") or "",
         sampler_name=fields.get("sampler_name") or "", scheduler=fields.get("scheduler") or samplers.AUTOMATIC,

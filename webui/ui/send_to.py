@@ -21,6 +21,7 @@ from ..features.img2img import MASKED_CONTENT, RESIZE_MODES
 from ..model_manager.registry import ModelNotFoundError
 from .common import esc
 from .controlnet_ui import PREFIX as CONTROLNET_PREFIX, pasted_unit_fields
+from .detailer_ui import PREFIX as DETAILER_PREFIX, pasted_detailer_fields
 from .generation_controls import GenerationControls
 from .identity_tab import PASTED as IDENTITY_PASTED, pasted_identity_fields
 from .img2img import INPAINT_AREAS, MASK_MODES
@@ -54,7 +55,8 @@ class SendTarget:
             return []
         units = [name for name in self.controls.inputs if name.startswith(CONTROLNET_PREFIX)]
         identity = [name for name in IDENTITY_PASTED if name in self.controls.inputs]  # the Identity tab only
-        return [name for name in PASTEABLE if name in self.controls.inputs] + units + identity
+        detailer = [name for name in self.controls.inputs if name.startswith(DETAILER_PREFIX)]
+        return [name for name in PASTEABLE if name in self.controls.inputs] + units + identity + detailer
 
     def outputs(self) -> list:
         outs = [self.image] if self.image is not None else []
@@ -94,6 +96,7 @@ def pasted_fields(easel: Easel, text: str) -> dict[str, Any]:
     if info:
         values.update(pasted_unit_fields(info.params))
         values.update(pasted_identity_fields(info.params))
+        values.update(pasted_detailer_fields(info.params))
         values["override_settings"] = override_items(info)
     easel.engine.hooks.call("infotext_pasted", text=text, fields=values)
     return values
