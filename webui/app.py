@@ -35,6 +35,7 @@ from .core.pipeline import Feature
 from .features.controlnet.feature import ControlNet
 from .features.detailer.detect import Detectors
 from .features.detailer.feature import Detailer
+from .features.regions.feature import RegionalPrompter
 from .features.controlnet.models import ControlNetLibrary
 from .features.embeddings import EmbeddingLibrary
 from .features.extras import ExtrasService
@@ -285,6 +286,7 @@ def build(options: AppOptions) -> Easel:
     features = builtin_features(networks, upscalers, controlnets, ip_adapters, annotators_dir, identity)
     # the detailer repaints the finished picture, so it comes after every feature that changes it
     features.append(Detailer(Detectors(paths.model_dir("adetailer"), paths.model_dir("insightface"), identity.pack)))
+    features.append(RegionalPrompter())  # Regional Prompter's regions: per-region cross-attention
     features += collect_features(hooks, {feature.name for feature in features})  # extensions' own, after ours
     engine = Engine(models, settings, paths, StyleStore(paths.styles_file), networks, features, hooks=hooks,
                     scripts=collect_scripts(hooks), vaes=vaes, output_dir=options.output_dir)

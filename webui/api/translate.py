@@ -53,7 +53,6 @@ A1111_ALWAYSON = {
     "self attention guidance": "Self Attention Guidance",
     "refiner": "the SDXL refiner",
     "seed": "variation seeds through the Seed script (use subseed/subseed_strength)",
-    "regional prompter": "Regional Prompter",
     "dynamic prompts v2.17.1": "Dynamic Prompts",
     "tiled diffusion": "Tiled Diffusion",
     "sampler": "the Sampler script (use sampler_name/scheduler)",
@@ -220,7 +219,7 @@ def _scripts(body: GenerationFields, scripts: dict[str, Any], mode: str) -> dict
         if lowered == "soft inpainting":  # the engine's soft inpainting feature parses (and names) its args
             out["alwayson_scripts"][lowered] = copy.deepcopy(value)
             continue
-        if lowered == "adetailer":  # the engine's detailer feature parses (and names) ADetailer's args
+        if lowered in ("adetailer", "regional prompter"):  # engine features parse (and name) these args
             out["alwayson_scripts"][lowered] = copy.deepcopy(value)
             continue
         if lowered == "tiled vae":  # the Tiled VAE extension's switch: Easel's own VAE tiling for this request
