@@ -227,3 +227,41 @@ def test_mask_blur_reaches_as_far_as_the_inpainting_blur():
     mask.paste(255, (20, 20, 30, 30))
     blurred = np.asarray(prepare_mask(mask, (64, 64), 4, 4)) > 0
     assert not (blurred & ~reach([(20, 20, 30, 30)], (64, 64), 0, 4)).any()
+
+
+def test_txt2img_accordion_generates_and_pastes_back(app):
+    """The accordion's controls make ADetailer's args; the image's text pasted back sets them again."""
+    import gradio as gr
+
+    from webui.ui.runner import SessionJobs
+    from webui.ui.send_to import SendTarget, paste_updates
+    from webui.ui.txt2img import build_txt2img
+
+    with gr.Blocks() as blocks:
+        checkpoint = gr.Dropdown(choices=[CKPT], value=CKPT)
+        controls = build_txt2img(app, checkpoint, SessionJobs())
+    i = controls.inputs
+    assert i[f"{PREFIX}0::ad_model"].choices[0][0] == "None"
+    assert {c[0] for c in i[f"{PREFIX}0::ad_model"].choices} == {"None", "face_insightface", "tiny_yolo.onnx"}
+    assert i[f"{PREFIX}1::ad_model"].elem_id == "txt2img_adetailer_1_ad_model"
+    run = next(f.fn for f in blocks.fns.values() if f.api_name == "txt2img")
+    values = {"prompt": "a portrait", "negative_prompt": "blurry", "steps": 3, "sampler_name": "Euler",
+              "cfg_scale": 7, "seed": 5, "width": 64, "height": 64, f"{PREFIX}enable": True,
+              f"{PREFIX}0::ad_model": "tiny_yolo.onnx", f"{PREFIX}0::ad_model_classes": "bright",
+              f"{PREFIX}0::ad_mask_k_largest": 1, f"{PREFIX}0::ad_confidence": 0.1, f"{PREFIX}0::ad_mask_blur": 2,
+              f"{PREFIX}0::ad_denoising_strength": 1.0, f"{PREFIX}0::ad_inpaint_only_masked_padding": 8,
+              f"{PREFIX}0::ad_prompt": "a red square"}
+    inputs = {i[name]: value for name, value in values.items()}
+    inputs[checkpoint] = CKPT
+    *_, last = run(inputs, type("Request", (), {"session_hash": "detailer-ui"})())
+    texts, gallery = last[4], last[2]
+    assert texts and "ADetailer model: tiny_yolo.onnx" in texts[0] and "ADetailer prompt: a red square" in texts[0]
+    unit = {"ad_model": "tiny_yolo.onnx", "ad_model_classes": "bright", "ad_mask_k_largest": 1, "ad_confidence": 0.1,
+            "ad_mask_blur": 2, "ad_denoising_strength": 1.0, "ad_inpaint_only_masked_padding": 8,
+            "ad_prompt": "a red square"}
+    engine = txt2img(app, detailer(unit))
+    assert texts[0].split(", Version")[0] == engine.infotexts[0].split(", Version")[0]
+    target = SendTarget(tab="txt2img", label="txt2img", controls=controls)
+    updates = dict(zip(target.fields(), paste_updates(app, target, texts[0])))
+    assert updates[f"{PREFIX}enable"] is True and updates[f"{PREFIX}0::ad_model"] == "tiny_yolo.onnx"
+    assert updates[f"{PREFIX}0::ad_prompt"] == "a red square" and updates[f"{PREFIX}1::ad_model"] == "None"

@@ -187,3 +187,33 @@ def test_api_takes_regional_prompters_payload(server, app):
     engine = generate(app, "a red apple BREAK a blue sky", rp())
     assert np.array_equal(np.asarray(image.convert("RGB")).astype(np.float64), arr(engine))
     assert "RP Matrix submode: Horizontal" in image.info["parameters"]
+
+
+def test_txt2img_accordion_generates_and_pastes_back(app):
+    import gradio as gr
+
+    from webui.ui.regions_ui import PREFIX
+    from webui.ui.runner import SessionJobs
+    from webui.ui.send_to import SendTarget, paste_updates
+    from webui.ui.txt2img import build_txt2img
+
+    with gr.Blocks() as blocks:
+        checkpoint = gr.Dropdown(choices=[CKPT], value=CKPT)
+        controls = build_txt2img(app, checkpoint, SessionJobs())
+    i = controls.inputs
+    assert i[f"{PREFIX}active"].elem_id == "txt2img_regional_prompter_active"
+    run = next(f.fn for f in blocks.fns.values() if f.api_name == "txt2img")
+    values = {"prompt": "a red apple BREAK a blue sky", "negative_prompt": "blurry", "steps": 4,
+              "sampler_name": "Euler", "cfg_scale": 7, "seed": 5, "width": 512, "height": 64,
+              f"{PREFIX}active": True, f"{PREFIX}ratios": "1,1", f"{PREFIX}base_ratios": "0"}
+    inputs = {i[name]: value for name, value in values.items()}
+    inputs[checkpoint] = CKPT
+    *_, last = run(inputs, type("Request", (), {"session_hash": "regions-ui"})())
+    texts = last[4]
+    engine = generate(app, "a red apple BREAK a blue sky", rp())
+    assert texts and texts[0].split(", Version")[0] == engine.infotexts[0].split(", Version")[0]
+    target = SendTarget(tab="txt2img", label="txt2img", controls=controls)
+    pasted = texts[0].replace("RP Ratios: \"1,1\"", "RP Ratios: \"2,1\"").replace("Columns", "Vertical")
+    updates = dict(zip(target.fields(), paste_updates(app, target, pasted)))
+    assert updates[f"{PREFIX}active"] is True and updates[f"{PREFIX}ratios"] == "2,1"
+    assert updates[f"{PREFIX}matrix_submode"] == "Rows"

@@ -308,6 +308,7 @@ def common_request_fields(fields: dict[str, Any], script_titles: dict[str, str] 
     """Typed request fields from the shared controls' raw values (scripts included)."""
     from .controlnet_ui import controlnet_request_fields
     from .detailer_ui import detailer_request_fields
+    from .regions_ui import regions_request_fields
     from .scripts_ui import script_request_fields
 
     scripts = script_request_fields(fields, script_titles)
@@ -317,6 +318,9 @@ def common_request_fields(fields: dict[str, Any], script_titles: dict[str, str] 
     detailer = detailer_request_fields(fields)
     if detailer:
         scripts["alwayson_scripts"]["ADetailer"] = detailer
+    regions = regions_request_fields(fields)
+    if regions:
+        scripts["alwayson_scripts"]["Regional Prompter"] = regions
     return dict(**scripts,
         prompt=fields.get("prompt") or "", negative_prompt=fields.get("negative_prompt") or "",
         sampler_name=fields.get("sampler_name") or "", scheduler=fields.get("scheduler") or samplers.AUTOMATIC,

@@ -16,6 +16,7 @@ from ..features.img2img import MASKED_CONTENT, RESIZE_MODES, mask_to_l
 from ..features.soft_inpaint import ALWAYSON_NAME, ENABLED_FIELD, PARAMETERS, alwayson_args
 from .controlnet_ui import build_controlnet_units
 from .detailer_ui import build_detailer
+from .regions_ui import build_regions
 from .extra_networks import build_extra_networks
 from .generation_controls import (GenerationControls, as_float, as_int, build_output, build_prompt_area,
                                   build_sampling, common_request_fields, wire_generation)
@@ -113,6 +114,7 @@ def build_img2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs, 
             build_sampling(easel, controls, size_controls=False)
             build_controlnet_units(easel, controls, note="empty: the img2img input")
             build_detailer(easel, controls, img2img=True)
+            build_regions(easel, controls)
             build_scripts(easel, controls, "img2img")
         with gr.Column(scale=1):
             build_output(controls)
@@ -217,6 +219,7 @@ def build_inpaint(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
             build_sampling(easel, controls, size_controls=False)
             build_controlnet_units(easel, controls, note="empty: the image being inpainted")
             build_detailer(easel, controls, img2img=True)
+            build_regions(easel, controls)
         with gr.Column(scale=1):
             build_output(controls)
     controls.subtabs, controls.image = subtabs, editor
