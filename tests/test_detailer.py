@@ -4,10 +4,7 @@ Faces come from the tiny insightface pack the identity tests use (tests/identity
 on insightface's own sample photo; other detections from a tiny YOLOv8-layout ONNX model
 (tests/detailer_helpers.py). Each region is inpainted by the engine's img2img inpainting.
 """
-import base64
-import io
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,7 +15,7 @@ from webui.features.detailer.args import ordinal, passes_from_params
 from webui.features.img2img import prepare_mask
 from webui.ui.detailer_ui import PREFIX, detailer_request_fields, pasted_detailer_fields
 
-from conftest import make_easel, start_server
+from conftest import make_easel
 from detailer_helpers import write_tiny_yolo
 from identity_helpers import sample_images, write_insightface_pack
 
@@ -188,39 +185,6 @@ def test_validation_names_the_argument(app):
         "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd"]
 
 
-# ---- the API ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_ckpt_dir):
-    root = tmp_path_factory.mktemp("detailer-api")
-    _install(root / "models")
-    running = start_server(root, tiny_ckpt_dir, ["--api"])
-    yield running
-    running.stop()
-
-
-def test_api_takes_adetailers_payload(server, app):
-    unit = {"ad_model": "tiny_yolo.onnx", "ad_model_classes": "bright", "ad_mask_k_largest": 1, "ad_confidence": 0.1,
-            "ad_mask_blur": 2, "ad_denoising_strength": 1.0, "ad_inpaint_only_masked": True,
-            "ad_inpaint_only_masked_padding": 8, "ad_use_steps": True, "ad_steps": 4, "is_api": []}
-    body = {"prompt": "a portrait", "negative_prompt": "blurry", "steps": 3, "width": 64, "height": 64, "seed": 5,
-            "sampler_name": "Euler", "cfg_scale": 7, "override_settings": {"sd_model_checkpoint": CKPT},
-            "alwayson_scripts": {"ADetailer": {"args": [True, False, unit]}}}
-    with httpx.Client(base_url=server.url, timeout=300) as client:
-        response = client.post("/sdapi/v1/txt2img", json=body)
-        assert response.status_code == 200, response.text
-        api_image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
-        bad = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {
-            "ADetailer": {"args": [True, {**unit, "ad_denoising_strength": 3}]}}})
-        assert bad.status_code == 422 and "ADetailer.args.1.ad_denoising_strength" in bad.text
-        info = client.post("/sdapi/v1/png-info", json={"image": response.json()["images"][0]}).json()
-    engine = txt2img(app, detailer({k: v for k, v in unit.items() if k != "is_api"}))
-    assert np.array_equal(arr(api_image), arr(engine.images[0]))
-    assert "ADetailer model: tiny_yolo.onnx" in info["info"]  # png-info reads the keys back
-    assert "ADetailer model classes: bright" in api_image.info["parameters"]
-
-
 def test_mask_blur_reaches_as_far_as_the_inpainting_blur():
     """reach() above is sound: the blurred mask the inpainting pastes through is zero beyond it."""
     mask = Image.new("L", (64, 64), 0)
@@ -254,7 +218,7 @@ def test_txt2img_accordion_generates_and_pastes_back(app):
     inputs = {i[name]: value for name, value in values.items()}
     inputs[checkpoint] = CKPT
     *_, last = run(inputs, type("Request", (), {"session_hash": "detailer-ui"})())
-    texts, gallery = last[4], last[2]
+    texts = last[4]  # progress, preview, gallery, info, infotexts, last seed
     assert texts and "ADetailer model: tiny_yolo.onnx" in texts[0] and "ADetailer prompt: a red square" in texts[0]
     unit = {"ad_model": "tiny_yolo.onnx", "ad_model_classes": "bright", "ad_mask_k_largest": 1, "ad_confidence": 0.1,
             "ad_mask_blur": 2, "ad_denoising_strength": 1.0, "ad_inpaint_only_masked_padding": 8,

@@ -10,10 +10,7 @@ What "each region depends only on its prompt" can mean, measured honestly:
   (the left quarter) against the change in the right half, with and without regions
   (test_swapping_one_regions_prompt_changes_mostly_that_region).
 """
-import base64
-import io
 
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -25,7 +22,7 @@ from webui.features.regions.args import args_from_params
 from webui.features.regions.attention import RegionalAttnProcessor, RegionMap, regional_attention
 from webui.features.regions.layout import matrix_regions, rect_masks, region_colour
 
-from conftest import make_easel, start_server
+from conftest import make_easel
 
 CKPT = "tiny-sd1.safetensors"
 
@@ -155,38 +152,6 @@ def test_validation_names_the_argument(app):
     assert "Latent" in errors("a BREAK b", rp(calc="Latent"))[f"{field}.calc_mode"]
     assert "server paths" in errors("a BREAK b", rp(mode="Mask", mask="mask.png"))[f"{field}.mask"]
     assert f"{field}.active" in errors("a", {"Regional Prompter": {"args": ["yes"]}})
-
-
-def b64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_ckpt_dir):
-    running = start_server(tmp_path_factory.mktemp("regions-api"), tiny_ckpt_dir, ["--api"])
-    yield running
-    running.stop()
-
-
-def test_api_takes_regional_prompters_payload(server, app):
-    """The documented example payload shape (17 args, the old "Vertical" name) and a painted mask as base64."""
-    body = {"prompt": "a red apple BREAK a blue sky", "negative_prompt": "blurry", "steps": 4, "width": 512,
-            "height": 64, "seed": 5, "sampler_name": "Euler", "cfg_scale": 7,
-            "override_settings": {"sd_model_checkpoint": CKPT},
-            "alwayson_scripts": {"Regional Prompter": {"args": [True, False, "Matrix", "Horizontal", "Mask", "Prompt",
-                                                                "1,1", "", False, False, False, "Attention", False,
-                                                                "0", "0", "0", ""]}}}
-    with httpx.Client(base_url=server.url, timeout=300) as client:
-        response = client.post("/sdapi/v1/txt2img", json=body)
-        assert response.status_code == 200, response.text
-        image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
-        bad = client.post("/sdapi/v1/txt2img", json={**body, "prompt": "one region only"})
-        assert bad.status_code == 422 and "prompt" in bad.text
-    engine = generate(app, "a red apple BREAK a blue sky", rp())
-    assert np.array_equal(np.asarray(image.convert("RGB")).astype(np.float64), arr(engine))
-    assert "RP Matrix submode: Horizontal" in image.info["parameters"]
 
 
 def test_txt2img_accordion_generates_and_pastes_back(app):
