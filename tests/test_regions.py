@@ -106,6 +106,33 @@ def test_swapping_one_regions_prompt_changes_mostly_that_region(app):
     assert ratios[True] < 0.7 * ratios[False], ratios
 
 
+def test_latent_mode_prediction_is_strictly_regional(app):
+    """Latent mode: in one model evaluation the left half of the prediction depends on the left prompt only."""
+    from webui.core.pipeline import Pass, Run
+    from webui.features.regions.feature import RegionalPrompter
+
+    feature = app.engine.feature(RegionalPrompter.name)
+    model = app.models.get(CKPT)
+    x = torch.randn(1, 4, 8, 64, generator=torch.Generator().manual_seed(1)) * 10
+    predictions = []
+    for prompt in ("a red apple BREAK a blue sky", "a red apple BREAK a green forest at night",
+                   "a yellow dog BREAK a blue sky"):
+        request = GenerationRequest(prompt=prompt, steps=4, width=512, height=64, seed=5, sampler_name="Euler",
+                                    checkpoint=CKPT, save_images=False, alwayson_scripts=rp(calc="Latent"))
+        prepared = app.engine.prepare(request)
+        plan = app.engine.plan(request, model)
+        run = Run(request, model, None, None, args=prepared.args)
+        feature.begin_pass(run, Pass("first", request, plan, (512, 64), 4))
+        predictions.append(plan.prompts.denoiser(1, None, None).predict(x, 500.0))
+    same_left, swapped_left = predictions[0], predictions[2]
+    assert torch.equal(predictions[0][..., :32], predictions[1][..., :32])  # right prompt swapped: left exact
+    assert (predictions[0][..., 32:] - predictions[1][..., 32:]).abs().mean() > 1e-3
+    assert torch.equal(same_left[..., 32:], swapped_left[..., 32:])  # left prompt swapped: right exact
+    # and it generates end to end, recorded as Regional Prompter records it
+    result = generate(app, "a red apple BREAK a blue sky", rp(calc="Latent"))
+    assert "RP Calc Mode: Latent" in result.infotexts[0]
+
+
 def test_off_base_common_and_infotext(app):
     plain = generate(app, "a red apple BREAK a blue sky")
     off = generate(app, "a red apple BREAK a blue sky", {"Regional Prompter": {"args": [False, False, "Matrix"]}})
@@ -149,7 +176,8 @@ def test_validation_names_the_argument(app):
     field = "alwayson_scripts.Regional Prompter.args"
     assert "3 region part(s)" in errors("a BREAK b BREAK c", rp("1,1"))["prompt"]
     assert f"{field}.ratios" in errors("a BREAK b", rp("1,x"))
-    assert "Latent" in errors("a BREAK b", rp(calc="Latent"))[f"{field}.calc_mode"]
+    assert f"{field}.calc_mode" in errors("a BREAK b", rp(calc="Sideways"))
+    assert "Prompt mode" in errors("a BREAK b", rp(mode="Prompt"))[f"{field}.mode"]
     assert "server paths" in errors("a BREAK b", rp(mode="Mask", mask="mask.png"))[f"{field}.mask"]
     assert f"{field}.active" in errors("a", {"Regional Prompter": {"args": ["yes"]}})
 

@@ -17,8 +17,8 @@ from .generation_controls import GenerationControls
 from .uploads import checked_image, settings_limit
 
 PREFIX = "regions::"
-_SHOWN = ("active", "mode", "matrix_submode", "ratios", "base_ratios", "use_base", "use_common", "use_ncommon",
-          "flip", "mask")
+_SHOWN = ("active", "mode", "matrix_submode", "calc_mode", "ratios", "base_ratios", "use_base", "use_common",
+          "use_ncommon", "flip", "mask")
 
 
 def build_regions(easel: Easel, controls: GenerationControls) -> None:
@@ -35,6 +35,8 @@ def build_regions(easel: Easel, controls: GenerationControls) -> None:
             i[PREFIX + "matrix_submode"] = gr.Radio(["Columns", "Rows"], value="Columns", label="Main splitting",
                                                     elem_id=f"{p}_matrix_submode")
             i[PREFIX + "flip"] = gr.Checkbox(False, label="Flip , and ;", elem_id=f"{p}_flip")
+            i[PREFIX + "calc_mode"] = gr.Radio(["Attention", "Latent"], value="Attention", label="Calculation mode",
+                                               elem_id=f"{p}_calc_mode")
         with gr.Row():
             i[PREFIX + "ratios"] = gr.Textbox("1,1", label="Divide ratio (, columns; ; rows)", elem_id=f"{p}_ratios")
             i[PREFIX + "base_ratios"] = gr.Textbox("0.2", label="Base ratio", elem_id=f"{p}_base_ratios")

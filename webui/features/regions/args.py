@@ -88,8 +88,6 @@ def parse(value: Any, decode_image=None) -> tuple[RegionArgs | None, list[FieldE
         bad("matrix_submode", "must be Columns or Rows (or the old names Horizontal / Vertical)")
     if values["calc_mode"] not in CALC_MODES:
         bad("calc_mode", f"must be one of {', '.join(CALC_MODES)}")
-    elif values["calc_mode"] == "Latent":
-        bad("calc_mode", "Latent mode is not supported by Easel yet; use Attention")
     ratios = str(values["ratios"] if values["ratios"] is not None else "")
     if values["mode"] == "Matrix":
         from .layout import LayoutError, matrix_regions

@@ -4,7 +4,8 @@
 the regions' prompts (prompts.py), encodes them laid out one region per chunk range, and gives
 every denoiser of the pass that conditioning; `installed` wraps the UNet's cross-attention
 processors while the pass samples (attention.py), with the region masks of the pass's size
-(layout.py). Only Attention mode is built; Latent mode and Prompt mode answer 422.
+(layout.py). Latent mode instead runs the UNet once per region and composes the guided
+predictions by the region masks at latent size (latent.py). Prompt mode answers 422.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ...core.prompts import schedule_prompt
 from ...core.request import FieldError
 from .args import FIELD, RegionArgs, alwayson_value, infotext_params, parse
 from .attention import RegionMap, regional_attention
+from .latent import latent_couple
 from .layout import mask_region_masks, matrix_regions, painted_masks, rect_masks
 from .prompts import RegionPromptError, lay_out, split_prompts
 
@@ -79,10 +81,20 @@ class RegionalPrompter(Feature):
             painted = painted_masks(args.mask, count)
             masks_at = lambda h, w: mask_region_masks(painted, h, w, args.use_base)  # noqa: E731
         texts = split_prompts(prompts.prompt, prompts.negative_prompt, args, count)
-        tokenizers = [model.tokenizers[name] for name in model.architecture.text_encoders]
-        layout = lay_out(texts, tokenizers)
         encoder = PromptEncoder(model, options["CLIP_stop_at_last_layers"], list(prompts.embeddings.values()),
                                 options["comma_padding_backtrack"], options["emphasis"] == "Original")
+        if args.calc_mode == "Latent":
+            steps = p.request.steps
+            pairs = [(encoder.encode_scheduled(schedule_prompt(positive, steps)),
+                      encoder.encode_scheduled(schedule_prompt(negative, steps, allow_and=False)))
+                     for positive, negative in zip(([texts.base] if texts.base is not None else []) + texts.regions,
+                                                   texts.negatives)]
+            base = pairs.pop(0) if texts.base is not None else None
+            prompts.denoiser_edits.append(lambda denoiser: latent_couple(denoiser, pairs, base, masks_at,
+                                                                         args.base_ratios))
+            return
+        tokenizers = [model.tokenizers[name] for name in model.architecture.text_encoders]
+        layout = lay_out(texts, tokenizers)
         empty = encoder.encode("")
         cond = _padded(encoder.encode_scheduled(schedule_prompt(layout.positive, p.request.steps)), layout.total, empty)
         uncond = _padded(encoder.encode_scheduled(schedule_prompt(layout.negative, p.request.steps, allow_and=False)),
