@@ -582,8 +582,8 @@ def test_a_feature_easel_lacks_is_a_422_naming_field_and_capability_and_a_missin
     """A well-formed request for something Easel cannot do yet is refused before any work, never a 5xx."""
     for body, field, capability in ((payload(firstpass_image="aGk="), "firstpass_image",
                                      "hires fix from a first-pass image"),
-                                    (payload(alwayson_scripts={"ADetailer": {"args": [True]}}),
-                                     "alwayson_scripts", "ADetailer")):
+                                    (payload(alwayson_scripts={"AnimateDiff": {"args": [True]}}),
+                                     "alwayson_scripts", "AnimateDiff")):
         response = client.post("/sdapi/v1/txt2img", json=body)
         answer = response.json()
         assert response.status_code == 422 and answer["error"] == "NotImplemented", response.text
@@ -628,3 +628,39 @@ def test_the_tiled_vae_extension_switch_tiles_this_request(client):
     a, b, c = (np.asarray(decode(r["images"][0])).astype(float) for r in (plain, tiled, off))
     assert np.array_equal(a, c) and not np.array_equal(a, b)
     assert 10 * np.log10(255 ** 2 / np.mean((a - b) ** 2)) > 10  # the same picture, blended across tiles
+
+
+def test_adetailer_and_regional_prompter_payloads(server, client):
+    """ADetailer's and Regional Prompter's always-on args, as their docs show them (detailer models are looked
+    up when a request comes, so the tiny ONNX detector can be dropped into models/adetailer now)."""
+    from detailer_helpers import write_tiny_yolo
+
+    write_tiny_yolo(server.root / "models" / "adetailer" / "tiny_yolo.onnx")
+    plain = txt2img(client, sampler_name="Euler")
+    unit = {"ad_model": "tiny_yolo.pt", "ad_model_classes": "bright", "ad_mask_k_largest": 1, "ad_confidence": 0.1,
+            "ad_dilate_erode": 0, "ad_mask_blur": 0, "ad_denoising_strength": 1.0, "ad_inpaint_only_masked": True,
+            "ad_inpaint_only_masked_padding": 8, "ad_use_steps": True, "ad_steps": 4, "is_api": []}
+    detailed = txt2img(client, sampler_name="Euler", alwayson_scripts={"ADetailer": {"args": [True, False, unit]}})
+    a, b = (np.asarray(decode(r["images"][0])).astype(int) for r in (plain, detailed))
+    changed = np.argwhere(np.abs(a - b).sum(-1) > 0)
+    assert len(changed) and (changed.max(0) - changed.min(0)).max() < 8  # one 8x8 cell, the rest exact
+    info = json.loads(detailed["info"])["infotexts"][0]
+    assert "ADetailer model: tiny_yolo.pt" in info and "ADetailer model classes: bright" in info
+    bad = client.post("/sdapi/v1/txt2img", json=payload(alwayson_scripts={"ADetailer": {"args": [
+        True, {**unit, "ad_denoising_strength": 3}]}}))
+    assert bad.status_code == 422 and "ADetailer.args.1.ad_denoising_strength" in bad.text
+    off = txt2img(client, sampler_name="Euler", alwayson_scripts={"ADetailer": {"args": [False, False, unit]}})
+    assert np.array_equal(np.asarray(decode(off["images"][0])).astype(int), a)
+    # Regional Prompter: the README's example (17 args, the old name "Vertical" for Rows)
+    rp = [True, False, "Matrix", "Vertical", "Mask", "Prompt", "1,1", "", False, False, False, "Attention", False,
+          "0", "0", "0", ""]
+    regional = txt2img(client, prompt="a red apple BREAK a blue sky", alwayson_scripts={"Regional Prompter": {
+        "args": rp}})
+    text = json.loads(regional["info"])["infotexts"][0]
+    assert "RP Active: True" in text and "RP Matrix submode: Vertical" in text and 'RP Ratios: "1,1"' in text
+    unregioned = txt2img(client, prompt="a red apple BREAK a blue sky")
+    assert max_diff(decode(regional["images"][0]), decode(unregioned["images"][0])) > 0
+    bad = client.post("/sdapi/v1/txt2img", json=payload(prompt="one region", alwayson_scripts={
+        "Regional Prompter": {"args": rp}}))
+    assert bad.status_code == 422 and "prompt" in bad.text and "2 region" in bad.text
+    healthy(client)

@@ -34,6 +34,9 @@ from .extensions.scripts import collect_scripts
 from .output_limits import generation_errors
 from .core.pipeline import Feature
 from .features.controlnet.feature import ControlNet
+from .features.detailer.detect import Detectors
+from .features.detailer.feature import Detailer
+from .features.regions.feature import RegionalPrompter
 from .features.controlnet.models import ControlNetLibrary
 from .features.embeddings import EmbeddingLibrary
 from .features.extras import ExtrasService
@@ -303,6 +306,9 @@ def build(options: AppOptions) -> Easel:
     features = builtin_features(networks, upscalers, controlnets, ip_adapters, annotators_dir, identity, models)
     features.append(Wildcards(lambda: Path(settings.get("wildcards_dir") or paths.data_dir / "wildcards")))
     features[:0] = [SeamlessTiling(), FaceRestoration(faces, settings.get)]  # before img2img's paste-back
+    # the detailer repaints the finished picture, so it comes after every feature that changes it
+    features.append(Detailer(Detectors(paths.model_dir("adetailer"), paths.model_dir("insightface"), identity.pack)))
+    features.append(RegionalPrompter())  # Regional Prompter's regions: per-region cross-attention
     features += collect_features(hooks, {feature.name for feature in features})  # extensions' own, after ours
     engine = Engine(models, settings, paths, StyleStore(paths.styles_file), networks, features, hooks=hooks,
                     scripts=collect_scripts(hooks), vaes=vaes, output_dir=options.output_dir)

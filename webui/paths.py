@@ -35,6 +35,7 @@ MODEL_FOLDERS: dict[str, str] = {
     "photomaker": "photomaker",
     "instantid": "instantid",
     "insightface": "insightface",
+    "adetailer": "adetailer",  # the detailer's ONNX detection models (hands, persons ...), ADetailer's folder name
 }
 
 

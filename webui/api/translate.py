@@ -48,12 +48,10 @@ NEUTRAL_OPTIONS: dict[str, tuple[Any, ...]] = {}
 # always-on scripts of AUTOMATIC1111 and its popular extensions that Easel lacks, by lower-case name:
 # clients send them switched off, which is fine; switched on, they are a 501 naming the capability
 A1111_ALWAYSON = {
-    "adetailer": "ADetailer",
     "animatediff": "AnimateDiff",
     "reactor": "ReActor face swap",
     "roop": "roop face swap",
     "seed": "variation seeds through the Seed script (use subseed/subseed_strength)",
-    "regional prompter": "Regional Prompter",
     "tiled diffusion": "Tiled Diffusion",
     "sampler": "the Sampler script (use sampler_name/scheduler)",
 }
@@ -222,6 +220,9 @@ def _scripts(body: GenerationFields, scripts: dict[str, Any], mode: str) -> dict
             continue
         if lowered.startswith(wildcards.ALWAYSON_NAME.split(" v")[0]):  # Dynamic Prompts (any version): wildcards
             _dynamic_prompts_built(value, field)
+            out["alwayson_scripts"][lowered] = copy.deepcopy(value)
+            continue
+        if lowered in ("adetailer", "regional prompter"):  # engine features parse (and name) these args
             out["alwayson_scripts"][lowered] = copy.deepcopy(value)
             continue
         if lowered == "tiled vae":  # the Tiled VAE extension's switch: Easel's own VAE tiling for this request

@@ -131,6 +131,9 @@ class Run:
     # plans a further pass from its request view (new prompts, sampler; the first pass's seeds), for the
     # request's model or another one given as the second argument (the refiner's conditioning)
     plan_for: Callable[..., "Plan"] | None = None
+    # runs another whole request inside this job (a detailer's inpainting): same queue slot, the job's
+    # Interrupt/Skip, this job's progress left as it was; images are returned, not saved
+    generate: Callable[["GenerationRequest"], Any] | None = None
 
     @property
     def first(self) -> Pass:

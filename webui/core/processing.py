@@ -200,7 +200,8 @@ class Engine:
         context.model, context.plan = model, plan
         self.hooks.call("process", request=request, context=context)
         run = Run(request, model, job, context, args=prepared.args,
-                  plan_for=lambda sub, other=None: self.plan(sub, other or model, plan))
+                  plan_for=lambda sub, other=None: self.plan(sub, other or model, plan),
+                  generate=lambda sub: self._generate_inside(sub, job))
         run.passes.append(Pass("first", request, plan, (request.width, request.height), request.steps))
         for feature in self.features:
             feature.begin(run)
@@ -299,6 +300,15 @@ class Engine:
                 break
         return self.hooks.call_replacing("postprocess", request=request, result=total,
                                          context=GenerationContext(request, job))
+
+    def _generate_inside(self, request: GenerationRequest, job: Job) -> Result:
+        """A further request run by a feature inside `job` (Run.generate); the job's progress is put back after."""
+        progress = job.progress
+        kept = (progress.step, progress.total_steps, progress.job_no, progress.job_count, progress.previewer)
+        try:
+            return self._generate(replace(request, save_images=False), job)
+        finally:
+            progress.step, progress.total_steps, progress.job_no, progress.job_count, progress.previewer = kept
 
     def _previewer(self, model: LoadedModel, options: dict[str, Any]) -> Any:
         """Live previews in the family's latent space: its tiny autoencoder when chosen and present,

@@ -313,6 +313,8 @@ def common_request_fields(fields: dict[str, Any], script_titles: dict[str, str] 
     """Typed request fields from the shared controls' raw values (scripts included)."""
     from .controlnet_ui import controlnet_request_fields
     from .guidance_ui import guidance_fields, guidance_scripts
+    from .detailer_ui import detailer_request_fields
+    from .regions_ui import regions_request_fields
     from .scripts_ui import script_request_fields
     from ..features.wildcards import request_entry as wildcards_entry
 
@@ -322,6 +324,12 @@ def common_request_fields(fields: dict[str, Any], script_titles: dict[str, str] 
         scripts["alwayson_scripts"]["controlnet"] = {"args": units}
     scripts["alwayson_scripts"].update(wildcards_entry(fields))
     scripts["alwayson_scripts"].update(guidance_scripts(fields))
+    detailer = detailer_request_fields(fields)
+    if detailer:
+        scripts["alwayson_scripts"]["ADetailer"] = detailer
+    regions = regions_request_fields(fields)
+    if regions:
+        scripts["alwayson_scripts"]["Regional Prompter"] = regions
     return dict(**scripts,
         prompt=fields.get("prompt") or "", negative_prompt=fields.get("negative_prompt") or "",
         sampler_name=fields.get("sampler_name") or "", scheduler=fields.get("scheduler") or samplers.AUTOMATIC,

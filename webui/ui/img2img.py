@@ -15,6 +15,8 @@ from ..core.request import GenerationRequest
 from ..features.img2img import MASKED_CONTENT, RESIZE_MODES, mask_to_l
 from ..features.soft_inpaint import ALWAYSON_NAME, ENABLED_FIELD, PARAMETERS, alwayson_args
 from .controlnet_ui import build_controlnet_units
+from .detailer_ui import build_detailer
+from .regions_ui import build_regions
 from .extra_networks import build_extra_networks
 from .generation_controls import (GenerationControls, as_float, as_int, build_output, build_prompt_area,
                                   build_sampling, common_request_fields, wire_generation)
@@ -114,6 +116,8 @@ def build_img2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs, 
             build_face_and_tiling(controls)
             build_wildcards(easel, controls)
             build_controlnet_units(easel, controls, note="empty: the img2img input")
+            build_detailer(easel, controls, img2img=True)
+            build_regions(easel, controls)
             build_scripts(easel, controls, "img2img")
         with gr.Column(scale=1):
             build_output(controls)
@@ -219,6 +223,8 @@ def build_inpaint(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
             build_face_and_tiling(controls)
             build_wildcards(easel, controls)
             build_controlnet_units(easel, controls, note="empty: the image being inpainted")
+            build_detailer(easel, controls, img2img=True)
+            build_regions(easel, controls)
         with gr.Column(scale=1):
             build_output(controls)
     controls.subtabs, controls.image = subtabs, editor

@@ -21,6 +21,8 @@ from ..features.img2img import MASKED_CONTENT, RESIZE_MODES
 from ..model_manager.registry import ModelNotFoundError
 from .common import esc
 from .controlnet_ui import PREFIX as CONTROLNET_PREFIX, pasted_unit_fields
+from .detailer_ui import PREFIX as DETAILER_PREFIX, pasted_detailer_fields
+from .regions_ui import PREFIX as REGIONS_PREFIX, pasted_regions_fields
 from .generation_controls import GenerationControls
 from .identity_tab import PASTED as IDENTITY_PASTED, pasted_identity_fields
 from .img2img import INPAINT_AREAS, MASK_MODES
@@ -35,6 +37,7 @@ PASTEABLE = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", 
              "seed_resize_from_h", "cfg_rescale", "cfg_interval_start", "cfg_interval_end", "lora_switch_steps", "distilled_cfg_scale",
              "inpainting_fill", "inpaint_full_res", "inpainting_mask_invert", "resize_mode", "override_settings",
              *soft_inpaint.UI_FIELDS, "restore_faces", "tiling", *wildcards.UI_FIELDS, *GUIDANCE_PASTED)
+REGIONS_MASK = REGIONS_PREFIX + "mask"  # a picture: a pasted infotext does not hold it
 # index-valued fields shown as radios: the label to select for each index
 RADIO_LABELS: dict[str, tuple[str, ...]] = {"resize_mode": RESIZE_MODES, "inpainting_fill": MASKED_CONTENT,
                                             "inpaint_full_res": INPAINT_AREAS, "inpainting_mask_invert": MASK_MODES}
@@ -55,7 +58,9 @@ class SendTarget:
             return []
         units = [name for name in self.controls.inputs if name.startswith(CONTROLNET_PREFIX)]
         identity = [name for name in IDENTITY_PASTED if name in self.controls.inputs]  # the Identity tab only
-        return [name for name in PASTEABLE if name in self.controls.inputs] + units + identity
+        detailer = [name for name in self.controls.inputs if name.startswith(DETAILER_PREFIX)]
+        regions = [name for name in self.controls.inputs if name.startswith(REGIONS_PREFIX) and name != REGIONS_MASK]
+        return [name for name in PASTEABLE if name in self.controls.inputs] + units + identity + detailer + regions
 
     def outputs(self) -> list:
         outs = [self.image] if self.image is not None else []
@@ -95,6 +100,8 @@ def pasted_fields(easel: Easel, text: str) -> dict[str, Any]:
     if info:
         values.update(pasted_unit_fields(info.params))
         values.update(pasted_identity_fields(info.params))
+        values.update(pasted_detailer_fields(info.params))
+        values.update(pasted_regions_fields(info.params))
         values["override_settings"] = override_items(info)
         if values.get("refiner_checkpoint"):  # "name [hash]" as AUTOMATIC1111 writes it -> the installed title
             name, _, short = values["refiner_checkpoint"].partition(" [")

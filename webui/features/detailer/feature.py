@@ -1,0 +1,171 @@
+"""The detailer (ADetailer's job): after the image is made, find faces, hands or people and repaint each.
+
+It runs in `finish_images`, after the features registered before it (img2img's paste-back, hires
+fix): for every image and every pass in order, the pass's detector finds regions, each region
+becomes a mask (masks.py), and each mask is inpainted by an ordinary img2img request run inside
+the same job (`Run.generate`): the image, the mask, "only masked" with its padding (the region is
+cropped, scaled to the inpaint size, repainted and pasted back through the blurred mask, so
+everything outside the mask keeps its pixels exactly), the pass's prompt, negative prompt,
+denoising strength, steps, CFG and sampler, and the image's seed + the mask's number, as ADetailer
+seeds them. So there is no second sampler path: the detailer is img2img inpainting, soft
+inpainting included when the request has it on.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from ... import __version__
+from ...core import samplers
+from ...core.pipeline import Batch, Feature, Run
+from ...core.request import FieldError, GenerationRequest
+from .args import SAME_SCHEDULER, DetailerArgs, PassArgs, alwayson_value, infotext_params, ordinal, parse
+from .detect import DetectorError, Detectors
+from .masks import pass_masks
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+VERSION = f"Easel {__version__}"   # the "ADetailer version" key: which detailer made the image
+# always-on scripts the inner inpainting keeps (ADetailer keeps soft inpainting too); others stay with the main pass
+KEPT_SCRIPTS = ("soft inpainting",)
+_SEP = re.compile(r"\s*\[SEP\]\s*")
+_SKIP = re.compile(r"^\s*\[SKIP\]\s*$")
+
+
+def pass_prompts(text: str, main: str) -> list[str]:
+    """ADetailer's prompt rules: `[SEP]` gives each mask its own prompt, empty means the main prompt,
+    `[PROMPT]` is replaced by it."""
+    out = []
+    for part in _SEP.split(text or ""):
+        if not part:
+            out.append(main)
+        else:
+            out.append(part.replace("[PROMPT]", f" {main} ") if "[PROMPT]" in part else part)
+    return out
+
+
+class Detailer(Feature):
+    name = "adetailer"
+
+    def __init__(self, detectors: Detectors):
+        self.detectors = detectors
+
+    # ---- request ---------------------------------------------------------------------------------
+
+    def parse(self, request: GenerationRequest) -> tuple[DetailerArgs | None, list[FieldError]]:
+        value = alwayson_value(request)
+        if value is None:
+            return None, []
+        args, errors = parse(value, request.mode == "img2img")
+        if args is None:
+            return None, errors
+        positions = _positions(value)
+        for unit, position in zip(args.passes, positions):
+            if not unit.active:
+                continue
+            where = f"alwayson_scripts.ADetailer.args.{position}"
+            try:
+                self.detectors.resolve(unit.ad_model)
+            except DetectorError as exc:
+                errors.append(FieldError(f"{where}.ad_model", str(exc)))
+            if unit.ad_use_sampler:
+                try:
+                    samplers.resolve(unit.ad_sampler, _scheduler(unit, request.scheduler))
+                except ValueError as exc:
+                    errors.append(FieldError(f"{where}.ad_sampler", str(exc)))
+        return (None, errors) if errors else (args, [])
+
+    def infotext(self, run: Run) -> dict[str, Any]:
+        args = run.args.get(self.name)
+        return infotext_params(args, VERSION) if args is not None else {}
+
+    # ---- after decoding ----------------------------------------------------------------------------
+
+    def finish_images(self, run: Run, batch: Batch, images: list[Image.Image],
+                      latents: "torch.Tensor") -> list[Image.Image]:
+        args: DetailerArgs | None = run.args.get(self.name)
+        if args is None or run.generate is None:
+            return images
+        starts = images
+        if args.skip_img2img:  # ADetailer's "skip img2img": detail the input picture, not the img2img result
+            prepared = batch.items.get("img2img") or []
+            starts = [p.original if i < len(prepared) else image for i, (image, p) in
+                      enumerate(zip(images, prepared))] or images
+        out = []
+        for offset, image in enumerate(starts):
+            out.append(self._detail(run, args, image, batch.seeds[offset]))
+            if run.job is not None and run.job.interrupted:
+                out += list(images[len(out):])
+                break
+        return out
+
+    def _detail(self, run: Run, args: DetailerArgs, image: Image.Image, seed: int) -> Image.Image:
+        for n, unit in enumerate(args.passes):
+            if not unit.active:
+                continue
+            masks = pass_masks(self.detectors.detect(unit.ad_model, image, unit.ad_confidence, unit.ad_model_classes),
+                               unit, image.size)
+            if not masks:
+                log.info("ADetailer: nothing detected with the %s pass", ordinal(n + 1))
+                continue
+            prompts = pass_prompts(unit.ad_prompt, run.request.prompt)
+            negatives = pass_prompts(unit.ad_negative_prompt, run.request.negative_prompt)
+            for j, mask in enumerate(masks):
+                prompt, negative = prompts[min(j, len(prompts) - 1)], negatives[min(j, len(negatives) - 1)]
+                if _SKIP.match(prompt):
+                    continue
+                if run.job is not None:
+                    run.job.report(text=f"ADetailer {ordinal(n + 1)}: region {j + 1} of {len(masks)}")
+                result = run.generate(inpaint_request(run.request, unit, image, mask, prompt, negative, seed + j))
+                for warning in result.warnings:
+                    if warning not in run.context.warnings:
+                        run.context.warnings.append(warning)
+                if result.interrupted or not result.images:  # Interrupt or Skip: keep what is done
+                    return image
+                image = result.images[0]
+        return image
+
+
+def _scheduler(unit: PassArgs, main: str) -> str:
+    return main if unit.ad_scheduler in ("", SAME_SCHEDULER) else unit.ad_scheduler
+
+
+def _positions(value: Any) -> list[int]:
+    args = value.get("args", []) if isinstance(value, dict) else value
+    return [i for i, a in enumerate(args or []) if isinstance(a, dict)]
+
+
+def inpaint_request(request: GenerationRequest, unit: PassArgs, image: Image.Image, mask: Image.Image, prompt: str,
+                    negative: str, seed: int) -> GenerationRequest:
+    """The img2img inpainting request for one region, as ADetailer builds its inner img2img."""
+    if unit.ad_use_inpaint_width_height:
+        width, height = unit.ad_inpaint_width, unit.ad_inpaint_height
+    else:
+        width, height = request.width, request.height
+    overrides = dict(request.override_settings)
+    if unit.ad_use_clip_skip:
+        overrides["CLIP_stop_at_last_layers"] = unit.ad_clip_skip
+    if unit.ad_use_vae and unit.ad_vae not in (None, "", "None", "Use same VAE"):
+        overrides["sd_vae"] = unit.ad_vae
+    sampler, scheduler = request.sampler_name, request.scheduler
+    if unit.ad_use_sampler:
+        sampler, scheduler = unit.ad_sampler, _scheduler(unit, request.scheduler)
+    kept = {k: v for k, v in request.alwayson().items() if isinstance(k, str) and k.strip().lower() in KEPT_SCRIPTS}
+    return replace(
+        request, mode="img2img", prompt=prompt, negative_prompt=negative, init_images=[image.convert("RGB")],
+        mask=mask, resize_mode=0, denoising_strength=unit.ad_denoising_strength, mask_blur=unit.ad_mask_blur,
+        inpainting_fill=1, inpaint_full_res=unit.ad_inpaint_only_masked,
+        inpaint_full_res_padding=unit.ad_inpaint_only_masked_padding, inpainting_mask_invert=0,
+        outpaint_left=0, outpaint_right=0, outpaint_up=0, outpaint_down=0, width=width, height=height,
+        steps=unit.ad_steps if unit.ad_use_steps else request.steps,
+        cfg_scale=unit.ad_cfg_scale if unit.ad_use_cfg_scale else request.cfg_scale,
+        sampler_name=sampler, scheduler=scheduler, seed=seed, subseed=-1, subseed_strength=0.0,
+        seed_resize_from_w=0, seed_resize_from_h=0, batch_size=1, n_iter=1, enable_hr=False, save_images=False,
+        script_name="", script_args={}, alwayson_scripts=kept, override_settings=overrides)

@@ -1,0 +1,1 @@
+"""Regional prompting: Regional Prompter's regions, one prompt each, applied in cross-attention (feature.py)."""
