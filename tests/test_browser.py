@@ -37,6 +37,9 @@ def open_app(url: str, height: int = 1000, ready: str = "#txt2img_prompt textare
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": height})
+            # the page now carries every tab's accordions (detailer, regions, guidance, wildcards ...): on a
+            # 2-core CI box running a job, one click can wait past Playwright's default 30 s
+            page.set_default_timeout(60_000)
             page.goto(url)
             page.wait_for_selector(ready, timeout=60_000)
             yield page
@@ -184,29 +187,32 @@ def test_send_to_img2img_pnginfo_and_inpaint_upload(page, server, tmp_path):
     assert (out[0:4, 0:4] == [200, 50, 50]).all()  # outside the mask: the original pixels
 
 
-def test_adetailer_and_regional_prompter_accordions(server):
-    """Both accordions reach the engine from a fresh page; the infotext records them."""
+def test_adetailer_and_regional_prompter_accordions(page, server):
+    """Both accordions reach the engine from a freshly loaded page; the infotext records them. (The module's
+    page, reloaded taller: a second sync Playwright cannot start while the module's one runs.)"""
     from detailer_helpers import write_tiny_yolo
 
     write_tiny_yolo(server.root / "models" / "adetailer" / "tiny_yolo.onnx")  # looked up when the job runs
-    with open_app(server.url, height=1600) as page:
-        set_slider(page, "txt2img_steps", 3)
-        set_slider(page, "txt2img_width", 128)
-        set_slider(page, "txt2img_height", 64)
-        page.locator("#txt2img_prompt textarea").fill("a red apple BREAK a blue sky")
-        page.locator("#txt2img_seed input").fill("31")
-        page.locator("#txt2img_regional_prompter_accordion").get_by_text("Regional Prompter", exact=True).first.click()
-        page.locator("#txt2img_regional_prompter_active input").check()
-        page.locator("#txt2img_adetailer_accordion").get_by_text("ADetailer", exact=True).first.click()
-        page.locator("#txt2img_adetailer_enable input").check()
-        model = page.locator("#txt2img_adetailer_0_ad_model input")
-        model.fill("tiny_yolo.onnx")
-        model.press("Enter")
-        page.locator("#txt2img_adetailer_0_ad_model_classes textarea").fill("bright")
-        page.locator("#txt2img_generate").click()
-        info = page.locator("#html_info_txt2img")
-        expect(info).to_contain_text("ADetailer model: tiny_yolo.onnx", timeout=60_000)
-        expect(info).to_contain_text("RP Active: True")
+    page.set_viewport_size({"width": 1280, "height": 1600})
+    page.reload()
+    page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+    set_slider(page, "txt2img_steps", 3)
+    set_slider(page, "txt2img_width", 128)
+    set_slider(page, "txt2img_height", 64)
+    page.locator("#txt2img_prompt textarea").fill("a red apple BREAK a blue sky")
+    page.locator("#txt2img_seed input").fill("31")
+    page.locator("#txt2img_regional_prompter_accordion").get_by_text("Regional Prompter", exact=True).first.click()
+    page.locator("#txt2img_regional_prompter_active input").check()
+    page.locator("#txt2img_adetailer_accordion").get_by_text("ADetailer", exact=True).first.click()
+    page.locator("#txt2img_adetailer_enable input").check()
+    model = page.locator("#txt2img_adetailer_0_ad_model input")
+    model.fill("tiny_yolo.onnx")
+    model.press("Enter")
+    page.locator("#txt2img_adetailer_0_ad_model_classes textarea").fill("bright")
+    page.locator("#txt2img_generate").click()
+    info = page.locator("#html_info_txt2img")
+    expect(info).to_contain_text("ADetailer model: tiny_yolo.onnx", timeout=60_000)
+    expect(info).to_contain_text("RP Active: True")
     made = sorted((server.root / "outputs" / "txt2img-images").rglob("*-31.png"))[-1]
     params = parse_infotext(read_infotext(Image.open(made))).params
     assert params["ADetailer model classes"] == "bright" and params["RP Ratios"] == "1,1"

@@ -84,7 +84,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
                 raise _prefixed(exc) from exc
             return JSONResponse(job_info(ctx, request, job), status_code=202,
                                 headers={"Location": f"{router.prefix}/{job.id}"})
-        job = await submit_generation(params, body.type, request, _task_id(ctx, params.force_task_id))
+        job = await submit_generation(params, body.type, request, params.force_task_id)
         return JSONResponse(job_info(ctx, request, job), status_code=202, headers={"Location": f"{router.prefix}/{job.id}"})
 
     async def submit_generation(params: m.GenerationFields, kind: str, request: Request,
@@ -93,7 +93,8 @@ def build_router(ctx: ApiContext) -> APIRouter:
             gen = await prepare(ctx, params, kind)
         except ApiError as exc:
             raise _prefixed(exc) from exc
-        job = easel.submit(gen, owner=ctx.owner(request), job_id=job_id)
+        # a taken id is a 409 only for a request that passed validation (as /sdapi/v1 answers it)
+        job = easel.submit(gen, owner=ctx.owner(request), job_id=_task_id(ctx, job_id))
         job.meta.update(type=kind, body=kept_body(params), request=kept_request(gen, params))
         if rerun_of:
             job.meta["rerun_of"] = rerun_of

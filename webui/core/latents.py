@@ -97,6 +97,17 @@ def _upcast(model: "LoadedModel") -> None:
         model.offloader.refresh()
 
 
+def _with_fp32_retry(model: "LoadedModel", run: Callable[[torch.dtype], torch.Tensor]) -> torch.Tensor:
+    """`run` in the VAE's dtype; NaNs in half precision (SDXL's fp16 VAE) switch this model's VAE to fp32 for
+    good and run it again, as AUTOMATIC1111 does, rather than hand the user a black image."""
+    dtype = _vae_dtype(model)
+    out = run(dtype)
+    if torch.isnan(out).any() and dtype != torch.float32:
+        _upcast(model)
+        out = run(torch.float32)
+    return out
+
+
 def _scale(model: "LoadedModel") -> float:
     return model.configs["vae"].get("scaling_factor", 0.18215)
 
@@ -117,12 +128,7 @@ def decode(model: "LoadedModel", latents: torch.Tensor) -> list[Image.Image]:
             return _with_tiling(model.vae, area, lambda: model.vae.decode(
                 (latent[None] / _scale(model) + _shift(model)).to(dtype)).sample.float())
 
-        dtype = _vae_dtype(model)
-        pixels = run(dtype)
-        if torch.isnan(pixels).any() and dtype != torch.float32:
-            _upcast(model)
-            pixels = run(torch.float32)
-        images.append(to_image(pixels[0]))
+        images.append(to_image(_with_fp32_retry(model, run)[0]))
     return images
 
 
@@ -145,10 +151,6 @@ def encode(model: "LoadedModel", images: list[Image.Image]) -> torch.Tensor:
             pixels = to_pixels(image).to(device, dtype)
             return _with_tiling(model.vae, area, lambda: model.vae.encode(pixels).latent_dist.mode().float())
 
-        dtype = _vae_dtype(model)
-        latent = run(dtype)
-        if torch.isnan(latent).any() and dtype != torch.float32:
-            _upcast(model)
-            latent = run(torch.float32)
+        latent = _with_fp32_retry(model, run)
         out.append((latent - _shift(model)) * _scale(model))
     return torch.cat(out)
