@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
+
+from ..sqlite_file import SqliteFile
 
 SCHEMA_VERSION = 2
 # `images` is kept narrow (filters and sorting scan it); the long texts live in `image_text`, one row per image
@@ -136,17 +137,15 @@ def fts_query(text: str) -> str | None:
     return "prompt : (" + " AND ".join(terms) + ")"
 
 
-class GalleryIndex:
+class GalleryIndex(SqliteFile):
     """The database file; safe to use from many threads (one writer at a time, readers alongside)."""
 
+    what = "the gallery index"
+    # 32 MB of pages per connection: the narrow table stays in memory
+    pragmas = ("foreign_keys=ON", "cache_size=-32768")
+
     def __init__(self, file: Path) -> None:
-        self.file = Path(file)
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        self._write_lock = threading.RLock()
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
-        self._closed = False
+        super().__init__(file)
         with self._write_lock:
             db = self._db()
             if db.execute("PRAGMA user_version").fetchone()[0] not in (0, SCHEMA_VERSION):
@@ -155,47 +154,6 @@ class GalleryIndex:
                                  "DROP TABLE IF EXISTS image_text;")
             db.executescript(SCHEMA)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    # ---- connections ----------------------------------------------------------------------------
-
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            if self._closed:
-                raise RuntimeError("the gallery index is closed")
-            db = sqlite3.connect(self.file, timeout=30, isolation_level=None, check_same_thread=False)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses at most the last commits, never the file
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA cache_size=-32768")  # 32 MB of pages per connection: the narrow table stays in memory
-            self._local.db = db
-            with self._connections_lock:
-                self._connections.append(db)
-        return db
-
-    def close(self) -> None:
-        self._closed = True
-        with self._connections_lock:
-            for db in self._connections:
-                try:
-                    db.close()
-                except sqlite3.Error:
-                    pass
-            self._connections.clear()
-
-    def _write(self, statements) -> Any:
-        """Run `statements(db)` in one transaction (all or nothing, also when the process dies in it)."""
-        with self._write_lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = statements(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return result
 
     def integrity(self) -> str:
         return self._db().execute("PRAGMA integrity_check").fetchone()[0]

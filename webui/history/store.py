@@ -1,6 +1,6 @@
 """The history database: one SQLite row per finished job, paged newest first by a (finished_at, id) cursor.
 
-The gallery's conventions (webui/gallery/index.py): WAL journaling with synchronous=NORMAL, one
+The gallery's conventions (webui/sqlite_file.py, shared with webui/gallery/index.py): WAL journaling with synchronous=NORMAL, one
 connection per thread, writes in one `BEGIN IMMEDIATE` transaction each, so a process killed in the
 middle of a write loses at most that transaction and the file always opens clean. A file of its
 own beside gallery.sqlite (data dir/history.sqlite): the gallery index may be thrown away and
@@ -11,11 +11,10 @@ the same as page 1 however many jobs there are.
 """
 from __future__ import annotations
 
-import sqlite3
-import threading
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
+from ..sqlite_file import SqliteFile
 from .record import HistoryRecord
 
 SCHEMA_VERSION = 1
@@ -62,45 +61,17 @@ class Cursor(NamedTuple):
         return cls(float(stamp), job_id)
 
 
-class HistoryStore:
+class HistoryStore(SqliteFile):
     """history.sqlite; safe from many threads (one writer at a time, readers alongside)."""
 
+    what = "the job history"
+
     def __init__(self, file: Path) -> None:
-        self.file = Path(file)
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        self._write_lock = threading.Lock()
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
-        self._closed = False
+        super().__init__(file)
         with self._write_lock:
             db = self._db()
             db.executescript(SCHEMA)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            if self._closed:
-                raise RuntimeError("the job history is closed")
-            db = sqlite3.connect(self.file, timeout=30, isolation_level=None, check_same_thread=False)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses at most the last commits
-            self._local.db = db
-            with self._connections_lock:
-                self._connections.append(db)
-        return db
-
-    def close(self) -> None:
-        self._closed = True
-        with self._connections_lock:
-            for db in self._connections:
-                try:
-                    db.close()
-                except sqlite3.Error:
-                    pass
-            self._connections.clear()
 
     def add(self, records: Iterable[HistoryRecord]) -> int:
         """Insert (or replace, by id) these records in one transaction."""
@@ -109,15 +80,7 @@ class HistoryStore:
             return 0
         columns = ", ".join(HistoryRecord.COLUMNS)
         marks = ", ".join("?" for _ in HistoryRecord.COLUMNS)
-        with self._write_lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(f"INSERT OR REPLACE INTO jobs ({columns}) VALUES ({marks})", rows)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        self._write(lambda db: db.executemany(f"INSERT OR REPLACE INTO jobs ({columns}) VALUES ({marks})", rows))
         return len(rows)
 
     def get(self, job_id: str) -> HistoryRecord | None:
