@@ -243,18 +243,9 @@ def ref_euler(x, sig, D, noise, **_):
 
 
 def ref_dpmpp_2m(x, sig, D, noise, **_):
-    old, h_old = None, None
-    for s, t in zip(sig[:-1], sig[1:]):
-        d0 = D(x, s)
-        if t == 0:
-            x = d0
-        else:
-            h = math.log(s / t)
-            est = d0 if old is None else (1 + h / (2 * h_old)) * d0 - h / (2 * h_old) * old
-            x = (t / s) * x + (1 - t / s) * est
-            h_old = h
-        old = d0
-    return x
+    """DPM++ 2M is 2M SDE without noise: at eta 0, exp(-a) = t/s and the midpoint slope term is the
+    2M estimate's (1 + h/2h_old) d0 - (h/2h_old) old rewritten."""
+    return ref_dpmpp_2m_sde(x, sig, D, noise, eta=0.0)
 
 
 STOCHASTIC = {"Euler a": ref_euler_a, "DPM2 a": ref_dpm2_a, "DPM++ 2S a": ref_dpmpp_2s_a, "Restart": ref_restart}
