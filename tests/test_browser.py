@@ -75,12 +75,17 @@ def set_slider(page, elem_id: str, value: int) -> None:
     box.press("Enter")
 
 
+def set_steps_and_size(page, steps: int, width: int = 64, height: int = 64) -> None:
+    """txt2img's steps and size sliders: the set-up nearly every browser test starts with."""
+    set_slider(page, "txt2img_steps", steps)
+    set_slider(page, "txt2img_width", width)
+    set_slider(page, "txt2img_height", height)
+
+
 def test_generate_in_the_browser(page, server):
     page.locator("#txt2img_prompt textarea").fill("a lighthouse on a cliff")
     page.locator("#txt2img_neg_prompt textarea").fill("fog")
-    set_slider(page, "txt2img_steps", 3)
-    set_slider(page, "txt2img_width", 64)
-    set_slider(page, "txt2img_height", 64)
+    set_steps_and_size(page, 3)
     page.locator("#txt2img_seed input").fill("21")
     page.locator("#txt2img_generate").click()
     expect(page.locator("#txt2img_gallery img").first).to_be_visible(timeout=60_000)
@@ -128,9 +133,7 @@ def test_token_counter_and_lora_card(page, server):
 
 
 def test_progress_and_interrupt(page, server):
-    set_slider(page, "txt2img_steps", 150)
-    set_slider(page, "txt2img_width", 512)
-    set_slider(page, "txt2img_height", 512)
+    set_steps_and_size(page, 150, 512, 512)
     page.locator("#txt2img_generate").click()
     expect(page.locator("#txt2img_progress .easel-progress")).to_be_visible(timeout=30_000)
     expect(page.locator("#txt2img_progress")).to_contain_text("Step", timeout=30_000)
@@ -139,17 +142,13 @@ def test_progress_and_interrupt(page, server):
     page.locator("#txt2img_interrupt").click()
     expect(page.locator("#html_info_txt2img")).to_contain_text("Interrupted", timeout=30_000)
     assert time.monotonic() - started < 15
-    set_slider(page, "txt2img_steps", 3)
-    set_slider(page, "txt2img_width", 64)
-    set_slider(page, "txt2img_height", 64)
+    set_steps_and_size(page, 3)
 
 
 def test_send_to_img2img_pnginfo_and_inpaint_upload(page, server, tmp_path):
     import numpy as np
 
-    set_slider(page, "txt2img_steps", 3)
-    set_slider(page, "txt2img_width", 64)
-    set_slider(page, "txt2img_height", 64)
+    set_steps_and_size(page, 3)
     page.locator("#txt2img_prompt textarea").fill("a red barn")
     page.locator("#txt2img_seed input").fill("77")
     page.locator("#txt2img_generate").click()
@@ -196,9 +195,7 @@ def test_adetailer_and_regional_prompter_accordions(page, server):
     page.set_viewport_size({"width": 1280, "height": 1600})
     page.reload()
     page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
-    set_slider(page, "txt2img_steps", 3)
-    set_slider(page, "txt2img_width", 128)
-    set_slider(page, "txt2img_height", 64)
+    set_steps_and_size(page, 3, 128, 64)
     page.locator("#txt2img_prompt textarea").fill("a red apple BREAK a blue sky")
     page.locator("#txt2img_seed input").fill("31")
     page.locator("#txt2img_regional_prompter_accordion").get_by_text("Regional Prompter", exact=True).first.click()

@@ -7,7 +7,7 @@ from webui.core.images import read_infotext
 from webui.core.infotext import parse_infotext
 
 from conftest import start_server
-from test_browser import ARTIFACTS, open_app, set_slider
+from test_browser import ARTIFACTS, open_app, set_slider, set_steps_and_size
 
 from playwright.sync_api import expect  # noqa: E402  (test_browser skips without chromium)
 
@@ -41,9 +41,7 @@ def test_controlnet_unit_in_txt2img(server, tmp_path):
     array[16:48, 16:48] = 255
     Image.fromarray(array).save(picture)
     with open_app(server.url, height=1400) as page:
-        set_slider(page, "txt2img_steps", 3)
-        set_slider(page, "txt2img_width", 64)
-        set_slider(page, "txt2img_height", 64)
+        set_steps_and_size(page, 3)
         page.locator("#txt2img_prompt textarea").fill("a white square")
         page.locator("#txt2img_seed input").fill("12")
 

@@ -73,14 +73,12 @@ def test_killed_mid_index_the_restart_finds_every_image(restarted):
 
 def test_gallery_tab_finds_favourites_boards_deletes_and_restores(restarted):
     from playwright.sync_api import expect
-    from test_browser import open_app, set_slider  # skips without chromium
+    from test_browser import open_app, set_steps_and_size  # skips without chromium
 
     url = restarted.url
     with open_app(url, height=1100) as page:
         page.locator("#txt2img_prompt textarea").fill("a zebra made of origami paper")
-        set_slider(page, "txt2img_steps", 2)
-        set_slider(page, "txt2img_width", 64)
-        set_slider(page, "txt2img_height", 64)
+        set_steps_and_size(page, 2)
         page.locator("#txt2img_generate").click()
         expect(page.locator("#txt2img_gallery img").first).to_be_visible(timeout=60_000)
         deadline = time.monotonic() + 20  # indexed in the background, off the worker

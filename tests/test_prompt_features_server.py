@@ -95,7 +95,7 @@ def test_restore_faces_and_tiling_fields(client):
 def test_wildcards_accordion_in_the_browser(server):
     from playwright.sync_api import expect
 
-    from test_browser import open_app, set_slider
+    from test_browser import open_app, set_steps_and_size
 
     with open_app(server.url) as page:
         accordion = page.locator("#txt2img_dynamic_prompts")
@@ -103,9 +103,7 @@ def test_wildcards_accordion_in_the_browser(server):
         expect(page.locator("#txt2img_dynamic_prompts_wildcards")).to_contain_text("__colors/warm__")
         page.locator("#txt2img_dynamic_prompts_enabled input").check()
         page.locator("#txt2img_prompt textarea").fill("a {red|blue} fox, __colors/warm__")
-        set_slider(page, "txt2img_steps", 3)
-        set_slider(page, "txt2img_width", 64)
-        set_slider(page, "txt2img_height", 64)
+        set_steps_and_size(page, 3)
         page.locator("#txt2img_seed input").fill("12")
         page.locator("#txt2img_generate").click()
         info = page.locator("#html_info_txt2img")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from test_browser import open_app, set_slider  # skips the module without chromium
+from test_browser import open_app, set_steps_and_size  # skips the module without chromium
 
 from api_helpers import start_long_job, stop_job, wait_until
 from conftest import start_server
@@ -34,9 +34,7 @@ def test_queue_panel_shows_api_jobs_and_cancels_your_own(server):
 
         # queue a job from this page: it waits behind the API job, and is ours to cancel
         page.locator("#txt2img_prompt textarea").fill("my own queued picture")
-        set_slider(page, "txt2img_steps", 3)
-        set_slider(page, "txt2img_width", 64)
-        set_slider(page, "txt2img_height", 64)
+        set_steps_and_size(page, 3)
         page.locator("#txt2img_generate").click()
         expect(table).to_contain_text("my own queued picture", timeout=30_000)
         expect(table.locator("tr.easel-queue-mine")).to_contain_text("#1")

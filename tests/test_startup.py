@@ -158,7 +158,7 @@ def _wait(check, timeout: float, what: str, process: subprocess.Popen, log):
 
 
 def test_page_answers_first_then_the_ui_and_a_generation_waits_for_the_model(tmp_path, tiny_ckpt_dir):
-    from test_browser import BROWSER_ARGS, CHROMIUM, set_slider  # skips this test without chromium
+    from test_browser import BROWSER_ARGS, CHROMIUM, set_steps_and_size  # skips this test without chromium
     from playwright.sync_api import expect, sync_playwright
 
     gate = tmp_path / "gate"
@@ -191,9 +191,7 @@ def test_page_answers_first_then_the_ui_and_a_generation_waits_for_the_model(tmp
             assert status["ui"] and not status["engine"], status  # the checkpoint is still loading
 
             page.locator("#txt2img_prompt textarea").fill("a lighthouse")
-            set_slider(page, "txt2img_steps", 2)
-            set_slider(page, "txt2img_width", 64)
-            set_slider(page, "txt2img_height", 64)
+            set_steps_and_size(page, 2)
             page.locator("#txt2img_generate").click()
             expect(page.locator("#txt2img_progress")).to_contain_text("Loading the model", timeout=30_000)
             expect(page.locator("#txt2img_progress")).to_contain_text("Your generation is next")

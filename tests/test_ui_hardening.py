@@ -13,7 +13,7 @@ import httpx
 import pytest
 from PIL import Image, PngImagePlugin
 
-from test_browser import open_app, set_slider  # skips the module without chromium
+from test_browser import open_app, set_slider, set_steps_and_size  # skips the module without chromium
 
 from api_helpers import start_long_job, stop_job, wait_until
 from conftest import start_server
@@ -198,9 +198,7 @@ def test_interrupt_keeps_the_partly_denoised_image(page, server, api):
     outputs = server.root / "outputs" / "txt2img-images"
     before = len(list(outputs.rglob("*.png"))) if outputs.exists() else 0
     page.locator("#txt2img_prompt textarea").fill("an interrupted lighthouse")
-    set_slider(page, "txt2img_steps", 150)
-    set_slider(page, "txt2img_width", 512)  # long enough (~80 s here) that the click lands mid-job under load
-    set_slider(page, "txt2img_height", 512)
+    set_steps_and_size(page, 150, 512, 512)  # long enough (~80 s here) that the click lands mid-job under load
     page.locator("#txt2img_generate").click()
 
     def sampling_this_job() -> bool:  # not an earlier job's "Step" text: this job, past its first step
