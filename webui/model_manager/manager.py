@@ -115,24 +115,7 @@ class ModelManager:
         info = self.resolve(query)
         storage = self.weight_storage()
         loaded: list[LoadedModel] = []
-
-        def load() -> LoadedModel:
-            from .loader import apply_weight_storage, load_checkpoint  # heavy: imported on first load
-
-            # an offload mode builds the model in system memory: a small GPU never holds all of it
-            offloaded = self.memory.loads_offloaded(info.size)
-            load_on = replace(self.device, device=torch.device("cpu")) if offloaded else self.device
-            companions = {kind: self.paths.model_dir(kind) for kind in ("vae", "text_encoder")}
-            model = load_checkpoint(info, load_on, self.allow_pickle, progress, companions)
-            model.device = self.device
-            apply_weight_storage(model, storage)
-            model.weight_storage = storage  # fp8 types, or the compute type --weights named
-            if progress:
-                progress("hashing")
-            model.sha256 = self.hashes.sha256(info.hash_source)
-            loaded.append(model)
-            return model
-
+        load = self._loader(info, storage, progress, loaded, offloadable=True)
         with self._lock:
             model = self.store.peek(KIND, info.name)
             if model is not None and (model.info.mtime != info.mtime  # the file changed on disk: reload
@@ -146,12 +129,7 @@ class ModelManager:
             model = self.store.get(KIND, info.name, load, measure=_measure_checkpoint, on_evict=self._dropped,
                                    scoped=False, estimate=self._estimate(info))
             self._activate(info.name)
-        for new in loaded:
-            for listener in list(self.listeners):
-                try:
-                    listener(new)
-                except Exception:  # a listener must never break loading
-                    log.exception("model-loaded listener failed")
+        self._announce(loaded)
         return model
 
     def get_companion(self, query: str, progress: Progress | None = None) -> LoadedModel:
@@ -161,18 +139,9 @@ class ModelManager:
         (`store.in_use`), after which the count limit holds again (it is the one to go).
         """
         info = self.resolve(query)
-        storage = str(self.settings.get("weight_storage") or "Automatic")
         loaded: list[LoadedModel] = []
-
-        def load() -> LoadedModel:
-            from .loader import apply_weight_storage, load_checkpoint
-
-            model = load_checkpoint(info, self.device, self.allow_pickle, progress)
-            apply_weight_storage(model, storage)
-            model.sha256 = self.hashes.sha256(info.hash_source)
-            loaded.append(model)
-            return model
-
+        # on the device: memory modes place only the active checkpoint
+        load = self._loader(info, self.weight_storage(), progress, loaded, offloadable=False)
         with self._lock:
             model = self.store.get(KIND, info.name, load, measure=_measure_checkpoint, on_evict=self._dropped,
                                    scoped=True, estimate=self._estimate(info))
@@ -180,13 +149,40 @@ class ModelManager:
                     self.device.device.type:  # parked in RAM by an earlier switch
                 model.to(self.device.device)
                 self.store.remeasure(KIND, info.name)
+        self._announce(loaded)
+        return model
+
+    def _loader(self, info: CheckpointInfo, storage: str, progress: Progress | None, loaded: list[LoadedModel],
+                offloadable: bool) -> Callable[[], LoadedModel]:
+        """The store's load function for `info`: companions (VAE, text encoders) from their folders, the weight
+        storage applied, hashed; each model it builds is added to `loaded` (announced once the lock is free)."""
+
+        def load() -> LoadedModel:
+            from .loader import apply_weight_storage, load_checkpoint  # heavy: imported on first load
+
+            # an offload mode builds the model in system memory: a small GPU never holds all of it
+            offloaded = offloadable and self.memory.loads_offloaded(info.size)
+            load_on = replace(self.device, device=torch.device("cpu")) if offloaded else self.device
+            companions = {kind: self.paths.model_dir(kind) for kind in ("vae", "text_encoder")}
+            model = load_checkpoint(info, load_on, self.allow_pickle, progress, companions)
+            model.device = self.device
+            apply_weight_storage(model, storage)
+            model.weight_storage = storage  # fp8 types, or the compute type --weights named
+            if progress:
+                progress("hashing")
+            model.sha256 = self.hashes.sha256(info.hash_source)
+            loaded.append(model)
+            return model
+
+        return load
+
+    def _announce(self, loaded: list[LoadedModel]) -> None:
         for new in loaded:
             for listener in list(self.listeners):
                 try:
                     listener(new)
                 except Exception:  # a listener must never break loading
                     log.exception("model-loaded listener failed")
-        return model
 
     def unload(self, query: str | None = None) -> None:
         with self._lock:
