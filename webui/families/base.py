@@ -123,6 +123,10 @@ class Family:
         small = torch.nn.functional.interpolate(mask, size=tuple(masked_latents.shape[-2:]))
         return torch.cat([small, masked_latents], dim=1)
 
+    def component_tensors(self, component: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A component's tensors under the names its module uses (e.g. a causal LM's `model.` prefix dropped)."""
+        return tensors
+
     def load_tokenizer(self, component: str, folder: Any) -> Any:
         """The tokenizer of a text encoder that is not CLIP (None: the shipped CLIP tokenizer), read from a
         diffusers folder's tokenizer subfolder (`folder`, None for single files)."""

@@ -19,7 +19,7 @@ def _is_openclip(config: dict[str, Any]) -> bool:
 
 def _single_encoder(index: dict[str, Any]) -> bool:
     has = lambda name: bool(index.get(name) and index[name][0])  # noqa: E731
-    return has("text_encoder") and not has("text_encoder_2")
+    return has("text_encoder") and not has("text_encoder_2") and not has("transformer")  # a UNet, not a DiT
 
 
 class SD1(Family):

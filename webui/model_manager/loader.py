@@ -196,6 +196,7 @@ def build_module(name: str, config: dict[str, Any], tensors: StateDict, device: 
     except (TypeError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"{name}: its config cannot build a model ({exc})") from exc
     expected = model.state_dict()
+    tensors = families.get(family).component_tensors(name, tensors)
     if _uses_bare_text_keys(model):
         tensors = {k.removeprefix("text_model."): v for k, v in tensors.items()}
     tied = getattr(model, "_tied_weights_keys", None)
