@@ -73,6 +73,10 @@ class Family:
     ddpm_samplers: ClassVar[bool] = True
     # guidance-distilled: the network takes the guidance value as an input ("Distilled CFG Scale")
     distilled_guidance: ClassVar[bool] = False
+    # what the generation tabs show when a checkpoint of this family is selected (Forge's presets per family);
+    # keys: width, height, steps, cfg_scale, sampler_name, scheduler (request fields)
+    ui_defaults: ClassVar[dict[str, Any]] = {"width": 512, "height": 512, "steps": 20, "cfg_scale": 7.0,
+                                             "sampler_name": "DPM++ 2M", "scheduler": "Automatic"}
 
     def noise_schedule(self, scheduler_config: dict[str, Any]) -> DiscreteSchedule:
         """The trained noise levels the samplers step through (DDPM betas from the scheduler config)."""

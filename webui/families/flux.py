@@ -70,6 +70,8 @@ class Flux(Family):
     automatic_schedule = "Simple"
     ddpm_samplers = False
     max_sequence_length: ClassVar[int] = 512
+    ui_defaults = {"width": 1024, "height": 1024, "steps": 20, "cfg_scale": 1.0, "sampler_name": "Euler",
+                   "scheduler": "Simple"}  # Forge's Flux preset: no real CFG, Euler / Simple
 
     def noise_schedule(self, scheduler_config: dict[str, Any]) -> FlowSchedule:
         return FlowSchedule.flow(scheduler_config, patch=2)
@@ -242,6 +244,7 @@ class FluxSchnell(Flux):
     label = "Flux.1 schnell"
     distilled_guidance = False
     max_sequence_length = 256
+    ui_defaults = {**Flux.ui_defaults, "steps": 4}  # timestep-distilled: 1-4 steps
 
 
 FAMILIES = (FluxDev(), FluxSchnell())

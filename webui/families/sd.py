@@ -39,6 +39,7 @@ class SD1(Family):
 
 class SD2(Family):
     name = "sd2"
+    ui_defaults = {**Family.ui_defaults, "width": 768, "height": 768}  # most SD 2.x checkpoints are 768-v
     single_file_text_encoders = (("text_encoder", "cond_stage_model.model.", "openclip"),)
     label = "SD 2.x"
     latent = SD_LATENT

@@ -39,6 +39,8 @@ class SDXL(Family):
     def matches_folder(self, index, components) -> bool:
         return _has(index, "text_encoder_2") and _has(index, "text_encoder") and not _has(index, "transformer")
 
+    ui_defaults = {**Family.ui_defaults, "width": 1024, "height": 1024}
+
     def extra_conditioning(self, width: int, height: int, guidance: float = 0.0):
         """Original size, crop top-left, target size: all the generated size, uncropped."""
         ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)

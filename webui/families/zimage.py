@@ -121,6 +121,9 @@ class ZImage(Family):
     automatic_schedule = "Simple"
     ddpm_samplers = False
     max_sequence_length: ClassVar[int] = 512
+    # base: CFG with the negative prompt (the pipeline's guidance_scale 3 is CFG scale 4 here)
+    ui_defaults = {"width": 1024, "height": 1024, "steps": 28, "cfg_scale": 4.0, "sampler_name": "Euler",
+                   "scheduler": "Simple"}
 
     def noise_schedule(self, scheduler_config: dict[str, Any]) -> FlowSchedule:
         return FlowSchedule.flow(scheduler_config, patch=2)
@@ -255,6 +258,8 @@ class ZImageTurbo(ZImage):
     name = "zimage-turbo"
     label = "Z-Image Turbo"
     default = True
+    # distilled to 8 steps without CFG (the model card's 9 "steps" were 8 forwards in older diffusers)
+    ui_defaults = {**ZImage.ui_defaults, "steps": 8, "cfg_scale": 1.0}
 
 
 class ZImageBase(ZImage):

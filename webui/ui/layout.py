@@ -13,6 +13,7 @@ from ..model_manager.registry import ModelNotFoundError
 from .common import error_html, esc
 from .queue_panel import build_queue_panel
 from .extras_tab import build_extras
+from .family_presets import wire_family_presets
 from .gallery_tab import build_gallery_tab
 from .runner import SessionJobs
 from .settings_tab import build_settings, load_notice
@@ -164,7 +165,8 @@ def build_ui(easel: Easel, local: bool = True) -> gr.Blocks:
                 yield _status(easel)
 
         refresh.click(do_refresh, None, [checkpoint, status], api_name=False)
-        checkpoint.input(switch, checkpoint, status, concurrency_limit=None, api_name=False)
+        # the switch itself, with the tabs taking the new family's defaults (what was set per family kept)
+        wire_family_presets(easel, checkpoint, [txt2img, img2img, inpaint], switch, status)
         blocks.load(lambda: (gr.update(choices=easel.models.titles(), value=_selected_title(easel)), _status(easel)),
                     None, [checkpoint, status], api_name=False)
         for controls in (txt2img, img2img, inpaint):  # the ControlNet tab has no extra-networks panel
