@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_easel
 from webui import families
 from webui.app import AppOptions, build
 from webui.core.request import GenerationRequest, ValidationError

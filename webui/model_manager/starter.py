@@ -34,7 +34,7 @@ class StarterModel:
     title: str
     kind: str                        # a key of paths.MODEL_FOLDERS
     files: tuple[StarterFile, ...]
-    architecture: str = ""           # sd1, sd2, sdxl, sdxl-refiner, or "" when it does not apply
+    architecture: str = ""           # a family name (sd1, sdxl, zimage-turbo ...), or "" when it does not apply
     description: str = ""
 
     @property
@@ -87,6 +87,24 @@ STARTERS: tuple[StarterModel, ...] = (
         _hub("sd_xl_turbo_1.0_fp16.safetensors", "stabilityai/sdxl-turbo", "sd_xl_turbo_1.0_fp16.safetensors",
              6_940 * MB),),
         "sdxl", "Distilled SDXL: 512×512 in 1-4 steps at CFG 1 (fp16 file)."),
+    # Z-Image Turbo as ComfyUI's repackaged files: the transformer alone, then its text encoder (Qwen3-4B with
+    # the tokenizer from Tongyi-MAI's folder) and VAE (Flux's ae) in models/text_encoder and models/VAE
+    StarterModel("zimage-turbo", "Z-Image Turbo (transformer, bf16)", "checkpoint", (
+        _hub("z_image_turbo_bf16.safetensors", "Comfy-Org/z_image_turbo",
+             "split_files/diffusion_models/z_image_turbo_bf16.safetensors", 12_310 * MB),),
+        "zimage-turbo", "6B distilled flow transformer: 1024×1024 in 8 steps at CFG 1. Needs the Qwen3-4B text "
+                        "encoder and the VAE below (about 21 GB in all; a GGUF transformer in models/Stable-diffusion "
+                        "works too)."),
+    StarterModel("zimage-text-encoder", "Qwen3-4B text encoder (Z-Image)", "text_encoder", (
+        _hub("qwen_3_4b.safetensors", "Comfy-Org/z_image_turbo", "split_files/text_encoders/qwen_3_4b.safetensors",
+             8_045 * MB),
+        _hub("qwen_tokenizer/tokenizer.json", "Tongyi-MAI/Z-Image-Turbo", "tokenizer/tokenizer.json", 11 * MB),
+        _hub("qwen_tokenizer/tokenizer_config.json", "Tongyi-MAI/Z-Image-Turbo", "tokenizer/tokenizer_config.json",
+             10_000)),
+        "zimage-turbo", "The prompt encoder Z-Image Turbo and base read (bf16), with its tokenizer."),
+    StarterModel("zimage-vae", "Z-Image / Flux VAE (ae)", "vae", (
+        _hub("ae.safetensors", "Comfy-Org/z_image_turbo", "split_files/vae/ae.safetensors", 335 * MB),),
+        "zimage-turbo", "The 16-channel autoencoder Z-Image shares with Flux.1."),
     StarterModel("lcm-lora-sd15", "LCM-LoRA for SD 1.5", "lora", (
         _hub("lcm-lora-sdv1-5.safetensors", "latent-consistency/lcm-lora-sdv1-5", "pytorch_lora_weights.safetensors",
              135 * MB),),
