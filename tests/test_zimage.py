@@ -168,3 +168,23 @@ def test_img2img_starts_from_the_picture(zimage_app):
                                               seed=9)) for s in (0.3, 0.6))
     assert close.images[0].size == (64, 64) and "Denoising strength: 0.3" in close.infotexts[0]
     assert _psnr(close.images[0], fresh) < 40 and _psnr(close.images[0], far.images[0]) < 40
+
+
+def test_batch_hires_and_inpaint_run_with_zimage(zimage_app):
+    """Captions ride with their token mask through batches; image i of a batch is seed + i alone; hires fix
+    adds its pass; inpainting keeps what is outside the mask."""
+    from PIL import Image
+
+    batch = zimage_app.txt2img(_request(steps=3, batch_size=2, cfg_scale=3.0, negative_prompt="dark"))
+    alone = zimage_app.txt2img(_request(steps=3, seed=6, cfg_scale=3.0, negative_prompt="dark"))
+    assert _psnr(batch.images[1], alone.images[0]) >= 40
+    hires = zimage_app.txt2img(_request(steps=2, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=2,
+                                        denoising_strength=0.5))
+    assert hires.images[0].size == (96, 96) and "Hires upscale: 1.5" in hires.infotexts[0]
+    picture = Image.new("RGB", (64, 64), (200, 60, 40))
+    box = Image.new("L", (64, 64), 0)
+    box.paste(255, (16, 16, 48, 48))
+    painted = zimage_app.img2img(_request(mode="img2img", steps=3, init_images=[picture], mask=box,
+                                          denoising_strength=1.0, inpaint_full_res=False))
+    out = np.asarray(painted.images[0], dtype=np.float64)
+    assert np.abs(out[:8, :8] - (200, 60, 40)).max() <= 2 and np.abs(out[24:40, 24:40] - (200, 60, 40)).mean() > 10
