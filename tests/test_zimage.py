@@ -4,6 +4,8 @@ and steps, without CFG (Turbo) and with it (base); the published single-file tra
 ComfyUI's all-in-one file and a GGUF give the folder's image."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +25,8 @@ PROMPT = "a cat on a red chair"
 def zimage_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("zimage")
     source = write_zimage_folder(root / "folders" / "tiny-zimage-turbo", seed=1)
+    shutil.copytree(source, root / "folders" / "tiny-zimage-base")  # base: the same tensors, a sidecar says so
+    (root / "folders" / "tiny-zimage-base.json").write_text('{"architecture": "zimage"}')
     models = root / "models"
     write_zimage_single_files(source, models, "z_image_turbo_tiny")
     write_zimage_single_files(source, models, "z_image_base_tiny", family="zimage", prefix="model.diffusion_model.")
@@ -98,6 +102,7 @@ def test_a_zimage_folder_is_one_checkpoint_with_its_family(zimage_app):
     assert model.architecture.label == "Z-Image Turbo" and model.architecture.adapter.latent.channels == 16
     assert type(model.unet).__name__ == "ZImageTransformer2DModel"
     assert type(model.text_encoders["text_encoder"]).__name__ == "Qwen3Model"
+    assert zimage_app.models.get("tiny-zimage-base").architecture.label == "Z-Image"
     with pytest.raises(ValidationError, match="sampler_name"):
         zimage_app.txt2img(_request(sampler_name="DDIM", steps=2))
 

@@ -332,6 +332,9 @@ def add_companions(read: ReadWeights, companion_dirs: dict[str, Path], allow_pic
 
 def _read_folder(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) -> ReadWeights:
     configs, weights = read_diffusers_folder(info.path, allow_pickle)
+    if sidecar.family and sidecar.family != configs.architecture.family:  # `<folder>.json` names the variant
+        arch = configs.architecture  # (e.g. Z-Image base, whose folder is Turbo's in every tensor and config)
+        configs.architecture = Architecture(sidecar.family, arch.prediction_type, arch.inpainting)
     adapter, tokenizers = configs.architecture.adapter, {}
     for index, name in enumerate(configs.architecture.text_encoders):
         folder = info.path / ("tokenizer" if index == 0 else f"tokenizer_{index + 1}")
