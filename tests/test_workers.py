@@ -70,7 +70,7 @@ def pool(local, ckpts, tmp_path_factory):
     easel.close()
 
 
-def single_threaded(easel, seed: int):
+def single_threaded(easel, seed: int, **kwargs):
     """What the in-process worker makes with one CPU thread, as each CPU worker has (Ray's OMP_NUM_THREADS=1):
     on a CPU, a matrix product's sums run in another order with another thread count, and the last bit differs."""
     import torch
@@ -78,7 +78,7 @@ def single_threaded(easel, seed: int):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return easel.generate(request(seed, save_images=False))
+        return easel.generate(request(seed, save_images=False, **kwargs))
     finally:
         torch.set_num_threads(threads)
 
@@ -103,6 +103,18 @@ def test_eight_jobs_over_two_workers_equal_the_in_process_worker(pool, local):
         with Image.open(saved) as png:
             assert png.info["parameters"] == text
             assert png.tobytes() == image.tobytes()
+
+
+def test_batch_count_spread_over_both_workers_gives_one_workers_images(pool, local):
+    spread = {"workers_spread_batch_count": True}
+    job = pool.submit(request(200, n_iter=4, override_settings=spread))
+    expected = single_threaded(local, 200, n_iter=4)
+    assert job.wait(240) and job.state == JobState.DONE, job.error
+    assert len(set(job.meta["workers"])) == 2, job.meta["workers"]
+    assert job.result.seeds == expected.seeds == [200, 201, 202, 203]
+    assert [i.tobytes() for i in job.result.images] == [i.tobytes() for i in expected.images]
+    assert job.result.infotexts == expected.infotexts
+    assert all(Path(path).is_file() for path in job.result.paths)
 
 
 def test_a_job_goes_to_the_worker_that_has_its_checkpoint(pool):

@@ -154,8 +154,16 @@ class Easel:
         job_id = job_id or uuid.uuid4().hex
         kept = keep and store is not None and store.save(job_id, request, owner, time.time())
         remote = _remote_task(prepared.request, self.models) if getattr(self.queue, "remote", False) else None
+        spread = None
+        if remote is not None and request.n_iter > 1 and not request.script_name \
+                and self.engine.options(request).get("workers_spread_batch_count"):
+            from .workers.spread import spread_run  # batch count over the workers; this job joins the parts
+
+            spread = spread_run(self.queue, prepared.request, lambda part: _remote_task(part, self.models),
+                             store.started if store is not None else lambda job_id: None)
+            remote = None
         try:
-            job = self.queue.submit(run, owner=owner, kind=request.mode, description=request.prompt[:80],
+            job = self.queue.submit(spread or run, owner=owner, kind=request.mode, description=request.prompt[:80],
                                     job_id=job_id, remote=remote)
             if self.history is not None:
                 self.history.submitted(job, request)
