@@ -7,6 +7,7 @@ start never imports it).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -88,8 +89,9 @@ def remote_workers(easel) -> dict[str, dict]:
 
 
 def test_eight_jobs_over_two_workers_equal_the_in_process_worker(pool, local):
-    jobs = [pool.submit(request(seed)) for seed in SEEDS]  # they wait for the workers to start
-    expected = [single_threaded(local, seed) for seed in SEEDS]  # meanwhile, here
+    expected = [single_threaded(local, seed) for seed in SEEDS]  # here, while the workers start
+    wait_for(lambda: all(w["alive"] for w in pool.queue.workers()), 240, "both workers to start")
+    jobs = [pool.submit(request(seed)) for seed in SEEDS]
     for job in jobs:
         assert job.wait(240), "a job did not finish"
         assert job.state == JobState.DONE, job.error
@@ -154,3 +156,54 @@ def test_a_worker_killed_mid_job_has_its_job_retried_on_the_other(pool):
     assert job.meta["workers"][0] == first and job.meta["worker"] != first
     assert "retried on another worker" in job.meta["retried"]
     assert any("retried on another worker" in warning for warning in job.result.warnings)
+
+
+def test_a_worker_finds_checkpoints_by_hash_and_says_when_it_has_none(ckpts, tmp_path):
+    from webui.model_manager.hashing import sha256_file
+    from webui.workers.messages import CheckpointRef
+    from webui.workers.service import WorkerService, WorkerConfig
+
+    own = tmp_path / "elsewhere"
+    own.mkdir()
+    shutil.copy(ckpts / "a.safetensors", own / "renamed.safetensors")  # another path and name on this worker
+    service = WorkerService(WorkerConfig(name="t", models_dir=str(tmp_path / "models"), ckpt_dirs=[str(own)]))
+    try:
+        found = service.find_checkpoint(CheckpointRef("a.safetensors", sha256_file(ckpts / "a.safetensors")))
+        assert found == "renamed.safetensors"
+        missing = service.start("k", request(1), {}, CheckpointRef("b.safetensors",
+                                                                   sha256_file(ckpts / "b.safetensors")))
+        assert missing.startswith("worker t has no checkpoint b.safetensors [") and str(own) in missing
+    finally:
+        service.easel.close()
+
+
+def test_a_job_moves_to_a_worker_that_has_its_model_or_fails_with_every_workers_message():
+    from webui.workers.pool import Executor, ModelMissing, PoolQueue
+
+    class Refusing(Executor):  # a worker that lacks the checkpoint, as WorkerService.start answers then
+        remote = True
+
+        def run(self, job):
+            raise ModelMissing(f"worker {self.name} has no checkpoint x")
+
+    class Having(Executor):  # runs the job here
+        remote = True
+
+    def one_job(*executors):
+        queue = PoolQueue()
+        for executor in executors:
+            queue.add(executor)
+        queue.start()
+        try:
+            job = queue.submit(lambda job: "made", remote=object())
+            assert job.wait(10)
+            return job
+        finally:
+            queue.stop()
+
+    job = one_job(Refusing("w0"), Having("w1"))
+    assert job.state == JobState.DONE and job.result == "made"
+    assert job.meta["workers"] == ["w0", "w1"] and job.meta["missing"] == ["worker w0 has no checkpoint x"]
+    job = one_job(Refusing("w0"), Refusing("w1"))
+    assert job.state == JobState.FAILED
+    assert str(job.error) == "worker w0 has no checkpoint x; worker w1 has no checkpoint x"
