@@ -135,6 +135,18 @@ class PoolQueue(JobQueue):
     def worker(self) -> threading.Thread | None:
         return None  # several threads run jobs; `current` already answers per thread
 
+    def interrupt_current(self) -> Job | None:
+        job = self.current
+        if job is not None:
+            job.interrupt()
+        return job
+
+    def skip_current(self) -> Job | None:
+        job = self.current
+        if job is not None:
+            job.skip()
+        return job
+
     def running(self) -> list[Job]:
         with self._cv:
             return sorted(self._running.values(), key=lambda j: j.sequence)
