@@ -239,6 +239,7 @@ class PoolQueue(JobQueue):
                 self._finish(job, state)
             self._cv.notify_all()
         if not requeued:
+            job.remote = None  # the request (and its input images) is no longer needed
             self._retire(job)
 
     def _retry(self, job: Job, executor: Executor, why: str) -> bool:
