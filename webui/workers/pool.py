@@ -270,13 +270,13 @@ class PoolQueue(JobQueue):
         return True
 
     def _watch(self) -> None:
-        """Bring lost workers back when they answer again (Ray restarts a killed actor)."""
+        """Take workers into service once they answer: new ones when started, lost ones when Ray restarted them."""
         while not self._stopping:
             for executor in list(self.executors):
                 if not executor.alive and not self._stopping:
                     try:
                         if executor.revive():
-                            log.info("worker %s is back", executor.name)
+                            log.info("worker %s is ready", executor.name)
                             with self._cv:
                                 executor.alive = True
                                 self._cv.notify_all()

@@ -222,6 +222,6 @@ def attach_workers(queue: PoolQueue, options: Any, engine: Any, models: Any, set
         executor = RayExecutor(name, actor, head, ray)
         queue.add(executor)
         executors.append(executor)
-    queue.closers.append(ray.shutdown)  # a joined cluster keeps running; this process leaves it
+    queue.closers.append(ray.shutdown)  # stops a private cluster; a joined one keeps running, this process leaves it
     log.info("workers: %s (Ray %s)", ", ".join(devices), "local" if options.ray_address is None else options.ray_address)
     return executors
