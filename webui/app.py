@@ -100,6 +100,8 @@ class AppOptions:
     memory: MemoryFlags = field(default_factory=MemoryFlags)  # --medvram / --medvram-sdxl / --lowvram / --gpu-weights
     weights: str = "auto"  # --weights: auto, fp16, bf16 (via precision) or fp8 (weight storage)
     fast: bool = False     # --fast
+    workers: str = ""      # --workers cpu,cpu | cuda:0,cuda:1 | auto: worker processes on Ray (webui/workers)
+    ray_address: str | None = None  # --ray-address auto | ray://HOST:10001: workers on a Ray cluster
 
 
 @dataclass
@@ -151,9 +153,18 @@ class Easel:
 
         job_id = job_id or uuid.uuid4().hex
         kept = keep and store is not None and store.save(job_id, request, owner, time.time())
+        remote = _remote_task(prepared.request, self.models) if getattr(self.queue, "remote", False) else None
+        spread = None
+        if remote is not None and request.n_iter > 1 and not request.script_name \
+                and self.engine.options(request).get("workers_spread_batch_count"):
+            from .workers.spread import spread_run  # batch count over the workers; this job joins the parts
+
+            spread = spread_run(self.queue, prepared.request, lambda part: _remote_task(part, self.models),
+                             store.started if store is not None else lambda job_id: None)
+            remote = None
         try:
-            job = self.queue.submit(run, owner=owner, kind=request.mode, description=request.prompt[:80],
-                                    job_id=job_id)
+            job = self.queue.submit(spread or run, owner=owner, kind=request.mode, description=request.prompt[:80],
+                                    job_id=job_id, remote=remote)
             if self.history is not None:
                 self.history.submitted(job, request)
             return job
@@ -212,7 +223,7 @@ class Easel:
             self.library.start_background()  # index new/changed files, then hash lazily at low priority
         if self.gallery is not None:
             self.gallery.start()  # the indexer thread, and a scan that repairs the index from the files
-        if not self.models.checkpoints():
+        if not self.models.checkpoints() or getattr(self.queue, "remote", False):  # workers load their own
             return None
 
         def load(job: Job):
@@ -247,6 +258,18 @@ def write_demo_model(paths: Paths) -> Path:
     return target
 
 
+def _remote_task(request: GenerationRequest, models: ModelManager):
+    """What a worker process needs to run this request: it, and its checkpoint by name (and hash, if known)."""
+    from .workers.messages import CheckpointRef, RemoteTask
+
+    try:
+        info = models.resolve(request.checkpoint)
+        ref = CheckpointRef(info.name, models.hashes.cached(info.hash_source))
+    except LookupError:  # not on the head: the workers look for it by the name asked for
+        ref = CheckpointRef(request.checkpoint or "")
+    return RemoteTask(request, ref)
+
+
 def _downloaded(item, models: ModelManager) -> None:
     """A finished download: keep the hash it computed while writing, and list a new checkpoint at once."""
     if item.state != DONE:
@@ -275,8 +298,11 @@ def build(options: AppOptions) -> Easel:
     models = ModelManager(paths, settings, device, allow_pickle=options.allow_pickle, store=store,
                           memory_flags=options.memory, weights=options.weights, fast=options.fast)
     models.refresh()
-    queue = JobQueue(max_size=lambda: settings.get("queue_size_limit"),
-                     archive=ResultArchive(paths.cache_dir / "job-results"))
+    queue_class = JobQueue
+    if options.workers or options.ray_address:  # only then: the default never imports the workers (nor Ray)
+        from .workers.pool import PoolQueue as queue_class  # type: ignore[assignment]
+    queue = queue_class(max_size=lambda: settings.get("queue_size_limit"),
+                        archive=ResultArchive(paths.cache_dir / "job-results"))
     loras = LoraLibrary(paths.lora_folders(), models.hashes, allow_pickle=options.allow_pickle, store=store)
     embeddings = EmbeddingLibrary(paths.embedding_folders(), models.hashes, allow_pickle=options.allow_pickle,
                                   store=store)
@@ -326,6 +352,10 @@ def build(options: AppOptions) -> Easel:
     history.start()
     engine.image_listeners.append(lambda path, image, text: gallery.image_saved(
         path, image, text, queue.current.id if queue.current is not None else None))
+    if options.workers or options.ray_address:
+        from .workers.ray_pool import attach_workers
+
+        attach_workers(queue, options, engine, models, settings)  # type: ignore[arg-type]
     queue.start()
     log.info("device: %s; %d checkpoint(s) found", device.label, len(models.checkpoints()))
     extras = ExtrasService(upscalers, faces, settings, paths.outputs_dir)

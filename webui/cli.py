@@ -83,6 +83,12 @@ def server_parser() -> argparse.ArgumentParser:
                           "HTTP 413 (default 64)")
     group.add_argument("--enable-insecure-extension-access", action="store_true",
                        help="allow installing extensions from the UI even when listening beyond 127.0.0.1")
+    workers = parser.add_argument_group("workers (Ray; see docs/scale-out.md)")
+    workers.add_argument("--workers", metavar="DEVICE[,DEVICE]", default="",
+                         help="one worker process per device on this machine: cpu,cpu or cuda:0,cuda:1 or auto "
+                              "(default: one worker inside the server process)")
+    workers.add_argument("--ray-address", metavar="auto|ray://HOST:10001", default=None,
+                         help="run jobs on the workers of a Ray cluster started with `ray start`")
     return parser
 
 
@@ -128,7 +134,8 @@ def _options(args: argparse.Namespace):
                       extensions_dir=args.extensions_dir, disable_extensions=args.disable_extensions,
                       allow_extension_install=not getattr(args, "listen", False)
                       or getattr(args, "enable_insecure_extension_access", False),
-                      output_dir=args.out.resolve() if getattr(args, "out", None) else None)
+                      output_dir=args.out.resolve() if getattr(args, "out", None) else None,
+                      workers=getattr(args, "workers", ""), ray_address=getattr(args, "ray_address", None))
 
 
 def _setup(args: argparse.Namespace) -> None:

@@ -160,6 +160,9 @@ class Settings:
                                            minimum=1, maximum=32)
     queue_size_limit: int = _opt(64, "Most jobs waiting in the queue (0 = no limit); more get HTTP 429", "API",
                                  minimum=0, maximum=10_000)
+    workers_spread_batch_count: bool = _opt(False, "With several workers (--workers, --ray-address): spread a "
+                                                   "job's batch count over them (every image keeps its seed)",
+                                            "Workers")
     api_enable_requests: bool = _opt(False, "Allow http(s) image URLs in API requests (never private, loopback or "
                                             "link-local addresses)", "API", protected=True)
     sd_vae: str = _opt("Automatic", "SD VAE (Automatic: the checkpoint's preferred VAE, else the one baked in; "

@@ -208,4 +208,5 @@ def job_info(ctx: ApiContext, request: Request, job: Job, preview: bool = False)
             "description": job.description if mine or not ctx.auth_enabled else None,
             "submitted_at": job.submitted_at, "started_at": job.started_at, "finished_at": job.finished_at,
             "progress": job_progress(ctx, job, preview, private=not ctx.may_see(job, request)), "error": error,
-            "rerun_of": job.meta.get("rerun_of")}
+            "rerun_of": job.meta.get("rerun_of"),
+            "worker": job.meta.get("worker"), "retried": job.meta.get("retried")}

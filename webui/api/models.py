@@ -360,6 +360,10 @@ class JobInfo(BaseModel):
     progress: JobProgress
     error: Optional[str] = None
     rerun_of: Optional[str] = Field(default=None, description="the past job this one runs again (POST .../rerun)")
+    worker: Optional[str] = Field(default=None, description="the worker that runs (ran) it, with --workers or "
+                                  "--ray-address; null for the in-process worker")
+    retried: Optional[str] = Field(default=None, description="why it ran again on another worker (its first one "
+                                   "was lost mid-job)")
 
 
 class JobList(BaseModel):

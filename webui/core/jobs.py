@@ -105,6 +105,8 @@ class Job:
     sequence: int = 0
     # what the way in that submitted the job wants to remember about it (API request type, parameters)
     meta: dict[str, Any] = field(default_factory=dict)
+    # what another process needs to run this job (webui/workers: a RemoteTask); None = runs only in this one
+    remote: Any = None
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _interrupt: threading.Event = field(default_factory=threading.Event, repr=False)
     _skip: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -204,9 +206,9 @@ class JobQueue:
         return max(0, int(value or 0))
 
     def submit(self, run: Callable[[Job], Any], *, kind: str = "generate", owner: str | None = None,
-               description: str = "", job_id: str | None = None) -> Job:
+               description: str = "", job_id: str | None = None, remote: Any = None) -> Job:
         """Queue `run`; raises QueueFullError when full, ValueError when `job_id` is already taken."""
-        job = Job(run=run, kind=kind, owner=owner, description=description)
+        job = Job(run=run, kind=kind, owner=owner, description=description, remote=remote)
         if job_id is not None:
             job.id = job_id
         with self._cv:

@@ -567,13 +567,19 @@ class Engine:
 
     def _save(self, request: GenerationRequest, plan: Plan, image: Image.Image, seed: int, text: str,
               batch_index: int, offset: int, output_dir: Path | None = None) -> Path:
-        s = self.settings
         ctx = NamingContext(seed=seed, prompt=plan.prompts.prompt, negative_prompt=plan.prompts.negative_prompt,
                             steps=request.steps, cfg_scale=request.cfg_scale, sampler=plan.sampler.name,
                             scheduler=plan.schedule, width=request.width, height=request.height,
                             model_name=plan.model.info.model_name, model_hash=plan.model.short_hash,
                             batch_number=offset, generation_number=batch_index * request.batch_size + offset)
-        return save_image(image, output_dir or self.output_folder(request.mode), s.get("samples_filename_pattern"), ctx,
+        return self.save_named(request.mode, image, ctx, text, output_dir)
+
+    def save_named(self, mode: str, image: Image.Image, ctx: NamingContext, text: str,
+                   output_dir: Path | None = None) -> Path:
+        """Write one image where and as the settings say. Apart from `_save` so that a worker process can
+        record the call instead, and the head (webui/workers) write the worker's images with its own settings."""
+        s = self.settings
+        return save_image(image, output_dir or self.output_folder(mode), s.get("samples_filename_pattern"), ctx,
                           s.get("samples_format"), text if s.get("enable_pnginfo") else None, s.get("jpeg_quality"))
 
 

@@ -72,8 +72,9 @@ def _progress(job: Job) -> str:
 
 def active_jobs(easel: Easel) -> list[Job]:
     """Running first, then waiting, in queue order."""
+    running = getattr(easel.queue, "running", None)  # several workers (webui/workers): every running job
     current = easel.queue.current
-    jobs = [current] if current is not None and not current.done else []
+    jobs = running() if running is not None else [current] if current is not None and not current.done else []
     return jobs + easel.queue.pending()
 
 
@@ -84,13 +85,15 @@ def render_queue(easel: Easel, session: str) -> str:
     rows = []
     for position, job in enumerate(jobs, start=0 if jobs[0].state == JobState.RUNNING else 1):
         mine = job.owner == session
-        where = "running now" if job.state == JobState.RUNNING else f"#{position}"
+        where = "running now" if job.state == JobState.RUNNING else f"#{easel.queue.position(job.id) or position}"
+        if job.meta.get("worker"):  # on which worker; and why again, when its first worker was lost
+            where += f" on {job.meta['worker']}" + (" (retried)" if job.meta.get("retried") else "")
         style = ' style="font-weight:600"' if mine else ""
         rows.append(f'<tr class="{"easel-queue-mine" if mine else "easel-queue-other"}"{style}>'
                     f"<td>{esc(where)}</td><td>{esc(_what(job, session))}</td><td>{esc(_origin(job, session))}</td>"
                     f"<td>{esc(_progress(job))}</td></tr>")
     limit = easel.queue.limit
-    waiting = len(jobs) - (1 if jobs[0].state == JobState.RUNNING else 0)
+    waiting = sum(1 for job in jobs if job.state != JobState.RUNNING)
     caption = f"{waiting} waiting" + (f" (at most {limit})" if limit else "")
     return ('<table class="easel-queue" id="easel_queue_table" style="width:100%;text-align:left">'
             '<caption style="text-align:left;opacity:.7">' + esc(caption) + "</caption>"
@@ -103,8 +106,8 @@ def summary(easel: Easel, session: str) -> str:
     jobs = active_jobs(easel)
     if not jobs:
         return "Queue: empty"
-    running = 1 if jobs[0].state == JobState.RUNNING else 0
-    parts = (["1 running"] if running else []) + [f"{len(jobs) - running} waiting"]
+    running = sum(1 for job in jobs if job.state == JobState.RUNNING)
+    parts = ([f"{running} running"] if running else []) + [f"{len(jobs) - running} waiting"]
     mine = sum(1 for job in jobs if job.owner == session)
     return "Queue: " + ", ".join(parts) + (f" ({mine} yours)" if mine else "")
 

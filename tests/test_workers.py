@@ -1,0 +1,209 @@
+"""Workers on Ray (`--workers cpu,cpu`): a real local Ray cluster with two worker processes, tiny SD 1.x models.
+
+One pool serves the whole module (starting Ray and two workers is most of the cost); the in-process
+reference is made here while the workers start, by an app built before Ray was imported (a normal
+start never imports it).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from webui.app import AppOptions, build
+from webui.core.jobs import JobState
+from webui.core.request import GenerationRequest
+from webui.model_manager.architecture import Architecture
+from webui.model_manager.tiny import write_single_file
+
+SEEDS = list(range(100, 108))
+
+def request(seed: int, **kwargs) -> GenerationRequest:
+    fields = dict(prompt="a red fox", steps=2, width=64, height=64, seed=seed, checkpoint="a.safetensors",
+                  save_images=True)
+    fields.update(kwargs)
+    return GenerationRequest(**fields)
+
+
+def wait_for(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("worker-ckpts")
+    write_single_file(folder / "a.safetensors", Architecture("sd1"), seed=7)
+    write_single_file(folder / "b.safetensors", Architecture("sd1"), seed=8)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def local(ckpts, tmp_path_factory):
+    """The in-process worker of a normal start: built before the pool, so Ray must not be imported yet."""
+    assert "ray" not in sys.modules, "another test imported Ray before this module"
+    data = tmp_path_factory.mktemp("local")
+    easel = build(AppOptions(models_dir=data / "models", ckpt_dirs=[ckpts], outputs_dir=data / "outputs",
+                             data_dir=data / "data", device="cpu"))
+    assert "ray" not in sys.modules and "webui.workers" not in sys.modules, "a normal start imported Ray"
+    yield easel
+    easel.close()
+
+
+@pytest.fixture(scope="module")
+def pool(local, ckpts, tmp_path_factory):
+    """Ray on this machine with two CPU workers; returns at once, the workers join when they have started."""
+    data = tmp_path_factory.mktemp("pool")
+    easel = build(AppOptions(models_dir=data / "models", ckpt_dirs=[ckpts], outputs_dir=data / "outputs",
+                             data_dir=data / "data", device="cpu", workers="cpu,cpu"))
+    yield easel
+    easel.close()
+
+
+def single_threaded(easel, seed: int, **kwargs):
+    """What the in-process worker makes with one CPU thread, as each CPU worker has (Ray's OMP_NUM_THREADS=1):
+    on a CPU, a matrix product's sums run in another order with another thread count, and the last bit differs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return easel.generate(request(seed, save_images=False, **kwargs))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def remote_workers(easel) -> dict[str, dict]:
+    return {w["name"]: w for w in easel.queue.workers() if w["name"] != "head"}
+
+
+def test_eight_jobs_over_two_workers_equal_the_in_process_worker(pool, local):
+    expected = [single_threaded(local, seed) for seed in SEEDS]  # here, while the workers start
+    wait_for(lambda: all(w["alive"] for w in pool.queue.workers()), 240, "both workers to start")
+    jobs = [pool.submit(request(seed)) for seed in SEEDS]
+    for job in jobs:
+        assert job.wait(240), "a job did not finish"
+        assert job.state == JobState.DONE, job.error
+    assert {job.meta["worker"] for job in jobs} == set(remote_workers(pool)), "both workers took jobs"
+    for job, reference in zip(jobs, expected):
+        image, text = reference.images[0], reference.infotexts[0]
+        assert job.result.images[0].tobytes() == image.tobytes()
+        assert job.result.infotexts == [text]
+        saved = Path(job.result.paths[0])  # written by the head, into its own outputs folder, with infotext
+        assert saved.is_file() and saved.is_relative_to(pool.paths.outputs_dir)
+        with Image.open(saved) as png:
+            assert png.info["parameters"] == text
+            assert png.tobytes() == image.tobytes()
+
+
+def test_batch_count_spread_over_both_workers_gives_one_workers_images(pool, local):
+    spread = {"workers_spread_batch_count": True}
+    job = pool.submit(request(200, n_iter=4, override_settings=spread))
+    expected = single_threaded(local, 200, n_iter=4)
+    assert job.wait(240) and job.state == JobState.DONE, job.error
+    assert len(set(job.meta["workers"])) == 2, job.meta["workers"]
+    assert job.result.seeds == expected.seeds == [200, 201, 202, 203]
+    assert [i.tobytes() for i in job.result.images] == [i.tobytes() for i in expected.images]
+    assert job.result.infotexts == expected.infotexts
+    assert all(Path(path).is_file() for path in job.result.paths)
+
+
+def test_a_job_goes_to_the_worker_that_has_its_checkpoint(pool):
+    first = pool.submit(request(1, checkpoint="b.safetensors", save_images=False))
+    assert first.wait(240) and first.state == JobState.DONE, first.error
+    holder = first.meta["worker"]
+    assert any(key == "b.safetensors" for key in remote_workers(pool)[holder]["loaded"])
+    # the holder has now been busier than the other worker, yet the next job for b goes to it again
+    second = pool.submit(request(2, checkpoint="b.safetensors", save_images=False))
+    assert second.wait(240) and second.state == JobState.DONE, second.error
+    assert second.meta["worker"] == holder
+
+
+def test_interrupt_and_skip_reach_a_remote_job_within_a_step(pool):
+    job = pool.submit(request(3, steps=60, n_iter=2, save_images=False))
+    wait_for(lambda: job.state == JobState.RUNNING and job.progress.step >= 1, 120, "the job to sample")
+    assert job.meta["worker"] in remote_workers(pool)
+    job.skip()  # the first batch is dropped, the second runs
+    wait_for(lambda: job.progress.job_no == 1 and job.progress.step >= 61, 120, "the second batch")
+    assert job.progress.preview_latents is not None, "live previews stream back"
+    job.interrupt()
+    pressed = time.monotonic()
+    assert job.wait(30)
+    assert time.monotonic() - pressed < 2.0, "the worker stopped at once"
+    assert job.state == JobState.INTERRUPTED
+    assert job.result.skipped_batches == 1 and job.result.interrupted
+    assert job.progress.step < 120, "it stopped before the end"
+
+
+def test_a_worker_killed_mid_job_has_its_job_retried_on_the_other(pool):
+    job = pool.submit(request(4, steps=40, save_images=False))
+    wait_for(lambda: job.state == JobState.RUNNING and job.progress.step >= 1, 120, "the job to sample")
+    first = job.meta["worker"]
+    os.kill(remote_workers(pool)[first]["pid"], signal.SIGKILL)
+    assert job.wait(240)
+    assert job.state == JobState.DONE, job.error
+    assert job.meta["workers"][0] == first and job.meta["worker"] != first
+    assert "retried on another worker" in job.meta["retried"]
+    assert any("retried on another worker" in warning for warning in job.result.warnings)
+
+
+def test_a_worker_finds_checkpoints_by_hash_and_says_when_it_has_none(ckpts, tmp_path):
+    from webui.model_manager.hashing import sha256_file
+    from webui.workers.messages import CheckpointRef
+    from webui.workers.service import WorkerService, WorkerConfig
+
+    own = tmp_path / "elsewhere"
+    own.mkdir()
+    shutil.copy(ckpts / "a.safetensors", own / "renamed.safetensors")  # another path and name on this worker
+    service = WorkerService(WorkerConfig(name="t", models_dir=str(tmp_path / "models"), ckpt_dirs=[str(own)]))
+    try:
+        found = service.find_checkpoint(CheckpointRef("a.safetensors", sha256_file(ckpts / "a.safetensors")))
+        assert found == "renamed.safetensors"
+        missing = service.start("k", request(1), {}, CheckpointRef("b.safetensors",
+                                                                   sha256_file(ckpts / "b.safetensors")))
+        assert missing.startswith("worker t has no checkpoint b.safetensors [") and str(own) in missing
+    finally:
+        service.easel.close()
+
+
+def test_a_job_moves_to_a_worker_that_has_its_model_or_fails_with_every_workers_message():
+    from webui.workers.pool import Executor, ModelMissing, PoolQueue
+
+    class Refusing(Executor):  # a worker that lacks the checkpoint, as WorkerService.start answers then
+        remote = True
+
+        def run(self, job):
+            raise ModelMissing(f"worker {self.name} has no checkpoint x")
+
+    class Having(Executor):  # runs the job here
+        remote = True
+
+    def one_job(*executors):
+        queue = PoolQueue()
+        for executor in executors:
+            queue.add(executor)
+        queue.start()
+        try:
+            job = queue.submit(lambda job: "made", remote=object())
+            assert job.wait(10)
+            return job
+        finally:
+            queue.stop()
+
+    job = one_job(Refusing("w0"), Having("w1"))
+    assert job.state == JobState.DONE and job.result == "made"
+    assert job.meta["workers"] == ["w0", "w1"] and job.meta["missing"] == ["worker w0 has no checkpoint x"]
+    job = one_job(Refusing("w0"), Refusing("w1"))
+    assert job.state == JobState.FAILED
+    assert str(job.error) == "worker w0 has no checkpoint x; worker w1 has no checkpoint x"
