@@ -8,6 +8,7 @@ tiles would not overlap at all).
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from webui.core.infotext import parse_infotext
 from webui.core.request import GenerationRequest, ValidationError
@@ -196,3 +197,29 @@ def test_txt2img_accordion_generates_and_pastes_back(app):
     assert updates[f"{PREFIX}enabled"] is True and updates[f"{PREFIX}overlap"] == 3
     assert updates[region + "prompt"] == "red" and updates[f"{PREFIX}draw_background"] is True
     assert updates[f"{PREFIX}region1::enable"] is False
+
+
+def test_img2img_upscales_first_and_keeps_the_input_size(app):
+    """The extension's img2img canvas: the input upscaled by its upscaler, the canvas the input's size."""
+    yy, xx = np.mgrid[0:64, 0:96]
+    source = Image.fromarray(np.stack([xx * 2, yy * 3, (xx + yy)], -1).astype(np.uint8))
+
+    def img2img(upscaler="None", keep=True):
+        args = td("Mixture of Diffusers")["Tiled Diffusion"]["args"]
+        args[3], args[10], args[11] = keep, upscaler, 2.0
+        return app.generate(GenerationRequest(prompt="a cat", steps=2, width=64, height=64, seed=5,
+                                              sampler_name="Euler", checkpoint=CKPT, save_images=False,
+                                              mode="img2img", init_images=[source], denoising_strength=0.5,
+                                              alwayson_scripts={"Tiled Diffusion": {"args": args}}))
+
+    kept = img2img()
+    assert kept.images[0].size == (96, 64)
+    upscaled = img2img("Lanczos")
+    assert upscaled.images[0].size == (192, 128)
+    params = parse_infotext(upscaled.infotexts[0]).params
+    assert params["Tiled Diffusion upscaler"] == "Lanczos" and params["Tiled Diffusion scale factor"] == "2"
+    assert "'Upscaler': 'Lanczos', 'Upscale factor': 2.0, 'Keep input size': True" in params["Tiled Diffusion"]
+    assert img2img("Lanczos", keep=False).images[0].size == (128, 128)  # 2 x the request's size
+    with pytest.raises(ValidationError) as caught:
+        img2img("No such upscaler")
+    assert caught.value.errors[0].field.endswith("args.upscaler_name")

@@ -311,7 +311,7 @@ def build(options: AppOptions) -> Easel:
     # the detailer repaints the finished picture, so it comes after every feature that changes it
     features.append(Detailer(Detectors(paths.model_dir("adetailer"), paths.model_dir("insightface"), identity.pack)))
     features.append(RegionalPrompter())  # Regional Prompter's regions: per-region cross-attention
-    features.append(TiledDiffusion())  # Tiled Diffusion: the first pass's denoiser per latent tile, blended
+    features.append(TiledDiffusion(upscalers))  # Tiled Diffusion: the first pass's denoiser per latent tile, blended
     features += collect_features(hooks, {feature.name for feature in features})  # extensions' own, after ours
     engine = Engine(models, settings, paths, StyleStore(paths.styles_file), networks, features, hooks=hooks,
                     scripts=collect_scripts(hooks), vaes=vaes, output_dir=options.output_dir)

@@ -71,7 +71,9 @@ class TiledArgs:
     tile_batch_size: int
     regions: tuple[Region, ...]     # enabled boxes (Region Prompt Control on)
     draw_background: bool           # with regions: also the tiles of the whole canvas with the main prompt
-    keep_input_size: bool
+    keep_input_size: bool           # img2img: the canvas is the (upscaled) input image's size
+    upscaler: str = "None"          # img2img: upscale the input first, by scale_factor
+    scale_factor: float = 2.0
 
     @property
     def draws_tiles(self) -> bool:
@@ -83,7 +85,8 @@ def alwayson_value(request: Any) -> Any:
                  if isinstance(k, str) and k.strip().lower() == ALWAYSON_NAME), None)
 
 
-def parse(value: Any, mode: str = "txt2img") -> tuple[TiledArgs | None, list[FieldError]]:
+def parse(value: Any, mode: str = "txt2img",
+          upscaler_names: list[str] | None = None) -> tuple[TiledArgs | None, list[FieldError]]:
     """(the arguments, or None when switched off; errors naming each bad argument)."""
     args = value.get("args", []) if isinstance(value, dict) else value
     if args is None or args == []:
@@ -133,9 +136,13 @@ def parse(value: Any, mode: str = "txt2img") -> tuple[TiledArgs | None, list[Fie
                 bad(name, "must be a multiple of 8")
     if values["noise_inverse"] and mode == "img2img":
         bad("noise_inverse", "Tiled Diffusion's noise inversion is not supported by Easel yet")
-    if mode == "img2img" and values["upscaler_name"] not in (None, "", "None"):
-        bad("upscaler_name", "upscaling inside Tiled Diffusion is not supported by Easel yet; upscale first "
-                             "(Extras) or use the SD upscale / Ultimate SD upscale script")
+    upscaler = values["upscaler_name"] if values["upscaler_name"] not in (None, "") else "None"
+    if not isinstance(upscaler, str):
+        bad("upscaler_name", "must be an upscaler's name (see /sdapi/v1/upscalers)")
+    elif upscaler_names is not None and upscaler not in upscaler_names:
+        bad("upscaler_name", f"unknown upscaler {upscaler!r} (known: {', '.join(upscaler_names)})")
+    if not is_number(values["scale_factor"]) or not 1 <= values["scale_factor"] <= 8:
+        bad("scale_factor", "must be a number from 1 to 8")
     regions: list[Region] = []
     if values["enable_bbox_control"]:
         regions, region_errors = _regions(region_values)
@@ -148,7 +155,8 @@ def parse(value: Any, mode: str = "txt2img") -> tuple[TiledArgs | None, list[Fie
     size = (values["image_width"], values["image_height"]) if values["overwrite_size"] and mode == "txt2img" else None
     return TiledArgs(values["method"], size is not None, size or (0, 0), values["tile_width"], values["tile_height"],
                      values["overlap"], values["tile_batch_size"], tuple(regions), bool(values["draw_background"]),
-                     bool(values["keep_input_size"])), []
+                     bool(values["keep_input_size"]), upscaler if mode == "img2img" else "None",
+                     float(values["scale_factor"])), []
 
 
 def _regions(values: list[Any]) -> tuple[list[Region], list[FieldError]]:
@@ -192,11 +200,15 @@ def _regions(values: list[Any]) -> tuple[list[Region], list[FieldError]]:
 # ---- infotext ------------------------------------------------------------------------------------
 
 
-def infotext_value(args: TiledArgs, regions: list[Region] | None = None) -> dict[str, Any]:
+def infotext_value(args: TiledArgs, regions: list[Region] | None = None, img2img: bool = False) -> dict[str, Any]:
     """The `Tiled Diffusion` dict as the extension writes it (`regions` with their seeds as used)."""
     info: dict[str, Any] = {"Method": args.method, "Tile tile width": args.tile_width,
                             "Tile tile height": args.tile_height, "Tile Overlap": args.overlap,
                             "Tile batch size": args.tile_batch_size}
+    if args.upscaler != "None":
+        info["Upscaler"], info["Upscale factor"] = args.upscaler, args.scale_factor
+    if args.keep_input_size and img2img:
+        info["Keep input size"] = True
     if args.regions and args.draw_background:  # Easel's addition (the extension does not record it), for paste
         info["Draw background"] = True
     if args.regions:
@@ -223,6 +235,9 @@ def args_from_params(params: dict[str, str]) -> list[Any] | None:
             values[name] = info[key]
     if "Keep input size" in info:
         values["keep_input_size"] = bool(info["Keep input size"])
+    if "Upscaler" in info:
+        values["upscaler_name"] = info["Upscaler"]
+        values["scale_factor"] = info.get("Upscale factor", 2.0)
     values["draw_background"] = info.get("Draw background") is True
     regions = info.get("Region control")
     flat: list[Any] = []

@@ -41,11 +41,15 @@ def append_prompt(prompt: str, extra: str) -> str:
 class TiledDiffusion(Feature):
     name = "tiled_diffusion"
 
+    def __init__(self, upscalers: Any = None):
+        self.upscalers = upscalers  # Extras' upscalers: img2img's "Upscaler" before tiling
+
     def parse(self, request: Any) -> tuple[TiledArgs | None, list[FieldError]]:
         value = alwayson_value(request)
         if value is None:
             return None, []
-        args, errors = parse(value, request.mode)
+        names = self.upscalers.list_upscalers() if self.upscalers is not None else ["None"]
+        args, errors = parse(value, request.mode, names)
         if args is not None and _controlnet_on(request):
             return None, [FieldError("alwayson_scripts.Tiled Diffusion.args.enabled",
                                      "Tiled Diffusion together with ControlNet units is not supported by Easel yet")]
@@ -59,6 +63,35 @@ class TiledDiffusion(Feature):
             size = args.image_size
             run.first.size = size
             run.first.request = replace(run.first.request, width=size[0], height=size[1])
+        self._img2img_canvas(run, args)
+
+    def _img2img_canvas(self, run: Run, args: TiledArgs) -> None:
+        """The extension's img2img canvas: the input upscaled first (all inputs replaced by the first's upscale,
+        as it does), then the canvas the (upscaled) image's size with "Keep input size", else scale x the
+        request's size. Pictures with a mask or outpainting keep img2img's own canvas."""
+        from ..img2img import prepare_image
+        from ..img2img_feature import Img2ImgInputs
+
+        img = run.args.get("img2img")
+        if img is None or img.mask is not None or img.outpainting or \
+                (args.upscaler == "None" and not args.keep_input_size):
+            return
+        images = list(img.init_images)
+        if args.upscaler != "None":
+            first = images[0].convert("RGB")
+            size = (round(first.width * args.scale_factor), round(first.height * args.scale_factor))
+            images = [self.upscalers.upscale(first, args.upscaler, size=size)] * len(images)
+        if args.keep_input_size:
+            size = images[0].size
+        else:
+            size = (round(args.scale_factor * img.width), round(args.scale_factor * img.height))
+        size = (max(64, size[0] // 8 * 8), max(64, size[1] // 8 * 8))
+        shaped = replace(img, init_images=tuple(images), width=size[0], height=size[1])
+        prepared = [prepare_image(shaped, image, None)[0] for image in images]
+        run.state["img2img"] = Img2ImgInputs(prepared, size)
+        run.first.size = size
+        run.first.request = replace(run.first.request, width=size[0], height=size[1])
+        run.first.source_image = prepared[0].target
 
     def _active(self, run: Run, p: Pass) -> bool:
         args: TiledArgs | None = run.args.get(self.name)
@@ -100,9 +133,14 @@ class TiledDiffusion(Feature):
 
     def infotext(self, run: Run) -> dict[str, Any]:
         args: TiledArgs | None = run.args.get(self.name)
-        if args is None or run.state.get(self.name) is None:
+        if args is None:
             return {}
-        return {"Tiled Diffusion": infotext_value(args)}
+        params: dict[str, Any] = {}
+        if args.upscaler != "None":  # written whether or not the canvas needed tiles, as the extension does
+            params["Tiled Diffusion upscaler"], params["Tiled Diffusion scale factor"] = args.upscaler, args.scale_factor
+        if run.state.get(self.name) is not None:
+            params["Tiled Diffusion"] = infotext_value(args, img2img=run.request.mode == "img2img")
+        return params
 
 
 def _with_region_noise(init: Any, seeded: list) -> Any:
