@@ -98,7 +98,8 @@ def parse(args: list, where: str) -> tuple[WebuiFreeUSettings | None, list[Field
     smooth = given.get("transition_smoothness", 0.0)
     if not is_number(smooth) or not 0 <= smooth <= 1:
         errors.append(FieldError(f"{where}.transition_smoothness", "must be a number from 0 to 1"))
-    version = VERSIONS.get(given.get("version", "1"))
+    raw_version = given.get("version", "1")
+    version = VERSIONS.get(raw_version) if isinstance(raw_version, (str, int)) else None
     if version is None:
         errors.append(FieldError(f"{where}.version", "must be 1 or 2"))
     if not isinstance(stage_values, list) or len(stage_values) > STAGES:
