@@ -630,6 +630,39 @@ def test_the_tiled_vae_extension_switch_tiles_this_request(client):
     assert 10 * np.log10(255 ** 2 / np.mean((a - b) ** 2)) > 10  # the same picture, blended across tiles
 
 
+def test_tiled_diffusion_payload(client):
+    """Tiled Diffusion's always-on args in its UI's order (latent tiles of 6 with overlap 2 on a 64 px picture);
+    a bad argument is a 422 naming it."""
+    args = [True, "Mixture of Diffusers", False, True, 1024, 1024, 6, 6, 2, 4, "None", 2, False, 10, 1, 1, 64, False,
+            True, True, False, True, 0.0, 0.0, 0.5, 1.0, "red", "", "Background", 0.2, -1]
+    body = txt2img(client, alwayson_scripts={"Tiled Diffusion": {"args": args}})
+    info = json.loads(body["info"])["infotexts"][0]
+    assert "Tiled Diffusion: \"{'Method': 'Mixture of Diffusers', 'Tile tile width': 6" in info
+    response = client.post("/sdapi/v1/txt2img", json=payload(alwayson_scripts={"Tiled Diffusion": {
+        "args": [True, "MultiDiffusion", False, True, 1024, 1024, 6, 6, 2, 0]}}))
+    assert response.status_code == 422 and "Tiled Diffusion.args.tile_batch_size" in response.text
+
+
+def test_upscale_scripts_take_their_positional_script_args(client):
+    """Ultimate SD upscale's and SD upscale's script_args as their clients send them (dropdowns as indexes,
+    the upscaler as an index of /sdapi/v1/upscalers: 1 is Lanczos); 64 px tiles, so four tiles each."""
+    source = png_b64(Image.new("RGB", (64, 64), (90, 120, 200)))
+    usdu = [None, 64, 64, 8, 0, 64, 0.35, 16, 1, True, 0, False, 4, 0, 2, 2048, 2048, 2.0]
+    body = client.post("/sdapi/v1/img2img", json=payload(init_images=[source], denoising_strength=0.3, steps=1,
+                                                         script_name="ultimate sd upscale", script_args=usdu))
+    assert body.status_code == 200, body.text
+    result = body.json()
+    assert decode(result["images"][0]).size == (128, 128)
+    assert "Ultimate SD upscale upscaler: Lanczos" in json.loads(result["info"])["infotexts"][0]
+    body = client.post("/sdapi/v1/img2img", json=payload(init_images=[source], script_name="SD upscale", steps=1,
+                                                         script_args=[None, 0, "Lanczos", 2.0]))
+    assert body.status_code == 200, body.text
+    assert decode(body.json()["images"][0]).size == (128, 128)
+    bad = client.post("/sdapi/v1/img2img", json=payload(init_images=[source], script_name="SD upscale",
+                                                        script_args=["", 32, 99, 2.0]))
+    assert bad.status_code == 422 and "script_args.upscaler_index" in bad.text
+
+
 def test_adetailer_and_regional_prompter_payloads(server, client):
     """ADetailer's and Regional Prompter's always-on args, as their docs show them (detailer models are looked
     up when a request comes, so the tiny ONNX detector can be dropped into models/adetailer now)."""

@@ -150,3 +150,24 @@ def test_skip_moves_the_grid_to_its_next_cell_and_interrupt_stops_it(tmp_path, t
         assert pauser.STARTED == [3.0, 5.0, 3.0, 7.0]
         assert job.state == JobState.INTERRUPTED and result.interrupted and result.skipped_batches == 0
         assert len(cells) == 1 and np.array_equal(np.asarray(cells[0]), singles[3])
+
+
+def test_adetailer_and_regional_prompter_axes_rewrite_their_args(easel):
+    """ADetailer's own axis names set its 1st pass (turning it on when absent); RP's ratios set its positional args."""
+    from webui.extensions.views import request_view, thaw
+
+    apply = axes().apply_value
+    plain = request_view(GenerationRequest(prompt="a", checkpoint="tiny-sd1"))
+    model = apply("[ADetailer] ADetailer model 1st", plain, "face_yolov8n.pt", [])
+    assert thaw(model.alwayson_scripts["ADetailer"]["args"]) == [True, False, {"ad_model": "face_yolov8n.pt"}]
+    sent = request_view(GenerationRequest(prompt="a", alwayson_scripts={"adetailer": {"args": [
+        True, False, {"ad_model": "face_yolov8n.pt", "ad_prompt": "x"}, {"ad_model": "hand_yolov8n.pt"}]}}))
+    changed = apply("[ADetailer] Inpaint only masked 1st", sent, "False", [])
+    args = thaw(changed.alwayson_scripts["adetailer"]["args"])
+    assert args[2] == {"ad_model": "face_yolov8n.pt", "ad_prompt": "x", "ad_inpaint_only_masked": False}
+    assert args[3] == {"ad_model": "hand_yolov8n.pt"}
+    assert apply("RP Ratios", plain, "1,2", []) is plain  # no Regional Prompter: nothing to set
+    rp = request_view(GenerationRequest(prompt="a", alwayson_scripts={"Regional Prompter": {"args": [
+        True, False, "Matrix", "Columns", "Mask", "Prompt", "1,1", "0"]}}))
+    assert apply("RP Ratios", rp, "1,2", []).alwayson_scripts["Regional Prompter"]["args"][6] == "1,2"
+    assert apply("RP Base Ratios", rp, "0.3", []).alwayson_scripts["Regional Prompter"]["args"][7] == "0.3"

@@ -37,6 +37,8 @@ from .features.controlnet.feature import ControlNet
 from .features.detailer.detect import Detectors
 from .features.detailer.feature import Detailer
 from .features.regions.feature import RegionalPrompter
+from .features.tiled_diffusion.feature import TiledDiffusion
+from .features import sd_upscale
 from .features.controlnet.models import ControlNetLibrary
 from .features.embeddings import EmbeddingLibrary
 from .features.extras import ExtrasService
@@ -335,9 +337,11 @@ def build(options: AppOptions) -> Easel:
     # the detailer repaints the finished picture, so it comes after every feature that changes it
     features.append(Detailer(Detectors(paths.model_dir("adetailer"), paths.model_dir("insightface"), identity.pack)))
     features.append(RegionalPrompter())  # Regional Prompter's regions: per-region cross-attention
+    features.append(TiledDiffusion(upscalers))  # Tiled Diffusion: the first pass's denoiser per latent tile, blended
     features += collect_features(hooks, {feature.name for feature in features})  # extensions' own, after ours
     engine = Engine(models, settings, paths, StyleStore(paths.styles_file), networks, features, hooks=hooks,
                     scripts=collect_scripts(hooks), vaes=vaes, output_dir=options.output_dir)
+    sd_upscale.register(engine, upscalers)  # Ultimate SD upscale and SD upscale: img2img scripts
     library = ModelLibrary.for_paths(paths, models.hashes)
     # Interrupt/Skip take effect inside a step: the UNet's blocks check the running job's flags
     models.listeners.append(lambda model: install_interrupt_checks(model.unet, lambda: queue.current,

@@ -93,6 +93,56 @@ def _override(key: str):
     return lambda request, value: replace(request, override_settings={**request.override_settings, key: value})
 
 
+def _plain(value: Any) -> Any:
+    """A request's (maybe read-only) nested always-on value as plain dicts and lists, to rebuild."""
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _entry(request, name: str) -> tuple[dict, str | None]:
+    """(plain always-on scripts, the key naming `name` in any case, or None)."""
+    scripts = _plain(request.alwayson_scripts or {})
+    return scripts, next((k for k in scripts if isinstance(k, str) and k.strip().lower() == name), None)
+
+
+def _adetailer(field: str, convert: Callable[[Any], Any] = lambda v: v):
+    """ADetailer's own axes: the value goes into the 1st pass (added, with ADetailer on, when there is none)."""
+    def apply(request, value):
+        scripts, key = _entry(request, "adetailer")
+        entry = scripts.pop(key) if key else {"args": [True, False]}
+        args = entry.get("args", []) if isinstance(entry, dict) else entry
+        args = list(args) if isinstance(args, list) else [True, False]
+        first = next((i for i, a in enumerate(args) if isinstance(a, dict)), None)
+        if first is None:
+            args.append({})
+            first = len(args) - 1
+        args[first] = {**args[first], field: convert(value)}
+        return replace(request, alwayson_scripts={**scripts, key or "ADetailer": {"args": args}})
+    return apply
+
+
+def _regional(position: int):
+    """Regional Prompter's ratio strings (its args by position); a request without Regional Prompter is unchanged."""
+    def apply(request, value):
+        scripts, key = _entry(request, "regional prompter")
+        if key is None:
+            return request
+        entry = scripts[key]
+        args = list(entry.get("args", []) if isinstance(entry, dict) else entry)
+        args += [None] * max(0, position + 1 - len(args))
+        args[position] = str(value)
+        scripts[key] = {"args": args}
+        return replace(request, alwayson_scripts=scripts)
+    return apply
+
+
+def _true(value: Any) -> bool:
+    return str(value).strip().lower() == "true"
+
+
 AXES: dict[str, Axis] = {
     "Nothing": Axis("", "str", lambda request, value: request),
     "Seed": Axis("Seed", "int", lambda r, v: replace(r, seed=v)),
@@ -110,6 +160,21 @@ AXES: dict[str, Axis] = {
     "Refiner checkpoint": Axis("Refiner", "str", lambda r, v: replace(r, refiner_checkpoint=v)),
     "Refiner switch at": Axis("Refiner switch at", "float", lambda r, v: replace(r, refiner_switch_at=v)),
     "Negative Guidance minimum sigma": Axis("NGMS", "float", lambda r, v: replace(r, s_min_uncond=v)),
+    # ADetailer's own axis names (they set its 1st pass)
+    "[ADetailer] ADetailer model 1st": Axis("ADetailer model", "str", _adetailer("ad_model")),
+    "[ADetailer] ADetailer prompt 1st": Axis("ADetailer prompt", "str", _adetailer("ad_prompt")),
+    "[ADetailer] ADetailer negative prompt 1st": Axis("ADetailer negative prompt", "str",
+                                                      _adetailer("ad_negative_prompt")),
+    "[ADetailer] Mask erosion / dilation 1st": Axis("ADetailer dilate erode", "int", _adetailer("ad_dilate_erode")),
+    "[ADetailer] Inpaint denoising strength 1st": Axis("ADetailer denoising strength", "float",
+                                                       _adetailer("ad_denoising_strength")),
+    "[ADetailer] Inpaint only masked 1st": Axis("ADetailer inpaint only masked", "str",
+                                                _adetailer("ad_inpaint_only_masked", _true)),
+    "[ADetailer] Inpaint only masked padding 1st": Axis("ADetailer inpaint padding", "int",
+                                                        _adetailer("ad_inpaint_only_masked_padding")),
+    # Regional Prompter's divide and base ratios (named by its infotext keys; it defines no axes of its own)
+    "RP Ratios": Axis("RP Ratios", "str", _regional(6)),
+    "RP Base Ratios": Axis("RP Base Ratios", "str", _regional(7)),
 }
 
 

@@ -52,7 +52,6 @@ A1111_ALWAYSON = {
     "reactor": "ReActor face swap",
     "roop": "roop face swap",
     "seed": "variation seeds through the Seed script (use subseed/subseed_strength)",
-    "tiled diffusion": "Tiled Diffusion",
     "sampler": "the Sampler script (use sampler_name/scheduler)",
 }
 
@@ -222,7 +221,7 @@ def _scripts(body: GenerationFields, scripts: dict[str, Any], mode: str) -> dict
             _dynamic_prompts_built(value, field)
             out["alwayson_scripts"][lowered] = copy.deepcopy(value)
             continue
-        if lowered in ("adetailer", "regional prompter"):  # engine features parse (and name) these args
+        if lowered in ("adetailer", "regional prompter", "tiled diffusion"):  # engine features parse (and name) these args
             out["alwayson_scripts"][lowered] = copy.deepcopy(value)
             continue
         if lowered == "tiled vae":  # the Tiled VAE extension's switch: Easel's own VAE tiling for this request

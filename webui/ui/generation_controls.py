@@ -315,6 +315,7 @@ def common_request_fields(fields: dict[str, Any], script_titles: dict[str, str] 
     from .guidance_ui import guidance_fields, guidance_scripts
     from .detailer_ui import detailer_request_fields
     from .regions_ui import regions_request_fields
+    from .tiled_diffusion_ui import tiled_request_fields
     from .scripts_ui import script_request_fields
     from ..features.wildcards import request_entry as wildcards_entry
 
@@ -330,6 +331,9 @@ def common_request_fields(fields: dict[str, Any], script_titles: dict[str, str] 
     regions = regions_request_fields(fields)
     if regions:
         scripts["alwayson_scripts"]["Regional Prompter"] = regions
+    tiled = tiled_request_fields(fields)
+    if tiled:
+        scripts["alwayson_scripts"]["Tiled Diffusion"] = tiled
     return dict(**scripts,
         prompt=fields.get("prompt") or "", negative_prompt=fields.get("negative_prompt") or "",
         sampler_name=fields.get("sampler_name") or "", scheduler=fields.get("scheduler") or samplers.AUTOMATIC,

@@ -17,6 +17,7 @@ from ..features.soft_inpaint import ALWAYSON_NAME, ENABLED_FIELD, PARAMETERS, al
 from .controlnet_ui import build_controlnet_units
 from .detailer_ui import build_detailer
 from .regions_ui import build_regions
+from .tiled_diffusion_ui import build_tiled_diffusion
 from .extra_networks import build_extra_networks
 from .generation_controls import (GenerationControls, as_float, as_int, build_output, build_prompt_area,
                                   build_sampling, common_request_fields, wire_generation)
@@ -118,6 +119,7 @@ def build_img2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs, 
             build_controlnet_units(easel, controls, note="empty: the img2img input")
             build_detailer(easel, controls, img2img=True)
             build_regions(easel, controls)
+            build_tiled_diffusion(controls, img2img=True)
             build_scripts(easel, controls, "img2img")
         with gr.Column(scale=1):
             build_output(controls)

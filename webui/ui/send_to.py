@@ -23,6 +23,7 @@ from .common import esc
 from .controlnet_ui import PREFIX as CONTROLNET_PREFIX, pasted_unit_fields
 from .detailer_ui import PREFIX as DETAILER_PREFIX, pasted_detailer_fields
 from .regions_ui import PREFIX as REGIONS_PREFIX, pasted_regions_fields
+from .tiled_diffusion_ui import PREFIX as TILED_PREFIX, pasted_tiled_fields
 from .generation_controls import GenerationControls
 from .identity_tab import PASTED as IDENTITY_PASTED, pasted_identity_fields
 from .img2img import INPAINT_AREAS, MASK_MODES
@@ -60,7 +61,9 @@ class SendTarget:
         identity = [name for name in IDENTITY_PASTED if name in self.controls.inputs]  # the Identity tab only
         detailer = [name for name in self.controls.inputs if name.startswith(DETAILER_PREFIX)]
         regions = [name for name in self.controls.inputs if name.startswith(REGIONS_PREFIX) and name != REGIONS_MASK]
-        return [name for name in PASTEABLE if name in self.controls.inputs] + units + identity + detailer + regions
+        tiled = [name for name in self.controls.inputs if name.startswith(TILED_PREFIX)]
+        return [name for name in PASTEABLE if name in self.controls.inputs] + units + identity + detailer + regions \
+            + tiled
 
     def outputs(self) -> list:
         outs = [self.image] if self.image is not None else []
@@ -102,6 +105,7 @@ def pasted_fields(easel: Easel, text: str) -> dict[str, Any]:
         values.update(pasted_identity_fields(info.params))
         values.update(pasted_detailer_fields(info.params))
         values.update(pasted_regions_fields(info.params))
+        values.update(pasted_tiled_fields(info.params))
         values["override_settings"] = override_items(info)
         if values.get("refiner_checkpoint"):  # "name [hash]" as AUTOMATIC1111 writes it -> the installed title
             name, _, short = values["refiner_checkpoint"].partition(" [")

@@ -118,7 +118,14 @@ class FreeU(ScriptFeature):
     spec = (Arg("enabled", False), Arg("b1", 1.01, 0, 2), Arg("b2", 1.02, 0, 2), Arg("s1", 0.99, 0, 4),
             Arg("s2", 0.95, 0, 4), Arg("start", 0.0, 0, 1), Arg("end", 1.0, 0, 1), Arg("version", 2, choices=VERSIONS))
 
-    def parse(self, request: Any) -> tuple[FreeUSettings | None, list[FieldError]]:
+    def parse(self, request: Any) -> tuple[Any, list[FieldError]]:
+        from . import freeu_webui
+        from .args import find_entry
+
+        entry = find_entry(request, self.titles)  # sd-webui-freeu's shape under its title "FreeU"
+        args = (entry[1].get("args") if isinstance(entry[1], dict) else entry[1]) if entry is not None else None
+        if entry is not None and freeu_webui.is_webui_shape(args):
+            return freeu_webui.parse(args, f"alwayson_scripts.{entry[0]}.args")
         settings, errors = super().parse(request)
         if settings is not None and settings.version == 1 and min(settings.b1, settings.b2, settings.s1,
                                                                    settings.s2) <= 0:
@@ -135,7 +142,10 @@ class FreeU(ScriptFeature):
         settings = run.args.get(self.name)
         if settings is None:
             return
-        patch = FreeUPatch(p.plan.model.unet, settings)
+        from .freeu_webui import WebuiFreeUPatch, WebuiFreeUSettings
+
+        patch = (WebuiFreeUPatch if isinstance(settings, WebuiFreeUSettings) else FreeUPatch)(p.plan.model.unet,
+                                                                                              settings)
         run.state[(self.name, p.name)] = patch
         p.plan.prompts.denoiser_edits.append(lambda denoiser: denoiser.add_guidance(patch))
 
@@ -147,6 +157,10 @@ class FreeU(ScriptFeature):
         s = run.args.get(self.name)
         if s is None:
             return {}
+        if not isinstance(s, FreeUSettings):  # sd-webui-freeu's settings, its keys
+            from .freeu_webui import infotext
+
+            return infotext(s)
         return {"freeu_enabled": True, "freeu_b1": s.b1, "freeu_b2": s.b2, "freeu_s1": s.s1, "freeu_s2": s.s2,
                 "freeu_start": s.start, "freeu_end": s.end, "freeu_version": 1 if s.version == 1 else None}
 

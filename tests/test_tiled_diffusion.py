@@ -1,0 +1,225 @@
+"""Tiled diffusion (the Tiled Diffusion extension's MultiDiffusion / Mixture of Diffusers) on the tiny SD 1.x model.
+
+64x64 pictures are 8x8 latents; latent tiles of 6 with overlap 2 make a 2x2 grid whose tiles overlap
+in the middle two latent columns and rows (the extension clamps the overlap to tile - 4, so 4-wide
+tiles would not overlap at all).
+"""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from webui.core.infotext import parse_infotext
+from webui.core.request import GenerationRequest, ValidationError
+from webui.features.tiled_diffusion.args import args_from_params, parse
+from webui.features.tiled_diffusion.blend import RegionPlan, TilePlan, tile_denoiser
+from webui.features.tiled_diffusion.tiles import Box, feather_mask, grid_boxes, region_box, tile_weights
+
+from conftest import make_easel
+
+CKPT = "tiny-sd1.safetensors"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, tiny_ckpt_dir):
+    app = make_easel(tmp_path_factory.mktemp("tiled"), tiny_ckpt_dir)
+    yield app
+    app.close()
+
+
+def td(method="MultiDiffusion", tile=6, overlap=2, batch=4, regions=(), draw_background=False, enabled=True,
+       overwrite=None):
+    """The extension's always-on args, in its UI's order."""
+    size = overwrite or (1024, 1024)
+    args = [enabled, method, overwrite is not None, True, size[0], size[1], tile, tile, overlap, batch, "None", 2.0,
+            False, 10, 1.0, 1.0, 64, False, bool(regions), draw_background, False]
+    for region in regions:
+        args += region
+    return {"Tiled Diffusion": {"args": args}}
+
+
+def generate(app, scripts=None, prompt="a cat", size=64, **kw):
+    base = dict(prompt=prompt, negative_prompt="blurry", steps=2, width=size, height=size, seed=5,
+                sampler_name="Euler", checkpoint=CKPT, save_images=False, alwayson_scripts=scripts or {})
+    base.update(kw)
+    return app.generate(GenerationRequest(**base))
+
+
+def arr(result) -> np.ndarray:
+    return np.asarray(result.images[0].convert("RGB")).astype(np.float64)
+
+
+def test_tiles_and_weights_as_the_extension_lays_them_out():
+    assert grid_boxes(8, 8, 6, 6, 2) == [Box(0, 0, 6, 6), Box(2, 0, 6, 6), Box(0, 2, 6, 6), Box(2, 2, 6, 6)]
+    assert len(grid_boxes(8, 8, 4, 4, 2)) == 4  # overlap clamped to tile - 4 = 0
+    assert grid_boxes(8, 8, 96, 96, 48) == [Box(0, 0, 8, 8)]  # one tile of the canvas' size
+    assert grid_boxes(20, 8, 8, 8, 4)[-1] == Box(12, 0, 8, 8)  # the last tile flush with the edge
+    gaussian = tile_weights("Mixture of Diffusers", 6, 6)
+    assert gaussian[3, 2] == gaussian.max() and gaussian[0, 0] < gaussian[3, 2] / 100
+    assert tile_weights("MultiDiffusion", 6, 6).eq(1).all()
+    feather = feather_mask(8, 8, 0.5)
+    assert feather[4, 4] == 1 and feather[0, 4] == 0 and 0 < feather[1, 4] < 1
+    assert region_box(0.5, 0.25, 0.5, 0.5, 8, 8) == Box(4, 2, 4, 4)
+
+
+class PointwiseDenoiser:
+    """A CFG denoiser stand-in whose prediction at a position depends on that position's input only."""
+
+    def __init__(self):
+        self.batch_size, self._batches, self.image_conditioning = 1, {}, None
+        self.cond = self.uncond = None
+        self.cfg_scale, self.use_uncond = 7.0, True
+        self.seen: list[tuple] = []
+
+    def inner_denoisers(self):
+        return [self]
+
+    def predict(self, x, t):
+        self.seen.append((tuple(x.shape), self.batch_size))
+        return x * 2 + (1 if self.cond is None else 5)
+
+
+class OneCond:
+    parts = [(None, 1.0)]
+
+
+@pytest.mark.parametrize("method", ["MultiDiffusion", "Mixture of Diffusers"])
+def test_blending_tiles_of_a_pointwise_model_gives_the_untiled_prediction(method):
+    """The weights are normalised: where every tile agrees, the blend is exactly that value."""
+    fake = PointwiseDenoiser()
+    fake.batch_size = 2  # two images
+    plan = TilePlan((8, 8), method, grid_boxes(8, 8, 6, 6, 2), 3)
+    tile_denoiser(fake, plan)
+    x = torch.randn(2, 4, 8, 8)
+    torch.testing.assert_close(fake.predict(x, 1.0), x * 2 + 1)
+    # four tiles in batches of three: the denoiser's batch widened to 3 (then 1) tiles x 2 images
+    assert fake.seen == [((6, 4, 6, 6), 6), ((2, 4, 6, 6), 2)] and fake.batch_size == 2
+    assert fake.predict(torch.randn(2, 4, 16, 16), 1.0).shape == (2, 4, 16, 16)  # another size: not tiled
+    assert plan.calls == 1
+
+
+def test_regions_predict_with_their_own_conditioning_only_in_their_box():
+    fake = PointwiseDenoiser()
+    region = RegionPlan(Box(0, 0, 4, 8), OneCond(), OneCond(), foreground=False)
+    top = RegionPlan(Box(4, 0, 4, 4), OneCond(), OneCond(), foreground=True, feather=torch.ones(4, 4))
+    tile_denoiser(fake, TilePlan((8, 8), "MultiDiffusion", grid_boxes(8, 8, 6, 6, 2), 4, [region, top]))
+    out = fake.predict(torch.zeros(1, 4, 8, 8), 1.0)
+    left = out[0, 0, 4, 0].item()
+    assert left == pytest.approx((1 + 1 + 5) / 3)  # two tiles and the region cover (4, 0)
+    assert out[0, 0, 0, 6].item() == pytest.approx(5)  # the foreground box lies on top, fully opaque
+    assert out[0, 0, 6, 6].item() == pytest.approx(1)  # elsewhere only tiles
+    assert fake.cond is None  # the denoiser's own conditioning is back
+
+
+def test_switched_off_or_one_tile_leaves_pixels_identical(app):
+    base = generate(app)
+    for scripts in (td(enabled=False), td(tile=96, overlap=48)):
+        other = generate(app, scripts)
+        assert np.array_equal(arr(other), arr(base))
+        assert "Tiled Diffusion" not in other.infotexts[0]
+
+
+def test_multidiffusion_and_mixture_of_diffusers_tile_every_step(app):
+    base = arr(generate(app))
+    multi = generate(app, td())
+    mixture = generate(app, td("Mixture of Diffusers"))
+    assert np.abs(arr(multi) - base).mean() > 1 and np.abs(arr(mixture) - arr(multi)).mean() > 0.1
+    assert np.array_equal(arr(generate(app, td())), arr(multi))  # deterministic
+    params = parse_infotext(multi.infotexts[0]).params
+    assert params["Tiled Diffusion"] == ("{'Method': 'MultiDiffusion', 'Tile tile width': 6, 'Tile tile height': 6, "
+                                         "'Tile Overlap': 2, 'Tile batch size': 4}")
+    pasted = args_from_params(parse_infotext(mixture.infotexts[0]).params)
+    again = generate(app, {"Tiled Diffusion": {"args": pasted}})
+    assert np.array_equal(arr(again), arr(mixture))  # the infotext restores the same picture
+
+
+def test_region_prompt_control_changes_its_box_and_paste_restores_it(app):
+    def region(prompt, seed=-1):
+        return [True, 0.0, 0.0, 0.5, 1.0, prompt, "", "Background", 0.2, seed]
+
+    first = generate(app, td(regions=[region("red")], draw_background=True))
+    second = generate(app, td(regions=[region("a blue ocean, waves")], draw_background=True))
+    change = np.abs(arr(first) - arr(second)).mean(axis=(0, 2))  # per column
+    assert change[:32].mean() > 3 * change[48:].mean()  # the region's half moves far more than the far quarter
+    text = first.infotexts[0]
+    assert "'Region control': {'Region 1': {'enable': True, 'x': 0.0" in text
+    again = generate(app, {"Tiled Diffusion": {"args": args_from_params(parse_infotext(text).params)}})
+    assert np.array_equal(arr(again), arr(first))
+    seeded = generate(app, td(regions=[region("red", seed=42)], draw_background=True))
+    assert not np.array_equal(arr(seeded), arr(first))  # the box's own noise
+
+
+def test_overwrite_size_and_errors_name_the_argument(app):
+    wide = generate(app, td(overwrite=(128, 64)))
+    assert wide.images[0].size == (128, 64) and "Size: 128x64" in wide.infotexts[0]
+    where = "alwayson_scripts.Tiled Diffusion.args."
+    for args, name in (([True, "Tiles"], "method"), ([True, "MultiDiffusion", False, True, 1024, 1024, 0], "tile_width"),
+                       ([True, "MultiDiffusion", "yes"], "overwrite_size")):
+        with pytest.raises(ValidationError) as caught:
+            app.engine.validate(GenerationRequest(prompt="x", alwayson_scripts={"Tiled Diffusion": {"args": args}}))
+        assert caught.value.errors[0].field == where + name
+    flat = td(regions=[[True, 2, 0, 1, 1]])["Tiled Diffusion"]["args"]
+    _, errors = parse({"args": flat})
+    assert errors and errors[0].field.endswith("region1.x")
+
+
+def test_txt2img_accordion_generates_and_pastes_back(app):
+    import gradio as gr
+
+    from webui.ui.runner import SessionJobs
+    from webui.ui.send_to import SendTarget, paste_updates
+    from webui.ui.tiled_diffusion_ui import PREFIX
+    from webui.ui.txt2img import build_txt2img
+
+    with gr.Blocks() as blocks:
+        checkpoint = gr.Dropdown(choices=[CKPT], value=CKPT)
+        controls = build_txt2img(app, checkpoint, SessionJobs())
+    i = controls.inputs
+    assert i[f"{PREFIX}enabled"].elem_id == "txt2img_tiled_diffusion_enabled"
+    run = next(f.fn for f in blocks.fns.values() if f.api_name == "txt2img")
+    region = f"{PREFIX}region0::"
+    values = {"prompt": "a cat", "negative_prompt": "blurry", "steps": 2, "sampler_name": "Euler", "cfg_scale": 7,
+              "seed": 5, "width": 64, "height": 64, f"{PREFIX}enabled": True, f"{PREFIX}method": "MultiDiffusion",
+              f"{PREFIX}tile_width": 6, f"{PREFIX}tile_height": 6, f"{PREFIX}overlap": 2,
+              f"{PREFIX}enable_bbox_control": True, f"{PREFIX}draw_background": True, region + "enable": True,
+              region + "x": 0.0, region + "y": 0.0, region + "w": 0.5, region + "h": 1.0, region + "prompt": "red"}
+    inputs = {i[name]: value for name, value in values.items()}
+    inputs[checkpoint] = CKPT
+    *_, last = run(inputs, type("Request", (), {"session_hash": "tiled-ui"})())
+    texts = last[4]
+    engine = generate(app, td(regions=[[True, 0.0, 0.0, 0.5, 1.0, "red", "", "Background", 0.2, -1]],
+                              draw_background=True))
+    assert texts and texts[0].split(", Version")[0] == engine.infotexts[0].split(", Version")[0]
+    target = SendTarget(tab="txt2img", label="txt2img", controls=controls)
+    updates = dict(zip(target.fields(), paste_updates(app, target, texts[0].replace("'Tile Overlap': 2",
+                                                                                    "'Tile Overlap': 3"))))
+    assert updates[f"{PREFIX}enabled"] is True and updates[f"{PREFIX}overlap"] == 3
+    assert updates[region + "prompt"] == "red" and updates[f"{PREFIX}draw_background"] is True
+    assert updates[f"{PREFIX}region1::enable"] is False
+
+
+def test_img2img_upscales_first_and_keeps_the_input_size(app):
+    """The extension's img2img canvas: the input upscaled by its upscaler, the canvas the input's size."""
+    yy, xx = np.mgrid[0:64, 0:96]
+    source = Image.fromarray(np.stack([xx * 2, yy * 3, (xx + yy)], -1).astype(np.uint8))
+
+    def img2img(upscaler="None", keep=True):
+        args = td("Mixture of Diffusers")["Tiled Diffusion"]["args"]
+        args[3], args[10], args[11] = keep, upscaler, 2.0
+        return app.generate(GenerationRequest(prompt="a cat", steps=2, width=64, height=64, seed=5,
+                                              sampler_name="Euler", checkpoint=CKPT, save_images=False,
+                                              mode="img2img", init_images=[source], denoising_strength=0.5,
+                                              alwayson_scripts={"Tiled Diffusion": {"args": args}}))
+
+    kept = img2img()
+    assert kept.images[0].size == (96, 64)
+    upscaled = img2img("Lanczos")
+    assert upscaled.images[0].size == (192, 128)
+    params = parse_infotext(upscaled.infotexts[0]).params
+    assert params["Tiled Diffusion upscaler"] == "Lanczos" and params["Tiled Diffusion scale factor"] == "2"
+    assert "'Upscaler': 'Lanczos', 'Upscale factor': 2.0, 'Keep input size': True" in params["Tiled Diffusion"]
+    assert img2img("Lanczos", keep=False).images[0].size == (128, 128)  # 2 x the request's size
+    with pytest.raises(ValidationError) as caught:
+        img2img("No such upscaler")
+    assert caught.value.errors[0].field.endswith("args.upscaler_name")
