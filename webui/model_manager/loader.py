@@ -335,6 +335,8 @@ def _read_folder(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) -> Read
     configs, weights = read_diffusers_folder(info.path, allow_pickle)
     adapter, tokenizers = configs.architecture.adapter, {}
     for index, name in enumerate(configs.architecture.text_encoders):
+        if name not in weights:  # an optional encoder the folder does not have (SD3 without T5)
+            continue
         folder = info.path / ("tokenizer" if index == 0 else f"tokenizer_{index + 1}")
         tokenizer = adapter.load_tokenizer(name, folder if folder.is_dir() else None)
         if tokenizer is not None:
