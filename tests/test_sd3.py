@@ -153,3 +153,28 @@ def test_img2img_and_a_lora_in_diffusers_format(sd3_app):
     styled = sd3_app.txt2img(_request("tiny-sd3-no-t5", steps=2, cfg_scale=1.0, prompt=PLAIN + " <lora:sd3-style:1>"))
     assert not any("do not exist" in w for w in styled.warnings), styled.warnings
     assert _psnr(plain.images[0], styled.images[0]) < 60
+
+
+def test_skip_layer_guidance_is_the_pipelines_and_round_trips_through_the_infotext(sd3_app, sd3_dir):
+    from webui.core.infotext import parse_infotext
+    from webui.pnginfo import infotext_to_fields
+
+    slg = {"skip layer guidance": {"args": [True, 2.8, "0", 0.01, 0.5]}}
+    result = sd3_app.txt2img(_request("tiny-sd35-medium", steps=6, alwayson_scripts=slg))
+    reference, _ = _reference(sd3_app, sd3_dir / "tiny-sd35-medium", num_inference_steps=6, skip_guidance_layers=[0],
+                              skip_layer_guidance_scale=2.8, skip_layer_guidance_start=0.01,
+                              skip_layer_guidance_stop=0.5)
+    psnr = _psnr(result.images[0], reference)
+    print(f"SD 3.5 Medium with Skip Layer Guidance: Easel vs StableDiffusion3Pipeline PSNR {psnr:.1f} dB")
+    assert psnr >= 40
+    plain = sd3_app.txt2img(_request("tiny-sd35-medium", steps=6)).images[0]
+    assert _psnr(plain, reference) < 38  # SLG changed the image
+    text = result.infotexts[0]
+    assert "SLG scale: 2.8, SLG layers: 0, SLG start: 0.01, SLG end: 0.5" in text
+    fields = infotext_to_fields(parse_infotext(text))
+    assert fields["slg_enabled"] is True and fields["slg_layers"] == "0" and fields["slg_end"] == 0.5
+    from webui.core.request import ValidationError
+
+    with pytest.raises(ValidationError, match="layers"):
+        sd3_app.txt2img(_request("tiny-sd35-medium", alwayson_scripts={"skip layer guidance": {
+            "args": [True, 2.8, "seven", 0.01, 0.2]}}))
