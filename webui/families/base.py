@@ -173,11 +173,8 @@ class Family:
 
     def companion_state_dict(self, component: str, tensors: dict[str, torch.Tensor],
                              configs: Any) -> dict[str, torch.Tensor]:
-        """A separate component file's tensors under diffusers names (VAE files come in either layout)."""
-        if component == "vae":
-            from ..model_manager.vae import vae_state_dict
-
-            return vae_state_dict(tensors, configs["vae"])
+        """A separate component file's tensors as the module expects them (the loader has put VAE files in
+        diffusers' layout already); e.g. SD3 gives a clip_l file without a projection its identity one."""
         return tensors
 
     def split_single_file(self, tensors: dict[str, torch.Tensor], configs: Any) -> tuple[dict, dict]:

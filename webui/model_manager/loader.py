@@ -303,6 +303,8 @@ def _tokenizer_folder(folder: Path, class_prefix: str) -> Path | None:
 def add_companions(read: ReadWeights, companion_dirs: dict[str, Path], allow_pickle: bool) -> None:
     """Fill in what a single file leaves out (a transformer-only file's VAE and text encoders) from
     the family's companion files in models/VAE and models/text_encoder, and non-CLIP tokenizers."""
+    from .vae import vae_state_dict
+
     adapter = read.configs.architecture.adapter
     for component, (kind, patterns) in adapter.companion_files.items():
         if component in read.weights:
@@ -317,6 +319,8 @@ def add_companions(read: ReadWeights, companion_dirs: dict[str, Path], allow_pic
             raise ModelLoadError(f"the file has no {component.replace('_', ' ')} and none was found in "
                                  f"{folder or 'models/' + kind} (looked for {', '.join(patterns)})")
         tensors = read_tensors(path, allow_pickle)
+        if component == "vae":
+            tensors = vae_state_dict(tensors, read.configs["vae"])
         read.weights[component] = adapter.companion_state_dict(component, tensors, read.configs)
         read.notes.append(f"{component.replace('_', ' ')} from {kind}/{path.name}")
     for component, class_prefix in adapter.tokenizer_classes.items():
