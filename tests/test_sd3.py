@@ -62,6 +62,7 @@ def test_easel_gives_the_sd3_pipelines_image_with_cfg_and_a_negative_prompt(sd3_
     print(f"SD 3.5 Medium (T5): Easel vs StableDiffusion3Pipeline PSNR {psnr:.1f} dB")
     assert psnr >= 40
     assert "T5" not in result.infotexts[0] and "Schedule type: Simple" in result.infotexts[0]
+    assert not any("T5" in w for w in result.warnings)
     # and the comparison can fail: another negative prompt is another image
     other = sd3_app.txt2img(_request("tiny-sd35-medium", negative_prompt="bright"))
     assert _psnr(other.images[0], reference) < 38
@@ -91,6 +92,7 @@ def test_without_t5_it_runs_on_the_two_clips_as_the_pipeline_without_text_encode
     assert sorted(model.text_encoders) == ["text_encoder", "text_encoder_2"]
     assert any("no text encoder 3" in note and "running without it" in note for note in model.notes)
     assert "T5: none" in result.infotexts[0] and "Model: tiny-sd3-no-t5" in result.infotexts[0]
+    assert any("No T5 text encoder" in w for w in result.warnings)  # shown under the image in the UI
 
 
 def test_folders_are_their_variants_and_ddpm_samplers_are_refused(sd3_app):

@@ -55,6 +55,10 @@ def test_large_turbo_is_large_by_tensors_and_turbo_by_name():
     assert file_configs(shapes, SidecarOverrides(), "sd3.5_large.safetensors")[0].architecture.family == "sd35-large"
     turbo = file_configs(shapes, SidecarOverrides(), "sd3.5_large_turbo.safetensors")[0].architecture
     assert turbo.family == "sd35-large-turbo" and turbo.label == "SD 3.5 Large Turbo"
+    from webui.model_manager.library import guess_architecture
+
+    assert guess_architecture("checkpoint", shapes, {}, "sd3.5_large_turbo.safetensors")[0] == "SD 3.5 Large Turbo"
+    assert guess_architecture("checkpoint", shapes, {}, "sd3.5_large.safetensors")[0] == "SD 3.5 Large"
     defaults = families.get("sd35-large-turbo").ui_defaults
     assert defaults["steps"] == 4 and defaults["cfg_scale"] == 1.0
     # a name hint never crosses families: an SD 3.5 Medium called "turbo" stays Medium

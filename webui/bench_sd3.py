@@ -20,7 +20,7 @@ def _pipeline_seconds(model: Any, request: Any) -> float:
 
     pipe = StableDiffusion3Pipeline(
         transformer=model.unet, vae=model.vae, scheduler=FlowMatchEulerDiscreteScheduler.from_config(
-            model.scheduler_config),
+            {k: v for k, v in model.scheduler_config.items() if k != "prediction_type"}),
         text_encoder=model.text_encoders["text_encoder"], tokenizer=model.tokenizers["text_encoder"],
         text_encoder_2=model.text_encoders["text_encoder_2"], tokenizer_2=model.tokenizers["text_encoder_2"],
         text_encoder_3=model.text_encoders.get("text_encoder_3"), tokenizer_3=model.tokenizers.get("text_encoder_3"))

@@ -254,6 +254,7 @@ class Engine:
         result.timings = timings
         if model.demo:
             result.warnings.append("Demo model: its weights are random, so images are noise.")
+        result.warnings += model.architecture.adapter.run_warnings(model)  # e.g. SD3 without its T5 encoder
         result.warnings += context.warnings
         if drawn is None:
             result = self.hooks.call_replacing("postprocess", request=request, result=result, context=context)

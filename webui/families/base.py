@@ -137,6 +137,10 @@ class Family:
         """Keys this family adds to each image's infotext for a loaded model (e.g. SD3 run without T5)."""
         return {}
 
+    def run_warnings(self, model: Any) -> list[str]:
+        """What the UI and API should tell the user about a result from this model (e.g. SD3 without T5)."""
+        return []
+
     def denoiser_kwargs(self, pooled: torch.Tensor | None, extra: torch.Tensor | None) -> dict[str, Any]:
         """Keyword arguments of the denoiser call built from pooled text and extra conditioning."""
         return {}

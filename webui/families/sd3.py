@@ -182,6 +182,12 @@ class SD3(Family):
         """What the image's parameters add for this family: that T5 was not used, when it was not."""
         return {} if "text_encoder_3" in model.text_encoders else {"T5": "none"}
 
+    def run_warnings(self, model: Any) -> list[str]:
+        if "text_encoder_3" in model.text_encoders:
+            return []
+        return ["No T5 text encoder: SD 3 ran on CLIP-L and CLIP-G only (weaker prompt following, no long "
+                "prompts). Put t5xxl_fp16.safetensors and its tokenizer folder in models/text_encoder to use it."]
+
     # ---- single files -----------------------------------------------------------------------------
 
     # what a file without them takes from models/<kind> (first match wins); T5 may be absent altogether
