@@ -49,6 +49,16 @@ def test_api_txt2img_img2img_and_the_cli_agree(sd3_server):
     assert again.status_code == 200, again.text
     assert np.abs(_image(again.json()) - _image(first.json())).max() == 0
 
+    slg = httpx.post(sd3_server.url + "/sdapi/v1/txt2img", timeout=300, json=dict(
+        BODY, alwayson_scripts={"Skip Layer Guidance": {"args": [True, 2.8, "0,1", 0.01, 0.9]}}))
+    assert slg.status_code == 200, slg.text
+    assert "SLG scale: 2.8, SLG layers: \"0,1\", SLG start: 0.01, SLG end: 0.9" in json.loads(
+        slg.json()["info"])["infotexts"][0]
+    assert np.abs(_image(slg.json()) - _image(first.json())).max() > 0
+    bad = httpx.post(sd3_server.url + "/sdapi/v1/txt2img", timeout=60, json=dict(
+        BODY, alwayson_scripts={"skip layer guidance": {"args": [True, 2.8, "7;8", 0.01, 0.2]}}))
+    assert bad.status_code == 422 and "layers" in bad.text
+
     img2img = httpx.post(sd3_server.url + "/sdapi/v1/img2img", timeout=300, json=dict(
         BODY, init_images=[first.json()["images"][0]], denoising_strength=0.6))
     assert img2img.status_code == 200, img2img.text

@@ -263,6 +263,7 @@ class SD3(Family):
 class SD3Medium(SD3):
     name = "sd3"
     label = "SD 3 Medium"
+    ui_defaults = dict(SD3.ui_defaults, steps=28, cfg_scale=7.0)  # Stability's SD3 Medium settings
 
 
 class SD35Medium(SD3):
