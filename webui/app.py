@@ -59,6 +59,7 @@ from .features.guidance.freeu import FreeU
 from .features.guidance.ngms import NegativeGuidanceMinimumSigma
 from .features.guidance.pag import PAG
 from .features.guidance.sag import SAG
+from .features.guidance.slg import SLG
 from .features.refiner import Refiner
 from .features.upscalers import UPSCALER_KINDS, Upscalers
 from .model_manager.architecture import Architecture
@@ -377,4 +378,4 @@ def builtin_features(networks: LoraNetworks, upscalers: Upscalers, controlnets: 
     """Easel's own features, in the order they contribute to a pass and to the infotext."""
     return [Img2Img(), SoftInpainting(), HiresFix(upscalers), ExtraNetworks(networks),
             ControlNet(controlnets, ip_adapters, annotators_dir), Identity(identity),
-            NegativeGuidanceMinimumSigma(), FreeU(), PAG(), SAG(), Refiner(models)]
+            NegativeGuidanceMinimumSigma(), FreeU(), PAG(), SAG(), SLG(), Refiner(models)]

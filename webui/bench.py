@@ -4,6 +4,7 @@
     python3 -m webui.bench --size full-sd1       # real-size SD 1.5 architecture, random weights (GPU)
     python3 -m webui.bench --only startup        # start-up next to a bare Gradio app only
     python3 -m webui.bench --only engine         # Easel vs bare diffusers (the engine's overhead) only
+    python3 -m webui.bench --only sd3            # SD 3.5 (tiny) vs StableDiffusion3Pipeline on the same modules
     python3 -m webui.bench --only memory         # each memory mode, plain and fast: it/s, peak memory (bench_memory)
     python3 -m webui.bench --gpu-suite           # full-size SD 1.5 / SDXL on CUDA; says it skipped without one
 
@@ -341,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--resolution", type=int, default=None, help="image side (default 512, 1024 for SDXL)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--only", choices=("startup", "engine", "memory"),
+    parser.add_argument("--only", choices=("startup", "engine", "memory", "sd3"),
                         help="measure only this part (start-up: ~1 minute; engine: Easel vs bare diffusers and loads)")
     parser.add_argument("--startup-runs", type=int, default=3, help="start-ups of each app, alternating")
     parser.add_argument("--gpu-suite", action="store_true",
@@ -358,6 +359,12 @@ def main(argv: list[str] | None = None) -> int:
 
         with tempfile.TemporaryDirectory() as tmp:
             _print(gpu_suite(build_easel, _write_full_size, Path(tmp), steps=args.steps))
+        return 0
+    if args.only == "sd3":  # Easel vs StableDiffusion3Pipeline on the same modules (bench_sd3.py)
+        from .bench_sd3 import sd3_rows
+
+        with tempfile.TemporaryDirectory() as tmp:
+            _print(sd3_rows(Path(tmp), args.device, args.steps, args.resolution or 64, args.rounds))
         return 0
     if args.only == "startup":
         with tempfile.TemporaryDirectory() as tmp:

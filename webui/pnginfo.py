@@ -25,7 +25,7 @@ from .core.samplers import AUTOMATIC, SAMPLERS, split_legacy_name
 from .features.img2img_feature import fields_from_infotext as img2img_fields
 from .features.wildcards import fields_from_params as wildcards_fields
 from .features import refiner
-from .features.guidance import freeu, ngms, pag, sag
+from .features.guidance import freeu, ngms, pag, sag, slg
 
 
 @dataclass
@@ -277,7 +277,7 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
         fields["restore_faces"] = True
     if p.get("Tiling", "").strip().lower() == "true":
         fields["tiling"] = True
-    for module in (ngms, freeu, pag, sag, refiner):  # guidance add-ons and the refiner
+    for module in (ngms, freeu, pag, sag, slg, refiner):  # guidance add-ons and the refiner
         fields.update(module.pasted_fields(p))
     if "Model" in p or "Model hash" in p:
         fields["checkpoint_hint"] = {"name": p.get("Model", ""), "hash": p.get("Model hash", "")}

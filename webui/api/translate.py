@@ -59,7 +59,8 @@ A1111_ALWAYSON = {
 GUIDANCE_ALWAYSON = frozenset({"freeu integrated (sd 1.x, sd 2.x, sdxl)", "freeu integrated", "freeu",
                                "perturbedattentionguidance integrated", "perturbed attention guidance integrated",
                                "perturbedattentionguidance integrated (sd1.x, sd2.x, sdxl)",
-                               "perturbed-attention guidance", "self attention guidance", "refiner"})
+                               "perturbed-attention guidance", "self attention guidance", "refiner",
+                               "skip layer guidance", "slg: skip layer guidance", "skiplayerguidance", "slg"})
 TILED_VAE = "__tiled_vae"  # set by _scripts when the Tiled VAE extension's args switch it on
 TASK_ID = re.compile(r"^[A-Za-z0-9_\-().:]{1,100}$")
 OVERRIDE = "override_settings"

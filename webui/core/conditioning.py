@@ -203,8 +203,10 @@ class PromptEncoder:
         self.emphasis = emphasis
         self.indexes = {}
         for name in model.architecture.text_encoders:
+            if name not in model.text_encoders:  # an optional encoder the checkpoint runs without (SD3's T5)
+                continue
             width = model.text_encoders[name].config.hidden_size
-            self.indexes[name] = EmbeddingIndex(model.tokenizers[name], embeddings or [], SLOTS[name], width)
+            self.indexes[name] = EmbeddingIndex(model.tokenizers[name], embeddings or [], SLOTS.get(name, name), width)
         self._cache: dict[str, Conditioning] = {}
         self.used_embeddings: dict[str, "Embedding"] = {}
 
@@ -222,6 +224,17 @@ class PromptEncoder:
     @staticmethod
     def conditioning(embeds: torch.Tensor, pooled: torch.Tensor | None) -> Conditioning:
         return Conditioning(embeds, pooled)
+
+    @torch.no_grad()
+    def clip_chunks(self, name: str, text: str) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """One CLIP encoder's hidden states per 77-token chunk (the family's layer, emphasis, embeddings) and
+        its pooled output of the first chunk, for a family that combines CLIP with other encoders (SD3)."""
+        tokenized = tokenize(self.model.tokenizers[name], text, self.indexes[name], self.comma_backtrack)
+        for embedding in tokenized.embeddings:
+            self.used_embeddings[embedding.name] = embedding
+        encoded = [_encode_chunk(self.model.text_encoders[name], chunk, self.choice, self.emphasis)
+                   for chunk in tokenized.chunks]
+        return [hidden for hidden, _ in encoded], encoded[0][1]
 
     @torch.no_grad()
     def encode(self, text: str) -> Conditioning:

@@ -225,11 +225,13 @@ class CFGDenoiser(SigmaSpace):
         return out
 
     @torch.no_grad()
-    def evaluate(self, x_in: torch.Tensor, t: torch.Tensor | float, negative: bool = False) -> torch.Tensor:
+    def evaluate(self, x_in: torch.Tensor, t: torch.Tensor | float, negative: bool = False,
+                 options: dict | None = None) -> torch.Tensor:
         """One more, unguided model call at `x_in`: the first positive sub-prompt's prediction (or the negative's).
 
         For guidance that takes a second look within a step (PAG with perturbed attention, SAG on a
-        blurred input). ControlNet and IP-Adapter additions apply as in the main call.
+        blurred input). ControlNet and IP-Adapter additions apply as in the main call; `options` are further
+        keyword arguments of the denoiser call (Skip Layer Guidance's `skip_layers`).
         """
         conditioning = (self.uncond if negative else self.cond).at(self.step)[0][0]
         ids = self.uncond_time_ids if negative else self.time_ids
@@ -253,6 +255,7 @@ class CFGDenoiser(SigmaSpace):
         if self.controls:
             kwargs.update(self.controls.unet_kwargs(self.step / self.total_steps, x_model[:, :x_in.shape[1]], t, embeds,
                                                     added.get("added_cond_kwargs", {}), 1, negative))
+        kwargs.update(options or {})
         return self.family.call_denoiser(self.unet, x_model, t, embeds, kwargs).float()
 
     def _guidance_active(self) -> bool:

@@ -254,6 +254,7 @@ class Engine:
         result.timings = timings
         if model.demo:
             result.warnings.append("Demo model: its weights are random, so images are noise.")
+        result.warnings += model.architecture.adapter.run_warnings(model)  # e.g. SD3 without its T5 encoder
         result.warnings += context.warnings
         if drawn is None:
             result = self.hooks.call_replacing("postprocess", request=request, result=result, context=context)
@@ -507,6 +508,7 @@ class Engine:
             "Version": f"Easel {__version__}",
         }
         params.update(self._sampling_params(request, plan, seed))
+        params.update(model.architecture.adapter.infotext_fields(model))  # e.g. SD3 run without T5
         if run is None:
             run = Run(request, model, None, GenerationContext(request, None))  # type: ignore[arg-type]
             run.passes.append(Pass("first", request, plan, (width, height), request.steps))

@@ -77,6 +77,11 @@ class Family:
     # keys: width, height, steps, cfg_scale, sampler_name, scheduler (request fields)
     ui_defaults: ClassVar[dict[str, Any]] = {"width": 512, "height": 512, "steps": 20, "cfg_scale": 7.0,
                                              "sampler_name": "DPM++ 2M", "scheduler": "Automatic"}
+    # components a checkpoint may lack and still run (SD3's T5): the loader notes their absence
+    optional_components: ClassVar[tuple[str, ...]] = ()
+    # words in a file or folder name that make a model this family when its tensors match a parent family's
+    # (SD 3.5 Large Turbo has Large's tensors); see registry.refine_by_name
+    name_hints: ClassVar[tuple[str, ...]] = ()
 
     def noise_schedule(self, scheduler_config: dict[str, Any]) -> DiscreteSchedule:
         """The trained noise levels the samplers step through (DDPM betas from the scheduler config)."""
@@ -136,6 +141,14 @@ class Family:
         diffusers folder's tokenizer subfolder (`folder`, None for single files)."""
         return None
 
+    def infotext_fields(self, model: Any) -> dict[str, Any]:
+        """Keys this family adds to each image's infotext for a loaded model (e.g. SD3 run without T5)."""
+        return {}
+
+    def run_warnings(self, model: Any) -> list[str]:
+        """What the UI and API should tell the user about a result from this model (e.g. SD3 without T5)."""
+        return []
+
     def denoiser_kwargs(self, pooled: torch.Tensor | None, extra: torch.Tensor | None) -> dict[str, Any]:
         """Keyword arguments of the denoiser call built from pooled text and extra conditioning."""
         return {}
@@ -169,6 +182,12 @@ class Family:
     tokenizer_classes: ClassVar[dict[str, str]] = {}
     # where a single file keeps each text encoder: (component, key prefix, layout "hf" | "openclip")
     single_file_text_encoders: ClassVar[tuple[tuple[str, str, str], ...]] = ()
+
+    def companion_state_dict(self, component: str, tensors: dict[str, torch.Tensor],
+                             configs: Any) -> dict[str, torch.Tensor]:
+        """A separate component file's tensors as the module expects them (the loader has put VAE files in
+        diffusers' layout already); e.g. SD3 gives a clip_l file without a projection its identity one."""
+        return tensors
 
     def split_single_file(self, tensors: dict[str, torch.Tensor], configs: Any) -> tuple[dict, dict]:
         """(diffusers component state dicts, leftover tensors) from a single-file checkpoint of this family.

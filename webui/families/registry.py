@@ -62,3 +62,14 @@ def family_by_context_width(width: int | None) -> Family | None:
 
 def family_of_folder(index: dict, components: dict[str, dict]) -> Family | None:
     return next((f for f in all_families() if f.matches_folder(index, components)), None)
+
+
+def refine_by_name(family: str, name: str) -> str:
+    """A variant whose tensors equal its parent's (SD 3.5 Large Turbo) when the file or folder name says so."""
+    parent = get(family)
+    lowered = name.lower()
+    for candidate in all_families():
+        if candidate is not parent and isinstance(candidate, type(parent)) and \
+                any(hint in lowered for hint in candidate.name_hints):
+            return candidate.name
+    return family

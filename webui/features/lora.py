@@ -167,6 +167,8 @@ def target_map(model) -> dict[str, tuple[str, torch.nn.Module]]:
             targets[spelling] = ("unet", module)
     encoders = model.architecture.text_encoders
     for index, component in enumerate(encoders, start=1):
+        if component not in model.text_encoders:  # an optional encoder the checkpoint runs without (SD3's T5)
+            continue
         encoder = model.text_encoders[component]
         prefixes = {"lora_te_", f"lora_te{index}_"} if len(encoders) == 1 else {f"lora_te{index}_"}
         if component == "text_encoder_2":

@@ -121,8 +121,9 @@ def _width_label(shapes: dict[str, tuple[int, ...]]) -> str:
     return ""
 
 
-def guess_architecture(kind: str, shapes: dict[str, tuple[int, ...]], metadata: dict[str, str]) -> tuple[str, str]:
-    """(label, note) from tensor names/shapes and metadata; never raises."""
+def guess_architecture(kind: str, shapes: dict[str, tuple[int, ...]], metadata: dict[str, str],
+                       name: str = "") -> tuple[str, str]:
+    """(label, note) from tensor names/shapes, metadata and (variants with a parent's tensors) the file name."""
     spec_arch = metadata.get("modelspec.architecture", "")
     if metadata.get("ss_base_model_version"):
         return _base_label(metadata["ss_base_model_version"]), ""
@@ -136,7 +137,9 @@ def guess_architecture(kind: str, shapes: dict[str, tuple[int, ...]], metadata: 
             arch: Architecture = detect(shapes).architecture
         except DetectionError as exc:
             return _width_label(shapes), str(exc)
-        label = family_label(arch.family)
+        from ..families.registry import refine_by_name
+
+        label = family_label(refine_by_name(arch.family, name))
         return label + (" inpainting" if arch.inpainting else ""), ""
     if kind == "lora" and any(k.startswith("lora_te2_") for k in shapes):
         return "SDXL", ""
@@ -179,7 +182,7 @@ def describe_safetensors(kind: str, path: Path) -> dict[str, Any]:
     raw_meta = header.pop("__metadata__", None) or {}
     metadata = {str(k): str(v) for k, v in raw_meta.items()} if isinstance(raw_meta, dict) else {}
     shapes = {k: tuple(v.get("shape", ())) for k, v in header.items() if isinstance(v, dict)}
-    architecture, note = guess_architecture(kind, shapes, metadata)
+    architecture, note = guess_architecture(kind, shapes, metadata, path.name)
     training = {label: metadata[key] for key, label in _TRAINING_KEYS.items() if metadata.get(key) not in (None, "", "None")}
     modelspec = {k.removeprefix("modelspec."): v for k, v in metadata.items() if k.startswith("modelspec.")}
     shown = {k: (v if len(v) <= MAX_META_VALUE else v[:MAX_META_VALUE] + "…") for k, v in metadata.items()
@@ -201,7 +204,10 @@ def describe_diffusers(path: Path) -> dict[str, Any]:
                 from .registry import folder_family
 
                 family = folder_family(path)  # the family and variant when Easel loads it ("Flux.1 dev")
-                label = family.label if family is not None else label
+                if family is not None:
+                    from ..families.registry import get, refine_by_name
+
+                    label = get(refine_by_name(family.name, path.name)).label  # SD 3.5 Large Turbo by name
             if name == "config.json" and config.get("cross_attention_dim") in _FAMILY_BY_WIDTH:
                 label = f"{cls} ({_FAMILY_BY_WIDTH[config['cross_attention_dim']]})"
             return {"architecture": label}

@@ -23,7 +23,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from .. import families
 from ..devices import DeviceConfig
-from ..families.registry import family_of_folder
+from ..families.registry import family_of_folder, refine_by_name
 from .architecture import Architecture, ModelConfigs, configs_for
 from .convert import ConversionError, StateDict, checkpoint_to_diffusers
 from .detect import DetectionError
@@ -126,7 +126,7 @@ def _folder_architecture(folder: Path, components: dict[str, dict[str, Any]]) ->
     adapter = family_of_folder(index, components)
     if adapter is None:
         raise ModelLoadError(f"{folder.name}: a diffusers folder of a model family Easel does not know")
-    family = adapter.name
+    family = refine_by_name(adapter.name, folder.name)  # SD 3.5 Large Turbo: Large's tensors, "turbo" name
     prediction = components.get("scheduler", {}).get("prediction_type", "epsilon")
     denoiser = components[adapter.denoiser_component]
     inpainting = denoiser.get("in_channels", 4) in (9, 384)  # SD inpainting; Flux Fill
@@ -135,7 +135,7 @@ def _folder_architecture(folder: Path, components: dict[str, dict[str, Any]]) ->
 
 def read_diffusers_folder(folder: Path, allow_pickle: bool) -> tuple[ModelConfigs, dict[str, StateDict]]:
     components: dict[str, dict[str, Any]] = {}
-    for name in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2"):
+    for name in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
         cfg = folder / name / "config.json"
         if cfg.is_file():
             components[name] = json.loads(cfg.read_text())
@@ -312,14 +312,20 @@ def add_companions(read: ReadWeights, companion_dirs: dict[str, Path], allow_pic
             continue
         folder = companion_dirs.get(kind)
         path = _first_match(folder, patterns) if folder is not None and folder.is_dir() else None
+        if path is None and component in adapter.optional_components:
+            read.notes.append(f"no {component.replace('_', ' ')} found in {folder or 'models/' + kind} "
+                              f"(looked for {', '.join(patterns)}): running without it")
+            continue
         if path is None:
             raise ModelLoadError(f"the file has no {component.replace('_', ' ')} and none was found in "
                                  f"{folder or 'models/' + kind} (looked for {', '.join(patterns)})")
         tensors = read_tensors(path, allow_pickle)
-        read.weights[component] = vae_state_dict(tensors, read.configs["vae"]) if component == "vae" else tensors
+        if component == "vae":
+            tensors = vae_state_dict(tensors, read.configs["vae"])
+        read.weights[component] = adapter.companion_state_dict(component, tensors, read.configs)
         read.notes.append(f"{component.replace('_', ' ')} from {kind}/{path.name}")
     for component, class_prefix in adapter.tokenizer_classes.items():
-        if component in read.tokenizers:
+        if component in read.tokenizers or component not in read.weights:
             continue
         folder = companion_dirs.get("text_encoder")
         found = _tokenizer_folder(folder, class_prefix) if folder is not None and folder.is_dir() else None
@@ -337,6 +343,8 @@ def _read_folder(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) -> Read
         configs.architecture = Architecture(sidecar.family, arch.prediction_type, arch.inpainting)
     adapter, tokenizers = configs.architecture.adapter, {}
     for index, name in enumerate(configs.architecture.text_encoders):
+        if name not in weights:  # an optional encoder the folder does not have (SD3 without T5)
+            continue
         folder = info.path / ("tokenizer" if index == 0 else f"tokenizer_{index + 1}")
         tokenizer = adapter.load_tokenizer(name, folder if folder.is_dir() else None)
         if tokenizer is not None:
@@ -352,7 +360,7 @@ def _read_single_file(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) ->
         from .gguf import describe_gguf
 
         notes.append(f"GGUF, dequantized at load: {describe_gguf(info.path)['quantization']}")
-    configs, uncertain = file_configs({k: tuple(v.shape) for k, v in tensors.items()}, sidecar)
+    configs, uncertain = file_configs({k: tuple(v.shape) for k, v in tensors.items()}, sidecar, info.path.name)
     weights, leftovers = checkpoint_to_diffusers(tensors, configs)
     del tensors
     if leftovers:
@@ -393,6 +401,10 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bo
     arch = configs.architecture
     modules: dict[str, torch.nn.Module] = {}
     for name in arch.adapter.components():
+        if name not in weights and name in arch.adapter.optional_components:
+            if info.format == "diffusers":  # single files say where they looked (add_companions)
+                notes.append(f"no {name.replace('_', ' ')} in the folder: running without it")
+            continue
         if name not in weights:
             raise ModelLoadError(f"{info.name}: the file has no {name.replace('_', ' ')}")
         say(f"building {name}")
@@ -408,8 +420,9 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bo
 
     loaded = LoadedModel(
         info=info, architecture=arch, configs=configs, unet=denoiser, vae=modules["vae"],
-        text_encoders={n: modules[n] for n in arch.text_encoders},
-        tokenizers={n: read.tokenizers.get(n) or tokenizer_for(arch.family, n) for n in arch.text_encoders},
+        text_encoders={n: modules[n] for n in arch.text_encoders if n in modules},
+        tokenizers={n: read.tokenizers.get(n) or tokenizer_for(arch.family, n) for n in arch.text_encoders
+                    if n in modules},
         device=device, notes=notes, demo=sidecar.demo)
     loaded.load_seconds = time.perf_counter() - started
     log.info("loaded %s (%s) in %.1fs", info.name, arch.label, loaded.load_seconds)

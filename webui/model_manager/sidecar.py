@@ -54,7 +54,8 @@ def read_sidecars(checkpoint: Path) -> SidecarOverrides:
     return result
 
 
-def file_configs(shapes: dict[str, tuple[int, ...]], sidecar: SidecarOverrides) -> tuple[ModelConfigs, bool]:
+def file_configs(shapes: dict[str, tuple[int, ...]], sidecar: SidecarOverrides,
+                 name: str = "") -> tuple[ModelConfigs, bool]:
     """Configs for a single-file checkpoint: the architecture detected from its tensors, overridden by its
     sidecars; and whether the prediction type is still a guess (SD 2.x files do not say; the loader probes).
 
@@ -62,7 +63,9 @@ def file_configs(shapes: dict[str, tuple[int, ...]], sidecar: SidecarOverrides) 
     """
     detection = detect(shapes)
     found = detection.architecture
-    arch = Architecture(sidecar.family or found.family, sidecar.prediction_type or found.prediction_type,
+    from ..families.registry import refine_by_name
+
+    arch = Architecture(sidecar.family or refine_by_name(found.family, name), sidecar.prediction_type or found.prediction_type,
                         found.inpainting if sidecar.inpainting is None else sidecar.inpainting)
     uncertain = detection.prediction_uncertain and not sidecar.prediction_type
     return configs_for(arch, sidecar.components), uncertain

@@ -65,6 +65,10 @@ WEIGHTS_ONLY_NOTE = (" Published as a pickle (.bin); Easel reads it with torch's
 PICKLE_NOTE = (" Published only as a pickle (.pth): the upscaler list shows it only when Easel is started with "
                "--allow-pickle (then read with the weights-only loader).")
 
+_SD35 = "stabilityai/stable-diffusion-3.5-"
+_GATED = (" Gated on the hub: accept the licence on the model's page and put an access token in Settings → "
+          "Downloads.")
+
 STARTERS: tuple[StarterModel, ...] = (
     StarterModel("sd15", "Stable Diffusion 1.5", "checkpoint", (
         _hub("v1-5-pruned-emaonly.safetensors", "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -105,6 +109,31 @@ STARTERS: tuple[StarterModel, ...] = (
     StarterModel("zimage-vae", "Z-Image / Flux VAE (ae)", "vae", (
         _hub("ae.safetensors", "Comfy-Org/z_image_turbo", "split_files/vae/ae.safetensors", 335 * MB),),
         "zimage-turbo", "The 16-channel autoencoder Z-Image shares with Flux.1."),
+    # SD 3 / 3.5 (webui/families/sd3.py): gated repositories (accept the licence, put a token in Settings)
+    StarterModel("sd35-medium", "SD 3.5 Medium", "checkpoint", (
+        _hub("sd3.5_medium.safetensors", _SD35 + "medium", "sd3.5_medium.safetensors", 5_110 * MB),),
+        "sd35-medium", "2.5B MMDiT with its VAE, 1024×1024; Euler, 40 steps, CFG 4.5, Skip Layer Guidance 7,8,9. "
+                       "Needs the SD 3 text encoders (CLIP-L, CLIP-G; T5 optional)." + _GATED),
+    StarterModel("sd35-large", "SD 3.5 Large", "checkpoint", (
+        _hub("sd3.5_large.safetensors", _SD35 + "large", "sd3.5_large.safetensors", 16_460 * MB),),
+        "sd35-large", "8B MMDiT with its VAE, 1024×1024; 28 steps, CFG 3.5. Needs the SD 3 text encoders." + _GATED),
+    StarterModel("sd35-large-turbo", "SD 3.5 Large Turbo", "checkpoint", (
+        _hub("sd3.5_large_turbo.safetensors", _SD35 + "large-turbo", "sd3.5_large_turbo.safetensors",
+             16_460 * MB),),
+        "sd35-large-turbo", "Large distilled to 4 steps at CFG 1 (the name keeps \"turbo\": that is how Easel "
+                            "tells it from Large). Needs the SD 3 text encoders." + _GATED),
+    StarterModel("sd3-text-encoders", "SD 3 text encoders (CLIP-L, CLIP-G)", "text_encoder", (
+        _hub("clip_l.safetensors", _SD35 + "large", "text_encoders/clip_l.safetensors", 246 * MB),
+        _hub("clip_g.safetensors", _SD35 + "large", "text_encoders/clip_g.safetensors", 1_390 * MB)),
+        "sd3", "The two CLIP encoders every SD 3 / 3.5 single file needs; with only these, SD 3 runs without T5 "
+               "(as Stability allows, with weaker text following)." + _GATED),
+    StarterModel("sd3-t5xxl", "SD 3 T5-XXL text encoder (fp16) and tokenizer", "text_encoder", (
+        _hub("t5xxl_fp16.safetensors", _SD35 + "large", "text_encoders/t5xxl_fp16.safetensors", 9_790 * MB),
+        _hub("t5_tokenizer/tokenizer.json", _SD35 + "large", "tokenizer_3/tokenizer.json", 2_420_000),
+        _hub("t5_tokenizer/tokenizer_config.json", _SD35 + "large", "tokenizer_3/tokenizer_config.json", 21_000),
+        _hub("t5_tokenizer/special_tokens_map.json", _SD35 + "large", "tokenizer_3/special_tokens_map.json",
+             2_600)),
+        "sd3", "The optional third encoder: long prompts and text in images. Also what Flux reads." + _GATED),
     StarterModel("lcm-lora-sd15", "LCM-LoRA for SD 1.5", "lora", (
         _hub("lcm-lora-sdv1-5.safetensors", "latent-consistency/lcm-lora-sdv1-5", "pytorch_lora_weights.safetensors",
              135 * MB),),

@@ -14,8 +14,9 @@ import gradio as gr
 from ..features.guidance.freeu import FreeU
 from ..features.guidance.pag import PAG
 from ..features.guidance.sag import SAG
+from ..features.guidance.slg import SLG
 
-SCRIPTS = (FreeU, PAG, SAG)
+SCRIPTS = (FreeU, PAG, SAG, SLG)
 # every field these accordions own (what a pasted infotext may set)
 PASTED = ("s_min_uncond", "refiner_checkpoint", "refiner_switch_at",
           *(name for script in SCRIPTS for name in script.ui_fields()))
@@ -23,7 +24,7 @@ NO_REFINER = "None"
 
 LABELS = {"b1": "B1", "b2": "B2", "s1": "S1", "s2": "S2", "start": "Start", "end": "End", "scale": "Scale",
           "attenuation": "Attenuation (% of scale per step)", "start_step": "Start", "end_step": "End",
-          "mask_threshold": "Mask threshold", "blur_sigma": "Blur sigma"}
+          "mask_threshold": "Mask threshold", "blur_sigma": "Blur sigma", "layers": "Layers"}
 
 
 def _script_controls(controls: Any, script: Any, label: str) -> None:
@@ -35,6 +36,9 @@ def _script_controls(controls: Any, script: Any, label: str) -> None:
                 elem_id = f"{p}_{field}"
                 if arg.name == "enabled":
                     component = gr.Checkbox(False, label=label, elem_id=elem_id, min_width=120)
+                elif isinstance(arg.default, str):
+                    component = gr.Textbox(arg.default, label=LABELS.get(arg.name, arg.name), elem_id=elem_id,
+                                           min_width=90)
                 elif arg.choices:
                     component = gr.Radio(["1", "2"], value=str(arg.default), label="Version", elem_id=elem_id,
                                          min_width=80)
@@ -55,6 +59,7 @@ def build_guidance_addons(easel: Any, controls: Any) -> None:
         _script_controls(controls, FreeU, "FreeU")
         _script_controls(controls, PAG, "Perturbed-Attention Guidance")
         _script_controls(controls, SAG, "Self-Attention Guidance")
+        _script_controls(controls, SLG, "Skip Layer Guidance (SD 3.5 Medium)")
     with gr.Accordion("Refiner", open=False, elem_id=f"{p}_refiner"):
         with gr.Row():
             controls.inputs["refiner_checkpoint"] = gr.Dropdown(

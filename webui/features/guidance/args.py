@@ -54,6 +54,9 @@ def parse_args(value: Any, spec: tuple[Arg, ...], where: str) -> tuple[dict[str,
         if arg.choices:
             if v not in arg.choices:
                 errors.append(FieldError(field, f"must be one of {', '.join(map(str, arg.choices))}"))
+        elif isinstance(arg.default, str):  # text (a list of numbers); the feature reads it
+            if not isinstance(v, str):
+                errors.append(FieldError(field, "must be text"))
         elif arg.low is None:
             if not isinstance(v, bool):
                 errors.append(FieldError(field, "must be true or false"))
