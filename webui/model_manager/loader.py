@@ -63,6 +63,16 @@ class LoadedModel:
     memory_mode: str = "Resident"
     offloader: Any = None
     fast: bool = False  # fast mode applied (model_manager/fast.py)
+    # the VAE / text encoder files chosen for it (module_choice.py), and every part read from a separate file
+    module_files: tuple[Path, ...] = ()
+    part_files: dict[str, Path] = field(default_factory=dict)
+    automatic_files: frozenset[Path] = frozenset()  # chosen files the automatic search would have found too
+
+    def built_from(self, chosen: tuple[Path, ...]) -> bool:
+        """Whether loading with these chosen files would give this model (so a pasted `Module N` list
+        naming the files found automatically does not reload it, nor does clearing such a list)."""
+        wanted, had = set(chosen), set(self.module_files)
+        return wanted == had or (wanted <= set(self.part_files.values()) and had - wanted <= self.automatic_files)
 
     @property
     def short_hash(self) -> str:
@@ -275,6 +285,8 @@ class ReadWeights:
     uncertain: bool = False                       # prediction type to be probed from the UNet
     notes: list[str] = field(default_factory=list)
     tokenizers: dict[str, Any] = field(default_factory=dict)  # non-CLIP tokenizers the checkpoint carries
+    part_files: dict[str, Path] = field(default_factory=dict)  # component -> the separate file it came from
+    automatic_files: set[Path] = field(default_factory=set)  # chosen, and what add_companions would find
 
 
 Reader = Callable[[CheckpointInfo, bool, Any], ReadWeights]  # (info, allow_pickle, sidecar) -> ReadWeights
@@ -303,20 +315,19 @@ def _tokenizer_folder(folder: Path, class_prefix: str) -> Path | None:
 def add_companions(read: ReadWeights, companion_dirs: dict[str, Path], allow_pickle: bool) -> None:
     """Fill in what a single file leaves out (a transformer-only file's VAE and text encoders) from
     the family's companion files in models/VAE and models/text_encoder, and non-CLIP tokenizers."""
-    from .vae import vae_state_dict
-
     adapter = read.configs.architecture.adapter
     for component, (kind, patterns) in adapter.companion_files.items():
-        if component in read.weights:
-            continue
         folder = companion_dirs.get(kind)
         path = _first_match(folder, patterns) if folder is not None and folder.is_dir() else None
+        if component in read.weights:
+            if path is not None and read.part_files.get(component) == path:
+                read.automatic_files.add(path)
+            continue
         if path is None:
             raise ModelLoadError(f"the file has no {component.replace('_', ' ')} and none was found in "
-                                 f"{folder or 'models/' + kind} (looked for {', '.join(patterns)})")
-        tensors = read_tensors(path, allow_pickle)
-        read.weights[component] = vae_state_dict(tensors, read.configs["vae"]) if component == "vae" else tensors
-        read.notes.append(f"{component.replace('_', ' ')} from {kind}/{path.name}")
+                                 f"{folder or 'models/' + kind} (looked for {', '.join(patterns)}); put one "
+                                 "there or choose it in the top bar's VAE / Text Encoder list")
+        _take_part(read, component, path, allow_pickle)
     for component, class_prefix in adapter.tokenizer_classes.items():
         if component in read.tokenizers:
             continue
@@ -327,6 +338,40 @@ def add_companions(read: ReadWeights, companion_dirs: dict[str, Path], allow_pic
         except ValueError as exc:
             raise ModelLoadError(f"{exc}; put the tokenizer folder (tokenizer.json, tokenizer_config.json) in "
                                  f"{folder or 'models/text_encoder'}") from exc
+
+
+def _take_part(read: ReadWeights, component: str, path: Path, allow_pickle: bool) -> None:
+    from .vae import vae_state_dict
+
+    tensors = read_tensors(path, allow_pickle)
+    read.weights[component] = vae_state_dict(tensors, read.configs["vae"]) if component == "vae" else tensors
+    read.part_files[component] = path
+    read.notes.append(f"{component.replace('_', ' ')} from {path.parent.name}/{path.name}")
+
+
+def apply_chosen_modules(read: ReadWeights, paths: tuple[Path, ...], allow_pickle: bool) -> None:
+    """The VAE / text encoder files chosen for this checkpoint replace its own parts (any family: each
+    file's part is told by its tensors, `module_fit.component_of`). A file that fits no part, or a
+    second file for the same part, is refused with both names."""
+    from .module_choice import SETTING
+    from .module_fit import component_of
+
+    arch = read.configs.architecture
+    parts = ["vae", *arch.text_encoders]
+    taken: dict[str, Path] = {}
+    for path in paths:
+        component = component_of(path, [p for p in parts if p not in taken], read.configs, arch.family,
+                                 allow_pickle)
+        if component is None:
+            already = [c for c in parts if c in taken and component_of(path, [c], read.configs, arch.family,
+                                                                         allow_pickle)]
+            if already:
+                raise ModelLoadError(f"{SETTING}: {path.name} and {taken[already[0]].name} are both a "
+                                     f"{already[0].replace('_', ' ')}; choose one")
+            shown = ", ".join(p.replace("_", " ") for p in parts)
+            raise ModelLoadError(f"{SETTING}: {path.name} fits none of {arch.label}'s parts ({shown})")
+        taken[component] = path
+        _take_part(read, component, path, allow_pickle)
 
 
 def _read_folder(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) -> ReadWeights:
@@ -367,7 +412,8 @@ def register_reader(fmt: str, reader: Reader) -> None:
 
 
 def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bool,
-                    progress: Progress | None = None, companion_dirs: dict[str, Path] | None = None) -> LoadedModel:
+                    progress: Progress | None = None, companion_dirs: dict[str, Path] | None = None,
+                    module_files: tuple[Path, ...] = ()) -> LoadedModel:
     """Load a checkpoint for generation. Raises ModelLoadError with a readable reason."""
     say = progress or (lambda message: None)
     started = time.perf_counter()
@@ -378,6 +424,7 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bo
         sidecar = read_sidecars(info.path)
         say(f"reading {info.path.name}")
         read = reader(info, allow_pickle, sidecar)
+        apply_chosen_modules(read, module_files, allow_pickle)
         if info.format != "diffusers":
             add_companions(read, companion_dirs or {}, allow_pickle)
         configs, weights, uncertain, notes = read.configs, read.weights, read.uncertain, read.notes
@@ -406,7 +453,8 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bo
         info=info, architecture=arch, configs=configs, unet=denoiser, vae=modules["vae"],
         text_encoders={n: modules[n] for n in arch.text_encoders},
         tokenizers={n: read.tokenizers.get(n) or tokenizer_for(arch.family, n) for n in arch.text_encoders},
-        device=device, notes=notes, demo=sidecar.demo)
+        device=device, notes=notes, demo=sidecar.demo, module_files=tuple(module_files),
+        part_files=dict(read.part_files), automatic_files=frozenset(read.automatic_files))
     loaded.load_seconds = time.perf_counter() - started
     log.info("loaded %s (%s) in %.1fs", info.name, arch.label, loaded.load_seconds)
     return loaded
