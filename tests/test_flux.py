@@ -22,6 +22,7 @@ def flux_dir(tmp_path_factory):
     write_flux_folder(folder / "tiny-flux-dev", "dev", seed=1)
     write_flux_folder(folder / "tiny-flux-schnell", "schnell", seed=2)
     write_flux_folder(folder / "tiny-flux-fill", "dev", seed=3, fill=True)
+    write_flux_folder(folder / "tiny-flux-kontext", "dev", seed=7, kontext=True)
     return folder
 
 
@@ -86,7 +87,7 @@ def test_real_cfg_runs_the_negative_pass_and_ddpm_samplers_are_refused(flux_app)
 
 def test_a_flux_folder_is_one_checkpoint_with_its_family(flux_app):
     names = [info.name for info in flux_app.models.checkpoints()]
-    assert sorted(names) == ["tiny-flux-dev", "tiny-flux-fill", "tiny-flux-schnell"]
+    assert sorted(names) == ["tiny-flux-dev", "tiny-flux-fill", "tiny-flux-kontext", "tiny-flux-schnell"]
     model = flux_app.models.get("tiny-flux-dev")
     assert model.architecture.label == "Flux.1 dev" and model.architecture.adapter.latent.channels == 16
     assert type(model.unet).__name__ == "FluxTransformer2DModel"
@@ -233,3 +234,42 @@ def test_fill_gets_the_masked_image_and_mask_as_flux_fill_pipeline_packs_them(fl
     out = np.asarray(result.images[0], dtype=np.float64)
     assert np.abs(out[:8, :8] - (200, 60, 40)).max() <= 2  # outside the mask: the picture, pasted back
     assert np.abs(out[24:40, 24:40] - (200, 60, 40)).mean() > 10  # inside: painted
+
+
+def _picture(seed: int):
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    return Image.fromarray(pixels).resize((64, 64), Image.BICUBIC)
+
+
+def test_kontext_edits_with_the_image_as_reference_tokens_as_flux_kontext_pipeline_does(flux_app, flux_dir):
+    """FLUX.1 Kontext dev (told by its pipeline, name or metadata): the img2img image's latents follow the
+    noise's tokens at position index 1; with denoising 1 the edit starts from noise, as FluxKontextPipeline."""
+    from diffusers import FluxKontextPipeline
+
+    model = flux_app.models.get("tiny-flux-kontext")
+    assert model.architecture.label == "Flux.1 Kontext dev" and model.architecture.adapter.image_reference
+    picture = _picture(1)
+    result = flux_app.img2img(_request("kontext", mode="img2img", init_images=[picture], denoising_strength=1.0))
+    noise = ImageRNG((16, 8, 8), [5], torch.device("cpu"), source=flux_app.settings.get("randn_source")).first()
+    pipe = FluxKontextPipeline.from_pretrained(str(flux_dir / "tiny-flux-kontext"), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    reference = pipe(image=picture, prompt=PROMPT, height=64, width=64, num_inference_steps=4, guidance_scale=3.5,
+                     max_sequence_length=512, latents=pack(noise), _auto_resize=False, max_area=64 * 64).images[0]
+    psnr = _psnr(result.images[0], reference)
+    print(f"Flux Kontext: Easel img2img vs FluxKontextPipeline PSNR {psnr:.1f} dB")
+    assert psnr >= 40
+    # the reference is what makes the difference: another image, another edit (the tiny random model looks
+    # at it only a little, so: much further from the pipeline's image than Easel's own)
+    other = flux_app.img2img(_request("kontext", mode="img2img", init_images=[_picture(2)], denoising_strength=1.0))
+    print(f"Flux Kontext with another reference image vs FluxKontextPipeline: {_psnr(other.images[0], reference):.1f} dB")
+    assert _psnr(other.images[0], reference) < psnr - 10
+
+
+def test_kontext_single_files_are_told_by_name_or_metadata():
+    flux = families.get("flux-dev")
+    assert flux.file_variant("flux1-kontext-dev.safetensors", {}) == "flux-kontext"
+    assert flux.file_variant("edit.safetensors", {"modelspec.architecture": "Flux.1-Kontext-dev"}) == "flux-kontext"
+    assert flux.file_variant("flux1-dev.safetensors", {"format": "pt"}) is None
+    assert families.get("flux-schnell").file_variant("flux1-kontext-dev.safetensors", {}) is None

@@ -2,6 +2,7 @@
 and ComfyUI's all-in-one file; detection from tensor names and shapes; the published architecture."""
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 
@@ -175,6 +176,15 @@ def test_vae_and_text_encoders_chosen_by_file_whatever_their_names(flux_models, 
             app.txt2img(replace(request, override_settings={"forge_additional_modules": ["nothing"]}))
         with pytest.raises(ModelLoadError, match="junk.safetensors fits none of Flux.1 dev's parts"):
             app.txt2img(replace(request, override_settings={"forge_additional_modules": ["junk", "autoenc"]}))
+        # Kontext dev has dev's tensors: its file name says it (the sidecar here gives only the tiny sizes)
+        stable = models / "Stable-diffusion"
+        shutil.copy(stable / checkpoint, stable / "flux1-kontext-dev-tiny.safetensors")
+        sidecar = json.loads((stable / "flux1-dev-tiny.json").read_text())
+        sidecar.pop("architecture")
+        (stable / "flux1-kontext-dev-tiny.json").write_text(json.dumps(sidecar))
+        app.models.refresh()
+        kontext = app.models.get("flux1-kontext-dev-tiny.safetensors", modules=["autoenc", "small_one", "big_one"])
+        assert kontext.architecture.label == "Flux.1 Kontext dev"
         shutil.copy(models / "VAE" / "autoenc.safetensors", models / "VAE" / "other_vae.safetensors")
         with pytest.raises(ModelLoadError, match="other_vae.safetensors and autoenc.safetensors are both a vae"):
             app.txt2img(replace(request, override_settings={"forge_additional_modules": ["autoenc", "other_vae"]}))

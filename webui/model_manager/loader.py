@@ -385,6 +385,19 @@ def _read_folder(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) -> Read
     return ReadWeights(configs, weights, tokenizers=tokenizers)
 
 
+def _file_metadata(path: Path) -> dict[str, str]:
+    """A safetensors file's `__metadata__` (empty for other formats or when unreadable)."""
+    if path.suffix.lower() != ".safetensors":
+        return {}
+    from .library import read_safetensors_header
+
+    try:
+        metadata = read_safetensors_header(path).get("__metadata__") or {}
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
+
+
 def _read_single_file(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) -> ReadWeights:
     """One file: tensors, configs from their shapes (or a sidecar), split by the family's layout."""
     tensors = read_tensors(info.path, allow_pickle)
@@ -394,6 +407,11 @@ def _read_single_file(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) ->
 
         notes.append(f"GGUF, dequantized at load: {describe_gguf(info.path)['quantization']}")
     configs, uncertain = file_configs({k: tuple(v.shape) for k, v in tensors.items()}, sidecar)
+    variant = None if sidecar.family else configs.architecture.adapter.file_variant(info.path.name,
+                                                                                    _file_metadata(info.path))
+    if variant:  # a variant the tensors cannot tell (Flux Kontext): its name or metadata says
+        arch = configs.architecture
+        configs = configs_for(Architecture(variant, arch.prediction_type, arch.inpainting), sidecar.components)
     weights, leftovers = checkpoint_to_diffusers(tensors, configs)
     del tensors
     if leftovers:
