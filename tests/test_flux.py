@@ -273,3 +273,63 @@ def test_kontext_single_files_are_told_by_name_or_metadata():
     assert flux.file_variant("edit.safetensors", {"modelspec.architecture": "Flux.1-Kontext-dev"}) == "flux-kontext"
     assert flux.file_variant("flux1-dev.safetensors", {"format": "pt"}) is None
     assert families.get("flux-schnell").file_variant("flux1-kontext-dev.safetensors", {}) is None
+
+
+def test_img2img_gives_flux_img2img_pipelines_image(flux_app, flux_dir):
+    """AUTOMATIC1111's img2img runs the last int(strength * steps) + 1 of `steps` steps; diffusers' runs the
+    last int(strength' * steps): denoising 0.5 of 4 steps here is FluxImg2ImgPipeline's strength 0.75.
+    The image's latents are the posterior mean in both (diffusers samples the posterior by default; Easel
+    takes the mean, so the reference is given the mean, encoded by the pipeline's own VAE)."""
+    from diffusers import FluxImg2ImgPipeline
+
+    picture = _picture(3)
+    result = flux_app.img2img(_request("dev", mode="img2img", init_images=[picture], denoising_strength=0.5))
+    pipe = FluxImg2ImgPipeline.from_pretrained(str(flux_dir / "tiny-flux-dev"), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        mean = pipe.vae.encode(pipe.image_processor.preprocess(picture, 64, 64)).latent_dist.mode()
+    latents = (mean - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+    reference = pipe(PROMPT, image=latents, strength=0.75, height=64, width=64, num_inference_steps=4,
+                     guidance_scale=3.5, max_sequence_length=512,
+                     generator=torch.Generator().manual_seed(5)).images[0]  # Easel's CPU noise for seed 5
+    psnr = _psnr(result.images[0], reference)
+    print(f"Flux img2img: Easel vs FluxImg2ImgPipeline PSNR {psnr:.1f} dB")
+    assert psnr >= 40
+    other = pipe(PROMPT, image=latents, strength=0.5, height=64, width=64, num_inference_steps=4,
+                 guidance_scale=3.5, max_sequence_length=512, generator=torch.Generator().manual_seed(5)).images[0]
+    assert _psnr(result.images[0], other) < psnr - 10  # one step fewer is another image: the test can fail
+
+
+def test_fill_gives_flux_fill_pipelines_image(flux_app, flux_dir):
+    """A whole-picture mask (nothing kept, so AUTOMATIC1111's latent blend and paste-back change nothing) gives
+    FluxFillPipeline's image. (With a partial mask Easel also holds the unmasked latents to the picture at
+    every step, as AUTOMATIC1111 and Forge do and the pipeline does not: different images by design.)"""
+    from diffusers import FluxFillPipeline
+    from PIL import Image
+
+    class MeanFill(FluxFillPipeline):  # the masked image's posterior mean, as Easel encodes it (diffusers samples)
+        def prepare_mask_latents(self, mask, masked_image, *args):
+            with torch.no_grad():
+                mean = self.vae.encode(masked_image).latent_dist.mode()
+            return super().prepare_mask_latents(mask, mean, *args)
+
+    pipe = MeanFill.from_pretrained(str(flux_dir / "tiny-flux-fill"), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    picture = _picture(4)
+    noise = ImageRNG((16, 8, 8), [5], torch.device("cpu"), source=flux_app.settings.get("randn_source")).first()
+
+    def theirs(mask):
+        return pipe(PROMPT, image=picture, mask_image=mask, height=64, width=64, num_inference_steps=4,
+                    guidance_scale=3.5, max_sequence_length=512, latents=pack(noise)).images[0]
+
+    def ours(mask):
+        return flux_app.img2img(_request("fill", mode="img2img", init_images=[picture], mask=mask, mask_blur=0,
+                                         denoising_strength=1.0, inpaint_full_res=False)).images[0]
+
+    whole = Image.new("L", (64, 64), 255)
+    psnr = _psnr(ours(whole), theirs(whole))
+    print(f"Flux Fill (whole mask): Easel vs FluxFillPipeline PSNR {psnr:.1f} dB")
+    assert psnr >= 40
+    box = Image.new("L", (64, 64), 0)
+    box.paste(255, (16, 16, 48, 48))
+    assert _psnr(ours(whole), theirs(box)) < psnr - 10  # the mask and masked image reach the model: can fail

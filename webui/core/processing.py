@@ -419,8 +419,7 @@ class Engine:
             targets, masks = sampling.inpaint_inputs
             mask_pixels = torch.stack([torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0) for m in masks])[:, None]
             mask_pixels = (mask_pixels > 0.5).float()
-            masked = [latents_io.to_image(latents_io.to_pixels(target)[0] * (1 - mask_pixels[i]))
-                      for i, target in enumerate(targets)]
+            masked = [latents_io.to_pixels(target) * (1 - mask_pixels[i]) for i, target in enumerate(targets)]
         else:  # no mask: the whole picture is "to be painted", as AUTOMATIC1111 does for txt2img
             mask_pixels = torch.ones(batch, 1, height, width)
             masked = [Image.new("RGB", (width, height), (128, 128, 128))] * batch
