@@ -190,3 +190,49 @@ def test_vae_and_text_encoders_chosen_by_file_whatever_their_names(flux_models, 
             app.txt2img(replace(request, override_settings={"forge_additional_modules": ["autoenc", "other_vae"]}))
     finally:
         app.close()
+
+
+def test_gguf_transformer_stays_quantized_in_memory(flux_models):
+    """The GGUF transformer's Linear layers keep their Q8_0 blocks (diffusers' GGUFLinear, dequantized per call):
+    the same predictions as the dequantized-at-load model, in less memory."""
+    from diffusers.quantizers.gguf.utils import GGUFLinear
+
+    from webui.model_manager.loader import load_checkpoint
+    from webui.model_manager.store import measure
+
+    app = _app(flux_models)
+    try:
+        name = "flux1-dev-tiny-Q8_0.gguf"
+        quantized = app.models.get(name)
+        assert any("GGUF kept quantized in memory" in note for note in quantized.notes), quantized.notes
+        layers = [m for m in quantized.unet.modules() if isinstance(m, GGUFLinear)]
+        assert layers and all(m.weight.quant_type.name == "Q8_0" for m in layers)
+        companions = {kind: app.paths.model_dir(kind) for kind in ("vae", "text_encoder")}
+        plain = load_checkpoint(app.models.find(name), app.models.device, False, companion_dirs=companions,
+                                keep_gguf_quantized=False)
+        assert not any(isinstance(m, GGUFLinear) for m in plain.unet.modules())
+        sizes = measure([quantized.unet]).ram, measure([plain.unet]).ram
+        print(f"Flux tiny transformer resident memory: GGUF Q8_0 kept quantized {sizes[0]:,} bytes, "
+              f"dequantized at load (fp32) {sizes[1]:,} bytes")
+        assert sizes[0] < 0.6 * sizes[1]
+        generator = torch.Generator().manual_seed(0)
+        x, context = torch.randn(1, 16, 8, 8, generator=generator), torch.randn(1, 6, 32, generator=generator)
+        adapter = quantized.architecture.adapter
+        kwargs = {"pooled_projections": torch.randn(1, 32, generator=generator), "guidance": torch.tensor([3.5])}
+        with torch.no_grad():
+            ours, theirs = (adapter.call_denoiser(m.unet, x, torch.tensor([500.0]), context, kwargs)
+                            for m in (quantized, plain))
+        # diffusers dequantizes Q8_0 with its scales in half precision; the gguf package in single
+        difference = float((ours - theirs).abs().max())
+        print(f"Flux tiny transformer output, quantized vs dequantized at load: max difference {difference:.5f}")
+        assert difference < 5e-3 and not torch.equal(ours, theirs)
+        # fp8 storage leaves the quantized blocks alone
+        app.settings.update({"weight_storage": "fp8_e4m3fn"})
+        try:
+            again = app.models.get(name)
+            assert any("stay quantized" in note for note in again.notes)
+            assert all(m.weight.quant_type.name == "Q8_0" for m in again.unet.modules() if isinstance(m, GGUFLinear))
+        finally:
+            app.settings.update({"weight_storage": "Automatic"})
+    finally:
+        app.close()

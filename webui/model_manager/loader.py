@@ -268,6 +268,11 @@ def apply_weight_storage(model: "LoadedModel", storage: str) -> None:
     dtype = STORAGE_DTYPES.get(storage)
     if dtype is None:
         return
+    from .gguf_quantized import is_quantized
+
+    if is_quantized(model):  # its quantized blocks are already smaller than fp8; casting them would garble them
+        model.notes.append(f"weight storage {storage} not applied: the GGUF weights stay quantized")
+        return
     model.unet.enable_layerwise_casting(storage_dtype=dtype, compute_dtype=model.device.dtype)
     model.weight_storage = storage
     model.notes.append(f"denoiser weights stored as {storage}")
@@ -405,7 +410,7 @@ def _read_single_file(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) ->
     if info.format == "gguf":
         from .gguf import describe_gguf
 
-        notes.append(f"GGUF, dequantized at load: {describe_gguf(info.path)['quantization']}")
+        notes.append(f"GGUF: {describe_gguf(info.path)['quantization']}")
     configs, uncertain = file_configs({k: tuple(v.shape) for k, v in tensors.items()}, sidecar)
     variant = None if sidecar.family else configs.architecture.adapter.file_variant(info.path.name,
                                                                                     _file_metadata(info.path))
@@ -431,8 +436,11 @@ def register_reader(fmt: str, reader: Reader) -> None:
 
 def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bool,
                     progress: Progress | None = None, companion_dirs: dict[str, Path] | None = None,
-                    module_files: tuple[Path, ...] = ()) -> LoadedModel:
-    """Load a checkpoint for generation. Raises ModelLoadError with a readable reason."""
+                    module_files: tuple[Path, ...] = (), keep_gguf_quantized: bool = True) -> LoadedModel:
+    """Load a checkpoint for generation. Raises ModelLoadError with a readable reason.
+
+    `keep_gguf_quantized`: a GGUF file's denoiser keeps its quantized blocks in memory where it can
+    (`gguf_quantized.py`); False: dequantized at load, as before."""
     say = progress or (lambda message: None)
     started = time.perf_counter()
     reader = READERS.get(info.format)
@@ -473,6 +481,11 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bo
         tokenizers={n: read.tokenizers.get(n) or tokenizer_for(arch.family, n) for n in arch.text_encoders},
         device=device, notes=notes, demo=sidecar.demo, module_files=tuple(module_files),
         part_files=dict(read.part_files), automatic_files=frozenset(read.automatic_files))
+    if info.format == "gguf" and keep_gguf_quantized:
+        from .gguf_quantized import keep_quantized
+
+        say("keeping the GGUF weights quantized")
+        notes.append(keep_quantized(loaded, info.path))
     loaded.load_seconds = time.perf_counter() - started
     log.info("loaded %s (%s) in %.1fs", info.name, arch.label, loaded.load_seconds)
     return loaded
