@@ -333,3 +333,41 @@ def test_fill_gives_flux_fill_pipelines_image(flux_app, flux_dir):
     box = Image.new("L", (64, 64), 0)
     box.paste(255, (16, 16, 48, 48))
     assert _psnr(ours(whole), theirs(box)) < psnr - 10  # the mask and masked image reach the model: can fail
+
+
+@pytest.mark.parametrize("layout", ["kohya", "bfl", "xlabs"])
+def test_flux_loras_in_published_layouts_apply_as_their_diffusers_equivalent(flux_app, layout):
+    """kohya (`lora_unet_double_blocks_*`), the same under BFL's names (`diffusion_model.double_blocks.*`) and
+    XLabs (`double_blocks.*.processor.*`) give the image of the same LoRA written in diffusers' layout."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(11)
+    down = {n: torch.randn(4, 32, generator=generator) for n in ("qkv", "proj")}
+    up = {"qkv": torch.randn(96, 4, generator=generator), "proj": torch.randn(32, 4, generator=generator)}
+    block = "transformer.transformer_blocks.0.attn"
+    diffusers_layout = {f"{block}.to_out.0.lora_A.weight": down["proj"], f"{block}.to_out.0.lora_B.weight": up["proj"]}
+    for name, part in zip(("to_q", "to_k", "to_v"), up["qkv"].chunk(3)):
+        diffusers_layout[f"{block}.{name}.lora_A.weight"] = down["qkv"].clone()
+        diffusers_layout[f"{block}.{name}.lora_B.weight"] = part.clone()
+    if layout == "xlabs":
+        published = {"double_blocks.0.processor.qkv_lora1.down.weight": down["qkv"],
+                     "double_blocks.0.processor.qkv_lora1.up.weight": up["qkv"],
+                     "double_blocks.0.processor.proj_lora1.down.weight": down["proj"],
+                     "double_blocks.0.processor.proj_lora1.up.weight": up["proj"]}
+    else:
+        stem = "lora_unet_double_blocks_0_img_attn_" if layout == "kohya" else "diffusion_model.double_blocks.0.img_attn."
+        published = {}
+        for name in ("qkv", "proj"):
+            published[f"{stem}{name}.lora_down.weight"] = down[name]
+            published[f"{stem}{name}.lora_up.weight"] = up[name]
+            published[f"{stem}{name}.alpha"] = torch.tensor(4.0)  # alpha = rank: scale 1
+    folder = flux_app.paths.model_dir("lora")
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(published, str(folder / f"flux-{layout}.safetensors"))
+    save_file(diffusers_layout, str(folder / f"flux-{layout}-diffusers.safetensors"))
+    plain = flux_app.txt2img(_request("schnell", steps=2))
+    theirs = flux_app.txt2img(_request("schnell", steps=2, prompt=PROMPT + f" <lora:flux-{layout}-diffusers:0.8>"))
+    ours = flux_app.txt2img(_request("schnell", steps=2, prompt=PROMPT + f" <lora:flux-{layout}:0.8>"))
+    assert not ours.warnings, ours.warnings
+    assert _psnr(plain.images[0], ours.images[0]) < 60  # it changes the image ...
+    assert _psnr(ours.images[0], theirs.images[0]) > 60  # ... as the diffusers-layout LoRA does

@@ -30,6 +30,7 @@ from ..model_manager.lookup import ModelNotFound, find_file
 from ..paths import model_files
 from ..model_manager.safe_unpickle import PICKLE_SUFFIXES, load_pickle_checkpoint
 from ..model_manager.store import ModelStore
+from .lora_formats import to_diffusers_layout
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
@@ -123,6 +124,10 @@ def read_lora(path: Path, allow_pickle: bool = False) -> LoraFile:
     else:
         tensors = load_pickle_checkpoint(path, allow_pickle)
         metadata = {}
+    try:  # Flux's kohya / BFL / XLabs layouts, in diffusers' layout (features/lora_formats.py)
+        tensors = to_diffusers_layout(tensors)
+    except ValueError as exc:
+        raise LoraError(f"{path.name}: {exc}") from exc
     modules: dict[str, LoraModule] = {}
     for key, value in tensors.items():
         split = _split_key(key)
