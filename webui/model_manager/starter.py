@@ -34,7 +34,7 @@ class StarterModel:
     title: str
     kind: str                        # a key of paths.MODEL_FOLDERS
     files: tuple[StarterFile, ...]
-    architecture: str = ""           # sd1, sd2, sdxl, sdxl-refiner, or "" when it does not apply
+    architecture: str = ""           # a family name (sd1, sdxl, flux-dev ...), or "" when it does not apply
     description: str = ""
 
     @property
@@ -80,6 +80,41 @@ STARTERS: tuple[StarterModel, ...] = (
              "sd_xl_refiner_1.0.safetensors", 6_075_981_930,
              "7440042bbdc8a24813002c09b6b69b64dc90fded4472613437b7f55f9b7d9c5f"),),
         "sdxl-refiner", "Finishing stage for SDXL base (the last steps of sampling)."),
+    # Flux.1: the transformer alone (GGUF, kept quantized) or ComfyUI's fp8 all-in-one files, and the parts a
+    # transformer-only file takes from models/text_encoder and models/VAE (hashes as published lists confirm them)
+    StarterModel("flux1-schnell-q8", "Flux.1 schnell (GGUF Q8_0)", "checkpoint", (
+        _hub("flux1-schnell-Q8_0.gguf", "city96/FLUX.1-schnell-gguf", "flux1-schnell-Q8_0.gguf", 12_687_821_728,
+             "f6694941193b10148dbf1f0f498d4ccd3e9875c127fc53946213b68580c66f10"),),
+        "flux-schnell", "Flux.1 schnell's transformer, quantized (4 steps, Apache 2.0). Needs the Flux text "
+                        "encoders and Flux VAE entries."),
+    StarterModel("flux1-dev-q8", "Flux.1 dev (GGUF Q8_0)", "checkpoint", (
+        _hub("flux1-dev-Q8_0.gguf", "city96/FLUX.1-dev-gguf", "flux1-dev-Q8_0.gguf", 12_700 * MB),),
+        "flux-dev", "Flux.1 dev's transformer, quantized (non-commercial licence). Needs the Flux text encoders "
+                    "and Flux VAE entries."),
+    StarterModel("flux1-schnell-fp8", "Flux.1 schnell fp8 (all in one)", "checkpoint", (
+        _hub("flux1-schnell-fp8.safetensors", "Comfy-Org/flux1-schnell", "flux1-schnell-fp8.safetensors",
+             17_200 * MB),),
+        "flux-schnell", "ComfyUI's single file: fp8 transformer with CLIP-L, T5-XXL and the VAE inside."),
+    StarterModel("flux1-dev-fp8", "Flux.1 dev fp8 (all in one)", "checkpoint", (
+        _hub("flux1-dev-fp8.safetensors", "Comfy-Org/flux1-dev", "flux1-dev-fp8.safetensors", 17_200 * MB),),
+        "flux-dev", "ComfyUI's single file: fp8 transformer with CLIP-L, T5-XXL and the VAE inside."),
+    StarterModel("flux-text-encoders", "Flux text encoders (CLIP-L, T5-XXL fp8, T5 tokenizer)", "text_encoder", (
+        _hub("clip_l.safetensors", "comfyanonymous/flux_text_encoders", "clip_l.safetensors", 246_144_152,
+             "660c6f5b1abae9dc498ac2d21e1347d2abdb0cf6c0c0c8576cd796491d9a6cdd"),
+        _hub("t5xxl_fp8_e4m3fn.safetensors", "comfyanonymous/flux_text_encoders", "t5xxl_fp8_e4m3fn.safetensors",
+             4_893_934_904, "7d330da4816157540d6bb7838bf63a0f02f573fc48ca4d8de34bb0cbfd514f09"),
+        *(_hub(f"t5_tokenizer/{name}", "black-forest-labs/FLUX.1-schnell", f"tokenizer_2/{name}", size)
+          for name, size in (("tokenizer.json", 2_424_064), ("tokenizer_config.json", 20_817),
+                             ("special_tokens_map.json", 2_543), ("spiece.model", 791_656)))),
+        "", "What a Flux transformer-only file reads from models/text_encoder (T5's tokenizer too)."),
+    StarterModel("flux-t5xxl-fp16", "T5-XXL fp16 (Flux, more precise)", "text_encoder", (
+        _hub("t5xxl_fp16.safetensors", "comfyanonymous/flux_text_encoders", "t5xxl_fp16.safetensors",
+             9_790 * MB, "6e480b09fae049a72d2a8c5fbccb8d3e92febeb233bbe9dfe7256958a9167635"),),
+        "", "The T5-XXL encoder in half precision (twice the memory of the fp8 one)."),
+    StarterModel("flux-vae", "Flux VAE (ae)", "vae", (
+        _hub("ae.safetensors", "black-forest-labs/FLUX.1-schnell", "ae.safetensors", 335_304_388,
+             "afc8e28272cd15db3919bacdb6918ce9c1ed22e96cb12c4d5ed0fba823529e38"),),
+        "", "The 16-channel autoencoder every Flux.1 model uses."),
     StarterModel("sd-turbo", "SD-Turbo", "checkpoint", (
         _hub("sd_turbo.safetensors", "stabilityai/sd-turbo", "sd_turbo.safetensors", 5_210 * MB),),
         "sd2", "Distilled SD 2.1: 512×512 in 1-4 steps at CFG 1."),
