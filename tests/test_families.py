@@ -14,13 +14,13 @@ CORE = Path(__file__).resolve().parent.parent / "webui" / "core"
 
 
 def test_the_stable_diffusion_and_flux_families_are_registered():
-    assert families.names() == ("flux-dev", "flux-schnell", "sd1", "sd2", "sdxl", "sdxl-refiner")
-    assert [f.label for f in families.all_families()] == ["Flux.1 dev", "Flux.1 schnell", "SD 1.x", "SD 2.x",
+    assert families.names() == ("flux-dev", "flux-schnell", "flux-kontext", "sd1", "sd2", "sdxl", "sdxl-refiner")
+    assert [f.label for f in families.all_families()] == ["Flux.1 dev", "Flux.1 schnell", "Flux.1 Kontext dev", "SD 1.x", "SD 2.x",
                                                           "SDXL", "SDXL refiner"]
 
 
 def test_unknown_family_names_the_known_ones():
-    with pytest.raises(ValueError, match="known: flux-dev, flux-schnell, sd1, sd2, sdxl, sdxl-refiner"):
+    with pytest.raises(ValueError, match="known: flux-dev, flux-schnell, flux-kontext, sd1, sd2, sdxl, sdxl-refiner"):
         Architecture("flux")
 
 
