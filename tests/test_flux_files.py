@@ -226,6 +226,21 @@ def test_gguf_transformer_stays_quantized_in_memory(flux_models):
         difference = float((ours - theirs).abs().max())
         print(f"Flux tiny transformer output, quantized vs dequantized at load: max difference {difference:.5f}")
         assert difference < 5e-3 and not torch.equal(ours, theirs)
+        # a LoRA patches quantized layers (dequantized while it is on) and leaves them quantized again
+        from safetensors.torch import save_file
+
+        lora = {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(4, 32, generator=generator),
+                "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(32, 4, generator=generator)}
+        (flux_models / "models" / "Lora").mkdir(exist_ok=True)
+        save_file(lora, str(flux_models / "models" / "Lora" / "gguf-style.safetensors"))
+        request = GenerationRequest(prompt="a red chair", steps=2, width=64, height=64, seed=3, sampler_name="Euler",
+                                    cfg_scale=1, checkpoint=name)
+        plain_image = np.asarray(app.txt2img(request).images[0], dtype=np.float64)
+        styled = app.txt2img(replace(request, prompt="a red chair <lora:gguf-style:1>"))
+        assert not styled.warnings, styled.warnings
+        assert np.abs(np.asarray(styled.images[0], dtype=np.float64) - plain_image).max() > 0
+        assert np.array_equal(np.asarray(app.txt2img(request).images[0], dtype=np.float64), plain_image)
+        assert type(quantized.unet.transformer_blocks[0].attn.to_q) is GGUFLinear
         # fp8 storage leaves the quantized blocks alone
         app.settings.update({"weight_storage": "fp8_e4m3fn"})
         try:

@@ -40,3 +40,29 @@ def to_diffusers_layout(tensors: dict[str, Any]) -> dict[str, Any]:
         return function(dict(tensors))
     except (ValueError, KeyError, RuntimeError, IndexError) as exc:
         raise ValueError(f"a Flux LoRA in the {kind} layout that diffusers' conversion cannot read ({exc})") from exc
+
+
+class QuantizedBackup:
+    """What a GGUF-quantized layer had before a LoRA patched it: its class and its quantized weight."""
+
+    def __init__(self, cls: type, weight: Any):
+        self.cls, self.weight = cls, weight
+
+    def restore(self, module: Any) -> None:
+        module.__class__ = self.cls
+        module.weight = self.weight
+
+
+def quantized_patch(module: Any, delta: Any) -> QuantizedBackup:
+    """Patch a diffusers GGUFLinear: while the LoRA is on, the layer is a plain Linear holding its dequantized
+    weight plus the LoRA's change (block-quantized bytes cannot take an addition); restore() puts the
+    quantized layer back as it was. Costs the layer's full-precision size only while a LoRA is on."""
+    import torch
+    from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
+
+    backup = QuantizedBackup(type(module), module.weight)
+    dtype = getattr(module, "compute_dtype", None) or torch.float32
+    full = dequantize_gguf_tensor(module.weight).to(device=delta.device, dtype=torch.float32) + delta
+    module.__class__ = torch.nn.Linear  # GGUFLinear is a Linear: the plain forward on a plain weight
+    module.weight = torch.nn.Parameter(full.to(dtype), requires_grad=False)
+    return backup
