@@ -14,16 +14,16 @@ CORE = Path(__file__).resolve().parent.parent / "webui" / "core"
 
 
 def test_the_stable_diffusion_and_flux_families_are_registered():
-    assert families.names() == ("flux-dev", "flux-schnell", "sd1", "sd2", "sd3", "sd35-medium", "sd35-large",
-                                "sd35-large-turbo", "sdxl", "sdxl-refiner", "zimage-turbo", "zimage")
-    assert [f.label for f in families.all_families()] == ["Flux.1 dev", "Flux.1 schnell", "SD 1.x", "SD 2.x",
-                                                          "SD 3 Medium", "SD 3.5 Medium", "SD 3.5 Large",
-                                                          "SD 3.5 Large Turbo", "SDXL", "SDXL refiner",
+    assert families.names() == ("flux-dev", "flux-schnell", "flux-kontext", "sd1", "sd2", "sd3", "sd35-medium",
+                                "sd35-large", "sd35-large-turbo", "sdxl", "sdxl-refiner", "zimage-turbo", "zimage")
+    assert [f.label for f in families.all_families()] == ["Flux.1 dev", "Flux.1 schnell", "Flux.1 Kontext dev",
+                                                          "SD 1.x", "SD 2.x", "SD 3 Medium", "SD 3.5 Medium",
+                                                          "SD 3.5 Large", "SD 3.5 Large Turbo", "SDXL", "SDXL refiner",
                                                           "Z-Image Turbo", "Z-Image"]
 
 
 def test_unknown_family_names_the_known_ones():
-    with pytest.raises(ValueError, match="known: flux-dev, flux-schnell, sd1, sd2, sd3, .*sdxl, sdxl-refiner, zimage-turbo, zimage"):
+    with pytest.raises(ValueError, match="known: flux-dev, flux-schnell, flux-kontext, sd1, sd2, sd3, .*sdxl, sdxl-refiner, zimage-turbo, zimage"):
         Architecture("flux")
 
 

@@ -22,6 +22,7 @@ def flux_dir(tmp_path_factory):
     write_flux_folder(folder / "tiny-flux-dev", "dev", seed=1)
     write_flux_folder(folder / "tiny-flux-schnell", "schnell", seed=2)
     write_flux_folder(folder / "tiny-flux-fill", "dev", seed=3, fill=True)
+    write_flux_folder(folder / "tiny-flux-kontext", "dev", seed=7, kontext=True)
     return folder
 
 
@@ -86,7 +87,7 @@ def test_real_cfg_runs_the_negative_pass_and_ddpm_samplers_are_refused(flux_app)
 
 def test_a_flux_folder_is_one_checkpoint_with_its_family(flux_app):
     names = [info.name for info in flux_app.models.checkpoints()]
-    assert sorted(names) == ["tiny-flux-dev", "tiny-flux-fill", "tiny-flux-schnell"]
+    assert sorted(names) == ["tiny-flux-dev", "tiny-flux-fill", "tiny-flux-kontext", "tiny-flux-schnell"]
     model = flux_app.models.get("tiny-flux-dev")
     assert model.architecture.label == "Flux.1 dev" and model.architecture.adapter.latent.channels == 16
     assert type(model.unet).__name__ == "FluxTransformer2DModel"
@@ -233,3 +234,140 @@ def test_fill_gets_the_masked_image_and_mask_as_flux_fill_pipeline_packs_them(fl
     out = np.asarray(result.images[0], dtype=np.float64)
     assert np.abs(out[:8, :8] - (200, 60, 40)).max() <= 2  # outside the mask: the picture, pasted back
     assert np.abs(out[24:40, 24:40] - (200, 60, 40)).mean() > 10  # inside: painted
+
+
+def _picture(seed: int):
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    return Image.fromarray(pixels).resize((64, 64), Image.BICUBIC)
+
+
+def test_kontext_edits_with_the_image_as_reference_tokens_as_flux_kontext_pipeline_does(flux_app, flux_dir):
+    """FLUX.1 Kontext dev (told by its pipeline, name or metadata): the img2img image's latents follow the
+    noise's tokens at position index 1; with denoising 1 the edit starts from noise, as FluxKontextPipeline."""
+    from diffusers import FluxKontextPipeline
+
+    model = flux_app.models.get("tiny-flux-kontext")
+    assert model.architecture.label == "Flux.1 Kontext dev" and model.architecture.adapter.image_reference
+    picture = _picture(1)
+    result = flux_app.img2img(_request("kontext", mode="img2img", init_images=[picture], denoising_strength=1.0))
+    noise = ImageRNG((16, 8, 8), [5], torch.device("cpu"), source=flux_app.settings.get("randn_source")).first()
+    pipe = FluxKontextPipeline.from_pretrained(str(flux_dir / "tiny-flux-kontext"), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    reference = pipe(image=picture, prompt=PROMPT, height=64, width=64, num_inference_steps=4, guidance_scale=3.5,
+                     max_sequence_length=512, latents=pack(noise), _auto_resize=False, max_area=64 * 64).images[0]
+    psnr = _psnr(result.images[0], reference)
+    print(f"Flux Kontext: Easel img2img vs FluxKontextPipeline PSNR {psnr:.1f} dB")
+    assert psnr >= 40
+    # the reference is what makes the difference: another image, another edit (the tiny random model looks
+    # at it only a little, so: much further from the pipeline's image than Easel's own)
+    other = flux_app.img2img(_request("kontext", mode="img2img", init_images=[_picture(2)], denoising_strength=1.0))
+    print(f"Flux Kontext with another reference image vs FluxKontextPipeline: {_psnr(other.images[0], reference):.1f} dB")
+    assert _psnr(other.images[0], reference) < psnr - 10
+
+
+def test_kontext_single_files_are_told_by_name_or_metadata():
+    flux = families.get("flux-dev")
+    assert flux.file_variant("flux1-kontext-dev.safetensors", {}) == "flux-kontext"
+    assert flux.file_variant("edit.safetensors", {"modelspec.architecture": "Flux.1-Kontext-dev"}) == "flux-kontext"
+    assert flux.file_variant("flux1-dev.safetensors", {"format": "pt"}) is None
+    assert families.get("flux-schnell").file_variant("flux1-kontext-dev.safetensors", {}) is None
+
+
+def test_img2img_gives_flux_img2img_pipelines_image(flux_app, flux_dir):
+    """AUTOMATIC1111's img2img runs the last int(strength * steps) + 1 of `steps` steps; diffusers' runs the
+    last int(strength' * steps): denoising 0.5 of 4 steps here is FluxImg2ImgPipeline's strength 0.75.
+    The image's latents are the posterior mean in both (diffusers samples the posterior by default; Easel
+    takes the mean, so the reference is given the mean, encoded by the pipeline's own VAE)."""
+    from diffusers import FluxImg2ImgPipeline
+
+    picture = _picture(3)
+    result = flux_app.img2img(_request("dev", mode="img2img", init_images=[picture], denoising_strength=0.5))
+    pipe = FluxImg2ImgPipeline.from_pretrained(str(flux_dir / "tiny-flux-dev"), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        mean = pipe.vae.encode(pipe.image_processor.preprocess(picture, 64, 64)).latent_dist.mode()
+    latents = (mean - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+    reference = pipe(PROMPT, image=latents, strength=0.75, height=64, width=64, num_inference_steps=4,
+                     guidance_scale=3.5, max_sequence_length=512,
+                     generator=torch.Generator().manual_seed(5)).images[0]  # Easel's CPU noise for seed 5
+    psnr = _psnr(result.images[0], reference)
+    print(f"Flux img2img: Easel vs FluxImg2ImgPipeline PSNR {psnr:.1f} dB")
+    assert psnr >= 40
+    other = pipe(PROMPT, image=latents, strength=0.5, height=64, width=64, num_inference_steps=4,
+                 guidance_scale=3.5, max_sequence_length=512, generator=torch.Generator().manual_seed(5)).images[0]
+    assert _psnr(result.images[0], other) < psnr - 10  # one step fewer is another image: the test can fail
+
+
+def test_fill_gives_flux_fill_pipelines_image(flux_app, flux_dir):
+    """A whole-picture mask (nothing kept, so AUTOMATIC1111's latent blend and paste-back change nothing) gives
+    FluxFillPipeline's image. (With a partial mask Easel also holds the unmasked latents to the picture at
+    every step, as AUTOMATIC1111 and Forge do and the pipeline does not: different images by design.)"""
+    from diffusers import FluxFillPipeline
+    from PIL import Image
+
+    class MeanFill(FluxFillPipeline):  # the masked image's posterior mean, as Easel encodes it (diffusers samples)
+        def prepare_mask_latents(self, mask, masked_image, *args):
+            with torch.no_grad():
+                mean = self.vae.encode(masked_image).latent_dist.mode()
+            return super().prepare_mask_latents(mask, mean, *args)
+
+    pipe = MeanFill.from_pretrained(str(flux_dir / "tiny-flux-fill"), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    picture = _picture(4)
+    noise = ImageRNG((16, 8, 8), [5], torch.device("cpu"), source=flux_app.settings.get("randn_source")).first()
+
+    def theirs(mask):
+        return pipe(PROMPT, image=picture, mask_image=mask, height=64, width=64, num_inference_steps=4,
+                    guidance_scale=3.5, max_sequence_length=512, latents=pack(noise)).images[0]
+
+    def ours(mask):
+        return flux_app.img2img(_request("fill", mode="img2img", init_images=[picture], mask=mask, mask_blur=0,
+                                         denoising_strength=1.0, inpaint_full_res=False)).images[0]
+
+    whole = Image.new("L", (64, 64), 255)
+    psnr = _psnr(ours(whole), theirs(whole))
+    print(f"Flux Fill (whole mask): Easel vs FluxFillPipeline PSNR {psnr:.1f} dB")
+    assert psnr >= 40
+    box = Image.new("L", (64, 64), 0)
+    box.paste(255, (16, 16, 48, 48))
+    assert _psnr(ours(whole), theirs(box)) < psnr - 10  # the mask and masked image reach the model: can fail
+
+
+@pytest.mark.parametrize("layout", ["kohya", "bfl", "xlabs"])
+def test_flux_loras_in_published_layouts_apply_as_their_diffusers_equivalent(flux_app, layout):
+    """kohya (`lora_unet_double_blocks_*`), the same under BFL's names (`diffusion_model.double_blocks.*`) and
+    XLabs (`double_blocks.*.processor.*`) give the image of the same LoRA written in diffusers' layout."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(11)
+    down = {n: torch.randn(4, 32, generator=generator) for n in ("qkv", "proj")}
+    up = {"qkv": torch.randn(96, 4, generator=generator), "proj": torch.randn(32, 4, generator=generator)}
+    block = "transformer.transformer_blocks.0.attn"
+    diffusers_layout = {f"{block}.to_out.0.lora_A.weight": down["proj"], f"{block}.to_out.0.lora_B.weight": up["proj"]}
+    for name, part in zip(("to_q", "to_k", "to_v"), up["qkv"].chunk(3)):
+        diffusers_layout[f"{block}.{name}.lora_A.weight"] = down["qkv"].clone()
+        diffusers_layout[f"{block}.{name}.lora_B.weight"] = part.clone()
+    if layout == "xlabs":
+        published = {"double_blocks.0.processor.qkv_lora1.down.weight": down["qkv"],
+                     "double_blocks.0.processor.qkv_lora1.up.weight": up["qkv"],
+                     "double_blocks.0.processor.proj_lora1.down.weight": down["proj"],
+                     "double_blocks.0.processor.proj_lora1.up.weight": up["proj"]}
+    else:
+        stem = "lora_unet_double_blocks_0_img_attn_" if layout == "kohya" else "diffusion_model.double_blocks.0.img_attn."
+        published = {}
+        for name in ("qkv", "proj"):
+            published[f"{stem}{name}.lora_down.weight"] = down[name]
+            published[f"{stem}{name}.lora_up.weight"] = up[name]
+            published[f"{stem}{name}.alpha"] = torch.tensor(4.0)  # alpha = rank: scale 1
+    folder = flux_app.paths.model_dir("lora")
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(published, str(folder / f"flux-{layout}.safetensors"))
+    save_file(diffusers_layout, str(folder / f"flux-{layout}-diffusers.safetensors"))
+    plain = flux_app.txt2img(_request("schnell", steps=2))
+    theirs = flux_app.txt2img(_request("schnell", steps=2, prompt=PROMPT + f" <lora:flux-{layout}-diffusers:0.8>"))
+    ours = flux_app.txt2img(_request("schnell", steps=2, prompt=PROMPT + f" <lora:flux-{layout}:0.8>"))
+    assert not ours.warnings, ours.warnings
+    assert _psnr(plain.images[0], ours.images[0]) < 60  # it changes the image ...
+    assert _psnr(ours.images[0], theirs.images[0]) > 60  # ... as the diffusers-layout LoRA does

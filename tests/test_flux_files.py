@@ -2,7 +2,9 @@
 and ComfyUI's all-in-one file; detection from tensor names and shapes; the published architecture."""
 from __future__ import annotations
 
+import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -86,7 +88,11 @@ def test_single_file_and_all_in_one_give_the_folders_image(flux_models):
             images[name] = np.asarray(result.images[0], dtype=np.float64)
             assert "Distilled CFG Scale: 3.5" in result.infotexts[0]
         notes = app.models.get("flux1-dev-tiny.safetensors").notes
-        assert "vae from vae/ae.safetensors" in notes and "text encoder 2 from text_encoder/t5xxl_fp16.safetensors" in notes
+        # choosing the very files found automatically (a pasted `Module N` list) keeps the loaded model
+        loaded = app.models.get("flux1-dev-tiny.safetensors")
+        assert app.models.get("flux1-dev-tiny.safetensors", modules=["ae", "clip_l", "t5xxl_fp16"]) is loaded
+        assert app.models.get("flux1-dev-tiny.safetensors") is loaded
+        assert "vae from VAE/ae.safetensors" in notes and "text encoder 2 from text_encoder/t5xxl_fp16.safetensors" in notes
         for name in ("flux1-dev-aio.safetensors", "flux1-dev-tiny.safetensors"):
             assert np.abs(images[name] - images["tiny-flux-dev"]).max() <= 2, name
         # GGUF Q8_0 (dequantized at load): close to the full-precision weights, not equal
@@ -117,5 +123,131 @@ def test_a_missing_text_encoder_or_tokenizer_is_named(flux_models, tmp_path):
         shutil.rmtree(models / "text_encoder" / "t5_tokenizer")
         with pytest.raises(ModelLoadError, match="T5 tokenizer is missing"):
             app.models.get("flux1-dev-tiny.safetensors")
+    finally:
+        app.close()
+
+
+def test_vae_and_text_encoders_chosen_by_file_whatever_their_names(flux_models, tmp_path):
+    """Forge's VAE / Text Encoder choice: files named anything become the part their tensors fit, the choice
+    is remembered per checkpoint, written as `Module N` and pasted back; what is wrong is named."""
+    from safetensors.torch import save_file
+
+    from webui.core.infotext import parse_infotext
+    from webui.core.request import ValidationError
+    from webui.model_manager.errors import ModelLoadError
+    from webui.pnginfo import infotext_to_fields
+
+    models = tmp_path / "models"
+    shutil.copytree(flux_models / "models", models)
+    renamed = {"VAE/ae.safetensors": "VAE/autoenc.safetensors", "text_encoder/clip_l.safetensors":
+               "text_encoder/small_one.safetensors", "text_encoder/t5xxl_fp16.safetensors": "text_encoder/big_one.safetensors"}
+    for old, new in renamed.items():
+        (models / old).rename(models / new)
+    save_file({"something.weight": torch.zeros(3)}, str(models / "text_encoder" / "junk.safetensors"))
+    app = _app(flux_models, models)
+    checkpoint = "flux1-dev-tiny.safetensors"
+    request = GenerationRequest(prompt="a red chair", steps=3, width=64, height=64, seed=3, sampler_name="Euler",
+                                cfg_scale=1, checkpoint=checkpoint)
+    try:
+        choices = app.models.module_choices
+        assert choices.names() == ["autoenc.safetensors", "big_one.safetensors", "junk.safetensors",
+                                   "small_one.safetensors"]
+        with pytest.raises(ModelLoadError, match="no vae .*VAE / Text Encoder"):
+            app.models.get(checkpoint)
+        # chosen in any order, by name or stem or path: each file becomes the part its tensors fit
+        choices.set_preference(checkpoint, ["big_one", "text_encoder/small_one.safetensors", "autoenc"])
+        assert choices.preference(checkpoint) == ["big_one.safetensors", "small_one.safetensors",
+                                                  "autoenc.safetensors"]
+        result = app.txt2img(request)
+        reference = app.txt2img(replace(request, checkpoint="tiny-flux-dev"))
+        assert np.abs(np.asarray(result.images[0], dtype=np.float64) -
+                      np.asarray(reference.images[0], dtype=np.float64)).max() <= 2
+        text = result.infotexts[0]
+        assert "Module 1: big_one, Module 2: small_one, Module 3: autoenc" in text
+        assert app.models.get(checkpoint).part_files["text_encoder_2"].name == "big_one.safetensors"
+        # paste restores the choice as a per-request override (Forge's VAE/TE), which loads the same files
+        pasted = infotext_to_fields(parse_infotext(text))["override_settings"]["forge_additional_modules"]
+        assert pasted == ["big_one", "small_one", "autoenc"]
+        choices.set_preference(checkpoint, [])
+        again = app.txt2img(replace(request, override_settings={"forge_additional_modules": pasted}))
+        assert np.array_equal(np.asarray(again.images[0]), np.asarray(result.images[0]))
+        # what is wrong is named: a file that is not there, one that fits no part, two of one part
+        with pytest.raises(ValidationError, match="override_settings.forge_additional_modules.*'nothing' not found"):
+            app.txt2img(replace(request, override_settings={"forge_additional_modules": ["nothing"]}))
+        with pytest.raises(ModelLoadError, match="junk.safetensors fits none of Flux.1 dev's parts"):
+            app.txt2img(replace(request, override_settings={"forge_additional_modules": ["junk", "autoenc"]}))
+        # Kontext dev has dev's tensors: its file name says it (the sidecar here gives only the tiny sizes)
+        stable = models / "Stable-diffusion"
+        shutil.copy(stable / checkpoint, stable / "flux1-kontext-dev-tiny.safetensors")
+        sidecar = json.loads((stable / "flux1-dev-tiny.json").read_text())
+        sidecar.pop("architecture")
+        (stable / "flux1-kontext-dev-tiny.json").write_text(json.dumps(sidecar))
+        app.models.refresh()
+        kontext = app.models.get("flux1-kontext-dev-tiny.safetensors", modules=["autoenc", "small_one", "big_one"])
+        assert kontext.architecture.label == "Flux.1 Kontext dev"
+        shutil.copy(models / "VAE" / "autoenc.safetensors", models / "VAE" / "other_vae.safetensors")
+        with pytest.raises(ModelLoadError, match="other_vae.safetensors and autoenc.safetensors are both a vae"):
+            app.txt2img(replace(request, override_settings={"forge_additional_modules": ["autoenc", "other_vae"]}))
+    finally:
+        app.close()
+
+
+def test_gguf_transformer_stays_quantized_in_memory(flux_models):
+    """The GGUF transformer's Linear layers keep their Q8_0 blocks (diffusers' GGUFLinear, dequantized per call):
+    the same predictions as the dequantized-at-load model, in less memory."""
+    from diffusers.quantizers.gguf.utils import GGUFLinear
+
+    from webui.model_manager.loader import load_checkpoint
+    from webui.model_manager.store import measure
+
+    app = _app(flux_models)
+    try:
+        name = "flux1-dev-tiny-Q8_0.gguf"
+        quantized = app.models.get(name)
+        assert any("GGUF kept quantized in memory" in note for note in quantized.notes), quantized.notes
+        layers = [m for m in quantized.unet.modules() if isinstance(m, GGUFLinear)]
+        assert layers and all(m.weight.quant_type.name == "Q8_0" for m in layers)
+        companions = {kind: app.paths.model_dir(kind) for kind in ("vae", "text_encoder")}
+        plain = load_checkpoint(app.models.find(name), app.models.device, False, companion_dirs=companions,
+                                keep_gguf_quantized=False)
+        assert not any(isinstance(m, GGUFLinear) for m in plain.unet.modules())
+        sizes = measure([quantized.unet]).ram, measure([plain.unet]).ram
+        print(f"Flux tiny transformer resident memory: GGUF Q8_0 kept quantized {sizes[0]:,} bytes, "
+              f"dequantized at load (fp32) {sizes[1]:,} bytes")
+        assert sizes[0] < 0.6 * sizes[1]
+        generator = torch.Generator().manual_seed(0)
+        x, context = torch.randn(1, 16, 8, 8, generator=generator), torch.randn(1, 6, 32, generator=generator)
+        adapter = quantized.architecture.adapter
+        kwargs = {"pooled_projections": torch.randn(1, 32, generator=generator), "guidance": torch.tensor([3.5])}
+        with torch.no_grad():
+            ours, theirs = (adapter.call_denoiser(m.unet, x, torch.tensor([500.0]), context, kwargs)
+                            for m in (quantized, plain))
+        # diffusers dequantizes Q8_0 with its scales in half precision; the gguf package in single
+        difference = float((ours - theirs).abs().max())
+        print(f"Flux tiny transformer output, quantized vs dequantized at load: max difference {difference:.5f}")
+        assert difference < 5e-3 and not torch.equal(ours, theirs)
+        # a LoRA patches quantized layers (dequantized while it is on) and leaves them quantized again
+        from safetensors.torch import save_file
+
+        lora = {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(4, 32, generator=generator),
+                "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(32, 4, generator=generator)}
+        (flux_models / "models" / "Lora").mkdir(exist_ok=True)
+        save_file(lora, str(flux_models / "models" / "Lora" / "gguf-style.safetensors"))
+        request = GenerationRequest(prompt="a red chair", steps=2, width=64, height=64, seed=3, sampler_name="Euler",
+                                    cfg_scale=1, checkpoint=name)
+        plain_image = np.asarray(app.txt2img(request).images[0], dtype=np.float64)
+        styled = app.txt2img(replace(request, prompt="a red chair <lora:gguf-style:1>"))
+        assert not styled.warnings, styled.warnings
+        assert np.abs(np.asarray(styled.images[0], dtype=np.float64) - plain_image).max() > 0
+        assert np.array_equal(np.asarray(app.txt2img(request).images[0], dtype=np.float64), plain_image)
+        assert type(quantized.unet.transformer_blocks[0].attn.to_q) is GGUFLinear
+        # fp8 storage leaves the quantized blocks alone
+        app.settings.update({"weight_storage": "fp8_e4m3fn"})
+        try:
+            again = app.models.get(name)
+            assert any("stay quantized" in note for note in again.notes)
+            assert all(m.weight.quant_type.name == "Q8_0" for m in again.unet.modules() if isinstance(m, GGUFLinear))
+        finally:
+            app.settings.update({"weight_storage": "Automatic"})
     finally:
         app.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 
 import httpx
 import numpy as np
@@ -19,6 +20,9 @@ from webui.model_manager.tiny_flux import write_flux_folder
 def flux_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("flux-server")
     write_flux_folder(root / "ckpt" / "tiny-flux-dev", "dev", seed=6)
+    other = write_flux_folder(root / "other" / "tiny-flux-dev", "dev", seed=7)  # its VAE, as a separate file
+    (root / "models" / "VAE").mkdir(parents=True)
+    shutil.copy(other / "vae" / "diffusion_pytorch_model.safetensors", root / "models" / "VAE" / "other_ae.safetensors")
     server = start_server(root, root / "ckpt", ["--api"])
     yield server
     server.stop()
@@ -57,3 +61,41 @@ def test_bad_flux_requests_name_the_field(flux_server):
     assert bad.status_code == 422 and "distilled_cfg_scale" in bad.text
     ddim = httpx.post(flux_server.url + "/sdapi/v1/txt2img", json=dict(base, sampler_name="DDIM"), timeout=120)
     assert ddim.status_code == 422 and "sampler_name" in ddim.text
+
+
+def test_forge_vae_text_encoder_choice_through_the_api(flux_server):
+    """Forge's API: `sd-modules` lists the files, `forge_additional_modules` chooses (options: remembered for
+    the checkpoint; override_settings: one request), the infotext's `Module 1` pastes the choice back."""
+    url = flux_server.url
+    listed = httpx.get(url + "/sdapi/v1/sd-modules", timeout=30).json()
+    assert listed == [{"model_name": "other_ae.safetensors", "filename": "VAE/other_ae.safetensors"}]
+    body = {"prompt": "a boat", "steps": 2, "width": 64, "height": 64, "seed": 4, "sampler_name": "Euler",
+            "cfg_scale": 1}
+    own = httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=300)
+    assert own.status_code == 200, own.text
+    assert "Module 1" not in json.loads(own.json()["info"])["infotexts"][0]
+    bad = httpx.post(url + "/sdapi/v1/options", json={"forge_additional_modules": ["nope.safetensors"]}, timeout=30)
+    assert bad.status_code == 422 and "forge_additional_modules" in bad.text and "other_ae" in bad.text
+    set_it = httpx.post(url + "/sdapi/v1/options", json={"forge_additional_modules": ["/x/models/VAE/other_ae.safetensors"]},
+                        timeout=30)
+    assert set_it.status_code == 200, set_it.text
+    try:
+        options = httpx.get(url + "/sdapi/v1/options", timeout=30).json()
+        assert options["forge_additional_modules"] == ["VAE/other_ae.safetensors"]
+        chosen = httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=300).json()
+        text = json.loads(chosen["info"])["infotexts"][0]
+        assert "Module 1: other_ae" in text
+        assert np.abs(_image(chosen) - _image(own.json())).max() > 0  # another VAE decodes another image
+        # one request without the choice gives the folder's own VAE back
+        plain = httpx.post(url + "/sdapi/v1/txt2img", timeout=300,
+                           json=dict(body, override_settings={"forge_additional_modules": []})).json()
+        assert np.array_equal(_image(plain), _image(own.json()))
+    finally:
+        httpx.post(url + "/sdapi/v1/options", json={"forge_additional_modules": []}, timeout=30)
+    assert httpx.get(url + "/sdapi/v1/options", timeout=30).json()["forge_additional_modules"] == []
+    pasted = httpx.post(url + "/sdapi/v1/txt2img", json={"infotext": text}, timeout=300)
+    assert pasted.status_code == 200, pasted.text
+    assert np.array_equal(_image(pasted.json()), _image(chosen))
+    wrong = httpx.post(url + "/sdapi/v1/txt2img", timeout=60,
+                       json=dict(body, override_settings={"forge_additional_modules": ["missing"]}))
+    assert wrong.status_code == 422 and "override_settings.forge_additional_modules" in wrong.text

@@ -66,6 +66,7 @@ def test_gguf_checkpoint_generates_close_to_original(gguf_world):
     model = easel.models.current
     assert model.info.name == "tiny-sd1-q8.gguf"
     assert any("Q8_0" in note for note in model.notes)
+    assert any(note.startswith("GGUF kept quantized in memory") for note in model.notes)  # any family's UNet too
 
 
 def test_library_shows_quantization_and_unet_only_is_refused(gguf_world):

@@ -7,6 +7,8 @@
     python3 -m webui.bench --only sd3            # SD 3.5 (tiny) vs StableDiffusion3Pipeline on the same modules
     python3 -m webui.bench --only memory         # each memory mode, plain and fast: it/s, peak memory (bench_memory)
     python3 -m webui.bench --gpu-suite           # full-size SD 1.5 / SDXL on CUDA; says it skipped without one
+    python3 -m webui.bench --family flux         # tiny Flux dev: Easel vs FluxPipeline on the same modules
+    python3 -m webui.bench --family flux --size full --device cuda   # real Flux transformer: s/it, peak memory
 
 Measures
 - seconds per image through Easel's engine vs the same settings through a bare diffusers
@@ -337,7 +339,8 @@ def _bare_controlnet_seconds(model, controlnet, hint, request: GenerationRequest
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m webui.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="tiny", choices=("tiny", "full-sd1", "full-sdxl"))
+    parser.add_argument("--size", default="tiny", choices=("tiny", "full-sd1", "full-sdxl", "full"))
+    parser.add_argument("--family", choices=("flux",), help="the rows of one family only (bench_flux.py)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--resolution", type=int, default=None, help="image side (default 512, 1024 for SDXL)")
@@ -350,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
                              "mode (prints that it skipped without CUDA)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.family == "flux":
+        from .bench_flux import full_rows, tiny_rows
+
+        _print(full_rows(args.device) if args.size == "full" else tiny_rows(args.device, args.steps, args.rounds))
+        return 0
     if args.gpu_suite:
         from .bench_memory import gpu_suite
 

@@ -22,6 +22,8 @@ from PIL import Image
 from .core.images import read_infotext
 from .core.infotext import Infotext, parse_infotext
 from .core.samplers import AUTOMATIC, SAMPLERS, split_legacy_name
+from .model_manager.module_choice import INFOTEXT_PREFIX as MODULE_KEY_PREFIX
+from .model_manager.module_choice import SETTING as MODULES_SETTING, pasted_modules
 from .features.img2img_feature import fields_from_infotext as img2img_fields
 from .features.wildcards import fields_from_params as wildcards_fields
 from .features import refiner
@@ -249,6 +251,8 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
     overrides.update(ngms.pasted_overrides(p))
     if p.get("VAE"):  # the separate VAE file it was made with (AUTOMATIC1111 restores it as sd_vae)
         overrides["sd_vae"] = p["VAE"]
+    if pasted_modules(p):  # Forge's "Module 1: ae, Module 2: clip_l": its VAE / Text Encoder choice
+        overrides[MODULES_SETTING] = pasted_modules(p)
     if overrides:
         fields["override_settings"] = overrides
     if "Variation seed" in p and _number(p["Variation seed"]) is not None:
@@ -290,6 +294,10 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
 OVERRIDE_KEYS = ("Clip skip", "RNG", "ENSD", "Eta", "Eta DDIM", "Sigma churn", "Sigma tmin", "Sigma tmax",
                  "Sigma noise", "Sigma min", "Sigma max", "Schedule rho", "SDE noise", "VAE")
 _BROWNIAN_SAMPLERS = {s.name.lower() for s in SAMPLERS if s.brownian_noise}
+
+
+def _is_module_key(key: str) -> bool:
+    return key.startswith(MODULE_KEY_PREFIX) and key[len(MODULE_KEY_PREFIX):].isdigit()
 # request fields (not settings) those keys restore
 _SAMPLER_FIELDS = ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise")
 
@@ -301,7 +309,8 @@ def override_items(info: Infotext) -> list[str]:
         p["RNG"] = "GPU"
     if "SDE noise" not in p and split_legacy_name(p.get("Sampler", ""))[0].lower() in _BROWNIAN_SAMPLERS:
         p["SDE noise"] = "Brownian tree"  # an SDE image without the key was made with Brownian trees
-    return [f"{key}: {p[key]}" for key in OVERRIDE_KEYS if str(p.get(key, "")).strip()]
+    modules = [f"{key}: {value}" for key, value in p.items() if _is_module_key(key) and str(value).strip()]
+    return [f"{key}: {p[key]}" for key in OVERRIDE_KEYS if str(p.get(key, "")).strip()] + modules
 
 
 def override_item_fields(items: list[str] | None) -> dict[str, Any]:
@@ -309,7 +318,7 @@ def override_item_fields(items: list[str] | None) -> dict[str, Any]:
     params: dict[str, str] = {}
     for item in items or []:
         key, sep, value = str(item).partition(": ")
-        if sep and key.strip() in OVERRIDE_KEYS:
+        if sep and (key.strip() in OVERRIDE_KEYS or _is_module_key(key.strip())):
             params[key.strip()] = value.strip()
     if not params:
         return {}

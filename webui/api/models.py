@@ -247,6 +247,11 @@ class SDVaeItem(Loose):
     filename: str
 
 
+class SDModuleItem(Loose):
+    model_name: str
+    filename: str
+
+
 class LoraItem(Loose):
     name: str
     alias: str

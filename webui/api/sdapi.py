@@ -23,6 +23,7 @@ from ..core.jobs import Job, JobState
 from ..core.request import GenerationRequest
 from ..features.hires import LATENT_MODES
 from ..model_manager.library import read_safetensors_header
+from ..model_manager.module_choice import SETTING as MODULES
 from ..settings import SettingError, SettingsSaveError, redact
 from . import extras as extras_api
 from . import models as m
@@ -182,6 +183,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
                 data["sd_model_checkpoint"] = easel.models.registry.title(easel.models.find(selected))
             except LookupError:
                 pass
+        data[MODULES] = _current_modules(easel)  # Forge's option; Easel remembers it per checkpoint
         return data
 
     @router.post("/options")
@@ -190,9 +192,16 @@ def build_router(ctx: ApiContext) -> APIRouter:
         `sd_model_checkpoint` loads the checkpoint first and is saved only if that works."""
         changes: dict[str, Any] = {}
         checkpoint = None
+        modules = None
         for key, value in body.items():
             if key == "sd_model_checkpoint":
                 checkpoint = find_checkpoint(easel.models, key, value)
+                continue
+            if key == MODULES:  # Forge's VAE / Text Encoder choice: remembered for the checkpoint
+                try:
+                    modules = easel.models.module_choices.resolve_names(value)
+                except (LookupError, ValueError) as exc:
+                    raise invalid(key, str(exc).split(": ", 1)[-1]) from exc
                 continue
             if key == "sd_vae":
                 try:
@@ -202,6 +211,9 @@ def build_router(ctx: ApiContext) -> APIRouter:
             changed, coerced = check_option(easel.settings, key, value, key)
             if changed:
                 changes[key] = coerced
+        if modules is not None:
+            target = checkpoint or _current_checkpoint(easel)
+            easel.models.module_choices.set_preference(target, [str(p) for p in modules])
         if checkpoint is not None:
             await submit_and_wait(ctx, request, lambda j: easel.models.get(checkpoint, progress=lambda t: j.report(
                 text=t)), "load-model", checkpoint)
@@ -251,6 +263,13 @@ def build_router(ctx: ApiContext) -> APIRouter:
         """VAE files in models/VAE (and `<checkpoint>.vae.*` beside checkpoints): the names `sd_vae` takes."""
         return [{"model_name": path.name, "filename": _relative(path, easel.vaes.folders)}
                 for path in easel.vaes.files()]
+
+    @router.get("/sd-modules", response_model=list[m.SDModuleItem])
+    def get_sd_modules():
+        """Forge's list of VAE and text encoder files (models/VAE, models/text_encoder): the names
+        `forge_additional_modules` takes."""
+        choices = easel.models.module_choices
+        return [{"model_name": path.name, "filename": choices.shown(path)} for path in choices.files()]
 
     @router.get("/loras", response_model=list[m.LoraItem])
     def get_loras():
@@ -360,6 +379,19 @@ def _parameters(text: str) -> dict[str, Any]:
         width, _, height = info.params["Size"].partition("x")
         params["Size-1"], params["Size-2"] = width, height
     return params
+
+
+def _current_checkpoint(easel) -> str:
+    try:
+        return easel.models.resolve(None).name
+    except LookupError:  # none installed: nothing to remember a choice for
+        return ""
+
+
+def _current_modules(easel) -> list[str]:
+    choices = easel.models.module_choices
+    name = _current_checkpoint(easel)
+    return [choices.shown(p) for p in choices.chosen(name)] if name else []
 
 
 def _relative(path: Path, folders: list[Path]) -> str:

@@ -30,6 +30,7 @@ from ..core.jobs import Job
 from ..core.request import GenerationRequest, Result, ValidationError
 from ..features import wildcards
 from ..model_manager.registry import ModelNotFoundError
+from ..model_manager.module_choice import SETTING as MODULES_SETTING
 from ..settings import Settings, SettingsStore, redact
 from .errors import ApiError, field_errors, invalid, not_implemented
 from . import scripts as script_api
@@ -181,7 +182,7 @@ def _overrides(overrides: dict[str, Any] | None, models) -> tuple[str | None, di
     spec = Settings.spec()
     for key, value in overrides.items():
         field = f"{OVERRIDE}.{key}"
-        if key in spec:
+        if key in spec or key == MODULES_SETTING:  # Forge's VAE / Text Encoder choice: checked by Engine.prepare
             kept[key] = value  # type, range and protection checked by GenerationRequest.validate
         elif key in NEUTRAL_OPTIONS:
             if value not in NEUTRAL_OPTIONS[key]:

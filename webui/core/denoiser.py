@@ -103,6 +103,12 @@ class SigmaSpace(ModelOutput):
         for denoiser in self.inner_denoisers():
             denoiser.controls = controls
 
+    def set_reference(self, latents: torch.Tensor | None) -> None:
+        """A reference image's clean latents (one per image of the batch) the family's denoiser sees beside
+        the latents (`Family.image_reference`, e.g. Flux Kontext), passed as `reference_latents`."""
+        for denoiser in self.inner_denoisers():
+            denoiser.reference = latents
+
     def add_guidance(self, guidance: Guidance) -> None:
         """A feature's guidance change (NGMS, PAG, SAG, FreeU's step window) on every inner denoiser."""
         for denoiser in self.inner_denoisers():
@@ -135,7 +141,8 @@ class CFGDenoiser(SigmaSpace):
         # the compute type: the weights' own, unless they are stored in fp8 (cast per layer as it runs)
         # offloaded weights wait in system memory: inputs go where the model runs (its hooks move it there)
         self.device = param.device if getattr(model, "memory_mode", "Resident") == "Resident" else model.device.device
-        self.dtype = model.device.dtype if param.dtype in FP8_TYPES else param.dtype
+        # (or quantized: GGUF blocks are bytes, dequantized per layer in the compute type)
+        self.dtype = model.device.dtype if param.dtype in FP8_TYPES or not param.is_floating_point() else param.dtype
         self.time_ids, self.uncond_time_ids = time_ids, uncond_time_ids if uncond_time_ids is not None else time_ids
         self.step = 0
         self.image_conditioning: torch.Tensor | None = None
@@ -143,6 +150,7 @@ class CFGDenoiser(SigmaSpace):
         self.cfg_rescale = 0.0
         self.cfg_interval = (0.0, 1.0)
         self.controls = None  # ControlNet / IP-Adapter additions (features/controlnet/apply.py)
+        self.reference: torch.Tensor | None = None  # a reference image's latents (set_reference)
         self.total_steps = 1
         self.guidance: list[Guidance] = []  # features' guidance changes (`Guidance`), in order
         self.calls = 0  # model calls so far (AUTOMATIC1111's CFGDenoiser.step: NGMS alternates on it)
@@ -193,6 +201,8 @@ class CFGDenoiser(SigmaSpace):
         else:  # a Python number: filled on the device, no host-to-device copy to wait for
             t = torch.full((x_model.shape[0],), float(t), device=self.device)
         kwargs = dict(added)
+        if self.reference is not None:
+            kwargs["reference_latents"] = self.reference.to(self.device, self.dtype).repeat(copies, 1, 1, 1)
         step = None
         if self.hooks is not None and (self.hooks.has("before_cfg") or self.hooks.has("after_cfg")):
             step = StepContext(index=self.step, timestep=t, x=x_model, embeds=embeds, cfg_scale=self.cfg_scale)
@@ -252,6 +262,8 @@ class CFGDenoiser(SigmaSpace):
         else:
             t = torch.full((x_model.shape[0],), float(t), device=self.device)
         kwargs = dict(added)
+        if self.reference is not None:
+            kwargs["reference_latents"] = self.reference.to(self.device, self.dtype)
         if self.controls:
             kwargs.update(self.controls.unet_kwargs(self.step / self.total_steps, x_model[:, :x_in.shape[1]], t, embeds,
                                                     added.get("added_cond_kwargs", {}), 1, negative))

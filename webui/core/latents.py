@@ -138,17 +138,19 @@ def _factor(model: "LoadedModel") -> int:
 
 
 @torch.no_grad()
-def encode(model: "LoadedModel", images: list[Image.Image]) -> torch.Tensor:
-    """Latents (the posterior mean, so the same image always encodes the same) of RGB images."""
+def encode(model: "LoadedModel", images: list[Image.Image] | list[torch.Tensor]) -> torch.Tensor:
+    """Latents (the posterior mean, so the same image always encodes the same) of RGB images, or of
+    (1, 3, H, W) pixel tensors in [-1, 1] (a masked image, unrounded, as the diffusers pipelines encode it)."""
     device = next(model.vae.parameters()).device
     if getattr(model, "memory_mode", "Resident") != "Resident":  # offloaded: hooks move the VAE where it runs
         device = model.device.device
     out = []
     for image in images:
-        area = image.width * image.height
+        source = image if isinstance(image, torch.Tensor) else to_pixels(image)
+        area = source.shape[-1] * source.shape[-2]
 
         def run(dtype: torch.dtype) -> torch.Tensor:
-            pixels = to_pixels(image).to(device, dtype)
+            pixels = source.to(device, dtype)
             return _with_tiling(model.vae, area, lambda: model.vae.encode(pixels).latent_dist.mode().float())
 
         latent = _with_fp32_retry(model, run)

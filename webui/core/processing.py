@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from .. import __version__
+from ..model_manager import module_choice
 from ..model_manager.tiny_vae import load_tiny_vae, tiny_vae_folder
 from ..paths import Paths
 from ..settings import SettingsStore
@@ -115,6 +116,12 @@ class Engine:
                 self.vaes.check(overrides["sd_vae"])
             except LookupError as exc:
                 raise ValidationError([FieldError("override_settings.sd_vae", str(exc).split(": ", 1)[-1])]) from exc
+        if module_choice.SETTING in overrides:  # Forge's VAE / Text Encoder choice for this request
+            try:
+                self.models.module_choices.check(overrides[module_choice.SETTING])
+            except (LookupError, ValueError) as exc:
+                raise ValidationError([FieldError(f"override_settings.{module_choice.SETTING}",
+                                                  str(exc).split(": ", 1)[-1])]) from exc
         return PreparedRequest(request, MappingProxyType(args))
 
     def _check_script_args(self, request: GenerationRequest) -> None:
@@ -192,7 +199,8 @@ class Engine:
             return self._generate_drawn(prepared.request, *images, job, output_dir)
         started = time.perf_counter()
         job.report(step=0, text="loading model")
-        model = self.models.get(request.checkpoint, progress=lambda msg: job.report(text=msg))
+        model = self.models.get(request.checkpoint, progress=lambda msg: job.report(text=msg),
+                                modules=request.override_settings.get(module_choice.SETTING))
         plan = self.plan(request, model)
         job.progress.previewer = self._previewer(model, plan.options)
         if self.vaes is not None:
@@ -412,8 +420,7 @@ class Engine:
             targets, masks = sampling.inpaint_inputs
             mask_pixels = torch.stack([torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0) for m in masks])[:, None]
             mask_pixels = (mask_pixels > 0.5).float()
-            masked = [latents_io.to_image(latents_io.to_pixels(target)[0] * (1 - mask_pixels[i]))
-                      for i, target in enumerate(targets)]
+            masked = [latents_io.to_pixels(target) * (1 - mask_pixels[i]) for i, target in enumerate(targets)]
         else:  # no mask: the whole picture is "to be painted", as AUTOMATIC1111 does for txt2img
             mask_pixels = torch.ones(batch, 1, height, width)
             masked = [Image.new("RGB", (width, height), (128, 128, 128))] * batch
@@ -502,6 +509,7 @@ class Engine:
             "Model": model.info.model_name,
             "VAE hash": plan.vae.short_hash if plan.vae is not None else None,
             "VAE": plan.vae.name if plan.vae is not None else None,
+            **module_choice.infotext_params(dict.fromkeys([*model.module_files, *model.part_files.values()])),
             "Clip skip": prompts.clip_skip if prompts.clip_skip > 1 else None,
             "Weights": model.weight_storage if model.weight_storage != "Automatic" else None,
             "Memory mode": model.memory_mode if model.memory_mode != "Resident" else None,

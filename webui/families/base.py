@@ -121,6 +121,15 @@ class Family:
         the shared UNet detection cannot read (e.g. a transformer); None otherwise."""
         return None
 
+    # the img2img image goes in as reference tokens beside the latents (Kontext-style editing), not only as
+    # the start; the denoiser then gets `reference_latents` (the image's clean latents) in its kwargs
+    image_reference: ClassVar[bool] = False
+
+    def file_variant(self, file_name: str, metadata: dict[str, str]) -> str | None:
+        """Another family's name when a detected file is a variant its tensors cannot tell apart (told by
+        its file name or safetensors metadata, e.g. Flux.1 Kontext dev); None: as detected."""
+        return None
+
     def configure_inpainting(self, components: dict[str, dict[str, Any]]) -> None:
         """Widen the denoiser's config for the inpainting variant (mask and masked-image channels)."""
         if "unet" in components:

@@ -82,7 +82,8 @@ class Flux(Family):
     def matches_folder(self, index: dict[str, Any], components: dict[str, dict[str, Any]]) -> bool:
         transformer = components.get("transformer", {})
         return (transformer.get("_class_name") == "FluxTransformer2DModel"
-                and bool(transformer.get("guidance_embeds")) == self.distilled_guidance)
+                and bool(transformer.get("guidance_embeds")) == self.distilled_guidance
+                and (index.get("_class_name") == KONTEXT_PIPELINE) == self.image_reference)
 
     def detect_file(self, shapes: Shapes) -> dict[str, Any] | None:
         """BFL's layout: dev has the guidance embedder, schnell not; Fill's input is 384 wide."""
@@ -121,13 +122,20 @@ class Flux(Family):
         height, width = x.shape[-2:]
         kwargs = dict(kwargs)
         guidance = kwargs.pop("guidance", None)
+        reference = kwargs.pop("reference_latents", None)
         if not module.config.guidance_embeds:
             guidance = None
-        out = module(hidden_states=pack(x), timestep=t.to(x.dtype) / 1000, guidance=guidance,
+        tokens, ids = pack(x), image_ids(height, width, x.device, x.dtype)
+        if reference is not None:  # Kontext: the reference image's tokens follow, at position index 1
+            ref_ids = image_ids(*reference.shape[-2:], x.device, x.dtype)
+            ref_ids[:, 0] = 1
+            tokens = torch.cat([tokens, pack(reference.to(x.dtype))], dim=1)
+            ids = torch.cat([ids, ref_ids])
+        out = module(hidden_states=tokens, timestep=t.to(x.dtype) / 1000, guidance=guidance,
                      encoder_hidden_states=context, txt_ids=torch.zeros(context.shape[1], 3, device=x.device,
                                                                         dtype=x.dtype),
-                     img_ids=image_ids(height, width, x.device, x.dtype), return_dict=False, **kwargs)[0]
-        return unpack(out, height, width)
+                     img_ids=ids, return_dict=False, **kwargs)[0]
+        return unpack(out[:, :(height // 2) * (width // 2)], height, width)
 
     def module_factory(self, component: str, config: dict[str, Any]) -> Callable[[], torch.nn.Module]:
         if component == "transformer":
@@ -238,6 +246,27 @@ class FluxDev(Flux):
     distilled_guidance = True
     max_sequence_length = 512
 
+    def file_variant(self, file_name: str, metadata: dict[str, str]) -> str | None:
+        """Kontext dev has dev's tensors exactly: told by its name (flux1-kontext-dev.safetensors) or
+        a metadata value naming it (modelspec.architecture / title)."""
+        said = [file_name, *(str(v) for k, v in metadata.items() if k.startswith("modelspec."))]
+        return FluxKontext.name if any("kontext" in text.lower() for text in said) else None
+
+
+class FluxKontext(FluxDev):
+    """FLUX.1 Kontext dev: dev's architecture; the img2img image is a reference in the token sequence
+    (FluxKontextPipeline's layout), so an edit starts from noise and looks at the image throughout."""
+
+    name = "flux-kontext"
+    label = "Flux.1 Kontext dev"
+    image_reference = True
+
+    def detect_file(self, shapes: Shapes) -> dict[str, Any] | None:
+        return None  # dev's tensors: detected as dev, then `FluxDev.file_variant` says Kontext
+
+    def file_variant(self, file_name: str, metadata: dict[str, str]) -> str | None:
+        return None
+
 
 class FluxSchnell(Flux):
     name = "flux-schnell"
@@ -247,4 +276,5 @@ class FluxSchnell(Flux):
     ui_defaults = {**Flux.ui_defaults, "steps": 4}  # timestep-distilled: 1-4 steps
 
 
-FAMILIES = (FluxDev(), FluxSchnell())
+KONTEXT_PIPELINE = "FluxKontextPipeline"
+FAMILIES = (FluxDev(), FluxSchnell(), FluxKontext())

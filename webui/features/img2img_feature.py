@@ -119,6 +119,8 @@ class Img2Img(Feature):
         args, model = run.args[self.name], p.plan.model
         prepared: list[PreparedImage] = sampling.batch.items[self.name]
         init = _encode_targets(model, prepared, p.size)
+        if model.architecture.adapter.image_reference:  # Kontext: the image is also a reference throughout
+            sampling.denoiser.set_reference(init)
         masks = [item.mask for item in prepared]
         if all(m is not None for m in masks):
             latent_size = (init.shape[-1], init.shape[-2])

@@ -30,6 +30,7 @@ from ..model_manager.lookup import ModelNotFound, find_file
 from ..paths import model_files
 from ..model_manager.safe_unpickle import PICKLE_SUFFIXES, load_pickle_checkpoint
 from ..model_manager.store import ModelStore
+from .lora_formats import QuantizedBackup, quantized_patch, to_diffusers_layout
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
@@ -123,6 +124,10 @@ def read_lora(path: Path, allow_pickle: bool = False) -> LoraFile:
     else:
         tensors = load_pickle_checkpoint(path, allow_pickle)
         metadata = {}
+    try:  # Flux's kohya / BFL / XLabs layouts, in diffusers' layout (features/lora_formats.py)
+        tensors = to_diffusers_layout(tensors)
+    except ValueError as exc:
+        raise LoraError(f"{path.name}: {exc}") from exc
     modules: dict[str, LoraModule] = {}
     for key, value in tensors.items():
         split = _split_key(key)
@@ -254,7 +259,8 @@ class LoraPatcher:
                 if strength == 0:
                     continue
                 try:
-                    delta = module_update.delta(module.weight.shape).to(module.weight.device) * strength
+                    shape = getattr(module.weight, "quant_shape", module.weight.shape)  # GGUF: the real shape
+                    delta = module_update.delta(torch.Size(shape)).to(module.weight.device) * strength
                 except (RuntimeError, LoraError):  # same name, other shape: a LoRA for another model
                     report.unmatched.append(base)
                     continue
@@ -265,6 +271,9 @@ class LoraPatcher:
                     updates[key] = (module, delta)
                 report.matched += 1
         for key, (module, delta) in updates.items():
+            if hasattr(module.weight, "quant_type"):  # a GGUF block-quantized layer: patched dequantized
+                self._backups[key] = (module, quantized_patch(module, delta))
+                continue
             self._backups[key] = (module, module.weight.detach().to("cpu", copy=True))
             module.weight.copy_((module.weight.float() + delta).to(module.weight.dtype))
         self.signature = signature
@@ -275,6 +284,9 @@ class LoraPatcher:
     @torch.no_grad()
     def restore(self) -> None:
         for module, original in self._backups.values():
+            if isinstance(original, QuantizedBackup):
+                original.restore(module)
+                continue
             module.weight.copy_(original.to(module.weight.device))
         self._backups.clear()
         self.signature = ()

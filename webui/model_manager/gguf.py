@@ -1,4 +1,5 @@
-"""GGUF-quantized checkpoints: read with the `gguf` package, dequantize, then load like a single file.
+"""GGUF-quantized checkpoints: read with the `gguf` package, dequantize, then load like a single file
+(after which `gguf_quantized.py` swaps the denoiser's Linear layers back to the file's quantized blocks).
 
 Scope: a full checkpoint (UNet, VAE and text encoders under the original single-file names,
 `model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*`/`conditioner.*`)

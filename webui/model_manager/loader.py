@@ -63,6 +63,16 @@ class LoadedModel:
     memory_mode: str = "Resident"
     offloader: Any = None
     fast: bool = False  # fast mode applied (model_manager/fast.py)
+    # the VAE / text encoder files chosen for it (module_choice.py), and every part read from a separate file
+    module_files: tuple[Path, ...] = ()
+    part_files: dict[str, Path] = field(default_factory=dict)
+    automatic_files: frozenset[Path] = frozenset()  # chosen files the automatic search would have found too
+
+    def built_from(self, chosen: tuple[Path, ...]) -> bool:
+        """Whether loading with these chosen files would give this model (so a pasted `Module N` list
+        naming the files found automatically does not reload it, nor does clearing such a list)."""
+        wanted, had = set(chosen), set(self.module_files)
+        return wanted == had or (wanted <= set(self.part_files.values()) and had - wanted <= self.automatic_files)
 
     @property
     def short_hash(self) -> str:
@@ -259,6 +269,11 @@ def apply_weight_storage(model: "LoadedModel", storage: str) -> None:
     dtype = STORAGE_DTYPES.get(storage)
     if dtype is None:
         return
+    from .gguf_quantized import is_quantized
+
+    if is_quantized(model):  # its quantized blocks are already smaller than fp8; casting them would garble them
+        model.notes.append(f"weight storage {storage} not applied: the GGUF weights stay quantized")
+        return
     model.unet.enable_layerwise_casting(storage_dtype=dtype, compute_dtype=model.device.dtype)
     model.weight_storage = storage
     model.notes.append(f"denoiser weights stored as {storage}")
@@ -276,6 +291,8 @@ class ReadWeights:
     uncertain: bool = False                       # prediction type to be probed from the UNet
     notes: list[str] = field(default_factory=list)
     tokenizers: dict[str, Any] = field(default_factory=dict)  # non-CLIP tokenizers the checkpoint carries
+    part_files: dict[str, Path] = field(default_factory=dict)  # component -> the separate file it came from
+    automatic_files: set[Path] = field(default_factory=set)  # chosen, and what add_companions would find
 
 
 Reader = Callable[[CheckpointInfo, bool, Any], ReadWeights]  # (info, allow_pickle, sidecar) -> ReadWeights
@@ -304,26 +321,23 @@ def _tokenizer_folder(folder: Path, class_prefix: str) -> Path | None:
 def add_companions(read: ReadWeights, companion_dirs: dict[str, Path], allow_pickle: bool) -> None:
     """Fill in what a single file leaves out (a transformer-only file's VAE and text encoders) from
     the family's companion files in models/VAE and models/text_encoder, and non-CLIP tokenizers."""
-    from .vae import vae_state_dict
-
     adapter = read.configs.architecture.adapter
     for component, (kind, patterns) in adapter.companion_files.items():
-        if component in read.weights:
-            continue
         folder = companion_dirs.get(kind)
         path = _first_match(folder, patterns) if folder is not None and folder.is_dir() else None
+        if component in read.weights:
+            if path is not None and read.part_files.get(component) == path:
+                read.automatic_files.add(path)
+            continue
         if path is None and component in adapter.optional_components:
             read.notes.append(f"no {component.replace('_', ' ')} found in {folder or 'models/' + kind} "
                               f"(looked for {', '.join(patterns)}): running without it")
             continue
         if path is None:
             raise ModelLoadError(f"the file has no {component.replace('_', ' ')} and none was found in "
-                                 f"{folder or 'models/' + kind} (looked for {', '.join(patterns)})")
-        tensors = read_tensors(path, allow_pickle)
-        if component == "vae":
-            tensors = vae_state_dict(tensors, read.configs["vae"])
-        read.weights[component] = adapter.companion_state_dict(component, tensors, read.configs)
-        read.notes.append(f"{component.replace('_', ' ')} from {kind}/{path.name}")
+                                 f"{folder or 'models/' + kind} (looked for {', '.join(patterns)}); put one "
+                                 "there or choose it in the top bar's VAE / Text Encoder list")
+        _take_part(read, component, path, allow_pickle)
     for component, class_prefix in adapter.tokenizer_classes.items():
         if component in read.tokenizers or component not in read.weights:
             continue
@@ -334,6 +348,42 @@ def add_companions(read: ReadWeights, companion_dirs: dict[str, Path], allow_pic
         except ValueError as exc:
             raise ModelLoadError(f"{exc}; put the tokenizer folder (tokenizer.json, tokenizer_config.json) in "
                                  f"{folder or 'models/text_encoder'}") from exc
+
+
+def _take_part(read: ReadWeights, component: str, path: Path, allow_pickle: bool) -> None:
+    from .vae import vae_state_dict
+
+    tensors = read_tensors(path, allow_pickle)
+    if component == "vae":
+        tensors = vae_state_dict(tensors, read.configs["vae"])
+    read.weights[component] = read.configs.architecture.adapter.companion_state_dict(component, tensors, read.configs)
+    read.part_files[component] = path
+    read.notes.append(f"{component.replace('_', ' ')} from {path.parent.name}/{path.name}")
+
+
+def apply_chosen_modules(read: ReadWeights, paths: tuple[Path, ...], allow_pickle: bool) -> None:
+    """The VAE / text encoder files chosen for this checkpoint replace its own parts (any family: each
+    file's part is told by its tensors, `module_fit.component_of`). A file that fits no part, or a
+    second file for the same part, is refused with both names."""
+    from .module_choice import SETTING
+    from .module_fit import component_of
+
+    arch = read.configs.architecture
+    parts = ["vae", *arch.text_encoders]
+    taken: dict[str, Path] = {}
+    for path in paths:
+        component = component_of(path, [p for p in parts if p not in taken], read.configs, arch.family,
+                                 allow_pickle)
+        if component is None:
+            already = [c for c in parts if c in taken and component_of(path, [c], read.configs, arch.family,
+                                                                         allow_pickle)]
+            if already:
+                raise ModelLoadError(f"{SETTING}: {path.name} and {taken[already[0]].name} are both a "
+                                     f"{already[0].replace('_', ' ')}; choose one")
+            shown = ", ".join(p.replace("_", " ") for p in parts)
+            raise ModelLoadError(f"{SETTING}: {path.name} fits none of {arch.label}'s parts ({shown})")
+        taken[component] = path
+        _take_part(read, component, path, allow_pickle)
 
 
 def _read_folder(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) -> ReadWeights:
@@ -352,6 +402,19 @@ def _read_folder(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) -> Read
     return ReadWeights(configs, weights, tokenizers=tokenizers)
 
 
+def _file_metadata(path: Path) -> dict[str, str]:
+    """A safetensors file's `__metadata__` (empty for other formats or when unreadable)."""
+    if path.suffix.lower() != ".safetensors":
+        return {}
+    from .library import read_safetensors_header
+
+    try:
+        metadata = read_safetensors_header(path).get("__metadata__") or {}
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
+
+
 def _read_single_file(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) -> ReadWeights:
     """One file: tensors, configs from their shapes (or a sidecar), split by the family's layout."""
     tensors = read_tensors(info.path, allow_pickle)
@@ -359,8 +422,13 @@ def _read_single_file(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) ->
     if info.format == "gguf":
         from .gguf import describe_gguf
 
-        notes.append(f"GGUF, dequantized at load: {describe_gguf(info.path)['quantization']}")
+        notes.append(f"GGUF: {describe_gguf(info.path)['quantization']}")
     configs, uncertain = file_configs({k: tuple(v.shape) for k, v in tensors.items()}, sidecar, info.path.name)
+    variant = None if sidecar.family else configs.architecture.adapter.file_variant(info.path.name,
+                                                                                    _file_metadata(info.path))
+    if variant:  # a variant the tensors cannot tell (Flux Kontext): its name or metadata says
+        arch = configs.architecture
+        configs = configs_for(Architecture(variant, arch.prediction_type, arch.inpainting), sidecar.components)
     weights, leftovers = checkpoint_to_diffusers(tensors, configs)
     del tensors
     if leftovers:
@@ -379,8 +447,12 @@ def register_reader(fmt: str, reader: Reader) -> None:
 
 
 def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bool,
-                    progress: Progress | None = None, companion_dirs: dict[str, Path] | None = None) -> LoadedModel:
-    """Load a checkpoint for generation. Raises ModelLoadError with a readable reason."""
+                    progress: Progress | None = None, companion_dirs: dict[str, Path] | None = None,
+                    module_files: tuple[Path, ...] = (), keep_gguf_quantized: bool = True) -> LoadedModel:
+    """Load a checkpoint for generation. Raises ModelLoadError with a readable reason.
+
+    `keep_gguf_quantized`: a GGUF file's denoiser keeps its quantized blocks in memory where it can
+    (`gguf_quantized.py`); False: dequantized at load, as before."""
     say = progress or (lambda message: None)
     started = time.perf_counter()
     reader = READERS.get(info.format)
@@ -390,6 +462,7 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bo
         sidecar = read_sidecars(info.path)
         say(f"reading {info.path.name}")
         read = reader(info, allow_pickle, sidecar)
+        apply_chosen_modules(read, module_files, allow_pickle)
         if info.format != "diffusers":
             add_companions(read, companion_dirs or {}, allow_pickle)
         configs, weights, uncertain, notes = read.configs, read.weights, read.uncertain, read.notes
@@ -423,7 +496,13 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bo
         text_encoders={n: modules[n] for n in arch.text_encoders if n in modules},
         tokenizers={n: read.tokenizers.get(n) or tokenizer_for(arch.family, n) for n in arch.text_encoders
                     if n in modules},
-        device=device, notes=notes, demo=sidecar.demo)
+        device=device, notes=notes, demo=sidecar.demo, module_files=tuple(module_files),
+        part_files=dict(read.part_files), automatic_files=frozenset(read.automatic_files))
+    if info.format == "gguf" and keep_gguf_quantized:
+        from .gguf_quantized import keep_quantized
+
+        say("keeping the GGUF weights quantized")
+        notes.append(keep_quantized(loaded, info.path))
     loaded.load_seconds = time.perf_counter() - started
     log.info("loaded %s (%s) in %.1fs", info.name, arch.label, loaded.load_seconds)
     return loaded

@@ -22,6 +22,7 @@ from ..settings import SettingsStore
 from .fast import apply_fast
 from .hashing import HashCache
 from .memory import MemoryFlags, MemoryPolicy
+from .module_choice import ModuleLibrary
 from .registry import CheckpointInfo, CheckpointRegistry, ModelNotFoundError
 from .store import ModelStore, Sizes, measure
 
@@ -68,6 +69,9 @@ class ModelManager:
         self.fast = fast
         self.store.after_jobs.append(self._after_job)
         self.store.load_listeners.append(self._loaded_with)
+        # Forge's "VAE / Text Encoder" choice, remembered per checkpoint (module_choice.py)
+        self.module_choices = ModuleLibrary([paths.model_dir("vae"), paths.model_dir("text_encoder")],
+                                            paths.cache_dir / "module_preferences.json")
 
     # ---- listing -------------------------------------------------------------------------
 
@@ -110,16 +114,21 @@ class ModelManager:
         """Loaded checkpoints, least recently used first."""
         return [str(key) for key in self.store.keys(KIND)]
 
-    def get(self, query: str | None = None, progress: Progress | None = None) -> LoadedModel:
-        """The loaded model for `query`, loading it (and evicting the oldest) when needed."""
+    def get(self, query: str | None = None, progress: Progress | None = None, modules: object = None) -> LoadedModel:
+        """The loaded model for `query`, loading it (and evicting the oldest) when needed.
+
+        `modules`: the VAE / text encoder files to use (`forge_additional_modules` of a request's
+        override_settings); None: the checkpoint's remembered choice."""
         info = self.resolve(query)
         storage = self.weight_storage()
+        chosen = self.module_choices.chosen(info.name, modules)
         loaded: list[LoadedModel] = []
-        load = self._loader(info, storage, progress, loaded, offloadable=True)
+        load = self._loader(info, storage, progress, loaded, offloadable=True, modules=chosen)
         with self._lock:
             model = self.store.peek(KIND, info.name)
             if model is not None and (model.info.mtime != info.mtime  # the file changed on disk: reload
-                                      or model.weight_storage != storage):  # or is to be stored otherwise
+                                      or model.weight_storage != storage  # or is to be stored otherwise
+                                      or not model.built_from(chosen)):  # or built from other files
                 self.store.evict(KIND, info.name)
                 model = None
             if model is None:
@@ -141,7 +150,8 @@ class ModelManager:
         info = self.resolve(query)
         loaded: list[LoadedModel] = []
         # on the device: memory modes place only the active checkpoint
-        load = self._loader(info, self.weight_storage(), progress, loaded, offloadable=False)
+        load = self._loader(info, self.weight_storage(), progress, loaded, offloadable=False,
+                            modules=self.module_choices.chosen(info.name))
         with self._lock:
             model = self.store.get(KIND, info.name, load, measure=_measure_checkpoint, on_evict=self._dropped,
                                    scoped=True, estimate=self._estimate(info))
@@ -153,7 +163,7 @@ class ModelManager:
         return model
 
     def _loader(self, info: CheckpointInfo, storage: str, progress: Progress | None, loaded: list[LoadedModel],
-                offloadable: bool) -> Callable[[], LoadedModel]:
+                offloadable: bool, modules: tuple = ()) -> Callable[[], LoadedModel]:
         """The store's load function for `info`: companions (VAE, text encoders) from their folders, the weight
         storage applied, hashed; each model it builds is added to `loaded` (announced once the lock is free)."""
 
@@ -164,7 +174,7 @@ class ModelManager:
             offloaded = offloadable and self.memory.loads_offloaded(info.size)
             load_on = replace(self.device, device=torch.device("cpu")) if offloaded else self.device
             companions = {kind: self.paths.model_dir(kind) for kind in ("vae", "text_encoder")}
-            model = load_checkpoint(info, load_on, self.allow_pickle, progress, companions)
+            model = load_checkpoint(info, load_on, self.allow_pickle, progress, companions, modules)
             model.device = self.device
             apply_weight_storage(model, storage)
             model.weight_storage = storage  # fp8 types, or the compute type --weights named

@@ -34,7 +34,7 @@ class StarterModel:
     title: str
     kind: str                        # a key of paths.MODEL_FOLDERS
     files: tuple[StarterFile, ...]
-    architecture: str = ""           # a family name (sd1, sdxl, zimage-turbo ...), or "" when it does not apply
+    architecture: str = ""           # a family name (sd1, sdxl, flux-dev, zimage-turbo ...), or "" when it does not apply
     description: str = ""
 
     @property
@@ -84,6 +84,45 @@ STARTERS: tuple[StarterModel, ...] = (
              "sd_xl_refiner_1.0.safetensors", 6_075_981_930,
              "7440042bbdc8a24813002c09b6b69b64dc90fded4472613437b7f55f9b7d9c5f"),),
         "sdxl-refiner", "Finishing stage for SDXL base (the last steps of sampling)."),
+    # Flux.1: the transformer alone (GGUF, kept quantized) or ComfyUI's fp8 all-in-one files, and the parts a
+    # transformer-only file takes from models/text_encoder and models/VAE (hashes as published lists confirm them)
+    StarterModel("flux1-schnell-q8", "Flux.1 schnell (GGUF Q8_0)", "checkpoint", (
+        _hub("flux1-schnell-Q8_0.gguf", "city96/FLUX.1-schnell-gguf", "flux1-schnell-Q8_0.gguf", 12_687_821_728,
+             "f6694941193b10148dbf1f0f498d4ccd3e9875c127fc53946213b68580c66f10"),),
+        "flux-schnell", "Flux.1 schnell's transformer, quantized (4 steps, Apache 2.0). Needs the CLIP-L, T5-XXL "
+                        "and Flux VAE entries."),
+    StarterModel("flux1-dev-q8", "Flux.1 dev (GGUF Q8_0)", "checkpoint", (
+        _hub("flux1-dev-Q8_0.gguf", "city96/FLUX.1-dev-gguf", "flux1-dev-Q8_0.gguf", 12_700 * MB),),
+        "flux-dev", "Flux.1 dev's transformer, quantized (non-commercial licence). Needs the CLIP-L, T5-XXL "
+                    "and Flux VAE entries."),
+    StarterModel("flux1-schnell-fp8", "Flux.1 schnell fp8 (all in one)", "checkpoint", (
+        _hub("flux1-schnell-fp8.safetensors", "Comfy-Org/flux1-schnell", "flux1-schnell-fp8.safetensors",
+             17_200 * MB),),
+        "flux-schnell", "ComfyUI's single file: fp8 transformer with CLIP-L, T5-XXL and the VAE inside."),
+    StarterModel("flux1-dev-fp8", "Flux.1 dev fp8 (all in one)", "checkpoint", (
+        _hub("flux1-dev-fp8.safetensors", "Comfy-Org/flux1-dev", "flux1-dev-fp8.safetensors", 17_200 * MB),),
+        "flux-dev", "ComfyUI's single file: fp8 transformer with CLIP-L, T5-XXL and the VAE inside."),
+    # text encoders and the VAE several families share: one entry per file, so two entries never write one path
+    StarterModel("clip-l", "CLIP-L text encoder (Flux, SD 3)", "text_encoder", (
+        _hub("clip_l.safetensors", "comfyanonymous/flux_text_encoders", "clip_l.safetensors", 246_144_152,
+             "660c6f5b1abae9dc498ac2d21e1347d2abdb0cf6c0c0c8576cd796491d9a6cdd"),),
+        "", "The CLIP-L encoder a Flux or SD 3 transformer-only file reads from models/text_encoder."),
+    StarterModel("flux-text-encoders", "T5-XXL fp8 and T5 tokenizer (Flux, SD 3)", "text_encoder", (
+        _hub("t5xxl_fp8_e4m3fn.safetensors", "comfyanonymous/flux_text_encoders", "t5xxl_fp8_e4m3fn.safetensors",
+             4_893_934_904, "7d330da4816157540d6bb7838bf63a0f02f573fc48ca4d8de34bb0cbfd514f09"),
+        *(_hub(f"t5_tokenizer/{name}", "black-forest-labs/FLUX.1-schnell", f"tokenizer_2/{name}", size)
+          for name, size in (("tokenizer.json", 2_424_064), ("tokenizer_config.json", 20_817),
+                             ("special_tokens_map.json", 2_543), ("spiece.model", 791_656)))),
+        "", "The T5 encoder (fp8) and its tokenizer a Flux file reads from models/text_encoder; optional for SD 3."),
+    StarterModel("flux-t5xxl-fp16", "T5-XXL fp16 (Flux, more precise)", "text_encoder", (
+        _hub("t5xxl_fp16.safetensors", "comfyanonymous/flux_text_encoders", "t5xxl_fp16.safetensors",
+             9_790 * MB, "6e480b09fae049a72d2a8c5fbccb8d3e92febeb233bbe9dfe7256958a9167635"),),
+        "", "The T5-XXL encoder in half precision (twice the memory of the fp8 one; Flux and SD 3). Its "
+            "tokenizer comes with the T5-XXL fp8 entry."),
+    StarterModel("flux-vae", "Flux VAE (ae)", "vae", (
+        _hub("ae.safetensors", "black-forest-labs/FLUX.1-schnell", "ae.safetensors", 335_304_388,
+             "afc8e28272cd15db3919bacdb6918ce9c1ed22e96cb12c4d5ed0fba823529e38"),),
+        "", "The 16-channel autoencoder every Flux.1 and Z-Image model uses."),
     StarterModel("sd-turbo", "SD-Turbo", "checkpoint", (
         _hub("sd_turbo.safetensors", "stabilityai/sd-turbo", "sd_turbo.safetensors", 5_210 * MB),),
         "sd2", "Distilled SD 2.1: 512×512 in 1-4 steps at CFG 1."),
@@ -97,7 +136,7 @@ STARTERS: tuple[StarterModel, ...] = (
         _hub("z_image_turbo_bf16.safetensors", "Comfy-Org/z_image_turbo",
              "split_files/diffusion_models/z_image_turbo_bf16.safetensors", 12_310 * MB),),
         "zimage-turbo", "6B distilled flow transformer: 1024×1024 in 8 steps at CFG 1. Needs the Qwen3-4B text "
-                        "encoder and the VAE below (about 21 GB in all; a GGUF transformer in models/Stable-diffusion "
+                        "encoder below and the Flux VAE (ae) (about 21 GB in all; a GGUF transformer in models/Stable-diffusion "
                         "works too)."),
     StarterModel("zimage-text-encoder", "Qwen3-4B text encoder (Z-Image)", "text_encoder", (
         _hub("qwen_3_4b.safetensors", "Comfy-Org/z_image_turbo", "split_files/text_encoders/qwen_3_4b.safetensors",
@@ -106,9 +145,6 @@ STARTERS: tuple[StarterModel, ...] = (
         _hub("qwen_tokenizer/tokenizer_config.json", "Tongyi-MAI/Z-Image-Turbo", "tokenizer/tokenizer_config.json",
              10_000)),
         "zimage-turbo", "The prompt encoder Z-Image Turbo and base read (bf16), with its tokenizer."),
-    StarterModel("zimage-vae", "Z-Image / Flux VAE (ae)", "vae", (
-        _hub("ae.safetensors", "Comfy-Org/z_image_turbo", "split_files/vae/ae.safetensors", 335 * MB),),
-        "zimage-turbo", "The 16-channel autoencoder Z-Image shares with Flux.1."),
     # SD 3 / 3.5 (webui/families/sd3.py): gated repositories (accept the licence, put a token in Settings)
     StarterModel("sd35-medium", "SD 3.5 Medium", "checkpoint", (
         _hub("sd3.5_medium.safetensors", _SD35 + "medium", "sd3.5_medium.safetensors", 5_110 * MB),),
@@ -122,18 +158,11 @@ STARTERS: tuple[StarterModel, ...] = (
              16_460 * MB),),
         "sd35-large-turbo", "Large distilled to 4 steps at CFG 1 (the name keeps \"turbo\": that is how Easel "
                             "tells it from Large). Needs the SD 3 text encoders." + _GATED),
-    StarterModel("sd3-text-encoders", "SD 3 text encoders (CLIP-L, CLIP-G)", "text_encoder", (
-        _hub("clip_l.safetensors", _SD35 + "large", "text_encoders/clip_l.safetensors", 246 * MB),
-        _hub("clip_g.safetensors", _SD35 + "large", "text_encoders/clip_g.safetensors", 1_390 * MB)),
-        "sd3", "The two CLIP encoders every SD 3 / 3.5 single file needs; with only these, SD 3 runs without T5 "
-               "(as Stability allows, with weaker text following)." + _GATED),
-    StarterModel("sd3-t5xxl", "SD 3 T5-XXL text encoder (fp16) and tokenizer", "text_encoder", (
-        _hub("t5xxl_fp16.safetensors", _SD35 + "large", "text_encoders/t5xxl_fp16.safetensors", 9_790 * MB),
-        _hub("t5_tokenizer/tokenizer.json", _SD35 + "large", "tokenizer_3/tokenizer.json", 2_420_000),
-        _hub("t5_tokenizer/tokenizer_config.json", _SD35 + "large", "tokenizer_3/tokenizer_config.json", 21_000),
-        _hub("t5_tokenizer/special_tokens_map.json", _SD35 + "large", "tokenizer_3/special_tokens_map.json",
-             2_600)),
-        "sd3", "The optional third encoder: long prompts and text in images. Also what Flux reads." + _GATED),
+    StarterModel("sd3-text-encoders", "SD 3 CLIP-G text encoder", "text_encoder", (
+        _hub("clip_g.safetensors", _SD35 + "large", "text_encoders/clip_g.safetensors", 1_390 * MB),),
+        "sd3", "With the CLIP-L entry, the two CLIP encoders every SD 3 / 3.5 single file needs; with only these, "
+               "SD 3 runs without T5 (as Stability allows, with weaker text following); the T5-XXL entries add "
+               "it." + _GATED),
     StarterModel("lcm-lora-sd15", "LCM-LoRA for SD 1.5", "lora", (
         _hub("lcm-lora-sdv1-5.safetensors", "latent-consistency/lcm-lora-sdv1-5", "pytorch_lora_weights.safetensors",
              135 * MB),),

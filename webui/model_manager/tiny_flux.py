@@ -63,9 +63,11 @@ def train_t5_tokenizer(folder: Path, vocab_size: int = 200) -> Any:
 
 
 @torch.no_grad()
-def write_flux_folder(folder: Path, variant: str = "dev", seed: int = 0, fill: bool = False) -> Path:
+def write_flux_folder(folder: Path, variant: str = "dev", seed: int = 0, fill: bool = False,
+                      kontext: bool = False) -> Path:
     """A tiny Flux.1 `variant` ("dev" / "schnell") in the black-forest-labs/FLUX.1-dev folder layout;
-    `fill`: the Fill variant (latents + masked-image latents + 8x8 mask as input, 384 wide)."""
+    `fill`: the Fill variant (latents + masked-image latents + 8x8 mask as input, 384 wide); `kontext`:
+    FLUX.1 Kontext dev's folder (dev's weights, FluxKontextPipeline's index)."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
@@ -88,7 +90,8 @@ def write_flux_folder(folder: Path, variant: str = "dev", seed: int = 0, fill: b
     tokenizer_for(family, "text_encoder").save_pretrained(str(folder / "tokenizer"))
     (folder / "scheduler").mkdir(exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULERS[family], indent=2))
-    index = {"_class_name": "FluxFillPipeline" if fill else "FluxPipeline", "_diffusers_version": "0.42.1",
+    pipeline = "FluxFillPipeline" if fill else "FluxKontextPipeline" if kontext else "FluxPipeline"
+    index = {"_class_name": pipeline, "_diffusers_version": "0.42.1",
              "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
              "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "T5EncoderModel"],
              "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "T5TokenizerFast"],

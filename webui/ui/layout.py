@@ -24,6 +24,7 @@ from .img2img import build_img2img, build_inpaint
 from .models_downloads import build_first_run_download
 from .models_tab import build_models_tab
 from .models_library import build_vae_picker
+from .module_picker import build_module_picker
 from .pnginfo_tab import build_pnginfo, wire_pnginfo_send
 from .progress_targets import light_progress
 from .send_to import SendTarget, wire_send_buttons
@@ -92,6 +93,7 @@ def build_ui(easel: Easel, local: bool = True) -> gr.Blocks:
             refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", elem_classes="easel-tool", scale=0,
                                 min_width=42)
             build_vae_picker(easel)  # SD VAE: Automatic / None / a file from models/VAE
+            build_module_picker(easel, checkpoint)  # Forge's VAE / Text Encoder, remembered per checkpoint
         status = gr.HTML(_status(easel), elem_id="easel_status")
         build_first_run_download(easel, status)  # one click to the starter model, shown with the notice
         build_queue_panel(easel, local)
