@@ -10,10 +10,9 @@ import httpx
 import pytest
 
 from webui.core.infotext import parse_infotext
-from webui.features.faces.tiny import write_tiny_restoreformer
 
 from api_helpers import decode, max_diff, payload
-from conftest import ROOT, start_server
+from conftest import ROOT
 
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -28,14 +27,9 @@ def dp_args(enabled=True, combinatorial=False, magic=False, max_generations=0) -
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_ckpt_dir):
-    root = tmp_path_factory.mktemp("prompt-features")
-    (root / "data" / "wildcards" / "colors").mkdir(parents=True)
-    (root / "data" / "wildcards" / "colors" / "warm.txt").write_text("orange\nyellow\n", encoding="utf-8")
-    write_tiny_restoreformer(root / "models" / "GFPGAN" / "GFPGANv1.4-tiny.safetensors")
-    running = start_server(root, tiny_ckpt_dir, ["--api"])
-    yield running
-    running.stop()
+def server(api_server):
+    """conftest's session-wide --api server (wildcards colors/warm.txt, a tiny GFPGAN)."""
+    return api_server
 
 
 @pytest.fixture(scope="module")
