@@ -19,7 +19,7 @@ from webui.model_manager.tiny_flux import write_flux_folder
 def flux_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("flux-server")
     write_flux_folder(root / "ckpt" / "tiny-flux-dev", "dev", seed=6)
-    server = start_server(root, root / "ckpt", ["--api"])
+    server = start_server(root, root / "ckpt", ["--api", "--nowebui"])
     yield server
     server.stop()
 
