@@ -154,3 +154,27 @@ def api_server(tmp_path_factory, tiny_ckpt_dir) -> Iterator[RunningServer]:
     running = start_server(root, tiny_ckpt_dir, ["--api", "--api-max-body-mb", str(API_MAX_BODY_MB)])
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def ui_server(tmp_path_factory, tiny_ckpt_dir) -> Iterator[RunningServer]:
+    """The UI alone (no --api) on the tiny checkpoints, for the browser modules that need nothing else: with
+    the LoRA paper_cut (tiny SD1, seed 4, alpha 2), a tiny canny ControlNet and models/ESRGAN's tiny upscalers.
+    Each module's outputs land in the same outputs/: tests look for their own files (seed, newest)."""
+    from upscale_helpers import tiny_models
+    from webui.devices import device_config
+    from webui.features.controlnet.models import write_controlnet
+    from webui.features.lora_writer import write_lora
+    from webui.model_manager.loader import load_checkpoint
+    from webui.model_manager.registry import scan_folder
+
+    root = tmp_path_factory.mktemp("ui-server")
+    sd1 = next(i for i in scan_folder(tiny_ckpt_dir) if i.name == "tiny-sd1.safetensors")
+    write_lora(root / "models" / "Lora" / "paper_cut.safetensors", load_checkpoint(sd1, device_config("cpu"), False),
+               seed=4, alpha=2.0)
+    write_controlnet(root / "models" / "ControlNet" / "control_canny_tiny.safetensors",
+                     load_checkpoint(sd1, device_config("cpu"), False).unet, "original", seed=1)
+    tiny_models(root / "models")
+    running = start_server(root, tiny_ckpt_dir)
+    yield running
+    running.stop()

@@ -109,6 +109,6 @@ def test_wildcards_accordion_in_the_browser(server):
         # sent on, the template comes back with Dynamic Prompts switched on
         page.locator("#txt2img_send_to_img2img").click()
         expect(page.locator("#img2img_prompt textarea")).to_have_value("a {red|blue} fox, __colors/warm__",
-                                                                       timeout=10_000)
+                                                                       timeout=30_000)
         page.locator("#img2img_dynamic_prompts .label-wrap").first.click()
-        expect(page.locator("#img2img_dynamic_prompts_enabled input")).to_be_checked(timeout=10_000)
+        expect(page.locator("#img2img_dynamic_prompts_enabled input")).to_be_checked(timeout=30_000)
