@@ -11,11 +11,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import json
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -116,3 +118,63 @@ def start_server(root: Path, ckpt_dir: Path | None, extra: list[str] = (), timeo
         time.sleep(0.3)
     process.kill()
     raise RuntimeError(f"server did not answer within {timeout}s:\n{log.read_text()}")
+
+
+# ---- one API server for the whole session ------------------------------------------------------------
+# Each start builds the whole Gradio page (seconds on an idle box, tens on a loaded 2-core one), so the
+# modules that need only an --api server over the tiny checkpoints share this one. Its folders hold what
+# any of them needs; a module with other options (auth, limits in config.json, --nowebui ...) starts its own.
+API_MAX_BODY_MB = 2  # test_api checks the 413 on this server
+
+
+@pytest.fixture(scope="session")
+def api_server(tmp_path_factory, tiny_ckpt_dir) -> Iterator[RunningServer]:
+    """`--api --api-max-body-mb 2` on the tiny checkpoints, with: models/ESRGAN's tiny upscalers, one LoRA,
+    two embeddings and a styles.csv (test_api's list routes), a tiny ControlNet (canny), a tiny GFPGAN and
+    the wildcard file colors/warm.txt; data/config.json turns image URLs on and holds a hub token."""
+    from api_helpers import write_library_items
+    from upscale_helpers import tiny_models
+    from webui.devices import device_config
+    from webui.features.controlnet.models import write_controlnet
+    from webui.features.faces.tiny import write_tiny_restoreformer
+    from webui.model_manager.loader import load_checkpoint
+    from webui.model_manager.registry import scan_folder
+
+    root = tmp_path_factory.mktemp("api-server")
+    (root / "data" / "wildcards" / "colors").mkdir(parents=True)
+    # image URLs on (a protected setting: only config.json can turn it on), to test the address policy
+    (root / "data" / "config.json").write_text(json.dumps({"api_enable_requests": True, "hub_token": "hf_secret123"}))
+    (root / "data" / "wildcards" / "colors" / "warm.txt").write_text("orange\nyellow\n", encoding="utf-8")
+    tiny_models(root / "models")
+    write_library_items(root, tiny_ckpt_dir, tmp_path_factory.mktemp("lora-source"))
+    sd1 = next(i for i in scan_folder(tiny_ckpt_dir) if i.name == "tiny-sd1.safetensors")
+    write_controlnet(root / "models" / "ControlNet" / "control_canny_tiny.safetensors",
+                     load_checkpoint(sd1, device_config("cpu"), False).unet, "original", seed=1)
+    write_tiny_restoreformer(root / "models" / "GFPGAN" / "GFPGANv1.4-tiny.safetensors")
+    running = start_server(root, tiny_ckpt_dir, ["--api", "--api-max-body-mb", str(API_MAX_BODY_MB)])
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def ui_server(tmp_path_factory, tiny_ckpt_dir) -> Iterator[RunningServer]:
+    """The UI alone (no --api) on the tiny checkpoints, for the browser modules that need nothing else: with
+    the LoRA paper_cut (tiny SD1, seed 4, alpha 2), a tiny canny ControlNet and models/ESRGAN's tiny upscalers.
+    Each module's outputs land in the same outputs/: tests look for their own files (seed, newest)."""
+    from upscale_helpers import tiny_models
+    from webui.devices import device_config
+    from webui.features.controlnet.models import write_controlnet
+    from webui.features.lora_writer import write_lora
+    from webui.model_manager.loader import load_checkpoint
+    from webui.model_manager.registry import scan_folder
+
+    root = tmp_path_factory.mktemp("ui-server")
+    sd1 = next(i for i in scan_folder(tiny_ckpt_dir) if i.name == "tiny-sd1.safetensors")
+    write_lora(root / "models" / "Lora" / "paper_cut.safetensors", load_checkpoint(sd1, device_config("cpu"), False),
+               seed=4, alpha=2.0)
+    write_controlnet(root / "models" / "ControlNet" / "control_canny_tiny.safetensors",
+                     load_checkpoint(sd1, device_config("cpu"), False).unet, "original", seed=1)
+    tiny_models(root / "models")
+    running = start_server(root, tiny_ckpt_dir)
+    yield running
+    running.stop()

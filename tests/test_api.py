@@ -17,25 +17,15 @@ from PIL import Image
 from webui.core.images import read_infotext
 from webui.core.infotext import parse_infotext
 
-from api_helpers import TINY, decode, max_diff, payload, start_long_job, stop_job, wait_until, write_library_items
-from conftest import start_server
-from upscale_helpers import make_upscalers, smooth_image, tiny_models
-
-MAX_BODY_MB = 2
+from api_helpers import TINY, decode, max_diff, payload, start_long_job, stop_job, wait_until
+from conftest import API_MAX_BODY_MB as MAX_BODY_MB
+from upscale_helpers import make_upscalers, smooth_image
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_ckpt_dir):
-    root = tmp_path_factory.mktemp("api")
-    (root / "data").mkdir()
-    # image URLs on (a protected setting: only config.json can turn it on), to test the address policy
-    (root / "data" / "config.json").write_text(json.dumps({"api_enable_requests": True, "hub_token": "hf_secret123"}))
-    tiny_models(root / "models")  # models/ESRGAN/4x-Tiny and 2x-TinyCompact for the extras routes
-    # one LoRA, two embeddings and a styles.csv, so the list routes are checked with items in them
-    write_library_items(root, tiny_ckpt_dir, tmp_path_factory.mktemp("lora-source"))
-    running = start_server(root, tiny_ckpt_dir, ["--api", "--api-max-body-mb", str(MAX_BODY_MB)])
-    yield running
-    running.stop()
+def server(api_server):
+    """conftest's session-wide --api server (2 MB body limit, tiny upscalers, LoRA, embeddings, styles)."""
+    return api_server
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +193,8 @@ def test_upscaler_and_face_restorer_lists(client):
     tiny = upscalers[-1]
     assert tiny["model_path"] == "ESRGAN/4x-Tiny.safetensors" and tiny["scale"] == 4  # relative, never a server path
     assert upscalers[3]["scale"] == 2
-    assert client.get("/sdapi/v1/face-restorers").json() == []  # no GFPGAN/CodeFormer file installed
+    # the shared server has a tiny GFPGAN file and no CodeFormer: only installed restorers are listed
+    assert client.get("/sdapi/v1/face-restorers").json() == [{"name": "GFPGAN", "cmd_dir": None}]
     assert client.get("/sdapi/v1/realesrgan-models").json() == []
 
 

@@ -13,7 +13,6 @@ from PIL import Image
 from webui.core.images import read_infotext
 
 from api_helpers import decode, max_diff, payload
-from conftest import start_server
 
 UI_VALUES = {"Prompt": "a red fox in the snow", "Negative prompt": "blurry", "Sampling method": "Euler a",
              "Schedule type": "Automatic", "Sampling steps": 3, "Width": 64, "Height": 64, "CFG Scale": 7,
@@ -21,10 +20,9 @@ UI_VALUES = {"Prompt": "a red fox in the snow", "Negative prompt": "blurry", "Sa
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_ckpt_dir):
-    running = start_server(tmp_path_factory.mktemp("api-ui"), tiny_ckpt_dir, ["--api"])
-    yield running
-    running.stop()
+def server(api_server):
+    """conftest's session-wide --api server."""
+    return api_server
 
 
 def test_same_request_through_api_and_ui_gives_identical_pixels(server):

@@ -19,6 +19,9 @@ from test_browser import open_app, set_slider  # skips the module without chromi
 from conftest import start_server
 from playwright.sync_api import expect
 from webui.bench_browser import paint_stroke
+from webui.ui.queue_panel import IDLE_REFRESH_SECONDS
+
+TICKS = IDLE_REFRESH_SECONDS + 0.5  # watched this long, an idle page has had at least one queue-panel tick
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +82,13 @@ def test_a_painted_editor_is_uploaded_once_per_generate_and_never_in_between(pag
     page.locator("#img2maskimg canvas").first.wait_for(timeout=30_000)
     time.sleep(1.5)  # the slot's size check
     paint_stroke(page, "#img2maskimg")
-    # the queue panel ticks every second: before, each tick re-uploaded the painted picture (3 files)
-    assert uploads_during(page, lambda: time.sleep(2.5)) == 0
+    # the queue panel ticks (every 3 s while idle): before, each tick re-uploaded the painted picture (3 files)
+    assert uploads_during(page, lambda: time.sleep(TICKS)) == 0
 
     # Generate reads the editor once: background, the painted layer, the composite
     sent = uploads_during(page, lambda: generate(page, 11))
     assert 1 <= sent <= 3, f"{sent} uploads for one Generate"
-    assert uploads_during(page, lambda: time.sleep(2.5)) == 0  # nor after the job's progress messages
+    assert uploads_during(page, lambda: time.sleep(TICKS)) == 0  # nor after the job's progress messages
 
 
 def test_pnginfo_sends_its_file_once_and_answers_while_a_job_runs_with_small_previews(page, server, pictures):

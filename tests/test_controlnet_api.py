@@ -7,24 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import start_server
 from test_controlnet import picture
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_ckpt_dir):
-    from webui.devices import device_config
-    from webui.features.controlnet.models import write_controlnet
-    from webui.model_manager.loader import load_checkpoint
-    from webui.model_manager.registry import scan_folder
-
-    root = tmp_path_factory.mktemp("cnapi")
-    sd1 = next(i for i in scan_folder(tiny_ckpt_dir) if i.name == "tiny-sd1.safetensors")
-    write_controlnet(root / "models" / "ControlNet" / "control_canny_tiny.safetensors",
-                     load_checkpoint(sd1, device_config("cpu"), False).unet, "original", seed=1)
-    running = start_server(root, tiny_ckpt_dir, ["--api"])
-    yield running
-    running.stop()
+def server(api_server):
+    """conftest's session-wide --api server (a tiny canny ControlNet)."""
+    return api_server
 
 
 def b64(image: Image.Image) -> str:

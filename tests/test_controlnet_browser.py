@@ -6,26 +6,15 @@ from PIL import Image
 from webui.core.images import read_infotext
 from webui.core.infotext import parse_infotext
 
-from conftest import start_server
 from test_browser import ARTIFACTS, open_app, set_slider, set_steps_and_size
 
 from playwright.sync_api import expect  # noqa: E402  (test_browser skips without chromium)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_ckpt_dir):
-    from webui.devices import device_config
-    from webui.features.controlnet.models import write_controlnet
-    from webui.model_manager.loader import load_checkpoint
-    from webui.model_manager.registry import scan_folder
-
-    root = tmp_path_factory.mktemp("cnserver")
-    sd1 = next(i for i in scan_folder(tiny_ckpt_dir) if i.name == "tiny-sd1.safetensors")
-    model = load_checkpoint(sd1, device_config("cpu"), False)
-    write_controlnet(root / "models" / "ControlNet" / "control_canny_tiny.safetensors", model.unet, "original", seed=1)
-    running = start_server(root, tiny_ckpt_dir)
-    yield running
-    running.stop()
+def server(ui_server):
+    """conftest's session-wide UI server (a tiny canny ControlNet)."""
+    return ui_server
 
 
 def pick(page, elem_id: str, option: str) -> None:

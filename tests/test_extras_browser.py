@@ -7,8 +7,7 @@ import re
 import pytest
 from PIL import Image
 
-from conftest import start_server
-from upscale_helpers import smooth_image, tiny_models
+from upscale_helpers import smooth_image
 
 from test_browser import ARTIFACTS, open_app  # skips this module without chromium, as test_browser does
 
@@ -16,12 +15,9 @@ from playwright.sync_api import expect  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_ckpt_dir):
-    root = tmp_path_factory.mktemp("extras-server")
-    tiny_models(root / "models")
-    running = start_server(root, tiny_ckpt_dir)
-    yield running
-    running.stop()
+def server(ui_server):
+    """conftest's session-wide UI server (the tiny upscalers in models/ESRGAN)."""
+    return ui_server
 
 
 @pytest.fixture(scope="module")

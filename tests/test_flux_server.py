@@ -23,7 +23,7 @@ def flux_server(tmp_path_factory):
     other = write_flux_folder(root / "other" / "tiny-flux-dev", "dev", seed=7)  # its VAE, as a separate file
     (root / "models" / "VAE").mkdir(parents=True)
     shutil.copy(other / "vae" / "diffusion_pytorch_model.safetensors", root / "models" / "VAE" / "other_ae.safetensors")
-    server = start_server(root, root / "ckpt", ["--api"])
+    server = start_server(root, root / "ckpt", ["--api", "--nowebui"])
     yield server
     server.stop()
 

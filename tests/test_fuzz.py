@@ -36,7 +36,7 @@ TAKEN = "fuzz-taken"        # a job id that exists: a request that passes valida
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_ckpt_dir):
-    running = start_server(tmp_path_factory.mktemp("fuzz"), tiny_ckpt_dir, ["--api"])
+    running = start_server(tmp_path_factory.mktemp("fuzz"), tiny_ckpt_dir, ["--api", "--nowebui"])
     yield running
     running.stop()
 

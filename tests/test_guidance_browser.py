@@ -7,17 +7,15 @@ from PIL import Image
 from webui.core.images import read_infotext
 from webui.core.infotext import parse_infotext
 
-from conftest import start_server
 from test_browser import open_app, set_slider
 
 from playwright.sync_api import expect  # noqa: E402  (test_browser skips the module without chromium)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_ckpt_dir):
-    running = start_server(tmp_path_factory.mktemp("guidance-ui"), tiny_ckpt_dir)
-    yield running
-    running.stop()
+def server(ui_server):
+    """conftest's session-wide UI server."""
+    return ui_server
 
 
 def test_switch_on_generate_and_paste_back(server):

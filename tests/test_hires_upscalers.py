@@ -10,7 +10,6 @@ from webui.core.infotext import parse_infotext
 from webui.core.request import GenerationRequest, ValidationError
 
 from api_helpers import decode
-from conftest import start_server
 from upscale_helpers import tiny_models
 
 
@@ -60,12 +59,9 @@ def test_unknown_or_removed_model_upscaler_names_the_field(app):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_ckpt_dir):
-    root = tmp_path_factory.mktemp("hires-upscalers")
-    tiny_models(root / "models")
-    running = start_server(root, tiny_ckpt_dir, ["--api"])
-    yield running
-    running.stop()
+def server(api_server):
+    """conftest's session-wide --api server (the tiny upscalers in models/ESRGAN)."""
+    return api_server
 
 
 def test_api_and_ui_offer_model_upscalers_for_hires(server):

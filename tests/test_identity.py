@@ -267,7 +267,8 @@ def test_identity_through_the_a1111_api(app):
     one_face().save(buffer, format="PNG")
     face = base64.b64encode(buffer.getvalue()).decode()
     root = app.paths.models_dir.parent  # the models folder the fixture filled
-    server = start_server(root, None, ["--api", "--ckpt-dir", str(app.models.find("tiny-sdxl").path.parent)])
+    server = start_server(root, None, ["--api", "--nowebui",
+                                       "--ckpt-dir", str(app.models.find("tiny-sdxl").path.parent)])
     body = {"prompt": "a photo of a man", "steps": 3, "width": 64, "height": 64, "seed": 11, "sampler_name": "Euler",
             "override_settings": {"sd_model_checkpoint": "tiny-sdxl.safetensors"}}
     try:

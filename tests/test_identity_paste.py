@@ -200,7 +200,7 @@ def test_hires_with_identity_through_the_api(app):
             "override_settings": {"sd_model_checkpoint": "tiny-sdxl.safetensors"},
             "alwayson_scripts": {"identity": {"args": identity}}}
     server = start_server(app.paths.models_dir.parent, None,
-                          ["--api", "--ckpt-dir", str(app.models.find("tiny-sdxl").path.parent)])
+                          ["--api", "--nowebui", "--ckpt-dir", str(app.models.find("tiny-sdxl").path.parent)])
     try:
         with httpx.Client(base_url=server.url, timeout=300) as client:
             hires = client.post("/sdapi/v1/txt2img", json={**body, "enable_hr": True, "hr_scale": 2,
@@ -307,14 +307,12 @@ def _skipped(value) -> bool:
 # ---- in a browser ---------------------------------------------------------------------------------------
 
 
-def test_pnginfo_send_to_identity_in_a_browser(tmp_path, tiny_ckpt_dir):
+def test_pnginfo_send_to_identity_in_a_browser(tmp_path, request):
     """The pasted method switches the visible sliders (its change event runs), and the note shows."""
     from test_browser import open_app
 
     from playwright.sync_api import expect
     from PIL import PngImagePlugin
-
-    from conftest import start_server
 
     pictures = {}
     for name, text in (("photomaker", PHOTOMAKER_TEXT), ("instantid", INSTANTID_TEXT)):
@@ -322,32 +320,28 @@ def test_pnginfo_send_to_identity_in_a_browser(tmp_path, tiny_ckpt_dir):
         meta.add_text("parameters", text)
         pictures[name] = tmp_path / f"{name}.png"
         Image.new("RGB", (64, 64), (40, 90, 160)).save(pictures[name], pnginfo=meta)
-    (tmp_path / "root").mkdir()
-    server = start_server(tmp_path / "root", tiny_ckpt_dir)
-    try:
-        with open_app(server.url, height=1400) as page:
-            for name in ("photomaker", "instantid"):
-                # A fresh page each time: once the PNG Info image holds a picture its upload input may be gone.
-                page.goto(server.url)
-                page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
-                page.get_by_role("tab", name="PNG Info").click()
-                page.locator("#pnginfo_image input[type=file]").set_input_files(str(pictures[name]))
-                prompt = "a man img, portrait" if name == "photomaker" else "a photo of a man, studio light"
-                expect(page.locator("#pnginfo_html")).to_contain_text(prompt, timeout=15_000)  # this image's text
-                page.locator("#pnginfo_send_identity").click()
-                if name == "photomaker":
-                    expect(page.locator("#identity_method").get_by_label("PhotoMaker v2")).to_be_checked(timeout=10_000)
-                    expect(page.locator("#identity_style_strength input[type=number]")).to_have_value("35")
-                    expect(page.locator("#identity_lora_weight input[type=number]")).to_have_value("0.7")
-                    expect(page.locator("#identity_adapter_strength")).to_be_hidden()
-                    expect(page.locator("#identity_paste_note")).to_contain_text("upload the 3 photos again")
-                    expect(page.locator("#identity_files")).to_contain_text("each must show the face")
-                else:
-                    expect(page.locator("#identity_method").get_by_label("InstantID")).to_be_checked(timeout=10_000)
-                    expect(page.locator("#identity_identitynet_strength input[type=number]")).to_have_value("1.2")
-                    expect(page.locator("#identity_guidance_end input[type=number]")).to_have_value("0.6")
-                    expect(page.locator("#identity_style_strength")).to_be_hidden()
-                    expect(page.locator("#identity_paste_note")).to_contain_text("the pose image again")
-                expect(page.locator("#identity_prompt textarea")).to_have_value(prompt)
-    finally:
-        server.stop()
+    server = request.getfixturevalue("ui_server")  # conftest's shared UI server (no identity models: as here)
+    with open_app(server.url, height=1400) as page:
+        for name in ("photomaker", "instantid"):
+            # A fresh page each time: once the PNG Info image holds a picture its upload input may be gone.
+            page.goto(server.url)
+            page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+            page.get_by_role("tab", name="PNG Info").click()
+            page.locator("#pnginfo_image input[type=file]").set_input_files(str(pictures[name]))
+            prompt = "a man img, portrait" if name == "photomaker" else "a photo of a man, studio light"
+            expect(page.locator("#pnginfo_html")).to_contain_text(prompt, timeout=15_000)  # this image's text
+            page.locator("#pnginfo_send_identity").click()
+            if name == "photomaker":
+                expect(page.locator("#identity_method").get_by_label("PhotoMaker v2")).to_be_checked(timeout=30_000)
+                expect(page.locator("#identity_style_strength input[type=number]")).to_have_value("35")
+                expect(page.locator("#identity_lora_weight input[type=number]")).to_have_value("0.7")
+                expect(page.locator("#identity_adapter_strength")).to_be_hidden()
+                expect(page.locator("#identity_paste_note")).to_contain_text("upload the 3 photos again")
+                expect(page.locator("#identity_files")).to_contain_text("each must show the face")
+            else:
+                expect(page.locator("#identity_method").get_by_label("InstantID")).to_be_checked(timeout=30_000)
+                expect(page.locator("#identity_identitynet_strength input[type=number]")).to_have_value("1.2")
+                expect(page.locator("#identity_guidance_end input[type=number]")).to_have_value("0.6")
+                expect(page.locator("#identity_style_strength")).to_be_hidden()
+                expect(page.locator("#identity_paste_note")).to_contain_text("the pose image again")
+            expect(page.locator("#identity_prompt textarea")).to_have_value(prompt)

@@ -10,10 +10,9 @@ import httpx
 import pytest
 
 from webui.core.infotext import parse_infotext
-from webui.features.faces.tiny import write_tiny_restoreformer
 
 from api_helpers import decode, max_diff, payload
-from conftest import ROOT, start_server
+from conftest import ROOT
 
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -28,14 +27,9 @@ def dp_args(enabled=True, combinatorial=False, magic=False, max_generations=0) -
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_ckpt_dir):
-    root = tmp_path_factory.mktemp("prompt-features")
-    (root / "data" / "wildcards" / "colors").mkdir(parents=True)
-    (root / "data" / "wildcards" / "colors" / "warm.txt").write_text("orange\nyellow\n", encoding="utf-8")
-    write_tiny_restoreformer(root / "models" / "GFPGAN" / "GFPGANv1.4-tiny.safetensors")
-    running = start_server(root, tiny_ckpt_dir, ["--api"])
-    yield running
-    running.stop()
+def server(api_server):
+    """conftest's session-wide --api server (wildcards colors/warm.txt, a tiny GFPGAN)."""
+    return api_server
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +109,6 @@ def test_wildcards_accordion_in_the_browser(server):
         # sent on, the template comes back with Dynamic Prompts switched on
         page.locator("#txt2img_send_to_img2img").click()
         expect(page.locator("#img2img_prompt textarea")).to_have_value("a {red|blue} fox, __colors/warm__",
-                                                                       timeout=10_000)
+                                                                       timeout=30_000)
         page.locator("#img2img_dynamic_prompts .label-wrap").first.click()
-        expect(page.locator("#img2img_dynamic_prompts_enabled input")).to_be_checked(timeout=10_000)
+        expect(page.locator("#img2img_dynamic_prompts_enabled input")).to_be_checked(timeout=30_000)

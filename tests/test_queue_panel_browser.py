@@ -8,15 +8,13 @@ import pytest
 from test_browser import open_app, set_steps_and_size  # skips the module without chromium
 
 from api_helpers import start_long_job, stop_job, wait_until
-from conftest import start_server
 from playwright.sync_api import expect
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_ckpt_dir):
-    running = start_server(tmp_path_factory.mktemp("queue-ui"), tiny_ckpt_dir, ["--api"])
-    yield running
-    running.stop()
+def server(api_server):
+    """conftest's session-wide --api server."""
+    return api_server
 
 
 def test_queue_panel_shows_api_jobs_and_cancels_your_own(server):

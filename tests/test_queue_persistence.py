@@ -51,7 +51,7 @@ def test_store_round_trips_images_and_refuses_what_it_cannot_keep(tmp_path):
 def test_queued_jobs_survive_a_kill_and_run_after_restart(tmp_path, tiny_ckpt_dir):
     root = tmp_path / "server"
     root.mkdir()
-    server = start_server(root, tiny_ckpt_dir, ["--api"])
+    server = start_server(root, tiny_ckpt_dir, ["--api", "--nowebui"])
     with httpx.Client(base_url=server.url, timeout=60) as client:
         long_id = start_long_job(client)
         small = client.post("/easel/v1/jobs", json={"type": "txt2img", "params": dict(TINY, seed=5)}).json()["id"]
@@ -63,7 +63,7 @@ def test_queued_jobs_survive_a_kill_and_run_after_restart(tmp_path, tiny_ckpt_di
     server.process.kill()  # SIGKILL: no chance to save anything at exit
     server.process.wait(30)
 
-    server = start_server(root, tiny_ckpt_dir, ["--api"])
+    server = start_server(root, tiny_ckpt_dir, ["--api", "--nowebui"])
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client:
             def restored():
@@ -93,7 +93,7 @@ def test_a_clean_stop_keeps_waiting_jobs_too(tmp_path, tiny_ckpt_dir):
     """Ctrl+C (SIGTERM) cancels nothing for good: waiting jobs stay on disk for the next start."""
     root = tmp_path / "server"
     root.mkdir()
-    server = start_server(root, tiny_ckpt_dir, ["--api"])
+    server = start_server(root, tiny_ckpt_dir, ["--api", "--nowebui"])
     with httpx.Client(base_url=server.url, timeout=60) as client:
         start_long_job(client)
         waiting = client.post("/easel/v1/jobs", json={"type": "txt2img", "params": TINY}).json()["id"]

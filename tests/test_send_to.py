@@ -13,7 +13,6 @@ from webui.pnginfo import infotext_to_fields, override_item_fields, override_ite
 from webui.core.request import GenerationRequest
 from webui.ui.generation_controls import common_request_fields
 
-from conftest import start_server
 
 FULL = ("a harbor at dawn\nNegative prompt: fog\nSteps: 12, Sampler: Euler a, CFG scale: 6, Seed: 5, Size: 64x64, "
         "Model: tiny-sd1, Denoising strength: 0.55, Mask blur: 6, Masked content: latent noise, "
@@ -83,19 +82,16 @@ CHROMIUM = os.environ.get("EASEL_CHROMIUM") or shutil.which("chromium") or shuti
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory, tiny_ckpt_dir):
+def page(request):
     if not CHROMIUM:
         if os.environ.get("EASEL_REQUIRE_BROWSER"):
             raise RuntimeError("EASEL_REQUIRE_BROWSER is set but no chromium was found")
         pytest.skip("chromium is not installed")
     from test_browser import open_app  # only here: importing it skips a module without chromium
 
-    server = start_server(tmp_path_factory.mktemp("send-to"), tiny_ckpt_dir)
-    try:
-        with open_app(server.url) as page:
-            yield page
-    finally:
-        server.stop()
+    server = request.getfixturevalue("ui_server")  # conftest's session-wide UI server (not started without chromium)
+    with open_app(server.url) as page:
+        yield page
 
 
 def test_pnginfo_send_to_inpaint_fills_the_img2img_fields(page, tmp_path):
@@ -110,7 +106,7 @@ def test_pnginfo_send_to_inpaint_fills_the_img2img_fields(page, tmp_path):
     expect(page.locator("#pnginfo_html")).to_contain_text("a harbor at dawn", timeout=15_000)
     page.locator("#pnginfo_send_inpaint").click()
 
-    expect(page.locator("#inpaint_prompt textarea")).to_have_value("a harbor at dawn", timeout=10_000)
+    expect(page.locator("#inpaint_prompt textarea")).to_have_value("a harbor at dawn", timeout=30_000)
     expect(page.locator("#img2img_mask_blur input[type=number]")).to_have_value("6")
     expect(page.locator("#img2img_inpaint_full_res_padding input[type=number]")).to_have_value("40")
     expect(page.locator("#img2img_inpainting_fill").get_by_label("latent noise")).to_be_checked()
@@ -128,5 +124,5 @@ def test_pnginfo_send_to_inpaint_fills_the_img2img_fields(page, tmp_path):
 
     page.get_by_role("tab", name="PNG Info").click()
     page.locator("#pnginfo_send_extras").click()
-    expect(page.locator("#extras_image img")).to_be_visible(timeout=10_000)
+    expect(page.locator("#extras_image img")).to_be_visible(timeout=30_000)
     assert page.locator("#extras_send_to_img2img").count() == 1  # the Extras gallery has Send-to buttons too

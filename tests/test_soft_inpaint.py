@@ -15,7 +15,6 @@ from webui.features.img2img import prepare_mask
 from webui.features.soft_inpaint import (PARAMETERS, SoftInpaintSettings, blend_latents, composite_alpha,
                                          from_alwayson, latent_weights)
 
-from conftest import start_server
 
 BLUR = 3
 A1111_TEXT = ("Soft inpainting enabled: True, Soft inpainting schedule bias: 1, Soft inpainting preservation strength: "
@@ -214,10 +213,9 @@ def b64(image: Image.Image) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_ckpt_dir):
-    running = start_server(tmp_path_factory.mktemp("soft-api"), tiny_ckpt_dir, ["--api"])
-    yield running
-    running.stop()
+def server(api_server):
+    """conftest's session-wide --api server."""
+    return api_server
 
 
 def test_api_alwayson_args_match_the_engine(server, easel):

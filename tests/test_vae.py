@@ -125,7 +125,7 @@ def test_vae_through_the_a1111_api(vae_world, tmp_path):
     server_root = tmp_path / "server"
     server_root.mkdir()
     (server_root / "models").symlink_to(root / "models", target_is_directory=True)
-    server = start_server(server_root, ckpts, ["--api"])
+    server = start_server(server_root, ckpts, ["--api", "--nowebui"])
     try:
         with httpx.Client(base_url=server.url, timeout=300) as client:
             listed = client.get("/sdapi/v1/sd-vae").json()

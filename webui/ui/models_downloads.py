@@ -18,6 +18,7 @@ from ..paths import MODEL_FOLDERS
 from .common import error_html, esc, format_seconds, progress_html
 
 POLL_SECONDS = 1.0
+IDLE_POLL_SECONDS = 5.0  # nothing downloading: each tick is an event the whole page pays for
 _STATE_WORDS = {QUEUED: "Queued", RUNNING: "Downloading", DONE: "Done", FAILED: "Failed", "cancelled": "Cancelled"}
 
 
@@ -143,7 +144,11 @@ def build_downloads(easel: Easel) -> None:
     cancel.click(do_cancel, selected, outputs, api_name=False)
     resume.click(do_resume, selected, outputs, api_name=False)
     clear.click(lambda: (easel.downloads.clear_finished(), redraw())[1], None, outputs, api_name=False)
-    timer.tick(lambda: redraw()[1:], None, [listing, selected], show_progress="hidden", api_name=False,
+    def tick() -> tuple[str, Any, Any]:
+        busy = any(item.state in (QUEUED, RUNNING) for item in easel.downloads.list())
+        return *redraw()[1:], gr.Timer(POLL_SECONDS if busy else IDLE_POLL_SECONDS)
+
+    timer.tick(tick, None, [listing, selected, timer], show_progress="hidden", api_name=False,
                concurrency_limit=None)
 
 

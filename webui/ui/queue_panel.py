@@ -34,6 +34,7 @@ from .common import error_html, esc, info_html
 from .gallery_tab import _shown
 
 REFRESH_SECONDS = 1.0
+IDLE_REFRESH_SECONDS = 3.0  # an empty queue: each tick costs an open page's renderer a fraction of a CPU second
 PAST_PAGE = 20
 
 
@@ -179,13 +180,19 @@ def build_queue_panel(easel: Easel, local: bool = True) -> None:
     shown = gr.State("")      # what the past-jobs list shows now (rendered again only when it changes)
     count = gr.State(PAST_PAGE)
 
-    def refresh(selected: str | None, request: gr.Request):
+    live = gr.State("")  # what the queue view shows now: an unchanged tick sends nothing to the page
+
+    def refresh(selected: str | None, request: gr.Request, key: str | None = None):
         session = _session(request)
         choices = own_choices(easel, session)
         ids = [job_id for _, job_id in choices]
         value = selected if selected in ids else (ids[0] if ids else None)
-        return gr.update(label=summary(easel, session)), render_queue(easel, session), \
-            gr.update(choices=choices, value=value)
+        label, view = summary(easel, session), render_queue(easel, session)
+        new_key = repr((label, view, choices, value))
+        if new_key == key:  # each tick re-rendering an unchanged panel kept an idle page's renderer busy
+            return gr.skip(), gr.skip(), gr.skip(), key, gr.skip()
+        interval = REFRESH_SECONDS if active_jobs(easel) else IDLE_REFRESH_SECONDS
+        return gr.update(label=label), view, gr.update(choices=choices, value=value), new_key, gr.Timer(interval)
 
     def cancel_job(selected: str | None, request: gr.Request):
         session = _session(request)
@@ -249,10 +256,14 @@ def build_queue_panel(easel: Easel, local: bool = True) -> None:
         job.meta.update(rerun_of=record.id, tab=record.type)
         return f'<p id="easel_history_queued">Queued again as job {esc(job.id)}; it shows in the queue above.</p>'
 
-    timer.tick(refresh, mine, [panel, table, mine], show_progress="hidden", api_name=False, concurrency_limit=None)
-    timer.tick(refresh_past, [pick, shown, count], [past, pick, shown], show_progress="hidden", api_name=False,
-               concurrency_limit=None)
+    def tick(selected: str | None, key: str, past_selected: str | None, past_key: str, wanted: int,
+             request: gr.Request):
+        """One event a second for both lists (each event costs the page's renderer more than its outputs do)."""
+        return *refresh(selected, request, key), *refresh_past(past_selected, past_key, wanted, request)
+
+    timer.tick(tick, [mine, live, pick, shown, count], [panel, table, mine, live, timer, past, pick, shown],
+               show_progress="hidden", api_name=False, concurrency_limit=None)
     more.click(lambda n: int(n or PAST_PAGE) + PAST_PAGE, count, count, api_name=False)
     open_past.click(open_job, pick, [past_images, past_info], api_name=False, concurrency_limit=None)
     rerun.click(rerun_job, pick, past_info, api_name=False, concurrency_limit=None)
-    cancel.click(cancel_job, mine, [message, panel, table, mine], api_name=False, concurrency_limit=None)
+    cancel.click(cancel_job, mine, [message, panel, table, mine, live, timer], api_name=False, concurrency_limit=None)
