@@ -1,5 +1,5 @@
 """A model folder is one model: its component files are never listed as checkpoints (or LoRAs, or
-ControlNets), and a folder Easel cannot load (SD3's `transformer/`, a lone component, no vae/)
+ControlNets), and a folder Easel cannot load (Hunyuan-DiT's `transformer/`, a lone component, no vae/)
 is shown once, with the reason, instead of as several checkpoints named `model`."""
 from __future__ import annotations
 
@@ -35,15 +35,15 @@ def _component(folder: Path, weights: str, cls: str, tensors: dict[str, torch.Te
     save_file(tensors, str(folder / weights))
 
 
-def write_sd3_like(folder: Path) -> Path:
-    """A pipeline folder with a transformer of a family Easel does not load (SD 3)."""
+def write_unknown_family(folder: Path) -> Path:
+    """A pipeline folder with a transformer of a family Easel does not load (Hunyuan-DiT)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusion3Pipeline", "_diffusers_version": "0.32.0",
-        "transformer": ["diffusers", "SD3Transformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "_class_name": "HunyuanDiTPipeline", "_diffusers_version": "0.32.0",
+        "transformer": ["diffusers", "HunyuanDiT2DModel"], "vae": ["diffusers", "AutoencoderKL"],
         "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "T5EncoderModel"],
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]}))
-    _component(folder / "transformer", "diffusion_pytorch_model.safetensors", "SD3Transformer2DModel",
+    _component(folder / "transformer", "diffusion_pytorch_model.safetensors", "HunyuanDiT2DModel",
                {"x_embedder.weight": torch.zeros(8, 16), "proj_out.weight": torch.zeros(16, 8)})
     _component(folder / "vae", "diffusion_pytorch_model.safetensors", "AutoencoderKL",
                {"decoder.conv_in.weight": torch.zeros(8, 16, 3, 3)})
@@ -63,7 +63,7 @@ def ckpts(tmp_path_factory) -> Path:
     write_single_file(root / "tiny-sd1.safetensors", Architecture("sd1"), seed=1)
     write_single_file(root / "more" / "tiny-sd1-b.safetensors", Architecture("sd1"), seed=2)  # a plain subfolder
     write_diffusers_folder(root / "sd1-diffusers", Architecture("sd1"), seed=1)
-    write_sd3_like(root / "sd3")
+    write_unknown_family(root / "hunyuan")
     _component(root / "transformer-only", "diffusion_pytorch_model.safetensors", "FluxTransformer2DModel",
                {"x_embedder.weight": torch.zeros(8, 16)})
     no_vae = write_diffusers_folder(root / "no-vae", Architecture("sd1"), seed=1)
@@ -78,9 +78,9 @@ def test_registry_lists_checkpoints_and_sets_unloadable_folders_aside(ckpts):
     assert [c.name for c in found] == ["more/tiny-sd1-b.safetensors", "sd1-diffusers", "tiny-sd1.safetensors"]
     assert not any("model" == c.model_name or "diffusion_pytorch_model" in c.name for c in found)
     reasons = {u.name: u.reason for u in unloadable}
-    assert set(reasons) == {"sd3", "no-vae", "transformer-only"}
-    assert "StableDiffusion3Pipeline" in reasons["sd3"] and "family Easel does not know" in reasons["sd3"]
-    assert "SD 1.x" in reasons["sd3"] and "Flux.1 dev" in reasons["sd3"]  # says what Easel does load
+    assert set(reasons) == {"hunyuan", "no-vae", "transformer-only"}
+    assert "HunyuanDiTPipeline" in reasons["hunyuan"] and "family Easel does not know" in reasons["hunyuan"]
+    assert "SD 1.x" in reasons["hunyuan"] and "Flux.1 dev" in reasons["hunyuan"] and "SD 3.5" in reasons["hunyuan"]  # says what Easel does load
     assert "FluxTransformer2DModel component" in reasons["transformer-only"] and "not a whole model" in \
         reasons["transformer-only"]
     assert "vae/config.json" in reasons["no-vae"]
@@ -104,8 +104,8 @@ def test_the_loader_agrees_with_the_listing(ckpts):
 def test_asking_for_an_unloadable_folder_says_why(tmp_path, ckpts):
     easel = make_easel(tmp_path, ckpts)
     try:
-        with pytest.raises(ModelNotFoundError, match="'sd3' is on disk but cannot be loaded: a StableDiffusion3Pipeline"):
-            easel.models.find("sd3")
+        with pytest.raises(ModelNotFoundError, match="'hunyuan' is on disk but cannot be loaded: a HunyuanDiTPipeline"):
+            easel.models.find("hunyuan")
         assert easel.models.find("sd1-diffusers").format == "diffusers"
         app = FastAPI()
         from webui.api import install
@@ -124,17 +124,17 @@ def test_models_library_shows_an_unloadable_folder_once_with_its_reason(tmp_path
     paths.ensure()
     library = ModelLibrary.for_paths(paths, HashCache(paths.cache_dir / "hashes.json"))
     entries = {e.name: e for e in library.entries() if e.kind == "checkpoint"}
-    assert set(entries) == {"tiny-sd1.safetensors", "more/tiny-sd1-b.safetensors", "sd1-diffusers", "sd3",
+    assert set(entries) == {"tiny-sd1.safetensors", "more/tiny-sd1-b.safetensors", "sd1-diffusers", "hunyuan",
                             "transformer-only", "no-vae"}
-    assert entries["sd3"].format == "diffusers" and entries["sd3"].architecture == "SD 3"
-    assert entries["sd3"].unloadable.startswith("a StableDiffusion3Pipeline folder of a model family")
+    assert entries["hunyuan"].format == "diffusers" and entries["hunyuan"].architecture == "Hunyuan-DiT"
+    assert entries["hunyuan"].unloadable.startswith("a HunyuanDiTPipeline folder of a model family")
     assert entries["sd1-diffusers"].architecture == "SD 1.x"
     assert entries["sd1-diffusers"].unloadable == "" and entries["tiny-sd1.safetensors"].unloadable == ""
     assert "not a whole model" in entries["transformer-only"].unloadable
 
     from webui.ui.models_library import _architecture
 
-    assert _architecture(entries["sd3"]).startswith("SD 3 · not loadable: a StableDiffusion3Pipeline folder")
+    assert _architecture(entries["hunyuan"]).startswith("Hunyuan-DiT · not loadable: a HunyuanDiTPipeline folder")
     assert "not loadable" not in _architecture(entries["sd1-diffusers"])
 
 

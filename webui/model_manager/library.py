@@ -37,7 +37,8 @@ TRIGGER_WORDS = 10
 _FAMILY_BY_WIDTH = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL", 1280: "SDXL refiner"}
 _PIPELINE_LABELS = {"StableDiffusionPipeline": "SD 1.x/2.x", "StableDiffusionXLPipeline": "SDXL",
                     "StableDiffusionXLImg2ImgPipeline": "SDXL refiner", "FluxPipeline": "Flux",
-                    "StableDiffusion3Pipeline": "SD 3"}
+                    "StableDiffusion3Pipeline": "SD 3", "ZImagePipeline": "Z-Image",
+                    "HunyuanDiTPipeline": "Hunyuan-DiT"}
 # kohya's ss_base_model_version values and modelspec.architecture prefixes -> a short label
 _BASE_LABELS = (("sdxl", "SDXL"), ("stable-diffusion-xl", "SDXL"), ("sd_v2", "SD 2.x"), ("stable-diffusion-v2", "SD 2.x"),
                 ("sd_v1", "SD 1.x"), ("stable-diffusion-v1", "SD 1.x"), ("flux", "Flux"), ("sd3", "SD 3"),

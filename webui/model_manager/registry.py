@@ -9,7 +9,7 @@ A folder is one model or a folder of models, never both: a diffusers pipeline
 (`model_index.json`) or a single component (`config.json` beside its weights) is never
 walked into, so its component files (`unet/diffusion_pytorch_model.safetensors`,
 `text_encoder/model.safetensors`) are never listed as checkpoints. A pipeline Easel cannot
-load (an SD3 folder: a family Easel does not know) and a lone component folder are
+load (a Hunyuan-DiT folder: a family Easel does not know) and a lone component folder are
 kept aside in `unloadable()` with the reason, so the Models library and `find()` can say why.
 """
 from __future__ import annotations
