@@ -1,14 +1,15 @@
 """Workers on Ray (`--workers cpu,cpu`): a real local Ray cluster with two worker processes, tiny SD 1.x models.
 
 One pool serves the whole module (starting Ray and two workers is most of the cost); the in-process
-reference is made here while the workers start, by an app built before Ray was imported (a normal
-start never imports it).
+reference is made here while the workers start; a normal start never imports Ray (checked in a fresh
+interpreter).
 """
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,12 +52,10 @@ def ckpts(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def local(ckpts, tmp_path_factory):
-    """The in-process worker of a normal start: built before the pool, so Ray must not be imported yet."""
-    assert "ray" not in sys.modules, "another test imported Ray before this module"
+    """The in-process worker of a normal start (the reference the workers' images must equal)."""
     data = tmp_path_factory.mktemp("local")
     easel = build(AppOptions(models_dir=data / "models", ckpt_dirs=[ckpts], outputs_dir=data / "outputs",
                              data_dir=data / "data", device="cpu"))
-    assert "ray" not in sys.modules and "webui.workers" not in sys.modules, "a normal start imported Ray"
     yield easel
     easel.close()
 
@@ -69,6 +68,23 @@ def pool(local, ckpts, tmp_path_factory):
                              data_dir=data / "data", device="cpu", workers="cpu,cpu"))
     yield easel
     easel.close()
+
+
+def test_a_normal_start_imports_neither_ray_nor_the_workers(ckpts, tmp_path):
+    """In a fresh interpreter: in this one, other test modules (the layering check) import every webui module."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from webui.app import AppOptions, build\n"
+        f"data = Path({str(tmp_path)!r})\n"
+        f"easel = build(AppOptions(models_dir=data / 'models', ckpt_dirs=[Path({str(ckpts)!r})], "
+        "outputs_dir=data / 'outputs', data_dir=data / 'data', device='cpu'))\n"
+        "easel.close()\n"
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith(('ray.', 'webui.workers'))))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]", "a normal start imported Ray or the workers"
 
 
 def single_threaded(easel, seed: int, **kwargs):
