@@ -17,6 +17,8 @@ Importing this module loads neither gradio, FastAPI, torch nor the engine, and s
 """
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import threading
 import time
@@ -97,11 +99,21 @@ class QuietServer(uvicorn.Server):
         self._before_shutdown = before_shutdown
 
     async def shutdown(self, sockets=None) -> None:  # type: ignore[override]
+        ending = asyncio.ensure_future(self._keep_ending_streams())
         try:
-            self._before_shutdown()
-        except Exception:  # never let this stand in the way of shutting down
-            log.debug("could not prepare the shutdown", exc_info=True)
-        await super().shutdown(sockets)
+            await super().shutdown(sockets)
+        finally:
+            ending.cancel()
+
+    async def _keep_ending_streams(self) -> None:
+        """Tell the streams to end, and again every 0.25 s: a page event racing the shutdown opens a stream
+        after the first signal, which would otherwise wait out the graceful timeout and be cancelled loudly."""
+        while True:
+            try:
+                self._before_shutdown()
+            except Exception:  # never let this stand in the way of shutting down
+                log.debug("could not prepare the shutdown", exc_info=True)
+            await asyncio.sleep(0.25)
 
 
 def serve(options: ServerOptions, make_easel: MakeEasel) -> Startup:
