@@ -22,6 +22,7 @@ import torch
 from ..core.parameterisation import FlowVelocity, Parameterisation
 from ..core.schedules import FlowSchedule
 from .base import Family, LatentFormat, Shapes
+from .t5_text import t5_sequence
 
 FLUX_LATENT = LatentFormat(channels=16)  # previews: channel mean until a published fit is shipped
 _PARAMETERISATION = FlowVelocity()
@@ -174,20 +175,9 @@ class Flux(Family):
         clip_device = next(clip.parameters()).device
         pooled = clip(input_ids=torch.tensor([ids], device=clip_device)).pooler_output.float()
 
-        t5, t5_tokens = model.text_encoders["text_encoder_2"], model.tokenizers["text_encoder_2"]
-        tokens: list[int] = []
-        weights: list[float] = []
-        for part, weight in pieces:
-            part_ids = t5_tokens(part, add_special_tokens=False).input_ids
-            tokens += part_ids
-            weights += [weight] * len(part_ids)
-        limit = self.max_sequence_length - 1
-        tokens, weights = tokens[:limit] + [t5_tokens.eos_token_id], weights[:limit] + [1.0]
-        missing = self.max_sequence_length - len(tokens)
-        tokens, weights = tokens + [t5_tokens.pad_token_id] * missing, weights + [1.0] * missing
-        t5_device = next(t5.parameters()).device
-        hidden = t5(input_ids=torch.tensor([tokens], device=t5_device))[0].float()
-        return encoder.conditioning(encoder.emphasise(hidden, weights), pooled)
+        sequence = t5_sequence(encoder, model.text_encoders["text_encoder_2"], model.tokenizers["text_encoder_2"],
+                               pieces, self.max_sequence_length)
+        return encoder.conditioning(sequence, pooled)
 
     # ---- single files -----------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ import torch
 from ..core.parameterisation import FlowVelocity, Parameterisation
 from ..core.schedules import FlowSchedule
 from .base import Family, LatentFormat, LayerChoice, Shapes
+from .t5_text import t5_sequence
 
 SD3_LATENT = LatentFormat(channels=16)  # previews: channel mean until a published fit is shipped
 _PARAMETERISATION = FlowVelocity()
@@ -157,26 +158,10 @@ class SD3(Family):
         if t5 is None:  # as StableDiffusion3Pipeline without text_encoder_3: a zero T5 sequence
             sequence = torch.zeros(1, T5_TOKENS, width, device=clip.device)
         else:
-            sequence = self._t5_sequence(encoder, t5, model.tokenizers["text_encoder_3"], text)
+            sequence = t5_sequence(encoder, t5, model.tokenizers["text_encoder_3"], encoder.weighted_pieces(text),
+                                   T5_TOKENS)
         embeds = torch.cat([clip, sequence.to(clip.device)], dim=1)
         return encoder.conditioning(embeds, torch.cat([pooled_l, pooled_g], dim=-1).float())
-
-    @staticmethod
-    def _t5_sequence(encoder: Any, t5: torch.nn.Module, tokenizer: Any, text: str) -> torch.Tensor:
-        """T5's hidden states of the prompt (256 tokens: text, </s>, padding) with per-token emphasis."""
-        tokens: list[int] = []
-        weights: list[float] = []
-        for part, weight in encoder.weighted_pieces(text):
-            ids = tokenizer(part, add_special_tokens=False).input_ids
-            tokens += ids
-            weights += [weight] * len(ids)
-        limit = T5_TOKENS - 1
-        tokens, weights = tokens[:limit] + [tokenizer.eos_token_id], weights[:limit] + [1.0]
-        missing = T5_TOKENS - len(tokens)
-        tokens, weights = tokens + [tokenizer.pad_token_id] * missing, weights + [1.0] * missing
-        device = next(t5.parameters()).device
-        hidden = t5(input_ids=torch.tensor([tokens], device=device))[0].float()
-        return encoder.emphasise(hidden, weights)
 
     def infotext_fields(self, model: Any) -> dict[str, str]:
         """What the image's parameters add for this family: that T5 was not used, when it was not."""
