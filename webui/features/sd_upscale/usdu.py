@@ -154,22 +154,12 @@ class UltimateSDUpscale(easel.Script):
             image = self._redraw(run, image, args, rows, cols)
         if run.stopped:
             return run.finish(done, image)
-        text = self._text(run, image, args)
-        done.images.append(image)
-        done.infotexts.append(text)
-        done.seeds.append(seed)
-        if args.save_upscaled:
-            self._save(request, image, text, seed, done)
+        self._keep(done, run, request, image, args, seed, save=args.save_upscaled)
         if args.seams_fix != "None":
             image = self._seams(run, image, args, rows, cols)
             if run.stopped:
                 return run.finish(done, None)
-            text = self._text(run, image, args)
-            done.images.append(image)
-            done.infotexts.append(text)
-            done.seeds.append(seed)
-            if args.save_seams_fix:
-                self._save(request, image, text, seed, done)
+            self._keep(done, run, request, image, args, seed, save=args.save_seams_fix)
         done.warnings.extend(run.warnings)
         return done
 
@@ -233,8 +223,14 @@ class UltimateSDUpscale(easel.Script):
             "Ultimate SD upscale tile_width": args.tile[0], "Ultimate SD upscale tile_height": args.tile[1],
             "Ultimate SD upscale mask_blur": args.mask_blur, "Ultimate SD upscale padding": args.padding})
 
-    def _save(self, request: Any, image: Image.Image, text: str, seed: int, done: easel.Result) -> None:
-        if self.services.engine is not None:
+    def _keep(self, done: easel.Result, run: "_Run", request: Any, image: Image.Image, args: USDUSettings,
+              seed: int, save: bool) -> None:
+        """One finished stage (the redraw, then the seams fix) into the result, saved when its option says so."""
+        text = self._text(run, image, args)
+        done.images.append(image)
+        done.infotexts.append(text)
+        done.seeds.append(seed)
+        if save and self.services.engine is not None:
             path = save_sample(self.services.engine, request, image, text, seed)
             if path:
                 done.paths.append(path)
