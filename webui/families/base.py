@@ -150,6 +150,14 @@ class Family:
         diffusers folder's tokenizer subfolder (`folder`, None for single files)."""
         return None
 
+    @staticmethod
+    def local_tokenizer(folder: Any, loader: Any, missing: str) -> Any:
+        """`loader.from_pretrained(folder)` offline (never fetched); `missing` says what and where when the
+        folder has no tokenizer.json."""
+        if folder is None or not (folder / "tokenizer.json").is_file():
+            raise ValueError(f"{missing} (looked in {folder})")
+        return loader.from_pretrained(str(folder), local_files_only=True)
+
     def infotext_fields(self, model: Any) -> dict[str, Any]:
         """Keys this family adds to each image's infotext for a loaded model (e.g. SD3 run without T5)."""
         return {}

@@ -156,10 +156,8 @@ class Flux(Family):
             return None
         from transformers import T5TokenizerFast
 
-        if folder is None or not (folder / "tokenizer.json").is_file():
-            raise ValueError("the T5 tokenizer is missing: Flux needs tokenizer_2/tokenizer.json "
-                             f"(looked in {folder})")
-        return T5TokenizerFast.from_pretrained(str(folder), local_files_only=True)
+        return self.local_tokenizer(folder, T5TokenizerFast,
+                                    "the T5 tokenizer is missing: Flux needs tokenizer_2/tokenizer.json")
 
     # ---- text -----------------------------------------------------------------------------------
 

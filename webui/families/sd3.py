@@ -139,9 +139,8 @@ class SD3(Family):
             return None
         from transformers import T5TokenizerFast
 
-        if folder is None or not (folder / "tokenizer.json").is_file():
-            raise ValueError(f"the T5 tokenizer is missing: SD3 needs tokenizer_3/tokenizer.json (looked in {folder})")
-        return T5TokenizerFast.from_pretrained(str(folder), local_files_only=True)
+        return self.local_tokenizer(folder, T5TokenizerFast,
+                                    "the T5 tokenizer is missing: SD3 needs tokenizer_3/tokenizer.json")
 
     # ---- text -----------------------------------------------------------------------------------
 

@@ -176,10 +176,8 @@ class ZImage(Family):
         """Qwen's tokenizer from the folder's tokenizer/ or a folder in models/text_encoder (never fetched)."""
         from transformers import AutoTokenizer
 
-        if folder is None or not (folder / "tokenizer.json").is_file():
-            raise ValueError("the Qwen tokenizer is missing: Z-Image needs tokenizer/tokenizer.json "
-                             f"(looked in {folder})")
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        return self.local_tokenizer(folder, AutoTokenizer,
+                                    "the Qwen tokenizer is missing: Z-Image needs tokenizer/tokenizer.json")
 
     # ---- text -----------------------------------------------------------------------------------
 
