@@ -123,6 +123,45 @@ def test_eight_jobs_over_two_workers_equal_the_in_process_worker(pool, local):
             assert png.tobytes() == image.tobytes()
 
 
+def ray_processes():
+    """This process (Ray's driver) and every process Ray started from it: GCS, raylet, its agents, the workers."""
+    import psutil
+
+    me = psutil.Process()
+    started = [p for p in me.children() if p.name() in ("gcs_server", "raylet")]
+    assert {p.name() for p in started} == {"gcs_server", "raylet"}, "a private cluster of this process"
+    return [me] + started + [child for p in started for child in p.children(recursive=True)]
+
+
+def test_the_private_cluster_listens_on_loopback_only_and_keeps_its_token_private(pool):
+    import ipaddress
+
+    import psutil
+
+    wait_for(lambda: all(w["alive"] for w in pool.queue.workers()), 240, "both workers to start")
+    processes, exposed, seen = ray_processes(), [], 0
+    for process in processes:
+        try:
+            sockets = process.net_connections(kind="inet")
+        except psutil.NoSuchProcess:  # an idle worker Ray just let go
+            continue
+        for sock in sockets:
+            if sock.status not in (psutil.CONN_LISTEN, psutil.CONN_NONE) or sock.raddr:
+                continue  # a connection, not a server socket
+            seen += 1
+            address = ipaddress.ip_address(sock.laddr.ip)
+            address = getattr(address, "ipv4_mapped", None) or address  # '::ffff:127.0.0.1'
+            if not address.is_loopback:
+                exposed.append(f"{process.name()} (pid {process.pid}) on {sock.laddr.ip}:{sock.laddr.port}")
+    worker_pids = {w["pid"] for w in remote_workers(pool).values()}
+    assert worker_pids <= {p.pid for p in processes}, "the workers' own servers were checked"
+    assert seen >= 5, "GCS, raylet (2), runtime-env agent and the workers listen somewhere"
+    assert exposed == [], exposed
+    token = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
+    assert token.is_relative_to(pool.paths.data_dir) and len(token.read_text()) == 64
+    assert token.stat().st_mode & 0o777 == 0o600 and token.parent.stat().st_mode & 0o777 == 0o700
+
+
 def test_batch_count_spread_over_both_workers_gives_one_workers_images(pool, local):
     spread = {"workers_spread_batch_count": True}
     job = pool.submit(request(200, n_iter=4, override_settings=spread))
@@ -223,3 +262,15 @@ def test_a_job_moves_to_a_worker_that_has_its_model_or_fails_with_every_workers_
     job = one_job(Refusing("w0"), Refusing("w1"))
     assert job.state == JobState.FAILED
     assert str(job.error) == "worker w0 has no checkpoint x; worker w1 has no checkpoint x"
+
+
+def test_joining_a_cluster_warns_about_a_token_file_others_can_read(tmp_path):
+    from webui.workers.lockdown import shared_token_warning
+
+    token = tmp_path / "auth_token"
+    token.write_text("x" * 64)
+    token.chmod(0o644)  # as `ray get-auth-token --generate` leaves ~/.ray/auth_token
+    assert shared_token_warning(token) == f"the Ray token {token} can be read by other users of this machine: " \
+                                          f"chmod 600 {token}"
+    token.chmod(0o600)
+    assert shared_token_warning(token) is None

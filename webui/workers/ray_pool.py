@@ -1,8 +1,8 @@
 """The head's side of Ray: start or join a cluster, make one worker actor per device, run jobs on them.
 
 One code path for one box and for many: `--workers cpu,cpu|cuda:0,cuda:1|auto` starts a private
-Ray cluster in this process (`ray.init`, bound to 127.0.0.1, token authentication on, no
-dashboard), and `--ray-address auto|ray://HOST:10001` joins one started with `ray start`.
+Ray cluster in this process (`ray.init`, every port on 127.0.0.1, token authentication with a
+token of its own, no dashboard: lockdown.py), and `--ray-address auto|ray://HOST:10001` joins one started with `ray start`.
 Either way each worker is an actor (WorkerService) with its own process and model store; Ray
 restarts one that dies, and the pool brings it back into service when it answers again.
 
@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from ..core.jobs import Job
 from ..paths import PROJECT_ROOT
 from .messages import CheckpointRef, RemoteJobError, RemoteTask, Snapshot
+from .lockdown import private_cluster_env, shared_token_warning
 from .pool import Executor, ModelMissing, PoolQueue, WorkerLost
 from .service import WorkerConfig, WorkerService
 
@@ -30,7 +32,7 @@ CALL_TIMEOUT = 60.0   # a worker that does not answer a poll for this long is ta
 NAMESPACE = "easel"
 # what a cluster's nodes need not receive of this folder when Ray ships the code to them
 SHIP_EXCLUDES = [".git", ".venv", "models", "outputs", "cache", "extensions", "tests", "*.safetensors", "*.ckpt",
-                 "*.sqlite", "queue", "node_modules"]
+                 "*.sqlite", "queue", "node_modules", "/ray/"]  # /ray/: a private cluster's token (lockdown.py)
 
 
 def parse_workers(spec: str) -> list[str]:
@@ -44,15 +46,18 @@ def parse_workers(spec: str) -> list[str]:
     return devices
 
 
-def connect(address: str | None, devices: list[str]) -> Any:
+def connect(address: str | None, devices: list[str], data_dir: Path = PROJECT_ROOT) -> Any:
     """Start a private local cluster (address None) or join one; returns the ray module."""
-    if address is None:  # Ray's own auth: a token only this machine holds (read when ray is imported)
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if address is None:  # loopback only, and a token only this process made (lockdown.py says why so)
+        private_cluster_env(data_dir)
+    elif warning := shared_token_warning():
+        log.warning("workers: %s", warning)
     import ray
 
     if ray.is_initialized():
         return ray
     if address is None:
+        _reread_lockdown(ray)
         cpus = max(1, sum(1 for d in devices if d == "cpu"))
         gpus = sum(1 for d in devices if d.startswith("cuda"))
         ray.init(num_cpus=cpus, num_gpus=gpus or None, namespace=NAMESPACE, include_dashboard=False,
@@ -64,6 +69,15 @@ def connect(address: str | None, devices: list[str]) -> Any:
                  runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": SHIP_EXCLUDES,
                               "env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}})
     return ray
+
+
+def _reread_lockdown(ray: Any) -> None:
+    """Where Ray was imported before `private_cluster_env` (a second pool in one process): make it see it now."""
+    from ray._private import ray_constants
+    from ray._raylet import AuthenticationTokenLoader
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at import from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+    AuthenticationTokenLoader.instance().reset_cache()  # the token file is new
 
 
 def cluster_devices(ray: Any) -> list[str]:
@@ -202,7 +216,7 @@ class RayExecutor(Executor):
 def attach_workers(queue: PoolQueue, options: Any, engine: Any, models: Any, settings: Any) -> list[RayExecutor]:
     """Start (or join) Ray and add one executor per worker device to `queue`."""
     devices = parse_workers(options.workers) if options.workers else ["auto"]
-    ray = connect(options.ray_address, [] if devices == ["auto"] else devices)
+    ray = connect(options.ray_address, [] if devices == ["auto"] else devices, options.data_dir)
     if devices == ["auto"]:
         devices = cluster_devices(ray)
     head = HeadSide(engine, models, settings)
