@@ -130,3 +130,23 @@ def test_unwritten_and_live_jobs_page_with_the_stored_ones(tmp_path):
     page, _ = history.page(10, before=Cursor.parse(page[2].cursor))
     assert [r.id for r in page] == ["job-000002", "job-000001", "job-000000"]
     history.stop()
+
+
+def test_a_history_file_from_before_workers_gains_the_worker_columns(tmp_path):
+    """Version 1 had no worker/retried: its rows read back with None, new rows keep where they ran."""
+    from webui.history.store import SCHEMA
+
+    old_schema = SCHEMA.replace(",\n    worker TEXT,\n    retried TEXT", "")
+    assert "worker" not in old_schema
+    with sqlite3.connect(tmp_path / "history.sqlite") as db:
+        db.executescript(old_schema)
+        db.execute("INSERT INTO jobs (id, state, finished_at) VALUES ('old', 'done', 1.0)")
+    store = HistoryStore(tmp_path / "history.sqlite")
+    try:
+        assert store.get("old").worker is None and store.get("old").retried is None
+        moved = HistoryRecord(id="new", state="done", finished_at=2.0, worker="w1-cpu",
+                              retried="worker w0-cpu was lost (…); retried on another worker")
+        store.add([moved])
+        assert store.get("new") == moved
+    finally:
+        store.close()

@@ -34,7 +34,7 @@ def record_info(ctx: ApiContext, request: Request, record: HistoryRecord) -> dic
             "finished_at": record.finished_at,
             "progress": {"fraction": fraction, "step": record.step, "total_steps": total, "batch": 0,
                          "batch_count": 0, "eta_seconds": None, "text": "", "preview": None},
-            "error": record.error, "rerun_of": record.rerun_of}
+            "error": record.error, "rerun_of": record.rerun_of, "worker": record.worker, "retried": record.retried}
 
 
 def record_result(record: HistoryRecord) -> dict[str, Any]:

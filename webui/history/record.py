@@ -82,10 +82,12 @@ class HistoryRecord:
     step: int = 0
     total_steps: int = 0
     rerun_of: str | None = None
+    worker: str | None = None        # with --workers: the worker that ran it (the last one, when retried)
+    retried: str | None = None       # why it ran again on another worker (its first one was lost)
 
     COLUMNS = ("id", "state", "kind", "type", "owner", "description", "error", "submitted_at", "started_at",
                "finished_at", "request", "inputs_dropped", "api_type", "api_body", "images", "infotexts", "seeds",
-               "step", "total_steps", "rerun_of")
+               "step", "total_steps", "rerun_of", "worker", "retried")
     JSON_COLUMNS = ("request", "api_body", "images", "infotexts", "seeds")
 
     def row(self) -> tuple:
@@ -130,7 +132,8 @@ def snapshot(job: Job) -> HistoryRecord:
         api_type=meta.get("type") if body is not None else None, api_body=body,  # dumped to JSON by the writer
         images=list(getattr(result, "paths", None) or []), infotexts=list(getattr(result, "infotexts", None) or []),
         seeds=[int(s) for s in getattr(result, "seeds", None) or []], step=job.progress.step,
-        total_steps=job.progress.total_steps, rerun_of=meta.get("rerun_of"))
+        total_steps=job.progress.total_steps, rerun_of=meta.get("rerun_of"), worker=meta.get("worker"),
+        retried=meta.get("retried"))
 
 
 FINISHED_STATES = tuple(s.value for s in JobState if s.finished)

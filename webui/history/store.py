@@ -17,7 +17,7 @@ from typing import Iterable, NamedTuple
 from ..sqlite_file import SqliteFile
 from .record import HistoryRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: worker, retried (webui/workers)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -39,11 +39,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     seeds TEXT NOT NULL DEFAULT '[]',
     step INTEGER NOT NULL DEFAULT 0,
     total_steps INTEGER NOT NULL DEFAULT 0,
-    rerun_of TEXT
+    rerun_of TEXT,
+    worker TEXT,
+    retried TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at, id);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, finished_at, id);
 """
+ADDED_COLUMNS = (("worker", "TEXT"), ("retried", "TEXT"))  # since version 1, each NULL in older rows
 
 
 class Cursor(NamedTuple):
@@ -71,6 +74,10 @@ class HistoryStore(SqliteFile):
         with self._write_lock:
             db = self._db()
             db.executescript(SCHEMA)
+            have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for column, kind in ADDED_COLUMNS:  # a file from an older Easel: the columns added since
+                if column not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def add(self, records: Iterable[HistoryRecord]) -> int:

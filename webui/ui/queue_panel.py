@@ -150,6 +150,8 @@ def render_past(records: list[HistoryRecord], session: str, local: bool) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.finished_at or record.submitted_at))
         prompt = record.description if _visible(record, session, local) else ""
         note = record.error or (f"{len(record.images)} image(s)" if record.images else "")
+        if record.worker:  # --workers: where it ran, and whether it had to run again
+            note = " · ".join(filter(None, [note, f"on {record.worker}" + (" (retried)" if record.retried else "")]))
         rows.append(f'<tr data-job="{esc(record.id)}"><td>{esc(when)}</td><td>{esc(record.state)}</td>'
                     f"<td>{esc(record.type)}</td><td>{esc(prompt)}</td><td>{esc(note)}</td></tr>")
     return ('<table class="easel-queue" id="easel_history_table" style="width:100%;text-align:left">'

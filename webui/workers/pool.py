@@ -103,7 +103,8 @@ class PoolQueue(JobQueue):
         threading.Thread(target=self._watch, name="easel-revive", daemon=True).start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        with self._cv:
+        with self._cv:  # stopping first: a job that ends because the process stops is kept for the next start
+            self._stopping = True
             running = list(self._running.values())
         for job in running:
             job.interrupt()
