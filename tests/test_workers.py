@@ -61,11 +61,16 @@ def local(ckpts, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pool(local, ckpts, tmp_path_factory):
+def loras(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("worker-loras")  # filled by the LoRA affinity test
+
+
+@pytest.fixture(scope="module")
+def pool(local, ckpts, loras, tmp_path_factory):
     """Ray on this machine with two CPU workers; returns at once, the workers join when they have started."""
     data = tmp_path_factory.mktemp("pool")
     easel = build(AppOptions(models_dir=data / "models", ckpt_dirs=[ckpts], outputs_dir=data / "outputs",
-                             data_dir=data / "data", device="cpu", workers="cpu,cpu"))
+                             data_dir=data / "data", device="cpu", workers="cpu,cpu", lora_dirs=[loras]))
     yield easel
     easel.close()
 
@@ -185,6 +190,50 @@ def test_a_job_goes_to_the_worker_that_has_its_checkpoint(pool):
     assert second.meta["worker"] == holder
 
 
+def test_a_job_goes_to_the_worker_that_has_its_lora_though_both_have_its_checkpoint(pool, local, loras):
+    from webui.features.lora_writer import write_lora
+
+    write_lora(loras / "Style.safetensors", local.models.get("a.safetensors"), seed=3)
+    wait_for(lambda: all(w["alive"] for w in pool.queue.workers()), 240, "both workers to start")
+    warm = [pool.submit(request(seed, save_images=False)) for seed in (10, 11)]  # one each: both have a loaded
+    assert all(job.wait(240) and job.state == JobState.DONE for job in warm)
+    first = pool.submit(request(12, prompt="a red fox <lora:Style:0.8>", save_images=False))
+    assert first.wait(240) and first.state == JobState.DONE, first.error
+    holder = first.meta["worker"]
+    workers = remote_workers(pool)
+    assert all("a.safetensors" in w["loaded"] for w in workers.values()), workers
+    assert "lora:style" in workers[holder]["loaded"]
+    assert all("lora:style" not in w["loaded"] for name, w in workers.items() if name != holder)
+    executor = next(e for e in pool.queue.executors if e.name == holder)
+    executor.busy_seconds += 3600  # far busier than the other: only the LoRA can bring the next job here
+    second = pool.submit(request(13, prompt="a fox <lora:Style:0.5>, night", save_images=False))
+    assert second.wait(240) and second.state == JobState.DONE, second.error
+    assert second.meta["worker"] == holder
+    plain = pool.submit(request(14, save_images=False))  # and a job without it goes to the less busy one
+    assert plain.wait(240) and plain.meta["worker"] != holder
+
+
+def test_the_models_a_request_names_are_read_from_its_prompt_tags_and_controlnet_units():
+    from webui.workers.affinity import request_keys
+
+    units = [{"model": "control_v11p_sd15_canny [d14c016b]"}, {"model": "None"},
+             {"model": "control_depth", "enabled": False}, {"model": "sub/t2iadapter_sketch.safetensors"}]
+    keys = request_keys(request(1, prompt="x <lora:Style:0.5> <lora:folder/Other:1>", negative_prompt="<lyco:neg>",
+                                alwayson_scripts={"controlnet": {"args": units}}))
+    assert keys == {"lora:style", "lora:other", "lora:neg", "controlnet:control_v11p_sd15_canny",
+                    "controlnet:t2iadapter_sketch"}
+
+
+def test_an_extensions_script_runs_on_a_worker_as_on_the_head(pool):
+    """The workers load the head's extensions (same folder, same on/off settings): Prompt matrix is one."""
+    assert "prompt_matrix" in pool.engine.scripts
+    job = pool.submit(request(21, prompt="a fox|night", save_images=False, script_name="prompt_matrix"))
+    assert job.wait(240) and job.state == JobState.DONE, job.error
+    assert job.meta["worker"] in remote_workers(pool)
+    assert len(job.result.images) == 3  # the grid, then each combination
+    assert [text.split("\n")[0] for text in job.result.infotexts[1:]] == ["a fox", "a fox, night"]
+
+
 def test_interrupt_and_skip_reach_a_remote_job_within_a_step(pool):
     job = pool.submit(request(3, steps=60, n_iter=2, save_images=False))
     wait_for(lambda: job.state == JobState.RUNNING and job.progress.step >= 1, 120, "the job to sample")
@@ -211,6 +260,12 @@ def test_a_worker_killed_mid_job_has_its_job_retried_on_the_other(pool):
     assert job.meta["workers"][0] == first and job.meta["worker"] != first
     assert "retried on another worker" in job.meta["retried"]
     assert any("retried on another worker" in warning for warning in job.result.warnings)
+    from webui.ui.queue_panel import render_past
+
+    assert pool.history.wait_idle(30)  # the history keeps where it ran and why again, across restarts
+    record = pool.history.store.get(job.id)
+    assert record.worker == job.meta["worker"] and record.retried == job.meta["retried"]
+    assert f"on {record.worker} (retried)" in render_past([record], "", True)
 
 
 def test_a_worker_finds_checkpoints_by_hash_and_says_when_it_has_none(ckpts, tmp_path):
@@ -228,6 +283,9 @@ def test_a_worker_finds_checkpoints_by_hash_and_says_when_it_has_none(ckpts, tmp
         missing = service.start("k", request(1), {}, CheckpointRef("b.safetensors",
                                                                    sha256_file(ckpts / "b.safetensors")))
         assert missing.startswith("worker t has no checkpoint b.safetensors [") and str(own) in missing
+        lacking = service.start("k2", request(1, script_name="prompt_matrix"), {},
+                                CheckpointRef("renamed.safetensors"), ("prompt_matrix",))  # extensions off
+        assert lacking.startswith("worker t has no script 'prompt_matrix' (its extensions: ")
     finally:
         service.easel.close()
 
@@ -274,3 +332,46 @@ def test_joining_a_cluster_warns_about_a_token_file_others_can_read(tmp_path):
                                           f"chmod 600 {token}"
     token.chmod(0o600)
     assert shared_token_warning(token) is None
+
+
+def test_stopping_the_head_keeps_its_running_and_waiting_jobs_for_the_next_start(tmp_path):
+    """As app.build wires it: the queue store forgets a job that ends, unless it ends because the head stops."""
+    import threading
+
+    from webui.core.job_store import PendingJobStore
+    from webui.workers.pool import Executor, PoolQueue
+
+    running = threading.Event()
+
+    class Busy(Executor):  # a remote job that runs until interrupted, as RayExecutor.run does on Interrupt
+        remote = True
+
+        def run(self, job):
+            running.set()
+            while not job.interrupted:
+                time.sleep(0.01)
+
+    store = PendingJobStore(tmp_path / "queue")
+    queue = PoolQueue()
+    queue.listeners.append(lambda job: None if queue.stopping else store.remove(job.id))
+    queue.add(Busy("w0"))
+    queue.start()
+    for index in range(2):
+        store.save(f"job{index}", request(index), None, time.time())
+        queue.submit(lambda job: None, job_id=f"job{index}", remote=object())
+    assert running.wait(10)
+    queue.stop()
+    assert [job.id for job in store.load()] == ["job0", "job1"]
+
+
+def test_jobs_kept_from_before_a_restart_run_on_the_workers(pool):
+    """What the next start does with them (startup.py: restore_queue after build): queued again, run remotely."""
+    for index in range(2):
+        pool.pending_jobs.save(f"kept{index}", request(300 + index, save_images=False), "api", time.time())
+    restored = pool.restore_queue()
+    assert [job.id for job in restored] == ["kept0", "kept1"]
+    for job in restored:
+        assert job.wait(240) and job.state == JobState.DONE, job.error
+        assert job.meta["worker"] in remote_workers(pool) and job.meta["restored"]
+        assert Path(job.result.paths[0]).is_file()  # saved on the head, whatever the request said
+    assert pool.pending_jobs.load() == []

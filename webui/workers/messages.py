@@ -28,6 +28,15 @@ class RemoteTask:
     def affinity_keys(self) -> set[str]:
         return {key for key in (self.checkpoint.name, self.checkpoint.sha256) if key}
 
+    def network_keys(self) -> set[str]:
+        """Its LoRAs and ControlNets (affinity.py), read from the request once."""
+        keys = self.__dict__.get("_networks")
+        if keys is None:
+            from .affinity import request_keys
+
+            keys = self.__dict__["_networks"] = request_keys(self.request)
+        return keys
+
 
 @dataclass
 class SaveOrder:

@@ -4,8 +4,9 @@
 and the API do not change; instead of one thread running jobs in order, a dispatcher thread
 hands the oldest waiting job that some free worker can run to the best such worker:
 
-* model affinity: a free worker that has the job's checkpoint loaded, else the least busy one
-  (fewest seconds spent on jobs), so switching checkpoints is rare;
+* model affinity: a free worker that has the job's checkpoint loaded (and, among those, the most
+  of its LoRAs and ControlNets: affinity.py), else the least busy one (fewest seconds spent on
+  jobs), so switching checkpoints and reading networks again is rare;
 * a job only this process can run (loading a model here, a folder batch) goes to the head's
   own executor; a generation (`job.remote` set) goes to a remote one;
 * a worker lost mid-job (process killed, node gone) is marked down and the job is queued again,
@@ -23,6 +24,7 @@ import time
 from typing import Any
 
 from ..core.jobs import Interrupted, Job, JobQueue, JobState
+from .affinity import score
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 2  # a job whose worker died is tried once more on another
@@ -49,7 +51,7 @@ class Executor:
         self.busy = False
         self.busy_seconds = 0.0
         self.jobs_run = 0
-        self.loaded: set[str] = set()  # checkpoint names and sha256s loaded there (for affinity)
+        self.loaded: set[str] = set()  # checkpoint names and sha256s, lora:/controlnet: keys loaded there (affinity)
 
     def can_run(self, job: Job) -> bool:
         return (job.remote is not None) == self.remote
@@ -198,10 +200,13 @@ class PoolQueue(JobQueue):
 
     @staticmethod
     def choose(job: Job, candidates: list[Executor]) -> Executor:
-        """Model affinity, then the least busy; ties go to the first listed."""
-        wanted = getattr(job.remote, "affinity_keys", lambda: set())()
-        with_model = [e for e in candidates if wanted & e.loaded]
-        return min(with_model or candidates, key=lambda e: e.busy_seconds)
+        """Model affinity (its checkpoint, then most of its LoRAs/ControlNets), then the least busy; ties go to
+        the first listed."""
+        checkpoint = getattr(job.remote, "affinity_keys", lambda: set())()
+        networks = getattr(job.remote, "network_keys", lambda: set())()
+        scores = {id(e): score(checkpoint, networks, e.loaded) for e in candidates}
+        best = max(scores.values())
+        return min((e for e in candidates if scores[id(e)] == best), key=lambda e: e.busy_seconds)
 
     def _run_on(self, job: Job, executor: Executor) -> None:
         self._by_thread[threading.get_ident()] = job

@@ -23,7 +23,7 @@ from ..paths import PROJECT_ROOT
 from .messages import CheckpointRef, RemoteJobError, RemoteTask, Snapshot
 from .lockdown import private_cluster_env, shared_token_warning
 from .pool import Executor, ModelMissing, PoolQueue, WorkerLost
-from .service import WorkerConfig, WorkerService
+from .service import WorkerConfig, WorkerService, requested_scripts
 
 log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.05  # seconds between progress polls of a running job
@@ -149,7 +149,9 @@ class RayExecutor(Executor):
         ray = self.ray
         try:
             missing = ray.get(self.actor.start.remote(key, task.request, self.head.settings.as_dict(),
-                                                      self.head.checkpoint(task)), timeout=CALL_TIMEOUT)
+                                                      self.head.checkpoint(task),
+                                                      requested_scripts(self.head.engine, task.request)),
+                              timeout=CALL_TIMEOUT)
         except ray.exceptions.RayTaskError as exc:  # the worker refused the request: its message
             raise RemoteJobError(type(exc.cause).__name__, str(exc.cause), True) from None
         except ray.exceptions.RayError as exc:
@@ -228,7 +230,8 @@ def attach_workers(queue: PoolQueue, options: Any, engine: Any, models: Any, set
                               models_dir=str(options.models_dir), ckpt_dirs=[str(p) for p in options.ckpt_dirs],
                               lora_dirs=[str(p) for p in options.lora_dirs],
                               embedding_dirs=[str(p) for p in options.embedding_dirs], precision=options.precision,
-                              allow_pickle=options.allow_pickle)
+                              allow_pickle=options.allow_pickle, disable_extensions=options.disable_extensions,
+                              extensions_dir=str(options.extensions_dir), settings=settings.as_dict())
         actor = actor_class.options(
             name=f"easel-{name}-{os.getpid()}", num_cpus=1 if device == "cpu" else 0,
             num_gpus=1 if device.startswith("cuda") else 0, max_restarts=3, max_task_retries=0,

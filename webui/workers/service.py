@@ -10,6 +10,7 @@ the head's, sent with every job. No Ray import here: the actor class is made in 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import socket
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .affinity import loaded_keys
 from .messages import CheckpointRef, DecodedPreview, SaveOrder, Snapshot
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,21 @@ class WorkerConfig:
     precision: str = "auto"
     allow_pickle: bool = False
     disable_extensions: bool = True
+    extensions_dir: str = ""  # the head's: on its machine (and where a node has the same folder) the same extensions
+    settings: dict[str, Any] = field(default_factory=dict)  # the head's at start (which extensions are on, ...)
+
+
+def known_scripts(engine: Any) -> set[str]:
+    """The scripts and features an engine can run, by the names requests use for them."""
+    return set(engine.scripts) | {feature.name for feature in engine.features}
+
+
+def requested_scripts(engine: Any, request: Any) -> tuple[str, ...]:
+    """The request's script and always-on scripts that `engine` (the head's) has: a worker must have them too."""
+    known = known_scripts(engine)
+    names = [request.script_name] if request.script_name else []
+    names += [name for name in request.alwayson() if name not in names]
+    return tuple(name for name in names if name in known)
 
 
 class WorkerService:
@@ -49,12 +66,15 @@ class WorkerService:
         self.config = config
         models_dir = Path(os.environ.get(MODELS_DIR_ENV) or config.models_dir)
         data = Path(tempfile.mkdtemp(prefix=f"easel-worker-{config.name}-"))
+        if config.settings:  # read by build: the extensions the head has turned off stay off here too
+            (data / "config.json").write_text(json.dumps(config.settings), encoding="utf-8")
+        extensions = Path(config.extensions_dir) if config.extensions_dir else data / "extensions"
         self.easel = build(AppOptions(
             models_dir=models_dir, ckpt_dirs=[Path(p) for p in config.ckpt_dirs],
             lora_dirs=[Path(p) for p in config.lora_dirs], embedding_dirs=[Path(p) for p in config.embedding_dirs],
             outputs_dir=data / "outputs", data_dir=data, device=config.device, precision=config.precision,
             allow_pickle=config.allow_pickle, disable_extensions=config.disable_extensions,
-            allow_extension_install=False, extensions_dir=data / "extensions"))
+            allow_extension_install=False, extensions_dir=extensions if extensions.is_dir() else data / "extensions"))
         queue = self.easel.queue
         queue.listeners.clear()  # no history, no pending-job files: the head keeps those
         queue.archive = None  # results go back whole
@@ -74,12 +94,18 @@ class WorkerService:
                 "device": self.easel.device.label, "loaded": self._loaded(),
                 "checkpoints": [(c.name, models.hashes.cached(c.hash_source)) for c in models.checkpoints()]}
 
-    def start(self, key: str, request: Any, settings: dict[str, Any], checkpoint: CheckpointRef) -> str | None:
-        """Queue a job; returns None, or why this worker cannot run it (no such checkpoint here)."""
+    def start(self, key: str, request: Any, settings: dict[str, Any], checkpoint: CheckpointRef,
+              scripts: tuple[str, ...] = ()) -> str | None:
+        """Queue a job; returns None, or why this worker cannot run it (no such checkpoint, or no such extension
+        script or feature here: `scripts` are those of the request's that the head has)."""
         local = self.find_checkpoint(checkpoint)
         if local is None:
             folders = ", ".join(str(p) for p in self.easel.paths.checkpoint_dirs())
             return f"worker {self.config.name} has no checkpoint {checkpoint.label()} (looked in {folders})"
+        lacking = [name for name in scripts if name not in known_scripts(self.easel.engine)]
+        if lacking:
+            return (f"worker {self.config.name} has no script {', '.join(map(repr, lacking))} (its extensions: "
+                    f"{self.easel.paths.extensions_dir}{', turned off' if self.config.disable_extensions else ''})")
         self._follow(settings)
         engine = self.easel.engine
         prepared = engine.prepare(replace(request, checkpoint=local))
@@ -165,7 +191,7 @@ class WorkerService:
                 sha = None
             if sha:
                 keys.append(sha)
-        return keys
+        return keys + loaded_keys(models.store)  # its LoRAs and ControlNets too
 
     def _record(self, mode: str, image: Any, ctx: Any, text: str, output_dir: Path | None = None) -> Path:
         job = self.easel.queue.current
