@@ -73,6 +73,8 @@ def restarted(tmp_path_factory, tiny_ckpt_dir):
     store = HistoryStore(root / "data" / "history.sqlite")  # older jobs: several pages more
     store.add(HistoryRecord(id=f"old-{i:05}", state="done", finished_at=1.0e9 + i, description=f"old job {i}",
                             request={"prompt": f"old job {i}"}) for i in range(OLD))
+    store.add([HistoryRecord(id="on-a-worker", state="done", finished_at=1.0e9 - 1, worker="w1-cuda1",
+                             retried="worker w0-cuda0 was lost (…); retried on another worker")])  # --workers
     store.close()
     started = time.monotonic()
     server = start_server(root, tiny_ckpt_dir, ["--api"])
@@ -107,6 +109,8 @@ def test_every_job_is_there_after_a_kill_and_restart(restarted):
         assert api.get("/easel/v1/jobs", params={"finished": True, "before": "x"}).status_code == 422
         assert api.get("/easel/v1/jobs", params={"finished": True, "state": "nope"}).status_code == 422
         assert api.get("/easel/v1/jobs/no-such-job").status_code == 404
+        moved = api.get("/easel/v1/jobs/on-a-worker").json()  # where a past job ran, with --workers
+        assert moved["worker"] == "w1-cuda1" and moved["retried"].endswith("retried on another worker")
 
 
 def test_pages_through_many_past_jobs(restarted):
