@@ -72,7 +72,9 @@ def pool(local, ckpts, loras, tmp_path_factory):
     easel = build(AppOptions(models_dir=data / "models", ckpt_dirs=[ckpts], outputs_dir=data / "outputs",
                              data_dir=data / "data", device="cpu", workers="cpu,cpu", lora_dirs=[loras]))
     yield easel
+    token = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
     easel.close()
+    assert not token.exists(), "the private cluster's token outlived it"
 
 
 def test_a_normal_start_imports_neither_ray_nor_the_workers(ckpts, tmp_path):
@@ -163,7 +165,7 @@ def test_the_private_cluster_listens_on_loopback_only_and_keeps_its_token_privat
     assert seen >= 5, "GCS, raylet (2), runtime-env agent and the workers listen somewhere"
     assert exposed == [], exposed
     token = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
-    assert token.is_relative_to(pool.paths.data_dir) and len(token.read_text()) == 64
+    assert token.parent == pool.paths.data_dir / "ray" and len(token.read_text()) == 64
     assert token.stat().st_mode & 0o777 == 0o600 and token.parent.stat().st_mode & 0o777 == 0o700
 
 

@@ -11,9 +11,10 @@ Two things, both set in the environment before Ray is imported, so that every pr
   manager, the runtime-env agent and every worker's gRPC server listen on 127.0.0.1 only
   (tests/test_workers.py checks each listening socket of the processes Ray started).
 * **A token of its own.** Token authentication is on (`RAY_AUTH_MODE=token`) with a fresh random
-  token per start, written to `<data dir>/ray/auth_token` with mode 0600 in a 0700 folder and
-  named by `RAY_AUTH_TOKEN_PATH`, instead of Ray's default `~/.ray/auth_token` (created 0644).
-  The cluster dies with this process, so nothing needs to keep the token across starts.
+  token per start, written to `<data dir>/ray/auth_token-<pid>` with mode 0600 in a 0700 folder
+  and named by `RAY_AUTH_TOKEN_PATH`, instead of Ray's default `~/.ray/auth_token` (created 0644).
+  The cluster dies with this process, so nothing keeps the token across starts: the file is
+  removed when the workers stop.
 
 Joining a cluster (`--ray-address`) changes nothing here: that cluster, its addresses and its
 token belong to whoever ran `ray start` (docs/scale-out.md says how to keep it on a LAN).
@@ -29,7 +30,8 @@ LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def token_file(data_dir: Path) -> Path:
-    return Path(data_dir) / "ray" / "auth_token"
+    """One per process: two Easels on one data dir must not replace each other's token under a live cluster."""
+    return Path(data_dir) / "ray" / f"auth_token-{os.getpid()}"
 
 
 def write_token(path: Path) -> Path:

@@ -21,7 +21,7 @@ from typing import Any
 from ..core.jobs import Job
 from ..paths import PROJECT_ROOT
 from .messages import CheckpointRef, RemoteJobError, RemoteTask, Snapshot
-from .lockdown import private_cluster_env, shared_token_warning
+from .lockdown import private_cluster_env, shared_token_warning, token_file
 from .pool import Executor, ModelMissing, PoolQueue, WorkerLost
 from .service import WorkerConfig, WorkerService, requested_scripts
 
@@ -240,5 +240,7 @@ def attach_workers(queue: PoolQueue, options: Any, engine: Any, models: Any, set
         queue.add(executor)
         executors.append(executor)
     queue.closers.append(ray.shutdown)  # stops a private cluster; a joined one keeps running, this process leaves it
+    if options.ray_address is None:  # the private cluster's token goes with it
+        queue.closers.append(lambda: token_file(options.data_dir).unlink(missing_ok=True))
     log.info("workers: %s (Ray %s)", ", ".join(devices), "local" if options.ray_address is None else options.ray_address)
     return executors
