@@ -267,6 +267,14 @@ def test_kontext_edits_with_the_image_as_reference_tokens_as_flux_kontext_pipeli
     assert _psnr(other.images[0], reference) < psnr - 10
 
 
+def test_kontext_in_txt2img_and_hires_generates_without_a_reference(flux_app):
+    """txt2img has no image: Kontext generates from the prompt alone (FluxKontextPipeline without an image);
+    the hires pass upscales that as for dev (the reference is img2img's input image only)."""
+    image = flux_app.txt2img(_request("kontext", steps=2, enable_hr=True, hr_scale=2, denoising_strength=0.5,
+                                      hr_second_pass_steps=2)).images[0]
+    assert image.size == (128, 128) and np.asarray(image).std() > 1
+
+
 def test_kontext_single_files_are_told_by_name_or_metadata():
     flux = families.get("flux-dev")
     assert flux.file_variant("flux1-kontext-dev.safetensors", {}) == "flux-kontext"

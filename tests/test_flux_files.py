@@ -251,3 +251,17 @@ def test_gguf_transformer_stays_quantized_in_memory(flux_models):
             app.settings.update({"weight_storage": "Automatic"})
     finally:
         app.close()
+
+
+def test_the_models_tab_labels_a_kontext_file_by_its_name_or_metadata():
+    """Kontext dev has dev's tensors: the library's label follows the loader (name or modelspec metadata)."""
+    from webui.model_manager.library import guess_architecture
+
+    configs = configs_for(Architecture("flux-dev"))
+    with torch.device("meta"):
+        transformer = families.get("flux-dev").module_factory("transformer", configs["transformer"])()
+    shapes = {k: tuple(v.shape) for k, v in from_diffusers(transformer.state_dict(), configs["transformer"]).items()}
+    assert guess_architecture("checkpoint", shapes, {}, "flux1-kontext-dev.safetensors")[0] == "Flux.1 Kontext dev"
+    assert guess_architecture("checkpoint", shapes, {"modelspec.architecture": "Flux.1-Kontext-dev"},
+                              "edit.safetensors")[0] == "Flux.1 Kontext dev"
+    assert guess_architecture("checkpoint", shapes, {}, "flux1-dev.safetensors")[0] == "Flux.1 dev"

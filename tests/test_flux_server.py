@@ -17,15 +17,54 @@ from webui.model_manager.tiny_flux import write_flux_folder
 
 
 @pytest.fixture(scope="module")
-def flux_server(tmp_path_factory):
+def flux_server(tmp_path_factory, tiny_ckpt_dir):
     root = tmp_path_factory.mktemp("flux-server")
-    write_flux_folder(root / "ckpt" / "tiny-flux-dev", "dev", seed=6)
+    folder = write_flux_folder(root / "ckpt" / "tiny-flux-dev", "dev", seed=6)
+    _controlnets(root / "models" / "ControlNet", folder, tiny_ckpt_dir)
     other = write_flux_folder(root / "other" / "tiny-flux-dev", "dev", seed=7)  # its VAE, as a separate file
     (root / "models" / "VAE").mkdir(parents=True)
     shutil.copy(other / "vae" / "diffusion_pytorch_model.safetensors", root / "models" / "VAE" / "other_ae.safetensors")
     server = start_server(root, root / "ckpt", ["--api", "--nowebui"])
     yield server
     server.stop()
+
+
+def _controlnets(folder, flux_folder, tiny_ckpt_dir) -> None:
+    """A Flux Union ControlNet for the Flux folder and an SD 1.x ControlNet (another family's)."""
+    from diffusers import FluxTransformer2DModel
+
+    from webui.devices import device_config
+    from webui.features.controlnet.flux import write_flux_controlnet
+    from webui.features.controlnet.models import write_controlnet
+    from webui.model_manager.loader import load_checkpoint
+    from webui.model_manager.registry import scan_folder
+
+    transformer = FluxTransformer2DModel.from_pretrained(str(flux_folder / "transformer"), local_files_only=True)
+    write_flux_controlnet(folder / "flux-union-tiny.safetensors", transformer, union=True, seed=2)
+    sd1 = next(i for i in scan_folder(tiny_ckpt_dir) if i.name == "tiny-sd1.safetensors")
+    write_controlnet(folder / "sd15-canny-tiny.safetensors", load_checkpoint(sd1, device_config("cpu"), False).unet)
+
+
+def test_controlnet_units_over_the_a1111_api_on_flux(flux_server):
+    """A Flux Union ControlNet in `alwayson_scripts.controlnet` with the extension's `union_control_type`;
+    an SD ControlNet on the Flux checkpoint is a 422 naming the unit's model field."""
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(picture, format="PNG")
+    unit = {"enabled": True, "module": "none", "model": "flux-union-tiny", "weight": 0.9,
+            "image": base64.b64encode(picture.getvalue()).decode(), "union_control_type": "Depth"}
+    body = {"prompt": "a barn", "steps": 2, "width": 64, "height": 64, "seed": 3, "sampler_name": "Euler",
+            "cfg_scale": 1, "override_settings": {"sd_model_checkpoint": "tiny-flux-dev"},
+            "alwayson_scripts": {"controlnet": {"args": [unit]}}}
+    listed = httpx.get(flux_server.url + "/controlnet/model_list", timeout=30).json()["model_list"]
+    assert any(name.startswith("flux-union-tiny") for name in listed), listed
+    done = httpx.post(flux_server.url + "/sdapi/v1/txt2img", json=body, timeout=300)
+    assert done.status_code == 200, done.text
+    text = json.loads(done.json()["info"])["infotexts"][0]
+    assert "ControlNet 0" in text and "flux-union-tiny" in text and "Union Control Type: Depth" in text
+    wrong = dict(body, alwayson_scripts={"controlnet": {"args": [dict(unit, model="sd15-canny-tiny")]}})
+    refused = httpx.post(flux_server.url + "/sdapi/v1/txt2img", json=wrong, timeout=300)
+    assert refused.status_code == 422, refused.text
+    assert "alwayson_scripts.controlnet.args[0].model" in refused.text and "not a Flux ControlNet" in refused.text
 
 
 def _image(data: dict) -> np.ndarray:

@@ -124,18 +124,22 @@ class Flux(Family):
         kwargs = dict(kwargs)
         guidance = kwargs.pop("guidance", None)
         reference = kwargs.pop("reference_latents", None)
+        control = kwargs.pop("transformer_control", None)  # a feature's ControlNets: their block samples
+        tokens, ids = pack(x), image_ids(height, width, x.device, x.dtype)
+        txt_ids = torch.zeros(context.shape[1], 3, device=x.device, dtype=x.dtype)
+        if control is not None:  # they see the noisy latents' tokens only (not Fill's extra channels)
+            kwargs.update(control(hidden_states=pack(x[:, :self.latent.channels]), timestep=t.to(x.dtype) / 1000,
+                                  guidance=guidance, pooled_projections=kwargs.get("pooled_projections"),
+                                  encoder_hidden_states=context, txt_ids=txt_ids, img_ids=ids))
         if not module.config.guidance_embeds:
             guidance = None
-        tokens, ids = pack(x), image_ids(height, width, x.device, x.dtype)
         if reference is not None:  # Kontext: the reference image's tokens follow, at position index 1
             ref_ids = image_ids(*reference.shape[-2:], x.device, x.dtype)
             ref_ids[:, 0] = 1
             tokens = torch.cat([tokens, pack(reference.to(x.dtype))], dim=1)
             ids = torch.cat([ids, ref_ids])
         out = module(hidden_states=tokens, timestep=t.to(x.dtype) / 1000, guidance=guidance,
-                     encoder_hidden_states=context, txt_ids=torch.zeros(context.shape[1], 3, device=x.device,
-                                                                        dtype=x.dtype),
-                     img_ids=ids, return_dict=False, **kwargs)[0]
+                     encoder_hidden_states=context, txt_ids=txt_ids, img_ids=ids, return_dict=False, **kwargs)[0]
         return unpack(out[:, :(height // 2) * (width // 2)], height, width)
 
     def module_factory(self, component: str, config: dict[str, Any]) -> Callable[[], torch.nn.Module]:

@@ -196,7 +196,7 @@ class IPAdapterLibrary:
         if path.suffix != ".safetensors":
             return "ip-adapter" in path.name.lower() or "ip_adapter" in path.name.lower()
         with safe_open(str(path), framework="pt") as handle:
-            return any(k.startswith("ip_adapter.") for k in handle.keys())
+            return any(k.startswith(("ip_adapter.", "redux_up.")) for k in handle.keys())  # FLUX.1 Redux too
 
     def titles(self) -> list[tuple[str, str]]:
         """(name, 8-digit legacy hash) of every adapter file."""

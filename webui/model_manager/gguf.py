@@ -73,7 +73,7 @@ def describe_gguf(path: Path) -> dict[str, Any]:
         from .library import guess_architecture
 
         shapes = {t.name: _shape(reader, t) for t in reader.tensors}
-        label, note = guess_architecture("checkpoint", shapes, {})
+        label, note = guess_architecture("checkpoint", shapes, {}, path.name)  # Kontext: told by name
     elif any(n in _UNET_ONLY_MARKERS for n in names):
         note = "UNet-only GGUF: Easel loads full-checkpoint GGUF files only"
     return {"architecture": label, "tensors": len(names), "quantization": quantization_summary(types), "note": note}

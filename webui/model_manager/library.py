@@ -122,10 +122,25 @@ def _width_label(shapes: dict[str, tuple[int, ...]]) -> str:
     return ""
 
 
+def _file_variant_label(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str], name: str) -> str | None:
+    from ..families.registry import get
+    from .detect import DetectionError, detect
+
+    try:
+        family = detect(shapes).architecture.family
+    except DetectionError:
+        return None
+    variant = get(family).file_variant(name, metadata)
+    return get(variant).label if variant else None
+
+
 def guess_architecture(kind: str, shapes: dict[str, tuple[int, ...]], metadata: dict[str, str],
                        name: str = "") -> tuple[str, str]:
     """(label, note) from tensor names/shapes, metadata and (variants with a parent's tensors) the file name."""
     spec_arch = metadata.get("modelspec.architecture", "")
+    variant = _file_variant_label(shapes, metadata, name) if kind == "checkpoint" else None
+    if variant:  # a variant with its parent's tensors, told by name or metadata (Flux Kontext), as the loader does
+        return variant, ""
     if metadata.get("ss_base_model_version"):
         return _base_label(metadata["ss_base_model_version"]), ""
     if spec_arch:

@@ -17,6 +17,7 @@ from PIL import Image
 from ..app import Easel
 from ..features.controlnet import choices
 from ..features.controlnet.apply import detect_map
+from ..features.controlnet.flux import UNION_TYPES
 from ..features.controlnet.units import CONTROL_MODES, RESIZE_MODES, ControlUnit, parse_infotext_unit
 from .common import error_html, esc
 from .generation_controls import GenerationControls, as_float, as_int
@@ -35,7 +36,8 @@ def _unet_config(easel: Easel) -> dict[str, Any] | None:
     if current is None:
         return None
     # a transformer family: a config no UNet ControlNet, adapter or IP-Adapter fits
-    return dict(current.configs.components.get("unet") or {"cross_attention_dim": None, "block_out_channels": []})
+    config = dict(current.configs.components.get("unet") or {"cross_attention_dim": None, "block_out_channels": []})
+    return {**config, "family": current.architecture.adapter.name}  # Flux ControlNets fit by family
 
 
 def _model_choices(easel: Easel, module: str) -> list[str]:
@@ -99,6 +101,8 @@ def build_unit(easel: Easel, controls: GenerationControls, index: int, note: str
                                      elem_id=f"{p}_threshold_b")
     c["control_mode"] = gr.Radio(list(CONTROL_MODES), value=CONTROL_MODES[0], label="Control mode",
                                  elem_id=f"{p}_control_mode")
+    c["union_control_type"] = gr.Dropdown(list(UNION_TYPES), value=UNION_TYPES[0], label="Union control type",
+                                          elem_id=f"{p}_union_control_type")  # Flux Union ControlNets
     c["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[1], label="Resize mode",
                                 elem_id=f"{p}_resize_mode")
     for name, component in c.items():

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from ..img2img import resize_image
+from . import flux, flux_redux
 from .preprocessors import run_preprocessor
 from .units import ControlUnit
 
@@ -52,11 +53,13 @@ class Controls:
     """Everything a request's units add to the UNet: ControlNet residuals and IP-Adapter image tokens."""
     nets: list[ControlApplication] = field(default_factory=list)
     ip_adapter: Any = None   # features.ip_adapter.IPAdapterPatch, entered around sampling
+    transformer: Any = None  # a transformer family's ControlNets (flux.FluxControls), asked for each call
+    denoiser_edit: Any = None  # changes the pass's conditioning (flux_redux.ReduxEdit)
     params: dict[str, str] = field(default_factory=dict)  # infotext
     warnings: list[str] = field(default_factory=list)   # for the result ("2 faces found in ...")
 
     def __bool__(self) -> bool:
-        return bool(self.nets) or self.ip_adapter is not None
+        return bool(self.nets) or self.ip_adapter is not None or self.transformer is not None
 
     def installed(self):
         """Context in which the IP-Adapter attention is on the UNet (none without one)."""
@@ -70,6 +73,8 @@ class Controls:
             self.ip_adapter.set_step(fraction)
             image_embeds = self.ip_adapter.image_embeds(x.shape[0] // copies, copies, uncond_first, x.dtype, x.device)
             kwargs["added_cond_kwargs"] = {**added, "image_embeds": image_embeds}
+        if self.transformer is not None:
+            kwargs.update(self.transformer.kwargs(fraction, copies, uncond_first))
         down, mid, intrablock = residuals(self.nets, fraction, x, t, embeds, added, copies, uncond_first)
         if down is not None:
             kwargs.update(down_block_additional_residuals=down, mid_block_additional_residual=mid)
@@ -108,6 +113,8 @@ def prepare(units: list[ControlUnit], model, library, annotators: Path, width: i
         if unit.model in ("", "None"):
             raise ControlUnitError(f"ControlNet unit {index}: choose a model")
         info = library.find(unit.model)
+        if info.kind == flux.KIND:
+            raise flux.wrong_family(index, info.name, model.architecture.label)
         hint_image = detect_map(unit, image, width, height, annotators, getattr(library, "store", None))
         hint = torch.from_numpy(np.asarray(hint_image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
         controlnet = library.load(unit.model, model)
@@ -126,12 +133,20 @@ def build_controls(units: list[ControlUnit], model, controlnets, ip_adapters, an
                    height: int, fallback_image: Image.Image | None, ip_adapter: Any = None) -> Controls:
     """A request's units, ready for the denoiser. `ip_adapter`: reuse one already prepared (hires pass)."""
     controls = Controls()
-    if any(u.enabled and not u.is_ip_adapter for u in units):
+    if any(u.enabled and not u.is_ip_adapter for u in units) and flux.applies(model):
+        controls.transformer, params = flux.prepare(units, model, controlnets, annotators, width, height,
+                                                    fallback_image)
+        controls.params.update(params)
+    elif any(u.enabled and not u.is_ip_adapter for u in units):
         controls.nets, params = prepare(units, model, controlnets, annotators, width, height, fallback_image)
         controls.params.update(params)
     if ip_adapter is not None:
         controls.ip_adapter = ip_adapter
+    elif any(u.enabled and u.is_ip_adapter for u in units) and flux.applies(model):  # FLUX.1 Redux
+        controls.denoiser_edit, params = flux_redux.prepare(units, model, ip_adapters, fallback_image)
+        controls.params.update(params)
     elif any(u.enabled and u.is_ip_adapter for u in units):
+        flux_redux.refuse_on_other_families(units, ip_adapters)
         from ..ip_adapter import prepare_adapters
 
         controls.ip_adapter, params = prepare_adapters(units, model, ip_adapters, fallback_image)

@@ -27,7 +27,11 @@ def model_names(controlnets, ip_adapters, unet_config: dict[str, Any] | None, mo
 
     `unet_config`: the loaded checkpoint's UNet config (only models for its architecture), or None (all).
     """
-    if is_ip_adapter_module(module):
+    if is_ip_adapter_module(module) and str((unet_config or {}).get("family", "")).startswith("flux"):
+        from .flux_redux import names as redux_names
+
+        names = redux_names(ip_adapters)  # a Flux checkpoint's image prompt is FLUX.1 Redux
+    elif is_ip_adapter_module(module):
         names = (ip_adapters.names_for(unet_config) if unet_config is not None
                  else [p.stem for p in ip_adapters.adapter_paths()])
     else:

@@ -69,6 +69,8 @@ class ControlNet(Feature):
             controls = build_controls(units, p.plan.model, self.controlnets, self.ip_adapters, self.annotators,
                                       width, height, None, self._reused_ip_adapter(run))
         p.plan.controls = controls
+        if controls.denoiser_edit is not None:  # FLUX.1 Redux: image tokens after the prompt's
+            p.plan.prompts.denoiser_edits.append(controls.denoiser_edit)
 
     def _reused_ip_adapter(self, run: Run) -> Any:
         saved = run.state.get(self.name + ".ip_adapter")

@@ -25,7 +25,7 @@ from ...model_manager.lookup import ModelNotFound, match, path_names
 from ...model_manager.safe_unpickle import PICKLE_SUFFIXES, load_pickle_checkpoint
 from ...model_manager.store import ModelStore
 from ...paths import model_files
-from . import t2i_adapter
+from . import flux, t2i_adapter
 from .t2i_adapter import T2IAdapterError, is_t2i_adapter
 
 SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
@@ -88,6 +88,8 @@ def describe(path: Path) -> ControlNetInfo:
         except (T2IAdapterError, KeyError):
             config = None
         return ControlNetInfo(name, path, None, False, "t2i_adapter", config)
+    if flux.is_flux_controlnet(shapes, saved):
+        return ControlNetInfo(name, path, None, False, flux.KIND)
     width = next((shape[1] for key, shape in shapes.items() if key.endswith("attn2.to_k.weight")), None)
     add = any("label_emb" in k or "add_embedding" in k for k in shapes)
     return ControlNetInfo(name, path, width, add)
@@ -95,6 +97,8 @@ def describe(path: Path) -> ControlNetInfo:
 
 def fits(info: ControlNetInfo, unet_config: dict[str, Any]) -> bool:
     """Whether a ControlNet or T2I-Adapter was made for this base model (unknown files are offered anyway)."""
+    if info.kind == flux.KIND or unet_config.get("family", "").startswith("flux"):
+        return info.kind == flux.KIND and flux.fits(unet_config.get("family"))
     if info.kind == "t2i_adapter":
         return info.adapter_config is None or t2i_adapter.fits(info.adapter_config, unet_config)
     if info.context_width is None:
@@ -267,6 +271,9 @@ class ControlNetLibrary:
             if info.kind == "t2i_adapter" or is_t2i_adapter(tensors):  # .pth files are only known once read
                 return t2i_adapter.build_adapter(tensors, model.device.device, model.device.dtype,
                                                  _folder_config(info.path))
+            if info.kind == flux.KIND:
+                return flux.build_flux_controlnet(tensors, dict(model.configs["transformer"]), model.device.device,
+                                                  model.device.dtype, _folder_config(info.path))
             return build_controlnet(tensors, dict(model.configs["unet"]), model.device.device, model.device.dtype)
 
         return self.store.get(self.kind, key, build)

@@ -23,7 +23,8 @@ _RESIZE_ALIASES = {"envelope (outer fit)": 2, "scale to fit (inner fit)": 1, "in
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 DEFAULTS = {"enabled": True, "module": "none", "model": "None", "weight": 1.0, "image": None, "resize_mode": 1,
             "processor_res": 512, "threshold_a": None, "threshold_b": None, "guidance_start": 0.0,
-            "guidance_end": 1.0, "control_mode": 0, "pixel_perfect": False, "lowvram": False}
+            "guidance_end": 1.0, "control_mode": 0, "pixel_perfect": False, "lowvram": False,
+            "union_control_type": "Unknown"}
 
 
 @dataclass
@@ -41,6 +42,7 @@ class ControlUnit:
     guidance_end: float = 1.0
     control_mode: int = 0
     pixel_perfect: bool = False
+    union_control_type: str = "Unknown"  # a Union ControlNet's control type (features/controlnet/flux.py)
 
     @property
     def is_ip_adapter(self) -> bool:
@@ -55,6 +57,8 @@ class ControlUnit:
             parts.append(("Threshold B", _num(self.threshold_b)))
         parts += [("Guidance Start", _num(self.guidance_start)), ("Guidance End", _num(self.guidance_end)),
                   ("Pixel Perfect", self.pixel_perfect), ("Control Mode", CONTROL_MODES[self.control_mode])]
+        if self.union_control_type.strip().lower() not in ("", "unknown"):
+            parts.append(("Union Control Type", self.union_control_type))
         return ", ".join(f"{k}: {v}" for k, v in parts)
 
 
@@ -112,7 +116,8 @@ def parse_units(alwayson: dict[str, Any]) -> tuple[list[ControlUnit], list[Field
                 threshold_a=None if values["threshold_a"] in (None, -1) else float(values["threshold_a"]),
                 threshold_b=None if values["threshold_b"] in (None, -1) else float(values["threshold_b"]),
                 guidance_start=float(values["guidance_start"]), guidance_end=float(values["guidance_end"]),
-                control_mode=_index(values["control_mode"], CONTROL_MODES), pixel_perfect=bool(values["pixel_perfect"])))
+                control_mode=_index(values["control_mode"], CONTROL_MODES), pixel_perfect=bool(values["pixel_perfect"]),
+                union_control_type=str(values["union_control_type"])))
     return units, errors
 
 
@@ -158,6 +163,8 @@ def _check(v: dict[str, Any]) -> list[tuple[str, str]]:
         v["image"] = image
     if image is not None and not isinstance(image, Image.Image):
         problems.append(("image", "must be an image"))
+    if not isinstance(v["union_control_type"], str):
+        problems.append(("union_control_type", "must be text"))
     if not isinstance(v["module"], str) or not isinstance(v["model"], str):
         problems.append(("module" if not isinstance(v["module"], str) else "model", "must be text"))
     return problems
@@ -172,7 +179,7 @@ def parse_infotext_unit(text: str) -> dict[str, Any]:
         name = {"Module": "module", "Model": "model", "Weight": "weight", "Resize Mode": "resize_mode",
                 "Processor Res": "processor_res", "Threshold A": "threshold_a", "Threshold B": "threshold_b",
                 "Guidance Start": "guidance_start", "Guidance End": "guidance_end", "Pixel Perfect": "pixel_perfect",
-                "Control Mode": "control_mode"}.get(key)
+                "Control Mode": "control_mode", "Union Control Type": "union_control_type"}.get(key)
         if name is None:
             continue
         if name in ("weight", "threshold_a", "threshold_b", "guidance_start", "guidance_end"):
