@@ -6,7 +6,8 @@ alone) lays out the tiles for the pass's latent size, encodes each region's prom
 prompts with the region's appended, as the extension builds them) and adds a denoiser edit that
 makes every CFG denoiser of the pass predict tile by tile (blend.py). A region with its own seed
 gets its own noise in its box (the extension's create_random_tensors): the pass's init step is
-wrapped to replace that part of the first noise. Nothing is tiled, and nothing is written to the
+wrapped to replace that part of the first noise. ControlNet units see their maps cut per tile
+(control.py). Nothing is tiled, and nothing is written to the
 infotext, when one tile covers the canvas and no region is set (as the extension does).
 """
 from __future__ import annotations
@@ -24,15 +25,6 @@ from .args import FOREGROUND, TiledArgs, alwayson_value, infotext_value, parse
 from .blend import RegionPlan, TilePlan, tile_denoiser
 from .tiles import feather_mask, grid_boxes, region_box, splittable
 
-CONTROLNET = "controlnet"
-
-
-def _controlnet_on(request: Any) -> bool:
-    value = next((v for k, v in request.alwayson().items() if isinstance(k, str) and k.lower() == CONTROLNET), None)
-    units = value.get("args", []) if isinstance(value, dict) else value
-    return isinstance(units, list) and any(isinstance(u, dict) and u.get("enabled", True) for u in units)
-
-
 def append_prompt(prompt: str, extra: str) -> str:
     """The extension's rule: the region's text after the image's, joined by ", " (nothing when empty)."""
     return f"{prompt}, {extra}" if extra else prompt
@@ -49,11 +41,7 @@ class TiledDiffusion(Feature):
         if value is None:
             return None, []
         names = self.upscalers.list_upscalers() if self.upscalers is not None else ["None"]
-        args, errors = parse(value, request.mode, names)
-        if args is not None and _controlnet_on(request):
-            return None, [FieldError("alwayson_scripts.Tiled Diffusion.args.enabled",
-                                     "Tiled Diffusion together with ControlNet units is not supported by Easel yet")]
-        return args, errors
+        return parse(value, request.mode, names)
 
     def begin(self, run: Run) -> None:
         args: TiledArgs | None = run.args.get(self.name)
