@@ -318,3 +318,80 @@ def test_controlnet_with_tiles_steers_each_tile_and_batches_alike(app):
     assert np.abs(arr(tiled) - arr(run(batch=1))).max() <= 1  # measured 0; 6 with the tiles' maps reversed
     params = parse_infotext(tiled.infotexts[0]).params
     assert "Tiled Diffusion" in params and params["ControlNet 0"].startswith("Module: none, Model: control_sharp_tiny")
+
+
+class ConstantNoise:
+    """A CFG denoiser stand-in (epsilon model, the tiny model's schedule) that predicts the same noise everywhere."""
+
+    def __init__(self, schedule, noise):
+        from webui.core.parameterisation import VPEpsilon
+
+        self.schedule, self.parameterisation, self.noise = schedule, VPEpsilon(), noise
+        self.use_uncond, self.cfg_scale, self.step, self.timesteps = True, 7.0, 3, []
+
+    def inner_denoisers(self):
+        return [self]
+
+    def predict(self, x, t):
+        assert not self.use_uncond and self.cfg_scale == 1.0  # the prompt alone, as the extension inverts
+        self.timesteps.append(t)
+        return self.noise.expand_as(x)
+
+
+def test_inversion_walks_up_the_uniform_schedule_with_euler_steps(app):
+    """With a model that always predicts the same noise n, inverting x0 gives x0 / sigma_max + n (Euler is exact
+    there), so img2img from it at denoising 1 (x = that x sigma_max, Euler back down) is x0 again."""
+    from webui.core.schedules import DiscreteSchedule, uniform
+    from webui.features.tiled_diffusion.noise_inversion import invert
+
+    schedule = DiscreteSchedule.from_config(dict(app.models.get(CKPT).scheduler_config))
+    torch.manual_seed(1)
+    x0, noise = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 1, 1)
+    fake = ConstantNoise(schedule, noise)
+    latent = invert(fake, x0, 5, 2.0)
+    top = float(uniform(schedule, 5)[0])
+    torch.testing.assert_close(latent, x0 / top + noise)
+    assert (fake.use_uncond, fake.cfg_scale, fake.step) == (True, 7.0, 3)  # put back
+    # five steps, each told the timestep of its destination level divided by Retouch
+    levels = uniform(schedule, 5).flip(0)[1:]
+    assert fake.timesteps == pytest.approx([schedule.model_timestep(float(s)) / 2.0 for s in levels])
+
+
+def test_noise_inversion_starts_img2img_from_the_inputs_own_noise(app):
+    """The extension's Noise Inversion: the input walked up the noise levels (tiled, prompt only) is the noise
+    img2img starts from, so at denoising 1 the picture comes back far closer to the input than from fresh noise."""
+    from webui.features.tiled_diffusion.noise_inversion import renoise_weights, retouch_mask
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    source = Image.fromarray(np.stack([xx * 4, yy * 4, ((xx // 8 + yy // 8) % 2) * 255], -1).astype(np.uint8))
+
+    def img2img(inverse=True, renoise=0.0, sampler="Euler", steps=4, retouch=1.0, strength=1.0):
+        args = td()["Tiled Diffusion"]["args"]
+        args[12:17] = [inverse, steps, retouch, renoise, 16]
+        return app.generate(GenerationRequest(prompt="a cat", steps=4, width=64, height=64, seed=5, cfg_scale=1.0,
+                                              sampler_name=sampler, checkpoint=CKPT, save_images=False, mode="img2img",
+                                              init_images=[source], denoising_strength=strength,
+                                              alwayson_scripts={"Tiled Diffusion": {"args": args}}))
+
+    target = arr(img2img(inverse=False, strength=0.0))  # the input through the VAE: what the latents hold
+    plain, inverted = img2img(inverse=False), img2img()
+    # the tiny random UNet is no good inverse of itself (a real model comes back far closer); measured 39.3 / 36.7
+    assert np.abs(arr(inverted) - target).mean() < np.abs(arr(plain) - target).mean() - 1.5
+    assert np.abs(arr(img2img(renoise=1.0)) - arr(inverted)).mean() > 5  # fresh noise mixed in (31.4)
+    assert np.abs(arr(img2img(retouch=2.0)) - arr(inverted)).mean() > 5  # a smaller timestep told (13.9)
+    info = parse_infotext(inverted.infotexts[0]).params["Tiled Diffusion"]
+    assert "'NoiseInv': True, 'NoiseInv Steps': 4, 'NoiseInv Retouch': 1.0, 'NoiseInv Renoise strength': 0.0, " \
+           "'NoiseInv Kernel size': 16" in info
+    assert args_from_params({"Tiled Diffusion": info})[12:17] == [True, 4, 1.0, 0.0, 16]
+    # img2img's accordion: its Noise Inversion controls make these args, and a paste sets them again
+    from webui.ui.tiled_diffusion_ui import PREFIX, pasted_tiled_fields, tiled_request_fields
+
+    pasted = pasted_tiled_fields({"Tiled Diffusion": info})
+    assert pasted[PREFIX + "noise_inverse"] is True and pasted[PREFIX + "noise_inverse_renoise_kernel"] == 16
+    assert tiled_request_fields({**pasted, PREFIX + "enabled": True})["args"][12:17] == [True, 4, 1.0, 0.0, 16]
+    flat = retouch_mask(np.full((32, 32), 90, np.uint8), 8)
+    assert flat.max() == 0 and renoise_weights(Image.new("RGB", (32, 32)), 8, 0.5, (4, 4)).eq(0.5).all()
+    for kw, name in ((dict(sampler="DPM++ 2M"), "noise_inverse"), (dict(steps=0), "noise_inverse_steps")):
+        with pytest.raises(ValidationError) as caught:
+            img2img(**kw)
+        assert caught.value.errors[0].field.endswith("args." + name)
