@@ -229,3 +229,37 @@ def test_txt2img_accordion_generates_and_pastes_back(app):
     updates = dict(zip(target.fields(), paste_updates(app, target, texts[0])))
     assert updates[f"{PREFIX}enable"] is True and updates[f"{PREFIX}0::ad_model"] == "tiny_yolo.onnx"
     assert updates[f"{PREFIX}0::ad_prompt"] == "a red square" and updates[f"{PREFIX}1::ad_model"] == "None"
+
+
+def test_own_checkpoint_and_controlnet_repaint_only_the_region(app):
+    """ADetailer's ad_checkpoint (loaded beside the job's, which stays active) and its ControlNet unit (the map
+    made from the picture being repainted) change the region only, and are written as ADetailer writes them."""
+    from webui.features.controlnet.models import write_controlnet
+
+    write_controlnet(app.paths.model_dir("controlnet") / "control_canny_tiny.safetensors",
+                     app.models.get(CKPT).unet, "original", seed=1)
+    base = {"ad_model": "tiny_yolo.onnx", "ad_model_classes": "bright", "ad_mask_k_largest": 1, "ad_confidence": 0.1,
+            "ad_mask_blur": 2, "ad_denoising_strength": 1.0, "ad_inpaint_only_masked_padding": 8}
+    own = {"ad_use_checkpoint": True, "ad_checkpoint": "tiny-sdxl"}
+    control = {"ad_controlnet_model": "control_canny_tiny", "ad_controlnet_module": "canny",
+               "ad_controlnet_weight": 0.8}
+    plain = txt2img(app)
+    box = app.engine.feature("adetailer").detectors.detect("tiny_yolo.onnx", plain.images[0], 0.1, "bright")[0].box
+    inside = ~reach([box], (64, 64), 2, 2)  # one pixel more: the other model's region differs by up to 232,
+    # so the blurred mask's faintest edge (row 54) still moves a pixel by 1
+    same = txt2img(app, detailer(base))
+    for extra in (own, control):
+        made = txt2img(app, detailer({**base, **extra}))
+        a, b = arr(made.images[0]), arr(same.images[0])
+        assert np.array_equal(a[inside], arr(plain.images[0])[inside]) and np.abs(a - b).max() > 10
+    assert app.models.current.info.name == CKPT  # the job's checkpoint is still the active one
+    params = parse_infotext(made.infotexts[0]).params
+    assert params["ADetailer ControlNet model"] == "control_canny_tiny" and params["ADetailer ControlNet weight"] == "0.8"
+    params = parse_infotext(txt2img(app, detailer({**base, **own})).infotexts[0]).params
+    assert params["ADetailer use separate checkpoint"] == "True" and params["ADetailer checkpoint"] == "tiny-sdxl"
+    bad = {"ad_checkpoint": "nope", "ad_controlnet_model": "nope", "ad_controlnet_module": "bogus"}
+    for name, value in bad.items():
+        unit = {**base, **own, **control, name: value}
+        with pytest.raises(ValidationError) as info:
+            app.engine.validate(GenerationRequest(prompt="x", checkpoint=CKPT, alwayson_scripts=detailer(unit)))
+        assert [e.field for e in info.value.errors] == [f"alwayson_scripts.ADetailer.args.1.{name}"]

@@ -112,6 +112,66 @@ def test_regions_predict_with_their_own_conditioning_only_in_their_box():
     assert fake.cond is None  # the denoiser's own conditioning is back
 
 
+class PooledHint:
+    """A stand-in ControlNet / T2I-Adapter whose output at a latent pixel is the mean of the map's 8x8 pixels there."""
+
+    config = type("Config", (), {"in_channels": 3})()
+
+    @staticmethod
+    def pooled(hint):
+        return torch.nn.functional.avg_pool2d(hint, 8).mean(1, keepdim=True).expand(-1, 4, -1, -1)
+
+    def __call__(self, x=None, t=None, encoder_hidden_states=None, controlnet_cond=None, conditioning_scale=1.0,
+                 return_dict=False, **kw):
+        if controlnet_cond is None:  # as a T2I-Adapter: adapter(hint) -> features
+            return [self.pooled(x)]
+        return [], self.pooled(controlnet_cond) * conditioning_scale
+
+
+class ControlledDenoiser(PointwiseDenoiser):
+    """Pointwise, plus the ControlNet additions the real CFG denoiser asks its Controls for (uncond and cond)."""
+
+    def predict(self, x, t):
+        self.seen.append((tuple(x.shape), self.batch_size))
+        rows = x.repeat(2, 1, 1, 1)
+        kwargs = self.controls.unet_kwargs(0.0, rows, torch.zeros(1), torch.zeros(rows.shape[0], 1, 1), {}, 2, True)
+        added = kwargs.get("mid_block_additional_residual")
+        if added is None:
+            added = kwargs["down_intrablock_additional_residuals"][0]
+        out = rows * 2 + added
+        return out[:x.shape[0]] + out[x.shape[0]:] * 3 + (0 if self.cond is None else 4)
+
+
+@pytest.mark.parametrize("kind", ["controlnet", "t2i_adapter"])
+def test_controlnet_maps_are_cut_to_each_tile(kind):
+    """Each tile's (and region's) prediction sees the map under that tile, so tiling a model that reads the map
+    pointwise gives the untiled prediction; a map not cut (or cut in the wrong order) would not."""
+    from webui.features.controlnet.apply import ControlApplication, Controls, adapter_features
+
+    torch.manual_seed(0)
+    hint, fake_model = torch.rand(1, 3, 64, 64), PooledHint()
+    app = ControlApplication(fake_model, hint, 0.5, 0.0, 1.0, 0)
+    if kind == "t2i_adapter":
+        app.features = adapter_features(fake_model, hint, 0.5)
+    plain = ControlledDenoiser()
+    plain.batch_size, plain.controls = 2, Controls(nets=[app])
+    x = torch.randn(2, 4, 8, 8)
+    expected = plain.predict(x, 1.0)
+    tiled = ControlledDenoiser()
+    tiled.batch_size, tiled.controls = 2, Controls(nets=[app])
+    region = RegionPlan(Box(1, 3, 4, 5), OneCond(), OneCond(), foreground=False)
+    plan = TilePlan((8, 8), "Mixture of Diffusers", grid_boxes(8, 8, 6, 6, 2), 3, [region])
+    tile_denoiser(tiled, plan)
+    got = tiled.predict(x, 1.0)
+    # the region predicts with its own conditioning (+4 in the stand-in), weighed in with the tiles' Gaussians
+    total, grid, own = plan.weights()
+    bump = torch.zeros(8, 8, dtype=torch.float64)
+    region.box.of(bump).add_(own[0] * 4)
+    torch.testing.assert_close(got, expected + (bump / total).float(), rtol=1e-5, atol=1e-5)
+    assert tiled.controls.nets[0] is app  # the pass's own Controls are back
+    assert tiled.seen[:2] == [((6, 4, 6, 6), 6), ((2, 4, 6, 6), 2)]
+
+
 def test_switched_off_or_one_tile_leaves_pixels_identical(app):
     base = generate(app)
     for scripts in (td(enabled=False), td(tile=96, overlap=48)):
@@ -223,3 +283,115 @@ def test_img2img_upscales_first_and_keeps_the_input_size(app):
     with pytest.raises(ValidationError) as caught:
         img2img("No such upscaler")
     assert caught.value.errors[0].field.endswith("args.upscaler_name")
+
+
+def test_controlnet_with_tiles_steers_each_tile_and_batches_alike(app):
+    """A ControlNet unit together with tiled diffusion (the extension's usual upscaling set-up): accepted, it
+    changes the picture, and four tiles in one model call give the picture of one tile per call, which they
+    would not if a tile's map were another tile's (each tile's map in its place in the batch)."""
+    from safetensors.torch import load_file, save_file
+
+    from webui.features.controlnet.models import write_controlnet
+
+    path = app.paths.model_dir("controlnet") / "control_sharp_tiny.safetensors"
+    if not path.exists():  # the tiny net barely reads its map (0.04 of 255): its hint block's last conv made louder
+        write_controlnet(path, app.models.get(CKPT).unet, "original", seed=1)
+        tensors = load_file(str(path))
+        last = max(int(k.split(".")[2]) for k in tensors if ".input_hint_block." in k)
+        for key in [k for k in tensors if f".input_hint_block.{last}." in k]:
+            tensors[key] = tensors[key] * 40
+        save_file(tensors, str(path))
+    stripes = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) > 0.5).astype(np.uint8) * 255)
+    unit = {"enabled": True, "module": "none", "model": "control_sharp_tiny", "weight": 1.0, "image": stripes,
+            "resize_mode": "Crop and Resize", "processor_res": 64}
+
+    def run(batch=4, control=True, image=stripes):
+        scripts = td(batch=batch)
+        if control:
+            scripts["controlnet"] = {"args": [dict(unit, image=image)]}
+        return generate(app, scripts)
+
+    tiled = run()
+    assert np.abs(arr(tiled) - arr(run(control=False))).mean() > 5  # measured 28
+    flipped = run(image=stripes.transpose(Image.FLIP_LEFT_RIGHT))
+    assert np.abs(arr(tiled) - arr(flipped)).mean() > 0.2  # the map itself counts (0.59)
+    assert np.abs(arr(tiled) - arr(run(batch=1))).max() <= 1  # measured 0; 6 with the tiles' maps reversed
+    params = parse_infotext(tiled.infotexts[0]).params
+    assert "Tiled Diffusion" in params and params["ControlNet 0"].startswith("Module: none, Model: control_sharp_tiny")
+
+
+class ConstantNoise:
+    """A CFG denoiser stand-in (epsilon model, the tiny model's schedule) that predicts the same noise everywhere."""
+
+    def __init__(self, schedule, noise):
+        from webui.core.parameterisation import VPEpsilon
+
+        self.schedule, self.parameterisation, self.noise = schedule, VPEpsilon(), noise
+        self.use_uncond, self.cfg_scale, self.step, self.timesteps = True, 7.0, 3, []
+
+    def inner_denoisers(self):
+        return [self]
+
+    def predict(self, x, t):
+        assert not self.use_uncond and self.cfg_scale == 1.0  # the prompt alone, as the extension inverts
+        self.timesteps.append(t)
+        return self.noise.expand_as(x)
+
+
+def test_inversion_walks_up_the_uniform_schedule_with_euler_steps(app):
+    """With a model that always predicts the same noise n, inverting x0 gives x0 / sigma_max + n (Euler is exact
+    there), so img2img from it at denoising 1 (x = that x sigma_max, Euler back down) is x0 again."""
+    from webui.core.schedules import DiscreteSchedule, uniform
+    from webui.features.tiled_diffusion.noise_inversion import invert
+
+    schedule = DiscreteSchedule.from_config(dict(app.models.get(CKPT).scheduler_config))
+    torch.manual_seed(1)
+    x0, noise = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 1, 1)
+    fake = ConstantNoise(schedule, noise)
+    latent = invert(fake, x0, 5, 2.0)
+    top = float(uniform(schedule, 5)[0])
+    torch.testing.assert_close(latent, x0 / top + noise)
+    assert (fake.use_uncond, fake.cfg_scale, fake.step) == (True, 7.0, 3)  # put back
+    # five steps, each told the timestep of its destination level divided by Retouch
+    levels = uniform(schedule, 5).flip(0)[1:]
+    assert fake.timesteps == pytest.approx([schedule.model_timestep(float(s)) / 2.0 for s in levels])
+
+
+def test_noise_inversion_starts_img2img_from_the_inputs_own_noise(app):
+    """The extension's Noise Inversion: the input walked up the noise levels (tiled, prompt only) is the noise
+    img2img starts from, so at denoising 1 the picture comes back far closer to the input than from fresh noise."""
+    from webui.features.tiled_diffusion.noise_inversion import renoise_weights, retouch_mask
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    source = Image.fromarray(np.stack([xx * 4, yy * 4, ((xx // 8 + yy // 8) % 2) * 255], -1).astype(np.uint8))
+
+    def img2img(inverse=True, renoise=0.0, sampler="Euler", steps=4, retouch=1.0, strength=1.0):
+        args = td()["Tiled Diffusion"]["args"]
+        args[12:17] = [inverse, steps, retouch, renoise, 16]
+        return app.generate(GenerationRequest(prompt="a cat", steps=4, width=64, height=64, seed=5, cfg_scale=1.0,
+                                              sampler_name=sampler, checkpoint=CKPT, save_images=False, mode="img2img",
+                                              init_images=[source], denoising_strength=strength,
+                                              alwayson_scripts={"Tiled Diffusion": {"args": args}}))
+
+    target = arr(img2img(inverse=False, strength=0.0))  # the input through the VAE: what the latents hold
+    plain, inverted = img2img(inverse=False), img2img()
+    # the tiny random UNet is no good inverse of itself (a real model comes back far closer); measured 39.3 / 36.7
+    assert np.abs(arr(inverted) - target).mean() < np.abs(arr(plain) - target).mean() - 1.5
+    assert np.abs(arr(img2img(renoise=1.0)) - arr(inverted)).mean() > 5  # fresh noise mixed in (31.4)
+    assert np.abs(arr(img2img(retouch=2.0)) - arr(inverted)).mean() > 5  # a smaller timestep told (13.9)
+    info = parse_infotext(inverted.infotexts[0]).params["Tiled Diffusion"]
+    assert "'NoiseInv': True, 'NoiseInv Steps': 4, 'NoiseInv Retouch': 1.0, 'NoiseInv Renoise strength': 0.0, " \
+           "'NoiseInv Kernel size': 16" in info
+    assert args_from_params({"Tiled Diffusion": info})[12:17] == [True, 4, 1.0, 0.0, 16]
+    # img2img's accordion: its Noise Inversion controls make these args, and a paste sets them again
+    from webui.ui.tiled_diffusion_ui import PREFIX, pasted_tiled_fields, tiled_request_fields
+
+    pasted = pasted_tiled_fields({"Tiled Diffusion": info})
+    assert pasted[PREFIX + "noise_inverse"] is True and pasted[PREFIX + "noise_inverse_renoise_kernel"] == 16
+    assert tiled_request_fields({**pasted, PREFIX + "enabled": True})["args"][12:17] == [True, 4, 1.0, 0.0, 16]
+    flat = retouch_mask(np.full((32, 32), 90, np.uint8), 8)
+    assert flat.max() == 0 and renoise_weights(Image.new("RGB", (32, 32)), 8, 0.5, (4, 4)).eq(0.5).all()
+    for kw, name in ((dict(sampler="DPM++ 2M"), "noise_inverse"), (dict(steps=0), "noise_inverse_steps")):
+        with pytest.raises(ValidationError) as caught:
+            img2img(**kw)
+        assert caught.value.errors[0].field.endswith("args." + name)

@@ -183,9 +183,11 @@ class Engine:
     # ---- one request ----------------------------------------------------------------------------
 
     def _generate(self, request: GenerationRequest | PreparedRequest, job: Job,
-                  output_dir: Path | None = None, drawn: dict[str, Any] | None = None) -> Result:
+                  output_dir: Path | None = None, drawn: dict[str, Any] | None = None, companion: bool = False) -> Result:
         """`drawn`: this is one part of a request whose images a feature drew their own prompts for
-        (`_generate_drawn`); its infotext keys. Extension hooks then see the whole request once, not each part."""
+        (`_generate_drawn`); its infotext keys. Extension hooks then see the whole request once, not each part.
+        `companion`: a request run inside a job on another checkpoint, loaded beside the job's (the active one
+        stays loaded and active, as for the refiner)."""
         prepared = request if isinstance(request, PreparedRequest) else None
         request = prepared.request if prepared is not None else request
         context = GenerationContext(request, job, extra_params=dict(drawn or {}))
@@ -199,8 +201,11 @@ class Engine:
             return self._generate_drawn(prepared.request, *images, job, output_dir)
         started = time.perf_counter()
         job.report(step=0, text="loading model")
-        model = self.models.get(request.checkpoint, progress=lambda msg: job.report(text=msg),
-                                modules=request.override_settings.get(module_choice.SETTING))
+        if companion:
+            model = self.models.get_companion(request.checkpoint, progress=lambda msg: job.report(text=msg))
+        else:
+            model = self.models.get(request.checkpoint, progress=lambda msg: job.report(text=msg),
+                                    modules=request.override_settings.get(module_choice.SETTING))
         plan = self.plan(request, model)
         job.progress.previewer = self._previewer(model, plan.options)
         if self.vaes is not None:
@@ -209,7 +214,7 @@ class Engine:
         self.hooks.call("process", request=request, context=context)
         run = Run(request, model, job, context, args=prepared.args,
                   plan_for=lambda sub, other=None: self.plan(sub, other or model, plan),
-                  generate=lambda sub: self._generate_inside(sub, job))
+                  generate=lambda sub: self._generate_inside(sub, job, model))
         run.passes.append(Pass("first", request, plan, (request.width, request.height), request.steps))
         for feature in self.features:
             feature.begin(run)
@@ -310,12 +315,15 @@ class Engine:
         return self.hooks.call_replacing("postprocess", request=request, result=total,
                                          context=GenerationContext(request, job))
 
-    def _generate_inside(self, request: GenerationRequest, job: Job) -> Result:
-        """A further request run by a feature inside `job` (Run.generate); the job's progress is put back after."""
+    def _generate_inside(self, request: GenerationRequest, job: Job, model: LoadedModel | None = None) -> Result:
+        """A further request run by a feature inside `job` (Run.generate); the job's progress is put back after.
+        A request naming another checkpoint than the job's `model` runs on it as a companion."""
         progress = job.progress
         kept = (progress.step, progress.total_steps, progress.job_no, progress.job_count, progress.previewer)
+        companion = bool(request.checkpoint) and model is not None and \
+            self.models.resolve(request.checkpoint).name != model.info.name
         try:
-            return self._generate(replace(request, save_images=False), job)
+            return self._generate(replace(request, save_images=False), job, companion=companion)
         finally:
             progress.step, progress.total_steps, progress.job_no, progress.job_count, progress.previewer = kept
 

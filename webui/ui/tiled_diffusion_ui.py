@@ -19,8 +19,10 @@ from .generation_controls import GenerationControls, as_float, as_int
 
 PREFIX = "tiled_diffusion::"
 REGIONS = 2
-_INTS = ("image_width", "image_height", "tile_width", "tile_height", "overlap", "tile_batch_size")
-_SHOWN = ("enabled", "method", "overwrite_size", *_INTS, "enable_bbox_control", "draw_background")
+_INTS = ("image_width", "image_height", "tile_width", "tile_height", "overlap", "tile_batch_size", "noise_inverse_steps",
+         "noise_inverse_renoise_kernel")
+_SHOWN = ("enabled", "method", "overwrite_size", *_INTS, "enable_bbox_control", "draw_background", "noise_inverse",
+          "noise_inverse_retouch", "noise_inverse_renoise_strength")
 
 
 def build_tiled_diffusion(controls: GenerationControls, img2img: bool = False) -> None:
@@ -49,6 +51,8 @@ def build_tiled_diffusion(controls: GenerationControls, img2img: bool = False) -
                                               elem_id=f"{p}_overlap")
             i[PREFIX + "tile_batch_size"] = gr.Slider(1, 8, value=4, step=1, label="Latent tile batch size",
                                                       elem_id=f"{p}_tile_batch_size")
+        if img2img:
+            _noise_inversion(i, p)
         with gr.Accordion("Region Prompt Control", open=False, elem_id=f"{p}_regions"):
             with gr.Row():
                 i[PREFIX + "enable_bbox_control"] = gr.Checkbox(False, label="Enable Control",
@@ -77,6 +81,27 @@ def build_tiled_diffusion(controls: GenerationControls, img2img: bool = False) -
                                                    elem_id=f"{q}_prompt")
                     i[key + "neg_prompt"] = gr.Textbox(label=f"Region {n + 1} negative prompt (appended)",
                                                        elem_id=f"{q}_neg_prompt")
+
+
+def _noise_inversion(i: dict, p: str) -> None:
+    """img2img's Noise Inversion controls (the extension's names, ranges and defaults)."""
+    with gr.Accordion("Noise Inversion", open=False, elem_id=f"{p}_noise_inversion"):
+        with gr.Row():
+            i[PREFIX + "noise_inverse"] = gr.Checkbox(False, label="Enable Noise Inversion",
+                                                      elem_id=f"{p}_noise_inverse")
+            i[PREFIX + "noise_inverse_steps"] = gr.Slider(1, 200, value=10, step=1, label="Inversion steps",
+                                                          elem_id=f"{p}_noise_inverse_steps")
+        gr.Markdown("Needs the Euler sampler. The input's own noise, found by walking it up the noise levels, "
+                    "is where img2img starts: the result stays close to the input. *Retouch* above 1 sharpens; "
+                    "*Renoise* mixes fresh noise back in, weighed by the picture's local detail.", elem_id=f"{p}_noise_inversion_note")
+        with gr.Row():
+            i[PREFIX + "noise_inverse_retouch"] = gr.Slider(1, 100, value=1, step=0.1, label="Retouch",
+                                                            elem_id=f"{p}_noise_inverse_retouch")
+            i[PREFIX + "noise_inverse_renoise_strength"] = gr.Slider(0, 2, value=1, step=0.01, label="Renoise strength",
+                                                                     elem_id=f"{p}_noise_inverse_renoise_strength")
+            i[PREFIX + "noise_inverse_renoise_kernel"] = gr.Slider(2, 512, value=64, step=1,
+                                                                   label="Renoise kernel size",
+                                                                   elem_id=f"{p}_noise_inverse_renoise_kernel")
 
 
 def tiled_request_fields(fields: dict[str, Any]) -> dict[str, Any] | None:

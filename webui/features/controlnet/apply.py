@@ -187,6 +187,12 @@ def _add(total: list[torch.Tensor] | None, outputs: list[torch.Tensor]) -> list[
     return outputs if total is None else [a + b for a, b in zip(total, outputs)]
 
 
+def _rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """A map for every row of the UNet batch: one map broadcast, or a per-image stack (tiled diffusion cuts one
+    per tile) repeated for each CFG copy."""
+    return tensor.expand(rows, -1, -1, -1) if tensor.shape[0] == 1 else tensor.repeat(rows // tensor.shape[0], 1, 1, 1)
+
+
 def residuals(applications: list[ControlApplication], fraction: float, x: torch.Tensor, t: torch.Tensor,
               embeds: torch.Tensor, added: dict, copies: int, uncond_first: bool):
     """Summed (down residuals, mid residual, adapter features) of the active units; None where none."""
@@ -197,10 +203,10 @@ def residuals(applications: list[ControlApplication], fraction: float, x: torch.
         if not app.active(fraction):
             continue
         if app.features is not None:
-            features = [f.expand(rows, -1, -1, -1) for f in app.features]
+            features = [_rows(f, rows) for f in app.features]
             adapter_total = _add(adapter_total, _expand(features, app, rows, batch, copies, uncond_first))
             continue
-        hint = app.hint.expand(rows, -1, -1, -1)
+        hint = _rows(app.hint, rows)
         kwargs = {"added_cond_kwargs": added} if added else {}
         context = embeds if app.context is None else app.context(batch, copies, uncond_first)
         down, mid = app.model(x, t, encoder_hidden_states=context, controlnet_cond=hint,

@@ -19,6 +19,7 @@ from ...core.request import MAX_SIDE, MAX_STEPS, FieldError
 ALWAYSON_NAME = "adetailer"   # matched case-insensitively; clients send "ADetailer"
 MERGE_INVERT = ("None", "Merge", "Merge and Invert")
 SAME_SCHEDULER = "Use same scheduler"
+SAME_CHECKPOINT = "Use same checkpoint"
 MAX_PASSES = 10
 
 
@@ -96,8 +97,7 @@ _NUMBERS: dict[str, tuple[float, float, bool]] = {
     "ad_controlnet_guidance_start": (0, 1, False), "ad_controlnet_guidance_end": (0, 1, False),
 }
 # what Easel's detailer cannot do yet: (argument, value that switches it on, what it is)
-UNSUPPORTED = (("ad_use_checkpoint", True, "a separate checkpoint for the detailer"),
-               ("ad_use_noise_multiplier", True, "the img2img noise multiplier"),
+UNSUPPORTED = (("ad_use_noise_multiplier", True, "the img2img noise multiplier"),
                ("ad_restore_face", True, "face restoration after the detailer"))
 
 
@@ -175,9 +175,6 @@ def _parse_pass(given: dict[str, Any], field: str) -> tuple[PassArgs, list[Field
         for name, on, what in UNSUPPORTED:
             if getattr(unit, name) == on:
                 errors.append(FieldError(f"{field}.{name}", f"{what} is not supported by Easel's detailer yet"))
-        if unit.ad_controlnet_model != "None":
-            errors.append(FieldError(f"{field}.ad_controlnet_model",
-                                     "ControlNet inside the detailer is not supported by Easel's detailer yet"))
     return unit, errors
 
 

@@ -6,7 +6,8 @@ becomes a mask (masks.py), and each mask is inpainted by an ordinary img2img req
 the same job (`Run.generate`): the image, the mask, "only masked" with its padding (the region is
 cropped, scaled to the inpaint size, repainted and pasted back through the blurred mask, so
 everything outside the mask keeps its pixels exactly), the pass's prompt, negative prompt,
-denoising strength, steps, CFG and sampler, and the image's seed + the mask's number, as ADetailer
+denoising strength, steps, CFG, sampler, checkpoint (loaded beside the job's, as the refiner's), VAE and
+ControlNet unit, and the image's seed + the mask's number, as ADetailer
 seeds them. So there is no second sampler path: the detailer is img2img inpainting, soft
 inpainting included when the request has it on.
 """
@@ -23,7 +24,7 @@ from ... import __version__
 from ...core import samplers
 from ...core.pipeline import Batch, Feature, Run
 from ...core.request import FieldError, GenerationRequest
-from .args import SAME_SCHEDULER, DetailerArgs, PassArgs, alwayson_value, infotext_params, ordinal, parse
+from .args import SAME_CHECKPOINT, SAME_SCHEDULER, DetailerArgs, PassArgs, alwayson_value, infotext_params, ordinal, parse
 from .detect import DetectorError, Detectors
 from .masks import pass_masks
 
@@ -54,8 +55,10 @@ def pass_prompts(text: str, main: str) -> list[str]:
 class Detailer(Feature):
     name = "adetailer"
 
-    def __init__(self, detectors: Detectors):
+    def __init__(self, detectors: Detectors, models: Any = None, controlnets: Any = None):
         self.detectors = detectors
+        self.models = models            # checkpoints, to check ad_checkpoint before the job is queued
+        self.controlnets = controlnets  # ControlNet files, to check ad_controlnet_model likewise
 
     # ---- request ---------------------------------------------------------------------------------
 
@@ -80,7 +83,34 @@ class Detailer(Feature):
                     samplers.resolve(unit.ad_sampler, _scheduler(unit, request.scheduler))
                 except ValueError as exc:
                     errors.append(FieldError(f"{where}.ad_sampler", str(exc)))
+            errors += self._check_models(unit, where)
         return (None, errors) if errors else (args, [])
+
+    def _check_models(self, unit: PassArgs, where: str) -> list[FieldError]:
+        """The pass's own checkpoint and ControlNet: installed, the unit well formed (a 422 before queueing)."""
+        errors = []
+        checkpoint = _own_checkpoint(unit)
+        if checkpoint and self.models is not None:
+            try:
+                self.models.resolve(checkpoint)
+            except LookupError as exc:
+                errors.append(FieldError(f"{where}.ad_checkpoint", str(exc)))
+        control = control_unit(unit)
+        if control is not None:
+            from ..controlnet.preprocessors import PREPROCESSORS
+            from ..controlnet.units import parse_units
+
+            _, problems = parse_units({"controlnet": {"args": [control]}})
+            errors += [FieldError(f"{where}.ad_controlnet_module", e.message) for e in problems]
+            if control["module"] not in PREPROCESSORS:
+                errors.append(FieldError(f"{where}.ad_controlnet_module", f"unknown preprocessor; choose one of: "
+                                                                          f"None, {', '.join(PREPROCESSORS)}"))
+            if self.controlnets is not None:
+                try:
+                    self.controlnets.find(unit.ad_controlnet_model)
+                except LookupError as exc:
+                    errors.append(FieldError(f"{where}.ad_controlnet_model", str(exc)))
+        return errors
 
     def infotext(self, run: Run) -> dict[str, Any]:
         args = run.args.get(self.name)
@@ -133,6 +163,24 @@ class Detailer(Feature):
         return image
 
 
+def _own_checkpoint(unit: PassArgs) -> str | None:
+    """The pass's separate checkpoint (ADetailer's "Use same checkpoint" and empty: None)."""
+    name = unit.ad_checkpoint if unit.ad_use_checkpoint else None
+    return None if name in (None, "", "None", SAME_CHECKPOINT) else name
+
+
+def control_unit(unit: PassArgs) -> dict[str, Any] | None:
+    """The ControlNet unit of the pass's inpainting (None without a model): its map made from the repainted
+    picture (the img2img input), as ADetailer's unit has no image of its own. Module "None" is the picture
+    itself (ADetailer would pick one by the model's kind; Easel's preprocessors are named in the API)."""
+    if unit.ad_controlnet_model in ("", "None"):
+        return None
+    module = unit.ad_controlnet_module if unit.ad_controlnet_module not in ("", "None") else "none"
+    return {"enabled": True, "model": unit.ad_controlnet_model, "module": module,
+            "weight": unit.ad_controlnet_weight, "guidance_start": unit.ad_controlnet_guidance_start,
+            "guidance_end": unit.ad_controlnet_guidance_end, "pixel_perfect": True, "image": None}
+
+
 def _scheduler(unit: PassArgs, main: str) -> str:
     return main if unit.ad_scheduler in ("", SAME_SCHEDULER) else unit.ad_scheduler
 
@@ -158,6 +206,9 @@ def inpaint_request(request: GenerationRequest, unit: PassArgs, image: Image.Ima
     if unit.ad_use_sampler:
         sampler, scheduler = unit.ad_sampler, _scheduler(unit, request.scheduler)
     kept = {k: v for k, v in request.alwayson().items() if isinstance(k, str) and k.strip().lower() in KEPT_SCRIPTS}
+    control = control_unit(unit)
+    if control is not None:
+        kept["controlnet"] = {"args": [control]}
     return replace(
         request, mode="img2img", prompt=prompt, negative_prompt=negative, init_images=[image.convert("RGB")],
         mask=mask, resize_mode=0, denoising_strength=unit.ad_denoising_strength, mask_blur=unit.ad_mask_blur,
@@ -168,4 +219,5 @@ def inpaint_request(request: GenerationRequest, unit: PassArgs, image: Image.Ima
         cfg_scale=unit.ad_cfg_scale if unit.ad_use_cfg_scale else request.cfg_scale,
         sampler_name=sampler, scheduler=scheduler, seed=seed, subseed=-1, subseed_strength=0.0,
         seed_resize_from_w=0, seed_resize_from_h=0, batch_size=1, n_iter=1, enable_hr=False, save_images=False,
-        script_name="", script_args={}, alwayson_scripts=kept, override_settings=overrides)
+        script_name="", script_args={}, alwayson_scripts=kept, override_settings=overrides,
+        checkpoint=_own_checkpoint(unit) or request.checkpoint)

@@ -8,7 +8,8 @@ noise_inverse_renoise_kernel, control_tensor_cpu, enable_bbox_control, draw_back
 feather_ratio, seed; x/y/w/h as fractions of the canvas). Tile sizes and overlap are in latent
 pixels (1/8 of the image). The extension writes one infotext key, `Tiled Diffusion`, whose value
 is a Python dict's text (AUTOMATIC1111 writes dicts that way), e.g.
-`Tiled Diffusion: "{'Method': 'MultiDiffusion', 'Tile tile width': 96, ...}"`. The extension does not
+`Tiled Diffusion: "{'Method': 'MultiDiffusion', 'Tile tile width': 96, ...}"` (img2img with Noise
+Inversion adds its `NoiseInv ...` entries). The extension does not
 record "Draw full canvas background"; Easel adds `'Draw background': True` to the dict when it is on
 with regions, so a paste restores the same picture.
 """
@@ -74,6 +75,11 @@ class TiledArgs:
     keep_input_size: bool           # img2img: the canvas is the (upscaled) input image's size
     upscaler: str = "None"          # img2img: upscale the input first, by scale_factor
     scale_factor: float = 2.0
+    noise_inverse: bool = False     # img2img: start from the input's inverted noise (noise_inversion.py)
+    noise_inverse_steps: int = 10
+    noise_inverse_retouch: float = 1.0
+    noise_inverse_renoise_strength: float = 1.0
+    noise_inverse_renoise_kernel: int = 64
 
     @property
     def draws_tiles(self) -> bool:
@@ -134,8 +140,14 @@ def parse(value: Any, mode: str = "txt2img",
         for name in ("image_width", "image_height"):
             if is_int(values[name]) and values[name] % 8:
                 bad(name, "must be a multiple of 8")
-    if values["noise_inverse"] and mode == "img2img":
-        bad("noise_inverse", "Tiled Diffusion's noise inversion is not supported by Easel yet")
+    inverse = bool(values["noise_inverse"]) and mode == "img2img"  # the extension ignores it in txt2img
+    if inverse:
+        for name, low, high, whole in (("noise_inverse_steps", 1, 200, True), ("noise_inverse_retouch", 1, 100, False),
+                                       ("noise_inverse_renoise_strength", 0, 2, False),
+                                       ("noise_inverse_renoise_kernel", 2, 512, True)):
+            number = values[name]
+            if not is_number(number) or not low <= number <= high or (whole and not float(number).is_integer()):
+                bad(name, f"must be a {'whole ' if whole else ''}number from {low} to {high}")
     upscaler = values["upscaler_name"] if values["upscaler_name"] not in (None, "") else "None"
     if not isinstance(upscaler, str):
         bad("upscaler_name", "must be an upscaler's name (see /sdapi/v1/upscalers)")
@@ -156,7 +168,10 @@ def parse(value: Any, mode: str = "txt2img",
     return TiledArgs(values["method"], size is not None, size or (0, 0), values["tile_width"], values["tile_height"],
                      values["overlap"], values["tile_batch_size"], tuple(regions), bool(values["draw_background"]),
                      bool(values["keep_input_size"]), upscaler if mode == "img2img" else "None",
-                     float(values["scale_factor"])), []
+                     float(values["scale_factor"]), inverse,
+                     *((int(values["noise_inverse_steps"]), float(values["noise_inverse_retouch"]),
+                        float(values["noise_inverse_renoise_strength"]), int(values["noise_inverse_renoise_kernel"]))
+                       if inverse else ())), []
 
 
 def _regions(values: list[Any]) -> tuple[list[Region], list[FieldError]]:
@@ -209,6 +224,11 @@ def infotext_value(args: TiledArgs, regions: list[Region] | None = None, img2img
         info["Upscaler"], info["Upscale factor"] = args.upscaler, args.scale_factor
     if args.keep_input_size and img2img:
         info["Keep input size"] = True
+    if args.noise_inverse and img2img:
+        info["NoiseInv"], info["NoiseInv Steps"] = True, args.noise_inverse_steps
+        info["NoiseInv Retouch"] = args.noise_inverse_retouch
+        info["NoiseInv Renoise strength"] = args.noise_inverse_renoise_strength
+        info["NoiseInv Kernel size"] = args.noise_inverse_renoise_kernel
     if args.regions and args.draw_background:  # Easel's addition (the extension does not record it), for paste
         info["Draw background"] = True
     if args.regions:
@@ -239,6 +259,13 @@ def args_from_params(params: dict[str, str]) -> list[Any] | None:
         values["upscaler_name"] = info["Upscaler"]
         values["scale_factor"] = info.get("Upscale factor", 2.0)
     values["draw_background"] = info.get("Draw background") is True
+    if info.get("NoiseInv") is True:
+        values["noise_inverse"] = True
+        for key, name in (("NoiseInv Steps", "noise_inverse_steps"), ("NoiseInv Retouch", "noise_inverse_retouch"),
+                          ("NoiseInv Renoise strength", "noise_inverse_renoise_strength"),
+                          ("NoiseInv Kernel size", "noise_inverse_renoise_kernel")):
+            if key in info:
+                values[name] = info[key]
     regions = info.get("Region control")
     flat: list[Any] = []
     if isinstance(regions, dict) and regions:

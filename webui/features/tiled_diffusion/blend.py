@@ -10,6 +10,7 @@ Mixture of Diffusers model outputs). Regions predict with their own conditioning
 prompts with the region's appended); Background regions add into the canvas like tiles
 (Mixture of Diffusers: with Gaussian weights over the box), Foreground regions are laid over the
 result through their feathered masks. Latents of another size (a hires pass) are not tiled.
+ControlNet units see their maps cut to the tiles being predicted (control.py).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .control import TiledControls
 from .tiles import Box, feather_mask, tile_weights
 
 
@@ -72,16 +74,23 @@ def _tiled_predict(inner: Any, predict: Any, plan: TilePlan):
     batch_caches: dict[int, dict] = {}
     region_caches: list[dict] = [{} for _ in plan.regions]
     feathers = [feather_mask(r.box.w, r.box.h, 0.0) if r.feather is None else r.feather for r in plan.regions]
+    tiled_controls = TiledControls(plan.size)
 
-    def with_batch(copies: int, x: torch.Tensor, t: Any) -> torch.Tensor:
-        """The wrapped predict on `copies` tiles at once: the batch (and the cached conditioning) widened."""
+    def with_batch(boxes: list[Box], x: torch.Tensor, t: Any) -> torch.Tensor:
+        """The wrapped predict on several tiles at once: the batch (and the cached conditioning) widened,
+        ControlNet maps cut to the tiles."""
         size, cache, picture = inner.batch_size, inner._batches, inner.image_conditioning
-        inner.batch_size = size * copies
-        inner._batches = batch_caches.setdefault(copies, {})
+        controls = getattr(inner, "controls", None)
+        inner.batch_size = size * len(boxes)
+        inner._batches = batch_caches.setdefault(len(boxes), {})
+        if TiledControls.spatial(controls):
+            inner.controls = tiled_controls.for_boxes(controls, boxes, size)
         try:
             return predict(x, t)
         finally:
             inner.batch_size, inner._batches, inner.image_conditioning = size, cache, picture
+            if TiledControls.spatial(controls):
+                inner.controls = controls
 
     def tiled(x: torch.Tensor, t: Any) -> torch.Tensor:
         if tuple(x.shape[-2:]) != plan.size:
@@ -94,13 +103,13 @@ def _tiled_predict(inner: Any, predict: Any, plan: TilePlan):
             boxes = plan.boxes[start:start + plan.batch]
             if picture is not None:
                 inner.image_conditioning = torch.cat([box.of(picture) for box in boxes])
-            out = with_batch(len(boxes), torch.cat([box.of(x) for box in boxes]), t)
+            out = with_batch(boxes, torch.cat([box.of(x) for box in boxes]), t)
             for index, box in enumerate(boxes):
                 box.of(canvas).add_(out[index * x.shape[0]:(index + 1) * x.shape[0]] * weights)
         over = torch.zeros_like(canvas) if any(r.foreground for r in plan.regions) else None
         over_mask = over_count = None
         for index, (region, weight, feather) in enumerate(zip(plan.regions, own, feathers)):
-            out = _region_predict(inner, predict, region, x, t, picture, region_caches[index])
+            out = _region_predict(inner, predict, region, x, t, picture, region_caches[index], tiled_controls)
             if not region.foreground:
                 region.box.of(canvas).add_(out * weight.to(canvas))
                 continue
@@ -121,9 +130,12 @@ def _tiled_predict(inner: Any, predict: Any, plan: TilePlan):
 
 
 def _region_predict(inner: Any, predict: Any, region: RegionPlan, x: torch.Tensor, t: Any,
-                    picture: torch.Tensor | None, cache: dict) -> torch.Tensor:
+                    picture: torch.Tensor | None, cache: dict, tiled_controls: TiledControls) -> torch.Tensor:
     """One region's prediction on its box, with the region's conditioning; the denoiser's own put back after."""
     saved = inner.cond, inner.uncond, inner.use_uncond, inner._batches
+    controls = getattr(inner, "controls", None)
+    if TiledControls.spatial(controls):
+        inner.controls = tiled_controls.for_boxes(controls, [region.box], inner.batch_size)
     single = len(region.cond.parts) == 1 and region.cond.parts[0][1] == 1.0
     inner.cond, inner.uncond, inner._batches = region.cond, region.uncond, cache
     inner.use_uncond = inner.cfg_scale != 1.0 or not single
@@ -134,3 +146,5 @@ def _region_predict(inner: Any, predict: Any, region: RegionPlan, x: torch.Tenso
     finally:
         inner.cond, inner.uncond, inner.use_uncond, inner._batches = saved
         inner.image_conditioning = picture
+        if TiledControls.spatial(controls):
+            inner.controls = controls

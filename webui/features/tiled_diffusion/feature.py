@@ -6,7 +6,8 @@ alone) lays out the tiles for the pass's latent size, encodes each region's prom
 prompts with the region's appended, as the extension builds them) and adds a denoiser edit that
 makes every CFG denoiser of the pass predict tile by tile (blend.py). A region with its own seed
 gets its own noise in its box (the extension's create_random_tensors): the pass's init step is
-wrapped to replace that part of the first noise. Nothing is tiled, and nothing is written to the
+wrapped to replace that part of the first noise. ControlNet units see their maps cut per tile
+(control.py). With Noise Inversion (img2img) the init step is wrapped again (noise_inversion.py). Nothing is tiled, and nothing is written to the
 infotext, when one tile covers the canvas and no region is set (as the extension does).
 """
 from __future__ import annotations
@@ -21,17 +22,9 @@ from ...core.pipeline import Feature, Pass, Run
 from ...core.prompts import schedule_prompt
 from ...core.request import FieldError
 from .args import FOREGROUND, TiledArgs, alwayson_value, infotext_value, parse
+from .noise_inversion import with_noise_inversion
 from .blend import RegionPlan, TilePlan, tile_denoiser
 from .tiles import feather_mask, grid_boxes, region_box, splittable
-
-CONTROLNET = "controlnet"
-
-
-def _controlnet_on(request: Any) -> bool:
-    value = next((v for k, v in request.alwayson().items() if isinstance(k, str) and k.lower() == CONTROLNET), None)
-    units = value.get("args", []) if isinstance(value, dict) else value
-    return isinstance(units, list) and any(isinstance(u, dict) and u.get("enabled", True) for u in units)
-
 
 def append_prompt(prompt: str, extra: str) -> str:
     """The extension's rule: the region's text after the image's, joined by ", " (nothing when empty)."""
@@ -50,9 +43,9 @@ class TiledDiffusion(Feature):
             return None, []
         names = self.upscalers.list_upscalers() if self.upscalers is not None else ["None"]
         args, errors = parse(value, request.mode, names)
-        if args is not None and _controlnet_on(request):
-            return None, [FieldError("alwayson_scripts.Tiled Diffusion.args.enabled",
-                                     "Tiled Diffusion together with ControlNet units is not supported by Easel yet")]
+        if args is not None and args.noise_inverse and request.sampler_name != "Euler":
+            return None, [FieldError("alwayson_scripts.Tiled Diffusion.args.noise_inverse",
+                                     "Noise Inversion needs the Euler sampler (as the extension)")]
         return args, errors
 
     def begin(self, run: Run) -> None:
@@ -130,6 +123,8 @@ class TiledDiffusion(Feature):
         seeded = [(r, region_box(r.x, r.y, r.w, r.h, width, height)) for r in args.regions if r.seed != -1]
         if seeded:
             p.init = _with_region_noise(p.init, seeded)
+        if args.noise_inverse and p.init is not None:
+            p.init = with_noise_inversion(p.init, args)
 
     def infotext(self, run: Run) -> dict[str, Any]:
         args: TiledArgs | None = run.args.get(self.name)
