@@ -379,3 +379,34 @@ def test_flux_loras_in_published_layouts_apply_as_their_diffusers_equivalent(flu
     assert not ours.warnings, ours.warnings
     assert _psnr(plain.images[0], ours.images[0]) < 60  # it changes the image ...
     assert _psnr(ours.images[0], theirs.images[0]) > 60  # ... as the diffusers-layout LoRA does
+
+
+@pytest.mark.parametrize("source", ["CPU", "NV"])
+def test_initial_noise_is_forges(flux_app, source):
+    """Forge makes Flux's noise with AUTOMATIC1111's per-image generator: for image i a generator seeded
+    seed + i draws (16, H/8, W/8) unpacked latents (CPU torch, or the CUDA generator's numbers for NV), a
+    variation seed's draw is slerped in per (channel, column); packing into tokens happens inside the model."""
+    from tests.test_samplers_a1111 import a1111_slerp
+    from webui.core.philox import PhiloxGenerator
+
+    seen = {}
+    run = flux_app.engine._run
+
+    def spy(p, sampling, *args, **kwargs):
+        seen["noise"] = sampling.first_noise.clone()
+        return run(p, sampling, *args, **kwargs)
+
+    flux_app.engine._run = spy
+    try:
+        flux_app.txt2img(_request("dev", steps=1, width=64, height=80, seed=5, batch_size=2, subseed=40,
+                                  subseed_strength=0.25, override_settings={"randn_source": source}))
+    finally:
+        flux_app.engine._run = run
+
+    def draw(seed):
+        if source == "NV":
+            return torch.from_numpy(PhiloxGenerator(seed).randn((16, 10, 8)))
+        return torch.randn((16, 10, 8), generator=torch.Generator().manual_seed(seed))
+
+    expected = torch.stack([a1111_slerp(0.25, draw(5 + i), draw(40 + i)).float() for i in range(2)])
+    torch.testing.assert_close(seen["noise"], expected, rtol=1e-5, atol=1e-5)

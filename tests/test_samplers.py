@@ -26,8 +26,8 @@ SD_CONFIG = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.0
 
 def ref_model_sigmas() -> np.ndarray:
     betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2
-    alpha_bar = np.cumprod(1 - betas)
-    return np.sqrt((1 - alpha_bar) / alpha_bar)
+    alpha_bar = np.cumprod(1 - betas).astype(np.float32)  # the checkpoint's float32 buffer, as AUTOMATIC1111
+    return np.sqrt((1 - alpha_bar) / alpha_bar).astype(np.float64)
 
 
 def ref_karras(n: int, smin: float, smax: float, rho: float = 7.0) -> np.ndarray:
@@ -351,18 +351,23 @@ def test_batch_of_four_equals_four_single_runs(easel, name):
 
 
 def test_all_schedules_end_at_zero_and_decrease(easel):
+    """Every schedule decreases and ends at 0, except AUTOMATIC1111's KL Optimal, which ends at sigma_min."""
     model = DiscreteSchedule.from_config(SD_CONFIG)
     for label, (_, function) in SCHEDULES.items():
         sigmas = function(model, 10)
-        assert len(sigmas) == 11 and float(sigmas[-1]) == 0.0, label
+        end = model.sigma_min if label == "KL Optimal" else 0.0
+        assert len(sigmas) == 11 and float(sigmas[-1]) == pytest.approx(end, rel=1e-5), label
         assert (sigmas[:-1][1:] <= sigmas[:-1][:-1] + 1e-5).all(), label
         assert float(sigmas[0]) <= model.sigma_max * 1.01, label
 
 
-def test_ays_uses_the_published_ten_step_schedule():
+def test_ays_uses_the_published_schedule_at_its_own_length():
+    """NVIDIA's 11 sigmas are taken as they are for 11 steps (then 0); other lengths interpolate them."""
     model = DiscreteSchedule.from_config(SD_CONFIG)
-    sigmas = SCHEDULES["Align Your Steps"][1](model, 10)
-    np.testing.assert_allclose(sigmas[:3].numpy(), [14.615, 6.475, 3.861], rtol=1e-5)
+    sigmas = SCHEDULES["Align Your Steps"][1](model, 11)
+    np.testing.assert_allclose(sigmas.numpy(), [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399,
+                                                0.152, 0.029, 0.0], rtol=1e-6)
+    assert len(SCHEDULES["Align Your Steps"][1](model, 10)) == 11
 
 
 # ---- seeds -----------------------------------------------------------------------------------------

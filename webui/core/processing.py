@@ -374,7 +374,9 @@ class Engine:
         if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
             resize_from = (request.seed_resize_from_h // factor, request.seed_resize_from_w // factor)
         subseeds = [(plan.subseed + (s - plan.seed)) % (MAX_SEED + 1) for s in seeds] if plan.subseed >= 0 else None
-        ensd = plan.options["eta_noise_seed_delta"] if plan.sampler.stochastic else 0
+        # AUTOMATIC1111 reseeds every image's stream with seed + ENSD after the first noise, whatever the sampler
+        # (Euler's churn noise takes it too); the infotext names ENSD only where it applies
+        ensd = plan.options["eta_noise_seed_delta"]
         channels = plan.model.architecture.adapter.latent.channels
         return ImageRNG((channels, height // factor, width // factor), seeds, plan.model.device.device,
                         subseeds=subseeds, subseed_strength=request.subseed_strength, resize_from=resize_from,

@@ -3,20 +3,21 @@
 Stable Diffusion is trained on 1000 discrete noise levels. Samplers in the k-diffusion
 family work in sigma space (x = x0 + sigma * noise) and ask the model at continuous
 sigmas, so we map sigma <-> timestep by interpolating in log-sigma between the trained
-levels, as Karras et al. (2022) and AUTOMATIC1111 do. A schedule picks which sigmas the
-sampler visits; every schedule ends with sigma = 0.
+levels, as Karras et al. (2022) and AUTOMATIC1111 do (its table: float32 sigmas from the
+checkpoint's float32 alphas_cumprod). A schedule picks which sigmas the sampler visits, each as
+AUTOMATIC1111 defines it; all but KL Optimal end with sigma = 0.
 
 Schedules (AUTOMATIC1111's "Schedule type" names):
-- Uniform: timesteps evenly spaced from the last to the first (k-diffusion's default);
+- Uniform: timesteps evenly spaced from the last to the first (k-diffusion's default; "Automatic"
+  for Euler, Euler a, LMS, Heun); Normal: the same between the timesteps of sigma max and min;
 - Karras: Karras et al. 2022 eq. 5, evenly spaced in sigma^(1/rho), rho = 7;
 - Exponential: evenly spaced in log sigma; Polyexponential: the same on a ramp^rho (rho 1);
 - SGM Uniform: evenly spaced timesteps excluding the final one (SDXL-Turbo's);
-- KL Optimal: Sabour et al. 2024, sigma = tan of evenly spaced angles;
+- KL Optimal: Sabour et al. 2024, sigma = tan of evenly spaced angles, ending at sigma min;
 - Align Your Steps: NVIDIA's optimised 10-step schedules (SD 1.x and SDXL), log-linearly
   interpolated to the requested number of steps;
-- Simple / Normal / DDIM: ComfyUI's (every k-th trained sigma / linear timesteps / DDIM's
-  uniform stride);
-- Beta: Lee et al. 2024, timesteps at the quantiles of Beta(0.6, 0.6).
+- Simple / DDIM: every k-th trained sigma (1000/n from the top / 1000//n from timestep 1);
+- Beta: Lee et al. 2024, quantiles of Beta(0.6, 0.6) laid linearly between sigma min and max.
 
 Flow-matching models (`FlowSchedule`) have sigma = flow time s in [0, 1], shifted towards noise
 (static shift, or resolution-dependent "dynamic" shift as diffusers' FluxPipeline computes it);
@@ -62,8 +63,11 @@ class DiscreteSchedule:
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         if config.get("rescale_betas_zero_snr"):
             alphas_cumprod = _zero_terminal_snr(alphas_cumprod)
+        # as AUTOMATIC1111's k-diffusion wrapper: alphas_cumprod made in float64, kept as float32 (the
+        # checkpoint's buffer), and sigma = sqrt((1 - a) / a) computed from those in float32
+        alphas_cumprod = alphas_cumprod.float()
         sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
-        return cls(sigmas.float(), sigmas.log().float(), tuple(ays_sigmas) or _AYS_DEFAULT)
+        return cls(sigmas, sigmas.log(), tuple(ays_sigmas) or _AYS_DEFAULT)
 
     @property
     def sigma_min(self) -> float:
@@ -80,7 +84,8 @@ class DiscreteSchedule:
         lower = upper - 1
         span = self.log_sigmas[upper] - self.log_sigmas[lower]
         fraction = ((log_sigma - self.log_sigmas[lower]) / span).clamp(0, 1)
-        return (lower.float() + fraction).view(sigma.shape).to(sigma.device)
+        # (1 - w) * lower + w * upper, not lower + w: the same float32 rounding as k-diffusion's CompVis wrapper
+        return ((1 - fraction) * lower.float() + fraction * upper.float()).view(sigma.shape).to(sigma.device)
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
         t = t.float()
@@ -170,22 +175,26 @@ def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
 
 
 def uniform(model: DiscreteSchedule, n: int) -> torch.Tensor:
-    t_max = float(model.sigma_to_t(torch.tensor(model.sigma_max)))
-    t_min = float(model.sigma_to_t(torch.tensor(model.sigma_min)))
-    return _append_zero(model.t_to_sigma(torch.linspace(t_max, t_min, n)))
+    """The model's own schedule: timesteps evenly spaced from the last to the first trained level
+    (sigma min/max settings do not apply, as in AUTOMATIC1111, where this is the model wrapper's own)."""
+    return _append_zero(model.t_to_sigma(torch.linspace(len(model.sigmas) - 1, 0, n)))
+
+
+def _timesteps_between(model: DiscreteSchedule, n: int) -> torch.Tensor:
+    t_max = model.sigma_to_t(torch.tensor(model.sigma_max, dtype=torch.float32))
+    t_min = model.sigma_to_t(torch.tensor(model.sigma_min, dtype=torch.float32))
+    return torch.linspace(float(t_max), float(t_min), n)
 
 
 def sgm_uniform(model: DiscreteSchedule, n: int) -> torch.Tensor:
-    t_max = float(model.sigma_to_t(torch.tensor(model.sigma_max)))
-    t_min = float(model.sigma_to_t(torch.tensor(model.sigma_min)))
-    return _append_zero(model.t_to_sigma(torch.linspace(t_max, t_min, n + 1)[:-1]))
+    return _append_zero(model.t_to_sigma(_timesteps_between(model, n + 1)[:-1]))
 
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
-    """Karras et al. (2022), eq. 5 (no trailing zero)."""
-    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    """Karras et al. (2022), eq. 5 (no trailing zero), in float32 as AUTOMATIC1111 computes it."""
+    ramp = torch.linspace(0, 1, n)
     inv_max, inv_min = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    return ((inv_max + ramp * (inv_min - inv_max)) ** rho).float()
+    return (inv_max + ramp * (inv_min - inv_max)) ** rho
 
 
 def karras(model: DiscreteSchedule, n: int) -> torch.Tensor:
@@ -193,28 +202,33 @@ def karras(model: DiscreteSchedule, n: int) -> torch.Tensor:
 
 
 def exponential(model: DiscreteSchedule, n: int) -> torch.Tensor:
-    return _append_zero(torch.linspace(math.log(model.sigma_max), math.log(model.sigma_min), n,
-                                       dtype=torch.float64).exp().float())
+    return _append_zero(torch.linspace(math.log(model.sigma_max), math.log(model.sigma_min), n).exp())
 
 
-def polyexponential(model: DiscreteSchedule, n: int, rho: float = 1.0) -> torch.Tensor:
-    ramp = torch.linspace(1, 0, n, dtype=torch.float64) ** rho
+def polyexponential(model: DiscreteSchedule, n: int) -> torch.Tensor:
+    """Evenly spaced in log sigma on a ramp^rho (rho 1 unless the "Schedule rho" setting says otherwise)."""
+    ramp = torch.linspace(1, 0, n) ** (model.rho_override or 1.0)
     log_min, log_max = math.log(model.sigma_min), math.log(model.sigma_max)
-    return _append_zero((ramp * (log_max - log_min) + log_min).exp().float())
+    return _append_zero(torch.exp(ramp * (log_max - log_min) + log_min))
 
 
 def kl_optimal(model: DiscreteSchedule, n: int) -> torch.Tensor:
-    angles = torch.linspace(math.atan(model.sigma_max), math.atan(model.sigma_min), n, dtype=torch.float64)
-    return _append_zero(torch.tan(angles).float())
+    """Sabour et al. 2024 as AUTOMATIC1111 has it: n + 1 angles from atan(sigma_max) to atan(sigma_min), so the
+    run ends at sigma_min, not at 0 (a trace of noise stays in the image, as there)."""
+    low, high = torch.arctan(torch.tensor(model.sigma_min)), torch.arctan(torch.tensor(model.sigma_max))
+    fraction = torch.arange(n + 1) / n
+    return torch.tan(fraction * low + (1.0 - fraction) * high)
 
 
 def align_your_steps(model: DiscreteSchedule, n: int) -> torch.Tensor:
-    reference = np.array(model.ays_sigmas)
-    if n + 1 == len(reference):
-        return _append_zero(torch.tensor(reference[:-1]))
+    """NVIDIA's sigmas as they are for their own length (all of them, then 0), else log-linearly
+    interpolated to n of them, then 0."""
+    reference = [float(v) for v in model.ays_sigmas]
+    if n == len(reference):
+        return torch.tensor(reference + [0.0], dtype=torch.float32)
     xs = np.linspace(0, 1, len(reference))
-    new = np.exp(np.interp(np.linspace(0, 1, n), xs, np.log(reference)))
-    return _append_zero(torch.tensor(new))
+    new = np.exp(np.interp(np.linspace(0, 1, n), xs, np.log(reference[::-1])))[::-1]
+    return torch.tensor(list(new) + [0.0], dtype=torch.float32)
 
 
 def simple(model: DiscreteSchedule, n: int) -> torch.Tensor:
@@ -222,12 +236,15 @@ def simple(model: DiscreteSchedule, n: int) -> torch.Tensor:
 
 
 def normal(model: DiscreteSchedule, n: int) -> torch.Tensor:
-    return uniform(model, n)
+    """Timesteps evenly spaced between those of sigma_max and sigma_min (the settings apply)."""
+    return _append_zero(model.t_to_sigma(_timesteps_between(model, n)))
 
 
 def ddim_uniform(model: DiscreteSchedule, n: int) -> torch.Tensor:
+    """Every (1000 // n)-th trained level from timestep 1 up, highest first: when the stride does not divide
+    999 evenly this gives one step more than asked (30 steps run 31), as in AUTOMATIC1111."""
     stride = max(1, len(model.sigmas) // n)
-    picked = [model.sigmas[i] for i in range(1, len(model.sigmas), stride)][:n]
+    picked = [model.sigmas[i] for i in range(1, len(model.sigmas), stride)]
     return _append_zero(torch.stack(picked[::-1]))
 
 
@@ -249,9 +266,11 @@ def _beta_ppf(q: float, a: float, b: float) -> float:
 
 
 def beta(model: DiscreteSchedule, n: int, alpha: float = 0.6, beta_: float = 0.6) -> torch.Tensor:
-    total = len(model.sigmas) - 1
-    timesteps = [total - _beta_ppf(q, alpha, beta_) * total for q in np.linspace(0, 1, n)]
-    return _append_zero(model.t_to_sigma(torch.tensor(timesteps).clamp(0, total)))
+    """Lee et al. 2024 as AUTOMATIC1111 has it: sigma_min + ppf(q) * (sigma_max - sigma_min) for q from 1 to 0,
+    i.e. the Beta(0.6, 0.6) quantiles laid out linearly in sigma (not in timesteps, as ComfyUI's)."""
+    quantiles = [_beta_ppf(q, alpha, beta_) for q in 1 - np.linspace(0, 1, n)]
+    low, high = model.sigma_min, model.sigma_max
+    return _append_zero(torch.tensor([low + q * (high - low) for q in quantiles], dtype=torch.float32))
 
 
 # label (as shown and written to infotext) -> (api name, function)

@@ -1,0 +1,356 @@
+"""Every sampler x every schedule type against AUTOMATIC1111's conventions, rebuilt here from its documented
+behaviour (not from its code): the k-diffusion CompVis wrapper's noise table and sigma <-> timestep map,
+each schedule type's definition, the schedule "Automatic" picks per sampler, the discarded next-to-last
+sigma, and per-image noise (batch of 2 with a variation seed; Brownian trees for the SDE samplers).
+
+What AUTOMATIC1111 does, as these references model it:
+
+- table: alphas_cumprod made in float64 (linspace of sqrt(beta), squared, cumulative product), stored as
+  float32 (the checkpoint's buffer); sigma = sqrt((1 - a) / a) and log(sigma) computed in float32 from those;
+- the model is called at the fractional timestep t = (1 - w) * k + w * (k + 1), k the last level whose
+  log-sigma is <= log(sigma) (kept below the top level), w the position of log(sigma) between levels k and
+  k + 1, clamped to [0, 1]; its input is x / sqrt(sigma^2 + 1) and x0 = x - sigma * eps;
+- schedules (float32 torch, sigma_min/sigma_max = the first/last table entry):
+  Uniform = the wrapper's own: timesteps linspace(999, 0, n); Normal / SGM Uniform: linspace between the
+  timesteps of sigma_max and sigma_min (n, or n + 1 without the last); Karras rho 7; Exponential;
+  Polyexponential rho 1; KL Optimal: n + 1 tangents of angles from atan(sigma_max) to atan(sigma_min), no 0
+  appended; Align Your Steps: NVIDIA's 11 sigmas as they are for 11 steps, else log-linear to n; Simple:
+  table[-(1 + int(i * 1000 / n))]; DDIM: table[1::1000 // n] from the top (as many as that gives); Beta:
+  sigma_min + ppf_Beta(0.6, 0.6)(1 - i / (n - 1)) * (sigma_max - sigma_min); all but KL Optimal then 0;
+- "Automatic": Karras for DPM++ 2M, DPM++ SDE, DPM++ 2S a, DPM2, DPM2 a, Restart; Exponential for the
+  2M SDE, 2M SDE Heun and 3M SDE; the wrapper's own (Uniform) for Euler, Euler a, LMS, Heun;
+- DPM2, DPM2 a and DPM++ 3M SDE build n + 1 sigmas and drop the next-to-last;
+- eta 1 and s_noise 1 by default, churn 0 (Euler, Heun, DPM2), s_tmax infinity.
+
+The images are compared as decoded pixels (PSNR over [0, 1]); the bar is the issue's: >= 40 dB for a
+stochastic sampler, >= 55 dB for a deterministic one, for every schedule type.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, stats
+
+from tests.conftest import make_easel
+from tests.test_samplers_a1111 import (A1111Noise, A1111Tree, BROWNIAN, DETERMINISTIC, STOCHASTIC, SUBSEED,
+                                       STRENGTH)
+from webui.core import k_samplers, samplers
+from webui.core.request import GenerationRequest
+from webui.core.seeds import ImageRNG
+
+pytestmark = pytest.mark.filterwarnings("ignore:Should have t")
+
+SEEDS, STEPS = [21, 22], 4
+SD_AYS = [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029]
+AUTOMATIC = {"DPM++ 2M": "Karras", "DPM++ SDE": "Karras", "DPM++ 2S a": "Karras", "DPM2": "Karras",
+             "DPM2 a": "Karras", "Restart": "Karras", "DPM++ 2M SDE": "Exponential",
+             "DPM++ 2M SDE Heun": "Exponential", "DPM++ 3M SDE": "Exponential"}
+DISCARD_PENULTIMATE = {"DPM2", "DPM2 a", "DPM++ 3M SDE"}
+
+
+# ---- AUTOMATIC1111's table and schedules ----------------------------------------------------------------
+
+class A1111Table:
+    def __init__(self, config: dict):
+        n = int(config.get("num_train_timesteps", 1000))
+        start, end = float(config.get("beta_start", 0.00085)), float(config.get("beta_end", 0.012))
+        betas = torch.linspace(start ** 0.5, end ** 0.5, n, dtype=torch.float64) ** 2
+        alphas_cumprod = torch.cumprod(1 - betas, 0).float()
+        self.sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        self.log_sigmas = self.sigmas.log()
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        log_sigma = sigma.float().log().reshape(-1)
+        at_or_below = (self.log_sigmas[:, None] <= log_sigma[None]).sum(0) - 1
+        k = at_or_below.clamp(0, len(self.sigmas) - 2)
+        lo, hi = self.log_sigmas[k], self.log_sigmas[k + 1]
+        w = ((lo - log_sigma) / (lo - hi)).clamp(0, 1)
+        return ((1 - w) * k + w * (k + 1)).reshape(sigma.shape)
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.float()
+        w = t.frac()
+        return ((1 - w) * self.log_sigmas[t.floor().long()] + w * self.log_sigmas[t.ceil().long()]).exp()
+
+
+def _zero(values) -> list[float]:
+    return [float(v) for v in values] + [0.0]
+
+
+def a1111_sigmas(table: A1111Table, label: str, n: int) -> list[float]:
+    lo, hi = float(table.sigmas[0]), float(table.sigmas[-1])
+    between = lambda count: torch.linspace(float(table.sigma_to_t(torch.tensor(hi))),  # noqa: E731
+                                           float(table.sigma_to_t(torch.tensor(lo))), count)
+    if label == "Uniform":
+        return _zero(table.t_to_sigma(torch.linspace(len(table.sigmas) - 1, 0, n)))
+    if label == "Normal":
+        return _zero(table.t_to_sigma(between(n)))
+    if label == "SGM Uniform":
+        return _zero(table.t_to_sigma(between(n + 1)[:-1]))
+    if label == "Karras":
+        ramp = torch.linspace(0, 1, n)
+        return _zero((hi ** (1 / 7) + ramp * (lo ** (1 / 7) - hi ** (1 / 7))) ** 7)
+    if label == "Exponential":
+        return _zero(torch.linspace(math.log(hi), math.log(lo), n).exp())
+    if label == "Polyexponential":
+        ramp = torch.linspace(1, 0, n)
+        return _zero(torch.exp(ramp * (math.log(hi) - math.log(lo)) + math.log(lo)))
+    if label == "KL Optimal":
+        i = torch.arange(n + 1) / n
+        return [float(v) for v in torch.tan(i * torch.arctan(torch.tensor(lo)) + (1 - i) * torch.arctan(torch.tensor(hi)))]
+    if label == "Align Your Steps":
+        if n == len(SD_AYS):
+            return SD_AYS + [0.0]
+        logs = np.interp(np.linspace(0, 1, n), np.linspace(0, 1, len(SD_AYS)), np.log(SD_AYS[::-1]))
+        return _zero(torch.tensor(np.exp(logs)[::-1].copy()).float())
+    if label == "Simple":
+        return _zero([table.sigmas[-(1 + int(i * len(table.sigmas) / n))] for i in range(n)])
+    if label == "DDIM":
+        return _zero(table.sigmas[1::max(1, len(table.sigmas) // n)].flip(0))
+    if label == "Beta":
+        q = [stats.beta.ppf(v, 0.6, 0.6) for v in 1 - np.linspace(0, 1, n)]
+        return _zero(torch.tensor([lo + v * (hi - lo) for v in q]).float())
+    raise KeyError(label)
+
+
+def a1111_schedule(table: A1111Table, sampler: str, label: str, steps: int) -> list[float]:
+    if label == "Automatic":
+        label = AUTOMATIC.get(sampler, "Uniform")
+    if sampler in DISCARD_PENULTIMATE:
+        sigmas = a1111_sigmas(table, label, steps + 1)
+        return sigmas[:-2] + sigmas[-1:]
+    return a1111_sigmas(table, label, steps)
+
+
+# ---- references for the samplers the other module leaves out (Karras et al. 2022, Alg. 2; LMS) -----------
+
+def _churned(x, s, n, noise, o):
+    gamma = min(o.get("s_churn", 0.0) / n, 2 ** 0.5 - 1) if o.get("s_tmin", 0.0) <= s <= o.get("s_tmax", math.inf) else 0
+    hat = s * (gamma + 1)
+    if gamma > 0:
+        x = x + noise(None, None) * o.get("s_noise", 1.0) * math.sqrt(hat ** 2 - s ** 2)
+    return x, hat
+
+
+def ref_heun(x, sig, D, noise, **o):
+    for s, t in zip(sig[:-1], sig[1:]):
+        x, s = _churned(x, s, len(sig) - 1, noise, o)
+        slope = (x - D(x, s)) / s
+        if t == 0:
+            x = x + (t - s) * slope
+        else:
+            x_e = x + (t - s) * slope
+            x = x + (t - s) * (slope + (x_e - D(x_e, t)) / t) / 2
+    return x
+
+
+def ref_dpm2(x, sig, D, noise, **o):
+    for s, t in zip(sig[:-1], sig[1:]):
+        x, s = _churned(x, s, len(sig) - 1, noise, o)
+        slope = (x - D(x, s)) / s
+        if t == 0:
+            x = x + (t - s) * slope
+        else:
+            mid = math.sqrt(s * t)  # the log-sigma midpoint
+            x_mid = x + (mid - s) * slope
+            x = x + (t - s) * (x_mid - D(x_mid, mid)) / mid
+    return x
+
+
+def ref_euler_churn(x, sig, D, noise, **o):
+    for s, t in zip(sig[:-1], sig[1:]):
+        x, s = _churned(x, s, len(sig) - 1, noise, o)
+        x = x + (t - s) * (x - D(x, s)) / s
+    return x
+
+
+def ref_lms(x, sig, D, noise, order=4, **_):
+    slopes = []
+    for i in range(len(sig) - 1):
+        slopes.insert(0, (x - D(x, sig[i])) / sig[i])
+        del slopes[order:]
+        used = len(slopes)
+
+        def basis(tau, j):
+            prod = 1.0
+            for k in range(used):
+                if k != j:
+                    prod *= (tau - sig[i - k]) / (sig[i - j] - sig[i - k])
+            return prod
+
+        coefficients = [integrate.quad(basis, sig[i], sig[i + 1], epsrel=1e-4, args=(j,))[0] for j in range(used)]
+        x = x + sum(c * d for c, d in zip(coefficients, slopes))
+    return x
+
+
+def ref_ddim(x, timesteps, eps, alphas_cumprod):
+    """Song et al. 2021 with eta 0 on AUTOMATIC1111's uniform timesteps 1, 1 + 1000//n, ...; the last step's
+    previous alpha is alphas_cumprod[0]. x in VP space (the first x is the plain noise)."""
+    for i in reversed(range(len(timesteps))):
+        a, a_prev = alphas_cumprod[timesteps[i]], alphas_cumprod[timesteps[i - 1] if i else 0]
+        e = eps(x, timesteps[i])
+        x0 = (x - math.sqrt(1 - a) * e) / math.sqrt(a)
+        x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * e
+    return x
+
+
+REFERENCES = {**STOCHASTIC, **BROWNIAN, **DETERMINISTIC, "LMS": ref_lms, "Heun": ref_heun, "DPM2": ref_dpm2}
+K_SAMPLERS = [s.name for s in samplers.SAMPLERS if s.uses_schedule]
+SCHEDULE_LABELS = samplers.schedule_labels()
+
+
+# ---- running both on the tiny model's denoiser ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tiny_ckpt_dir):
+    """The tiny SD 1.x model's CFG denoiser (from a one-step generation), and its VAE."""
+    app = make_easel(tmp_path_factory.mktemp("grid"), tiny_ckpt_dir)
+    seen = {}
+    run = app.engine._run
+
+    def spy(p, sampling, *args, **kwargs):
+        seen["denoiser"], seen["model"] = sampling.denoiser, p.plan.model
+        return run(p, sampling, *args, **kwargs)
+
+    app.engine._run = spy
+    app.txt2img(GenerationRequest(prompt="a lighthouse", steps=1, width=64, height=64, seed=1, batch_size=2,
+                                  checkpoint="tiny-sd1", save_images=False))
+    app.engine._run = run
+    denoiser = seen["denoiser"]
+    denoiser.set_guidance(total_steps=STEPS)
+    yield denoiser, seen["model"]
+    app.close()
+
+
+def _decode(model, latents) -> torch.Tensor:
+    with torch.no_grad():
+        image = model.vae.decode(latents.float() / model.configs["vae"]["scaling_factor"]).sample
+    return ((image.double() + 1) / 2).clamp(0, 1)
+
+
+def psnr(model, a, b) -> float:
+    mse = float(((_decode(model, a) - _decode(model, b)) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+class RecordedTree:
+    """The Brownian increments Easel's trees gave, looked up by the reference's own (sigma, sigma_next).
+
+    The trees themselves are checked against AUTOMATIC1111's in test_samplers_a1111.py; here a lookup
+    fails unless the reference asks for the very increments Easel used (it halves the cost of the grid)."""
+
+    def __init__(self):
+        self.increments: list[tuple[float, float, np.ndarray]] = []
+
+    def record(self, monkeypatch):
+        from webui.core.brownian import BrownianNoise
+
+        between = BrownianNoise.between
+
+        def recording(tree, sigma, sigma_next):
+            value = between(tree, sigma, sigma_next)
+            self.increments.append((float(sigma), float(sigma_next), value.double().numpy()))
+            return value
+
+        monkeypatch.setattr(BrownianNoise, "between", recording)
+
+    def __call__(self, sigma, sigma_next) -> np.ndarray:
+        for a, b, value in self.increments:
+            if math.isclose(a, sigma, rel_tol=1e-6) and math.isclose(b, sigma_next, rel_tol=1e-6):
+                return value
+        raise AssertionError(f"Easel drew no Brownian increment from {sigma} to {sigma_next}")
+
+
+def easel_image(denoiser, name, label, steps=STEPS, ensd=0, **options):
+    info, concrete = samplers.resolve(name, label)
+    rng = ImageRNG((4, 8, 8), SEEDS, torch.device("cpu"), subseeds=[SUBSEED, SUBSEED + 1],
+                   subseed_strength=STRENGTH, ensd=ensd)
+    denoiser.step = 0
+    return samplers.run(info, concrete, denoiser, rng, rng.first(), steps, denoiser.model.scheduler_config,
+                        lambda i, x, d: None, rng.generators, options=k_samplers.SamplerOptions(**options))
+
+
+def reference_image(denoiser, name, label, monkeypatch, steps=STEPS, ensd=0, tree=None, **options):
+    table = A1111Table(denoiser.model.scheduler_config)
+    sigmas = a1111_schedule(table, name, label, steps)
+
+    def D(x, sigma):  # AUTOMATIC1111's CompVis wrapper around the same CFG prediction
+        s = torch.tensor(sigma, dtype=torch.float32)
+        t = table.sigma_to_t(s)
+        x32 = torch.from_numpy(x).float()
+        eps = denoiser.predict(x32 * (1 / (s ** 2 + 1) ** 0.5), float(t))
+        return (x32 - eps * s).double().numpy()
+
+    noise = A1111Noise(SEEDS, [SUBSEED, SUBSEED + 1], STRENGTH, ensd)
+    source = (tree or A1111Tree(SEEDS, sigmas, monkeypatch)) if name in BROWNIAN else noise
+    denoiser.step = 0
+    latents = REFERENCES[name](noise.first * sigmas[0], sigmas, D, source, **options)
+    return torch.from_numpy(latents)
+
+
+@pytest.mark.parametrize("label", SCHEDULE_LABELS)
+@pytest.mark.parametrize("name", K_SAMPLERS)
+def test_every_sampler_and_schedule_type_equals_automatic1111(tiny, monkeypatch, name, label):
+    denoiser, model = tiny
+    tree = RecordedTree()
+    tree.record(monkeypatch)
+    ours = easel_image(denoiser, name, label)
+    theirs = reference_image(denoiser, name, label, monkeypatch, tree=tree)
+    info, _ = samplers.resolve(name, label)
+    db = psnr(model, ours, theirs)
+    assert db >= (40 if info.stochastic else 55), f"{name} / {label}: {db:.1f} dB"
+
+
+def test_schedules_as_automatic1111_defines_them(tiny):
+    """The sigma lists themselves (every type, several lengths, the discarded next-to-last sigma)."""
+    denoiser, _ = tiny
+    table = A1111Table(denoiser.model.scheduler_config)
+    for steps in (4, 6, 10, 11, 30):
+        for label in SCHEDULE_LABELS:
+            for name in ("Euler", "DPM2 a", "DPM++ 2M SDE"):
+                info, concrete = samplers.resolve(name, label)
+                ours = samplers.sigmas_for(info, concrete, denoiser.schedule, steps).tolist()
+                theirs = a1111_schedule(table, name, label, steps)
+                assert len(ours) == len(theirs), (name, label, steps)
+                np.testing.assert_allclose(ours, theirs, rtol=2e-6, atol=1e-7, err_msg=f"{name} / {label} / {steps}")
+
+
+def test_the_table_and_timesteps_are_automatic1111s(tiny):
+    denoiser, _ = tiny
+    table = A1111Table(denoiser.model.scheduler_config)
+    assert torch.equal(denoiser.schedule.sigmas, table.sigmas)
+    sigmas = torch.tensor([0.01, 0.0292, 0.03, 0.5, 1.0, 3.3, 14.6, 14.61, 20.0])
+    assert torch.equal(denoiser.schedule.sigma_to_t(sigmas), table.sigma_to_t(sigmas))
+
+
+@pytest.mark.parametrize("label", ["Automatic", "Karras"])
+def test_ddim_is_automatic1111s_and_ignores_the_schedule_type(tiny, label):
+    """DDIM runs on timesteps, not on a sigma schedule: the schedule type does not change it (as there)."""
+    denoiser, model = tiny
+    config = denoiser.model.scheduler_config
+    betas = torch.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, 1000, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1 - betas, 0).float().double().tolist()
+    timesteps = list(range(1, 1000, 1000 // STEPS))
+    noise = A1111Noise(SEEDS, [SUBSEED, SUBSEED + 1], STRENGTH)
+    eps = lambda x, t: denoiser.predict(torch.from_numpy(x).float(), float(t)).double().numpy()  # noqa: E731
+    theirs = torch.from_numpy(ref_ddim(noise.first, timesteps, eps, alphas_cumprod))
+    assert psnr(model, easel_image(denoiser, "DDIM", label, eta=0.0), theirs) >= 55  # "Eta for DDIM": 0
+
+
+def test_churn_tmin_tmax_noise_and_ensd_as_automatic1111_hands_them_over(tiny, monkeypatch):
+    """Euler, Heun and DPM2 take Sigma churn / tmin / tmax / noise; churn noise comes from seed + ENSD."""
+    denoiser, model = tiny
+    options = {"s_churn": 2.0, "s_tmin": 0.5, "s_tmax": 10.0, "s_noise": 1.01}
+    for name, reference in (("Euler", ref_euler_churn), ("Heun", ref_heun), ("DPM2", ref_dpm2)):
+        REFERENCES[name], saved = reference, REFERENCES[name]
+        try:
+            ours = easel_image(denoiser, name, "Automatic", ensd=31337, **options)
+            theirs = reference_image(denoiser, name, "Automatic", monkeypatch, ensd=31337, **options)
+        finally:
+            REFERENCES[name] = saved
+        assert psnr(model, ours, theirs) >= 40, name
+        plain = easel_image(denoiser, name, "Automatic")
+        assert psnr(model, ours, plain) < 40, name  # the churn did something
