@@ -5,6 +5,10 @@ re-read (exported and uploaded again: background, layer, composite) a painted im
 status change of any event — each queue-panel tick, each progress message — for as long as the page
 was open. Here a painted picture is uploaded once per Generate of the sub-tab that paints in it, and
 never otherwise. `python -m webui.bench_browser` measures the times.
+
+Known and not fixed yet: while an inpaint job runs with a painted editor, the page's main thread falls behind
+(a script's round trip went 0.0 -> 7.5 s over 50 s of a 256 px job on a loaded box; on txt2img it stays under
+0.5 s). So the test with a long job is last, switches tabs by dispatching clicks, and stops the job by the API.
 """
 from __future__ import annotations
 
@@ -62,8 +66,14 @@ def uploads_during(page, action, settle: float = 0.5) -> int:
     return len(page.uploads) - before
 
 
+TAB_IDS = {"Inpaint": "inpaint", "PNG Info": "pnginfo", "Outpaint": "inpaint_outpaint", "Paint": "inpaint_paint"}
+
+
 def tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name, exact=True).first.click()
+    """Show a tab. The click event is dispatched to the tab's button found by its id, not simulated with the
+    pointer: what is measured here is what the page uploads, and on a loaded box a pointer click waited > 60 s
+    for the page to pass its hit test (and a tab the bar has folded into its overflow menu has no visible role)."""
+    page.locator(f"button[role=tab][data-tab-id='{TAB_IDS[name]}']").first.dispatch_event("click")
 
 
 def generate(page, seed: int) -> None:
@@ -91,44 +101,9 @@ def test_a_painted_editor_is_uploaded_once_per_generate_and_never_in_between(pag
     assert uploads_during(page, lambda: time.sleep(TICKS)) == 0  # nor after the job's progress messages
 
 
-def test_pnginfo_sends_its_file_once_and_answers_while_a_job_runs_with_small_previews(page, server, pictures):
-    _, with_info = pictures
-    set_slider(page, "inpaint_steps", 150)
-    set_slider(page, "inpaint_width", 512)
-    set_slider(page, "inpaint_height", 512)
-    # long enough that a loaded 2-core box still has it running when PNG Info answers; interrupted below
-    set_slider(page, "inpaint_batch_count", 20)
-    page.locator("#inpaint_seed input").fill("13")
-    page.locator("#inpaint_generate").click()
-    expect(page.locator("#inpaint_progress")).to_contain_text("Step", timeout=60_000)
-    # live previews come at latent size (64 for 512) and the browser scales them (before: 256x256 PNGs)
-    size = page.wait_for_function("""() => { const img = document.querySelector('#inpaint_preview img');
-        return img && img.complete && img.naturalWidth > 0 && [img.naturalWidth, img.getBoundingClientRect().width]; }""",
-                                  timeout=30_000).json_value()
-    assert size[0] == 64 and size[1] >= 200, size
-    tab(page, "PNG Info")
-
-    def read_parameters():
-        page.locator("#pnginfo_image input[type=file]").set_input_files(str(with_info))
-        expect(page.locator("#pnginfo_html")).to_contain_text("a quiet harbour", timeout=30_000)
-
-    try:
-        # before, every progress message of the job re-uploaded the painted editor on the Inpaint tab
-        assert uploads_during(page, read_parameters, settle=0) == 1
-        assert httpx.get(server.url + "/easel/v1/jobs", timeout=30).json()["running"], \
-            "the job ended before PNG Info answered"
-    finally:
-        page.locator("#inpaint_interrupt").dispatch_event("click")  # from here: no need to show the tab again
-        deadline = time.monotonic() + 60
-        while httpx.get(server.url + "/easel/v1/jobs", timeout=30).json()["running"] and time.monotonic() < deadline:
-            time.sleep(0.2)
-        tab(page, "Inpaint")
-        set_slider(page, "inpaint_batch_count", 1)
-
-
 def test_outpaint_reads_no_editor(page, pictures):
     picture, _ = pictures
-    page.get_by_role("tab", name="Outpaint", exact=True).click()
+    tab(page, "Outpaint")
     # its picture goes up once, when it is dropped in
     assert uploads_during(page, lambda: (page.locator("#outpaint_image input[type=file]").set_input_files(
         str(picture)), page.locator("#outpaint_image img").first.wait_for(timeout=30_000)), settle=1.5) == 1
@@ -137,3 +112,40 @@ def test_outpaint_reads_no_editor(page, pictures):
         set_slider(page, name, value)
     # the painted Inpaint editor is not read: before, Generate exported and uploaded it here too
     assert uploads_during(page, lambda: generate(page, 12)) == 0
+
+
+def test_pnginfo_sends_its_file_once_and_answers_while_a_job_runs_with_small_previews(page, server, pictures):
+    _, with_info = pictures
+    tab(page, "Paint")  # back to the sub-tab with the painted editor (the outpaint test left its own selected)
+    set_slider(page, "inpaint_steps", 150)
+    set_slider(page, "inpaint_width", 256)
+    set_slider(page, "inpaint_height", 256)
+    # long enough that a loaded 2-core box still has it running when PNG Info answers; interrupted below. 256 px
+    # (not 512) keeps the server from starving the browser: on a loaded CI box a tab click once waited > 60 s
+    set_slider(page, "inpaint_batch_count", 20)
+    page.locator("#inpaint_seed input").fill("13")
+    page.locator("#inpaint_generate").click()
+    try:
+        expect(page.locator("#inpaint_progress")).to_contain_text("Step", timeout=60_000)
+        # live previews come at latent size (32 for 256) and the browser scales them (before: 256x256 PNGs)
+        size = page.wait_for_function("""() => { const img = document.querySelector('#inpaint_preview img');
+            return img && img.complete && img.naturalWidth > 0 && [img.naturalWidth, img.getBoundingClientRect().width];
+            }""", polling=250, timeout=60_000).json_value()  # a timer, not animation frames: the page is busy
+        assert size[0] == 32 and size[1] >= 200, size
+        tab(page, "PNG Info")
+
+        def read_parameters():
+            page.locator("#pnginfo_image input[type=file]").set_input_files(str(with_info))
+            expect(page.locator("#pnginfo_html")).to_contain_text("a quiet harbour", timeout=60_000)
+
+        # before, every progress message of the job re-uploaded the painted editor on the Inpaint tab
+        assert uploads_during(page, read_parameters, settle=0) == 1
+        assert httpx.get(server.url + "/easel/v1/jobs", timeout=30).json()["running"], \
+            "the job ended before PNG Info answered"
+    finally:  # last in the module (a running inpaint job with a painted editor slows the page: module doc): the job
+        # is stopped whatever failed above, so the server goes idle
+        deadline = time.monotonic() + 60
+        while (running := httpx.get(server.url + "/easel/v1/jobs", timeout=30).json()["running"]) \
+                and time.monotonic() < deadline:
+            httpx.delete(f"{server.url}/easel/v1/jobs/{running}", timeout=30)  # the Interrupt button's request
+            time.sleep(0.2)

@@ -158,6 +158,9 @@ class Settings:
                                     choices=("TAESD", "Approx cheap"))
     show_progress_every_n_steps: int = _opt(1, "Live preview display period (steps)", "Live previews",
                                            minimum=1, maximum=32)
+    live_preview_refresh_period: int = _opt(500, "Progressbar and preview update period (ms): how often the page "
+                                                 "gets a new live preview; shorter costs the browser more",
+                                            "Live previews", minimum=100, maximum=10_000)
     queue_size_limit: int = _opt(64, "Most jobs waiting in the queue (0 = no limit); more get HTTP 429", "API",
                                  minimum=0, maximum=10_000)
     workers_spread_batch_count: bool = _opt(False, "With several workers (--workers, --ray-address): spread a "

@@ -7,6 +7,7 @@ to which browser session is remembered here, so Interrupt and Skip act on your o
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -93,14 +94,18 @@ def follow(easel: Easel, submit: Callable[[], Job], sessions: SessionJobs, sessi
         yield Update(progress="", info=error_html(str(exc))).as_tuple()
         return
     sessions.set(session, job.id)
-    shown_preview_step = -1
+    shown_preview_step, preview_due = -1, 0.0
+    # A1111's setting: a preview is a picture the page fetches, decodes and lays out; four a second starved the
+    # page of a loaded 2-core box for over a minute, so previews come at most once per period (progress: every poll)
+    period = max(0.1, float(easel.settings.get("live_preview_refresh_period") or 500) / 1000)
     yield Update(progress=progress_html(0, "Queued"), preview=gr.update(value=None, visible=True), info="").as_tuple()
     while not job.wait(POLL_SECONDS):
         fraction, text = _status_text(easel, job)
         update = Update(progress=progress_html(fraction, text))
         latents = job.progress.preview_latents
-        if latents is not None and job.progress.preview_step != shown_preview_step:
-            shown_preview_step = job.progress.preview_step
+        if latents is not None and job.progress.preview_step != shown_preview_step \
+                and time.monotonic() >= preview_due:
+            shown_preview_step, preview_due = job.progress.preview_step, time.monotonic() + period
             try:
                 previewer = job.progress.previewer or ApproxPreview()
                 # the colour mix goes at latent size (the browser scales it); TAESD's picture is full size already
