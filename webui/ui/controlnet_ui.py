@@ -35,7 +35,9 @@ def _unet_config(easel: Easel) -> dict[str, Any] | None:
     if current is None:
         return None
     # a transformer family: a config no UNet ControlNet, adapter or IP-Adapter fits
-    return dict(current.configs.components.get("unet") or {"cross_attention_dim": None, "block_out_channels": []})
+    components = current.configs.components
+    return dict(components.get("unet") or {"cross_attention_dim": None, "block_out_channels": [],
+                                           **components.get("transformer", {})})
 
 
 def _model_choices(easel: Easel, module: str) -> list[str]:
