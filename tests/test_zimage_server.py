@@ -115,6 +115,9 @@ def test_sd35_and_zimage_generate_from_the_page(zimage_server):
     """Pick each checkpoint in the top bar: its family's defaults appear; a 64x64 2-step image comes back."""
     from tests.test_browser import expect, open_app, set_steps_and_size
 
+    sd1 = httpx.post(zimage_server.url + "/sdapi/v1/txt2img", timeout=300, json=dict(
+        BODY, steps=1, override_settings={"sd_model_checkpoint": "tiny-sd1"}))
+    assert sd1.status_code == 200, sd1.text  # the page opens on SD 1.x, whatever an earlier test loaded
     with open_app(zimage_server.url) as page:
         page.locator("#txt2img_prompt textarea").fill("a lighthouse at dusk")
         for name, steps, cfg in (("tiny-sd35-medium", "40", "4.5"), ("tiny-zimage-turbo", "8", "1")):
