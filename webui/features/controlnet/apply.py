@@ -10,7 +10,7 @@ conditional half, so guidance amplifies the control.
 """
 from __future__ import annotations
 
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,11 +66,15 @@ class Controls:
         """Context in which the IP-Adapter attention is on the UNet and transformer ControlNets on their model."""
         if self.transformer is None:
             return self.ip_adapter if self.ip_adapter is not None else nullcontext()
-        stack = ExitStack()
-        if self.ip_adapter is not None:
-            stack.enter_context(self.ip_adapter)
-        stack.enter_context(self.transformer.installed())
-        return stack
+        return self._both_installed()
+
+    @contextmanager
+    def _both_installed(self):
+        with ExitStack() as stack:
+            if self.ip_adapter is not None:
+                stack.enter_context(self.ip_adapter)
+            stack.enter_context(self.transformer.installed())
+            yield
 
     def unet_kwargs(self, fraction: float, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, added: dict,
                     copies: int, uncond_first: bool) -> dict[str, Any]:
