@@ -180,3 +180,18 @@ def test_skip_layer_guidance_is_the_pipelines_and_round_trips_through_the_infote
     with pytest.raises(ValidationError, match="layers"):
         sd3_app.txt2img(_request("tiny-sd35-medium", alwayson_scripts={"skip layer guidance": {
             "args": [True, 2.8, "seven", 0.01, 0.2]}}))
+
+
+def test_clip_reads_prompts_over_75_tokens_in_chunks_as_automatic1111(sd3_app):
+    """Without T5 only CLIP carries words after the 75th token: they change the picture; the negative prompt's
+    shorter CLIP part is padded with empty chunks in the CFG batch."""
+    from webui.core.conditioning import PromptEncoder
+
+    head = ", ".join(["a small red house"] * 16)  # 80 tokens: the first chunk is full
+    encoder = PromptEncoder(sd3_app.models.get("tiny-sd3-no-t5"))
+    long = encoder.encode(head + ", a blue dragon")
+    assert long.embeds.shape[1] == 2 * 77 + 256 and encoder.encode(head).embeds.shape[1] == 2 * 77 + 256
+    assert encoder.encode(PLAIN).embeds.shape[1] == 77 + 256
+    images = [np.asarray(sd3_app.txt2img(_request("tiny-sd3-no-t5", prompt=prompt, steps=2)).images[0])
+              for prompt in (head + ", a blue dragon", head + ", a green frog")]
+    assert _psnr(*images) < 60  # (identical while CLIP stopped at 75 tokens)

@@ -23,12 +23,29 @@ BODY = {"prompt": "a lighthouse at dusk", "negative_prompt": "fog", "steps": 3, 
 
 
 @pytest.fixture(scope="module")
-def sd3_server(tmp_path_factory):
+def sd3_server(tmp_path_factory, tiny_ckpt_dir):
     root = tmp_path_factory.mktemp("sd3-server")
     write_sd3_folder(root / "ckpt" / "tiny-sd35", "sd35-medium", seed=6)
+    _controlnets(root / "models" / "ControlNet", root / "ckpt" / "tiny-sd35", tiny_ckpt_dir)
     server = start_server(root, root / "ckpt", ["--api"])
     yield server
     server.stop()
+
+
+def _controlnets(folder: Path, sd3_folder: Path, tiny_ckpt_dir: Path) -> None:
+    """An SD 3.5 depth ControlNet in Stability's single-file layout, and an SD 1.x one (the wrong family)."""
+    from diffusers import SD3Transformer2DModel
+
+    from webui.devices import device_config
+    from webui.features.controlnet.models import write_controlnet
+    from webui.features.controlnet.sd3 import write_sd3_controlnet
+    from webui.model_manager.loader import load_checkpoint
+    from webui.model_manager.registry import scan_folder
+
+    write_sd3_controlnet(folder / "sd3.5_large_controlnet_depth.safetensors",
+                         SD3Transformer2DModel.from_pretrained(str(sd3_folder / "transformer")), control_type=2)
+    sd1 = next(i for i in scan_folder(tiny_ckpt_dir) if i.name == "tiny-sd1.safetensors")
+    write_controlnet(folder / "control_sd15_depth.safetensors", load_checkpoint(sd1, device_config("cpu"), False).unet)
 
 
 def _image(data: dict) -> np.ndarray:
@@ -78,3 +95,26 @@ def test_api_txt2img_img2img_and_the_cli_agree(sd3_server):
     assert done.returncode == 0, done.stderr
     path = Path(done.stdout.split()[0])
     assert np.abs(np.asarray(Image.open(path), dtype=np.float64) - _image(first.json())).max() == 0
+
+
+def test_controlnet_units_through_the_a1111_api(sd3_server):
+    """The ControlNet extension's API args with an SD 3.5 ControlNet; one made for SD 1.x is a 422 on its unit."""
+    picture = io.BytesIO()
+    Image.fromarray((np.indices((64, 64)).sum(0) % 16 * 16).astype(np.uint8)).convert("RGB").save(picture, "PNG")
+    unit = {"enabled": True, "module": "none", "model": "sd3.5_large_controlnet_depth", "weight": 0.8,
+            "image": base64.b64encode(picture.getvalue()).decode(), "resize_mode": "Just Resize"}
+    listed = httpx.get(sd3_server.url + "/controlnet/model_list", timeout=30).json()["model_list"]
+    assert any(name.startswith("sd3.5_large_controlnet_depth") for name in listed)
+    plain = httpx.post(sd3_server.url + "/sdapi/v1/txt2img", json=BODY, timeout=300)
+    done = httpx.post(sd3_server.url + "/sdapi/v1/txt2img", timeout=300,
+                      json=dict(BODY, alwayson_scripts={"controlnet": {"args": [unit]}}))
+    assert done.status_code == 200, done.text
+    assert 'ControlNet 0: "Module: none, Model: sd3.5_large_controlnet_depth [' in json.loads(
+        done.json()["info"])["infotexts"][0]
+    assert np.abs(_image(done.json()) - _image(plain.json())).max() > 0
+    wrong = httpx.post(sd3_server.url + "/sdapi/v1/txt2img", timeout=300, json=dict(
+        BODY, alwayson_scripts={"controlnet": {"args": [unit, dict(unit, model="control_sd15_depth")]}}))
+    assert wrong.status_code == 422, wrong.text
+    detail = wrong.json()["detail"][0]
+    assert detail["loc"] == ["body", "alwayson_scripts", "controlnet", "args[1]", "model"]
+    assert "not an SD 3 ControlNet" in detail["msg"]

@@ -1,6 +1,7 @@
 """Z-Image through the ways in: the A1111 API (txt2img, img2img) and `launch.py generate` with a tiny Z-Image
 Turbo folder; and in a real browser, switching checkpoints sets each family's defaults in the tabs and gives
-back what the user had set for the family switched away from (one server for the module)."""
+back what the user had set for the family switched away from, and an SD 3.5 and a Z-Image checkpoint each
+generate from the page (one server for the module)."""
 from __future__ import annotations
 
 import base64
@@ -19,6 +20,7 @@ from PIL import Image
 from tests.conftest import ROOT, start_server
 from webui.core.images import read_infotext
 from webui.core.infotext import parse_infotext
+from webui.model_manager.tiny_sd3 import write_sd3_folder
 from webui.model_manager.tiny_zimage import write_zimage_folder
 
 BODY = {"prompt": "a lighthouse at dusk", "steps": 2, "width": 64, "height": 64, "seed": 4, "sampler_name": "Euler",
@@ -29,6 +31,7 @@ BODY = {"prompt": "a lighthouse at dusk", "steps": 2, "width": 64, "height": 64,
 def zimage_ckpts(tmp_path_factory, tiny_ckpt_dir):
     root = tmp_path_factory.mktemp("zimage-server")
     write_zimage_folder(root / "ckpt" / "tiny-zimage-turbo", seed=6)
+    write_sd3_folder(root / "ckpt" / "tiny-sd35-medium", "sd35-medium", seed=6)
     for path in tiny_ckpt_dir.glob("tiny-sd1.*"):  # an SD 1.x checkpoint beside it, to switch between families
         shutil.copy(path, root / "ckpt" / path.name)
     return root
@@ -77,14 +80,15 @@ def test_cli_generates_with_zimage(zimage_ckpts, tmp_path):
     assert info.params["Schedule type"] == "Simple" and info.params["Seed"] == "3"
 
 
+def pick_checkpoint(page, name: str) -> None:
+    box = page.locator("#setting_sd_model_checkpoint input")
+    box.click()
+    box.fill(name)
+    page.get_by_role("option", name=name, exact=False).first.click()
+
+
 def test_switching_families_sets_their_defaults_and_keeps_what_was_set(zimage_server):
     from tests.test_browser import expect, open_app, set_slider
-
-    def pick_checkpoint(page, name: str) -> None:
-        box = page.locator("#setting_sd_model_checkpoint input")
-        box.click()
-        box.fill(name)
-        page.get_by_role("option", name=name, exact=False).first.click()
 
     def shows(page, steps: str, cfg: str, width: str, sampler: str, schedule: str) -> None:
         expect(page.locator("#txt2img_steps input[type=number]")).to_have_value(steps, timeout=30_000)
@@ -105,3 +109,26 @@ def test_switching_families_sets_their_defaults_and_keeps_what_was_set(zimage_se
         shows(page, "13", "7", "512", "DPM++ 2M", "Automatic")  # back to what was set for SD 1.x
         pick_checkpoint(page, "tiny-zimage-turbo")
         shows(page, "6", "1", "1024", "Euler", "Simple")  # and for Z-Image
+
+
+def test_sd35_and_zimage_generate_from_the_page(zimage_server):
+    """Pick each checkpoint in the top bar: its family's defaults appear; a 64x64 2-step image comes back."""
+    from tests.test_browser import expect, open_app, set_steps_and_size
+
+    sd1 = httpx.post(zimage_server.url + "/sdapi/v1/txt2img", timeout=300, json=dict(
+        BODY, steps=1, override_settings={"sd_model_checkpoint": "tiny-sd1"}))
+    assert sd1.status_code == 200, sd1.text  # the page opens on SD 1.x, whatever an earlier test loaded
+    with open_app(zimage_server.url) as page:
+        page.locator("#txt2img_prompt textarea").fill("a lighthouse at dusk")
+        for name, steps, cfg in (("tiny-sd35-medium", "40", "4.5"), ("tiny-zimage-turbo", "8", "1")):
+            pick_checkpoint(page, name)
+            expect(page.locator("#txt2img_steps input[type=number]")).to_have_value(steps, timeout=30_000)
+            expect(page.locator("#txt2img_cfg_scale input[type=number]")).to_have_value(cfg)
+            expect(page.locator("#txt2img_width input[type=number]")).to_have_value("1024")
+            set_steps_and_size(page, 2)
+            page.locator("#txt2img_generate").click()
+            info = page.locator("#html_info_txt2img")
+            expect(info).to_contain_text(f"Model: {name}", timeout=90_000)
+            expect(info).to_contain_text("Steps: 2")
+            expect(info).to_contain_text("Size: 64x64")
+            expect(page.locator("#txt2img_gallery img").first).to_be_visible()

@@ -277,7 +277,9 @@ def pad_to_chunks(cond: Conditioning, chunks: int, empty: Conditioning) -> Condi
     missing = chunks - cond.chunks
     if missing <= 0:
         return cond
-    return Conditioning(torch.cat([cond.embeds] + [empty.embeds] * missing, dim=1), cond.pooled)
+    # the empty prompt's first chunk (all of it for the CLIP families; SD 3's CLIP part before its T5 rows)
+    chunk = empty.embeds[:, :CHUNK_TOKENS + 2]
+    return Conditioning(torch.cat([cond.embeds] + [chunk] * missing, dim=1), cond.pooled)
 
 
 def count_tokens(tokenizer, text: str, index: "EmbeddingIndex | None" = None) -> int:

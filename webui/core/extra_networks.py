@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 _TAG = re.compile(r"<(\w+):([^>]+)>")
+_SPACED_TAG = re.compile(r"[ \t]*<(\w+):([^>]+)>")
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,12 @@ def extract(prompt: str) -> tuple[str, list[NetworkCall]]:
     calls: list[NetworkCall] = []
 
     def take(match: re.Match) -> str:
-        calls.append(_parse(match.group(1).lower(), match.group(2), match.group(0)))
+        calls.append(_parse(match.group(1).lower(), match.group(2), match.group(0).lstrip(" \t")))
         return ""
 
-    return _TAG.sub(take, prompt), calls
+    text = _SPACED_TAG.sub(take, prompt)
+    if calls and not prompt[:_TAG.search(prompt).start()].strip():  # the prompt began with a tag
+        text = text.lstrip(" \t")
+    # a tag takes the spaces before it with it: "a cat <lora:x:1>" is "a cat", not "a cat " (AUTOMATIC1111 leaves
+    # the space, which CLIP ignores; word-level encoders such as Z-Image's Qwen3 would read it)
+    return text, calls

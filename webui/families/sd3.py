@@ -6,8 +6,11 @@ What differs from the other families, all answered here so the engine stays fami
   the trained sigma_min (not 1/n as Flux's), then shifted.
 - **Text.** CLIP-L and CLIP-G penultimate hidden states (no final norm), concatenated and
   zero-padded to T5's width, then T5-XXL's 256-token sequence after them; the pooled vector is
-  CLIP-L's and CLIP-G's projected pooled outputs side by side. CLIP reads the first 75 tokens (as
-  the reference pipeline), T5 the whole prompt; emphasis applies to both.
+  CLIP-L's and CLIP-G's projected pooled outputs side by side. CLIP reads the prompt in 75-token
+  chunks whose states follow each other, as AUTOMATIC1111 does for SD3 (a prompt within 75 tokens is
+  exactly the reference pipeline's; it cuts longer ones), pooled from the first chunk; T5 reads 256
+  tokens of the whole prompt; emphasis applies to both. A shorter prompt in the CFG batch gets empty
+  CLIP chunks (core.conditioning.pad_to_chunks).
 - **T5 is optional.** Without a T5 file the model runs on the two CLIPs with a zero T5 sequence,
   exactly as the reference pipeline does without `text_encoder_3`; the load notes and the
   infotext ("T5: none") say so.
@@ -151,7 +154,8 @@ class SD3(Family):
         width = int(model.unet.config.joint_attention_dim)
         hidden_l, pooled_l = encoder.clip_chunks("text_encoder", text)
         hidden_g, pooled_g = encoder.clip_chunks("text_encoder_2", text)
-        clip = torch.cat([hidden_l[0], hidden_g[0]], dim=-1)
+        chunks = min(len(hidden_l), len(hidden_g))  # one tokenizer vocabulary: the same count
+        clip = torch.cat([torch.cat(hidden_l[:chunks], dim=1), torch.cat(hidden_g[:chunks], dim=1)], dim=-1)
         clip = torch.nn.functional.pad(clip, (0, width - clip.shape[-1]))
         t5 = model.text_encoders.get("text_encoder_3")
         if t5 is None:  # as StableDiffusion3Pipeline without text_encoder_3: a zero T5 sequence

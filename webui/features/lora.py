@@ -168,6 +168,7 @@ def target_map(model) -> dict[str, tuple[str, torch.nn.Module]]:
             continue
         original = _apply(name + ".", rules, forward=False) if rules else None
         for spelling in {"lora_unet_" + _flat(name), "unet." + name, name, f"{denoiser}.{name}",
+                         f"lora_{denoiser}_" + _flat(name),  # LyCORIS files over diffusers names (SimpleTuner)
                          *(["lora_unet_" + _flat(original.rstrip("."))] if original else [])}:
             targets[spelling] = ("unet", module)
     encoders = model.architecture.text_encoders
@@ -182,9 +183,10 @@ def target_map(model) -> dict[str, tuple[str, torch.nn.Module]]:
             if not isinstance(module, torch.nn.Linear):
                 continue
             file_name = _text_module_name(encoder, name)
-            for prefix in prefixes:
-                targets[prefix + _flat(file_name)] = (component, module)
-            targets[f"{component}.{file_name}"] = (component, module)
+            for spelling in {file_name, name}:  # T5 (SD 3's lora_te3_) has no text_model. level in any spelling
+                for prefix in prefixes:
+                    targets[prefix + _flat(spelling)] = (component, module)
+                targets[f"{component}.{spelling}"] = (component, module)
     model.patches["lora_targets"] = targets
     return targets
 

@@ -30,8 +30,10 @@ def to_diffusers_layout(tensors: dict[str, Any]) -> dict[str, Any]:
     """The same LoRA in the diffusers/PEFT layout (a new dict); tensors of other layouts as they are.
     Raises ValueError naming the layout when diffusers' conversion cannot read it."""
     kind = flux_format(tensors)
-    if kind is None:
-        return tensors
+    if kind is None:  # SD 3 / Z-Image layouts (features/lora_mmdit.py), else as it is
+        from .lora_mmdit import to_diffusers_layout as mmdit_layout
+
+        return mmdit_layout(tensors)
     from diffusers.loaders import lora_conversion_utils as convert
 
     function = {"kohya": convert._convert_kohya_flux_lora_to_diffusers,

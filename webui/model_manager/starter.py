@@ -195,6 +195,12 @@ STARTERS: tuple[StarterModel, ...] = (
         _hub("OpenPoseXL2.safetensors", "thibaud/controlnet-openpose-sdxl-1.0", "OpenPoseXL2.safetensors",
              5_000 * MB),),
         "sdxl", "SDXL openpose ControlNet by thibaud."),
+    # SD 3.5 Large's ControlNets (features/controlnet/sd3.py), Stability's single files as ComfyUI repackaged them
+    *(StarterModel(f"controlnet-sd35-large-{kind}", f"ControlNet {kind} (SD 3.5 Large)", "controlnet", (
+        _hub(f"sd3.5_large_controlnet_{kind}.safetensors", "Comfy-Org/stable-diffusion-3.5-controlnets_ComfyUI_repackaged",
+             f"split_files/controlnet/sd3.5_large_controlnet_{kind}.safetensors", 8_650 * MB),),
+        "sd35-large", f"Stability's {kind} ControlNet for SD 3.5 Large (Euler, about 60 steps, CFG 3.5 as Stability "
+                      "recommends); the control map goes through the VAE.") for kind in ("canny", "depth", "blur")),
     StarterModel("ip-adapter-sd15", "IP-Adapter (SD 1.5)", "ipadapter", (
         _hub("ip-adapter_sd15.safetensors", "h94/IP-Adapter", "models/ip-adapter_sd15.safetensors", 44 * MB),),
         "sd1", "Image prompt adapter; needs the ViT-H image encoder below."),

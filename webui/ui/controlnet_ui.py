@@ -36,8 +36,10 @@ def _unet_config(easel: Easel) -> dict[str, Any] | None:
     if current is None:
         return None
     # a transformer family: a config no UNet ControlNet, adapter or IP-Adapter fits
-    config = dict(current.configs.components.get("unet") or {"cross_attention_dim": None, "block_out_channels": []})
-    return {**config, "family": current.architecture.adapter.name}  # Flux ControlNets fit by family
+    components = current.configs.components
+    config = dict(components.get("unet") or {"cross_attention_dim": None, "block_out_channels": [],
+                                             **components.get("transformer", {})})
+    return {**config, "family": current.architecture.adapter.name}  # Flux ControlNets fit by family, SD 3 by config
 
 
 def _model_choices(easel: Easel, module: str) -> list[str]:

@@ -10,7 +10,7 @@ conditional half, so guidance amplifies the control.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ...core.request import FieldError, ValidationError
 from ..img2img import resize_image
-from . import flux, flux_redux
+from . import flux, flux_redux, sd3
 from .preprocessors import run_preprocessor
 from .units import ControlUnit
 
@@ -53,7 +54,9 @@ class Controls:
     """Everything a request's units add to the UNet: ControlNet residuals and IP-Adapter image tokens."""
     nets: list[ControlApplication] = field(default_factory=list)
     ip_adapter: Any = None   # features.ip_adapter.IPAdapterPatch, entered around sampling
-    transformer: Any = None  # a transformer family's ControlNets (flux.FluxControls), asked for each call
+    # a transformer family's ControlNets: flux.FluxControls (keywords for each call) or sd3.TransformerControls
+    # (a pre-hook on the transformer); both: installed(), set_step(fraction, copies, uncond_first), kwargs(...)
+    transformer: Any = None
     denoiser_edit: Any = None  # changes the pass's conditioning (flux_redux.ReduxEdit)
     params: dict[str, str] = field(default_factory=dict)  # infotext
     warnings: list[str] = field(default_factory=list)   # for the result ("2 faces found in ...")
@@ -62,19 +65,30 @@ class Controls:
         return bool(self.nets) or self.ip_adapter is not None or self.transformer is not None
 
     def installed(self):
-        """Context in which the IP-Adapter attention is on the UNet (none without one)."""
-        return self.ip_adapter if self.ip_adapter is not None else nullcontext()
+        """Context in which the IP-Adapter attention is on the UNet and transformer ControlNets on their model."""
+        if self.transformer is None:
+            return self.ip_adapter if self.ip_adapter is not None else nullcontext()
+        return self._both_installed()
+
+    @contextmanager
+    def _both_installed(self):
+        with ExitStack() as stack:
+            if self.ip_adapter is not None:
+                stack.enter_context(self.ip_adapter)
+            stack.enter_context(self.transformer.installed())
+            yield
 
     def unet_kwargs(self, fraction: float, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, added: dict,
                     copies: int, uncond_first: bool) -> dict[str, Any]:
         """Extra UNet arguments for this step; `x` holds only the latent channels."""
         kwargs: dict[str, Any] = {}
+        if self.transformer is not None:  # its residuals for this step: as keywords, or added inside the call
+            self.transformer.set_step(fraction, copies, uncond_first)
+            kwargs.update(self.transformer.kwargs(fraction, copies, uncond_first))
         if self.ip_adapter is not None:
             self.ip_adapter.set_step(fraction)
             image_embeds = self.ip_adapter.image_embeds(x.shape[0] // copies, copies, uncond_first, x.dtype, x.device)
             kwargs["added_cond_kwargs"] = {**added, "image_embeds": image_embeds}
-        if self.transformer is not None:
-            kwargs.update(self.transformer.kwargs(fraction, copies, uncond_first))
         down, mid, intrablock = residuals(self.nets, fraction, x, t, embeds, added, copies, uncond_first)
         if down is not None:
             kwargs.update(down_block_additional_residuals=down, mid_block_additional_residual=mid)
@@ -115,6 +129,7 @@ def prepare(units: list[ControlUnit], model, library, annotators: Path, width: i
         info = library.find(unit.model)
         if info.kind == flux.KIND:
             raise flux.wrong_family(index, info.name, model.architecture.label)
+        _check_fit(info, model, index)
         hint_image = detect_map(unit, image, width, height, annotators, getattr(library, "store", None))
         hint = torch.from_numpy(np.asarray(hint_image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
         controlnet = library.load(unit.model, model)
@@ -124,9 +139,23 @@ def prepare(units: list[ControlUnit], model, library, annotators: Path, width: i
                                          unit.control_mode)
         if is_adapter(controlnet):
             application.features = adapter_features(controlnet, hint, unit.weight)
+        if sd3.is_model(controlnet):  # SD 3 ControlNets read the control map's latents
+            application.hint = sd3.hint_latents(model, controlnet, hint, info.name)
         applications.append(application)
         params[f"ControlNet {index}"] = unit.infotext(info.title)
     return applications, params
+
+
+def _check_fit(info, model, index: int) -> None:
+    """A ControlNet made for another model family: a 422 on the unit's model field, before anything loads."""
+    from .models import fits
+
+    problem = sd3.mismatch(info.kind, info.context_width, info.name, model)
+    unet_config = model.configs.components.get("unet")
+    if problem is None and unet_config is not None and info.kind != sd3.KIND and not fits(info, unet_config):
+        problem = f"{info.name} was made for another model family than the loaded {model.architecture.label}"
+    if problem is not None:
+        raise ValidationError([FieldError(f"alwayson_scripts.controlnet.args[{index}].model", problem)])
 
 
 def build_controls(units: list[ControlUnit], model, controlnets, ip_adapters, annotators: Path, width: int,
@@ -140,6 +169,10 @@ def build_controls(units: list[ControlUnit], model, controlnets, ip_adapters, an
     elif any(u.enabled and not u.is_ip_adapter for u in units):
         controls.nets, params = prepare(units, model, controlnets, annotators, width, height, fallback_image)
         controls.params.update(params)
+        blocks = [app for app in controls.nets if sd3.is_model(app.model)]
+        if blocks:
+            controls.nets = [app for app in controls.nets if app not in blocks]
+            controls.transformer = sd3.TransformerControls(model.unet, blocks)
     if ip_adapter is not None:
         controls.ip_adapter = ip_adapter
     elif any(u.enabled and u.is_ip_adapter for u in units) and flux.applies(model):  # FLUX.1 Redux

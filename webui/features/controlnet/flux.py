@@ -24,6 +24,7 @@ blocks; it is not a UNet encoder, so it has its own path next to apply.py's resi
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,12 @@ class FluxControls:
     """Every Flux ControlNet unit of a pass; `step(...)` gives the transformer call's control keywords."""
     applications: list[FluxControlApplication] = field(default_factory=list)
     repeat: bool = False     # XLabs: its few blocks repeat over the base's (FluxTransformer2DModel's flag)
+
+    def installed(self) -> Any:
+        return nullcontext()  # nothing to install: the family's denoiser call asks `kwargs` for each step
+
+    def set_step(self, fraction: float, copies: int, uncond_first: bool) -> None:
+        pass
 
     def kwargs(self, fraction: float, copies: int, uncond_first: bool) -> dict[str, Any]:
         active = [a for a in self.applications if a.active(fraction)]

@@ -25,7 +25,7 @@ from ...model_manager.lookup import ModelNotFound, match, path_names
 from ...model_manager.safe_unpickle import PICKLE_SUFFIXES, load_pickle_checkpoint
 from ...model_manager.store import ModelStore
 from ...paths import model_files
-from . import flux, t2i_adapter
+from . import flux, sd3, t2i_adapter
 from .t2i_adapter import T2IAdapterError, is_t2i_adapter
 
 SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
@@ -90,6 +90,8 @@ def describe(path: Path) -> ControlNetInfo:
         return ControlNetInfo(name, path, None, False, "t2i_adapter", config)
     if flux.is_flux_controlnet(shapes, saved):
         return ControlNetInfo(name, path, None, False, flux.KIND)
+    if sd3.is_sd3_controlnet(shapes, saved):  # context_width: the transformer width it was made for
+        return ControlNetInfo(name, path, sd3.width_of(shapes), False, sd3.KIND)
     width = next((shape[1] for key, shape in shapes.items() if key.endswith("attn2.to_k.weight")), None)
     add = any("label_emb" in k or "add_embedding" in k for k in shapes)
     return ControlNetInfo(name, path, width, add)
@@ -99,6 +101,8 @@ def fits(info: ControlNetInfo, unet_config: dict[str, Any]) -> bool:
     """Whether a ControlNet or T2I-Adapter was made for this base model (unknown files are offered anyway)."""
     if info.kind == flux.KIND or unet_config.get("family", "").startswith("flux"):
         return info.kind == flux.KIND and flux.fits(unet_config.get("family"))
+    if info.kind == sd3.KIND or sd3.is_sd3_config(unet_config):
+        return sd3.fits(info.kind, info.context_width, unet_config)
     if info.kind == "t2i_adapter":
         return info.adapter_config is None or t2i_adapter.fits(info.adapter_config, unet_config)
     if info.context_width is None:
@@ -274,6 +278,9 @@ class ControlNetLibrary:
             if info.kind == flux.KIND:
                 return flux.build_flux_controlnet(tensors, dict(model.configs["transformer"]), model.device.device,
                                                   model.device.dtype, _folder_config(info.path))
+            if info.kind == sd3.KIND:
+                return sd3.build(tensors, _folder_config(info.path), model.unet, model.device.device,
+                                 model.device.dtype)
             return build_controlnet(tensors, dict(model.configs["unet"]), model.device.device, model.device.dtype)
 
         return self.store.get(self.kind, key, build)
