@@ -12,7 +12,9 @@ times handlers). Printed, per section of the page (tabs, accordions) too:
 - components and handlers (Gradio "dependencies") in the config, and its size in bytes;
 - seconds to build the Blocks (`build_ui`) and to serialise the config, in this process;
 - with --browser: a server started as the tests start one, its start-up stages, and seconds from
-  `page.goto` to txt2img's prompt box (the "ready" every browser test waits for), per round.
+  `page.goto` to txt2img's prompt box (the "ready" every browser test waits for), per round; the
+  CPU seconds Chromium spends on each load; and what an idle open page costs the browser and the
+  server per minute (its timers' events), which every other step of a browser test waits behind.
 """
 from __future__ import annotations
 
@@ -77,7 +79,8 @@ def measure_build(root: Path, settings: dict[str, Any], rounds: int) -> dict[str
             "sections": _sections(json.loads(text), 40)}
 
 
-def measure_browser(root: Path, settings: dict[str, Any], rounds: int, chromium: str) -> dict[str, Any]:
+def measure_browser(root: Path, settings: dict[str, Any], rounds: int, chromium: str,
+                    idle: float = 30.0) -> dict[str, Any]:
     import httpx
     from playwright.sync_api import sync_playwright
 
@@ -103,10 +106,26 @@ def measure_browser(root: Path, settings: dict[str, Any], rounds: int, chromium:
                 loads.append(time.monotonic() - start)
                 cpu.append(_browser_cpu() - before)
                 page.close()
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(server.url)
+            page.wait_for_selector(READY, timeout=180_000)
+            time.sleep(5)  # the load events settle
+            before, server_before = _browser_cpu(), _cpu_of(server.process.pid)
+            time.sleep(idle)
+            idle_cpu = (_browser_cpu() - before) / idle * 60
+            idle_server = (_cpu_of(server.process.pid) - server_before) / idle * 60
             browser.close()
     finally:
         server.stop()
-    return {"server_start_s": started, "stages": stages, "page_ready_s": loads, "page_cpu_s": cpu}
+    return {"server_start_s": started, "stages": stages, "page_ready_s": loads, "page_cpu_s": cpu,
+            "idle_browser_cpu_per_min": idle_cpu, "idle_server_cpu_per_min": idle_server}
+
+
+def _cpu_of(pid: int) -> float:
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def _browser_cpu() -> float:
@@ -158,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                   + f"  median {statistics.median(loaded['page_ready_s']):.1f}")
             print("browser CPU seconds per load: " + " ".join(f"{s:.1f}" for s in loaded["page_cpu_s"])
                   + f"  median {statistics.median(loaded['page_cpu_s']):.1f}")
+            print(f"an idle page (txt2img shown): browser {loaded['idle_browser_cpu_per_min']:.1f}, server "
+                  f"{loaded['idle_server_cpu_per_min']:.1f} CPU seconds per minute")
     return 0
 
 
