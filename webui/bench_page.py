@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -84,41 +86,64 @@ def measure_browser(root: Path, settings: dict[str, Any], rounds: int, chromium:
     import httpx
     from playwright.sync_api import sync_playwright
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from conftest import start_server  # the tests' own way of starting a server
-
     server_root = root / "server"
     (server_root / "data").mkdir(parents=True, exist_ok=True)
     (server_root / "data" / "config.json").write_text(json.dumps(settings))
     start = time.monotonic()
-    server = start_server(server_root, root / "ckpt")
+    server, url = _start_server(server_root, root / "ckpt")
     started = time.monotonic() - start
     loads, cpu = [], []
     try:
-        stages = {s["name"]: s["seconds"] for s in httpx.get(server.url + "/easel/v1/startup").json()["stages"]}
+        stages = {s["name"]: s["seconds"] for s in httpx.get(url + "/easel/v1/startup").json()["stages"]}
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=BROWSER_ARGS)
             for _ in range(rounds):
                 page = browser.new_page(viewport={"width": 1280, "height": 1000})
                 before, start = _browser_cpu(), time.monotonic()
-                page.goto(server.url)
+                page.goto(url)
                 page.wait_for_selector(READY, timeout=180_000)
                 loads.append(time.monotonic() - start)
                 cpu.append(_browser_cpu() - before)
                 page.close()
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(server.url)
+            page.goto(url)
             page.wait_for_selector(READY, timeout=180_000)
             time.sleep(5)  # the load events settle
-            before, server_before = _browser_cpu(), _cpu_of(server.process.pid)
+            before, server_before = _browser_cpu(), _cpu_of(server.pid)
             time.sleep(idle)
             idle_cpu = (_browser_cpu() - before) / idle * 60
-            idle_server = (_cpu_of(server.process.pid) - server_before) / idle * 60
+            idle_server = (_cpu_of(server.pid) - server_before) / idle * 60
             browser.close()
     finally:
-        server.stop()
+        server.terminate()
+        server.wait(30)
     return {"server_start_s": started, "stages": stages, "page_ready_s": loads, "page_cpu_s": cpu,
             "idle_browser_cpu_per_min": idle_cpu, "idle_server_cpu_per_min": idle_server}
+
+
+def _start_server(root: Path, ckpt_dir: Path) -> tuple[subprocess.Popen, str]:
+    """Easel with the UI on a free port, as the tests start it; returns once its page answers."""
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "webui.cli", "--port", str(port), "--device", "cpu",
+                                "--models-dir", str(root / "models"), "--outputs-dir", str(root / "outputs"),
+                                "--data-dir", str(root / "data"), "--ckpt-dir", str(ckpt_dir)],
+                               cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(url + "/easel/v1/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise RuntimeError("the server did not start")
 
 
 def _cpu_of(pid: int) -> float:
