@@ -195,3 +195,29 @@ def test_clip_reads_prompts_over_75_tokens_in_chunks_as_automatic1111(sd3_app):
     images = [np.asarray(sd3_app.txt2img(_request("tiny-sd3-no-t5", prompt=prompt, steps=2)).images[0])
               for prompt in (head + ", a blue dragon", head + ", a green frog")]
     assert _psnr(*images) < 60  # (identical while CLIP stopped at 75 tokens)
+
+
+def test_batch_hires_inpaint_and_outpaint_run_with_sd3(sd3_app):
+    """SD 3 in the other modes of every tab: image i of a batch is seed + i alone (T5 and both CLIPs batched);
+    hires fix adds its pass; inpainting keeps what is outside the mask; outpainting widens the canvas."""
+    from PIL import Image
+
+    model = "tiny-sd35-medium"
+    batch = sd3_app.txt2img(_request(model, steps=3, batch_size=2))
+    alone = sd3_app.txt2img(_request(model, steps=3, seed=6))
+    assert _psnr(batch.images[1], alone.images[0]) >= 40
+    hires = sd3_app.txt2img(_request(model, steps=2, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=2,
+                                     denoising_strength=0.5))
+    assert hires.images[0].size == (96, 96) and "Hires upscale: 1.5" in hires.infotexts[0]
+    picture = Image.new("RGB", (64, 64), (200, 60, 40))
+    box = Image.new("L", (64, 64), 0)
+    box.paste(255, (16, 16, 48, 48))
+    painted = sd3_app.img2img(_request(model, mode="img2img", steps=3, init_images=[picture], mask=box,
+                                       denoising_strength=1.0, inpaint_full_res=False))
+    out = np.asarray(painted.images[0], dtype=np.float64)
+    assert np.abs(out[:8, :8] - (200, 60, 40)).max() <= 2 and np.abs(out[24:40, 24:40] - (200, 60, 40)).mean() > 10
+    wider = sd3_app.img2img(_request(model, mode="img2img", steps=3, init_images=[picture], denoising_strength=1.0,
+                                     outpaint_left=16, outpaint_right=16))
+    assert wider.images[0].size == (96, 64)
+    edge = np.asarray(wider.images[0], dtype=np.float64)
+    assert np.abs(edge[:, 40:56] - (200, 60, 40)).max() <= 2 and np.abs(edge[:, :8] - (200, 60, 40)).mean() > 10
