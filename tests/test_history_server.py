@@ -73,7 +73,7 @@ def restarted(tmp_path_factory, tiny_ckpt_dir):
     store = HistoryStore(root / "data" / "history.sqlite")  # older jobs: several pages more
     store.add(HistoryRecord(id=f"old-{i:05}", state="done", finished_at=1.0e9 + i, description=f"old job {i}",
                             request={"prompt": f"old job {i}"}) for i in range(OLD))
-    store.add([HistoryRecord(id="on-a-worker", state="done", finished_at=1.0e9 - 1, worker="w1-cuda1",
+    store.add([HistoryRecord(id="on-a-worker", state="done", finished_at=1.0e9 + OLD, worker="w1-cuda1",
                              retried="worker w0-cuda0 was lost (…); retried on another worker")])  # --workers
     store.close()
     started = time.monotonic()

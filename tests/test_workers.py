@@ -264,7 +264,9 @@ def test_a_worker_killed_mid_job_has_its_job_retried_on_the_other(pool):
     assert any("retried on another worker" in warning for warning in job.result.warnings)
     from webui.ui.queue_panel import render_past
 
-    assert pool.history.wait_idle(30)  # the history keeps where it ran and why again, across restarts
+    # the history keeps where it ran and why again, across restarts; the job's record reaches the history's
+    # writer just after the job is done, so wait for the row rather than for an idle writer
+    wait_for(lambda: pool.history.store.get(job.id) is not None, 30, "the job's history row")
     record = pool.history.store.get(job.id)
     assert record.worker == job.meta["worker"] and record.retried == job.meta["retried"]
     assert f"on {record.worker} (retried)" in render_past([record], "", True)

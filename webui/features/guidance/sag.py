@@ -91,7 +91,9 @@ class SAG(ScriptFeature):
 
     def begin_pass(self, run: Run, p: Pass) -> None:
         settings = run.args.get(self.name)
-        if settings is None:
+        if settings is None or p.request.cfg_scale <= 1:
+            # no negative prompt in the call, nothing to look at: leave the attention processor alone too (its
+            # plain-bmm copy differs from the fused one in the last float bits, enough to move a pixel)
             return
         recorder = RecordingSelfAttention()
         run.state[(self.name, p.name)] = recorder
