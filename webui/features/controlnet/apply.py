@@ -13,7 +13,7 @@ from __future__ import annotations
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -114,10 +114,10 @@ def detect_map(unit: ControlUnit, image: Image.Image, width: int, height: int, a
     return resize_image(Image.fromarray(detected), width, height, unit.resize_mode)
 
 
-def prepare(units: list[ControlUnit], model, library, annotators: Path, width: int, height: int,
-            fallback_image: Image.Image | None) -> tuple[list[ControlApplication], dict[str, str]]:
-    """(applications, infotext params) for the enabled ControlNet units of a request."""
-    applications, params = [], {}
+def control_units(units: list[ControlUnit], fallback_image: Image.Image | None
+                  ) -> Iterator[tuple[int, ControlUnit, Image.Image]]:
+    """(index, unit, control image) of each enabled ControlNet unit (not IP-Adapter), each with a picture (its own
+    or the pass's) and a model chosen, or a ControlUnitError naming the unit."""
     for index, unit in enumerate(units):
         if not unit.enabled or unit.is_ip_adapter:
             continue
@@ -126,6 +126,14 @@ def prepare(units: list[ControlUnit], model, library, annotators: Path, width: i
             raise ControlUnitError(f"ControlNet unit {index}: give it a control image")
         if unit.model in ("", "None"):
             raise ControlUnitError(f"ControlNet unit {index}: choose a model")
+        yield index, unit, image
+
+
+def prepare(units: list[ControlUnit], model, library, annotators: Path, width: int, height: int,
+            fallback_image: Image.Image | None) -> tuple[list[ControlApplication], dict[str, str]]:
+    """(applications, infotext params) for the enabled ControlNet units of a request."""
+    applications, params = [], {}
+    for index, unit, image in control_units(units, fallback_image):
         info = library.find(unit.model)
         if info.kind == flux.KIND:
             raise flux.wrong_family(index, info.name, model.architecture.label)

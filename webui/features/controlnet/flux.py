@@ -113,7 +113,7 @@ def build_flux_controlnet(tensors: dict[str, torch.Tensor], base: dict[str, Any]
     """A FluxControlNetModel from either layout, on the base model's device and compute dtype."""
     from diffusers import FluxControlNetModel
 
-    from .models import ControlNetError
+    from .models import ControlNetError, load_fitting
 
     tensors = {k.removeprefix("controlnet."): v for k, v in tensors.items()}
     if "double_blocks.0.img_attn.qkv.weight" in tensors:
@@ -121,18 +121,12 @@ def build_flux_controlnet(tensors: dict[str, torch.Tensor], base: dict[str, Any]
     if "x_embedder.weight" not in tensors:
         raise ControlNetError("not a Flux ControlNet file (no x_embedder / img_in)")
     config = controlnet_config(tensors, base, saved)
-    with torch.device("meta"):
-        model = FluxControlNetModel(**config)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    wrong = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
-    if missing or wrong:
-        raise ControlNetError(f"this Flux ControlNet does not fit the loaded checkpoint "
-                              f"({', '.join((missing or wrong)[:2])})")
     if config["joint_attention_dim"] != base.get("joint_attention_dim") or \
             config["in_channels"] != 4 * 16:
         raise ControlNetError("this Flux ControlNet does not fit the loaded checkpoint (text or latent width)")
-    model.load_state_dict({k: tensors[k].to(device, dtype) for k in expected}, assign=True, strict=True)
+    with torch.device("meta"):
+        model = FluxControlNetModel(**config)
+    load_fitting(model, tensors, "Flux ControlNet", device, dtype)
     return model.eval().requires_grad_(False)
 
 
@@ -238,18 +232,11 @@ def prepare(units: list[ControlUnit], model, library, annotators: Path, width: i
     """(FluxControls, infotext params) for the enabled ControlNet units on a Flux checkpoint."""
     from ...core.latents import encode, to_pixels
     from ...families.flux import pack
-    from .apply import ControlUnitError, detect_map
+    from .apply import control_units, detect_map
 
     controls, params = FluxControls(), {}
-    for index, unit in enumerate(units):
-        if not unit.enabled or unit.is_ip_adapter:
-            continue
+    for index, unit, image in control_units(units, fallback_image):
         field_name = f"alwayson_scripts.{SCRIPT}.args[{index}].model"
-        image = unit.image if unit.image is not None else fallback_image
-        if image is None:
-            raise ControlUnitError(f"ControlNet unit {index}: give it a control image")
-        if unit.model in ("", "None"):
-            raise ControlUnitError(f"ControlNet unit {index}: choose a model")
         info = library.find(unit.model)
         if info.kind != KIND:
             raise ValidationError([FieldError(field_name, f"{info.name} is not a Flux ControlNet; "

@@ -213,14 +213,20 @@ def build_controlnet(tensors: dict[str, torch.Tensor], unet_config: dict[str, An
     config = {k: v for k, v in controlnet_config(converted, unet_config).items() if k in accepted}
     with torch.device("meta"):
         model = ControlNetModel(**config)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in converted]
-    wrong = [k for k in expected if k in converted and tuple(converted[k].shape) != tuple(expected[k].shape)]
-    if missing or wrong:
-        problem = missing[:2] or wrong[:2]
-        raise ControlNetError(f"this ControlNet does not fit the loaded checkpoint ({', '.join(problem)})")
-    model.load_state_dict({k: converted[k].to(device, dtype) for k in expected}, assign=True, strict=True)
+    load_fitting(model, converted, "ControlNet", device, dtype)
     return model.eval().requires_grad_(False)
+
+
+def load_fitting(model: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str, device: torch.device,
+                 dtype: torch.dtype) -> None:
+    """Fill a ControlNet built on the meta device from `tensors`, or say which weights do not fit the loaded
+    checkpoint (missing, or of another shape: a ControlNet made for another size of model)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    wrong = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
+    if missing or wrong:
+        raise ControlNetError(f"this {what} does not fit the loaded checkpoint ({', '.join((missing or wrong)[:2])})")
+    model.load_state_dict({k: tensors[k].to(device, dtype) for k in expected}, assign=True, strict=True)
 
 
 class ControlNetLibrary:

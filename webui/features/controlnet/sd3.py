@@ -163,7 +163,7 @@ def build(tensors: dict[str, torch.Tensor], saved_config: dict[str, Any] | None,
     """The SD3ControlNetModel for the loaded checkpoint's transformer, on its device and dtype."""
     from diffusers import SD3ControlNetModel
 
-    from .models import ControlNetError
+    from .models import load_fitting
 
     control_type = int(tensors["control_type"].flatten()[0]) if "control_type" in tensors else None
     converted = to_diffusers(tensors)
@@ -171,13 +171,7 @@ def build(tensors: dict[str, torch.Tensor], saved_config: dict[str, Any] | None,
         config_from_tensors(converted, dict(transformer.config))
     with torch.device("meta"):
         model = SD3ControlNetModel.from_config(config)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in converted]
-    wrong = [k for k in expected if k in converted and tuple(converted[k].shape) != tuple(expected[k].shape)]
-    if missing or wrong:
-        raise ControlNetError(f"this SD 3 ControlNet does not fit the loaded checkpoint "
-                              f"({', '.join((missing or wrong)[:2])})")
-    model.load_state_dict({k: converted[k].to(device, dtype) for k in expected}, assign=True, strict=True)
+    load_fitting(model, converted, "SD 3 ControlNet", device, dtype)
     if not model.config.use_pos_embed:
         model.pos_embed = _shared_patch_embedding(transformer).to(device, dtype)
     model.control_type = control_type  # None: not said by the file (diffusers folders)
