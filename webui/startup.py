@@ -91,6 +91,9 @@ class Startup:
                 "stages": stages, "seconds": round(now - self._began, 2), "error": error}
 
 
+STREAM_GRACE_SECONDS = 1.0  # of the 3 s graceful shutdown: then lingering connections are closed
+
+
 class QuietServer(uvicorn.Server):
     """uvicorn.Server that lets the front app end its streams before the graceful shutdown, so it is quick and quiet."""
 
@@ -107,13 +110,24 @@ class QuietServer(uvicorn.Server):
 
     async def _keep_ending_streams(self) -> None:
         """Tell the streams to end, and again every 0.25 s: a page event racing the shutdown opens a stream
-        after the first signal, which would otherwise wait out the graceful timeout and be cancelled loudly."""
+        after the first signal, which would otherwise wait out the graceful timeout and be cancelled loudly.
+        A connection still open after STREAM_GRACE_SECONDS is closed: its app then sees the client leave and
+        ends the response itself (CI once logged a stream cancelled at the timeout despite the signals)."""
+        started = time.monotonic()
         while True:
             try:
                 self._before_shutdown()
+                if time.monotonic() - started >= STREAM_GRACE_SECONDS:
+                    self._drop_lingering_connections()
             except Exception:  # never let this stand in the way of shutting down
                 log.debug("could not prepare the shutdown", exc_info=True)
             await asyncio.sleep(0.25)
+
+    def _drop_lingering_connections(self) -> None:
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None and not transport.is_closing():
+                transport.close()
 
 
 def serve(options: ServerOptions, make_easel: MakeEasel) -> Startup:
