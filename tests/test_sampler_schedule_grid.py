@@ -36,7 +36,7 @@ from scipy import integrate, stats
 
 from tests.conftest import make_easel
 from tests.test_samplers_a1111 import (A1111Noise, A1111Tree, BROWNIAN, DETERMINISTIC, STOCHASTIC, SUBSEED,
-                                       STRENGTH)
+                                       STRENGTH, heun_step)
 from webui.core import k_samplers, samplers
 from webui.core.request import GenerationRequest
 from webui.core.seeds import ImageRNG
@@ -138,12 +138,7 @@ def _churned(x, s, n, noise, o):
 def ref_heun(x, sig, D, noise, **o):
     for s, t in zip(sig[:-1], sig[1:]):
         x, s = _churned(x, s, len(sig) - 1, noise, o)
-        slope = (x - D(x, s)) / s
-        if t == 0:
-            x = x + (t - s) * slope
-        else:
-            x_e = x + (t - s) * slope
-            x = x + (t - s) * (slope + (x_e - D(x_e, t)) / t) / 2
+        x = heun_step(x, s, t, D)
     return x
 
 

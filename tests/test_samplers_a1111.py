@@ -226,14 +226,18 @@ def ref_restart(x, sig, D, noise, s_noise=1.0, **_):
     for s, t in pairs:
         if last is not None and last < s:
             x = x + noise(last, s) * s_noise * math.sqrt(s ** 2 - last ** 2)
-        slope = (x - D(x, s)) / s
-        if t == 0:
-            x = x + (t - s) * slope
-        else:
-            x_e = x + (t - s) * slope
-            x = x + (t - s) * (slope + (x_e - D(x_e, t)) / t) / 2
+        x = heun_step(x, s, t, D)
         last = t
     return x
+
+
+def heun_step(x, s, t, D):
+    """One Heun step from sigma s to t (Karras et al. 2022, Alg. 1; the last step to 0 is Euler's)."""
+    slope = (x - D(x, s)) / s
+    if t == 0:
+        return x + (t - s) * slope
+    x_e = x + (t - s) * slope
+    return x + (t - s) * (slope + (x_e - D(x_e, t)) / t) / 2
 
 
 def ref_euler(x, sig, D, noise, **_):
