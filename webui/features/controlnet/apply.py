@@ -10,7 +10,7 @@ conditional half, so guidance amplifies the control.
 """
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -64,18 +64,14 @@ class Controls:
     def __bool__(self) -> bool:
         return bool(self.nets) or self.ip_adapter is not None or self.transformer is not None
 
-    def installed(self):
-        """Context in which the IP-Adapter attention is on the UNet and transformer ControlNets on their model."""
-        if self.transformer is None:
-            return self.ip_adapter if self.ip_adapter is not None else nullcontext()
-        return self._both_installed()
-
     @contextmanager
-    def _both_installed(self):
+    def installed(self) -> Iterator[None]:
+        """Context in which the IP-Adapter attention is on the UNet and transformer ControlNets on their model."""
         with ExitStack() as stack:
             if self.ip_adapter is not None:
                 stack.enter_context(self.ip_adapter)
-            stack.enter_context(self.transformer.installed())
+            if self.transformer is not None:
+                stack.enter_context(self.transformer.installed())
             yield
 
     def unet_kwargs(self, fraction: float, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, added: dict,
