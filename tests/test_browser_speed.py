@@ -6,9 +6,10 @@ status change of any event — each queue-panel tick, each progress message — 
 was open. Here a painted picture is uploaded once per Generate of the sub-tab that paints in it, and
 never otherwise. `python -m webui.bench_browser` measures the times.
 
-Known and not fixed yet: while an inpaint job runs with a painted editor, the page's main thread falls behind
-(a script's round trip went 0.0 -> 7.5 s over 50 s of a 256 px job on a loaded box; on txt2img it stays under
-0.5 s). So the test with a long job is last, switches tabs by dispatching clicks, and stops the job by the API.
+Once one Generate had completed, every later status message made the page re-apply a loading status for each
+of Generate's inputs (hundreds), each a search of the whole component tree: the page fell behind while a job ran
+(a script's round trip 0.0 -> 7.5 s over 50 s; a file drop waited > 60 s in CI). webui/ui/gradio_patches.py
+fixes that in Gradio's page script; `test_status_messages_stay_cheap_after_a_generate` counts the work.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from test_browser import open_app, set_slider  # skips the module without chromi
 from conftest import start_server
 from playwright.sync_api import expect
 from webui.bench_browser import paint_stroke
+from webui.ui import gradio_patches
 from webui.ui.queue_panel import IDLE_REFRESH_SECONDS
 
 TICKS = IDLE_REFRESH_SECONDS + 0.5  # watched this long, an idle page has had at least one queue-panel tick
@@ -80,6 +82,68 @@ def generate(page, seed: int) -> None:
     page.locator("#inpaint_seed input").fill(str(seed))
     page.locator("#inpaint_generate").click()
     expect(page.locator("#html_info_inpaint")).to_contain_text(f"Seed: {seed}", timeout=60_000)
+
+
+def test_status_messages_stay_cheap_after_a_generate(page, server):
+    """After a Generate (hundreds of inputs) completed, each status message of the next job re-applies a handful
+    of loading statuses, not one per input of every event that ever ran (each is a whole-tree search). Counted
+    with V8's call counts, in a page of its own whose scripts are counted from their first line."""
+    assert httpx.get(f"{server.url}/assets/{next(iter(gradio_patches.patched_assets()))}",
+                     timeout=30).text.count(gradio_patches.STREAM_STATE_AT_COMPLETE[1]) == 1
+    counted = page.context.browser.new_page(viewport={"width": 1280, "height": 1000})
+    counted.set_default_timeout(60_000)
+    cdp = counted.context.new_cdp_session(counted)
+    try:
+        cdp.send("Profiler.enable")
+        cdp.send("Profiler.startPreciseCoverage", {"callCount": True, "detailed": True})
+        counted.goto(server.url)
+        counted.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+        inputs = len(counted.evaluate("() => window.gradio_config.dependencies.find(d => d.api_name === 'txt2img')"
+                                      ".inputs"))
+        assert inputs > 100  # what made it costly
+        for name, value in (("txt2img_steps", 2), ("txt2img_width", 64), ("txt2img_height", 64)):
+            set_slider(counted, name, value)
+        counted.locator("#txt2img_seed input").fill("3")
+        counted.locator("#txt2img_generate").click()
+        expect(counted.locator("#html_info_txt2img")).to_contain_text("Seed: 3", timeout=60_000)
+
+        set_slider(counted, "txt2img_steps", 150)  # a second job that sends progress messages while counted
+        counted.locator("#txt2img_generate").click()
+        try:
+            expect(counted.locator("#txt2img_progress")).to_contain_text("Step", timeout=60_000)
+            call_counts(cdp)  # each take counts from the one before
+            counts = call_counts(cdp, wait=4)
+        finally:
+            stop_running_job(server)
+    finally:
+        cdp.detach()
+        counted.close()
+    messages, statuses = counts["update_loading_stati_state"], counts["update_state"]
+    assert messages >= 4, counts  # progress messages came
+    assert statuses / messages < 30, f"{statuses / messages:.0f} loading statuses re-applied per status message " \
+                                     f"({inputs} inputs)"
+
+
+def call_counts(cdp, wait: float = 0,
+                names: tuple[str, ...] = ("update_loading_stati_state", "update_state")) -> dict[str, int]:
+    """How many times the page's scripts called functions named `names` since the last call (V8's precise
+    coverage; a take resets its counts), after waiting `wait` seconds."""
+    time.sleep(wait)
+    counts = dict.fromkeys(names, 0)
+    for script in cdp.send("Profiler.takePreciseCoverage")["result"]:
+        for fn in script["functions"]:
+            if fn["functionName"] in counts:
+                counts[fn["functionName"]] += fn["ranges"][0]["count"]
+    return counts
+
+
+def stop_running_job(server, timeout: float = 60) -> None:
+    """Interrupt the running job through the API (the Interrupt button's request) until the server is idle."""
+    deadline = time.monotonic() + timeout
+    while (running := httpx.get(server.url + "/easel/v1/jobs", timeout=30).json()["running"]) \
+            and time.monotonic() < deadline:
+        httpx.delete(f"{server.url}/easel/v1/jobs/{running}", timeout=30)
+        time.sleep(0.2)
 
 
 def test_a_painted_editor_is_uploaded_once_per_generate_and_never_in_between(page, pictures):
@@ -144,8 +208,4 @@ def test_pnginfo_sends_its_file_once_and_answers_while_a_job_runs_with_small_pre
             "the job ended before PNG Info answered"
     finally:  # last in the module (a running inpaint job with a painted editor slows the page: module doc): the job
         # is stopped whatever failed above, so the server goes idle
-        deadline = time.monotonic() + 60
-        while (running := httpx.get(server.url + "/easel/v1/jobs", timeout=30).json()["running"]) \
-                and time.monotonic() < deadline:
-            httpx.delete(f"{server.url}/easel/v1/jobs/{running}", timeout=30)  # the Interrupt button's request
-            time.sleep(0.2)
+        stop_running_job(server)

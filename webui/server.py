@@ -22,6 +22,7 @@ from .api.security import LOOPBACK_NAMES, BasicAuth, BodyLimit, CorsPolicy, Loop
 from .api.controlnet import controlnet_router
 from .app import Easel
 from .server_options import DEFAULT_MAX_BODY_MB, ServerOptions  # noqa: F401  (imported from here by callers)
+from .ui import gradio_patches
 from .ui.common import CSS
 from .ui.layout import build_ui
 from .ui.page_script import head_script
@@ -62,6 +63,7 @@ def create_fastapi(easel: Easel, options: ServerOptions) -> FastAPI:
     easel.engine.hooks.call("app_started", app=app, easel=easel)
 
     if options.ui:
+        gradio_patches.install(app)  # before Gradio's /assets route: its page script with Easel's fix
         blocks = build_ui(easel, local=options.host in LOOPBACK_NAMES)
         blocks.queue(default_concurrency_limit=None)
         allowed = [str(easel.paths.outputs_dir.resolve())]

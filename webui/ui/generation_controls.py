@@ -235,8 +235,10 @@ def wire_generation(easel: Easel, controls: GenerationControls, sessions: Sessio
     if any(isinstance(c, EditorValue) for c in components):
         _wire_with_editors(controls, run, components, outputs, api_name)
     else:
-        controls.generate.click(run, components, outputs, concurrency_limit=None, api_name=api_name)
-        controls.prompt.submit(run, components, outputs, concurrency_limit=None, api_name=False)
+        controls.generate.click(run, components, outputs, concurrency_limit=None, api_name=api_name,
+                                show_progress="hidden")  # the tab's own progress bar and preview show it
+        controls.prompt.submit(run, components, outputs, concurrency_limit=None, api_name=False,
+                               show_progress="hidden")
 
     def interrupt_job(request: gr.Request):
         job = easel.queue.get(sessions.get(session_of(request)) or "")
@@ -276,7 +278,8 @@ def _wire_with_editors(controls: GenerationControls, run: Callable, components: 
     def route(name: str, read: list) -> str:
         button = gr.Button(visible="hidden", elem_id=f"{p}_generate_{name}")
         chain = read_editors(button.click, read).then if read else button.click
-        chain(run, components, outputs, concurrency_limit=None, api_name=api_name if name == "all" else False)
+        chain(run, components, outputs, concurrency_limit=None, api_name=api_name if name == "all" else False,
+              show_progress="hidden")
         return f"{p}_generate_{name}"
 
     everything, nothing = route("all", twins), route("none", [])

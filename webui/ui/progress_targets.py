@@ -1,24 +1,29 @@
-"""Keep Gradio's progress indicators off components that are expensive to read in the browser.
+"""Keep Gradio's progress indicators to the few components where one is worth its cost in the browser.
 
-On every status change of any event (each queue-panel tick, each progress message of a
-generation), Gradio's page re-reads the value of every component that has ever been an
-event's progress target (by default: its outputs), and of every component inside one when it
-is a layout block (a Tabs, a Row, ...). Reading an ImageEditor's value exports its canvases as
-PNG files and uploads them: background, each layer and the composite. So once an editor had
-been an output (its own upload check, a Send-to) or sat inside one (the tab bar every Send-to
-switches), a painted picture was encoded and uploaded three times per status change — several
-times a second while the queue panel ticks and a job reports progress — and those uploads held
-up the page's own requests (the browser opens at most six connections to one server).
+On every status message of any event (each queue-panel tick, each progress message of a generation),
+Gradio's page walks every component that has ever been a progress target of an event run in that page
+(by default an event's targets are all its outputs) and, for each, searches the whole component tree for
+it and re-reads its value (and the values of everything inside it, for a layout block). Two costs follow:
 
-`light_progress(blocks)` runs once the page is built: each event's progress targets become its
-outputs minus image editors and blocks with children (tab bars, groups, accordions). Those never
-showed an indicator worth having (the events that set them finish at once); an event left with no
-target shows none.
+- Reading an ImageEditor's value exports its canvases as PNG files and uploads them (background, each
+  layer, the composite): a painted picture went up three times per status message.
+- The tree search: on a page of ~2,400 components one target costs ~10 ms of the page's main thread on a
+  loaded 2-core box, twice per message. A generation's six outputs at four messages a second took ~60 % of
+  the page's time (profiled), and one Send-to (180 outputs) made every later message cost seconds: the
+  page fell further behind the longer a job ran (7.5 s after 50 s; once over 60 s in CI).
+
+`light_progress(blocks)` runs once the page is built. An event keeps progress targets only when it shows an
+indicator (not `show_progress="hidden"`) on at most `MAX_TARGETS` components, minus image editors and
+blocks with children. Generations show their own progress bar and preview (ui/runner.py), so they hide
+Gradio's; Send-to and paste (hundreds of outputs) finish at once. A slow action with a few outputs (PNG
+Info, Extras, interrogate) keeps its spinner.
 """
 from __future__ import annotations
 
 import gradio as gr
 from gradio.blocks import BlockContext
+
+MAX_TARGETS = 4
 
 
 def costly_to_read(block) -> bool:
@@ -27,13 +32,22 @@ def costly_to_read(block) -> bool:
     return isinstance(block, gr.ImageEditor) or (isinstance(block, BlockContext) and bool(block.children))
 
 
+def progress_targets(fn) -> list:
+    """The components an event may mark as in progress: none when it shows no indicator or would mark many."""
+    if fn.show_progress == "hidden":
+        return []
+    targets = list(fn.show_progress_on) if fn.show_progress_on is not None else list(fn.outputs)
+    kept = [block for block in targets if not costly_to_read(block)]
+    return kept if len(kept) <= MAX_TARGETS else []
+
+
 def light_progress(blocks: gr.Blocks) -> int:
-    """Drop costly progress targets from every event of `blocks`; returns how many events changed."""
+    """Set every event's progress targets to `progress_targets(fn)`; returns how many events changed."""
     changed = 0
     for fn in blocks.fns.values():
-        targets = list(fn.show_progress_on) if fn.show_progress_on is not None else list(fn.outputs)
-        kept = [block for block in targets if not costly_to_read(block)]
-        if len(kept) != len(targets):
+        before = list(fn.show_progress_on) if fn.show_progress_on is not None else list(fn.outputs)
+        kept = progress_targets(fn)
+        if kept != before:
             fn.show_progress_on = kept
             changed += 1
     return changed
