@@ -245,7 +245,7 @@ class Engine:
                     latents = self._sample_pass(run, p, batch, latents, step_offset)
                     step_offset += p.steps_to_run()
                 t1 = time.perf_counter()
-                images = latents_io.decode(model, latents)
+                images = latents_io.decode(run.passes[-1].plan.model, latents)  # a pass may run on another model
                 for feature in self.features:
                     images = feature.finish_images(run, batch, images, latents)
                 decode_time += time.perf_counter() - t1
@@ -258,7 +258,7 @@ class Engine:
                 result.interrupted = True
                 partial = getattr(stop, "latents", None)  # set by _run: how far this batch had come
                 if partial is not None:  # as AUTOMATIC1111 does, keep the partly denoised images
-                    for offset, image in enumerate(latents_io.decode(model, partial)):
+                    for offset, image in enumerate(latents_io.decode(getattr(stop, "model", model), partial)):
                         self._keep(result, run, image, batch.seeds[offset], batch_index, offset, output_dir)
                 break
             for offset, image in enumerate(images):
@@ -474,6 +474,7 @@ class Engine:
                                 options=self.sampler_options(request, plan))
         except Interrupted as stop:
             stop.latents = last[0] if last else None  # type: ignore[attr-defined]  # read by _generate
+            stop.model = plan.model  # type: ignore[attr-defined]  # whose VAE decodes them
             raise
 
     # ---- output ---------------------------------------------------------------------------------
