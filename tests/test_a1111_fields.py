@@ -136,7 +136,8 @@ def test_the_api_accepts_the_fields_and_firstphase_replaces_width_and_height(app
     assert error.value.status == 422 and "firstphase_height" in repr((error.value.detail, error.value.extra))
     with pytest.raises(ApiError) as error:
         to_generation_request(Img2ImgRequest(init_images=["x"], image_cfg_scale=2.0), app)
-    assert "instruct-pix2pix" in repr((error.value.detail, error.value.extra)) and "image_cfg_scale" in repr((error.value.detail, error.value.extra))
+    said = repr((error.value.detail, error.value.extra))
+    assert error.value.error == "NotImplemented" and "instruct-pix2pix" in said and "image_cfg_scale" in said
 
 
 # ---- img2img: noise multiplier, masks ----------------------------------------------------------------------
@@ -196,3 +197,12 @@ def test_separate_latent_mask(app):
     assert np.array_equal(wider[outside], plain[outside])
     with pytest.raises(ValidationError, match="latent_mask"):
         app.engine.validate(request(mode="img2img", init_images=[picture()], latent_mask=box_mask()))
+
+
+def test_the_txt2img_tab_sends_the_hires_checkpoint():
+    from webui.ui.txt2img import txt2img_request
+
+    tab = dict(prompt="x", steps=4, width=64, height=64, enable_hr=True, checkpoint=SD1)
+    assert txt2img_request({**tab, "hr_checkpoint_name": "Use same checkpoint"}).hr_checkpoint_name == ""
+    assert txt2img_request({**tab, "hr_checkpoint_name": "other-sd1.safetensors [0123456789]"}).hr_checkpoint_name \
+        == "other-sd1.safetensors [0123456789]"

@@ -273,7 +273,8 @@ def prepare_image(request, image: Image.Image, user_mask: Image.Image | None) ->
     mask = prepare_mask(resize_image(mask_to_l(user_mask).convert("RGB"), *size, request.resize_mode).convert("L"),
                         size, blur_x, blur_y, invert)
     latent = _shaped_latent_mask(request, image, size, None)
-    target = fill_masked(resized, latent if latent is not None else mask) if request.inpainting_fill == FILL else resized
+    fill_area = latent if latent is not None else mask
+    target = fill_masked(resized, fill_area) if request.inpainting_fill == FILL else resized
     return PreparedImage(target, mask, resized, mask, latent_mask=latent), size
 
 
