@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from webui.api.errors import ApiError
@@ -19,7 +20,7 @@ from webui.model_manager.architecture import Architecture
 from webui.model_manager.tiny import write_single_file
 from webui.pnginfo import infotext_to_fields
 
-SD1, OTHER = "tiny-sd1.safetensors", "other-sd1.safetensors"
+SD1, OTHER, INPAINT = "tiny-sd1.safetensors", "other-sd1.safetensors", "inpaint-sd1.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,7 @@ def app(tmp_path_factory, tiny_ckpt_dir):
     for path in tiny_ckpt_dir.iterdir():
         (folder / path.name).symlink_to(path)
     write_single_file(folder / OTHER, Architecture("sd1"), seed=3)
+    write_single_file(folder / INPAINT, Architecture("sd1", inpainting=True), seed=3)
     easel = make_easel(root, folder)
     easel.settings.update({"sd_checkpoints_limit": 3})  # both SD 1.x files stay loaded between the jobs
     yield easel
@@ -183,6 +185,33 @@ def test_unrounded_latent_mask(app):
     rounded, _, _ = i2i(app, mask=box_mask(), mask_blur=8, mask_round=True)
     assert np.array_equal(rounded, plain)
     unrounded, _, _ = i2i(app, mask=box_mask(), mask_blur=8, mask_round=False)
+    assert np.abs(unrounded - plain).max() > 0
+
+
+class ConditioningRecorder:
+    """Stands where the denoiser would: keeps what the engine hands an inpainting model besides the latents."""
+
+    def set_image_conditioning(self, conditioning):
+        self.conditioning = conditioning
+
+
+def test_unrounded_mask_reaches_inpainting_models(app):
+    """AUTOMATIC1111 passes mask_round on to the 9-channel models' conditioning: the mask and masked picture."""
+    from webui.core.pipeline import Batch, Sampling
+    from webui.features.img2img import prepare_mask
+
+    model = app.models.get(INPAINT)
+    blurred = prepare_mask(box_mask(), (64, 64), 8, 8)
+    seen = {}
+    for rounded in (True, False):
+        recorder = ConditioningRecorder()
+        sampling = Sampling(Batch(0, [1], 0), None, None, recorder, None, inpaint_inputs=([picture()], [blurred]),
+                            inpaint_mask_rounded=rounded)
+        app.engine._inpainting_model_conditioning(model, sampling, 64, 64)
+        seen[rounded] = recorder.conditioning
+    assert not torch.equal(seen[True], seen[False])
+    plain, _, _ = i2i(app, checkpoint=INPAINT, mask=box_mask(), mask_blur=8)
+    unrounded, _, _ = i2i(app, checkpoint=INPAINT, mask=box_mask(), mask_blur=8, mask_round=False)
     assert np.abs(unrounded - plain).max() > 0
 
 

@@ -429,7 +429,8 @@ class Engine:
         if sampling.inpaint_inputs is not None:
             targets, masks = sampling.inpaint_inputs
             mask_pixels = torch.stack([torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0) for m in masks])[:, None]
-            mask_pixels = (mask_pixels > 0.5).float()
+            if sampling.inpaint_mask_rounded:
+                mask_pixels = (mask_pixels > 0.5).float()
             masked = [latents_io.to_pixels(target) * (1 - mask_pixels[i]) for i, target in enumerate(targets)]
         else:  # no mask: the whole picture is "to be painted", as AUTOMATIC1111 does for txt2img
             mask_pixels = torch.ones(batch, 1, height, width)

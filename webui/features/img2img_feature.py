@@ -157,6 +157,7 @@ class Img2Img(Feature):
             soft = run.args.get(soft_inpaint.SoftInpainting.name)
             sampling.denoiser = soft_inpaint.wrap_denoiser(soft, sampling.denoiser, init, change, masks)
             sampling.inpaint_inputs = ([item.target for item in prepared], masks)
+            sampling.inpaint_mask_rounded = args.mask_round
         multiplier = noise_multiplier(run)
         if multiplier != 1:  # AUTOMATIC1111 scales the noise img2img starts from (not latent noise's fill)
             sampling.first_noise = sampling.first_noise * multiplier
