@@ -135,7 +135,7 @@ def test_the_api_accepts_the_fields_and_firstphase_replaces_width_and_height(app
     assert (built.width, built.height, built.hr_checkpoint_name) == (64, 80, "other-sd1")
     with pytest.raises(ApiError) as error:
         to_generation_request(Txt2ImgRequest(prompt="x", firstphase_width=64), app)
-    assert error.value.status == 422 and "firstphase_height" in repr((error.value.detail, error.value.extra))
+    assert error.value.status == 422 and "needs firstphase_height" in repr((error.value.detail, error.value.extra))
     with pytest.raises(ApiError) as error:
         to_generation_request(Img2ImgRequest(init_images=["x"], image_cfg_scale=2.0), app)
     said = repr((error.value.detail, error.value.extra))

@@ -27,7 +27,7 @@ from ..core.image_input import max_megapixels
 from ..core.infotext import parse_infotext
 from ..pnginfo import infotext_to_fields
 from ..core.jobs import Job
-from ..core.request import GenerationRequest, Result, ValidationError
+from ..core.request import MAX_SIDE, GenerationRequest, Result, ValidationError
 from ..features import wildcards
 from ..model_manager.registry import ModelNotFoundError
 from ..model_manager.module_choice import SETTING as MODULES_SETTING
@@ -283,9 +283,13 @@ def _txt2img_fields(body: Txt2ImgRequest, allow_urls: bool, max_mp: float) -> di
         out["firstpass_image"] = decode_image("firstpass_image", body.firstpass_image, allow_urls=allow_urls,
                                               max_megapixels=max_mp)
     if body.firstphase_width or body.firstphase_height:
-        for name in ("firstphase_width", "firstphase_height"):
-            if not getattr(body, name):
-                raise invalid(name, "must be given with the other firstphase side (they replace width and height)")
+        sides = (("firstphase_width", "firstphase_height"), ("firstphase_height", "firstphase_width"))
+        for name, other in sides:
+            value = getattr(body, name)
+            if value and (isinstance(value, bool) or not 64 <= value <= MAX_SIDE or value % 8):
+                raise invalid(name, f"must be 0 or a multiple of 8 from 64 to {MAX_SIDE} (it replaces the size)")
+            if value and not getattr(body, other):
+                raise invalid(name, f"needs {other} too: the two replace width and height")
         out["width"], out["height"] = body.firstphase_width, body.firstphase_height
     return out
 
