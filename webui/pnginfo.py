@@ -235,6 +235,8 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
                           ("Hires prompt", "hr_prompt"), ("Hires negative prompt", "hr_negative_prompt")):
             if key in p:
                 fields[name] = p[key]
+        # "name [hash]" as AUTOMATIC1111 writes it (the tabs find the installed one); none: the same checkpoint
+        fields["hr_checkpoint_name"] = p.get("Hires checkpoint", "")
     overrides: dict[str, Any] = {}
     if "Clip skip" in p and _number(p["Clip skip"]):
         overrides["CLIP_stop_at_last_layers"] = int(float(p["Clip skip"]))
@@ -245,7 +247,7 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
     elif split_legacy_name(p.get("Sampler", ""))[0].lower() in _BROWNIAN_SAMPLERS:
         overrides["sde_noise"] = "Brownian tree"  # no key: AUTOMATIC1111's (or Easel's default) Brownian trees
     for key, setting in (("ENSD", "eta_noise_seed_delta"), ("Sigma min", "sigma_min"), ("Sigma max", "sigma_max"),
-                         ("Schedule rho", "rho")):
+                         ("Schedule rho", "rho"), ("Noise multiplier", "initial_noise_multiplier")):
         if key in p and _number(p[key]) is not None:
             overrides[setting] = int(float(p[key])) if setting == "eta_noise_seed_delta" else float(p[key])
     overrides.update(ngms.pasted_overrides(p))
@@ -292,7 +294,7 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
 
 # infotext keys with no control of their own in a tab; pasted, they are listed for the user to keep or drop
 OVERRIDE_KEYS = ("Clip skip", "RNG", "ENSD", "Eta", "Eta DDIM", "Sigma churn", "Sigma tmin", "Sigma tmax",
-                 "Sigma noise", "Sigma min", "Sigma max", "Schedule rho", "SDE noise", "VAE")
+                 "Sigma noise", "Sigma min", "Sigma max", "Schedule rho", "SDE noise", "VAE", "Noise multiplier")
 _BROWNIAN_SAMPLERS = {s.name.lower() for s in SAMPLERS if s.brownian_noise}
 
 

@@ -220,4 +220,5 @@ def inpaint_request(request: GenerationRequest, unit: PassArgs, image: Image.Ima
         sampler_name=sampler, scheduler=scheduler, seed=seed, subseed=-1, subseed_strength=0.0,
         seed_resize_from_w=0, seed_resize_from_h=0, batch_size=1, n_iter=1, enable_hr=False, save_images=False,
         script_name="", script_args={}, alwayson_scripts=kept, override_settings=overrides,
-        checkpoint=_own_checkpoint(unit) or request.checkpoint)
+        checkpoint=_own_checkpoint(unit) or request.checkpoint,
+        mask_blur_x=None, mask_blur_y=None, mask_round=True, latent_mask=None)  # the job's masks are not this one's
