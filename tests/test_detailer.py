@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from webui.core.infotext import parse_infotext
+from webui.core.pipeline import Feature
 from webui.core.request import GenerationRequest, ValidationError
 from webui.features.detailer.args import ordinal, passes_from_params
 from webui.features.img2img import prepare_mask
@@ -263,3 +264,91 @@ def test_own_checkpoint_and_controlnet_repaint_only_the_region(app):
         with pytest.raises(ValidationError) as info:
             app.engine.validate(GenerationRequest(prompt="x", checkpoint=CKPT, alwayson_scripts=detailer(unit)))
         assert [e.field for e in info.value.errors] == [f"alwayson_scripts.ADetailer.args.1.{name}"]
+
+
+# ---- noise multiplier, restore face, VAE (ADetailer's inner img2img settings) --------------------------
+
+BRIGHT = {"ad_model": "tiny_yolo.onnx", "ad_model_classes": "bright", "ad_mask_k_largest": 1, "ad_confidence": 0.1,
+          "ad_mask_blur": 2, "ad_denoising_strength": 0.8, "ad_inpaint_only_masked_padding": 8}
+
+
+class Seen(Feature):
+    """A feature registered after every other (an extension's place): what each run, inner ones included, had."""
+
+    name = "probe"
+
+    def __init__(self):
+        self.runs = []
+
+    def finish_images(self, run, batch, images, latents):
+        self.runs.append((run.request.mode, run.args.get("face_restoration"), run.first.plan.options.get(
+            "initial_noise_multiplier")))
+        return images
+
+
+def test_noise_multiplier_and_restore_face_apply_to_the_inner_img2img(app):
+    """ad_noise_multiplier is the inner img2img's initial_noise_multiplier, ad_restore_face its restore_faces (Extras'
+    restorer, here GFPGAN): only the region changes, ADetailer's keys are written and a paste gives them back."""
+    from webui.features.faces.tiny import write_tiny_restoreformer
+
+    plain, same = txt2img(app), txt2img(app, detailer(BRIGHT))
+    box = app.engine.feature("adetailer").detectors.detect("tiny_yolo.onnx", plain.images[0], 0.1, "bright")[0].box
+    outside = ~reach([box], (64, 64), 4, 2)
+    noise = {**BRIGHT, "ad_use_noise_multiplier": True, "ad_noise_multiplier": 0.5}
+    quieter = txt2img(app, detailer(noise))
+    a, b = arr(quieter.images[0]), arr(same.images[0])
+    assert np.array_equal(a[outside], arr(plain.images[0])[outside]) and np.abs(a - b).max() > 10
+    one = txt2img(app, detailer({**noise, "ad_noise_multiplier": 1.0}))  # x1: the plain noise, the same picture
+    assert np.array_equal(arr(one.images[0]), b)
+    params = parse_infotext(quieter.infotexts[0]).params
+    assert params["ADetailer use separate noise multiplier"] == "True" and params["ADetailer noise multiplier"] == "0.5"
+    assert "Noise multiplier" not in params  # the main image's noise was not scaled
+    # restore face: refused until the chosen restorer is installed, then run on each inner img2img only
+    restore = {**BRIGHT, "ad_restore_face": True}
+    with pytest.raises(ValidationError) as info:
+        app.engine.validate(GenerationRequest(prompt="x", checkpoint=CKPT, alwayson_scripts=detailer(restore)))
+    assert [e.field for e in info.value.errors] == ["alwayson_scripts.ADetailer.args.1.ad_restore_face"]
+    assert "models/Codeformer" in str(info.value)
+    write_tiny_restoreformer(app.paths.model_dir("gfpgan") / "GFPGANv1.4-tiny.safetensors")
+    probe = Seen()
+    app.engine.features.append(probe)
+    try:
+        made = txt2img(app, detailer(restore, {**noise, "ad_model_classes": "dark"}),
+                       override_settings={"face_restoration_model": "GFPGAN"})
+    finally:
+        app.engine.features.remove(probe)
+    # the inner runs finish inside the main one's finishing step, so the main run (last) comes after them
+    assert [(mode, choice is not None and choice.model, m) for mode, choice, m in probe.runs] == [
+        ("img2img", "GFPGAN", 1.0), ("img2img", False, 0.5), ("txt2img", False, 1.0)]
+    params = parse_infotext(made.infotexts[0]).params
+    assert params["ADetailer restore face"] == "True" and "ADetailer restore face 2nd" not in params
+    assert params["ADetailer noise multiplier 2nd"] == "0.5" and "Face restoration" not in params
+    fields = pasted_detailer_fields(params)
+    assert fields[f"{PREFIX}0::ad_restore_face"] is True and fields[f"{PREFIX}1::ad_restore_face"] is False
+    assert fields[f"{PREFIX}1::ad_use_noise_multiplier"] is True and fields[f"{PREFIX}1::ad_noise_multiplier"] == 0.5
+    again = detailer_request_fields(fields)["args"]
+    assert again[2]["ad_restore_face"] is True and again[3]["ad_noise_multiplier"] == 0.5
+    bad = {**BRIGHT, "ad_use_vae": True, "ad_vae": "nope.safetensors"}
+    with pytest.raises(ValidationError) as info:
+        app.engine.validate(GenerationRequest(prompt="x", checkpoint=CKPT, alwayson_scripts=detailer(bad)))
+    assert [e.field for e in info.value.errors] == ["alwayson_scripts.ADetailer.args.1.ad_vae"]
+
+
+def test_img2img_noise_multiplier_setting_writes_and_pastes_its_key(app, photo):
+    """AUTOMATIC1111's initial_noise_multiplier (a setting; the API's img2img field sets it per request): the
+    init image is noised with noise x it, the infotext says `Noise multiplier`, and a paste restores it."""
+    from webui.pnginfo import infotext_to_fields
+
+    def img2img(**overrides):
+        return app.img2img(GenerationRequest(mode="img2img", prompt="people", steps=3, width=64, height=64, seed=3,
+                                             sampler_name="Euler", checkpoint=CKPT, save_images=False,
+                                             init_images=[photo.resize((64, 64))], denoising_strength=0.6,
+                                             override_settings=overrides))
+
+    plain, low = img2img(), img2img(initial_noise_multiplier=0.6)
+    assert np.abs(arr(plain.images[0]) - arr(low.images[0])).mean() > 1
+    assert "Noise multiplier" not in plain.infotexts[0]
+    info = parse_infotext(low.infotexts[0])
+    assert info.params["Noise multiplier"] == "0.6"
+    assert infotext_to_fields(info)["override_settings"]["initial_noise_multiplier"] == 0.6
+    assert np.array_equal(arr(img2img(initial_noise_multiplier=1.0).images[0]), arr(plain.images[0]))

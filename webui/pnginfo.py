@@ -245,7 +245,7 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
     elif split_legacy_name(p.get("Sampler", ""))[0].lower() in _BROWNIAN_SAMPLERS:
         overrides["sde_noise"] = "Brownian tree"  # no key: AUTOMATIC1111's (or Easel's default) Brownian trees
     for key, setting in (("ENSD", "eta_noise_seed_delta"), ("Sigma min", "sigma_min"), ("Sigma max", "sigma_max"),
-                         ("Schedule rho", "rho")):
+                         ("Schedule rho", "rho"), ("Noise multiplier", "initial_noise_multiplier")):
         if key in p and _number(p[key]) is not None:
             overrides[setting] = int(float(p[key])) if setting == "eta_noise_seed_delta" else float(p[key])
     overrides.update(ngms.pasted_overrides(p))
@@ -292,7 +292,7 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
 
 # infotext keys with no control of their own in a tab; pasted, they are listed for the user to keep or drop
 OVERRIDE_KEYS = ("Clip skip", "RNG", "ENSD", "Eta", "Eta DDIM", "Sigma churn", "Sigma tmin", "Sigma tmax",
-                 "Sigma noise", "Sigma min", "Sigma max", "Schedule rho", "SDE noise", "VAE")
+                 "Sigma noise", "Sigma min", "Sigma max", "Schedule rho", "SDE noise", "VAE", "Noise multiplier")
 _BROWNIAN_SAMPLERS = {s.name.lower() for s in SAMPLERS if s.brownian_noise}
 
 

@@ -203,6 +203,9 @@ class Settings:
                                        "Face restoration", choices=("CodeFormer", "GFPGAN"))
     code_former_weight: float = _opt(0.5, "CodeFormer weight (0 = maximum effect, 1 = minimum effect)",
                                      "Face restoration", minimum=0, maximum=1)
+    initial_noise_multiplier: float = _opt(1.0, "Noise multiplier for img2img (the init image's noise is scaled by "
+                                                "it; below 1 keeps more of the image)", "img2img", minimum=0,
+                                           maximum=1.5)
 
     # ---- validation -----------------------------------------------------------------
 

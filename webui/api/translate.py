@@ -164,7 +164,6 @@ def _unsupported(body: GenerationFields) -> list[tuple[str, str, bool]]:
         checks += [
             ("image_cfg_scale", "image CFG scale (instruct-pix2pix)", body.image_cfg_scale not in (None, 1.5)),
             ("mask_round", "an unrounded latent mask", not body.mask_round),
-            ("initial_noise_multiplier", "initial_noise_multiplier", body.initial_noise_multiplier not in (None, 1)),
             ("latent_mask", "a separate latent mask", body.latent_mask is not None),
             ("mask_blur_x" if body.mask_blur_x != 4 else "mask_blur_y", "different mask blur along x and y",
              body.mask_blur is None and body.mask_blur_x != body.mask_blur_y),
@@ -303,6 +302,10 @@ def to_generation_request(body: GenerationFields, easel, mode: str = "txt2img") 
     values.update(_scripts(body, easel.engine.scripts, mode))
     if values.pop(TILED_VAE, False):  # its tile sizes are not used: diffusers' tiles are the VAE's own size
         values[OVERRIDE] = {**values[OVERRIDE], "vae_tiling": "Always"}
+    if isinstance(body, Img2ImgRequest) and body.initial_noise_multiplier is not None:  # the setting, this request
+        if not 0 <= body.initial_noise_multiplier <= 1.5:
+            raise invalid("initial_noise_multiplier", "must be a number from 0 to 1.5")
+        values[OVERRIDE] = {**values[OVERRIDE], "initial_noise_multiplier": body.initial_noise_multiplier}
     if isinstance(body, Img2ImgRequest):
         values.update(_images(body, bool(easel.settings.get("api_enable_requests")),
                               max_megapixels(easel.settings)))

@@ -137,6 +137,9 @@ class Img2Img(Feature):
         if args.denoising_strength == 0:  # nothing to change: the encoded image as it is
             sampling.result = init
             return
+        multiplier = noise_multiplier(p.plan.options)
+        if multiplier != 1.0:  # AUTOMATIC1111's initial_noise_multiplier: the noise the init image is noised with
+            sampling.first_noise = sampling.first_noise * multiplier
         sampling.init = init
 
     def finish_images(self, run: Run, batch: Batch, images: list[Image.Image],
@@ -149,7 +152,19 @@ class Img2Img(Feature):
 
     def infotext(self, run: Run) -> dict[str, Any]:
         args = run.args.get(self.name)
-        return img2img_params(args) if args is not None else {}
+        if args is None:
+            return {}
+        params = img2img_params(args)
+        multiplier = noise_multiplier(run.first.plan.options) if run.passes else 1.0
+        if multiplier != 1.0 and args.denoising_strength > 0:
+            params["Noise multiplier"] = multiplier  # as AUTOMATIC1111 writes it, only when not 1
+        return params
+
+
+def noise_multiplier(options: dict[str, Any]) -> float:
+    """The `initial_noise_multiplier` setting (or the request's override of it); 1: the plain noise."""
+    value = options.get("initial_noise_multiplier", 1.0)
+    return float(value) if isinstance(value, (int, float)) else 1.0
 
 
 def _encode_targets(model: "LoadedModel", prepared: list[PreparedImage], size: tuple[int, int]) -> torch.Tensor:
