@@ -688,3 +688,27 @@ def test_adetailer_and_regional_prompter_payloads(server, client):
         "Regional Prompter": {"args": rp}}))
     assert bad.status_code == 422 and "prompt" in bad.text and "2 region" in bad.text
     healthy(client)
+
+
+def test_adetailer_noise_multiplier_restore_face_and_initial_noise_multiplier(server, client):
+    """ADetailer's ad_noise_multiplier / ad_restore_face and img2img's initial_noise_multiplier are accepted (they
+    answered 422 / 501 before), written as ADetailer and AUTOMATIC1111 write them, and refused out of range."""
+    from detailer_helpers import write_tiny_yolo
+
+    write_tiny_yolo(server.root / "models" / "adetailer" / "tiny_yolo.onnx")
+    unit = {"ad_model": "tiny_yolo.onnx", "ad_model_classes": "bright", "ad_mask_k_largest": 1, "ad_confidence": 0.1,
+            "ad_use_noise_multiplier": True, "ad_noise_multiplier": 0.8, "ad_restore_face": True}
+    made = txt2img(client, sampler_name="Euler", override_settings={"face_restoration_model": "GFPGAN"},
+                   alwayson_scripts={"ADetailer": {"args": [True, False, unit]}})
+    params = parse_infotext(json.loads(made["info"])["infotexts"][0]).params
+    assert params["ADetailer noise multiplier"] == "0.8" and params["ADetailer restore face"] == "True"
+    bad = client.post("/sdapi/v1/txt2img", json=payload(override_settings={"face_restoration_model": "CodeFormer"},
+                                                        alwayson_scripts={"ADetailer": {"args": [True, False, unit]}}))
+    assert bad.status_code == 422 and "ADetailer.args.2.ad_restore_face" in bad.text and "Codeformer" in bad.text
+    source = png_b64(Image.new("RGB", (64, 64), (90, 120, 200)))
+    body = client.post("/sdapi/v1/img2img", json=payload(init_images=[source], denoising_strength=0.5,
+                                                         initial_noise_multiplier=0.5))
+    assert body.status_code == 200, body.text
+    assert "Noise multiplier: 0.5" in json.loads(body.json()["info"])["infotexts"][0]
+    bad = client.post("/sdapi/v1/img2img", json=payload(init_images=[source], initial_noise_multiplier=2))
+    assert bad.status_code == 422 and "initial_noise_multiplier" in bad.text

@@ -352,3 +352,62 @@ def test_img2img_noise_multiplier_setting_writes_and_pastes_its_key(app, photo):
     assert info.params["Noise multiplier"] == "0.6"
     assert infotext_to_fields(info)["override_settings"]["initial_noise_multiplier"] == 0.6
     assert np.array_equal(arr(img2img(initial_noise_multiplier=1.0).images[0]), arr(plain.images[0]))
+
+
+def test_accordion_models_controls_list_refresh_and_round_trip(app):
+    """Each pass's separate checkpoint / VAE / noise multiplier / restore faces / ControlNet controls: their lists
+    show what is installed, 🔄 reads them again, the tab makes the engine's picture and a paste sets them back."""
+    import shutil
+
+    import gradio as gr
+
+    from webui.features.controlnet.models import write_controlnet
+    from webui.features.detailer.args import SAME_CHECKPOINT, SAME_VAE
+    from webui.ui.runner import SessionJobs
+    from webui.ui.send_to import SendTarget, paste_updates
+    from webui.ui.txt2img import build_txt2img
+
+    folder = app.paths.model_dir("controlnet")
+    if not (folder / "control_canny_tiny.safetensors").exists():
+        write_controlnet(folder / "control_canny_tiny.safetensors", app.models.get(CKPT).unet, "original", seed=1)
+    with gr.Blocks() as blocks:
+        checkpoint = gr.Dropdown(choices=[CKPT], value=CKPT)
+        controls = build_txt2img(app, checkpoint, SessionJobs())
+    i = controls.inputs
+    key = f"{PREFIX}1::"
+
+    def names(component):
+        return [c[0] for c in component.choices]
+
+    assert i[key + "ad_controlnet_model"].elem_id == "txt2img_adetailer_1_ad_controlnet_model"
+    assert names(i[key + "ad_checkpoint"])[0] == SAME_CHECKPOINT
+    assert any(n.startswith("tiny-sd1") for n in names(i[key + "ad_checkpoint"]))
+    assert names(i[key + "ad_vae"])[:3] == [SAME_VAE, "Automatic", "None"]
+    assert names(i[key + "ad_controlnet_model"]) == ["None", "control_canny_tiny"]
+    assert names(i[key + "ad_controlnet_module"])[0] == "None" and "canny" in names(i[key + "ad_controlnet_module"])
+    shutil.copy(folder / "control_canny_tiny.safetensors", folder / "control_depth_tiny.safetensors")
+    try:
+        refresh = next(f for f in blocks.fns.values() if i[key + "ad_controlnet_model"] in f.outputs)
+        _, _, listed = refresh.fn()
+        assert listed["choices"] == ["None", "control_canny_tiny", "control_depth_tiny"]
+    finally:
+        (folder / "control_depth_tiny.safetensors").unlink()
+    unit = {**BRIGHT, "ad_use_noise_multiplier": True, "ad_noise_multiplier": 0.7,
+            "ad_controlnet_model": "control_canny_tiny", "ad_controlnet_module": "canny", "ad_controlnet_weight": 0.8}
+    run = next(f.fn for f in blocks.fns.values() if f.api_name == "txt2img")
+    values = {"prompt": "a portrait", "negative_prompt": "blurry", "steps": 3, "sampler_name": "Euler",
+              "cfg_scale": 7, "seed": 5, "width": 64, "height": 64, f"{PREFIX}enable": True,
+              **{f"{PREFIX}0::{name}": value for name, value in unit.items()}}
+    inputs = {i[name]: value for name, value in values.items()}
+    inputs[checkpoint] = CKPT
+    *_, last = run(inputs, type("Request", (), {"session_hash": "detailer-models-ui"})())
+    texts = last[4]
+    engine = txt2img(app, detailer(unit))
+    assert texts and texts[0].split(", Version")[0] == engine.infotexts[0].split(", Version")[0]
+    assert "ADetailer ControlNet model: control_canny_tiny" in texts[0] and "ADetailer noise multiplier: 0.7" in texts[0]
+    target = SendTarget(tab="txt2img", label="txt2img", controls=controls)
+    updates = dict(zip(target.fields(), paste_updates(app, target, texts[0])))
+    assert updates[f"{PREFIX}0::ad_controlnet_model"] == "control_canny_tiny"
+    assert updates[f"{PREFIX}0::ad_controlnet_module"] == "canny" and updates[f"{PREFIX}0::ad_controlnet_weight"] == 0.8
+    assert updates[f"{PREFIX}0::ad_use_noise_multiplier"] is True and updates[f"{PREFIX}0::ad_noise_multiplier"] == 0.7
+    assert updates[f"{PREFIX}0::ad_checkpoint"] == SAME_CHECKPOINT and updates[f"{PREFIX}0::ad_vae"] == SAME_VAE
