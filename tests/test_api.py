@@ -571,8 +571,9 @@ def test_unknown_job_and_result_of_unfinished(client):
 
 def test_a_feature_easel_lacks_is_a_422_naming_field_and_capability_and_a_missing_route_a_501(client):
     """A well-formed request for something Easel cannot do yet is refused before any work, never a 5xx."""
-    for body, field, capability in ((payload(firstpass_image="aGk="), "firstpass_image",
-                                     "hires fix from a first-pass image"),
+    keep = "keeping override_settings after the request (Easel never changes saved settings from a generation request)"
+    for body, field, capability in ((payload(override_settings_restore_afterwards=False),
+                                     "override_settings_restore_afterwards", keep),
                                     (payload(alwayson_scripts={"AnimateDiff": {"args": [True]}}),
                                      "alwayson_scripts", "AnimateDiff")):
         response = client.post("/sdapi/v1/txt2img", json=body)
@@ -580,11 +581,35 @@ def test_a_feature_easel_lacks_is_a_422_naming_field_and_capability_and_a_missin
         assert response.status_code == 422 and answer["error"] == "NotImplemented", response.text
         assert answer["missing"] == capability and answer["field"].startswith(field)
         assert answer["detail"][0]["loc"][:2] == ["body", field] and "nothing was run" in answer["detail"][0]["msg"]
-    queued = client.post("/easel/v1/jobs", json={"type": "txt2img", "params": payload(firstpass_image="aGk=")})
-    assert queued.status_code == 422 and queued.json()["detail"][0]["loc"] == ["body", "params", "firstpass_image"]
-    assert queued.json()["field"] == "params.firstpass_image"
+    kept = payload(override_settings_restore_afterwards=False)
+    queued = client.post("/easel/v1/jobs", json={"type": "txt2img", "params": kept})
+    assert queued.status_code == 422
+    assert queued.json()["detail"][0]["loc"] == ["body", "params", "override_settings_restore_afterwards"]
+    assert queued.json()["field"] == "params.override_settings_restore_afterwards"
     route = client.post("/sdapi/v1/interrogate", json={"image": "", "model": "clip"})
     assert route.status_code == 501 and route.json()["missing"].startswith("interrogation")
+
+
+def test_a1111_hires_and_img2img_fields_in_its_payload_shape(client):
+    """hr_checkpoint_name, firstpass_image (base64), firstphase_*, and img2img's initial_noise_multiplier,
+    mask_round, latent_mask (base64) and mask_blur_x/y, as AUTOMATIC1111's clients send them."""
+    first = decode(txt2img(client, steps=3)["images"][0])
+    body = txt2img(client, steps=3, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=2, hr_upscaler="Lanczos",
+                   hr_checkpoint_name="tiny-sdxl", firstpass_image=png_b64(first), width=128, height=128,
+                   firstphase_width=64, firstphase_height=64)
+    params = parse_infotext(json.loads(body["info"])["infotexts"][0]).params
+    assert params["Hires checkpoint"].startswith("tiny-sdxl [") and params["Size"] == "64x64"
+    assert decode(body["images"][0]).size == (96, 96)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    i2i = payload(init_images=[png_b64(first)], mask=png_b64(mask), denoising_strength=0.6, inpaint_full_res=False)
+    plain = client.post("/sdapi/v1/img2img", json=i2i)
+    changed = client.post("/sdapi/v1/img2img", json={**i2i, "initial_noise_multiplier": 0.5, "mask_round": False,
+                                                     "latent_mask": png_b64(mask), "mask_blur_x": 8, "mask_blur_y": 2})
+    assert plain.status_code == changed.status_code == 200, changed.text
+    info = parse_infotext(json.loads(changed.json()["info"])["infotexts"][0]).params
+    assert info["Noise multiplier"] == "0.5" and "Mask blur" not in info
+    assert max_diff(decode(changed.json()["images"][0]), decode(plain.json()["images"][0])) > 0
 
 
 def test_guidance_add_ons_and_the_refiner_take_the_originals_payloads(client):
@@ -690,9 +715,9 @@ def test_adetailer_and_regional_prompter_payloads(server, client):
     healthy(client)
 
 
-def test_adetailer_noise_multiplier_restore_face_and_initial_noise_multiplier(server, client):
-    """ADetailer's ad_noise_multiplier / ad_restore_face and img2img's initial_noise_multiplier are accepted (they
-    answered 422 / 501 before), written as ADetailer and AUTOMATIC1111 write them, and refused out of range."""
+def test_adetailer_noise_multiplier_and_restore_face(server, client):
+    """ADetailer's ad_noise_multiplier / ad_restore_face are accepted (they answered 422 before) and written as
+    ADetailer writes them; a restorer that is not installed is a 422 naming the argument."""
     from detailer_helpers import write_tiny_yolo
 
     write_tiny_yolo(server.root / "models" / "adetailer" / "tiny_yolo.onnx")
@@ -705,10 +730,3 @@ def test_adetailer_noise_multiplier_restore_face_and_initial_noise_multiplier(se
     bad = client.post("/sdapi/v1/txt2img", json=payload(override_settings={"face_restoration_model": "CodeFormer"},
                                                         alwayson_scripts={"ADetailer": {"args": [True, False, unit]}}))
     assert bad.status_code == 422 and "ADetailer.args.2.ad_restore_face" in bad.text and "Codeformer" in bad.text
-    source = png_b64(Image.new("RGB", (64, 64), (90, 120, 200)))
-    body = client.post("/sdapi/v1/img2img", json=payload(init_images=[source], denoising_strength=0.5,
-                                                         initial_noise_multiplier=0.5))
-    assert body.status_code == 200, body.text
-    assert "Noise multiplier: 0.5" in json.loads(body.json()["info"])["infotexts"][0]
-    bad = client.post("/sdapi/v1/img2img", json=payload(init_images=[source], initial_noise_multiplier=2))
-    assert bad.status_code == 422 and "initial_noise_multiplier" in bad.text

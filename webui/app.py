@@ -378,6 +378,6 @@ def builtin_features(networks: LoraNetworks, upscalers: Upscalers, controlnets: 
                      ip_adapters: IPAdapterLibrary, annotators_dir: Path, identity: IdentityService,
                      models: ModelManager | None = None) -> list[Feature]:
     """Easel's own features, in the order they contribute to a pass and to the infotext."""
-    return [Img2Img(), SoftInpainting(), HiresFix(upscalers), ExtraNetworks(networks),
+    return [Img2Img(), SoftInpainting(), HiresFix(upscalers, models), ExtraNetworks(networks),
             ControlNet(controlnets, ip_adapters, annotators_dir), Identity(identity),
             NegativeGuidanceMinimumSigma(), FreeU(), PAG(), SAG(), SLG(), Refiner(models)]

@@ -235,6 +235,8 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
                           ("Hires prompt", "hr_prompt"), ("Hires negative prompt", "hr_negative_prompt")):
             if key in p:
                 fields[name] = p[key]
+        # "name [hash]" as AUTOMATIC1111 writes it (the tabs find the installed one); none: the same checkpoint
+        fields["hr_checkpoint_name"] = p.get("Hires checkpoint", "")
     overrides: dict[str, Any] = {}
     if "Clip skip" in p and _number(p["Clip skip"]):
         overrides["CLIP_stop_at_last_layers"] = int(float(p["Clip skip"]))

@@ -144,6 +144,7 @@ class Settings:
                                maximum=100)
     s_min_uncond_all: bool = _opt(False, "NGMS: skip the negative prompt on every step below that sigma",
                                   "Sampler parameters")
+    initial_noise_multiplier: float = _opt(1.0, "Noise multiplier for img2img", "img2img", minimum=0, maximum=1.5)
     hires_fix_refiner_pass: str = _opt("second pass", "Hires fix: which pass uses the refiner", "Stable Diffusion",
                                        choices=("first pass", "second pass", "both passes"))
     sigma_min: float = _opt(0.0, "Sigma min (0 = the model's)", "Sampler parameters", minimum=0, maximum=10)
@@ -203,9 +204,6 @@ class Settings:
                                        "Face restoration", choices=("CodeFormer", "GFPGAN"))
     code_former_weight: float = _opt(0.5, "CodeFormer weight (0 = maximum effect, 1 = minimum effect)",
                                      "Face restoration", minimum=0, maximum=1)
-    initial_noise_multiplier: float = _opt(1.0, "Noise multiplier for img2img (the init image's noise is scaled by "
-                                                "it; below 1 keeps more of the image)", "img2img", minimum=0,
-                                           maximum=1.5)
 
     # ---- validation -----------------------------------------------------------------
 

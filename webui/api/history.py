@@ -17,7 +17,7 @@ from .models import GenerationFields, Img2ImgRequest
 def kept_body(body: GenerationFields) -> GenerationFields:
     """The body without its input images (kept when the client asked for them back: include_init_images)."""
     if isinstance(body, Img2ImgRequest) and not body.include_init_images:
-        return body.model_copy(update={"init_images": None, "mask": None})
+        return body.model_copy(update={"init_images": None, "mask": None, "latent_mask": None})
     return body
 
 
@@ -25,4 +25,4 @@ def kept_request(request: GenerationRequest, body: GenerationFields) -> Generati
     """The request for the `info` of the response: without decoded images (ControlNet's are in alwayson_scripts)."""
     keep_inits = isinstance(body, Img2ImgRequest) and body.include_init_images
     return dataclasses.replace(request, init_images=list(request.init_images) if keep_inits else [], mask=None,
-                               alwayson_scripts={})
+                               latent_mask=None, firstpass_image=None, alwayson_scripts={})

@@ -27,7 +27,7 @@ from ..core.image_input import max_megapixels
 from ..core.infotext import parse_infotext
 from ..pnginfo import infotext_to_fields
 from ..core.jobs import Job
-from ..core.request import GenerationRequest, Result, ValidationError
+from ..core.request import MAX_SIDE, GenerationRequest, Result, ValidationError
 from ..features import wildcards
 from ..model_manager.registry import ModelNotFoundError
 from ..model_manager.module_choice import SETTING as MODULES_SETTING
@@ -41,7 +41,8 @@ REQUEST_FIELDS = frozenset(GenerationRequest.field_names())
 _REQUEST_DEFAULTS = {f.name: f.default for f in fields(GenerationRequest)}
 # handled here rather than passed through by name
 _SPECIAL = {"sampler_name", "scheduler", "save_images", "override_settings", "mode", "checkpoint", "extra",
-            "script_name", "script_args", "alwayson_scripts", "init_images", "mask", "mask_blur"}
+            "script_name", "script_args", "alwayson_scripts", "init_images", "mask", "mask_blur",
+            "mask_blur_x", "mask_blur_y", "latent_mask", "firstpass_image"}
 
 # AUTOMATIC1111 options Easel has no setting for, with the values that mean "what Easel does anyway"
 NEUTRAL_OPTIONS: dict[str, tuple[Any, ...]] = {}
@@ -148,25 +149,13 @@ def apply_infotext(body: GenerationFields) -> GenerationFields:
 def _unsupported(body: GenerationFields) -> list[tuple[str, str, bool]]:
     """(field, capability, switched on?) for AUTOMATIC1111 features Easel does not have."""
     checks = [
-        ("firstpass_image", "hires fix from a first-pass image", body.firstpass_image is not None),
         ("override_settings_restore_afterwards", "keeping override_settings after the request (Easel never changes "
          "saved settings from a generation request)", not body.override_settings_restore_afterwards),
     ]
-    if isinstance(body, Txt2ImgRequest):
-        checks += [
-            ("firstphase_width" if body.firstphase_width else "firstphase_height",
-             "firstphase_width/height (use width/height with hr_scale)",
-             bool(body.firstphase_width or body.firstphase_height)),
-            ("hr_checkpoint_name", "a different checkpoint for the hires pass",
-             body.hr_checkpoint_name not in (None, "", "Use same checkpoint")),
-        ]
     if isinstance(body, Img2ImgRequest):
         checks += [
-            ("image_cfg_scale", "image CFG scale (instruct-pix2pix)", body.image_cfg_scale not in (None, 1.5)),
-            ("mask_round", "an unrounded latent mask", not body.mask_round),
-            ("latent_mask", "a separate latent mask", body.latent_mask is not None),
-            ("mask_blur_x" if body.mask_blur_x != 4 else "mask_blur_y", "different mask blur along x and y",
-             body.mask_blur is None and body.mask_blur_x != body.mask_blur_y),
+            ("image_cfg_scale", "image CFG scale, which only instruct-pix2pix checkpoints use (Easel cannot load "
+             "instruct-pix2pix models)", body.image_cfg_scale not in (None, 1.5)),
         ]
     return checks
 
@@ -275,8 +264,34 @@ def _images(body: Img2ImgRequest, allow_urls: bool, max_mp: float) -> dict[str, 
     mask = None
     if body.mask:
         mask = decode_image("mask", body.mask, allow_urls=allow_urls, max_megapixels=max_mp)
-    blur = body.mask_blur if body.mask_blur is not None else body.mask_blur_x
-    return {"init_images": images, "mask": mask, "mask_blur": blur}
+    if body.firstpass_image:  # AUTOMATIC1111 reads it in txt2img only
+        raise invalid("firstpass_image", "is a txt2img field (hires fix from a first-pass image)")
+    latent_mask = None
+    if body.latent_mask:
+        latent_mask = decode_image("latent_mask", body.latent_mask, allow_urls=allow_urls, max_megapixels=max_mp)
+    if body.mask_blur is not None:  # AUTOMATIC1111: mask_blur sets both radii
+        return {"init_images": images, "mask": mask, "mask_blur": body.mask_blur, "latent_mask": latent_mask}
+    return {"init_images": images, "mask": mask, "mask_blur": body.mask_blur_x, "latent_mask": latent_mask,
+            "mask_blur_x": body.mask_blur_x, "mask_blur_y": body.mask_blur_y}
+
+
+def _txt2img_fields(body: Txt2ImgRequest, allow_urls: bool, max_mp: float) -> dict[str, Any]:
+    """AUTOMATIC1111's firstpass_image (base64) and its legacy firstphase_width/height, which replace width and
+    height (AUTOMATIC1111 1.x then sizes the hires pass from them with hr_scale / hr_resize_x/y)."""
+    out: dict[str, Any] = {}
+    if body.firstpass_image:
+        out["firstpass_image"] = decode_image("firstpass_image", body.firstpass_image, allow_urls=allow_urls,
+                                              max_megapixels=max_mp)
+    if body.firstphase_width or body.firstphase_height:
+        sides = (("firstphase_width", "firstphase_height"), ("firstphase_height", "firstphase_width"))
+        for name, other in sides:
+            value = getattr(body, name)
+            if value and (isinstance(value, bool) or not 64 <= value <= MAX_SIDE or value % 8):
+                raise invalid(name, f"must be 0 or a multiple of 8 from 64 to {MAX_SIDE} (it replaces the size)")
+            if value and not getattr(body, other):
+                raise invalid(name, f"needs {other} too: the two replace width and height")
+        out["width"], out["height"] = body.firstphase_width, body.firstphase_height
+    return out
 
 
 def to_generation_request(body: GenerationFields, easel, mode: str = "txt2img") -> GenerationRequest:
@@ -302,13 +317,12 @@ def to_generation_request(body: GenerationFields, easel, mode: str = "txt2img") 
     values.update(_scripts(body, easel.engine.scripts, mode))
     if values.pop(TILED_VAE, False):  # its tile sizes are not used: diffusers' tiles are the VAE's own size
         values[OVERRIDE] = {**values[OVERRIDE], "vae_tiling": "Always"}
-    if isinstance(body, Img2ImgRequest) and body.initial_noise_multiplier is not None:  # the setting, this request
-        if not 0 <= body.initial_noise_multiplier <= 1.5:
-            raise invalid("initial_noise_multiplier", "must be a number from 0 to 1.5")
-        values[OVERRIDE] = {**values[OVERRIDE], "initial_noise_multiplier": body.initial_noise_multiplier}
     if isinstance(body, Img2ImgRequest):
         values.update(_images(body, bool(easel.settings.get("api_enable_requests")),
                               max_megapixels(easel.settings)))
+    if isinstance(body, Txt2ImgRequest):
+        values.update(_txt2img_fields(body, bool(easel.settings.get("api_enable_requests")),
+                                      max_megapixels(easel.settings)))
     try:
         request = GenerationRequest(**values)  # constructing checks the fields
         easel.engine.validate(request)  # the engine checks what needs models and scripts

@@ -64,6 +64,7 @@ class Sampling:
     # what the 9-channel (inpainting) models see besides the latents: (masks 0/1 at pixel size, pixels
     # of the masked image); None: the whole picture is to be painted, as AUTOMATIC1111 does for txt2img
     inpaint_inputs: tuple["torch.Tensor", list["Image.Image"]] | None = None
+    inpaint_mask_rounded: bool = True   # False: those models see the mask's fractions (AUTOMATIC1111's mask_round)
     # set by an init step that has the answer already (denoising strength 0: the encoded image)
     result: "torch.Tensor | None" = None
 

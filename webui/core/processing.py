@@ -245,7 +245,7 @@ class Engine:
                     latents = self._sample_pass(run, p, batch, latents, step_offset)
                     step_offset += p.steps_to_run()
                 t1 = time.perf_counter()
-                images = latents_io.decode(model, latents)
+                images = latents_io.decode(run.passes[-1].plan.model, latents)  # a pass may run on another model
                 for feature in self.features:
                     images = feature.finish_images(run, batch, images, latents)
                 decode_time += time.perf_counter() - t1
@@ -258,7 +258,7 @@ class Engine:
                 result.interrupted = True
                 partial = getattr(stop, "latents", None)  # set by _run: how far this batch had come
                 if partial is not None:  # as AUTOMATIC1111 does, keep the partly denoised images
-                    for offset, image in enumerate(latents_io.decode(model, partial)):
+                    for offset, image in enumerate(latents_io.decode(getattr(stop, "model", model), partial)):
                         self._keep(result, run, image, batch.seeds[offset], batch_index, offset, output_dir)
                 break
             for offset, image in enumerate(images):
@@ -429,7 +429,8 @@ class Engine:
         if sampling.inpaint_inputs is not None:
             targets, masks = sampling.inpaint_inputs
             mask_pixels = torch.stack([torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0) for m in masks])[:, None]
-            mask_pixels = (mask_pixels > 0.5).float()
+            if sampling.inpaint_mask_rounded:
+                mask_pixels = (mask_pixels > 0.5).float()
             masked = [latents_io.to_pixels(target) * (1 - mask_pixels[i]) for i, target in enumerate(targets)]
         else:  # no mask: the whole picture is "to be painted", as AUTOMATIC1111 does for txt2img
             mask_pixels = torch.ones(batch, 1, height, width)
@@ -474,6 +475,7 @@ class Engine:
                                 options=self.sampler_options(request, plan))
         except Interrupted as stop:
             stop.latents = last[0] if last else None  # type: ignore[attr-defined]  # read by _generate
+            stop.model = plan.model  # type: ignore[attr-defined]  # whose VAE decodes them
             raise
 
     # ---- output ---------------------------------------------------------------------------------

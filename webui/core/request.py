@@ -95,6 +95,10 @@ class GenerationRequest:
     hr_scheduler: str = ""
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    # the hires pass on another checkpoint ("" or "Use same checkpoint": the job's), AUTOMATIC1111's field
+    hr_checkpoint_name: str = ""
+    # hires fix from this picture instead of a generated first pass (a PIL image), AUTOMATIC1111's field
+    firstpass_image: Any = None
     denoising_strength: float = 0.75
     # after decoding: restore faces with the face_restoration_model setting (features/face_restore.py)
     restore_faces: bool = False
@@ -110,6 +114,13 @@ class GenerationRequest:
     resize_mode: int = 0
     mask: Any = None
     mask_blur: int = 4
+    # AUTOMATIC1111's separate blur along x and y (None: mask_blur); unrounded latent mask; a separate mask for
+    # the latent blend (a PIL image); img2img's initial noise multiplier (None: the setting)
+    mask_blur_x: int | None = None
+    mask_blur_y: int | None = None
+    mask_round: bool = True
+    latent_mask: Any = None
+    initial_noise_multiplier: float | None = None
     inpainting_fill: int = 0
     inpaint_full_res: bool = True
     inpaint_full_res_padding: int = 0

@@ -86,10 +86,12 @@ def _gaussian_1d(array: np.ndarray, sigma: float, axis: int) -> np.ndarray:
     return np.apply_along_axis(lambda line: np.convolve(line, kernel, mode="valid"), axis, padded)
 
 
-def latent_mask(mask: Image.Image, latent_size: tuple[int, int]) -> np.ndarray:
-    """Binary (0/1) mask at latent resolution, as AUTOMATIC1111 rounds it."""
+def latent_mask(mask: Image.Image, latent_size: tuple[int, int], rounded: bool = True) -> np.ndarray:
+    """The mask at latent resolution: binary (0/1) as AUTOMATIC1111 rounds it, or its fractions (`mask_round`
+    off, AUTOMATIC1111's unrounded latent mask: the blend follows the blurred edge)."""
     small = mask.convert("L").resize(latent_size, Image.Resampling.BILINEAR)
-    return np.round(np.asarray(small, dtype=np.float32) / 255.0)
+    values = np.asarray(small, dtype=np.float32) / 255.0
+    return np.round(values) if rounded else values
 
 
 def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
@@ -202,6 +204,7 @@ class PreparedImage:
     overlay_mask: Image.Image | None    # mask at the original's size
     region: CropRegion | None = None    # "only masked": where the generated crop goes back
     resize_latents: bool = False        # resize mode 3: encode at the image's own size, resize latents
+    latent_mask: Image.Image | None = None  # `latent_mask` at the generation size: the latent blend's own mask
 
 
 def round8(value: int) -> int:
@@ -216,10 +219,30 @@ def generation_size(request, image: Image.Image) -> tuple[int, int]:
     return request.width, request.height
 
 
+def mask_blurs(request) -> tuple[int, int]:
+    """(x, y) blur radii: AUTOMATIC1111's `mask_blur_x` / `mask_blur_y`, each `mask_blur` when not given."""
+    blur = request.mask_blur
+    x, y = getattr(request, "mask_blur_x", None), getattr(request, "mask_blur_y", None)
+    return (blur if x is None else x), (blur if y is None else y)
+
+
+def _shaped_latent_mask(request, image: Image.Image, size: tuple[int, int],
+                        region: CropRegion | None) -> Image.Image | None:
+    """`latent_mask` (not blurred, not inverted, as AUTOMATIC1111 uses it) in the generated picture's geometry."""
+    given = getattr(request, "latent_mask", None)
+    if given is None:
+        return None
+    mask = mask_to_l(given)
+    if region is not None:
+        return mask.resize(image.size, Image.Resampling.LANCZOS).crop(region.box).resize(size, Image.Resampling.LANCZOS)
+    return resize_image(mask.convert("RGB"), *size, request.resize_mode).convert("L")
+
+
 def prepare_image(request, image: Image.Image, user_mask: Image.Image | None) -> tuple[PreparedImage, tuple[int, int]]:
     image = image.convert("RGB")
     size = generation_size(request, image)
     blur = request.mask_blur
+    blur_x, blur_y = mask_blurs(request)
     sides = (request.outpaint_left, request.outpaint_right, request.outpaint_up, request.outpaint_down)
     if any(sides):
         canvas, border = outpaint_canvas(image, *sides, overlap=max(8, blur * 2))
@@ -237,19 +260,22 @@ def prepare_image(request, image: Image.Image, user_mask: Image.Image | None) ->
         return prepared, size
     invert = bool(request.inpainting_mask_invert)
     if request.inpaint_full_res:
-        full_mask = prepare_mask(user_mask, image.size, blur, blur, invert)
+        full_mask = prepare_mask(user_mask, image.size, blur_x, blur_y, invert)
         region = masked_region(full_mask, request.inpaint_full_res_padding, size)
         if region is not None:
             target = image.crop(region.box).resize(size, Image.Resampling.LANCZOS)
             mask = full_mask.crop(region.box).resize(size, Image.Resampling.LANCZOS)
-            if request.inpainting_fill == FILL:
-                target = fill_masked(target, mask)
-            return PreparedImage(target, mask, image, full_mask, region), size
+            latent = _shaped_latent_mask(request, image, size, region)
+            if request.inpainting_fill == FILL:  # AUTOMATIC1111 fills where the latent mask says
+                target = fill_masked(target, latent if latent is not None else mask)
+            return PreparedImage(target, mask, image, full_mask, region, latent_mask=latent), size
     resized = resize_image(image, *size, request.resize_mode)
     mask = prepare_mask(resize_image(mask_to_l(user_mask).convert("RGB"), *size, request.resize_mode).convert("L"),
-                        size, blur, blur, invert)
-    target = fill_masked(resized, mask) if request.inpainting_fill == FILL else resized
-    return PreparedImage(target, mask, resized, mask), size
+                        size, blur_x, blur_y, invert)
+    latent = _shaped_latent_mask(request, image, size, None)
+    fill_area = latent if latent is not None else mask
+    target = fill_masked(resized, fill_area) if request.inpainting_fill == FILL else resized
+    return PreparedImage(target, mask, resized, mask, latent_mask=latent), size
 
 
 def finish_image(result: Image.Image, prepared: PreparedImage, alpha: np.ndarray | None = None) -> Image.Image:

@@ -21,7 +21,7 @@ from ..core.request import FieldError, ValidationError, int_in, is_number
 from . import soft_inpaint
 from .hires import upscale_latents
 from .img2img import (LATENT_NOISE, LATENT_NOTHING, MASKED_CONTENT, RESIZE_MODES, PreparedImage, latent_mask,
-                      prepare_image)
+                      mask_blurs, prepare_image)
 
 if TYPE_CHECKING:
     from ..core.request import GenerationRequest
@@ -47,6 +47,11 @@ class Img2ImgArgs:
     outpaint_right: int
     outpaint_up: int
     outpaint_down: int
+    mask_blur_x: int                # AUTOMATIC1111's separate blur radii (mask_blur when not given)
+    mask_blur_y: int
+    mask_round: bool                # False: the latent blend follows the mask's fractions
+    latent_mask: Image.Image | None  # the latent blend's own mask (AUTOMATIC1111's)
+    initial_noise_multiplier: float | None  # None: the `initial_noise_multiplier` setting
 
     @property
     def outpainting(self) -> bool:
@@ -74,6 +79,7 @@ class Img2Img(Feature):
             return None, errors
         values = {name: getattr(request, name) for name in _FIELDS}
         values["inpaint_full_res"] = bool(values["inpaint_full_res"])
+        values["mask_blur_x"], values["mask_blur_y"] = mask_blurs(request)
         return Img2ImgArgs(init_images=tuple(request.init_images), **values), []
 
     def _errors(self, request: "GenerationRequest") -> Iterator[FieldError]:
@@ -92,6 +98,21 @@ class Img2Img(Feature):
         yield from int_in(request, "inpainting_mask_invert", 0, 1)
         for side in ("left", "right", "up", "down"):
             yield from int_in(request, f"outpaint_{side}", 0, 2048)
+        for name in ("mask_blur_x", "mask_blur_y"):
+            if getattr(request, name) is not None:
+                yield from int_in(request, name, 0, 64)
+        if not isinstance(request.mask_round, bool):
+            yield FieldError("mask_round", "must be true or false")
+        if request.latent_mask is not None:
+            if not isinstance(request.latent_mask, Image.Image):
+                yield FieldError("latent_mask", "must be an image")
+            elif request.mask is None:
+                yield FieldError("latent_mask", "needs a mask: it replaces the mask in the latent blend")
+            elif any((request.outpaint_left, request.outpaint_right, request.outpaint_up, request.outpaint_down)):
+                yield FieldError("latent_mask", "is not used with outpainting, whose mask is the new border")
+        multiplier = request.initial_noise_multiplier
+        if multiplier is not None and (not is_number(multiplier) or not 0 <= multiplier <= 1.5):
+            yield FieldError("initial_noise_multiplier", "must be empty or a number from 0 to 1.5")
 
     def begin(self, run: Run) -> None:
         args: Img2ImgArgs | None = run.args.get(self.name)
@@ -124,7 +145,9 @@ class Img2Img(Feature):
         masks = [item.mask for item in prepared]
         if all(m is not None for m in masks):
             latent_size = (init.shape[-1], init.shape[-2])
-            change = torch.stack([torch.from_numpy(latent_mask(m, latent_size)) for m in masks])[:, None]
+            blend = [item.latent_mask if item.latent_mask is not None else item.mask for item in prepared]
+            change = torch.stack([torch.from_numpy(latent_mask(m, latent_size, args.mask_round))
+                                  for m in blend])[:, None]
             change = change.to(init.device, init.dtype)
             if args.inpainting_fill == LATENT_NOISE:
                 init = init * (1 - change) + sampling.first_noise * change
@@ -134,12 +157,13 @@ class Img2Img(Feature):
             soft = run.args.get(soft_inpaint.SoftInpainting.name)
             sampling.denoiser = soft_inpaint.wrap_denoiser(soft, sampling.denoiser, init, change, masks)
             sampling.inpaint_inputs = ([item.target for item in prepared], masks)
+            sampling.inpaint_mask_rounded = args.mask_round
+        multiplier = noise_multiplier(run)
+        if multiplier != 1:  # AUTOMATIC1111 scales the noise img2img starts from (not latent noise's fill)
+            sampling.first_noise = sampling.first_noise * multiplier
         if args.denoising_strength == 0:  # nothing to change: the encoded image as it is
             sampling.result = init
             return
-        multiplier = noise_multiplier(p.plan.options)
-        if multiplier != 1.0:  # AUTOMATIC1111's initial_noise_multiplier: the noise the init image is noised with
-            sampling.first_noise = sampling.first_noise * multiplier
         sampling.init = init
 
     def finish_images(self, run: Run, batch: Batch, images: list[Image.Image],
@@ -155,16 +179,17 @@ class Img2Img(Feature):
         if args is None:
             return {}
         params = img2img_params(args)
-        multiplier = noise_multiplier(run.first.plan.options) if run.passes else 1.0
-        if multiplier != 1.0 and args.denoising_strength > 0:
-            params["Noise multiplier"] = multiplier  # as AUTOMATIC1111 writes it, only when not 1
+        if noise_multiplier(run) != 1:
+            params["Noise multiplier"] = noise_multiplier(run)
         return params
 
 
-def noise_multiplier(options: dict[str, Any]) -> float:
-    """The `initial_noise_multiplier` setting (or the request's override of it); 1: the plain noise."""
-    value = options.get("initial_noise_multiplier", 1.0)
-    return float(value) if isinstance(value, (int, float)) else 1.0
+def noise_multiplier(run: Run) -> float:
+    """The request's `initial_noise_multiplier`, else the setting (AUTOMATIC1111's "Noise multiplier for img2img")."""
+    args: Img2ImgArgs = run.args["img2img"]
+    if args.initial_noise_multiplier is not None:
+        return float(args.initial_noise_multiplier)
+    return float(run.first.plan.options.get("initial_noise_multiplier", 1.0))
 
 
 def _encode_targets(model: "LoadedModel", prepared: list[PreparedImage], size: tuple[int, int]) -> torch.Tensor:
@@ -179,7 +204,9 @@ def img2img_params(request: "Img2ImgArgs | GenerationRequest") -> dict[str, Any]
     params: dict[str, Any] = {"Denoising strength": request.denoising_strength}
     if request.mask is not None or any((request.outpaint_left, request.outpaint_right, request.outpaint_up,
                                         request.outpaint_down)):
-        params["Mask blur"] = request.mask_blur
+        blur_x, blur_y = mask_blurs(request)
+        if blur_x == blur_y:  # AUTOMATIC1111 writes no "Mask blur" when x and y differ
+            params["Mask blur"] = blur_x
         params["Masked content"] = MASKED_CONTENT[request.inpainting_fill]
     if request.mask is not None:
         if request.inpaint_full_res:

@@ -28,12 +28,14 @@ from .generation_controls import GenerationControls
 from .identity_tab import PASTED as IDENTITY_PASTED, pasted_identity_fields
 from .img2img import INPAINT_AREAS, MASK_MODES
 from ..features import soft_inpaint, wildcards
+from ..features.hires import SAME_CHECKPOINT
 from .guidance_ui import PASTED as GUIDANCE_PASTED
 
 # request fields a pasted infotext may set, when the target tab has a control for them
 PASTEABLE = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed", "width",
              "height", "enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
-             "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "denoising_strength", "mask_blur",
+             "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "hr_checkpoint_name",
+             "denoising_strength", "mask_blur",
              "inpaint_full_res_padding", "lora_composition", "subseed", "subseed_strength", "seed_resize_from_w",
              "seed_resize_from_h", "cfg_rescale", "cfg_interval_start", "cfg_interval_end", "lora_switch_steps", "distilled_cfg_scale",
              "inpainting_fill", "inpaint_full_res", "inpainting_mask_invert", "resize_mode", "override_settings",
@@ -107,10 +109,10 @@ def pasted_fields(easel: Easel, text: str) -> dict[str, Any]:
         values.update(pasted_regions_fields(info.params))
         values.update(pasted_tiled_fields(info.params))
         values["override_settings"] = override_items(info)
-        if values.get("refiner_checkpoint"):  # "name [hash]" as AUTOMATIC1111 writes it -> the installed title
-            name, _, short = values["refiner_checkpoint"].partition(" [")
-            values["refiner_checkpoint"] = find_checkpoint(easel, {"name": name, "hash": short.rstrip("]")}) \
-                or values["refiner_checkpoint"]
+        for key in ("refiner_checkpoint", "hr_checkpoint_name"):  # "name [hash]" as A1111 writes it -> the title
+            if values.get(key):
+                name, _, short = values[key].partition(" [")
+                values[key] = find_checkpoint(easel, {"name": name, "hash": short.rstrip("]")}) or values[key]
     easel.engine.hooks.call("infotext_pasted", text=text, fields=values)
     return values
 
@@ -134,6 +136,8 @@ def paste_updates(easel: Easel, target: SendTarget, text: str) -> list:
             continue
         if name in ("hr_sampler_name", "hr_scheduler") and not value:
             value = "Use same"
+        if name == "hr_checkpoint_name" and not value:
+            value = SAME_CHECKPOINT
         if name == "sampler_name" and value not in samplers.sampler_names():
             updates.append(gr.skip())
             continue

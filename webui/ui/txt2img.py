@@ -8,6 +8,7 @@ import gradio as gr
 from ..app import Easel
 from ..core import samplers
 from ..core.request import GenerationRequest
+from ..features.hires import SAME_CHECKPOINT, same_checkpoint
 from .controlnet_ui import build_controlnet_units
 from .detailer_ui import build_detailer
 from .regions_ui import build_regions
@@ -40,6 +41,9 @@ def _hires_controls(easel: Easel, controls: GenerationControls) -> None:
             i["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to (0: by scale)",
                                          elem_id="txt2img_hr_resize_y")
         with gr.Row():
+            i["hr_checkpoint_name"] = gr.Dropdown([SAME_CHECKPOINT, *easel.models.titles()], value=SAME_CHECKPOINT,
+                                                  label="Hires checkpoint", allow_custom_value=True,
+                                                  elem_id="hr_checkpoint")
             i["hr_sampler_name"] = gr.Dropdown([SAME, *samplers.sampler_names()], value=SAME, label="Hires sampler",
                                                elem_id="txt2img_hr_sampler")
             i["hr_scheduler"] = gr.Dropdown([SAME, *samplers.schedule_labels()], value=SAME,
@@ -58,7 +62,8 @@ def txt2img_request(fields: dict[str, Any], script_titles: dict[str, str] | None
         denoising_strength=as_float(fields.get("denoising_strength"), 0.7), hr_scale=as_float(fields.get("hr_scale"), 2),
         hr_resize_x=as_int(fields.get("hr_resize_x")), hr_resize_y=as_int(fields.get("hr_resize_y")),
         hr_sampler_name=same(fields.get("hr_sampler_name")), hr_scheduler=same(fields.get("hr_scheduler")),
-        hr_prompt=fields.get("hr_prompt") or "", hr_negative_prompt=fields.get("hr_negative_prompt") or "")
+        hr_prompt=fields.get("hr_prompt") or "", hr_negative_prompt=fields.get("hr_negative_prompt") or "",
+        hr_checkpoint_name="" if same_checkpoint(fields.get("hr_checkpoint_name")) else fields["hr_checkpoint_name"])
 
 
 def build_txt2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) -> GenerationControls:

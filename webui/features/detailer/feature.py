@@ -7,7 +7,7 @@ the same job (`Run.generate`): the image, the mask, "only masked" with its paddi
 cropped, scaled to the inpaint size, repainted and pasted back through the blurred mask, so
 everything outside the mask keeps its pixels exactly), the pass's prompt, negative prompt,
 denoising strength, steps, CFG, sampler, checkpoint (loaded beside the job's, as the refiner's), VAE,
-noise multiplier (the `initial_noise_multiplier` setting, for that request only), face restoration (the
+noise multiplier (the request's `initial_noise_multiplier`), face restoration (the
 request's `restore_faces`, so Extras' restorers run on the repainted crop before it is pasted back) and
 ControlNet unit, and the image's seed + the mask's number, as ADetailer
 seeds them. So there is no second sampler path: the detailer is img2img inpainting, soft
@@ -223,8 +223,6 @@ def inpaint_request(request: GenerationRequest, unit: PassArgs, image: Image.Ima
     vae = own_vae(unit)
     if vae is not None:
         overrides["sd_vae"] = vae
-    if unit.ad_use_noise_multiplier:  # the inner img2img's initial_noise_multiplier, as ADetailer sets it
-        overrides["initial_noise_multiplier"] = unit.ad_noise_multiplier
     sampler, scheduler = request.sampler_name, request.scheduler
     if unit.ad_use_sampler:
         sampler, scheduler = unit.ad_sampler, _scheduler(unit, request.scheduler)
@@ -244,4 +242,7 @@ def inpaint_request(request: GenerationRequest, unit: PassArgs, image: Image.Ima
         seed_resize_from_w=0, seed_resize_from_h=0, batch_size=1, n_iter=1, enable_hr=False, save_images=False,
         restore_faces=unit.ad_restore_face,  # ADetailer's: the job's own restore_faces does not apply here
         script_name="", script_args={}, alwayson_scripts=kept, override_settings=overrides,
-        checkpoint=_own_checkpoint(unit) or request.checkpoint)
+        checkpoint=_own_checkpoint(unit) or request.checkpoint,
+        mask_blur_x=None, mask_blur_y=None, mask_round=True, latent_mask=None,  # the job's masks are not this one's
+        # ADetailer's: its own multiplier, else None (the setting), not the job's
+        initial_noise_multiplier=unit.ad_noise_multiplier if unit.ad_use_noise_multiplier else None)

@@ -81,7 +81,7 @@ class SDUpscale(easel.Script):
                     sub = replace(request, mode="img2img", init_images=[tile], mask=None, width=request.width,
                                   height=request.height, n_iter=1, batch_size=1,
                                   seed=(start + row * len(xs) + col) % (easel.MAX_SEED + 1), save_images=False,
-                                  resize_mode=0)
+                                  resize_mode=0, latent_mask=None)
                     result = context.generate(sub)
                     done.warnings.extend(w for w in result.warnings if w not in done.warnings)
                     if result.interrupted or not result.images:

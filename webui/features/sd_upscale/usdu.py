@@ -255,7 +255,7 @@ class _Run:
                       inpaint_full_res_padding=padding, mask_blur=blur, inpainting_fill=1, inpainting_mask_invert=0,
                       width=size[0], height=size[1], resize_mode=0, denoising_strength=denoise, n_iter=1,
                       batch_size=1, seed=self.seed, save_images=False, outpaint_left=0, outpaint_right=0,
-                      outpaint_up=0, outpaint_down=0)
+                      outpaint_up=0, outpaint_down=0, mask_blur_x=None, mask_blur_y=None, latent_mask=None)
         result = self.context.generate(sub)
         for warning in result.warnings:
             if warning not in self.warnings:
