@@ -713,3 +713,20 @@ def test_adetailer_and_regional_prompter_payloads(server, client):
         "Regional Prompter": {"args": rp}}))
     assert bad.status_code == 422 and "prompt" in bad.text and "2 region" in bad.text
     healthy(client)
+
+
+def test_adetailer_noise_multiplier_and_restore_face(server, client):
+    """ADetailer's ad_noise_multiplier / ad_restore_face are accepted (they answered 422 before) and written as
+    ADetailer writes them; a restorer that is not installed is a 422 naming the argument."""
+    from detailer_helpers import write_tiny_yolo
+
+    write_tiny_yolo(server.root / "models" / "adetailer" / "tiny_yolo.onnx")
+    unit = {"ad_model": "tiny_yolo.onnx", "ad_model_classes": "bright", "ad_mask_k_largest": 1, "ad_confidence": 0.1,
+            "ad_use_noise_multiplier": True, "ad_noise_multiplier": 0.8, "ad_restore_face": True}
+    made = txt2img(client, sampler_name="Euler", override_settings={"face_restoration_model": "GFPGAN"},
+                   alwayson_scripts={"ADetailer": {"args": [True, False, unit]}})
+    params = parse_infotext(json.loads(made["info"])["infotexts"][0]).params
+    assert params["ADetailer noise multiplier"] == "0.8" and params["ADetailer restore face"] == "True"
+    bad = client.post("/sdapi/v1/txt2img", json=payload(override_settings={"face_restoration_model": "CodeFormer"},
+                                                        alwayson_scripts={"ADetailer": {"args": [True, False, unit]}}))
+    assert bad.status_code == 422 and "ADetailer.args.2.ad_restore_face" in bad.text and "Codeformer" in bad.text

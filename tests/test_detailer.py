@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from webui.core.infotext import parse_infotext
+from webui.core.pipeline import Feature
 from webui.core.request import GenerationRequest, ValidationError
 from webui.features.detailer.args import ordinal, passes_from_params
 from webui.features.img2img import prepare_mask
@@ -263,3 +264,129 @@ def test_own_checkpoint_and_controlnet_repaint_only_the_region(app):
         with pytest.raises(ValidationError) as info:
             app.engine.validate(GenerationRequest(prompt="x", checkpoint=CKPT, alwayson_scripts=detailer(unit)))
         assert [e.field for e in info.value.errors] == [f"alwayson_scripts.ADetailer.args.1.{name}"]
+
+
+# ---- noise multiplier, restore face, VAE (ADetailer's inner img2img settings) --------------------------
+
+BRIGHT = {"ad_model": "tiny_yolo.onnx", "ad_model_classes": "bright", "ad_mask_k_largest": 1, "ad_confidence": 0.1,
+          "ad_mask_blur": 2, "ad_denoising_strength": 0.8, "ad_inpaint_only_masked_padding": 8}
+
+
+class Seen(Feature):
+    """A feature registered after every other (an extension's place): what each run, inner ones included, had."""
+
+    name = "probe"
+
+    def __init__(self):
+        self.runs = []
+
+    def finish_images(self, run, batch, images, latents):
+        self.runs.append((run.request.mode, run.args.get("face_restoration"), run.request.initial_noise_multiplier))
+        return images
+
+
+def test_noise_multiplier_and_restore_face_apply_to_the_inner_img2img(app):
+    """ad_noise_multiplier is the inner img2img's initial_noise_multiplier, ad_restore_face its restore_faces (Extras'
+    restorer, here GFPGAN): only the region changes, ADetailer's keys are written and a paste gives them back."""
+    from webui.features.faces.tiny import write_tiny_restoreformer
+
+    plain, same = txt2img(app), txt2img(app, detailer(BRIGHT))
+    box = app.engine.feature("adetailer").detectors.detect("tiny_yolo.onnx", plain.images[0], 0.1, "bright")[0].box
+    outside = ~reach([box], (64, 64), 4, 2)
+    noise = {**BRIGHT, "ad_use_noise_multiplier": True, "ad_noise_multiplier": 0.5}
+    quieter = txt2img(app, detailer(noise))
+    a, b = arr(quieter.images[0]), arr(same.images[0])
+    assert np.array_equal(a[outside], arr(plain.images[0])[outside]) and np.abs(a - b).max() > 10
+    one = txt2img(app, detailer({**noise, "ad_noise_multiplier": 1.0}))  # x1: the plain noise, the same picture
+    assert np.array_equal(arr(one.images[0]), b)
+    params = parse_infotext(quieter.infotexts[0]).params
+    assert params["ADetailer use separate noise multiplier"] == "True" and params["ADetailer noise multiplier"] == "0.5"
+    assert "Noise multiplier" not in params  # the main image's noise was not scaled
+    # restore face: refused until the chosen restorer is installed, then run on each inner img2img only
+    restore = {**BRIGHT, "ad_restore_face": True}
+    with pytest.raises(ValidationError) as info:
+        app.engine.validate(GenerationRequest(prompt="x", checkpoint=CKPT, alwayson_scripts=detailer(restore)))
+    assert [e.field for e in info.value.errors] == ["alwayson_scripts.ADetailer.args.1.ad_restore_face"]
+    assert "models/Codeformer" in str(info.value)
+    write_tiny_restoreformer(app.paths.model_dir("gfpgan") / "GFPGANv1.4-tiny.safetensors")
+    probe = Seen()
+    app.engine.features.append(probe)
+    try:
+        made = txt2img(app, detailer(restore, {**noise, "ad_model_classes": "dark"}),
+                       override_settings={"face_restoration_model": "GFPGAN"})
+    finally:
+        app.engine.features.remove(probe)
+    # the inner runs finish inside the main one's finishing step, so the main run (last) comes after them
+    assert [(mode, choice is not None and choice.model, m) for mode, choice, m in probe.runs] == [
+        ("img2img", "GFPGAN", None), ("img2img", False, 0.5), ("txt2img", False, None)]
+    params = parse_infotext(made.infotexts[0]).params
+    assert params["ADetailer restore face"] == "True" and "ADetailer restore face 2nd" not in params
+    assert params["ADetailer noise multiplier 2nd"] == "0.5" and "Face restoration" not in params
+    fields = pasted_detailer_fields(params)
+    assert fields[f"{PREFIX}0::ad_restore_face"] is True and fields[f"{PREFIX}1::ad_restore_face"] is False
+    assert fields[f"{PREFIX}1::ad_use_noise_multiplier"] is True and fields[f"{PREFIX}1::ad_noise_multiplier"] == 0.5
+    again = detailer_request_fields(fields)["args"]
+    assert again[2]["ad_restore_face"] is True and again[3]["ad_noise_multiplier"] == 0.5
+    bad = {**BRIGHT, "ad_use_vae": True, "ad_vae": "nope.safetensors"}
+    with pytest.raises(ValidationError) as info:
+        app.engine.validate(GenerationRequest(prompt="x", checkpoint=CKPT, alwayson_scripts=detailer(bad)))
+    assert [e.field for e in info.value.errors] == ["alwayson_scripts.ADetailer.args.1.ad_vae"]
+
+
+def test_accordion_models_controls_list_refresh_and_round_trip(app):
+    """Each pass's separate checkpoint / VAE / noise multiplier / restore faces / ControlNet controls: their lists
+    show what is installed, 🔄 reads them again, the tab makes the engine's picture and a paste sets them back."""
+    import shutil
+
+    import gradio as gr
+
+    from webui.features.controlnet.models import write_controlnet
+    from webui.features.detailer.args import SAME_CHECKPOINT, SAME_VAE
+    from webui.ui.runner import SessionJobs
+    from webui.ui.send_to import SendTarget, paste_updates
+    from webui.ui.txt2img import build_txt2img
+
+    folder = app.paths.model_dir("controlnet")
+    if not (folder / "control_canny_tiny.safetensors").exists():
+        write_controlnet(folder / "control_canny_tiny.safetensors", app.models.get(CKPT).unet, "original", seed=1)
+    with gr.Blocks() as blocks:
+        checkpoint = gr.Dropdown(choices=[CKPT], value=CKPT)
+        controls = build_txt2img(app, checkpoint, SessionJobs())
+    i = controls.inputs
+    key = f"{PREFIX}1::"
+
+    def names(component):
+        return [c[0] for c in component.choices]
+
+    assert i[key + "ad_controlnet_model"].elem_id == "txt2img_adetailer_1_ad_controlnet_model"
+    assert names(i[key + "ad_checkpoint"])[0] == SAME_CHECKPOINT
+    assert any(n.startswith("tiny-sd1") for n in names(i[key + "ad_checkpoint"]))
+    assert names(i[key + "ad_vae"])[:3] == [SAME_VAE, "Automatic", "None"]
+    assert names(i[key + "ad_controlnet_model"]) == ["None", "control_canny_tiny"]
+    assert names(i[key + "ad_controlnet_module"])[0] == "None" and "canny" in names(i[key + "ad_controlnet_module"])
+    shutil.copy(folder / "control_canny_tiny.safetensors", folder / "control_depth_tiny.safetensors")
+    try:
+        refresh = next(f for f in blocks.fns.values() if i[key + "ad_controlnet_model"] in f.outputs)
+        _, _, listed = refresh.fn()
+        assert listed["choices"] == ["None", "control_canny_tiny", "control_depth_tiny"]
+    finally:
+        (folder / "control_depth_tiny.safetensors").unlink()
+    unit = {**BRIGHT, "ad_use_noise_multiplier": True, "ad_noise_multiplier": 0.7,
+            "ad_controlnet_model": "control_canny_tiny", "ad_controlnet_module": "canny", "ad_controlnet_weight": 0.8}
+    run = next(f.fn for f in blocks.fns.values() if f.api_name == "txt2img")
+    values = {"prompt": "a portrait", "negative_prompt": "blurry", "steps": 3, "sampler_name": "Euler",
+              "cfg_scale": 7, "seed": 5, "width": 64, "height": 64, f"{PREFIX}enable": True,
+              **{f"{PREFIX}0::{name}": value for name, value in unit.items()}}
+    inputs = {i[name]: value for name, value in values.items()}
+    inputs[checkpoint] = CKPT
+    *_, last = run(inputs, type("Request", (), {"session_hash": "detailer-models-ui"})())
+    texts = last[4]
+    engine = txt2img(app, detailer(unit))
+    assert texts and texts[0].split(", Version")[0] == engine.infotexts[0].split(", Version")[0]
+    assert "ADetailer ControlNet model: control_canny_tiny" in texts[0] and "ADetailer noise multiplier: 0.7" in texts[0]
+    target = SendTarget(tab="txt2img", label="txt2img", controls=controls)
+    updates = dict(zip(target.fields(), paste_updates(app, target, texts[0])))
+    assert updates[f"{PREFIX}0::ad_controlnet_model"] == "control_canny_tiny"
+    assert updates[f"{PREFIX}0::ad_controlnet_module"] == "canny" and updates[f"{PREFIX}0::ad_controlnet_weight"] == 0.8
+    assert updates[f"{PREFIX}0::ad_use_noise_multiplier"] is True and updates[f"{PREFIX}0::ad_noise_multiplier"] == 0.7
+    assert updates[f"{PREFIX}0::ad_checkpoint"] == SAME_CHECKPOINT and updates[f"{PREFIX}0::ad_vae"] == SAME_VAE

@@ -395,3 +395,44 @@ def test_noise_inversion_starts_img2img_from_the_inputs_own_noise(app):
         with pytest.raises(ValidationError) as caught:
             img2img(**kw)
         assert caught.value.errors[0].field.endswith("args." + name)
+
+
+def test_img2img_accordion_upscales_and_pastes_back(app):
+    """img2img's accordion has the extension's Upscaler, Scale Factor and Keep input image size: the tab makes the
+    picture the API makes from the same args, and the image's text pasted back sets them again."""
+    import gradio as gr
+
+    from webui.ui.runner import SessionJobs
+    from webui.ui.send_to import SendTarget, paste_updates
+    from webui.ui.img2img import build_img2img
+    from webui.ui.tiled_diffusion_ui import PREFIX
+
+    with gr.Blocks() as blocks:
+        checkpoint = gr.Dropdown(choices=[CKPT], value=CKPT)
+        controls = build_img2img(app, checkpoint, SessionJobs(), local=True)
+    i = controls.inputs
+    assert i[f"{PREFIX}upscaler_name"].elem_id == "img2img_tiled_diffusion_upscaler_name"
+    assert [c[0] for c in i[f"{PREFIX}upscaler_name"].choices][:3] == ["None", "Lanczos", "Nearest"]
+    assert i[f"{PREFIX}keep_input_size"].value is True and i[f"{PREFIX}scale_factor"].value == 2
+    source = Image.fromarray((np.mgrid[0:64, 0:96].sum(0) % 256).astype(np.uint8)).convert("RGB")
+    run = next(f.fn for f in blocks.fns.values() if f.api_name == "img2img")
+    values = {"prompt": "a cat", "negative_prompt": "", "steps": 2, "sampler_name": "Euler", "cfg_scale": 7, "seed": 5,
+              "width": 64, "height": 64, "denoising_strength": 0.5, "image": source, "img2img_mode": "img2img",
+              f"{PREFIX}enabled": True, f"{PREFIX}method": "Mixture of Diffusers", f"{PREFIX}tile_width": 6,
+              f"{PREFIX}tile_height": 6, f"{PREFIX}overlap": 2, f"{PREFIX}upscaler_name": "Lanczos",
+              f"{PREFIX}scale_factor": 1.5, f"{PREFIX}keep_input_size": False}
+    inputs = {i[name]: value for name, value in values.items()}
+    inputs[checkpoint] = CKPT
+    *_, last = run(inputs, type("Request", (), {"session_hash": "tiled-img2img-ui"})())
+    texts = last[4]
+    args = td("Mixture of Diffusers")["Tiled Diffusion"]["args"]
+    args[3], args[10], args[11] = False, "Lanczos", 1.5
+    engine = app.generate(GenerationRequest(prompt="a cat", steps=2, width=64, height=64, seed=5, sampler_name="Euler",
+                                            checkpoint=CKPT, save_images=False, mode="img2img", init_images=[source],
+                                            denoising_strength=0.5, alwayson_scripts={"Tiled Diffusion": {"args": args}}))
+    assert "Size: 96x96" in engine.infotexts[0]  # 1.5 x the request's 64x64: the upscaled input is resized to it
+    assert texts and texts[0].split(", Version")[0] == engine.infotexts[0].split(", Version")[0]
+    target = SendTarget(tab="img2img", label="img2img", controls=controls)
+    updates = dict(zip(target.fields(), paste_updates(app, target, texts[0])))
+    assert updates[f"{PREFIX}upscaler_name"] == "Lanczos" and updates[f"{PREFIX}scale_factor"] == 1.5
+    assert updates[f"{PREFIX}keep_input_size"] is False and updates[f"{PREFIX}method"] == "Mixture of Diffusers"

@@ -334,10 +334,11 @@ def build(options: AppOptions) -> Easel:
     annotators_dir = paths.model_dir("annotator")
     features = builtin_features(networks, upscalers, controlnets, ip_adapters, annotators_dir, identity, models)
     features.append(Wildcards(lambda: Path(settings.get("wildcards_dir") or paths.data_dir / "wildcards")))
-    features[:0] = [SeamlessTiling(), FaceRestoration(faces, settings.get)]  # before img2img's paste-back
+    restoration = FaceRestoration(faces, settings.get)
+    features[:0] = [SeamlessTiling(), restoration]  # before img2img's paste-back
     # the detailer repaints the finished picture, so it comes after every feature that changes it
     features.append(Detailer(Detectors(paths.model_dir("adetailer"), paths.model_dir("insightface"), identity.pack),
-                             models, controlnets))
+                             models, controlnets, restoration, vaes))
     features.append(RegionalPrompter())  # Regional Prompter's regions: per-region cross-attention
     features.append(TiledDiffusion(upscalers))  # Tiled Diffusion: the first pass's denoiser per latent tile, blended
     features += collect_features(hooks, {feature.name for feature in features})  # extensions' own, after ours

@@ -3,8 +3,9 @@
 Controls are registered in the tab's inputs as `adetailer::<field>` (enable, skip img2img) and
 `adetailer::<pass>::<ad_* argument>`; `detailer_request_fields` turns them into
 `alwayson_scripts["ADetailer"]`, the shape API clients send, and `pasted_detailer_fields` reads
-an infotext's `ADetailer ...` keys back into them. Detection and inpainting live in
-features/detailer; this module only shows them.
+an infotext's `ADetailer ...` keys back into them. Each pass also has ADetailer's separate checkpoint,
+VAE, noise multiplier, "Restore faces after ADetailer" and ControlNet unit (its lists read again by
+its 🔄 button). Detection and inpainting live in features/detailer; this module only shows them.
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from typing import Any
 import gradio as gr
 
 from ..app import Easel
-from ..features.detailer.args import PassArgs, ordinal, passes_from_params, request_args
+from ..features.controlnet.choices import module_names
+from ..features.detailer.args import (SAME_CHECKPOINT, SAME_VAE, PassArgs, ordinal, passes_from_params,
+                                      request_args)
 from .generation_controls import GenerationControls, as_float, as_int
 
 PREFIX = "adetailer::"
@@ -22,13 +25,36 @@ NONE = "None"
 # (argument, kind) of each pass's controls, in the order they are laid out
 _NUMBERS = {"ad_confidence": float, "ad_dilate_erode": int, "ad_mask_blur": int, "ad_denoising_strength": float,
             "ad_inpaint_only_masked_padding": int, "ad_steps": int, "ad_cfg_scale": float, "ad_mask_k_largest": int,
-            "ad_inpaint_width": int, "ad_inpaint_height": int}
-_TEXTS = ("ad_model", "ad_model_classes", "ad_prompt", "ad_negative_prompt")
-_SWITCHES = ("ad_inpaint_only_masked", "ad_use_steps", "ad_use_cfg_scale", "ad_use_inpaint_width_height")
+            "ad_inpaint_width": int, "ad_inpaint_height": int, "ad_noise_multiplier": float,
+            "ad_controlnet_weight": float, "ad_controlnet_guidance_start": float,
+            "ad_controlnet_guidance_end": float}
+_TEXTS = ("ad_model", "ad_model_classes", "ad_prompt", "ad_negative_prompt", "ad_checkpoint", "ad_vae",
+          "ad_controlnet_model", "ad_controlnet_module")
+_SWITCHES = ("ad_inpaint_only_masked", "ad_use_steps", "ad_use_cfg_scale", "ad_use_inpaint_width_height",
+             "ad_use_checkpoint", "ad_use_vae", "ad_use_noise_multiplier", "ad_restore_face")
+# the dropdowns' "same as the job" entries, where PassArgs has None
+_UNSET = {"ad_checkpoint": SAME_CHECKPOINT, "ad_vae": SAME_VAE}
 
 
 def model_choices(easel: Easel) -> list[str]:
     return [NONE, *easel.engine.feature("adetailer").detectors.names()]
+
+
+def checkpoint_choices(easel: Easel) -> list[str]:
+    return [SAME_CHECKPOINT, *easel.models.titles()]
+
+
+def vae_choices(easel: Easel) -> list[str]:
+    return [SAME_VAE, *easel.vaes.choices()]
+
+
+def controlnet_choices(easel: Easel) -> list[str]:
+    """Every installed ControlNet (the pass's checkpoint may not be the loaded one, so none is filtered out)."""
+    return [NONE, *(info.name for info in easel.controlnets.all())]
+
+
+def module_choices() -> list[str]:
+    return [NONE, *(name for name in module_names() if name != "none")]  # "None": the picture itself
 
 
 def build_detailer(easel: Easel, controls: GenerationControls, img2img: bool = False) -> None:
@@ -93,6 +119,55 @@ def build_detailer(easel: Easel, controls: GenerationControls, img2img: bool = F
                                                                   elem_id=f"{q}_ad_use_cfg_scale")
                         i[key + "ad_cfg_scale"] = gr.Slider(0, 30, value=default.ad_cfg_scale, step=0.5,
                                                             label="ADetailer CFG scale", elem_id=f"{q}_ad_cfg_scale")
+                    _build_models(easel, i, key, q)
+
+
+def _build_models(easel: Easel, i: dict[str, Any], key: str, q: str) -> None:
+    """ADetailer's separate checkpoint, VAE, noise multiplier, face restoration and ControlNet for one pass."""
+    default = PassArgs()
+    with gr.Accordion("Checkpoint, VAE, noise, restore faces, ControlNet", open=False, elem_id=f"{q}_models"):
+        with gr.Row():
+            i[key + "ad_use_checkpoint"] = gr.Checkbox(False, label="Use separate checkpoint",
+                                                       elem_id=f"{q}_ad_use_checkpoint")
+            i[key + "ad_checkpoint"] = gr.Dropdown(checkpoint_choices(easel), value=SAME_CHECKPOINT,
+                                                   label="ADetailer checkpoint", allow_custom_value=True,
+                                                   elem_id=f"{q}_ad_checkpoint")
+            i[key + "ad_use_vae"] = gr.Checkbox(False, label="Use separate VAE", elem_id=f"{q}_ad_use_vae")
+            i[key + "ad_vae"] = gr.Dropdown(vae_choices(easel), value=SAME_VAE, label="ADetailer VAE",
+                                            allow_custom_value=True, elem_id=f"{q}_ad_vae")
+            refresh = gr.Button("🔄", elem_classes="easel-tool", scale=0, min_width=42, elem_id=f"{q}_refresh")
+        with gr.Row():
+            i[key + "ad_use_noise_multiplier"] = gr.Checkbox(False, label="Use separate noise multiplier",
+                                                             elem_id=f"{q}_ad_use_noise_multiplier")
+            i[key + "ad_noise_multiplier"] = gr.Slider(0.5, 1.5, value=default.ad_noise_multiplier, step=0.01,
+                                                       label="Noise multiplier for img2img",
+                                                       elem_id=f"{q}_ad_noise_multiplier")
+            i[key + "ad_restore_face"] = gr.Checkbox(False, label="Restore faces after ADetailer",
+                                                     elem_id=f"{q}_ad_restore_face")
+        with gr.Row():
+            i[key + "ad_controlnet_model"] = gr.Dropdown(controlnet_choices(easel), value=NONE,
+                                                         label="ControlNet model", allow_custom_value=True,
+                                                         elem_id=f"{q}_ad_controlnet_model")
+            i[key + "ad_controlnet_module"] = gr.Dropdown(module_choices(), value=NONE, label="ControlNet module",
+                                                          elem_id=f"{q}_ad_controlnet_module")
+        with gr.Row():
+            i[key + "ad_controlnet_weight"] = gr.Slider(0, 1, value=default.ad_controlnet_weight, step=0.01,
+                                                        label="ControlNet weight", elem_id=f"{q}_ad_controlnet_weight")
+            i[key + "ad_controlnet_guidance_start"] = gr.Slider(
+                0, 1, value=default.ad_controlnet_guidance_start, step=0.01, label="ControlNet guidance start",
+                elem_id=f"{q}_ad_controlnet_guidance_start")
+            i[key + "ad_controlnet_guidance_end"] = gr.Slider(
+                0, 1, value=default.ad_controlnet_guidance_end, step=0.01, label="ControlNet guidance end",
+                elem_id=f"{q}_ad_controlnet_guidance_end")
+    lists = [i[key + name] for name in ("ad_checkpoint", "ad_vae", "ad_controlnet_model")]
+    refresh.click(lambda: refreshed_choices(easel), None, lists, api_name=False)
+
+
+def refreshed_choices(easel: Easel) -> tuple[dict, dict, dict]:
+    """The checkpoint, VAE and ControlNet lists read again from disk (the 🔄 button)."""
+    easel.models.refresh()
+    return (gr.update(choices=checkpoint_choices(easel)), gr.update(choices=vae_choices(easel)),
+            gr.update(choices=controlnet_choices(easel)))
 
 
 def detailer_request_fields(fields: dict[str, Any]) -> dict[str, Any] | None:
@@ -129,5 +204,6 @@ def pasted_detailer_fields(params: dict[str, str]) -> dict[str, Any]:
     for n in range(PASSES):
         stated = passes[n] if n < len(passes) else {"ad_model": NONE}
         for name in (*_TEXTS, *_NUMBERS, *_SWITCHES):
-            values[f"{PREFIX}{n}::{name}"] = stated.get(name, getattr(default, name))
+            value = stated.get(name, getattr(default, name))
+            values[f"{PREFIX}{n}::{name}"] = _UNSET.get(name, value) if value is None else value
     return values

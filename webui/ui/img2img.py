@@ -119,7 +119,7 @@ def build_img2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs, 
             build_controlnet_units(easel, controls, note="empty: the img2img input")
             build_detailer(easel, controls, img2img=True)
             build_regions(easel, controls)
-            build_tiled_diffusion(controls, img2img=True)
+            build_tiled_diffusion(controls, img2img=True, easel=easel)
             build_scripts(easel, controls, "img2img")
         with gr.Column(scale=1):
             build_output(controls)

@@ -5,7 +5,8 @@ argument names) and `tiled_diffusion::region<n>::<value>` for the first REGIONS 
 (the API takes the extension's 8); `tiled_request_fields` turns them into
 `alwayson_scripts["Tiled Diffusion"]` in the extension's positional order (what API clients send),
 and `pasted_tiled_fields` reads an infotext's `Tiled Diffusion` value back. The tiling itself
-lives in features/tiled_diffusion.
+lives in features/tiled_diffusion. img2img's accordion also has the extension's Upscaler, Scale Factor
+and "Keep input image size" (the input is upscaled before the tiled img2img).
 """
 from __future__ import annotations
 
@@ -22,10 +23,18 @@ REGIONS = 2
 _INTS = ("image_width", "image_height", "tile_width", "tile_height", "overlap", "tile_batch_size", "noise_inverse_steps",
          "noise_inverse_renoise_kernel")
 _SHOWN = ("enabled", "method", "overwrite_size", *_INTS, "enable_bbox_control", "draw_background", "noise_inverse",
-          "noise_inverse_retouch", "noise_inverse_renoise_strength")
+          "noise_inverse_retouch", "noise_inverse_renoise_strength", "keep_input_size", "upscaler_name",
+          "scale_factor")
+NO_UPSCALER = "None"
 
 
-def build_tiled_diffusion(controls: GenerationControls, img2img: bool = False) -> None:
+def upscaler_choices(easel: Any) -> list[str]:
+    """Extras' upscalers ("None" first), the names the extension's img2img Upscaler takes."""
+    names = easel.upscalers.list_upscalers() if easel is not None else []
+    return [NO_UPSCALER, *(n for n in names if n != NO_UPSCALER)]
+
+
+def build_tiled_diffusion(controls: GenerationControls, img2img: bool = False, easel: Any = None) -> None:
     p = f"{controls.prefix}_tiled_diffusion"
     i = controls.inputs
     with gr.Accordion("Tiled Diffusion", open=False, elem_id=f"{p}_accordion"):
@@ -52,6 +61,7 @@ def build_tiled_diffusion(controls: GenerationControls, img2img: bool = False) -
             i[PREFIX + "tile_batch_size"] = gr.Slider(1, 8, value=4, step=1, label="Latent tile batch size",
                                                       elem_id=f"{p}_tile_batch_size")
         if img2img:
+            _upscale(i, p, easel)
             _noise_inversion(i, p)
         with gr.Accordion("Region Prompt Control", open=False, elem_id=f"{p}_regions"):
             with gr.Row():
@@ -83,6 +93,20 @@ def build_tiled_diffusion(controls: GenerationControls, img2img: bool = False) -
                                                        elem_id=f"{q}_neg_prompt")
 
 
+def _upscale(i: dict, p: str, easel: Any) -> None:
+    """img2img's canvas: the input upscaled first, and the input's (upscaled) size kept (the extension's)."""
+    with gr.Row():
+        i[PREFIX + "keep_input_size"] = gr.Checkbox(True, label="Keep input image size",
+                                                    elem_id=f"{p}_keep_input_size")
+        i[PREFIX + "upscaler_name"] = gr.Dropdown(upscaler_choices(easel), value=NO_UPSCALER, label="Upscaler",
+                                                  allow_custom_value=True, elem_id=f"{p}_upscaler_name")
+        i[PREFIX + "scale_factor"] = gr.Slider(1, 8, value=2, step=0.05, label="Scale Factor",
+                                               elem_id=f"{p}_scale_factor")
+        refresh = gr.Button("🔄", elem_classes="easel-tool", scale=0, min_width=42, elem_id=f"{p}_upscaler_refresh")
+    refresh.click(lambda: gr.update(choices=upscaler_choices(easel)), None, i[PREFIX + "upscaler_name"],
+                  api_name=False)
+
+
 def _noise_inversion(i: dict, p: str) -> None:
     """img2img's Noise Inversion controls (the extension's names, ranges and defaults)."""
     with gr.Accordion("Noise Inversion", open=False, elem_id=f"{p}_noise_inversion"):
@@ -112,8 +136,14 @@ def tiled_request_fields(fields: dict[str, Any]) -> dict[str, Any] | None:
     for name in _SHOWN:
         if PREFIX + name in fields:
             value = fields[PREFIX + name]
-            values[name] = as_int(value, values[name]) if name in _INTS else (
-                bool(value) if isinstance(values[name], bool) else value)
+            if name in _INTS:
+                values[name] = as_int(value, values[name])
+            elif name == "scale_factor":
+                values[name] = as_float(value, values[name])
+            elif isinstance(values[name], bool):
+                values[name] = bool(value)
+            else:
+                values[name] = value or values[name] if name == "upscaler_name" else value
     regions: list[Any] = []
     if values["enable_bbox_control"]:
         for n in range(REGIONS):

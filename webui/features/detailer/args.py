@@ -20,6 +20,7 @@ ALWAYSON_NAME = "adetailer"   # matched case-insensitively; clients send "ADetai
 MERGE_INVERT = ("None", "Merge", "Merge and Invert")
 SAME_SCHEDULER = "Use same scheduler"
 SAME_CHECKPOINT = "Use same checkpoint"
+SAME_VAE = "Use same VAE"
 MAX_PASSES = 10
 
 
@@ -96,9 +97,6 @@ _NUMBERS: dict[str, tuple[float, float, bool]] = {
     "ad_noise_multiplier": (0.5, 1.5, False), "ad_clip_skip": (1, 12, True), "ad_controlnet_weight": (0, 1, False),
     "ad_controlnet_guidance_start": (0, 1, False), "ad_controlnet_guidance_end": (0, 1, False),
 }
-# what Easel's detailer cannot do yet: (argument, value that switches it on, what it is)
-UNSUPPORTED = (("ad_use_noise_multiplier", True, "the img2img noise multiplier"),
-               ("ad_restore_face", True, "face restoration after the detailer"))
 
 
 def alwayson_value(request: Any) -> Any:
@@ -171,10 +169,6 @@ def _parse_pass(given: dict[str, Any], field: str) -> tuple[PassArgs, list[Field
     unit = PassArgs(**values)
     if unit.ad_mask_merge_invert not in MERGE_INVERT:
         errors.append(FieldError(f"{field}.ad_mask_merge_invert", f"must be one of {', '.join(MERGE_INVERT)}"))
-    if unit.active:
-        for name, on, what in UNSUPPORTED:
-            if getattr(unit, name) == on:
-                errors.append(FieldError(f"{field}.{name}", f"{what} is not supported by Easel's detailer yet"))
     return unit, errors
 
 

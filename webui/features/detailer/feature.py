@@ -6,7 +6,9 @@ becomes a mask (masks.py), and each mask is inpainted by an ordinary img2img req
 the same job (`Run.generate`): the image, the mask, "only masked" with its padding (the region is
 cropped, scaled to the inpaint size, repainted and pasted back through the blurred mask, so
 everything outside the mask keeps its pixels exactly), the pass's prompt, negative prompt,
-denoising strength, steps, CFG, sampler, checkpoint (loaded beside the job's, as the refiner's), VAE and
+denoising strength, steps, CFG, sampler, checkpoint (loaded beside the job's, as the refiner's), VAE,
+noise multiplier (the request's `initial_noise_multiplier`), face restoration (the
+request's `restore_faces`, so Extras' restorers run on the repainted crop before it is pasted back) and
 ControlNet unit, and the image's seed + the mask's number, as ADetailer
 seeds them. So there is no second sampler path: the detailer is img2img inpainting, soft
 inpainting included when the request has it on.
@@ -24,7 +26,7 @@ from ... import __version__
 from ...core import samplers
 from ...core.pipeline import Batch, Feature, Run
 from ...core.request import FieldError, GenerationRequest
-from .args import SAME_CHECKPOINT, SAME_SCHEDULER, DetailerArgs, PassArgs, alwayson_value, infotext_params, ordinal, parse
+from .args import SAME_CHECKPOINT, SAME_SCHEDULER, SAME_VAE, DetailerArgs, PassArgs, alwayson_value, infotext_params, ordinal, parse
 from .detect import DetectorError, Detectors
 from .masks import pass_masks
 
@@ -55,10 +57,13 @@ def pass_prompts(text: str, main: str) -> list[str]:
 class Detailer(Feature):
     name = "adetailer"
 
-    def __init__(self, detectors: Detectors, models: Any = None, controlnets: Any = None):
+    def __init__(self, detectors: Detectors, models: Any = None, controlnets: Any = None, restorer: Any = None,
+                 vaes: Any = None):
         self.detectors = detectors
         self.models = models            # checkpoints, to check ad_checkpoint before the job is queued
         self.controlnets = controlnets  # ControlNet files, to check ad_controlnet_model likewise
+        self.restorer = restorer        # the face restoration feature, to check ad_restore_face's model likewise
+        self.vaes = vaes                # VAE files, to check ad_vae likewise
 
     # ---- request ---------------------------------------------------------------------------------
 
@@ -84,6 +89,9 @@ class Detailer(Feature):
                 except ValueError as exc:
                     errors.append(FieldError(f"{where}.ad_sampler", str(exc)))
             errors += self._check_models(unit, where)
+            if unit.ad_restore_face and self.restorer is not None:  # the model restore_faces would use
+                _, problems = self.restorer.parse(replace(request, restore_faces=True))
+                errors += [FieldError(f"{where}.ad_restore_face", e.message) for e in problems]
         return (None, errors) if errors else (args, [])
 
     def _check_models(self, unit: PassArgs, where: str) -> list[FieldError]:
@@ -95,6 +103,12 @@ class Detailer(Feature):
                 self.models.resolve(checkpoint)
             except LookupError as exc:
                 errors.append(FieldError(f"{where}.ad_checkpoint", str(exc)))
+        vae = own_vae(unit)
+        if vae is not None and self.vaes is not None:
+            try:
+                self.vaes.check(vae)
+            except (LookupError, ValueError) as exc:
+                errors.append(FieldError(f"{where}.ad_vae", str(exc)))
         control = control_unit(unit)
         if control is not None:
             from ..controlnet.preprocessors import PREPROCESSORS
@@ -169,6 +183,12 @@ def _own_checkpoint(unit: PassArgs) -> str | None:
     return None if name in (None, "", "None", SAME_CHECKPOINT) else name
 
 
+def own_vae(unit: PassArgs) -> str | None:
+    """The pass's separate VAE (a file from models/VAE or "Automatic"); None: the job's ("None" too, as ADetailer)."""
+    name = unit.ad_vae if unit.ad_use_vae else None
+    return None if name in (None, "", "None", SAME_VAE) else name
+
+
 def control_unit(unit: PassArgs) -> dict[str, Any] | None:
     """The ControlNet unit of the pass's inpainting (None without a model): its map made from the repainted
     picture (the img2img input), as ADetailer's unit has no image of its own. Module "None" is the picture
@@ -200,8 +220,9 @@ def inpaint_request(request: GenerationRequest, unit: PassArgs, image: Image.Ima
     overrides = dict(request.override_settings)
     if unit.ad_use_clip_skip:
         overrides["CLIP_stop_at_last_layers"] = unit.ad_clip_skip
-    if unit.ad_use_vae and unit.ad_vae not in (None, "", "None", "Use same VAE"):
-        overrides["sd_vae"] = unit.ad_vae
+    vae = own_vae(unit)
+    if vae is not None:
+        overrides["sd_vae"] = vae
     sampler, scheduler = request.sampler_name, request.scheduler
     if unit.ad_use_sampler:
         sampler, scheduler = unit.ad_sampler, _scheduler(unit, request.scheduler)
@@ -219,6 +240,9 @@ def inpaint_request(request: GenerationRequest, unit: PassArgs, image: Image.Ima
         cfg_scale=unit.ad_cfg_scale if unit.ad_use_cfg_scale else request.cfg_scale,
         sampler_name=sampler, scheduler=scheduler, seed=seed, subseed=-1, subseed_strength=0.0,
         seed_resize_from_w=0, seed_resize_from_h=0, batch_size=1, n_iter=1, enable_hr=False, save_images=False,
+        restore_faces=unit.ad_restore_face,  # ADetailer's: the job's own restore_faces does not apply here
         script_name="", script_args={}, alwayson_scripts=kept, override_settings=overrides,
         checkpoint=_own_checkpoint(unit) or request.checkpoint,
-        mask_blur_x=None, mask_blur_y=None, mask_round=True, latent_mask=None)  # the job's masks are not this one's
+        mask_blur_x=None, mask_blur_y=None, mask_round=True, latent_mask=None,  # the job's masks are not this one's
+        # ADetailer's: its own multiplier, else None (the setting), not the job's
+        initial_noise_multiplier=unit.ad_noise_multiplier if unit.ad_use_noise_multiplier else None)

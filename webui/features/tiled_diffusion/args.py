@@ -253,8 +253,8 @@ def args_from_params(params: dict[str, str]) -> list[Any] | None:
                       ("Tile Overlap", "overlap"), ("Tile batch size", "tile_batch_size")):
         if key in info:
             values[name] = info[key]
-    if "Keep input size" in info:
-        values["keep_input_size"] = bool(info["Keep input size"])
+    # the extension writes the key only when it is on (img2img), so its absence means off
+    values["keep_input_size"] = info.get("Keep input size") is True
     if "Upscaler" in info:
         values["upscaler_name"] = info["Upscaler"]
         values["scale_factor"] = info.get("Upscale factor", 2.0)
