@@ -5,7 +5,8 @@ the regions' prompts (prompts.py), encodes them laid out one region per chunk ra
 every denoiser of the pass that conditioning; `installed` wraps the UNet's cross-attention
 processors while the pass samples (attention.py), with the region masks of the pass's size
 (layout.py). Latent mode instead runs the UNet once per region and composes the guided
-predictions by the region masks at latent size (latent.py). Prompt mode answers 422.
+predictions by the region masks at latent size (latent.py). Prompt mode finds the regions while
+sampling, from the base prompt's attention to each region's target (prompt_mode.py).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ContextManager
 
 
-from ...core.conditioning import Conditioning, PromptEncoder, StepConditioning, pad_to_chunks
+from ...core.conditioning import Conditioning, PromptEncoder, StepConditioning, pad_to_chunks, tokenize
 from ...core.image_input import decode_base64_image
 from ...core.pipeline import Feature, Pass, Run
 from ...core.prompts import schedule_prompt
@@ -23,12 +24,13 @@ from .args import FIELD, RegionArgs, alwayson_value, infotext_params, parse
 from .attention import RegionMap, regional_attention
 from .latent import latent_couple
 from .layout import mask_region_masks, matrix_regions, painted_masks, rect_masks
-from .prompts import RegionPromptError, lay_out, split_prompts
+from .prompt_mode import PromptRegionProcessor, PromptRegions, target_positions
+from .prompts import RegionPromptError, lay_out, split_prompt_mode, split_prompts
 
 
 @dataclass
 class PassRegions:
-    regions: RegionMap
+    regions: RegionMap | PromptRegions
 
 
 def _decode(value: str):
@@ -48,8 +50,21 @@ def _padded(step: StepConditioning, chunks: int, empty: Conditioning) -> StepCon
                              for schedule, weight in step.parts])
 
 
+def _calls_marked(inner, predict, regions: PromptRegions):
+    """`predict` that first tells Prompt mode's processors a model call begins (its step, its sub-prompts)."""
+    def marked(x, t):
+        regions.begin_call(inner.step, len(inner.cond.at(inner.step)), record=inner.step > 0)
+        try:
+            return predict(x, t)
+        finally:
+            regions.recording = False
+
+    return marked
+
+
 class RegionalPrompter(Feature):
     name = "regional_prompter"
+    last_masks = None   # Prompt mode: (regions, batch, h, w) 0/1 at latent size, of the last batch finished
 
     def parse(self, request: Any) -> tuple[RegionArgs | None, list[FieldError]]:
         value = alwayson_value(request)
@@ -58,6 +73,12 @@ class RegionalPrompter(Feature):
         args, errors = parse(value, _decode)
         if args is None:
             return None, errors
+        if args.mode == "Prompt":
+            try:
+                split_prompt_mode(request.prompt, request.negative_prompt, args)
+            except RegionPromptError as exc:
+                return None, [FieldError("prompt", str(exc))]
+            return args, []
         count = region_count(args)
         if count == 0:
             return None, [FieldError(f"{FIELD}.mask", "no region is painted in Regional Prompter's colours")]
@@ -72,6 +93,8 @@ class RegionalPrompter(Feature):
         if args is None:
             return
         model, prompts, options = p.plan.model, p.plan.prompts, p.plan.options
+        if args.mode == "Prompt":
+            return self._begin_prompt_mode(run, p, args)
         if args.mode == "Matrix":
             rects = matrix_regions(args.ratios, args.submode, args.flip)
             count = len(rects)
@@ -93,6 +116,17 @@ class RegionalPrompter(Feature):
             prompts.denoiser_edits.append(lambda denoiser: latent_couple(denoiser, pairs, base, masks_at,
                                                                          args.base_ratios))
             return
+        layout = self._laid_out(p, encoder, texts)
+        ranges = list(layout.ranges)
+        base_range = ranges.pop(0) if texts.base is not None else None
+        factor = model.vae_scale_factor
+        latent = (p.size[1] // factor, p.size[0] // factor)
+        run.state[f"{self.name}.{p.name}"] = PassRegions(
+            RegionMap(latent, ranges, masks_at, base_range, args.base_ratios))
+
+    def _laid_out(self, p: Pass, encoder: PromptEncoder, texts):
+        """Encode the regions one per chunk range and give every denoiser of the pass that conditioning."""
+        model = p.plan.model
         tokenizers = [model.tokenizers[name] for name in model.architecture.text_encoders]
         layout = lay_out(texts, tokenizers)
         empty = encoder.encode("")
@@ -105,19 +139,51 @@ class RegionalPrompter(Feature):
                 inner.uncond = uncond
                 inner.set_conditioning(cond)
 
-        prompts.denoiser_edits.append(edit)
-        ranges = list(layout.ranges)
-        base_range = ranges.pop(0) if texts.base is not None else None
+        p.plan.prompts.denoiser_edits.append(edit)
+        return layout
+
+    def _begin_prompt_mode(self, run: Run, p: Pass, args: RegionArgs) -> None:
+        model, prompts, options = p.plan.model, p.plan.prompts, p.plan.options
+        texts = split_prompt_mode(prompts.prompt, prompts.negative_prompt, args)
+        encoder = PromptEncoder(model, options["CLIP_stop_at_last_layers"], list(prompts.embeddings.values()),
+                                options["comma_padding_backtrack"], options["emphasis"] == "Original")
+        layout = self._laid_out(p, encoder, texts)
+        # the targets' token positions within the base prompt's chunks, as the first encoder tokenizes them
+        name = next(n for n in model.architecture.text_encoders if n in encoder.indexes)
+        tokenizer, index = model.tokenizers[name], encoder.indexes[name]
+        base_text = schedule_prompt(texts.base, p.request.steps).parts[0][0][0].text
+        base = tokenize(tokenizer, base_text, index, encoder.comma_backtrack)
+        positions = [target_positions(tokenizer, base, tokenize(tokenizer, target, index, encoder.comma_backtrack))
+                     for target in texts.targets]
         factor = model.vae_scale_factor
         latent = (p.size[1] // factor, p.size[0] // factor)
-        run.state[f"{self.name}.{p.name}"] = PassRegions(
-            RegionMap(latent, ranges, masks_at, base_range, args.base_ratios))
+        regions = PromptRegions(latent, layout.ranges[0], list(layout.ranges[1:]), positions, args.thresholds,
+                                args.base_ratios if texts.uses_base else (0.0,), args.prompt_submode == "Prompt-Ex",
+                                power=4.0 if len(model.architecture.text_encoders) > 1 else 1.2)
+
+        def edit(denoiser) -> None:
+            regions.begin_batch(denoiser.inner_denoisers()[0].batch_size)
+            for inner in denoiser.inner_denoisers():
+                inner.predict = _calls_marked(inner, inner.predict, regions)
+
+        prompts.denoiser_edits.append(edit)
+        run.state[f"{self.name}.{p.name}"] = PassRegions(regions)
 
     def installed(self, run: Run, p: Pass) -> ContextManager[Any]:
         state: PassRegions | None = run.state.get(f"{self.name}.{p.name}")
         if state is None:
             return nullcontext()
+        if isinstance(state.regions, PromptRegions):
+            return regional_attention(p.plan.model.unet, state.regions, PromptRegionProcessor)
         return regional_attention(p.plan.model.unet, state.regions)
+
+    def finish_images(self, run: Run, batch: Any, images: list, latents: Any) -> list:
+        """Keep Prompt mode's last masks (Regional Prompter shows them after a generation) for inspection."""
+        found = [state.regions for key, state in run.state.items()
+                 if key.startswith(f"{self.name}.") and isinstance(state.regions, PromptRegions)]
+        if found and found[-1].current is not None:
+            self.last_masks = found[-1].current.clone()
+        return images
 
     def infotext(self, run: Run) -> dict[str, Any]:
         args = run.args.get(self.name)
