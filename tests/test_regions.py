@@ -140,8 +140,10 @@ def test_latent_mode_prediction_is_strictly_regional(app):
     assert (predictions[0][..., 32:] - predictions[1][..., 32:]).abs().mean() > 1e-3
     assert torch.equal(same_left[..., 32:], swapped_left[..., 32:])  # left prompt swapped: right exact
     # and it generates end to end, recorded as Regional Prompter records it
-    result = generate(app, "a red apple BREAK a blue sky", rp(calc="Latent"))
+    result = generate(app, "a red apple <lora:absent:1> BREAK a blue sky", rp(calc="Latent"))
     assert "RP Calc Mode: Latent" in result.infotexts[0]
+    # per-region LoRA is not built: said in the result, and its arguments refused when set
+    assert any("LoRAs to the whole picture" in w for w in result.warnings), result.warnings
 
 
 def test_off_base_common_and_infotext(app):
@@ -188,6 +190,9 @@ def test_validation_names_the_argument(app):
     assert "3 region part(s)" in errors("a BREAK b BREAK c", rp("1,1"))["prompt"]
     assert f"{field}.ratios" in errors("a BREAK b", rp("1,x"))
     assert f"{field}.calc_mode" in errors("a BREAK b", rp(calc="Sideways"))
+    latent_lora = rp(calc="Latent")
+    latent_lora["Regional Prompter"]["args"][17] = "10"   # LoRA stop step
+    assert "per-region LoRA" in errors("a BREAK b", latent_lora)[f"{field}.lora_stop_step"]
     # Prompt mode: the whole picture's prompt first, then "effect, target" parts whose target it names
     assert "Prompt mode needs" in errors("a shirt", rp(mode="Prompt"))["prompt"]
     assert "missing: skirt" in errors("a lady, shirt BREAK red, skirt", rp(mode="Prompt"))["prompt"]

@@ -95,6 +95,11 @@ def parse(value: Any, decode_image=None) -> tuple[RegionArgs | None, list[FieldE
         if values["calc_mode"] == "Latent":
             bad("calc_mode", "Prompt mode with the Latent calculation mode is not supported by Easel yet "
                              "(use Attention)")
+    if values["calc_mode"] == "Latent":  # Regional Prompter reads its LoRA arguments in Latent mode only
+        for name in ("lora_neg_te", "lora_neg_u", "lora_stop_step", "lora_hires_stop_step"):
+            if str(values[name] if values[name] is not None else "0").strip() not in ("", "0", "0.0"):
+                bad(name, "per-region LoRA is not supported by Easel yet: a prompt's LoRAs apply to the whole "
+                          "picture and its negative (leave it 0)")
     submode = SUBMODES.get(str(values["matrix_submode"]).strip().lower())
     if values["mode"] == "Matrix" and submode is None:
         bad("matrix_submode", "must be Columns or Rows (or the old names Horizontal / Vertical)")

@@ -16,6 +16,7 @@ from typing import Any, ContextManager
 
 
 from ...core.conditioning import Conditioning, PromptEncoder, StepConditioning, pad_to_chunks, tokenize
+from ...core.extra_networks import extract
 from ...core.image_input import decode_base64_image
 from ...core.pipeline import Feature, Pass, Run
 from ...core.prompts import schedule_prompt
@@ -107,6 +108,7 @@ class RegionalPrompter(Feature):
         encoder = PromptEncoder(model, options["CLIP_stop_at_last_layers"], list(prompts.embeddings.values()),
                                 options["comma_padding_backtrack"], options["emphasis"] == "Original")
         if args.calc_mode == "Latent":
+            self._warn_whole_picture_loras(run, prompts.prompt)
             steps = p.request.steps
             pairs = [(encoder.encode_scheduled(schedule_prompt(positive, steps)),
                       encoder.encode_scheduled(schedule_prompt(negative, steps, allow_and=False)))
@@ -123,6 +125,15 @@ class RegionalPrompter(Feature):
         latent = (p.size[1] // factor, p.size[0] // factor)
         run.state[f"{self.name}.{p.name}"] = PassRegions(
             RegionMap(latent, ranges, masks_at, base_range, args.base_ratios))
+
+    @staticmethod
+    def _warn_whole_picture_loras(run: Run, prompt: str) -> None:
+        """Regional Prompter's Latent mode gives a region's `<lora:...>` to that region only; Easel does not (yet)."""
+        if any(call.kind in ("lora", "lyco") for call in extract(prompt)[1]):
+            message = ("Regional Prompter: Easel applies the prompt's LoRAs to the whole picture, also in Latent "
+                       "mode (per-region LoRA is not supported yet)")
+            if message not in run.context.warnings:
+                run.context.warnings.append(message)
 
     def _laid_out(self, p: Pass, encoder: PromptEncoder, texts):
         """Encode the regions one per chunk range and give every denoiser of the pass that conditioning."""
