@@ -199,7 +199,6 @@ def test_validation_names_the_argument(app):
     assert f"{field}.threshold" in errors("a lady, shirt BREAK red, shirt", rp(mode="Prompt", threshold="x"))
     assert f"{field}.prompt_submode" in errors("a lady, shirt BREAK red, shirt", rp(mode="Prompt",
                                                                                    prompt_submode="Ex"))
-    assert f"{field}.calc_mode" in errors("a lady, shirt BREAK red, shirt", rp(mode="Prompt", calc="Latent"))
     assert "server paths" in errors("a BREAK b", rp(mode="Mask", mask="mask.png"))[f"{field}.mask"]
     assert f"{field}.active" in errors("a", {"Regional Prompter": {"args": ["yes"]}})
 
@@ -332,3 +331,41 @@ def test_prompt_mode_generates_pastes_and_leaves_unmasked_cells_alone(app):
     # paste: the keys give back the same args, and the same picture
     again = generate(app, red, {"Regional Prompter": {"args": args_from_params(params)}}, width=64, height=64, steps=5)
     assert np.array_equal(arr(again), arr(a))
+    # Latent calculation mode runs too, and is another picture than Attention's
+    latent = generate(app, red, rp(mode="Prompt", calc="Latent", threshold="0.85"), width=64, height=64, steps=5)
+    assert "RP Calc Mode: Latent" in latent.infotexts[0] and not np.array_equal(arr(latent), arr(a))
+
+
+def test_prompt_mode_latent_prediction_changes_only_inside_the_masks(app):
+    """Prompt mode in Latent calculation mode: in one model evaluation the prediction outside the masks (found
+    from the base prompt's attention in the earlier steps) is the base prompt's, bit for bit."""
+    from webui.core.pipeline import Pass, Run
+    from webui.features.regions.feature import RegionalPrompter
+
+    feature = app.engine.feature(RegionalPrompter.name)
+    model = app.models.get(CKPT)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * 10
+    out = {}
+    for name, prompt, threshold in (("red", "a lady in a street, shirt BREAK red forest, shirt", "0.85"),
+                                    ("blue", "a lady in a street, shirt BREAK blue ocean at night, shirt", "0.85"),
+                                    ("none", "a lady in a street, shirt BREAK blue ocean at night, shirt", "2")):
+        request = GenerationRequest(prompt=prompt, steps=4, width=64, height=64, seed=5, sampler_name="Euler",
+                                    checkpoint=CKPT, save_images=False,
+                                    alwayson_scripts=rp(mode="Prompt", calc="Latent", threshold=threshold))
+        prepared = app.engine.prepare(request)
+        plan = app.engine.plan(request, model)
+        run = Run(request, model, None, None, args=prepared.args)
+        first = Pass("first", request, plan, (64, 64), 4)
+        feature.begin_pass(run, first)
+        denoiser = plan.prompts.denoiser(1, None, None)
+        with feature.installed(run, first):
+            for step in (1, 2):   # step 1 gathers the attention, step 2 predicts with the masks
+                for inner in denoiser.inner_denoisers():
+                    inner.step = step
+                prediction = denoiser.predict(x, 500.0)
+        out[name] = (prediction, run.state[f"{feature.name}.first"].regions.current[0, 0])
+    (red, mask), (blue, mask_blue), (none, empty) = out["red"], out["blue"], out["none"]
+    assert torch.equal(mask, mask_blue) and 0 < mask.sum() < 64 and not empty.any()
+    outside = ~mask.bool()
+    assert torch.equal(red[..., outside], none[..., outside]) and torch.equal(blue[..., outside], none[..., outside])
+    assert (red[..., ~outside] - blue[..., ~outside]).abs().mean() > 1e-3

@@ -92,9 +92,6 @@ def parse(value: Any, decode_image=None) -> tuple[RegionArgs | None, list[FieldE
             bad("prompt_submode", "must be Prompt or Prompt-Ex")
         if thresholds is None:
             bad("threshold", "must be numbers, comma separated (one per region, or one for all)")
-        if values["calc_mode"] == "Latent":
-            bad("calc_mode", "Prompt mode with the Latent calculation mode is not supported by Easel yet "
-                             "(use Attention)")
     if values["calc_mode"] == "Latent":  # Regional Prompter reads its LoRA arguments in Latent mode only
         for name in ("lora_neg_te", "lora_neg_u", "lora_stop_step", "lora_hires_stop_step"):
             if str(values[name] if values[name] is not None else "0").strip() not in ("", "0", "0.0"):

@@ -25,7 +25,8 @@ from .args import FIELD, RegionArgs, alwayson_value, infotext_params, parse
 from .attention import RegionMap, regional_attention
 from .latent import latent_couple
 from .layout import mask_region_masks, matrix_regions, painted_masks, rect_masks
-from .prompt_mode import PromptRegionProcessor, PromptRegions, target_positions
+from .prompt_mode import (PromptProbeProcessor, PromptRegionProcessor, PromptRegions, prompt_latent_couple,
+                          target_positions)
 from .prompts import RegionPromptError, lay_out, split_prompt_mode, split_prompts
 
 
@@ -158,19 +159,36 @@ class RegionalPrompter(Feature):
         texts = split_prompt_mode(prompts.prompt, prompts.negative_prompt, args)
         encoder = PromptEncoder(model, options["CLIP_stop_at_last_layers"], list(prompts.embeddings.values()),
                                 options["comma_padding_backtrack"], options["emphasis"] == "Original")
-        layout = self._laid_out(p, encoder, texts)
+        latent_mode = args.calc_mode == "Latent"
+        if latent_mode:
+            self._warn_whole_picture_loras(run, prompts.prompt)
+            steps = p.request.steps
+            pairs = [(encoder.encode_scheduled(schedule_prompt(positive, steps)),
+                      encoder.encode_scheduled(schedule_prompt(negative, steps, allow_and=False)))
+                     for positive, negative in zip([texts.base] + texts.regions, texts.negatives)]
+            base_range, ranges = None, []
+        else:
+            layout = self._laid_out(p, encoder, texts)
+            base_range, ranges = layout.ranges[0], list(layout.ranges[1:])
         # the targets' token positions within the base prompt's chunks, as the first encoder tokenizes them
         name = next(n for n in model.architecture.text_encoders if n in encoder.indexes)
         tokenizer, index = model.tokenizers[name], encoder.indexes[name]
         base_text = schedule_prompt(texts.base, p.request.steps).parts[0][0][0].text
-        base = tokenize(tokenizer, base_text, index, encoder.comma_backtrack)
-        positions = [target_positions(tokenizer, base, tokenize(tokenizer, target, index, encoder.comma_backtrack))
+        base_tokens = tokenize(tokenizer, base_text, index, encoder.comma_backtrack)
+        positions = [target_positions(tokenizer, base_tokens, tokenize(tokenizer, target, index,
+                                                                       encoder.comma_backtrack))
                      for target in texts.targets]
+        base_range = base_range or (0, len(base_tokens.chunks))
         factor = model.vae_scale_factor
         latent = (p.size[1] // factor, p.size[0] // factor)
-        regions = PromptRegions(latent, layout.ranges[0], list(layout.ranges[1:]), positions, args.thresholds,
+        regions = PromptRegions(latent, base_range, ranges, positions, args.thresholds,
                                 args.base_ratios if texts.uses_base else (0.0,), args.prompt_submode == "Prompt-Ex",
                                 power=4.0 if len(model.architecture.text_encoders) > 1 else 1.2)
+        run.state[f"{self.name}.{p.name}"] = PassRegions(regions)
+        if latent_mode:
+            base_pair = pairs.pop(0)
+            prompts.denoiser_edits.append(lambda denoiser: prompt_latent_couple(denoiser, base_pair, pairs, regions))
+            return
 
         def edit(denoiser) -> None:
             regions.begin_batch(denoiser.inner_denoisers()[0].batch_size)
@@ -178,14 +196,15 @@ class RegionalPrompter(Feature):
                 inner.predict = _calls_marked(inner, inner.predict, regions)
 
         prompts.denoiser_edits.append(edit)
-        run.state[f"{self.name}.{p.name}"] = PassRegions(regions)
 
     def installed(self, run: Run, p: Pass) -> ContextManager[Any]:
         state: PassRegions | None = run.state.get(f"{self.name}.{p.name}")
         if state is None:
             return nullcontext()
         if isinstance(state.regions, PromptRegions):
-            return regional_attention(p.plan.model.unet, state.regions, PromptRegionProcessor)
+            args: RegionArgs = run.args[self.name]
+            wrapper = PromptProbeProcessor if args.calc_mode == "Latent" else PromptRegionProcessor
+            return regional_attention(p.plan.model.unet, state.regions, wrapper)
         return regional_attention(p.plan.model.unet, state.regions)
 
     def finish_images(self, run: Run, batch: Any, images: list, latents: Any) -> list:

@@ -16,6 +16,10 @@ the base prompt pays to the target's tokens:
   1 - base ratio when a base ratio applies). *Prompt* adds overlapping regions' changes;
   *Prompt-Ex* lets a later region replace an earlier one where they overlap.
 
+In the Latent calculation mode the processor only records (PromptProbeProcessor) while the base
+prompt predicts, and the guided predictions of the regions are added through the masks at latent
+size instead (prompt_latent_couple).
+
 Until the sums exist (the first two steps) the picture follows the base prompt alone. Written
 here: diffusers has no attention-derived regional processor; the probabilities come from
 diffusers' own `Attention.get_attention_scores`.
@@ -181,3 +185,56 @@ class PromptRegionProcessor:
             mask = mask.repeat(copies, 1)[:, :, None].to(base.device, base.dtype)
             out = out + mask * (1 - regions.ratio(index)) * (plain(context(span)) - base)
         return out
+
+
+class PromptProbeProcessor:
+    """Latent calculation mode: the wrapped processor unchanged, recording the base prompt's attention."""
+
+    def __init__(self, inner: Any, regions: PromptRegions):
+        self.inner = inner
+        self.regions = regions
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        out = self.inner(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                         attention_mask=attention_mask, temb=temb, **kwargs)
+        if self.regions.recording and encoder_hidden_states is not None and hidden_states.ndim == 3:
+            text = encoder_hidden_states[0] if isinstance(encoder_hidden_states, tuple) else encoder_hidden_states
+            if text.shape[1] >= self.regions.base_range[1] * TOKENS_PER_CHUNK:
+                self.regions.record(attn, hidden_states, _chunk(text, self.regions.base_range))
+        return out
+
+
+def prompt_latent_couple(denoiser: Any, base: tuple[Any, Any], pairs: list[tuple[Any, Any]],
+                         regions: PromptRegions) -> None:
+    """Latent calculation mode for Prompt mode: each CFG denoiser predicts with the base prompt (recording its
+    attention), then once per region whose mask is not empty, and adds each region's change over the base
+    prediction where its mask (at latent size) is on."""
+    regions.begin_batch(denoiser.inner_denoisers()[0].batch_size)
+    for inner in denoiser.inner_denoisers():
+        inner.predict = _prompt_regional_predict(inner, inner.predict, base, pairs, regions)
+
+
+def _prompt_regional_predict(inner, predict, base, pairs, regions: PromptRegions):
+    def with_prompts(x, t, cond, uncond):
+        inner.uncond = uncond
+        inner.set_conditioning(cond)
+        return predict(x, t)
+
+    def regional(x: torch.Tensor, t) -> torch.Tensor:
+        regions.begin_call(inner.step, len(base[0].at(inner.step)), record=inner.step > 0)
+        try:
+            out = with_prompts(x, t, *base)
+        finally:
+            regions.recording = False
+        if regions.current is None:
+            return out
+        base_out = out
+        for index, (cond, uncond) in enumerate(pairs):
+            mask = regions.current[index]
+            if not mask.any():
+                continue
+            change = with_prompts(x, t, cond, uncond) - base_out
+            out = out + mask[:, None].to(out) * (1 - regions.ratio(index)) * change
+        return out
+
+    return regional
