@@ -212,7 +212,7 @@ class RegionalPrompter(Feature):
         found = [state.regions for key, state in run.state.items()
                  if key.startswith(f"{self.name}.") and isinstance(state.regions, PromptRegions)]
         if found and found[-1].current is not None:
-            self.last_masks = found[-1].current.clone()
+            self.last_masks = found[-1].current.cpu()
         return images
 
     def infotext(self, run: Run) -> dict[str, Any]:

@@ -114,8 +114,9 @@ class PromptRegions:
         if tokens not in self._at_size:
             h, w = layer_size(self.latent_size, tokens)
             big_h, big_w = self.current.shape[-2:]
-            ys = ((torch.arange(h) + 0.5) * big_h / h).long().clamp(max=big_h - 1)
-            xs = ((torch.arange(w) + 0.5) * big_w / w).long().clamp(max=big_w - 1)
+            device = self.current.device
+            ys = ((torch.arange(h, device=device) + 0.5) * big_h / h).long().clamp(max=big_h - 1)
+            xs = ((torch.arange(w, device=device) + 0.5) * big_w / w).long().clamp(max=big_w - 1)
             self._at_size[tokens] = self.current[:, :, ys][:, :, :, xs].reshape(*self.current.shape[:2], h * w)
         return self._at_size[tokens]
 
@@ -146,7 +147,7 @@ class PromptRegions:
         stacked = torch.cat(maps, dim=1)                                    # (batch, regions, h, w)
         if (h, w) != tuple(self.latent_size):
             stacked = F.interpolate(stacked, size=self.latent_size, mode="bilinear", align_corners=False)
-        stacked = stacked.transpose(0, 1).cpu()
+        stacked = stacked.transpose(0, 1)   # kept where the model runs: no copy back per layer
         self.sums = stacked if self.sums is None else self.sums + stacked
 
 
