@@ -24,7 +24,7 @@ MODES = ("Matrix", "Mask", "Prompt")
 SUBMODES = {"columns": "Columns", "horizontal": "Columns", "rows": "Rows", "vertical": "Rows"}
 CALC_MODES = ("Attention", "Latent")
 PROMPT_SUBMODES = {"prompt": "Prompt", "prompt-ex": "Prompt-Ex"}
-DEFAULT_THRESHOLD = 0.4   # Regional Prompter's: an empty or unreadable threshold means 0.4
+DEFAULT_THRESHOLD = 0.4   # Regional Prompter's: an empty threshold (or an empty part of one) means 0.4
 # (name, default) in the documented order
 ORDER = (("active", False), ("debug", False), ("mode", "Matrix"), ("matrix_submode", "Columns"),
          ("mask_submode", "Mask"), ("prompt_submode", "Prompt"), ("ratios", "1,1"), ("base_ratios", "0"),
