@@ -712,6 +712,16 @@ def test_adetailer_and_regional_prompter_payloads(server, client):
     bad = client.post("/sdapi/v1/txt2img", json=payload(prompt="one region", alwayson_scripts={
         "Regional Prompter": {"args": rp}}))
     assert bad.status_code == 422 and "prompt" in bad.text and "2 region" in bad.text
+    # Prompt mode, as the extension's UI sends it (20 args: Prompt-Ex submode 6th, threshold 16th)
+    rp = [True, False, "Prompt", "Columns", "Mask", "Prompt-Ex", "1,1", "0.2", False, False, False, "Attention",
+          False, "0", "0", "0.85", "", "0", "0", False]
+    regional = txt2img(client, prompt="a lady, shirt BREAK a red, shirt", alwayson_scripts={"Regional Prompter": {
+        "args": rp}})
+    text = json.loads(regional["info"])["infotexts"][0]
+    assert "RP Divide mode: Prompt" in text and "RP Prompt submode: Prompt-Ex" in text and "RP threshold: 0.85" in text
+    bad = client.post("/sdapi/v1/txt2img", json=payload(prompt="a lady, shirt BREAK a red, hat", alwayson_scripts={
+        "Regional Prompter": {"args": rp}}))
+    assert bad.status_code == 422 and "prompt" in bad.text and "missing: hat" in bad.text
     healthy(client)
 
 

@@ -18,7 +18,7 @@ from .uploads import checked_image, settings_limit
 
 PREFIX = "regions::"
 _SHOWN = ("active", "mode", "matrix_submode", "calc_mode", "ratios", "base_ratios", "use_base", "use_common",
-          "use_ncommon", "flip", "mask")
+          "use_ncommon", "flip", "mask", "prompt_submode", "threshold")
 
 
 def build_regions(easel: Easel, controls: GenerationControls) -> None:
@@ -27,10 +27,13 @@ def build_regions(easel: Easel, controls: GenerationControls) -> None:
     with gr.Accordion("Regional Prompter", open=False, elem_id=f"{p}_accordion"):
         i[PREFIX + "active"] = gr.Checkbox(False, label="Active", elem_id=f"{p}_active")
         gr.Markdown("One prompt per region, separated by `BREAK` (`ADDCOMM`: common to all, `ADDBASE`: base "
-                    "prompt mixed in at the base ratio). Regions are numbered top to bottom, left to right.",
+                    "prompt mixed in at the base ratio). Regions are numbered top to bottom, left to right. "
+                    "*Prompt* mode: the first part describes the whole picture, each further part is "
+                    "`effect, target` and acts where the picture's prompt attends to its target word "
+                    "(attention above the threshold; one threshold per region, comma separated).",
                     elem_id=f"{p}_note")
         with gr.Row():
-            i[PREFIX + "mode"] = gr.Radio(["Matrix", "Mask"], value="Matrix", label="Divide mode",
+            i[PREFIX + "mode"] = gr.Radio(["Matrix", "Mask", "Prompt"], value="Matrix", label="Divide mode",
                                           elem_id=f"{p}_mode")
             i[PREFIX + "matrix_submode"] = gr.Radio(["Columns", "Rows"], value="Columns", label="Main splitting",
                                                     elem_id=f"{p}_matrix_submode")
@@ -40,6 +43,10 @@ def build_regions(easel: Easel, controls: GenerationControls) -> None:
         with gr.Row():
             i[PREFIX + "ratios"] = gr.Textbox("1,1", label="Divide ratio (, columns; ; rows)", elem_id=f"{p}_ratios")
             i[PREFIX + "base_ratios"] = gr.Textbox("0.2", label="Base ratio", elem_id=f"{p}_base_ratios")
+        with gr.Row():
+            i[PREFIX + "prompt_submode"] = gr.Radio(["Prompt", "Prompt-Ex"], value="Prompt", label="Prompt mode",
+                                                    elem_id=f"{p}_prompt_submode")
+            i[PREFIX + "threshold"] = gr.Textbox("0.4", label="Threshold (Prompt mode)", elem_id=f"{p}_threshold")
         with gr.Row():
             i[PREFIX + "use_base"] = gr.Checkbox(False, label="Use base prompt", elem_id=f"{p}_use_base")
             i[PREFIX + "use_common"] = gr.Checkbox(False, label="Use common prompt", elem_id=f"{p}_use_common")
@@ -60,6 +67,7 @@ def regions_request_fields(fields: dict[str, Any]) -> dict[str, Any] | None:
             values[name] = bool(value) if isinstance(values[name], bool) else value
     values["ratios"] = str(values["ratios"] or "")
     values["base_ratios"] = str(values["base_ratios"] or "0")
+    values["threshold"] = str(values["threshold"] if values["threshold"] not in (None, "") else "0.4")
     return {"args": [values[name] for name in NAMES]}
 
 

@@ -23,6 +23,8 @@ MODES = ("Matrix", "Mask", "Prompt")
 # the matrix submodes: Columns (split left to right), Rows (top to bottom); the old names mean the same
 SUBMODES = {"columns": "Columns", "horizontal": "Columns", "rows": "Rows", "vertical": "Rows"}
 CALC_MODES = ("Attention", "Latent")
+PROMPT_SUBMODES = {"prompt": "Prompt", "prompt-ex": "Prompt-Ex"}
+DEFAULT_THRESHOLD = 0.4   # Regional Prompter's: an empty threshold (or an empty part of one) means 0.4
 # (name, default) in the documented order
 ORDER = (("active", False), ("debug", False), ("mode", "Matrix"), ("matrix_submode", "Columns"),
          ("mask_submode", "Mask"), ("prompt_submode", "Prompt"), ("ratios", "1,1"), ("base_ratios", "0"),
@@ -34,7 +36,7 @@ NAMES = tuple(name for name, _ in ORDER)
 
 @dataclass(frozen=True)
 class RegionArgs:
-    mode: str                           # "Matrix" or "Mask"
+    mode: str                           # "Matrix", "Mask" or "Prompt"
     submode: str                        # "Columns" or "Rows" (Matrix)
     ratios: str
     base_ratios: tuple[float, ...]      # one per region, or one for all
@@ -45,6 +47,8 @@ class RegionArgs:
     flip: bool
     mask: Image.Image | None            # Mask mode: regions painted in Regional Prompter's colours
     raw: tuple[tuple[str, Any], ...]    # every argument as given (defaults filled), for the infotext
+    prompt_submode: str = "Prompt"      # Prompt mode: "Prompt" (overlaps add) or "Prompt-Ex" (later wins)
+    thresholds: tuple[float, ...] = (DEFAULT_THRESHOLD,)   # Prompt mode: one per region, or one for all
 
 
 def alwayson_value(request: Any) -> Any:
@@ -81,8 +85,18 @@ def parse(value: Any, decode_image=None) -> tuple[RegionArgs | None, list[FieldE
         return None, errors
     if values["mode"] not in MODES:
         bad("mode", f"must be one of {', '.join(MODES)}")
-    elif values["mode"] == "Prompt":
-        bad("mode", "Regional Prompter's Prompt mode (regions found from the prompt) is not supported by Easel yet")
+    prompt_submode = PROMPT_SUBMODES.get(str(values["prompt_submode"]).strip().lower())
+    thresholds = _thresholds(values["threshold"])
+    if values["mode"] == "Prompt":
+        if prompt_submode is None:
+            bad("prompt_submode", "must be Prompt or Prompt-Ex")
+        if thresholds is None:
+            bad("threshold", "must be numbers, comma separated (one per region, or one for all)")
+    if values["calc_mode"] == "Latent":  # Regional Prompter reads its LoRA arguments in Latent mode only
+        for name in ("lora_neg_te", "lora_neg_u", "lora_stop_step", "lora_hires_stop_step"):
+            if str(values[name] if values[name] is not None else "0").strip() not in ("", "0", "0.0"):
+                bad(name, "per-region LoRA is not supported by Easel yet: a prompt's LoRAs apply to the whole "
+                          "picture and its negative (leave it 0)")
     submode = SUBMODES.get(str(values["matrix_submode"]).strip().lower())
     if values["mode"] == "Matrix" and submode is None:
         bad("matrix_submode", "must be Columns or Rows (or the old names Horizontal / Vertical)")
@@ -108,7 +122,29 @@ def parse(value: Any, decode_image=None) -> tuple[RegionArgs | None, list[FieldE
         return None, errors
     raw = tuple((name, values[name] if name != "mask" else None) for name in NAMES)
     return RegionArgs(values["mode"], submode or "Columns", ratios, tuple(base or (0.0,)), values["use_base"],
-                      values["use_common"], values["use_ncommon"], values["calc_mode"], values["flip"], mask, raw), []
+                      values["use_common"], values["use_ncommon"], values["calc_mode"], values["flip"], mask, raw,
+                      prompt_submode or "Prompt", tuple(thresholds or (DEFAULT_THRESHOLD,))), []
+
+
+def _thresholds(value: Any) -> list[float] | None:
+    """Prompt mode's thresholds: comma separated numbers; blank ones are Regional Prompter's 0.4."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [float(value)] if math.isfinite(value) else None
+    if value is None or not isinstance(value, str):
+        return None if value is not None else [DEFAULT_THRESHOLD]
+    out = []
+    for part in value.split(","):
+        if not part.strip():
+            out.append(DEFAULT_THRESHOLD)
+            continue
+        try:
+            number = float(part)
+        except ValueError:
+            return None
+        if not math.isfinite(number):
+            return None
+        out.append(number)
+    return out
 
 
 def _numbers(text: Any) -> list[float] | None:

@@ -20,6 +20,16 @@ import torch
 TOKENS_PER_CHUNK = 77
 
 
+def layer_size(latent_size: tuple[int, int], tokens: int) -> tuple[int, int]:
+    """A layer's (h, w) for a sequence of `tokens` positions (each UNet level halves, rounding up)."""
+    h, w = latent_size
+    while h * w > tokens and (h > 1 or w > 1):
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    if h * w != tokens:
+        raise ValueError(f"no UNet level of {latent_size} has {tokens} positions")
+    return h, w
+
+
 @dataclass
 class RegionMap:
     """What every processor shares: chunk ranges, base ratios, and masks per layer size."""
@@ -32,13 +42,7 @@ class RegionMap:
     _cache: dict[int, tuple[int, int, torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
 
     def size_for(self, tokens: int) -> tuple[int, int]:
-        """The layer's (h, w) for a sequence of `tokens` positions (each UNet level halves, rounding up)."""
-        h, w = self.latent_size
-        while h * w > tokens and (h > 1 or w > 1):
-            h, w = math.ceil(h / 2), math.ceil(w / 2)
-        if h * w != tokens:
-            raise ValueError(f"no UNet level of {self.latent_size} has {tokens} positions")
-        return h, w
+        return layer_size(self.latent_size, tokens)
 
     def masks(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         if tokens not in self._cache:
@@ -93,10 +97,11 @@ class RegionalAttnProcessor:
 
 
 @contextmanager
-def regional_attention(unet, regions: RegionMap) -> Iterator[None]:
+def regional_attention(unet, regions: Any, wrapper: Callable[[Any, Any], Any] = RegionalAttnProcessor
+                       ) -> Iterator[None]:
     """The UNet's cross-attention processors wrapped for `regions` while the body runs, then put back."""
     original = dict(unet.attn_processors)
-    wrapped = {name: RegionalAttnProcessor(processor, regions) if name.endswith("attn2.processor") else processor
+    wrapped = {name: wrapper(processor, regions) if name.endswith("attn2.processor") else processor
                for name, processor in original.items()}
     unet.set_attn_processor(wrapped)
     try:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from ...core.conditioning import tokenize
 from ...core.extra_networks import extract
+from ...core.prompts import BREAK, parse_attention
 from .args import RegionArgs
 
 _BREAK = re.compile(r"\s*\b(?:BREAK|ADDCOL|ADDROW)\b\s*")
@@ -66,6 +67,52 @@ def split_prompts(prompt: str, negative: str, args: RegionArgs, count: int) -> R
     segments_negative = ([_join(negative_common, " ".join(negative_parts))] if base is not None else [])
     return RegionTexts(_join(common, base) if base is not None else None, [_join(common, r) for r in parts],
                        segments_negative + region_negatives)
+
+
+@dataclass(frozen=True)
+class PromptModeTexts(RegionTexts):
+    targets: tuple[str, ...] = ()   # each region's target (its text after the last comma)
+    uses_base: bool = False         # ADDBASE or *use base*: the base ratios apply
+
+
+def _words(text: str) -> list[str]:
+    """The lower-case words of prompt text without its emphasis syntax."""
+    plain = " ".join(part for part, weight in parse_attention(text) if not (part == BREAK and weight == -1))
+    return re.findall(r"[\w'-]+", plain.lower())
+
+
+def split_prompt_mode(prompt: str, negative: str, args: RegionArgs) -> PromptModeTexts:
+    """Base prompt, regions and their targets for Prompt mode; RegionPromptError naming what does not fit."""
+    text, _ = extract(prompt)
+    negative_text, _ = extract(negative)
+    common = ""
+    if _COMM.search(text):
+        common, text = _COMM.split(text, maxsplit=1)
+    uses_base = args.use_base or bool(_BASE.search(text))
+    parts = _BREAK.split(_BASE.sub(" BREAK ", text).strip())
+    if args.use_common and not common and len(parts) > 2:
+        common = parts.pop(0)
+    if len(parts) < 2:
+        raise RegionPromptError("Prompt mode needs the whole picture's prompt, then one part per region "
+                                "(\"effect, target\"), separated by BREAK")
+    base, regions = _join(common, parts[0]), parts[1:]
+    targets = tuple(region.split(",")[-1].strip() for region in regions)
+    base_words = set(_words(base))
+    for number, target in enumerate(targets, start=1):
+        words = _words(target)
+        if not words:
+            raise RegionPromptError(f"Prompt mode: region {number} has no target (the text after its last comma)")
+        missing = [w for w in words if w not in base_words]
+        if missing:
+            raise RegionPromptError(f"Prompt mode: region {number}'s target {target!r} (the text after its last "
+                                    f"comma) must also be in the first part, the whole picture's prompt "
+                                    f"(missing: {', '.join(missing)})")
+    negative_parts = _BREAK.split(negative_text.strip())
+    negative_common = negative_parts.pop(0) if args.use_ncommon and len(negative_parts) > 1 else ""
+    if len(negative_parts) != len(regions) + 1:
+        negative_parts = [" ".join(negative_parts)] * (len(regions) + 1)
+    return PromptModeTexts(base, [_join(common, r) for r in regions],
+                           [_join(negative_common, n) for n in negative_parts], targets, uses_base)
 
 
 @dataclass(frozen=True)
