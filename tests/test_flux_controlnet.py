@@ -4,6 +4,7 @@ ControlNet of another family; FLUX.1 Redux in an IP-Adapter unit as FluxPriorRed
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ PROMPT = "a cat on a red chair"
 def cn_app(tmp_path_factory, tiny_ckpt_dir):
     ckpts = tmp_path_factory.mktemp("flux-cn-ckpts")
     write_flux_folder(ckpts / "tiny-flux-dev", "dev", seed=1)
+    write_flux_folder(ckpts / "tiny-flux-kontext", "dev", seed=1, kontext=True)  # dev's weights: its ControlNets fit
     for path in tiny_ckpt_dir.glob("tiny-sd1.*"):  # the file and its sidecar
         shutil.copy(path, ckpts / path.name)
     root = tmp_path_factory.mktemp("flux-cn-app")
@@ -102,6 +104,53 @@ def test_flux_controlnet_gives_the_flux_controlnet_pipelines_image(cn_app, name,
     assert psnr >= 40
     # the ControlNet is what makes the difference: without it, another image (the test can fail)
     assert _psnr(theirs(0.0), reference) < psnr - 10
+
+
+def test_flux_controlnet_on_kontext_adds_to_the_image_tokens_only(cn_app):
+    """Kontext + ControlNet (no diffusers pipeline has both): FluxKontextPipeline whose transformer gets
+    FluxControlNetModel's block samples for the latents' tokens, zeros for the reference's, as
+    FluxControlNetPipeline computes them (a pre-hook on the pipeline's own transformer call)."""
+    from diffusers import FluxKontextPipeline
+
+    name, reference_picture = "flux-instantx-canny", _control_image(7).resize((64, 64), Image.BICUBIC)
+    request = _request(name, checkpoint="tiny-flux-kontext")
+    request = replace(request, alwayson_scripts={**request.alwayson_scripts,
+                                                 "Kontext": {"args": [reference_picture, "Image size"]}})
+    result = cn_app.txt2img(request)
+    controlnet = cn_app.controlnets.load(name, cn_app.models.get("tiny-flux-kontext"))
+    pipe = FluxKontextPipeline.from_pretrained(str(cn_app.ckpts / "tiny-flux-kontext"), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        mean = pipe.vae.encode(pipe.image_processor.preprocess(_control_image(), 64, 64)).latent_dist.mode()
+    cond = pack((mean - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor)
+    scale = [0.8]
+
+    def add_control(module, args, kw):
+        n = kw["hidden_states"].shape[1] - 16  # the reference's 4x4 tokens follow the latents'
+        blocks, single = controlnet(hidden_states=kw["hidden_states"][:, :n], controlnet_cond=cond,
+                                    conditioning_scale=scale[0], timestep=kw["timestep"],
+                                    guidance=kw["guidance"] if controlnet.config.guidance_embeds else None,
+                                    pooled_projections=kw["pooled_projections"],
+                                    encoder_hidden_states=kw["encoder_hidden_states"], txt_ids=kw["txt_ids"],
+                                    img_ids=kw["img_ids"][:n], return_dict=False)
+        pad = lambda samples: None if samples is None else [torch.cat([s, torch.zeros_like(s[:, :16])], 1)
+                                                            for s in samples]  # noqa: E731
+        return args, {**kw, "controlnet_block_samples": pad(blocks), "controlnet_single_block_samples": pad(single)}
+
+    pipe.transformer.register_forward_pre_hook(add_control, with_kwargs=True)
+    noise = ImageRNG((16, 8, 8), [5], torch.device("cpu"), source=cn_app.settings.get("randn_source")).first()
+
+    def theirs():
+        return pipe(image=reference_picture, prompt=PROMPT, height=64, width=64, num_inference_steps=4,
+                    guidance_scale=3.5, max_sequence_length=512, latents=pack(noise), _auto_resize=False,
+                    max_area=64 * 64).images[0]
+
+    reference = theirs()
+    psnr = _psnr(result.images[0], reference)
+    print(f"Flux ControlNet on Kontext: Easel vs FluxKontextPipeline + FluxControlNetModel PSNR {psnr:.1f} dB")
+    assert psnr >= 40
+    scale[0] = 0.0  # the ControlNet is what makes the difference (the test can fail)
+    assert _psnr(theirs(), reference) < psnr - 10
 
 
 def test_union_type_comes_from_the_unit_or_its_preprocessor(cn_app):

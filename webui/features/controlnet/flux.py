@@ -242,9 +242,6 @@ def prepare(units: list[ControlUnit], model, library, annotators: Path, width: i
             raise ValidationError([FieldError(field_name, f"{info.name} is not a Flux ControlNet; "
                                                           f"{model.architecture.label} takes InstantX, "
                                                           f"Shakker-Labs Union or XLabs Flux ControlNets")])
-        if model.architecture.adapter.image_reference:
-            raise ValidationError([FieldError(field_name, f"{model.architecture.label} takes no ControlNet "
-                                                          f"(its reference image is the control)")])
         net = library.load(unit.model, model)
         hint = detect_map(unit, image, width, height, annotators, getattr(library, "store", None))
         param = next(net.parameters())
