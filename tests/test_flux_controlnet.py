@@ -38,9 +38,10 @@ def cn_app(tmp_path_factory, tiny_ckpt_dir):
     from webui.features.controlnet.models import write_controlnet
 
     write_controlnet(folder / "sd15-canny.safetensors", app.models.get("tiny-sd1").unet)
-    from webui.features.controlnet.flux_redux import write_test_redux
+    from webui.features.controlnet.flux_redux import write_test_redux, write_test_redux_folder
 
-    write_test_redux(app.paths.model_dir("ipadapter"), app.paths.model_dir("clip_vision"), text_width=32, seed=6)
+    files = write_test_redux(app.paths.model_dir("ipadapter"), app.paths.model_dir("clip_vision"), text_width=32, seed=6)
+    write_test_redux_folder(app.paths.model_dir("ipadapter") / "FLUX.1-Redux-dev-tiny", *files)  # the same weights
     app.ckpts = ckpts
     yield app
     app.close()
@@ -209,8 +210,8 @@ def test_xlabs_keys_become_diffusers_names_exactly(cn_app):
     assert config["conditioning_embedding_channels"] == 16 and config["patch_size"] == 2
 
 
-def _redux_request(checkpoint: str = "tiny-flux-dev", **kw) -> GenerationRequest:
-    args = [{"enabled": True, "module": "ip-adapter-auto", "model": "flux1-redux-tiny", "image": _control_image(9),
+def _redux_request(checkpoint: str = "tiny-flux-dev", model: str = "flux1-redux-tiny", **kw) -> GenerationRequest:
+    args = [{"enabled": True, "module": "ip-adapter-auto", "model": model, "image": _control_image(9),
              "weight": 1.0}]
     base = dict(prompt=PROMPT, steps=4, width=64, height=64, seed=5, sampler_name="Euler", scheduler="Automatic",
                 cfg_scale=1.0, distilled_cfg_scale=3.5, checkpoint=checkpoint,
@@ -255,12 +256,39 @@ def test_redux_gives_the_prior_redux_pipelines_image(cn_app):
     assert np.asarray(guided.images[0]).std() > 1
 
 
+def test_redux_from_a_diffusers_folder_gives_the_prior_redux_pipelines_image(cn_app):
+    """diffusers' FLUX.1-Redux-dev layout (image_embedder/, image_encoder/, feature_extractor/) in
+    models/ipadapter, named by its folder: FluxPriorReduxPipeline.from_pretrained on that folder + FluxPipeline."""
+    from diffusers import FluxPipeline, FluxPriorReduxPipeline
+
+    folder = cn_app.paths.model_dir("ipadapter") / "FLUX.1-Redux-dev-tiny"
+    result = cn_app.txt2img(_redux_request(model="FLUX.1-Redux-dev-tiny"))
+    assert "FLUX.1-Redux-dev-tiny [" in result.infotexts[0]
+    pipe = FluxPipeline.from_pretrained(str(cn_app.ckpts / "tiny-flux-dev"), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    prior = FluxPriorReduxPipeline.from_pretrained(str(folder), text_encoder=pipe.text_encoder,
+                                                   tokenizer=pipe.tokenizer, text_encoder_2=pipe.text_encoder_2,
+                                                   tokenizer_2=pipe.tokenizer_2, local_files_only=True)
+    noise = ImageRNG((16, 8, 8), [5], torch.device("cpu"), source=cn_app.settings.get("randn_source")).first()
+    embeds = prior(_control_image(9), prompt=PROMPT, prompt_2=PROMPT)
+    reference = pipe(height=64, width=64, num_inference_steps=4, guidance_scale=3.5, latents=pack(noise),
+                     **embeds).images[0]
+    psnr = _psnr(result.images[0], reference)
+    print(f"Flux Redux folder: Easel vs FluxPriorReduxPipeline.from_pretrained + FluxPipeline PSNR {psnr:.1f} dB")
+    assert psnr >= 40
+    without = cn_app.txt2img(_redux_request(model="FLUX.1-Redux-dev-tiny", alwayson_scripts={}))
+    assert _psnr(without.images[0], reference) < psnr - 10  # the folder's tokens reach the model
+    with pytest.raises(ValidationError) as error:  # a Redux folder on an SD checkpoint: a 422 on the unit's model
+        cn_app.txt2img(_redux_request(checkpoint="tiny-sd1", model="FLUX.1-Redux-dev-tiny", steps=1))
+    assert error.value.errors[0].field == "alwayson_scripts.controlnet.args[0].model"
+
+
 def test_redux_is_listed_for_flux_only_and_refused_elsewhere(cn_app):
     from webui.features.controlnet import choices
 
     flux = choices.model_names(cn_app.controlnets, cn_app.ip_adapters, {"cross_attention_dim": None,
                                                                        "family": "flux-dev"}, "ip-adapter-auto")
-    assert flux == ["None", "flux1-redux-tiny"]
+    assert flux == ["None", "flux1-redux-tiny", "FLUX.1-Redux-dev-tiny"]
     sd = dict(cn_app.models.get("tiny-sd1").configs["unet"])
     assert "flux1-redux-tiny" not in choices.model_names(cn_app.controlnets, cn_app.ip_adapters, sd,
                                                          "ip-adapter-auto")

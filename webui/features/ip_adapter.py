@@ -224,6 +224,10 @@ class IPAdapterLibrary:
         found = match(name, self._candidates(), names)
         if found is not None and not self._is_adapter(found):  # e.g. a vision encoder's name: look among adapters
             found = match(name, self.adapter_paths(), names)
+        if found is None:  # FLUX.1 Redux as diffusers' folder (image_embedder/ + image_encoder/)
+            from .controlnet.flux_redux import find_folder
+
+            found = find_folder(name, self.adapter_folders)
         if found is None:
             raise IPAdapterNotFound("IP-Adapter model", name.strip(), [p.stem for p in self.adapter_paths()],
                                     " or ".join(map(str, self.adapter_folders)))
