@@ -154,6 +154,21 @@ def test_flux_controlnet_on_kontext_adds_to_the_image_tokens_only(cn_app):
     assert _psnr(theirs(), reference) < psnr - 10
 
 
+def test_control_modes_on_flux(cn_app):
+    """With real CFG: "ControlNet is more important" controls the conditional rows only (another image);
+    "My prompt is more important" is Balanced's image, with a warning that says so."""
+    def run(mode: int):
+        request = replace(_request("flux-instantx-canny", control_mode=mode, steps=2), cfg_scale=3.0,
+                          negative_prompt="blurry")
+        return cn_app.txt2img(request)
+
+    balanced, prompt, control = run(0), run(1), run(2)
+    assert np.array_equal(np.asarray(prompt.images[0]), np.asarray(balanced.images[0]))
+    assert any("acts as Balanced" in w for w in prompt.warnings) and not balanced.warnings
+    assert "Control Mode: My prompt is more important" in prompt.infotexts[0]  # as chosen: paste restores it
+    assert _psnr(control.images[0], balanced.images[0]) < 60
+
+
 def test_union_type_comes_from_the_unit_or_its_preprocessor(cn_app):
     from webui.features.controlnet.units import ControlUnit
 

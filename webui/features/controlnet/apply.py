@@ -170,6 +170,7 @@ def build_controls(units: list[ControlUnit], model, controlnets, ip_adapters, an
         controls.transformer, params = flux.prepare(units, model, controlnets, annotators, width, height,
                                                     fallback_image)
         controls.params.update(params)
+        controls.warnings += controls.transformer.notes
     elif any(u.enabled and not u.is_ip_adapter for u in units):
         controls.nets, params = prepare(units, model, controlnets, annotators, width, height, fallback_image)
         controls.params.update(params)
