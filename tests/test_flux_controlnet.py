@@ -42,6 +42,11 @@ def cn_app(tmp_path_factory, tiny_ckpt_dir):
 
     files = write_test_redux(app.paths.model_dir("ipadapter"), app.paths.model_dir("clip_vision"), text_width=32, seed=6)
     write_test_redux_folder(app.paths.model_dir("ipadapter") / "FLUX.1-Redux-dev-tiny", *files)  # the same weights
+    from webui.features.controlnet.flux_ip_adapter import write_test_clip, write_test_ip_adapter
+
+    write_test_ip_adapter(app.paths.model_dir("ipadapter") / "flux-ip-adapter-tiny.safetensors", transformer,
+                          clip_width=24, seed=8)  # XLabs' layout
+    write_test_clip(app.paths.model_dir("clip_vision") / "clip-vit-tiny", projection_dim=24, seed=9)
     app.ckpts = ckpts
     yield app
     app.close()
@@ -298,12 +303,65 @@ def test_redux_from_a_diffusers_folder_gives_the_prior_redux_pipelines_image(cn_
     assert error.value.errors[0].field == "alwayson_scripts.controlnet.args[0].model"
 
 
+def _ip_request(checkpoint: str = "tiny-flux-dev", **kw) -> GenerationRequest:
+    unit = {"enabled": True, "module": "ip-adapter-auto", "model": "flux-ip-adapter-tiny", "image": _control_image(11),
+            "weight": 0.8}
+    base = dict(prompt=PROMPT, steps=4, width=64, height=64, seed=5, sampler_name="Euler", scheduler="Automatic",
+                cfg_scale=1.0, distilled_cfg_scale=3.5, checkpoint=checkpoint,
+                alwayson_scripts={"controlnet": {"args": [unit]}})
+    return GenerationRequest(**{**base, **kw})
+
+
+def test_xlabs_flux_ip_adapter_gives_the_flux_pipelines_image(cn_app):
+    """XLabs' Flux IP-Adapter file through diffusers' FluxIPAdapterMixin (CLIP vision encoder from a local
+    folder): FluxPipeline.load_ip_adapter + set_ip_adapter_scale(0.8) + ip_adapter_image gives the same image;
+    the shared transformer has its own processors back afterwards; on SD it is a 422 on the unit's model."""
+    from diffusers import FluxPipeline
+
+    transformer = cn_app.models.get("tiny-flux-dev").unet
+    before = {name: type(p) for name, p in transformer.attn_processors.items()}
+    result = cn_app.txt2img(_ip_request())
+    assert "flux-ip-adapter-tiny" in result.infotexts[0]
+    assert {name: type(p) for name, p in transformer.attn_processors.items()} == before
+    assert getattr(transformer, "encoder_hid_proj", None) is None
+    pipe = FluxPipeline.from_pretrained(str(cn_app.ckpts / "tiny-flux-dev"), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_ip_adapter(str(cn_app.paths.model_dir("ipadapter")), weight_name="flux-ip-adapter-tiny.safetensors",
+                         image_encoder_pretrained_model_name_or_path=str(cn_app.paths.model_dir("clip_vision")
+                                                                         / "clip-vit-tiny"),
+                         image_encoder_dtype=torch.float32, local_files_only=True)
+    noise = ImageRNG((16, 8, 8), [5], torch.device("cpu"), source=cn_app.settings.get("randn_source")).first()
+
+    def theirs(scale: float):
+        pipe.set_ip_adapter_scale(scale)
+        return pipe(PROMPT, ip_adapter_image=_control_image(11), height=64, width=64, num_inference_steps=4,
+                    guidance_scale=3.5, max_sequence_length=512, latents=pack(noise)).images[0]
+
+    reference = theirs(0.8)
+    psnr = _psnr(result.images[0], reference)
+    print(f"XLabs Flux IP-Adapter: Easel vs FluxPipeline.load_ip_adapter PSNR {psnr:.1f} dB")
+    assert psnr >= 40
+    assert _psnr(theirs(0.0), reference) < psnr - 10  # the adapter is what makes the difference
+    # real CFG: the negative rows see an all-black picture's embeds, as FluxPipeline's true CFG gives them
+    guided = cn_app.txt2img(_ip_request(cfg_scale=3.0, negative_prompt="blurry"))
+    pipe.set_ip_adapter_scale(0.8)
+    true_cfg = pipe(PROMPT, negative_prompt="blurry", true_cfg_scale=3.0, ip_adapter_image=_control_image(11),
+                    height=64, width=64, num_inference_steps=4, guidance_scale=3.5, max_sequence_length=512,
+                    latents=pack(noise)).images[0]
+    cfg_psnr = _psnr(guided.images[0], true_cfg)
+    print(f"XLabs Flux IP-Adapter with CFG 3: Easel vs FluxPipeline true CFG PSNR {cfg_psnr:.1f} dB")
+    assert cfg_psnr >= 40
+    with pytest.raises(ValidationError) as error:
+        cn_app.txt2img(_ip_request(checkpoint="tiny-sd1", steps=1))
+    assert error.value.errors[0].field == "alwayson_scripts.controlnet.args[0].model"
+
+
 def test_redux_is_listed_for_flux_only_and_refused_elsewhere(cn_app):
     from webui.features.controlnet import choices
 
     flux = choices.model_names(cn_app.controlnets, cn_app.ip_adapters, {"cross_attention_dim": None,
                                                                        "family": "flux-dev"}, "ip-adapter-auto")
-    assert flux == ["None", "flux1-redux-tiny", "FLUX.1-Redux-dev-tiny"]
+    assert flux == ["None", "flux1-redux-tiny", "FLUX.1-Redux-dev-tiny", "flux-ip-adapter-tiny"]
     sd = dict(cn_app.models.get("tiny-sd1").configs["unet"])
     assert "flux1-redux-tiny" not in choices.model_names(cn_app.controlnets, cn_app.ip_adapters, sd,
                                                          "ip-adapter-auto")

@@ -196,7 +196,8 @@ class IPAdapterLibrary:
         if path.suffix != ".safetensors":
             return "ip-adapter" in path.name.lower() or "ip_adapter" in path.name.lower()
         with safe_open(str(path), framework="pt") as handle:
-            return any(k.startswith(("ip_adapter.", "redux_up.")) for k in handle.keys())  # FLUX.1 Redux too
+            # FLUX.1 Redux and XLabs' Flux IP-Adapter too
+            return any(k.startswith(("ip_adapter.", "redux_up.", "ip_adapter_proj_model.")) for k in handle.keys())
 
     def titles(self) -> list[tuple[str, str]]:
         """(name, 8-digit legacy hash) of every adapter file."""

@@ -173,20 +173,25 @@ class FluxControls:
     applications: list[FluxControlApplication] = field(default_factory=list)
     repeat: bool = False     # XLabs: its few blocks repeat over the base's (FluxTransformer2DModel's flag)
     notes: list[str] = field(default_factory=list)  # for the result's warnings (control modes that act otherwise)
+    ip_adapter: Any = None   # flux_ip_adapter.FluxIPAdapter: XLabs' processors, installed while a pass samples
 
     def installed(self) -> Any:
-        return nullcontext()  # nothing to install: the family's denoiser call asks `kwargs` for each step
+        # ControlNets install nothing: the family's denoiser call asks `kwargs` for each step
+        return self.ip_adapter.installed() if self.ip_adapter is not None else nullcontext()
 
     def set_step(self, fraction: float, copies: int, uncond_first: bool) -> None:
         pass
 
     def kwargs(self, fraction: float, copies: int, uncond_first: bool) -> dict[str, Any]:
         active = [a for a in self.applications if a.active(fraction)]
-        if not active:
+        if not active and self.ip_adapter is None:
             return {}
 
         def control(**call: Any) -> dict[str, Any]:
-            return self.samples(active, copies, uncond_first, **call)
+            out = self.samples(active, copies, uncond_first, **call) if active else {}
+            if self.ip_adapter is not None:  # its image embeds, one row per row of the call
+                out.update(self.ip_adapter.kwargs(fraction, call["hidden_states"].shape[0], copies, uncond_first))
+            return out
 
         return {"transformer_control": control}
 

@@ -15,9 +15,8 @@ folder's name is the model name); for the single file the SigLIP
 vision encoder (ComfyUI's `sigclip_vision_patch14_384.safetensors`, transformers' SiglipVisionModel
 names) in models/clip_vision or models/ipadapter; its config is SigLIP so400m-patch14-384's unless a
 same-named .json sidecar gives another. Pixels go through transformers' SiglipImageProcessor at the
-encoder's size, as the Redux pipeline's feature extractor does. Chosen over XLabs' Flux IP-Adapter:
-diffusers loads that one only through a pipeline from a hub folder with a CLIP ViT-L encoder and
-attention processors on the shared transformer; Redux runs from two local files with no patch.
+encoder's size, as the Redux pipeline's feature extractor does. XLabs' Flux IP-Adapter, the other image
+prompt of a Flux checkpoint, is flux_ip_adapter.py (units naming one are skipped here).
 """
 from __future__ import annotations
 
@@ -33,6 +32,7 @@ from safetensors.torch import load_file
 
 from ...core.conditioning import Conditioning, StepConditioning
 from ...core.request import FieldError, ValidationError
+from .flux_ip_adapter import is_xlabs_ip_adapter
 from .units import SCRIPT, ControlUnit
 
 # google/siglip-so400m-patch14-384, the encoder FLUX.1 Redux was trained with
@@ -166,8 +166,8 @@ def _folder_tokens(store, path: Path, image: Image.Image, device: torch.device, 
     from transformers import SiglipImageProcessor, SiglipVisionModel
 
     def part(cls, name: str):
-        return lambda: cls.from_pretrained(str(path / name), local_files_only=True).to(device, dtype).eval() \
-            .requires_grad_(False)
+        return lambda: cls.from_pretrained(str(path / name), local_files_only=True, torch_dtype=dtype).to(device) \
+            .eval().requires_grad_(False)
 
     redux = store.get("clip_vision", (str(path / "image_embedder"), str(device), str(dtype)),
                       part(ReduxImageEncoder, "image_embedder"))
@@ -214,10 +214,13 @@ def prepare(units: list[ControlUnit], model, library, fallback: Image.Image | No
         if image is None:
             raise ReduxError(f"ControlNet unit {index} (Redux): give it a reference image")
         path = library.find(unit.model)
+        if is_xlabs_ip_adapter(path):  # XLabs' Flux IP-Adapter: flux_ip_adapter.py
+            continue
         if not is_redux(path):
             raise ValidationError([FieldError(f"alwayson_scripts.{SCRIPT}.args[{index}].model",
                                               f"{path.stem} is not a FLUX.1 Redux file; {model.architecture.label} "
-                                              f"takes Redux (flux1-redux-dev.safetensors) as its image prompt")])
+                                              f"takes Redux (flux1-redux-dev.safetensors) or XLabs' Flux "
+                                              f"IP-Adapter as its image prompt")])
         tokens = image_tokens(library, path, image, model.device.device, model.device.dtype)
         found.append(tokens * unit.weight)
         name = path.name if path.is_dir() else path.stem
@@ -230,9 +233,13 @@ def prepare(units: list[ControlUnit], model, library, fallback: Image.Image | No
 def refuse_on_other_families(units: list[ControlUnit], library) -> None:
     """A Redux file named in a unit of a UNet checkpoint: a 422 on the unit's model field."""
     for index, unit in enumerate(units):
-        if unit.enabled and unit.is_ip_adapter and unit.model not in ("", "None") and is_redux(library.find(unit.model)):
+        if not (unit.enabled and unit.is_ip_adapter and unit.model not in ("", "None")):
+            continue
+        path = library.find(unit.model)
+        if is_redux(path) or is_xlabs_ip_adapter(path):
+            kind = "FLUX.1 Redux" if is_redux(path) else "XLabs' Flux IP-Adapter"
             raise ValidationError([FieldError(f"alwayson_scripts.{SCRIPT}.args[{index}].model",
-                                              f"{unit.model} is FLUX.1 Redux: it needs a Flux checkpoint")])
+                                              f"{unit.model} is {kind}: it needs a Flux checkpoint")])
 
 
 # ---- test files ----------------------------------------------------------------------------------
