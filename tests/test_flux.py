@@ -303,6 +303,8 @@ def test_kontext_reference_in_txt2img_gives_flux_kontext_pipelines_image(flux_ap
     params = parse_infotext(result.infotexts[0]).params
     assert params["Kontext reference"] == "64x64" and params["Kontext resize"] == "Image size"
     assert pasted_kontext_fields(params) == {"kontext::resize": "Image size"}
+    from webui.ui.send_to import pasted_fields  # what PNG Info's Send to txt2img restores
+    assert pasted_fields(flux_app, result.infotexts[0])["kontext::resize"] == "Image size"
     # the txt2img tab's controls make the same request (and the same picture)
     from webui.ui.txt2img import txt2img_request
     fields = dict(prompt=PROMPT, steps=4, width=64, height=64, seed=5, sampler_name="Euler", cfg_scale=1.0,
