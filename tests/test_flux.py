@@ -268,11 +268,74 @@ def test_kontext_edits_with_the_image_as_reference_tokens_as_flux_kontext_pipeli
 
 
 def test_kontext_in_txt2img_and_hires_generates_without_a_reference(flux_app):
-    """txt2img has no image: Kontext generates from the prompt alone (FluxKontextPipeline without an image);
-    the hires pass upscales that as for dev (the reference is img2img's input image only)."""
+    """txt2img without a Kontext reference: Kontext generates from the prompt alone (FluxKontextPipeline
+    without an image); the hires pass upscales that as for dev."""
     image = flux_app.txt2img(_request("kontext", steps=2, enable_hr=True, hr_scale=2, denoising_strength=0.5,
                                       hr_second_pass_steps=2)).images[0]
     assert image.size == (128, 128) and np.asarray(image).std() > 1
+
+
+def _kontext(picture, resize="Image size") -> dict:
+    return {"Kontext": {"args": [picture, resize]}}
+
+
+def test_kontext_reference_in_txt2img_gives_flux_kontext_pipelines_image(flux_app, flux_dir):
+    """txt2img's Kontext reference (alwayson_scripts "Kontext") is FluxKontextPipeline's `image`: "Image size"
+    is its `_auto_resize=False` (the picture's own size, floored to 16), "Kontext resolutions" its default."""
+    from diffusers import FluxKontextPipeline
+
+    from webui.core.infotext import parse_infotext
+    from webui.features.kontext import KontextArgs, parse_args
+    from webui.ui.kontext_ui import pasted_kontext_fields
+
+    picture = _picture(1)
+    result = flux_app.txt2img(_request("kontext", alwayson_scripts=_kontext(picture)))
+    noise = ImageRNG((16, 8, 8), [5], torch.device("cpu"), source=flux_app.settings.get("randn_source")).first()
+    pipe = FluxKontextPipeline.from_pretrained(str(flux_dir / "tiny-flux-kontext"), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    reference = pipe(image=picture, prompt=PROMPT, height=64, width=64, num_inference_steps=4, guidance_scale=3.5,
+                     max_sequence_length=512, latents=pack(noise), _auto_resize=False, max_area=64 * 64).images[0]
+    psnr = _psnr(result.images[0], reference)
+    print(f"Flux Kontext: Easel txt2img with a reference vs FluxKontextPipeline PSNR {psnr:.1f} dB")
+    assert psnr >= 40
+    plain = flux_app.txt2img(_request("kontext"))  # no reference: another image (the test can fail)
+    assert _psnr(plain.images[0], reference) < psnr - 10
+    params = parse_infotext(result.infotexts[0]).params
+    assert params["Kontext reference"] == "64x64" and params["Kontext resize"] == "Image size"
+    assert pasted_kontext_fields(params) == {"kontext::resize": "Image size"}
+    from webui.ui.send_to import pasted_fields  # what PNG Info's Send to txt2img restores
+    assert pasted_fields(flux_app, result.infotexts[0])["kontext::resize"] == "Image size"
+    # the txt2img tab's controls make the same request (and the same picture)
+    from webui.ui.txt2img import txt2img_request
+    fields = dict(prompt=PROMPT, steps=4, width=64, height=64, seed=5, sampler_name="Euler", cfg_scale=1.0,
+                  checkpoint="tiny-flux-kontext", **{"kontext::image": picture, "kontext::resize": "Image size"})
+    from_ui = flux_app.txt2img(txt2img_request(fields))
+    assert _psnr(from_ui.images[0], result.images[0]) > 100
+    # the pipeline's default sizing: the preferred Kontext resolution nearest the aspect ratio, floored to 16
+    from PIL import Image
+    assert KontextArgs(Image.new("RGB", (300, 200)), "Kontext resolutions").size == (1248, 832)
+    assert KontextArgs(Image.new("RGB", (70, 50)), "Image size").size == (64, 48)
+    assert parse_args({"args": {"image": "not base64", "resize": "Image size"}})[1][0].field == \
+        "alwayson_scripts.Kontext.args.image"
+    assert parse_args({"args": [picture, "Bigger"]})[1][0].field == "alwayson_scripts.Kontext.args.resize"
+
+
+def test_kontext_reference_reaches_the_hires_pass_and_needs_a_kontext_checkpoint(flux_app):
+    """Both passes of txt2img + hires fix see the reference's 16 tokens after their own (first 16, hires 64);
+    a reference on a checkpoint that is not Kontext is a 422 naming the argument."""
+    model = flux_app.models.get("tiny-flux-kontext")
+    seen: list[int] = []
+    hook = model.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["hidden_states"].shape[1]),
+                                                with_kwargs=True)
+    try:
+        image = flux_app.txt2img(_request("kontext", steps=2, enable_hr=True, hr_scale=2, denoising_strength=0.5,
+                                          hr_second_pass_steps=2, alwayson_scripts=_kontext(_picture(1)))).images[0]
+    finally:
+        hook.remove()
+    assert image.size == (128, 128)
+    assert seen == [16 + 16] * 2 + [64 + 16] * 2, seen
+    with pytest.raises(ValidationError, match="alwayson_scripts.Kontext.args.image"):
+        flux_app.txt2img(_request("dev", steps=1, alwayson_scripts=_kontext(_picture(1))))
 
 
 def test_kontext_single_files_are_told_by_name_or_metadata():

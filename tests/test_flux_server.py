@@ -100,6 +100,15 @@ def test_bad_flux_requests_name_the_field(flux_server):
     assert bad.status_code == 422 and "distilled_cfg_scale" in bad.text
     ddim = httpx.post(flux_server.url + "/sdapi/v1/txt2img", json=dict(base, sampler_name="DDIM"), timeout=120)
     assert ddim.status_code == 422 and "sampler_name" in ddim.text
+    # a Kontext reference (alwayson_scripts "Kontext") reaches the engine: dev is not Kontext; bad base64 is named
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (20, 90, 200)).save(picture, format="PNG")
+    kontext = {"Kontext": {"args": [base64.b64encode(picture.getvalue()).decode(), "Image size"]}}
+    dev = httpx.post(flux_server.url + "/sdapi/v1/txt2img", json=dict(base, alwayson_scripts=kontext), timeout=120)
+    assert dev.status_code == 422 and "alwayson_scripts.Kontext.args.image" in dev.text and "Kontext" in dev.text
+    broken = {"Kontext": {"args": ["%%%", "Image size"]}}
+    bad = httpx.post(flux_server.url + "/sdapi/v1/txt2img", json=dict(base, alwayson_scripts=broken), timeout=60)
+    assert bad.status_code == 422 and "alwayson_scripts.Kontext.args.image" in bad.text, bad.text
 
 
 def test_forge_vae_text_encoder_choice_through_the_api(flux_server):

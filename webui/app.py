@@ -38,6 +38,7 @@ from .features.detailer.detect import Detectors
 from .features.detailer.feature import Detailer
 from .features.regions.feature import RegionalPrompter
 from .features.tiled_diffusion.feature import TiledDiffusion
+from .features.kontext import KontextReference
 from .features import sd_upscale
 from .features.controlnet.models import ControlNetLibrary
 from .features.embeddings import EmbeddingLibrary
@@ -341,6 +342,7 @@ def build(options: AppOptions) -> Easel:
                              models, controlnets, restoration, vaes))
     features.append(RegionalPrompter())  # Regional Prompter's regions: per-region cross-attention
     features.append(TiledDiffusion(upscalers))  # Tiled Diffusion: the first pass's denoiser per latent tile, blended
+    features.append(KontextReference())  # FLUX.1 Kontext's reference picture in txt2img (wraps each pass's init)
     features += collect_features(hooks, {feature.name for feature in features})  # extensions' own, after ours
     engine = Engine(models, settings, paths, StyleStore(paths.styles_file), networks, features, hooks=hooks,
                     scripts=collect_scripts(hooks), vaes=vaes, output_dir=options.output_dir)

@@ -211,7 +211,7 @@ def _scripts(body: GenerationFields, scripts: dict[str, Any], mode: str) -> dict
             _dynamic_prompts_built(value, field)
             out["alwayson_scripts"][lowered] = copy.deepcopy(value)
             continue
-        if lowered in ("adetailer", "regional prompter", "tiled diffusion"):  # engine features parse (and name) these args
+        if lowered in ("adetailer", "regional prompter", "tiled diffusion", "kontext"):  # engine features parse (and name) these args
             out["alwayson_scripts"][lowered] = copy.deepcopy(value)
             continue
         if lowered == "tiled vae":  # the Tiled VAE extension's switch: Easel's own VAE tiling for this request

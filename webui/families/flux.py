@@ -55,6 +55,14 @@ def image_ids(height: int, width: int, device: torch.device, dtype: torch.dtype)
     return ids.reshape(-1, 3).to(device=device, dtype=dtype)
 
 
+def pad_control(kwargs: dict[str, Any], extra: int) -> None:
+    """ControlNet block samples cover the latents' tokens; with `extra` reference tokens after them (Kontext)
+    the samples get zeros there, so the residuals reach the image tokens only."""
+    for key in ("controlnet_block_samples", "controlnet_single_block_samples"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = [torch.nn.functional.pad(s, (0, 0, 0, extra)) for s in kwargs[key]]
+
+
 def bfl_prefix(shapes: Shapes) -> str | None:
     """The prefix BFL's transformer keys carry in this file, or None when it has none of them."""
     return next((p for p in BFL_PREFIXES if p + _DOUBLE in shapes), None)
@@ -138,6 +146,7 @@ class Flux(Family):
             ref_ids[:, 0] = 1
             tokens = torch.cat([tokens, pack(reference.to(x.dtype))], dim=1)
             ids = torch.cat([ids, ref_ids])
+            pad_control(kwargs, ref_ids.shape[0])
         out = module(hidden_states=tokens, timestep=t.to(x.dtype) / 1000, guidance=guidance,
                      encoder_hidden_states=context, txt_ids=txt_ids, img_ids=ids, return_dict=False, **kwargs)[0]
         return unpack(out[:, :(height // 2) * (width // 2)], height, width)

@@ -196,7 +196,8 @@ class IPAdapterLibrary:
         if path.suffix != ".safetensors":
             return "ip-adapter" in path.name.lower() or "ip_adapter" in path.name.lower()
         with safe_open(str(path), framework="pt") as handle:
-            return any(k.startswith(("ip_adapter.", "redux_up.")) for k in handle.keys())  # FLUX.1 Redux too
+            # FLUX.1 Redux and XLabs' Flux IP-Adapter too
+            return any(k.startswith(("ip_adapter.", "redux_up.", "ip_adapter_proj_model.")) for k in handle.keys())
 
     def titles(self) -> list[tuple[str, str]]:
         """(name, 8-digit legacy hash) of every adapter file."""
@@ -224,6 +225,10 @@ class IPAdapterLibrary:
         found = match(name, self._candidates(), names)
         if found is not None and not self._is_adapter(found):  # e.g. a vision encoder's name: look among adapters
             found = match(name, self.adapter_paths(), names)
+        if found is None:  # FLUX.1 Redux as diffusers' folder (image_embedder/ + image_encoder/)
+            from .controlnet.flux_redux import find_folder
+
+            found = find_folder(name, self.adapter_folders)
         if found is None:
             raise IPAdapterNotFound("IP-Adapter model", name.strip(), [p.stem for p in self.adapter_paths()],
                                     " or ".join(map(str, self.adapter_folders)))

@@ -319,6 +319,7 @@ def common_request_fields(fields: dict[str, Any], script_titles: dict[str, str] 
     from .detailer_ui import detailer_request_fields
     from .regions_ui import regions_request_fields
     from .tiled_diffusion_ui import tiled_request_fields
+    from .kontext_ui import kontext_request_fields
     from .scripts_ui import script_request_fields
     from ..features.wildcards import request_entry as wildcards_entry
 
@@ -337,6 +338,9 @@ def common_request_fields(fields: dict[str, Any], script_titles: dict[str, str] 
     tiled = tiled_request_fields(fields)
     if tiled:
         scripts["alwayson_scripts"]["Tiled Diffusion"] = tiled
+    kontext = kontext_request_fields(fields)
+    if kontext:
+        scripts["alwayson_scripts"]["Kontext"] = kontext
     return dict(**scripts,
         prompt=fields.get("prompt") or "", negative_prompt=fields.get("negative_prompt") or "",
         sampler_name=fields.get("sampler_name") or "", scheduler=fields.get("scheduler") or samplers.AUTOMATIC,

@@ -24,6 +24,7 @@ from .controlnet_ui import PREFIX as CONTROLNET_PREFIX, pasted_unit_fields
 from .detailer_ui import PREFIX as DETAILER_PREFIX, pasted_detailer_fields
 from .regions_ui import PREFIX as REGIONS_PREFIX, pasted_regions_fields
 from .tiled_diffusion_ui import PREFIX as TILED_PREFIX, pasted_tiled_fields
+from .kontext_ui import IMAGE as KONTEXT_IMAGE, PREFIX as KONTEXT_PREFIX, pasted_kontext_fields
 from .generation_controls import GenerationControls
 from .identity_tab import PASTED as IDENTITY_PASTED, pasted_identity_fields
 from .img2img import INPAINT_AREAS, MASK_MODES
@@ -64,8 +65,9 @@ class SendTarget:
         detailer = [name for name in self.controls.inputs if name.startswith(DETAILER_PREFIX)]
         regions = [name for name in self.controls.inputs if name.startswith(REGIONS_PREFIX) and name != REGIONS_MASK]
         tiled = [name for name in self.controls.inputs if name.startswith(TILED_PREFIX)]
+        kontext = [name for name in self.controls.inputs if name.startswith(KONTEXT_PREFIX) and name != KONTEXT_IMAGE]
         return [name for name in PASTEABLE if name in self.controls.inputs] + units + identity + detailer + regions \
-            + tiled
+            + tiled + kontext
 
     def outputs(self) -> list:
         outs = [self.image] if self.image is not None else []
@@ -108,6 +110,7 @@ def pasted_fields(easel: Easel, text: str) -> dict[str, Any]:
         values.update(pasted_detailer_fields(info.params))
         values.update(pasted_regions_fields(info.params))
         values.update(pasted_tiled_fields(info.params))
+        values.update(pasted_kontext_fields(info.params))
         values["override_settings"] = override_items(info)
         for key in ("refiner_checkpoint", "hr_checkpoint_name"):  # "name [hash]" as A1111 writes it -> the title
             if values.get(key):

@@ -13,6 +13,7 @@ from .controlnet_ui import build_controlnet_units
 from .detailer_ui import build_detailer
 from .regions_ui import build_regions
 from .tiled_diffusion_ui import build_tiled_diffusion
+from .kontext_ui import build_kontext
 from .extra_networks import build_extra_networks
 from .generation_controls import (GenerationControls, as_float, as_int, build_output, build_prompt_area,
                                   build_sampling, common_request_fields, wire_generation)
@@ -80,6 +81,7 @@ def build_txt2img(easel: Easel, checkpoint: gr.Dropdown, sessions: SessionJobs) 
             build_detailer(easel, controls)
             build_regions(easel, controls)
             build_tiled_diffusion(controls)
+            build_kontext(controls)
             build_scripts(easel, controls, "txt2img")
         with gr.Column(scale=1):
             build_output(controls)

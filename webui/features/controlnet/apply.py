@@ -21,7 +21,7 @@ from PIL import Image
 
 from ...core.request import FieldError, ValidationError
 from ..img2img import resize_image
-from . import flux, flux_redux, sd3
+from . import flux, flux_ip_adapter, flux_redux, sd3
 from .preprocessors import run_preprocessor
 from .units import ControlUnit
 
@@ -170,6 +170,7 @@ def build_controls(units: list[ControlUnit], model, controlnets, ip_adapters, an
         controls.transformer, params = flux.prepare(units, model, controlnets, annotators, width, height,
                                                     fallback_image)
         controls.params.update(params)
+        controls.warnings += controls.transformer.notes
     elif any(u.enabled and not u.is_ip_adapter for u in units):
         controls.nets, params = prepare(units, model, controlnets, annotators, width, height, fallback_image)
         controls.params.update(params)
@@ -179,9 +180,14 @@ def build_controls(units: list[ControlUnit], model, controlnets, ip_adapters, an
             controls.transformer = sd3.TransformerControls(model.unet, blocks)
     if ip_adapter is not None:
         controls.ip_adapter = ip_adapter
-    elif any(u.enabled and u.is_ip_adapter for u in units) and flux.applies(model):  # FLUX.1 Redux
+    elif any(u.enabled and u.is_ip_adapter for u in units) and flux.applies(model):  # FLUX.1 Redux, XLabs'
         controls.denoiser_edit, params = flux_redux.prepare(units, model, ip_adapters, fallback_image)
         controls.params.update(params)
+        adapter, params = flux_ip_adapter.prepare(units, model, ip_adapters, fallback_image)
+        if adapter is not None:
+            controls.transformer = controls.transformer or flux.FluxControls()
+            controls.transformer.ip_adapter = adapter
+            controls.params.update(params)
     elif any(u.enabled and u.is_ip_adapter for u in units):
         flux_redux.refuse_on_other_families(units, ip_adapters)
         from ..ip_adapter import prepare_adapters

@@ -30,7 +30,9 @@ def model_names(controlnets, ip_adapters, unet_config: dict[str, Any] | None, mo
     if is_ip_adapter_module(module) and str((unet_config or {}).get("family", "")).startswith("flux"):
         from .flux_redux import names as redux_names
 
-        names = redux_names(ip_adapters)  # a Flux checkpoint's image prompt is FLUX.1 Redux
+        from .flux_ip_adapter import names as xlabs_names
+
+        names = redux_names(ip_adapters) + xlabs_names(ip_adapters)  # FLUX.1 Redux or XLabs' IP-Adapter
     elif is_ip_adapter_module(module):
         names = (ip_adapters.names_for(unet_config) if unet_config is not None
                  else [p.stem for p in ip_adapters.adapter_paths()])

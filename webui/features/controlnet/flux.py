@@ -18,8 +18,11 @@ blocks; it is not a UNet encoder, so it has its own path next to apply.py's resi
 - **Each step** the family's `call_denoiser` hands the packed tokens, ids, timestep, guidance and text
   to `FluxControls` (the `transformer_control` keyword), which runs every active unit over the whole CFG
   batch and sums their block samples, as FluxMultiControlNetModel does. "ControlNet is more important"
-  keeps the samples on the conditional rows only; the other two modes are the plain sum (the soft
-  injection of UNet ControlNets has no counterpart across transformer blocks).
+  keeps the samples on the conditional rows only (the extension's cfg injection); "My prompt is more
+  important" acts as Balanced, with a warning: the extension's soft injection (0.825 ** (12 - i) over a
+  UNet's 13 residuals, shallow high-resolution layers weakest) has no counterpart across Flux's blocks of
+  one width, and there is no original to follow (Forge runs no Flux ControlNet; diffusers' and InvokeAI's
+  Flux ControlNets have no control mode), so none is made up here.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ UNION_TYPES = ("Unknown", "Hard Edge", "Tile", "Depth", "Blur", "OpenPose", "Gra
 # the preprocessor's name says the type when the unit says "Unknown" (as the extension does)
 _MODULE_MODES = (("canny", 0), ("lineart", 0), ("mlsd", 0), ("tile", 1), ("depth", 2), ("blur", 3),
                  ("openpose", 4), ("invert", 0))
+PROMPT_MORE_IMPORTANT = 1  # units.CONTROL_MODES index of "My prompt is more important"
 _XLABS_HINT = ["conv_in"] + [f"blocks.{i}" for i in range(6)] + ["conv_out"]  # input_hint_block.{0,2,..,14}
 
 
@@ -168,20 +172,26 @@ class FluxControls:
     """Every Flux ControlNet unit of a pass; `step(...)` gives the transformer call's control keywords."""
     applications: list[FluxControlApplication] = field(default_factory=list)
     repeat: bool = False     # XLabs: its few blocks repeat over the base's (FluxTransformer2DModel's flag)
+    notes: list[str] = field(default_factory=list)  # for the result's warnings (control modes that act otherwise)
+    ip_adapter: Any = None   # flux_ip_adapter.FluxIPAdapter: XLabs' processors, installed while a pass samples
 
     def installed(self) -> Any:
-        return nullcontext()  # nothing to install: the family's denoiser call asks `kwargs` for each step
+        # ControlNets install nothing: the family's denoiser call asks `kwargs` for each step
+        return self.ip_adapter.installed() if self.ip_adapter is not None else nullcontext()
 
     def set_step(self, fraction: float, copies: int, uncond_first: bool) -> None:
         pass
 
     def kwargs(self, fraction: float, copies: int, uncond_first: bool) -> dict[str, Any]:
         active = [a for a in self.applications if a.active(fraction)]
-        if not active:
+        if not active and self.ip_adapter is None:
             return {}
 
         def control(**call: Any) -> dict[str, Any]:
-            return self.samples(active, copies, uncond_first, **call)
+            out = self.samples(active, copies, uncond_first, **call) if active else {}
+            if self.ip_adapter is not None:  # its image embeds, one row per row of the call
+                out.update(self.ip_adapter.kwargs(fraction, call["hidden_states"].shape[0], copies, uncond_first))
+            return out
 
         return {"transformer_control": control}
 
@@ -242,9 +252,6 @@ def prepare(units: list[ControlUnit], model, library, annotators: Path, width: i
             raise ValidationError([FieldError(field_name, f"{info.name} is not a Flux ControlNet; "
                                                           f"{model.architecture.label} takes InstantX, "
                                                           f"Shakker-Labs Union or XLabs Flux ControlNets")])
-        if model.architecture.adapter.image_reference:
-            raise ValidationError([FieldError(field_name, f"{model.architecture.label} takes no ControlNet "
-                                                          f"(its reference image is the control)")])
         net = library.load(unit.model, model)
         hint = detect_map(unit, image, width, height, annotators, getattr(library, "store", None))
         param = next(net.parameters())
@@ -257,6 +264,9 @@ def prepare(units: list[ControlUnit], model, library, annotators: Path, width: i
             raise ValidationError([FieldError(field_name, "Flux ControlNets of different kinds or depths cannot "
                                                           "run together; use one kind per generation")])
         controls.repeat = repeat
+        if unit.control_mode == PROMPT_MORE_IMPORTANT:
+            controls.notes.append(f"ControlNet unit {index}: \"My prompt is more important\" acts as Balanced on "
+                                  "Flux (the UNet's per-layer decay has no counterpart in Flux's transformer blocks)")
         union = union_mode(unit, index) if net.union else None
         controls.applications.append(FluxControlApplication(net, cond, unit.weight, unit.guidance_start,
                                                              unit.guidance_end, unit.control_mode, union))

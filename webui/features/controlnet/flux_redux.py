@@ -8,13 +8,15 @@ patch, only a changed conditioning: a denoiser edit appends the tokens (times th
 every positive conditioning, and zeros of the same length to the negative one so the CFG batch keeps
 one shape. Several Redux units concatenate their tokens (ComfyUI's style-model chaining).
 
-Files, offline only: the Redux file in models/ipadapter (listed for Flux checkpoints only), the SigLIP
+Files, offline only: the Redux file in models/ipadapter (listed for Flux checkpoints only), or diffusers'
+`black-forest-labs/FLUX.1-Redux-dev` folder there (`image_embedder/` ReduxImageEncoder, `image_encoder/`
+SiglipVisionModel, `feature_extractor/` SiglipImageProcessor, read with their own from_pretrained; the
+folder's name is the model name); for the single file the SigLIP
 vision encoder (ComfyUI's `sigclip_vision_patch14_384.safetensors`, transformers' SiglipVisionModel
 names) in models/clip_vision or models/ipadapter; its config is SigLIP so400m-patch14-384's unless a
 same-named .json sidecar gives another. Pixels go through transformers' SiglipImageProcessor at the
-encoder's size, as the Redux pipeline's feature extractor does. Chosen over XLabs' Flux IP-Adapter:
-diffusers loads that one only through a pipeline from a hub folder with a CLIP ViT-L encoder and
-attention processors on the shared transformer; Redux runs from two local files with no patch.
+encoder's size, as the Redux pipeline's feature extractor does. XLabs' Flux IP-Adapter, the other image
+prompt of a Flux checkpoint, is flux_ip_adapter.py (units naming one are skipped here).
 """
 from __future__ import annotations
 
@@ -30,12 +32,14 @@ from safetensors.torch import load_file
 
 from ...core.conditioning import Conditioning, StepConditioning
 from ...core.request import FieldError, ValidationError
+from .flux_ip_adapter import is_xlabs_ip_adapter
 from .units import SCRIPT, ControlUnit
 
 # google/siglip-so400m-patch14-384, the encoder FLUX.1 Redux was trained with
 SIGLIP_SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
                  "image_size": 384, "patch_size": 14, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}
 _PREFIX = "vision_model."
+FOLDER_PARTS = ("image_embedder", "image_encoder")
 
 
 class ReduxError(ValueError):
@@ -49,8 +53,30 @@ def _keys(path: Path) -> list[str]:
         return list(handle.keys())
 
 
+def is_redux_folder(path: Path) -> bool:
+    """diffusers' FluxPriorReduxPipeline folder: the Redux MLP and its SigLIP encoder in subfolders."""
+    return path.is_dir() and all((path / part / "config.json").is_file() for part in FOLDER_PARTS)
+
+
 def is_redux(path: Path) -> bool:
-    return "redux_up.weight" in _keys(path)
+    return is_redux_folder(path) or "redux_up.weight" in _keys(path)
+
+
+def redux_folders(folders: list[Path]) -> list[Path]:
+    return [p for folder in folders if folder.is_dir() for p in sorted(folder.iterdir()) if is_redux_folder(p)]
+
+
+def find_folder(name: str, folders: list[Path]) -> Path | None:
+    """A Redux folder by its name (or `name [hash]`, as the infotext writes it), case-insensitive."""
+    wanted = name.strip().split(" [")[0].lower()
+    return next((p for p in redux_folders(folders) if p.name.lower() == wanted), None)
+
+
+def weights_file(path: Path) -> Path:
+    """The file that names the model in the infotext's hash: the MLP's weights in a folder."""
+    if not path.is_dir():
+        return path
+    return next(iter(sorted((path / "image_embedder").glob("*.safetensors"))), path / "image_embedder" / "config.json")
 
 
 def _is_siglip(keys: list[str]) -> bool:
@@ -61,7 +87,7 @@ def _is_siglip(keys: list[str]) -> bool:
 
 def names(library) -> list[str]:
     """Redux files among the IP-Adapter models (what a Flux checkpoint's image-prompt unit can pick)."""
-    return [p.stem for p in library._candidates() if is_redux(p)]
+    return [p.stem for p in library._candidates() if is_redux(p)] + [p.name for p in redux_folders(library.adapter_folders)]
 
 
 # ---- loading --------------------------------------------------------------------------------------
@@ -124,12 +150,35 @@ def siglip_pixels(image: Image.Image, size: int) -> torch.Tensor:
 def image_tokens(library, path: Path, image: Image.Image, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(1, tokens, T5 width): SigLIP's last hidden state through the Redux MLP."""
     store = library.store
+    if path.is_dir():
+        return _folder_tokens(store, path, image, device, dtype)
     redux = store.get("clip_vision", (str(path), str(device), str(dtype)), lambda: load_redux(path, device, dtype))
     encoder_path = find_siglip(library, redux.config.redux_dim)
     encoder = store.get("clip_vision", (str(encoder_path), str(device), str(dtype)),
                         lambda: load_siglip(encoder_path, device, dtype))
     pixels = siglip_pixels(image, encoder.config.image_size).to(device, dtype)
     return redux(encoder(pixel_values=pixels).last_hidden_state).image_embeds.float()
+
+
+def _folder_tokens(store, path: Path, image: Image.Image, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A diffusers Redux folder: each part with its own from_pretrained, pixels by its feature extractor."""
+    from diffusers.pipelines.flux.modeling_flux import ReduxImageEncoder
+    from transformers import SiglipImageProcessor, SiglipVisionModel
+
+    def part(cls, name: str):
+        return lambda: cls.from_pretrained(str(path / name), local_files_only=True, torch_dtype=dtype).to(device) \
+            .eval().requires_grad_(False)
+
+    redux = store.get("clip_vision", (str(path / "image_embedder"), str(device), str(dtype)),
+                      part(ReduxImageEncoder, "image_embedder"))
+    encoder = store.get("clip_vision", (str(path / "image_encoder"), str(device), str(dtype)),
+                        part(SiglipVisionModel, "image_encoder"))
+    if (path / "feature_extractor" / "preprocessor_config.json").is_file():
+        processor = SiglipImageProcessor.from_pretrained(str(path / "feature_extractor"), local_files_only=True)
+        pixels = processor.preprocess(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
+    else:
+        pixels = siglip_pixels(image, encoder.config.image_size)
+    return redux(encoder(pixel_values=pixels.to(device, dtype)).last_hidden_state).image_embeds.float()
 
 
 # ---- requests --------------------------------------------------------------------------------------
@@ -165,13 +214,17 @@ def prepare(units: list[ControlUnit], model, library, fallback: Image.Image | No
         if image is None:
             raise ReduxError(f"ControlNet unit {index} (Redux): give it a reference image")
         path = library.find(unit.model)
+        if is_xlabs_ip_adapter(path):  # XLabs' Flux IP-Adapter: flux_ip_adapter.py
+            continue
         if not is_redux(path):
             raise ValidationError([FieldError(f"alwayson_scripts.{SCRIPT}.args[{index}].model",
                                               f"{path.stem} is not a FLUX.1 Redux file; {model.architecture.label} "
-                                              f"takes Redux (flux1-redux-dev.safetensors) as its image prompt")])
+                                              f"takes Redux (flux1-redux-dev.safetensors) or XLabs' Flux "
+                                              f"IP-Adapter as its image prompt")])
         tokens = image_tokens(library, path, image, model.device.device, model.device.dtype)
         found.append(tokens * unit.weight)
-        params[f"ControlNet {index}"] = unit.infotext(f"{path.stem} [{legacy_short_hash(path)}]")
+        name = path.name if path.is_dir() else path.stem
+        params[f"ControlNet {index}"] = unit.infotext(f"{name} [{legacy_short_hash(weights_file(path))}]")
     if not found:
         return None, params
     return ReduxEdit(torch.cat(found, dim=1)), params
@@ -180,9 +233,13 @@ def prepare(units: list[ControlUnit], model, library, fallback: Image.Image | No
 def refuse_on_other_families(units: list[ControlUnit], library) -> None:
     """A Redux file named in a unit of a UNet checkpoint: a 422 on the unit's model field."""
     for index, unit in enumerate(units):
-        if unit.enabled and unit.is_ip_adapter and unit.model not in ("", "None") and is_redux(library.find(unit.model)):
+        if not (unit.enabled and unit.is_ip_adapter and unit.model not in ("", "None")):
+            continue
+        path = library.find(unit.model)
+        if is_redux(path) or is_xlabs_ip_adapter(path):
+            kind = "FLUX.1 Redux" if is_redux(path) else "XLabs' Flux IP-Adapter"
             raise ValidationError([FieldError(f"alwayson_scripts.{SCRIPT}.args[{index}].model",
-                                              f"{unit.model} is FLUX.1 Redux: it needs a Flux checkpoint")])
+                                              f"{unit.model} is {kind}: it needs a Flux checkpoint")])
 
 
 # ---- test files ----------------------------------------------------------------------------------
@@ -209,3 +266,22 @@ def write_test_redux(folder: Path, encoder_folder: Path, text_width: int, seed: 
     path = folder / "flux1-redux-tiny.safetensors"
     save_file({k: v.contiguous() for k, v in redux.state_dict().items()}, str(path))
     return path, encoder_path
+
+
+def write_test_redux_folder(folder: Path, redux_file: Path, encoder_file: Path) -> Path:
+    """The same tiny weights as diffusers' FLUX.1-Redux-dev folder (model_index.json, image_embedder/,
+    image_encoder/, feature_extractor/; no text encoders, as published)."""
+    from transformers import SiglipImageProcessor
+
+    cpu = torch.device("cpu")
+    load_redux(redux_file, cpu, torch.float32).save_pretrained(str(folder / "image_embedder"))
+    encoder = load_siglip(encoder_file, cpu, torch.float32)
+    encoder.save_pretrained(str(folder / "image_encoder"))
+    size = encoder.config.image_size
+    SiglipImageProcessor(size={"height": size, "width": size}).save_pretrained(str(folder / "feature_extractor"))
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "FluxPriorReduxPipeline", "feature_extractor": ["transformers", "SiglipImageProcessor"],
+        "image_embedder": ["flux", "ReduxImageEncoder"], "image_encoder": ["transformers", "SiglipVisionModel"],
+        "text_encoder": [None, None], "text_encoder_2": [None, None], "tokenizer": [None, None],
+        "tokenizer_2": [None, None]}))
+    return folder
