@@ -69,7 +69,7 @@ def sd3_pipe(root):
 
 def sd3_reference(app, pipe):
     return pipe(prompt=PROMPT, negative_prompt="blurry", height=64, width=64, num_inference_steps=3,
-                guidance_scale=4.0, latents=noise(app)).images[0]
+                guidance_scale=4.0, latents=noise(app), max_sequence_length=77).images[0]  # T5 as A1111 reads it
 
 
 def kohya_sd3_lora(generator) -> dict[str, torch.Tensor]:

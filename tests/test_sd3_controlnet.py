@@ -105,7 +105,7 @@ def reference_image(app, sd3_dir, monkeypatch, controlnet_folder: str, **call) -
     pipe.set_progress_bar_config(disable=True)
     noise = ImageRNG((16, 8, 8), [5], torch.device("cpu"), source=app.settings.get("randn_source")).first()
     return pipe(prompt=PROMPT, negative_prompt=NEGATIVE, control_image=control_picture(), height=64, width=64,
-                num_inference_steps=4, guidance_scale=5.0, latents=noise, **call).images[0]
+                num_inference_steps=4, guidance_scale=5.0, latents=noise, max_sequence_length=77, **call).images[0]
 
 
 def test_instantx_sd3_controlnets_give_the_pipelines_image(app, sd3_dir, monkeypatch):
