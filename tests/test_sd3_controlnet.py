@@ -51,6 +51,8 @@ def app(tmp_path_factory, sd3_dir, tiny_ckpt_dir):
                                              pos_embed_max_size=24, seed=2)
     sd3_controlnet.write_instantx_controlnet(folder / "instantx_sd3_canny.safetensors", transformer, "single",
                                              pos_embed_max_size=24, seed=2)
+    sd3_controlnet.write_instantx_controlnet(folder / "SD3-Controlnet-Tile", transformer, "diffusers",
+                                             class_name="SD3ControlNetModel", seed=3)  # Tile's config names it so
     write_controlnet(folder / "control_sd15_canny.safetensors", app.models.get("tiny-sd1.safetensors").unet, seed=1)
     yield app
     app.close()
@@ -120,6 +122,8 @@ def test_instantx_sd3_controlnets_give_the_pipelines_image(app, sd3_dir, monkeyp
     assert psnr(folder.images[0], plain.images[0]) < 35
     net = app.controlnets.load("instantx_sd3_canny", app.models.get("tiny-sd35-large"))
     assert net.config.force_zeros_for_pooled_projection and net.config.pos_embed_max_size == 24
+    tile = app.controlnets.load("SD3-Controlnet-Tile", app.models.get("tiny-sd35-large"))
+    assert tile.config.use_pos_embed and tile.config.joint_attention_dim == 96
     reference = reference_image(app, sd3_dir, monkeypatch, "SD3-Controlnet-Canny", controlnet_conditioning_scale=0.8)
     measured = psnr(folder.images[0], reference)
     print(f"InstantX SD3 ControlNet: Easel vs StableDiffusion3ControlNetPipeline PSNR {measured:.1f} dB")

@@ -5,7 +5,7 @@ What differs from the other families, all answered here so the engine stays fami
   means Simple, which for SD3 is exactly StableDiffusion3Pipeline's schedule: t from 1 down to
   the trained sigma_min (not 1/n as Flux's), then shifted.
 - **Text.** CLIP-L and CLIP-G penultimate hidden states (no final norm), concatenated and
-  zero-padded to T5's width, then T5-XXL's 256-token sequence after them; the pooled vector is
+  zero-padded to T5's width, then T5-XXL's sequence after them; the pooled vector is
   CLIP-L's and CLIP-G's projected pooled outputs side by side. CLIP reads the prompt in 75-token
   chunks whose states follow each other, as AUTOMATIC1111 does for SD3 (a prompt within 75 tokens is
   exactly the reference pipeline's; it cuts longer ones), pooled from the first chunk. T5 reads the
