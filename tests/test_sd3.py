@@ -95,6 +95,17 @@ def test_t5_length_setting_256_is_the_pipelines_default_with_emphasis(sd3_app, s
     assert psnr >= 40
     default = sd3_app.txt2img(_request("tiny-sd35-medium"))
     assert _psnr(default.images[0], reference) < 38  # the setting matters
+    # written only when not AUTOMATIC1111's, and pasted back as the setting
+    from webui.core.infotext import parse_infotext
+    from webui.pnginfo import infotext_to_fields
+
+    assert "T5 tokens: 256" in result.infotexts[0] and "T5 tokens" not in default.infotexts[0]
+    assert infotext_to_fields(parse_infotext(result.infotexts[0]))["override_settings"]["sd3_t5_tokens"] == "256"
+    assert "sd3_t5_tokens" not in infotext_to_fields(parse_infotext(default.infotexts[0])).get("override_settings", {})
+    from webui.pnginfo import override_item_fields, override_items
+
+    assert "T5 tokens: 256" in override_items(parse_infotext(result.infotexts[0]))  # listed to keep or drop
+    assert override_item_fields(["T5 tokens: 256"])["override_settings"] == {"sd3_t5_tokens": "256"}
     encoder = PromptEncoder(sd3_app.models.get("tiny-sd35-medium"), options={"sd3_t5_tokens": "256"})
     plain, weighted = encoder.encode(PLAIN), encoder.encode(PROMPT)
     assert plain.embeds.shape == (1, 77 + 256, 96)

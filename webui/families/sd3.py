@@ -176,9 +176,12 @@ class SD3(Family):
         embeds = torch.cat([clip, sequence.to(clip.device)], dim=1)
         return encoder.conditioning(embeds, torch.cat([pooled_l, pooled_g], dim=-1).float())
 
-    def infotext_fields(self, model: Any) -> dict[str, str]:
-        """What the image's parameters add for this family: that T5 was not used, when it was not."""
-        return {} if "text_encoder_3" in model.text_encoders else {"T5": "none"}
+    def infotext_fields(self, model: Any, options: dict[str, Any] | None = None) -> dict[str, str]:
+        """What the image's parameters add for this family: that T5 was not used, when it was not; T5's length
+        when it is not AUTOMATIC1111's (which writes no key: its images paste as they were made)."""
+        fields = {} if "text_encoder_3" in model.text_encoders else {"T5": "none"}
+        length = (options or {}).get(T5_LENGTH_SETTING, T5_LIKE_A1111)
+        return {**fields, "T5 tokens": length} if length != T5_LIKE_A1111 else fields
 
     def run_warnings(self, model: Any) -> list[str]:
         if "text_encoder_3" in model.text_encoders:
