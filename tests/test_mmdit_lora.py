@@ -69,7 +69,7 @@ def sd3_pipe(root):
 
 def sd3_reference(app, pipe):
     return pipe(prompt=PROMPT, negative_prompt="blurry", height=64, width=64, num_inference_steps=3,
-                guidance_scale=4.0, latents=noise(app)).images[0]
+                guidance_scale=4.0, latents=noise(app), max_sequence_length=77).images[0]  # T5 as A1111 reads it
 
 
 def kohya_sd3_lora(generator) -> dict[str, torch.Tensor]:
@@ -170,6 +170,64 @@ def test_sd3_loras_in_the_diffusers_kohya_and_comfyui_layouts(app, root):
     targets = target_map(app.models.get("tiny-sd35-medium"))  # kohya's T5 names (lora_te3_) find T5's layers
     assert targets["lora_te3_encoder_block_0_layer_0_SelfAttention_q"][0] == "text_encoder_3"
     assert targets["lora_transformer_transformer_blocks_0_attn_to_q"][0] == "unet"  # LyCORIS over diffusers names
+
+
+def lycoris_sd3_lora(generator) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """kohya-named LoHa and LoKr modules on SD 3's fused qkv, a swapped adaLN and a plain projection, and what each
+    means, from the LyCORIS formulas: LoHa (w1a w1b) * (w2a w2b) * alpha/rank, LoKr kron(w1, w2a w2b) * alpha/rank
+    (no alpha: 1)."""
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator) * 0.4
+
+    tensors, deltas = {}, {}
+    for name, rows in (("joint_blocks_0_x_block_attn_qkv", 48), ("joint_blocks_1_context_block_adaLN_modulation_1", 32)):
+        w1a, w1b, w2a, w2b = randn(rows, RANK), randn(RANK, 16), randn(rows, RANK), randn(RANK, 16)
+        tensors.update({f"lora_unet_{name}.hada_w1_a": w1a, f"lora_unet_{name}.hada_w1_b": w1b,
+                        f"lora_unet_{name}.hada_w2_a": w2a, f"lora_unet_{name}.hada_w2_b": w2b,
+                        f"lora_unet_{name}.alpha": torch.tensor(2.0)})
+        deltas[name] = (w1a @ w1b) * (w2a @ w2b) * 2.0 / RANK
+    # LoKr on a qkv whose first factor's 4 rows do not split in three: (4 x 12 rows, 4 x 4 columns), w2 of rank 2
+    w1, w2a, w2b = randn(4, 4), randn(12, 2), randn(2, 4)
+    name = "joint_blocks_0_context_block_attn_qkv"
+    tensors.update({f"lora_unet_{name}.lokr_w1": w1, f"lora_unet_{name}.lokr_w2_a": w2a,
+                    f"lora_unet_{name}.lokr_w2_b": w2b, f"lora_unet_{name}.alpha": torch.tensor(1.0)})
+    deltas[name] = torch.kron(w1, w2a @ w2b) * 1.0 / 2
+    w1, w2 = randn(4, 4), randn(4, 4)
+    name = "joint_blocks_0_x_block_attn_proj"
+    tensors.update({f"lora_unet_{name}.lokr_w1": w1, f"lora_unet_{name}.lokr_w2": w2})
+    deltas[name] = torch.kron(w1, w2)
+    return tensors, deltas
+
+
+def test_sd3_loha_and_lokr_on_fused_qkv_and_a_swapped_adaln(app, root):
+    """kohya LoHa / LoKr files in Stability's names: a fused qkv's update is cut into q, k, v (and an adaLN's halves
+    swapped) as for LoRA; the image is the update merged into Stability's weights and read back by diffusers."""
+    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+
+    from webui.families.sd3_layout import from_diffusers
+
+    folder = app.paths.model_dir("lora")
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors, deltas = lycoris_sd3_lora(torch.Generator().manual_seed(12))
+    save_file(tensors, str(folder / "sd3_lycoris.safetensors"))
+    plain = sd3(app, PROMPT).images[0]
+    result = sd3(app, PROMPT + " <lora:sd3_lycoris:0.8>")
+    assert not any("LoRA" in w for w in result.warnings), result.warnings
+    assert psnr(result.images[0], plain) < 35
+    report = app.models.get("tiny-sd35-medium").patches["lora_patcher"].last_report
+    assert report.matched == 2 * 3 + 1 + 1 and not report.unmatched  # two qkv (three each), the adaLN, the proj
+
+    pipe = sd3_pipe(root)
+    transformer = pipe.transformer
+    state = from_diffusers(transformer.state_dict(), dict(transformer.config))
+    names = {k.removesuffix(".weight").replace(".", "_"): k for k in state if k.endswith(".weight")}
+    for name, delta in deltas.items():
+        state[names[name]] = state[names[name]] + 0.8 * delta
+    transformer.load_state_dict(convert_sd3_transformer_checkpoint_to_diffusers(dict(state)), strict=True)
+    measured = psnr(result.images[0], sd3_reference(app, pipe))
+    print(f"SD 3 LoHa/LoKr, kohya layout: Easel vs the update merged into Stability's weights PSNR {measured:.1f} dB")
+    assert measured >= 40
+    assert np.array_equal(np.asarray(sd3(app, PROMPT).images[0]), np.asarray(plain))  # weights restored
 
 
 # ---- Z-Image ------------------------------------------------------------------------------------------------------

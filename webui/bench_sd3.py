@@ -29,7 +29,7 @@ def _pipeline_seconds(model: Any, request: Any) -> float:
     start = time.perf_counter()
     pipe(request.prompt, negative_prompt=request.negative_prompt, num_inference_steps=request.steps,
          guidance_scale=request.cfg_scale, width=request.width, height=request.height,
-         generator=torch.Generator("cpu").manual_seed(1))
+         generator=torch.Generator("cpu").manual_seed(1), max_sequence_length=77)  # Easel's default T5 length
     _sync(model)
     return time.perf_counter() - start
 

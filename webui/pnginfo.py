@@ -244,6 +244,8 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
         overrides["randn_source"] = p.get("RNG", "GPU") if p.get("RNG", "GPU") in ("CPU", "GPU", "NV") else "GPU"
     if p.get("SDE noise") in ("Brownian tree", "Per-step"):
         overrides["sde_noise"] = p["SDE noise"]
+    if p.get("T5 tokens") == "256":  # SD 3's T5 read as diffusers does (no key: AUTOMATIC1111's, the default)
+        overrides["sd3_t5_tokens"] = "256"
     elif split_legacy_name(p.get("Sampler", ""))[0].lower() in _BROWNIAN_SAMPLERS:
         overrides["sde_noise"] = "Brownian tree"  # no key: AUTOMATIC1111's (or Easel's default) Brownian trees
     for key, setting in (("ENSD", "eta_noise_seed_delta"), ("Sigma min", "sigma_min"), ("Sigma max", "sigma_max"),
@@ -294,7 +296,8 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
 
 # infotext keys with no control of their own in a tab; pasted, they are listed for the user to keep or drop
 OVERRIDE_KEYS = ("Clip skip", "RNG", "ENSD", "Eta", "Eta DDIM", "Sigma churn", "Sigma tmin", "Sigma tmax",
-                 "Sigma noise", "Sigma min", "Sigma max", "Schedule rho", "SDE noise", "VAE", "Noise multiplier")
+                 "Sigma noise", "Sigma min", "Sigma max", "Schedule rho", "SDE noise", "VAE", "Noise multiplier",
+                 "T5 tokens")
 _BROWNIAN_SAMPLERS = {s.name.lower() for s in SAMPLERS if s.brownian_noise}
 
 

@@ -115,6 +115,10 @@ class Settings:
     comma_padding_backtrack: int = _opt(20, "Prompt word wrap length limit (tokens)", "Stable Diffusion",
                                         minimum=0, maximum=74)
     emphasis: str = _opt("Original", "Emphasis mode", "Stable Diffusion", choices=("Original", "None"))
+    sd3_t5_tokens: str = _opt("CLIP chunks", "SD 3 T5 prompt length (CLIP chunks: 77 tokens per 75-token chunk, no "
+                                             "emphasis on T5, as AUTOMATIC1111: its prompts give its images; 256: "
+                                             "diffusers' StableDiffusion3Pipeline, with emphasis)", "Stable Diffusion",
+                              choices=("CLIP chunks", "256"))
     enable_prompt_comments: bool = _opt(True, "Prompt comments: lines (or line ends) starting with # are left out of "
                                               "the prompt", "Stable Diffusion")
     img_max_size_mp: float = _opt(100.0, "Maximum size of an uploaded image (megapixels)", "Images",

@@ -195,8 +195,9 @@ class PromptEncoder:
     """Encodes prompts for one model and request; identical texts are encoded once."""
 
     def __init__(self, model: "LoadedModel", clip_skip: int = 1, embeddings: list["Embedding"] | None = None,
-                 comma_backtrack: int = COMMA_BACKTRACK, emphasis: bool = True):
+                 comma_backtrack: int = COMMA_BACKTRACK, emphasis: bool = True, options: dict | None = None):
         self.model = model
+        self.options = dict(options or {})  # the request's settings, for a family's own text choices
         self.family = model.architecture.adapter
         self.choice = self.family.layer_choice(clip_skip)
         self.comma_backtrack = comma_backtrack

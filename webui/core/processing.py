@@ -528,7 +528,7 @@ class Engine:
             "Version": f"Easel {__version__}",
         }
         params.update(self._sampling_params(request, plan, seed))
-        params.update(model.architecture.adapter.infotext_fields(model))  # e.g. SD3 run without T5
+        params.update(model.architecture.adapter.infotext_fields(model, plan.options))  # e.g. SD3 run without T5
         if run is None:
             run = Run(request, model, None, GenerationContext(request, None))  # type: ignore[arg-type]
             run.passes.append(Pass("first", request, plan, (width, height), request.steps))

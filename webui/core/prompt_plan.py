@@ -113,7 +113,7 @@ class PromptPlan:
 def _encode(model: "LoadedModel", positive: str, negative: str, steps: int, options: dict[str, Any],
             embeddings: list[Any]) -> tuple[PromptEncoder, StepConditioning, StepConditioning]:
     encoder = PromptEncoder(model, options["CLIP_stop_at_last_layers"], embeddings,
-                            options["comma_padding_backtrack"], options["emphasis"] == "Original")
+                            options["comma_padding_backtrack"], options["emphasis"] == "Original", options)
     cond = encoder.encode_scheduled(schedule_prompt(positive, steps))
     uncond = encoder.encode_scheduled(schedule_prompt(negative, steps, allow_and=False))
     return encoder, cond, uncond

@@ -158,8 +158,9 @@ class Family:
             raise ValueError(f"{missing} (looked in {folder})")
         return loader.from_pretrained(str(folder), local_files_only=True)
 
-    def infotext_fields(self, model: Any) -> dict[str, Any]:
-        """Keys this family adds to each image's infotext for a loaded model (e.g. SD3 run without T5)."""
+    def infotext_fields(self, model: Any, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Keys this family adds to each image's infotext for a loaded model and the request's settings (e.g. SD3
+        run without T5)."""
         return {}
 
     def run_warnings(self, model: Any) -> list[str]:

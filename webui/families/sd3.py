@@ -5,14 +5,17 @@ What differs from the other families, all answered here so the engine stays fami
   means Simple, which for SD3 is exactly StableDiffusion3Pipeline's schedule: t from 1 down to
   the trained sigma_min (not 1/n as Flux's), then shifted.
 - **Text.** CLIP-L and CLIP-G penultimate hidden states (no final norm), concatenated and
-  zero-padded to T5's width, then T5-XXL's 256-token sequence after them; the pooled vector is
+  zero-padded to T5's width, then T5-XXL's sequence after them; the pooled vector is
   CLIP-L's and CLIP-G's projected pooled outputs side by side. CLIP reads the prompt in 75-token
   chunks whose states follow each other, as AUTOMATIC1111 does for SD3 (a prompt within 75 tokens is
-  exactly the reference pipeline's; it cuts longer ones), pooled from the first chunk; T5 reads 256
-  tokens of the whole prompt; emphasis applies to both. A shorter prompt in the CFG batch gets empty
-  CLIP chunks (core.conditioning.pad_to_chunks).
-- **T5 is optional.** Without a T5 file the model runs on the two CLIPs with a zero T5 sequence,
-  exactly as the reference pipeline does without `text_encoder_3`; the load notes and the
+  exactly the reference pipeline's; it cuts longer ones), pooled from the first chunk. T5 reads the
+  whole prompt as AUTOMATIC1111 does for SD3 (setting `sd3_t5_tokens` "CLIP chunks", the default): padded
+  or cut to the CLIP part's length, 77 tokens per chunk (so a pasted A1111 prompt gives its image; 77 is
+  also what Stability's sd3_infer.py and ComfyUI pad a short prompt to), without emphasis; or, set to
+  "256", as StableDiffusion3Pipeline's default max_sequence_length, with emphasis. Emphasis applies to
+  CLIP. A shorter prompt in the CFG batch gets empty CLIP chunks (core.conditioning.pad_to_chunks).
+- **T5 is optional.** Without a T5 file the model runs on the two CLIPs with a zero T5 sequence (of
+  the length above), exactly as the reference pipeline does without `text_encoder_3`; the load notes and the
   infotext ("T5: none") say so.
 - **Files.** diffusers folders (`transformer/`, `text_encoder_3/`, `tokenizer_3/`), Stability's
   single files (`model.diffusion_model.joint_blocks.*` + `first_stage_model.*`, optionally with
@@ -31,7 +34,7 @@ import torch
 from ..core.parameterisation import FlowVelocity, Parameterisation
 from ..core.schedules import FlowSchedule
 from .base import Family, LatentFormat, LayerChoice, Shapes
-from .t5_text import t5_sequence
+from .t5_text import t5_clip_length_sequence, t5_sequence
 
 SD3_LATENT = LatentFormat(channels=16)  # previews: channel mean until a published fit is shipped
 _PARAMETERISATION = FlowVelocity()
@@ -40,6 +43,8 @@ _MARKER = "joint_blocks.0.context_block.adaLN_modulation.1.bias"
 _DUAL = "joint_blocks.0.x_block.attn2.qkv.weight"
 _QK_NORM = "joint_blocks.0.x_block.attn.ln_q.weight"
 T5_TOKENS = 256
+T5_LENGTH_SETTING = "sd3_t5_tokens"
+T5_LIKE_A1111 = "CLIP chunks"  # the setting's default; "256" is StableDiffusion3Pipeline's max_sequence_length
 # ComfyUI's / Stability's prefixes inside an all-in-one file
 AIO_TEXT = {"text_encoder": "text_encoders.clip_l.transformer.", "text_encoder_2": "text_encoders.clip_g.transformer.",
             "text_encoder_3": "text_encoders.t5xxl.transformer."}
@@ -158,17 +163,25 @@ class SD3(Family):
         clip = torch.cat([torch.cat(hidden_l[:chunks], dim=1), torch.cat(hidden_g[:chunks], dim=1)], dim=-1)
         clip = torch.nn.functional.pad(clip, (0, width - clip.shape[-1]))
         t5 = model.text_encoders.get("text_encoder_3")
-        if t5 is None:  # as StableDiffusion3Pipeline without text_encoder_3: a zero T5 sequence
-            sequence = torch.zeros(1, T5_TOKENS, width, device=clip.device)
+        like_a1111 = getattr(encoder, "options", {}).get(T5_LENGTH_SETTING, T5_LIKE_A1111) == T5_LIKE_A1111
+        length = clip.shape[1] if like_a1111 else T5_TOKENS
+        if t5 is None:  # as StableDiffusion3Pipeline without text_encoder_3 (A1111 without T5): zeros
+            sequence = torch.zeros(1, length, width, device=clip.device)
+        elif like_a1111:
+            sequence = t5_clip_length_sequence(t5, model.tokenizers["text_encoder_3"], encoder.weighted_pieces(text),
+                                               length)
         else:
             sequence = t5_sequence(encoder, t5, model.tokenizers["text_encoder_3"], encoder.weighted_pieces(text),
-                                   T5_TOKENS)
+                                   length)
         embeds = torch.cat([clip, sequence.to(clip.device)], dim=1)
         return encoder.conditioning(embeds, torch.cat([pooled_l, pooled_g], dim=-1).float())
 
-    def infotext_fields(self, model: Any) -> dict[str, str]:
-        """What the image's parameters add for this family: that T5 was not used, when it was not."""
-        return {} if "text_encoder_3" in model.text_encoders else {"T5": "none"}
+    def infotext_fields(self, model: Any, options: dict[str, Any] | None = None) -> dict[str, str]:
+        """What the image's parameters add for this family: that T5 was not used, when it was not; T5's length
+        when it is not AUTOMATIC1111's (which writes no key: its images paste as they were made)."""
+        fields = {} if "text_encoder_3" in model.text_encoders else {"T5": "none"}
+        length = (options or {}).get(T5_LENGTH_SETTING, T5_LIKE_A1111)
+        return {**fields, "T5 tokens": length} if length != T5_LIKE_A1111 else fields
 
     def run_warnings(self, model: Any) -> list[str]:
         if "text_encoder_3" in model.text_encoders:

@@ -43,6 +43,7 @@ _ROLES = (
     (".hada_w1_a", "w1a"), (".hada_w1_b", "w1b"), (".hada_w2_a", "w2a"), (".hada_w2_b", "w2b"),
     (".lokr_w1_a", "k1a"), (".lokr_w1_b", "k1b"), (".lokr_w2_a", "k2a"), (".lokr_w2_b", "k2b"),
     (".lokr_w1", "k1"), (".lokr_w2", "k2"), (".diff", "diff"), (".alpha", "alpha"),
+    (".fused_rows", "rows"),  # ours (lora_mmdit): this layer's rows of a fused layer's LyCORIS update
     (".down.weight", "down"), (".up.weight", "up"),
 )
 
@@ -68,6 +69,10 @@ class LoraModule:
 
     def delta(self, shape: torch.Size) -> torch.Tensor:
         """scale * update, float32, shaped like the target weight."""
+        rows = self.tensors.get("rows")
+        if rows is not None:  # a LoHa/LoKr of a fused layer (SD 3's qkv): the whole update, then these rows
+            whole = LoraModule({k: v for k, v in self.tensors.items() if k != "rows"})
+            return whole.delta(torch.Size([_update_rows(whole.tensors), *shape[1:]]))[rows.long()].reshape(shape)
         t = {k: v.float() for k, v in self.tensors.items() if k != "alpha"}
         if "diff" in t:
             return t["diff"].reshape(shape)
@@ -94,6 +99,15 @@ class LoraModule:
             raise LoraError(f"unrecognised LoRA tensors: {', '.join(sorted(self.tensors))}")
         scale = self.alpha / rank if self.alpha is not None else 1.0
         return (update * scale).reshape(shape)
+
+
+def _update_rows(t: dict[str, torch.Tensor]) -> int:
+    """The output rows of a module's update, from its factors."""
+    if "diff" in t or "up" in t:
+        return int(t["diff" if "diff" in t else "up"].shape[0])
+    if "w1a" in t:
+        return int(t["w1a"].shape[0])
+    return int((t["k1"] if "k1" in t else t["k1a"]).shape[0]) * int((t["k2"] if "k2" in t else t["k2a"]).shape[0])
 
 
 @dataclass

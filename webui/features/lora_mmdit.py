@@ -8,7 +8,10 @@ diffusers/PEFT layout (`transformer.<module>.lora_A/lora_B`, `.alpha` kept) the 
   is its inverse for weights). A fused `qkv` LoRA becomes three LoRAs with the same down matrix and a third of
   the up matrix each; where diffusers swaps the shift/scale halves of an adaLN weight (the last context block,
   the final layer), the up matrix's halves are swapped. The last context block is told by its shape: its adaLN
-  has 2 x width rows where the others have 6 x width.
+  has 2 x width rows where the others have 6 x width. LyCORIS modules (LoHa `hada_*`, LoKr `lokr_*`, `diff`)
+  keep their tensors under the diffusers name; on a fused or swapped module each target also gets
+  `fused_rows`, the row indices of the whole update it takes (a Kronecker or Hadamard product has no up matrix
+  to cut, so the patcher computes the fused update and takes those rows: `LoraModule.delta`).
 - Z-Image in its original names (`diffusion_model.layers.0.attention.qkv`, kohya's `lora_unet_layers_0_...`):
   diffusers' own `_convert_non_diffusers_z_image_lora_to_diffusers` (what ZImagePipeline.load_lora_weights runs).
 
@@ -22,7 +25,11 @@ from typing import Any
 
 _SD3_PREFIXES = ("lora_unet_", "diffusion_model.", "model.diffusion_model.")
 _ROLES = {".lora_down.weight": "lora_A.weight", ".lora_up.weight": "lora_B.weight", ".lora_A.weight": "lora_A.weight",
-          ".lora_B.weight": "lora_B.weight", ".alpha": "alpha"}
+          ".lora_B.weight": "lora_B.weight", ".alpha": "alpha",
+          # LyCORIS (LoHa, LoKr, full diff), kept under their own names for the patcher
+          **{f".{name}": name for name in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "lokr_w1", "lokr_w2",
+                                           "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "diff")}}
+_LORA_ROLES = ("lora_A.weight", "lora_B.weight", "alpha")
 # Stability module -> (diffusers modules, op): "copy", "cat" (fused qkv: split the up matrix), "swap" (halves)
 _BLOCK = {"x_block.attn.qkv": (("attn.to_q", "attn.to_k", "attn.to_v"), "cat"),
           "x_block.attn.proj": (("attn.to_out.0",), "copy"),
@@ -74,26 +81,36 @@ def _sd3_module(name: str) -> tuple[int | None, str] | None:
 
 def layout(tensors: dict[str, Any]) -> str | None:
     """"sd3" or "zimage" when the keys are one of those families' published non-diffusers layouts, else None."""
-    bases = {split[0] for split in map(_split, tensors) if split}
-    if any(_sd3_module(base) for base in bases):
+    splits = [split for split in map(_split, tensors) if split]
+    if any(_sd3_module(base) for base, _ in splits):
         return "sd3"
-    if any(_ZIMAGE.search(base) for base in bases) and (
+    # Z-Image: LoRA files only (diffusers' conversion reads no LyCORIS; kohya LoHa/LoKr match by name as they are)
+    if any(_ZIMAGE.search(base) for base, role in splits if role in _LORA_ROLES) and (
             any(k.startswith(("lora_unet_", "diffusion_model.")) or k.endswith(".alpha") or "default." in k
                 for k in tensors)):
         return "zimage"
     return None
 
 
+def _rows(parts: dict[str, Any]) -> int:
+    """A module's output rows, from its LoRA up matrix or its LyCORIS factors (0 when they do not say)."""
+    for role in ("lora_B.weight", "diff", "hada_w1_a"):
+        if role in parts:
+            return int(parts[role].shape[0])
+    w1, w2 = parts.get("lokr_w1", parts.get("lokr_w1_a")), parts.get("lokr_w2", parts.get("lokr_w2_a"))
+    return int(w1.shape[0]) * int(w2.shape[0]) if w1 is not None and w2 is not None else 0
+
+
 def _width(groups: dict[tuple[int | None, str], dict[str, Any]]) -> int | None:
     """The transformer's width, from a module whose output is it (or a multiple)."""
     for (_, module), parts in groups.items():
-        up = parts.get("lora_B.weight")
-        if up is None:
+        rows = _rows(parts)
+        if not rows:
             continue
         if module.endswith("attn.proj") or module.endswith("mlp.fc2"):
-            return int(up.shape[0])
+            return rows
         if module.endswith("attn.qkv"):
-            return int(up.shape[0]) // 3
+            return rows // 3
     return None
 
 
@@ -116,8 +133,14 @@ def sd3_to_diffusers(tensors: dict[str, Any]) -> dict[str, Any]:
         targets, op = _BLOCK[module] if index is not None else _GLOBAL[module]
         up = parts.get("lora_B.weight")
         if op == "adaln":  # the last context block's adaLN (2 x width rows) is swapped by diffusers
-            rows = int(up.shape[0]) if up is not None else 0
+            rows = _rows(parts)
             op = "swap" if (rows == 2 * width if width else rows % 6 != 0) else "copy"
+        prefix = "transformer." + (f"transformer_blocks.{index}." if index is not None else "")
+        if op in ("cat", "swap") and set(parts) - set(_LORA_ROLES):  # LoHa / LoKr: no up matrix to cut
+            for target, rows in zip(targets, _row_indices(op, _rows(parts), len(targets))):
+                out.update({f"{prefix}{target}.{role}": value for role, value in parts.items()})
+                out[f"{prefix}{target}.fused_rows"] = rows
+            continue
         if op == "cat" and up is not None:
             ups = list(up.chunk(3, dim=0))
         elif op == "swap" and up is not None:
@@ -125,11 +148,21 @@ def sd3_to_diffusers(tensors: dict[str, Any]) -> dict[str, Any]:
             ups = [torch.cat([second, first], dim=0)]
         else:
             ups = [up]
-        prefix = "transformer." + (f"transformer_blocks.{index}." if index is not None else "")
         for target, part in zip(targets, ups):
             for role, value in parts.items():
                 out[f"{prefix}{target}.{role}"] = part if role == "lora_B.weight" else value
     return out
+
+
+def _row_indices(op: str, rows: int, targets: int) -> list[Any]:
+    """Which rows of a fused module's update each diffusers module takes: a third each of a qkv ("cat"), or the
+    halves swapped ("swap", diffusers' order of an adaLN's shift and scale)."""
+    import torch
+
+    if op == "cat":
+        return list(torch.arange(rows).chunk(targets))
+    half = rows // 2
+    return [torch.cat([torch.arange(half, rows), torch.arange(half)])]
 
 
 def to_diffusers_layout(tensors: dict[str, Any]) -> dict[str, Any]:

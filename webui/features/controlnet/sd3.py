@@ -16,7 +16,9 @@ Files:
   StableDiffusion3ControlNetPipeline does. diffusers reads these only with a script
   (scripts/convert_sd3_controlnet_to_diffusers.py), so the renaming is ours (`to_diffusers`),
   with its inverse (`to_original`) for the tests' files.
-- diffusers folders (`config.json` with `SD3ControlNetModel`: Stability's converted ones, InstantX's).
+- diffusers folders (`config.json` with `SD3ControlNetModel`: Stability's converted ones; InstantX's SD3 Medium
+  Canny / Pose / Tile, whose configs predate most keys and two of which name the class `ControlNetSD3Model`:
+  they are told by their tensors), and InstantX's file alone (diffusers names, config from the tensors).
 
 The control image goes in as the pipeline prepares it: [-1, 1] pixels, the VAE's posterior mean
 (the same image always gives the same latents, as for img2img), then shift and scale; the 8B canny
@@ -138,12 +140,19 @@ def config_from_tensors(tensors: dict[str, torch.Tensor], transformer_config: di
             "joint_attention_dim": int(context.shape[1]) if context is not None else None,
             "caption_projection_dim": int(context.shape[0]) if context is not None else width,
             "pooled_projection_dim": int(tensors["time_text_embed.text_embedder.linear_1.weight"].shape[1]),
-            "pos_embed_max_size": transformer_config.get("pos_embed_max_size") if own_patches else None,
+            "pos_embed_max_size": _table_size(tensors, transformer_config) if own_patches else None,
             "extra_conditioning_channels": int(embed.shape[1]) - in_channels,
             "qk_norm": "rms_norm" if "transformer_blocks.0.attn.norm_q.weight" in tensors else None,
             "pos_embed_type": "sincos" if own_patches else None, "use_pos_embed": own_patches,
             # InstantX's (with a text stream) were trained on a zero pooled vector; Stability's 8B ones were not
             "force_zeros_for_pooled_projection": context is not None}
+
+
+def _table_size(tensors: dict[str, torch.Tensor], transformer_config: dict[str, Any]) -> int | None:
+    """The side of an own patch embedding's position table (InstantX's: 192 patches, from its (1, side², width)
+    tensor); the transformer's when the file has no table."""
+    table = tensors.get("pos_embed.pos_embed")
+    return round(table.shape[1] ** 0.5) if table is not None else transformer_config.get("pos_embed_max_size")
 
 
 def _shared_patch_embedding(transformer: torch.nn.Module) -> torch.nn.Module:
@@ -214,6 +223,22 @@ class _Step:
     uncond_first: bool = False
 
 
+def control_mode_rows(samples: list[torch.Tensor], mode: int, step: _Step) -> list[torch.Tensor]:
+    """sd-webui-controlnet's control modes on transformer blocks. "ControlNet is more important" (2): the
+    residuals on the conditional rows of the CFG batch only, so guidance amplifies the control (the extension's
+    cfg injection; ComfyUI's ControlNet applied to the positive conditioning only). "My prompt is more important"
+    (1) is Balanced (0) here: its soft injection fades the UNet's 13 residuals from the deep, low-resolution
+    ones to the shallow, high-resolution ones (0.825 ** (12 - i)), and an MMDiT's blocks all work at one
+    resolution, so there is nothing that ordering stands for; ComfyUI has no control modes at all, Forge no
+    SD 3 ControlNets. The same choice as the Flux ControlNets (flux.py)."""
+    if mode != 2 or not step.uncond_first or step.copies < 2:
+        return samples
+    rows = samples[0].shape[0]
+    keep = torch.ones(rows, *([1] * (samples[0].ndim - 1)), device=samples[0].device, dtype=samples[0].dtype)
+    keep[:rows // step.copies] = 0
+    return [s * keep for s in samples]
+
+
 class TransformerControls:
     """SD3 ControlNet units on the transformer: while entered, every transformer call gets the summed block
     residuals of the units active at this step, computed from that call's own inputs."""
@@ -239,7 +264,7 @@ class TransformerControls:
 
     @torch.no_grad()
     def _before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        from .apply import _add, _expand
+        from .apply import _add
 
         hidden, pooled = kwargs["hidden_states"], kwargs.get("pooled_projections")
         rows = hidden.shape[0]
@@ -254,9 +279,7 @@ class TransformerControls:
                           if net.config.joint_attention_dim is not None else None,
                           pooled_projections=torch.zeros_like(pooled)
                           if net.config.force_zeros_for_pooled_projection else pooled, return_dict=False)[0]
-            samples = [s.to(hidden.dtype) for s in samples]
-            total = _add(total, _expand(samples, app, rows, rows // self.step.copies, self.step.copies,
-                                        self.step.uncond_first))
+            total = _add(total, control_mode_rows([s.to(hidden.dtype) for s in samples], app.mode, self.step))
         if total is not None:
             kwargs = {**kwargs, "block_controlnet_hidden_states": total}
         return args, kwargs
@@ -292,3 +315,47 @@ def write_sd3_controlnet(path: Path, transformer: torch.nn.Module, layout: str =
     save_file({k: v.contiguous() for k, v in to_original(net.state_dict(), control_type).items()}, str(path))
     return path
 
+
+
+# InstantX's SD3 Medium ControlNets (Canny, Pose, Tile) as published: a diffusers 0.29/0.30 config.json naming the
+# class `ControlNetSD3Model` (Canny, Pose) or `SD3ControlNetModel` (Tile), with none of the later keys (so
+# diffusers' defaults: own sincos patch embedding, a text stream, zero pooled vector); people also keep the folder's
+# one safetensors file alone under models/ControlNet, as ComfyUI loads it.
+INSTANTX_CONFIG_KEYS = ("sample_size", "patch_size", "in_channels", "out_channels", "num_layers",
+                        "attention_head_dim", "num_attention_heads", "joint_attention_dim", "caption_projection_dim",
+                        "pooled_projection_dim", "pos_embed_max_size")
+
+
+@torch.no_grad()
+def write_instantx_controlnet(path: Path, transformer: torch.nn.Module, layout: str = "diffusers",
+                              class_name: str = "ControlNetSD3Model", num_layers: int = 1,
+                              pos_embed_max_size: int | None = None, seed: int = 0) -> Path:
+    """A random-weight ControlNet shaped as InstantX's SD3 ones for `transformer`: `layout="diffusers"` a folder
+    with their config.json keys only, "single" the folder's weights file alone."""
+    import json
+
+    from diffusers import SD3ControlNetModel
+    from safetensors.torch import save_file
+
+    source = transformer.config
+    config = {"sample_size": source.sample_size, "patch_size": source.patch_size,
+              "in_channels": source.in_channels, "out_channels": source.in_channels, "num_layers": num_layers,
+              "attention_head_dim": source.attention_head_dim, "num_attention_heads": source.num_attention_heads,
+              "joint_attention_dim": source.joint_attention_dim, "caption_projection_dim": transformer.inner_dim,
+              "pooled_projection_dim": source.pooled_projection_dim,
+              "pos_embed_max_size": pos_embed_max_size or source.pos_embed_max_size}
+    torch.manual_seed(seed)
+    net = SD3ControlNetModel(**config)
+    for module in [*net.controlnet_blocks, net.pos_embed_input.proj]:  # zero-initialised in training: give signal
+        module.weight.normal_(0, 0.3)
+        module.bias.normal_(0, 0.1)
+    tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
+    if layout == "single":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path))
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path / "diffusion_pytorch_model.safetensors"))
+    saved = {"_class_name": class_name, "_diffusers_version": "0.29.0.dev0", "_name_or_path": "/path/", **config}
+    (path / "config.json").write_text(json.dumps(saved, indent=2))
+    return path

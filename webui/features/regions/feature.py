@@ -107,7 +107,7 @@ class RegionalPrompter(Feature):
             masks_at = lambda h, w: mask_region_masks(painted, h, w, args.use_base)  # noqa: E731
         texts = split_prompts(prompts.prompt, prompts.negative_prompt, args, count)
         encoder = PromptEncoder(model, options["CLIP_stop_at_last_layers"], list(prompts.embeddings.values()),
-                                options["comma_padding_backtrack"], options["emphasis"] == "Original")
+                                options["comma_padding_backtrack"], options["emphasis"] == "Original", options)
         if args.calc_mode == "Latent":
             self._warn_whole_picture_loras(run, prompts.prompt)
             steps = p.request.steps

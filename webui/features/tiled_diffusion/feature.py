@@ -105,7 +105,8 @@ class TiledDiffusion(Feature):
         regions: list[RegionPlan] = []
         if args.regions:
             encoder = PromptEncoder(model, options["CLIP_stop_at_last_layers"], list(prompts.embeddings.values()),
-                                    options["comma_padding_backtrack"], options["emphasis"] == "Original")
+                                    options["comma_padding_backtrack"], options["emphasis"] == "Original",
+                                    options)
             steps = p.request.steps
             for region in args.regions:
                 box = region_box(region.x, region.y, region.w, region.h, width, height)
