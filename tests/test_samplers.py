@@ -294,8 +294,8 @@ def test_every_sampler_with_several_schedules_gives_finite_distinct_images(easel
                 assert _equivalent(a, b, sigmas), f"{a} and {b} give the same image"
             elif _equivalent(a, b, sigmas):
                 raise AssertionError(f"{a} and {b} were expected to coincide")
-    # 13 k-samplers x 3 explicit schedules, Uniform ("Automatic") for Euler a, Euler, LMS, Heun; DDIM, PLMS, UniPC, LCM
-    assert len(keys) == 13 * 3 + 4 + 4
+    # 14 k-samplers x 3 explicit schedules, Uniform ("Automatic") for Euler a, Euler, LMS, Heun, LCM; DDIM, PLMS, UniPC
+    assert len(keys) == 14 * 3 + 5 + 3
 
 
 @pytest.mark.parametrize("name", ["Euler", "DPM++ 2M", "Heun", "DPM2"])
@@ -330,8 +330,7 @@ def test_batch_of_four_equals_four_single_runs(easel, name):
             assert torch.equal(alone["first"][0], batched["first"][i]), (name, i)
             assert len(alone["draws"]) == len(batched["draws"]), name
             assert all(torch.equal(a[0], b[i]) for a, b in zip(alone["draws"], batched["draws"])), (name, i)
-            # each image's generator is left in the same state: the same numbers were drawn from it,
-            # including those a diffusers scheduler draws itself (LCM)
+            # each image's generator is left in the same state: the same numbers were drawn from it
             assert torch.equal(alone["states"][0], batched["states"][i]), (name, i)
             # the UNet on 4 images at once rounds differently from one image on the CPU (see
             # docs/architecture.md, Seeds): final latents agree to float32 rounding of the latent range...
@@ -341,9 +340,9 @@ def test_batch_of_four_equals_four_single_runs(easel, name):
             assert np.abs(_px(single) - _px(batch, i)).max() <= 2, (name, i)
     info = samplers.resolve(name)[0]
     if info.stochastic:
-        # LCM's scheduler draws from the generators itself; SDE samplers ask each image's Brownian tree;
-        # Restart restarts (with fresh noise) only from 20 steps, as AUTOMATIC1111's does
-        assert batched["draws"] or name in ("LCM", "Restart") or info.brownian_noise, \
+        # SDE samplers ask each image's Brownian tree; Restart restarts (with fresh noise) only from 20 steps,
+        # as AUTOMATIC1111's does
+        assert batched["draws"] or name == "Restart" or info.brownian_noise, \
             "a stochastic sampler drew no step noise"
         assert not (info.brownian_noise and batched["draws"]), "an SDE sampler drew per-step noise"
     again = _generate(easel, sampler_name=name, batch_size=4, seed=40)
