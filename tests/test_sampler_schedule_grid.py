@@ -40,7 +40,7 @@ import torch
 from scipy import integrate, stats
 
 from tests.conftest import make_easel
-from tests.test_samplers_a1111 import (A1111Noise, A1111Tree, BROWNIAN, DETERMINISTIC, STOCHASTIC, SUBSEED,
+from tests.test_samplers_a1111 import (A1111Noise, A1111Tree, BROWNIAN, DETERMINISTIC, STOCHASTIC, SUBSEED, ancestral,
                                        STRENGTH, heun_step)
 from webui.core import k_samplers, samplers
 from webui.core.request import GenerationRequest
@@ -246,8 +246,39 @@ def ref_lcm(x, sig, D, noise, **_):
     return x
 
 
+def ref_dpm_fast(x, sig, D, noise, span, eta=1.0, s_noise=1.0):
+    """DPM-Solver-fast (Lu et al. 2022): `calls` model calls between the span's sigmas, steps evenly spaced in
+    lambda = -log sigma, orders 3, ..., 3 then (2, 1) / 2 / 1 so they add up; DPM-Solver-2 (r1 = 1/2) and -3
+    (r1 = 1/3, r2 = 2/3) in their noise-prediction form; with eta each step aims at the ancestral sigma_down
+    (not below the span) and adds noise up to the step's sigma (a draw every step, as k-diffusion)."""
+    sigma_min, sigma_max, calls = span
+    k = calls // 3 + 1
+    orders = [3] * (k - 2) + [2, 1] if calls % 3 == 0 else [3] * (k - 1) + [calls % 3]
+    lams = np.linspace(-math.log(sigma_max), -math.log(sigma_min), len(orders) + 1)
+    sg = lambda lam: math.exp(-lam)  # noqa: E731
+    eps = lambda x, lam: (x - D(x, sg(lam))) / sg(lam)  # noqa: E731
+    for order, lam, lam_next in zip(orders, lams[:-1], lams[1:]):
+        down, up = ancestral(sg(lam), sg(lam_next), eta)
+        target = min(-math.log(sigma_min), -math.log(down)) if eta else lam_next
+        up = math.sqrt(max(sg(lam_next) ** 2 - sg(target) ** 2, 0.0)) if eta else 0.0
+        h, to = target - lam, sg(target)
+        e0 = eps(x, lam)
+        x_next = x - to * math.expm1(h) * e0
+        if order == 2:
+            e1 = eps(x - sg(lam + h / 2) * math.expm1(h / 2) * e0, lam + h / 2)
+            x_next = x_next - to * math.expm1(h) * (e1 - e0)
+        elif order == 3:
+            s1, s2 = lam + h / 3, lam + 2 * h / 3
+            e1 = eps(x - sg(s1) * math.expm1(h / 3) * e0, s1)
+            u2 = x - sg(s2) * math.expm1(2 * h / 3) * e0 - sg(s2) * 2 * (math.expm1(2 * h / 3) / (2 * h / 3) - 1) * (e1 - e0)
+            e2 = eps(u2, s2)
+            x_next = x_next - to * 1.5 * (math.expm1(h) / h - 1) * (e2 - e0)
+        x = x_next + noise(None, None) * up * s_noise
+    return x
+
+
 REFERENCES = {**STOCHASTIC, **BROWNIAN, **DETERMINISTIC, "LMS": ref_lms, "Heun": ref_heun, "DPM2": ref_dpm2,
-              "LCM": ref_lcm}
+              "LCM": ref_lcm, "DPM fast": ref_dpm_fast}
 K_SAMPLERS = [s.name for s in samplers.SAMPLERS if s.uses_schedule]
 SCHEDULE_LABELS = samplers.schedule_labels()
 
@@ -341,6 +372,8 @@ def reference_image(denoiser, name, label, monkeypatch, steps=STEPS, ensd=0, tre
 
     noise = A1111Noise(SEEDS, [SUBSEED, SUBSEED + 1], STRENGTH, ensd)
     source = (tree or A1111Tree(SEEDS, sigmas, monkeypatch)) if name in BROWNIAN else noise
+    if name == "DPM fast":  # AUTOMATIC1111 hands it the model's smallest and largest sigma and the step count
+        options = {**options, "span": (float(table.sigmas[0]), float(table.sigmas[-1]), steps)}
     denoiser.step = 0
     latents = REFERENCES[name](noise.first * sigmas[0], sigmas, D, source, **options)
     return torch.from_numpy(latents)
@@ -524,3 +557,14 @@ def test_unipc_is_automatic1111s(tiny, settings):
     db = psnr(model, easel_image(denoiser, "UniPC", "Automatic", **settings), theirs)
     print(f"UniPC {settings}: {db:.1f} dB")
     assert db >= 55, f"UniPC {settings}: {db:.1f} dB"
+
+
+@pytest.mark.parametrize("steps,eta", [(5, 0.0), (6, 0.7)])
+def test_dpm_fast_orders_and_eta(tiny, monkeypatch, steps, eta):
+    """5 calls: orders 3, 2; 6 calls: 3, 2, 1; eta 0 is deterministic (the noise is still drawn, times 0)."""
+    denoiser, model = tiny
+    ours = easel_image(denoiser, "DPM fast", "Automatic", steps=steps, eta=eta)
+    theirs = reference_image(denoiser, "DPM fast", "Automatic", monkeypatch, steps=steps, eta=eta)
+    db = psnr(model, ours, theirs)
+    print(f"DPM fast / {steps} steps, eta {eta}: {db:.1f} dB")
+    assert db >= (55 if eta == 0 else 40), db
