@@ -277,8 +277,54 @@ def ref_dpm_fast(x, sig, D, noise, span, eta=1.0, s_noise=1.0):
     return x
 
 
+def _dpm_step(x, e0, s, t, order, eps, r1=0.5):
+    """DPM-Solver-1/2/3 from lambda s to t (noise prediction; third order at r1 = 1/3, r2 = 2/3)."""
+    sg = lambda lam: math.exp(-lam)  # noqa: E731
+    h, to = t - s, sg(t)
+    out = x - to * math.expm1(h) * e0
+    if order == 1:
+        return out
+    r1 = 1 / 3 if order == 3 else r1
+    e1 = eps(x - sg(s + r1 * h) * math.expm1(r1 * h) * e0, s + r1 * h)
+    if order == 2:
+        return out - to / (2 * r1) * math.expm1(h) * (e1 - e0)
+    s2 = s + 2 * h / 3
+    u2 = x - sg(s2) * math.expm1(2 * h / 3) * e0 - sg(s2) * 2 * (math.expm1(2 * h / 3) / (2 * h / 3) - 1) * (e1 - e0)
+    return out - to * 1.5 * (math.expm1(h) / h - 1) * (eps(u2, s2) - e0)
+
+
+def ref_dpm_adaptive(x, sig, D, noise, span, eta=1.0, s_noise=1.0):
+    """DPM-Solver with adaptive steps: the orders-2/3 pair's difference over max(0.0078, 0.05 * max(|x_low|,
+    |x_prev|)), root mean square over the batch; Söderlind's PID controller (integral gain 1 / order, order 3 or
+    1.5 with eta) with the arctan limiter; a step kept when the factor is >= 0.81; first h 0.05 in lambda."""
+    sigma_min, sigma_max, _ = span
+    sg = lambda lam: math.exp(-lam)  # noqa: E731
+    eps = lambda x, lam: (x - D(x, sg(lam))) / sg(lam)  # noqa: E731
+    lam, end, h, x_prev, inv = -math.log(sigma_max), -math.log(sigma_min), 0.05, x, None
+    gain = 1 / (1.5 if eta else 3)
+    while lam < end - 1e-5:
+        t = min(end, lam + h)
+        target, up = t, 0.0
+        if eta:
+            down, _ = ancestral(sg(lam), sg(t), eta)
+            target = min(end, -math.log(down))
+            up = math.sqrt(max(sg(t) ** 2 - sg(target) ** 2, 0.0))
+        e0 = eps(x, lam)
+        low = _dpm_step(x, e0, lam, target, 2, eps, r1=1 / 3)
+        high = _dpm_step(x, e0, lam, target, 3, eps)
+        scale = np.maximum(0.0078, 0.05 * np.maximum(np.abs(low), np.abs(x_prev)))
+        error = np.sqrt(np.mean(((low - high) / scale) ** 2))
+        inv_now = 1 / (error + 1e-8)
+        inv = inv_now if inv is None else inv
+        factor = 1 + math.atan(inv_now ** gain - 1)
+        if factor >= 0.81:
+            x_prev, x, lam = low, high + noise(None, None) * up * s_noise, t
+        h *= factor
+    return x
+
+
 REFERENCES = {**STOCHASTIC, **BROWNIAN, **DETERMINISTIC, "LMS": ref_lms, "Heun": ref_heun, "DPM2": ref_dpm2,
-              "LCM": ref_lcm, "DPM fast": ref_dpm_fast}
+              "LCM": ref_lcm, "DPM fast": ref_dpm_fast, "DPM adaptive": ref_dpm_adaptive}
 K_SAMPLERS = [s.name for s in samplers.SAMPLERS if s.uses_schedule]
 SCHEDULE_LABELS = samplers.schedule_labels()
 
@@ -372,7 +418,7 @@ def reference_image(denoiser, name, label, monkeypatch, steps=STEPS, ensd=0, tre
 
     noise = A1111Noise(SEEDS, [SUBSEED, SUBSEED + 1], STRENGTH, ensd)
     source = (tree or A1111Tree(SEEDS, sigmas, monkeypatch)) if name in BROWNIAN else noise
-    if name == "DPM fast":  # AUTOMATIC1111 hands it the model's smallest and largest sigma and the step count
+    if name in ("DPM fast", "DPM adaptive"):  # AUTOMATIC1111 hands them the model's sigma range (and the steps)
         options = {**options, "span": (float(table.sigmas[0]), float(table.sigmas[-1]), steps)}
     denoiser.step = 0
     latents = REFERENCES[name](noise.first * sigmas[0], sigmas, D, source, **options)
@@ -559,12 +605,14 @@ def test_unipc_is_automatic1111s(tiny, settings):
     assert db >= 55, f"UniPC {settings}: {db:.1f} dB"
 
 
-@pytest.mark.parametrize("steps,eta", [(5, 0.0), (6, 0.7)])
-def test_dpm_fast_orders_and_eta(tiny, monkeypatch, steps, eta):
-    """5 calls: orders 3, 2; 6 calls: 3, 2, 1; eta 0 is deterministic (the noise is still drawn, times 0)."""
+@pytest.mark.parametrize("name,steps,eta", [("DPM fast", 5, 0.0), ("DPM fast", 6, 0.7), ("DPM adaptive", 4, 0.0)])
+def test_dpm_fast_and_adaptive_orders_and_eta(tiny, monkeypatch, name, steps, eta):
+    """DPM fast: 5 calls make orders 3, 2; 6 calls 3, 2, 1; eta 0 is deterministic (the noise is still drawn,
+    times 0). DPM adaptive at eta 0: its step sizes follow its error estimate, which float32 rounding moves
+    a little (about 72 dB on the tiny model, against 120 for fixed steps)."""
     denoiser, model = tiny
-    ours = easel_image(denoiser, "DPM fast", "Automatic", steps=steps, eta=eta)
-    theirs = reference_image(denoiser, "DPM fast", "Automatic", monkeypatch, steps=steps, eta=eta)
+    ours = easel_image(denoiser, name, "Automatic", steps=steps, eta=eta)
+    theirs = reference_image(denoiser, name, "Automatic", monkeypatch, steps=steps, eta=eta)
     db = psnr(model, ours, theirs)
-    print(f"DPM fast / {steps} steps, eta {eta}: {db:.1f} dB")
+    print(f"{name} / {steps} steps, eta {eta}: {db:.1f} dB")
     assert db >= (55 if eta == 0 else 40), db

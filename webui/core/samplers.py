@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import compvis_steps, dpm_fast, k_samplers, lcm, unipc
+from . import compvis_steps, dpm_solver, k_samplers, lcm, unipc
 from .request import FieldError, SamplerCatalog
 from .schedules import SCHEDULES, DiscreteSchedule, karras_sigmas
 
@@ -78,8 +78,9 @@ SAMPLERS: tuple[SamplerInfo, ...] = (
                                    "skip_prk_steps": True}, extra={"compvis": True}),
     # AUTOMATIC1111's UniPC: its settings (uni_pc_*) and time grid on diffusers' scheduler (see unipc.py)
     SamplerInfo("UniPC", ("unipc",), diffusers_class="UniPCMultistepScheduler", extra={"unipc": True}),
-    # DPM-Solver-fast between the model's smallest and largest sigma; the schedule type does not matter (dpm_fast.py)
-    _k("DPM fast", ("k_dpm_fast",), dpm_fast.sample_dpm_fast, stochastic=True),
+    # DPM-Solver between the model's smallest and largest sigma; the schedule type does not matter (dpm_solver.py)
+    _k("DPM fast", ("k_dpm_fast",), dpm_solver.sample_dpm_fast, stochastic=True),
+    _k("DPM adaptive", ("k_dpm_ad",), dpm_solver.sample_dpm_adaptive, stochastic=True),
     # AUTOMATIC1111's LCM: a sigma-space loop on the 50 LCM levels (see lcm.py), DDPM models only
     _k("LCM", ("lcm", "k_lcm"), lcm.sample_lcm, stochastic=True, ddpm_only=True,
        extra={"s_noise": 1.0, "eta": 1.0}),  # takes neither (nor writes them)
@@ -213,7 +214,8 @@ def run(info: SamplerInfo, schedule_label: str, model: ModelOutput, noise: "k_sa
 
             noise = BrownianNoise.for_rng(noise, full.tolist())
         kwargs = {}
-        if info.k_function is dpm_fast.sample_dpm_fast and init is None:  # img2img: the schedule's span
+        if info.k_function in (dpm_solver.sample_dpm_fast, dpm_solver.sample_dpm_adaptive) and init is None:
+            # the model's own sigma range (img2img: the schedule's span)
             kwargs["span"] = (float(model.schedule.sigmas[0]), float(model.schedule.sigmas[-1]), total)
         if info.k_function is k_samplers.sample_restart:
             kwargs["karras"] = lambda n, lo, hi: karras_sigmas(n, lo, hi).tolist()
