@@ -133,7 +133,8 @@ def identity(args: dict, **kw: Any) -> GenerationRequest:
 
 
 SAMPLERS = ["Euler", "Euler a", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE",
-            "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE", "Restart", "DDIM", "PLMS", "UniPC", "LCM"]
+            "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE", "Restart", "DDIM", "PLMS", "UniPC", "LCM",
+            "DPM fast", "DPM adaptive"]
 
 
 SCHEDULES = ["Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal", "Align Your Steps",

@@ -16,11 +16,16 @@ What AUTOMATIC1111 does, as these references model it:
   Polyexponential rho 1; KL Optimal: n + 1 tangents of angles from atan(sigma_max) to atan(sigma_min), no 0
   appended; Align Your Steps: NVIDIA's 11 sigmas as they are for 11 steps, else log-linear to n; Simple:
   table[-(1 + int(i * 1000 / n))]; DDIM: table[1::1000 // n] from the top (as many as that gives); Beta:
-  sigma_min + ppf_Beta(0.6, 0.6)(1 - i / (n - 1)) * (sigma_max - sigma_min); all but KL Optimal then 0;
+  sigma_min + ppf_Beta(alpha, beta)(1 - i / (n - 1)) * (sigma_max - sigma_min), alpha and beta the settings
+  beta_dist_alpha/beta (0.6, 0.6); all but KL Optimal then 0;
 - "Automatic": Karras for DPM++ 2M, DPM++ SDE, DPM++ 2S a, DPM2, DPM2 a, Restart; Exponential for the
   2M SDE, 2M SDE Heun and 3M SDE; the wrapper's own (Uniform) for Euler, Euler a, LMS, Heun;
 - DPM2, DPM2 a and DPM++ 3M SDE build n + 1 sigmas and drop the next-to-last;
-- eta 1 and s_noise 1 by default, churn 0 (Euler, Heun, DPM2), s_tmax infinity.
+- eta 1 and s_noise 1 by default, churn 0 (Euler, Heun, DPM2), s_tmax infinity;
+- LCM: the same loop on the 50 LCM levels (timesteps 19, 39, ..., 999; every schedule type built on them),
+  the model at the nearest LCM timestep, the consistency boundary condition, fresh noise at the next sigma;
+- DDIM / PLMS (1.6 on): grid 1, 1 + 1000//n, ... below 1000, one update from each point but the lowest;
+- UniPC: the authors' discrete schedule and time grids (skip types), with AUTOMATIC1111's settings.
 
 The images are compared as decoded pixels (PSNR over [0, 1]); the bar is the issue's: >= 40 dB for a
 stochastic sampler, >= 55 dB for a deterministic one, for every schedule type.
@@ -35,7 +40,7 @@ import torch
 from scipy import integrate, stats
 
 from tests.conftest import make_easel
-from tests.test_samplers_a1111 import (A1111Noise, A1111Tree, BROWNIAN, DETERMINISTIC, STOCHASTIC, SUBSEED,
+from tests.test_samplers_a1111 import (A1111Noise, A1111Tree, BROWNIAN, DETERMINISTIC, STOCHASTIC, SUBSEED, ancestral,
                                        STRENGTH, heun_step)
 from webui.core import k_samplers, samplers
 from webui.core.request import GenerationRequest
@@ -80,7 +85,7 @@ def _zero(values) -> list[float]:
     return [float(v) for v in values] + [0.0]
 
 
-def a1111_sigmas(table: A1111Table, label: str, n: int) -> list[float]:
+def a1111_sigmas(table: A1111Table, label: str, n: int, alpha: float = 0.6, beta: float = 0.6) -> list[float]:
     lo, hi = float(table.sigmas[0]), float(table.sigmas[-1])
     between = lambda count: torch.linspace(float(table.sigma_to_t(torch.tensor(hi))),  # noqa: E731
                                            float(table.sigma_to_t(torch.tensor(lo))), count)
@@ -111,7 +116,7 @@ def a1111_sigmas(table: A1111Table, label: str, n: int) -> list[float]:
     if label == "DDIM":
         return _zero(table.sigmas[1::max(1, len(table.sigmas) // n)].flip(0))
     if label == "Beta":
-        q = [stats.beta.ppf(v, 0.6, 0.6) for v in 1 - np.linspace(0, 1, n)]
+        q = [stats.beta.ppf(v, alpha, beta) for v in 1 - np.linspace(0, 1, n)]
         return _zero(torch.tensor([lo + v * (hi - lo) for v in q]).float())
     raise KeyError(label)
 
@@ -181,18 +186,145 @@ def ref_lms(x, sig, D, noise, order=4, **_):
     return x
 
 
+def _ddim_transfer(x, e, a, a_prev):
+    """Song et al. 2021 (eta 0): the clean estimate from eps, moved to the level a_prev along eps."""
+    x0 = (x - math.sqrt(1 - a) * e) / math.sqrt(a)
+    return math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * e
+
+
 def ref_ddim(x, timesteps, eps, alphas_cumprod):
-    """Song et al. 2021 with eta 0 on AUTOMATIC1111's uniform timesteps 1, 1 + 1000//n, ...; the last step's
-    previous alpha is alphas_cumprod[0]. x in VP space (the first x is the plain noise)."""
-    for i in reversed(range(len(timesteps))):
-        a, a_prev = alphas_cumprod[timesteps[i]], alphas_cumprod[timesteps[i - 1] if i else 0]
-        e = eps(x, timesteps[i])
-        x0 = (x - math.sqrt(1 - a) * e) / math.sqrt(a)
-        x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * e
+    """DDIM with eta 0 as AUTOMATIC1111 (1.6 on) runs it: on its grid 1, 1 + 1000//n, ... (ascending), an update
+    from every point but the lowest to the next lower one, so it ends on timestep 1's level after n - 1 model
+    calls. x in VP space (the first x is the plain noise, taken as being at the highest point)."""
+    for i in reversed(range(1, len(timesteps))):
+        a, a_prev = alphas_cumprod[timesteps[i]], alphas_cumprod[timesteps[i - 1]]
+        x = _ddim_transfer(x, eps(x, timesteps[i]), a, a_prev)
     return x
 
 
-REFERENCES = {**STOCHASTIC, **BROWNIAN, **DETERMINISTIC, "LMS": ref_lms, "Heun": ref_heun, "DPM2": ref_dpm2}
+def ref_plms(x, timesteps, eps, alphas_cumprod):
+    """PLMS (Liu et al. 2022, pseudo linear multistep) on the same grid and updates as ref_ddim: the first
+    update is the pseudo improved Euler step (eps averaged with the one at the next point), then Adams-Bashforth
+    of order 2, 3, 4 on the model's eps history (the extra call's eps is not kept)."""
+    history = []
+    for i in reversed(range(1, len(timesteps))):
+        a, a_prev = alphas_cumprod[timesteps[i]], alphas_cumprod[timesteps[i - 1]]
+        e = eps(x, timesteps[i])
+        if not history:
+            e_next = eps(_ddim_transfer(x, e, a, a_prev), timesteps[i - 1])
+            e_used = (e + e_next) / 2
+        elif len(history) == 1:
+            e_used = (3 * e - history[-1]) / 2
+        elif len(history) == 2:
+            e_used = (23 * e - 16 * history[-1] + 5 * history[-2]) / 12
+        else:
+            e_used = (55 * e - 59 * history[-1] + 37 * history[-2] - 9 * history[-3]) / 24
+        x = _ddim_transfer(x, e_used, a, a_prev)
+        history = (history + [e])[-3:]
+    return x
+
+
+class LCMTable(A1111Table):
+    """AUTOMATIC1111's LCM levels: the 50 timesteps 19, 39, ..., 999 the consistency model was distilled on;
+    every schedule type is built on them (sigma min is timestep 19's) and Uniform ("Automatic") walks them."""
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self.sigmas = self.sigmas[19::20].clone()
+        self.log_sigmas = self.sigmas.log()
+
+    def timestep(self, sigma: float) -> int:  # the nearest level in log sigma, as a trained timestep
+        return int((self.log_sigmas - math.log(sigma)).abs().argmin()) * 20 + 19
+
+
+def ref_lcm(x, sig, D, noise, **_):
+    """Luo et al. 2023, multistep consistency sampling: the estimate, then fresh noise at the next sigma."""
+    for s, t in zip(sig[:-1], sig[1:]):
+        x = D(x, s)
+        if t > 0:
+            x = x + t * noise(s, t)
+    return x
+
+
+def ref_dpm_fast(x, sig, D, noise, span, eta=1.0, s_noise=1.0):
+    """DPM-Solver-fast (Lu et al. 2022): `calls` model calls between the span's sigmas, steps evenly spaced in
+    lambda = -log sigma, orders 3, ..., 3 then (2, 1) / 2 / 1 so they add up; DPM-Solver-2 (r1 = 1/2) and -3
+    (r1 = 1/3, r2 = 2/3) in their noise-prediction form; with eta each step aims at the ancestral sigma_down
+    (not below the span) and adds noise up to the step's sigma (a draw every step, as k-diffusion)."""
+    sigma_min, sigma_max, calls = span
+    k = calls // 3 + 1
+    orders = [3] * (k - 2) + [2, 1] if calls % 3 == 0 else [3] * (k - 1) + [calls % 3]
+    lams = np.linspace(-math.log(sigma_max), -math.log(sigma_min), len(orders) + 1)
+    sg = lambda lam: math.exp(-lam)  # noqa: E731
+    eps = lambda x, lam: (x - D(x, sg(lam))) / sg(lam)  # noqa: E731
+    for order, lam, lam_next in zip(orders, lams[:-1], lams[1:]):
+        down, up = ancestral(sg(lam), sg(lam_next), eta)
+        target = min(-math.log(sigma_min), -math.log(down)) if eta else lam_next
+        up = math.sqrt(max(sg(lam_next) ** 2 - sg(target) ** 2, 0.0)) if eta else 0.0
+        h, to = target - lam, sg(target)
+        e0 = eps(x, lam)
+        x_next = x - to * math.expm1(h) * e0
+        if order == 2:
+            e1 = eps(x - sg(lam + h / 2) * math.expm1(h / 2) * e0, lam + h / 2)
+            x_next = x_next - to * math.expm1(h) * (e1 - e0)
+        elif order == 3:
+            s1, s2 = lam + h / 3, lam + 2 * h / 3
+            e1 = eps(x - sg(s1) * math.expm1(h / 3) * e0, s1)
+            u2 = x - sg(s2) * math.expm1(2 * h / 3) * e0 - sg(s2) * 2 * (math.expm1(2 * h / 3) / (2 * h / 3) - 1) * (e1 - e0)
+            e2 = eps(u2, s2)
+            x_next = x_next - to * 1.5 * (math.expm1(h) / h - 1) * (e2 - e0)
+        x = x_next + noise(None, None) * up * s_noise
+    return x
+
+
+def _dpm_step(x, e0, s, t, order, eps, r1=0.5):
+    """DPM-Solver-1/2/3 from lambda s to t (noise prediction; third order at r1 = 1/3, r2 = 2/3)."""
+    sg = lambda lam: math.exp(-lam)  # noqa: E731
+    h, to = t - s, sg(t)
+    out = x - to * math.expm1(h) * e0
+    if order == 1:
+        return out
+    r1 = 1 / 3 if order == 3 else r1
+    e1 = eps(x - sg(s + r1 * h) * math.expm1(r1 * h) * e0, s + r1 * h)
+    if order == 2:
+        return out - to / (2 * r1) * math.expm1(h) * (e1 - e0)
+    s2 = s + 2 * h / 3
+    u2 = x - sg(s2) * math.expm1(2 * h / 3) * e0 - sg(s2) * 2 * (math.expm1(2 * h / 3) / (2 * h / 3) - 1) * (e1 - e0)
+    return out - to * 1.5 * (math.expm1(h) / h - 1) * (eps(u2, s2) - e0)
+
+
+def ref_dpm_adaptive(x, sig, D, noise, span, eta=1.0, s_noise=1.0):
+    """DPM-Solver with adaptive steps: the orders-2/3 pair's difference over max(0.0078, 0.05 * max(|x_low|,
+    |x_prev|)), root mean square over the batch; Söderlind's PID controller (integral gain 1 / order, order 3 or
+    1.5 with eta) with the arctan limiter; a step kept when the factor is >= 0.81; first h 0.05 in lambda."""
+    sigma_min, sigma_max, _ = span
+    sg = lambda lam: math.exp(-lam)  # noqa: E731
+    eps = lambda x, lam: (x - D(x, sg(lam))) / sg(lam)  # noqa: E731
+    lam, end, h, x_prev, inv = -math.log(sigma_max), -math.log(sigma_min), 0.05, x, None
+    gain = 1 / (1.5 if eta else 3)
+    while lam < end - 1e-5:
+        t = min(end, lam + h)
+        target, up = t, 0.0
+        if eta:
+            down, _ = ancestral(sg(lam), sg(t), eta)
+            target = min(end, -math.log(down))
+            up = math.sqrt(max(sg(t) ** 2 - sg(target) ** 2, 0.0))
+        e0 = eps(x, lam)
+        low = _dpm_step(x, e0, lam, target, 2, eps, r1=1 / 3)
+        high = _dpm_step(x, e0, lam, target, 3, eps)
+        scale = np.maximum(0.0078, 0.05 * np.maximum(np.abs(low), np.abs(x_prev)))
+        error = np.sqrt(np.mean(((low - high) / scale) ** 2))
+        inv_now = 1 / (error + 1e-8)
+        inv = inv_now if inv is None else inv
+        factor = 1 + math.atan(inv_now ** gain - 1)
+        if factor >= 0.81:
+            x_prev, x, lam = low, high + noise(None, None) * up * s_noise, t
+        h *= factor
+    return x
+
+
+REFERENCES = {**STOCHASTIC, **BROWNIAN, **DETERMINISTIC, "LMS": ref_lms, "Heun": ref_heun, "DPM2": ref_dpm2,
+              "LCM": ref_lcm, "DPM fast": ref_dpm_fast, "DPM adaptive": ref_dpm_adaptive}
 K_SAMPLERS = [s.name for s in samplers.SAMPLERS if s.uses_schedule]
 SCHEDULE_LABELS = samplers.schedule_labels()
 
@@ -269,18 +401,25 @@ def easel_image(denoiser, name, label, steps=STEPS, ensd=0, **options):
 
 
 def reference_image(denoiser, name, label, monkeypatch, steps=STEPS, ensd=0, tree=None, **options):
-    table = A1111Table(denoiser.model.scheduler_config)
+    table = (LCMTable if name == "LCM" else A1111Table)(denoiser.model.scheduler_config)
     sigmas = a1111_schedule(table, name, label, steps)
 
     def D(x, sigma):  # AUTOMATIC1111's CompVis wrapper around the same CFG prediction
         s = torch.tensor(sigma, dtype=torch.float32)
-        t = table.sigma_to_t(s)
+        t = table.sigma_to_t(s) if name != "LCM" else table.timestep(sigma)
         x32 = torch.from_numpy(x).float()
         eps = denoiser.predict(x32 * (1 / (s ** 2 + 1) ** 0.5), float(t))
-        return (x32 - eps * s).double().numpy()
+        x0 = (x32 - eps * s).double().numpy()
+        if name != "LCM":
+            return x0
+        # LCM's boundary condition at its timestep (scaled x10), sigma_data 0.5
+        scaled = t * 10.0
+        return scaled / (scaled ** 2 + 0.25) ** 0.5 * x0 + 0.25 / (scaled ** 2 + 0.25) * x
 
     noise = A1111Noise(SEEDS, [SUBSEED, SUBSEED + 1], STRENGTH, ensd)
     source = (tree or A1111Tree(SEEDS, sigmas, monkeypatch)) if name in BROWNIAN else noise
+    if name in ("DPM fast", "DPM adaptive"):  # AUTOMATIC1111 hands them the model's sigma range (and the steps)
+        options = {**options, "span": (float(table.sigmas[0]), float(table.sigmas[-1]), steps)}
     denoiser.step = 0
     latents = REFERENCES[name](noise.first * sigmas[0], sigmas, D, source, **options)
     return torch.from_numpy(latents)
@@ -296,6 +435,7 @@ def test_every_sampler_and_schedule_type_equals_automatic1111(tiny, monkeypatch,
     theirs = reference_image(denoiser, name, label, monkeypatch, tree=tree)
     info, _ = samplers.resolve(name, label)
     db = psnr(model, ours, theirs)
+    print(f"{name} / {label}: {db:.1f} dB")
     assert db >= (40 if info.stochastic else 55), f"{name} / {label}: {db:.1f} dB"
 
 
@@ -313,6 +453,20 @@ def test_schedules_as_automatic1111_defines_them(tiny):
                 np.testing.assert_allclose(ours, theirs, rtol=2e-6, atol=1e-7, err_msg=f"{name} / {label} / {steps}")
 
 
+def test_the_beta_schedule_takes_its_alpha_and_beta_settings(tiny):
+    denoiser, _ = tiny
+    table = A1111Table(denoiser.model.scheduler_config)
+    info, _ = samplers.resolve("Euler", "Beta")
+    try:
+        denoiser.schedule.beta_dist = (0.3, 0.9)
+        for steps in (4, 10):
+            ours = samplers.sigmas_for(info, "Beta", denoiser.schedule, steps).tolist()
+            np.testing.assert_allclose(ours, a1111_sigmas(table, "Beta", steps, 0.3, 0.9), rtol=2e-6, atol=1e-7)
+        assert ours != a1111_sigmas(table, "Beta", 10)
+    finally:
+        denoiser.schedule.beta_dist = (0.6, 0.6)
+
+
 def test_the_table_and_timesteps_are_automatic1111s(tiny):
     denoiser, _ = tiny
     table = A1111Table(denoiser.model.scheduler_config)
@@ -321,18 +475,25 @@ def test_the_table_and_timesteps_are_automatic1111s(tiny):
     assert torch.equal(denoiser.schedule.sigma_to_t(sigmas), table.sigma_to_t(sigmas))
 
 
-@pytest.mark.parametrize("label", ["Automatic", "Karras"])
-def test_ddim_is_automatic1111s_and_ignores_the_schedule_type(tiny, label):
-    """DDIM runs on timesteps, not on a sigma schedule: the schedule type does not change it (as there)."""
+@pytest.mark.parametrize("name,label,steps", [("DDIM", "Automatic", STEPS), ("DDIM", "Karras", STEPS),
+                                               ("DDIM", "Automatic", 6), ("PLMS", "Automatic", STEPS),
+                                               ("PLMS", "Karras", 7)])
+def test_ddim_and_plms_are_automatic1111s_and_ignore_the_schedule_type(tiny, name, label, steps):
+    """DDIM and PLMS run on timesteps, not on a sigma schedule: the schedule type does not change them (as there);
+    6 and 7 steps: 1000 // n leaves a remainder, so the grid has n + 1 points and n updates run."""
     denoiser, model = tiny
     config = denoiser.model.scheduler_config
     betas = torch.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, 1000, dtype=torch.float64) ** 2
     alphas_cumprod = torch.cumprod(1 - betas, 0).float().double().tolist()
-    timesteps = list(range(1, 1000, 1000 // STEPS))
+    timesteps = [min(t + 1, 999) for t in range(0, 1000, 1000 // steps)]
     noise = A1111Noise(SEEDS, [SUBSEED, SUBSEED + 1], STRENGTH)
     eps = lambda x, t: denoiser.predict(torch.from_numpy(x).float(), float(t)).double().numpy()  # noqa: E731
-    theirs = torch.from_numpy(ref_ddim(noise.first, timesteps, eps, alphas_cumprod))
-    assert psnr(model, easel_image(denoiser, "DDIM", label, eta=0.0), theirs) >= 55  # "Eta for DDIM": 0
+    denoiser.step = 0
+    reference = ref_ddim if name == "DDIM" else ref_plms
+    theirs = torch.from_numpy(reference(noise.first, timesteps, eps, alphas_cumprod))
+    db = psnr(model, easel_image(denoiser, name, label, steps=steps, eta=0.0), theirs)  # "Eta for DDIM": 0
+    print(f"{name} / {steps} steps: {db:.1f} dB")
+    assert db >= 55, f"{name} / {steps} steps: {db:.1f} dB"
 
 
 def test_churn_tmin_tmax_noise_and_ensd_as_automatic1111_hands_them_over(tiny, monkeypatch):
@@ -349,3 +510,109 @@ def test_churn_tmin_tmax_noise_and_ensd_as_automatic1111_hands_them_over(tiny, m
         assert psnr(model, ours, theirs) >= 40, name
         plain = easel_image(denoiser, name, "Automatic")
         assert psnr(model, ours, plain) < 40, name  # the churn did something
+
+
+# ---- UniPC as AUTOMATIC1111 runs it (Zhao et al. 2023, data prediction, on the authors' discrete schedule) ----
+
+def unipc_grid(log_alpha: np.ndarray, steps: int, skip_type: str) -> np.ndarray:
+    """AUTOMATIC1111's model timesteps for UniPC: continuous time t from 1 to 1/N (N levels, level k at
+    t = (k + 1) / N, log alpha linear in t between levels), spaced by the skip type, called at (t - 1/N) * 1000."""
+    n = len(log_alpha)
+    levels = (np.arange(n) + 1) / n
+    if skip_type == "time_uniform":
+        t = np.linspace(1, 1 / n, steps + 1)
+    elif skip_type == "time_quadratic":
+        t = np.linspace(1, (1 / n) ** 0.5, steps + 1) ** 2
+    else:  # logSNR: evenly spaced in lambda = log(alpha / sigma), mapped back to t through log alpha
+        lam = lambda la: la - 0.5 * np.log(1 - np.exp(2 * la))  # noqa: E731
+        wanted = np.linspace(lam(np.interp(1, levels, log_alpha)), lam(np.interp(1 / n, levels, log_alpha)), steps + 1)
+        t = np.interp(-0.5 * np.log1p(np.exp(-2 * wanted)), log_alpha[::-1], levels[::-1])
+    return (t - 1 / n) * 1000
+
+
+def _phi_g(hh: float, p: int, b_h: float) -> np.ndarray:
+    """g_k = hh * k! * phi_{k+1}(hh) / B(h), k = 1..p, with phi_1(z) = (e^z - 1) / z, phi_{k+1} = (phi_k - 1/k!) / z."""
+    phi, g = math.expm1(hh) / hh, []
+    for k in range(1, p + 1):
+        phi = (phi - 1 / math.factorial(k)) / hh
+        g.append(hh * math.factorial(k) * phi / b_h)
+    return np.array(g)
+
+
+def ref_unipc(x, taus, eps, log_alpha, variant="bh1", order=3, lower_order_final=True):
+    """UniP-p predictor + UniC-p corrector in data prediction (the paper's Algorithms 1-2 with B(h) = h for
+    bh1, e^h - 1 for bh2): warm-up orders 1, 2, ... and, with lower_order_final, min(order, steps left) at the
+    end; the model value at the predicted point is reused by the corrector and the next step; no corrector
+    after the last step, which ends on the lowest level (not at sigma 0)."""
+    def coefficients(tau):
+        la = float(np.interp(tau, np.arange(len(log_alpha)), log_alpha))
+        alpha, sigma = math.exp(la), math.sqrt(-math.expm1(2 * la))
+        return alpha, sigma, math.log(alpha) - math.log(sigma)
+
+    def data(x, tau):
+        alpha, sigma, _ = coefficients(tau)
+        return (x - sigma * eps(x, tau)) / alpha
+
+    n = len(taus) - 1
+    models, lambdas = [data(x, taus[0])], [coefficients(taus[0])[2]]
+    for i in range(1, n + 1):
+        p = i if i < order else (min(order, n + 1 - i) if lower_order_final else order)
+        alpha_t, sigma_t, lam_t = coefficients(taus[i])
+        sigma_s = coefficients(taus[i - 1])[1]
+        h = lam_t - lambdas[-1]
+        hh = -h
+        b_h = hh if variant == "bh1" else math.expm1(hh)
+        g = _phi_g(hh, p, b_h)
+        m0 = models[-1]
+        rs = [(lambdas[-1 - k] - lambdas[-1]) / h for k in range(1, p)]
+        diffs = [(models[-1 - k] - m0) / r for k, r in zip(range(1, p), rs)]
+        R = np.array([[r ** (k - 1) for r in rs + [1.0]] for k in range(1, p + 1)])
+        base = sigma_t / sigma_s * x - alpha_t * math.expm1(hh) * m0
+        if p == 1:
+            predicted = base
+        else:
+            a = [0.5] if p == 2 else np.linalg.solve(R[:-1, :-1], g[:-1])
+            predicted = base - alpha_t * b_h * sum(c * d for c, d in zip(a, diffs))
+        if i == n:
+            return predicted
+        m_t = data(predicted, taus[i])
+        c = [0.5] if p == 1 else np.linalg.solve(R, g)
+        x = base - alpha_t * b_h * (sum(cm * d for cm, d in zip(c[:-1], diffs)) + c[-1] * (m_t - m0))
+        models.append(m_t)
+        lambdas.append(lam_t)
+    return x
+
+
+@pytest.mark.parametrize("settings", [{}, {"unipc_variant": "bh2", "unipc_skip_type": "logSNR"},
+                                      {"unipc_skip_type": "time_quadratic", "unipc_order": 2,
+                                       "unipc_lower_order_final": False}])
+def test_unipc_is_automatic1111s(tiny, settings):
+    """AUTOMATIC1111's defaults (bh1, time_uniform, order 3, lower order final) and its other settings."""
+    denoiser, model = tiny
+    config = denoiser.model.scheduler_config
+    betas = torch.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, 1000, dtype=torch.float64) ** 2
+    log_alpha = 0.5 * torch.cumprod(1 - betas, 0).float().double().log().numpy()
+    taus = unipc_grid(log_alpha, STEPS, settings.get("unipc_skip_type", "time_uniform"))
+    noise = A1111Noise(SEEDS, [SUBSEED, SUBSEED + 1], STRENGTH)
+    eps = lambda x, t: denoiser.predict(torch.from_numpy(x).float(), float(t)).double().numpy()  # noqa: E731
+    denoiser.step = 0
+    theirs = torch.from_numpy(ref_unipc(noise.first, taus, eps, log_alpha,
+                                        variant=settings.get("unipc_variant", "bh1"),
+                                        order=settings.get("unipc_order", 3),
+                                        lower_order_final=settings.get("unipc_lower_order_final", True)))
+    db = psnr(model, easel_image(denoiser, "UniPC", "Automatic", **settings), theirs)
+    print(f"UniPC {settings}: {db:.1f} dB")
+    assert db >= 55, f"UniPC {settings}: {db:.1f} dB"
+
+
+@pytest.mark.parametrize("name,steps,eta", [("DPM fast", 5, 0.0), ("DPM fast", 6, 0.7), ("DPM adaptive", 4, 0.0)])
+def test_dpm_fast_and_adaptive_orders_and_eta(tiny, monkeypatch, name, steps, eta):
+    """DPM fast: 5 calls make orders 3, 2; 6 calls 3, 2, 1; eta 0 is deterministic (the noise is still drawn,
+    times 0). DPM adaptive at eta 0: its step sizes follow its error estimate, which float32 rounding moves
+    a little (about 72 dB on the tiny model, against 120 for fixed steps)."""
+    denoiser, model = tiny
+    ours = easel_image(denoiser, name, "Automatic", steps=steps, eta=eta)
+    theirs = reference_image(denoiser, name, "Automatic", monkeypatch, steps=steps, eta=eta)
+    db = psnr(model, ours, theirs)
+    print(f"{name} / {steps} steps, eta {eta}: {db:.1f} dB")
+    assert db >= (55 if eta == 0 else 40), db

@@ -373,3 +373,32 @@ def test_the_paste_lists_sde_noise_for_the_ui():
     assert "SDE noise: Brownian tree" not in override_items(parse_infotext("a cat\nSteps: 20, Sampler: Euler a"))
     fields = override_item_fields(["SDE noise: Per-step"])
     assert fields["override_settings"] == {"sde_noise": "Per-step"}
+
+
+def test_unipc_and_beta_settings_reach_the_image_the_infotext_and_the_paste(easel):
+    """AUTOMATIC1111 names a UniPC setting in the infotext only where it differs from its default, and writes the
+    Beta schedule's alpha and beta whenever Beta runs; a paste brings them back as override settings."""
+    def generate(sampler, scheduler="Automatic", **settings):
+        result = easel.txt2img(GenerationRequest(prompt="a lighthouse", steps=STEPS, width=64, height=64, seed=SEED,
+                                                 sampler_name=sampler, scheduler=scheduler, checkpoint="tiny-sd1",
+                                                 save_images=False, override_settings=settings))
+        return np.asarray(result.images[0], dtype=float), parse_infotext(result.infotexts[0])
+
+    plain, info = generate("UniPC")
+    assert not any(key.startswith("UniPC") for key in info.params)
+    changed, info = generate("UniPC", uni_pc_variant="bh2", uni_pc_order=2, uni_pc_lower_order_final=False)
+    assert np.abs(changed - plain).max() > 0
+    assert {k: v for k, v in info.params.items() if k.startswith("UniPC")} == {
+        "UniPC variant": "bh2", "UniPC order": "2", "UniPC lower order final": "False"}
+    overrides = infotext_to_fields(info)["override_settings"]
+    assert {k: overrides[k] for k in ("uni_pc_variant", "uni_pc_order", "uni_pc_lower_order_final")} == {
+        "uni_pc_variant": "bh2", "uni_pc_order": 2, "uni_pc_lower_order_final": False}
+    assert "uni_pc_skip_type" not in overrides
+
+    plain, info = generate("Euler", "Beta")
+    assert (info.params["Beta schedule alpha"], info.params["Beta schedule beta"]) == ("0.6", "0.6")
+    changed, info = generate("Euler", "Beta", beta_dist_alpha=0.4)
+    assert np.abs(changed - plain).max() > 0 and info.params["Beta schedule alpha"] == "0.4"
+    overrides = infotext_to_fields(info)["override_settings"]
+    assert (overrides["beta_dist_alpha"], overrides["beta_dist_beta"]) == (0.4, 0.6)
+    assert "Beta schedule alpha" not in generate("Euler", "Karras")[1].params

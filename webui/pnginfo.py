@@ -21,6 +21,7 @@ from PIL import Image
 
 from .core.images import read_infotext
 from .core.infotext import Infotext, parse_infotext
+from .core import unipc
 from .core.samplers import AUTOMATIC, SAMPLERS, split_legacy_name
 from .model_manager.module_choice import INFOTEXT_PREFIX as MODULE_KEY_PREFIX
 from .model_manager.module_choice import SETTING as MODULES_SETTING, pasted_modules
@@ -253,6 +254,7 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
         if key in p and _number(p[key]) is not None:
             overrides[setting] = int(float(p[key])) if setting == "eta_noise_seed_delta" else float(p[key])
     overrides.update(ngms.pasted_overrides(p))
+    overrides.update(_sampler_setting_overrides(p))
     if p.get("VAE"):  # the separate VAE file it was made with (AUTOMATIC1111 restores it as sd_vae)
         overrides["sd_vae"] = p["VAE"]
     if pasted_modules(p):  # Forge's "Module 1: ae, Module 2: clip_l": its VAE / Text Encoder choice
@@ -292,12 +294,32 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
     return fields
 
 
+def _sampler_setting_overrides(p: dict[str, str]) -> dict[str, Any]:
+    """UniPC's settings and the Beta schedule's alpha/beta, under AUTOMATIC1111's keys (it writes "Beta schedule
+    alpha" but its settings name "Beta scheduler alpha": both are read)."""
+    overrides: dict[str, Any] = {}
+    for key, setting, default in unipc.INFOTEXT:
+        value = p.get(key, "").strip()
+        if isinstance(default, bool) and value.lower() in ("true", "false"):
+            overrides[setting] = value.lower() == "true"
+        elif isinstance(default, int) and not isinstance(default, bool) and _number(value) is not None:
+            overrides[setting] = int(float(value))
+        elif isinstance(default, str) and value:
+            overrides[setting] = value
+    for name in ("alpha", "beta"):
+        value = _number(p.get(f"Beta schedule {name}", p.get(f"Beta scheduler {name}", "")))
+        if value is not None:
+            overrides[f"beta_dist_{name}"] = value
+    return overrides
+
+
 # ---- settings-type values: AUTOMATIC1111's "Override settings" list ------------------------------
 
 # infotext keys with no control of their own in a tab; pasted, they are listed for the user to keep or drop
 OVERRIDE_KEYS = ("Clip skip", "RNG", "ENSD", "Eta", "Eta DDIM", "Sigma churn", "Sigma tmin", "Sigma tmax",
                  "Sigma noise", "Sigma min", "Sigma max", "Schedule rho", "SDE noise", "VAE", "Noise multiplier",
-                 "T5 tokens")
+                 "T5 tokens", "Beta schedule alpha", "Beta schedule beta", "Beta scheduler alpha",
+                 "Beta scheduler beta", *(key for key, _, _ in unipc.INFOTEXT))
 _BROWNIAN_SAMPLERS = {s.name.lower() for s in SAMPLERS if s.brownian_noise}
 
 

@@ -154,6 +154,17 @@ class Settings:
     sigma_min: float = _opt(0.0, "Sigma min (0 = the model's)", "Sampler parameters", minimum=0, maximum=10)
     sigma_max: float = _opt(0.0, "Sigma max (0 = the model's)", "Sampler parameters", minimum=0, maximum=1000)
     rho: float = _opt(0.0, "Karras schedule rho (0 = 7)", "Sampler parameters", minimum=0, maximum=100)
+    beta_dist_alpha: float = _opt(0.6, "Beta schedule: alpha of the Beta distribution", "Sampler parameters",
+                                  minimum=0.01, maximum=1)
+    beta_dist_beta: float = _opt(0.6, "Beta schedule: beta of the Beta distribution", "Sampler parameters",
+                                 minimum=0.01, maximum=1)
+    uni_pc_variant: str = _opt("bh1", "UniPC variant (B(h) = h or e^h - 1)", "Sampler parameters",
+                               choices=("bh1", "bh2"))
+    uni_pc_skip_type: str = _opt("time_uniform", "UniPC skip type", "Sampler parameters",
+                                 choices=("time_uniform", "time_quadratic", "logSNR"))
+    uni_pc_order: int = _opt(3, "UniPC order (at most the number of steps)", "Sampler parameters", minimum=1,
+                             maximum=50)
+    uni_pc_lower_order_final: bool = _opt(True, "UniPC lower order final", "Sampler parameters")
     control_net_unit_count: int = _opt(3, "ControlNet units per tab (applies after a restart)", "ControlNet",
                                        minimum=1, maximum=10)
     live_previews_enable: bool = _opt(True, "Show live previews of the created image", "Live previews")

@@ -62,6 +62,11 @@ class SamplerOptions:
     s_noise: float = 1.0
     solver: str = "midpoint"    # DPM++ 2M SDE: "midpoint" or "heun"
     sde_noise: str = "Brownian tree"  # SDE samplers: "Brownian tree" (AUTOMATIC1111's) or "Per-step"
+    # UniPC (AUTOMATIC1111's settings uni_pc_*): B(h) variant, time grid, order, lower order on the last steps
+    unipc_variant: str = "bh1"
+    unipc_skip_type: str = "time_uniform"
+    unipc_order: int = 3
+    unipc_lower_order_final: bool = True
 
 
 def _after_step(callback: StepCallback, i: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from ..settings import SettingsStore
 from . import latents as latents_io
 from .out_of_memory import job_memory_guard
 from .preview import ApproxPreview, TinyVaePreview
-from . import k_samplers, samplers
+from . import k_samplers, samplers, unipc
 from .hooks import NO_HOOKS, GenerationContext, Hooks, StepContext
 from .images import NamingContext, format_pattern, save_image
 from .infotext import format_infotext
@@ -356,7 +356,7 @@ class Engine:
         if adapter.automatic_schedule and (request.scheduler or samplers.AUTOMATIC).strip().lower() == "automatic" \
                 and samplers.split_legacy_name(request.sampler_name)[1] is None:
             schedule = adapter.automatic_schedule  # the family's own (flow models: their pipeline's shift)
-        if not sampler.uses_schedule and not adapter.ddpm_samplers:
+        if (not sampler.uses_schedule or sampler.ddpm_only) and not adapter.ddpm_samplers:
             raise ValidationError([FieldError("sampler_name", f"{sampler.name} runs a DDPM scheduler, which "
                                               f"{adapter.label} models cannot use; choose e.g. Euler")])
         if first is not None:
@@ -390,7 +390,10 @@ class Engine:
         return k_samplers.SamplerOptions(eta=pick(request.eta, eta_default), s_churn=pick(request.s_churn, o["s_churn"]),
                                          s_tmin=pick(request.s_tmin, o["s_tmin"]), s_tmax=s_tmax or float("inf"),
                                          s_noise=pick(request.s_noise, o["s_noise"]),
-                                         sde_noise=o.get("sde_noise") or samplers.SDE_NOISE_BROWNIAN)
+                                         sde_noise=o.get("sde_noise") or samplers.SDE_NOISE_BROWNIAN,
+                                         unipc_variant=o["uni_pc_variant"], unipc_skip_type=o["uni_pc_skip_type"],
+                                         unipc_order=int(o["uni_pc_order"]),
+                                         unipc_lower_order_final=bool(o["uni_pc_lower_order_final"]))
 
     # ---- sampling -------------------------------------------------------------------------------
 
@@ -447,6 +450,7 @@ class Engine:
         schedule.sigma_min_override = plan.options["sigma_min"]
         schedule.sigma_max_override = plan.options["sigma_max"]
         schedule.rho_override = plan.options["rho"]
+        schedule.beta_dist = (float(plan.options["beta_dist_alpha"]), float(plan.options["beta_dist_beta"]))
         denoiser.set_guidance(request.cfg_rescale, request.cfg_interval_start, request.cfg_interval_end,
                               samplers.steps_to_run(p.steps, init is not None, strength, p.exact_steps))
         previews = self.settings.get("live_previews_enable")
@@ -555,7 +559,7 @@ class Engine:
             params["Seed resize from"] = f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
         params["RNG"] = o["randn_source"]  # AUTOMATIC1111 omits it for its default, GPU; ours is CPU
         chosen = replace(self.sampler_options(request, plan), **{k: v for k, v in plan.sampler.extra.items()
-                                                                  if k == "s_noise"})  # what the sampler uses
+                                                                  if k in ("s_noise", "eta")})  # what it uses
         if plan.sampler.stochastic and o["eta_noise_seed_delta"]:
             params["ENSD"] = o["eta_noise_seed_delta"]
         if plan.sampler.brownian_noise and chosen.sde_noise == samplers.SDE_NOISE_PER_STEP:
@@ -570,6 +574,12 @@ class Engine:
                                     ("Schedule rho", o["rho"], 0.0)):
             if value != default:
                 params[key] = value
+        if plan.schedule == "Beta" and plan.sampler.uses_schedule:  # AUTOMATIC1111 writes both whenever Beta runs
+            params["Beta schedule alpha"], params["Beta schedule beta"] = o["beta_dist_alpha"], o["beta_dist_beta"]
+        if plan.sampler.name == "UniPC":  # AUTOMATIC1111 names the UniPC settings that differ from its defaults
+            for key, setting, default in unipc.INFOTEXT:
+                if o[setting] != default:
+                    params[key] = o[setting]
         if request.cfg_rescale:
             params["CFG Rescale phi"] = request.cfg_rescale
         if request.cfg_interval_start > 0 or request.cfg_interval_end < 1:

@@ -1,7 +1,8 @@
 """AUTOMATIC1111 sampler and schedule names, and how each one runs.
 
 k-diffusion style samplers (Euler, Euler a, DPM++ 2M) are our own loops in sigma space
-(`k_samplers`); DDIM, UniPC and LCM run the matching diffusers scheduler. Combined legacy
+(`k_samplers`; LCM's in `lcm`); DDIM, PLMS and UniPC run the matching diffusers scheduler (UniPC on
+AUTOMATIC1111's time grid, `unipc`). Combined legacy
 names such as "DPM++ 2M Karras" are split into sampler + schedule wherever a name comes in.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import k_samplers
+from . import compvis_steps, dpm_solver, k_samplers, lcm, unipc
 from .request import FieldError, SamplerCatalog
 from .schedules import SCHEDULES, DiscreteSchedule, karras_sigmas
 
@@ -34,6 +35,7 @@ class SamplerInfo:
     stochastic: bool = False           # draws noise while sampling (seeded per image; ENSD applies)
     discard_penultimate: bool = False  # AUTOMATIC1111's discard_next_to_last_sigma
     brownian_noise: bool = False       # SDE noise from per-image Brownian trees (unless "Per-step" is chosen)
+    ddpm_only: bool = False            # a sigma-space loop that still needs a DDPM-trained model (LCM)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -70,14 +72,18 @@ SAMPLERS: tuple[SamplerInfo, ...] = (
     _k("Restart", ("restart",), k_samplers.sample_restart, "Karras", stochastic=True, extra={"s_noise": 1.0}),
     SamplerInfo("DDIM", ("ddim",), diffusers_class="DDIMScheduler",
                 diffusers_options={"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False,
-                                   "clip_sample": False}, extra={"eta_setting": "eta_ddim"}),
+                                   "clip_sample": False}, extra={"eta_setting": "eta_ddim", "compvis": True}),
     SamplerInfo("PLMS", ("plms",), diffusers_class="PNDMScheduler",
                 diffusers_options={"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False,
-                                   "skip_prk_steps": True}),
-    SamplerInfo("UniPC", ("unipc",), diffusers_class="UniPCMultistepScheduler",
-                diffusers_options={"timestep_spacing": "linspace", "solver_order": 2, "predict_x0": True}),
-    SamplerInfo("LCM", ("lcm",), diffusers_class="LCMScheduler",
-                diffusers_options={"timestep_spacing": "leading", "original_inference_steps": 50}, stochastic=True),
+                                   "skip_prk_steps": True}, extra={"compvis": True}),
+    # AUTOMATIC1111's UniPC: its settings (uni_pc_*) and time grid on diffusers' scheduler (see unipc.py)
+    SamplerInfo("UniPC", ("unipc",), diffusers_class="UniPCMultistepScheduler", extra={"unipc": True}),
+    # DPM-Solver between the model's smallest and largest sigma; the schedule type does not matter (dpm_solver.py)
+    _k("DPM fast", ("k_dpm_fast",), dpm_solver.sample_dpm_fast, stochastic=True),
+    _k("DPM adaptive", ("k_dpm_ad",), dpm_solver.sample_dpm_adaptive, stochastic=True),
+    # AUTOMATIC1111's LCM: a sigma-space loop on the 50 LCM levels (see lcm.py), DDPM models only
+    _k("LCM", ("lcm", "k_lcm"), lcm.sample_lcm, stochastic=True, ddpm_only=True,
+       extra={"s_noise": 1.0, "eta": 1.0}),  # takes neither (nor writes them)
 )
 
 _BY_NAME = {s.name.lower(): s for s in SAMPLERS}
@@ -191,7 +197,8 @@ def run(info: SamplerInfo, schedule_label: str, model: ModelOutput, noise: "k_sa
     total, start = img2img_schedule(steps, strength, exact_steps) if init is not None else (steps, 0)
     if info.k_function is not None:
         # sigmas stay on the CPU: reading one never synchronises with the GPU
-        full = sigmas_for(info, schedule_label, model.schedule, total)
+        lcm_levels = lcm.levels(model.schedule) if info.k_function is lcm.sample_lcm else None
+        full = sigmas_for(info, schedule_label, lcm_levels or model.schedule, total)
         sigmas = full[start:]
         parameterisation = getattr(model, "parameterisation", None)
         if init is None:
@@ -207,14 +214,19 @@ def run(info: SamplerInfo, schedule_label: str, model: ModelOutput, noise: "k_sa
 
             noise = BrownianNoise.for_rng(noise, full.tolist())
         kwargs = {}
+        if info.k_function in (dpm_solver.sample_dpm_fast, dpm_solver.sample_dpm_adaptive) and init is None:
+            # the model's own sigma range (img2img: the schedule's span)
+            kwargs["span"] = (float(model.schedule.sigmas[0]), float(model.schedule.sigmas[-1]), total)
         if info.k_function is k_samplers.sample_restart:
             kwargs["karras"] = lambda n, lo, hi: karras_sigmas(n, lo, hi).tolist()
-        return info.k_function(model.denoise, x, sigmas, noise, callback, opts, **kwargs)
+        denoise = lcm.denoiser(model, lcm_levels, lcm.skip(model.schedule)) if lcm_levels else model.denoise
+        return info.k_function(denoise, x, sigmas, noise, callback, opts, **kwargs)
     if getattr(getattr(model, "parameterisation", None), "name", "") == "flow":
         raise UnknownSamplerError(f"sampler {info.name!r} runs a DDPM scheduler; flow-matching models take the "
                                   "k-diffusion samplers (Euler, Heun, DPM++ 2M, LMS ...)")
     eta = (options.eta if options is not None else 0.0) if info.extra.get("eta_setting") else None
-    return _run_diffusers(info, model, first_noise, total, start, scheduler_config, callback, generators, init, eta)
+    return _run_diffusers(info, model, first_noise, total, start, scheduler_config, callback, generators, init, eta,
+                          options or k_samplers.SamplerOptions())
 
 
 def steps_to_run(steps: int, init: bool, strength: float, exact_steps: bool = False) -> int:
@@ -227,15 +239,23 @@ def steps_to_run(steps: int, init: bool, strength: float, exact_steps: bool = Fa
 
 def _run_diffusers(info: SamplerInfo, model: ModelOutput, first_noise: torch.Tensor, steps: int, start_step: int,
                    scheduler_config: dict[str, Any], callback: k_samplers.StepCallback,
-                   generators: list[torch.Generator], init: torch.Tensor | None, eta: float | None = None) -> torch.Tensor:
+                   generators: list[torch.Generator], init: torch.Tensor | None, eta: float | None = None,
+                   options: k_samplers.SamplerOptions = k_samplers.SamplerOptions()) -> torch.Tensor:
     import diffusers
 
     scheduler_class = getattr(diffusers, info.diffusers_class)
     accepted = set(inspect.signature(scheduler_class.__init__).parameters)
     config = {k: v for k, v in scheduler_config.items() if k in accepted}
     config.update(info.diffusers_options)
+    if info.extra.get("unipc"):
+        config.update(unipc.scheduler_options(options.unipc_variant, options.unipc_order,
+                                              options.unipc_lower_order_final))
     scheduler = scheduler_class.from_config(config)
     scheduler.set_timesteps(steps, device=first_noise.device)
+    if info.extra.get("unipc"):
+        unipc.install(scheduler, model.schedule, steps, options.unipc_skip_type)
+    if info.extra.get("compvis") and init is None:  # AUTOMATIC1111's DDIM / PLMS timesteps (compvis_steps.py)
+        compvis_steps.install(scheduler, steps, plms=info.name == "PLMS")
     timesteps = scheduler.timesteps
     if init is None:
         x = first_noise * scheduler.init_noise_sigma

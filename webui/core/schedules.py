@@ -17,7 +17,8 @@ Schedules (AUTOMATIC1111's "Schedule type" names):
 - Align Your Steps: NVIDIA's optimised 10-step schedules (SD 1.x and SDXL), log-linearly
   interpolated to the requested number of steps;
 - Simple / DDIM: every k-th trained sigma (1000/n from the top / 1000//n from timestep 1);
-- Beta: Lee et al. 2024, quantiles of Beta(0.6, 0.6) laid linearly between sigma min and max.
+- Beta: Lee et al. 2024, quantiles of Beta(alpha, beta) (settings; 0.6, 0.6) laid linearly between sigma
+  min and max.
 
 Flow-matching models (`FlowSchedule`) have sigma = flow time s in [0, 1], shifted towards noise
 (static shift, or resolution-dependent "dynamic" shift as diffusers' FluxPipeline computes it);
@@ -48,6 +49,7 @@ class DiscreteSchedule:
     sigma_min_override: float = 0.0
     sigma_max_override: float = 0.0
     rho_override: float = 0.0
+    beta_dist: tuple[float, float] = (0.6, 0.6)  # the Beta schedule's alpha and beta (settings beta_dist_*)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], ays_sigmas: tuple[float, ...] = ()) -> "DiscreteSchedule":
@@ -145,7 +147,7 @@ class FlowSchedule(DiscreteSchedule):
         slope = (top - base) / (max_len - base_len)
         made = FlowSchedule.flow(self.config or {}, self.patch, tokens * slope + base - slope * base_len)
         made.sigma_min_override, made.sigma_max_override = self.sigma_min_override, self.sigma_max_override
-        made.rho_override = self.rho_override
+        made.rho_override, made.beta_dist = self.rho_override, self.beta_dist
         return made
 
     def model_timestep(self, sigma: float) -> float:
@@ -265,9 +267,11 @@ def _beta_ppf(q: float, a: float, b: float) -> float:
     return (lo + hi) / 2
 
 
-def beta(model: DiscreteSchedule, n: int, alpha: float = 0.6, beta_: float = 0.6) -> torch.Tensor:
+def beta(model: DiscreteSchedule, n: int) -> torch.Tensor:
     """Lee et al. 2024 as AUTOMATIC1111 has it: sigma_min + ppf(q) * (sigma_max - sigma_min) for q from 1 to 0,
-    i.e. the Beta(0.6, 0.6) quantiles laid out linearly in sigma (not in timesteps, as ComfyUI's)."""
+    i.e. the Beta(alpha, beta) quantiles (settings, 0.6 and 0.6) laid out linearly in sigma (not in timesteps,
+    as ComfyUI's)."""
+    alpha, beta_ = model.beta_dist
     quantiles = [_beta_ppf(q, alpha, beta_) for q in 1 - np.linspace(0, 1, n)]
     low, high = model.sigma_min, model.sigma_max
     return _append_zero(torch.tensor([low + q * (high - low) for q in quantiles], dtype=torch.float32))
