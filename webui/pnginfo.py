@@ -245,10 +245,10 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
         overrides["randn_source"] = p.get("RNG", "GPU") if p.get("RNG", "GPU") in ("CPU", "GPU", "NV") else "GPU"
     if p.get("SDE noise") in ("Brownian tree", "Per-step"):
         overrides["sde_noise"] = p["SDE noise"]
-    if p.get("T5 tokens") == "256":  # SD 3's T5 read as diffusers does (no key: AUTOMATIC1111's, the default)
-        overrides["sd3_t5_tokens"] = "256"
     elif split_legacy_name(p.get("Sampler", ""))[0].lower() in _BROWNIAN_SAMPLERS:
         overrides["sde_noise"] = "Brownian tree"  # no key: AUTOMATIC1111's (or Easel's default) Brownian trees
+    if p.get("T5 tokens") == "256":  # SD 3's T5 read as diffusers does (no key: AUTOMATIC1111's, the default)
+        overrides["sd3_t5_tokens"] = "256"
     for key, setting in (("ENSD", "eta_noise_seed_delta"), ("Sigma min", "sigma_min"), ("Sigma max", "sigma_max"),
                          ("Schedule rho", "rho"), ("Noise multiplier", "initial_noise_multiplier")):
         if key in p and _number(p[key]) is not None:

@@ -210,7 +210,8 @@ class RegionalPrompter(Feature):
     def finish_images(self, run: Run, batch: Any, images: list, latents: Any) -> list:
         """Keep Prompt mode's last masks (Regional Prompter shows them after a generation) for inspection."""
         found = [state.regions for key, state in run.state.items()
-                 if key.startswith(f"{self.name}.") and isinstance(state.regions, PromptRegions)]
+                 if isinstance(key, str) and key.startswith(f"{self.name}.")  # other features key by tuples too
+                 and isinstance(state.regions, PromptRegions)]
         if found and found[-1].current is not None:
             self.last_masks = found[-1].current.cpu()
         return images
