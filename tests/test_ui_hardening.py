@@ -263,10 +263,12 @@ def test_small_things(page, server):
     small_job(page, "txt2img")
     page.locator("#txt2img_script input").click()
     page.get_by_role("option", name="X/Y/Z plot", exact=True).click()
-    page.locator("#txt2img_script_xyz_plot textarea").first.fill("1,2,3")
+    page.locator("#txt2img_script_xyz_plot textarea").first.fill("5,6,7")  # the X axis: seeds
     page.locator("#txt2img_generate").click()
     info = page.locator("#html_info_txt2img")
-    expect(info).to_contain_text("Demo model", timeout=60_000)
+    # an earlier job's info carries the warning too: wait for this job's (its first cell's seed)
+    expect(info).to_contain_text("Seed: 5,", timeout=60_000)
+    expect(info).to_contain_text("Demo model", timeout=10_000)
     assert info.locator(".easel-warning", has_text="Demo model").count() == 1
     page.locator("#txt2img_script input").click()
     page.get_by_role("option", name="None", exact=True).click()
