@@ -61,6 +61,21 @@ def _chunk(context: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
     return context[:, span[0] * TOKENS_PER_CHUNK:span[1] * TOKENS_PER_CHUNK]
 
 
+def regional_context(hidden_states: torch.Tensor, encoder_hidden_states: Any, spans: list[tuple[int, int]]
+                     ) -> tuple[torch.Tensor, Callable[[tuple[int, int]], Any]] | None:
+    """(the text tokens, span -> that span's context for the wrapped processor) for a cross-attention call that
+    covers every span's chunks; None when the call must run plain (self-attention, or a shorter context).
+    IP-Adapter's image tokens ride along with each span's text."""
+    if encoder_hidden_states is None or hidden_states.ndim != 3:
+        return None
+    text, extra = encoder_hidden_states, ()
+    if isinstance(encoder_hidden_states, tuple):  # (text, IP-Adapter image tokens ...)
+        text, extra = encoder_hidden_states[0], tuple(encoder_hidden_states[1:])
+    if text.shape[1] < max(end for _, end in spans) * TOKENS_PER_CHUNK:
+        return None
+    return text, lambda span: (_chunk(text, span), *extra) if extra else _chunk(text, span)
+
+
 class RegionalAttnProcessor:
     def __init__(self, inner: Any, regions: RegionMap):
         self.inner = inner
@@ -69,19 +84,14 @@ class RegionalAttnProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         plain = lambda context: self.inner(attn, hidden_states, encoder_hidden_states=context,  # noqa: E731
                                            attention_mask=attention_mask, temb=temb, **kwargs)
-        if encoder_hidden_states is None or hidden_states.ndim != 3:
-            return plain(encoder_hidden_states)
-        extra = ()
-        text = encoder_hidden_states
-        if isinstance(encoder_hidden_states, tuple):  # (text, IP-Adapter image tokens ...)
-            text, extra = encoder_hidden_states[0], tuple(encoder_hidden_states[1:])
         regions = self.regions
-        needed = max(end for _, end in regions.ranges + ([regions.base_range] if regions.base_range else []))
-        if text.shape[1] < needed * TOKENS_PER_CHUNK:
+        split = regional_context(hidden_states, encoder_hidden_states,
+                                 regions.ranges + ([regions.base_range] if regions.base_range else []))
+        if split is None:
             return plain(encoder_hidden_states)
+        _, context = split
         masks, base_only = regions.masks(hidden_states.shape[1])
         masks = masks.to(hidden_states.device, hidden_states.dtype)
-        context = lambda span: (_chunk(text, span), *extra) if extra else _chunk(text, span)  # noqa: E731
         base = plain(context(regions.base_range)) if regions.base_range is not None else None
         out = torch.zeros_like(hidden_states) if base is None else None
         for index, span in enumerate(regions.ranges):

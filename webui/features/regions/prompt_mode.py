@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .attention import TOKENS_PER_CHUNK, _chunk, layer_size
+from .attention import TOKENS_PER_CHUNK, _chunk, layer_size, regional_context
 
 STEP_LOWERING = 0.005   # the threshold drops this much per step (Regional Prompter's makepmask)
 
@@ -161,17 +161,11 @@ class PromptRegionProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         plain = lambda context: self.inner(attn, hidden_states, encoder_hidden_states=context,  # noqa: E731
                                            attention_mask=attention_mask, temb=temb, **kwargs)
-        if encoder_hidden_states is None or hidden_states.ndim != 3:
-            return plain(encoder_hidden_states)
-        extra = ()
-        text = encoder_hidden_states
-        if isinstance(encoder_hidden_states, tuple):  # (text, IP-Adapter image tokens ...)
-            text, extra = encoder_hidden_states[0], tuple(encoder_hidden_states[1:])
         regions = self.regions
-        needed = max(end for _, end in regions.ranges + [regions.base_range])
-        if text.shape[1] < needed * TOKENS_PER_CHUNK:
+        split = regional_context(hidden_states, encoder_hidden_states, regions.ranges + [regions.base_range])
+        if split is None:
             return plain(encoder_hidden_states)
-        context = lambda span: (_chunk(text, span), *extra) if extra else _chunk(text, span)  # noqa: E731
+        text, context = split
         base = plain(context(regions.base_range))
         masks = regions.masks_for(hidden_states.shape[1])   # from earlier calls: this call's sums come after
         regions.record(attn, hidden_states, _chunk(text, regions.base_range))
