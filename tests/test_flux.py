@@ -244,20 +244,28 @@ def _picture(seed: int):
     return Image.fromarray(pixels).resize((64, 64), Image.BICUBIC)
 
 
-def test_kontext_edits_with_the_image_as_reference_tokens_as_flux_kontext_pipeline_does(flux_app, flux_dir):
-    """FLUX.1 Kontext dev (told by its pipeline, name or metadata): the img2img image's latents follow the
-    noise's tokens at position index 1; with denoising 1 the edit starts from noise, as FluxKontextPipeline."""
+@pytest.fixture(scope="module")
+def kontext_reference(flux_app, flux_dir):
+    """FluxKontextPipeline's image for PROMPT with `_picture(1)` as its reference (seed 5, 4 steps, 64 px, the
+    picture's own size): what Easel's img2img and txt2img Kontext paths must both give."""
     from diffusers import FluxKontextPipeline
 
+    noise = ImageRNG((16, 8, 8), [5], torch.device("cpu"), source=flux_app.settings.get("randn_source")).first()
+    pipe = FluxKontextPipeline.from_pretrained(str(flux_dir / "tiny-flux-kontext"), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(image=_picture(1), prompt=PROMPT, height=64, width=64, num_inference_steps=4, guidance_scale=3.5,
+                max_sequence_length=512, latents=pack(noise), _auto_resize=False, max_area=64 * 64).images[0]
+
+
+def test_kontext_edits_with_the_image_as_reference_tokens_as_flux_kontext_pipeline_does(flux_app,
+                                                                                           kontext_reference):
+    """FLUX.1 Kontext dev (told by its pipeline, name or metadata): the img2img image's latents follow the
+    noise's tokens at position index 1; with denoising 1 the edit starts from noise, as FluxKontextPipeline."""
     model = flux_app.models.get("tiny-flux-kontext")
     assert model.architecture.label == "Flux.1 Kontext dev" and model.architecture.adapter.image_reference
     picture = _picture(1)
     result = flux_app.img2img(_request("kontext", mode="img2img", init_images=[picture], denoising_strength=1.0))
-    noise = ImageRNG((16, 8, 8), [5], torch.device("cpu"), source=flux_app.settings.get("randn_source")).first()
-    pipe = FluxKontextPipeline.from_pretrained(str(flux_dir / "tiny-flux-kontext"), local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    reference = pipe(image=picture, prompt=PROMPT, height=64, width=64, num_inference_steps=4, guidance_scale=3.5,
-                     max_sequence_length=512, latents=pack(noise), _auto_resize=False, max_area=64 * 64).images[0]
+    reference = kontext_reference
     psnr = _psnr(result.images[0], reference)
     print(f"Flux Kontext: Easel img2img vs FluxKontextPipeline PSNR {psnr:.1f} dB")
     assert psnr >= 40
@@ -280,22 +288,16 @@ def _kontext(picture, resize="Image size") -> dict:
     return {"Kontext": {"args": [picture, resize]}}
 
 
-def test_kontext_reference_in_txt2img_gives_flux_kontext_pipelines_image(flux_app, flux_dir):
+def test_kontext_reference_in_txt2img_gives_flux_kontext_pipelines_image(flux_app, kontext_reference):
     """txt2img's Kontext reference (alwayson_scripts "Kontext") is FluxKontextPipeline's `image`: "Image size"
     is its `_auto_resize=False` (the picture's own size, floored to 16), "Kontext resolutions" its default."""
-    from diffusers import FluxKontextPipeline
-
     from webui.core.infotext import parse_infotext
     from webui.features.kontext import KontextArgs, parse_args
     from webui.ui.kontext_ui import pasted_kontext_fields
 
     picture = _picture(1)
     result = flux_app.txt2img(_request("kontext", alwayson_scripts=_kontext(picture)))
-    noise = ImageRNG((16, 8, 8), [5], torch.device("cpu"), source=flux_app.settings.get("randn_source")).first()
-    pipe = FluxKontextPipeline.from_pretrained(str(flux_dir / "tiny-flux-kontext"), local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    reference = pipe(image=picture, prompt=PROMPT, height=64, width=64, num_inference_steps=4, guidance_scale=3.5,
-                     max_sequence_length=512, latents=pack(noise), _auto_resize=False, max_area=64 * 64).images[0]
+    reference = kontext_reference
     psnr = _psnr(result.images[0], reference)
     print(f"Flux Kontext: Easel txt2img with a reference vs FluxKontextPipeline PSNR {psnr:.1f} dB")
     assert psnr >= 40
