@@ -21,7 +21,7 @@ from ..paths import Paths
 from ..settings import SettingsStore
 from .fast import apply_fast
 from .hashing import HashCache
-from .memory import MemoryFlags, MemoryPolicy
+from .memory import MemoryFlags, MemoryPolicy, kind_group, runnable_module
 from .module_choice import ModuleLibrary
 from .registry import CheckpointInfo, CheckpointRegistry, ModelNotFoundError
 from .store import ModelStore, Sizes, measure
@@ -32,8 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 KIND = "checkpoint"
 # --weights: what the setting weight_storage means when left at Automatic (fp16/bf16 name the compute type)
-WEIGHTS_FLAG = {"fp16": "fp16", "bf16": "bf16", "fp8": "fp8_e4m3fn"}
-RUN_WITH_DENOISER = ("controlnet", "t2i_adapter")  # kinds that follow the checkpoint's memory mode
+WEIGHTS_FLAG = {"fp16": "fp16", "bf16": "bf16", "fp8": "fp8_e4m3fn", "nf4": "nf4"}
 
 
 class NoCheckpointError(LookupError):
@@ -149,15 +148,13 @@ class ModelManager:
         """
         info = self.resolve(query)
         loaded: list[LoadedModel] = []
-        # on the device: memory modes place only the active checkpoint
-        load = self._loader(info, self.weight_storage(), progress, loaded, offloadable=False,
+        load = self._loader(info, self.weight_storage(), progress, loaded, offloadable=True,
                             modules=self.module_choices.chosen(info.name))
         with self._lock:
             model = self.store.get(KIND, info.name, load, measure=_measure_checkpoint, on_evict=self._dropped,
                                    scoped=True, estimate=self._estimate(info))
-            if self.device.device.type != "cpu" and next(model.unet.parameters()).device.type != \
-                    self.device.device.type:  # parked in RAM by an earlier switch
-                model.to(self.device.device)
+            # placed by the memory policy like the active one (parked in RAM by an earlier switch, or offloaded)
+            if model is not self.current and self.memory.place(model, active=False):
                 self.store.remeasure(KIND, info.name)
         self._announce(loaded)
         return model
@@ -207,15 +204,19 @@ class ModelManager:
 
     def _after_job(self) -> None:
         """Model offload leaves nothing on the device between jobs; the store then counts it in RAM."""
-        model = self.current
-        if model is not None and model.offloader is not None:
-            self.memory.after_job(model)
-            self.store.remeasure(KIND, model.info.name)
+        self.memory.after_job()
+        for name in self.loaded_names():  # the active checkpoint and a companion the job used
+            model = self.store.peek(KIND, name)
+            if model is not None and model.offloader is not None:
+                self.store.remeasure(KIND, name)
 
     def _loaded_with(self, kind: str, key, value) -> None:
-        """A ControlNet (or T2I-Adapter) just loaded: it follows the active checkpoint's memory mode."""
-        if kind in RUN_WITH_DENOISER:
-            self.memory.join(self.current, f"{kind}:{key}", value)
+        """A model of another kind just loaded (ControlNet, image encoder, upscaler...): it follows the active
+        checkpoint's memory mode, in the denoiser's group or its own (memory.py's kinds)."""
+        name = f"{kind}:{key}"
+        group, module = kind_group(kind, name), runnable_module(value)
+        if group is not None and module is not None:
+            self.memory.join(self.current, name, module, group)
 
     def _estimate(self, info: CheckpointInfo) -> Sizes:
         """Room to make before loading: the file's bytes in RAM (its state dict is read whole) and,
@@ -263,6 +264,10 @@ class ModelManager:
         if self._current == model.info.name:
             self._current = None
         for module in model.modules():
+            if model.weight_storage == "nf4":
+                from .nf4 import drop_quantized
+
+                drop_quantized(module)
             module.to("meta")
         gc.collect()
         empty_cache(self.device.device)

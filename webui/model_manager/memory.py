@@ -14,6 +14,17 @@ Three ways to run, as the weights compare with the device memory there is:
   level: our code calls `vae.decode` and the encoder's final norm directly, which a block-level
   group led by `forward` would never onload).
 
+Besides the checkpoint's components, every other kind of model that runs on the device during
+a job follows the active checkpoint's mode (`join`): ControlNets, T2I-Adapters and InstantID's
+IdentityNet run at every step with the denoiser and join its group; IP-Adapter/Redux image
+encoders, PhotoMaker's ID encoder, upscalers (Extras and hires fix) and face restorers run once
+and get a group of their own, so in model offload each is on the device only while it runs. A
+companion checkpoint (the refiner, a hires-fix checkpoint) gets its own placement with the same
+policy; all offloaders share one `DeviceSlot`, so one group of any of them is on the device at a
+time. The tiny preview VAE (a few MB) stays where it loads. A denoiser with NF4 weights
+(`nf4.py`) moves whole in block offload: group offloading moves `param.data` only, not
+bitsandbytes' quantization state.
+
 `choose_mode` picks one from the setting `memory_mode` (Automatic follows the flags, then the
 free device memory), the flags (`--medvram`, `--medvram-sdxl`, `--lowvram`) and the GPU-weights
 budget (Forge's `--gpu-weights` MB, or the setting `gpu_weights_mb`), which is capped by the
@@ -45,6 +56,28 @@ GROUPS = {"unet": DENOISER, "text_encoder": "text encoders", "text_encoder_2": "
 HOOK_NAME = "easel_model_offload"
 ONLOAD, OFFLOAD = "onload", "offload"
 GROUP_HOOKS = ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading")
+# the model store's kinds that run on the device during a job besides checkpoints: at every step with the
+# denoiser (they join its group), or once, alone (a group of their own: on the device only while they run)
+WITH_DENOISER_KINDS = ("controlnet", "t2i_adapter", "identitynet")
+ALONE_KINDS = ("clip_vision", "photomaker", "upscaler", "face_restorer")
+
+
+def kind_group(kind: str, name: str) -> str | None:
+    """The group a loaded model of `kind` (named `name`) runs in; None: it does not follow the memory mode."""
+    if kind in WITH_DENOISER_KINDS:
+        return DENOISER
+    return name if kind in ALONE_KINDS else None
+
+
+def runnable_module(value: Any) -> torch.nn.Module | None:
+    """The module that runs, from a model store value: the module itself, the first module of a tuple
+    (PhotoMaker's encoder with its LoRA), or a spandrel descriptor's model (upscalers, face restorers)."""
+    if isinstance(value, torch.nn.Module):
+        return value
+    if isinstance(value, tuple):
+        return next((v for v in value if isinstance(v, torch.nn.Module)), None)
+    model = getattr(getattr(value, "descriptor", None), "model", None)
+    return model if isinstance(model, torch.nn.Module) else None
 
 
 @dataclass(frozen=True)
@@ -123,16 +156,26 @@ def device_budget(device: torch.device, own_bytes: int, store_budget: int | None
 # ---- the hooks -----------------------------------------------------------------------------------
 
 
+class DeviceSlot:
+    """Model offload across offloaders (the active checkpoint, a companion): the one holding a group on
+    the device, parked before another one onloads."""
+
+    def __init__(self) -> None:
+        self.holder: "Offloader | None" = None
+
+
 class Offloader:
     """Places one checkpoint's components for a memory mode and moves them as they run.
 
-    Components belong to groups (the text encoders, the denoiser with its ControlNets, the VAE);
-    in model offload at most one group is on the device at a time. `moves` keeps the last moves in
-    order, as (component, "onload" or "offload"): on the CPU both devices are the CPU and a move costs
-    nothing, so this record is what shows where each component would be.
+    Components belong to groups (the text encoders, the denoiser with its ControlNets, the VAE,
+    and each model that runs alone); in model offload at most one group is on the device at a
+    time. `moves` keeps the last moves in order, as (component, "onload" or "offload"): on the CPU
+    both devices are the CPU and a move costs nothing, so this record is what shows where each
+    component would be.
     """
 
-    def __init__(self, onload: torch.device, offload: torch.device | None = None):
+    def __init__(self, onload: torch.device, offload: torch.device | None = None, slot: DeviceSlot | None = None):
+        self.slot = slot if slot is not None else DeviceSlot()
         self.onload = torch.device(onload)
         self.offload = torch.device(offload) if offload is not None else torch.device("cpu")
         self.mode = RESIDENT
@@ -147,7 +190,7 @@ class Offloader:
 
     def apply(self, mode: str, components: dict[str, torch.nn.Module]) -> None:
         """Take the components (name -> module) and place them for `mode`, undoing the previous mode first."""
-        extras = dict(self.extras)
+        extras, groups = dict(self.extras), dict(self.groups)
         self.remove()
         self.modules = dict(components)
         self.groups = {name: GROUPS.get(name, name) for name in components}
@@ -155,14 +198,16 @@ class Offloader:
         for name, module in self.modules.items():
             self._place(name, module)
         for name, module in extras.items():
-            self.add(name, module)
+            self.add(name, module, groups.get(name, DENOISER))
 
-    def add(self, name: str, module: torch.nn.Module) -> None:
-        """A model that runs with the denoiser (a ControlNet) joins this placement, in the denoiser's group."""
+    def add(self, name: str, module: torch.nn.Module, group: str = DENOISER) -> None:
+        """Another model joins this placement: in the denoiser's group (a ControlNet), or in its own
+        (`group` = its name: an image encoder, an upscaler), on the device only while it runs."""
         if name in self.modules or name in self.extras or any(p.is_meta for p in module.parameters()):
             return
+        _unhook(module)  # hooks another placement left (a checkpoint switch)
         self.extras[name] = module
-        self.groups[name] = DENOISER
+        self.groups[name] = group
         self._place(name, module)
 
     def _all(self) -> list[tuple[str, torch.nn.Module]]:
@@ -177,7 +222,11 @@ class Offloader:
             _register(module, lambda: model_offload_hook(self, group))
         elif self.mode == BLOCK_OFFLOAD:
             self._move(name, module, OFFLOAD)
-            self._group_offload(name, module)
+            if _holds_4bit(module):  # group offloading would move the packed weights without their scales
+                group = self.groups[name]
+                _register(module, lambda: model_offload_hook(self, group))
+            else:
+                self._group_offload(name, module)
         else:
             raise ValueError(f"memory mode {self.mode!r}: must be one of {', '.join(MEMORY_MODES[1:])}")
 
@@ -192,37 +241,46 @@ class Offloader:
 
     def remove(self) -> None:
         """Drop every hook; the components stay where they are (offloaded ones in system memory)."""
-        if self.modules or self.extras:
-            from diffusers.hooks import HookRegistry
-
         for _name, module in self._all():
-            registry = HookRegistry.check_if_exists_or_initialize(module)
-            for name in (HOOK_NAME, *GROUP_HOOKS):
-                registry.remove_hook(name, recurse=True)
+            _unhook(module)
         self.on_device = None
+        if self.slot.holder is self:
+            self.slot.holder = None
         self.modules, self.groups = {}, {}
         self.extras = weakref.WeakValueDictionary()
+
+    def forget(self, names: Iterable[str]) -> None:
+        """Let joined models go without touching their hooks (they move to another checkpoint's placement)."""
+        for name in names:
+            self.extras.pop(name, None)
 
     # ---- moving ----
 
     def onload_group(self, group: str) -> None:
-        """Model offload: `group` onto the device, the group there before back to system memory."""
+        """Model offload: `group` onto the device, the group there before (of any offloader) back to system memory."""
         if self.on_device == group:
             return
+        holder = self.slot.holder
+        if holder is not None and holder is not self:
+            holder.park()
         self.park()
         for name, module in self._all():
             if self.groups.get(name) == group:
                 self._move(name, module, ONLOAD)
         self.on_device = group
+        self.slot.holder = self
 
     def park(self) -> None:
-        """Model offload: the onloaded group back to system memory (after a job, or before another group)."""
-        if self.mode != MODEL_OFFLOAD or self.on_device is None:
+        """The onloaded group back to system memory (after a job, or before another group): model offload,
+        and a block-offload denoiser that moves whole (NF4)."""
+        if self.mode == RESIDENT or self.on_device is None:
             return
         for name, module in self._all():
             if self.groups.get(name) == self.on_device:
                 self._move(name, module, OFFLOAD)
         self.on_device = None
+        if self.slot.holder is self:
+            self.slot.holder = None
 
     def refresh(self) -> None:
         """Place everything again for the same mode (after a component changed dtype: the VAE's fp32 retry;
@@ -232,6 +290,18 @@ class Offloader:
     def _move(self, name: str, module: torch.nn.Module, where: str) -> None:
         module.to(self.onload if where == ONLOAD else self.offload)
         self.moves.append((name, where))
+
+
+def _holds_4bit(module: torch.nn.Module) -> bool:
+    return any(type(p).__name__ == "Params4bit" for p in module.parameters())
+
+
+def _unhook(module: torch.nn.Module) -> None:
+    from diffusers.hooks import HookRegistry
+
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    for name in (HOOK_NAME, *GROUP_HOOKS):
+        registry.remove_hook(name, recurse=True)
 
 
 def _has_block_lists(module: torch.nn.Module) -> bool:
@@ -274,6 +344,10 @@ class MemoryPolicy:
 
     def __init__(self, settings, flags: MemoryFlags, onload: torch.device, store=None):
         self.settings, self.flags, self.onload, self.store = settings, flags, torch.device(onload), store
+        self.slot = DeviceSlot()  # one group on the device among every checkpoint's offloader
+        # models of other kinds that follow the active checkpoint's mode (weakly held: evicted ones go)
+        self.joined: weakref.WeakValueDictionary[str, torch.nn.Module] = weakref.WeakValueDictionary()
+        self.joined_groups: dict[str, str] = {}
 
     def wanted(self, model: "LoadedModel") -> Choice:
         components = components_of(model)
@@ -303,15 +377,21 @@ class MemoryPolicy:
                              "sdxl" if self.flags.sdxl_only else "", file_bytes, file_bytes, budget)
         return choice.mode != RESIDENT
 
-    def place(self, model: "LoadedModel") -> bool:
-        """Apply the wanted mode to the model if it changed; True when anything moved."""
+    def place(self, model: "LoadedModel", active: bool = True) -> bool:
+        """Apply the wanted mode to the model if it changed; True when anything moved.
+
+        `active`: the checkpoint the job runs on, which the joined models (ControlNets, image encoders,
+        upscalers) follow; False for a companion (the refiner), placed on its own."""
         choice = self.wanted(model)
         offloader = model.offloader
         if offloader is not None and model.memory_mode == choice.mode:
             return False
         if offloader is None:
-            offloader = model.offloader = Offloader(self.onload)
+            offloader = model.offloader = Offloader(self.onload, slot=self.slot)
         offloader.apply(choice.mode, components_of(model))
+        if active:
+            for name, module in list(self.joined.items()):
+                offloader.add(name, module, self.joined_groups.get(name, DENOISER))
         model.memory_mode = choice.mode
         log.info("memory mode for %s: %s (%s)", model.info.name, choice.mode, choice.reason)
         return True
@@ -319,21 +399,27 @@ class MemoryPolicy:
     def release(self, model: "LoadedModel") -> None:
         """A checkpoint that is no longer the active one: no hooks, all in system memory."""
         if model.offloader is not None:
+            model.offloader.forget(list(self.joined))  # they follow the next active checkpoint
             model.offloader.remove()
             model.offloader = None
         model.memory_mode = RESIDENT
         model.to(torch.device("cpu"))
 
-    def after_job(self, model: "LoadedModel | None") -> None:
-        """Model offload: nothing stays on the device between jobs."""
-        if model is not None and model.offloader is not None:
-            model.offloader.park()
+    def after_job(self) -> None:
+        """Model offload: nothing stays on the device between jobs (whichever checkpoint's group is there)."""
+        if self.slot.holder is not None:
+            self.slot.holder.park()
 
-    def join(self, model: "LoadedModel | None", name: str, module: Any) -> None:
-        """A model loaded to run with the denoiser (ControlNet, T2I-Adapter) follows the checkpoint's mode."""
-        if model is None or model.offloader is None or not isinstance(module, torch.nn.Module):
+    def join(self, model: "LoadedModel | None", name: str, module: Any, group: str = DENOISER) -> None:
+        """A model of another kind follows the active checkpoint's mode: in the denoiser's group (ControlNet,
+        T2I-Adapter, IdentityNet) or its own (`group` = `name`: image encoders, upscalers). Remembered, so it
+        follows the next checkpoint too; with none active yet it stays where it loaded until one is placed."""
+        if not isinstance(module, torch.nn.Module):
             return
-        model.offloader.add(name, module)
+        self.joined[name] = module
+        self.joined_groups[name] = group
+        if model is not None and model.offloader is not None:
+            model.offloader.add(name, module, group)
 
 
 def module_bytes_on(module: torch.nn.Module, device_type: str) -> int:
