@@ -35,9 +35,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                        help="model dtype; auto = fp16 on GPUs, fp32 on CPU")
     group.add_argument("--no-half-vae", action="store_true", help="always decode with the VAE in fp32")
-    group.add_argument("--weights", default="auto", choices=("auto", "fp16", "bf16", "fp8"),
+    group.add_argument("--weights", default="auto", choices=("auto", "fp16", "bf16", "fp8", "nf4"),
                        help="how weights are kept: fp16/bf16 set the model dtype (like --precision); fp8 stores "
-                            "the denoiser in fp8 (e4m3fn) and computes in the model dtype. Written in the "
+                            "the denoiser in fp8 (e4m3fn), nf4 its Linear layers in 4 bits (needs bitsandbytes); "
+                            "both compute in the model dtype. Written in the "
                             "infotext as Weights; the setting weight_storage, when not Automatic, wins")
     memory = parser.add_argument_group("memory and speed (the setting memory_mode, when not Automatic, wins)")
     memory.add_argument("--medvram", action="store_true",
@@ -231,6 +232,11 @@ def _flag_error(args: argparse.Namespace) -> str | None:
         _precision(args)
     except ValueError as exc:
         return str(exc)
+    if args.weights == "nf4":
+        from .model_manager.nf4 import available, unavailable_message
+
+        if not available():
+            return unavailable_message("--weights", "auto, fp16, bf16 or fp8")
     return "--gpu-weights must be a number of MB, 0 or more" if args.gpu_weights < 0 else None
 
 

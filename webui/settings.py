@@ -188,9 +188,10 @@ class Settings:
                                     "None: the baked-in one; or a file from models/VAE)", "Stable Diffusion")
     sd_vae_overrides_per_model_preferences: bool = _opt(
         True, "A VAE chosen in the top bar overrides each checkpoint's preferred VAE", "Stable Diffusion")
-    weight_storage: str = _opt("Automatic", "Denoiser weight storage (fp8 halves the UNet's memory; computing stays "
+    weight_storage: str = _opt("Automatic", "Denoiser weight storage (fp8 halves the UNet's memory, nf4 (bitsandbytes) "
+                                            "keeps its Linear layers in 4 bits; computing stays "
                                             "in the precision of --precision). Changing it reloads the checkpoint",
-                               "Stable Diffusion", choices=("Automatic", "fp8_e4m3fn", "fp8_e5m2"))
+                               "Stable Diffusion", choices=("Automatic", "fp8_e4m3fn", "fp8_e5m2", "nf4"))
     memory_mode: str = _opt("Automatic", "Memory mode (Automatic: from free GPU memory and the flags --medvram, "
                                          "--medvram-sdxl, --lowvram; Resident: all on the GPU; Model offload: each "
                                          "model moves to the GPU while it runs; Block offload: the denoiser's blocks "

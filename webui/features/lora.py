@@ -274,6 +274,12 @@ class LoraPatcher:
                 strength = spec.unet if component == "unet" else spec.te
                 if strength == 0:
                     continue
+                if type(module.weight).__name__ == "Params4bit":  # NF4 storage (model_manager/nf4.py)
+                    from ..core.request import FieldError, ValidationError
+                    from ..model_manager.nf4 import lora_refusal
+
+                    raise ValidationError([FieldError("prompt", f"<lora:{spec.lora.path.stem}>: " + lora_refusal(
+                        getattr(self.model, "weight_storage", "nf4")))])
                 try:
                     shape = getattr(module.weight, "quant_shape", module.weight.shape)  # GGUF: the real shape
                     delta = module_update.delta(torch.Size(shape)).to(module.weight.device) * strength

@@ -266,6 +266,10 @@ def apply_weight_storage(model: "LoadedModel", storage: str) -> None:
     denoiser's memory halves (from fp16) for a small cost per step; norms and embeddings stay
     in the compute type, as diffusers skips them by default.
     """
+    if storage == "nf4":  # 4-bit through bitsandbytes: model_manager/nf4.py
+        from .nf4 import apply_nf4
+
+        return apply_nf4(model)
     dtype = STORAGE_DTYPES.get(storage)
     if dtype is None:
         return
