@@ -63,3 +63,33 @@ def test_other_runtime_errors_are_not_mistaken_for_out_of_memory(app):
     finally:
         model.unet.forward = real_forward
     assert job.state == JobState.FAILED and type(job.error) is RuntimeError
+
+
+@pytest.mark.parametrize("mode, storage, named, not_named", [
+    ("Resident", "Automatic", ["Memory mode to Model offload", "--medvram", "MB of weights", "--weights fp8"],
+     ["--lowvram): the denoiser"]),
+    ("Model offload", "fp8_e4m3fn", ["Memory mode to Block offload", "--lowvram"], ["--medvram", "--weights fp8"]),
+    ("Block offload", "Automatic", ["--weights fp8"], ["Memory mode to"]),
+])
+def test_out_of_memory_names_the_memory_mode_and_weight_storage_that_keep_less(app, mode, storage, named,
+                                                                                not_named):
+    app.settings.update({"memory_mode": mode, "weight_storage": storage})
+    model = app.models.get("tiny-sd1.safetensors")
+    real_forward = model.unet.forward
+
+    def small_gpu(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    model.unet.forward = small_gpu
+    try:
+        job = app.submit(GenerationRequest(prompt="x", steps=2, width=64, height=64, checkpoint="tiny-sd1",
+                                           save_images=False))
+        job.wait(60)
+    finally:
+        model.unet.forward = real_forward
+    message = str(job.error)
+    assert type(job.error).__name__ == "DeviceOutOfMemory", message
+    for text in named:
+        assert text in message, (text, message)
+    for text in not_named:
+        assert text not in message, (text, message)

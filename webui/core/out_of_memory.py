@@ -2,15 +2,16 @@
 
 A CUDA (or MPS) out-of-memory error inside a generation becomes `DeviceOutOfMemory`: the
 message says what was asked (size, batch) and what would fit (smaller size or batch, VAE
-tiling, a smaller model-cache budget), the allocator's cache is emptied, and the worker goes
-on with the next job. Models stay loaded: the store's budget decides about them, not the
+tiling, a smaller model-cache budget, and the memory mode / weight storage that keep less on
+the device than the job ran with: `advice`, from model_manager/memory.py), the allocator's cache
+is emptied, and the worker goes on with the next job. Models stay loaded: the store's budget decides about them, not the
 failure of one job.
 """
 from __future__ import annotations
 
 import gc
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -33,8 +34,11 @@ def release_device_memory() -> None:
 
 
 @contextmanager
-def job_memory_guard(width: int, height: int, batch_size: int) -> Iterator[None]:
-    """Turn an out-of-memory error inside the block into DeviceOutOfMemory, after freeing the cache."""
+def job_memory_guard(width: int, height: int, batch_size: int,
+                     advice: Callable[[], str] | None = None) -> Iterator[None]:
+    """Turn an out-of-memory error inside the block into DeviceOutOfMemory, after freeing the cache.
+
+    `advice`: asked after the failure, says which memory mode / weight storage would keep less on the device."""
     try:
         yield
     except (torch.OutOfMemoryError, RuntimeError) as exc:
@@ -43,8 +47,14 @@ def job_memory_guard(width: int, height: int, batch_size: int) -> Iterator[None]
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         message = (f"Out of GPU memory generating {width}x{height} with batch size {batch_size} ({first_line}). "
                    "Try a smaller size or batch size (hires fix: a smaller upscale), set VAE tiling to Always "
-                   "(Settings → vae_tiling), or lower model_cache_vram_gb so fewer models stay on the GPU. "
-                   "Nothing else was affected; the next job runs normally.")
+                   "(Settings → vae_tiling), or lower model_cache_vram_gb so fewer models stay on the GPU. ")
+        try:
+            more = advice() if advice is not None else ""
+        except Exception:  # the advice must never hide the error itself
+            more = ""
+        if more:
+            message += f"To keep less on the GPU: {more}. "
+        message += "Nothing else was affected; the next job runs normally."
         exc = None  # drop the traceback's frames (and the tensors they hold) before freeing
         release_device_memory()
         raise DeviceOutOfMemory(message) from None

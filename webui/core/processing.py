@@ -156,12 +156,17 @@ class Engine:
         """
         plain = request.request if isinstance(request, PreparedRequest) else request
         with latents_io.vae_tiling(self.options(plain).get("vae_tiling", "Automatic")), \
-                job_memory_guard(plain.width, plain.height, plain.batch_size):
+                job_memory_guard(plain.width, plain.height, plain.batch_size, self._memory_advice):
             if plain.script_name:
                 return self._run_script(plain, job, output_dir)
             result = self._generate(request, job, output_dir)
         self._report_extension_errors(result)
         return result
+
+    def _memory_advice(self) -> str:
+        from ..model_manager.memory import memory_advice
+
+        return memory_advice(self.models.current)
 
     def _run_script(self, request: GenerationRequest, job: Job, output_dir: Path | None) -> Result:
         self.validate(request)

@@ -351,10 +351,7 @@ class MemoryPolicy:
 
     def wanted(self, model: "LoadedModel") -> Choice:
         components = components_of(model)
-        groups: dict[str, int] = {}
-        for name, module in components.items():  # what moves together must fit together
-            groups[GROUPS.get(name, name)] = groups.get(GROUPS.get(name, name), 0) + module_bytes(module)
-        total, largest = sum(groups.values()), max(groups.values(), default=0)
+        total, largest = group_sizes(model)
         own = sum(module_bytes_on(m, "cuda") for m in components.values())
         gpu_weights = float(self.settings.get("gpu_weights_mb") or 0) or self.flags.gpu_weights_mb
         store_budget = self.store.device_budget() if self.store is not None else None
@@ -420,6 +417,39 @@ class MemoryPolicy:
         self.joined_groups[name] = group
         if model is not None and model.offloader is not None:
             model.offloader.add(name, module, group)
+
+
+def group_sizes(model: "LoadedModel") -> tuple[int, int]:
+    """(all weights, the largest group's) in bytes: what moves together must fit together."""
+    groups: dict[str, int] = {}
+    for name, module in components_of(model).items():
+        groups[GROUPS.get(name, name)] = groups.get(GROUPS.get(name, name), 0) + module_bytes(module)
+    return sum(groups.values()), max(groups.values(), default=0)
+
+
+REDUCED_STORAGE = ("fp8_e4m3fn", "fp8_e5m2", "nf4")
+
+
+def memory_advice(model: "LoadedModel | None") -> str:
+    """For an out-of-memory message: the memory mode and weight storage that keep less on the device than
+    what the job ran with (empty when it already ran with the least)."""
+    if model is None:
+        return ""
+    advice = []
+    if model.memory_mode == RESIDENT:
+        total, largest = group_sizes(model)
+        advice.append(f"set Memory mode to Model offload (Settings → memory_mode, or start with --medvram): the GPU "
+                      f"then holds the largest model ({largest / 2 ** 20:.0f} MB) instead of all "
+                      f"{total / 2 ** 20:.0f} MB of weights; Block offload (--lowvram) holds the least")
+    elif model.memory_mode == MODEL_OFFLOAD:
+        advice.append("set Memory mode to Block offload (Settings → memory_mode, or start with --lowvram): the "
+                      "denoiser's blocks stream through the GPU one at a time")
+    from .gguf_quantized import is_quantized
+
+    if model.weight_storage not in REDUCED_STORAGE and not is_quantized(model):  # GGUF: smaller already
+        advice.append("store the denoiser's weights in fp8 (Settings → weight_storage fp8_e4m3fn, or --weights fp8; "
+                      "half of fp16) or nf4 (a quarter of its Linear layers' fp16 bytes)")
+    return "; ".join(advice)
 
 
 def module_bytes_on(module: torch.nn.Module, device_type: str) -> int:
