@@ -128,6 +128,32 @@ def test_a_hires_model_upscaler_follows_the_memory_mode(app, mode):
     assert psnr(resident.images[0], offloaded.images[0]) >= 50
 
 
+def test_an_extras_upscale_onloads_the_upscaler_and_parks_it_when_the_job_ends(app, tmp_path):
+    from webui.core.jobs import JobState
+    from webui.features.extras import ExtrasInput, ExtrasRequest
+
+    from upscale_helpers import smooth_image
+
+    smooth_image(64, 64).save(tmp_path / "in.png")
+    upscale = ExtrasRequest(upscaling_resize=2, upscaler_1="2x-TinyCompact")
+
+    def extras():
+        job = app.extras.submit(app.queue, upscale, [ExtrasInput(tmp_path / "in.png")])
+        job.wait(60)
+        assert job.state == JobState.DONE, job.error
+        return job.result.images[0]
+
+    generate(app)  # tiny-sd1 active, its placement takes the upscaler when it loads
+    resident = extras()
+    name, _ = joined(app, "upscaler:")
+    app.settings.update({"memory_mode": MODEL_OFFLOAD})
+    model = app.models.get("tiny-sd1.safetensors")
+    start = len(model.offloader.moves)
+    offloaded = extras()
+    assert list(model.offloader.moves)[start:] == [(name, ONLOAD), (name, OFFLOAD)]  # off when the job ended
+    assert np.array_equal(np.asarray(resident), np.asarray(offloaded))
+
+
 def test_the_refiner_checkpoint_is_placed_like_the_active_one(app):
     """It used to load and stay on the device whatever the mode; now one group of either checkpoint at a time."""
     refined = dict(refiner_checkpoint="tiny-sdxl", refiner_switch_at=0.5)

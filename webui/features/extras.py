@@ -222,8 +222,14 @@ class ExtrasService:
         """Validate now (bad fields fail at once), then queue the work."""
         self.validate(request, inputs)
         description = f"extras: {len(inputs)} image(s)"
-        return queue.submit(lambda job: self.run(request, inputs, job), kind="extras", owner=owner,
-                            description=description)
+        store = self.upscalers.cache.store  # the app's model store: as for generations, what the job uses stays
+        # loaded until it ends, and then memory modes park what it onloaded (an upscaler in model offload)
+
+        def run(job: Job):
+            with store.in_use():
+                return self.run(request, inputs, job)
+
+        return queue.submit(run, kind="extras", owner=owner, description=description)
 
     # ---- running ------------------------------------------------------------------------------------
 
