@@ -53,9 +53,10 @@ def replay(moves) -> set[str]:
     return on
 
 
-def joined(app, prefix: str):
-    """The (name, module) of the one joined model whose name starts with `prefix`."""
-    found = [(name, module) for name, module in app.models.memory.joined.items() if name.startswith(prefix)]
+def joined(app, prefix: str, file: str = ""):
+    """The (name, module) of the one joined model whose name starts with `prefix` (and names `file`)."""
+    found = [(name, module) for name, module in app.models.memory.joined.items()
+             if name.startswith(prefix) and file in name]
     assert len(found) == 1, list(app.models.memory.joined)
     return found[0]
 
@@ -109,7 +110,7 @@ def test_an_ip_adapter_image_encoder_is_on_the_device_only_while_it_runs(app):
 @pytest.mark.parametrize("mode", [MODEL_OFFLOAD, BLOCK_OFFLOAD])
 def test_a_hires_model_upscaler_follows_the_memory_mode(app, mode):
     resident = generate(app, **HIRES)
-    name, upscaler = joined(app, "upscaler:")
+    name, upscaler = joined(app, "upscaler:", "4x-Tiny")
     app.settings.update({"memory_mode": mode})
     model = app.models.get("tiny-sd1.safetensors")
     seen, handles = watch({name: first_leaf(upscaler)}, {"base": lambda: model.offloader})
@@ -145,7 +146,7 @@ def test_an_extras_upscale_onloads_the_upscaler_and_parks_it_when_the_job_ends(a
 
     generate(app)  # tiny-sd1 active, its placement takes the upscaler when it loads
     resident = extras()
-    name, _ = joined(app, "upscaler:")
+    name, _ = joined(app, "upscaler:", "2x-TinyCompact")
     app.settings.update({"memory_mode": MODEL_OFFLOAD})
     model = app.models.get("tiny-sd1.safetensors")
     start = len(model.offloader.moves)

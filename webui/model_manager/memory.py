@@ -219,7 +219,10 @@ class Offloader:
         elif self.mode == MODEL_OFFLOAD:
             self._move(name, module, OFFLOAD)
             group = self.groups[name]
-            _register(module, lambda: model_offload_hook(self, group))
+            # a model that runs alone is called in many ways (PhotoMaker's `id_tokens` calls a grandchild):
+            # every submodule gets the hook; it runs once per job, so the checks cost nothing that matters
+            deep = name in self.extras and group != DENOISER
+            _register(module, lambda: model_offload_hook(self, group), deep)
         elif self.mode == BLOCK_OFFLOAD:
             self._move(name, module, OFFLOAD)
             if _holds_4bit(module):  # group offloading would move the packed weights without their scales
@@ -308,12 +311,12 @@ def _has_block_lists(module: torch.nn.Module) -> bool:
     return any(isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)) for child in module.children())
 
 
-def _register(module: torch.nn.Module, make_hook) -> None:
-    """A hook of its own on the module and on each direct child: `vae.decode` and a text encoder's final
-    norm do not go through the component's `forward`."""
+def _register(module: torch.nn.Module, make_hook, deep: bool = False) -> None:
+    """A hook of its own on the module and on each direct child (`vae.decode` and a text encoder's final
+    norm do not go through the component's `forward`), or on every submodule (`deep`)."""
     from diffusers.hooks import HookRegistry
 
-    for target in [module, *module.children()]:
+    for target in module.modules() if deep else [module, *module.children()]:
         HookRegistry.check_if_exists_or_initialize(target).register_hook(make_hook(), HOOK_NAME)
 
 
