@@ -67,3 +67,15 @@ def test_identity_models_follow_model_offload(app):
     assert replay(model.offloader.moves) == set()
     for method in resident:
         assert np.array_equal(np.asarray(resident[method].images[0]), np.asarray(offloaded[method].images[0])), method
+
+
+def test_instantid_with_fp8_weights_projects_the_face_in_the_compute_dtype(app):
+    """The face tokens used to take the dtype of the UNet's first weight, which fp8 storage makes fp8."""
+    full = generate(app, INSTANTID)
+    app.settings.update({"weight_storage": "fp8_e4m3fn"})
+    try:
+        stored = generate(app, INSTANTID)
+    finally:
+        app.settings.update({"weight_storage": "Automatic"})
+    mse = np.mean((np.asarray(full.images[0], np.float64) - np.asarray(stored.images[0], np.float64)) ** 2)
+    assert 10 * np.log10(255 ** 2 / max(mse, 1e-12)) > 20

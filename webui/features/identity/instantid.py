@@ -51,12 +51,15 @@ def read_face_adapter(path: Path) -> AdapterFile:
 
 
 @torch.no_grad()
-def project_face(unet, adapter: AdapterFile, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The adapter's Resampler applied to the face embedding and to zeros: (positive, negative) tokens."""
+def project_face(unet, adapter: AdapterFile, embedding: torch.Tensor, device: torch.device,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adapter's Resampler applied to the face embedding and to zeros: (positive, negative) tokens.
+
+    On the compute device in the compute dtype, not the UNet's first weight's: in model offload that
+    weight waits in system memory, and with fp8 storage it is fp8."""
     projection = unet._convert_ip_adapter_image_proj_to_diffusers(adapter.state["image_proj"], low_cpu_mem_usage=False)
-    param = next(unet.parameters())
-    projection = projection.to(param.device, param.dtype).eval()
-    face = embedding.reshape(1, 1, -1).to(param.device, param.dtype)
+    projection = projection.to(device, dtype).eval()
+    face = embedding.reshape(1, 1, -1).to(device, dtype)
     return projection(face), projection(torch.zeros_like(face))
 
 
@@ -83,7 +86,7 @@ def prepare_instantid(args: IdentityArgs, model, controls: Controls, analyzer: F
         raise IdentityFileError(f"{adapter_path.name} is for another model family (cross-attention "
                                 f"{adapter.cross_attention_width}, this checkpoint {cross}); InstantID needs SDXL")
     embedding = torch.from_numpy(face.embedding)
-    positive, negative = project_face(model.unet, adapter, embedding)
+    positive, negative = project_face(model.unet, adapter, embedding, model.device.device, model.device.dtype)
     net = identitynets.load(identitynet_path.name, model)
     param = next(net.parameters())
     hint_image = resize_image(draw_keypoints(source_size, keypoints), width, height, CROP_AND_RESIZE)
