@@ -20,6 +20,7 @@ applies to every pass, fast mode or not. Token merging is a separate feature.
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -36,6 +37,9 @@ COMPILE_CHOICES = ("Automatic", "Always", "Never")
 COMPILE_MODE_CUDA = "max-autotune-no-cudagraphs"
 COMPILE_MODE_GRAPHS = "reduce-overhead"
 COMPILING = "Compiling the denoiser (first image at this size)…"
+# torch.compile's backend: inductor (generated kernels); "eager"/"aot_eager" only trace, to find a
+# compile problem quickly (the tests use it: inductor takes minutes for even the tiny UNet on 2 CPU cores)
+BACKEND_ENV = "EASEL_COMPILE_BACKEND"
 
 
 def attention_processors(unet: torch.nn.Module) -> dict[str, int]:
@@ -119,7 +123,9 @@ def _compile(model: "LoadedModel", mode: str, attention: str) -> None:
     key = (mode, attention)
     if key not in compiled:
         dynamic = False if mode == COMPILE_MODE_GRAPHS else None  # CUDA graphs: one graph per static shape
-        compiled[key] = torch.compile(denoiser._call_impl, mode=mode, dynamic=dynamic)
+        backend = os.environ.get(BACKEND_ENV) or "inductor"
+        options = {"mode": mode} if backend == "inductor" else {}  # modes belong to inductor
+        compiled[key] = torch.compile(denoiser._call_impl, backend=backend, dynamic=dynamic, **options)
     denoiser._compiled_call_impl = compiled[key]
 
 

@@ -1,7 +1,9 @@
 """Fused QKV projections for fast mode, kept true to the weights LoRAs patch.
 
 Fusing goes through diffusers' own `fuse_qkv_projections()` (UNet, SD 3 and Flux have it;
-Z-Image's transformer does not, so it runs unfused). diffusers keeps the separate
+Z-Image's transformer does not, so it runs unfused). SD 3.5 is refused too: the fused processor
+SD 3's fuse installs everywhere (`FusedJointAttnProcessor2_0`) skips the q/k RMS norms SD 3.5
+has, and fails on SD 3.5 Medium's context-free second attention. diffusers keeps the separate
 `to_q`/`to_k`/`to_v` layers next to the fused copy (`to_qkv`, `to_kv` for cross-attention,
 `to_added_qkv` for the joint blocks). Easel's LoRA patcher and every other weight patch
 address those separate layers, so the fused copy goes stale when they change.
@@ -37,7 +39,12 @@ def can_fuse(denoiser: torch.nn.Module) -> str | None:
     for name, processor in getattr(denoiser, "attn_processors", {}).items():
         if "Added" in type(processor).__name__:  # diffusers refuses these (added KV projections)
             return f"{name} uses {type(processor).__name__}"
+    from diffusers.models.attention_processor import Attention
+
     for module in denoiser.modules():
+        if isinstance(module, Attention) and getattr(module, "norm_q", None) is not None:
+            # diffusers' FusedJointAttnProcessor2_0 (what SD 3's fuse installs) skips the q/k norms of SD 3.5
+            return "diffusers' fused processor skips its q/k RMS norms"
         weight = getattr(module, "weight", None)
         if weight is not None and (weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
                                    or hasattr(weight, "quant_type")):
@@ -61,8 +68,9 @@ def fuse(denoiser: torch.nn.Module) -> int:
 
 def unfuse(denoiser: torch.nn.Module) -> None:
     """diffusers' unfuse, then drop the fused copies (the UNet's unfuse keeps them and their memory)."""
-    if hasattr(denoiser, "unfuse_qkv_projections"):
-        denoiser.unfuse_qkv_projections()
+    if "_easel_fused_versions" not in denoiser.__dict__:  # never fused (diffusers' unfuse would fail)
+        return
+    denoiser.unfuse_qkv_projections()
     for module, fused in fused_layers(denoiser):
         delattr(module, fused)
     for module in denoiser.modules():
