@@ -165,7 +165,8 @@ def fast_parts_rows(easel, request: dict, rounds: int = 5) -> Rows:
         easel.settings.update({"fast_mode": fast})
         images[fast] = easel.txt2img(GenerationRequest(**lora)).images[0]
     started = time.perf_counter()
-    model.unet.__dict__["_easel_fused_versions"] = {}  # every fused projection stale, as after a LoRA change
+    layers, _ = model.unet.__dict__["_easel_fused_versions"]
+    model.unet.__dict__["_easel_fused_versions"] = (layers, {})  # every fused projection stale, as after a patch
     copied = refresh_fused(model.unet)
     rows += [("LoRA image fast vs plain (PSNR dB)", f"{psnr(images[False], images[True]):.1f}"),
              (f"re-copying {copied} fused projections after a patch (ms)",
