@@ -214,3 +214,15 @@ def test_compile_always_on_cpu_compiles_once_per_size_and_says_so(app, monkeypat
     app.settings.update({"fast_mode": False})
     generate(app, steps=2)
     assert model.unet._compiled_call_impl is None and not compiled_shapes(model)
+
+
+def test_fp8_storage_stays_unfused_and_says_why(app, caplog):
+    app.settings.update({"weight_storage": "fp8_e4m3fn", "fast_mode": True})
+    try:
+        with caplog.at_level(logging.INFO, logger="webui.model_manager.fast"):
+            result = generate(app, prompt="a lighthouse <lora:qkv:1>")
+        denoiser = app.models.get("tiny-sd1.safetensors").unet
+        assert result.images and not any(getattr(m, "fused_projections", False) for m in denoiser.modules())
+        assert "no fused QKV (weights are stored quantized: fp8, NF4 or GGUF" in caplog.text
+    finally:
+        app.settings.update({"weight_storage": "Automatic", "fast_mode": False})

@@ -104,7 +104,7 @@ class AppOptions:
     memory: MemoryFlags = field(default_factory=MemoryFlags)  # --medvram / --medvram-sdxl / --lowvram / --gpu-weights
     weights: str = "auto"  # --weights: auto, fp16, bf16 (via precision) or fp8 (weight storage)
     fast: bool = False     # --fast
-    attention: str = "Automatic"  # --xformers / --opt-sdp-attention / ...: what cross_attention_optimization's Automatic runs
+    attention: str = "Automatic"  # --xformers, --opt-sdp-attention, ...: cross_attention_optimization's Automatic
     workers: str = ""      # --workers cpu,cpu | cuda:0,cuda:1 | auto: worker processes on Ray (webui/workers)
     ray_address: str | None = None  # --ray-address auto | ray://HOST:10001: workers on a Ray cluster
 

@@ -204,8 +204,9 @@ class Settings:
                            "Stable Diffusion")
     fast_compile: str = _opt("Automatic", "Fast mode's torch.compile (Automatic: on CUDA only)", "Stable Diffusion",
                              choices=("Automatic", "Always", "Never"))
-    fast_cuda_graphs: bool = _opt(False, "Fast mode's torch.compile with CUDA graphs (\"reduce-overhead\"), for passes "
-                                         "with no offload and no LoRA applied; CUDA only, unmeasured", "Stable Diffusion")
+    fast_cuda_graphs: bool = _opt(False, "Fast mode's torch.compile with CUDA graphs (\"reduce-overhead\"), for "
+                                         "passes with no offload and no LoRA applied; CUDA only, unmeasured",
+                                  "Stable Diffusion")
     cross_attention_optimization: str = _opt(
         "Automatic", "Cross attention optimization (Automatic: SDP, or what --xformers / --opt-sdp-attention / "
                      "--opt-sdp-no-mem-attention name; a choice that cannot run here falls back to SDP with a warning)",

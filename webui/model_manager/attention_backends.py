@@ -74,7 +74,8 @@ def _installed(choice: str) -> bool:
     return is_xformers_available() if choice == XFORMERS else is_sageattention_available()
 
 
-def plan_attention(wanted: str, denoiser: torch.nn.Module, device: torch.device, flag: str = AUTOMATIC) -> AttentionPlan:
+def plan_attention(wanted: str, denoiser: torch.nn.Module, device: torch.device,
+                   flag: str = AUTOMATIC) -> AttentionPlan:
     """Resolve the setting (and, under Automatic, the flag) to what can run on this denoiser and device."""
     choice = flag if wanted == AUTOMATIC else wanted
     if choice not in CHOICES:

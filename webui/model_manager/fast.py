@@ -5,7 +5,7 @@ The denoiser is `model.unet` for every family: the UNet (SD 1.x/2.x/SDXL) or the
 - channels_last memory format, only where it has convolutions (the UNet; SD 3's patch
   embedding): faster cuDNN kernels on GPUs; Flux and Z-Image have none, so nothing changes.
 - Fused QKV projections through diffusers' `fuse_qkv_projections()` where the class has it
-  (UNet, SD 3, Flux; not Z-Image, nor fp8/GGUF storage): `fused_qkv.py`, which also keeps the
+  (UNet, SD 3, Flux; not Z-Image or SD 3.5, nor fp8/NF4/GGUF storage): `fused_qkv.py`, which also keeps the
   fused copy true to LoRA patches.
 - `torch.compile` of the denoiser, per pass (`fast_run`): on CUDA by default, elsewhere when the
   setting `fast_compile` says Always. Compiled callables are kept per (compile mode, attention)

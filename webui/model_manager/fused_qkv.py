@@ -48,7 +48,7 @@ def can_fuse(denoiser: torch.nn.Module) -> str | None:
         weight = getattr(module, "weight", None)
         if weight is not None and (weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
                                    or hasattr(weight, "quant_type")):
-            return "weights are stored in fp8 or GGUF (the fused copy would lose the storage's casting)"
+            return "weights are stored quantized: fp8, NF4 or GGUF (a fused copy would lose that storage)"
     return None
 
 
