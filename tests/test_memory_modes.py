@@ -170,19 +170,21 @@ def test_a_small_gpu_weights_budget_makes_the_automatic_choice_offload(app, capl
     assert "Model offload (automatic: 11 MB of weights, 10 MB budget)" in caplog.text
 
 
-def test_fast_mode_keeps_the_image_uses_sdpa_and_channels_last(app, caplog):
+def test_fast_mode_keeps_the_image_fuses_qkv_and_uses_channels_last(app, caplog):
     plain = generate(app)
     app.settings.update({"fast_mode": True})
     with caplog.at_level(logging.INFO, logger="webui.model_manager.fast"):
         fast = generate(app)
     model = app.models.get("tiny-sd1.safetensors")
     assert model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    assert set(attention_processors(model.unet)) == {"AttnProcessor2_0"}
-    assert "AttnProcessor2_0" in caplog.text and "no torch.compile (cpu" in caplog.text
+    assert set(attention_processors(model.unet)) == {"FusedAttnProcessor2_0"}  # SDPA over the fused projections
+    assert "fused QKV (12 projections)" in caplog.text and "no torch.compile (cpu" in caplog.text
     assert psnr(plain.images[0], fast.images[0]) >= 45
     app.settings.update({"fast_mode": False})
     again = generate(app)
     assert model.unet.conv_in.weight.is_contiguous()
+    assert set(attention_processors(model.unet)) == {"AttnProcessor2_0"}
+    assert not any(name.endswith(("to_qkv", "to_kv")) for name, _ in model.unet.named_modules())  # memory back
     assert np.array_equal(np.asarray(plain.images[0]), np.asarray(again.images[0]))
 
 

@@ -104,6 +104,7 @@ class AppOptions:
     memory: MemoryFlags = field(default_factory=MemoryFlags)  # --medvram / --medvram-sdxl / --lowvram / --gpu-weights
     weights: str = "auto"  # --weights: auto, fp16, bf16 (via precision) or fp8 (weight storage)
     fast: bool = False     # --fast
+    attention: str = "Automatic"  # --xformers, --opt-sdp-attention, ...: cross_attention_optimization's Automatic
     workers: str = ""      # --workers cpu,cpu | cuda:0,cuda:1 | auto: worker processes on Ray (webui/workers)
     ray_address: str | None = None  # --ray-address auto | ray://HOST:10001: workers on a Ray cluster
 
@@ -300,7 +301,8 @@ def build(options: AppOptions) -> Easel:
     store = ModelStore(setting_budget(settings, "model_cache_ram_gb", automatic_ram_budget),
                        setting_budget(settings, "model_cache_vram_gb", lambda: automatic_device_budget(device.device)))
     models = ModelManager(paths, settings, device, allow_pickle=options.allow_pickle, store=store,
-                          memory_flags=options.memory, weights=options.weights, fast=options.fast)
+                          memory_flags=options.memory, weights=options.weights, fast=options.fast,
+                          attention_flag=options.attention)
     models.refresh()
     queue_class = JobQueue
     if options.workers or options.ray_address:  # only then: the default never imports the workers (nor Ray)

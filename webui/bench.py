@@ -5,7 +5,8 @@
     python3 -m webui.bench --only startup        # start-up next to a bare Gradio app only
     python3 -m webui.bench --only engine         # Easel vs bare diffusers (the engine's overhead) only
     python3 -m webui.bench --only sd3            # SD 3.5 (tiny) vs StableDiffusion3Pipeline on the same modules
-    python3 -m webui.bench --only memory         # each memory mode, plain and fast: it/s, peak memory (bench_memory)
+    python3 -m webui.bench --only memory         # each memory mode, plain and fast: it/s, peak memory; fused QKV +
+                                                 # channels_last vs plain side by side (bench_memory)
     python3 -m webui.bench --gpu-suite           # full-size SD 1.5 / SDXL on CUDA; says it skipped without one
     python3 -m webui.bench --family flux         # tiny Flux dev: Easel vs FluxPipeline on the same modules
     python3 -m webui.bench --family flux --size full --device cuda   # real Flux transformer: s/it, peak memory
@@ -406,9 +407,10 @@ def main(argv: list[str] | None = None) -> int:
                        steps=args.steps, cfg_scale=7.0, width=side, height=side, seed=1, sampler_name="Euler",
                        scheduler="Uniform", checkpoint="a.safetensors", save_images=False)
         if args.only == "memory":  # one checkpoint, every memory mode plain and fast, side by side
-            from .bench_memory import memory_rows
+            from .bench_memory import fast_parts_rows, memory_rows
 
             rows += memory_rows(easel, dict(request, width=side, height=side), rounds=args.rounds)
+            rows += fast_parts_rows(easel, dict(request, width=side, height=side), rounds=args.rounds)
             easel.close()
             _print(rows)
             return 0

@@ -113,3 +113,67 @@ def gpu_suite(build_easel, write_full_size, tmp: Path, steps: int = 20, rounds: 
             easel.close()
             torch.cuda.empty_cache()
     return rows
+
+
+def fused_copy_mib(family: str, bytes_per_weight: int = 2) -> tuple[float, float]:
+    """(MiB the fused QKV copy adds, MiB of the whole denoiser) for a full-size family, in fp16, built
+    on the meta device (no memory, no time): fast mode's memory cost, measured from the real layout."""
+    from diffusers import UNet2DConditionModel
+
+    from .model_manager.architecture import Architecture, configs_for
+    from .model_manager.fused_qkv import fuse, fused_layers
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(configs_for(Architecture(family))["unet"])
+    whole = sum(p.numel() for p in unet.parameters())
+    fuse(unet)
+    fused = sum(p.numel() for module, name in fused_layers(unet) for p in getattr(module, name).parameters())
+    return fused * bytes_per_weight / 2 ** 20, whole * bytes_per_weight / 2 ** 20
+
+
+def fast_parts_rows(easel, request: dict, rounds: int = 5) -> Rows:
+    """Fast mode without torch.compile (fused QKV + channels_last) against plain, alternating job by job
+    on one checkpoint so both see the same machine load; the ratio is fast / plain it/s. With
+    fast_compile Automatic this is what fast mode is on a CPU."""
+    from .features.lora_writer import write_lora
+    from .model_manager.fused_qkv import fused_layers, refresh_fused
+
+    easel.settings.update({"memory_mode": RESIDENT, "fast_compile": "Automatic"})
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    images: dict[bool, object] = {}
+    for fast in (False, True):  # warm-up: placement, fusing
+        easel.settings.update({"fast_mode": fast})
+        easel.txt2img(GenerationRequest(**dict(request, steps=2)))
+    for _ in range(rounds):
+        for fast in (False, True):
+            easel.settings.update({"fast_mode": fast})
+            result = easel.txt2img(GenerationRequest(**request))
+            rates[fast].append(request["steps"] / max(result.timings["sample"], 1e-9))
+            images[fast] = result.images[0]
+    model = easel.models.get(request["checkpoint"])
+    fused_bytes = sum(p.numel() * p.element_size() for m, n in fused_layers(model.unet)
+                      for p in getattr(m, n).parameters())
+    plain, fast = statistics.median(rates[False]), statistics.median(rates[True])
+    rows: Rows = [("fused QKV + channels_last vs plain (CPU, no compile): it/s plain / fast / ratio / PSNR dB",
+                   f"{plain:.2f} / {fast:.2f} / {fast / plain:.3f} / {psnr(images[False], images[True]):.1f}"),
+                  ("fused QKV copy of this checkpoint (MiB)", f"{fused_bytes / 2 ** 20:.2f}")]
+    # a LoRA change in fast mode: the patch, then the copy of the patched q/k/v rows into the fused layers
+    write_lora(easel.paths.model_dir("lora") / "bench_qkv.safetensors", model, seed=1, alpha=4.0, text_encoder=False,
+               match=("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn2.to_k", "attn2.to_v"))
+    lora = dict(request, prompt=request["prompt"] + " <lora:bench_qkv:1>")
+    for fast in (False, True):
+        easel.settings.update({"fast_mode": fast})
+        images[fast] = easel.txt2img(GenerationRequest(**lora)).images[0]
+    started = time.perf_counter()
+    layers, _ = model.unet.__dict__["_easel_fused_versions"]
+    model.unet.__dict__["_easel_fused_versions"] = (layers, {})  # every fused projection stale, as after a patch
+    copied = refresh_fused(model.unet)
+    rows += [("LoRA image fast vs plain (PSNR dB)", f"{psnr(images[False], images[True]):.1f}"),
+             (f"re-copying {copied} fused projections after a patch (ms)",
+              f"{(time.perf_counter() - started) * 1e3:.2f}")]
+    for family in ("sd1", "sdxl"):
+        extra, whole = fused_copy_mib(family)
+        rows.append((f"fused QKV copy, full {family} UNet fp16 (MiB / % of the UNet)",
+                     f"{extra:.0f} / {100 * extra / whole:.1f}"))
+    easel.settings.update({"memory_mode": "Automatic", "fast_mode": False})
+    return rows

@@ -49,7 +49,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
     memory.add_argument("--gpu-weights", type=float, default=0, metavar="MB",
                         help="GPU memory the weights may take, in MB; the automatic memory mode offloads above it")
     memory.add_argument("--fast", action="store_true",
-                        help="fast mode: channels_last and, on CUDA, torch.compile of the UNet (setting fast_mode)")
+                        help="fast mode: channels_last, fused QKV projections and, on CUDA, torch.compile of the "
+                             "denoiser (setting fast_mode)")
+    for flag, what in (("--xformers", "xFormers"), ("--opt-sdp-attention", "SDP"),
+                       ("--opt-sdp-no-mem-attention", "SDP without the memory-efficient kernel"),
+                       ("--opt-split-attention", "SDP (its memory-efficient kernel splits attention)")):
+        memory.add_argument(flag, action="store_true",
+                            help=f"attention: {what} when the setting cross_attention_optimization is Automatic")
     group.add_argument("--allow-pickle", action="store_true",
                        help="allow .ckpt/.pt/.bin checkpoints (read with a restricted unpickler)")
     group.add_argument("--demo-model", action="store_true",
@@ -124,10 +130,12 @@ def _precision(args: argparse.Namespace) -> str:
 
 def _options(args: argparse.Namespace):
     from .app import AppOptions
+    from .model_manager.attention_backends import FLAGS, flag_choice
     from .model_manager.memory import MemoryFlags
 
     memory = MemoryFlags.from_flags(args.lowvram, args.medvram, args.medvram_sdxl, args.gpu_weights)
-    return AppOptions(memory=memory, weights=args.weights, fast=args.fast,
+    attention = flag_choice({name: getattr(args, name) for name in FLAGS})
+    return AppOptions(memory=memory, weights=args.weights, fast=args.fast, attention=attention,
                       models_dir=args.models_dir, ckpt_dirs=args.ckpt_dir, lora_dirs=args.lora_dir,
                       embedding_dirs=args.embeddings_dir, outputs_dir=args.outputs_dir,
                       data_dir=args.data_dir, device=args.device, precision=_precision(args),

@@ -200,11 +200,20 @@ class Settings:
     gpu_weights_mb: int = _opt(0, "GPU weights budget in MB for the memory mode's automatic choice (0 = free GPU "
                                   "memory and model_cache_vram_gb decide; --gpu-weights sets it too)",
                                "Stable Diffusion", minimum=0, maximum=10_000_000)
-    fast_mode: bool = _opt(False, "Fast mode: channels_last, checked SDPA attention and, on CUDA, torch.compile of "
-                                  "the UNet (the first image of each size compiles; --fast sets it too)",
+    fast_mode: bool = _opt(False, "Fast mode: channels_last, fused QKV projections and, on CUDA, torch.compile of "
+                                  "the denoiser (the first image of each size compiles; --fast sets it too)",
                            "Stable Diffusion")
     fast_compile: str = _opt("Automatic", "Fast mode's torch.compile (Automatic: on CUDA only)", "Stable Diffusion",
                              choices=("Automatic", "Always", "Never"))
+    fast_cuda_graphs: bool = _opt(False, "Fast mode's torch.compile with CUDA graphs (\"reduce-overhead\"), for "
+                                         "passes with no offload and no LoRA applied; CUDA only, unmeasured",
+                                  "Stable Diffusion")
+    cross_attention_optimization: str = _opt(
+        "Automatic", "Cross attention optimization (Automatic: SDP, or what --xformers / --opt-sdp-attention / "
+                     "--opt-sdp-no-mem-attention name; a choice that cannot run here falls back to SDP with a warning)",
+        "Stable Diffusion", choices=("Automatic", "sdp - scaled dot product",
+                                     "sdp-no-mem - scaled dot product without memory efficient attention",
+                                     "xformers", "SageAttention", "None"))
     vae_tiling: str = _opt("Automatic", "VAE tiling: decode and encode in overlapping tiles (Automatic: above 2048x2048 "
                                         "pixels and after running out of GPU memory)", "Stable Diffusion",
                             choices=("Automatic", "Always", "Never"))

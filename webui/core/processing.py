@@ -26,6 +26,7 @@ from PIL import Image
 
 from .. import __version__
 from ..model_manager import module_choice
+from ..model_manager.fast import fast_run
 from ..model_manager.tiny_vae import load_tiny_vae, tiny_vae_folder
 from ..paths import Paths
 from ..settings import SettingsStore
@@ -427,6 +428,9 @@ class Engine:
             for feature in self.features:
                 scope.enter_context(feature.installed(run, p))
             scope.enter_context(p.plan.prompts.patches_applied())
+            # attention kernel; in fast mode, fused weights refreshed after the patches and torch.compile
+            scope.enter_context(fast_run(model, (width, height), len(batch.seeds), p.plan.options, run.job,
+                                         getattr(self.models, "attention_flag", "Automatic")))
             return self._run(p, sampling, run.job, step_offset)
 
     def _inpainting_model_conditioning(self, model: LoadedModel, sampling: Sampling, width: int, height: int) -> None:

@@ -7,7 +7,9 @@ transformer block calls `Job.check()` for the job the worker runs, so the except
 the UNet within one block - the same exception, taking the same way out, as when the sampler
 raises it between steps. Installed once per UNet module from outside the engine (the app
 factory, when a model is loaded), so sampling code knows nothing of it; a hook costs a
-function call per block when nobody pressed anything.
+function call per block when nobody pressed anything. Inside a denoiser compiled by fast mode
+the hook traces to nothing (a graph break per block would undo the compile); Interrupt then
+takes effect between steps.
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ def install_interrupt_checks(module: torch.nn.Module, current_job: Callable[[], 
         return 0
 
     def check(_module, _args) -> None:
+        if torch.compiler.is_compiling():  # fast mode's compiled denoiser: checks between steps only, no graph break
+            return
         job = current_job()
         if job is None:
             return

@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ..model_manager.convert import _apply, _sorted, unet_rules
+from ..model_manager.fused_qkv import FUSED_PARTS, refresh_fused
 from ..model_manager.hashing import HashCache
 from ..model_manager.lookup import ModelNotFound, find_file
 from ..paths import model_files
@@ -178,8 +179,8 @@ def target_map(model) -> dict[str, tuple[str, torch.nn.Module]]:
     rules = _sorted(unet_rules(unet_config), forward=False) if unet_config else []
     denoiser = model.architecture.adapter.denoiser_component  # diffusers/PEFT files: "transformer.<module>"
     for name, module in model.unet.named_modules():
-        if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-            continue
+        if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) or name.rpartition(".")[2] in FUSED_PARTS:
+            continue  # fast mode's fused QKV copies follow the separate layers (fused_qkv.py)
         original = _apply(name + ".", rules, forward=False) if rules else None
         for spelling in {"lora_unet_" + _flat(name), "unet." + name, name, f"{denoiser}.{name}",
                          f"lora_{denoiser}_" + _flat(name),  # LyCORIS files over diffusers names (SimpleTuner)
@@ -260,7 +261,7 @@ class LoraPatcher:
         if signature == self.signature:
             return ApplyReport(self.last_report.matched, self.last_report.unmatched, 0.0, cached=True)
         started = time.perf_counter()
-        self.restore()
+        self._restore()
         targets = target_map(self.model)
         report = ApplyReport()
         updates: dict[int, tuple[torch.nn.Module, torch.Tensor]] = {}
@@ -299,12 +300,17 @@ class LoraPatcher:
             self._backups[key] = (module, module.weight.detach().to("cpu", copy=True))
             module.weight.copy_((module.weight.float() + delta).to(module.weight.dtype))
         self.signature = signature
+        refresh_fused(self.model.unet)  # fast mode's fused QKV copies follow the patched q/k/v layers
         report.seconds = time.perf_counter() - started
         self.last_report = report
         return report
 
-    @torch.no_grad()
     def restore(self) -> None:
+        self._restore()
+        refresh_fused(self.model.unet)
+
+    @torch.no_grad()
+    def _restore(self) -> None:
         for module, original in self._backups.values():
             if isinstance(original, QuantizedBackup):
                 original.restore(module)

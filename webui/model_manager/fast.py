@@ -1,23 +1,33 @@
 """Fast mode: the denoiser's cheap speed-ups, applied at placement and undone when switched off.
 
-- Attention: diffusers' default processor on torch 2 is `AttnProcessor2_0`, which calls
-  `scaled_dot_product_attention` (PyTorch picks flash / memory-efficient / math by itself). We
-  check it is in place on every attention layer and log which processors run, rather than
-  installing processors of our own.
-- channels_last memory format for the UNet's convolutions (faster cuDNN kernels on GPUs).
-- `torch.compile` of the UNet (nn.Module.compile, in place, so hooks and LoRA patches keep
-  working on the same module): on CUDA by default ("max-autotune-no-cudagraphs": the offload
-  hooks and in-place LoRA patches move weights, which CUDA graphs would freeze), never on other
-  devices unless the setting `fast_compile` says Always.
-Token merging (ToMe) is not offered: the only package, tomesd, was last released in May 2023 and
-patches diffusers classes by name.
+The denoiser is `model.unet` for every family: the UNet (SD 1.x/2.x/SDXL) or the transformer
+(Flux, SD 3.5, Z-Image). Fast mode gives it:
+- channels_last memory format, only where it has convolutions (the UNet; SD 3's patch
+  embedding): faster cuDNN kernels on GPUs; Flux and Z-Image have none, so nothing changes.
+- Fused QKV projections through diffusers' `fuse_qkv_projections()` where the class has it
+  (UNet, SD 3, Flux; not Z-Image or SD 3.5, nor fp8/NF4/GGUF storage): `fused_qkv.py`, which also keeps the
+  fused copy true to LoRA patches.
+- `torch.compile` of the denoiser, per pass (`fast_run`): on CUDA by default, elsewhere when the
+  setting `fast_compile` says Always. Compiled callables are kept per (compile mode, attention)
+  and every (width, height, batch) seen is recorded on the model, so the first pass at a new
+  size shows "Compiling the denoiser (first image at this size)…" as the job's progress text.
+  The mode is "max-autotune-no-cudagraphs"; with the setting `fast_cuda_graphs` on a CUDA device
+  it is "reduce-overhead" (CUDA graphs, static shapes) but only for passes with no offload hooks,
+  no fp8/GGUF storage and no weight patches applied; CUDA graphs are unmeasured (no GPU here).
+The attention kernel (A1111's setting `cross_attention_optimization`, `attention_backends.py`)
+applies to every pass, fast mode or not. Token merging is a separate feature.
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+import os
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
+
+from .attention_backends import AUTOMATIC, attention_for_run, plan_attention
+from .fused_qkv import can_fuse, fuse, refresh_fused, unfuse
 
 if TYPE_CHECKING:
     from .loader import LoadedModel
@@ -25,6 +35,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 COMPILE_CHOICES = ("Automatic", "Always", "Never")
 COMPILE_MODE_CUDA = "max-autotune-no-cudagraphs"
+COMPILE_MODE_GRAPHS = "reduce-overhead"
+COMPILING = "Compiling the denoiser (first image at this size)…"
+# torch.compile's backend: inductor (generated kernels); "eager"/"aot_eager" only trace, to find a
+# compile problem quickly (the tests use it: inductor takes minutes for even the tiny UNet on 2 CPU cores)
+BACKEND_ENV = "EASEL_COMPILE_BACKEND"
 
 
 def attention_processors(unet: torch.nn.Module) -> dict[str, int]:
@@ -36,6 +51,10 @@ def attention_processors(unet: torch.nn.Module) -> dict[str, int]:
     return counts
 
 
+def has_convolutions(module: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+
+
 def should_compile(device: torch.device, setting: str) -> bool:
     return setting == "Always" or (setting == "Automatic" and device.type == "cuda")
 
@@ -44,24 +63,104 @@ def apply_fast(model: "LoadedModel", on: bool, compile_setting: str = "Automatic
     """Switch fast mode on or off for the model's denoiser; True when anything changed."""
     if model.fast == on:
         return False
-    unet = model.unet
+    denoiser = model.unet
+    device = model.device.device
     if on:
-        unet.to(memory_format=torch.channels_last)
-        notes = ["channels_last"]
-        if should_compile(model.device.device, compile_setting):
-            mode = COMPILE_MODE_CUDA if model.device.device.type == "cuda" else "default"
-            unet.compile(mode=mode)
-            notes.append(f"torch.compile ({mode}; the first steps of each new size compile)")
+        notes = []
+        if has_convolutions(denoiser):
+            denoiser.to(memory_format=torch.channels_last)
+            notes.append("channels_last")
+        why_not = can_fuse(denoiser)
+        if why_not is None:
+            notes.append(f"fused QKV ({fuse(denoiser)} projections)")
         else:
-            notes.append(f"no torch.compile ({model.device.device.type}; setting fast_compile: {compile_setting})")
-        processors = attention_processors(unet)
+            notes.append(f"no fused QKV ({why_not})")
+        if should_compile(device, compile_setting):
+            notes.append("torch.compile (the first image of each size compiles)")
+        else:
+            notes.append(f"no torch.compile ({device.type}; setting fast_compile: {compile_setting})")
+        processors = attention_processors(denoiser)
         log.info("fast mode for %s: attention %s, %s", model.info.name,
-                 ", ".join(f"{n} x{c}" for n, c in processors.items()) or "none", ", ".join(notes))
-        if any(name != "AttnProcessor2_0" for name in processors):
-            log.warning("fast mode: some attention layers do not use SDPA (AttnProcessor2_0): %s", processors)
+                 ", ".join(f"{n} x{c}" for n, c in processors.items()) or "dispatcher", ", ".join(notes))
     else:
-        unet.to(memory_format=torch.contiguous_format)
-        unet._compiled_call_impl = None  # what nn.Module.compile set: calls go to forward again
+        if has_convolutions(denoiser):
+            denoiser.to(memory_format=torch.contiguous_format)
+        unfuse(denoiser)
+        denoiser._compiled_call_impl = None  # calls go to forward again
+        model.patches.pop("fast_compiled", None)
+        model.patches.pop("fast_compiled_shapes", None)
         log.info("fast mode off for %s", model.info.name)
     model.fast = on
     return True
+
+
+def _weights_patched(model: "LoadedModel") -> bool:
+    """Whether a weight patch (LoRA and the like) is applied now, or the weights are stored cast."""
+    patcher = model.patches.get("lora_patcher")
+    return bool(getattr(patcher, "signature", ())) or model.weight_storage != "Automatic" or any(
+        hasattr(p, "quant_type") for p in model.unet.parameters())
+
+
+def compile_mode(model: "LoadedModel", cuda_graphs: bool) -> str:
+    """The torch.compile mode for this pass (CUDA graphs only where nothing moves or patches weights)."""
+    device = model.device.device
+    if device.type != "cuda":
+        return "default"
+    if cuda_graphs and model.offloader is None and not _weights_patched(model):
+        return COMPILE_MODE_GRAPHS
+    return COMPILE_MODE_CUDA
+
+
+def compiled_shapes(model: "LoadedModel") -> set[tuple]:
+    """(mode, attention, width, height, batch) of every pass the compiled denoiser ran at."""
+    return model.patches.setdefault("fast_compiled_shapes", set())
+
+
+def _compile(model: "LoadedModel", mode: str, attention: str) -> None:
+    """Point the denoiser's calls at the compiled callable for (mode, attention), compiling lazily."""
+    denoiser = model.unet
+    compiled: dict[tuple[str, str], Any] = model.patches.setdefault("fast_compiled", {})
+    key = (mode, attention)
+    if key not in compiled:
+        dynamic = False if mode == COMPILE_MODE_GRAPHS else None  # CUDA graphs: one graph per static shape
+        backend = os.environ.get(BACKEND_ENV) or "inductor"
+        options = {"mode": mode} if backend == "inductor" else {}  # modes belong to inductor
+        compiled[key] = torch.compile(denoiser._call_impl, backend=backend, dynamic=dynamic, **options)
+    denoiser._compiled_call_impl = compiled[key]
+
+
+def _warn_once(model: "LoadedModel", message: str) -> None:
+    said = model.patches.setdefault("attention_warnings", set())
+    if message not in said:
+        said.add(message)
+        log.warning(message)
+
+
+@contextmanager
+def fast_run(model: "LoadedModel", size: tuple[int, int], batch: int, options: dict[str, Any], job: Any = None,
+             attention_flag: str = AUTOMATIC) -> Iterator[None]:
+    """One sampling pass with the attention setting and, in fast mode, fresh fused weights and compile."""
+    wanted = str(options.get("cross_attention_optimization") or AUTOMATIC)
+    plan = plan_attention(wanted, model.unet, model.device.device, attention_flag)
+    if plan.why:
+        _warn_once(model, f"cross_attention_optimization: {plan.wanted} is not available for {model.info.name} "
+                          f"({plan.why}); using {plan.used} instead")
+    previous_text = job.progress.text if job is not None else None
+    with ExitStack() as scope:
+        if model.fast:
+            refresh_fused(model.unet)  # after the pass's weight patches were applied
+            if should_compile(model.device.device, str(options.get("fast_compile") or "Automatic")):
+                mode = compile_mode(model, bool(options.get("fast_cuda_graphs")))
+                _compile(model, mode, plan.used)
+                shape = (mode, plan.used, *size, batch)
+                if shape not in compiled_shapes(model):
+                    compiled_shapes(model).add(shape)
+                    log.info("fast mode: compiling %s's denoiser for %dx%d, batch %d (%s)",
+                             model.info.name, *size, batch, mode)
+                    if job is not None:
+                        job.report(text=COMPILING)
+                        scope.callback(job.report, text=previous_text)
+            else:
+                model.unet._compiled_call_impl = None
+        scope.enter_context(attention_for_run(plan, model.unet))
+        yield

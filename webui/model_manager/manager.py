@@ -49,7 +49,7 @@ class NoCheckpointError(LookupError):
 class ModelManager:
     def __init__(self, paths: Paths, settings: SettingsStore, device: DeviceConfig, allow_pickle: bool = False,
                  store: ModelStore | None = None, memory_flags: MemoryFlags | None = None, weights: str = "auto",
-                 fast: bool = False):
+                 fast: bool = False, attention_flag: str = "Automatic"):
         self.paths = paths
         self.settings = settings
         self.device = device
@@ -66,6 +66,7 @@ class ModelManager:
         self.memory = MemoryPolicy(settings, memory_flags or MemoryFlags(), device.device, self.store)
         self.weights = weights
         self.fast = fast
+        self.attention_flag = attention_flag  # what --xformers / --opt-sdp-attention / ... chose (attention_backends)
         self.store.after_jobs.append(self._after_job)
         self.store.load_listeners.append(self._loaded_with)
         # Forge's "VAE / Text Encoder" choice, remembered per checkpoint (module_choice.py)
