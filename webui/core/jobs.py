@@ -79,6 +79,7 @@ class Progress:
     preview_image_step: int = -1
     preview_watched_at: float = float("-inf")   # time.monotonic() of the latest poller's look
     preview_rendered_at: float = float("-inf")
+    preview_render_seconds: float = 0.0         # how long the latest decode took
 
     @property
     def fraction(self) -> float:

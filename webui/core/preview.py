@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 PREVIEW_METHODS = ("TAESD", "Approx cheap", "Full")
 # a poller that stopped asking this long ago no longer makes the worker decode previews
 WATCH_SECONDS = 10.0
+# previews take at most 1/(1 + this) of the worker's time: a decode that took d seconds waits this many d (a TAESD
+# decode of 512x512 takes seconds on a small CPU, longer than a step; on a GPU it is milliseconds and the period rules)
+COST_RATIO = 4.0
 
 
 def latent_preview(latents: torch.Tensor, rgb: Sequence[Sequence[float]] | None = None, index: int = 0,
@@ -109,15 +112,16 @@ def picture(previewer: Any, latents: torch.Tensor) -> Image.Image:
 
 def render(progress: "Progress", period_s: float) -> bool:
     """On the job's worker thread, after a step: decode the newest preview latents into `progress.preview_image`
-    when someone watched lately and the last picture is at least `period_s` old. True if it decoded."""
+    when someone watched lately and the last picture is at least `period_s` old (and COST_RATIO times its
+    decode time). True if it decoded."""
     latents, step = progress.preview_latents, progress.preview_step
     now = time.monotonic()
     if latents is None or step == progress.preview_image_step or now - progress.preview_watched_at > WATCH_SECONDS \
-            or now - progress.preview_rendered_at < period_s:
+            or now - progress.preview_rendered_at < max(period_s, COST_RATIO * progress.preview_render_seconds):
         return False
-    progress.preview_rendered_at = now
-    progress.preview_image = picture(progress.previewer, latents)
-    progress.preview_image_step = step
+    image = picture(progress.previewer, latents)
+    progress.preview_rendered_at = done = time.monotonic()
+    progress.preview_image, progress.preview_image_step, progress.preview_render_seconds = image, step, done - now
     return True
 
 
