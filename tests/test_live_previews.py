@@ -201,3 +201,16 @@ def test_previews_are_decoded_on_the_worker_only_while_watched_and_once_per_peri
     run(app, live_preview_refresh_period=10_000, steps=4)
     # watched from step 1 on: step 2 decodes, steps 3 and 4 fall inside the 10 s period
     assert [step for step, _, _ in watcher.pictures] == [2]
+
+
+def test_every_family_has_a_tiny_autoencoder_the_starter_list_offers_and_a_colour_fit():
+    from webui import families
+    from webui.model_manager.starter import STARTERS
+
+    offered = {f.target.split("/")[0] for item in STARTERS if item.kind == "vae_approx" for f in item.files
+               if f.target.endswith("/config.json")}
+    for family in families.all_families():
+        latent = family.latent
+        assert latent.tiny_vae in offered, family.name
+        assert len(latent.preview_rgb) == latent.channels, family.name
+    assert offered >= {"taesd", "taesdxl", "taesd3", "taef1"}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -91,17 +92,25 @@ class TinyVaePreview:
         return Image.fromarray(np.ascontiguousarray(array), "RGB")
 
 
-@dataclass(frozen=True)
 class FullVaePreview:
     """AUTOMATIC1111's "Full": the checkpoint's own VAE decodes the latent (as the final image will be).
-    Exact but as slow as a final decode, so it costs sampling time at every refresh period."""
+    Exact but as slow as a final decode, so it costs sampling time at every refresh period. It holds the
+    model weakly: a finished job kept in the history must not keep an unloaded checkpoint in memory."""
 
-    model: "LoadedModel"
+    def __init__(self, model: "LoadedModel") -> None:
+        self._model = weakref.ref(model)
+
+    @property
+    def model(self) -> "LoadedModel | None":
+        return self._model()
 
     def __call__(self, latents: torch.Tensor, index: int = 0, upscale: int = 1) -> Image.Image:
         from . import latents as latents_io
 
-        return latents_io.decode(self.model, latents[index:index + 1].detach())[0]
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model of this preview was unloaded")
+        return latents_io.decode(model, latents[index:index + 1].detach())[0]
 
 
 def picture(previewer: Any, latents: torch.Tensor) -> Image.Image:
