@@ -91,3 +91,40 @@ def test_the_setting_reaches_the_decode_of_a_generation(app):
     assert counting.decodes == 0
     tiled = np.asarray(app.txt2img(GenerationRequest(**base, override_settings={"vae_tiling": "Always"})).images[0])
     assert counting.decodes == 1 and psnr(untiled, tiled) > 10 and not np.array_equal(untiled, tiled)
+
+
+def test_nans_in_a_half_precision_decode_retry_in_fp32_once_per_model(tmp_path, tiny_ckpt_dir, caplog):
+    """A real tiny VAE in fp16 whose decoder gives NaN only in half precision (a forward hook, as SDXL's fp16 VAE
+    overflows on GPUs): the images come out whole, the VAE is wholly fp32 afterwards, and one log line says so."""
+    app = make_easel(tmp_path, tiny_ckpt_dir, precision="fp16")
+    try:
+        model = app.models.get("tiny-sd1.safetensors")
+        assert next(model.vae.parameters()).dtype == torch.float16
+        half_calls = []
+
+        def nan_in_half(module, args, output):
+            if output.dtype == torch.float16:
+                half_calls.append(output.shape)
+                return torch.full_like(output, float("nan"))
+            return None
+
+        hook = model.vae.decoder.register_forward_hook(nan_in_half)
+        try:
+            with caplog.at_level("WARNING", logger="webui.core.latents"):
+                first = app.txt2img(GenerationRequest(prompt="a red barn", steps=2, width=64, height=64, seed=5,
+                                                      sampler_name="Euler", batch_size=2, checkpoint="tiny-sd1",
+                                                      save_images=False))
+                again = app.txt2img(GenerationRequest(prompt="a red barn", steps=2, width=64, height=64, seed=6,
+                                                      sampler_name="Euler", checkpoint="tiny-sd1", save_images=False))
+        finally:
+            hook.remove()
+        for image in [*first.images, *again.images]:
+            assert np.asarray(image).std() > 5  # a picture, not the black frame NaNs would give
+        assert len(half_calls) == 1  # only the first image tried fp16; the rest went straight to fp32
+        assert model.vae_upcast and {p.dtype for p in model.vae.parameters()} == {torch.float32}
+        said = [r.getMessage() for r in caplog.records if "NaN" in r.getMessage()]
+        assert len(said) == 1 and "tiny-sd1" in said[0] and "fp32" in said[0]
+        assert latents.encode(model, first.images[:1]).dtype == torch.float32  # encodes follow, without a new line
+        assert len([r for r in caplog.records if "NaN" in r.getMessage()]) == 1
+    finally:
+        app.close()

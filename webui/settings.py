@@ -168,10 +168,11 @@ class Settings:
     control_net_unit_count: int = _opt(3, "ControlNet units per tab (applies after a restart)", "ControlNet",
                                        minimum=1, maximum=10)
     live_previews_enable: bool = _opt(True, "Show live previews of the created image", "Live previews")
-    live_preview_method: str = _opt("TAESD", "Live preview method (TAESD: a tiny autoencoder from models/VAE-approx, "
-                                             "close to the final image; Approx cheap: a colour mix, used when "
-                                             "the TAESD files are missing)", "Live previews",
-                                    choices=("TAESD", "Approx cheap"))
+    live_preview_method: str = _opt("TAESD", "Live preview method (TAESD: the model family's tiny autoencoder from "
+                                             "models/VAE-approx, close to the final image; Approx cheap: a colour "
+                                             "mix, used when the TAESD files are missing; Full: the checkpoint's "
+                                             "own VAE, exact but slow)", "Live previews",
+                                    choices=("TAESD", "Approx cheap", "Full"))
     show_progress_every_n_steps: int = _opt(1, "Live preview display period (steps)", "Live previews",
                                            minimum=1, maximum=32)
     live_preview_refresh_period: int = _opt(500, "Progressbar and preview update period (ms): how often the page "

@@ -18,7 +18,7 @@ from fastapi import Request
 
 from ..app import Easel
 from ..core.jobs import Job, JobState
-from ..core.preview import latent_preview
+from ..core.preview import watched_image
 from .images import encode_b64
 from .security import USER_KEY, current_user
 
@@ -69,23 +69,24 @@ def _set_done(future: asyncio.Future) -> None:
 
 
 class PreviewCache:
-    """The latest live preview as base64 PNG, encoded once per sampling step however often it is polled."""
+    """The latest live preview as base64 PNG, encoded once per picture however often it is polled. The job's
+    worker decodes the picture (core/preview.render) while someone polls; this only encodes and sends it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._key: tuple[str, int] | None = None
+        self._key: tuple[str, Any] | None = None
         self._value: str | None = None
 
     def get(self, job: Job) -> str | None:
-        latents = job.progress.preview_latents
-        if latents is None:
+        _, image = watched_image(job.progress)
+        if image is None:
             return None
-        key = (job.id, job.progress.preview_step)
+        key = (job.id, image)
         with self._lock:
-            if key == self._key:
+            if self._key is not None and key[0] == self._key[0] and key[1] is self._key[1]:
                 return self._value
         try:
-            value = encode_b64((job.progress.previewer or latent_preview)(latents))
+            value = encode_b64(image)
         except Exception:  # a preview must never fail a progress request
             log.debug("preview failed", exc_info=True)
             return None

@@ -67,12 +67,19 @@ class Progress:
     job_count: int = 0
     text: str = ""
     started_at: float | None = None
-    # latest latents/denoised estimate for live previews; decoded lazily by whoever asks
+    # latest latents/denoised estimate for live previews
     preview_latents: Any = None
     preview_step: int = -1
     # turns preview_latents into a picture (core/preview: ApproxPreview or TinyVaePreview), for
     # the model being sampled; set by the engine when the job's model is known
     previewer: Any = None
+    # preview_latents as a picture, decoded on the job's worker thread while someone watches (core/preview.render:
+    # at most once per live_preview_refresh_period); pollers only send it (core/preview.watched_image)
+    preview_image: Any = None
+    preview_image_step: int = -1
+    preview_watched_at: float = float("-inf")   # time.monotonic() of the latest poller's look
+    preview_rendered_at: float = float("-inf")
+    preview_render_seconds: float = 0.0         # how long the latest decode took
 
     @property
     def fraction(self) -> float:
@@ -343,7 +350,7 @@ class JobQueue:
     def _finish(self, job: Job, state: JobState) -> None:
         job.state = state
         job.finished_at = time.time()
-        job.progress.preview_latents = None
+        job.progress.preview_latents = job.progress.preview_image = None
         job._done.set()
         for listener in list(self.listeners):
             try:

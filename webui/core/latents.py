@@ -90,16 +90,23 @@ def _vae_dtype(model: "LoadedModel") -> torch.dtype:
 
 
 def _upcast(model: "LoadedModel") -> None:
-    log.warning("VAE produced NaNs in half precision; switching this model's VAE to fp32")
+    """Switch this model's VAE to fp32 for good; logged here, and this runs once per model (`vae_upcast`)."""
+    log.warning("the VAE of %s produced NaNs in half precision; it decodes and encodes in fp32 from now on "
+                "(as --no-half-vae would)", model.info.name)
     model.vae_upcast = True
     model.vae.to(torch.float32)
     if getattr(model, "offloader", None) is not None:  # offload hooks keep copies of the weights: take them again
         model.offloader.refresh()
 
 
-def _with_fp32_retry(model: "LoadedModel", run: Callable[[torch.dtype], torch.Tensor]) -> torch.Tensor:
-    """`run` in the VAE's dtype; NaNs in half precision (SDXL's fp16 VAE) switch this model's VAE to fp32 for
-    good and run it again, as AUTOMATIC1111 does, rather than hand the user a black image."""
+def _with_fp32_retry(model: "LoadedModel", call: Callable[[torch.Tensor], torch.Tensor], source: torch.Tensor,
+                     area: int) -> torch.Tensor:
+    """`call(source)` on the VAE (decode or encode) in its dtype, tiled as the policy says, as float32. NaNs in
+    half precision (SDXL's fp16 VAE) switch this model's VAE to fp32 for good and run it again, as AUTOMATIC1111
+    does, rather than hand the user a black image; the model's later images go straight to fp32 (one log line)."""
+    def run(dtype: torch.dtype) -> torch.Tensor:
+        return _with_tiling(model.vae, area, lambda: call(source.to(dtype)).float())
+
     dtype = _vae_dtype(model)
     out = run(dtype)
     if torch.isnan(out).any() and dtype != torch.float32:
@@ -123,12 +130,8 @@ def decode(model: "LoadedModel", latents: torch.Tensor) -> list[Image.Image]:
     images = []
     for latent in latents:
         area = latent.shape[-1] * latent.shape[-2] * _factor(model) ** 2
-
-        def run(dtype: torch.dtype) -> torch.Tensor:
-            return _with_tiling(model.vae, area, lambda: model.vae.decode(
-                (latent[None] / _scale(model) + _shift(model)).to(dtype)).sample.float())
-
-        images.append(to_image(_with_fp32_retry(model, run)[0]))
+        unscaled = latent[None] / _scale(model) + _shift(model)
+        images.append(to_image(_with_fp32_retry(model, lambda z: model.vae.decode(z).sample, unscaled, area)[0]))
     return images
 
 
@@ -148,11 +151,6 @@ def encode(model: "LoadedModel", images: list[Image.Image] | list[torch.Tensor])
     for image in images:
         source = image if isinstance(image, torch.Tensor) else to_pixels(image)
         area = source.shape[-1] * source.shape[-2]
-
-        def run(dtype: torch.dtype) -> torch.Tensor:
-            pixels = source.to(device, dtype)
-            return _with_tiling(model.vae, area, lambda: model.vae.encode(pixels).latent_dist.mode().float())
-
-        latent = _with_fp32_retry(model, run)
+        latent = _with_fp32_retry(model, lambda x: model.vae.encode(x).latent_dist.mode(), source.to(device), area)
         out.append((latent - _shift(model)) * _scale(model))
     return torch.cat(out)

@@ -32,7 +32,7 @@ from ..paths import Paths
 from ..settings import SettingsStore
 from . import latents as latents_io
 from .out_of_memory import job_memory_guard
-from .preview import ApproxPreview, TinyVaePreview
+from .preview import ApproxPreview, FullVaePreview, TinyVaePreview, render as render_preview
 from . import k_samplers, samplers, unipc
 from .hooks import NO_HOOKS, GenerationContext, Hooks, StepContext
 from .images import NamingContext, format_pattern, save_image
@@ -334,10 +334,14 @@ class Engine:
             progress.step, progress.total_steps, progress.job_no, progress.job_count, progress.previewer = kept
 
     def _previewer(self, model: LoadedModel, options: dict[str, Any]) -> Any:
-        """Live previews in the family's latent space: its tiny autoencoder when chosen and present,
-        else the cheap colour matrix (AUTOMATIC1111's "TAESD" and "Approx cheap")."""
+        """Live previews in the family's latent space (AUTOMATIC1111's "Live preview method"): "Full" decodes
+        with the checkpoint's VAE; "TAESD" with the family's tiny autoencoder when its folder is there; else
+        (and as the fallback, logged once) the cheap colour matrix."""
         latent = model.architecture.adapter.latent
-        if options.get("live_preview_method") == "TAESD" and options.get("live_previews_enable", True):
+        method = options.get("live_preview_method")
+        if method == "Full" and options.get("live_previews_enable", True):
+            return FullVaePreview(model)
+        if method == "TAESD" and options.get("live_previews_enable", True):
             folder = tiny_vae_folder(self.paths.model_dir("vae_approx"), latent.tiny_vae)
             decoder = folder and load_tiny_vae(folder, self.models.store, model.device.device, model.device.vae_dtype)
             if decoder is not None:
@@ -464,6 +468,7 @@ class Engine:
                               samplers.steps_to_run(p.steps, init is not None, strength, p.exact_steps))
         previews = self.settings.get("live_previews_enable")
         every = max(1, int(plan.options.get("show_progress_every_n_steps") or 1))  # live preview period, in steps
+        refresh = max(0.1, float(plan.options.get("live_preview_refresh_period") or 500) / 1000)
 
         step_hooks = self.hooks.has("step_end")
         last: list[torch.Tensor] = []  # the newest denoised estimate, handed on if Interrupt stops the sampler
@@ -472,6 +477,11 @@ class Engine:
             denoiser.step = i + 1  # prompt editing and LoRA switching follow the sampler's step
             last[:] = [denoised]
             job.report(step=step_offset + i + 1, preview=denoised if previews and (i + 1) % every == 0 else None)
+            if previews:
+                try:  # decoded here, on the worker thread, so the pollers only send a picture
+                    render_preview(job.progress, refresh)
+                except Exception:  # a preview must never fail the generation
+                    log.debug("live preview failed", exc_info=True)
             job.check()
             if step_hooks:
                 step = StepContext(index=i, timestep=None, latents=x, denoised=denoised)

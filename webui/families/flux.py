@@ -24,7 +24,12 @@ from ..core.schedules import FlowSchedule
 from .base import Family, LatentFormat, Shapes
 from .t5_text import t5_sequence
 
-FLUX_LATENT = LatentFormat(channels=16)  # previews: channel mean until a published fit is shipped
+# previews: TAEF1, or the published least-squares latent -> RGB fit for Flux.1's VAE (ComfyUI's, without its bias)
+FLUX_LATENT = LatentFormat(channels=16, tiny_vae="taef1", preview_rgb=(
+    (-0.0404, 0.0159, 0.0609), (0.0043, 0.0298, 0.0850), (0.0328, -0.0749, -0.0503), (-0.0245, 0.0085, 0.0549),
+    (0.0966, 0.0894, 0.0530), (0.0035, 0.0399, 0.0123), (0.0583, 0.1184, 0.1262), (-0.0191, -0.0206, -0.0306),
+    (-0.0324, 0.0055, 0.1001), (0.0955, 0.0659, -0.0545), (-0.0504, 0.0231, -0.0013), (0.0500, -0.0008, -0.0088),
+    (0.0982, 0.0941, 0.0976), (-0.1233, -0.0280, -0.0897), (-0.0005, -0.0530, -0.0020), (-0.1273, -0.0932, -0.0680)))
 _PARAMETERISATION = FlowVelocity()
 # BFL's transformer keys, bare or under ComfyUI's / Forge's prefix
 BFL_PREFIXES = ("", "model.diffusion_model.")

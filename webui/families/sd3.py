@@ -36,7 +36,12 @@ from ..core.schedules import FlowSchedule
 from .base import Family, LatentFormat, LayerChoice, Shapes
 from .t5_text import t5_clip_length_sequence, t5_sequence
 
-SD3_LATENT = LatentFormat(channels=16)  # previews: channel mean until a published fit is shipped
+# previews: TAESD3, or the published least-squares latent -> RGB fit for SD3's VAE (as AUTOMATIC1111 and ComfyUI use)
+SD3_LATENT = LatentFormat(channels=16, tiny_vae="taesd3", preview_rgb=(
+    (-0.0645, 0.0177, 0.1052), (0.0028, 0.0312, 0.0650), (0.1848, 0.0762, 0.0360), (0.0944, 0.0360, 0.0889),
+    (0.0897, 0.0506, -0.0364), (-0.0020, 0.1203, 0.0284), (0.0855, 0.0118, 0.0283), (-0.0539, 0.0658, 0.1047),
+    (-0.0057, 0.0116, 0.0700), (-0.0412, 0.0281, -0.0039), (0.1106, 0.1171, 0.1220), (-0.0248, 0.0682, -0.0481),
+    (0.0815, 0.0846, 0.1207), (-0.0120, -0.0055, -0.0867), (-0.0749, -0.0634, -0.0456), (-0.1418, -0.1457, -0.1259)))
 _PARAMETERISATION = FlowVelocity()
 PREFIXES = ("model.diffusion_model.", "")
 _MARKER = "joint_blocks.0.context_block.adaLN_modulation.1.bias"

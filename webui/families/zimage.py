@@ -27,9 +27,10 @@ import torch
 
 from ..core.parameterisation import FlowVelocity, Parameterisation
 from ..core.schedules import FlowSchedule
-from .base import Family, LatentFormat, Shapes
+from .base import Family, Shapes
+from .flux import FLUX_LATENT
 
-ZIMAGE_LATENT = LatentFormat(channels=16)
+ZIMAGE_LATENT = FLUX_LATENT  # Z-Image decodes with Flux.1's VAE: same latent space, same previews (TAEF1)
 _PARAMETERISATION = FlowVelocity()
 # the published transformer's keys, bare or under ComfyUI's prefix
 ORIGINAL_PREFIXES = ("", "model.diffusion_model.")

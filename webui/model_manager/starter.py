@@ -248,6 +248,16 @@ STARTERS: tuple[StarterModel, ...] = (
         _hub("taesdxl/diffusion_pytorch_model.safetensors", "madebyollin/taesdxl",
              "diffusion_pytorch_model.safetensors", 5 * MB)),
         "", "The same for SDXL's latent space."),
+    StarterModel("taesd3", "TAESD3 live previews (SD 3 / 3.5)", "vae_approx", (
+        _hub("taesd3/config.json", "madebyollin/taesd3", "config.json", 1_000),
+        _hub("taesd3/diffusion_pytorch_model.safetensors", "madebyollin/taesd3",
+             "diffusion_pytorch_model.safetensors", 5 * MB)),
+        "", "The same for SD 3's 16-channel latent space."),
+    StarterModel("taef1", "TAEF1 live previews (Flux.1, Z-Image)", "vae_approx", (
+        _hub("taef1/config.json", "madebyollin/taef1", "config.json", 1_000),
+        _hub("taef1/diffusion_pytorch_model.safetensors", "madebyollin/taef1",
+             "diffusion_pytorch_model.safetensors", 5 * MB)),
+        "", "The same for Flux.1's 16-channel latent space, which Z-Image shares."),
     StarterModel("annotator-sam", "Segment Anything annotator", "annotator", (
         _hub("sam_vit_h_4b8939.pth", _ANNOTATOR_REPO, "sam_vit_h_4b8939.pth", 2_560 * MB),),
         "", "Weights for the segmentation preprocessor."),

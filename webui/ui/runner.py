@@ -7,7 +7,6 @@ to which browser session is remembered here, so Interrupt and Skip act on your o
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -15,7 +14,7 @@ import gradio as gr
 
 from ..app import Easel
 from ..core.jobs import Job, JobState, QueueFullError
-from ..core.preview import ApproxPreview
+from ..core.preview import watched_image
 from ..core.request import Result, ValidationError
 from .common import error_html, format_seconds, info_html, progress_html
 
@@ -94,25 +93,16 @@ def follow(easel: Easel, submit: Callable[[], Job], sessions: SessionJobs, sessi
         yield Update(progress="", info=error_html(str(exc))).as_tuple()
         return
     sessions.set(session, job.id)
-    shown_preview_step, preview_due = -1, 0.0
-    # A1111's setting: a preview is a picture the page fetches, decodes and lays out; four a second starved the
-    # page of a loaded 2-core box for over a minute, so previews come at most once per period (progress: every poll)
-    period = max(0.1, float(easel.settings.get("live_preview_refresh_period") or 500) / 1000)
+    shown = None
+    # A1111's setting live_preview_refresh_period: the job's worker decodes a preview at most that often, and only
+    # while someone polls (core/preview.render); this handler only sends the newest picture, never runs torch
     yield Update(progress=progress_html(0, "Queued"), preview=gr.update(value=None, visible=True), info="").as_tuple()
     while not job.wait(POLL_SECONDS):
         fraction, text = _status_text(easel, job)
         update = Update(progress=progress_html(fraction, text))
-        latents = job.progress.preview_latents
-        if latents is not None and job.progress.preview_step != shown_preview_step \
-                and time.monotonic() >= preview_due:
-            shown_preview_step, preview_due = job.progress.preview_step, time.monotonic() + period
-            try:
-                previewer = job.progress.previewer or ApproxPreview()
-                # the colour mix goes at latent size (the browser scales it); TAESD's picture is full size already
-                update.preview = (previewer(latents, upscale=1) if isinstance(previewer, ApproxPreview)
-                                  else previewer(latents))
-            except Exception:  # a preview must never break generation
-                pass
+        _, image = watched_image(job.progress)
+        if image is not None and image is not shown:
+            shown = update.preview = image
         yield update.as_tuple()
     yield finished_update(job).as_tuple()
 

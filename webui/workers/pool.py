@@ -270,7 +270,7 @@ class PoolQueue(JobQueue):
             job.state = JobState.QUEUED
             job.progress.text = text
             job.progress.step = 0
-            job.progress.preview_latents = None
+            job.progress.preview_latents = job.progress.preview_image = None
             self._pending.appendleft(job)
             self._cv.notify_all()
         return True

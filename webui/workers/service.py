@@ -125,9 +125,12 @@ class WorkerService:
         p = job.progress
         snap = Snapshot(state=job.state.value, step=p.step, total_steps=p.total_steps, job_no=p.job_no,
                         job_count=p.job_count, text=p.text)
+        from ..core.preview import watched_image
+
+        step, image = watched_image(p)  # the head polls while its job runs: this worker decodes previews
         latents = p.preview_latents
-        if latents is not None and p.preview_step > preview_since:
-            snap.preview = self._preview(p.preview_step, latents, p.previewer)
+        if image is not None and latents is not None and step > preview_since:
+            snap.preview = (step, latents[:1].detach().float().cpu(), DecodedPreview(image))
         if job.done:
             snap.finished = True
             snap.result = job.result
@@ -200,11 +203,3 @@ class WorkerService:
         orders.append(SaveOrder(image=image, mode=mode, naming=ctx, text=text, placeholder=placeholder))
         return Path(placeholder)
 
-    @staticmethod
-    def _preview(step: int, latents: Any, previewer: Any) -> tuple[int, Any, Any]:
-        from ..core.preview import ApproxPreview
-
-        first = latents[:1].detach().float().cpu()
-        if previewer is None or isinstance(previewer, ApproxPreview):
-            return step, first, previewer
-        return step, first, DecodedPreview(previewer(latents))

@@ -51,9 +51,12 @@ def spread_run(queue: JobQueue, request: GenerationRequest, remote_task: Callabl
             p.total_steps = sum(part.progress.total_steps for part in parts)
             p.step = sum(part.progress.step for part in parts)
             p.job_no, p.job_count = sum(1 for part in parts if part.done), len(parts)
+            for part in parts:  # whoever watches the job watches its parts: their workers decode previews
+                part.progress.preview_watched_at = p.preview_watched_at
             latest = max(parts, key=lambda part: part.progress.preview_step if not part.done else -1)
             if latest.progress.preview_latents is not None:
                 p.previewer, p.preview_latents = latest.progress.previewer, latest.progress.preview_latents
+                p.preview_image, p.preview_image_step = latest.progress.preview_image, latest.progress.preview_image_step
         job.meta["workers"] = [part.meta.get("worker") for part in parts]
         return join(parts)
 
