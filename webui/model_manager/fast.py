@@ -9,8 +9,8 @@
   working on the same module): on CUDA by default ("max-autotune-no-cudagraphs": the offload
   hooks and in-place LoRA patches move weights, which CUDA graphs would freeze), never on other
   devices unless the setting `fast_compile` says Always.
-Token merging (ToMe) is not offered: the only package, tomesd, was last released in May 2023 and
-patches diffusers classes by name.
+Token merging (ToMe) is not part of fast mode: it changes the image, so it is its own feature with
+AUTOMATIC1111's settings (features/token_merging, written from the paper; tomesd patches classes by name).
 """
 from __future__ import annotations
 
