@@ -20,7 +20,7 @@ from webui.core.request import GenerationRequest, ValidationError
 from webui.features.token_merging.feature import pass_ratio
 from webui.features.token_merging.matching import bipartite_matching, destination_mask
 from webui.features.token_merging.patch import block_grid, transformer_blocks, transformer_levels
-from webui.pnginfo import infotext_to_fields
+from webui.pnginfo import infotext_to_fields, override_item_fields, override_items
 
 SD1, SDXL = "tiny-sd1.safetensors", "tiny-sdxl.safetensors"
 
@@ -188,6 +188,9 @@ def test_infotext_round_trip_makes_the_same_image(app):
     assert np.array_equal(np.asarray(pasted.images[0]), np.asarray(result.images[0]))
     hr = infotext_to_fields(parse_infotext("x\nSteps: 3, Token merging ratio: 0.3, Token merging ratio hr: 0.5"))
     assert hr["override_settings"]["token_merging_ratio_hr"] == 0.5
+    # the UI's "Override settings" list after a paste: the entries, and the settings they give back
+    assert "Token merging ratio: 0.3" in override_items(parse_infotext(text))
+    assert override_item_fields(["Token merging ratio: 0.3"]) == {"override_settings": {"token_merging_ratio": 0.3}}
 
 
 def test_hires_pass_writes_its_ratio(app):
@@ -215,3 +218,15 @@ def test_api_override_settings(api_server):
         assert max_diff(decode(off.json()["images"][0]), decode(on.json()["images"][0])) > 0
         bad = client.post("/sdapi/v1/txt2img", json=payload(override_settings={"token_merging_ratio": 2}))
         assert bad.status_code == 422 and "override_settings.token_merging_ratio" in bad.text
+
+
+def test_hooks_are_removed_when_sampling_fails(app):
+    from webui.features.token_merging.patch import MergeOptions, TokenMerging
+
+    unet = app.models.get(SD1).unet
+    before = hook_count(unet)
+    with pytest.raises(RuntimeError):
+        with TokenMerging(unet, MergeOptions(ratio=0.5)).installed():
+            assert hook_count(unet) > before
+            raise RuntimeError("interrupted")
+    assert hook_count(unet) == before
