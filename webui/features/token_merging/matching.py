@@ -77,8 +77,8 @@ def bipartite_matching(x: torch.Tensor, height: int, width: int, ratio: float,
     b, n, _ = x.shape
     if n != height * width:
         raise ValueError(f"{n} tokens are not a {height}x{width} grid")
-    is_dst = destination_mask(height, width, generator).to(x.device)
-    dst, src = is_dst.nonzero().squeeze(1), (~is_dst).nonzero().squeeze(1)
+    is_dst = destination_mask(height, width, generator)  # indices found on the CPU: no device sync
+    dst, src = is_dst.nonzero().squeeze(1).to(x.device), (~is_dst).nonzero().squeeze(1).to(x.device)
     r = min(int(n * ratio), src.numel())
     if r <= 0 or dst.numel() == 0:
         return None
