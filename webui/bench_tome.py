@@ -11,6 +11,7 @@ batch 1), its speed-up over ratio 0, and the image's PSNR against ratio 0's.
 from __future__ import annotations
 
 import statistics
+import sys
 from pathlib import Path
 
 from .bench_memory import psnr
@@ -28,7 +29,8 @@ def tome_rows(easel, request: dict, rounds: int = 3, ratios: tuple[float, ...] =
                                                                          "token_merging_ratio": ratio})))
 
     for ratio in ratios:
-        run(ratio, 2)  # warm-up
+        run(ratio, 1)  # warm-up: loading, placement, first-call costs
+        print(f"warmed up ratio {ratio:g}", file=sys.stderr, flush=True)  # long runs (full-size on a CPU)
     rates: dict[float, list[float]] = {ratio: [] for ratio in ratios}
     images = {}
     for _ in range(rounds):
