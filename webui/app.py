@@ -53,6 +53,7 @@ from .features.img2img_feature import Img2Img
 from .features.lora import LoraLibrary
 from .features.networks import ExtraNetworks, LoraNetworks
 from .features.soft_inpaint import SoftInpainting
+from .features.token_merging import TokenMergingFeature
 from .features.face_restore import FaceRestoration
 from .features.tiling import SeamlessTiling
 from .features.wildcards import Wildcards
@@ -384,4 +385,4 @@ def builtin_features(networks: LoraNetworks, upscalers: Upscalers, controlnets: 
     """Easel's own features, in the order they contribute to a pass and to the infotext."""
     return [Img2Img(), SoftInpainting(), HiresFix(upscalers, models), ExtraNetworks(networks),
             ControlNet(controlnets, ip_adapters, annotators_dir), Identity(identity),
-            NegativeGuidanceMinimumSigma(), FreeU(), PAG(), SAG(), SLG(), Refiner(models)]
+            NegativeGuidanceMinimumSigma(), FreeU(), PAG(), SAG(), SLG(), TokenMergingFeature(), Refiner(models)]

@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--resolution", type=int, default=None, help="image side (default 512, 1024 for SDXL)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--only", choices=("startup", "engine", "memory", "sd3"),
+    parser.add_argument("--only", choices=("startup", "engine", "memory", "sd3", "tome"),
                         help="measure only this part (start-up: ~1 minute; engine: Easel vs bare diffusers and loads)")
     parser.add_argument("--startup-runs", type=int, default=3, help="start-ups of each app, alternating")
     parser.add_argument("--gpu-suite", action="store_true",
@@ -368,6 +368,11 @@ def main(argv: list[str] | None = None) -> int:
 
         with tempfile.TemporaryDirectory() as tmp:
             _print(gpu_suite(build_easel, _write_full_size, Path(tmp), steps=args.steps))
+        return 0
+    if args.only == "tome":  # token merging at ratio 0, 0.3, 0.5 side by side (bench_tome.py)
+        from .bench_tome import main as tome_main
+
+        _print(tome_main(args.size, args.device, args.steps, args.resolution, args.rounds))
         return 0
     if args.only == "sd3":  # Easel vs StableDiffusion3Pipeline on the same modules (bench_sd3.py)
         from .bench_sd3 import sd3_rows

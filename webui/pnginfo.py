@@ -27,7 +27,7 @@ from .model_manager.module_choice import INFOTEXT_PREFIX as MODULE_KEY_PREFIX
 from .model_manager.module_choice import SETTING as MODULES_SETTING, pasted_modules
 from .features.img2img_feature import fields_from_infotext as img2img_fields
 from .features.wildcards import fields_from_params as wildcards_fields
-from .features import refiner
+from .features import refiner, token_merging
 from .features.guidance import freeu, ngms, pag, sag, slg
 
 
@@ -254,6 +254,7 @@ def infotext_to_fields(info: Infotext) -> dict[str, Any]:
         if key in p and _number(p[key]) is not None:
             overrides[setting] = int(float(p[key])) if setting == "eta_noise_seed_delta" else float(p[key])
     overrides.update(ngms.pasted_overrides(p))
+    overrides.update(token_merging.pasted_overrides(p))
     overrides.update(_sampler_setting_overrides(p))
     if p.get("VAE"):  # the separate VAE file it was made with (AUTOMATIC1111 restores it as sd_vae)
         overrides["sd_vae"] = p["VAE"]
@@ -319,7 +320,7 @@ def _sampler_setting_overrides(p: dict[str, str]) -> dict[str, Any]:
 OVERRIDE_KEYS = ("Clip skip", "RNG", "ENSD", "Eta", "Eta DDIM", "Sigma churn", "Sigma tmin", "Sigma tmax",
                  "Sigma noise", "Sigma min", "Sigma max", "Schedule rho", "SDE noise", "VAE", "Noise multiplier",
                  "T5 tokens", "Beta schedule alpha", "Beta schedule beta", "Beta scheduler alpha",
-                 "Beta scheduler beta", *(key for key, _, _ in unipc.INFOTEXT))
+                 "Beta scheduler beta", *(key for key, _, _ in unipc.INFOTEXT), *token_merging.INFOTEXT_KEYS)
 _BROWNIAN_SAMPLERS = {s.name.lower() for s in SAMPLERS if s.brownian_noise}
 
 

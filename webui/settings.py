@@ -218,6 +218,18 @@ class Settings:
     vae_tiling: str = _opt("Automatic", "VAE tiling: decode and encode in overlapping tiles (Automatic: above 2048x2048 "
                                         "pixels and after running out of GPU memory)", "Stable Diffusion",
                             choices=("Automatic", "Always", "Never"))
+    # token merging (features/token_merging): AUTOMATIC1111's three ratios, Forge's downsample and no-random switch
+    token_merging_ratio: float = _opt(0.0, "Token merging ratio (ToMe, SD 1.x/2.x/SDXL: 0 = off, higher = faster, "
+                                           "less detail)", "Optimizations", minimum=0, maximum=0.9)
+    token_merging_ratio_img2img: float = _opt(0.0, "Token merging ratio for img2img (only applies if non-zero and "
+                                                   "overrides above)", "Optimizations", minimum=0, maximum=0.9)
+    token_merging_ratio_hr: float = _opt(0.0, "Token merging ratio for high-res pass (only applies if non-zero and "
+                                              "overrides above)", "Optimizations", minimum=0, maximum=0.9)
+    token_merging_downsample: int = _opt(1, "Token merging: merge in blocks downsampled by at most this (1: the "
+                                            "highest resolution only, the paper's; SDXL needs 2)", "Optimizations",
+                                         minimum=1, maximum=8)
+    token_merging_no_rand: bool = _opt(False, "Token merging: no random (always the same token of each 2x2 cell is "
+                                              "the destination)", "Optimizations")
     hub_endpoint: str = _opt("https://huggingface.co", "Model hub endpoint for downloads (a Hugging Face compatible "
                                                        "server or mirror)", "Downloads", protected=True)
     hub_token: str = _opt("", "Model hub access token (for gated repositories; never shown by the API)",

@@ -15,7 +15,9 @@ The denoiser is `model.unet` for every family: the UNet (SD 1.x/2.x/SDXL) or the
   it is "reduce-overhead" (CUDA graphs, static shapes) but only for passes with no offload hooks,
   no fp8/GGUF storage and no weight patches applied; CUDA graphs are unmeasured (no GPU here).
 The attention kernel (A1111's setting `cross_attention_optimization`, `attention_backends.py`)
-applies to every pass, fast mode or not. Token merging is a separate feature.
+applies to every pass, fast mode or not. Token merging (ToMe) is not part of fast mode: it changes
+the image, so it is its own feature with AUTOMATIC1111's settings (features/token_merging, written
+from the paper; tomesd patches classes by name).
 """
 from __future__ import annotations
 
