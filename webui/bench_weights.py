@@ -34,9 +34,10 @@ import torch
 Rows = list[tuple[str, str]]
 # glibc raises its mmap threshold (up to 32 MiB) each time a large block is freed; diffusers' layerwise
 # casting then frees and re-allocates every stored weight twice per call (cast up, cast back), and the
-# freed blocks stay in the heap: measured on full SDXL fp8, peak RSS grew from 4.7 to 5.8 GiB during
-# generation by default and stayed at 4.7 GiB with the threshold fixed. Every row runs with it fixed
-# (64 KiB); "" runs glibc's default.
+# freed blocks stay in the heap. Measured on full SDXL fp8 (one UNet pass at 8x8 latents, same moment):
+# 5.75 GB resident by default, 4.67 GB with the threshold fixed; whole rows by default: fp16 10797 MiB,
+# fp8 8613 MiB (0.80x). Every row runs with it fixed (64 KiB); EASEL_BENCH_MALLOC_MMAP_THRESHOLD=""
+# runs glibc's default.
 MALLOC_FIXED = os.environ.get("EASEL_BENCH_MALLOC_MMAP_THRESHOLD", "65536")
 # --weights of the benchmark -> (the app's --weights, the file written)
 WEIGHTS = {"fp16": ("fp16", "safetensors"), "bf16": ("bf16", "safetensors"), "fp8": ("fp8", "safetensors"),
