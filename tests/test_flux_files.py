@@ -222,10 +222,10 @@ def test_gguf_transformer_stays_quantized_in_memory(flux_models):
         with torch.no_grad():
             ours, theirs = (adapter.call_denoiser(m.unet, x, torch.tensor([500.0]), context, kwargs)
                             for m in (quantized, plain))
-        # diffusers dequantizes Q8_0 with its scales in half precision; the gguf package in single
+        # both dequantize with diffusers' functions (lazy_tensors.py), per call or once at load: the same values
         difference = float((ours - theirs).abs().max())
         print(f"Flux tiny transformer output, quantized vs dequantized at load: max difference {difference:.5f}")
-        assert difference < 5e-3 and not torch.equal(ours, theirs)
+        assert difference < 5e-3
         # a LoRA patches quantized layers (dequantized while it is on) and leaves them quantized again
         from safetensors.torch import save_file
 

@@ -25,6 +25,8 @@ def gguf_world(tmp_path_factory, tiny_ckpt_dir):
     tensors = load_file(str(ckpts / "tiny-sd1.safetensors"))
     write_gguf_checkpoint(ckpts / "tiny-sd1-q8.gguf", tensors, "Q8_0", "sd1")
     shutil.copy(tiny_ckpt_dir / "tiny-sd1.json", ckpts / "tiny-sd1-q8.json")  # the tiny model's sizes
+    write_gguf_checkpoint(ckpts / "tiny-sd1-q8conv.gguf", tensors, "Q8_0", "sd1", convs=True)
+    shutil.copy(tiny_ckpt_dir / "tiny-sd1.json", ckpts / "tiny-sd1-q8conv.json")
     unet_only = {k.removeprefix("model.diffusion_model."): v for k, v in tensors.items()
                  if k.startswith("model.diffusion_model.")}
     write_gguf_checkpoint(ckpts / "unet-only.gguf", unet_only, "Q8_0", "sd1")
@@ -80,3 +82,52 @@ def test_library_shows_quantization_and_unet_only_is_refused(gguf_world):
     assert "UNet-only" in unet.note
     with pytest.raises(ModelLoadError, match="only a UNet"):
         easel.models.get("unet-only.gguf")
+
+
+def test_conv_weights_stay_quantized_and_the_image_stays_close(gguf_world):
+    """Conv kernels stored flattened to rows (ComfyUI-GGUF's orig_shape field) keep their Q8_0 blocks in
+    GGUFConv2d layers, the text encoders' Linear layers in GGUFLinear, and the picture stays close."""
+    import torch
+    from diffusers.quantizers.gguf.utils import GGUFLinear
+
+    from webui.model_manager.gguf_quantized import GGUFConv2d
+
+    easel, _, _ = gguf_world
+    reference = _image(easel, "tiny-sd1.safetensors")
+    quantized = _image(easel, "tiny-sd1-q8conv.gguf")
+    model = easel.models.current
+    assert model.info.name == "tiny-sd1-q8conv.gguf"
+    convs = [m for m in model.unet.modules() if isinstance(m, GGUFConv2d)]
+    assert convs and all(m.weight.quant_type.name == "Q8_0" for m in convs)
+    # every convolution whose kernel rows fit a Q8_0 block was kept quantized
+    assert not [m for m in model.unet.modules() if type(m) is torch.nn.Conv2d and m.weight[0].numel() % 32 == 0]
+    assert any(isinstance(m, GGUFLinear) for m in model.text_encoders["text_encoder"].modules())
+    difference = np.abs(quantized - reference).mean()
+    print(f"\nGGUF Q8_0 with conv kernels vs safetensors: mean |diff| {difference:.3f} of 255")
+    assert difference < 4, f"mean pixel difference {difference:.2f} of 255"
+
+
+def test_a_lora_patches_a_quantized_conv_and_restores_it(gguf_world):
+    """A LoRA's change to a GGUFConv2d (delta in the rows shape the patcher asks for): while on, a plain
+    Conv2d with the dequantized kernel plus the change; restored, the same quantized blocks."""
+    import torch
+    from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
+
+    from webui.features.lora_formats import quantized_patch
+    from webui.model_manager.gguf_quantized import GGUFConv2d
+
+    easel, _, _ = gguf_world
+    model = easel.models.get("tiny-sd1-q8conv.gguf")
+    conv = next(m for m in model.unet.modules() if isinstance(m, GGUFConv2d) and m.kernel_size == (3, 3))
+    blocks = conv.weight
+    x = torch.randn(1, conv.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    delta = torch.full(tuple(blocks.quant_shape), 1e-2)
+    kernel = dequantize_gguf_tensor(blocks).float().reshape(conv.out_channels, -1, 3, 3)
+    backup = quantized_patch(conv, delta)
+    try:
+        assert type(conv) is torch.nn.Conv2d
+        expected = torch.nn.functional.conv2d(x, kernel + 1e-2, conv.bias, conv.stride, conv.padding)
+        assert torch.allclose(conv(x), expected, atol=1e-5)
+    finally:
+        backup.restore(conv)
+    assert type(conv) is GGUFConv2d and conv.weight is blocks

@@ -2,6 +2,9 @@
 
     python3 -m webui.bench                       # tiny model, CPU or GPU, ~1 minute
     python3 -m webui.bench --size full-sd1       # real-size SD 1.5 architecture, random weights (GPU)
+    python3 -m webui.bench --size full-sdxl --memory low --weights fp8 --fast   # one configuration's rows
+    python3 -m webui.bench --size full-sdxl --only weights   # fp16 / fp8 / GGUF Q8_0 storage, a process each
+    python3 -m webui.bench --size full-flux      # the published Flux dev transformer: s/it, peak memory (CUDA)
     python3 -m webui.bench --only startup        # start-up next to a bare Gradio app only
     python3 -m webui.bench --only engine         # Easel vs bare diffusers (the engine's overhead) only
     python3 -m webui.bench --only sd3            # SD 3.5 (tiny) vs StableDiffusion3Pipeline on the same modules
@@ -19,7 +22,14 @@ Measures
   measured the same way in the same run (ratio; goal <= 1.1), then to the real UI answering and
   to the selected checkpoint being loaded (`--only startup` measures just this);
 - cold load time of a checkpoint and the time of a cached switch back to it;
-- peak resident memory of this process.
+- it/s with CFG on at batch 1 and batch 8, next to bare diffusers at both (same modules);
+- peak resident memory of this process, and peak CUDA memory on a GPU.
+
+`--memory high|medium|low` (Resident / Model offload / Block offload), `--weights
+fp16|bf16|fp8|gguf-q8` (gguf-q8: the checkpoint is also written as GGUF Q8_0 and that file is
+benchmarked) and `--fast` choose the configuration every row runs in; the bare diffusers
+pipeline always gets the very modules Easel loaded, so the ratio is the engine's alone.
+On the CPU, fp16/bf16 name the weights' storage (computing stays fp32; see bench_weights.py).
 """
 from __future__ import annotations
 
@@ -39,33 +49,59 @@ import torch
 
 from .app import AppOptions, build
 from .core.request import GenerationRequest
-from .model_manager.architecture import Architecture, configs_for
+from .model_manager.architecture import Architecture
 from .model_manager.tiny import write_single_file
 
 
 def _write_full_size(path: Path, family: str) -> Path:
-    """A random-weight checkpoint with the published architecture's sizes (fp16 on disk)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from safetensors.torch import save_file
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    """A random-weight checkpoint with the published architecture's sizes (fp16 on disk), written one
+    tensor at a time (bench_weights.py): the whole model is never in memory."""
+    from .bench_weights import checkpoint_shapes, write_random_safetensors
 
-    from .model_manager.convert import diffusers_to_checkpoint
-    from .model_manager.loader import file_state_dict
-
-    arch = Architecture(family)
-    configs = configs_for(arch)
-    modules = {"unet": UNet2DConditionModel.from_config(configs["unet"]),
-               "vae": AutoencoderKL.from_config(configs["vae"])}
-    for name in arch.text_encoders:
-        cfg = {k: v for k, v in configs[name].items() if not k.startswith("_")}
-        cls = CLIPTextModelWithProjection if cfg["architectures"][0].endswith("Projection") else CLIPTextModel
-        modules[name] = cls(CLIPTextConfig(**cfg))
-    tensors = diffusers_to_checkpoint({n: file_state_dict(m) for n, m in modules.items()}, configs)
-    save_file({k: v.half().contiguous() for k, v in tensors.items()}, str(path))
-    return path
+    return write_random_safetensors(path, checkpoint_shapes(family))
 
 
-def _bare_diffusers_seconds(model, request: GenerationRequest) -> float:
+def _write_gguf_copy(source: Path, family: str, tiny: bool) -> Path:
+    """The benchmark's checkpoint as GGUF Q8_0 (conv kernels too), beside it, with the sidecar it has."""
+    target = source.with_name(source.stem + "-Q8_0.gguf")
+    if tiny:
+        from safetensors.torch import load_file
+
+        from .model_manager.gguf import write_gguf_checkpoint
+
+        write_gguf_checkpoint(target, load_file(str(source)), "Q8_0", family, convs=True)
+        sidecar = source.with_suffix(".json")
+        if sidecar.is_file():
+            target.with_suffix(".json").write_text(sidecar.read_text())
+    else:
+        from .bench_weights import checkpoint_shapes, write_random_gguf
+
+        write_random_gguf(target, checkpoint_shapes(family))
+    return target
+
+
+MEMORY_FLAG = {"high": "Resident", "medium": "Model offload", "low": "Block offload"}
+
+
+def _batch_rows(easel, model, request: dict, batch: int) -> list[tuple[str, str]]:
+    """it/s with CFG on at `batch` images per step: Easel next to bare diffusers on the same modules."""
+    settings = dict(request, batch_size=batch)
+    result = easel.txt2img(GenerationRequest(**settings))
+    ours = request["steps"] / max(result.timings["sample"], 1e-9)
+    theirs = request["steps"] / _bare_diffusers_seconds(model, GenerationRequest(**settings), latents_only=True)
+    return [(f"batch {batch}: it/s Easel / bare diffusers (ratio, CFG {request['cfg_scale']:g})",
+             f"{ours:.3f} / {theirs:.3f} ({ours / theirs:.3f})")]
+
+
+def _peak_rows(easel) -> list[tuple[str, str]]:
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rows = [("peak RSS of this process (MiB)", f"{peak_kb / 1024:.0f}")]
+    if torch.cuda.is_available() and easel.device.device.type == "cuda":
+        rows.append(("peak CUDA memory (MiB)", f"{torch.cuda.max_memory_allocated() / 2**20:.0f}"))
+    return rows
+
+
+def _bare_diffusers_seconds(model, request: GenerationRequest, latents_only: bool = False) -> float:
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     config = dict(model.scheduler_config, timestep_spacing="linspace")
@@ -86,6 +122,7 @@ def _bare_diffusers_seconds(model, request: GenerationRequest) -> float:
     start = time.perf_counter()
     pipe(request.prompt, negative_prompt=request.negative_prompt, num_inference_steps=request.steps,
          guidance_scale=request.cfg_scale, width=request.width, height=request.height,
+         num_images_per_prompt=request.batch_size, output_type="latent" if latents_only else "pil",
          generator=torch.Generator("cpu").manual_seed(1))
     _sync(model)
     return time.perf_counter() - start
@@ -340,13 +377,21 @@ def _bare_controlnet_seconds(model, controlnet, hint, request: GenerationRequest
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m webui.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="tiny", choices=("tiny", "full-sd1", "full-sdxl", "full"))
+    parser.add_argument("--size", default="tiny", choices=("tiny", "full-sd1", "full-sdxl", "full-flux", "full"),
+                        help="full-*: the published architecture with random weights (full: with --family flux)")
+    parser.add_argument("--memory", choices=tuple(MEMORY_FLAG),
+                        help="memory mode of every row: high = Resident, medium = Model offload, low = Block offload")
+    parser.add_argument("--weights", choices=("fp16", "bf16", "fp8", "gguf-q8"),
+                        help="weight storage of every row (gguf-q8: the checkpoint written as GGUF Q8_0); "
+                             "with --only weights, the rows to set beside fp16 (default: fp8 and gguf-q8)")
+    parser.add_argument("--fast", action="store_true", help="fast mode on (model_manager/fast.py)")
+    parser.add_argument("--batch", type=int, default=8, help="the larger batch of the it/s rows (default 8)")
     parser.add_argument("--family", choices=("flux",), help="the rows of one family only (bench_flux.py)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default 20; --only weights: 2)")
     parser.add_argument("--resolution", type=int, default=None, help="image side (default 512, 1024 for SDXL)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--only", choices=("startup", "engine", "memory", "sd3", "tome"),
+    parser.add_argument("--only", choices=("startup", "engine", "memory", "sd3", "tome", "weights"),
                         help="measure only this part (start-up: ~1 minute; engine: Easel vs bare diffusers and loads)")
     parser.add_argument("--startup-runs", type=int, default=3, help="start-ups of each app, alternating")
     parser.add_argument("--gpu-suite", action="store_true",
@@ -354,11 +399,23 @@ def main(argv: list[str] | None = None) -> int:
                              "mode (prints that it skipped without CUDA)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.family == "flux":
+    if args.family == "flux" or args.size == "full-flux":
+        args.steps = args.steps or 20
         from .bench_flux import full_rows, tiny_rows
 
-        _print(full_rows(args.device) if args.size == "full" else tiny_rows(args.device, args.steps, args.rounds))
+        _print(full_rows(args.device) if args.size in ("full", "full-flux")
+               else tiny_rows(args.device, args.steps, args.rounds))
         return 0
+    if args.only == "weights":  # fp16 / fp8 / GGUF Q8_0 storage of a full-size model, one process per row
+        from .bench_weights import weight_rows
+
+        family = "sd1" if args.size == "full-sd1" else "sdxl"
+        device = "cpu" if args.device == "auto" and not torch.cuda.is_available() else args.device
+        device = "cuda" if device == "auto" else device
+        choices = (args.weights,) if args.weights else ("fp8", "gguf-q8")
+        _print(weight_rows(family, choices, device, args.resolution or 64, args.steps or 2, memory_modes=True))
+        return 0
+    args.steps = args.steps or 20
     if args.gpu_suite:
         from .bench_memory import gpu_suite
 
@@ -399,18 +456,33 @@ def main(argv: list[str] | None = None) -> int:
             write_single_file(ckpts / "b.safetensors", Architecture("sd1"), seed=2)
         else:
             _write_full_size(ckpts / "a.safetensors", family)
-            os.link(ckpts / "a.safetensors", ckpts / "b.safetensors")
-            (ckpts / "b.safetensors").touch()
+        names = ["a.safetensors", "b.safetensors"]
+        if args.weights == "gguf-q8":  # the GGUF copies are what the rows load
+            names = [_write_gguf_copy(ckpts / "a.safetensors", family, args.size == "tiny").name]
+            if args.size == "tiny":
+                names.append(_write_gguf_copy(ckpts / "b.safetensors", family, True).name)
+        if len(names) == 1:  # full size: the same file under a second name for the cached switch
+            source = ckpts / names[0]
+            names.append("b" + source.suffix)
+            os.link(source, ckpts / names[1])
+            (ckpts / names[1]).touch()
+            if source.with_suffix(".json").is_file():
+                os.link(source.with_suffix(".json"), (ckpts / names[1]).with_suffix(".json"))
         prepare = time.perf_counter() - t0
+        weights = "auto" if args.weights in (None, "gguf-q8") else args.weights
         easel = build(AppOptions(models_dir=data / "models", outputs_dir=data / "out", data_dir=data,
-                                 device=args.device, ckpt_dirs=[ckpts]))
+                                 device=args.device, ckpt_dirs=[ckpts], weights=weights, fast=args.fast))
         easel.settings.update({"sd_checkpoints_limit": 2, "live_previews_enable": False})
+        if args.memory:
+            easel.settings.update({"memory_mode": MEMORY_FLAG[args.memory]})
         rows: list[tuple[str, str]] = [("device", easel.device.label), ("model", args.size),
+                                       ("configuration", f"memory {args.memory or 'automatic'}, weights "
+                                                         f"{args.weights or 'auto'}, fast {'on' if args.fast else 'off'}"),
                                        ("prepare checkpoints (s)", f"{prepare:.2f}")]
         side = args.resolution or (1024 if family == "sdxl" else 512)
         request = dict(prompt="a photograph of an astronaut riding a horse", negative_prompt="blurry",
                        steps=args.steps, cfg_scale=7.0, width=side, height=side, seed=1, sampler_name="Euler",
-                       scheduler="Uniform", checkpoint="a.safetensors", save_images=False)
+                       scheduler="Uniform", checkpoint=names[0], save_images=False)
         if args.only == "memory":  # one checkpoint, every memory mode plain and fast, side by side
             from .bench_memory import fast_parts_rows, memory_rows
 
@@ -420,13 +492,14 @@ def main(argv: list[str] | None = None) -> int:
             _print(rows)
             return 0
         t0 = time.perf_counter()
-        model = easel.models.get("a.safetensors")
+        model = easel.models.get(names[0])
         cold = time.perf_counter() - t0
-        easel.models.get("b.safetensors")
+        easel.models.get(names[1])
         t0 = time.perf_counter()
-        easel.models.get("a.safetensors")
+        model = easel.models.get(names[0])
         cached = time.perf_counter() - t0
-        rows += [("cold load of a checkpoint (s)", f"{cold:.3f}"), ("cached switch back (s)", f"{cached:.4f}")]
+        rows += [("cold load of a checkpoint (s)", f"{cold:.3f}"), ("cached switch back (s)", f"{cached:.4f}"),
+                 ("load notes", "; ".join(model.notes[-2:]) or "-")]
 
         easel.txt2img(GenerationRequest(**dict(request, steps=2)))  # warm-up both paths
         _bare_diffusers_seconds(model, GenerationRequest(**dict(request, steps=2)))
@@ -443,12 +516,16 @@ def main(argv: list[str] | None = None) -> int:
         ratio = statistics.median(ours) / statistics.median(theirs)
         rows += [(f"Easel s/image ({side}px, {args.steps} steps, median of {args.rounds})",
                   f"{statistics.median(ours):.3f}"),
+                 ("batch 1: it/s Easel (CFG on, sampling only)",
+                  f"{args.steps / statistics.median(p['sample'] for p in parts):.3f}"),
                  ("  of which model+prompts / sampling / decode", " / ".join(
                      f"{statistics.median(p[k] for p in parts):.3f}" for k in ("load", "sample", "decode"))),
                  ("bare diffusers s/image (same modules)", f"{statistics.median(theirs):.3f}"),
                  ("ratio Easel / diffusers (target <= 1.02)", f"{ratio:.3f}"),
                  ("Easel s/image including PNG save", f"{with_save:.3f}")]
+        rows += _batch_rows(easel, model, dict(request, save_images=False), args.batch)
         if args.only == "engine":
+            rows += _peak_rows(easel)
             easel.close()
             _print(rows)
             return 0
@@ -459,10 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         easel.close()
         if importlib.util.find_spec("gradio") is not None:
             rows += _startup_rows(data, ckpts, args.device, args.startup_runs)
-        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        rows.append(("peak RSS of this process (MiB)", f"{peak_kb / 1024:.0f}"))
-        if torch.cuda.is_available() and easel.device.device.type == "cuda":
-            rows.append(("peak CUDA memory (MiB)", f"{torch.cuda.max_memory_allocated() / 2**20:.0f}"))
+        rows += _peak_rows(easel)
 
     _print(rows)
     return 0

@@ -142,7 +142,10 @@ class CFGDenoiser(SigmaSpace):
         # offloaded weights wait in system memory: inputs go where the model runs (its hooks move it there)
         self.device = param.device if getattr(model, "memory_mode", "Resident") == "Resident" else model.device.device
         # (or quantized: GGUF blocks are bytes, dequantized per layer in the compute type)
-        self.dtype = model.device.dtype if param.dtype in FP8_TYPES or not param.is_floating_point() else param.dtype
+        # (or stored in another type: fp16 weights computing in fp32 on the CPU, loader.storage_dtype)
+        stored = getattr(model, "weight_storage", "Automatic") != "Automatic"
+        self.dtype = model.device.dtype if stored or param.dtype in FP8_TYPES or not param.is_floating_point() \
+            else param.dtype
         self.time_ids, self.uncond_time_ids = time_ids, uncond_time_ids if uncond_time_ids is not None else time_ids
         self.step = 0
         self.image_conditioning: torch.Tensor | None = None

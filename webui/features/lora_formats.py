@@ -64,7 +64,13 @@ def quantized_patch(module: Any, delta: Any) -> QuantizedBackup:
 
     backup = QuantizedBackup(type(module), module.weight)
     dtype = getattr(module, "compute_dtype", None) or torch.float32
-    full = dequantize_gguf_tensor(module.weight).to(device=delta.device, dtype=torch.float32) + delta
-    module.__class__ = torch.nn.Linear  # GGUFLinear is a Linear: the plain forward on a plain weight
+    full = dequantize_gguf_tensor(module.weight).reshape(delta.shape).to(device=delta.device,
+                                                                         dtype=torch.float32) + delta
+    # GGUFLinear is a Linear, GGUFConv2d (kernel stored as rows) a Conv2d: the plain forward on a plain weight
+    if isinstance(module, torch.nn.Conv2d):
+        full = full.reshape(module.out_channels, module.in_channels // module.groups, *module.kernel_size)
+        module.__class__ = torch.nn.Conv2d
+    else:
+        module.__class__ = torch.nn.Linear
     module.weight = torch.nn.Parameter(full.to(dtype), requires_grad=False)
     return backup

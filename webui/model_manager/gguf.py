@@ -114,18 +114,25 @@ def read_gguf_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 def read_gguf_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a full-checkpoint GGUF for the single-file loader; UNet-only files are refused clearly."""
     tensors, types = read_gguf_tensors(path)
-    if not any(k.startswith(UNET_PREFIX) for k in tensors) and any(k in _UNET_ONLY_MARKERS for k in tensors) \
-            and not _claimed({k: tuple(v.shape) for k, v in tensors.items()}):
-        raise ModelLoadError(f"{path.name} holds only a UNet; Easel loads GGUF files that contain the whole "
-                             "checkpoint (UNet, VAE and text encoders)")
+    check_full_checkpoint(path, {k: tuple(v.shape) for k, v in tensors.items()})
     return tensors
 
 
+def check_full_checkpoint(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse, clearly, a UNet-only GGUF (no family loads that layout with its companions)."""
+    if not any(k.startswith(UNET_PREFIX) for k in shapes) and any(k in _UNET_ONLY_MARKERS for k in shapes) \
+            and not _claimed(shapes):
+        raise ModelLoadError(f"{path.name} holds only a UNet; Easel loads GGUF files that contain the whole "
+                             "checkpoint (UNet, VAE and text encoders)")
+
+
 def write_gguf_checkpoint(path: Path, tensors: dict[str, torch.Tensor], quant: str = "Q8_0",
-                          architecture: str = "sd") -> Path:
+                          architecture: str = "sd", convs: bool = False) -> Path:
     """Write a state dict as GGUF: 2-D weights whose rows fit the block size quantized, the rest F32.
 
-    Used by the tests (and handy for making small quantized files from a checkpoint).
+    `convs`: conv weights (4-D) too, stored flattened to (out, in*kh*kw) with ComfyUI-GGUF's
+    `comfy.gguf.orig_shape.<name>` field (blocks run along the last axis, too short in a kernel).
+    Used by the tests and the benchmark (and handy for making small quantized files from a checkpoint).
     """
     from gguf import GGMLQuantizationType, GGUFWriter
     from gguf.constants import GGML_QUANT_SIZES
@@ -136,6 +143,9 @@ def write_gguf_checkpoint(path: Path, tensors: dict[str, torch.Tensor], quant: s
     writer = GGUFWriter(str(path), architecture)
     for name, value in tensors.items():
         array = value.detach().float().cpu().numpy()
+        if convs and array.ndim == 4 and name.endswith(".weight") and array[0].size % block == 0:
+            writer.add_array(_ORIG_SHAPE + name, list(array.shape))
+            array = array.reshape(array.shape[0], -1)
         if array.ndim == 2 and name.endswith(".weight") and array.shape[-1] % block == 0:
             writer.add_tensor(name, quantize(array, qtype), raw_dtype=qtype)
         else:

@@ -1,84 +1,91 @@
-"""A GGUF checkpoint's denoiser kept quantized in memory, with diffusers' own GGUF layer.
+"""GGUF weights kept quantized in memory: each layer dequantizes its blocks when it runs.
 
-The model is first built the usual way (dequantized: `gguf.read_gguf_checkpoint`, the family's
-conversion, `loader.build_module`), so every family and every layout loads. Then each Linear layer
-of the denoiser whose file tensor is quantized (Q8_0, Q6_K, Q5_K, Q4_K, Q4_0, ...) is swapped for
-diffusers' `GGUFLinear` holding the file's quantized blocks (`GGUFParameter`, read by diffusers'
-`load_gguf_checkpoint`), which dequantizes per call in the compute type. The family's own key
-conversion runs on the quantized tensors too (Flux's BFL table only splits and swaps rows, which
-block quantization along a row survives); a tensor whose converted shape does not match its layer
-(a reshaped or non-Linear weight) stays dequantized. Why not diffusers' `from_single_file` with a
-`GGUFQuantizationConfig`: its Flux conversion fixes the width at 3072 (tiny and pruned models fail)
-and it needs a config from the Hub or a folder; this path needs neither and serves every family.
+`loader.build_module` calls `quantize_layers` on a model still on the meta device: every Linear
+and Conv2d whose file weight is quantized (Q8_0, Q6_K, Q5_K, Q4_K, Q4_0, ...) becomes a layer that
+holds the file's blocks (diffusers' `GGUFParameter`) and never a dequantized copy. Linear layers
+use diffusers' `GGUFLinear`. Convolutions use `GGUFConv2d` below: diffusers ships only the Linear
+layer, yet a UNet's convolutions hold about a third of SDXL's weights, so leaving them dequantized
+would keep a GGUF UNet near fp16 size. It dequantizes with diffusers' own `dequantize_gguf_tensor`
+per call, as `GGUFLinear` does. Conv weights are stored in GGUF flattened to rows (out, in*kh*kw),
+with ComfyUI-GGUF's `comfy.gguf.orig_shape.<name>` field giving the real shape (gguf.py reads it),
+since blocks run along the last axis and a 3x3 kernel's axis is too short for a block.
 
-When it cannot (diffusers' GGUF support missing, ComfyUI-GGUF's reshaped tensors, nothing quantized),
-the model keeps today's dequantized weights and the returned reason goes into the load notes.
+The family's key conversion runs on the blocks too (lazy_tensors.py): a tensor it only cut into
+whole rows (Flux's fused q/k/v) stays quantized; anything else is dequantized at load.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from .loader import LoadedModel
-
-_ORIG_SHAPE = "comfy.gguf.orig_shape."
+from .lazy_tensors import StoredTensor
 
 
-def _quantized_tensors(path: Path) -> tuple[dict[str, Any] | None, str]:
-    try:
-        from diffusers.models.model_loading_utils import load_gguf_checkpoint
-        from gguf import GGUFReader
-    except ImportError as exc:
-        return None, f"diffusers' GGUF support is missing ({exc})"
-    if any(name.startswith(_ORIG_SHAPE) for name in GGUFReader(str(path)).fields):
-        return None, "its tensors are stored reshaped (ComfyUI-GGUF)"
-    try:
-        return load_gguf_checkpoint(str(path), return_tensors=True), ""
-    except ValueError as exc:  # a quantization type diffusers does not know
-        return None, str(exc).splitlines()[0]
+class GGUFConv2d(torch.nn.Conv2d):
+    """A Conv2d whose weight is GGUF blocks of shape (out, in*kh*kw), dequantized per call."""
+
+    compute_dtype: torch.dtype
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
+
+        weight = dequantize_gguf_tensor(self.weight).reshape(self.out_channels, -1, *self.kernel_size)
+        bias = self.bias.to(self.compute_dtype) if self.bias is not None else None
+        return self._conv_forward(inputs, weight.to(self.compute_dtype), bias)
 
 
-def keep_quantized(model: LoadedModel, path: Path) -> str:
-    """Swap the denoiser's Linear weights for the file's quantized blocks; say what was done (or why not)."""
-    tensors, why = _quantized_tensors(path)
-    if tensors is None:
-        return f"GGUF dequantized at load: {why}"
-    from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
+def _blocks(value: Any) -> Any:
+    """The GGUFParameter of a quantized file tensor (read now), or None."""
+    if isinstance(value, StoredTensor):
+        return value.blocks() if value.quantized else None
+    return value if hasattr(value, "quant_type") else None
 
-    adapter = model.architecture.adapter
-    try:
-        components, _ = adapter.split_single_file(tensors, model.configs)
-    except Exception as exc:  # the family's conversion could not run on quantized tensors
-        return f"GGUF dequantized at load: the layout did not convert quantized ({type(exc).__name__}: {exc})"
-    state = components.get(adapter.denoiser_component, {})
-    denoiser = model.unet
-    compute = model.device.dtype
-    swapped = 0
-    for parent_name, parent in list(denoiser.named_modules()):
+
+def _fits(value: Any, child: torch.nn.Module) -> bool:
+    if isinstance(value, StoredTensor):
+        return value.quantized and tuple(value.shape) == tuple(child.weight.shape)
+    shape = tuple(getattr(value, "quant_shape", ()))
+    return shape in {tuple(child.weight.shape), (child.weight.shape[0], child.weight[0].numel())}
+
+
+def _swap(child: torch.nn.Module, compute: torch.dtype) -> torch.nn.Module | None:
+    from diffusers.quantizers.gguf.utils import GGUFLinear
+
+    if type(child) is torch.nn.Linear:
+        with torch.device("meta"):
+            layer = GGUFLinear(child.in_features, child.out_features, child.bias is not None, compute_dtype=compute)
+        layer.source_cls = torch.nn.Linear
+        return layer
+    if type(child) is torch.nn.Conv2d and child.padding_mode == "zeros":
+        with torch.device("meta"):
+            layer = GGUFConv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                               child.padding, child.dilation, child.groups, child.bias is not None)
+        layer.compute_dtype = compute
+        return layer
+    return None
+
+
+def quantize_layers(model: torch.nn.Module, tensors: dict[str, Any], compute: torch.dtype) -> set[str]:
+    """Swap (on the meta device) each Linear/Conv2d whose weight in `tensors` is quantized for a layer
+    holding its blocks; returns the weight keys now set (the caller loads the rest)."""
+    done: set[str] = set()
+    for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
-            key = f"{parent_name}.{name}" if parent_name else name
-            weight = state.get(key + ".weight")
-            if type(child) is not torch.nn.Linear or not isinstance(weight, GGUFParameter) \
-                    or tuple(weight.quant_shape) != tuple(child.weight.shape):
+            key = f"{parent_name}.{name}.weight" if parent_name else f"{name}.weight"
+            value = tensors.get(key)
+            if value is None or not _fits(value, child):
                 continue
-            with torch.device("meta"):
-                layer = GGUFLinear(child.in_features, child.out_features, child.bias is not None,
-                                   compute_dtype=compute)
-            layer.weight = GGUFParameter(weight.as_tensor().to(child.weight.device), quant_type=weight.quant_type)
-            layer.bias = child.bias
-            layer.source_cls = torch.nn.Linear
+            layer = _swap(child, compute)
+            if layer is None:
+                continue
+            layer.weight = _blocks(value)
             layer.requires_grad_(False)
             parent._modules[name] = layer
-            swapped += 1
-    if not swapped:
-        return "GGUF dequantized at load: no quantized Linear weights"
-    model.patches["gguf_quantized"] = swapped
-    return f"GGUF kept quantized in memory: {swapped} layers"
+            done.add(key)
+    return done
 
 
 def is_quantized(model: Any) -> bool:
-    """Whether `keep_quantized` swapped layers in (fp8 storage and weight patches must leave them alone)."""
+    """Whether layers were kept quantized (fp8 storage and weight patches must leave them alone)."""
     return bool(getattr(model, "patches", {}).get("gguf_quantized"))

@@ -197,9 +197,48 @@ def _restore_meta_buffers(model: torch.nn.Module, name: str) -> None:
             raise ModelLoadError(f"{name}: buffer {buffer_name} has no value")
 
 
+def _materialise(value: Any, shape: tuple[int, ...]) -> torch.Tensor:
+    """A file tensor read now (lazy_tensors.StoredTensor), GGUF blocks dequantized, or a tensor in memory."""
+    from .lazy_tensors import StoredTensor
+
+    if isinstance(value, StoredTensor):
+        return value.load()
+    if hasattr(value, "quant_type"):  # GGUF blocks a conversion cut (a layer that is not kept quantized)
+        from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
+
+        return dequantize_gguf_tensor(value).reshape(shape).float()
+    return value
+
+
+def _shape(value: Any, expected: tuple[int, ...]) -> tuple[int, ...]:
+    """A value's shape; GGUF blocks (byte shape) count as the expected shape when their rows match it."""
+    if hasattr(value, "quant_shape"):
+        rows = tuple(value.quant_shape)
+        return expected if rows in {expected, (expected[0], int(torch.Size(expected[1:]).numel()))} else rows
+    return tuple(value.shape)
+
+
+def _store_weights(model: torch.nn.Module, storage: torch.dtype, compute: torch.dtype) -> None:
+    """diffusers' layerwise casting, set up on the meta model before any weight is read: each layer's
+    weights are then cast to the storage type as they are read, never held in the compute type."""
+    from diffusers import ModelMixin
+    from diffusers.hooks import apply_layerwise_casting
+
+    if isinstance(model, ModelMixin):  # its class's skip patterns (norms, embeddings)
+        model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=compute)
+    else:  # text encoders: diffusers' default skip patterns; embeddings are no castable layer
+        apply_layerwise_casting(model, storage_dtype=storage, compute_dtype=compute)
+
+
 def build_module(name: str, config: dict[str, Any], tensors: StateDict, device: torch.device,
-                 dtype: torch.dtype, family: str = "sd1") -> torch.nn.Module:
-    """Instantiate on the meta device and assign the file's tensors: fast, and one copy in memory."""
+                 dtype: torch.dtype, family: str = "sd1", storage: torch.dtype | None = None,
+                 keep_quantized: bool = False) -> torch.nn.Module:
+    """Instantiate on the meta device and assign the file's tensors: fast, and one copy in memory.
+
+    Tensors may still be on disk (lazy_tensors.StoredTensor): each is read when assigned and cast
+    at once. `storage`: keep the castable layers' weights in this dtype (fp8, or fp16 under fp32
+    compute) and compute in `dtype`. `keep_quantized`: GGUF Linear/Conv2d weights keep their blocks
+    (gguf_quantized.py); the module's `gguf_layers` says how many did."""
     try:
         with torch.device("meta"):
             model = _factory(name, config, family)()
@@ -213,19 +252,34 @@ def build_module(name: str, config: dict[str, Any], tensors: StateDict, device: 
     for target, source in (tied.items() if isinstance(tied, dict) else ()):
         if target not in tensors and source in tensors:  # tied weights are saved once (T5's embeddings)
             tensors = {**tensors, target: tensors[source]}
-    converted: StateDict = {}
     for key, value in tensors.items():
         target = expected.get(key)
-        if target is None:
-            continue
-        if tuple(value.shape) != tuple(target.shape):
-            raise ModelLoadError(f"{name}: tensor {key} has shape {tuple(value.shape)}, "
+        if target is not None and _shape(value, tuple(target.shape)) != tuple(target.shape):
+            raise ModelLoadError(f"{name}: tensor {key} has shape {_shape(value, tuple(target.shape))}, "
                                  f"the architecture expects {tuple(target.shape)}")
-        converted[key] = value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
-    missing = [k for k in expected if k not in converted]
+    missing = [k for k in expected if k not in tensors]
     if missing:
         raise ModelLoadError(f"{name}: {len(missing)} tensors missing from the file (first: {', '.join(missing[:3])})")
-    model.load_state_dict(converted, strict=True, assign=True)
+    quantized: set[str] = set()
+    if keep_quantized:
+        from .gguf_quantized import quantize_layers
+
+        quantized = quantize_layers(model, tensors, dtype)
+    elif storage is not None and storage != dtype:
+        _store_weights(model, storage, dtype)
+        expected = model.state_dict()
+    converted: StateDict = {}
+    for key in list(tensors):
+        target = expected.get(key)
+        if target is None or key in quantized:
+            continue
+        value = _materialise(tensors.pop(key), tuple(target.shape))  # the file's copy goes once it is cast
+        wanted = (storage if target.dtype == storage else dtype) if value.is_floating_point() else value.dtype
+        converted[key] = value.to(device=device, dtype=wanted)
+        del value
+    tensors.clear()  # each file tensor is referenced once more only in `converted`
+    model.load_state_dict(converted, strict=False, assign=True)
+    model.gguf_layers = len(quantized)
     _restore_meta_buffers(model, name)
     model.to(device)
     model.eval().requires_grad_(False)
@@ -256,10 +310,20 @@ def tokenizer_for(family: str, component: str) -> CLIPTokenizer:
 # ---- weight storage ----------------------------------------------------------------------------
 
 STORAGE_DTYPES = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+# --weights fp16/bf16 name the compute type; where the device computes in another (the CPU: fp32, as its
+# half-precision kernels are tens of times slower), they are the weights' storage type instead
+HALF_STORAGE = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def storage_dtype(storage: str, compute: torch.dtype) -> torch.dtype | None:
+    """The dtype weights are kept in for a weight-storage choice (None: the compute type)."""
+    dtype = STORAGE_DTYPES.get(storage) or HALF_STORAGE.get(storage)
+    return dtype if dtype is not None and dtype != compute else None
 
 
 def apply_weight_storage(model: "LoadedModel", storage: str) -> None:
-    """Store the denoiser's weights in fp8 and compute in the device's precision.
+    """Store the denoiser's weights in fp8 and compute in the device's precision (a model loaded
+    without `load_checkpoint(storage=...)`, which stores the denoiser and text encoders so while reading).
 
     diffusers' layerwise casting (`enable_layerwise_casting`) keeps each layer's weights in the
     storage type and casts them to the compute type only while that layer runs, so the
@@ -271,7 +335,7 @@ def apply_weight_storage(model: "LoadedModel", storage: str) -> None:
 
         return apply_nf4(model)
     dtype = STORAGE_DTYPES.get(storage)
-    if dtype is None:
+    if dtype is None or model.weight_storage == storage:
         return
     from .gguf_quantized import is_quantized
 
@@ -419,9 +483,23 @@ def _file_metadata(path: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
 
 
+def _stored_tensors(path: Path) -> dict[str, Any]:
+    """A single file's tensors, each read only when its module is built (lazy_tensors.py)."""
+    from .lazy_tensors import gguf_tensors, safetensors_tensors
+
+    if path.suffix.lower() == ".safetensors":
+        return safetensors_tensors(path)
+    from .gguf import check_full_checkpoint
+
+    tensors = gguf_tensors(path)
+    check_full_checkpoint(path, {k: tuple(v.shape) for k, v in tensors.items()})
+    return tensors
+
+
 def _read_single_file(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) -> ReadWeights:
     """One file: tensors, configs from their shapes (or a sidecar), split by the family's layout."""
-    tensors = read_tensors(info.path, allow_pickle)
+    lazy = info.format in ("safetensors", "gguf") and info.path.suffix.lower() in (".safetensors", ".gguf")
+    tensors = _stored_tensors(info.path) if lazy else read_tensors(info.path, allow_pickle)
     notes = []
     if info.format == "gguf":
         from .gguf import describe_gguf
@@ -433,7 +511,12 @@ def _read_single_file(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) ->
     if variant:  # a variant the tensors cannot tell (Flux Kontext): its name or metadata says
         arch = configs.architecture
         configs = configs_for(Architecture(variant, arch.prediction_type, arch.inpainting), sidecar.components)
-    weights, leftovers = checkpoint_to_diffusers(tensors, configs)
+    if lazy:
+        from .lazy_tensors import convert_lazily
+
+        weights, leftovers = convert_lazily(tensors, lambda found: checkpoint_to_diffusers(found, configs))
+    else:
+        weights, leftovers = checkpoint_to_diffusers(tensors, configs)
     del tensors
     if leftovers:
         notes.append(f"{len(leftovers)} tensors not used by the model (EMA copies, schedule buffers)")
@@ -452,11 +535,14 @@ def register_reader(fmt: str, reader: Reader) -> None:
 
 def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bool,
                     progress: Progress | None = None, companion_dirs: dict[str, Path] | None = None,
-                    module_files: tuple[Path, ...] = (), keep_gguf_quantized: bool = True) -> LoadedModel:
+                    module_files: tuple[Path, ...] = (), keep_gguf_quantized: bool = True,
+                    storage: str = "Automatic") -> LoadedModel:
     """Load a checkpoint for generation. Raises ModelLoadError with a readable reason.
 
-    `keep_gguf_quantized`: a GGUF file's denoiser keeps its quantized blocks in memory where it can
-    (`gguf_quantized.py`); False: dequantized at load, as before."""
+    `keep_gguf_quantized`: a GGUF file's denoiser and text encoders keep their quantized blocks in
+    memory (`gguf_quantized.py`); False: dequantized at load. `storage`: the weight storage
+    (`storage_dtype`) of the denoiser and text encoders, applied while each weight is read; the VAE,
+    small and the last step to the pixels, stays in its own dtype."""
     say = progress or (lambda message: None)
     started = time.perf_counter()
     reader = READERS.get(info.format)
@@ -477,6 +563,8 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bo
 
     arch = configs.architecture
     modules: dict[str, torch.nn.Module] = {}
+    stored_as = storage_dtype(storage, device.dtype)
+    gguf_layers = 0
     for name in arch.adapter.components():
         if name not in weights and name in arch.adapter.optional_components:
             if info.format == "diffusers":  # single files say where they looked (add_companions)
@@ -486,7 +574,10 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bo
             raise ModelLoadError(f"{info.name}: the file has no {name.replace('_', ' ')}")
         say(f"building {name}")
         dtype = device.vae_dtype if name == "vae" else device.dtype
-        modules[name] = build_module(name, configs[name], weights.pop(name), device.device, dtype, arch.family)
+        quantize = keep_gguf_quantized and info.format == "gguf" and name != "vae"
+        modules[name] = build_module(name, configs[name], weights.pop(name), device.device, dtype, arch.family,
+                                     None if name == "vae" else stored_as, quantize)
+        gguf_layers += getattr(modules[name], "gguf_layers", 0)
 
     denoiser = modules[arch.adapter.denoiser_component]
     if uncertain and probe_v_prediction(denoiser):
@@ -502,11 +593,16 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bo
                     if n in modules},
         device=device, notes=notes, demo=sidecar.demo, module_files=tuple(module_files),
         part_files=dict(read.part_files), automatic_files=frozenset(read.automatic_files))
-    if info.format == "gguf" and keep_gguf_quantized:
-        from .gguf_quantized import keep_quantized
-
-        say("keeping the GGUF weights quantized")
-        notes.append(keep_quantized(loaded, info.path))
+    if gguf_layers:
+        loaded.patches["gguf_quantized"] = gguf_layers
+        notes.append(f"GGUF kept quantized in memory: {gguf_layers} layers")
+        if stored_as is not None:
+            notes.append(f"weight storage {storage} not applied: the GGUF weights stay quantized")
+    elif stored_as is not None:
+        loaded.weight_storage = storage
+        notes.append(f"denoiser and text encoder weights stored as {storage}")
+    elif info.format == "gguf" and keep_gguf_quantized:
+        notes.append("GGUF dequantized at load: no quantized Linear or Conv2d weights")
     loaded.load_seconds = time.perf_counter() - started
     log.info("loaded %s (%s) in %.1fs", info.name, arch.label, loaded.load_seconds)
     return loaded

@@ -172,7 +172,7 @@ class ModelManager:
             offloaded = offloadable and self.memory.loads_offloaded(info.size)
             load_on = replace(self.device, device=torch.device("cpu")) if offloaded else self.device
             companions = {kind: self.paths.model_dir(kind) for kind in ("vae", "text_encoder")}
-            model = load_checkpoint(info, load_on, self.allow_pickle, progress, companions, modules)
+            model = load_checkpoint(info, load_on, self.allow_pickle, progress, companions, modules, storage=storage)
             model.device = self.device
             apply_weight_storage(model, storage)
             model.weight_storage = storage  # fp8 types, or the compute type --weights named
