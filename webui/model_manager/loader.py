@@ -227,7 +227,13 @@ def _store_weights(model: torch.nn.Module, storage: torch.dtype, compute: torch.
     if isinstance(model, ModelMixin):  # its class's skip patterns (norms, embeddings)
         model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=compute)
     else:  # text encoders: diffusers' default skip patterns; embeddings are no castable layer
-        apply_layerwise_casting(model, storage_dtype=storage, compute_dtype=compute)
+        from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+        # transformers casts the input of its keep-in-fp32 layers (T5's `wo`) to their weight's dtype, which
+        # in storage would be fp8: those layers stay as they are
+        keep = tuple(rf"(^|\.){name}$" for name in getattr(model, "_keep_in_fp32_modules", None) or ())
+        apply_layerwise_casting(model, storage_dtype=storage, compute_dtype=compute,
+                                skip_modules_pattern=tuple(DEFAULT_SKIP_MODULES_PATTERN) + keep)
 
 
 def build_module(name: str, config: dict[str, Any], tensors: StateDict, device: torch.device,
