@@ -206,11 +206,15 @@ class Engine:
         if images is not None:
             return self._generate_drawn(prepared.request, *images, job, output_dir)
         started = time.perf_counter()
-        job.report(step=0, text="loading model")
+        job.report(step=0, text="Loading the model…")
+
+        def loading(stage: str) -> None:  # the page says so, as it does for the warm-up's load ahead of a job
+            job.report(text=f"Loading the model ({stage})…")
+
         if companion:
-            model = self.models.get_companion(request.checkpoint, progress=lambda msg: job.report(text=msg))
+            model = self.models.get_companion(request.checkpoint, progress=loading)
         else:
-            model = self.models.get(request.checkpoint, progress=lambda msg: job.report(text=msg),
+            model = self.models.get(request.checkpoint, progress=loading,
                                     modules=request.override_settings.get(module_choice.SETTING))
         plan = self.plan(request, model)
         job.progress.previewer = self._previewer(model, plan.options)
