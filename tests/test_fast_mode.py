@@ -4,11 +4,11 @@ Real tiny checkpoints on the CPU: images are compared with fast mode off (PSNR),
 applied through the same patcher as in use, and the attention kernels run for real."""
 import logging
 
-import numpy as np
 import pytest
 import torch
 
 from webui.core.jobs import Job
+from webui.bench_memory import psnr  # the bench's PSNR: the figures it prints are these
 from webui.core.request import GenerationRequest
 from webui.features.lora_writer import write_lora
 from webui.model_manager import attention_backends as ab
@@ -39,11 +39,6 @@ def generate(app, checkpoint="tiny-sd1.safetensors", **kw):
     base = dict(prompt="a lighthouse", steps=3, width=64, height=64, seed=9, sampler_name="Euler",
                 checkpoint=checkpoint, save_images=False)
     return app.txt2img(GenerationRequest(**{**base, **kw}))
-
-
-def psnr(a, b) -> float:
-    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
 
 
 # ---- fused QKV and LoRA ---------------------------------------------------------------------------

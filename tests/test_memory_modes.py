@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from webui.core.infotext import parse_infotext
+from webui.bench_memory import psnr  # the bench's PSNR: the figures it prints are these
 from webui.core.request import GenerationRequest
 from webui.model_manager.fast import attention_processors
 from webui.model_manager.memory import (BLOCK_OFFLOAD, GB, MODEL_OFFLOAD, OFFLOAD, ONLOAD, RESIDENT, MemoryFlags,
@@ -39,11 +40,6 @@ def generate(app, checkpoint="tiny-sd1", **kw):
     base = dict(prompt="a lighthouse", steps=3, width=64, height=64, seed=9, sampler_name="Euler",
                 checkpoint=checkpoint, save_images=False)
     return app.txt2img(GenerationRequest(**{**base, **kw}))
-
-
-def psnr(a, b) -> float:
-    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
 
 
 @pytest.mark.parametrize("checkpoint", ["tiny-sd1", "tiny-sdxl"])

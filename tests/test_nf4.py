@@ -11,6 +11,7 @@ import pytest
 
 from webui.core.infotext import parse_infotext
 from webui.core.jobs import JobState
+from webui.bench_memory import psnr  # the bench's PSNR: the figures it prints are these
 from webui.core.request import GenerationRequest
 from webui.model_manager.memory import BLOCK_OFFLOAD, MODEL_OFFLOAD, OFFLOAD, RESIDENT
 from webui.model_manager.nf4 import nf4_bytes
@@ -36,11 +37,6 @@ def full_precision_again(app):
 def request(checkpoint="tiny-sd1", prompt="a lighthouse"):
     return GenerationRequest(prompt=prompt, steps=3, width=64, height=64, seed=9, sampler_name="Euler",
                              checkpoint=checkpoint, save_images=False)
-
-
-def psnr(a, b) -> float:
-    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
 
 
 @pytest.mark.parametrize("checkpoint, most", [("tiny-sd1", 0.85), ("tiny-sdxl", 0.6)])
