@@ -18,6 +18,24 @@ def app(tmp_path, tiny_ckpt_dir):
     app.close()
 
 
+def failed_job(app, error: Exception):
+    """A small txt2img job whose UNet raises `error`, waited for; the UNet is given back its forward."""
+    model = app.models.get("tiny-sd1.safetensors")
+    real_forward = model.unet.forward
+
+    def raising(*args, **kwargs):
+        raise error
+
+    model.unet.forward = raising
+    try:
+        job = app.submit(GenerationRequest(prompt="x", steps=2, width=64, height=64, checkpoint="tiny-sd1",
+                                           save_images=False))
+        job.wait(60)
+    finally:
+        model.unet.forward = real_forward
+    return job
+
+
 def test_an_out_of_memory_job_fails_clearly_and_the_next_one_runs(app):
     model = app.models.get("tiny-sd1.safetensors")
     request = GenerationRequest(prompt="a big picture", steps=2, width=64, height=64, batch_size=2, seed=4,
@@ -49,19 +67,7 @@ def test_an_out_of_memory_job_fails_clearly_and_the_next_one_runs(app):
 
 
 def test_other_runtime_errors_are_not_mistaken_for_out_of_memory(app):
-    model = app.models.get("tiny-sd1.safetensors")
-    real_forward = model.unet.forward
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
-
-    model.unet.forward = broken
-    try:
-        job = app.submit(GenerationRequest(prompt="x", steps=2, width=64, height=64, checkpoint="tiny-sd1",
-                                           save_images=False))
-        job.wait(60)
-    finally:
-        model.unet.forward = real_forward
+    job = failed_job(app, RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert job.state == JobState.FAILED and type(job.error) is RuntimeError
 
 
@@ -74,19 +80,7 @@ def test_other_runtime_errors_are_not_mistaken_for_out_of_memory(app):
 def test_out_of_memory_names_the_memory_mode_and_weight_storage_that_keep_less(app, mode, storage, named,
                                                                                 not_named):
     app.settings.update({"memory_mode": mode, "weight_storage": storage})
-    model = app.models.get("tiny-sd1.safetensors")
-    real_forward = model.unet.forward
-
-    def small_gpu(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    model.unet.forward = small_gpu
-    try:
-        job = app.submit(GenerationRequest(prompt="x", steps=2, width=64, height=64, checkpoint="tiny-sd1",
-                                           save_images=False))
-        job.wait(60)
-    finally:
-        model.unet.forward = real_forward
+    job = failed_job(app, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     message = str(job.error)
     assert type(job.error).__name__ == "DeviceOutOfMemory", message
     for text in named:
