@@ -31,7 +31,8 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _peak_rss_mib() -> float:
+def peak_rss_mib() -> float:
+    """This process's peak resident set in MiB (VmHWM; ru_maxrss where /proc is missing)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -66,7 +67,7 @@ def measure_mode(easel, request: dict, mode: str, fast: bool, rounds: int) -> tu
     if cuda:
         peak, what = torch.cuda.max_memory_allocated() / 2 ** 20, "peak CUDA MiB"
     else:
-        peak, what = _peak_rss_mib(), "peak RSS MiB" + ("" if resettable else " since start")
+        peak, what = peak_rss_mib(), "peak RSS MiB" + ("" if resettable else " since start")
     return statistics.median(rates), peak, what, result.images[0]
 
 

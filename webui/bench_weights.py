@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .bench_memory import peak_rss_mib
+
 Rows = list[tuple[str, str]]
 # glibc raises its mmap threshold (up to 32 MiB) each time a large block is freed; diffusers' layerwise
 # casting then frees and re-allocates every stored weight twice per call (cast up, cast back), and the
@@ -124,15 +126,6 @@ def write_random_gguf(path: Path, shapes: dict[str, tuple[int, ...]], quant: str
 
 
 # ---- one row, in its own process ------------------------------------------------------------------
-
-
-def peak_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _child(args: argparse.Namespace) -> int:
