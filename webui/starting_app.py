@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 STATUS_PATH = "/easel/v1/startup"
+EVENT_STREAM_SUFFIX = "/queue/data"  # Gradio's per-page event stream (Server-Sent Events)
 
 
 class StartingApp:
@@ -45,6 +46,7 @@ class StartingApp:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._state: dict[str, Any] = {}  # lifespan state uvicorn copies into each request's scope
         self._inner: _Lifespan | None = None
+        self._stopping = False  # set by stop(): responses cut short from now on end quietly
 
     @staticmethod
     def _protect(app, options: ServerOptions):
@@ -60,8 +62,43 @@ class StartingApp:
         if self._is_own(scope):
             return await self._own(scope, receive, send)
         if self.app is not None:
-            return await self.app(scope, receive, send)
+            return await self._pass(scope, receive, send)
         await self._held(scope, receive, send)
+
+    async def _pass(self, scope, receive, send) -> None:
+        """To the real app; a response that ends early for an expected reason ends quietly.
+
+        Expected: anything the shutdown cuts short (a stream whose connection was dropped, or one
+        cancelled at the graceful timeout), and Gradio's event stream when its page's session went
+        away while it was open. Gradio deletes a session when one of its streams is cancelled, and a
+        second stream of the same page then raises a 404 inside a response that has already started
+        (CI logged that as "Exception in ASGI application" during a restart). Those are logged at
+        debug level and the response is closed; any other error propagates as before.
+        """
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        response = {"started": False, "complete": False}
+
+        async def watched(message) -> None:
+            if message["type"] == "http.response.start":
+                response["started"] = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                response["complete"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except BaseException:
+            stream_gone = response["started"] and scope["path"].endswith(EVENT_STREAM_SUFFIX)
+            if not (self._stopping or stream_gone):
+                raise
+            log.debug("%s ended early (%s)", scope["path"], "stopping" if self._stopping else "session gone",
+                      exc_info=True)
+            if response["started"] and not response["complete"]:
+                try:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                except Exception:  # the client has gone already
+                    pass
 
     def _is_own(self, scope) -> bool:
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
@@ -125,6 +162,7 @@ class StartingApp:
 
     def stop(self) -> None:
         """In the event loop, before uvicorn's graceful shutdown: end long-lived streams, answer held requests."""
+        self._stopping = True
         for callback in self.before_shutdown:
             try:
                 callback()
