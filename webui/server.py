@@ -64,8 +64,9 @@ def create_fastapi(easel: Easel, options: ServerOptions) -> FastAPI:
 
     if options.ui:
         gradio_patches.install(app)  # before Gradio's /assets route: its page script with Easel's fix
-        blocks = build_ui(easel, local=options.host in LOOPBACK_NAMES)
-        blocks.queue(default_concurrency_limit=None)
+        with gradio_patches.one_config_pass():  # the config that is served is computed by mounting, below
+            blocks = build_ui(easel, local=options.host in LOOPBACK_NAMES)
+            blocks.queue(default_concurrency_limit=None)
         allowed = [str(easel.paths.outputs_dir.resolve())]
         # HTTP Basic auth (above) protects the UI too, so Gradio's own login form is not used
         app = gr.mount_gradio_app(app, blocks, path="/", allowed_paths=allowed, css=CSS,
