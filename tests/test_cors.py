@@ -12,17 +12,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import start_server
 
 BAD_JOB = {"params": {"steps": 0}}  # refused with a 422 once it reaches the route: nothing is queued
-
-
-@pytest.fixture(scope="module")
-def ui_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cors")
-    running = start_server(root, None, [])
-    yield running
-    running.stop()
 
 
 def cors_headers(response: httpx.Response) -> dict[str, str]:
@@ -30,7 +21,7 @@ def cors_headers(response: httpx.Response) -> dict[str, str]:
 
 
 def output_image(server) -> Path:
-    path = server.root / "outputs" / "txt2img-images" / "00000-1.png"
+    path = server.root / "outputs" / "cors-probe" / "probe.png"  # the shared ui_server: away from the tabs' folders
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (8, 8), (200, 10, 10)).save(path)
     return path

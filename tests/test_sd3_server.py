@@ -27,7 +27,7 @@ def sd3_server(tmp_path_factory, tiny_ckpt_dir):
     root = tmp_path_factory.mktemp("sd3-server")
     write_sd3_folder(root / "ckpt" / "tiny-sd35", "sd35-medium", seed=6)
     _controlnets(root / "models" / "ControlNet", root / "ckpt" / "tiny-sd35", tiny_ckpt_dir)
-    server = start_server(root, root / "ckpt", ["--api"])
+    server = start_server(root, root / "ckpt", ["--api", "--nowebui"])  # API only: no page to build
     yield server
     server.stop()
 
