@@ -64,6 +64,7 @@ from .features.guidance.sag import SAG
 from .features.guidance.slg import SLG
 from .features.refiner import Refiner
 from .features.upscalers import UPSCALER_KINDS, Upscalers
+from .model_manager.host_allocator import return_freed_blocks
 from .model_manager.architecture import Architecture
 from .model_manager.downloads import DONE, DownloadManager
 from .model_manager.library import ModelLibrary
@@ -296,6 +297,8 @@ def build(options: AppOptions) -> Easel:
     settings = SettingsStore(paths.config_file)
     settings.load()
     device = device_config(options.device, options.precision, options.no_half_vae)
+    if device.device.type == "cpu":  # weights cast per use on the CPU: freed copies go back to the system
+        return_freed_blocks()
     if options.demo_model:
         write_demo_model(paths)
     # one record of every loaded model, under one RAM and one device-memory budget
