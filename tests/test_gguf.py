@@ -256,3 +256,18 @@ def test_a_quantized_vae_retries_nans_in_fp32(tmp_path, gguf_world):
         assert image.std() > 5  # a picture, not the black frame NaNs would give
     finally:
         easel.close()
+
+
+def test_the_bench_breakdown_shows_every_component_quantized(gguf_world):
+    """bench_weights' storage breakdown of a GGUF checkpoint with conv kernels: Q8_0 bytes in the UNet, the text
+    encoder (token table included) and the VAE, and float32 only for what the file kept in F32."""
+    from webui.bench_weights import breakdown_rows, storage_breakdown
+
+    easel, _, _ = gguf_world
+    model = easel.models.get("tiny-sd1-q8conv.gguf")
+    breakdown = storage_breakdown(model)
+    assert set(breakdown) == {"unet", "text_encoder", "vae"}
+    for component, kinds in breakdown.items():
+        assert kinds.get("Q8_0", 0) > kinds.get("float32", 0), (component, kinds)
+    rows = dict(breakdown_rows("gguf-q8", {"breakdown": breakdown}))
+    assert "Q8_0" in rows["gguf-q8: vae MiB"]

@@ -13,7 +13,12 @@ quantized. PSNR compares each row's image with the fp16 row's.
 
 On the CPU the compute type is fp32 (its fp16/bf16 kernels run tens of times slower here), so the
 fp16 row stores the weights in fp16 and computes in fp32, the fp8 row stores them in fp8, and the
-GGUF row keeps Q8_0 blocks (Linear and Conv2d layers). The VAE stays in its own dtype in every row.
+GGUF row keeps Q8_0 blocks (Linear, Conv2d and Embedding layers). The fp16 and fp8 rows keep the
+VAE in its own dtype; the GGUF file holds it quantized, and the GGUF row keeps it so.
+
+`--breakdown` adds, per row, the resident set at its stages (before loading, the load's peak, after
+loading, the generation's peak: VmHWM restarted through /proc/self/clear_refs) and the bytes each
+component holds per storage kind, to tell where a peak comes from.
 """
 from __future__ import annotations
 
