@@ -131,3 +131,143 @@ def test_a_lora_patches_a_quantized_conv_and_restores_it(gguf_world):
     finally:
         backup.restore(conv)
     assert type(conv) is GGUFConv2d and conv.weight is blocks
+
+
+def test_token_embeddings_stay_quantized_and_look_up_the_dequantized_rows(gguf_world):
+    """The text encoder's token table keeps its Q8_0 blocks (GGUFEmbedding, 1.06 bytes a value) and gives
+    exactly the rows of the dequantized table."""
+    import torch
+    from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
+
+    from webui.model_manager.gguf_quantized import GGUFEmbedding
+
+    easel, _, _ = gguf_world
+    model = easel.models.get("tiny-sd1-q8.gguf")
+    table = model.text_encoders["text_encoder"].get_input_embeddings()
+    assert isinstance(table, GGUFEmbedding)
+    assert table.weight.dtype == torch.uint8 and table.weight.quant_type.name == "Q8_0"
+    assert table.weight.nbytes < table.num_embeddings * table.embedding_dim * 1.1
+    ids = torch.tensor([[0, 5, 7, 5, table.num_embeddings - 1]])
+    expected = torch.nn.functional.embedding(ids, dequantize_gguf_tensor(table.weight).float())
+    assert torch.equal(table(ids), expected)
+
+
+def test_textual_inversion_puts_its_vectors_into_a_quantized_table(gguf_world):
+    """An embedding file on a GGUF checkpoint: its vectors take the name's place in the quantized table's output
+    (textual inversion's forward hook on get_input_embeddings), and change the prompt's encoding."""
+    import torch
+    from safetensors.torch import save_file
+
+    from webui.core.conditioning import PromptEncoder
+    from webui.features.embeddings import read_embedding
+
+    easel, _, _ = gguf_world
+    model = easel.models.get("tiny-sd1-q8.gguf")
+    vectors = torch.randn(2, 32, generator=torch.Generator().manual_seed(3))
+    path = easel.paths.model_dir("embedding") / "ggufstyle.safetensors"
+    save_file({"emb_params": vectors}, str(path))
+    embedding = read_embedding(path, allow_pickle=False)
+    encoder = model.text_encoders["text_encoder"]
+    text = getattr(encoder, "text_model", encoder).embeddings  # token table + positions
+    seen = []
+    handle = text.register_forward_hook(lambda module, args, output: seen.append(output))
+    try:
+        with_vectors = PromptEncoder(model, embeddings=[embedding]).encode("a ggufstyle dog").embeds
+        without = PromptEncoder(model).encode("a ggufstyle dog").embeds
+    finally:
+        handle.remove()
+    positions = text.position_embedding(torch.arange(2, 4))
+    assert torch.allclose(seen[0][0, 2:4], vectors + positions, atol=1e-6)  # after the start token and "a"
+    assert not torch.equal(with_vectors, without)
+
+
+def test_a_tied_table_is_read_once(tmp_path):
+    """T5's `shared` table is also its `encoder.embed_tokens` (saved once; the loader gives both keys the same
+    file tensor): kept quantized, both modules hold one table, read once."""
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    from webui.model_manager.gguf_quantized import GGUFEmbedding, quantize_layers
+    from webui.model_manager.lazy_tensors import gguf_tensors
+
+    path = write_gguf_checkpoint(tmp_path / "t5.gguf", {"shared.weight": torch.randn(64, 32)}, "Q8_0", "t5")
+    stored = gguf_tensors(path)["shared.weight"]
+    with torch.device("meta"):
+        model = T5EncoderModel(T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4))
+    done = quantize_layers(model, {"shared.weight": stored, "encoder.embed_tokens.weight": stored}, torch.float32)
+    assert done == {"shared.weight", "encoder.embed_tokens.weight"}
+    assert isinstance(model.shared, GGUFEmbedding) and isinstance(model.encoder.embed_tokens, GGUFEmbedding)
+    assert model.shared.weight is model.encoder.embed_tokens.weight
+    assert model.shared.weight.quant_type.name == "Q8_0"
+
+
+def test_a_big_kernel_runs_in_slices_with_the_whole_kernels_result(monkeypatch):
+    """GGUFConv2d dequantizes a kernel bigger than CONV_SLICE_BYTES a slice of output channels at a time; the
+    output is the whole dequantized kernel's convolution."""
+    import torch
+    from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    from webui.model_manager import gguf_quantized
+
+    conv = gguf_quantized.GGUFConv2d(32, 12, 3, padding=1)
+    conv.compute_dtype = torch.float32
+    kernel = torch.randn(12, 8 * 4 * 9, generator=torch.Generator().manual_seed(0))  # rows of 288: 9 blocks
+    conv.weight = GGUFParameter(torch.from_numpy(quantize(kernel.numpy(), GGMLQuantizationType.Q8_0)),
+                                quant_type=GGMLQuantizationType.Q8_0)
+    x = torch.randn(2, 32, 6, 6, generator=torch.Generator().manual_seed(1))
+    whole = dequantize_gguf_tensor(conv.weight).float().reshape(12, 32, 3, 3)
+    expected = torch.nn.functional.conv2d(x, whole, conv.bias, padding=1)
+    slices = []
+    real = gguf_quantized.GGUFConv2d._kernel
+    monkeypatch.setattr(gguf_quantized.GGUFConv2d, "_kernel",
+                        lambda self, start, stop: slices.append(stop - start) or real(self, start, stop))
+    monkeypatch.setattr(gguf_quantized, "CONV_SLICE_BYTES", 5 * 32 * 9 * 4)  # five output channels a slice
+    with torch.no_grad():
+        out = conv(x)
+    assert slices == [5, 5, 2]
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_a_quantized_vae_retries_nans_in_fp32(tmp_path, gguf_world):
+    """The GGUF VAE keeps its blocks (GGUFConv2d) and computes in the VAE's dtype: a half-precision decode that
+    gives NaN switches it, quantized layers included, to fp32, and the image comes out whole."""
+    import torch
+
+    from webui.model_manager.gguf_quantized import GGUFConv2d
+
+    _, ckpts, _ = gguf_world
+    easel = make_easel(tmp_path, ckpts, precision="fp16")
+    try:
+        model = easel.models.get("tiny-sd1-q8conv.gguf")
+        convs = [m for m in model.vae.modules() if isinstance(m, GGUFConv2d)]
+        assert convs and {m.compute_dtype for m in convs} == {torch.float16}
+
+        def nan_in_half(module, args, output):
+            return torch.full_like(output, float("nan")) if output.dtype == torch.float16 else None
+
+        hook = model.vae.decoder.register_forward_hook(nan_in_half)
+        try:
+            image = _image(easel, "tiny-sd1-q8conv.gguf")
+        finally:
+            hook.remove()
+        assert model.vae_upcast and {m.compute_dtype for m in convs} == {torch.float32}
+        assert image.std() > 5  # a picture, not the black frame NaNs would give
+    finally:
+        easel.close()
+
+
+def test_the_bench_breakdown_shows_every_component_quantized(gguf_world):
+    """bench_weights' storage breakdown of a GGUF checkpoint with conv kernels: Q8_0 bytes in the UNet, the text
+    encoder (token table included) and the VAE, and float32 only for what the file kept in F32."""
+    from webui.bench_weights import breakdown_rows, storage_breakdown
+
+    easel, _, _ = gguf_world
+    model = easel.models.get("tiny-sd1-q8conv.gguf")
+    breakdown = storage_breakdown(model)
+    assert set(breakdown) == {"unet", "text_encoder", "vae"}
+    for component, kinds in breakdown.items():
+        assert kinds.get("Q8_0", 0) > kinds.get("float32", 0), (component, kinds)
+    rows = dict(breakdown_rows("gguf-q8", {"breakdown": breakdown}))
+    assert "Q8_0" in rows["gguf-q8: vae MiB"]

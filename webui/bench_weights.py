@@ -13,7 +13,12 @@ quantized. PSNR compares each row's image with the fp16 row's.
 
 On the CPU the compute type is fp32 (its fp16/bf16 kernels run tens of times slower here), so the
 fp16 row stores the weights in fp16 and computes in fp32, the fp8 row stores them in fp8, and the
-GGUF row keeps Q8_0 blocks (Linear and Conv2d layers). The VAE stays in its own dtype in every row.
+GGUF row keeps Q8_0 blocks (Linear, Conv2d and Embedding layers). The fp16 and fp8 rows keep the
+VAE in its own dtype; the GGUF file holds it quantized, and the GGUF row keeps it so.
+
+`--breakdown` adds, per row, the resident set at its stages (before loading, the load's peak, after
+loading, the generation's peak: VmHWM restarted through /proc/self/clear_refs) and the bytes each
+component holds per storage kind, to tell where a peak comes from.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -125,6 +131,59 @@ def write_random_gguf(path: Path, shapes: dict[str, tuple[int, ...]], quant: str
     return path
 
 
+# ---- where a row's memory goes ----------------------------------------------------------------------
+
+
+def storage_breakdown(model: Any) -> dict[str, dict[str, int]]:
+    """Bytes held per component, per storage kind: a GGUF quantization ("Q8_0") or a dtype ("float32").
+    Parameters and buffers, each storage counted once (tied weights, shared tables)."""
+    out: dict[str, dict[str, int]] = {}
+    seen: set[int] = set()
+    parts = {"unet": model.unet, **model.text_encoders, "vae": model.vae}
+    for component, module in parts.items():
+        kinds = out.setdefault(component, {})
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.is_meta or tensor.untyped_storage().data_ptr() in seen:
+                continue
+            seen.add(tensor.untyped_storage().data_ptr())
+            quant = getattr(tensor, "quant_type", None)
+            kind = quant.name if quant is not None else str(tensor.dtype).removeprefix("torch.")
+            kinds[kind] = kinds.get(kind, 0) + tensor.untyped_storage().nbytes()
+    return out
+
+
+def rss_mib() -> float:
+    """This process's resident set now (VmRSS), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def reset_peak_rss() -> bool:
+    """Start VmHWM again from the current resident set (Linux: "5" to /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def breakdown_rows(label: str, row: dict) -> Rows:
+    """A row's stages (RSS before loading, peaks of load and of generation) and its bytes per component."""
+    stages = row.get("stages", {})
+    rows: Rows = []
+    if stages:
+        rows.append((f"{label}: RSS MiB at start / load peak / after load / generation peak",
+                     " / ".join(f"{stages[k]:.0f}" if k in stages else "?" for k in
+                                ("start", "load_peak", "loaded", "generate_peak"))))
+    for component, kinds in row.get("breakdown", {}).items():
+        total = sum(kinds.values())
+        shown = ", ".join(f"{kind} {size / 2**20:.0f}" for kind, size in sorted(kinds.items(), key=lambda x: -x[1]))
+        rows.append((f"{label}: {component} MiB", f"{total / 2**20:.0f} ({shown})"))
+    return rows
+
+
 # ---- one row, in its own process ------------------------------------------------------------------
 
 
@@ -141,14 +200,22 @@ def _child(args: argparse.Namespace) -> int:
     request = dict(prompt="a photograph of an astronaut riding a horse", negative_prompt="blurry", steps=args.steps,
                    cfg_scale=7.0, width=args.side, height=args.side, seed=1, sampler_name="Euler",
                    scheduler="Uniform", checkpoint=ckpt.name, save_images=False)
+    stages = {"start": rss_mib()}
     t0 = time.perf_counter()
     model = easel.models.get(ckpt.name)
     load = time.perf_counter() - t0
+    stages.update(load_peak=peak_rss_mib(), loaded=rss_mib())
+    peak = stages["load_peak"]
+    split = reset_peak_rss()  # the generation's own peak from here (the row's peak is the larger of both)
     t0 = time.perf_counter()
     result = easel.txt2img(GenerationRequest(**request))
     seconds = time.perf_counter() - t0
+    peak = max(peak, peak_rss_mib())
+    if split:
+        stages["generate_peak"] = peak_rss_mib()
     out = {"load_s": load, "image_s": seconds, "it_s": args.steps / max(result.timings["sample"], 1e-9),
-           "peak_rss_mib": peak_rss_mib(), "notes": model.notes, "weights": model.weight_storage}
+           "peak_rss_mib": peak, "notes": model.notes, "weights": model.weight_storage, "stages": stages,
+           "breakdown": storage_breakdown(model)}
     if model.device.device.type == "cuda":
         out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
     result.images[0].save(Path(args.image))
@@ -184,11 +251,13 @@ def _run_row(ckpt: Path, weights: str, tmp: Path, device: str, side: int, steps:
 
 
 def weight_rows(family: str, choices: tuple[str, ...] = ("fp16", "fp8", "gguf-q8"), device: str = "cpu",
-                side: int = 64, steps: int = 2, memory_modes: bool = False, files_dir: Path | None = None) -> Rows:
+                side: int = 64, steps: int = 2, memory_modes: bool = False, files_dir: Path | None = None,
+                breakdown: bool = False) -> Rows:
     """One subprocess per storage choice on the same random weights; ratios and PSNR against fp16.
 
     `files_dir`: keep the written checkpoints there (and reuse them when present) instead of a
-    temporary folder that is deleted afterwards."""
+    temporary folder that is deleted afterwards. `breakdown`: also each row's RSS at its stages and
+    the bytes each component holds per storage kind (where the peak comes from)."""
     from PIL import Image
 
     from .bench_memory import psnr
@@ -233,6 +302,8 @@ def weight_rows(family: str, choices: tuple[str, ...] = ("fp16", "fp8", "gguf-q8
             rows.append((f"{weights}: PSNR vs fp16 (dB) / image std", f"{psnr(reference, image):.1f} / "
                                                                       f"{image.std():.1f}"))
             rows.append((f"{weights}: load notes", "; ".join(row["notes"][-2:])))
+            if breakdown:
+                rows += breakdown_rows(weights, row)
             for mode in row.get("modes", []):
                 other = np.asarray(Image.open(row["image"].with_name(
                     f"{row['image'].stem}-{mode.replace(' ', '_')}.png")).convert("RGB"))
@@ -253,13 +324,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-modes", action="store_true")
     parser.add_argument("--files", help="keep the written checkpoints in this folder (reused when present)")
     parser.add_argument("--rows", default="fp16,fp8,gguf-q8")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also print each row's RSS per stage and its bytes per component and storage kind")
     args = parser.parse_args(argv)
     if args.child:
         return _child(args)
     from .bench import _print
 
     _print(weight_rows("sdxl", tuple(args.rows.split(",")), args.device, args.side, args.steps, args.memory_modes,
-                       Path(args.files) if args.files else None))
+                       Path(args.files) if args.files else None, args.breakdown))
     return 0
 
 

@@ -82,10 +82,12 @@ def to_image(pixels: torch.Tensor) -> Image.Image:
 
 
 def _vae_dtype(model: "LoadedModel") -> torch.dtype:
+    from ..model_manager.gguf_quantized import float_dtype, set_dtype
+
     vae = model.vae
-    dtype = torch.float32 if model.vae_upcast else next(vae.parameters()).dtype
-    if dtype != next(vae.parameters()).dtype:
-        vae.to(dtype)
+    dtype = torch.float32 if model.vae_upcast else float_dtype(vae)
+    if dtype != float_dtype(vae):
+        set_dtype(vae, dtype)
     return dtype
 
 
@@ -94,7 +96,9 @@ def _upcast(model: "LoadedModel") -> None:
     log.warning("the VAE of %s produced NaNs in half precision; it decodes and encodes in fp32 from now on "
                 "(as --no-half-vae would)", model.info.name)
     model.vae_upcast = True
-    model.vae.to(torch.float32)
+    from ..model_manager.gguf_quantized import set_dtype
+
+    set_dtype(model.vae, torch.float32)  # GGUF-quantized layers compute in it too
     if getattr(model, "offloader", None) is not None:  # offload hooks keep copies of the weights: take them again
         model.offloader.refresh()
 

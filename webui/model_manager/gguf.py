@@ -3,9 +3,11 @@
 
 Scope: a full checkpoint (UNet, VAE and text encoders under the original single-file names,
 `model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*`/`conditioner.*`)
-stored as GGUF, placed in models/Stable-diffusion. The tensors are dequantized to float32 at
-load time and then take exactly the path a `.safetensors` checkpoint takes (detection,
-conversion, meta-device build), so a GGUF file saves disk and download size, not memory.
+stored as GGUF, placed in models/Stable-diffusion. The loader reads it lazily
+(lazy_tensors.py) and takes exactly the path a `.safetensors` checkpoint takes (detection,
+conversion, meta-device build), its quantized layers keeping their blocks in memory
+(gguf_quantized.py); `read_gguf_tensors` here dequantizes every tensor to float32 (companion
+files, conversion).
 UNet-only GGUF files (keys without the `model.diffusion_model.` prefix, as most published
 SD3/SDXL UNet quantizations) are listed with their quantization but refused by the loader
 with a message saying so; a Flux transformer-only GGUF (city96's layout: BFL's keys) loads,

@@ -545,8 +545,8 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bo
                     storage: str = "Automatic") -> LoadedModel:
     """Load a checkpoint for generation. Raises ModelLoadError with a readable reason.
 
-    `keep_gguf_quantized`: a GGUF file's denoiser and text encoders keep their quantized blocks in
-    memory (`gguf_quantized.py`); False: dequantized at load. `storage`: the weight storage
+    `keep_gguf_quantized`: a GGUF file's denoiser, text encoders and VAE keep their quantized blocks
+    in memory (`gguf_quantized.py`; the VAE's layers compute in its dtype); False: dequantized at load. `storage`: the weight storage
     (`storage_dtype`) of the denoiser and text encoders, applied while each weight is read; the VAE,
     small and the last step to the pixels, stays in its own dtype."""
     say = progress or (lambda message: None)
@@ -580,7 +580,7 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bo
             raise ModelLoadError(f"{info.name}: the file has no {name.replace('_', ' ')}")
         say(f"building {name}")
         dtype = device.vae_dtype if name == "vae" else device.dtype
-        quantize = keep_gguf_quantized and info.format == "gguf" and name != "vae"
+        quantize = keep_gguf_quantized and info.format == "gguf"
         modules[name] = build_module(name, configs[name], weights.pop(name), device.device, dtype, arch.family,
                                      None if name == "vae" else stored_as, quantize)
         gguf_layers += getattr(modules[name], "gguf_layers", 0)
