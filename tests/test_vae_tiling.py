@@ -37,13 +37,13 @@ def same_picture(a: np.ndarray, b: np.ndarray) -> bool:
 class Windows:
     """Counts the inputs a VAE's first conv receives and the largest one (forward pre-hooks: observation only)."""
 
-    def __init__(self, conv: torch.nn.Module):
+    def __init__(self, module: torch.nn.Module):
         self.calls, self.largest = 0, (0, 0)
-        conv.register_forward_pre_hook(self.note)
+        module.register_forward_pre_hook(self.note)
 
     def note(self, _module, inputs) -> None:
         self.calls += 1
-        self.largest = max(self.largest, tuple(inputs[0].shape[-2:]))
+        self.largest = tuple(max(a, b) for a, b in zip(self.largest, inputs[0].shape[-2:]))
 
 
 def test_modes_decide_when_to_tile_and_the_tiled_picture_is_the_untiled_one(app):
@@ -122,15 +122,23 @@ def test_a_16_channel_vae_without_quant_convs_tiles_both_ways():
                         norm_num_groups=8, use_quant_conv=False, use_post_quant_conv=False).eval()
     assert vae_tiling.supported(vae)
     decoder, encoder = Windows(vae.decoder.conv_in), Windows(vae.encoder.conv_in)
-    pixels = torch.rand(1, 3, 128, 192, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    every_conv = Windows(vae)  # every Conv2d of the VAE, at every resolution
+    for conv in [m for m in vae.modules() if isinstance(m, torch.nn.Conv2d)]:
+        conv.register_forward_pre_hook(every_conv.note)
+    pixels = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(4)) * 2 - 1
     with torch.no_grad():
         moments = vae.encoder(pixels)
+        every_conv.largest = (0, 0)  # the untiled passes saw (128, 128); now only the tiled ones count
         tiled_moments = vae_tiling.encode(vae, pixels, tile=64)
         z = moments[:, :16]
-        pixels_back = vae.decoder(z)
         tiled_back = vae_tiling.decode(vae, z, tile=64)
-    assert encoder.calls == 1 + 6 and decoder.calls == 1 + 6  # 2x3 tiles each way
-    assert tiled_moments.shape == moments.shape == (1, 32, 16, 24)
+        largest = every_conv.largest
+        pixels_back = vae.decoder(z)
+    assert encoder.calls == 1 + 4 and decoder.calls == 1 + 4  # 2x2 tiles each way
+    # no conv at any resolution saw more than a 64 px tile and its halo: here 2 px on the inner side (1 for
+    # the 3x3 conv, 1 more after a 2x upsampling, whose low-resolution window starts on a whole pixel)
+    assert largest == (66, 66)
+    assert tiled_moments.shape == moments.shape == (1, 32, 16, 16)
     assert torch.allclose(tiled_moments, moments, atol=1e-4, rtol=0)
     assert torch.allclose(tiled_back, pixels_back, atol=1e-4, rtol=0)
 
