@@ -84,6 +84,7 @@ def _tiled_decode(model: "LoadedModel", z: torch.Tensor) -> torch.Tensor:
     if not shared_tiling.supported(vae):  # a layout our tiler does not walk: diffusers' per-tile tiling
         return _diffusers_tiled(vae, lambda: vae.decode(z).sample)
     _onload(model)
+    log.info("VAE decode in tiles of %d px (GroupNorm statistics shared)", tile_size(vae))
     return shared_tiling.decode(vae, z, tile_size(vae))
 
 
@@ -94,6 +95,7 @@ def _tiled_encode(model: "LoadedModel", x: torch.Tensor) -> torch.Tensor:
     if not shared_tiling.supported(vae):
         return _diffusers_tiled(vae, lambda: vae.encode(x).latent_dist.mode())
     _onload(model)
+    log.info("VAE encode in tiles of %d px (GroupNorm statistics shared)", tile_size(vae))
     return DiagonalGaussianDistribution(shared_tiling.encode(vae, x, tile_size(vae))).mode()
 
 

@@ -46,7 +46,7 @@ class Tiler:
         self.tile, self.groups, self.device = tile, groups, device
         self.store = store or (torch.device("cpu") if device.type == "cuda" else device)
         self.factor = 1  # image pixels per pixel of the current layer
-        self.windows = 0  # how many tile windows ran (tests and the bench read it)
+        self.windows = 0  # how many tile windows ran
 
     # ---- one layer over the image, tile by tile ----
 
