@@ -315,7 +315,7 @@ def to_generation_request(body: GenerationFields, easel, mode: str = "txt2img") 
     values["checkpoint"], values[OVERRIDE] = _overrides(body.override_settings, easel.models)
     _check_styles(body.styles, easel.engine.styles)
     values.update(_scripts(body, easel.engine.scripts, mode))
-    if values.pop(TILED_VAE, False):  # its tile sizes are not used: diffusers' tiles are the VAE's own size
+    if values.pop(TILED_VAE, False):  # its tile sizes are not used: Easel's tiles are the VAE's own size
         values[OVERRIDE] = {**values[OVERRIDE], "vae_tiling": "Always"}
     if isinstance(body, Img2ImgRequest):
         values.update(_images(body, bool(easel.settings.get("api_enable_requests")),

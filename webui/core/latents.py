@@ -1,7 +1,9 @@
 """Between pixels and latents: VAE encode/decode with the half-precision NaN fallback and tiling.
 
-Tiling uses diffusers' own tiled encode/decode (overlapping tiles of the VAE's `sample_size`,
-blended), switched on per call. The policy comes from the setting `vae_tiling` through a
+Tiling is Easel's own tiler (`vae_tiling.py`: tiles of the VAE's `sample_size`, each layer
+run tile by tile with a one-pixel halo, GroupNorm statistics shared over the whole image, so a
+tiled picture equals the untiled one); a VAE of another layout falls back to diffusers' tiled
+encode/decode (each tile normalised alone, overlaps blended). The policy comes from the setting `vae_tiling` through a
 context the engine sets around each job (`vae_tiling(...)`), so the features that encode and
 decode (img2img, hires fix, soft inpainting) follow it without passing it along:
 Automatic tiles images above AUTO_TILE_PIXELS and retries tiled after running out of device
@@ -17,6 +19,8 @@ from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 import numpy as np
 import torch
 from PIL import Image
+
+from . import vae_tiling as shared_tiling
 
 if TYPE_CHECKING:
     from ..model_manager.loader import LoadedModel
@@ -47,23 +51,57 @@ def _out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def _with_tiling(vae: torch.nn.Module, pixels: int, run: Callable[[], T]) -> T:
-    """`run()` with diffusers' tiling on when the policy asks; on out-of-memory, once more tiled."""
-    tiled = _wants_tiles(pixels)
+def _with_tiling(model: "LoadedModel", pixels: int, plain: Callable[[], T], tiled: Callable[[], T]) -> T:
+    """`plain()`, or `tiled()` when the policy asks; on out-of-memory, once more tiled."""
+    want = _wants_tiles(pixels)
     try:
-        return _tiled(vae, tiled, run)
+        return tiled() if want else plain()
     except (torch.OutOfMemoryError, RuntimeError) as exc:
-        if tiled or _TILING.get() == "Never" or not _out_of_memory(exc):
+        if want or _TILING.get() == "Never" or not _out_of_memory(exc):
             raise
     log.warning("the VAE ran out of device memory on %d pixels; retrying in tiles", pixels)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return _tiled(vae, True, run)
+    return tiled()
 
 
-def _tiled(vae: torch.nn.Module, on: bool, run: Callable[[], T]) -> T:
+def tile_size(vae: torch.nn.Module) -> int:
+    """Tile side in image pixels: the VAE's own `sample_size` (512 for SD 1.x, 1024 for SDXL/SD3/Flux)."""
+    size = getattr(getattr(vae, "config", None), "sample_size", 512)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def _onload(model: "LoadedModel") -> None:
+    """Model offload moves the VAE onto the device when `vae.decode`/`encode` or a direct child runs; the
+    tiler calls the layers inside them, so the VAE's group is onloaded here first."""
+    offloader = getattr(model, "offloader", None)
+    if offloader is not None and getattr(model, "memory_mode", "Resident") == "Model offload":
+        offloader.onload_group(offloader.groups.get("vae", "vae"))
+
+
+def _tiled_decode(model: "LoadedModel", z: torch.Tensor) -> torch.Tensor:
+    vae = model.vae
+    if not shared_tiling.supported(vae):  # a layout our tiler does not walk: diffusers' per-tile tiling
+        return _diffusers_tiled(vae, lambda: vae.decode(z).sample)
+    _onload(model)
+    log.info("VAE decode in tiles of %d px (GroupNorm statistics shared)", tile_size(vae))
+    return shared_tiling.decode(vae, z, tile_size(vae))
+
+
+def _tiled_encode(model: "LoadedModel", x: torch.Tensor) -> torch.Tensor:
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    vae = model.vae
+    if not shared_tiling.supported(vae):
+        return _diffusers_tiled(vae, lambda: vae.encode(x).latent_dist.mode())
+    _onload(model)
+    log.info("VAE encode in tiles of %d px (GroupNorm statistics shared)", tile_size(vae))
+    return DiagonalGaussianDistribution(shared_tiling.encode(vae, x, tile_size(vae))).mode()
+
+
+def _diffusers_tiled(vae: torch.nn.Module, run: Callable[[], T]) -> T:
     before = getattr(vae, "use_tiling", False)
-    vae.use_tiling = on
+    vae.use_tiling = True
     try:
         return run()
     finally:
@@ -103,13 +141,19 @@ def _upcast(model: "LoadedModel") -> None:
         model.offloader.refresh()
 
 
-def _with_fp32_retry(model: "LoadedModel", call: Callable[[torch.Tensor], torch.Tensor], source: torch.Tensor,
-                     area: int) -> torch.Tensor:
-    """`call(source)` on the VAE (decode or encode) in its dtype, tiled as the policy says, as float32. NaNs in
-    half precision (SDXL's fp16 VAE) switch this model's VAE to fp32 for good and run it again, as AUTOMATIC1111
-    does, rather than hand the user a black image; the model's later images go straight to fp32 (one log line)."""
+def _with_fp32_retry(model: "LoadedModel", kind: str, source: torch.Tensor, area: int) -> torch.Tensor:
+    """`kind` ("decode": pixels of unscaled latents; "encode": the posterior mean) on the VAE in its dtype,
+    tiled as the policy says, as float32. NaNs in half precision (SDXL's fp16 VAE) switch this model's VAE
+    to fp32 for good and run it again, as AUTOMATIC1111 does, rather than hand the user a black image; the
+    model's later images go straight to fp32 (one log line)."""
     def run(dtype: torch.dtype) -> torch.Tensor:
-        return _with_tiling(model.vae, area, lambda: call(source.to(dtype)).float())
+        x = source.to(dtype)
+        if kind == "decode":
+            out = _with_tiling(model, area, lambda: model.vae.decode(x).sample, lambda: _tiled_decode(model, x))
+        else:
+            out = _with_tiling(model, area, lambda: model.vae.encode(x).latent_dist.mode(),
+                               lambda: _tiled_encode(model, x))
+        return out.float()
 
     dtype = _vae_dtype(model)
     out = run(dtype)
@@ -135,7 +179,7 @@ def decode(model: "LoadedModel", latents: torch.Tensor) -> list[Image.Image]:
     for latent in latents:
         area = latent.shape[-1] * latent.shape[-2] * _factor(model) ** 2
         unscaled = latent[None] / _scale(model) + _shift(model)
-        images.append(to_image(_with_fp32_retry(model, lambda z: model.vae.decode(z).sample, unscaled, area)[0]))
+        images.append(to_image(_with_fp32_retry(model, "decode", unscaled, area)[0]))
     return images
 
 
@@ -155,6 +199,6 @@ def encode(model: "LoadedModel", images: list[Image.Image] | list[torch.Tensor])
     for image in images:
         source = image if isinstance(image, torch.Tensor) else to_pixels(image)
         area = source.shape[-1] * source.shape[-2]
-        latent = _with_fp32_retry(model, lambda x: model.vae.encode(x).latent_dist.mode(), source.to(device), area)
+        latent = _with_fp32_retry(model, "encode", source.to(device), area)
         out.append((latent - _shift(model)) * _scale(model))
     return torch.cat(out)
