@@ -98,3 +98,23 @@ def test_fp8_storage_covers_the_text_encoders(app):
         assert linears and all(m.weight.dtype == torch.float8_e4m3fn for m in linears), name
         assert linear_bytes(encoder) <= 0.25 * before[name]
     assert psnr(full.images[0], stored.images[0]) > 20
+
+
+def test_stored_token_tables_cast_only_the_rows_they_look_up(app):
+    """A text encoder's token table stays in fp8 and each call casts only the looked-up rows
+    (model_manager/stored_embeddings.py): diffusers' hook cast the whole vocabulary per encode, which set
+    full SDXL's generation peak. The rows are the same numbers as from the whole table cast up."""
+    app.settings.update({"weight_storage": "fp8_e4m3fn"})
+    generate(app, "tiny-sdxl")
+    model = app.models.get("tiny-sdxl.safetensors")
+    ids = torch.tensor([[49406, 320, 1929, 49407]])
+    for name, encoder in model.text_encoders.items():
+        table = encoder.get_input_embeddings()
+        assert table.weight.dtype == torch.float8_e4m3fn, name
+        assert getattr(table, "_diffusers_hook", None) is None, name  # no whole-table cast hook
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+            rows = table(ids)
+        assert rows.dtype == torch.float32
+        assert torch.equal(rows, torch.nn.functional.embedding(ids, table.weight.float())), name
+        largest = max((event.cpu_memory_usage for event in prof.events()), default=0)
+        assert largest < table.weight.numel(), (name, largest)  # under the fp8 table's own bytes

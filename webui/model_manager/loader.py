@@ -220,20 +220,27 @@ def _shape(value: Any, expected: tuple[int, ...]) -> tuple[int, ...]:
 
 def _store_weights(model: torch.nn.Module, storage: torch.dtype, compute: torch.dtype) -> None:
     """diffusers' layerwise casting, set up on the meta model before any weight is read: each layer's
-    weights are then cast to the storage type as they are read, never held in the compute type."""
+    weights are then cast to the storage type as they are read, never held in the compute type.
+    A text encoder's embeddings are stored by `stored_embeddings` instead: the hook would cast the whole
+    token table on each call."""
     from diffusers import ModelMixin
     from diffusers.hooks import apply_layerwise_casting
 
-    if isinstance(model, ModelMixin):  # its class's skip patterns (norms, embeddings)
-        model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=compute)
-    else:  # text encoders: diffusers' default skip patterns; embeddings are no castable layer
-        from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+    from .stored_embeddings import SKIPPED_CLASSES, store_embeddings
 
-        # transformers casts the input of its keep-in-fp32 layers (T5's `wo`) to their weight's dtype, which
-        # in storage would be fp8: those layers stay as they are
-        keep = tuple(rf"(^|\.){name}$" for name in getattr(model, "_keep_in_fp32_modules", None) or ())
-        apply_layerwise_casting(model, storage_dtype=storage, compute_dtype=compute,
-                                skip_modules_pattern=tuple(DEFAULT_SKIP_MODULES_PATTERN) + keep)
+    if isinstance(model, ModelMixin):  # its class's skip patterns (norms); a denoiser's embeddings are small
+        model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=compute)
+        return
+    # text encoders: diffusers' default skip patterns; their token tables are stored by store_embeddings
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+    # transformers casts the input of its keep-in-fp32 layers (T5's `wo`) to their weight's dtype, which
+    # in storage would be fp8: those layers stay as they are
+    keep = tuple(rf"(^|\.){name}$" for name in getattr(model, "_keep_in_fp32_modules", None) or ())
+    apply_layerwise_casting(model, storage_dtype=storage, compute_dtype=compute,
+                            skip_modules_pattern=tuple(DEFAULT_SKIP_MODULES_PATTERN) + keep,
+                            skip_modules_classes=SKIPPED_CLASSES)
+    store_embeddings(model, storage, compute)
 
 
 def build_module(name: str, config: dict[str, Any], tensors: StateDict, device: torch.device,
