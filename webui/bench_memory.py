@@ -31,14 +31,22 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident set in MiB (VmHWM; ru_maxrss where /proc is missing)."""
+def status_mib(field: str) -> float | None:
+    """A memory field of this process's /proc/self/status (VmRSS, VmHWM, ...) in MiB; None without /proc."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return None
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set in MiB (VmHWM; ru_maxrss where /proc is missing)."""
+    peak = status_mib("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -66,10 +66,10 @@ def vae_model(seed: int = 0, narrow: int = 1, family: str = "sd1", conv_out_scal
 
 
 def _rss_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    from .bench_memory import status_mib
+
+    value = status_mib(field)
+    return float("nan") if value is None else value
 
 
 @torch.no_grad()

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bench_memory import peak_rss_mib
+from .bench_memory import peak_rss_mib, status_mib
 
 Rows = list[tuple[str, str]]
 # glibc raises its mmap threshold (up to 32 MiB) each time a large block is freed; diffusers' layerwise
@@ -154,10 +154,7 @@ def storage_breakdown(model: Any) -> dict[str, dict[str, int]]:
 
 def rss_mib() -> float:
     """This process's resident set now (VmRSS), in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return status_mib("VmRSS") or 0.0
 
 
 def reset_peak_rss() -> bool:
