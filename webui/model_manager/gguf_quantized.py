@@ -52,7 +52,7 @@ class GGUFConv2d(torch.nn.Conv2d):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         bias = self.bias.to(self.compute_dtype) if self.bias is not None else None
-        row_bytes = self.weight.quant_shape[-1] * torch.empty((), dtype=self.compute_dtype).element_size()
+        row_bytes = self.weight.quant_shape[-1] * self.compute_dtype.itemsize  # no tensor made per call
         step = max(1, CONV_SLICE_BYTES // row_bytes)
         if self.groups != 1 or step >= self.out_channels:
             return self._conv_forward(inputs, self._kernel(0, self.out_channels), bias)
