@@ -118,3 +118,43 @@ def test_stored_token_tables_cast_only_the_rows_they_look_up(app):
         assert torch.equal(rows, torch.nn.functional.embedding(ids, table.weight.float())), name
         largest = max((event.cpu_memory_usage for event in prof.events()), default=0)
         assert largest < table.weight.numel(), (name, largest)  # under the fp8 table's own bytes
+
+
+def test_the_vae_keeps_16_bit_weights_under_a_storage_choice_and_computes_in_fp32(app, tmp_path):
+    """On the CPU the VAE computes in fp32; under fp8 storage its weights are kept in fp16 (never fp8) and
+    cast per layer (loader.vae_storage): half its memory. Decode and encode go on in fp32 and give the
+    fp32 VAE's picture; a VAE file swaps into the stored VAE and "None" restores it bit for bit."""
+    from safetensors.torch import save_file
+
+    from webui.core import latents as latents_io
+    from webui.model_manager.architecture import Architecture
+    from webui.model_manager.loader import file_state_dict
+    from webui.model_manager.tiny import build_tiny_components
+    from webui.model_manager.vae import apply_vae
+
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    full = app.models.get("tiny-sd1.safetensors")
+    full_bytes = measure(full.vae).ram
+    full_picture = latents_io.decode(full, latents)[0]
+    full_encoded = latents_io.encode(full, [full_picture])
+    app.settings.update({"weight_storage": "fp8_e4m3fn"})
+    generate(app)
+    model = app.models.get("tiny-sd1.safetensors")
+    assert model.vae.decoder.conv_in.weight.dtype == torch.float16
+    assert model.vae.decoder.conv_norm_out.weight.dtype == torch.float32  # norms stay in the compute type
+    assert measure(model.vae).ram < 0.6 * full_bytes
+    assert any("the VAE's as float16" in note for note in model.notes), model.notes
+    picture = latents_io.decode(model, latents)[0]
+    assert psnr(full_picture, picture) > 40
+    encoded = latents_io.encode(model, [full_picture])
+    assert encoded.dtype == torch.float32
+    assert torch.allclose(encoded, full_encoded, atol=0.05), (encoded - full_encoded).abs().max()
+
+    _, modules = build_tiny_components(Architecture("sd1"), seed=99)
+    other = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in file_state_dict(modules["vae"]).items()}, str(other))
+    apply_vae(model, other)
+    assert model.vae.decoder.conv_in.weight.dtype == torch.float16
+    assert psnr(picture, latents_io.decode(model, latents)[0]) < 30
+    apply_vae(model, None)
+    assert np.array_equal(np.asarray(picture), np.asarray(latents_io.decode(model, latents)[0]))

@@ -120,11 +120,12 @@ def to_image(pixels: torch.Tensor) -> Image.Image:
 
 
 def _vae_dtype(model: "LoadedModel") -> torch.dtype:
-    from ..model_manager.gguf_quantized import float_dtype, set_dtype
+    from ..model_manager.gguf_quantized import compute_dtype, set_dtype
 
     vae = model.vae
-    dtype = torch.float32 if model.vae_upcast else float_dtype(vae)
-    if dtype != float_dtype(vae):
+    current = compute_dtype(vae)  # weights stored in 16 bits under fp32 compute: fp32 (loader.vae_storage)
+    dtype = torch.float32 if model.vae_upcast else current
+    if dtype != current:
         set_dtype(vae, dtype)
     return dtype
 

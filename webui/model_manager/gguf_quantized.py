@@ -153,6 +153,12 @@ def float_dtype(module: torch.nn.Module) -> torch.dtype:
     return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
 
 
+def compute_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype a module computes in: a module whose weights are stored in another type (layerwise casting,
+    loader._store_weights) says so in `stored_compute_dtype`; else its parameters' (`float_dtype`)."""
+    return getattr(module, "stored_compute_dtype", None) or float_dtype(module)
+
+
 def set_dtype(module: torch.nn.Module, dtype: torch.dtype) -> None:
     """`module.to(dtype)`, and its quantized layers compute in `dtype` too (their blocks stay as they are)."""
     module.to(dtype)

@@ -228,6 +228,7 @@ def _store_weights(model: torch.nn.Module, storage: torch.dtype, compute: torch.
 
     from .stored_embeddings import SKIPPED_CLASSES, store_embeddings
 
+    model.stored_compute_dtype = compute  # what it computes in: its parameters' dtype is the storage's (compute_dtype)
     if isinstance(model, ModelMixin):  # its class's skip patterns (norms); a denoiser's embeddings are small
         model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=compute)
         return
@@ -332,6 +333,16 @@ def storage_dtype(storage: str, compute: torch.dtype) -> torch.dtype | None:
     """The dtype weights are kept in for a weight-storage choice (None: the compute type)."""
     dtype = STORAGE_DTYPES.get(storage) or HALF_STORAGE.get(storage)
     return dtype if dtype is not None and dtype != compute else None
+
+
+def vae_storage(stored_as: torch.dtype | None, vae_compute: torch.dtype) -> torch.dtype | None:
+    """The VAE's weight storage under a storage choice: 16-bit where the VAE computes in fp32 (the CPU,
+    --no-half-vae), which halves its memory and keeps its activations in fp32 (SDXL's fp16 NaNs come from
+    activations, not weights). Never fp8: a decode shows every rounding of its weights, and Forge too keeps
+    the VAE in 16 bits. Where the VAE computes in 16 bits already, it stays as it is (None)."""
+    if stored_as is None or vae_compute != torch.float32:
+        return None
+    return torch.bfloat16 if stored_as == torch.bfloat16 else torch.float16
 
 
 def apply_weight_storage(model: "LoadedModel", storage: str) -> None:
@@ -589,7 +600,7 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bo
         dtype = device.vae_dtype if name == "vae" else device.dtype
         quantize = keep_gguf_quantized and info.format == "gguf"
         modules[name] = build_module(name, configs[name], weights.pop(name), device.device, dtype, arch.family,
-                                     None if name == "vae" else stored_as, quantize)
+                                     vae_storage(stored_as, dtype) if name == "vae" else stored_as, quantize)
         gguf_layers += getattr(modules[name], "gguf_layers", 0)
 
     denoiser = modules[arch.adapter.denoiser_component]
@@ -613,7 +624,9 @@ def load_checkpoint(info: CheckpointInfo, device: DeviceConfig, allow_pickle: bo
             notes.append(f"weight storage {storage} not applied: the GGUF weights stay quantized")
     elif stored_as is not None:
         loaded.weight_storage = storage
-        notes.append(f"denoiser and text encoder weights stored as {storage}")
+        vae = vae_storage(stored_as, device.vae_dtype)
+        notes.append(f"denoiser and text encoder weights stored as {storage}"
+                     + (f", the VAE's as {str(vae).removeprefix('torch.')}" if vae is not None else ""))
     elif info.format == "gguf" and keep_gguf_quantized:
         notes.append("GGUF dequantized at load: no quantized Linear or Conv2d weights")
     loaded.load_seconds = time.perf_counter() - started
