@@ -166,9 +166,30 @@ def test_a1111_flags_pick_what_automatic_runs():
     assert _options(server_parser().parse_args(["--opt-sdp-no-mem-attention"])).attention == ab.SDP_NO_MEM
     assert _options(server_parser().parse_args(["--opt-split-attention"])).attention == ab.SDP
     assert _options(server_parser().parse_args([])).attention == ab.AUTOMATIC
+    for flag in ("--opt-split-attention-invokeai", "--opt-split-attention-v1", "--opt-sub-quad-attention"):
+        assert _options(server_parser().parse_args([flag])).attention == ab.SDP, flag
     plan = ab.plan_attention(ab.AUTOMATIC, torch.nn.Linear(1, 1), torch.device("cpu"), flag=ab.SDP_NO_MEM)
     assert plan == ab.AttentionPlan(ab.SDP_NO_MEM, ab.SDP_NO_MEM)
     assert ab.plan_attention(ab.NONE, torch.nn.Linear(1, 1), torch.device("cpu"), flag=ab.SDP_NO_MEM).used == ab.NONE
+
+
+def test_a1111_older_attention_names_are_taken_as_what_runs_them(tmp_path):
+    """A client (or a config.json) from AUTOMATIC1111 may name Doggettx, InvokeAI, sub-quadratic or V1:
+    the memory-saving attentions SDP's memory-efficient kernel stands for, so they are stored as sdp; the
+    short sdp names too. A name nobody uses is still refused, naming the setting."""
+    from webui.settings import Settings, SettingsStore
+
+    for name in ("Doggettx", "InvokeAI", "sub-quadratic", "V1 - original v1", "sdp"):
+        assert Settings.coerce("cross_attention_optimization", name) == ab.SDP, name
+    assert Settings.coerce("cross_attention_optimization", "sdp-no-mem") == ab.SDP_NO_MEM
+    (tmp_path / "config.json").write_text('{"cross_attention_optimization": "Doggettx"}')
+    store = SettingsStore(tmp_path / "config.json")
+    store.load()
+    assert store.get("cross_attention_optimization") == ab.SDP and not store.load_warnings
+    store.update({"cross_attention_optimization": "InvokeAI"})
+    assert store.get("cross_attention_optimization") == ab.SDP
+    with pytest.raises(ValueError, match="cross_attention_optimization: must be one of"):
+        Settings.coerce("cross_attention_optimization", "Split attention 2000")
 
 
 # ---- torch.compile --------------------------------------------------------------------------------

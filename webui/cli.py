@@ -53,7 +53,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "denoiser (setting fast_mode)")
     for flag, what in (("--xformers", "xFormers"), ("--opt-sdp-attention", "SDP"),
                        ("--opt-sdp-no-mem-attention", "SDP without the memory-efficient kernel"),
-                       ("--opt-split-attention", "SDP (its memory-efficient kernel splits attention)")):
+                       ("--opt-split-attention", "SDP (its memory-efficient kernel splits attention)"),
+                       ("--opt-split-attention-invokeai", "SDP (as --opt-split-attention)"),
+                       ("--opt-split-attention-v1", "SDP (as --opt-split-attention)"),
+                       ("--opt-sub-quad-attention", "SDP (as --opt-split-attention)")):
         memory.add_argument(flag, action="store_true",
                             help=f"attention: {what} when the setting cross_attention_optimization is Automatic")
     group.add_argument("--allow-pickle", action="store_true",

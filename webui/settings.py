@@ -26,12 +26,21 @@ REDACTED = "********"
 
 def _opt(default: Any, label: str, section: str = "General", *, choices: tuple | None = None,
          minimum: float | None = None, maximum: float | None = None, protected: bool = False,
-         secret: bool = False, folder_name: bool = False) -> Any:
+         secret: bool = False, folder_name: bool = False, aliases: dict[str, str] | None = None) -> Any:
     """`protected`: only the Settings tab or config.json may change it; `secret`: never shown outside them;
-    `folder_name`: one folder's name inside a models/ folder (never a path: no separators, no "..")."""
-    meta = {"label": label, "section": section, "choices": choices, "minimum": minimum,
+    `folder_name`: one folder's name inside a models/ folder (never a path: no separators, no "..");
+    `aliases`: other names a client may send for a choice (AUTOMATIC1111's older choices), stored as that choice."""
+    meta = {"label": label, "section": section, "choices": choices, "minimum": minimum, "aliases": aliases or {},
             "maximum": maximum, "protected": protected or secret, "secret": secret, "folder_name": folder_name}
     return field(default=default, metadata=meta)
+
+
+# AUTOMATIC1111's other cross-attention choices (their titles, and the short names of its sdp ones). Doggettx's,
+# InvokeAI's, sub-quadratic and V1 split or chunk attention to save memory; PyTorch's memory-efficient SDP
+# kernel does the same in one kernel, so they run as SDP (model_manager/attention_backends.py).
+_SDP = "sdp - scaled dot product"
+ATTENTION_ALIASES = {"Doggettx": _SDP, "InvokeAI": _SDP, "sub-quadratic": _SDP, "V1 - original v1": _SDP, "V1": _SDP,
+                     "sdp": _SDP, "sdp-no-mem": "sdp-no-mem - scaled dot product without memory efficient attention"}
 
 
 class SettingError(ValueError):
@@ -214,7 +223,8 @@ class Settings:
                      "--opt-sdp-no-mem-attention name; a choice that cannot run here falls back to SDP with a warning)",
         "Stable Diffusion", choices=("Automatic", "sdp - scaled dot product",
                                      "sdp-no-mem - scaled dot product without memory efficient attention",
-                                     "xformers", "SageAttention", "None"))
+                                     "xformers", "SageAttention", "None"),
+        aliases=ATTENTION_ALIASES)
     vae_tiling: str = _opt("Automatic", "VAE tiling: decode and encode in overlapping tiles (Automatic: above 2048x2048 "
                                         "pixels and after running out of GPU memory)", "Stable Diffusion",
                             choices=("Automatic", "Always", "Never"))
@@ -273,6 +283,7 @@ class Settings:
                 raise ValueError(f"{key}: expected text, got {_shown(value)}")
             if meta.get("folder_name"):
                 check_folder_name(key, value)
+        value = meta.get("aliases", {}).get(value, value) if isinstance(value, str) else value
         if meta.get("choices") and value not in meta["choices"]:
             raise ValueError(f"{key}: must be one of {', '.join(map(str, meta['choices']))}; got {_shown(value)}")
         if meta.get("minimum") is not None and value < meta["minimum"]:

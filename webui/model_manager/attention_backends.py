@@ -14,7 +14,8 @@ what diffusers and PyTorch offer, applied only while a pass samples (`attention_
   (`attention_backend(...)`); UNet and SD 3 processors are swapped for diffusers' xFormers
   processors for the pass. SageAttention has no processor for those: SDP runs instead.
 `--opt-split-attention` (Doggettx's sliced attention) maps to sdp: PyTorch's memory-efficient
-kernel is the same idea, in one kernel. A choice that cannot run falls back to sdp with one
+kernel is the same idea, in one kernel. So do A1111's other memory-saving choices (InvokeAI, sub-quadratic,
+V1; their flags, and their names in the setting: settings.ATTENTION_ALIASES). A choice that cannot run falls back to sdp with one
 warning per model naming what ran instead; it never fails a job. The xFormers/Sage paths need a
 CUDA device with the packages installed and are unmeasured here.
 """
@@ -38,7 +39,8 @@ NONE = "None"
 CHOICES = (AUTOMATIC, SDP, SDP_NO_MEM, XFORMERS, SAGE, NONE)
 # A1111's command-line flags -> the choice "Automatic" stands for when given
 FLAGS = {"xformers": XFORMERS, "opt_sdp_attention": SDP, "opt_sdp_no_mem_attention": SDP_NO_MEM,
-         "opt_split_attention": SDP}
+         "opt_split_attention": SDP, "opt_split_attention_invokeai": SDP, "opt_split_attention_v1": SDP,
+         "opt_sub_quad_attention": SDP}
 
 # diffusers' SDPA processors -> its xFormers processor of the same layout
 _XFORMERS_PROCESSORS = {"AttnProcessor2_0": "XFormersAttnProcessor", "FusedAttnProcessor2_0": "XFormersAttnProcessor",
