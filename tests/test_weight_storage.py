@@ -123,7 +123,7 @@ def test_stored_token_tables_cast_only_the_rows_they_look_up(app):
 def test_the_vae_keeps_16_bit_weights_under_a_storage_choice_and_computes_in_fp32(app, tmp_path):
     """On the CPU the VAE computes in fp32; under fp8 storage its weights are kept in fp16 (never fp8) and
     cast per layer (loader.vae_storage): half its memory. Decode and encode go on in fp32 and give the
-    fp32 VAE's picture; a VAE file swaps into the stored VAE and "None" restores it bit for bit."""
+    fp32 VAE's picture, tiled or not; a VAE file swaps into the stored VAE and "None" restores it bit for bit."""
     from safetensors.torch import save_file
 
     from webui.core import latents as latents_io
@@ -149,6 +149,11 @@ def test_the_vae_keeps_16_bit_weights_under_a_storage_choice_and_computes_in_fp3
     encoded = latents_io.encode(model, [full_picture])
     assert encoded.dtype == torch.float32
     assert torch.allclose(encoded, full_encoded, atol=0.05), (encoded - full_encoded).abs().max()
+    wide = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))  # 128 px: 2x2 tiles of 64
+    with latents_io.vae_tiling("Never"):
+        untiled = latents_io.decode(model, wide)[0]
+    with latents_io.vae_tiling("Always"):  # the tiler calls the layers one by one: each casts its own weights
+        assert psnr(untiled, latents_io.decode(model, wide)[0]) > 40
 
     _, modules = build_tiny_components(Architecture("sd1"), seed=99)
     other = tmp_path / "other.safetensors"
