@@ -636,22 +636,26 @@ def test_guidance_add_ons_and_the_refiner_take_the_originals_payloads(client):
 
 
 def test_the_tiled_vae_extension_switch_tiles_this_request(client, server):
-    """Tiled VAE's always-on args (enabled, encoder tile, decoder tile, ...) turn on Easel's VAE tiling: the
-    server logs the tiled decode, and the picture is the untiled one (tiles share GroupNorm statistics)."""
-    size = dict(width=128, height=128)  # the tiny VAE's tiles are 64 px, so 128 px is four tiles
+    """Tiled VAE's always-on args (enabled, encoder tile in pixels, decoder tile in latents, ...) turn on Easel's
+    VAE tiling with its tile sizes: the server logs the tiled decode at 8x the decoder tile, and the picture is
+    the untiled one (tiles share GroupNorm statistics). A bad tile size is a 422 naming it."""
+    size = dict(width=128, height=128)  # the tiny VAE's own tiles are 64 px; 12 latents are 96 px
 
-    def tiled_decodes() -> int:
-        return server.log.read_text().count("VAE decode in tiles of 64 px")
+    def tiled_decodes(side: int) -> int:
+        return server.log.read_text().count(f"VAE decode in tiles of {side} px")
 
-    before = tiled_decodes()
+    before = tiled_decodes(96)
     plain = txt2img(client, **size)
-    assert tiled_decodes() == before
-    tiled = txt2img(client, **size, alwayson_scripts={"Tiled VAE": {"args": [True, 1024, 96, True, True, True]}})
-    assert tiled_decodes() == before + 1
-    off = txt2img(client, **size, alwayson_scripts={"Tiled VAE": {"args": [False, 1024, 96]}})
-    assert tiled_decodes() == before + 1
+    assert tiled_decodes(96) == before
+    tiled = txt2img(client, **size, alwayson_scripts={"Tiled VAE": {"args": [True, 1024, 12, True, True, True]}})
+    assert tiled_decodes(96) == before + 1
+    off = txt2img(client, **size, alwayson_scripts={"Tiled VAE": {"args": [False, 1024, 12]}})
+    assert tiled_decodes(96) == before + 1
     a, b, c = (np.asarray(decode(r["images"][0])).astype(float) for r in (plain, tiled, off))
     assert np.array_equal(a, c) and np.abs(a - b).max() <= 1  # within one 8-bit level: fp32 sums in another order
+    response = client.post("/sdapi/v1/txt2img", json=payload(alwayson_scripts={"Tiled VAE": {"args": [True, 1024,
+                                                                                                     "big"]}}))
+    assert response.status_code == 422 and "alwayson_scripts.Tiled VAE.args.decoder_tile_size" in response.text
 
 
 def test_tiled_diffusion_payload(client):

@@ -178,3 +178,38 @@ def test_nans_in_a_half_precision_decode_retry_in_fp32_once_per_model(tmp_path, 
         assert len([r for r in caplog.records if "NaN" in r.getMessage()]) == 1
     finally:
         app.close()
+
+
+def test_chosen_tile_sizes_change_the_windows_not_the_picture(app):
+    """vae_tile_decode / vae_tile_encode (image pixels) set the tiles each way; below 64 px they count as 64."""
+    model = app.models.get("tiny-sd1.safetensors")
+    z = torch.randn(1, 4, 24, 24, generator=torch.Generator().manual_seed(4))
+    with latents.vae_tiling("Never"):
+        plain = np.asarray(latents.decode(model, z)[0])
+    decoder = Windows(model.vae.decoder.conv_in)
+    with latents.vae_tiling("Always", decode_tile=96):
+        tiled = np.asarray(latents.decode(model, z)[0])
+    assert decoder.calls == 4 and decoder.largest == (13, 13)  # 2x2 tiles of 12 latents, a 1-latent halo inward
+    assert same_picture(plain, tiled)
+    decoder = Windows(model.vae.decoder.conv_in)
+    with latents.vae_tiling("Always", decode_tile=8):
+        latents.decode(model, z)
+    assert decoder.calls == 9  # clamped to 64 px: the tiny VAE's own tiles
+    picture = Image.fromarray((np.asarray(tiled).astype(int) * 3 % 256).astype(np.uint8))
+    with latents.vae_tiling("Never"):
+        untiled = latents.encode(model, [picture])
+    encoder = Windows(model.vae.encoder.conv_in)
+    with latents.vae_tiling("Always", encode_tile=128, decode_tile=64):
+        encoded = latents.encode(model, [picture])
+    assert encoder.calls == 4 and encoder.largest == (129, 129)  # 2x2 tiles of 128 px (one edge: a 1 px halo)
+    assert torch.allclose(encoded, untiled, atol=1e-4, rtol=0)
+
+
+def test_the_tile_size_settings_reach_a_generation(app):
+    model = app.models.get("tiny-sd1.safetensors")
+    decoder = Windows(model.vae.decoder.conv_in)
+    request = GenerationRequest(prompt="a wide field", steps=2, width=128, height=128, seed=3, sampler_name="Euler",
+                                checkpoint="tiny-sd1", save_images=False,
+                                override_settings={"vae_tiling": "Always", "vae_tile_decode": 128})
+    app.txt2img(request)
+    assert decoder.calls == 1 and decoder.largest == (16, 16)  # one 128 px tile: the whole latent, no halo

@@ -228,6 +228,12 @@ class Settings:
     vae_tiling: str = _opt("Automatic", "VAE tiling: decode and encode in overlapping tiles (Automatic: above 2048x2048 "
                                         "pixels and after running out of GPU memory)", "Stable Diffusion",
                             choices=("Automatic", "Always", "Never"))
+    # tile sides in image pixels (the Tiled VAE extension's two sliders; its decoder one counts latents)
+    vae_tile_encode: int = _opt(0, "VAE encoder tile size in image pixels (0: the VAE's own, 512 for SD 1.x, 1024 for "
+                                   "SDXL/SD3/Flux; smaller needs less GPU memory and gives the same picture)",
+                                "Stable Diffusion", minimum=0, maximum=8192)
+    vae_tile_decode: int = _opt(0, "VAE decoder tile size in image pixels (0: the VAE's own; smaller needs less GPU "
+                                   "memory and gives the same picture)", "Stable Diffusion", minimum=0, maximum=8192)
     # token merging (features/token_merging): AUTOMATIC1111's three ratios, Forge's downsample and no-random switch
     token_merging_ratio: float = _opt(0.0, "Token merging ratio (ToMe, SD 1.x/2.x/SDXL: 0 = off, higher = faster, "
                                            "less detail)", "Optimizations", minimum=0, maximum=0.9)

@@ -216,7 +216,7 @@ def _scripts(body: GenerationFields, scripts: dict[str, Any], mode: str) -> dict
             continue
         if lowered == "tiled vae":  # the Tiled VAE extension's switch: Easel's own VAE tiling for this request
             if _script_active(lowered, value):
-                out[TILED_VAE] = True
+                out[TILED_VAE] = _tiled_vae_settings(value, field)
             continue
         script = script_api.find(scripts, key, mode, "alwayson")
         if script is not None:
@@ -238,6 +238,25 @@ def _dynamic_prompts_built(value: Any, field: str) -> None:
         return  # the feature names the problem (422)
     for name, capability in wildcards.not_built(args):
         raise not_implemented(f"Dynamic Prompts' {capability}", f"{field}.args.{name}")
+
+
+def _tiled_vae_settings(value: Any, field: str) -> dict[str, Any]:
+    """The settings the Tiled VAE extension's args (enabled, encoder tile in pixels, decoder tile in latents,
+    then switches Easel has no use for: its tiler always shares statistics and keeps the VAE where it runs)
+    stand for in Easel."""
+    args = value.get("args", []) if isinstance(value, dict) else value
+    settings: dict[str, Any] = {"vae_tiling": "Always"}
+    if not isinstance(args, list):
+        return settings
+    slots = (("encoder_tile_size", "vae_tile_encode", 1), ("decoder_tile_size", "vae_tile_decode", 8))
+    for index, (name, key, pixels_per_unit) in enumerate(slots, start=1):
+        if len(args) <= index or args[index] is None:
+            continue
+        size = args[index]
+        if isinstance(size, bool) or not isinstance(size, (int, float)) or not 0 < size <= 8192:
+            raise invalid(f"{field}.args.{name}", f"a tile size must be a number from 1 to 8192, not {size!r}")
+        settings[key] = min(int(size) * pixels_per_unit, 8192)
+    return settings
 
 
 def _script_active(name: str, value: Any) -> bool:
@@ -315,8 +334,9 @@ def to_generation_request(body: GenerationFields, easel, mode: str = "txt2img") 
     values["checkpoint"], values[OVERRIDE] = _overrides(body.override_settings, easel.models)
     _check_styles(body.styles, easel.engine.styles)
     values.update(_scripts(body, easel.engine.scripts, mode))
-    if values.pop(TILED_VAE, False):  # its tile sizes are not used: Easel's tiles are the VAE's own size
-        values[OVERRIDE] = {**values[OVERRIDE], "vae_tiling": "Always"}
+    tiled_vae = values.pop(TILED_VAE, None)
+    if tiled_vae:  # the request's own override_settings win over the extension's sliders
+        values[OVERRIDE] = {**tiled_vae, **values[OVERRIDE]}
     if isinstance(body, Img2ImgRequest):
         values.update(_images(body, bool(easel.settings.get("api_enable_requests")),
                               max_megapixels(easel.settings)))

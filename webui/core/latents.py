@@ -7,12 +7,15 @@ encode/decode (each tile normalised alone, overlaps blended). The policy comes f
 context the engine sets around each job (`vae_tiling(...)`), so the features that encode and
 decode (img2img, hires fix, soft inpainting) follow it without passing it along:
 Automatic tiles images above AUTO_TILE_PIXELS and retries tiled after running out of device
-memory; Always tiles whatever is larger than one tile; Never does not tile.
+memory; Always tiles whatever is larger than one tile; Never does not tile. The tile sides (settings
+`vae_tile_encode` / `vae_tile_decode`, image pixels, 0: the VAE's own) change only memory and speed: the
+tiler's picture is the untiled one at any tile size.
 """
 from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from dataclasses import dataclass
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
@@ -29,13 +32,26 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 TILING_MODES = ("Automatic", "Always", "Never")
 AUTO_TILE_PIXELS = 2048 * 2048  # Automatic: above this many pixels an untiled decode needs several GB
-_TILING: ContextVar[str] = ContextVar("vae_tiling", default="Automatic")
+MIN_TILE_PIXELS = 64  # a chosen tile side below this only multiplies the windows (one per tile per layer)
+
+
+@dataclass(frozen=True)
+class TilingPolicy:
+    """When to tile, and the tile sides in image pixels (0: the VAE's own `sample_size`)."""
+
+    mode: str = "Automatic"
+    encode_tile: int = 0
+    decode_tile: int = 0
+
+
+_TILING: ContextVar[TilingPolicy] = ContextVar("vae_tiling", default=TilingPolicy())
 
 
 @contextmanager
-def vae_tiling(mode: str) -> Iterator[None]:
-    """Encode and decode inside the block follow `mode` (one of TILING_MODES)."""
-    token = _TILING.set(mode if mode in TILING_MODES else "Automatic")
+def vae_tiling(mode: str, encode_tile: int = 0, decode_tile: int = 0) -> Iterator[None]:
+    """Encode and decode inside the block follow `mode` (one of TILING_MODES), in tiles of the given sides."""
+    token = _TILING.set(TilingPolicy(mode if mode in TILING_MODES else "Automatic", int(encode_tile or 0),
+                                     int(decode_tile or 0)))
     try:
         yield
     finally:
@@ -43,7 +59,7 @@ def vae_tiling(mode: str) -> Iterator[None]:
 
 
 def _wants_tiles(pixels: int) -> bool:
-    mode = _TILING.get()
+    mode = _TILING.get().mode
     return mode == "Always" or (mode == "Automatic" and pixels > AUTO_TILE_PIXELS)
 
 
@@ -57,7 +73,7 @@ def _with_tiling(model: "LoadedModel", pixels: int, plain: Callable[[], T], tile
     try:
         return tiled() if want else plain()
     except (torch.OutOfMemoryError, RuntimeError) as exc:
-        if want or _TILING.get() == "Never" or not _out_of_memory(exc):
+        if want or _TILING.get().mode == "Never" or not _out_of_memory(exc):
             raise
     log.warning("the VAE ran out of device memory on %d pixels; retrying in tiles", pixels)
     if torch.cuda.is_available():
@@ -65,8 +81,13 @@ def _with_tiling(model: "LoadedModel", pixels: int, plain: Callable[[], T], tile
     return tiled()
 
 
-def tile_size(vae: torch.nn.Module) -> int:
-    """Tile side in image pixels: the VAE's own `sample_size` (512 for SD 1.x, 1024 for SDXL/SD3/Flux)."""
+def tile_size(vae: torch.nn.Module, kind: str = "decode") -> int:
+    """Tile side in image pixels for `kind` ("decode" or "encode"): the policy's choice (at least
+    MIN_TILE_PIXELS), else the VAE's own `sample_size` (512 for SD 1.x, 1024 for SDXL/SD3/Flux)."""
+    policy = _TILING.get()
+    chosen = policy.decode_tile if kind == "decode" else policy.encode_tile
+    if chosen > 0:
+        return max(chosen, MIN_TILE_PIXELS)
     size = getattr(getattr(vae, "config", None), "sample_size", 512)
     return int(size[0] if isinstance(size, (list, tuple)) else size)
 
@@ -84,8 +105,9 @@ def _tiled_decode(model: "LoadedModel", z: torch.Tensor) -> torch.Tensor:
     if not shared_tiling.supported(vae):  # a layout our tiler does not walk: diffusers' per-tile tiling
         return _diffusers_tiled(vae, lambda: vae.decode(z).sample)
     _onload(model)
-    log.info("VAE decode in tiles of %d px (GroupNorm statistics shared)", tile_size(vae))
-    return shared_tiling.decode(vae, z, tile_size(vae))
+    tile = tile_size(vae, "decode")
+    log.info("VAE decode in tiles of %d px (GroupNorm statistics shared)", tile)
+    return shared_tiling.decode(vae, z, tile)
 
 
 def _tiled_encode(model: "LoadedModel", x: torch.Tensor) -> torch.Tensor:
@@ -95,8 +117,9 @@ def _tiled_encode(model: "LoadedModel", x: torch.Tensor) -> torch.Tensor:
     if not shared_tiling.supported(vae):
         return _diffusers_tiled(vae, lambda: vae.encode(x).latent_dist.mode())
     _onload(model)
-    log.info("VAE encode in tiles of %d px (GroupNorm statistics shared)", tile_size(vae))
-    return DiagonalGaussianDistribution(shared_tiling.encode(vae, x, tile_size(vae))).mode()
+    tile = tile_size(vae, "encode")
+    log.info("VAE encode in tiles of %d px (GroupNorm statistics shared)", tile)
+    return DiagonalGaussianDistribution(shared_tiling.encode(vae, x, tile)).mode()
 
 
 def _diffusers_tiled(vae: torch.nn.Module, run: Callable[[], T]) -> T:

@@ -47,7 +47,7 @@ def job_memory_guard(width: int, height: int, batch_size: int,
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         message = (f"Out of GPU memory generating {width}x{height} with batch size {batch_size} ({first_line}). "
                    "Try a smaller size or batch size (hires fix: a smaller upscale), set VAE tiling to Always "
-                   "(Settings → vae_tiling), or lower model_cache_vram_gb so fewer models stay on the GPU. ")
+                   "(Settings → vae_tiling; smaller tiles: vae_tile_decode), or lower model_cache_vram_gb so fewer models stay on the GPU. ")
         try:
             more = advice() if advice is not None else ""
         except Exception:  # the advice must never hide the error itself

@@ -156,7 +156,9 @@ class Engine:
         number of plain generations through `context.generate`.
         """
         plain = request.request if isinstance(request, PreparedRequest) else request
-        with latents_io.vae_tiling(self.options(plain).get("vae_tiling", "Automatic")), \
+        options = self.options(plain)
+        with latents_io.vae_tiling(options.get("vae_tiling", "Automatic"), options.get("vae_tile_encode", 0),
+                                   options.get("vae_tile_decode", 0)), \
                 job_memory_guard(plain.width, plain.height, plain.batch_size, self._memory_advice):
             if plain.script_name:
                 return self._run_script(plain, job, output_dir)
