@@ -18,7 +18,12 @@ Determinism: everything (checkpoints included) runs with one torch CPU thread, s
 thread count changes float rounding (a pixel here and there, and the tiny checkpoints' bytes,
 whose hash is in the infotext). The pixels are those of the float32 CPU kernels of the torch
 version and CPU family they were captured with; on another CPU family or torch version,
-capture them again from the unchanged engine before changing it.
+capture them again from the unchanged engine before changing it. conftest pins torch's kernels to
+AVX2's, not those of libraries beside it (most likely onnxruntime, which runs the identity cases'
+face embedding and picks its kernels by CPU with no switch): on an AVX-512 AMD EPYC the PhotoMaker v2
+case came out one 8-bit level off in one value of 12,288 (OPENBLAS_CORETYPE, NPY_DISABLE_CPU_FEATURES
+and OPENCV_CPU_DISABLE did not change it). So an image also passes when at most 0.1% of its values differ, each by one level; a
+change in what a request produces moves far more than that.
 """
 from __future__ import annotations
 
@@ -372,6 +377,8 @@ def test_golden(app, case):
             problems.append(f"image {i}: {image.mode} {got.shape}, golden {golden_mode} {golden.shape}")
         elif not np.array_equal(got, golden):
             diff = np.abs(got.astype(np.int16) - golden.astype(np.int16))
+            if diff.max() <= 1 and (diff > 0).sum() <= max(1, diff.size // 1000):
+                continue  # a rounding step in kernels picked by CPU family (module docstring: Determinism)
             problems.append(f"image {i}: max abs difference {int(diff.max())}, {int((diff > 0).sum())} values "
                             f"differ, PSNR {psnr(got, golden):.2f} dB")
     assert not problems, f"{case}: pixels differ from {GOLDEN.name}/{case}-*.png: " + "; ".join(problems)
