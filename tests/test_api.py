@@ -752,3 +752,20 @@ def test_adetailer_noise_multiplier_and_restore_face(server, client):
     bad = client.post("/sdapi/v1/txt2img", json=payload(override_settings={"face_restoration_model": "CodeFormer"},
                                                         alwayson_scripts={"ADetailer": {"args": [True, False, unit]}}))
     assert bad.status_code == 422 and "ADetailer.args.2.ad_restore_face" in bad.text and "Codeformer" in bad.text
+
+
+def test_model_wide_settings_are_refused_per_request_and_named(client):
+    """Weight storage, memory mode, the GPU weights budget, fast mode and the model caches are read when models
+    load: a request's override_settings could not change them for one job, so they are a 422 naming the
+    setting and where to set it, never silently ignored; /sdapi/v1/options still takes them."""
+    for key, value in (("weight_storage", "fp8_e5m2"), ("memory_mode", "Model offload"), ("gpu_weights_mb", 2048),
+                       ("fast_mode", True), ("sd_checkpoints_limit", 2)):
+        response = client.post("/sdapi/v1/txt2img", json=payload(override_settings={key: value}))
+        assert response.status_code == 422, (key, response.text)
+        assert f"override_settings.{key}" in response.text and "/sdapi/v1/options" in response.text
+    before = client.get("/sdapi/v1/options").json()["memory_mode"]
+    try:
+        assert client.post("/sdapi/v1/options", json={"memory_mode": "Model offload"}).status_code == 200
+        assert client.get("/sdapi/v1/options").json()["memory_mode"] == "Model offload"
+    finally:
+        client.post("/sdapi/v1/options", json={"memory_mode": before})

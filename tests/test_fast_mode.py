@@ -242,3 +242,28 @@ def test_fp8_storage_stays_unfused_and_says_why(app, caplog):
         assert "no fused QKV (weights are stored quantized: fp8, NF4 or GGUF" in caplog.text
     finally:
         app.settings.update({"weight_storage": "Automatic", "fast_mode": False})
+
+
+def test_cuda_graphs_are_chosen_where_nothing_moves_or_casts_weights(app):
+    """compile_mode's choice as a CUDA device would see it (only the device's type is read, nothing runs on
+    it): Resident models have an offloader too, and --weights fp16 on an fp16 GPU casts nothing, so both
+    get CUDA graphs; an offload mode, fp8 storage, or bf16 weights computed in fp16 do not."""
+    from dataclasses import replace
+
+    from webui.model_manager.fast import COMPILE_MODE_CUDA, COMPILE_MODE_GRAPHS, compile_mode
+
+    model = app.models.get("tiny-sd1.safetensors")
+    before = (model.device, model.memory_mode, model.weight_storage)
+    try:
+        model.device = replace(model.device, device=torch.device("cuda"), dtype=torch.float16)
+        model.memory_mode, model.weight_storage = "Resident", "Automatic"
+        assert model.offloader is not None and compile_mode(model, cuda_graphs=True) == COMPILE_MODE_GRAPHS
+        assert compile_mode(model, cuda_graphs=False) == COMPILE_MODE_CUDA
+        model.weight_storage = "fp16"
+        assert compile_mode(model, cuda_graphs=True) == COMPILE_MODE_GRAPHS
+        for storage, mode in (("bf16", "Resident"), ("fp8_e4m3fn", "Resident"), ("Automatic", "Model offload"),
+                              ("Automatic", "Block offload")):
+            model.weight_storage, model.memory_mode = storage, mode
+            assert compile_mode(model, cuda_graphs=True) == COMPILE_MODE_CUDA, (storage, mode)
+    finally:
+        model.device, model.memory_mode, model.weight_storage = before

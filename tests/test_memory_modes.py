@@ -223,3 +223,19 @@ def test_server_flags_weights_bf16_and_medvram_sdxl(tmp_path, tiny_ckpt_dir):
         assert flags["weights"] == "bf16" and flags["medvram_sdxl"] is True
     finally:
         running.stop()
+
+
+def test_unloading_a_block_offloaded_checkpoint_removes_its_hooks_first(app, caplog):
+    """Eviction takes the group-offload hooks off before freeing the weights: diffusers refuses (and logs) .to()
+    on a group-offloaded module, and its hooks would keep their own copies of the weights alive."""
+    app.settings.update({"memory_mode": BLOCK_OFFLOAD})
+    generate(app)
+    model = app.models.get("tiny-sd1.safetensors")
+    assert model.unet.down_blocks[0]._diffusers_hook.get_hook("group_offloading") is not None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        app.models.unload("tiny-sd1.safetensors")
+    assert "group offloaded" not in caplog.text, caplog.text
+    assert all(m._diffusers_hook.get_hook("group_offloading") is None for m in model.unet.modules()
+               if getattr(m, "_diffusers_hook", None) is not None)
+    assert {p.device.type for p in model.unet.parameters()} == {"meta"}

@@ -26,12 +26,16 @@ REDACTED = "********"
 
 def _opt(default: Any, label: str, section: str = "General", *, choices: tuple | None = None,
          minimum: float | None = None, maximum: float | None = None, protected: bool = False,
-         secret: bool = False, folder_name: bool = False, aliases: dict[str, str] | None = None) -> Any:
+         secret: bool = False, folder_name: bool = False, aliases: dict[str, str] | None = None,
+         model_wide: bool = False) -> Any:
     """`protected`: only the Settings tab or config.json may change it; `secret`: never shown outside them;
     `folder_name`: one folder's name inside a models/ folder (never a path: no separators, no "..");
-    `aliases`: other names a client may send for a choice (AUTOMATIC1111's older choices), stored as that choice."""
+    `aliases`: other names a client may send for a choice (AUTOMATIC1111's older choices), stored as that choice;
+    `model_wide`: how models are loaded and kept (the model manager reads the saved value), so a request's
+    override_settings cannot change it for one job and is refused rather than ignored."""
     meta = {"label": label, "section": section, "choices": choices, "minimum": minimum, "aliases": aliases or {},
-            "maximum": maximum, "protected": protected or secret, "secret": secret, "folder_name": folder_name}
+            "maximum": maximum, "protected": protected or secret, "secret": secret, "folder_name": folder_name,
+            "model_wide": model_wide}
     return field(default=default, metadata=meta)
 
 
@@ -98,11 +102,14 @@ class Settings:
     """Every user-tunable option, with its default. One instance per running app."""
 
     sd_model_checkpoint: str = _opt("", "Stable Diffusion checkpoint", "Stable Diffusion")
-    sd_checkpoints_limit: int = _opt(1, "Checkpoints to keep loaded", "Stable Diffusion", minimum=1, maximum=10)
+    sd_checkpoints_limit: int = _opt(1, "Checkpoints to keep loaded", "Stable Diffusion", minimum=1, maximum=10,
+                                     model_wide=True)
     model_cache_ram_gb: float = _opt(0.0, "System memory for loaded models of every kind, in GB (0 = half of it)",
-                                     "Stable Diffusion", minimum=0, maximum=65536)
+                                     "Stable Diffusion", minimum=0, maximum=65536,
+                                     model_wide=True)
     model_cache_vram_gb: float = _opt(0.0, "GPU memory for loaded models of every kind, in GB (0 = 60% of it)",
-                                      "Stable Diffusion", minimum=0, maximum=65536)
+                                      "Stable Diffusion", minimum=0, maximum=65536,
+                                     model_wide=True)
     samples_save: bool = _opt(True, "Always save all generated images", "Saving images")
     samples_format: str = _opt("png", "File format for images", "Saving images", choices=("png", "jpg", "webp"))
     samples_filename_pattern: str = _opt("[seed]", "Images filename pattern", "Saving images")
@@ -201,18 +208,20 @@ class Settings:
     weight_storage: str = _opt("Automatic", "Denoiser weight storage (fp8 halves the UNet's memory, nf4 (bitsandbytes) "
                                             "keeps its Linear layers in 4 bits; computing stays "
                                             "in the precision of --precision). Changing it reloads the checkpoint",
-                               "Stable Diffusion", choices=("Automatic", "fp8_e4m3fn", "fp8_e5m2", "nf4"))
+                               "Stable Diffusion", choices=("Automatic", "fp8_e4m3fn", "fp8_e5m2", "nf4"),
+                               model_wide=True)
     memory_mode: str = _opt("Automatic", "Memory mode (Automatic: from free GPU memory and the flags --medvram, "
                                          "--medvram-sdxl, --lowvram; Resident: all on the GPU; Model offload: each "
                                          "model moves to the GPU while it runs; Block offload: the denoiser's blocks "
                                          "stream through the GPU, slowest, least memory)", "Stable Diffusion",
-                            choices=("Automatic", "Resident", "Model offload", "Block offload"))
+                            choices=("Automatic", "Resident", "Model offload", "Block offload"), model_wide=True)
     gpu_weights_mb: int = _opt(0, "GPU weights budget in MB for the memory mode's automatic choice (0 = free GPU "
                                   "memory and model_cache_vram_gb decide; --gpu-weights sets it too)",
-                               "Stable Diffusion", minimum=0, maximum=10_000_000)
+                               "Stable Diffusion", minimum=0, maximum=10_000_000,
+                               model_wide=True)
     fast_mode: bool = _opt(False, "Fast mode: channels_last, fused QKV projections and, on CUDA, torch.compile of "
                                   "the denoiser (the first image of each size compiles; --fast sets it too)",
-                           "Stable Diffusion")
+                           "Stable Diffusion", model_wide=True)
     fast_compile: str = _opt("Automatic", "Fast mode's torch.compile (Automatic: on CUDA only)", "Stable Diffusion",
                              choices=("Automatic", "Always", "Never"))
     fast_cuda_graphs: bool = _opt(False, "Fast mode's torch.compile with CUDA graphs (\"reduce-overhead\"), for "

@@ -249,6 +249,10 @@ def _override_errors(overrides: Any):
         if key in spec and spec[key].metadata.get("protected"):
             yield FieldError(f"override_settings.{key}", "cannot be overridden per request")
             continue
+        if key in spec and spec[key].metadata.get("model_wide"):
+            yield FieldError(f"override_settings.{key}", "applies to how models are loaded and kept, not to one "
+                                                         "request: set it in Settings or with POST /sdapi/v1/options")
+            continue
         if key not in spec:
             continue  # AUTOMATIC1111 clients send options Easel does not have; they are ignored
         try:

@@ -97,9 +97,16 @@ def apply_fast(model: "LoadedModel", on: bool, compile_setting: str = "Automatic
 
 
 def _weights_patched(model: "LoadedModel") -> bool:
-    """Whether a weight patch (LoRA and the like) is applied now, or the weights are stored cast."""
+    """Whether a weight patch (LoRA and the like) is applied now, or the weights are stored cast (fp8, nf4,
+    GGUF, or --weights fp16/bf16 where the device computes in another type). `--weights fp16` on a GPU
+    computing in fp16 stores nothing cast: that is the plain case CUDA graphs are for."""
+    from .loader import HALF_STORAGE
+
     patcher = model.patches.get("lora_patcher")
-    return bool(getattr(patcher, "signature", ())) or model.weight_storage != "Automatic" or any(
+    storage = model.weight_storage
+    stored_cast = storage not in ("Automatic", *HALF_STORAGE) or (
+        storage in HALF_STORAGE and HALF_STORAGE[storage] != model.device.dtype)
+    return bool(getattr(patcher, "signature", ())) or stored_cast or any(
         hasattr(p, "quant_type") for p in model.unet.parameters())
 
 
@@ -108,7 +115,8 @@ def compile_mode(model: "LoadedModel", cuda_graphs: bool) -> str:
     device = model.device.device
     if device.type != "cuda":
         return "default"
-    if cuda_graphs and model.offloader is None and not _weights_patched(model):
+    moves = model.offloader is not None and getattr(model, "memory_mode", "Resident") != "Resident"
+    if cuda_graphs and not moves and not _weights_patched(model):
         return COMPILE_MODE_GRAPHS
     return COMPILE_MODE_CUDA
 
