@@ -10,8 +10,9 @@ conversion, meta-device build), its quantized layers keeping their blocks in mem
 files, conversion).
 UNet-only GGUF files (keys without the `model.diffusion_model.` prefix, as most published
 SD3/SDXL UNet quantizations) are listed with their quantization but refused by the loader
-with a message saying so; a Flux transformer-only GGUF (city96's layout: BFL's keys) loads,
-dequantized, with its companions from models/text_encoder and models/VAE. ComfyUI-GGUF's `comfy.gguf.orig_shape.<name>` fields are
+with a message saying so; a Flux transformer-only GGUF (city96's layout: BFL's keys) loads with
+its companions from models/text_encoder and models/VAE, its layers kept quantized as diffusers' GGUF
+layers (SD 3.x and Z-Image GGUF files are dequantized at load). ComfyUI-GGUF's `comfy.gguf.orig_shape.<name>` fields are
 honoured for tensors stored reshaped.
 """
 from __future__ import annotations
