@@ -87,3 +87,32 @@ def test_out_of_memory_names_the_memory_mode_and_weight_storage_that_keep_less(a
         assert text in message, (text, message)
     for text in not_named:
         assert text not in message, (text, message)
+
+
+def test_a_model_load_that_runs_out_of_memory_fails_clearly_and_the_next_job_runs(app, monkeypatch):
+    """Outside a generation's guard (a checkpoint load from the Models tab or /sdapi/v1/options, an Extras
+    upscale) the job queue turns the out-of-memory error into the same kind of message: what ran, and the
+    settings that keep less on the GPU; the worker goes on."""
+    from webui.core.out_of_memory import DeviceOutOfMemory
+    from webui.model_manager import loader
+
+    real_load = loader.load_checkpoint
+
+    def small_gpu(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 5.00 GiB")
+
+    monkeypatch.setattr(loader, "load_checkpoint", small_gpu)
+    job = app.queue.submit(lambda j: app.models.get("tiny-sd1.safetensors"), kind="load-model",
+                           description="tiny-sd1")
+    job.wait(60)
+    assert job.state == JobState.FAILED and isinstance(job.error, DeviceOutOfMemory)
+    message = str(job.error)
+    assert message.startswith("Out of GPU memory in load-model (tiny-sd1) (CUDA out of memory.")
+    assert "memory_mode" in message and "weight_storage" in message and "next job runs" in message
+    monkeypatch.setattr(loader, "load_checkpoint", real_load)
+    job = app.queue.submit(lambda j: app.models.get("tiny-sd1.safetensors").info.name, kind="load-model")
+    job.wait(60)
+    assert job.state == JobState.DONE and job.result == "tiny-sd1.safetensors"
+    broken = app.queue.submit(lambda j: 1 / 0, kind="extras")
+    broken.wait(60)
+    assert isinstance(broken.error, ZeroDivisionError)  # other errors stay what they were

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
 
+from .out_of_memory import job_out_of_memory, release_device_memory
+
 log = logging.getLogger(__name__)
 
 
@@ -321,7 +323,7 @@ class JobQueue:
                 job.state = JobState.RUNNING
                 job.started_at = time.time()
                 job.progress.started_at = time.monotonic()
-            state = JobState.DONE
+            state, out_of_memory = JobState.DONE, None
             try:
                 job.result = job.run(job)
                 if job.interrupted:
@@ -329,10 +331,14 @@ class JobQueue:
             except Interrupted:
                 state = JobState.INTERRUPTED
             except Exception as exc:  # reported to the caller, never kills the worker
-                job.error = exc
+                out_of_memory = job_out_of_memory(exc, f"{job.kind} ({job.description})" if job.description
+                                                  else job.kind)
+                job.error = out_of_memory or exc
                 state = JobState.FAILED
-                if not getattr(exc, "user_facing", False):
+                if not getattr(job.error, "user_facing", False):
                     log.exception("job %s failed", job.id)
+            if out_of_memory is not None:  # the original error and its frames are gone now
+                release_device_memory()
             with self._cv:
                 self._current = None
                 self._finish(job, state)

@@ -44,10 +44,10 @@ def job_memory_guard(width: int, height: int, batch_size: int,
     except (torch.OutOfMemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        message = (f"Out of GPU memory generating {width}x{height} with batch size {batch_size} ({first_line}). "
-                   "Try a smaller size or batch size (hires fix: a smaller upscale), set VAE tiling to Always "
-                   "(Settings → vae_tiling; smaller tiles: vae_tile_decode), or lower model_cache_vram_gb so fewer models stay on the GPU. ")
+        message = (f"Out of GPU memory generating {width}x{height} with batch size {batch_size} "
+                   f"({_first_line(exc)}). Try a smaller size or batch size (hires fix: a smaller upscale), set VAE "
+                   "tiling to Always (Settings → vae_tiling; smaller tiles: vae_tile_decode), or lower "
+                   "model_cache_vram_gb so fewer models stay on the GPU. ")
         try:
             more = advice() if advice is not None else ""
         except Exception:  # the advice must never hide the error itself
@@ -58,3 +58,21 @@ def job_memory_guard(width: int, height: int, batch_size: int,
         exc = None  # drop the traceback's frames (and the tensors they hold) before freeing
         release_device_memory()
         raise DeviceOutOfMemory(message) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def job_out_of_memory(exc: BaseException, what: str) -> DeviceOutOfMemory | None:
+    """For the job queue: an out-of-memory error that escaped a job without a guard of its own (loading a
+    checkpoint, an Extras upscale) as DeviceOutOfMemory naming `what` ran and the settings that keep less on
+    the GPU; None for any other error. The caller frees the cache (release_device_memory) once the original
+    error, whose traceback holds the job's tensors, is dropped."""
+    if isinstance(exc, DeviceOutOfMemory) or not is_out_of_memory(exc):
+        return None
+    message = (f"Out of GPU memory in {what} ({_first_line(exc)}). To keep less on the GPU: set Memory mode to "
+               "Model offload or Block offload (Settings → memory_mode, or start with --medvram / --lowvram), store "
+               "weights in fp8 (Settings → weight_storage), or lower model_cache_vram_gb so fewer models stay on "
+               "the GPU. Nothing else was affected; the next job runs normally.")
+    return DeviceOutOfMemory(message)
