@@ -769,3 +769,21 @@ def test_model_wide_settings_are_refused_per_request_and_named(client):
         assert client.get("/sdapi/v1/options").json()["memory_mode"] == "Model offload"
     finally:
         client.post("/sdapi/v1/options", json={"memory_mode": before})
+
+
+def test_a1111s_live_preview_option_name_and_its_approx_nn_choice(client):
+    """AUTOMATIC1111 calls the preview method `show_progress_type`: /options takes and shows it under that name
+    too (stored as live_preview_method), its "Approx NN" runs as TAESD, a bad value is a 422 naming the key."""
+    before = client.get("/sdapi/v1/options").json()["live_preview_method"]
+    try:
+        assert client.post("/sdapi/v1/options", json={"show_progress_type": "Approx cheap"}).status_code == 200
+        options = client.get("/sdapi/v1/options").json()
+        assert options["live_preview_method"] == options["show_progress_type"] == "Approx cheap"
+        assert client.post("/sdapi/v1/options", json={"show_progress_type": "Approx NN"}).status_code == 200
+        assert client.get("/sdapi/v1/options").json()["live_preview_method"] == "TAESD"
+        response = client.post("/sdapi/v1/options", json={"show_progress_type": "Crystal ball"})
+        assert response.status_code == 422 and "show_progress_type" in response.text
+        response = client.post("/sdapi/v1/txt2img", json=payload(override_settings={"show_progress_type": "Full"}))
+        assert response.status_code == 200, response.text
+    finally:
+        client.post("/sdapi/v1/options", json={"live_preview_method": before})

@@ -47,6 +47,12 @@ ATTENTION_ALIASES = {"Doggettx": _SDP, "InvokeAI": _SDP, "sub-quadratic": _SDP, 
                      "sdp": _SDP, "sdp-no-mem": "sdp-no-mem - scaled dot product without memory efficient attention"}
 
 
+# AUTOMATIC1111's names for settings Easel keeps under another name (the API takes and shows both)
+A1111_KEYS = {"show_progress_type": "live_preview_method"}
+# its "Approx NN" preview (SD 1.x/SDXL-only pickled weights, no diffusers class) runs as TAESD, the nearest kind
+PREVIEW_ALIASES = {"Approx NN": "TAESD"}
+
+
 class SettingError(ValueError):
     """A value a setting cannot take; the message starts with the setting's name."""
 
@@ -188,7 +194,7 @@ class Settings:
                                              "models/VAE-approx, close to the final image; Approx cheap: a colour "
                                              "mix, used when the TAESD files are missing; Full: the checkpoint's "
                                              "own VAE, exact but slow)", "Live previews",
-                                    choices=("TAESD", "Approx cheap", "Full"))
+                                    choices=("TAESD", "Approx cheap", "Full"), aliases=PREVIEW_ALIASES)
     show_progress_every_n_steps: int = _opt(1, "Live preview display period (steps)", "Live previews",
                                            minimum=1, maximum=32)
     live_preview_refresh_period: int = _opt(500, "Progressbar and preview update period (ms): how often the page "

@@ -24,7 +24,7 @@ from ..core.request import GenerationRequest
 from ..features.hires import LATENT_MODES
 from ..model_manager.library import read_safetensors_header
 from ..model_manager.module_choice import SETTING as MODULES
-from ..settings import SettingError, SettingsSaveError, redact
+from ..settings import A1111_KEYS, SettingError, SettingsSaveError, redact
 from . import extras as extras_api
 from . import models as m
 from . import scripts as script_api
@@ -184,6 +184,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
             except LookupError:
                 pass
         data[MODULES] = _current_modules(easel)  # Forge's option; Easel remembers it per checkpoint
+        data.update({a1111: data[ours] for a1111, ours in A1111_KEYS.items() if ours in data})
         return data
 
     @router.post("/options")
@@ -208,9 +209,10 @@ def build_router(ctx: ApiContext) -> APIRouter:
                     easel.vaes.check(value)
                 except (LookupError, ValueError) as exc:
                     raise invalid(key, str(exc).split(": ", 1)[-1] if str(exc).startswith(key) else str(exc)) from exc
-            changed, coerced = check_option(easel.settings, key, value, key)
+            name = A1111_KEYS.get(key, key)
+            changed, coerced = check_option(easel.settings, name, value, key)
             if changed:
-                changes[key] = coerced
+                changes[name] = coerced
         if modules is not None:
             target = checkpoint or _current_checkpoint(easel)
             easel.models.module_choices.set_preference(target, [str(p) for p in modules])

@@ -31,7 +31,7 @@ from ..core.request import MAX_SIDE, GenerationRequest, Result, ValidationError
 from ..features import wildcards
 from ..model_manager.registry import ModelNotFoundError
 from ..model_manager.module_choice import SETTING as MODULES_SETTING
-from ..settings import Settings, SettingsStore, redact
+from ..settings import A1111_KEYS, Settings, SettingsStore, redact
 from .errors import ApiError, field_errors, invalid, not_implemented
 from . import scripts as script_api
 from .images import decode_image, encode_b64
@@ -170,6 +170,7 @@ def _overrides(overrides: dict[str, Any] | None, models) -> tuple[str | None, di
     spec = Settings.spec()
     for key, value in overrides.items():
         field = f"{OVERRIDE}.{key}"
+        key = A1111_KEYS.get(key, key)
         if key in spec or key == MODULES_SETTING:  # Forge's VAE / Text Encoder choice: checked by Engine.prepare
             kept[key] = value  # type, range and protection checked by GenerationRequest.validate
         elif key in NEUTRAL_OPTIONS:

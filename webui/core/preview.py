@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from .jobs import Progress
 
 # AUTOMATIC1111's "Live preview method" choices Easel offers (settings.py): "TAESD", "Approx cheap", "Full".
-# "Approx NN" is not: its weights are SD 1.x/SDXL-only pickles with no diffusers class; TAESD covers every family.
+# "Approx NN" is not: its weights are SD 1.x/SDXL-only pickles with no diffusers class; TAESD covers every family
+# (a client sending "Approx NN" gets TAESD: settings.PREVIEW_ALIASES).
 # a poller that stopped asking this long ago no longer makes the worker decode previews
 WATCH_SECONDS = 10.0
 # previews take at most 1/(1 + this) of the worker's time: a decode that took d seconds waits this many d (a TAESD
