@@ -159,6 +159,9 @@ def _setup(args: argparse.Namespace) -> None:
                         datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # on CPUs with AVX-512 BF16, importing bitsandbytes (diffusers does) looks for an optional hub CPU kernel through
+    # the `kernels` package and warns on every start without it; it falls back to its own CPU path
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 SECRET_FLAGS = ("auth", "api_auth")
