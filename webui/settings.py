@@ -111,11 +111,9 @@ class Settings:
     sd_checkpoints_limit: int = _opt(1, "Checkpoints to keep loaded", "Stable Diffusion", minimum=1, maximum=10,
                                      model_wide=True)
     model_cache_ram_gb: float = _opt(0.0, "System memory for loaded models of every kind, in GB (0 = half of it)",
-                                     "Stable Diffusion", minimum=0, maximum=65536,
-                                     model_wide=True)
+                                     "Stable Diffusion", minimum=0, maximum=65536, model_wide=True)
     model_cache_vram_gb: float = _opt(0.0, "GPU memory for loaded models of every kind, in GB (0 = 60% of it)",
-                                      "Stable Diffusion", minimum=0, maximum=65536,
-                                     model_wide=True)
+                                      "Stable Diffusion", minimum=0, maximum=65536, model_wide=True)
     samples_save: bool = _opt(True, "Always save all generated images", "Saving images")
     samples_format: str = _opt("png", "File format for images", "Saving images", choices=("png", "jpg", "webp"))
     samples_filename_pattern: str = _opt("[seed]", "Images filename pattern", "Saving images")

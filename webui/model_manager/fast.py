@@ -115,8 +115,7 @@ def compile_mode(model: "LoadedModel", cuda_graphs: bool) -> str:
     device = model.device.device
     if device.type != "cuda":
         return "default"
-    moves = model.offloader is not None and getattr(model, "memory_mode", "Resident") != "Resident"
-    if cuda_graphs and not moves and not _weights_patched(model):
+    if cuda_graphs and model.memory_mode == "Resident" and not _weights_patched(model):  # offload hooks move weights
         return COMPILE_MODE_GRAPHS
     return COMPILE_MODE_CUDA
 

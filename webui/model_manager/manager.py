@@ -264,7 +264,7 @@ class ModelManager:
         """The store evicted a checkpoint: free its tensors even if something still holds the object."""
         if self._current == model.info.name:
             self._current = None
-        if getattr(model, "offloader", None) is not None:  # hooks first: group offload refuses .to() and keeps copies
+        if model.offloader is not None:  # hooks first: group offload refuses .to() and keeps copies
             model.offloader.remove()
         for module in model.modules():
             if model.weight_storage == "nf4":
