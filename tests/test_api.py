@@ -787,3 +787,35 @@ def test_a1111s_live_preview_option_name_and_its_approx_nn_choice(client):
         assert response.status_code == 200, response.text
     finally:
         client.post("/sdapi/v1/options", json={"live_preview_method": before})
+
+
+def test_per_checkpoint_choices_over_easels_checkpoints_api(client):
+    """/easel/v1/checkpoints lists each checkpoint's remembered weight storage, VAE and modules; PATCH changes
+    them all or none (a bad field is a 422 naming it and nothing is saved); the next generation with that
+    checkpoint stores its weights so and says so in the infotext, while the other checkpoint is untouched."""
+    listed = {c["name"]: c for c in client.get("/easel/v1/checkpoints").json()}
+    assert {"tiny-sd1.safetensors", "tiny-sdxl.safetensors"} <= set(listed)
+    sd1 = listed["tiny-sd1.safetensors"]
+    assert sd1["weight_storage"] == "Automatic" and sd1["weight_storage_from"] == "default"
+    assert "fp8_e4m3fn" in sd1["weight_storage_choices"] and sd1["modules"] == [] and sd1["vae"] == "Automatic"
+    try:
+        refused = client.patch("/easel/v1/checkpoints/tiny-sd1", json={"weight_storage": "fp8_e4m3fn",
+                                                                       "vae": "no-such-vae.safetensors"})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "vae"]
+        assert client.get("/easel/v1/checkpoints/tiny-sd1").json()["weight_storage"] == "Automatic"  # none saved
+        refused = client.patch("/easel/v1/checkpoints/tiny-sd1", json={"weight_storage": "fp4"})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "weight_storage"]
+        assert client.patch("/easel/v1/checkpoints/tiny-sd1", json={"sd_vae": "x"}).status_code == 422
+        assert client.get("/easel/v1/checkpoints/no-such-model").status_code == 404
+        changed = client.patch("/easel/v1/checkpoints/tiny-sd1", json={"weight_storage": "fp8_e4m3fn"}).json()
+        assert changed["weight_storage"] == changed["weight_storage_in_force"] == "fp8_e4m3fn"
+        assert changed["weight_storage_from"] == "checkpoint"
+        info = json.loads(txt2img(client, override_settings={"sd_model_checkpoint": "tiny-sd1"})["info"])
+        assert "Weights: fp8_e4m3fn" in info["infotexts"][0]
+        now = client.get("/easel/v1/checkpoints/tiny-sd1.safetensors").json()
+        assert now["loaded"] and now["loaded_weight_storage"] == "fp8_e4m3fn"
+        other = json.loads(txt2img(client, override_settings={"sd_model_checkpoint": "tiny-sdxl"})["info"])
+        assert "Weights:" not in other["infotexts"][0]
+    finally:
+        client.patch("/easel/v1/checkpoints/tiny-sd1", json={"weight_storage": "Automatic"})
+    assert client.get("/easel/v1/checkpoints/tiny-sd1").json()["weight_storage_from"] == "default"

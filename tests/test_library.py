@@ -195,10 +195,19 @@ def test_library_tab_and_vae_picker_in_gradio(tmp_path, tiny_ckpt_dir):
         rows, paths, _ = fns["fill"]("", "checkpoint")
         assert {r[0] for r in rows} == {"tiny-sd1.safetensors", "tiny-sdxl.safetensors"}
         sd1 = paths[[r[0] for r in rows].index("tiny-sd1.safetensors")]
-        selected, detail, preview, metadata, vae_update, _ = fns["choose"](
+        selected, detail, preview, metadata, vae_update, storage_update, _ = fns["choose"](
             paths, gr.SelectData(None, {"index": [paths.index(sd1), 0], "value": "tiny-sd1.safetensors"}))
         assert selected == sd1 and "SD 1.x" in detail and "not hashed yet" in detail
         assert vae_update["visible"] is True and "v.safetensors" in vae_update["choices"]
+        assert storage_update == {"__type__": "update", "visible": True, "value": "Automatic"}
+        assert "Automatic (default)" in detail
+        detail, note = fns["do_set_storage"](sd1, "fp8_e4m3fn")
+        assert easel.models.storage_choices.get("tiny-sd1.safetensors") == "fp8_e4m3fn"
+        assert "fp8_e4m3fn (this checkpoint)" in detail and "fp8_e4m3fn" in note
+        assert easel.models.weight_storage("tiny-sdxl.safetensors") == "Automatic"  # the other one keeps its own
+        _, refused = fns["do_set_storage"](sd1, "fp9")
+        assert "fp9" in refused and easel.models.storage_choices.get("tiny-sd1.safetensors") == "fp8_e4m3fn"
+        assert "Select a checkpoint" in fns["do_set_storage"](None, "fp16")[1]
         rows, _, _, detail, note = fns["do_hash"](sd1, "", "checkpoint")
         short = hashlib.sha256(Path(sd1).read_bytes()).hexdigest()[:10]
         assert short in note and short in detail and short in [r[5] for r in rows]

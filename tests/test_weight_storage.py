@@ -163,3 +163,34 @@ def test_the_vae_keeps_16_bit_weights_under_a_storage_choice_and_computes_in_fp3
     assert psnr(picture, latents_io.decode(model, latents)[0]) < 30
     apply_vae(model, None)
     assert np.array_equal(np.asarray(picture), np.asarray(latents_io.decode(model, latents)[0]))
+
+
+def test_a_checkpoints_own_weight_storage_wins_and_is_remembered(tmp_path, tiny_ckpt_dir):
+    """Per checkpoint: fp8 chosen for SD 1.5 stores it in fp8 while SDXL follows the setting; "fp16" keeps one
+    checkpoint out of a global fp8 setting; the choice outlives the app; --weights is the fallback of both."""
+    app = make_easel(tmp_path, tiny_ckpt_dir, weights="fp8")
+    try:
+        assert app.models.weight_storage_source("tiny-sd1.safetensors") == ("fp8_e4m3fn", "--weights")
+        app.models.set_weight_storage("tiny-sd1.safetensors", "fp8_e5m2")
+        stored = generate(app)
+        assert app.models.get("tiny-sd1.safetensors").weight_storage == "fp8_e5m2"
+        assert parse_infotext(stored.infotexts[0]).params["Weights"] == "fp8_e5m2"
+        assert app.models.get("tiny-sdxl.safetensors").weight_storage == "fp8_e4m3fn"  # the flag's choice
+        app.settings.update({"weight_storage": "fp8_e4m3fn"})
+        app.models.set_weight_storage("tiny-sdxl.safetensors", "fp16")
+        sdxl = app.models.get("tiny-sdxl.safetensors")
+        assert sdxl.weight_storage == "fp16" and sdxl.unet.time_embedding.linear_1.weight.dtype == torch.float16
+        assert app.models.weight_storage_source("tiny-sd1.safetensors") == ("fp8_e5m2", "checkpoint")
+        with pytest.raises(ValueError, match="weight_storage: 'fp4'"):
+            app.models.set_weight_storage("tiny-sd1.safetensors", "fp4")
+    finally:
+        app.close()
+    again = make_easel(tmp_path, tiny_ckpt_dir)  # a restart: the choices were saved, the flag is gone
+    try:
+        assert again.models.weight_storage_source("tiny-sd1.safetensors") == ("fp8_e5m2", "checkpoint")
+        assert again.models.weight_storage("tiny-sdxl.safetensors") == "fp16"
+        again.models.set_weight_storage("tiny-sd1.safetensors", "Automatic")  # forgets: the setting again
+        assert again.models.weight_storage_source("tiny-sd1.safetensors") == ("fp8_e4m3fn", "setting weight_storage")
+        assert again.models.storage_choices.all() == {"tiny-sdxl.safetensors": "fp16"}
+    finally:
+        again.close()

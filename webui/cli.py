@@ -39,7 +39,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                        help="how weights are kept: fp16/bf16 set the model dtype (like --precision); fp8 stores "
                             "the denoiser in fp8 (e4m3fn), nf4 its Linear layers in 4 bits (needs bitsandbytes); "
                             "both compute in the model dtype. Written in the "
-                            "infotext as Weights; the setting weight_storage, when not Automatic, wins")
+                            "infotext as Weights; a checkpoint's own storage (Models → Library), then the setting "
+                            "weight_storage, win")
     memory = parser.add_argument_group("memory and speed (the setting memory_mode, when not Automatic, wins)")
     memory.add_argument("--medvram", action="store_true",
                         help="model offload: each model (text encoders, UNet, VAE) moves to the GPU only while it runs")

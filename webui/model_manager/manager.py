@@ -21,6 +21,7 @@ from ..paths import Paths
 from ..settings import SettingsStore
 from .fast import apply_fast
 from .hashing import HashCache
+from .checkpoint_preferences import CheckpointPreferences
 from .memory import MemoryFlags, MemoryPolicy, kind_group, runnable_module
 from .module_choice import ModuleLibrary
 from .registry import CheckpointInfo, CheckpointRegistry, ModelNotFoundError
@@ -33,6 +34,13 @@ log = logging.getLogger(__name__)
 KIND = "checkpoint"
 # --weights: what the setting weight_storage means when left at Automatic (fp16/bf16 name the compute type)
 WEIGHTS_FLAG = {"fp16": "fp16", "bf16": "bf16", "fp8": "fp8_e4m3fn", "nf4": "nf4"}
+# a checkpoint's own weight storage (Models → Library, /easel/v1/checkpoints): Automatic follows the setting;
+# fp16 / bf16 keep one checkpoint in 16 bits while the setting stores the others in fp8
+CHECKPOINT_STORAGES = ("Automatic", "fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2", "nf4")
+
+
+class WeightStorageError(ValueError):
+    user_facing = True
 
 
 class NoCheckpointError(LookupError):
@@ -72,6 +80,9 @@ class ModelManager:
         # Forge's "VAE / Text Encoder" choice, remembered per checkpoint (module_choice.py)
         self.module_choices = ModuleLibrary([paths.model_dir("vae"), paths.model_dir("text_encoder")],
                                             paths.cache_dir / "module_preferences.json")
+        # the weight storage chosen for one checkpoint (fp8 for a big Flux file, 16 bits for the SD 1.5 one)
+        self.storage_choices = CheckpointPreferences(paths.cache_dir / "weight_storage_preferences.json",
+                                                     accept=lambda value: value in CHECKPOINT_STORAGES)
 
     # ---- listing -------------------------------------------------------------------------
 
@@ -120,7 +131,7 @@ class ModelManager:
         `modules`: the VAE / text encoder files to use (`forge_additional_modules` of a request's
         override_settings); None: the checkpoint's remembered choice."""
         info = self.resolve(query)
-        storage = self.weight_storage()
+        storage = self.weight_storage(info.name)
         chosen = self.module_choices.chosen(info.name, modules)
         loaded: list[LoadedModel] = []
         load = self._loader(info, storage, progress, loaded, offloadable=True, modules=chosen)
@@ -149,7 +160,7 @@ class ModelManager:
         """
         info = self.resolve(query)
         loaded: list[LoadedModel] = []
-        load = self._loader(info, self.weight_storage(), progress, loaded, offloadable=True,
+        load = self._loader(info, self.weight_storage(info.name), progress, loaded, offloadable=True,
                             modules=self.module_choices.chosen(info.name))
         with self._lock:
             model = self.store.get(KIND, info.name, load, measure=_measure_checkpoint, on_evict=self._dropped,
@@ -198,10 +209,36 @@ class ModelManager:
             for name in names:
                 self.store.evict(KIND, name)
 
-    def weight_storage(self) -> str:
-        """The setting weight_storage; when it is Automatic, what --weights asked for."""
+    def weight_storage(self, checkpoint: str | None = None) -> str:
+        """What `checkpoint`'s weights are stored as (`weight_storage_source` says why)."""
+        return self.weight_storage_source(checkpoint)[0]
+
+    def weight_storage_source(self, checkpoint: str | None = None) -> tuple[str, str]:
+        """(storage, where the choice comes from): the checkpoint's own choice; else the setting weight_storage;
+        else what --weights asked for. The most specific choice wins."""
+        own = self.storage_choices.get(checkpoint) if checkpoint else None
+        if own not in (None, "Automatic"):
+            return str(own), "checkpoint"
         setting = str(self.settings.get("weight_storage") or "Automatic")
-        return setting if setting != "Automatic" else WEIGHTS_FLAG.get(self.weights, "Automatic")
+        if setting != "Automatic":
+            return setting, "setting weight_storage"
+        flag = WEIGHTS_FLAG.get(self.weights)
+        return (flag, "--weights") if flag else ("Automatic", "default")
+
+    def set_weight_storage(self, checkpoint: str, storage: str | None) -> str:
+        """Remember `checkpoint`'s weight storage (None or Automatic: follow the setting); its next load uses it.
+        Raises WeightStorageError naming the field for a value that is not a choice, or NF4 without bitsandbytes."""
+        value = "Automatic" if storage in (None, "") else str(storage)
+        if value not in CHECKPOINT_STORAGES:
+            raise WeightStorageError(f"weight_storage: {value!r} is not one of {', '.join(CHECKPOINT_STORAGES)}")
+        if value == "nf4":
+            from .nf4 import available, unavailable_message
+
+            if not available():
+                raise WeightStorageError(unavailable_message("this checkpoint's weight_storage",
+                                                             "Automatic, fp16, bf16 or fp8_e4m3fn"))
+        self.storage_choices.set(checkpoint, None if value == "Automatic" else value)
+        return value
 
     def _after_job(self) -> None:
         """Model offload leaves nothing on the device between jobs; the store then counts it in RAM."""

@@ -450,8 +450,9 @@ def memory_advice(model: "LoadedModel | None") -> str:
     from .gguf_quantized import is_quantized
 
     if model.weight_storage not in REDUCED_STORAGE and not is_quantized(model):  # GGUF: smaller already
-        advice.append("store the denoiser's weights in fp8 (Settings → weight_storage fp8_e4m3fn, or --weights fp8; "
-                      "half of fp16) or nf4 (a quarter of its Linear layers' fp16 bytes)")
+        advice.append("store the denoiser's weights in fp8 (Settings → weight_storage fp8_e4m3fn, this checkpoint's "
+                      "own in Models → Library, or --weights fp8; half of fp16) or nf4 (a quarter of its Linear "
+                      "layers' fp16 bytes)")
     return "; ".join(advice)
 
 

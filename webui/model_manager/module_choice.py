@@ -13,13 +13,11 @@ meta device and comparing names and shapes (`loader.fits`).
 """
 from __future__ import annotations
 
-import json
-import threading
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..fileio import atomic_write_text
 from ..paths import model_files
+from .checkpoint_preferences import CheckpointPreferences, is_name_list
 from .lookup import ModelNotFound, find_file
 
 SETTING = "forge_additional_modules"
@@ -50,8 +48,7 @@ class ModuleLibrary:
 
     def __init__(self, folders: list[Path], preferences_file: Path):
         self.folders = folders
-        self.preferences_file = preferences_file
-        self._lock = threading.Lock()
+        self.preferences = CheckpointPreferences(preferences_file, accept=is_name_list)
 
     def files(self) -> list[Path]:
         unique = {p.resolve(): p for p in model_files(self.folders, MODULE_SUFFIXES, inside_model_folders=True)}
@@ -97,30 +94,14 @@ class ModuleLibrary:
 
     # ---- per checkpoint ---------------------------------------------------------------------------
 
-    def _read(self) -> dict[str, list[str]]:
-        try:
-            data = json.loads(self.preferences_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        if not isinstance(data, dict):
-            return {}
-        return {str(k): [str(n) for n in v] for k, v in data.items() if isinstance(v, list)}
-
     def preference(self, checkpoint: str) -> list[str]:
         """The file names remembered for a checkpoint (empty: its own parts, companions found by name)."""
-        with self._lock:
-            return self._read().get(checkpoint, [])
+        return self.preferences.get(checkpoint) or []
 
     def set_preference(self, checkpoint: str, value: Any) -> list[str]:
         """Remember a checkpoint's choice (names checked first); an empty choice forgets it."""
         names = [p.name for p in self.resolve_names(value)]
-        with self._lock:
-            data = self._read()
-            if names:
-                data[checkpoint] = names
-            else:
-                data.pop(checkpoint, None)
-            atomic_write_text(self.preferences_file, json.dumps(data, indent=1, sort_keys=True))
+        self.preferences.set(checkpoint, names or None)
         return names
 
     def chosen(self, checkpoint: str, override: Any = None) -> tuple[Path, ...]:

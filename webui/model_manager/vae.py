@@ -12,14 +12,12 @@ keeps a CPU copy of the baked-in weights so "None" restores them bit for bit.
 """
 from __future__ import annotations
 
-import json
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..fileio import atomic_write_text
 from ..paths import model_files
+from .checkpoint_preferences import CheckpointPreferences
 from .hashing import HashCache, autov2
 from .lookup import ModelNotFound, find_file
 from .safe_unpickle import PICKLE_SUFFIXES
@@ -80,9 +78,8 @@ class VaeLibrary:
         self.folders = folders
         self.checkpoint_folders = checkpoint_folders
         self.hashes = hashes
-        self.preferences_file = preferences_file
+        self.preferences = CheckpointPreferences(preferences_file)
         self.allow_pickle = allow_pickle
-        self._lock = threading.Lock()
 
     # ---- listing ------------------------------------------------------------------------------
 
@@ -123,29 +120,15 @@ class VaeLibrary:
 
     # ---- preferences --------------------------------------------------------------------------
 
-    def _read_preferences(self) -> dict[str, str]:
-        try:
-            data = json.loads(self.preferences_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
-
     def preference(self, checkpoint: str) -> str | None:
         """The remembered VAE for a checkpoint name ("None" = its baked-in one), or None if none is remembered."""
-        with self._lock:
-            return self._read_preferences().get(checkpoint)
+        return self.preferences.get(checkpoint)
 
     def set_preference(self, checkpoint: str, vae: str | None) -> None:
         """Remember (vae: a file name or "None") or forget (vae: None / "Automatic") a checkpoint's VAE."""
         if vae not in (None, "", AUTOMATIC, NONE):
             vae = self.find(vae).name
-        with self._lock:
-            data = self._read_preferences()
-            if vae in (None, "", AUTOMATIC):
-                data.pop(checkpoint, None)
-            else:
-                data[checkpoint] = vae
-            atomic_write_text(self.preferences_file, json.dumps(data, indent=1, sort_keys=True))
+        self.preferences.set(checkpoint, None if vae in (None, "", AUTOMATIC) else vae)
 
     # ---- choosing -----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import gradio as gr
 from ..app import Easel
 from ..fileio import format_size
 from ..model_manager.library import LibraryEntry
+from ..model_manager.manager import CHECKPOINT_STORAGES, KIND as CHECKPOINT, WeightStorageError
 from ..model_manager.registry import ModelNotFoundError
 from ..model_manager.vae import AUTOMATIC, VaeNotFoundError
 from ..settings import SettingsSaveError
@@ -60,28 +61,47 @@ def _detail_html(easel: Easel, entry: LibraryEntry) -> str:
     if entry.kind == "checkpoint" and easel.vaes is not None:
         preferred = _preferred_vae(easel, entry)
         facts.append(("Preferred VAE", preferred or "none remembered (Automatic)"))
+        facts.append(("Weight storage", _storage_said(easel, entry)))
     rows = "".join(f"<tr><th style='text-align:left;padding-right:12px'>{esc(k)}</th><td>{esc(v)}</td></tr>"
                    for k, v in facts if v)
     return f'<table id="models_library_detail_table">{rows}</table>'
 
 
 def _preferred_vae(easel: Easel, entry: LibraryEntry) -> str | None:
+    name = _checkpoint_name(easel, entry)
+    return easel.vaes.preference(name) if name else None
+
+
+def _checkpoint_name(easel: Easel, entry: LibraryEntry) -> str | None:
     try:
-        return easel.vaes.preference(easel.models.find(entry.name).name)
+        return easel.models.find(entry.name).name
     except ModelNotFoundError:
         return None
+
+
+def _storage_said(easel: Easel, entry: LibraryEntry) -> str:
+    """The storage in force and why: `fp8_e4m3fn (this checkpoint's choice)`, `Automatic (default)`..."""
+    name = _checkpoint_name(easel, entry)
+    if name is None:
+        return ""
+    storage, source = easel.models.weight_storage_source(name)
+    return f"{storage} ({'this checkpoint' if source == 'checkpoint' else source})"
 
 
 def _detail(easel: Easel, path: str | None) -> tuple[Any, ...]:
     entry = easel.library.get(path) if path else None
     if entry is None:
-        return "<p>Select a row to see its details.</p>", None, {}, gr.update(visible=False)
+        hidden = gr.update(visible=False)
+        return "<p>Select a row to see its details.</p>", None, {}, hidden, hidden
     preview = easel.library.preview(entry)
     is_checkpoint = entry.kind == "checkpoint" and easel.vaes is not None
     vae_choices = easel.vaes.choices() if is_checkpoint else []
+    name = _checkpoint_name(easel, entry) if is_checkpoint else None
+    own_storage = (easel.models.storage_choices.get(name) or AUTOMATIC) if name else None
     return (_detail_html(easel, entry), str(preview) if preview else None, entry.metadata,
             gr.update(visible=is_checkpoint, choices=vae_choices, value=(_preferred_vae(easel, entry) or AUTOMATIC)
-                      if is_checkpoint else None))
+                      if is_checkpoint else None),
+            gr.update(visible=is_checkpoint, value=own_storage))
 
 
 def build_library(easel: Easel) -> None:
@@ -103,6 +123,13 @@ def build_library(easel: Easel) -> None:
                 vae = gr.Dropdown([], label="Preferred VAE for this checkpoint", visible=False, scale=3,
                                   elem_id="models_library_preferred_vae")
                 set_vae = gr.Button("Set as preferred VAE", scale=0, elem_id="models_library_set_vae")
+            with gr.Row():
+                storage = gr.Dropdown(list(CHECKPOINT_STORAGES), value=AUTOMATIC, visible=False, scale=3,
+                                      label="Weight storage for this checkpoint",
+                                      info="Automatic follows the setting weight_storage; fp8 halves the "
+                                           "denoiser's memory; used from the checkpoint's next load",
+                                      elem_id="models_library_weight_storage")
+                set_storage = gr.Button("Set weight storage", scale=0, elem_id="models_library_set_weight_storage")
             message = gr.HTML("", elem_id="models_library_message")
             metadata = gr.JSON({}, label="safetensors metadata", elem_id="models_library_metadata")
         with gr.Column(scale=1):
@@ -146,14 +173,30 @@ def build_library(easel: Easel) -> None:
         said = "forgotten (Automatic)" if choice in (None, "", AUTOMATIC) else f"set to {choice}"
         return _detail_html(easel, entry), f"<p>Preferred VAE of {esc(name)} {esc(said)}.</p>"
 
+    def do_set_storage(path: str | None, choice: str | None):
+        entry = easel.library.get(path) if path else None
+        name = _checkpoint_name(easel, entry) if entry is not None and entry.kind == "checkpoint" else None
+        if name is None:
+            return gr.skip(), error_html("Select a checkpoint first.")
+        try:
+            value = easel.models.set_weight_storage(name, choice)
+        except WeightStorageError as exc:
+            return gr.skip(), error_html(str(exc))
+        loaded = easel.models.store.peek(CHECKPOINT, name)
+        when = " It is reloaded by its next generation." if loaded is not None and (
+            loaded.weight_storage != easel.models.weight_storage(name)) else ""
+        return (_detail_html(easel, entry),
+                f"<p>Weight storage of {esc(name)}: {esc(value)} → {esc(_storage_said(easel, entry))}.{when}</p>")
+
     listing = [table, shown_paths, status]
     search.submit(fill, [search, kind], listing, api_name=False)
     search.change(fill, [search, kind], listing, api_name=False, show_progress="hidden")
     kind.change(fill, [search, kind], listing, api_name=False)
     rescan.click(do_rescan, [search, kind], listing, api_name=False)
-    table.select(choose, shown_paths, [selected, detail, preview, metadata, vae, message], api_name=False)
+    table.select(choose, shown_paths, [selected, detail, preview, metadata, vae, storage, message], api_name=False)
     hash_now.click(do_hash, [selected, search, kind], [*listing, detail, message], api_name=False)
     set_vae.click(do_set_vae, [selected, vae], [detail, message], api_name=False)
+    set_storage.click(do_set_storage, [selected, storage], [detail, message], api_name=False)
     page = gr.context.Context.root_block  # fill the table when the page opens, never while the UI is built
     if page is not None:
         page.load(fill, [search, kind], listing, api_name=False)
