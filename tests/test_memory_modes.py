@@ -166,6 +166,38 @@ def test_a_small_gpu_weights_budget_makes_the_automatic_choice_offload(app, capl
     assert "Model offload (automatic: 11 MB of weights, 10 MB budget)" in caplog.text
 
 
+def test_a_gpu_weights_budget_keeps_the_blocks_that_fit_resident_and_streams_the_rest(app, caplog):
+    """Forge's GPU weights in block offload: tiny-sd1's UNet keeps its parts outside the block lists (1.1 MB)
+    and its first blocks (down 0.4 + 0.6 MB) within 5 MB x 75%, less room for two of its largest layers (0.3 MB
+    each), where up_blocks.0 (1.6 MB) no longer fits; only the up blocks stream (diffusers' group offloading on
+    them alone, layer by layer). The image is the resident one; 2 MB streams every block, as before."""
+    resident = generate(app)
+    model = app.models.get("tiny-sd1.safetensors")
+
+    def streamed(module):
+        return sorted({name.split(".")[0] + "." + name.split(".")[1] for name, m in module.named_modules()
+                       if name.count(".") >= 1 and getattr(m, "_diffusers_hook", None) is not None
+                       and m._diffusers_hook.get_hook("group_offloading")})
+
+    with caplog.at_level(logging.INFO, logger="webui.model_manager.memory"):
+        app.settings.update({"gpu_weights_mb": 5})
+        start = len(model.offloader.moves)
+        partly = generate(app)
+    assert parse_infotext(partly.infotexts[0]).params.get("Memory mode") == BLOCK_OFFLOAD
+    assert model.offloader.resident_blocks == ["down_blocks.0", "down_blocks.1"]
+    assert model.offloader.streamed_blocks == ["up_blocks.0", "up_blocks.1"]
+    assert streamed(model.unet) == ["up_blocks.0", "up_blocks.1"]
+    moves = list(model.offloader.moves)[start:]
+    assert ("unet.down_blocks.1", ONLOAD) in moves and ("unet.mid_block", ONLOAD) in moves
+    assert ("unet.up_blocks.0", ONLOAD) not in moves
+    assert "block offload of unet: 2 of 4 blocks resident within 4 MB of GPU weights" in caplog.text
+    assert psnr(resident.images[0], partly.images[0]) >= 50
+    app.settings.update({"gpu_weights_mb": 2})  # 1.5 MB: the fixed parts, the streaming room and no block
+    all_streamed = generate(app)
+    assert model.offloader.resident_blocks == [] and "down_blocks.0" in streamed(model.unet)
+    assert psnr(resident.images[0], all_streamed.images[0]) >= 50
+
+
 def test_fast_mode_keeps_the_image_fuses_qkv_and_uses_channels_last(app, caplog):
     plain = generate(app)
     app.settings.update({"fast_mode": True})

@@ -48,7 +48,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     memory.add_argument("--lowvram", action="store_true",
                         help="block offload: the UNet's blocks stream through the GPU one at a time (least memory)")
     memory.add_argument("--gpu-weights", type=float, default=0, metavar="MB",
-                        help="GPU memory the weights may take, in MB; the automatic memory mode offloads above it")
+                        help="GPU memory the weights may take, in MB; the automatic memory mode offloads above it, "
+                             "and block offload keeps the denoiser's blocks that fit on the GPU")
     memory.add_argument("--fast", action="store_true",
                         help="fast mode: channels_last, fused QKV projections and, on CUDA, torch.compile of the "
                              "denoiser (setting fast_mode)")

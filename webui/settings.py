@@ -219,8 +219,10 @@ class Settings:
                                          "model moves to the GPU while it runs; Block offload: the denoiser's blocks "
                                          "stream through the GPU, slowest, least memory)", "Stable Diffusion",
                             choices=("Automatic", "Resident", "Model offload", "Block offload"), model_wide=True)
-    gpu_weights_mb: int = _opt(0, "GPU weights budget in MB for the memory mode's automatic choice (0 = free GPU "
-                                  "memory and model_cache_vram_gb decide; --gpu-weights sets it too)",
+    gpu_weights_mb: int = _opt(0, "GPU weights budget in MB for the memory mode's automatic choice; in block "
+                                  "offload the denoiser's blocks that fit in it stay on the GPU (0 = free GPU "
+                                  "memory and model_cache_vram_gb decide, every block streams; --gpu-weights sets "
+                                  "it too)",
                                "Stable Diffusion", minimum=0, maximum=10_000_000,
                                model_wide=True)
     fast_mode: bool = _opt(False, "Fast mode: channels_last, fused QKV projections and, on CUDA, torch.compile of "

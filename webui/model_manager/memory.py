@@ -12,7 +12,9 @@ Three ways to run, as the weights compare with the device memory there is:
   streams the denoiser's blocks (block level; on CUDA with a side stream, so the next block's
   copy overlaps the current block's compute) and the text encoders' and VAE's layers (leaf
   level: our code calls `vae.decode` and the encoder's final norm directly, which a block-level
-  group led by `forward` would never onload).
+  group led by `forward` would never onload). With a GPU-weights budget (Forge's `--gpu-weights`)
+  the denoiser's blocks that fit in it stay on the device and only the rest stream
+  (`residency_plan`), as Forge's GPU Weights slider does.
 
 Besides the checkpoint's components, every other kind of model that runs on the device during
 a job follows the active checkpoint's mode (`join`): ControlNets, T2I-Adapters and InstantID's
@@ -37,7 +39,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
@@ -103,6 +105,7 @@ class MemoryFlags:
 class Choice:
     mode: str
     reason: str
+    resident_bytes: int = 0  # block offload: denoiser weights that may stay on the device (a GPU-weights budget)
 
 
 def choose_mode(setting: str, flags: MemoryFlags, family: str, total_bytes: int, largest_bytes: int,
@@ -184,17 +187,22 @@ class Offloader:
         # models that run with the denoiser (ControlNets): weakly held, so an evicted one is freed
         self.extras: weakref.WeakValueDictionary[str, torch.nn.Module] = weakref.WeakValueDictionary()
         self.on_device: str | None = None  # the group now onloaded (model offload)
+        self.resident_bytes = 0  # block offload: how much of the denoiser may stay on the device
+        self.resident_blocks: list[str] = []  # block offload: the denoiser's blocks kept there
+        self.streamed_blocks: list[str] = []  # and those streamed through it
         self.moves: deque[tuple[str, str]] = deque(maxlen=4096)  # (component, "onload" | "offload")
 
     # ---- placing ----
 
-    def apply(self, mode: str, components: dict[str, torch.nn.Module]) -> None:
-        """Take the components (name -> module) and place them for `mode`, undoing the previous mode first."""
+    def apply(self, mode: str, components: dict[str, torch.nn.Module], resident_bytes: int = 0) -> None:
+        """Take the components (name -> module) and place them for `mode`, undoing the previous mode first.
+        `resident_bytes`: in block offload, the denoiser's weights that may stay on the device (0: all stream)."""
         extras, groups = dict(self.extras), dict(self.groups)
         self.remove()
         self.modules = dict(components)
         self.groups = {name: GROUPS.get(name, name) for name in components}
         self.mode = mode
+        self.resident_bytes = resident_bytes
         for name, module in self.modules.items():
             self._place(name, module)
         for name, module in extras.items():
@@ -228,7 +236,7 @@ class Offloader:
             if _holds_4bit(module):  # group offloading would move the packed weights without their scales
                 group = self.groups[name]
                 _register(module, lambda: model_offload_hook(self, group))
-            else:
+            elif not (name in self.modules and self.groups[name] == DENOISER and self._partly_resident(name, module)):
                 self._group_offload(name, module)
         else:
             raise ValueError(f"memory mode {self.mode!r}: must be one of {', '.join(MEMORY_MODES[1:])}")
@@ -242,10 +250,41 @@ class Offloader:
                                offload_type="block_level" if block_level else "leaf_level",
                                num_blocks_per_group=1 if block_level else None, use_stream=cuda)
 
+    def _partly_resident(self, name: str, module: torch.nn.Module) -> bool:
+        """Forge's GPU-weights budget in block offload: keep the denoiser's blocks that fit `resident_bytes` on the
+        device, in the order they run, and stream only the rest; False when no block fits (all stream).
+
+        The room held back for streaming is two of the largest blocks (the one running and the next one being
+        copied); the denoiser's parts outside its block lists (embeddings, the mid block, norms) stay first."""
+        plan = residency_plan(module, self.resident_bytes)
+        if plan is None:
+            return False
+        for part_name, part in [*plan.fixed, *plan.resident]:
+            part.to(self.onload)
+            self.moves.append((f"{name}.{part_name}", ONLOAD))
+        for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+            tensor.data = tensor.data.to(self.onload)
+        self._stream_blocks(plan.streamed)
+        self.resident_blocks = [part_name for part_name, _ in plan.resident]
+        self.streamed_blocks = [part_name for part_name, _ in plan.streamed]
+        log.info("block offload of %s: %d of %d blocks resident within %.0f MB of GPU weights", name,
+                 len(plan.resident), len(plan.resident) + len(plan.streamed), self.resident_bytes / 2 ** 20)
+        return True
+
+    def _stream_blocks(self, blocks: list[tuple[str, torch.nn.Module]]) -> None:
+        """diffusers' group offloading per streamed block, leaf level (a block's layers are what it calls),
+        with a side stream on CUDA so each next layer's copy overlaps the current one's compute."""
+        from diffusers.hooks import apply_group_offloading
+
+        for _name, block in blocks:
+            apply_group_offloading(block, onload_device=self.onload, offload_device=self.offload,
+                                   offload_type="leaf_level", use_stream=self.onload.type == "cuda")
+
     def remove(self) -> None:
         """Drop every hook; the components stay where they are (offloaded ones in system memory)."""
         for _name, module in self._all():
             _unhook(module)
+        self.resident_blocks, self.streamed_blocks = [], []
         self.on_device = None
         if self.slot.holder is self:
             self.slot.holder = None
@@ -288,7 +327,7 @@ class Offloader:
     def refresh(self) -> None:
         """Place everything again for the same mode (after a component changed dtype: the VAE's fp32 retry;
         block offload's pinned copies must be taken again)."""
-        self.apply(self.mode, dict(self.modules))
+        self.apply(self.mode, dict(self.modules), self.resident_bytes)
 
     def _move(self, name: str, module: torch.nn.Module, where: str) -> None:
         module.to(self.onload if where == ONLOAD else self.offload)
@@ -297,6 +336,51 @@ class Offloader:
 
 def _holds_4bit(module: torch.nn.Module) -> bool:
     return any(type(p).__name__ == "Params4bit" for p in module.parameters())
+
+
+def block_parts(module: torch.nn.Module) -> tuple[list[tuple[str, torch.nn.Module]], list[tuple[str, torch.nn.Module]]]:
+    """(the parts outside block lists: embeddings, mid block, norms; the blocks of its block lists), in the
+    order the children are declared (a UNet's down, mid, up; a transformer's double then single blocks)."""
+    fixed, blocks = [], []
+    for child_name, child in module.named_children():
+        if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)):
+            blocks += [(f"{child_name}.{i}", block) for i, block in enumerate(child)]
+        else:
+            fixed.append((child_name, child))
+    return fixed, blocks
+
+
+@dataclass
+class Residency:
+    """A denoiser split for a GPU-weights budget in block offload."""
+
+    fixed: list[tuple[str, torch.nn.Module]]     # outside the block lists: always on the device
+    resident: list[tuple[str, torch.nn.Module]]  # blocks kept on the device
+    streamed: list[tuple[str, torch.nn.Module]]  # blocks streamed through it
+
+
+def residency_plan(module: torch.nn.Module, room: int) -> Residency | None:
+    """Which blocks stay on the device for `room` bytes of resident weights, in the order they are declared,
+    after the fixed parts and, when not all fit, room for two of the largest layers (streamed blocks move
+    layer by layer: one running, the next being copied in). None when no block fits: every block streams."""
+    fixed, blocks = block_parts(module)
+    if room <= 0 or not blocks:
+        return None
+    sizes = [module_bytes(block) for _, block in blocks]
+    used = _own_bytes(module) + sum(module_bytes(part) for _, part in fixed)
+    if used + sum(sizes) > room:
+        room -= 2 * max(_own_bytes(layer) for _, block in blocks for layer in block.modules())
+    kept = 0
+    while kept < len(blocks) and used + sizes[kept] <= room:
+        used += sizes[kept]
+        kept += 1
+    return Residency(fixed, blocks[:kept], blocks[kept:]) if kept else None
+
+
+def _own_bytes(module: torch.nn.Module) -> int:
+    """A module's own parameters and buffers, not its children's."""
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(recurse=False),
+                                                      *module.buffers(recurse=False)])
 
 
 def _unhook(module: torch.nn.Module) -> None:
@@ -360,8 +444,11 @@ class MemoryPolicy:
         store_budget = self.store.device_budget() if self.store is not None else None
         others = (self.store.totals().device - own) if self.store is not None else 0
         budget = device_budget(self.onload, own, store_budget, max(0, others), gpu_weights)
-        return choose_mode(str(self.settings.get("memory_mode") or AUTOMATIC), self.flags, model.architecture.family,
-                           total, largest, budget)
+        choice = choose_mode(str(self.settings.get("memory_mode") or AUTOMATIC), self.flags,
+                             model.architecture.family, total, largest, budget)
+        if choice.mode == BLOCK_OFFLOAD and gpu_weights > 0 and budget is not None:  # a budget given on purpose
+            return replace(choice, resident_bytes=int(budget * HEADROOM))
+        return choice
 
     def loads_offloaded(self, file_bytes: int) -> bool:
         """Whether a checkpoint about to load should be built in system memory rather than on the device:
@@ -384,11 +471,12 @@ class MemoryPolicy:
         upscalers) follow; False for a companion (the refiner), placed on its own."""
         choice = self.wanted(model)
         offloader = model.offloader
-        if offloader is not None and model.memory_mode == choice.mode:
+        if offloader is not None and model.memory_mode == choice.mode and (
+                offloader.resident_bytes == choice.resident_bytes):
             return False
         if offloader is None:
             offloader = model.offloader = Offloader(self.onload, slot=self.slot)
-        offloader.apply(choice.mode, components_of(model))
+        offloader.apply(choice.mode, components_of(model), choice.resident_bytes)
         if active:
             for name, module in list(self.joined.items()):
                 offloader.add(name, module, self.joined_groups.get(name, DENOISER))
