@@ -5,12 +5,14 @@
     python3 -m webui.bench --size full-sdxl --memory low --weights fp8 --fast   # one configuration's rows
     python3 -m webui.bench --size full-sdxl --only weights   # fp16 / fp8 / GGUF Q8_0 storage, a process each
     python3 -m webui.bench --size full-flux      # the published Flux dev transformer: s/it, peak memory (CUDA)
+    python3 -m webui.bench --size full-flux --memory low --weights fp8   # the "Flux fp8 in 12 GiB" check
     python3 -m webui.bench --only startup        # start-up next to a bare Gradio app only
     python3 -m webui.bench --only engine         # Easel vs bare diffusers (the engine's overhead) only
     python3 -m webui.bench --only sd3            # SD 3.5 (tiny) vs StableDiffusion3Pipeline on the same modules
     python3 -m webui.bench --only memory         # each memory mode, plain and fast: it/s, peak memory; fused QKV +
                                                  # channels_last vs plain side by side (bench_memory)
-    python3 -m webui.bench --gpu-suite           # full-size SD 1.5 / SDXL on CUDA; says it skipped without one
+    python3 -m webui.bench --gpu-suite           # full-size SD 1.5 / SDXL (every mode, fast, batch 1 and 8 vs
+                                                 # bare diffusers) and Flux fp8 low mode on CUDA; skips without one
     python3 -m webui.bench --family flux         # tiny Flux dev: Easel vs FluxPipeline on the same modules
     python3 -m webui.bench --family flux --size full --device cuda   # real Flux transformer: s/it, peak memory
 
@@ -50,6 +52,7 @@ import torch
 from .app import AppOptions, build
 from .core.request import GenerationRequest
 from .model_manager.architecture import Architecture
+from .model_manager.memory import MemoryFlags
 from .model_manager.tiny import write_single_file
 
 
@@ -374,6 +377,27 @@ def _bare_controlnet_seconds(model, controlnet, hint, request: GenerationRequest
     return time.perf_counter() - start
 
 
+def gpu_suite_rows(tmp: Path, steps: int, batch: int, device: str = "cuda", models=None, need_cuda: bool = True,
+                   flux: tuple[dict | None, int] = (None, 1024), write=None) -> list[tuple[str, str]]:
+    """`--gpu-suite`: bench_memory.gpu_suite with this module's batch rows (Easel vs bare diffusers) and the
+    Flux check in low mode with fp8. The tests run it on the CPU with tiny `models`, `flux` config and `write`."""
+    from .bench_flux import full_rows
+    from .bench_memory import GPU_SUITE_MODELS, gpu_suite
+
+    def build_easel(ckpts: Path, data: Path):
+        return build(AppOptions(models_dir=data / "models", outputs_dir=data / "out", data_dir=data,
+                                device=device, ckpt_dirs=[ckpts]))
+
+    def batch_rows(easel, model, request: dict) -> list[tuple[str, str]]:
+        return _batch_rows(easel, model, request, 1) + _batch_rows(easel, model, request, batch)
+
+    def flux_rows() -> list[tuple[str, str]]:  # the "Flux dev fp8, low mode, within 12 GiB" target
+        return full_rows(device, steps=2, memory="low", weights="fp8", config=flux[0], side=flux[1])
+
+    return gpu_suite(build_easel, write or _write_full_size, tmp, steps=steps, batch_rows=batch_rows,
+                     flux_rows=flux_rows, models=models or GPU_SUITE_MODELS, need_cuda=need_cuda)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m webui.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -385,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="weight storage of every row (gguf-q8: the checkpoint written as GGUF Q8_0); "
                              "with --only weights, the rows to set beside fp16 (default: fp8 and gguf-q8)")
     parser.add_argument("--fast", action="store_true", help="fast mode on (model_manager/fast.py)")
+    parser.add_argument("--gpu-weights", type=float, default=0, metavar="MB",
+                        help="GPU weights budget of every row (block offload keeps the blocks that fit)")
     parser.add_argument("--batch", type=int, default=8, help="the larger batch of the it/s rows (default 8)")
     parser.add_argument("--family", choices=("flux",), help="the rows of one family only (bench_flux.py)")
     parser.add_argument("--device", default="auto")
@@ -403,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         args.steps = args.steps or 20
         from .bench_flux import full_rows, tiny_rows
 
-        _print(full_rows(args.device) if args.size in ("full", "full-flux")
+        _print(full_rows(args.device, memory=args.memory, weights=args.weights, fast=args.fast,
+                         gpu_weights_mb=args.gpu_weights) if args.size in ("full", "full-flux")
                else tiny_rows(args.device, args.steps, args.rounds))
         return 0
     if args.only == "weights":  # fp16 / fp8 / GGUF Q8_0 storage of a full-size model, one process per row
@@ -417,14 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.steps = args.steps or 20
     if args.gpu_suite:
-        from .bench_memory import gpu_suite
-
-        def build_easel(ckpts: Path, data: Path):
-            return build(AppOptions(models_dir=data / "models", outputs_dir=data / "out", data_dir=data,
-                                    device="cuda", ckpt_dirs=[ckpts]))
-
         with tempfile.TemporaryDirectory() as tmp:
-            _print(gpu_suite(build_easel, _write_full_size, Path(tmp), steps=args.steps))
+            _print(gpu_suite_rows(Path(tmp), args.steps, args.batch))
         return 0
     if args.only == "tome":  # token merging at ratio 0, 0.3, 0.5 side by side (bench_tome.py)
         from .bench_tome import main as tome_main
@@ -471,13 +492,16 @@ def main(argv: list[str] | None = None) -> int:
         prepare = time.perf_counter() - t0
         weights = "auto" if args.weights in (None, "gguf-q8") else args.weights
         easel = build(AppOptions(models_dir=data / "models", outputs_dir=data / "out", data_dir=data,
-                                 device=args.device, ckpt_dirs=[ckpts], weights=weights, fast=args.fast))
+                                 device=args.device, ckpt_dirs=[ckpts], weights=weights, fast=args.fast,
+                                 memory=MemoryFlags(gpu_weights_mb=args.gpu_weights)))
         easel.settings.update({"sd_checkpoints_limit": 2, "live_previews_enable": False})
         if args.memory:
             easel.settings.update({"memory_mode": MEMORY_FLAG[args.memory]})
         rows: list[tuple[str, str]] = [("device", easel.device.label), ("model", args.size),
                                        ("configuration", f"memory {args.memory or 'automatic'}, weights "
-                                                         f"{args.weights or 'auto'}, fast {'on' if args.fast else 'off'}"),
+                                                         f"{args.weights or 'auto'}, fast {'on' if args.fast else 'off'}"
+                                                         + (f", GPU weights {args.gpu_weights:g} MB"
+                                                            if args.gpu_weights else "")),
                                        ("prepare checkpoints (s)", f"{prepare:.2f}")]
         side = args.resolution or (1024 if family == "sdxl" else 512)
         request = dict(prompt="a photograph of an astronaut riding a horse", negative_prompt="blurry",

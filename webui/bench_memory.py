@@ -94,16 +94,24 @@ def memory_rows(easel, request: dict, rounds: int = 3, modes=MODES, fast_modes=(
     return rows
 
 
-def gpu_suite(build_easel, write_full_size, tmp: Path, steps: int = 20, rounds: int = 2) -> Rows:
-    """Full-size SD 1.5 at 512 and SDXL at 1024 (random weights): each memory mode plain, and resident fast.
+GPU_SUITE_MODELS = (("sd1", 512), ("sdxl", 1024))
+
+
+def gpu_suite(build_easel, write_full_size, tmp: Path, steps: int = 20, rounds: int = 2, batch_rows=None,
+              flux_rows=None, models=GPU_SUITE_MODELS, need_cuda: bool = True) -> Rows:
+    """Full-size SD 1.5 at 512 and SDXL at 1024 (random weights): each memory mode plain, and resident fast;
+    then, in the default (Automatic) mode, it/s at batch 1 and 8 next to bare diffusers on the same modules
+    (`batch_rows(easel, model, request)`), block offload within a 2 GiB GPU-weights budget, and the Flux
+    check's low-mode fp8 rows (`flux_rows()`).
 
     Fast rows only where compiling pays (resident); offload hooks break the compiled graph at
-    every move. Skipped, with a line saying so, without CUDA.
+    every move. Skipped, with a line saying so, without CUDA (`need_cuda` False: the tests run the same
+    table on the CPU with tiny `models`).
     """
-    if not torch.cuda.is_available():
+    if need_cuda and not torch.cuda.is_available():
         return [("gpu-suite", "skipped: no CUDA device on this machine")]
-    rows: Rows = [("device", torch.cuda.get_device_name())]
-    for family, side in (("sd1", 512), ("sdxl", 1024)):
+    rows: Rows = [("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")]
+    for family, side in models:
         folder = tmp / f"gpu-{family}"
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
@@ -113,14 +121,23 @@ def gpu_suite(build_easel, write_full_size, tmp: Path, steps: int = 20, rounds: 
             request = dict(prompt="a photograph of an astronaut riding a horse", negative_prompt="blurry", steps=steps,
                            cfg_scale=7.0, width=side, height=side, seed=1, sampler_name="Euler", scheduler="Uniform",
                            checkpoint=f"{family}.safetensors", save_images=False)
-            easel.models.get(request["checkpoint"])
+            model = easel.models.get(request["checkpoint"])
             rows.append((f"{family} {side}px: prepare + load (s)", f"{time.perf_counter() - t0:.1f}"))
             rows += [(f"{family} {side}px {k}", v) for k, v in
                      memory_rows(easel, request, rounds, MODES, (False,))
                      + memory_rows(easel, request, rounds, (RESIDENT,), (True,))]
+            if batch_rows is not None:  # the default mode against bare diffusers (target >= 1.0x its it/s)
+                rows += [(f"{family} {side}px Automatic {k}", v) for k, v in batch_rows(easel, model, request)]
+            easel.settings.update({"gpu_weights_mb": 2048})
+            rows += [(f"{family} {side}px GPU weights 2048 MB {k}", v)
+                     for k, v in memory_rows(easel, request, rounds, (BLOCK_OFFLOAD,), (False,))]
+            easel.settings.update({"gpu_weights_mb": 0})
         finally:
             easel.close()
-            torch.cuda.empty_cache()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    if flux_rows is not None:
+        rows += flux_rows()
     return rows
 
 
