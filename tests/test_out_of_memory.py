@@ -116,3 +116,34 @@ def test_a_model_load_that_runs_out_of_memory_fails_clearly_and_the_next_job_run
     broken = app.queue.submit(lambda j: 1 / 0, kind="extras")
     broken.wait(60)
     assert isinstance(broken.error, ZeroDivisionError)  # other errors stay what they were
+
+
+def test_the_failed_jobs_tensors_are_freed_before_the_cache_is_emptied(app, monkeypatch):
+    """The kept DeviceOutOfMemory carries neither the failing frames nor the error it replaced (whose traceback
+    holds the job's tensors): a tensor alive in the frame that ran out of memory is gone when the cache is
+    emptied, so that memory can go back to the device."""
+    import weakref
+
+    from webui.core import jobs
+
+    held: dict[str, weakref.ref] = {}
+    alive_at_release: list[bool] = []
+
+    def running_out():
+        activations = torch.ones(256, 256)  # what a real forward holds when the allocation fails
+        held["ref"] = weakref.ref(activations)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    model = app.models.get("tiny-sd1.safetensors")
+    real_forward = model.unet.forward
+    monkeypatch.setattr(jobs, "release_device_memory", lambda: alive_at_release.append(held["ref"]() is not None))
+    model.unet.forward = lambda *args, **kwargs: running_out()
+    try:
+        job = app.submit(GenerationRequest(prompt="x", steps=2, width=64, height=64, checkpoint="tiny-sd1",
+                                           save_images=False))
+        job.wait(60)
+    finally:
+        model.unet.forward = real_forward
+    assert type(job.error).__name__ == "DeviceOutOfMemory" and "Tried to allocate 9.00 GiB" in str(job.error)
+    assert job.error.__context__ is None and job.error.__traceback__ is None
+    assert alive_at_release == [False]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
 
-from .out_of_memory import job_out_of_memory, release_device_memory
+from .out_of_memory import DeviceOutOfMemory, drop_frames, job_out_of_memory, release_device_memory
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +337,8 @@ class JobQueue:
                 state = JobState.FAILED
                 if not getattr(job.error, "user_facing", False):
                     log.exception("job %s failed", job.id)
-            if out_of_memory is not None:  # the original error and its frames are gone now
+            if out_of_memory is not None or isinstance(job.error, DeviceOutOfMemory):
+                drop_frames(job.error)  # the message is all a client gets; the frames hold the job's tensors
                 release_device_memory()
             with self._cv:
                 self._current = None

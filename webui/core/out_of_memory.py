@@ -33,12 +33,21 @@ def release_device_memory() -> None:
         torch.mps.empty_cache()
 
 
+CACHE_ADVICE = "lower model_cache_vram_gb so fewer models stay on the GPU"
+MODE_ADVICE = ("set Memory mode to Model offload or Block offload (Settings → memory_mode, or start with --medvram / "
+               "--lowvram), store weights in fp8 (Settings → weight_storage)")
+NOTHING_ELSE = "Nothing else was affected; the next job runs normally."
+
+
 @contextmanager
 def job_memory_guard(width: int, height: int, batch_size: int,
                      advice: Callable[[], str] | None = None) -> Iterator[None]:
     """Turn an out-of-memory error inside the block into DeviceOutOfMemory, after freeing the cache.
 
-    `advice`: asked after the failure, says which memory mode / weight storage would keep less on the device."""
+    `advice`: asked after the failure, says which memory mode / weight storage would keep less on the device.
+    The cache is emptied once the except block is over (its error's frames hold the job's tensors); the job
+    queue empties it again when the error itself is dropped (jobs.py)."""
+    message = None
     try:
         yield
     except (torch.OutOfMemoryError, RuntimeError) as exc:
@@ -46,18 +55,24 @@ def job_memory_guard(width: int, height: int, batch_size: int,
             raise
         message = (f"Out of GPU memory generating {width}x{height} with batch size {batch_size} "
                    f"({_first_line(exc)}). Try a smaller size or batch size (hires fix: a smaller upscale), set VAE "
-                   "tiling to Always (Settings → vae_tiling; smaller tiles: vae_tile_decode), or lower "
-                   "model_cache_vram_gb so fewer models stay on the GPU. ")
+                   f"tiling to Always (Settings → vae_tiling; smaller tiles: vae_tile_decode), or {CACHE_ADVICE}. ")
         try:
             more = advice() if advice is not None else ""
         except Exception:  # the advice must never hide the error itself
             more = ""
         if more:
             message += f"To keep less on the GPU: {more}. "
-        message += "Nothing else was affected; the next job runs normally."
-        exc = None  # drop the traceback's frames (and the tensors they hold) before freeing
+        message += NOTHING_ELSE
+    if message is not None:
         release_device_memory()
-        raise DeviceOutOfMemory(message) from None
+        raise DeviceOutOfMemory(message)
+
+
+def drop_frames(error: BaseException) -> None:
+    """Let go of what a kept error references: its traceback's frames and the error it replaced (whose frames
+    hold the tensors of the job that ran out of memory), so emptying the cache can give that memory back."""
+    error.__traceback__ = None
+    error.__context__ = error.__cause__ = None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -71,8 +86,5 @@ def job_out_of_memory(exc: BaseException, what: str) -> DeviceOutOfMemory | None
     error, whose traceback holds the job's tensors, is dropped."""
     if isinstance(exc, DeviceOutOfMemory) or not is_out_of_memory(exc):
         return None
-    message = (f"Out of GPU memory in {what} ({_first_line(exc)}). To keep less on the GPU: set Memory mode to "
-               "Model offload or Block offload (Settings → memory_mode, or start with --medvram / --lowvram), store "
-               "weights in fp8 (Settings → weight_storage), or lower model_cache_vram_gb so fewer models stay on "
-               "the GPU. Nothing else was affected; the next job runs normally.")
-    return DeviceOutOfMemory(message)
+    return DeviceOutOfMemory(f"Out of GPU memory in {what} ({_first_line(exc)}). To keep less on the GPU: "
+                             f"{MODE_ADVICE}, or {CACHE_ADVICE}. {NOTHING_ELSE}")
