@@ -267,3 +267,39 @@ def test_cuda_graphs_are_chosen_where_nothing_moves_or_casts_weights(app):
             assert compile_mode(model, cuda_graphs=True) == COMPILE_MODE_CUDA, (storage, mode)
     finally:
         model.device, model.memory_mode, model.weight_storage = before
+
+
+def test_the_fast_flag_is_the_setting_for_one_run_and_settings_can_switch_it_off(tmp_path, tiny_ckpt_dir):
+    """--fast turns fast_mode on for this run: Settings shows it on, switching it off there unfuses the UNet and
+    is saved; saving any other setting meanwhile never writes the flag's value; the next run without the flag
+    starts from what was saved."""
+    import json
+
+    from webui.model_manager.fused_qkv import fused_layers
+
+    app = make_easel(tmp_path, tiny_ckpt_dir, fast=True)
+    try:
+        assert app.settings.get("fast_mode") is True
+        generate(app)
+        model = app.models.get("tiny-sd1.safetensors")
+        assert model.fast and fused_layers(model.unet)
+        app.settings.update({"jpeg_quality": 77})
+        saved = json.loads(app.settings.path.read_text())
+        assert saved["jpeg_quality"] == 77 and saved["fast_mode"] is False  # the flag lasts one run
+        app.settings.update({"fast_mode": False})
+        generate(app)
+        assert not model.fast and not fused_layers(model.unet)
+        assert json.loads(app.settings.path.read_text())["fast_mode"] is False
+    finally:
+        app.close()
+    again = make_easel(tmp_path, tiny_ckpt_dir)
+    try:
+        assert again.settings.get("fast_mode") is False
+    finally:
+        again.close()
+    flagged = make_easel(tmp_path, tiny_ckpt_dir, fast=True)  # switching it on explicitly under the flag saves it
+    try:
+        flagged.settings.update({"fast_mode": True})
+        assert json.loads(flagged.settings.path.read_text())["fast_mode"] is True
+    finally:
+        flagged.close()

@@ -296,6 +296,8 @@ def build(options: AppOptions) -> Easel:
     remove_stale_temp_files(paths.cache_dir)  # atomic writes cut short by a kill leave hidden .tmp files
     settings = SettingsStore(paths.config_file)
     settings.load()
+    if options.fast:  # on for this run, shown in Settings, switchable off there; never saved
+        settings.apply_flag("fast_mode", True)
     device = device_config(options.device, options.precision, options.no_half_vae)
     if device.device.type == "cpu":  # weights cast per use on the CPU: freed copies go back to the system
         return_freed_blocks()
@@ -305,8 +307,7 @@ def build(options: AppOptions) -> Easel:
     store = ModelStore(setting_budget(settings, "model_cache_ram_gb", automatic_ram_budget),
                        setting_budget(settings, "model_cache_vram_gb", lambda: automatic_device_budget(device.device)))
     models = ModelManager(paths, settings, device, allow_pickle=options.allow_pickle, store=store,
-                          memory_flags=options.memory, weights=options.weights, fast=options.fast,
-                          attention_flag=options.attention)
+                          memory_flags=options.memory, weights=options.weights, attention_flag=options.attention)
     models.refresh()
     queue_class = JobQueue
     if options.workers or options.ray_address:  # only then: the default never imports the workers (nor Ray)

@@ -226,7 +226,7 @@ class Settings:
                                "Stable Diffusion", minimum=0, maximum=10_000_000,
                                model_wide=True)
     fast_mode: bool = _opt(False, "Fast mode: channels_last, fused QKV projections and, on CUDA, torch.compile of "
-                                  "the denoiser (the first image of each size compiles; --fast sets it too)",
+                                  "the denoiser (the first image of each size compiles; --fast turns it on for one run)",
                            "Stable Diffusion", model_wide=True)
     fast_compile: str = _opt("Automatic", "Fast mode's torch.compile (Automatic: on CUDA only)", "Stable Diffusion",
                              choices=("Automatic", "Always", "Never"))
@@ -336,6 +336,15 @@ class SettingsStore:
         self._save_blocked = False
         # key -> check(value) raising ValueError/LookupError; registered by the app for settings naming files
         self.validators: dict[str, Callable[[Any], None]] = {}
+        self._flag_saved: dict[str, Any] = {}  # settings a command-line flag set for this run -> the saved value
+
+    def apply_flag(self, key: str, value: Any) -> None:
+        """A command-line flag's value for this run (`--fast` sets fast_mode): in force and shown in Settings and
+        /sdapi/v1/options, never written to config.json (a flag lasts one run); changing the setting afterwards
+        replaces it, and that choice is saved."""
+        with self._lock:
+            self._flag_saved.setdefault(key, getattr(self.settings, key))
+            setattr(self.settings, key, Settings.coerce(key, value))
 
     def _warn(self, message: str) -> None:
         self.load_warnings.append(message)
@@ -472,14 +481,16 @@ class SettingsStore:
         with self._lock:
             changed = [k for k, v in checked.items() if getattr(self.settings, k) != v]
             before = {k: getattr(self.settings, k) for k in changed}
+            claimed = {k: self._flag_saved.pop(k) for k in checked if k in self._flag_saved}  # now the user's own
             for key, value in checked.items():
                 setattr(self.settings, key, value)
-            if changed:
+            if changed or claimed:
                 try:
                     self.save()
                 except SettingsSaveError:
                     for key, value in before.items():
                         setattr(self.settings, key, value)
+                    self._flag_saved.update(claimed)
                     raise
             return changed
 
@@ -490,6 +501,7 @@ class SettingsStore:
                                         "not overwritten; fix or remove it and restart")
             data = dict(self._extra)
             data.update(self.settings.as_dict())
+            data.update(self._flag_saved)  # a flag's value lasts this run: the file keeps what was saved
             try:
                 atomic_write_text(self.path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
             except OSError as exc:

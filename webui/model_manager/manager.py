@@ -57,7 +57,7 @@ class NoCheckpointError(LookupError):
 class ModelManager:
     def __init__(self, paths: Paths, settings: SettingsStore, device: DeviceConfig, allow_pickle: bool = False,
                  store: ModelStore | None = None, memory_flags: MemoryFlags | None = None, weights: str = "auto",
-                 fast: bool = False, attention_flag: str = "Automatic"):
+                 attention_flag: str = "Automatic"):
         self.paths = paths
         self.settings = settings
         self.device = device
@@ -70,10 +70,9 @@ class ModelManager:
         self._current: str | None = None  # the active checkpoint's name, pinned in the store
         self._lock = threading.RLock()
         self.listeners: list[Callable[[LoadedModel], None]] = []
-        # memory modes (--medvram/--lowvram/--gpu-weights, setting memory_mode), --weights, --fast
+        # memory modes (--medvram/--lowvram/--gpu-weights, setting memory_mode), --weights
         self.memory = MemoryPolicy(settings, memory_flags or MemoryFlags(), device.device, self.store)
-        self.weights = weights
-        self.fast = fast
+        self.weights = weights  # --fast is the setting fast_mode for this run (SettingsStore.apply_flag)
         self.attention_flag = attention_flag  # what --xformers / --opt-sdp-attention / ... chose (attention_backends)
         self.store.after_jobs.append(self._after_job)
         self.store.load_listeners.append(self._loaded_with)
@@ -283,7 +282,7 @@ class ModelManager:
             if other is None:
                 continue
             if other_name == name:  # fast mode first: block offload's pinned copies take the final layout
-                changed = apply_fast(other, bool(self.fast or self.settings.get("fast_mode")),
+                changed = apply_fast(other, bool(self.settings.get("fast_mode")),
                                      str(self.settings.get("fast_compile") or "Automatic"))
                 changed = self.memory.place(other) or changed
             elif other.offloader is not None or (not cpu and next(other.unet.parameters()).device.type != "cpu"):
