@@ -27,7 +27,7 @@ from ..core.image_input import max_megapixels
 from ..core.infotext import parse_infotext
 from ..pnginfo import infotext_to_fields
 from ..core.jobs import Job
-from ..core.request import MAX_SIDE, GenerationRequest, Result, ValidationError
+from ..core.request import MAX_SIDE, GenerationRequest, Result, ValidationError, script_args
 from ..features import wildcards
 from ..model_manager.registry import ModelNotFoundError
 from ..model_manager.module_choice import SETTING as MODULES_SETTING
@@ -245,7 +245,7 @@ def _tiled_vae_settings(value: Any, field: str) -> dict[str, Any]:
     """The settings the Tiled VAE extension's args (enabled, encoder tile in pixels, decoder tile in latents,
     then switches Easel has no use for: its tiler always shares statistics and keeps the VAE where it runs)
     stand for in Easel."""
-    args = _alwayson_args(value)
+    args = script_args(value)
     settings: dict[str, Any] = {"vae_tiling": "Always"}
     if not isinstance(args, list):
         return settings
@@ -260,14 +260,9 @@ def _tiled_vae_settings(value: Any, field: str) -> dict[str, Any]:
     return settings
 
 
-def _alwayson_args(value: Any) -> Any:
-    """An always-on script's arguments: `{"args": [...]}` as A1111 clients send them, or the bare list."""
-    return value.get("args", []) if isinstance(value, dict) else value
-
-
 def _script_active(name: str, value: Any) -> bool:
     """Whether always-on script arguments switch the script on (clients send disabled ones)."""
-    args = _alwayson_args(value)
+    args = script_args(value)
     if not args:
         return False
     if not isinstance(args, list):

@@ -238,6 +238,11 @@ class GenerationRequest:
         yield from _override_errors(self.override_settings)
 
 
+def script_args(value: Any) -> Any:
+    """An always-on script's arguments: `{"args": [...]}` as AUTOMATIC1111's clients send them, or the bare list."""
+    return value.get("args", []) if isinstance(value, dict) else value
+
+
 def _override_errors(overrides: Any):
     from ..settings import Settings
 

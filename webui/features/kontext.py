@@ -22,7 +22,7 @@ from PIL import Image
 from ..core import latents as latents_io
 from ..core.image_input import ImageInputError, decode_base64_image
 from ..core.pipeline import Feature, Pass, Run, Sampling
-from ..core.request import FieldError, ValidationError
+from ..core.request import FieldError, ValidationError, script_args
 
 ALWAYSON_NAME = "kontext"
 FIELD = "alwayson_scripts.Kontext.args"
@@ -58,7 +58,7 @@ def alwayson_value(request: Any) -> Any:
 
 def parse_args(value: Any) -> tuple[KontextArgs | None, list[FieldError]]:
     """The reference and its resize mode (None: no reference); errors name the argument."""
-    args = value.get("args", []) if isinstance(value, dict) else value
+    args = script_args(value)
     if args is None or args == [] or args == {}:
         return None, []
     if isinstance(args, dict):

@@ -23,7 +23,7 @@ import torch
 
 from ..core.denoiser import SigmaSpace
 from ..core.pipeline import Feature, Pass, Run
-from ..core.request import FieldError, is_number
+from ..core.request import FieldError, is_number, script_args
 from .guidance.args import find_entry, number
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class Refiner(Feature):
         entry = find_entry(request, (ALWAYSON,))
         if entry is not None:  # [enabled, checkpoint, switch_at]
             key, value = entry
-            args = value.get("args", []) if isinstance(value, dict) else value
+            args = script_args(value)
             where = f"alwayson_scripts.{key}.args"
             if not isinstance(args, list) or len(args) > 3:
                 return None, [FieldError(where, "must be a list [enabled, checkpoint, switch_at]")]

@@ -47,7 +47,7 @@ from PIL import Image
 from ..core import latents as latents_io
 from ..core.denoiser import MaskedDenoiser, SigmaSpace
 from ..core.pipeline import Feature, Run
-from ..core.request import FieldError, is_number
+from ..core.request import FieldError, is_number, script_args
 from .img2img import PreparedImage, finish_image
 
 # the Inpaint tab's and a pasted infotext's name for the checkbox (the sliders: Parameter.field)
@@ -127,7 +127,7 @@ def from_alwayson(value: Any) -> dict[str, Any]:
     missing trailing values take the defaults) or an object keyed by argument name.
     Raises ValueError naming the problem.
     """
-    args = value.get("args", []) if isinstance(value, dict) else value
+    args = script_args(value)
     if args is None:
         args = []
     names = ["enabled", *(p.arg for p in PARAMETERS)]

@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 
 from ...core.image_input import ImageInputError, decode_base64_image
-from ...core.request import FieldError
+from ...core.request import FieldError, script_args
 
 SCRIPT = "controlnet"
 RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
@@ -88,7 +88,7 @@ def _finite(value: Any) -> bool:
 def parse_units(alwayson: dict[str, Any]) -> tuple[list[ControlUnit], list[FieldError]]:
     """Units from a request's alwayson_scripts; images must already be PIL images."""
     entry = alwayson.get(SCRIPT) or alwayson.get("ControlNet") or {}
-    raw = entry.get("args", []) if isinstance(entry, dict) else entry
+    raw = script_args(entry)
     units, errors = [], []
     if not isinstance(raw, list):
         return [], [FieldError(f"alwayson_scripts.{SCRIPT}.args", "must be a list of units")]

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from ...core.request import MAX_SIDE, MAX_STEPS, FieldError
+from ...core.request import FieldError, MAX_SIDE, MAX_STEPS, script_args
 
 ALWAYSON_NAME = "adetailer"   # matched case-insensitively; clients send "ADetailer"
 MERGE_INVERT = ("None", "Merge", "Merge and Invert")
@@ -110,7 +110,7 @@ def parse(value: Any, img2img: bool) -> tuple[DetailerArgs | None, list[FieldErr
 
     The passes come back even when there are errors, so the caller can check more (models) before refusing."""
     field = "alwayson_scripts.ADetailer.args"
-    args = value.get("args", []) if isinstance(value, dict) else value
+    args = script_args(value)
     if args is None or args == []:
         return None, []
     if not isinstance(args, list):

@@ -25,7 +25,7 @@ from PIL import Image
 from ... import __version__
 from ...core import samplers
 from ...core.pipeline import Batch, Feature, Run
-from ...core.request import FieldError, GenerationRequest
+from ...core.request import FieldError, GenerationRequest, script_args
 from .args import SAME_CHECKPOINT, SAME_SCHEDULER, SAME_VAE, DetailerArgs, PassArgs, alwayson_value, infotext_params, ordinal, parse
 from .detect import DetectorError, Detectors
 from .masks import pass_masks
@@ -206,7 +206,7 @@ def _scheduler(unit: PassArgs, main: str) -> str:
 
 
 def _positions(value: Any) -> list[int]:
-    args = value.get("args", []) if isinstance(value, dict) else value
+    args = script_args(value)
     return [i for i, a in enumerate(args or []) if isinstance(a, dict)]
 
 

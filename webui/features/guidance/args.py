@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...core.pipeline import Feature
-from ...core.request import FieldError, is_number
+from ...core.request import FieldError, is_number, script_args
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def find_entry(request: Any, titles: tuple[str, ...]) -> tuple[str, Any] | None:
 
 def parse_args(value: Any, spec: tuple[Arg, ...], where: str) -> tuple[dict[str, Any], list[FieldError]]:
     """The arguments by name (defaults for missing ones) and an error naming each invalid one."""
-    args = value.get("args", []) if isinstance(value, dict) else value
+    args = script_args(value)
     args = [] if args is None else args
     names = [a.name for a in spec]
     if isinstance(args, dict):

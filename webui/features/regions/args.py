@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image
 
-from ...core.request import FieldError
+from ...core.request import FieldError, script_args
 
 ALWAYSON_NAME = "regional prompter"   # matched case-insensitively
 FIELD = "alwayson_scripts.Regional Prompter.args"
@@ -58,7 +58,7 @@ def alwayson_value(request: Any) -> Any:
 
 def parse(value: Any, decode_image=None) -> tuple[RegionArgs | None, list[FieldError]]:
     """(the arguments, or None when not active; errors naming each bad argument by its name)."""
-    args = value.get("args", []) if isinstance(value, dict) else value
+    args = script_args(value)
     if args is None or args == []:
         return None, []
     if isinstance(args, dict):

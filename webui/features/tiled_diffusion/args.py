@@ -19,7 +19,7 @@ import ast
 from dataclasses import dataclass
 from typing import Any
 
-from ...core.request import FieldError, is_int, is_number
+from ...core.request import FieldError, is_int, is_number, script_args
 
 ALWAYSON_NAME = "tiled diffusion"   # matched case-insensitively
 FIELD = "alwayson_scripts.Tiled Diffusion.args"
@@ -94,7 +94,7 @@ def alwayson_value(request: Any) -> Any:
 def parse(value: Any, mode: str = "txt2img",
           upscaler_names: list[str] | None = None) -> tuple[TiledArgs | None, list[FieldError]]:
     """(the arguments, or None when switched off; errors naming each bad argument)."""
-    args = value.get("args", []) if isinstance(value, dict) else value
+    args = script_args(value)
     if args is None or args == []:
         return None, []
     region_values: list[Any] = []

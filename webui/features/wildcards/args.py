@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...core.request import FieldError, is_int
+from ...core.request import FieldError, is_int, script_args
 
 # the request's key: AUTOMATIC1111 names an always-on script by its title, lower-cased
 ALWAYSON_NAME = "dynamic prompts v2.17.1"
@@ -52,7 +52,7 @@ def alwayson_value(scripts: Any) -> tuple[str, Any] | None:
 
 def named_args(value: Any) -> dict[str, Any]:
     """Arguments by name from a positional list or an object; raises ValueError naming the problem."""
-    args = value.get("args", []) if isinstance(value, dict) else value
+    args = script_args(value)
     if args is None:
         return {}
     if isinstance(args, dict):
