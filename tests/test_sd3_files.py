@@ -107,7 +107,11 @@ def test_single_files_separate_encoders_and_gguf_give_the_folders_image(sd3_mode
         psnr = 10 * np.log10(255 ** 2 / max(mse, 1e-12))
         print(f"SD 3.5 GGUF Q8_0 vs fp32 folder: PSNR {psnr:.1f} dB")
         assert 30 < psnr < 100
-        assert any("Q8_0" in note for note in app.models.get("sd3.5_large-tiny-Q8_0.gguf").notes)
+        gguf = app.models.get("sd3.5_large-tiny-Q8_0.gguf")
+        assert any("Q8_0" in note for note in gguf.notes)
+        # every Q8_0 tensor of the file (the rows that fit its 32-value blocks) stays quantized in memory
+        assert "GGUF kept quantized in memory: 6 layers" in gguf.notes
+        assert sum(type(m).__name__ == "GGUFLinear" for m in gguf.unet.modules()) == 6
         entries = {e.name: e for e in app.library.entries() if e.kind == "checkpoint"}
         assert entries["sd3.5_large-tiny.safetensors"].architecture == "SD 3.5 Large"
         assert entries["tiny-sd35-large"].architecture == "SD 3.5 Large"

@@ -120,6 +120,9 @@ def test_single_files_and_gguf_give_the_folders_image(zimage_app, name, least):
     psnr = _psnr(result.images[0], folder)
     print(f"Z-Image {name} vs the folder: PSNR {psnr:.1f} dB")
     assert psnr >= least
+    if name == "z_image_turbo_tiny-Q8_0":  # its 25 Q8_0 tensors stay quantized (fused qkv cut in three: 33 layers)
+        assert "GGUF kept quantized in memory: 33 layers" in model.notes
+        assert sum(type(m).__name__ == "GGUFLinear" for m in model.unet.modules()) == 33
     if name == "z_image_turbo_tiny":
         assert any("qwen_3_4b.safetensors" in note for note in model.notes)
         assert any("ae.safetensors" in note for note in model.notes)

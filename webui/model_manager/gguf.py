@@ -8,11 +8,11 @@ stored as GGUF, placed in models/Stable-diffusion. The loader reads it lazily
 conversion, meta-device build), its quantized layers keeping their blocks in memory
 (gguf_quantized.py); `read_gguf_tensors` here dequantizes every tensor to float32 (companion
 files, conversion).
-UNet-only GGUF files (keys without the `model.diffusion_model.` prefix, as most published
-SD3/SDXL UNet quantizations) are listed with their quantization but refused by the loader
-with a message saying so; a Flux transformer-only GGUF (city96's layout: BFL's keys) loads with
+UNet-only GGUF files of the UNet families (keys without the `model.diffusion_model.` prefix, as
+most published SDXL UNet quantizations) are listed with their quantization but refused by the
+loader with a message saying so; a Flux transformer-only GGUF (city96's layout: BFL's keys) loads with
 its companions from models/text_encoder and models/VAE, its layers kept quantized as diffusers' GGUF
-layers (SD 3.x and Z-Image GGUF files are dequantized at load). ComfyUI-GGUF's `comfy.gguf.orig_shape.<name>` fields are
+layers (SD 3.x and Z-Image transformer-only GGUF files too). ComfyUI-GGUF's `comfy.gguf.orig_shape.<name>` fields are
 honoured for tensors stored reshaped.
 """
 from __future__ import annotations
