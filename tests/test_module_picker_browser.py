@@ -1,5 +1,6 @@
-"""The top bar's "VAE / Text Encoder" picker in a real browser: choose a file, generate, and the infotext
-names it as Forge writes it (`Module 1: <stem>`)."""
+"""The top bar's per-checkpoint pickers in a real browser: "VAE / Text Encoder" (choose a file, generate, and
+the infotext names it as Forge writes it, `Module 1: <stem>`) and "Weights" (fp8 for this checkpoint: the next
+image says `Weights: fp8_e4m3fn`)."""
 from __future__ import annotations
 
 from safetensors.torch import load_file, save_file
@@ -41,5 +42,18 @@ def test_a_module_chosen_in_the_top_bar_is_used_and_written_to_the_infotext(ui_s
             # forget the choice again (the server is shared with other browser modules)
             page.locator("#setting_forge_additional_modules .token-remove").first.click()
             expect(page.locator("#setting_forge_additional_modules .token")).to_have_count(0)
+            choose_weights(page, "fp8_e4m3fn")
+            expect(page.locator("#checkpoint_weight_storage")).to_contain_text("In force: fp8_e4m3fn (this checkpoint)")
+            page.locator("#txt2img_seed input").fill("32")
+            page.locator("#txt2img_generate").click()
+            expect(page.locator("#html_info_txt2img")).to_contain_text("Seed: 32", timeout=60_000)
+            expect(page.locator("#html_info_txt2img")).to_contain_text("Weights: fp8_e4m3fn")
+            choose_weights(page, "Automatic")  # back to the setting, for the other modules on this server
+            expect(page.locator("#checkpoint_weight_storage")).to_contain_text("In force: Automatic (default)")
     finally:
         vae.unlink()  # a remembered file that is gone is skipped: the shared server's checkpoints are as before
+
+
+def choose_weights(page, value: str) -> None:
+    page.locator("#checkpoint_weight_storage input").click()
+    page.get_by_role("option", name=value, exact=True).click()

@@ -25,6 +25,7 @@ from .models_downloads import build_first_run_download
 from .models_tab import build_models_tab
 from .models_library import build_vae_picker
 from .module_picker import build_module_picker
+from .storage_picker import build_storage_picker
 from .pnginfo_tab import build_pnginfo, wire_pnginfo_send
 from .progress_targets import light_progress
 from .send_to import SendTarget, wire_send_buttons
@@ -94,6 +95,7 @@ def build_ui(easel: Easel, local: bool = True) -> gr.Blocks:
                                 min_width=42)
             build_vae_picker(easel)  # SD VAE: Automatic / None / a file from models/VAE
             build_module_picker(easel, checkpoint)  # Forge's VAE / Text Encoder, remembered per checkpoint
+            build_storage_picker(easel, checkpoint)  # the checkpoint's weight storage (fp8...), remembered too
         status = gr.HTML(_status(easel), elem_id="easel_status")
         build_first_run_download(easel, status)  # one click to the starter model, shown with the notice
         build_queue_panel(easel, local)

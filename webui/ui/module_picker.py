@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from ..app import Easel
 
 
-def _checkpoint_name(easel: Easel, title: str | None = None) -> str:
+def checkpoint_name(easel: Easel, title: str | None = None) -> str:
+    """The checkpoint a top-bar title names (the selected one when none); "" when none is installed."""
     try:
         return easel.models.find(title).name if title else easel.models.resolve(None).name
     except LookupError:
@@ -28,7 +29,7 @@ def build_module_picker(easel: Easel, checkpoint: gr.Dropdown) -> gr.Dropdown:
     choices = easel.models.module_choices
 
     def current(title: str | None = None) -> list[str]:
-        name = _checkpoint_name(easel, title)
+        name = checkpoint_name(easel, title)
         return [p.name for p in choices.chosen(name)] if name else []
 
     def update(title: str | None = None):
@@ -41,7 +42,7 @@ def build_module_picker(easel: Easel, checkpoint: gr.Dropdown) -> gr.Dropdown:
                         min_width=42)
 
     def choose(values: list[str] | None, title: str | None):
-        name = _checkpoint_name(easel, title)
+        name = checkpoint_name(easel, title)
         if not name:
             gr.Warning("Choose a checkpoint first: the VAE / Text Encoder choice is remembered per checkpoint")
             return update(title)
