@@ -66,8 +66,11 @@ def test_detection_asks_the_adapters():
         shapes = dict(unet, **{family.marker_keys[0]: (8,)})
         assert detect(shapes).architecture.family == family.name
         assert detect(shapes).prediction_uncertain == family.prediction_uncertain
-    with pytest.raises(ValueError, match="sdxl UNet but no text encoder"):
-        detect(unet)
+    assert detect(unet).architecture.family == "sdxl"  # UNet-only: its encoders and VAE are companion files
+    sd2_unet = dict(unet)
+    sd2_unet["model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"] = (320, 1024)
+    with pytest.raises(ValueError, match="SD 2.x UNet but no text encoder"):
+        detect(sd2_unet)
 
 
 def _string_literals(path: Path) -> set[str]:

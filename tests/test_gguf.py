@@ -1,6 +1,6 @@
 """GGUF checkpoints: a tiny SD 1.x checkpoint written as GGUF (Q8_0 2-D weights, F32 the rest) loads
 through the model manager and generates nearly the image its safetensors original makes; the library
-and the load notes show the quantization; a UNet-only GGUF is refused with a clear message."""
+and the load notes show the quantization (UNet-only GGUF files: test_unet_only_files.py)."""
 from __future__ import annotations
 
 import shutil
@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 
 from tests.conftest import make_easel
 from webui.core.request import GenerationRequest
-from webui.model_manager.errors import ModelLoadError
 from webui.model_manager.gguf import read_gguf_tensors, write_gguf_checkpoint
 
 
@@ -27,9 +26,6 @@ def gguf_world(tmp_path_factory, tiny_ckpt_dir):
     shutil.copy(tiny_ckpt_dir / "tiny-sd1.json", ckpts / "tiny-sd1-q8.json")  # the tiny model's sizes
     write_gguf_checkpoint(ckpts / "tiny-sd1-q8conv.gguf", tensors, "Q8_0", "sd1", convs=True)
     shutil.copy(tiny_ckpt_dir / "tiny-sd1.json", ckpts / "tiny-sd1-q8conv.json")
-    unet_only = {k.removeprefix("model.diffusion_model."): v for k, v in tensors.items()
-                 if k.startswith("model.diffusion_model.")}
-    write_gguf_checkpoint(ckpts / "unet-only.gguf", unet_only, "Q8_0", "sd1")
     easel = make_easel(root, ckpts)
     yield easel, ckpts, tensors
     easel.close()
@@ -71,17 +67,13 @@ def test_gguf_checkpoint_generates_close_to_original(gguf_world):
     assert any(note.startswith("GGUF kept quantized in memory") for note in model.notes)  # any family's UNet too
 
 
-def test_library_shows_quantization_and_unet_only_is_refused(gguf_world):
+def test_library_shows_quantization(gguf_world):
     easel, _, _ = gguf_world
     easel.library.refresh()
     entry = next(e for e in easel.library.entries() if e.name == "tiny-sd1-q8.gguf")
     assert entry.kind == "checkpoint" and entry.format == "gguf"
     assert entry.quantization.startswith(("Q8_0", "F32")) and "Q8_0" in entry.quantization
     assert entry.architecture == "SD 1.x"
-    unet = next(e for e in easel.library.entries() if e.name == "unet-only.gguf")
-    assert "UNet-only" in unet.note
-    with pytest.raises(ModelLoadError, match="only a UNet"):
-        easel.models.get("unet-only.gguf")
 
 
 def test_conv_weights_stay_quantized_and_the_image_stays_close(gguf_world):

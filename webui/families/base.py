@@ -201,6 +201,10 @@ class Family:
     # where a single file keeps each text encoder: (component, key prefix, layout "hf" | "openclip")
     single_file_text_encoders: ClassVar[tuple[tuple[str, str, str], ...]] = ()
 
+    def takes_companions(self) -> bool:
+        """Whether a denoiser-only file of this family loads: every text encoder and the VAE have companion files."""
+        return all(part in self.companion_files for part in (*self.text_encoders, "vae"))
+
     def companion_state_dict(self, component: str, tensors: dict[str, torch.Tensor],
                              configs: Any) -> dict[str, torch.Tensor]:
         """A separate component file's tensors as the module expects them (the loader has put VAE files in

@@ -32,6 +32,10 @@ class SD1(Family):
     marker_keys = ("cond_stage_model.transformer.text_model.final_layer_norm.weight",
                    "cond_stage_model.transformer.final_layer_norm.weight")
     context_width = 768
+    # a UNet-only file (ComfyUI's diffusion_models, a UNet GGUF) takes its CLIP-L and VAE from these
+    companion_files = {"text_encoder": ("text_encoder", ("clip_l.safetensors", "clip_l*.safetensors")),
+                       "vae": ("vae", ("vae-ft-mse-840000-ema-pruned.safetensors", "*sd15*vae*.safetensors",
+                                       "*sd1*vae*.safetensors", "vae-ft-*.safetensors"))}
 
     def matches_folder(self, index, components) -> bool:
         return _single_encoder(index) and not _is_openclip(components.get("text_encoder", {}))

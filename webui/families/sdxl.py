@@ -32,6 +32,10 @@ class SDXL(Family):
     marker_keys = ("conditioner.embedders.1.model.ln_final.weight",)
     context_width = 2048
     sdxl_like = True
+    # a UNet-only file (ComfyUI's diffusion_models, a UNet GGUF) takes its two CLIPs and VAE from these
+    companion_files = {"text_encoder": ("text_encoder", ("clip_l.safetensors", "clip_l*.safetensors")),
+                       "text_encoder_2": ("text_encoder", ("clip_g.safetensors", "clip_g*.safetensors")),
+                       "vae": ("vae", ("sdxl_vae.safetensors", "sdxl*vae*.safetensors", "*sdxl*vae*.safetensors"))}
 
     def layer_choice(self, clip_skip: int = 1) -> LayerChoice:
         return LayerChoice(max(1, int(clip_skip)) + 1, False)  # penultimate layer, no final norm
@@ -58,6 +62,7 @@ class SDXLRefiner(SDXL):
     label = "SDXL refiner"
     text_encoders = ("text_encoder_2",)
     marker_keys = ("conditioner.embedders.0.model.ln_final.weight",)
+    companion_files = {}  # its UNet's 1280-wide context is told from no other family's: full checkpoints only
     context_width = 1280
 
     def matches_folder(self, index, components) -> bool:

@@ -11,7 +11,7 @@ saving one (conversion, merging) share one table.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -20,6 +20,16 @@ from .architecture import ModelConfigs
 StateDict = dict[str, torch.Tensor]
 
 UNET_PREFIX = "model.diffusion_model."
+_BARE_UNET_KEY = "input_blocks.0.0.weight"
+
+
+def with_unet_prefix(tensors: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A UNet-only file in the original layout, saved without `model.diffusion_model.` (ComfyUI's
+    diffusion_models files, most published UNet GGUF quantizations), under a full checkpoint's names, so
+    detection and conversion read it as they read any checkpoint; any other file as it is."""
+    if _BARE_UNET_KEY not in tensors or any(k.startswith(UNET_PREFIX) for k in tensors):
+        return tensors
+    return {UNET_PREFIX + k: v for k, v in tensors.items()}
 VAE_PREFIX = "first_stage_model."
 # Where a family keeps each text encoder in a single file: (component, prefix, layout "hf" | "openclip");
 # the family adapter declares its own (Family.single_file_text_encoders)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ..families.registry import all_families, family_by_context_width, family_by_marker
 from .architecture import Architecture
+from .convert import with_unet_prefix
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -34,7 +35,9 @@ def _context_width(shapes: Shapes) -> int | None:
 
 
 def detect(shapes: Shapes) -> Detection:
-    """Architecture of a single-file checkpoint in the original layout."""
+    """Architecture of a single-file checkpoint in the original layout (a UNet-only file too, with or
+    without its `model.diffusion_model.` prefix: its text encoders and VAE come from companion files)."""
+    shapes = dict(with_unet_prefix(shapes))
     for family in all_families():  # families with a layout of their own (a transformer) say so first
         found = family.detect_file(shapes)
         if found is not None:
@@ -53,8 +56,10 @@ def detect(shapes: Shapes) -> Detection:
         by_width = family_by_context_width(_context_width(shapes))  # the UNet's cross-attention width
         if by_width is None:
             raise DetectionError("the file has no text encoder Easel recognises")
-        raise DetectionError(
-            f"the file has a {by_width.name} UNet but no text encoder; Easel needs a full checkpoint")
+        if not by_width.takes_companions():
+            raise DetectionError(f"the file has a {by_width.label} UNet but no text encoder; Easel loads a "
+                                 f"{by_width.label} UNet only as a full checkpoint")
+        adapter = by_width  # a UNet-only file: text encoders and VAE from models/text_encoder and models/VAE
     family = adapter.name
 
     in_channels = unet_in[1]

@@ -8,9 +8,9 @@ stored as GGUF, placed in models/Stable-diffusion. The loader reads it lazily
 conversion, meta-device build), its quantized layers keeping their blocks in memory
 (gguf_quantized.py); `read_gguf_tensors` here dequantizes every tensor to float32 (companion
 files, conversion).
-UNet-only GGUF files of the UNet families (keys without the `model.diffusion_model.` prefix, as
-most published SDXL UNet quantizations) are listed with their quantization but refused by the
-loader with a message saying so; a Flux transformer-only GGUF (city96's layout: BFL's keys) loads with
+UNet-only GGUF files (keys without the `model.diffusion_model.` prefix, as most published SDXL UNet
+quantizations) load like UNet-only safetensors, their text encoders and VAE from models/text_encoder and
+models/VAE (detect.py, loader.add_companions); a Flux transformer-only GGUF (city96's layout: BFL's keys) loads with
 its companions from models/text_encoder and models/VAE, its layers kept quantized as diffusers' GGUF
 layers (SD 3.x and Z-Image transformer-only GGUF files too). ComfyUI-GGUF's `comfy.gguf.orig_shape.<name>` fields are
 honoured for tensors stored reshaped.
@@ -27,7 +27,7 @@ import torch
 from .errors import ModelLoadError
 
 UNET_PREFIX = "model.diffusion_model."
-_UNET_ONLY_MARKERS = ("input_blocks.0.0.weight", "double_blocks.0.img_attn.qkv.weight", "joint_blocks.0.x_block.attn.qkv.weight")
+_BARE_UNET_KEY = "input_blocks.0.0.weight"  # a UNet-only file (detect.py reads it with its companions)
 _ORIG_SHAPE = "comfy.gguf.orig_shape."
 
 
@@ -72,13 +72,11 @@ def describe_gguf(path: Path) -> dict[str, Any]:
     arch = _field_value(reader, "general.architecture") or ""
     label = str(arch)
     note = ""
-    if any(n.startswith(UNET_PREFIX) for n in names) or _claimed({t.name: _shape(reader, t) for t in reader.tensors}):
+    shapes = {t.name: _shape(reader, t) for t in reader.tensors}
+    if any(n.startswith(UNET_PREFIX) for n in names) or _BARE_UNET_KEY in shapes or _claimed(shapes):
         from .library import guess_architecture
 
-        shapes = {t.name: _shape(reader, t) for t in reader.tensors}
         label, note = guess_architecture("checkpoint", shapes, {}, path.name)  # Kontext: told by name
-    elif any(n in _UNET_ONLY_MARKERS for n in names):
-        note = "UNet-only GGUF: Easel loads full-checkpoint GGUF files only"
     return {"architecture": label, "tensors": len(names), "quantization": quantization_summary(types), "note": note}
 
 
@@ -115,18 +113,8 @@ def read_gguf_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 
 
 def read_gguf_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a full-checkpoint GGUF for the single-file loader; UNet-only files are refused clearly."""
-    tensors, types = read_gguf_tensors(path)
-    check_full_checkpoint(path, {k: tuple(v.shape) for k, v in tensors.items()})
-    return tensors
-
-
-def check_full_checkpoint(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Refuse, clearly, a UNet-only GGUF (no family loads that layout with its companions)."""
-    if not any(k.startswith(UNET_PREFIX) for k in shapes) and any(k in _UNET_ONLY_MARKERS for k in shapes) \
-            and not _claimed(shapes):
-        raise ModelLoadError(f"{path.name} holds only a UNet; Easel loads GGUF files that contain the whole "
-                             "checkpoint (UNet, VAE and text encoders)")
+    """Tensors of a GGUF file, dequantized, for the single-file loader (a full checkpoint or a UNet-only one)."""
+    return read_gguf_tensors(path)[0]
 
 
 def write_gguf_checkpoint(path: Path, tensors: dict[str, torch.Tensor], quant: str = "Q8_0",

@@ -25,7 +25,7 @@ from .. import families
 from ..devices import DeviceConfig
 from ..families.registry import family_of_folder, refine_by_name
 from .architecture import Architecture, ModelConfigs, configs_for
-from .convert import ConversionError, StateDict, checkpoint_to_diffusers
+from .convert import ConversionError, StateDict, checkpoint_to_diffusers, with_unet_prefix
 from .detect import DetectionError
 from .errors import ModelLoadError
 from .registry import CheckpointInfo
@@ -417,7 +417,7 @@ def add_companions(read: ReadWeights, companion_dirs: dict[str, Path], allow_pic
     for component, (kind, patterns) in adapter.companion_files.items():
         folder = companion_dirs.get(kind)
         path = _first_match(folder, patterns) if folder is not None and folder.is_dir() else None
-        if component in read.weights:
+        if read.weights.get(component):  # the file has it (a UNet-only file's split leaves its parts empty)
             if path is not None and read.part_files.get(component) == path:
                 read.automatic_files.add(path)
             continue
@@ -511,19 +511,14 @@ def _stored_tensors(path: Path) -> dict[str, Any]:
     """A single file's tensors, each read only when its module is built (lazy_tensors.py)."""
     from .lazy_tensors import gguf_tensors, safetensors_tensors
 
-    if path.suffix.lower() == ".safetensors":
-        return safetensors_tensors(path)
-    from .gguf import check_full_checkpoint
-
-    tensors = gguf_tensors(path)
-    check_full_checkpoint(path, {k: tuple(v.shape) for k, v in tensors.items()})
-    return tensors
+    return safetensors_tensors(path) if path.suffix.lower() == ".safetensors" else gguf_tensors(path)
 
 
 def _read_single_file(info: CheckpointInfo, allow_pickle: bool, sidecar: Any) -> ReadWeights:
     """One file: tensors, configs from their shapes (or a sidecar), split by the family's layout."""
     lazy = info.format in ("safetensors", "gguf") and info.path.suffix.lower() in (".safetensors", ".gguf")
     tensors = _stored_tensors(info.path) if lazy else read_tensors(info.path, allow_pickle)
+    tensors = dict(with_unet_prefix(tensors))  # a UNet-only file: its other parts come from companion files
     notes = []
     if info.format == "gguf":
         from .gguf import describe_gguf

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from .architecture import PREDICTION_TYPES, Architecture, ModelConfigs, configs_for, family_names
-from .detect import detect
+from .detect import Detection, DetectionError, detect
 
 
 class SidecarError(ValueError):
@@ -61,7 +61,12 @@ def file_configs(shapes: dict[str, tuple[int, ...]], sidecar: SidecarOverrides,
 
     Raises DetectionError when the tensors are no known architecture.
     """
-    detection = detect(shapes)
+    try:
+        detection = detect(shapes)
+    except DetectionError:
+        if not sidecar.family:
+            raise
+        detection = Detection(Architecture(sidecar.family))  # the sidecar says what its tensors cannot
     found = detection.architecture
     from ..families.registry import refine_by_name
 
