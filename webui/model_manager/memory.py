@@ -252,10 +252,8 @@ class Offloader:
 
     def _partly_resident(self, name: str, module: torch.nn.Module) -> bool:
         """Forge's GPU-weights budget in block offload: keep the denoiser's blocks that fit `resident_bytes` on the
-        device, in the order they run, and stream only the rest; False when no block fits (all stream).
-
-        The room held back for streaming is two of the largest blocks (the one running and the next one being
-        copied); the denoiser's parts outside its block lists (embeddings, the mid block, norms) stay first."""
+        device, in the order they are declared, and stream only the rest (`residency_plan`); False when no block
+        fits (then every block streams, as without a budget)."""
         plan = residency_plan(module, self.resident_bytes)
         if plan is None:
             return False
@@ -271,7 +269,7 @@ class Offloader:
                  len(plan.resident), len(plan.resident) + len(plan.streamed), self.resident_bytes / 2 ** 20)
         return True
 
-    def _stream_blocks(self, blocks: list[tuple[str, torch.nn.Module]]) -> None:
+    def _stream_blocks(self, blocks: Parts) -> None:
         """diffusers' group offloading per streamed block, leaf level (a block's layers are what it calls),
         with a side stream on CUDA so each next layer's copy overlaps the current one's compute."""
         from diffusers.hooks import apply_group_offloading
@@ -338,7 +336,10 @@ def _holds_4bit(module: torch.nn.Module) -> bool:
     return any(type(p).__name__ == "Params4bit" for p in module.parameters())
 
 
-def block_parts(module: torch.nn.Module) -> tuple[list[tuple[str, torch.nn.Module]], list[tuple[str, torch.nn.Module]]]:
+Parts = list[tuple[str, torch.nn.Module]]  # (name under the denoiser, module)
+
+
+def block_parts(module: torch.nn.Module) -> tuple[Parts, Parts]:
     """(the parts outside block lists: embeddings, mid block, norms; the blocks of its block lists), in the
     order the children are declared (a UNet's down, mid, up; a transformer's double then single blocks)."""
     fixed, blocks = [], []
@@ -354,9 +355,9 @@ def block_parts(module: torch.nn.Module) -> tuple[list[tuple[str, torch.nn.Modul
 class Residency:
     """A denoiser split for a GPU-weights budget in block offload."""
 
-    fixed: list[tuple[str, torch.nn.Module]]     # outside the block lists: always on the device
-    resident: list[tuple[str, torch.nn.Module]]  # blocks kept on the device
-    streamed: list[tuple[str, torch.nn.Module]]  # blocks streamed through it
+    fixed: Parts     # outside the block lists: always on the device
+    resident: Parts  # blocks kept on the device
+    streamed: Parts  # blocks streamed through it
 
 
 def residency_plan(module: torch.nn.Module, room: int) -> Residency | None:
