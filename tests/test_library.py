@@ -195,12 +195,12 @@ def test_library_tab_and_vae_picker_in_gradio(tmp_path, tiny_ckpt_dir):
         rows, paths, _ = fns["fill"]("", "checkpoint")
         assert {r[0] for r in rows} == {"tiny-sd1.safetensors", "tiny-sdxl.safetensors"}
         sd1 = paths[[r[0] for r in rows].index("tiny-sd1.safetensors")]
-        selected, detail, preview, metadata, vae_update, storage_update, _ = fns["choose"](
+        selected, detail, preview, metadata, vae_update, storage_update, set_vae, set_storage, _ = fns["choose"](
             paths, gr.SelectData(None, {"index": [paths.index(sd1), 0], "value": "tiny-sd1.safetensors"}))
         assert selected == sd1 and "SD 1.x" in detail and "not hashed yet" in detail
         assert vae_update["visible"] is True and "v.safetensors" in vae_update["choices"]
         assert storage_update == {"__type__": "update", "visible": True, "value": "Automatic"}
-        assert "Automatic (default)" in detail
+        assert "Automatic (default)" in detail and set_vae["visible"] is True and set_storage["visible"] is True
         detail, note = fns["do_set_storage"](sd1, "fp8_e4m3fn")
         assert easel.models.storage_choices.get("tiny-sd1.safetensors") == "fp8_e4m3fn"
         assert "fp8_e4m3fn (this checkpoint)" in detail and "fp8_e4m3fn" in note
@@ -214,7 +214,10 @@ def test_library_tab_and_vae_picker_in_gradio(tmp_path, tiny_ckpt_dir):
         detail, note = fns["do_set_vae"](sd1, "v.safetensors")
         assert easel.vaes.preference("tiny-sd1.safetensors") == "v.safetensors" and "v.safetensors" in detail
         updated = fns["choose"](["nothing"], gr.SelectData(None, {"index": [5, 0], "value": ""}))
-        assert "Select a row" in updated[1]
+        assert "Select a row" in updated[1] and updated[6]["visible"] is False and updated[7]["visible"] is False
+        lora_paths = fns["fill"]("tabby", "All")[1]
+        lora = fns["choose"](lora_paths, gr.SelectData(None, {"index": [0, 0], "value": "cat.safetensors"}))
+        assert lora[4]["visible"] is False and lora[6]["visible"] is False  # a LoRA: no VAE or storage to set
         choose_vae = fns["choose_vae"]
         assert choose_vae("None")["value"] == "None" and easel.settings.get("sd_vae") == "None"
         assert choose_vae("missing.safetensors")["value"] == "None"  # refused, the setting kept

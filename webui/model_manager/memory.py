@@ -549,6 +549,3 @@ def module_bytes_on(module: torch.nn.Module, device_type: str) -> int:
     return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]
                if t.device.type == device_type)
 
-
-def describe(models: Iterable["LoadedModel"]) -> list[str]:
-    return [f"{m.info.name}: {m.memory_mode}" for m in models]

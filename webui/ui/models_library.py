@@ -92,7 +92,7 @@ def _detail(easel: Easel, path: str | None) -> tuple[Any, ...]:
     entry = easel.library.get(path) if path else None
     if entry is None:
         hidden = gr.update(visible=False)
-        return "<p>Select a row to see its details.</p>", None, {}, hidden, hidden
+        return "<p>Select a row to see its details.</p>", None, {}, hidden, hidden, hidden, hidden
     preview = easel.library.preview(entry)
     is_checkpoint = entry.kind == "checkpoint" and easel.vaes is not None
     vae_choices = easel.vaes.choices() if is_checkpoint else []
@@ -101,7 +101,8 @@ def _detail(easel: Easel, path: str | None) -> tuple[Any, ...]:
     return (_detail_html(easel, entry), str(preview) if preview else None, entry.metadata,
             gr.update(visible=is_checkpoint, choices=vae_choices, value=(_preferred_vae(easel, entry) or AUTOMATIC)
                       if is_checkpoint else None),
-            gr.update(visible=is_checkpoint, value=own_storage))
+            gr.update(visible=is_checkpoint, value=own_storage),
+            gr.update(visible=is_checkpoint), gr.update(visible=is_checkpoint))  # the two Set buttons
 
 
 def build_library(easel: Easel) -> None:
@@ -122,14 +123,15 @@ def build_library(easel: Easel) -> None:
                 hash_now = gr.Button("Hash now", elem_id="models_library_hash_now", scale=0)
                 vae = gr.Dropdown([], label="Preferred VAE for this checkpoint", visible=False, scale=3,
                                   elem_id="models_library_preferred_vae")
-                set_vae = gr.Button("Set as preferred VAE", scale=0, elem_id="models_library_set_vae")
+                set_vae = gr.Button("Set as preferred VAE", scale=0, elem_id="models_library_set_vae", visible=False)
             with gr.Row():
                 storage = gr.Dropdown(list(CHECKPOINT_STORAGES), value=AUTOMATIC, visible=False, scale=3,
                                       label="Weight storage for this checkpoint",
                                       info="Automatic follows the setting weight_storage; fp8 halves the "
                                            "denoiser's memory; used from the checkpoint's next load",
                                       elem_id="models_library_weight_storage")
-                set_storage = gr.Button("Set weight storage", scale=0, elem_id="models_library_set_weight_storage")
+                set_storage = gr.Button("Set weight storage", scale=0, elem_id="models_library_set_weight_storage",
+                                        visible=False)
             message = gr.HTML("", elem_id="models_library_message")
             metadata = gr.JSON({}, label="safetensors metadata", elem_id="models_library_metadata")
         with gr.Column(scale=1):
@@ -193,7 +195,8 @@ def build_library(easel: Easel) -> None:
     search.change(fill, [search, kind], listing, api_name=False, show_progress="hidden")
     kind.change(fill, [search, kind], listing, api_name=False)
     rescan.click(do_rescan, [search, kind], listing, api_name=False)
-    table.select(choose, shown_paths, [selected, detail, preview, metadata, vae, storage, message], api_name=False)
+    table.select(choose, shown_paths, [selected, detail, preview, metadata, vae, storage, set_vae, set_storage,
+                                       message], api_name=False)
     hash_now.click(do_hash, [selected, search, kind], [*listing, detail, message], api_name=False)
     set_vae.click(do_set_vae, [selected, vae], [detail, message], api_name=False)
     set_storage.click(do_set_storage, [selected, storage], [detail, message], api_name=False)
