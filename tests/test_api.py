@@ -819,3 +819,29 @@ def test_per_checkpoint_choices_over_easels_checkpoints_api(client):
     finally:
         client.patch("/easel/v1/checkpoints/tiny-sd1", json={"weight_storage": "Automatic"})
     assert client.get("/easel/v1/checkpoints/tiny-sd1").json()["weight_storage_from"] == "default"
+
+
+def test_forges_diffusion_in_low_bits_option(client):
+    """Forge's `forge_unet_storage_dtype` is weight_storage under Forge's names: /options takes and shows its
+    values ("float8-e4m3fn", "bnb-nf4 (fp16 LoRA)" ...); FP4, which Easel lacks, is a 422 naming the key; in a
+    request's override_settings the value in force is accepted (Forge clients send it every time), another is
+    a 422 (it is how models are loaded, not one request's)."""
+    try:
+        assert client.post("/sdapi/v1/options", json={"forge_unet_storage_dtype": "float8-e4m3fn"}).status_code == 200
+        options = client.get("/sdapi/v1/options").json()
+        assert options["weight_storage"] == "fp8_e4m3fn" and options["forge_unet_storage_dtype"] == "float8-e4m3fn"
+        assert client.post("/sdapi/v1/options",
+                           json={"forge_unet_storage_dtype": "float8-e5m2 (fp16 LoRA)"}).status_code == 200
+        assert client.get("/sdapi/v1/options").json()["weight_storage"] == "fp8_e5m2"
+        refused = client.post("/sdapi/v1/options", json={"forge_unet_storage_dtype": "bnb-fp4"})
+        assert refused.status_code == 422 and "forge_unet_storage_dtype" in refused.text
+        assert client.post("/sdapi/v1/options", json={"forge_unet_storage_dtype": "Automatic"}).status_code == 200
+        same = client.post("/sdapi/v1/txt2img", json=payload(steps=2, override_settings={
+            "forge_unet_storage_dtype": "Automatic", "sd_model_checkpoint": "tiny-sd1"}))
+        assert same.status_code == 200, same.text
+        other = client.post("/sdapi/v1/txt2img", json=payload(steps=2, override_settings={
+            "forge_unet_storage_dtype": "float8-e4m3fn"}))
+        assert other.status_code == 422
+        assert other.json()["detail"][0]["loc"] == ["body", "override_settings", "forge_unet_storage_dtype"]
+    finally:
+        client.post("/sdapi/v1/options", json={"weight_storage": "Automatic"})

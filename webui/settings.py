@@ -47,8 +47,15 @@ ATTENTION_ALIASES = {"Doggettx": _SDP, "InvokeAI": _SDP, "sub-quadratic": _SDP, 
                      "sdp": _SDP, "sdp-no-mem": "sdp-no-mem - scaled dot product without memory efficient attention"}
 
 
-# AUTOMATIC1111's names for settings Easel keeps under another name (the API takes and shows both)
-A1111_KEYS = {"show_progress_type": "live_preview_method"}
+# AUTOMATIC1111's (and Forge's) names for settings Easel keeps under another name (the API takes and shows both)
+A1111_KEYS = {"show_progress_type": "live_preview_method", "forge_unet_storage_dtype": "weight_storage"}
+# Forge's "Diffusion in Low Bits" values (forge_unet_storage_dtype) for weight_storage's choices; its
+# "(fp16 LoRA)" variants store the same way (Easel merges a LoRA into fp8 weights and restores them exactly)
+FORGE_STORAGE = {"Automatic": "Automatic", "bnb-nf4": "nf4", "float8-e4m3fn": "fp8_e4m3fn", "float8-e5m2": "fp8_e5m2"}
+STORAGE_ALIASES = {**{forge: ours for forge, ours in FORGE_STORAGE.items() if forge != ours},
+                   **{f"{forge} (fp16 LoRA)": ours for forge, ours in FORGE_STORAGE.items()}}
+# a renamed key's values as its own clients spell them, for GET /sdapi/v1/options
+A1111_VALUES = {"forge_unet_storage_dtype": {ours: forge for forge, ours in FORGE_STORAGE.items()}}
 # its "Approx NN" preview (SD 1.x/SDXL-only pickled weights, no diffusers class) runs as TAESD, the nearest kind
 PREVIEW_ALIASES = {"Approx NN": "TAESD"}
 
@@ -213,7 +220,7 @@ class Settings:
                                             "keeps its Linear layers in 4 bits; computing stays "
                                             "in the precision of --precision). Changing it reloads the checkpoint",
                                "Stable Diffusion", choices=("Automatic", "fp8_e4m3fn", "fp8_e5m2", "nf4"),
-                               model_wide=True)
+                               aliases=STORAGE_ALIASES, model_wide=True)
     memory_mode: str = _opt("Automatic", "Memory mode (Automatic: from free GPU memory and the flags --medvram, "
                                          "--medvram-sdxl, --lowvram; Resident: all on the GPU; Model offload: each "
                                          "model moves to the GPU while it runs; Block offload: the denoiser's blocks "

@@ -24,7 +24,7 @@ from ..core.request import GenerationRequest
 from ..features.hires import LATENT_MODES
 from ..model_manager.library import read_safetensors_header
 from ..model_manager.module_choice import SETTING as MODULES
-from ..settings import A1111_KEYS, SettingError, SettingsSaveError, redact
+from ..settings import A1111_KEYS, A1111_VALUES, SettingError, SettingsSaveError, redact
 from . import extras as extras_api
 from . import models as m
 from . import scripts as script_api
@@ -184,7 +184,8 @@ def build_router(ctx: ApiContext) -> APIRouter:
             except LookupError:
                 pass
         data[MODULES] = _current_modules(easel)  # Forge's option; Easel remembers it per checkpoint
-        data.update({a1111: data[ours] for a1111, ours in A1111_KEYS.items() if ours in data})
+        data.update({a1111: A1111_VALUES.get(a1111, {}).get(data[ours], data[ours])
+                     for a1111, ours in A1111_KEYS.items() if ours in data})
         return data
 
     @router.post("/options")

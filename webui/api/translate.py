@@ -27,7 +27,7 @@ from ..core.image_input import max_megapixels
 from ..core.infotext import parse_infotext
 from ..pnginfo import infotext_to_fields
 from ..core.jobs import Job
-from ..core.request import MAX_SIDE, GenerationRequest, Result, ValidationError, script_args
+from ..core.request import MAX_SIDE, MODEL_WIDE, GenerationRequest, Result, ValidationError, script_args
 from ..features import wildcards
 from ..model_manager.registry import ModelNotFoundError
 from ..model_manager.module_choice import SETTING as MODULES_SETTING
@@ -171,6 +171,10 @@ def _overrides(overrides: dict[str, Any] | None, models) -> tuple[str | None, di
     for key, value in overrides.items():
         field = f"{OVERRIDE}.{key}"
         key = A1111_KEYS.get(key, key)
+        if key in spec and spec[key].metadata.get("model_wide"):  # named as the client sent it
+            if _as_in_force(key, value, models.settings):
+                continue  # sent as it is (Forge's clients send forge_unet_storage_dtype with every request)
+            raise invalid(field, MODEL_WIDE)
         if key in spec or key == MODULES_SETTING:  # Forge's VAE / Text Encoder choice: checked by Engine.prepare
             kept[key] = value  # type, range and protection checked by GenerationRequest.validate
         elif key in NEUTRAL_OPTIONS:
@@ -180,6 +184,14 @@ def _overrides(overrides: dict[str, Any] | None, models) -> tuple[str | None, di
         else:
             raise invalid(field, "unknown setting (GET /sdapi/v1/options lists Easel's settings)")
     return checkpoint, kept
+
+
+def _as_in_force(key: str, value: Any, settings: SettingsStore) -> bool:
+    """Whether `value` is a model-wide setting's saved value (nothing for the request to change)."""
+    try:
+        return Settings.coerce(key, value) == settings.get(key)
+    except ValueError:
+        return False
 
 
 def _scripts(body: GenerationFields, scripts: dict[str, Any], mode: str) -> dict[str, Any]:

@@ -238,6 +238,10 @@ class GenerationRequest:
         yield from _override_errors(self.override_settings)
 
 
+MODEL_WIDE = ("applies to how models are loaded and kept, not to one request: set it in Settings or with "
+              "POST /sdapi/v1/options")
+
+
 def script_args(value: Any) -> Any:
     """An always-on script's arguments: `{"args": [...]}` as AUTOMATIC1111's clients send them, or the bare list."""
     return value.get("args", []) if isinstance(value, dict) else value
@@ -255,8 +259,7 @@ def _override_errors(overrides: Any):
             yield FieldError(f"override_settings.{key}", "cannot be overridden per request")
             continue
         if key in spec and spec[key].metadata.get("model_wide"):
-            yield FieldError(f"override_settings.{key}", "applies to how models are loaded and kept, not to one "
-                                                         "request: set it in Settings or with POST /sdapi/v1/options")
+            yield FieldError(f"override_settings.{key}", MODEL_WIDE)
             continue
         if key not in spec:
             continue  # AUTOMATIC1111 clients send options Easel does not have; they are ignored
