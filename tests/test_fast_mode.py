@@ -297,9 +297,10 @@ def test_the_fast_flag_is_the_setting_for_one_run_and_settings_can_switch_it_off
         assert again.settings.get("fast_mode") is False
     finally:
         again.close()
-    flagged = make_easel(tmp_path, tiny_ckpt_dir, fast=True)  # switching it on explicitly under the flag saves it
-    try:
-        flagged.settings.update({"fast_mode": True})
-        assert json.loads(flagged.settings.path.read_text())["fast_mode"] is True
+    flagged = make_easel(tmp_path, tiny_ckpt_dir, fast=True)
+    try:  # the Settings tab's Apply sends every value, the flag's too: that is not the user choosing it
+        flagged.settings.update({**flagged.settings.as_dict(), "jpeg_quality": 80})
+        saved = json.loads(flagged.settings.path.read_text())
+        assert saved["jpeg_quality"] == 80 and saved["fast_mode"] is False and flagged.settings.get("fast_mode")
     finally:
         flagged.close()

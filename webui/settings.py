@@ -488,10 +488,12 @@ class SettingsStore:
         with self._lock:
             changed = [k for k, v in checked.items() if getattr(self.settings, k) != v]
             before = {k: getattr(self.settings, k) for k in changed}
-            claimed = {k: self._flag_saved.pop(k) for k in checked if k in self._flag_saved}  # now the user's own
+            # a flag's setting changed here is the user's own from now on (saved); sent unchanged (the Settings tab
+            # and clients echoing /options send every value) it stays the flag's, for this run only
+            claimed = {k: self._flag_saved.pop(k) for k in changed if k in self._flag_saved}
             for key, value in checked.items():
                 setattr(self.settings, key, value)
-            if changed or claimed:
+            if changed:
                 try:
                     self.save()
                 except SettingsSaveError:
