@@ -1,6 +1,8 @@
 """Out of device memory fails one job with a message that says what would fit; the next job runs.
 
 The error is injected where a small GPU would raise it (the UNet's forward), on the real engine."""
+from typing import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -18,12 +20,15 @@ def app(tmp_path, tiny_ckpt_dir):
     app.close()
 
 
-def failed_job(app, error: Exception):
-    """A small txt2img job whose UNet raises `error`, waited for; the UNet is given back its forward."""
+def failed_job(app, error: Exception | Callable[[], None]):
+    """A small txt2img job whose UNet raises `error` (or runs `error()`, which raises), waited for; the UNet is
+    given back its forward."""
     model = app.models.get("tiny-sd1.safetensors")
     real_forward = model.unet.forward
 
     def raising(*args, **kwargs):
+        if callable(error):
+            error()
         raise error
 
     model.unet.forward = raising
@@ -134,16 +139,8 @@ def test_the_failed_jobs_tensors_are_freed_before_the_cache_is_emptied(app, monk
         held["ref"] = weakref.ref(activations)
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
 
-    model = app.models.get("tiny-sd1.safetensors")
-    real_forward = model.unet.forward
     monkeypatch.setattr(jobs, "release_device_memory", lambda: alive_at_release.append(held["ref"]() is not None))
-    model.unet.forward = lambda *args, **kwargs: running_out()
-    try:
-        job = app.submit(GenerationRequest(prompt="x", steps=2, width=64, height=64, checkpoint="tiny-sd1",
-                                           save_images=False))
-        job.wait(60)
-    finally:
-        model.unet.forward = real_forward
+    job = failed_job(app, running_out)
     assert type(job.error).__name__ == "DeviceOutOfMemory" and "Tried to allocate 9.00 GiB" in str(job.error)
     assert job.error.__context__ is None and job.error.__traceback__ is None
     assert alive_at_release == [False]

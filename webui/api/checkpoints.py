@@ -15,6 +15,7 @@ from fastapi import APIRouter, Body
 
 from ..model_manager.lookup import ModelNotFound
 from ..model_manager.manager import CHECKPOINT_STORAGES, KIND, WeightStorageError
+from ..model_manager.registry import CheckpointInfo
 from ..model_manager.vae import AUTOMATIC
 from .context import ApiContext
 from .errors import ApiError, invalid
@@ -27,14 +28,13 @@ def build_router(ctx: ApiContext) -> APIRouter:
     easel = ctx.easel
     models = easel.models
 
-    def describe(name: str) -> dict[str, Any]:
-        info = models.find(name)
+    def describe(info: CheckpointInfo) -> dict[str, Any]:
         storage, source = models.weight_storage_source(info.name)
         loaded = models.store.peek(KIND, info.name)
         vae = easel.vaes.preference(info.name) if easel.vaes is not None else None
         return {
             "name": info.name, "title": models.registry.title(info),
-            "weight_storage": models.storage_choices.get(info.name) or AUTOMATIC,
+            "weight_storage": storage if source == "checkpoint" else AUTOMATIC,  # its own choice
             "weight_storage_in_force": storage, "weight_storage_from": source,
             "weight_storage_choices": list(CHECKPOINT_STORAGES),
             "vae": vae or AUTOMATIC, "modules": models.module_choices.preference(info.name),
@@ -42,16 +42,16 @@ def build_router(ctx: ApiContext) -> APIRouter:
             "loaded_weight_storage": loaded.weight_storage if loaded is not None else None,
         }
 
-    def find(name: str) -> str:
+    def find(name: str) -> CheckpointInfo:
         try:
-            return models.find(name).name
+            return models.find(name)
         except ModelNotFound as exc:
             raise ApiError(404, str(exc)) from exc
 
     @router.get("")
     def list_checkpoints() -> list[dict[str, Any]]:
         """Every installed checkpoint with its remembered choices."""
-        return [describe(info.name) for info in models.checkpoints()]
+        return [describe(info) for info in models.checkpoints()]
 
     @router.get("/{name:path}")
     def get_checkpoint(name: str) -> dict[str, Any]:
@@ -62,7 +62,8 @@ def build_router(ctx: ApiContext) -> APIRouter:
         """Change `weight_storage` (Automatic or null follows the setting), `vae` (a file; "None": the baked-in
         one; "Automatic" or null forgets) and `modules` (VAE / text encoder files; [] forgets). All are checked
         before any is saved."""
-        checkpoint = find(name)
+        info = find(name)
+        checkpoint = info.name
         unknown = [key for key in body if key not in FIELDS]
         if unknown:
             raise invalid(unknown[0], f"not a per-checkpoint choice; these are: {', '.join(FIELDS)}")
@@ -80,17 +81,14 @@ def build_router(ctx: ApiContext) -> APIRouter:
             except (LookupError, ValueError) as exc:
                 raise invalid("modules", str(exc).split(": ", 1)[-1]) from exc
         if "weight_storage" in body:  # saved first: it is the last check (NF4 needs bitsandbytes)
-            storage = body["weight_storage"]
-            if storage is not None and not isinstance(storage, str):
-                raise invalid("weight_storage", f"expected one of {', '.join(CHECKPOINT_STORAGES)}")
             try:
-                models.set_weight_storage(checkpoint, storage)
+                models.set_weight_storage(checkpoint, body["weight_storage"])
             except WeightStorageError as exc:
                 raise invalid("weight_storage", str(exc).removeprefix("weight_storage: ")) from exc
         if "vae" in body:
             easel.vaes.set_preference(checkpoint, body["vae"])
         if "modules" in body:
             models.module_choices.set_preference(checkpoint, body["modules"])
-        return describe(checkpoint)
+        return describe(info)
 
     return router

@@ -24,10 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .convert import UNET_PREFIX, with_unet_prefix
 from .errors import ModelLoadError
 
-UNET_PREFIX = "model.diffusion_model."
-_BARE_UNET_KEY = "input_blocks.0.0.weight"  # a UNet-only file (detect.py reads it with its companions)
 _ORIG_SHAPE = "comfy.gguf.orig_shape."
 
 
@@ -72,8 +71,8 @@ def describe_gguf(path: Path) -> dict[str, Any]:
     arch = _field_value(reader, "general.architecture") or ""
     label = str(arch)
     note = ""
-    shapes = {t.name: _shape(reader, t) for t in reader.tensors}
-    if any(n.startswith(UNET_PREFIX) for n in names) or _BARE_UNET_KEY in shapes or _claimed(shapes):
+    shapes = dict(with_unet_prefix({t.name: _shape(reader, t) for t in reader.tensors}))  # UNet-only too
+    if any(n.startswith(UNET_PREFIX) for n in shapes) or _claimed(shapes):
         from .library import guess_architecture
 
         label, note = guess_architecture("checkpoint", shapes, {}, path.name)  # Kontext: told by name

@@ -17,6 +17,8 @@ from ..model_manager.registry import ModelNotFoundError
 from ..model_manager.vae import AUTOMATIC, VaeNotFoundError
 from ..settings import SettingsSaveError
 from .common import error_html, esc
+from .module_picker import checkpoint_name
+from .storage_picker import storage_in_force
 
 COLUMNS = ["Name", "Kind", "Folder", "Size", "Architecture", "AutoV2", "Trigger words"]
 MAX_ROWS = 1000
@@ -72,20 +74,14 @@ def _preferred_vae(easel: Easel, entry: LibraryEntry) -> str | None:
     return easel.vaes.preference(name) if name else None
 
 
-def _checkpoint_name(easel: Easel, entry: LibraryEntry) -> str | None:
-    try:
-        return easel.models.find(entry.name).name
-    except ModelNotFoundError:
-        return None
+def _checkpoint_name(easel: Easel, entry: LibraryEntry) -> str:
+    """The checkpoint a library row is ("" when the registry does not know it)."""
+    return checkpoint_name(easel, entry.name)
 
 
 def _storage_said(easel: Easel, entry: LibraryEntry) -> str:
-    """The storage in force and why: `fp8_e4m3fn (this checkpoint's choice)`, `Automatic (default)`..."""
     name = _checkpoint_name(easel, entry)
-    if name is None:
-        return ""
-    storage, source = easel.models.weight_storage_source(name)
-    return f"{storage} ({'this checkpoint' if source == 'checkpoint' else source})"
+    return storage_in_force(easel, name) if name else ""
 
 
 def _detail(easel: Easel, path: str | None) -> tuple[Any, ...]:
@@ -177,8 +173,8 @@ def build_library(easel: Easel) -> None:
 
     def do_set_storage(path: str | None, choice: str | None):
         entry = easel.library.get(path) if path else None
-        name = _checkpoint_name(easel, entry) if entry is not None and entry.kind == "checkpoint" else None
-        if name is None:
+        name = _checkpoint_name(easel, entry) if entry is not None and entry.kind == "checkpoint" else ""
+        if not name:
             return gr.skip(), error_html("Select a checkpoint first.")
         try:
             value = easel.models.set_weight_storage(name, choice)

@@ -17,25 +17,29 @@ if TYPE_CHECKING:
     from ..app import Easel
 
 
+def storage_in_force(easel: Easel, name: str) -> str:
+    """The storage a checkpoint loads with and why: `fp8_e4m3fn (this checkpoint)`, `Automatic (default)`."""
+    storage, source = easel.models.weight_storage_source(name)
+    return f"{storage} ({'this checkpoint' if source == 'checkpoint' else source})"
+
+
 def build_storage_picker(easel: Easel, checkpoint: gr.Dropdown) -> gr.Dropdown:
     """The dropdown; follows `checkpoint` (the top bar's checkpoint dropdown)."""
     models = easel.models
 
-    def current(title: str | None = None) -> str:
-        name = checkpoint_name(easel, title)
-        return (models.storage_choices.get(name) or "Automatic") if name else "Automatic"
-
-    def info(title: str | None = None) -> str:
+    def state(title: str | None = None) -> tuple[str, str]:
+        """(the checkpoint's own choice, the note under the dropdown)."""
         name = checkpoint_name(easel, title)
         if not name:
-            return "Weights of the selected checkpoint"
-        storage, source = models.weight_storage_source(name)
-        return f"In force: {storage} ({'this checkpoint' if source == 'checkpoint' else source})"
+            return "Automatic", "Weights of the selected checkpoint"
+        return models.storage_choices.get(name) or "Automatic", f"In force: {storage_in_force(easel, name)}"
 
     def update(title: str | None = None):
-        return gr.update(value=current(title), info=info(title))
+        value, note = state(title)
+        return gr.update(value=value, info=note)
 
-    picker = gr.Dropdown(list(CHECKPOINT_STORAGES), value=current(), label="Weights", info=info(),
+    value, note = state()
+    picker = gr.Dropdown(list(CHECKPOINT_STORAGES), value=value, label="Weights", info=note,
                          elem_id="checkpoint_weight_storage", scale=1)
 
     def choose(value: str | None, title: str | None):
